@@ -1,0 +1,23 @@
+"""XML namespaces used on the wire (RFC 6120, RFC 6121 and the XEPs we implement)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+STREAM: Final = "http://etherx.jabber.org/streams"
+CLIENT: Final = "jabber:client"
+SERVER: Final = "jabber:server"
+STREAMS_ERRORS: Final = "urn:ietf:params:xml:ns:xmpp-streams"
+STANZAS_ERRORS: Final = "urn:ietf:params:xml:ns:xmpp-stanzas"
+TLS: Final = "urn:ietf:params:xml:ns:xmpp-tls"
+SASL: Final = "urn:ietf:params:xml:ns:xmpp-sasl"
+BIND: Final = "urn:ietf:params:xml:ns:xmpp-bind"
+SESSION: Final = "urn:ietf:params:xml:ns:xmpp-session"
+XML: Final = "http://www.w3.org/XML/1998/namespace"
+DISCO_INFO: Final = "http://jabber.org/protocol/disco#info"
+DISCO_ITEMS: Final = "http://jabber.org/protocol/disco#items"
+PING: Final = "urn:xmpp:ping"
+VERSION: Final = "jabber:iq:version"
+REGISTER: Final = "jabber:iq:register"
+REGISTER_FEATURE: Final = "http://jabber.org/features/iq-register"
+DELAY: Final = "urn:xmpp:delay"
