@@ -1,0 +1,37 @@
+"""Metrics of the connection manager (stanzad_cm_*)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("stanzad_cm_connections", "Open client connections.")
+CONNECTIONS_OPENED = Counter("stanzad_cm_connections_opened_total", "Client connections accepted.")
+SESSIONS = Gauge("stanzad_cm_sessions", "Bound client sessions.")
+LOGINS = Counter(
+    "stanzad_cm_logins_total", "SASL authentications by mechanism and result.",
+    ["mechanism", "result"],
+)
+STANZAS_IN = Counter("stanzad_cm_stanzas_in_total", "Stanzas received from clients.", ["kind"])
+STANZAS_OUT = Counter("stanzad_cm_stanzas_out_total", "Stanzas written to clients.")
+STANZA_ERRORS = Counter(
+    "stanzad_cm_stanza_errors_total", "Stanza errors sent to clients by condition.", ["condition"]
+)
+STREAM_ERRORS = Counter(
+    "stanzad_cm_stream_errors_total", "Streams closed with an error, by condition.", ["condition"]
+)
+BYTES_IN = Counter("stanzad_cm_received_bytes_total", "Bytes read from client sockets.")
+BYTES_OUT = Counter("stanzad_cm_sent_bytes_total", "Bytes written to client sockets.")
+TLS_FAILURES = Counter("stanzad_cm_tls_failures_total", "STARTTLS handshakes that failed.")
+AUTH_TIMEOUTS = Counter(
+    "stanzad_cm_auth_timeouts_total", "Connections closed for not binding in time."
+)
+SLOW_CONSUMERS = Counter(
+    "stanzad_cm_slow_consumers_total", "Connections closed because their write buffer was full."
+)
+UNDELIVERABLE = Counter(
+    "stanzad_cm_undeliverable_total", "Bus deliveries for a session no longer here.", ["kind"]
+)
+BIND_LATENCY = Histogram(
+    "stanzad_cm_bind_duration_seconds", "Resource binding, Redis included.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)

@@ -1,0 +1,355 @@
+"""The connection manager: c2s listener, sessions of this pod, and the bus on both sides.
+
+Stanzas from clients are parsed once (by the stream), stamped, and published in an envelope
+to the routing partition of their recipient.  What the bus delivers for this pod's sessions
+is written to their sockets as it is, with no parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+
+from shared import credentials as creds_mod
+from shared.bus import subjects
+from shared.bus.client import Bus, BusUnavailable
+from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
+from shared.credentials import StoredCredentials
+from shared.jid import JID, JIDError
+from shared.settings import ConnectionManagerSettings
+from shared.store.accounts import AccountExists, AccountStore
+from shared.store.redis import connect as redis_connect
+from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
+from shared.tls import ensure_self_signed, server_context
+from shared.xmpp import server_iq
+from shared.xmpp.c2s import StanzaIn, StreamConfig
+from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
+from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce
+
+from . import metrics
+from .connection import C2SConnection
+
+log = logging.getLogger(__name__)
+
+MAX_HOPS = 2
+SERVICE = "connection_manager"
+
+
+class ConnectionManager:
+    name = SERVICE
+
+    def __init__(self, settings: ConnectionManagerSettings) -> None:
+        self.settings = settings
+        self.cm_id = settings.cm_id or f"cm-{secrets.token_hex(4)}"
+        self.domain = settings.domain
+        self.stream_config = StreamConfig(
+            domain=settings.domain,
+            tls_available=True,
+            tls_required=settings.tls_required,
+            allow_registration=settings.allow_registration,
+            max_stanza_bytes=settings.max_stanza_bytes,
+        )
+        self.connections: set[C2SConnection] = set()
+        self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
+        self.tls_context: ssl.SSLContext | None = None
+        self.port = 0
+        self._redis = redis_connect(settings.redis_url)
+        self.accounts = AccountStore(self._redis, SERVICE)
+        self.store = SessionStore(self._redis, SERVICE)
+        self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch)
+        self._server: asyncio.Server | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
+            log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
+        self.tls_context = server_context(s.tls_cert, s.tls_key)
+        await self.bus.connect()
+        await self.bus.subscribe(subjects.connection_manager(self.cm_id))
+        await self.store.heartbeat(self.cm_id, s.session_ttl_s)
+        self._heartbeat = asyncio.create_task(self._beat())
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: C2SConnection(self), s.c2s_host, s.c2s_port, backlog=1024, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("%s listening for c2s on %s:%d (domain %s)", self.cm_id, s.c2s_host, self.port,
+                 s.domain)
+
+    def healthy(self) -> bool:
+        return not self._stopping or bool(self.connections)
+
+    def ready(self) -> bool:
+        return self._server is not None and self.bus.connected and not self._stopping
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, close every stream with system-shutdown, unbind, retire."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close(StreamErrorCondition.SYSTEM_SHUTDOWN)
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
+        while self.connections or self._background:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        try:
+            await self.store.retire(self.cm_id)
+        except Exception as exc:
+            log.warning("could not retire %s: %s", self.cm_id, exc)
+        await self.bus.close()
+        await self._redis.aclose()
+
+    async def _beat(self) -> None:
+        interval = max(1.0, self.settings.session_ttl_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.heartbeat(self.cm_id, self.settings.session_ttl_s)
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- authentication and binding --------------------------------------------------------
+
+    async def load_credentials(self, username: str) -> StoredCredentials | None:
+        try:
+            return await self.accounts.credentials(f"{username}@{self.domain}")
+        except Exception as exc:
+            log.warning("credentials lookup failed: %s", exc)
+            return None
+
+    async def register(self, username: str, password: str) -> StanzaError | None:
+        """XEP-0077 §3.1 registration of a new account."""
+        try:
+            jid = JID.parse(f"{username}@{self.domain}")
+        except JIDError:
+            return StanzaError(StanzaErrorCondition.JID_MALFORMED)
+        try:
+            creds = await asyncio.to_thread(
+                creds_mod.derive_credentials, password, self.settings.scram_iterations
+            )
+        except ValueError:
+            return StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE, "unusable password")
+        try:
+            await self.accounts.create(jid.bare_str, creds)
+        except AccountExists:
+            return StanzaError(StanzaErrorCondition.CONFLICT)
+        log.info("registered a new account in band")
+        return None
+
+    async def bind(self, conn: C2SConnection, resource: str | None) -> JID | StanzaError:
+        """RFC 6120 §7: bind in Redis (atomically), replacing an older session of the JID."""
+        assert conn.stream.username is not None
+        bare = JID(conn.stream.username, self.domain, None)
+        full = bare.with_resource(resource or secrets.token_hex(8))
+        record = SessionRecord(self.cm_id, conn.session_id, 0, False)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            result = await self.store.bind(
+                str(full), record, self.settings.max_sessions_per_account
+            )
+        except SessionLimitReached:
+            return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT, "too many sessions")
+        except Exception as exc:
+            log.warning("bind failed: %s", exc)
+            return StanzaError(StanzaErrorCondition.INTERNAL_SERVER_ERROR)
+        metrics.BIND_LATENCY.observe(loop.time() - started)
+        if conn.transport is None or conn.transport.is_closing():
+            self._spawn(self.store.unbind(str(full), record))
+            return StanzaError(StanzaErrorCondition.GONE)
+        conn.record = record
+        old_local = self.sessions.get(str(full))
+        self.sessions[str(full)] = conn
+        metrics.SESSIONS.set(len(self.sessions))
+        if old_local is not None and old_local is not conn:
+            old_local.close(StreamErrorCondition.CONFLICT, "replaced by a new session")
+        elif result.replaced is not None and result.replaced.cm_id != self.cm_id:
+            kick = Envelope(Kind.KICK, to=str(full), from_="", id=result.replaced.session_id)
+            await self._publish(subjects.connection_manager(result.replaced.cm_id), kick)
+        await self._session_event(bare.bare_str, result.version)
+        return full
+
+    def connection_closed(self, conn: C2SConnection) -> None:
+        jid = conn.stream.jid
+        if jid is None or conn.record is None:
+            return
+        full = str(jid)
+        if self.sessions.get(full) is conn:
+            del self.sessions[full]
+            metrics.SESSIONS.set(len(self.sessions))
+        self._spawn(self._unbind(full, conn.record))
+
+    async def _unbind(self, full: str, record: SessionRecord) -> None:
+        try:
+            version = await self.store.unbind(full, record)
+        except Exception as exc:
+            log.warning("unbind failed (the reaper will clean up): %s", exc)
+            return
+        if version:
+            await self._session_event(full.partition("/")[0], version)
+
+    async def _session_event(self, bare: str, version: int) -> None:
+        p = subjects.partition(bare, self.settings.partitions)
+        event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
+        await self._publish(subjects.session_events(p), event)
+
+    async def _update_presence(self, conn: C2SConnection, priority: int, available: bool) -> None:
+        """Availability and priority of the session, used by the router (RFC 6121 §8.5.2)."""
+        old = conn.record
+        jid = conn.stream.jid
+        if old is None or jid is None:
+            return
+        record = SessionRecord(old.cm_id, old.session_id, priority, available)
+        if record == old:
+            return
+        conn.record = record
+        try:
+            version = await self.store.update(str(jid), record)
+        except Exception as exc:
+            log.warning("presence update failed: %s", exc)
+            return
+        if version:
+            await self._session_event(jid.bare_str, version)
+
+    # ---- stanzas from clients --------------------------------------------------------------
+
+    def stanza_from_client(self, conn: C2SConnection, st: StanzaIn) -> None:
+        jid = conn.stream.jid
+        assert jid is not None
+        to = st.to
+        if to is None or (to.local is None and to.resource is None and to.domain == self.domain):
+            self._to_server(conn, st, addressed=to is not None)
+            return
+        if to.domain != self.domain:
+            # No s2s yet: RFC 6120 §8.3.3.16 remote-server-not-found.
+            self._bounce_to_client(conn, st, StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND)
+            return
+        env = Envelope(
+            Kind(st.kind), to=str(to), from_=str(jid), type=st.type, id=st.id,
+            origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
+        )
+        p = subjects.partition(to.bare_str, self.settings.partitions)
+        self._publish_nowait(subjects.route(p), env, conn, st)
+
+    def _to_server(self, conn: C2SConnection, st: StanzaIn, *, addressed: bool) -> None:
+        """Stanzas with no 'to' (RFC 6120 §10.3) or addressed to the domain itself."""
+        jid = conn.stream.jid
+        assert jid is not None
+        if st.kind == "iq":
+            reply = server_iq.answer(st.element, st.type)
+            if isinstance(reply, StanzaError):
+                self._bounce_to_client(conn, st, reply.condition)
+            elif reply is not None:
+                conn.write(iq_result(st.id, str(jid), st.element.get("to") or None, reply))
+        elif st.kind == "presence" and not addressed:
+            # Broadcast presence (RFC 6121 §4.2): the session becomes (un)available.
+            available = st.type == ""
+            priority = _priority(st.element.findtext("{jabber:client}priority"))
+            if st.type in ("", "unavailable"):
+                self._spawn(self._update_presence(conn, priority, available))
+        elif st.kind == "message" and not addressed:
+            # RFC 6121 §8.5.? : no 'to' means the sender's own bare JID.
+            env = Envelope(
+                Kind.MESSAGE, to=jid.bare_str, from_=str(jid), type=st.type, id=st.id,
+                origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
+            )
+            p = subjects.partition(jid.bare_str, self.settings.partitions)
+            self._publish_nowait(subjects.route(p), env, conn, st)
+
+    def _bounce_to_client(
+        self, conn: C2SConnection, st: StanzaIn, condition: StanzaErrorCondition
+    ) -> None:
+        if must_not_bounce(st.type):
+            return
+        metrics.STANZA_ERRORS.labels(condition.value).inc()
+        conn.stream.stanza_error(st.element, StanzaError(condition))
+        conn.write(conn.stream.data_to_send())
+
+    def _publish_nowait(
+        self, subject: str, env: Envelope, conn: C2SConnection, st: StanzaIn
+    ) -> None:
+        self.bus.publish_soon(
+            subject,
+            env.encode(),
+            lambda: self._bounce_to_client(conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT),
+        )
+
+    async def _publish(self, subject: str, env: Envelope) -> None:
+        try:
+            await self.bus.publish(subject, env.encode())
+        except BusUnavailable as exc:
+            log.warning("publish to %s failed: %s", subject, exc)
+
+    # ---- deliveries from the bus -----------------------------------------------------------
+
+    async def _on_bus_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        for _subject, data in batch:
+            try:
+                env = Envelope.decode(data)
+            except EnvelopeError as exc:
+                log.warning("dropped a bad envelope: %s", exc)
+                continue
+            conn = self.sessions.get(env.to)
+            if env.kind is Kind.KICK:
+                if conn is not None and conn.session_id == env.id:
+                    conn.close(StreamErrorCondition.CONFLICT, "replaced by a new session")
+                continue
+            if env.kind not in STANZA_KINDS:
+                continue
+            if conn is not None:
+                conn.deliver(env.payload)
+            else:
+                await self._undeliverable(env)
+
+    async def _undeliverable(self, env: Envelope) -> None:
+        """The session left between routing and delivery (RFC 6121 §8.5.3.2)."""
+        metrics.UNDELIVERABLE.labels(env.kind.value).inc()
+        bare = env.to.partition("/")[0]
+        if env.kind is Kind.MESSAGE and env.hops < MAX_HOPS:
+            p = subjects.partition(bare, self.settings.partitions)
+            await self._publish(subjects.route(p), env.forwarded(to=bare))
+        elif env.kind is Kind.IQ and env.type in ("get", "set"):
+            await self._bounce_via_bus(env, StanzaErrorCondition.SERVICE_UNAVAILABLE)
+
+    async def _bounce_via_bus(self, env: Envelope, condition: StanzaErrorCondition) -> None:
+        from shared.xmpp.parser import parse_fragment
+
+        try:
+            element = parse_fragment(env.payload, self.settings.max_stanza_bytes)
+        except Exception:
+            return
+        payload = error_reply(element, StanzaError(condition), to=env.from_, from_=env.to)
+        bounce = Envelope(env.kind, to=env.from_, from_=env.to, type="error", id=env.id,
+                          origin=SERVICE, hops=env.hops + 1, payload=payload)
+        try:
+            sender = JID.parse(env.from_)
+        except JIDError:
+            return
+        p = subjects.partition(sender.bare_str, self.settings.partitions)
+        await self._publish(subjects.route(p), bounce)
+
+
+def _priority(text: str | None) -> int:
+    """RFC 6121 §4.7.2.3: an integer from -128 to 127; absent means 0."""
+    if not text:
+        return 0
+    try:
+        return max(-128, min(127, int(text.strip())))
+    except ValueError:
+        return 0

@@ -1,0 +1,15 @@
+"""python -m services.router"""
+
+from shared.runner import run
+from shared.settings import RouterSettings, load_or_exit
+
+from .service import Router
+
+
+def main() -> None:
+    settings = load_or_exit(RouterSettings)
+    run(Router(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Metrics of the router (stanzad_router_*)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PARTITIONS = Gauge("stanzad_router_partitions", "Routing partitions this router consumes.")
+ROUTED = Counter(
+    "stanzad_router_stanzas_total", "Stanzas routed, by kind and outcome.", ["kind", "outcome"]
+)
+CACHE_LOOKUPS = Counter(
+    "stanzad_router_cache_lookups_total", "Session cache lookups by result.", ["result"]
+)
+BATCH_DURATION = Histogram(
+    "stanzad_router_batch_duration_seconds",
+    "Time to route one batch from the bus, Redis lookups included.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+REAPED = Counter(
+    "stanzad_router_reaped_sessions_total", "Sessions removed after their connection manager died."
+)

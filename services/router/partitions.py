@@ -1,0 +1,132 @@
+"""Partition ownership: each routing partition is consumed by exactly one router at a time.
+
+Routers announce themselves in the ``routers`` sorted set (score = expiry).  Every router
+computes the same assignment from the live members by rendezvous hashing, gives up the
+partitions that now belong to another router (unsubscribe first, then delete the lease) and
+takes the free ones assigned to it (lease first, then subscribe).  A lease is a Redis key with
+a TTL renewed by its holder, so a router that dies loses its partitions within ``lease_ttl_s``
+and the others pick them up.
+
+Known gap (core NATS keeps no messages): stanzas published to a partition in the moment
+between one router's unsubscribe and the next one's subscribe are lost.  That happens only
+when routers join or leave; see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import redis.asyncio as aioredis
+
+from shared.store import keys
+
+log = logging.getLogger(__name__)
+
+_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def assign(partition: int, routers: list[str]) -> str:
+    """Rendezvous hashing: the router that owns a partition, given the live routers."""
+    return max(routers, key=lambda r: zlib.crc32(f"{r}/{partition}".encode()))
+
+
+class PartitionManager:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        router_id: str,
+        partitions: int,
+        lease_ttl_s: float,
+        on_acquire: Callable[[int], Awaitable[None]],
+        on_release: Callable[[int], Awaitable[None]],
+    ) -> None:
+        self._r = redis
+        self.router_id = router_id
+        self.partitions = partitions
+        self._ttl_ms = int(lease_ttl_s * 1000)
+        self._on_acquire = on_acquire
+        self._on_release = on_release
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self.held: set[int] = set()
+        self.synced = False
+
+    @property
+    def interval_s(self) -> float:
+        return self._ttl_ms / 3000
+
+    async def live_routers(self) -> list[str]:
+        now_ms = int(time.time() * 1000)
+        await self._r.zremrangebyscore(keys.ROUTERS, 0, now_ms)
+        return sorted(m.decode() for m in await self._r.zrange(keys.ROUTERS, 0, -1))
+
+    async def tick(self) -> None:
+        """One round: announce, renew, give up, take."""
+        now_ms = int(time.time() * 1000)
+        me = self.router_id
+        await self._r.zadd(keys.ROUTERS, {me: now_ms + self._ttl_ms})
+        routers = await self.live_routers()
+        if me not in routers:
+            routers.append(me)
+        for p in sorted(self.held):
+            if not await self._renew(keys=[keys.partition_lease(p)], args=[me, self._ttl_ms]):
+                log.warning("lost the lease of partition %d", p)
+                self.held.discard(p)
+                await self._on_release(p)
+        mine = {p for p in range(self.partitions) if assign(p, routers) == me}
+        for p in sorted(self.held - mine):
+            await self._give_up(p)
+        for p in sorted(mine - self.held):
+            if await self._r.set(keys.partition_lease(p), me, nx=True, px=self._ttl_ms):
+                self.held.add(p)
+                await self._on_acquire(p)
+        self.synced = True
+
+    async def _give_up(self, p: int) -> None:
+        self.held.discard(p)
+        await self._on_release(p)
+        await self._release(keys=[keys.partition_lease(p)], args=[self.router_id])
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception as exc:
+                log.warning("partition round failed: %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+    async def stop(self) -> None:
+        """Leave cleanly: every partition released so another router takes it at once."""
+        for p in sorted(self.held):
+            try:
+                await self._give_up(p)
+            except Exception as exc:
+                log.warning("could not release partition %d: %s", p, exc)
+        try:
+            await self._r.zrem(keys.ROUTERS, self.router_id)
+        except Exception as exc:
+            log.warning("could not leave the router set: %s", exc)
+
+    async def owners(self) -> dict[int, str | None]:
+        """Current lease holders, for status displays and tests."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.get(keys.partition_lease(p))
+            values = await pipe.execute()
+        return {p: (v.decode() if v else None) for p, v in enumerate(values)}

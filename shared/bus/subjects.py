@@ -1,0 +1,34 @@
+"""Every NATS subject of the cluster is built here and nowhere else.
+
+Partitioning (RFC 6120 §10.1 ordering): a stanza for a local user is published to
+``route.<p>`` where ``p = partition(bare JID of the recipient)``.  Each partition is consumed
+by exactly one router at a time (see services/router/partitions.py), so all stanzas for one
+recipient, from any sender, pass through one ordered consumer.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Final
+
+PREFIX: Final = "stanzad"
+
+
+def partition(bare_jid: str, partitions: int) -> int:
+    """The routing partition of a bare JID (stable across processes and restarts)."""
+    return zlib.crc32(bare_jid.encode()) % partitions
+
+
+def route(p: int) -> str:
+    """Stanzas whose recipient is a local account in partition ``p`` (router input)."""
+    return f"{PREFIX}.route.{p}"
+
+
+def connection_manager(cm_id: str) -> str:
+    """Deliveries and control messages for the sessions held by one connection manager."""
+    return f"{PREFIX}.cm.{cm_id}"
+
+
+def session_events(p: int) -> str:
+    """Session table changes (bind, unbind, presence) for bare JIDs of partition ``p``."""
+    return f"{PREFIX}.sess.{p}"

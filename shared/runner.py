@@ -1,0 +1,82 @@
+"""The service runner: uvloop, signals, and the side port with /metrics, /healthz, /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared import logs
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """What the runner needs of a service."""
+
+    name: str
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def healthy(self) -> bool: ...
+    def ready(self) -> bool: ...
+
+
+async def _side_app(service: Service, host: str, port: int) -> web.AppRunner:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = service.healthy()
+        return web.Response(text="ok\n" if ok else "unhealthy\n", status=200 if ok else 503)
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = service.ready()
+        return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
+
+    app = web.Application()
+    app.add_routes(
+        [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    bound = sockets[0].getsockname()[1] if sockets else port
+    log.info("%s side port on http://%s:%s (/metrics /healthz /readyz)", service.name, host, bound)
+    return runner
+
+
+async def serve(service: Service, settings: CommonSettings) -> None:
+    """Run a service until SIGTERM or SIGINT, then stop it cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    side = await _side_app(service, settings.http_host, settings.http_port)
+    try:
+        await service.start()
+        log.info("%s started", service.name)
+        await stop.wait()
+        log.info("%s stopping", service.name)
+    finally:
+        await service.stop()
+        await side.cleanup()
+        log.info("%s stopped", service.name)
+
+
+def run(service: Service, settings: CommonSettings) -> None:
+    """Entry point of a service process."""
+    logs.setup(settings.log_level, settings.log_format)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(serve(service, settings))
+    else:
+        uvloop.run(serve(service, settings))

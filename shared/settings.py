@@ -1,0 +1,101 @@
+"""Settings from environment variables, one frozen object per service.
+
+Every variable has the prefix ``STANZAD_`` and a default that runs locally with no setup.
+Invalid values stop the service at start with an error that names the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Final, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX: Final = "STANZAD_"
+KiB: Final = 1024
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names the environment variable."""
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service shares."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    domain: str = Field("localhost", description="The XMPP domain this cluster serves.")
+    # The defaults are the ports of the local cluster (`make run`), chosen off the standard
+    # 4222/6379 so that a system NATS or Redis never gets our data by accident.
+    nats_url: str = Field("nats://127.0.0.1:14222", description="NATS URL(s), comma-separated.")
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL.")
+    partitions: int = Field(
+        64, ge=1, le=4096, description="Routing partitions; the same on every service."
+    )
+    http_host: str = Field("127.0.0.1", description="Side port address for /metrics, /healthz.")
+    http_port: int = Field(0, ge=0, le=65535, description="Side port; 0 picks a free port.")
+    log_format: str = Field("text", pattern="^(text|json)$", description="text or json lines.")
+    log_level: str = Field("INFO", description="Python logging level.")
+    session_ttl_s: int = Field(
+        15, ge=2, description="A connection manager's heartbeat key lives this long."
+    )
+
+
+class ConnectionManagerSettings(CommonSettings):
+    """connection_manager: c2s listener, TLS, limits."""
+
+    c2s_host: str = Field("127.0.0.1", description="c2s listen address.")
+    c2s_port: int = Field(5222, ge=0, le=65535, description="c2s listen port (STARTTLS).")
+    tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain.")
+    tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
+    tls_required: bool = Field(True, description="Refuse SASL before STARTTLS.")
+    allow_registration: bool = Field(False, description="XEP-0077 in-band registration.")
+    cm_id: str = Field("", description="Connection manager id; generated when empty.")
+    max_stanza_bytes: int = Field(256 * KiB, ge=1 * KiB, description="Stanza size after auth.")
+    max_sessions_per_account: int = Field(10, ge=1, description="Resources bound per account.")
+    scram_iterations: int = Field(10_000, ge=4096, description="SCRAM iterations for new users.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="Time to close streams on SIGTERM.")
+    auth_timeout_s: float = Field(60.0, gt=0, description="Time to authenticate and bind.")
+    max_write_buffer_bytes: int = Field(
+        4 * 1024 * KiB, ge=64 * KiB, description="Unsent bytes per connection before it is closed."
+    )
+
+
+class RouterSettings(CommonSettings):
+    """router: partition leases and the session cache."""
+
+    router_id: str = Field("", description="Router id; generated when empty.")
+    lease_ttl_s: float = Field(6.0, ge=1.0, description="Partition lease lifetime.")
+    cache_size: int = Field(100_000, ge=0, description="Bare JIDs kept in the session cache.")
+    cache_ttl_s: float = Field(30.0, ge=0, description="Session cache entry lifetime.")
+
+
+class AdminSettings(CommonSettings):
+    """The stanzad command-line tool."""
+
+    admin_token: SecretStr = Field(SecretStr(""), description="Reserved for the admin API.")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Read settings from the environment; raise ConfigError naming the variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def load_or_exit(cls: type[S]) -> S:
+    """`load`, printing the error and exiting with status 2 when it fails."""
+    try:
+        return load(cls)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

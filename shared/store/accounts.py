@@ -1,0 +1,58 @@
+"""Accounts: the salted SCRAM keys of each user, never a password (RFC 5802 §3)."""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+
+from shared.credentials import StoredCredentials, from_redis_hash, to_redis_hash
+from shared.store import keys
+from shared.store.redis import timed
+
+
+class AccountExists(Exception):
+    """An account with that JID already exists."""
+
+
+class AccountStore:
+    def __init__(self, redis: aioredis.Redis, service: str) -> None:
+        self._r = redis
+        self._service = service
+
+    async def create(self, bare_jid: str, creds: StoredCredentials) -> None:
+        key = keys.account(bare_jid)
+        async with timed(self._service, "account_create"):
+            # HSETNX on the creation stamp is the atomic "does not exist yet" guard.
+            if not await self._r.hsetnx(key, "created", str(int(time.time()))):
+                raise AccountExists(bare_jid)
+            await self._r.hset(key, mapping=to_redis_hash(creds))
+            local, _, domain = bare_jid.rpartition("@")
+            await self._r.sadd(keys.accounts(domain), local)
+
+    async def set_credentials(self, bare_jid: str, creds: StoredCredentials) -> bool:
+        key = keys.account(bare_jid)
+        if not await self._r.exists(key):
+            return False
+        await self._r.hset(key, mapping=to_redis_hash(creds))
+        return True
+
+    async def credentials(self, bare_jid: str) -> StoredCredentials | None:
+        async with timed(self._service, "account_get"):
+            raw = await self._r.hgetall(keys.account(bare_jid))
+        if not raw or b"sha256_stored" not in raw:
+            return None
+        return from_redis_hash(raw)
+
+    async def exists(self, bare_jid: str) -> bool:
+        return bool(await self._r.exists(keys.account(bare_jid)))
+
+    async def delete(self, bare_jid: str) -> bool:
+        local, _, domain = bare_jid.rpartition("@")
+        removed = await self._r.delete(keys.account(bare_jid))
+        await self._r.srem(keys.accounts(domain), local)
+        return bool(removed)
+
+    async def list(self, domain: str) -> list[str]:
+        members = await self._r.smembers(keys.accounts(domain))
+        return sorted(f"{m.decode()}@{domain}" for m in members)

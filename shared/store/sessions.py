@@ -1,0 +1,198 @@
+"""The session table: where every bound resource lives (RFC 6120 §7).
+
+``sess:{bare}`` maps resource -> record ``"<cm_id> <session_id> <priority> <available>"``;
+``sessver:{bare}`` is bumped by every change so that caches can tell old from new.  Binding is
+one atomic script that also enforces the per-account session limit and returns the record it
+replaced (RFC 6120 §7.7.2.2: the old session of the same full JID is terminated with
+``<conflict/>``).  Unbinding and updating compare the session id, so a stale connection never
+removes the session that replaced it.
+
+``cm:{id}:sessions`` indexes the full JIDs of one connection manager and ``cm:{id}:alive`` is
+its heartbeat: when the heartbeat expires, a router reaps the index (see ``reap``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import redis.asyncio as aioredis
+
+from shared.store import keys
+from shared.store.redis import timed
+
+_BIND: Final = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return {-1, false}
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {redis.call('INCR', KEYS[2]), cur}
+"""
+
+# ARGV: resource, expected "<cm_id> <sid>" prefix, new record ("" deletes)
+_REPLACE_IF_OWNED: Final = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur or string.sub(cur, 1, string.len(ARGV[2]) + 1) ~= ARGV[2] .. ' ' then
+  return 0
+end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+return redis.call('INCR', KEYS[2])
+"""
+
+# ARGV: resource, cm_id: delete when the record belongs to that connection manager
+_REAP_ONE: Final = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur or string.sub(cur, 1, string.len(ARGV[2]) + 1) ~= ARGV[2] .. ' ' then
+  return 0
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return redis.call('INCR', KEYS[2])
+"""
+
+
+class SessionLimitReached(Exception):
+    """The account already has the maximum number of bound resources."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """Where a bound resource lives and how it wants messages."""
+
+    cm_id: str
+    session_id: str
+    priority: int = 0
+    available: bool = False
+
+    def encode(self) -> str:
+        return f"{self.cm_id} {self.session_id} {self.priority} {int(self.available)}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> SessionRecord:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        cm_id, session_id, priority, available = text.split(" ")
+        return cls(cm_id, session_id, int(priority), available == "1")
+
+    @property
+    def owner(self) -> str:
+        return f"{self.cm_id} {self.session_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class BindResult:
+    version: int
+    replaced: SessionRecord | None
+
+
+def split_full(full_jid: str) -> tuple[str, str]:
+    bare, _, resource = full_jid.partition("/")
+    return bare, resource
+
+
+class SessionStore:
+    """Session table access; one instance per service process."""
+
+    def __init__(self, redis: aioredis.Redis, service: str) -> None:
+        self._r = redis
+        self._service = service
+        self._bind = redis.register_script(_BIND)
+        self._replace = redis.register_script(_REPLACE_IF_OWNED)
+        self._reap_one = redis.register_script(_REAP_ONE)
+
+    async def bind(self, full_jid: str, record: SessionRecord, max_sessions: int) -> BindResult:
+        bare, resource = split_full(full_jid)
+        async with timed(self._service, "session_bind"):
+            version, old = await self._bind(
+                keys=[keys.sessions(bare), keys.sessions_version(bare)],
+                args=[resource, record.encode(), max_sessions],
+            )
+            await self._r.sadd(keys.cm_sessions(record.cm_id), full_jid)
+        if version == -1:
+            raise SessionLimitReached(bare)
+        return BindResult(int(version), SessionRecord.decode(old) if old else None)
+
+    async def update(self, full_jid: str, record: SessionRecord) -> int:
+        """Replace the record if this session still owns the resource; 0 when it does not."""
+        bare, resource = split_full(full_jid)
+        async with timed(self._service, "session_update"):
+            return int(
+                await self._replace(
+                    keys=[keys.sessions(bare), keys.sessions_version(bare)],
+                    args=[resource, record.owner, record.encode()],
+                )
+            )
+
+    async def unbind(self, full_jid: str, record: SessionRecord) -> int:
+        """Remove the resource if this session still owns it; 0 when it does not."""
+        bare, resource = split_full(full_jid)
+        async with timed(self._service, "session_unbind"):
+            version = await self._replace(
+                keys=[keys.sessions(bare), keys.sessions_version(bare)],
+                args=[resource, record.owner, ""],
+            )
+            await self._r.srem(keys.cm_sessions(record.cm_id), full_jid)
+        return int(version)
+
+    async def get(self, bare_jid: str) -> dict[str, SessionRecord]:
+        async with timed(self._service, "session_get"):
+            raw = await self._r.hgetall(keys.sessions(bare_jid))
+        return {k.decode(): SessionRecord.decode(v) for k, v in raw.items()}
+
+    async def get_many(self, bare_jids: list[str]) -> list[tuple[bool, dict[str, SessionRecord]]]:
+        """(account exists, sessions) for each bare JID, in one pipelined round trip."""
+        async with timed(self._service, "session_get_many"), self._r.pipeline(
+            transaction=False
+        ) as pipe:
+            for bare in bare_jids:
+                pipe.exists(keys.account(bare))
+                pipe.hgetall(keys.sessions(bare))
+            replies = await pipe.execute()
+        out = []
+        for i in range(0, len(replies), 2):
+            sessions = {k.decode(): SessionRecord.decode(v) for k, v in replies[i + 1].items()}
+            out.append((bool(replies[i]), sessions))
+        return out
+
+    # --- connection manager liveness -------------------------------------------------------
+
+    async def heartbeat(self, cm_id: str, ttl_s: int) -> None:
+        async with timed(self._service, "heartbeat"), self._r.pipeline(transaction=False) as p:
+            p.set(keys.cm_alive(cm_id), b"1", ex=ttl_s)
+            p.sadd(keys.CMS, cm_id)
+            await p.execute()
+
+    async def retire(self, cm_id: str) -> None:
+        """A connection manager that stopped cleanly removes its heartbeat and index."""
+        await self._r.delete(keys.cm_alive(cm_id), keys.cm_sessions(cm_id))
+        await self._r.srem(keys.CMS, cm_id)
+
+    async def connection_managers(self) -> dict[str, bool]:
+        """Every registered connection manager id -> whether its heartbeat is alive."""
+        ids = sorted(m.decode() for m in await self._r.smembers(keys.CMS))
+        if not ids:
+            return {}
+        async with self._r.pipeline(transaction=False) as pipe:
+            for cm_id in ids:
+                pipe.exists(keys.cm_alive(cm_id))
+            alive = await pipe.execute()
+        return {cm_id: bool(a) for cm_id, a in zip(ids, alive, strict=True)}
+
+    async def cm_sessions(self, cm_id: str) -> list[str]:
+        return sorted(m.decode() for m in await self._r.smembers(keys.cm_sessions(cm_id)))
+
+    async def reap(self, cm_id: str) -> list[tuple[str, int]]:
+        """Remove every session of a dead connection manager; (full JID, version) removed."""
+        removed = []
+        for full_jid in await self.cm_sessions(cm_id):
+            bare, resource = split_full(full_jid)
+            version = await self._reap_one(
+                keys=[keys.sessions(bare), keys.sessions_version(bare)], args=[resource, cm_id]
+            )
+            if version:
+                removed.append((full_jid, int(version)))
+        await self.retire(cm_id)
+        return removed

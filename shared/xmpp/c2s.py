@@ -1,0 +1,582 @@
+"""The client-to-server stream state machine, sans-I/O (RFC 6120 §4 to §8).
+
+Bytes go in with `receive_data`, events come out of `next_event` one at a time, and the bytes
+to write are taken with `data_to_send` (the h11 style).  Steps that need I/O (a TLS handshake,
+a credentials lookup, a resource binding, an account creation) come out as events and the
+machine waits (`next_event` returns None) until the caller reports the outcome:
+
+    StartTLS            -> caller wraps the socket, then `tls_established()`
+    CredentialsNeeded   -> `credentials_loaded(creds or None)`
+    BindRequested       -> `bind_succeeded(full_jid)` or `bind_failed(StanzaError)`
+    RegisterRequested   -> `register_done(StanzaError or None)`
+
+Every stream restart (after STARTTLS, after SASL success) starts a fresh parser and discards
+whatever the old parser still held: bytes pipelined after <starttls/> must never be
+processed as if they had come over TLS (the STARTTLS command injection class).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+from xml.sax.saxutils import escape, quoteattr
+
+from lxml import etree
+
+from shared.credentials import StoredCredentials
+from shared.jid import JID, JIDError, parse_jid
+from shared.sasl import MECHANISMS, Authenticator, Challenge, NeedCredentials, SASLFailure, Success
+from shared.xmpp import ns
+from shared.xmpp.errors import (
+    StanzaError,
+    StanzaErrorCondition,
+    StreamError,
+    StreamErrorCondition,
+)
+from shared.xmpp.parser import (
+    PRE_AUTH_LIMITS,
+    ParserLimits,
+    StanzaReceived,
+    StreamClosed,
+    StreamOpened,
+    StreamParser,
+    serialize,
+)
+from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS, error_reply, iq_result, must_not_bounce
+
+MAX_AUTH_ATTEMPTS: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """What the machine needs to know about its server."""
+
+    domain: str
+    tls_available: bool = True
+    tls_required: bool = True
+    allow_registration: bool = False
+    max_stanza_bytes: int = 256 * 1024
+    mechanisms: tuple[str, ...] = MECHANISMS
+
+
+# ---- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    """<proceed/> is queued: write it, then start the TLS handshake."""
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsNeeded:
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSucceeded:
+    username: str
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailed:
+    mechanism: str
+    condition: str
+
+
+@dataclass(frozen=True, slots=True)
+class BindRequested:
+    resource: str | None  # prepared (RFC 7622 OpaqueString); None asks the server for one
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequested:
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class StanzaIn:
+    """A stanza of a bound session, 'from' stamped, in canonical bytes."""
+
+    kind: str
+    type: str
+    id: str
+    to: JID | None
+    element: etree._Element
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The stream is over; write what is left and close the transport."""
+
+    error: StreamErrorCondition | None
+
+
+Event = (
+    StartTLS
+    | CredentialsNeeded
+    | AuthSucceeded
+    | AuthFailed
+    | BindRequested
+    | RegisterRequested
+    | StanzaIn
+    | StreamEnded
+)
+
+
+class State(enum.Enum):
+    HEADER = "header"  # waiting for the (next) stream header
+    OPEN = "open"  # header received, features sent
+    WAITING = "waiting"  # the caller owes us an answer
+    CLOSED = "closed"
+
+
+class C2SStream:
+    """One client stream, from the first byte to </stream:stream>."""
+
+    def __init__(self, config: StreamConfig) -> None:
+        self.config = config
+        self.state = State.HEADER
+        self.tls = False
+        self.username: str | None = None
+        self.jid: JID | None = None  # full JID once bound
+        self.stream_id = ""
+        self._parser = StreamParser(PRE_AUTH_LIMITS)
+        self._pending: deque[object] = deque()
+        self._ready: deque[Event] = deque()  # events produced by the caller's answers
+        self._out: list[bytes] = []
+        self._header_sent = False
+        self._auth: Authenticator | None = None
+        self._auth_attempts = 0
+        self._mechanism = ""
+        self._waiting_for: type | None = None
+        self._bind_iq: str = ""
+        self._register_iq: str = ""
+
+    # ---- input -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the socket.  Parse errors become a StreamEnded event."""
+        if self.state is State.CLOSED:
+            return
+        try:
+            self._pending.extend(self._parser.feed(data))
+        except StreamError as exc:
+            self._pending.append(exc)
+
+    def next_event(self) -> Event | None:
+        """The next event, or None when more data (or an answer from the caller) is needed."""
+        if self._ready:
+            return self._ready.popleft()
+        while self._pending and self.state not in (State.WAITING, State.CLOSED):
+            item = self._pending.popleft()
+            try:
+                event = self._handle(item)
+            except StreamError as exc:
+                return self._fail(exc)
+            if event is not None:
+                return event
+        return None
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def bound(self) -> bool:
+        return self.jid is not None
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # ---- answers from the caller -------------------------------------------------------
+
+    def tls_established(self) -> None:
+        self._expect(StartTLS)
+        self.tls = True
+        self._restart()
+
+    def credentials_loaded(self, creds: StoredCredentials | None) -> None:
+        self._expect(CredentialsNeeded)
+        assert self._auth is not None
+        self.state = State.OPEN
+        event = self._sasl_step(lambda auth: auth.provide_credentials(creds))
+        if event is not None:
+            self._ready.appendleft(event)  # before a StreamEnded the failure may have queued
+
+    def bind_succeeded(self, full_jid: JID) -> None:
+        self._expect(BindRequested)
+        self.state = State.OPEN
+        self.jid = full_jid
+        payload = f'<bind xmlns="{ns.BIND}"><jid>{escape(str(full_jid))}</jid></bind>'
+        self._out.append(iq_result(self._bind_iq, None, None, payload))
+
+    def bind_failed(self, error: StanzaError) -> None:
+        self._expect(BindRequested)
+        self.state = State.OPEN
+        self._out.append(_iq_error(self._bind_iq, error))
+
+    def register_done(self, error: StanzaError | None) -> None:
+        self._expect(RegisterRequested)
+        self.state = State.OPEN
+        if error is None:
+            self._out.append(iq_result(self._register_iq, None, None))
+        else:
+            self._out.append(_iq_error(self._register_iq, error))
+
+    def close(self, condition: StreamErrorCondition | None = None, text: str | None = None) -> None:
+        """Close the stream from our side, with a stream error or cleanly."""
+        if self.state is State.CLOSED:
+            return
+        if condition is not None:
+            self._fail(StreamError(condition, text))
+        else:
+            self._ensure_header()
+            self._out.append(b"</stream:stream>")
+            self.state = State.CLOSED
+
+    def stanza_error(self, element: etree._Element, error: StanzaError) -> None:
+        """Bounce one of the client's own stanzas back to it (never an error or a result)."""
+        if must_not_bounce(element.get("type")):
+            return
+        self._out.append(self._bounce(element, error))
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _expect(self, what: type) -> None:
+        if self.state is not State.WAITING or self._waiting_for is not what:
+            raise RuntimeError(f"not waiting for {what.__name__}")
+        self._waiting_for = None
+
+    def _wait(self, event: Event) -> Event:
+        self.state = State.WAITING
+        self._waiting_for = type(event)
+        return event
+
+    def _restart(self) -> None:
+        """RFC 6120 §4.3.3: a new stream on the same connection, with a fresh parser."""
+        limits = (
+            ParserLimits(max_stanza_bytes=self.config.max_stanza_bytes)
+            if self.username
+            else PRE_AUTH_LIMITS
+        )
+        self._parser = StreamParser(limits)
+        self._pending.clear()
+        self._header_sent = False
+        self.state = State.HEADER
+
+    def _fail(self, exc: StreamError) -> StreamEnded:
+        self._ensure_header()
+        self._out.append(exc.to_xml())
+        self._out.append(b"</stream:stream>")
+        self.state = State.CLOSED
+        self._pending.clear()
+        return StreamEnded(exc.condition)
+
+    def _ensure_header(self, peer_from: str | None = None) -> None:
+        """RFC 6120 §4.9.1.3: even an error is preceded by our stream header."""
+        if self._header_sent:
+            return
+        self._header_sent = True
+        self.stream_id = secrets.token_urlsafe(12)
+        to = f" to={quoteattr(peer_from)}" if peer_from else ""
+        self._out.append(
+            (
+                "<?xml version='1.0'?>"
+                f'<stream:stream xmlns="{ns.CLIENT}" xmlns:stream="{ns.STREAM}" '
+                f'id="{self.stream_id}" from={quoteattr(self.config.domain)}{to} '
+                'version="1.0" xml:lang="en">'
+            ).encode()
+        )
+
+    def _handle(self, item: object) -> Event | None:
+        if isinstance(item, StreamError):
+            raise item
+        if isinstance(item, StreamOpened):
+            return self._on_header(item)
+        if isinstance(item, StreamClosed):
+            self._ensure_header()
+            self._out.append(b"</stream:stream>")
+            self.state = State.CLOSED
+            return StreamEnded(None)
+        assert isinstance(item, StanzaReceived)
+        if self.state is State.HEADER:  # pragma: no cover - the parser opens first
+            raise StreamError(StreamErrorCondition.NOT_WELL_FORMED)
+        element = item.element
+        tag = element.tag
+        if not isinstance(tag, str):
+            raise StreamError(StreamErrorCondition.RESTRICTED_XML)
+        if tag.startswith("{" + ns.CLIENT + "}"):
+            return self._on_stanza(element, tag[len(ns.CLIENT) + 2 :])
+        if self.username is None and tag.startswith("{" + ns.SASL + "}"):
+            return self._on_sasl(element, tag[len(ns.SASL) + 2 :])
+        if tag == f"{{{ns.TLS}}}starttls":
+            return self._on_starttls()
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+
+    def _on_header(self, header: StreamOpened) -> Event | None:
+        peer_from = header.attrs.get("from")
+        try:
+            peer = parse_jid(peer_from) if peer_from else None
+        except JIDError:
+            peer = None
+        self._ensure_header(str(peer) if peer else None)
+        if header.stream_ns != ns.STREAM or header.local_name != "stream":
+            raise StreamError(StreamErrorCondition.INVALID_NAMESPACE)
+        if header.default_ns != ns.CLIENT:
+            raise StreamError(StreamErrorCondition.INVALID_NAMESPACE)
+        version = header.attrs.get("version", "")
+        major = version.partition(".")[0]
+        if not major.isdigit() or int(major) < 1:
+            raise StreamError(StreamErrorCondition.UNSUPPORTED_VERSION, "version 1.0 required")
+        to = header.attrs.get("to")
+        if to is None:
+            raise StreamError(StreamErrorCondition.HOST_UNKNOWN, "the header has no 'to'")
+        try:
+            domain = parse_jid(to)
+        except JIDError:
+            raise StreamError(StreamErrorCondition.HOST_UNKNOWN) from None
+        if str(domain) != self.config.domain:
+            raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
+        self.state = State.OPEN
+        self._out.append(self._features())
+        return None
+
+    def _features(self) -> bytes:
+        parts = ["<stream:features>"]
+        if self.username is not None:
+            parts.append(f'<bind xmlns="{ns.BIND}"/>')
+            parts.append(f'<session xmlns="{ns.SESSION}"><optional/></session>')
+        else:
+            if self.config.tls_available and not self.tls:
+                required = "<required/>" if self.config.tls_required else ""
+                parts.append(f'<starttls xmlns="{ns.TLS}">{required}</starttls>')
+            if self._sasl_allowed():
+                mechs = "".join(f"<mechanism>{m}</mechanism>" for m in self.config.mechanisms)
+                parts.append(f'<mechanisms xmlns="{ns.SASL}">{mechs}</mechanisms>')
+                if self.config.allow_registration:
+                    parts.append(f'<register xmlns="{ns.REGISTER_FEATURE}"/>')
+        parts.append("</stream:features>")
+        return "".join(parts).encode()
+
+    def _sasl_allowed(self) -> bool:
+        return self.tls or not self.config.tls_required
+
+    # ---- STARTTLS (RFC 6120 §5) ------------------------------------------------------------
+
+    def _on_starttls(self) -> Event:
+        if self.tls or not self.config.tls_available or self.username is not None:
+            # §5.4.2.2: failure, then the stream is closed.
+            self._out.append(f'<failure xmlns="{ns.TLS}"/></stream:stream>'.encode())
+            self.state = State.CLOSED
+            return StreamEnded(StreamErrorCondition.POLICY_VIOLATION)
+        self._out.append(f'<proceed xmlns="{ns.TLS}"/>'.encode())
+        self._pending.clear()  # nothing sent in the clear after <starttls/> is ever processed
+        return self._wait(StartTLS())
+
+    # ---- SASL (RFC 6120 §6) ----------------------------------------------------------------
+
+    def _on_sasl(self, element: etree._Element, name: str) -> Event | None:
+        if name == "auth":
+            if not self._sasl_allowed():
+                return self._sasl_failure("encryption-required", element.get("mechanism", ""))
+            mechanism = element.get("mechanism", "")
+            self._mechanism = mechanism
+            if mechanism not in self.config.mechanisms:
+                return self._sasl_failure("invalid-mechanism", mechanism)
+            try:
+                initial = _b64(element.text)
+            except ValueError:
+                return self._sasl_failure("incorrect-encoding", mechanism)
+            try:
+                self._auth = Authenticator(mechanism, domain=self.config.domain)
+            except SASLFailure as exc:
+                return self._sasl_failure(exc.condition.value, mechanism)
+            return self._sasl_step(lambda auth: auth.start(initial))
+        if self._auth is None:
+            raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "no SASL exchange")
+        if name == "abort":
+            return self._sasl_failure("aborted", self._mechanism)
+        if name == "response":
+            try:
+                data = _b64(element.text) or b""
+            except ValueError:
+                return self._sasl_failure("incorrect-encoding", self._mechanism)
+            return self._sasl_step(lambda auth: auth.respond(data))
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+
+    def _sasl_step(self, step: object) -> Event | None:
+        assert self._auth is not None
+        try:
+            result = step(self._auth)  # type: ignore[operator]
+        except SASLFailure as exc:
+            return self._sasl_failure(exc.condition.value, self._mechanism)
+        if isinstance(result, NeedCredentials):
+            return self._wait(CredentialsNeeded(result.username))
+        if isinstance(result, Challenge):
+            data = base64.b64encode(result.data).decode()
+            self._out.append(f'<challenge xmlns="{ns.SASL}">{data}</challenge>'.encode())
+            return None
+        assert isinstance(result, Success)
+        data = base64.b64encode(result.data).decode() if result.data else ""
+        self._out.append(f'<success xmlns="{ns.SASL}">{data}</success>'.encode())
+        self.username = result.username
+        self._auth = None
+        self._restart()
+        return AuthSucceeded(result.username, self._mechanism)
+
+    def _sasl_failure(self, condition: str, mechanism: str) -> Event:
+        self._auth = None
+        self._out.append(f'<failure xmlns="{ns.SASL}"><{condition}/></failure>'.encode())
+        self._auth_attempts += 1
+        if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
+            self._ensure_header()
+            self._out.append(
+                StreamError(StreamErrorCondition.POLICY_VIOLATION, "too many attempts").to_xml()
+            )
+            self._out.append(b"</stream:stream>")
+            self.state = State.CLOSED
+            self._pending.clear()
+            self._ready.append(StreamEnded(StreamErrorCondition.POLICY_VIOLATION))
+        return AuthFailed(mechanism, condition)
+
+    # ---- stanzas (RFC 6120 §7, §8) ----------------------------------------------------------
+
+    def _on_stanza(self, element: etree._Element, kind: str) -> Event | None:
+        if kind not in STANZA_KINDS:
+            raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+        if self.username is None:
+            if kind == "iq" and self._registration_iq(element):
+                return self._on_register(element)
+            raise StreamError(StreamErrorCondition.NOT_AUTHORIZED)
+        if self.jid is None:
+            if kind == "iq" and element.find(f"{{{ns.BIND}}}bind") is not None:
+                return self._on_bind(element)
+            raise StreamError(StreamErrorCondition.NOT_AUTHORIZED, "bind a resource first")
+        return self._on_session_stanza(element, kind)
+
+    def _on_session_stanza(self, element: etree._Element, kind: str) -> Event | None:
+        jid = self.jid
+        assert jid is not None
+        claimed = element.get("from")
+        full = str(jid)
+        if claimed is not None and claimed != full and claimed != jid.bare_str:
+            # RFC 6120 §8.1.2.1 (4): a 'from' that is not the session's own JID.
+            raise StreamError(StreamErrorCondition.INVALID_FROM)
+        element.set("from", full)
+        type_ = element.get("type") or ""
+        stanza_id = element.get("id") or ""
+        if kind == "iq":
+            if type_ not in IQ_TYPES or not stanza_id:
+                return self._bounce_now(element, StanzaErrorCondition.BAD_REQUEST)
+            if type_ in ("get", "set") and len(element) != 1:
+                return self._bounce_now(element, StanzaErrorCondition.BAD_REQUEST)
+            if type_ == "set" and element.find(f"{{{ns.SESSION}}}session") is not None:
+                # RFC 3921 §3 legacy session establishment: a no-op we still answer.
+                self._out.append(iq_result(stanza_id, None, None))
+                return None
+            if type_ == "set" and element.find(f"{{{ns.BIND}}}bind") is not None:
+                return self._bounce_now(element, StanzaErrorCondition.NOT_ALLOWED)
+        to_attr = element.get("to")
+        to: JID | None = None
+        if to_attr is not None:
+            try:
+                to = parse_jid(to_attr)
+            except JIDError:
+                return self._bounce_now(element, StanzaErrorCondition.JID_MALFORMED)
+            element.set("to", str(to))
+        return StanzaIn(kind, type_, stanza_id, to, element, serialize(element))
+
+    def _bounce_now(self, element: etree._Element, condition: StanzaErrorCondition) -> None:
+        self.stanza_error(element, StanzaError(condition))
+        return None
+
+    def _bounce(self, element: etree._Element, error: StanzaError) -> bytes:
+        return error_reply(
+            element,
+            error,
+            to=str(self.jid) if self.jid else None,
+            from_=element.get("to") or (self.jid.bare_str if self.jid else None),
+        )
+
+    def _on_bind(self, element: etree._Element) -> Event | None:
+        """RFC 6120 §7.6: the client asks for a resource, or lets the server choose one."""
+        stanza_id = element.get("id") or ""
+        if element.get("type") != "set" or not stanza_id:
+            return self._bounce_now(element, StanzaErrorCondition.BAD_REQUEST)
+        self._bind_iq = stanza_id
+        bind = element.find(f"{{{ns.BIND}}}bind")
+        assert bind is not None
+        res_el = bind.find(f"{{{ns.BIND}}}resource")
+        requested = (res_el.text or "").strip() if res_el is not None else ""
+        if not requested:
+            return self._wait(BindRequested(None))
+        try:
+            resource = JID(None, self.config.domain, None).with_resource(requested).resource
+        except JIDError:
+            # RFC 6120 §7.7.2.1: a resourcepart the server cannot process.
+            self._out.append(_iq_error(stanza_id, StanzaError(StanzaErrorCondition.BAD_REQUEST)))
+            return None
+        return self._wait(BindRequested(resource))
+
+    # ---- in-band registration (XEP-0077 §3) ------------------------------------------------
+
+    def _registration_iq(self, element: etree._Element) -> bool:
+        return (
+            self.config.allow_registration
+            and self._sasl_allowed()
+            and element.find(f"{{{ns.REGISTER}}}query") is not None
+        )
+
+    def _on_register(self, element: etree._Element) -> Event | None:
+        stanza_id = element.get("id") or ""
+        query = element.find(f"{{{ns.REGISTER}}}query")
+        assert query is not None
+        if element.get("type") == "get":
+            form = (
+                f'<query xmlns="{ns.REGISTER}"><instructions>Choose a username and password.'
+                "</instructions><username/><password/></query>"
+            )
+            self._out.append(iq_result(stanza_id, None, None, form))
+            return None
+        if element.get("type") != "set" or not stanza_id:
+            self._out.append(_iq_error(stanza_id, StanzaError(StanzaErrorCondition.BAD_REQUEST)))
+            return None
+        username = query.findtext(f"{{{ns.REGISTER}}}username") or ""
+        password = query.findtext(f"{{{ns.REGISTER}}}password") or ""
+        if query.find(f"{{{ns.REGISTER}}}remove") is not None:
+            self._out.append(_iq_error(stanza_id, StanzaError(StanzaErrorCondition.NOT_ALLOWED)))
+            return None
+        if not username or not password:
+            self._out.append(
+                _iq_error(stanza_id, StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE))
+            )
+            return None
+        self._register_iq = stanza_id
+        return self._wait(RegisterRequested(username, password))
+
+
+def _iq_error(stanza_id: str, error: StanzaError) -> bytes:
+    return f'<iq type="error" id={quoteattr(stanza_id)}>{error.to_xml()}</iq>'.encode()
+
+
+def _b64(text: str | None) -> bytes | None:
+    """RFC 6120 §6.4.2: no text means no initial response; '=' means an empty one."""
+    if text is None or text == "":
+        return None
+    text = text.strip()
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64") from None

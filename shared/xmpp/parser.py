@@ -1,0 +1,585 @@
+"""Sans-I/O incremental parser for an XMPP XML stream (RFC 6120 §4 and §11).
+
+Bytes go in with `StreamParser.feed`, events come out: `StreamOpened` for the stream header
+(RFC 6120 §4.7), `StanzaReceived` for every complete first-level child of the stream
+(RFC 6120 §4.1, "XML stanza" or stream-level element) and `StreamClosed` for
+`</stream:stream>` (RFC 6120 §4.4).  Any violation raises `StreamError`; after that the
+parser is dead and keeps raising the same error.  A new parser is made for every stream
+restart (RFC 6120 §4.3.3): nothing is shared between instances.
+
+Security model (RFC 6120 §11.1 restricted XML, §13.5 denial of service):
+
+* lxml runs with ``resolve_entities=False, no_network=True, load_dtd=False,
+  huge_tree=False``.  On top of that no DTD ever reaches libxml2: the prolog (everything
+  before the root start tag) is checked by `_Prolog` *before* its bytes are fed, and only
+  ``[UTF-8 BOM] [<?xml ...?>] whitespace`` is let through.  ``<!DOCTYPE``, ``<!--`` and any
+  other ``<?`` raise RESTRICTED_XML before libxml2 sees a byte of them, so internal subsets
+  (billion laughs) and external entities (XXE) are never parsed, let alone expanded or
+  loaded.  libxml2 reports a DOCTYPE as *no* pull event (it only shows in ``docinfo``, after
+  the fact), which is why the check has to happen on the bytes.  Inside the root a
+  ``<!DOCTYPE`` is a libxml2 syntax error ("StartTag: invalid element name"); we report it
+  as RESTRICTED_XML as well (see `_syntax_error`).
+* Comments and processing instructions inside the stream arrive as lxml ``comment``/``pi``
+  events and raise RESTRICTED_XML.  ``<?xml ...?>`` anywhere but at the very start is a
+  libxml2 syntax error (NOT_WELL_FORMED).
+* Entity references: the five predefined entities and character references of legal XML
+  1.0 characters are replaced by libxml2 as usual; character references to other code
+  points (``&#1;``) are syntax errors (NOT_WELL_FORMED).  A reference to any other entity
+  (``&foo;``) can never have been declared (no DTD gets through), and §11.1 forbids it: we
+  raise RESTRICTED_XML.  Beware what lxml does here: with ``resolve_entities=False`` it
+  *swallows* libxml2's fatal ERR_UNDECLARED_ENTITY and silently *resets* the push parser (the
+  next `feed` would start a brand new document, prolog and DOCTYPE included!).
+* Namespace errors (undeclared prefix, ``xmlns:p=''``, two attributes with the same expanded
+  name, rebinding ``xml``/``xmlns``) are non-fatal for libxml2 and lxml does not raise them
+  at all: ``<foo:message/>`` with no ``xmlns:foo`` becomes an element named 'foo:message' in
+  no namespace, a duplicate attribute is silently dropped.  XML-NAMES well-formedness is
+  required by RFC 6120 §11.2, so they are NOT_WELL_FORMED.
+* Both of the above only show in lxml's ``feed_error_log``, which is therefore read after
+  every slice fed (about 0.5 µs); any error-level entry there is fatal.  As a second line
+  every new first-level element must hang off our root.
+* Encoding: RFC 6120 §11.6 requires UTF-8.  The lxml parser is forced to UTF-8, an XML
+  declaration naming another encoding raises UNSUPPORTED_ENCODING, and so does a UTF-16/32
+  byte order mark or NUL-interleaved ASCII at the start.  Invalid UTF-8, NUL and the C0
+  control characters XML 1.0 forbids are libxml2 syntax errors (NOT_WELL_FORMED).
+* Any other libxml2 syntax error is NOT_WELL_FORMED; non-whitespace text between stanzas is
+  BAD_FORMAT (RFC 6120 §11.7 allows only whitespace there).
+
+Limits (`ParserLimits`) are enforced *while* parsing.  A chunk passed to `feed` is handed to
+libxml2 in slices of at most `_slice_size` bytes (512 to 4096, an eighth of the stanza
+limit) and every slice is accounted for before the next one is fed, so libxml2 never parses
+more than one slice beyond a limit, whatever the size of the chunk:
+
+* ``max_stanza_bytes``: bytes fed since the last first-level child ended, whitespace
+  between stanzas excepted.  lxml does not tell at which byte an element ended, so within the
+  slice in which a stanza ends the count restarts at the bytes after the last ``>`` of that
+  slice.  That estimate can only be low, never high, so a stanza under the limit is never
+  refused and one over the limit gets through only if it is at most one slice over.  A
+  stanza that grows forever is stopped once the count passes the limit.
+* ``max_stanza_elements``, ``max_depth`` (the stanza element itself is depth 1),
+  ``max_attributes`` (attributes plus namespace declarations of one element): exact, checked
+  on each ``start`` event.
+* ``max_header_bytes``: the bytes before the root start tag has completed, exact.
+
+All of these raise POLICY_VIOLATION.  Events already decoded in the `feed` call that raises
+are dropped with the stream.
+
+Stanzas are detached from the root as soon as they end, and the whitespace between them is
+dropped, so the tree does not grow however long the stream lives.  Detaching is a deep copy
+(`lxml.etree._Element.__copy__`, i.e. libxml2's ``xmlDocCopyNode``) into a document of its
+own: the copy declares exactly the namespaces its nodes use, under the prefixes the peer
+used, so a ``{jabber:client}message`` is serialised as ``<message xmlns="jabber:client">``
+without the header's ``xmlns:stream``.  ``root.remove(element)`` would have been cheaper but
+lxml's namespace reconciliation then turns the inherited *default* namespace into a
+generated prefix (``<ns0:message xmlns:ns0="jabber:client">``), which many clients reject.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from lxml import etree
+
+from shared.xmpp import ns
+from shared.xmpp.errors import StreamError, StreamErrorCondition
+
+__all__ = [
+    "POST_AUTH_LIMITS",
+    "PRE_AUTH_LIMITS",
+    "Event",
+    "ParserLimits",
+    "StanzaReceived",
+    "StreamClosed",
+    "StreamOpened",
+    "StreamParser",
+    "parse_fragment",
+    "serialize",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ParserLimits:
+    """Resource limits of one stream (RFC 6120 §13.12); violations are POLICY_VIOLATION."""
+
+    max_stanza_bytes: int = 256 * 1024  # per first-level child of the stream, while parsing
+    max_stanza_elements: int = 10_000  # elements inside one stanza, the stanza included
+    max_depth: int = 32  # nesting depth inside a stanza, the stanza element is depth 1
+    max_attributes: int = 64  # per element, namespace declarations included
+    max_header_bytes: int = 4096  # everything before the root start tag completes
+
+
+PRE_AUTH_LIMITS: Final = ParserLimits(max_stanza_bytes=8 * 1024, max_stanza_elements=32)
+POST_AUTH_LIMITS: Final = ParserLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The stream header, ``<stream:stream ...>`` (RFC 6120 §4.7)."""
+
+    attrs: dict[str, str]  # unqualified attributes; {xml ns}lang comes as 'xml:lang'
+    default_ns: str | None  # default namespace declared on the header (jabber:client)
+    stream_ns: str | None  # namespace of the root element (http://etherx.jabber.org/streams)
+    local_name: str  # 'stream' expected
+    prefix: str | None  # prefix of the root element ('stream' expected)
+
+
+@dataclass(frozen=True, slots=True)
+class StanzaReceived:
+    """A complete first-level child of the stream, detached into a document of its own."""
+
+    element: etree._Element
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed:
+    """``</stream:stream>`` (RFC 6120 §4.4); whatever follows it is ignored."""
+
+
+Event: TypeAlias = StreamOpened | StanzaReceived | StreamClosed
+
+_WS: Final = b" \t\r\n"
+_BOM: Final = b"\xef\xbb\xbf"
+_XML_LANG: Final = f"{{{ns.XML}}}lang"
+_ENCODING_RE: Final = re.compile(rb"""\sencoding\s*=\s*(["'])([^"']*)\1""")
+# Markup declarations can only come from a DTD: inside the root they are syntax errors for
+# libxml2, which we report as restricted XML (RFC 6120 §11.1).
+_MARKUP_DECL_RE: Final = re.compile(rb"<!(?:DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)")
+_UNDECLARED_ENTITY: Final = frozenset(
+    {etree.ErrorTypes.ERR_UNDECLARED_ENTITY, etree.ErrorTypes.WAR_UNDECLARED_ENTITY}
+)
+
+_ERROR_LEVEL: Final = etree.ErrorLevels.ERROR
+_ELEMENT_EVENT: Final = 1
+_BOUNDARY: Final = 2
+_NOT_WELL_FORMED: Final = StreamErrorCondition.NOT_WELL_FORMED
+_RESTRICTED_XML: Final = StreamErrorCondition.RESTRICTED_XML
+_POLICY_VIOLATION: Final = StreamErrorCondition.POLICY_VIOLATION
+
+
+def _new_lxml_parser() -> etree.XMLPullParser:
+    """The only way this module builds an lxml parser: nothing resolved, loaded or fetched."""
+    return etree.XMLPullParser(
+        events=("start", "end", "start-ns", "comment", "pi"),
+        encoding="utf-8",  # RFC 6120 §11.6; never trust a declaration or a BOM
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        attribute_defaults=False,
+        huge_tree=False,
+        recover=False,
+        remove_blank_text=False,
+        remove_comments=False,  # we want to see them, to refuse them
+        remove_pis=False,
+        collect_ids=False,  # no xml:id hash table growing with the stream
+    )
+
+
+def _violation(text: str) -> StreamError:
+    return StreamError(_POLICY_VIOLATION, text)
+
+
+def _syntax_error(exc: etree.XMLSyntaxError, recent: bytes) -> StreamError:
+    """Map an lxml syntax error; `recent` is the slice that failed plus a few bytes before."""
+    if _MARKUP_DECL_RE.search(recent):
+        return StreamError(_RESTRICTED_XML, "DTDs are not allowed")
+    message = (exc.msg or "").splitlines()[0] if exc.msg else ""
+    return StreamError(_NOT_WELL_FORMED, message[:200] or None)
+
+
+def _logged_error(error: etree._LogEntry) -> StreamError:
+    """The stream error for an error lxml logged without raising it (module docstring)."""
+    if error.type in _UNDECLARED_ENTITY:
+        return StreamError(_RESTRICTED_XML, "entity references are not allowed")
+    message = (error.message or "").strip()
+    return StreamError(_NOT_WELL_FORMED, message[:200] or None)
+
+
+def _check_error_log(xml: etree.XMLPullParser) -> None:
+    error = xml.feed_error_log.last_error
+    if error is not None and error.level >= _ERROR_LEVEL:
+        raise _logged_error(error)
+
+
+class _Prolog:
+    """Checks the bytes before the root element's start tag, before libxml2 sees them.
+
+    Allowed: an optional UTF-8 BOM, an optional XML declaration naming no encoding but UTF-8,
+    whitespace.  Anything else starting with ``<!`` or ``<?`` is restricted XML; other text
+    is not well-formed.  `scan` is fed the whole prolog seen so far each time (it is bounded
+    by `ParserLimits.max_header_bytes`) and resumes where it stopped.
+    """
+
+    __slots__ = ("done", "pos")
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.done = False
+
+    def scan(self, buf: bytes) -> None:
+        pos = self.pos
+        n = len(buf)
+        if pos == 0:
+            if n < 3 and _BOM.startswith(buf):
+                return  # maybe a BOM, wait for more
+            if buf.startswith(_BOM):
+                pos = 3
+            elif buf[:2] in (b"\xfe\xff", b"\xff\xfe") or b"\x00" in buf[:2]:
+                raise StreamError(StreamErrorCondition.UNSUPPORTED_ENCODING, "UTF-8 required")
+            # The XML declaration is only allowed here, at the very start.
+            head = buf[pos : pos + 6]
+            if b"<?xml"[: len(head)] == head[:5]:
+                if len(head) < 6:
+                    return  # could still be '<?xml ' or a PI: wait
+                if head[5:6] in (b" ", b"\t", b"\r", b"\n"):
+                    end = buf.find(b"?>", pos)
+                    if end < 0:
+                        if b"<" in buf[pos + 1 :]:
+                            raise StreamError(_NOT_WELL_FORMED, "bad XML declaration")
+                        return  # wait for the end of the declaration
+                    if b"<" in buf[pos + 1 : end]:
+                        raise StreamError(_NOT_WELL_FORMED, "bad XML declaration")
+                    _check_declaration(buf[pos : end + 2])
+                    pos = end + 2
+        while pos < n:
+            byte = buf[pos]
+            if byte in _WS:
+                pos += 1
+                continue
+            if byte != 0x3C:  # '<'
+                raise StreamError(_NOT_WELL_FORMED, "text before the stream header")
+            if pos + 1 >= n:
+                break  # wait for the byte after '<'
+            nxt = buf[pos + 1]
+            if nxt == 0x21:  # '!'
+                what = "DTDs" if buf.startswith(b"<!D", pos) else "comments"
+                raise StreamError(_RESTRICTED_XML, f"{what} are not allowed")
+            if nxt == 0x3F:  # '?'
+                raise StreamError(_RESTRICTED_XML, "processing instructions are not allowed")
+            self.done = True  # the root start tag: libxml2 takes it from here
+            break
+        self.pos = pos
+
+
+def _check_declaration(decl: bytes) -> None:
+    match = _ENCODING_RE.search(decl)
+    if match is not None and match.group(2).lower() not in (b"utf-8", b"utf8"):
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_ENCODING, "UTF-8 required")
+
+
+class StreamParser:
+    """Incremental parser of one XML stream; see the module docstring for the rules.
+
+    `limits` may be reassigned between two `feed` calls (the stream state machine raises
+    them after authentication).
+    """
+
+    def __init__(self, limits: ParserLimits = PRE_AUTH_LIMITS) -> None:
+        self.limits = limits
+        self._xml = _new_lxml_parser()
+        self._prolog: _Prolog | None = _Prolog()
+        self._head = b""  # prolog bytes seen so far, only until the root start tag
+        self._header_fed = 0
+        self._root: etree._Element | None = None
+        self._default_ns: str | None = None
+        self._depth = -1  # -1 before the root, 0 between stanzas, 1 in a stanza element
+        self._elements = 0  # elements of the current stanza
+        self._pending_ns = 0  # start-ns events not yet claimed by a start event
+        self._count = 0  # bytes of the stanza being received (see the module docstring)
+        self._dirty = False  # non-whitespace bytes fed since the last stanza ended
+        self._eq = 0  # '=' fed since the last piece with an element event
+        self._attached = 0  # delivered stanzas whose originals are still in the tree
+        self._carry = b""  # end of the previous slice, to recognise split markup
+        self._closed = False
+        self._error: StreamError | None = None
+
+    @property
+    def limits(self) -> ParserLimits:
+        """The limits in force; assignable between two `feed` calls."""
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: ParserLimits) -> None:
+        self._limits = limits
+        self._slice = max(512, min(4096, limits.max_stanza_bytes // 8))
+
+    @property
+    def closed(self) -> bool:
+        """True once </stream:stream> was seen."""
+        return self._closed
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse `data`; return the events it completes.  Raises `StreamError`."""
+        if self._error is not None:
+            raise StreamError(self._error.condition, self._error.text)
+        if self._closed or not data:
+            return []
+        out: list[Event] = []
+        try:
+            if self._root is not None and len(data) <= self._slice:
+                self._feed_piece(data, out)  # the common case: one read, one slice
+            else:
+                self._feed_slices(data, out)
+        except StreamError as exc:
+            self._error = exc
+            self._root = None
+            self._xml = None  # type: ignore[assignment]  # let lxml free everything
+            raise
+        return out
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _feed_slices(self, data: bytes, out: list[Event]) -> None:
+        pos = 0
+        n = len(data)
+        while pos < n and not self._closed:
+            step = self._slice
+            if self._root is None:
+                room = self._limits.max_header_bytes - self._header_fed
+                if room <= 0:
+                    raise _violation("stream header too large")
+                step = min(step, room)
+                piece = data[pos : pos + step]
+                self._feed_header(piece, out)
+            else:
+                piece = data[pos : pos + step]
+                self._feed_piece(piece, out)
+            pos += step
+
+    def _feed_header(self, piece: bytes, out: list[Event]) -> None:
+        """A slice fed before the root start tag completed (it may complete in this one)."""
+        prolog = self._prolog
+        if prolog is not None:
+            self._head += piece
+            prolog.scan(self._head)  # raises before libxml2 sees a DTD, comment or PI
+            if prolog.done:
+                self._prolog = None
+                self._head = b""
+        self._header_fed += len(piece)
+        self._feed_piece(piece, out)
+        if self._root is None and self._header_fed >= self._limits.max_header_bytes:
+            raise _violation("stream header too large")
+
+    def _feed_piece(self, piece: bytes, out: list[Event]) -> None:
+        root = self._root
+        if self._attached:
+            self._drop_attached(root)
+        # Attributes are only counted when the '=' signs fed since the last piece that
+        # completed an element could add up to more than the limit: a start tag completing in
+        # this piece began after the last element event, so its '=' are all in that window.
+        eq = piece.count(b"=")
+        count_attrs = self._eq + eq > self._limits.max_attributes
+        xml = self._xml
+        try:
+            xml.feed(piece)
+        except etree.XMLSyntaxError as exc:
+            # Events decoded before the error still count: a limit, a comment or the end of
+            # the stream that came first takes precedence.
+            self._drain(out, True)
+            if self._closed:
+                return
+            raise _syntax_error(exc, self._carry + piece) from None
+        seen = self._drain(out, count_attrs)
+        # lxml does not raise namespace errors nor undeclared entities (module docstring).
+        error = xml.feed_error_log.last_error
+        if error is not None and error.level >= _ERROR_LEVEL:
+            raise _logged_error(error)
+        self._eq = eq if seen else self._eq + eq
+        self._carry = piece[-16:]
+        if self._closed:
+            return
+        if root is None:
+            root = self._root
+            if root is None:
+                return
+        text = root.text
+        if text is not None:
+            if text.strip(" \t\r\n"):
+                raise StreamError(StreamErrorCondition.BAD_FORMAT, "text between stanzas")
+            root.text = None  # whitespace keepalives must not pile up
+        # Bytes of the stanza being received (module docstring).
+        if seen & _BOUNDARY:
+            tail = piece[piece.rfind(b">") + 1 :]
+            if self._depth == 0:
+                tail = tail.lstrip(_WS)
+                self._dirty = bool(tail)
+            else:
+                self._dirty = True
+            self._count = count = len(tail)
+        elif self._dirty:
+            self._count = count = self._count + len(piece)
+        else:
+            rest = piece.lstrip(_WS)
+            if not rest:
+                return  # a whitespace keepalive
+            self._dirty = True
+            self._count = count = len(rest)
+        if count > self._limits.max_stanza_bytes:
+            raise _violation("stanza too large")
+
+    def _drop_attached(self, root: etree._Element | None) -> None:
+        """Free the originals of the stanzas delivered by the previous piece.
+
+        They stay attached until now because lxml's event queue holds proxies to them until
+        it is exhausted, and removing an element that has proxies costs a namespace
+        reconciliation of the whole subtree; without proxies lxml just frees it.
+        """
+        assert root is not None
+        for _ in range(self._attached):
+            tail = root[0].tail  # what came after the stanza since it ended
+            if tail is not None and tail.strip(" \t\r\n"):
+                raise StreamError(StreamErrorCondition.BAD_FORMAT, "text between stanzas")
+            del root[0]
+        self._attached = 0
+
+    def _drain(self, out: list[Event], count_attrs: bool) -> int:
+        """Handle lxml's pending events; return a mask of _ELEMENT_EVENT and _BOUNDARY (a
+        stanza ended or the root started)."""
+        seen = 0
+        limits = self._limits
+        root = self._root
+        depth = self._depth
+        try:
+            for kind, el in self._xml.read_events():
+                if kind == "start":
+                    seen |= _ELEMENT_EVENT
+                    if count_attrs and self._pending_ns + len(el.keys()) > limits.max_attributes:
+                        raise _violation("too many attributes")
+                    self._pending_ns = 0
+                    if depth == 0:
+                        if el.getparent() is not root:
+                            # lxml swallowed an error and restarted its document
+                            raise StreamError(_NOT_WELL_FORMED, "parser reset")
+                        self._elements = 0
+                    elif depth < 0:
+                        root = self._open(el, out)
+                        seen |= _BOUNDARY
+                        depth = 0
+                        continue
+                    depth += 1
+                    self._elements = elements = self._elements + 1
+                    if depth > limits.max_depth:
+                        raise _violation("stanza nested too deeply")
+                    if elements > limits.max_stanza_elements:
+                        raise _violation("too many elements in a stanza")
+                elif kind == "end":
+                    seen |= _ELEMENT_EVENT
+                    depth -= 1
+                    if depth == 0:
+                        tail = el.tail
+                        if tail is not None and tail.strip(" \t\r\n"):
+                            raise StreamError(
+                                StreamErrorCondition.BAD_FORMAT, "text between stanzas"
+                            )
+                        # A deep copy into a document of its own declares exactly the
+                        # namespaces in use, under the peer's prefixes (module docstring).
+                        stanza = el.__copy__()
+                        if tail is not None:
+                            stanza.tail = None
+                        self._attached += 1
+                        out.append(StanzaReceived(stanza))
+                        seen |= _BOUNDARY
+                    elif depth < 0:
+                        out.append(StreamClosed())
+                        self._closed = True
+                        break
+                elif kind == "start-ns":
+                    self._pending_ns += 1
+                    if depth < 0 and not el[0]:
+                        self._default_ns = el[1]
+                elif kind == "comment":
+                    raise StreamError(_RESTRICTED_XML, "comments are not allowed")
+                else:  # "pi"
+                    raise StreamError(_RESTRICTED_XML, "processing instructions are not allowed")
+        finally:
+            self._depth = depth
+        return seen
+
+    def _open(self, root: etree._Element, out: list[Event]) -> etree._Element:
+        attrs: dict[str, str] = {}
+        for key, value in root.items():
+            if key[0] != "{":
+                attrs[key] = value
+            elif key == _XML_LANG:
+                attrs["xml:lang"] = value
+        qname = etree.QName(root)
+        out.append(
+            StreamOpened(
+                attrs=attrs,
+                default_ns=self._default_ns,
+                stream_ns=qname.namespace,
+                local_name=qname.localname,
+                prefix=root.prefix,
+            )
+        )
+        self._root = root
+        self._depth = 0
+        return root
+
+
+def serialize(element: etree._Element) -> bytes:
+    """The UTF-8 bytes of a stanza for the wire, without the stream's namespace declarations.
+
+    A stanza from `StreamParser` or `parse_fragment` is the root of its own document and
+    declares just the namespaces it uses, so ``{jabber:client}message`` comes out as
+    ``<message xmlns="jabber:client" ...>``: the explicit default namespace is kept because
+    the bytes also travel outside this stream (bus, storage, ``parse_fragment``) and inside
+    a jabber:client stream the declaration is redundant but harmless.  An element still
+    attached to a tree is copied first, which drops inherited declarations it does not use.
+    The tail is never included.
+    """
+    if element.getparent() is not None:
+        element = element.__copy__()
+    return etree.tostring(element, encoding="utf-8", with_tail=False)
+
+
+def parse_fragment(
+    data: bytes, max_bytes: int = POST_AUTH_LIMITS.max_stanza_bytes
+) -> etree._Element:
+    """Parse one standalone element (such as `serialize` output) with the stream's rules.
+
+    Same lxml settings and restricted-XML checks as `StreamParser`, `POST_AUTH_LIMITS` for
+    depth, elements and attributes, and at most `max_bytes` bytes.  Raises `StreamError`.
+    """
+    if len(data) > max_bytes:
+        raise _violation("stanza too large")
+    prolog = _Prolog()
+    prolog.scan(data)
+    if not prolog.done:
+        raise StreamError(_NOT_WELL_FORMED, "no element")
+    limits = POST_AUTH_LIMITS
+    xml = _new_lxml_parser()
+    depth = 0
+    elements = 0
+    pending_ns = 0
+    root: etree._Element | None = None
+    try:
+        xml.feed(data)
+        _check_error_log(xml)
+        root = xml.close()
+    except etree.XMLSyntaxError as exc:
+        raise _syntax_error(exc, data) from None
+    _check_error_log(xml)
+    for kind, el in xml.read_events():
+        if kind == "start":
+            depth += 1
+            elements += 1
+            if depth > limits.max_depth:
+                raise _violation("stanza nested too deeply")
+            if elements > limits.max_stanza_elements:
+                raise _violation("too many elements in a stanza")
+            if pending_ns + len(el.keys()) > limits.max_attributes:
+                raise _violation("too many attributes")
+            pending_ns = 0
+        elif kind == "end":
+            depth -= 1
+        elif kind == "start-ns":
+            pending_ns += 1
+        elif kind == "comment":
+            raise StreamError(_RESTRICTED_XML, "comments are not allowed")
+        else:
+            raise StreamError(_RESTRICTED_XML, "processing instructions are not allowed")
+    if root is None or not isinstance(root.tag, str):  # pragma: no cover - lxml guarantees
+        raise StreamError(_NOT_WELL_FORMED, "no element")
+    return root

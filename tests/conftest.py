@@ -1,0 +1,52 @@
+"""Fixtures: a real cluster (nats-server, redis-server, router, connection manager) per test
+session, on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from shared.credentials import derive_credentials
+from shared.store.accounts import AccountStore
+from shared.store.redis import connect as redis_connect
+from tests.support.cluster import Cluster, new_cluster
+
+TEST_ITERATIONS = 4096  # the SCRAM minimum: tests create many accounts
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    c = new_cluster()
+    try:
+        c.start_servers()
+        c.start_router()
+        c.start_cm(STANZAD_ALLOW_REGISTRATION="true")
+        yield c
+    finally:
+        c.stop()
+
+
+class Users:
+    """Creates accounts straight in the cluster's Redis."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.redis = redis_connect(cluster.redis_url)
+        self.accounts = AccountStore(self.redis, "tests")
+        self._n = 0
+
+    async def create(self, prefix: str = "user", password: str = "secret-pw") -> tuple[str, str]:
+        self._n += 1
+        import secrets
+
+        jid = f"{prefix}{self._n}-{secrets.token_hex(3)}@{self.cluster.domain}"
+        await self.accounts.create(jid, derive_credentials(password, TEST_ITERATIONS))
+        return jid, password
+
+
+@pytest.fixture
+async def users(cluster: Cluster) -> AsyncIterator[Users]:
+    u = Users(cluster)
+    yield u
+    await u.redis.aclose()

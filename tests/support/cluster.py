@@ -1,0 +1,137 @@
+"""A real cluster for integration tests: nats-server, redis-server and the services as
+subprocesses, all on free loopback ports, torn down at the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import localservers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    domain: str = "localhost"
+    partitions: int = 16
+    nats_port: int = 0
+    redis_port: int = 0
+    c2s_ports: list[int] = field(default_factory=list)
+    side_ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def c2s_port(self) -> int:
+        return self.c2s_ports[0]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "STANZAD_NATS_URL": self.nats_url,
+            "STANZAD_REDIS_URL": self.redis_url,
+            "STANZAD_DOMAIN": self.domain,
+            "STANZAD_PARTITIONS": str(self.partitions),
+            "STANZAD_LOG_LEVEL": "INFO",
+        }
+        env.update(extra)
+        return env
+
+    def start_servers(self) -> None:
+        self.nats_port = localservers.free_port()
+        self.redis_port = localservers.free_port()
+        nats = localservers.start(
+            localservers.nats_command(self.nats_port, self.workdir), self.workdir / "nats.log"
+        )
+        self.procs["nats"] = nats
+        redis = localservers.start(
+            localservers.redis_command(self.redis_port, self.workdir, aof=False),
+            self.workdir / "redis.log",
+        )
+        self.procs["redis"] = redis
+        localservers.wait_port("127.0.0.1", self.nats_port, proc=nats)
+        localservers.wait_port("127.0.0.1", self.redis_port, proc=redis)
+
+    def start_service(self, name: str, module: str, **env: str) -> subprocess.Popen[bytes]:
+        side = localservers.free_port()
+        self.side_ports[name] = side
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=self.env(STANZAD_HTTP_PORT=str(side), **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start_router(self, name: str = "router-1") -> None:
+        self.start_service(name, "services.router", STANZAD_ROUTER_ID=name,
+                           STANZAD_LEASE_TTL_S="3")
+        self.wait_ready(name)
+
+    def start_cm(self, name: str = "cm-1", **env: str) -> int:
+        port = localservers.free_port()
+        self.start_service(
+            name,
+            "services.connection_manager",
+            STANZAD_CM_ID=name,
+            STANZAD_C2S_PORT=str(port),
+            STANZAD_TLS_CERT=str(self.workdir / "tls" / "cert.pem"),
+            STANZAD_TLS_KEY=str(self.workdir / "tls" / "key.pem"),
+            STANZAD_SESSION_TTL_S="6",
+            **env,
+        )
+        self.wait_ready(name)
+        self.c2s_ports.append(port)
+        return port
+
+    def wait_ready(self, name: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.side_ports[name]}/readyz"
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{name} not ready:\n{self.log(name)}")
+
+    def metrics(self, name: str) -> str:
+        url = f"http://127.0.0.1:{self.side_ports[name]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for name in reversed(list(self.procs)):
+            localservers.stop(self.procs[name])
+
+
+def new_cluster() -> Cluster:
+    return Cluster(workdir=Path(tempfile.mkdtemp(prefix="stanzad-test-")))
