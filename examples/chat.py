@@ -10,6 +10,7 @@ against your own machine only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import sys
 
@@ -48,7 +49,5 @@ async def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(sys.argv[1:]))
-    except KeyboardInterrupt:
-        pass

@@ -259,7 +259,7 @@ class _Prolog:
                 break  # wait for the byte after '<'
             nxt = buf[pos + 1]
             if nxt == 0x21:  # '!'
-                what = "DTDs" if buf.startswith(b"<!D", pos) else "comments"
+                what = "comments" if buf[pos + 2 : pos + 3] == b"-" else "DTDs"
                 raise StreamError(_RESTRICTED_XML, f"{what} are not allowed")
             if nxt == 0x3F:  # '?'
                 raise StreamError(_RESTRICTED_XML, "processing instructions are not allowed")
@@ -321,6 +321,8 @@ class StreamParser:
             raise StreamError(self._error.condition, self._error.text)
         if self._closed or not data:
             return []
+        if type(data) is not bytes:
+            data = bytes(data)  # lxml takes nothing else; a bytearray from a socket is fine
         out: list[Event] = []
         try:
             if self._root is not None and len(data) <= self._slice:

@@ -105,9 +105,10 @@ class RawClient:
         deadline = loop.time() + timeout
         while True:
             remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"still open; got {buf[-500:]!r}")
-            chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), max(0.0, remaining))
+            except TimeoutError:
+                raise TimeoutError(f"still open; got {buf[-500:]!r}") from None
             if not chunk:
                 return buf
             buf += chunk

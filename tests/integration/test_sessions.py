@@ -1,0 +1,130 @@
+"""Sessions against the running cluster: replacement, server IQs, registration, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from shared.store import keys
+from tests.conftest import Users
+from tests.support.cluster import Cluster
+from tests.support.xmpp import Client, RawClient, raw_login
+
+
+async def test_rfc6120_7_7_2_2_same_full_jid_replaces_the_old_session_with_conflict(
+    cluster: Cluster, users: Users
+) -> None:
+    jid, pw = await users.create()
+    first = RawClient("127.0.0.1", cluster.c2s_port)
+    second = RawClient("127.0.0.1", cluster.c2s_port)
+    try:
+        assert b"<jid>" in await raw_login(first, jid, pw, resource="phone")
+        assert b"<jid>" in await raw_login(second, jid, pw, resource="phone")
+        kicked = await first.read_all()
+        assert b"<conflict xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/>" in kicked
+        sessions = await users.redis.hgetall(keys.sessions(jid))
+        assert list(sessions) == [b"phone"]  # the new session stays bound
+        await second.send(b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        assert b'type="result"' in await second.read_until(b'id="p1"')
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_xep0030_xep0199_xep0092_server_iqs(cluster: Cluster, users: Users) -> None:
+    jid, pw = await users.create()
+    client = Client(jid + "/iq", pw)
+    await client.login("127.0.0.1", cluster.c2s_port)
+    client.register_plugin("xep_0030")
+    client.register_plugin("xep_0092")
+    try:
+        info = await client.plugin["xep_0030"].get_info(jid="localhost", timeout=10)
+        features = set(info["disco_info"]["features"])
+        assert {"urn:xmpp:ping", "jabber:iq:version",
+                "http://jabber.org/protocol/disco#info"} <= features
+        assert ("server", "im") in {(i[0], i[1]) for i in info["disco_info"]["identities"]}
+        rtt = await client.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+        assert rtt is not None
+        version = await client.plugin["xep_0092"].get_version("localhost", timeout=10)
+        assert version["software_version"]["name"] == "stanzad"
+    finally:
+        await client.logout()
+
+
+async def test_rfc6120_8_4_unknown_server_iq_is_service_unavailable(
+    cluster: Cluster, users: Users
+) -> None:
+    jid, pw = await users.create()
+    raw = RawClient("127.0.0.1", cluster.c2s_port)
+    try:
+        await raw_login(raw, jid, pw)
+        await raw.send(b"<iq type='get' id='q1'><query xmlns='urn:example:nothing'/></iq>")
+        reply = await raw.read_until(b"</iq>")
+        assert b'type="error"' in reply and b"<service-unavailable" in reply
+    finally:
+        await raw.close()
+
+
+async def test_xep0077_in_band_registration_then_login(cluster: Cluster, users: Users) -> None:
+    raw = RawClient("127.0.0.1", cluster.c2s_port)
+    import secrets
+
+    name = f"newbie{secrets.token_hex(3)}"
+    try:
+        await raw.open()
+        await raw.starttls()
+        await raw.send(raw.header())
+        features = await raw.read_until(b"</stream:features>")
+        assert b"http://jabber.org/features/iq-register" in features
+        await raw.send(
+            b"<iq type='set' id='r1'><query xmlns='jabber:iq:register'>"
+            + f"<username>{name}</username><password>new-pw</password></query></iq>".encode()
+        )
+        assert b'type="result"' in await raw.read_until(b"r1")
+        await raw.send(
+            b"<iq type='set' id='r2'><query xmlns='jabber:iq:register'>"
+            + f"<username>{name}</username><password>x</password></query></iq>".encode()
+        )
+        assert b"<conflict" in await raw.read_until(b"</iq>")
+    finally:
+        await raw.close()
+    client = Client(f"{name}@localhost/r", "new-pw")
+    await client.login("127.0.0.1", cluster.c2s_port)
+    await client.logout()
+
+
+async def test_scram_sha_1_and_plain_logins_work(cluster: Cluster, users: Users) -> None:
+    for mech in ("SCRAM-SHA-1", "PLAIN"):
+        jid, pw = await users.create()
+        client = Client(jid + "/m", pw, mech=mech)
+        await client.login("127.0.0.1", cluster.c2s_port)
+        await client.logout()
+    metrics = cluster.metrics("cm-1")
+    assert 'stanzad_cm_logins_total{mechanism="SCRAM-SHA-1",result="success"}' in metrics
+    assert 'stanzad_cm_logins_total{mechanism="PLAIN",result="success"}' in metrics
+
+
+async def test_rfc6120_6_4_forged_authzid_is_refused(cluster: Cluster, users: Users) -> None:
+    jid, pw = await users.create()
+    other, _ = await users.create()
+    raw = RawClient("127.0.0.1", cluster.c2s_port)
+    try:
+        await raw.open()
+        await raw.starttls()
+        await raw.send(raw.header())
+        await raw.read_until(b"</stream:features>")
+        token = base64.b64encode(f"{other}\0{jid.partition('@')[0]}\0{pw}".encode()).decode()
+        await raw.send(
+            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+            .encode()
+        )
+        assert b"<invalid-authzid/>" in await raw.read_until(b"</failure>")
+    finally:
+        await raw.close()
+
+
+async def test_metrics_and_health_endpoints(cluster: Cluster) -> None:
+    text = await asyncio.to_thread(cluster.metrics, "router-1")
+    assert "stanzad_router_partitions" in text
+    text = await asyncio.to_thread(cluster.metrics, "cm-1")
+    assert "stanzad_cm_connections" in text
