@@ -35,3 +35,8 @@ BIND_LATENCY = Histogram(
     "stanzad_cm_bind_duration_seconds", "Resource binding, Redis included.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+ROUTING_LATENCY = Histogram(
+    "stanzad_cm_routing_latency_seconds",
+    "From a connection manager accepting a stanza to one writing it to its recipient.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)

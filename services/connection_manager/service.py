@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import ssl
+import time
 
 from shared import credentials as creds_mod
 from shared.bus import subjects
@@ -243,6 +244,7 @@ class ConnectionManager:
         env = Envelope(
             Kind(st.kind), to=str(to), from_=str(jid), type=st.type, id=st.id,
             origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
+            ts_us=time.time_ns() // 1000,
         )
         p = subjects.partition(to.bare_str, self.settings.partitions)
         self._publish_nowait(subjects.route(p), env, conn, st)
@@ -268,6 +270,7 @@ class ConnectionManager:
             env = Envelope(
                 Kind.MESSAGE, to=jid.bare_str, from_=str(jid), type=st.type, id=st.id,
                 origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
+                ts_us=time.time_ns() // 1000,
             )
             p = subjects.partition(jid.bare_str, self.settings.partitions)
             self._publish_nowait(subjects.route(p), env, conn, st)
@@ -299,6 +302,8 @@ class ConnectionManager:
     # ---- deliveries from the bus -----------------------------------------------------------
 
     async def _on_bus_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        now_us = time.time_ns() // 1000
+        observe = metrics.ROUTING_LATENCY.observe
         for _subject, data in batch:
             try:
                 env = Envelope.decode(data)
@@ -314,6 +319,8 @@ class ConnectionManager:
                 continue
             if conn is not None:
                 conn.deliver(env.payload)
+                if env.ts_us:
+                    observe(max(0, now_us - env.ts_us) / 1e6)
             else:
                 await self._undeliverable(env)
 

@@ -176,7 +176,7 @@ class Router:
         payload = error_reply(element, StanzaError(condition), to=env.from_, from_=env.to)
         bounce = Envelope(
             env.kind, to=env.from_, from_=env.to, type="error", id=env.id, origin=SERVICE,
-            hops=env.hops + 1, payload=payload,
+            hops=env.hops + 1, payload=payload, ts_us=env.ts_us,
         )
         sender_bare = env.from_.partition("/")[0]
         p = subjects.partition(sender_bare, self.settings.partitions)

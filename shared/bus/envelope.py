@@ -1,6 +1,7 @@
 """The envelope a stanza crosses NATS in.
 
-Routing facts (kind, type, to, from, id, origin, hops) are readable without parsing XML: they
+Routing facts (kind, type, to, from, id, origin, hops, and the time the connection manager
+accepted the stanza) are readable without parsing XML: they
 travel as a compact prefix of the payload, fields joined by NUL bytes, followed by the
 canonical XML.  NUL cannot occur in prepared JIDs (PRECIS forbids controls), in XML attribute
 values or in XML text (XML 1.0 §2.2), so the encoding is unambiguous.  Headers would carry the
@@ -14,7 +15,7 @@ from typing import Final, NamedTuple
 
 VERSION: Final = b"1"
 _SEP: Final = b"\x00"
-_FIELDS: Final = 9  # version + 7 facts + payload
+_FIELDS: Final = 10  # version + 8 facts + payload
 
 
 class Kind(enum.StrEnum):
@@ -52,6 +53,7 @@ class Envelope(NamedTuple):
     origin: str = ""  # "<cm_id>/<session_id>" of the sending session, or a service name
     hops: int = 0
     payload: bytes = b""
+    ts_us: int = 0  # when the stanza entered the cluster (µs since the epoch), for latency
 
     def encode(self) -> bytes:
         return _SEP.join(
@@ -64,6 +66,7 @@ class Envelope(NamedTuple):
                 self.id.encode(),
                 self.origin.encode(),
                 str(self.hops).encode(),
+                str(self.ts_us).encode(),
                 self.payload,
             )
         )
@@ -85,7 +88,8 @@ class Envelope(NamedTuple):
                 id=parts[5].decode(),
                 origin=parts[6].decode(),
                 hops=int(parts[7]),
-                payload=parts[8],
+                ts_us=int(parts[8]),
+                payload=parts[9],
             )
         except (ValueError, UnicodeDecodeError) as exc:
             raise EnvelopeError(f"bad envelope field: {exc}") from None

@@ -63,6 +63,12 @@ async def test_two_users_exchange_500_messages_each_way_in_order(
         )
         assert got_bob == [f"a{i}" for i in range(N_MESSAGES)]
         assert got_alice == [f"b{i}" for i in range(N_MESSAGES)]
+        count = next(
+            float(line.split()[-1])
+            for line in cluster.metrics("cm-1").splitlines()
+            if line.startswith("stanzad_cm_routing_latency_seconds_count")
+        )
+        assert count >= 2 * N_MESSAGES
     finally:
         await alice.logout()
         await bob.logout()
