@@ -212,7 +212,12 @@ class C2SConnection(asyncio.Protocol):
         self._resume(self.stream.tls_established)
 
     async def _load_credentials(self, username: str) -> None:
-        creds = await self.cm.load_credentials(username)
+        try:
+            creds = await self.cm.load_credentials(username)
+        except Exception as exc:
+            log.warning("credentials lookup failed: %s", exc)
+            self._resume(self.stream.credentials_unavailable)
+            return
         self._resume(lambda: self.stream.credentials_loaded(creds))
 
     async def _bind(self, resource: str | None) -> None:

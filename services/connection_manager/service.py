@@ -128,11 +128,9 @@ class ConnectionManager:
     # ---- authentication and binding --------------------------------------------------------
 
     async def load_credentials(self, username: str) -> StoredCredentials | None:
-        try:
-            return await self.accounts.credentials(f"{username}@{self.domain}")
-        except Exception as exc:
-            log.warning("credentials lookup failed: %s", exc)
-            return None
+        """The account's SCRAM keys; None when there is no such account.  Store failures
+        propagate so that the client gets temporary-auth-failure, not not-authorized."""
+        return await self.accounts.credentials(f"{username}@{self.domain}")
 
     async def register(self, username: str, password: str) -> StanzaError | None:
         """XEP-0077 §3.1 registration of a new account."""

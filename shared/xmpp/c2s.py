@@ -6,7 +6,7 @@ a credentials lookup, a resource binding, an account creation) come out as event
 machine waits (`next_event` returns None) until the caller reports the outcome:
 
     StartTLS            -> caller wraps the socket, then `tls_established()`
-    CredentialsNeeded   -> `credentials_loaded(creds or None)`
+    CredentialsNeeded   -> `credentials_loaded(creds or None)` or `credentials_unavailable()`
     BindRequested       -> `bind_succeeded(full_jid)` or `bind_failed(StanzaError)`
     RegisterRequested   -> `register_done(StanzaError or None)`
 
@@ -212,6 +212,12 @@ class C2SStream:
         event = self._sasl_step(lambda auth: auth.provide_credentials(creds))
         if event is not None:
             self._ready.appendleft(event)  # before a StreamEnded the failure may have queued
+
+    def credentials_unavailable(self) -> None:
+        """The account store could not answer: RFC 6120 §6.5.12 temporary-auth-failure."""
+        self._expect(CredentialsNeeded)
+        self.state = State.OPEN
+        self._ready.appendleft(self._sasl_failure("temporary-auth-failure", self._mechanism))
 
     def bind_succeeded(self, full_jid: JID) -> None:
         self._expect(BindRequested)

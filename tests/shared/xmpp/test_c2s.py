@@ -330,3 +330,14 @@ def test_rfc6120_restart_after_sasl_uses_post_auth_limits() -> None:
     big = b"<message to='romeo@example.com'><body>" + b"x" * 20_000 + b"</body></message>"
     [st] = events(stream, big)  # over the 8 KiB pre-auth limit, under 256 KiB
     assert isinstance(st, StanzaIn)
+
+
+def test_rfc6120_6_5_12_store_outage_is_temporary_auth_failure() -> None:
+    stream = after_tls()
+    [need] = events(stream, plain("juliet", "pencil"))
+    assert need == CredentialsNeeded("juliet")
+    stream.credentials_unavailable()
+    [failed] = events(stream)
+    assert failed == AuthFailed("PLAIN", "temporary-auth-failure")
+    assert b"<temporary-auth-failure/>" in stream.data_to_send()
+    assert not stream.closed
