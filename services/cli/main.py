@@ -27,6 +27,7 @@ from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionStore
 
 SERVICE = "cli"
+ROLES = ("route", "presence", "roster")
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -113,22 +114,23 @@ async def _sessions(settings: AdminSettings) -> int:
 
 
 async def _status(settings: AdminSettings) -> int:
-    from services.router.partitions import PartitionManager
+    from shared.partitions import PartitionManager
 
     redis = redis_connect(settings.redis_url)
     try:
         async def noop(_: int) -> None:
             return None
 
-        pm = PartitionManager(redis, "status", settings.partitions, 1.0, noop, noop)
-        routers = await pm.live_routers()
-        owners = await pm.owners()
-        print(f"routers: {', '.join(routers) or 'none'}")
-        counts: dict[str, int] = {}
-        for owner in owners.values():
-            counts[owner or "(unowned)"] = counts.get(owner or "(unowned)", 0) + 1
-        for owner, n in sorted(counts.items()):
-            print(f"  {owner}: {n} partition(s)")
+        for role in ROLES:
+            pm = PartitionManager(redis, role, "status", settings.partitions, 1.0, noop, noop)
+            members = await pm.live_members()
+            owners = await pm.owners()
+            print(f"{role}: {', '.join(members) or 'none'}")
+            counts: dict[str, int] = {}
+            for owner in owners.values():
+                counts[owner or "(unowned)"] = counts.get(owner or "(unowned)", 0) + 1
+            for owner, n in sorted(counts.items()):
+                print(f"  {owner}: {n} partition(s)")
         cms = await SessionStore(redis, SERVICE).connection_managers()
         listed = ", ".join(f"{c} ({'alive' if a else 'DEAD'})" for c, a in cms.items())
         print(f"connection managers: {listed or 'none'}")

@@ -18,6 +18,7 @@ from nats.aio.subscription import Subscription
 from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
+from shared.partitions import PartitionManager
 from shared.settings import RouterSettings
 from shared.store import keys
 from shared.store.redis import connect as redis_connect
@@ -28,7 +29,6 @@ from shared.xmpp.stanza import error_reply, must_not_bounce
 
 from . import metrics
 from .cache import Entry, SessionCache
-from .partitions import PartitionManager
 from .routing import Bounce, Deliver, decide
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class Router:
         self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
         self.partitions = PartitionManager(
             self._redis,
+            "route",
             self.router_id,
             settings.partitions,
             settings.lease_ttl_s,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Final
 
 CMS: Final = "cms"  # set of every connection manager id that has registered
-ROUTERS: Final = "routers"  # sorted set: router id -> lease expiry (ms since epoch)
 
 
 def account(bare_jid: str) -> str:
@@ -43,9 +42,14 @@ def cm_alive(cm_id: str) -> str:
     return f"cm:{{{cm_id}}}:alive"
 
 
-def partition_lease(partition: int) -> str:
-    """Which router consumes a routing partition."""
-    return f"lease:route:{partition}"
+def members(role: str) -> str:
+    """Sorted set of the live processes of a partitioned role: id -> expiry (ms since epoch)."""
+    return f"members:{role}"
+
+
+def partition_lease(role: str, partition: int) -> str:
+    """Which process of a role (router, presence, roster) consumes a partition."""
+    return f"lease:{role}:{partition}"
 
 
 def reaper_lock() -> str:

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.router.partitions import PartitionManager
 from shared.bus import subjects
 from shared.credentials import derive_credentials
+from shared.partitions import PartitionManager
 from shared.store.accounts import AccountStore
 from shared.store.redis import connect as redis_connect
 from tests.support.cluster import Cluster, new_cluster
@@ -40,7 +40,7 @@ async def _wait_split(cluster: Cluster, timeout: float = 20) -> dict[int, str]:
     async def noop(_: int) -> None:
         return None
 
-    pm = PartitionManager(redis, "probe", cluster.partitions, 1.0, noop, noop)
+    pm = PartitionManager(redis, "route", "probe", cluster.partitions, 1.0, noop, noop)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:

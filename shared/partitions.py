@@ -1,11 +1,12 @@
-"""Partition ownership: each routing partition is consumed by exactly one router at a time.
+"""Partition ownership: each partition of a role (router, presence, roster) is consumed by
+exactly one process of that role at a time.
 
-Routers announce themselves in the ``routers`` sorted set (score = expiry).  Every router
-computes the same assignment from the live members by rendezvous hashing, gives up the
-partitions that now belong to another router (unsubscribe first, then delete the lease) and
-takes the free ones assigned to it (lease first, then subscribe).  A lease is a Redis key with
-a TTL renewed by its holder, so a router that dies loses its partitions within ``lease_ttl_s``
-and the others pick them up.
+Members announce themselves in the role's sorted set (score = expiry).  Every member computes
+the same assignment from the live members by rendezvous hashing, gives up the partitions that
+now belong to another member (unsubscribe first, then delete the lease) and takes the free
+ones assigned to it (lease first, then subscribe).  A lease is a Redis key with a TTL renewed
+by its holder, so a member that dies loses its partitions within ``lease_ttl_s`` and the
+others pick them up.
 
 Known gap (core NATS keeps no messages): stanzas published to a partition in the moment
 between one router's unsubscribe and the next one's subscribe are lost.  That happens only
@@ -41,23 +42,25 @@ return 0
 """
 
 
-def assign(partition: int, routers: list[str]) -> str:
-    """Rendezvous hashing: the router that owns a partition, given the live routers."""
-    return max(routers, key=lambda r: zlib.crc32(f"{r}/{partition}".encode()))
+def assign(partition: int, members: list[str]) -> str:
+    """Rendezvous hashing: the member that owns a partition, given the live members."""
+    return max(members, key=lambda m: zlib.crc32(f"{m}/{partition}".encode()))
 
 
 class PartitionManager:
     def __init__(
         self,
         redis: aioredis.Redis,
-        router_id: str,
+        role: str,
+        member_id: str,
         partitions: int,
         lease_ttl_s: float,
         on_acquire: Callable[[int], Awaitable[None]],
         on_release: Callable[[int], Awaitable[None]],
     ) -> None:
         self._r = redis
-        self.router_id = router_id
+        self.role = role
+        self.member_id = member_id
         self.partitions = partitions
         self._ttl_ms = int(lease_ttl_s * 1000)
         self._on_acquire = on_acquire
@@ -71,29 +74,36 @@ class PartitionManager:
     def interval_s(self) -> float:
         return self._ttl_ms / 3000
 
-    async def live_routers(self) -> list[str]:
+    async def live_members(self) -> list[str]:
         now_ms = int(time.time() * 1000)
-        await self._r.zremrangebyscore(keys.ROUTERS, 0, now_ms)
-        return sorted(m.decode() for m in await self._r.zrange(keys.ROUTERS, 0, -1))
+        await self._r.zremrangebyscore(keys.members(self.role), 0, now_ms)
+        return sorted(m.decode() for m in await self._r.zrange(keys.members(self.role), 0, -1))
 
     async def tick(self) -> None:
         """One round: announce, renew, give up, take."""
         now_ms = int(time.time() * 1000)
-        me = self.router_id
-        await self._r.zadd(keys.ROUTERS, {me: now_ms + self._ttl_ms})
-        routers = await self.live_routers()
-        if me not in routers:
-            routers.append(me)
-        for p in sorted(self.held):
-            if not await self._renew(keys=[keys.partition_lease(p)], args=[me, self._ttl_ms]):
-                log.warning("lost the lease of partition %d", p)
-                self.held.discard(p)
-                await self._on_release(p)
-        mine = {p for p in range(self.partitions) if assign(p, routers) == me}
+        me = self.member_id
+        await self._r.zadd(keys.members(self.role), {me: now_ms + self._ttl_ms})
+        members = await self.live_members()
+        if me not in members:
+            members.append(me)
+        held = sorted(self.held)
+        if held:  # renew every lease in one round trip
+            async with self._r.pipeline(transaction=False) as pipe:
+                for p in held:
+                    lease = keys.partition_lease(self.role, p)
+                    await self._renew(keys=[lease], args=[me, self._ttl_ms], client=pipe)
+                renewed = await pipe.execute()
+            for p, ok in zip(held, renewed, strict=True):
+                if not ok:
+                    log.warning("lost the lease of %s partition %d", self.role, p)
+                    self.held.discard(p)
+                    await self._on_release(p)
+        mine = {p for p in range(self.partitions) if assign(p, members) == me}
         for p in sorted(self.held - mine):
             await self._give_up(p)
         for p in sorted(mine - self.held):
-            if await self._r.set(keys.partition_lease(p), me, nx=True, px=self._ttl_ms):
+            if await self._r.set(keys.partition_lease(self.role, p), me, nx=True, px=self._ttl_ms):
                 self.held.add(p)
                 await self._on_acquire(p)
         self.synced = True
@@ -101,7 +111,7 @@ class PartitionManager:
     async def _give_up(self, p: int) -> None:
         self.held.discard(p)
         await self._on_release(p)
-        await self._release(keys=[keys.partition_lease(p)], args=[self.router_id])
+        await self._release(keys=[keys.partition_lease(self.role, p)], args=[self.member_id])
 
     async def run(self) -> None:
         while True:
@@ -119,14 +129,14 @@ class PartitionManager:
             except Exception as exc:
                 log.warning("could not release partition %d: %s", p, exc)
         try:
-            await self._r.zrem(keys.ROUTERS, self.router_id)
+            await self._r.zrem(keys.members(self.role), self.member_id)
         except Exception as exc:
-            log.warning("could not leave the router set: %s", exc)
+            log.warning("could not leave the %s set: %s", self.role, exc)
 
     async def owners(self) -> dict[int, str | None]:
         """Current lease holders, for status displays and tests."""
         async with self._r.pipeline(transaction=False) as pipe:
             for p in range(self.partitions):
-                pipe.get(keys.partition_lease(p))
+                pipe.get(keys.partition_lease(self.role, p))
             values = await pipe.execute()
         return {p: (v.decode() if v else None) for p, v in enumerate(values)}
