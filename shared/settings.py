@@ -62,13 +62,35 @@ class ConnectionManagerSettings(CommonSettings):
     )
 
 
-class RouterSettings(CommonSettings):
+class PartitionedSettings(CommonSettings):
+    """Services that own partitions (router, presence, roster)."""
+
+    lease_ttl_s: float = Field(6.0, ge=1.0, description="Partition lease lifetime.")
+
+
+class RouterSettings(PartitionedSettings):
     """router: partition leases and the session cache."""
 
     router_id: str = Field("", description="Router id; generated when empty.")
-    lease_ttl_s: float = Field(6.0, ge=1.0, description="Partition lease lifetime.")
+    max_offline_messages: int = Field(
+        100, ge=0, description="Messages stored per account while it is offline (XEP-0160)."
+    )
     cache_size: int = Field(100_000, ge=0, description="Bare JIDs kept in the session cache.")
     cache_ttl_s: float = Field(30.0, ge=0, description="Session cache entry lifetime.")
+
+
+class PresenceSettings(PartitionedSettings):
+    """presence: broadcast, probes, directed presence, offline delivery, the reaper."""
+
+    presence_id: str = Field("", description="Presence service id; generated when empty.")
+
+
+class RosterSettings(PartitionedSettings):
+    """roster: jabber:iq:roster, subscriptions, versioning."""
+
+    roster_id: str = Field("", description="Roster service id; generated when empty.")
+    max_roster_items: int = Field(5000, ge=1, description="Roster items per account.")
+    max_roster_name_bytes: int = Field(1023, ge=1, description="Item name and group length.")
 
 
 class AdminSettings(CommonSettings):

@@ -20,7 +20,7 @@ def cluster() -> Iterator[Cluster]:
     c = new_cluster()
     try:
         c.start_servers()
-        c.start_router()
+        c.start_core()
         c.start_cm(STANZAD_ALLOW_REGISTRATION="true")
         yield c
     finally:

@@ -19,7 +19,7 @@ from shared import localservers
 
 NATS_PORT = 14222
 REDIS_PORT = 16379
-COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35}
+COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34}
 
 
 @dataclass
@@ -92,6 +92,12 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
     )
     router = Child("router", [python, "-m", "services.router"],
                    {**common, "STANZAD_HTTP_PORT": "9102", "STANZAD_ROUTER_ID": "router-local"})
+    presence = Child(
+        "presence", [python, "-m", "services.presence"],
+        {**common, "STANZAD_HTTP_PORT": "9103", "STANZAD_PRESENCE_ID": "presence-local"},
+    )
+    roster = Child("roster", [python, "-m", "services.roster"],
+                   {**common, "STANZAD_HTTP_PORT": "9104", "STANZAD_ROSTER_ID": "roster-local"})
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
@@ -101,13 +107,13 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
     status = 0
     try:
         for child, port in ((nats, NATS_PORT), (redis, REDIS_PORT), (router, None),
-                            (cm, c2s_port)):
+                            (presence, None), (roster, None), (cm, c2s_port)):
             pipes.append(await _start(child))
             started.append(child)
             if port is not None:
                 await _wait_port(port, child)
         print(f"stanzad is up: c2s on 127.0.0.1:{c2s_port} (STARTTLS), domain "
-              f"{common['STANZAD_DOMAIN']}; metrics on :9101 and :9102. Ctrl-C stops it.",
+              f"{common['STANZAD_DOMAIN']}; metrics on :9101-9104. Ctrl-C stops it.",
               flush=True)
         waiters = [asyncio.create_task(c.proc.wait()) for c in started if c.proc]
         stopper = asyncio.create_task(stop.wait())

@@ -53,6 +53,7 @@ class C2SConnection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._auth_timer: asyncio.TimerHandle | None = None
         self.record: Any = None  # SessionRecord once bound (set by the service)
+        self.available = False  # sent available broadcast presence (RFC 6121 §4.2)
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 

@@ -12,11 +12,12 @@ import logging
 import secrets
 import ssl
 import time
+from collections.abc import Callable
 
 from shared import credentials as creds_mod
 from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
-from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
+from shared.bus.envelope import FANOUT_SEPARATOR, STANZA_KINDS, Envelope, EnvelopeError, Kind
 from shared.credentials import StoredCredentials
 from shared.jid import JID, JIDError
 from shared.settings import ConnectionManagerSettings
@@ -27,7 +28,7 @@ from shared.tls import ensure_self_signed, server_context
 from shared.xmpp import server_iq
 from shared.xmpp.c2s import StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
-from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce
+from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce, with_to
 
 from . import metrics
 from .connection import C2SConnection
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 MAX_HOPS = 2
 SERVICE = "connection_manager"
+SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
+# IQs to the user's own account handled by the roster service
+ACCOUNT_NAMESPACES = frozenset({"jabber:iq:roster"})
 
 
 class ConnectionManager:
@@ -189,6 +193,12 @@ class ConnectionManager:
         if jid is None or conn.record is None:
             return
         full = str(jid)
+        if conn.available:  # RFC 6121 §4.5.2: the contacts learn the session ended
+            gone = f'<presence xmlns="jabber:client" from="{full}" type="unavailable"/>'
+            env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
+                           origin=f"{self.cm_id}/{conn.session_id}", payload=gone.encode())
+            p = subjects.partition(jid.bare_str, self.settings.partitions)
+            self.bus.publish_soon(subjects.presence(p), env.encode())
         if self.sessions.get(full) is conn:
             del self.sessions[full]
             metrics.SESSIONS.set(len(self.sessions))
@@ -208,30 +218,22 @@ class ConnectionManager:
         event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
         await self._publish(subjects.session_events(p), event)
 
-    async def _update_presence(self, conn: C2SConnection, priority: int, available: bool) -> None:
-        """Availability and priority of the session, used by the router (RFC 6121 §8.5.2)."""
-        old = conn.record
-        jid = conn.stream.jid
-        if old is None or jid is None:
-            return
-        record = SessionRecord(old.cm_id, old.session_id, priority, available)
-        if record == old:
-            return
-        conn.record = record
-        try:
-            version = await self.store.update(str(jid), record)
-        except Exception as exc:
-            log.warning("presence update failed: %s", exc)
-            return
-        if version:
-            await self._session_event(jid.bare_str, version)
-
     # ---- stanzas from clients --------------------------------------------------------------
 
     def stanza_from_client(self, conn: C2SConnection, st: StanzaIn) -> None:
+        """Where a client's stanza goes: the presence service, the roster service, the
+        router, or an answer from here (RFC 6120 §10, RFC 6121 §2-§4, §8)."""
         jid = conn.stream.jid
         assert jid is not None
         to = st.to
+        own = to is None or (to.local == jid.local and to.domain == self.domain
+                             and to.resource is None)
+        if st.kind == "presence":
+            self._presence_from_client(conn, st, jid)
+            return
+        if st.kind == "iq" and own and _child_ns(st) in ACCOUNT_NAMESPACES:
+            self._publish_for(subjects.roster, jid.bare_str, conn, st, jid.bare_str)
+            return
         if to is None or (to.local is None and to.resource is None and to.domain == self.domain):
             self._to_server(conn, st, addressed=to is not None)
             return
@@ -239,13 +241,42 @@ class ConnectionManager:
             # No s2s yet: RFC 6120 §8.3.3.16 remote-server-not-found.
             self._bounce_to_client(conn, st, StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND)
             return
+        self._publish_for(subjects.route, to.bare_str, conn, st, str(to))
+
+    def _presence_from_client(self, conn: C2SConnection, st: StanzaIn, jid: JID) -> None:
+        to = st.to
+        if to is None:
+            if st.type in ("", "unavailable"):  # broadcast presence, RFC 6121 §4.2, §4.5
+                conn.available = st.type == ""
+                self._publish_for(subjects.presence, jid.bare_str, conn, st, "")
+            return  # other types without 'to' mean nothing (§4.7.1)
+        if to.domain != self.domain:
+            self._bounce_to_client(conn, st, StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND)
+        elif st.type in SUBSCRIPTION_TYPES:  # §3: the user's roster changes first
+            self._publish_for(subjects.roster, jid.bare_str, conn, st, to.bare_str)
+        elif st.type in ("", "unavailable"):  # directed presence, §4.6
+            self._publish_for(subjects.presence, jid.bare_str, conn, st, str(to))
+        elif st.type == "error":
+            self._publish_for(subjects.route, to.bare_str, conn, st, str(to))
+        # 'probe' from a client is not allowed (§4.3): ignored
+
+    def _publish_for(
+        self, subject: Callable[[int], str], key: str, conn: C2SConnection, st: StanzaIn,
+        to: str,
+    ) -> None:
+        """Publish a client stanza to the partition of ``key`` on one subject family."""
+        jid = conn.stream.jid
         env = Envelope(
-            Kind(st.kind), to=str(to), from_=str(jid), type=st.type, id=st.id,
+            Kind(st.kind), to=to, from_=str(jid), type=st.type, id=st.id,
             origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
             ts_us=time.time_ns() // 1000,
         )
-        p = subjects.partition(to.bare_str, self.settings.partitions)
-        self._publish_nowait(subjects.route(p), env, conn, st)
+        p = subjects.partition(key, self.settings.partitions)
+        self.bus.publish_soon(
+            subject(p),
+            env.encode(),
+            lambda: self._bounce_to_client(conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT),
+        )
 
     def _to_server(self, conn: C2SConnection, st: StanzaIn, *, addressed: bool) -> None:
         """Stanzas with no 'to' (RFC 6120 §10.3) or addressed to the domain itself."""
@@ -257,21 +288,9 @@ class ConnectionManager:
                 self._bounce_to_client(conn, st, reply.condition)
             elif reply is not None:
                 conn.write(iq_result(st.id, str(jid), st.element.get("to") or None, reply))
-        elif st.kind == "presence" and not addressed:
-            # Broadcast presence (RFC 6121 §4.2): the session becomes (un)available.
-            available = st.type == ""
-            priority = _priority(st.element.findtext("{jabber:client}priority"))
-            if st.type in ("", "unavailable"):
-                self._spawn(self._update_presence(conn, priority, available))
         elif st.kind == "message" and not addressed:
-            # RFC 6121 §8.5.? : no 'to' means the sender's own bare JID.
-            env = Envelope(
-                Kind.MESSAGE, to=jid.bare_str, from_=str(jid), type=st.type, id=st.id,
-                origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
-                ts_us=time.time_ns() // 1000,
-            )
-            p = subjects.partition(jid.bare_str, self.settings.partitions)
-            self._publish_nowait(subjects.route(p), env, conn, st)
+            # RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
+            self._publish_for(subjects.route, jid.bare_str, conn, st, jid.bare_str)
 
     def _bounce_to_client(
         self, conn: C2SConnection, st: StanzaIn, condition: StanzaErrorCondition
@@ -281,15 +300,6 @@ class ConnectionManager:
         metrics.STANZA_ERRORS.labels(condition.value).inc()
         conn.stream.stanza_error(st.element, StanzaError(condition))
         conn.write(conn.stream.data_to_send())
-
-    def _publish_nowait(
-        self, subject: str, env: Envelope, conn: C2SConnection, st: StanzaIn
-    ) -> None:
-        self.bus.publish_soon(
-            subject,
-            env.encode(),
-            lambda: self._bounce_to_client(conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT),
-        )
 
     async def _publish(self, subject: str, env: Envelope) -> None:
         try:
@@ -312,6 +322,16 @@ class ConnectionManager:
             if env.kind is Kind.KICK:
                 if conn is not None and conn.session_id == env.id:
                     conn.close(StreamErrorCondition.CONFLICT, "replaced by a new session")
+                continue
+            if env.kind is Kind.BATCH:
+                if conn is not None:
+                    conn.deliver(env.payload)
+                continue
+            if env.kind is Kind.FANOUT:
+                for full in env.to.split(FANOUT_SEPARATOR):
+                    target = self.sessions.get(full)
+                    if target is not None:
+                        target.deliver(with_to(env.payload, full))
                 continue
             if env.kind not in STANZA_KINDS:
                 continue
@@ -350,11 +370,9 @@ class ConnectionManager:
         await self._publish(subjects.route(p), bounce)
 
 
-def _priority(text: str | None) -> int:
-    """RFC 6121 §4.7.2.3: an integer from -128 to 127; absent means 0."""
-    if not text:
-        return 0
-    try:
-        return max(-128, min(127, int(text.strip())))
-    except ValueError:
-        return 0
+def _child_ns(st: StanzaIn) -> str:
+    """The namespace of an IQ's payload element."""
+    if len(st.element) == 0:
+        return ""
+    tag = st.element[0].tag
+    return tag[1:].partition("}")[0] if isinstance(tag, str) and tag.startswith("{") else ""

@@ -16,6 +16,3 @@ BATCH_DURATION = Histogram(
     "Time to route one batch from the bus, Redis lookups included.",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
-REAPED = Counter(
-    "stanzad_router_reaped_sessions_total", "Sessions removed after their connection manager died."
-)

@@ -29,7 +29,12 @@ class Ignore:
     reason: str
 
 
-Decision = Deliver | Bounce | Ignore
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Keep the message for the account's next login (XEP-0160, RFC 6121 §8.5.2.2.1)."""
+
+
+Decision = Deliver | Bounce | Ignore | Store
 
 SERVICE_UNAVAILABLE = Bounce(StanzaErrorCondition.SERVICE_UNAVAILABLE)
 
@@ -79,8 +84,7 @@ def _bare(kind: Kind, type_: str, bare: str, sessions: dict[str, SessionRecord])
         if not available:
             if type_ == "headline":
                 return Ignore("headline, no available resource")  # §8.5.2.2.1
-            # §8.5.2.2.1: no offline storage yet, so the sender learns it was not delivered.
-            return SERVICE_UNAVAILABLE
+            return Store()  # §8.5.2.2.1: normal and chat are stored offline
         if type_ == "headline":
             chosen = available  # §8.5.2.1.1: every available resource
         else:

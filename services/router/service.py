@@ -7,29 +7,24 @@ arrival order.  Routing reads only the envelope; XML is parsed only to build an 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import datetime
 import logging
 import secrets
 import time
 
-from nats.aio.subscription import Subscription
-
 from shared.bus import subjects
-from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
-from shared.partitions import PartitionManager
+from shared.partitioned import PartitionedService
 from shared.settings import RouterSettings
-from shared.store import keys
-from shared.store.redis import connect as redis_connect
+from shared.store.presence import OfflineStore
 from shared.store.sessions import SessionStore
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.parser import parse_fragment
-from shared.xmpp.stanza import error_reply, must_not_bounce
+from shared.xmpp.stanza import error_reply, must_not_bounce, with_delay
 
 from . import metrics
 from .cache import Entry, SessionCache
-from .routing import Bounce, Deliver, decide
+from .routing import Bounce, Deliver, Store, decide
 
 log = logging.getLogger(__name__)
 
@@ -38,72 +33,29 @@ MAX_HOPS = 4
 MAX_BOUNCE_BYTES = 512 * 1024
 
 
-class Router:
+class Router(PartitionedService):
     name = SERVICE
+    role = "route"
 
     def __init__(self, settings: RouterSettings) -> None:
-        self.settings = settings
-        self.router_id = settings.router_id or f"router-{secrets.token_hex(4)}"
-        self._redis = redis_connect(settings.redis_url)
-        self.store = SessionStore(self._redis, SERVICE)
-        self.bus = Bus(settings.nats_url, SERVICE, self._on_batch)
-        self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
-        self.partitions = PartitionManager(
-            self._redis,
-            "route",
-            self.router_id,
-            settings.partitions,
-            settings.lease_ttl_s,
-            self._acquire,
-            self._release,
+        super().__init__(
+            settings,
+            settings.router_id or f"router-{secrets.token_hex(4)}",
+            lambda p: [subjects.route(p), subjects.session_events(p)],
+            metrics.PARTITIONS.set,
         )
-        self._subs: dict[int, tuple[Subscription, Subscription]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self.router_settings = settings
+        self.store = SessionStore(self.redis, SERVICE)
+        self.offline = OfflineStore(self.redis, SERVICE)
+        self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
 
-    # ---- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        await self.bus.connect()
-        await self.partitions.tick()
-        self._tasks.append(asyncio.create_task(self.partitions.run()))
-        self._tasks.append(asyncio.create_task(self._reaper()))
-        log.info("%s holds %d of %d partitions", self.router_id, len(self.partitions.held),
-                 self.settings.partitions)
-
-    def healthy(self) -> bool:
-        return True
-
-    def ready(self) -> bool:
-        return self.bus.connected and self.partitions.synced
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await self.partitions.stop()
-        await self.bus.close()
-        await self._redis.aclose()
-
-    async def _acquire(self, p: int) -> None:
-        route = await self.bus.subscribe(subjects.route(p))
-        events = await self.bus.subscribe(subjects.session_events(p))
-        self._subs[p] = (route, events)
-        metrics.PARTITIONS.set(len(self._subs))
-
-    async def _release(self, p: int) -> None:
-        subs = self._subs.pop(p, None)
-        metrics.PARTITIONS.set(len(self._subs))
-        if subs is None:
-            return
-        for sub in subs:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:
-                log.warning("unsubscribe of partition %d failed: %s", p, exc)
-        await self.bus.flush()
+    @property
+    def router_id(self) -> str:
+        return self.member_id
 
     # ---- routing ---------------------------------------------------------------------------
 
-    async def _on_batch(self, batch: list[tuple[str, bytes]]) -> None:
+    async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         started = time.perf_counter()
         envelopes: list[Envelope] = []
         for _subject, data in batch:
@@ -124,7 +76,8 @@ class Router:
             if entry is None:  # Redis unreachable: tell the sender rather than lose it
                 self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
                 continue
-            self._route(env, entry)
+            if self._route(env, entry):
+                await self._store_offline(env)
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
     async def _entries(self, bares: set[str]) -> dict[str, Entry]:
@@ -151,8 +104,11 @@ class Router:
                 entries[bare] = self.cache.fetched(bare, exists, sessions)
         return entries
 
-    def _route(self, env: Envelope, entry: Entry) -> None:
+    def _route(self, env: Envelope, entry: Entry) -> bool:
+        """Deliver, bounce or ignore; True when the stanza must be stored offline."""
         decision = decide(env.kind, env.type, env.to, entry.exists, entry.sessions)
+        if isinstance(decision, Store):
+            return True
         if isinstance(decision, Deliver):
             metrics.ROUTED.labels(env.kind.value, "delivered").inc()
             for full, cm_id in decision.targets:
@@ -164,8 +120,30 @@ class Router:
             self._bounce(env, decision.condition)
         else:
             metrics.ROUTED.labels(env.kind.value, "ignored").inc()
+        return False
 
-    def _bounce(self, env: Envelope, condition: StanzaErrorCondition) -> None:
+    async def _store_offline(self, env: Envelope) -> None:
+        """XEP-0160: keep the message, with its XEP-0203 delay stamp, for the next login."""
+        bare = env.to.partition("/")[0]
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        payload = with_delay(env.payload, stamp, self.settings.domain)
+        try:
+            stored = await self.offline.store(
+                bare, payload, self.router_settings.max_offline_messages
+            )
+        except Exception as exc:
+            log.warning("offline store failed: %s", exc)
+            self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
+            return
+        if stored:
+            metrics.ROUTED.labels(env.kind.value, "stored").inc()
+        else:
+            metrics.ROUTED.labels(env.kind.value, "bounced").inc()
+            self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
+
+    def _bounce(
+        self, env: Envelope, condition: StanzaErrorCondition, text: str | None = None
+    ) -> None:
         """Send the stanza back to its sender as an error (RFC 6120 §8.3)."""
         if must_not_bounce(env.type) or env.hops >= MAX_HOPS or not env.from_:
             return
@@ -174,7 +152,7 @@ class Router:
         except Exception as exc:
             log.warning("cannot bounce an unparsable payload: %s", exc)
             return
-        payload = error_reply(element, StanzaError(condition), to=env.from_, from_=env.to)
+        payload = error_reply(element, StanzaError(condition, text), to=env.from_, from_=env.to)
         bounce = Envelope(
             env.kind, to=env.from_, from_=env.to, type="error", id=env.id, origin=SERVICE,
             hops=env.hops + 1, payload=payload, ts_us=env.ts_us,
@@ -182,32 +160,3 @@ class Router:
         sender_bare = env.from_.partition("/")[0]
         p = subjects.partition(sender_bare, self.settings.partitions)
         self.bus.publish_soon(subjects.route(p), bounce.encode())
-
-    # ---- cleaning up after dead connection managers ------------------------------------
-
-    async def _reaper(self) -> None:
-        """One router at a time removes the sessions of connection managers that died."""
-        interval = max(1.0, self.settings.session_ttl_s / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._reap_once(interval)
-            except Exception as exc:
-                log.warning("reaper round failed: %s", exc)
-
-    async def _reap_once(self, interval: float) -> None:
-        lock = keys.reaper_lock()
-        if not await self._redis.set(lock, self.router_id, nx=True, px=int(interval * 2000)):
-            return
-        for cm_id, alive in (await self.store.connection_managers()).items():
-            if alive:
-                continue
-            removed = await self.store.reap(cm_id)
-            metrics.REAPED.inc(len(removed))
-            log.info("reaped %d sessions of dead connection manager %s", len(removed), cm_id)
-            for full, version in removed:
-                bare = full.partition("/")[0]
-                event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
-                p = subjects.partition(bare, self.settings.partitions)
-                with contextlib.suppress(BusUnavailable):
-                    await self.bus.publish(subjects.session_events(p), event.encode())

@@ -26,9 +26,12 @@ class Kind(enum.StrEnum):
     IQ = "iq"
     KICK = "kick"  # control: close a session (payload: stream error condition)
     SESSION = "session"  # control: the session table of a bare JID changed
+    BATCH = "batch"  # several stanzas for one session (``to``), written as they are
+    FANOUT = "fanout"  # one stanza without 'to' for several sessions (``to``: JIDs, one a line)
 
 
 STANZA_KINDS: Final = frozenset({Kind.MESSAGE, Kind.PRESENCE, Kind.IQ})
+FANOUT_SEPARATOR: Final = "\n"  # cannot occur in a prepared JID (PRECIS forbids controls)
 
 
 _KINDS: Final = {k.value.encode(): k for k in Kind}

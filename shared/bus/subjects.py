@@ -32,3 +32,14 @@ def connection_manager(cm_id: str) -> str:
 def session_events(p: int) -> str:
     """Session table changes (bind, unbind, presence) for bare JIDs of partition ``p``."""
     return f"{PREFIX}.sess.{p}"
+
+
+def presence(p: int) -> str:
+    """Presence of the users of partition ``p`` (presence service input, RFC 6121 §4)."""
+    return f"{PREFIX}.presence.{p}"
+
+
+def roster(p: int) -> str:
+    """Roster requests and subscription presence of the users of partition ``p`` (RFC 6121 §2,
+    §3), consumed by the roster service."""
+    return f"{PREFIX}.roster.{p}"

@@ -55,3 +55,33 @@ def partition_lease(role: str, partition: int) -> str:
 def reaper_lock() -> str:
     """Held by the one router that cleans up after dead connection managers."""
     return "lock:reaper"
+
+
+def roster(bare_jid: str) -> str:
+    """Hash contact bare JID -> roster item (JSON, shared/store/roster.py)."""
+    return f"roster:{{{bare_jid}}}"
+
+
+def roster_version(bare_jid: str) -> str:
+    """Counter bumped on every roster change (RFC 6121 §2.6 roster versioning)."""
+    return f"rosterver:{{{bare_jid}}}"
+
+
+def roster_tombstones(bare_jid: str) -> str:
+    """Hash contact -> roster version at which the item was removed (for §2.6.3 diffs)."""
+    return f"rostertomb:{{{bare_jid}}}"
+
+
+def presence(bare_jid: str) -> str:
+    """Hash resource -> last available presence stanza of that resource (answers probes)."""
+    return f"pres:{{{bare_jid}}}"
+
+
+def directed_presence(full_jid: str) -> str:
+    """Set of the JIDs a resource sent directed presence to (RFC 6121 §4.6)."""
+    return f"dirpres:{{{full_jid.partition('/')[0]}}}:{full_jid.partition('/')[2]}"
+
+
+def offline(bare_jid: str) -> str:
+    """List of stored messages for an account with no available resource (XEP-0160)."""
+    return f"offline:{{{bare_jid}}}"

@@ -362,6 +362,8 @@ class C2SStream:
         if self.username is not None:
             parts.append(f'<bind xmlns="{ns.BIND}"/>')
             parts.append(f'<session xmlns="{ns.SESSION}"><optional/></session>')
+            parts.append(f'<ver xmlns="{ns.ROSTER_VERSIONING}"/>')  # RFC 6121 §2.6.1
+            parts.append(f'<sub xmlns="{ns.PRE_APPROVAL}"/>')  # RFC 6121 §3.4.1
         else:
             if self.config.tls_available and not self.tls:
                 required = "<required/>" if self.config.tls_required else ""

@@ -55,3 +55,19 @@ def must_not_bounce(type_: str | None) -> bool:
 
 def _attrs(*pairs: tuple[str, str | None]) -> str:
     return "".join(f" {name}={quoteattr(value)}" for name, value in pairs if value is not None)
+
+
+def with_to(payload: bytes, to: str) -> bytes:
+    """The canonical stanza (which has no 'to') addressed to ``to``: the attribute is inserted
+    after the element name, so a fan-out needs no re-serialisation."""
+    name_end = payload.index(b" ") if b" " in payload[:12] else payload.index(b">")
+    return payload[:name_end] + b" to=" + quoteattr(to).encode() + payload[name_end:]
+
+
+def with_delay(payload: bytes, stamp: str, from_: str) -> bytes:
+    """XEP-0203: a <delay/> child appended to a canonical <message/>."""
+    delay = f'<delay xmlns="{ns.DELAY}" from={quoteattr(from_)} stamp="{stamp}"/>'.encode()
+    if payload.endswith(b"/>"):  # an empty element: open it
+        return payload[:-2] + b">" + delay + b"</message>"
+    close = payload.rindex(b"</")
+    return payload[:close] + delay + payload[close:]

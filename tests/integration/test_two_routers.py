@@ -27,6 +27,8 @@ def two_routers() -> AsyncIterator[Cluster]:
         c.start_servers()
         c.start_router("router-a")
         c.start_router("router-b")
+        c.start_presence()
+        c.start_roster()
         c.start_cm("cm-a")
         c.start_cm("cm-b")
         yield c

@@ -87,6 +87,22 @@ class Cluster:
                            STANZAD_LEASE_TTL_S="3")
         self.wait_ready(name)
 
+    def start_presence(self, name: str = "presence-1") -> None:
+        self.start_service(name, "services.presence", STANZAD_PRESENCE_ID=name,
+                           STANZAD_LEASE_TTL_S="3", STANZAD_SESSION_TTL_S="6")
+        self.wait_ready(name)
+
+    def start_roster(self, name: str = "roster-1") -> None:
+        self.start_service(name, "services.roster", STANZAD_ROSTER_ID=name,
+                           STANZAD_LEASE_TTL_S="3")
+        self.wait_ready(name)
+
+    def start_core(self) -> None:
+        """Router, presence and roster: everything but the connection managers."""
+        self.start_router()
+        self.start_presence()
+        self.start_roster()
+
     def start_cm(self, name: str = "cm-1", **env: str) -> int:
         port = localservers.free_port()
         self.start_service(

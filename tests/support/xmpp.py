@@ -33,9 +33,24 @@ class Client(slixmpp.ClientXMPP):
         self.session_started = asyncio.Event()
         self.used_mech: str | None = None
         self.add_event_handler("message", self.messages.put_nowait)
+        self.presence_log: list[tuple[str, str, str]] = []  # (from, type or show, status)
+        self.add_event_handler("presence", self._record_presence)
         self.add_event_handler("failed_auth", lambda *_: self.auth_failed.set())
         self.add_event_handler("session_start", lambda *_: self.session_started.set())
         self.register_plugin("xep_0199")
+        self.register_plugin("xep_0203")
+
+    def _record_presence(self, pres: Any) -> None:
+        self.presence_log.append((str(pres["from"]), str(pres["type"]), str(pres["status"])))
+
+    def saw_presence(self, from_: str, type_: str = "available", status: str | None = None
+                     ) -> bool:
+        """Whether a presence from ``from_`` (bare or full) of that type arrived."""
+        return any(
+            (f == from_ or f.partition("/")[0] == from_) and t == type_
+            and (status is None or s == status)
+            for f, t, s in self.presence_log
+        )
 
     async def login(self, host: str, port: int, timeout: float = 20,
                     presence: bool = True) -> None:
@@ -151,3 +166,18 @@ async def raw_login(client: RawClient, jid: str, password: str, resource: str = 
         + f"<resource>{resource}</resource></bind></iq>".encode()
     )
     return await client.read_until(b"</iq>")
+
+
+async def eventually(predicate: Any, timeout: float = 10, what: str = "condition") -> None:
+    """Wait until ``predicate()`` (sync or async) is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.05)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.router.routing import Bounce, Deliver, Ignore, decide
+from services.router.routing import Bounce, Deliver, Ignore, Store, decide
 from shared.bus.envelope import Kind
 from shared.store.sessions import SessionRecord
 from shared.xmpp.errors import StanzaErrorCondition
@@ -29,7 +29,7 @@ def test_rfc6121_8_5_2_1_1_chat_to_bare_goes_to_highest_priority() -> None:
 
 def test_rfc6121_8_5_2_1_1_negative_priority_never_gets_bare_messages() -> None:
     sessions = {"a": rec("cm1", -1)}
-    assert decide(Kind.MESSAGE, "normal", "u@d", True, sessions) == UNAVAILABLE
+    assert decide(Kind.MESSAGE, "normal", "u@d", True, sessions) == Store()
 
 
 def test_rfc6121_8_5_2_1_1_headline_to_every_available_resource() -> None:
@@ -40,7 +40,7 @@ def test_rfc6121_8_5_2_1_1_headline_to_every_available_resource() -> None:
 
 def test_rfc6121_8_5_2_2_1_no_available_resource() -> None:
     sessions = {"a": rec("cm1", 0, available=False)}
-    assert decide(Kind.MESSAGE, "chat", "u@d", True, sessions) == UNAVAILABLE
+    assert decide(Kind.MESSAGE, "chat", "u@d", True, sessions) == Store()
     assert isinstance(decide(Kind.MESSAGE, "headline", "u@d", True, sessions), Ignore)
     assert decide(Kind.MESSAGE, "groupchat", "u@d", True, {}) == UNAVAILABLE
 

@@ -1,0 +1,273 @@
+"""The presence service: RFC 6121 §4 for the users of the partitions it owns.
+
+Input (``stanzad.presence.<p>``, p = partition of the user): the user's broadcast presence
+and directed presence from connection managers, session ends, and probes from the roster
+service.  Fan-out never costs one bus message per contact: the contacts' sessions are read in
+one pipeline and each connection manager gets one FANOUT envelope with all its recipients;
+probe answers for a newly available resource travel as one BATCH envelope.
+
+This service also reaps the sessions of connection managers whose heartbeat expired and
+tells their contacts that those users went unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import defaultdict
+from xml.sax.saxutils import quoteattr
+
+from shared.bus import subjects
+from shared.bus.client import BusUnavailable
+from shared.bus.envelope import FANOUT_SEPARATOR, Envelope, EnvelopeError, Kind
+from shared.partitioned import PartitionedService
+from shared.settings import PresenceSettings
+from shared.store import keys
+from shared.store.presence import OfflineStore, PresenceStore
+from shared.store.roster import RosterStore
+from shared.store.sessions import SessionRecord, SessionStore
+from shared.xmpp import ns
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.stanza import with_to
+from shared.xmpp.subscription import Subscription
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+SERVICE = "presence"
+MAX_PRESENCE_BYTES = 64 * 1024
+SUBSCRIBED_TO = (Subscription.TO, Subscription.BOTH)  # the user receives the contact's presence
+SUBSCRIBED_FROM = (Subscription.FROM, Subscription.BOTH)  # the contact receives the user's
+
+
+class PresenceService(PartitionedService):
+    name = SERVICE
+    role = "presence"
+
+    def __init__(self, settings: PresenceSettings) -> None:
+        super().__init__(
+            settings,
+            settings.presence_id or f"presence-{secrets.token_hex(4)}",
+            lambda p: [subjects.presence(p)],
+            metrics.PARTITIONS.set,
+        )
+        self.sessions = SessionStore(self.redis, SERVICE)
+        self.presence = PresenceStore(self.redis, SERVICE)
+        self.rosters = RosterStore(self.redis, SERVICE)
+        self.offline = OfflineStore(self.redis, SERVICE)
+
+    async def start(self) -> None:
+        await super().start()
+        self.tasks.append(asyncio.create_task(self._reaper()))
+
+    # ---- input -----------------------------------------------------------------------------
+
+    async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        for _subject, data in batch:
+            try:
+                env = Envelope.decode(data)
+            except EnvelopeError as exc:
+                log.warning("dropped a bad envelope: %s", exc)
+                continue
+            if env.kind is not Kind.PRESENCE:
+                continue
+            try:
+                await self._handle(env)
+            except Exception:
+                log.exception("presence handling failed")
+
+    async def _handle(self, env: Envelope) -> None:
+        if env.type == "probe":
+            await self._probe(env.from_, env.to)
+        elif not env.to:
+            if env.type == "unavailable":
+                await self._unavailable(env.from_, env.origin, env.payload)
+            elif env.type == "":
+                await self._available(env.from_, env.origin, env.payload)
+        elif env.type in ("", "unavailable"):
+            await self._directed(env)
+
+    # ---- broadcast presence (RFC 6121 §4.2, §4.4, §4.5) -----------------------------------
+
+    async def _available(self, full: str, origin: str, payload: bytes) -> None:
+        bare = full.partition("/")[0]
+        priority = _priority(payload)
+        await self._update_session(full, origin, priority, True)
+        initial = await self.presence.set_available(full, payload)
+        metrics.BROADCASTS.labels("available").inc()
+        _, items, _ = await self.rosters.load(bare)
+        if initial:
+            await self._initial(full, items, priority)
+        await self._broadcast(full, payload, items)
+
+    async def _unavailable(self, full: str, origin: str, payload: bytes) -> None:
+        bare = full.partition("/")[0]
+        await self._update_session(full, origin, 0, False)
+        was_available, directed = await self.presence.set_unavailable(full)
+        if not was_available:
+            return
+        metrics.BROADCASTS.labels("unavailable").inc()
+        _, items, _ = await self.rosters.load(bare)
+        await self._broadcast(full, payload, items)
+        for target in directed:  # §4.6.3: those who got directed presence learn it ended
+            if target.partition("/")[0] in items and items[
+                target.partition("/")[0]
+            ].state.subscription in SUBSCRIBED_FROM:
+                continue  # already told by the broadcast
+            await self._route(Envelope(Kind.PRESENCE, to=target, from_=full, type="unavailable",
+                                       origin=SERVICE, payload=with_to(payload, target)))
+
+    async def _update_session(self, full: str, origin: str, priority: int, avail: bool) -> None:
+        """The router reads availability and priority from the session table (§8.5.2)."""
+        cm_id, _, session_id = origin.partition("/")
+        if not session_id:
+            return
+        version = await self.sessions.update(
+            full, SessionRecord(cm_id, session_id, priority, avail)
+        )
+        if version:
+            bare = full.partition("/")[0]
+            event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
+            p = subjects.partition(bare, self.settings.partitions)
+            await self._publish(subjects.session_events(p), event)
+
+    async def _broadcast(self, full: str, payload: bytes, items: dict) -> None:  # type: ignore[type-arg]
+        """To every contact with a 'from' or 'both' subscription and to the user's own
+        available resources, the new one included (§4.2.2, §4.4.2): one envelope per
+        connection manager."""
+        bare = full.partition("/")[0]
+        contacts = [c for c, item in items.items() if item.state.subscription in SUBSCRIBED_FROM]
+        local = [c for c in contacts if c.partition("@")[2] == self.settings.domain]
+        targets = [bare, *local]
+        by_cm: dict[str, list[str]] = defaultdict(list)
+        tables = await self._session_tables(targets)
+        for owner, table in zip(targets, tables, strict=True):
+            for resource, record in table.items():
+                if record.available or f"{owner}/{resource}" == full:
+                    by_cm[record.cm_id].append(f"{owner}/{resource}")
+        for cm_id, recipients in by_cm.items():
+            env = Envelope(Kind.FANOUT, to=FANOUT_SEPARATOR.join(recipients), from_=full,
+                           origin=SERVICE, payload=payload)
+            await self._publish(subjects.connection_manager(cm_id), env)
+        metrics.FANOUT_RECIPIENTS.observe(sum(len(r) for r in by_cm.values()))
+
+    async def _session_tables(self, bares: list[str]) -> list[dict[str, SessionRecord]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bare in bares:
+                pipe.hgetall(keys.sessions(bare))
+            replies = await pipe.execute()
+        return [
+            {k.decode(): SessionRecord.decode(v) for k, v in reply.items()} for reply in replies
+        ]
+
+    async def _initial(self, full: str, items: dict, priority: int) -> None:  # type: ignore[type-arg]
+        """A newly available resource gets its contacts' presence (§4.3: the probes are
+        answered here for local contacts), pending subscription requests (§3.1.3) and, with
+        a non-negative priority, the messages stored while it was offline (XEP-0160)."""
+        bare = full.partition("/")[0]
+        out: list[bytes] = []
+        wanted = [c for c, item in items.items() if item.state.subscription in SUBSCRIBED_TO]
+        local = [c for c in wanted if c.partition("@")[2] == self.settings.domain]
+        for presences in await self.presence.available(local):
+            out.extend(with_to(stanza, full) for stanza in presences.values())
+        for contact, item in items.items():
+            if item.state.pending_in:
+                out.append(
+                    f'<presence xmlns="{ns.CLIENT}" from={quoteattr(contact)} '
+                    f'to={quoteattr(bare)} type="subscribe"/>'.encode()
+                )
+        record = await self._record(full)
+        if record is None:
+            return
+        if out:
+            env = Envelope(Kind.BATCH, to=full, from_="", origin=SERVICE, payload=b"".join(out))
+            await self._publish(subjects.connection_manager(record.cm_id), env)
+        if priority >= 0:
+            for message in await self.offline.take_all(bare):
+                metrics.OFFLINE_DELIVERED.inc()
+                env = Envelope(Kind.MESSAGE, to=full, from_="", type="chat", origin=SERVICE,
+                               payload=message)
+                await self._publish(subjects.connection_manager(record.cm_id), env)
+
+    async def _record(self, full: str) -> SessionRecord | None:
+        bare, _, resource = full.partition("/")
+        return (await self.sessions.get(bare)).get(resource)
+
+    # ---- directed presence (§4.6) and probes (§4.3) ---------------------------------------
+
+    async def _directed(self, env: Envelope) -> None:
+        bare = env.from_.partition("/")[0]
+        target_bare = env.to.partition("/")[0]
+        item = await self.rosters.item(bare, target_bare)
+        if item is None or item.state.subscription not in SUBSCRIBED_FROM:
+            await self.presence.directed(env.from_, env.to, env.type == "")
+        metrics.BROADCASTS.labels("directed").inc()
+        await self._route(env)
+
+    async def _probe(self, prober: str, user: str) -> None:
+        """Answer a probe for ``user`` from ``prober`` if the prober is subscribed."""
+        item = await self.rosters.item(user, prober.partition("/")[0])
+        if item is None or item.state.subscription not in SUBSCRIBED_FROM:
+            return
+        [presences] = await self.presence.available([user])
+        for resource, stanza in presences.items():
+            await self._route(Envelope(Kind.PRESENCE, to=prober, from_=f"{user}/{resource}",
+                                       origin=SERVICE, payload=with_to(stanza, prober)))
+
+    # ---- output ----------------------------------------------------------------------------
+
+    async def _route(self, env: Envelope) -> None:
+        p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
+        await self._publish(subjects.route(p), env)
+
+    async def _publish(self, subject: str, env: Envelope) -> None:
+        try:
+            await self.bus.publish(subject, env.encode())
+        except BusUnavailable as exc:
+            log.warning("publish to %s failed: %s", subject, exc)
+
+    # ---- sessions of dead connection managers ----------------------------------------------
+
+    async def _reaper(self) -> None:
+        """One process at a time removes the sessions of connection managers that died."""
+        interval = max(1.0, self.settings.session_ttl_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._reap_once(interval)
+            except Exception as exc:
+                log.warning("reaper round failed: %s", exc)
+
+    async def _reap_once(self, interval: float) -> None:
+        lock = keys.reaper_lock()
+        if not await self.redis.set(lock, self.member_id, nx=True, px=int(interval * 2000)):
+            return
+        for cm_id, alive in (await self.sessions.connection_managers()).items():
+            if alive:
+                continue
+            removed = await self.sessions.reap(cm_id)
+            metrics.REAPED.inc(len(removed))
+            log.info("reaped %d sessions of dead connection manager %s", len(removed), cm_id)
+            for full, version in removed:
+                bare = full.partition("/")[0]
+                event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
+                p = subjects.partition(bare, self.settings.partitions)
+                await self._publish(subjects.session_events(p), event)
+                # the user's contacts learn that the user went away (RFC 6121 §4.5.2)
+                gone = f'<presence xmlns="{ns.CLIENT}" from={quoteattr(full)} type="unavailable"/>'
+                env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
+                               origin=SERVICE, payload=gone.encode())
+                await self._publish(subjects.presence(p), env)
+
+
+def _priority(payload: bytes) -> int:
+    """RFC 6121 §4.7.2.3: an integer from -128 to 127; absent or invalid means 0."""
+    if b"<priority" not in payload:
+        return 0
+    try:
+        text = parse_fragment(payload, MAX_PRESENCE_BYTES).findtext(f"{{{ns.CLIENT}}}priority")
+        return max(-128, min(127, int((text or "0").strip())))
+    except Exception:
+        return 0

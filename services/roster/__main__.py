@@ -1,0 +1,15 @@
+"""python -m services.roster"""
+
+from shared.runner import run
+from shared.settings import RosterSettings, load_or_exit
+
+from .service import RosterService
+
+
+def main() -> None:
+    settings = load_or_exit(RosterSettings)
+    run(RosterService(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""The roster service: jabber:iq:roster (RFC 6121 §2) and presence subscriptions (§3) for the
+users of the partitions it owns.
+
+Input (``stanzad.roster.<p>``, p = partition of the user whose roster changes):
+- roster get/set IQs from the user's connection manager;
+- subscription presence the user sends (outbound: origin is the user's session);
+- subscription presence for the user from a contact (inbound: origin is this service), which
+  the contact's roster partition forwarded after applying its own side.
+
+The subscription states follow RFC 6121 Appendix A (shared/xmpp/subscription.py).  Every
+change is pushed to each bound resource of the user (a simplification of §2.1.6's
+"interested resources": any bound resource gets the push).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import replace
+from xml.sax.saxutils import escape, quoteattr
+
+from lxml import etree
+
+from shared.bus import subjects
+from shared.bus.client import BusUnavailable
+from shared.bus.envelope import Envelope, EnvelopeError, Kind
+from shared.jid import JID, JIDError
+from shared.partitioned import PartitionedService
+from shared.settings import RosterSettings
+from shared.store import keys
+from shared.store.roster import RosterItem, RosterStore
+from shared.store.sessions import SessionStore
+from shared.xmpp import ns
+from shared.xmpp.errors import StanzaError, StanzaErrorCondition
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.stanza import error_reply, iq_result
+from shared.xmpp.subscription import Direction, apply, on_roster_remove
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+SERVICE = "roster"
+ROSTER_NS = "jabber:iq:roster"
+SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+class RosterService(PartitionedService):
+    name = SERVICE
+    role = "roster"
+
+    def __init__(self, settings: RosterSettings) -> None:
+        super().__init__(
+            settings,
+            settings.roster_id or f"roster-{secrets.token_hex(4)}",
+            lambda p: [subjects.roster(p)],
+            metrics.PARTITIONS.set,
+        )
+        self.roster_settings = settings
+        self.rosters = RosterStore(self.redis, SERVICE)
+        self.sessions = SessionStore(self.redis, SERVICE)
+
+    async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        for _subject, data in batch:
+            try:
+                env = Envelope.decode(data)
+            except EnvelopeError as exc:
+                log.warning("dropped a bad envelope: %s", exc)
+                continue
+            try:
+                if env.kind is Kind.IQ:
+                    await self._iq(env)
+                elif env.kind is Kind.PRESENCE and env.type in SUBSCRIPTION_TYPES:
+                    if "/" in env.origin:  # from the user's own session
+                        await self._outbound(env)
+                    else:
+                        await self._inbound(env)
+            except Exception:
+                log.exception("roster handling failed")
+
+    # ---- jabber:iq:roster (§2) -------------------------------------------------------------
+
+    async def _iq(self, env: Envelope) -> None:
+        iq = parse_fragment(env.payload, MAX_PAYLOAD_BYTES)
+        query = iq.find(f"{{{ROSTER_NS}}}query")
+        if query is None or env.type not in ("get", "set"):
+            return
+        user = env.from_.partition("/")[0]
+        try:
+            if env.type == "get":
+                await self._get(env, query)
+                metrics.REQUESTS.labels("get").inc()
+            else:
+                await self._set(env, user, query)
+                metrics.REQUESTS.labels("set").inc()
+        except StanzaError as err:
+            metrics.REQUESTS.labels("error").inc()
+            payload = error_reply(iq, err, to=env.from_, from_=None)
+            await self._to_session(env.from_, _cm(env), Kind.IQ, payload)
+
+    async def _get(self, env: Envelope, query: etree._Element) -> None:
+        """§2.2 roster get, with §2.6 versioning: unchanged → empty result; a known older
+        version → empty result and a push for each change since."""
+        user = env.from_.partition("/")[0]
+        ver, items, tombs = await self.rosters.load(user)
+        asked = query.get("ver")
+        if asked is not None and asked.isdigit() and int(asked) <= ver:
+            since = int(asked)
+            await self._to_session(env.from_, _cm(env), Kind.IQ, iq_result(env.id, None, None))
+            changed = sorted(
+                [(i.ver, _item_xml(i)) for i in items.values() if i.ver > since and not i.hidden]
+                + [(v, _removed_xml(c)) for c, v in tombs.items() if v > since]
+            )
+            for item_ver, xml in changed:
+                await self._push_to(env.from_, _cm(env), item_ver, xml)
+            return
+        body = "".join(_item_xml(i) for i in items.values() if not i.hidden)
+        payload = f'<query xmlns="{ROSTER_NS}" ver="{ver}">{body}</query>'
+        await self._to_session(
+            env.from_, _cm(env), Kind.IQ, iq_result(env.id, None, None, payload)
+        )
+
+    async def _set(self, env: Envelope, user: str, query: etree._Element) -> None:
+        """§2.3 add/update, §2.5 remove; errors per §2.3.3 and §2.5.3."""
+        children = list(query)
+        if len(children) != 1 or children[0].tag != f"{{{ROSTER_NS}}}item":
+            raise StanzaError(StanzaErrorCondition.BAD_REQUEST, "exactly one item")
+        el = children[0]
+        try:
+            contact = JID.parse(el.get("jid") or "")
+        except JIDError:
+            raise StanzaError(StanzaErrorCondition.BAD_REQUEST, "invalid jid") from None
+        if contact.resource is not None:
+            raise StanzaError(StanzaErrorCondition.BAD_REQUEST, "bare JIDs only")
+        jid = str(contact)
+        current = await self.rosters.item(user, jid)
+        if el.get("subscription") == "remove":
+            if current is None or current.hidden:
+                raise StanzaError(StanzaErrorCondition.ITEM_NOT_FOUND)
+            await self._remove(user, current)
+            await self._to_session(env.from_, _cm(env), Kind.IQ, iq_result(env.id, None, None))
+            return
+        limit = self.roster_settings.max_roster_name_bytes
+        name = el.get("name")
+        groups = [g.text or "" for g in el.findall(f"{{{ROSTER_NS}}}group")]
+        if len(set(groups)) != len(groups):
+            raise StanzaError(StanzaErrorCondition.BAD_REQUEST, "duplicate group")
+        if any(not g for g in groups):
+            raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE, "empty group name")
+        if any(len(t.encode()) > limit for t in [*(groups), name or ""]):
+            raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE, "name or group too long")
+        if current is None and await self.rosters.count(user) >= (
+            self.roster_settings.max_roster_items
+        ):
+            raise StanzaError(StanzaErrorCondition.POLICY_VIOLATION, "roster full")
+        base = current or RosterItem(jid)
+        item = await self.rosters.put(
+            user, replace(base, name=name or None, groups=tuple(groups), hidden=False)
+        )
+        await self._to_session(env.from_, _cm(env), Kind.IQ, iq_result(env.id, None, None))
+        await self._push(user, item.ver, _item_xml(item))
+
+    async def _remove(self, user: str, item: RosterItem) -> None:
+        """§2.5.2: removing an item cancels the subscriptions both ways."""
+        ver = await self.rosters.remove(user, item.jid)
+        await self._push(user, ver, _removed_xml(item.jid))
+        for type_ in on_roster_remove(item.state):
+            await self._forward(user, item.jid, type_, None)
+            if type_ == "unsubscribed":
+                await self._send_unavailable(user, item.jid)
+
+    # ---- subscriptions (§3, Appendix A) ----------------------------------------------------
+
+    async def _outbound(self, env: Envelope) -> None:
+        user = env.from_.partition("/")[0]
+        contact = env.to.partition("/")[0]
+        if contact == user:
+            return
+        current = await self.rosters.item(user, contact)
+        item = current or RosterItem(contact)
+        outcome = apply(item.state, Direction.OUTBOUND, env.type)
+        metrics.SUBSCRIPTIONS.labels("outbound", env.type).inc()
+        creates = current is None and env.type == "subscribe"
+        if outcome.changed or creates or (current and outcome.state != current.state):
+            visible = not item.hidden or outcome.changed or creates
+            stored = await self.rosters.put(
+                user, replace(item, state=outcome.state, hidden=not visible)
+            )
+            if visible and (outcome.changed or creates):
+                await self._push(user, stored.ver, _item_xml(stored))
+        if outcome.route:
+            await self._forward(user, contact, env.type, env.payload)
+            if env.type == "subscribed":
+                await self._send_presence(user, contact)  # §3.1.5
+            elif env.type == "unsubscribed":
+                await self._send_unavailable(user, contact)  # §3.2.2
+
+    async def _inbound(self, env: Envelope) -> None:
+        user = env.to.partition("/")[0]
+        contact = env.from_.partition("/")[0]
+        if not await self.redis.exists(keys.account(user)):
+            if env.type == "subscribe":  # §3.1.3: no such user → auto-reply unsubscribed
+                await self._forward(user, contact, "unsubscribed", None)
+            return
+        current = await self.rosters.item(user, contact)
+        item = current or RosterItem(contact, hidden=True)
+        outcome = apply(item.state, Direction.INBOUND, env.type)
+        metrics.SUBSCRIPTIONS.labels("inbound", env.type).inc()
+        if outcome.state != item.state:
+            stored = await self.rosters.put(user, replace(item, state=outcome.state))
+            if outcome.changed and not stored.hidden:
+                await self._push(user, stored.ver, _item_xml(stored))
+        if outcome.route:
+            payload = (
+                f'<presence xmlns="{ns.CLIENT}" from={quoteattr(contact)} to={quoteattr(user)} '
+                f'type="{env.type}"/>'
+            ).encode()
+            await self._route(Envelope(Kind.PRESENCE, to=user, from_=contact, type=env.type,
+                                       origin=SERVICE, payload=payload))
+        if outcome.auto_reply:
+            await self._forward(user, contact, outcome.auto_reply, None)
+            await self._send_presence(user, contact)
+        if env.type == "unsubscribe" and outcome.changed:
+            await self._send_unavailable(user, contact)  # §3.3.3
+
+    async def _forward(self, user: str, contact: str, type_: str, payload: bytes | None) -> None:
+        """Hand a subscription stanza to the contact's roster partition (stamped with the
+        user's bare JID, §3.1.2)."""
+        if contact.partition("@")[2] != self.settings.domain:
+            log.info("subscription to a remote domain dropped: no s2s yet")
+            return
+        stanza = (
+            f'<presence xmlns="{ns.CLIENT}" from={quoteattr(user)} to={quoteattr(contact)} '
+            f'type="{type_}"/>'
+        ).encode()
+        if payload is not None:
+            el = parse_fragment(payload, MAX_PAYLOAD_BYTES)
+            el.set("from", user)
+            el.set("to", contact)
+            stanza = etree.tostring(el)
+        env = Envelope(Kind.PRESENCE, to=contact, from_=user, type=type_, origin=SERVICE,
+                       payload=stanza)
+        p = subjects.partition(contact, self.settings.partitions)
+        await self._publish(subjects.roster(p), env)
+
+    async def _send_presence(self, user: str, contact: str) -> None:
+        """The user's current presence goes to a contact that may now receive it: a probe
+        the presence service answers from the stored presence (§3.1.5, §4.3)."""
+        probe = Envelope(Kind.PRESENCE, to=user, from_=contact, type="probe", origin=SERVICE)
+        p = subjects.partition(user, self.settings.partitions)
+        await self._publish(subjects.presence(p), probe)
+
+    async def _send_unavailable(self, user: str, contact: str) -> None:
+        """Unavailable presence from each available resource of the user (§3.2.2, §3.3.3)."""
+        for resource, record in (await self.sessions.get(user)).items():
+            if not record.available:
+                continue
+            full = f"{user}/{resource}"
+            payload = (
+                f'<presence xmlns="{ns.CLIENT}" from={quoteattr(full)} to={quoteattr(contact)} '
+                'type="unavailable"/>'
+            ).encode()
+            await self._route(Envelope(Kind.PRESENCE, to=contact, from_=full,
+                                       type="unavailable", origin=SERVICE, payload=payload))
+
+    # ---- output ----------------------------------------------------------------------------
+
+    async def _push(self, user: str, ver: int, item_xml: str) -> None:
+        """§2.1.6 roster push to every bound resource of the user."""
+        for resource, record in (await self.sessions.get(user)).items():
+            await self._push_to(f"{user}/{resource}", record.cm_id, ver, item_xml)
+        metrics.PUSHES.inc()
+
+    async def _push_to(self, full: str, cm_id: str, ver: int, item_xml: str) -> None:
+        push = (
+            f'<iq xmlns="{ns.CLIENT}" type="set" id="push{secrets.token_hex(4)}" '
+            f'to={quoteattr(full)}><query xmlns="{ROSTER_NS}" ver="{ver}">{item_xml}'
+            "</query></iq>"
+        ).encode()
+        await self._to_session(full, cm_id, Kind.IQ, push)
+
+    async def _to_session(self, full: str, cm_id: str, kind: Kind, payload: bytes) -> None:
+        env = Envelope(kind, to=full, from_="", type="result", origin=SERVICE, payload=payload)
+        await self._publish(subjects.connection_manager(cm_id), env)
+
+    async def _route(self, env: Envelope) -> None:
+        p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
+        await self._publish(subjects.route(p), env)
+
+    async def _publish(self, subject: str, env: Envelope) -> None:
+        try:
+            await self.bus.publish(subject, env.encode())
+        except BusUnavailable as exc:
+            log.warning("publish to %s failed: %s", subject, exc)
+
+
+def _cm(env: Envelope) -> str:
+    """The connection manager of the session that sent the request."""
+    return env.origin.partition("/")[0]
+
+
+def _item_xml(item: RosterItem) -> str:
+    """§2.1.2 a roster item as the client sees it."""
+    s = item.state
+    attrs = f" jid={quoteattr(item.jid)} subscription={quoteattr(s.subscription.value)}"
+    if item.name:
+        attrs += f" name={quoteattr(item.name)}"
+    if s.pending_out:
+        attrs += ' ask="subscribe"'
+    if s.approved:
+        attrs += ' approved="true"'
+    groups = "".join(f"<group>{escape(g)}</group>" for g in item.groups)
+    return f"<item{attrs}>{groups}</item>" if groups else f"<item{attrs}/>"
+
+
+def _removed_xml(jid: str) -> str:
+    return f'<item jid={quoteattr(jid)} subscription="remove"/>'
+

@@ -1,0 +1,83 @@
+"""Presence state: the last available presence of each resource, directed presence targets
+(RFC 6121 §4.6) and offline messages (XEP-0160)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import redis.asyncio as aioredis
+
+from shared.store import keys
+from shared.store.redis import timed
+
+# Append unless the list is full: ARGV cap, payload.  Returns 1 when stored.
+_PUSH_CAPPED: Final = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class OfflineStore:
+    def __init__(self, redis: aioredis.Redis, service: str) -> None:
+        self._r = redis
+        self._service = service
+        self._push = redis.register_script(_PUSH_CAPPED)
+
+    async def store(self, bare: str, payload: bytes, cap: int) -> bool:
+        async with timed(self._service, "offline_store"):
+            return bool(await self._push(keys=[keys.offline(bare)], args=[cap, payload]))
+
+    async def take_all(self, bare: str) -> list[bytes]:
+        """Every stored message, oldest first, removed atomically."""
+        async with timed(self._service, "offline_take"), self._r.pipeline(
+            transaction=True
+        ) as pipe:
+            pipe.lrange(keys.offline(bare), 0, -1)
+            pipe.delete(keys.offline(bare))
+            messages, _ = await pipe.execute()
+        return list(messages)
+
+    async def count(self, bare: str) -> int:
+        return int(await self._r.llen(keys.offline(bare)))
+
+
+class PresenceStore:
+    def __init__(self, redis: aioredis.Redis, service: str) -> None:
+        self._r = redis
+        self._service = service
+
+    async def set_available(self, full: str, payload: bytes) -> bool:
+        """Remember a resource's presence; True when it was not available before."""
+        bare, _, resource = full.partition("/")
+        async with timed(self._service, "presence_set"):
+            return bool(await self._r.hset(keys.presence(bare), resource, payload))
+
+    async def set_unavailable(self, full: str) -> tuple[bool, list[str]]:
+        """Forget a resource's presence; (was available, directed presence targets)."""
+        bare, _, resource = full.partition("/")
+        async with timed(self._service, "presence_unset"), self._r.pipeline(
+            transaction=True
+        ) as pipe:
+            pipe.hdel(keys.presence(bare), resource)
+            pipe.smembers(keys.directed_presence(full))
+            pipe.delete(keys.directed_presence(full))
+            removed, targets, _ = await pipe.execute()
+        return bool(removed), sorted(t.decode() for t in targets)
+
+    async def available(self, bares: list[str]) -> list[dict[str, bytes]]:
+        """resource -> presence stanza of every available resource, per bare JID."""
+        async with timed(self._service, "presence_get"), self._r.pipeline(
+            transaction=False
+        ) as pipe:
+            for bare in bares:
+                pipe.hgetall(keys.presence(bare))
+            replies = await pipe.execute()
+        return [{k.decode(): v for k, v in r.items()} for r in replies]
+
+    async def directed(self, full: str, target: str, available: bool) -> None:
+        key = keys.directed_presence(full)
+        if available:
+            await self._r.sadd(key, target)
+        else:
+            await self._r.srem(key, target)
