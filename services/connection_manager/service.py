@@ -25,7 +25,7 @@ from shared.store.accounts import AccountExists, AccountStore
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.tls import ensure_self_signed, server_context
-from shared.xmpp import server_iq
+from shared.xmpp import ns, server_iq
 from shared.xmpp.c2s import StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce, with_to
@@ -39,7 +39,7 @@ MAX_HOPS = 2
 SERVICE = "connection_manager"
 SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
 # IQs to the user's own account handled by the roster service
-ACCOUNT_NAMESPACES = frozenset({"jabber:iq:roster"})
+ACCOUNT_NAMESPACES = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE})
 
 
 class ConnectionManager:
@@ -231,7 +231,10 @@ class ConnectionManager:
         if st.kind == "presence":
             self._presence_from_client(conn, st, jid)
             return
-        if st.kind == "iq" and own and _child_ns(st) in ACCOUNT_NAMESPACES:
+        child_ns = _child_ns(st) if st.kind == "iq" else ""
+        if own and (child_ns in ACCOUNT_NAMESPACES or (
+            to is not None and child_ns in (ns.DISCO_INFO, ns.DISCO_ITEMS)
+        )):
             self._publish_for(subjects.roster, jid.bare_str, conn, st, jid.bare_str)
             return
         if to is None or (to.local is None and to.resource is None and to.domain == self.domain):

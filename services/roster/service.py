@@ -37,6 +37,7 @@ from shared.xmpp.stanza import error_reply, iq_result
 from shared.xmpp.subscription import Direction, apply, on_roster_remove
 
 from . import metrics
+from .account import AccountData
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class RosterService(PartitionedService):
         self.roster_settings = settings
         self.rosters = RosterStore(self.redis, SERVICE)
         self.sessions = SessionStore(self.redis, SERVICE)
+        self.account = AccountData(self.redis)
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         for _subject, data in batch:
@@ -83,10 +85,13 @@ class RosterService(PartitionedService):
 
     async def _iq(self, env: Envelope) -> None:
         iq = parse_fragment(env.payload, MAX_PAYLOAD_BYTES)
-        query = iq.find(f"{{{ROSTER_NS}}}query")
-        if query is None or env.type not in ("get", "set"):
+        if env.type not in ("get", "set") or len(iq) != 1:
             return
+        query = iq.find(f"{{{ROSTER_NS}}}query")
         user = env.from_.partition("/")[0]
+        if query is None or (env.to and env.to != user):
+            await self._account_iq(env, iq)
+            return
         try:
             if env.type == "get":
                 await self._get(env, query)
@@ -98,6 +103,17 @@ class RosterService(PartitionedService):
             metrics.REQUESTS.labels("error").inc()
             payload = error_reply(iq, err, to=env.from_, from_=None)
             await self._to_session(env.from_, _cm(env), Kind.IQ, payload)
+
+    async def _account_iq(self, env: Envelope, iq: etree._Element) -> None:
+        """vCard, private storage, disco on a bare JID: answered for the account."""
+        account = env.to.partition("/")[0] or env.from_.partition("/")[0]
+        try:
+            child = await self.account.handle(iq, env.from_, account)
+        except StanzaError as err:
+            payload = error_reply(iq, err, to=env.from_, from_=env.to or None)
+        else:
+            payload = iq_result(env.id, env.from_, env.to or None, child)
+        await self._to_session(env.from_, _cm(env), Kind.IQ, payload)
 
     async def _get(self, env: Envelope, query: etree._Element) -> None:
         """§2.2 roster get, with §2.6 versioning: unchanged → empty result; a known older

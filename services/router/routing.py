@@ -30,11 +30,16 @@ class Ignore:
 
 
 @dataclass(frozen=True, slots=True)
+class Account:
+    """An IQ for the account itself: the roster service answers on its behalf (§8.5.2.1.3)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Store:
     """Keep the message for the account's next login (XEP-0160, RFC 6121 §8.5.2.2.1)."""
 
 
-Decision = Deliver | Bounce | Ignore | Store
+Decision = Deliver | Bounce | Ignore | Store | Account
 
 SERVICE_UNAVAILABLE = Bounce(StanzaErrorCondition.SERVICE_UNAVAILABLE)
 
@@ -98,8 +103,7 @@ def _bare(kind: Kind, type_: str, bare: str, sessions: dict[str, SessionRecord])
         if not targets:
             return Ignore("presence, no available resource")
         return Deliver(tuple((f"{bare}/{res}", r.cm_id) for res, r in targets))
-    # §8.5.2.1.3: an IQ to the bare JID is handled by the server on the account's behalf;
-    # nothing here handles any namespace yet.
+    # §8.5.2.1.3: an IQ to the bare JID is handled by the server on the account's behalf
     if type_ in ("get", "set"):
-        return SERVICE_UNAVAILABLE
+        return Account()
     return Ignore("IQ result or error to a bare JID")

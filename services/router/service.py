@@ -24,7 +24,7 @@ from shared.xmpp.stanza import error_reply, must_not_bounce, with_delay
 
 from . import metrics
 from .cache import Entry, SessionCache
-from .routing import Bounce, Deliver, Store, decide
+from .routing import Account, Bounce, Deliver, Store, decide
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,11 @@ class Router(PartitionedService):
         decision = decide(env.kind, env.type, env.to, entry.exists, entry.sessions)
         if isinstance(decision, Store):
             return True
+        if isinstance(decision, Account):
+            metrics.ROUTED.labels(env.kind.value, "account").inc()
+            p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
+            self.bus.publish_soon(subjects.roster(p), env.encode())
+            return False
         if isinstance(decision, Deliver):
             metrics.ROUTED.labels(env.kind.value, "delivered").inc()
             for full, cm_id in decision.targets:

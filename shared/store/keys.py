@@ -85,3 +85,13 @@ def directed_presence(full_jid: str) -> str:
 def offline(bare_jid: str) -> str:
     """List of stored messages for an account with no available resource (XEP-0160)."""
     return f"offline:{{{bare_jid}}}"
+
+
+def vcard(bare_jid: str) -> str:
+    """The account's vCard-temp element (XEP-0054), serialised."""
+    return f"vcard:{{{bare_jid}}}"
+
+
+def private_storage(bare_jid: str) -> str:
+    """Hash namespace -> stored element (XEP-0049 private XML storage)."""
+    return f"private:{{{bare_jid}}}"

@@ -16,7 +16,9 @@ from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 
 SERVER_NAME: Final = "stanzad"
 SERVER_VERSION: Final = "0.1.0"
-FEATURES: Final = (ns.DISCO_INFO, ns.DISCO_ITEMS, ns.PING, ns.VERSION)
+FEATURES: Final = (
+    ns.DISCO_INFO, ns.DISCO_ITEMS, ns.PING, ns.VERSION, ns.OFFLINE, ns.VCARD, ns.PRIVATE,
+)
 
 
 def answer(iq: etree._Element, type_: str) -> str | StanzaError | None:

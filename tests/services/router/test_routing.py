@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.router.routing import Bounce, Deliver, Ignore, Store, decide
+from services.router.routing import Account, Bounce, Deliver, Ignore, Store, decide
 from shared.bus.envelope import Kind
 from shared.store.sessions import SessionRecord
 from shared.xmpp.errors import StanzaErrorCondition
@@ -63,5 +63,6 @@ def test_rfc6121_8_5_3_2_iq_and_presence_to_missing_resource() -> None:
     assert isinstance(decide(Kind.PRESENCE, "", "u@d/gone", True, {}), Ignore)
 
 
-def test_rfc6121_8_5_2_1_3_iq_to_bare_jid_is_not_handled_yet() -> None:
-    assert decide(Kind.IQ, "get", "u@d", True, {"a": rec("cm1")}) == UNAVAILABLE
+def test_rfc6121_8_5_2_1_3_iq_to_bare_jid_is_answered_for_the_account() -> None:
+    assert decide(Kind.IQ, "get", "u@d", True, {"a": rec("cm1")}) == Account()
+    assert decide(Kind.IQ, "set", "u@d", True, {}) == Account()

@@ -1,0 +1,81 @@
+"""IQs the server answers on behalf of an account (RFC 6121 §8.5.2.1.3): vCard-temp
+(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030).
+
+Each handler gets the IQ, the requesting full JID and the account addressed, and returns the
+child of the result or raises StanzaError.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import redis.asyncio as aioredis
+from lxml import etree
+
+from shared.store import keys
+from shared.xmpp import ns
+from shared.xmpp.errors import StanzaError, StanzaErrorCondition
+
+MAX_VCARD_BYTES: Final = 64 * 1024
+MAX_PRIVATE_BYTES: Final = 64 * 1024
+MAX_PRIVATE_NAMESPACES: Final = 64
+ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD)
+
+
+class AccountData:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._r = redis
+
+    async def handle(self, iq: etree._Element, requester: str, account: str) -> str:
+        child = iq[0]
+        tag = child.tag if isinstance(child.tag, str) else ""
+        own = requester.partition("/")[0] == account
+        type_ = iq.get("type")
+        if tag == f"{{{ns.VCARD}}}vCard":
+            if type_ == "get":
+                raw = await self._r.get(keys.vcard(account))
+                return raw.decode() if raw else f'<vCard xmlns="{ns.VCARD}"/>'
+            if not own:
+                raise StanzaError(StanzaErrorCondition.FORBIDDEN)
+            data = etree.tostring(child)
+            if len(data) > MAX_VCARD_BYTES:
+                raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE, "vCard too large")
+            await self._r.set(keys.vcard(account), data)
+            return ""
+        if tag == f"{{{ns.PRIVATE}}}query":
+            if not own:
+                raise StanzaError(StanzaErrorCondition.FORBIDDEN)
+            return await self._private(child, type_ == "set", account)
+        if tag == f"{{{ns.DISCO_INFO}}}query" and type_ == "get" and not child.get("node"):
+            features = "".join(f'<feature var="{f}"/>' for f in ACCOUNT_FEATURES)
+            return (
+                f'<query xmlns="{ns.DISCO_INFO}"><identity category="account" type="registered"/>'
+                f"{features}</query>"
+            )
+        if tag == f"{{{ns.DISCO_ITEMS}}}query" and type_ == "get":
+            return f'<query xmlns="{ns.DISCO_ITEMS}"/>'
+        raise StanzaError(StanzaErrorCondition.SERVICE_UNAVAILABLE)
+
+    async def _private(self, query: etree._Element, is_set: bool, account: str) -> str:
+        """XEP-0049 §2: one child per namespace; jabber:* namespaces are refused."""
+        children = list(query)
+        if len(children) != 1 or not isinstance(children[0].tag, str):
+            raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE)
+        element = children[0]
+        namespace = element.tag[1:].partition("}")[0] if element.tag.startswith("{") else ""
+        if not namespace or namespace.startswith("jabber:"):
+            raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE)
+        key = keys.private_storage(account)
+        if is_set:
+            data = etree.tostring(element)
+            if len(data) > MAX_PRIVATE_BYTES:
+                raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE, "too large")
+            if not await self._r.hexists(key, namespace) and (
+                await self._r.hlen(key) >= MAX_PRIVATE_NAMESPACES
+            ):
+                raise StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
+            await self._r.hset(key, namespace, data)
+            return ""
+        raw = await self._r.hget(key, namespace)
+        stored = raw.decode() if raw else etree.tostring(element).decode()
+        return f'<query xmlns="{ns.PRIVATE}">{stored}</query>'
