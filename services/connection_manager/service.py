@@ -39,7 +39,7 @@ MAX_HOPS = 2
 SERVICE = "connection_manager"
 SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
 # IQs to the user's own account handled by the roster service
-ACCOUNT_NAMESPACES = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE})
+ACCOUNT_NAMESPACES = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING})
 
 
 class ConnectionManager:

@@ -28,6 +28,7 @@ from shared.store.presence import OfflineStore, PresenceStore
 from shared.store.roster import RosterStore
 from shared.store.sessions import SessionRecord, SessionStore
 from shared.xmpp import ns
+from shared.xmpp.blocking import is_blocked
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import with_to
 from shared.xmpp.subscription import Subscription
@@ -143,7 +144,10 @@ class PresenceService(PartitionedService):
         targets = [bare, *local]
         by_cm: dict[str, list[str]] = defaultdict(list)
         tables = await self._session_tables(targets)
-        for owner, table in zip(targets, tables, strict=True):
+        mine = tables[0][1]
+        for owner, (table, theirs) in zip(targets, tables, strict=True):
+            if owner != bare and (is_blocked(mine, owner) or is_blocked(theirs, full)):
+                continue  # XEP-0191 §3.3, §3.4: no presence across a block
             for resource, record in table.items():
                 if record.available or f"{owner}/{resource}" == full:
                     by_cm[record.cm_id].append(f"{owner}/{resource}")
@@ -153,13 +157,21 @@ class PresenceService(PartitionedService):
             await self._publish(subjects.connection_manager(cm_id), env)
         metrics.FANOUT_RECIPIENTS.observe(sum(len(r) for r in by_cm.values()))
 
-    async def _session_tables(self, bares: list[str]) -> list[dict[str, SessionRecord]]:
+    async def _session_tables(
+        self, bares: list[str]
+    ) -> list[tuple[dict[str, SessionRecord], frozenset[str]]]:
+        """(sessions, blocklist) of each bare JID in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for bare in bares:
                 pipe.hgetall(keys.sessions(bare))
+                pipe.smembers(keys.blocklist(bare))
             replies = await pipe.execute()
         return [
-            {k.decode(): SessionRecord.decode(v) for k, v in reply.items()} for reply in replies
+            (
+                {k.decode(): SessionRecord.decode(v) for k, v in replies[i].items()},
+                frozenset(m.decode() for m in replies[i + 1]),
+            )
+            for i in range(0, len(replies), 2)
         ]
 
     async def _initial(self, full: str, items: dict, priority: int) -> None:  # type: ignore[type-arg]
@@ -170,7 +182,13 @@ class PresenceService(PartitionedService):
         out: list[bytes] = []
         wanted = [c for c, item in items.items() if item.state.subscription in SUBSCRIBED_TO]
         local = [c for c in wanted if c.partition("@")[2] == self.settings.domain]
-        for presences in await self.presence.available(local):
+        tables = await self._session_tables([bare, *local])
+        mine = tables[0][1]
+        for contact, presences, (_, theirs) in zip(
+            local, await self.presence.available(local), tables[1:], strict=True
+        ):
+            if is_blocked(mine, contact) or is_blocked(theirs, full):
+                continue
             out.extend(with_to(stanza, full) for stanza in presences.values())
         for contact, item in items.items():
             if item.state.pending_in:

@@ -19,7 +19,7 @@ from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 MAX_VCARD_BYTES: Final = 64 * 1024
 MAX_PRIVATE_BYTES: Final = 64 * 1024
 MAX_PRIVATE_NAMESPACES: Final = 64
-ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD)
+ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING)
 
 
 class AccountData:

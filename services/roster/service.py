@@ -36,7 +36,7 @@ from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import error_reply, iq_result
 from shared.xmpp.subscription import Direction, apply, on_roster_remove
 
-from . import metrics
+from . import blocking, metrics
 from .account import AccountData
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,10 @@ class RosterService(PartitionedService):
     async def _account_iq(self, env: Envelope, iq: etree._Element) -> None:
         """vCard, private storage, disco on a bare JID: answered for the account."""
         account = env.to.partition("/")[0] or env.from_.partition("/")[0]
+        tag = iq[0].tag if isinstance(iq[0].tag, str) else ""
+        if tag.startswith(f"{{{ns.BLOCKING}}}") and account == env.from_.partition("/")[0]:
+            await self._blocking(env, iq, account)
+            return
         try:
             child = await self.account.handle(iq, env.from_, account)
         except StanzaError as err:
@@ -114,6 +118,34 @@ class RosterService(PartitionedService):
         else:
             payload = iq_result(env.id, env.from_, env.to or None, child)
         await self._to_session(env.from_, _cm(env), Kind.IQ, payload)
+
+    async def _blocking(self, env: Envelope, iq: etree._Element, account: str) -> None:
+        """XEP-0191: answer, push the change to every resource, tell the router (its cache
+        holds blocklists) and send unavailable presence to the newly blocked (§3.3.1)."""
+        try:
+            outcome = await blocking.handle(self.redis, account, iq)
+        except StanzaError as err:
+            payload = error_reply(iq, err, to=env.from_, from_=None)
+            await self._to_session(env.from_, _cm(env), Kind.IQ, payload)
+            return
+        await self._to_session(
+            env.from_, _cm(env), Kind.IQ, iq_result(env.id, None, None, outcome.result)
+        )
+        if not outcome.push:
+            return
+        for resource, record in (await self.sessions.get(account)).items():
+            full = f"{account}/{resource}"
+            push = (
+                f'<iq xmlns="{ns.CLIENT}" type="set" id="block{secrets.token_hex(4)}" '
+                f"to={quoteattr(full)}>{outcome.push}</iq>"
+            ).encode()
+            await self._to_session(full, record.cm_id, Kind.IQ, push)
+        version = int(await self.redis.incr(keys.sessions_version(account)))
+        event = Envelope(Kind.SESSION, to=account, from_="", payload=str(version).encode())
+        await self._publish(subjects.session_events(
+            subjects.partition(account, self.settings.partitions)), event)
+        for jid in outcome.blocked:
+            await self._send_unavailable(account, jid)
 
     async def _get(self, env: Envelope, query: etree._Element) -> None:
         """§2.2 roster get, with §2.6 versioning: unchanged → empty result; a known older

@@ -20,6 +20,7 @@ class Entry:
     exists: bool
     sessions: dict[str, SessionRecord]
     expires: float
+    blocked: frozenset[str] = frozenset()  # XEP-0191 blocklist of the account
 
 
 class SessionCache:
@@ -48,9 +49,15 @@ class SessionCache:
         for bare in bares:
             self._inflight[bare] = False
 
-    def fetched(self, bare: str, exists: bool, sessions: dict[str, SessionRecord]) -> Entry:
+    def fetched(
+        self,
+        bare: str,
+        exists: bool,
+        sessions: dict[str, SessionRecord],
+        blocked: frozenset[str] = frozenset(),
+    ) -> Entry:
         """Record a fetch result; cache it unless an event arrived meanwhile."""
-        entry = Entry(exists, sessions, time.monotonic() + self._ttl)
+        entry = Entry(exists, sessions, time.monotonic() + self._ttl, blocked)
         if not self._inflight.pop(bare, True) and self._max > 0:
             self._entries[bare] = entry
             if len(self._entries) > self._max:

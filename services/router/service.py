@@ -18,6 +18,8 @@ from shared.partitioned import PartitionedService
 from shared.settings import RouterSettings
 from shared.store.presence import OfflineStore
 from shared.store.sessions import SessionStore
+from shared.xmpp import ns
+from shared.xmpp.blocking import is_blocked
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import error_reply, must_not_bounce, with_delay
@@ -70,11 +72,16 @@ class Router(PartitionedService):
                 envelopes.append(env)
         if not envelopes:
             return
-        entries = await self._entries({e.to.partition("/")[0] for e in envelopes})
+        domain = self.settings.domain
+        wanted = {e.to.partition("/")[0] for e in envelopes}
+        wanted |= {b for e in envelopes if (b := e.from_.partition("/")[0]).endswith("@" + domain)}
+        entries = await self._entries(wanted)
         for env in envelopes:
             entry = entries.get(env.to.partition("/")[0])
             if entry is None:  # Redis unreachable: tell the sender rather than lose it
                 self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
+                continue
+            if self._blocked(env, entry, entries.get(env.from_.partition("/")[0])):
                 continue
             if self._route(env, entry):
                 await self._store_offline(env)
@@ -100,9 +107,30 @@ class Router(PartitionedService):
                 for bare in missing:
                     self.cache.invalidate(bare)
                 return entries
-            for bare, (exists, sessions) in zip(missing, results, strict=True):
-                entries[bare] = self.cache.fetched(bare, exists, sessions)
+            for bare, (exists, sessions, blocked) in zip(missing, results, strict=True):
+                entries[bare] = self.cache.fetched(bare, exists, sessions, blocked)
         return entries
+
+    def _blocked(self, env: Envelope, recipient: Entry, sender: Entry | None) -> bool:
+        """XEP-0191 §3.5 (the sender blocked the recipient: not-acceptable with <blocked/>)
+        and §3.4 (the recipient blocked the sender: presence dropped, others bounced).
+        §3.5 applies to what the user's sessions send (the server's own unavailable presence
+        to a newly blocked contact must pass); the router's own bounces are exempt from both.
+        """
+        if env.origin == SERVICE:
+            return False
+        from_session = "/" in env.origin
+        if from_session and sender is not None and is_blocked(sender.blocked, env.to):
+            metrics.ROUTED.labels(env.kind.value, "blocked").inc()
+            self._bounce(env, StanzaErrorCondition.NOT_ACCEPTABLE,
+                         extra=f'<blocked xmlns="{ns.BLOCKING_ERRORS}"/>')
+            return True
+        if is_blocked(recipient.blocked, env.from_):
+            metrics.ROUTED.labels(env.kind.value, "blocked").inc()
+            if env.kind is not Kind.PRESENCE:
+                self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE)
+            return True
+        return False
 
     def _route(self, env: Envelope, entry: Entry) -> bool:
         """Deliver, bounce or ignore; True when the stanza must be stored offline."""
@@ -147,7 +175,8 @@ class Router(PartitionedService):
             self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
 
     def _bounce(
-        self, env: Envelope, condition: StanzaErrorCondition, text: str | None = None
+        self, env: Envelope, condition: StanzaErrorCondition, text: str | None = None,
+        extra: str = "",
     ) -> None:
         """Send the stanza back to its sender as an error (RFC 6120 §8.3)."""
         if must_not_bounce(env.type) or env.hops >= MAX_HOPS or not env.from_:
@@ -157,7 +186,9 @@ class Router(PartitionedService):
         except Exception as exc:
             log.warning("cannot bounce an unparsable payload: %s", exc)
             return
-        payload = error_reply(element, StanzaError(condition, text), to=env.from_, from_=env.to)
+        payload = error_reply(
+            element, StanzaError(condition, text, extra=extra), to=env.from_, from_=env.to
+        )
         bounce = Envelope(
             env.kind, to=env.from_, from_=env.to, type="error", id=env.id, origin=SERVICE,
             hops=env.hops + 1, payload=payload, ts_us=env.ts_us,

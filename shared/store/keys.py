@@ -95,3 +95,8 @@ def vcard(bare_jid: str) -> str:
 def private_storage(bare_jid: str) -> str:
     """Hash namespace -> stored element (XEP-0049 private XML storage)."""
     return f"private:{{{bare_jid}}}"
+
+
+def blocklist(bare_jid: str) -> str:
+    """Set of the JIDs (bare, full or domain) the account blocks (XEP-0191)."""
+    return f"block:{{{bare_jid}}}"

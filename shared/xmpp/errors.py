@@ -138,11 +138,13 @@ class StanzaError(XMPPError):
         condition: StanzaErrorCondition,
         text: str | None = None,
         type_: StanzaErrorType | None = None,
+        extra: str = "",
     ) -> None:
         super().__init__(f"{condition.value}: {text}" if text else condition.value)
         self.condition = condition
         self.text = text
         self.type = type_ or DEFAULT_STANZA_ERROR_TYPE[condition]
+        self.extra = extra  # an application-specific condition element (RFC 6120 §8.3.2)
 
     def to_xml(self) -> str:
         """The <error/> child element (RFC 6120 §8.3.2)."""
@@ -151,5 +153,5 @@ class StanzaError(XMPPError):
         )
         return (
             f'<error type="{self.type.value}"><{self.condition.value} '
-            f'xmlns="{ns.STANZAS_ERRORS}"/>{text}</error>'
+            f'xmlns="{ns.STANZAS_ERRORS}"/>{text}{self.extra}</error>'
         )
