@@ -1,4 +1,6 @@
-"""A minimal slixmpp client for the local cluster: log in, send one message, print what arrives.
+"""A minimal slixmpp client for the local cluster: log in, ask the partner for a presence
+subscription (slixmpp accepts and subscribes back by itself, so two of these end at 'both'),
+send one message, and print the messages and presence that arrive.
 
     .venv/bin/python examples/chat.py alice@localhost alice-password bob@localhost "hello bob"
     .venv/bin/python examples/chat.py bob@localhost bob-password     # just listen
@@ -26,13 +28,18 @@ class Chat(slixmpp.ClientXMPP):
         self.to, self.body = to, body
         self.add_event_handler("session_start", self.start)
         self.add_event_handler("message", self.on_message)
+        self.add_event_handler("changed_status", self.on_presence)
 
     async def start(self, _: object) -> None:
         self.send_presence()
         print(f"online as {self.boundjid}")
         if self.to and self.body:
+            self.send_presence(pto=self.to, ptype="subscribe")
             self.send_message(mto=self.to, mbody=self.body, mtype="chat")
             print(f"sent to {self.to}: {self.body}")
+
+    def on_presence(self, pres: slixmpp.Presence) -> None:
+        print(f"presence: {pres['from']} is {pres['type']} {pres['status']}".rstrip())
 
     def on_message(self, msg: slixmpp.Message) -> None:
         print(f"{msg['from']} ({msg['type']}): {msg['body']}")
