@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 
 from shared.store import keys
 from shared.store.roster import RosterStore
@@ -198,6 +200,77 @@ async def test_killed_connection_manager_contacts_see_unavailable_within_30s(
         assert await users.redis.hlen(keys.sessions(bob)) == 0
         members = await users.redis.smembers(keys.cm_sessions("cm-doomed"))
         assert not members
+        listing = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.cli.main", "sessions"],
+            env={**os.environ, "STANZAD_REDIS_URL": cluster.redis_url},
+            capture_output=True, text=True, timeout=30, check=True,
+        )
+        assert bob not in listing.stdout and "cm-doomed" not in listing.stdout
+        assert f"{alice}/stays" in listing.stdout
     finally:
         b.abort()
+        await a.logout()
+
+
+async def test_rfc6121_2_5_2_removing_an_item_cancels_both_ways(
+    cluster: Cluster, users: Users
+) -> None:
+    alice, pw_a = await users.create("alice")
+    bob, pw_b = await users.create("bob")
+    a = await _login(cluster, alice, pw_a, "a")
+    b = await _login(cluster, bob, pw_b, "b")
+    try:
+        a.send_presence(pto=bob, ptype="subscribe")
+
+        async def both() -> bool:
+            return await _subscription(users, bob, alice) == Subscription.BOTH
+
+        await eventually(both, 15, "both")
+        await a.get_roster()
+        a.del_roster_item(bob)
+
+        async def cancelled() -> bool:
+            return (await _subscription(users, alice, bob) is None
+                    and await _subscription(users, bob, alice) == Subscription.NONE)
+
+        await eventually(cancelled, 10, "subscription cancelled both ways")
+        await eventually(lambda: b.saw_presence(f"{alice}/a", "unavailable"), 10,
+                         "bob told alice is gone")
+    finally:
+        await a.logout()
+        await b.logout()
+
+
+async def test_rfc6121_4_6_directed_presence_ends_with_unavailable(
+    cluster: Cluster, users: Users
+) -> None:
+    alice, pw_a = await users.create("alice")
+    bob, pw_b = await users.create("bob")
+    a = await _login(cluster, alice, pw_a, "a")
+    b = await _login(cluster, bob, pw_b, "b")
+    try:
+        a.send_presence(pto=f"{bob}/b", pstatus="just for you")
+        await eventually(lambda: b.saw_presence(f"{alice}/a", "available", "just for you"),
+                         10, "directed presence")
+        await a.logout()
+        await eventually(lambda: b.saw_presence(f"{alice}/a", "unavailable"), 10,
+                         "unavailable to the directed presence target")
+    finally:
+        await b.logout()
+
+
+async def test_xep0160_offline_storage_cap_gives_an_error(
+    cluster: Cluster, users: Users
+) -> None:
+    alice, pw_a = await users.create("alice")
+    bob, _ = await users.create("bob")
+    await users.redis.rpush(keys.offline(bob), *[b"<message/>"] * 100)  # the cap is 100
+    a = await _login(cluster, alice, pw_a, "a")
+    try:
+        a.send_message(mto=bob, mbody="one too many", mtype="chat")
+        msg = await asyncio.wait_for(a.messages.get(), 10)
+        assert msg["type"] == "error"
+        assert msg["error"]["condition"] == "service-unavailable"
+        assert await users.redis.llen(keys.offline(bob)) == 100
+    finally:
         await a.logout()
