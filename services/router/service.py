@@ -7,6 +7,7 @@ arrival order.  Routing reads only the envelope; XML is parsed only to build an 
 
 from __future__ import annotations
 
+import collections
 import datetime
 import logging
 import secrets
@@ -50,6 +51,8 @@ class Router(PartitionedService):
         self.store = SessionStore(self.redis, SERVICE)
         self.offline = OfflineStore(self.redis, SERVICE)
         self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
+        # outcomes counted per batch, then added to the Prometheus counter once per label set
+        self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
 
     @property
     def router_id(self) -> str:
@@ -85,6 +88,9 @@ class Router(PartitionedService):
                 continue
             if self._route(env, entry):
                 await self._store_offline(env)
+        for labels, n in self._tally.items():
+            metrics.ROUTED.labels(*labels).inc(n)
+        self._tally.clear()
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
     async def _entries(self, bares: set[str]) -> dict[str, Entry]:
@@ -121,12 +127,12 @@ class Router(PartitionedService):
             return False
         from_session = "/" in env.origin
         if from_session and sender is not None and is_blocked(sender.blocked, env.to):
-            metrics.ROUTED.labels(env.kind.value, "blocked").inc()
+            self._tally[(env.kind.value, "blocked")] += 1
             self._bounce(env, StanzaErrorCondition.NOT_ACCEPTABLE,
                          extra=f'<blocked xmlns="{ns.BLOCKING_ERRORS}"/>')
             return True
         if is_blocked(recipient.blocked, env.from_):
-            metrics.ROUTED.labels(env.kind.value, "blocked").inc()
+            self._tally[(env.kind.value, "blocked")] += 1
             if env.kind is not Kind.PRESENCE:
                 self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE)
             return True
@@ -138,21 +144,21 @@ class Router(PartitionedService):
         if isinstance(decision, Store):
             return True
         if isinstance(decision, Account):
-            metrics.ROUTED.labels(env.kind.value, "account").inc()
+            self._tally[(env.kind.value, "account")] += 1
             p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
             self.bus.publish_soon(subjects.roster(p), env.encode())
             return False
         if isinstance(decision, Deliver):
-            metrics.ROUTED.labels(env.kind.value, "delivered").inc()
+            self._tally[(env.kind.value, "delivered")] += 1
             for full, cm_id in decision.targets:
                 self.bus.publish_soon(
                     subjects.connection_manager(cm_id), env.forwarded(to=full).encode()
                 )
         elif isinstance(decision, Bounce):
-            metrics.ROUTED.labels(env.kind.value, "bounced").inc()
+            self._tally[(env.kind.value, "bounced")] += 1
             self._bounce(env, decision.condition)
         else:
-            metrics.ROUTED.labels(env.kind.value, "ignored").inc()
+            self._tally[(env.kind.value, "ignored")] += 1
         return False
 
     async def _store_offline(self, env: Envelope) -> None:
@@ -169,9 +175,9 @@ class Router(PartitionedService):
             self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
             return
         if stored:
-            metrics.ROUTED.labels(env.kind.value, "stored").inc()
+            self._tally[(env.kind.value, "stored")] += 1
         else:
-            metrics.ROUTED.labels(env.kind.value, "bounced").inc()
+            self._tally[(env.kind.value, "bounced")] += 1
             self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
 
     def _bounce(

@@ -108,6 +108,10 @@ class Bus:
 
     async def publish(self, subject: str, data: bytes) -> None:
         """Queue one message; raise BusUnavailable when NATS cannot take it."""
+        await self._publish(subject, data)
+        self._published.inc()
+
+    async def _publish(self, subject: str, data: bytes) -> None:
         if self._nc is None:
             raise BusUnavailable("bus not connected")
         try:
@@ -115,7 +119,6 @@ class Bus:
         except Exception as exc:  # nats-py raises several unrelated types here
             self._failures.inc()
             raise BusUnavailable(str(exc)) from exc
-        self._published.inc()
 
     def publish_soon(self, subject: str, data: bytes, on_fail: OnFail = None) -> None:
         """Publish from synchronous code: queued now, handed to NATS in order, once per tick.
@@ -130,12 +133,15 @@ class Bus:
         try:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
+                sent = 0
                 for subject, data, on_fail in batch:
                     try:
-                        await self.publish(subject, data)
+                        await self._publish(subject, data)
+                        sent += 1
                     except BusUnavailable:
                         if on_fail is not None:
                             on_fail()
+                self._published.inc(sent)
         finally:
             self._sender = None
 

@@ -9,7 +9,7 @@ import pytest
 from shared.store import keys
 from tests.conftest import Users
 from tests.support.cluster import Cluster
-from tests.support.xmpp import Client, RawClient, raw_login
+from tests.support.xmpp import Client, RawClient, eventually, raw_login
 
 N_MESSAGES = 500
 
@@ -151,16 +151,18 @@ async def test_session_table_is_empty_after_logout(cluster: Cluster, users: User
     assert await users.redis.hlen(keys.sessions(alice_jid)) == 1
     await alice.logout()
     await bob.logout()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while loop.time() < deadline:
+
+    async def indexed() -> bool:
+        members = {m.decode() for m in await users.redis.smembers(keys.cm_sessions("cm-1"))}
+        return any(m.startswith((alice_jid, bob_jid)) for m in members)
+
+    async def gone() -> bool:
         left = await users.redis.hlen(keys.sessions(alice_jid)) + await users.redis.hlen(
             keys.sessions(bob_jid)
         )
-        if left == 0:
-            break
-        await asyncio.sleep(0.05)
+        return left == 0 and not await indexed()
+
+    await eventually(gone, 10, "session table and index empty")
     assert await users.redis.hlen(keys.sessions(alice_jid)) == 0
     assert await users.redis.hlen(keys.sessions(bob_jid)) == 0
-    members = {m.decode() for m in await users.redis.smembers(keys.cm_sessions("cm-1"))}
-    assert not any(m.startswith((alice_jid, bob_jid)) for m in members)
+    assert not await indexed()
