@@ -35,3 +35,7 @@ BIND_LATENCY = Histogram(
     "stanzad_cm_bind_duration_seconds", "Resource binding, Redis included.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+STANZAS_DELIVERED = Counter(
+    "stanzad_cm_stanzas_delivered_total", "Stanzas from the bus written to a session, by kind.",
+    ["kind"],
+)

@@ -308,11 +308,12 @@ class ConnectionManager:
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
                 if conn is not None and conn.session_id == env.id:
-                    conn.close(StreamErrorCondition.CONFLICT, "replaced by a new session")
+                    conn.close(*_kick_reason(env.payload))
                 continue
             if env.kind not in STANZA_KINDS:
                 continue
             if conn is not None:
+                metrics.STANZAS_DELIVERED.labels(env.kind.value).inc()
                 conn.deliver(env.payload)
             else:
                 await self._undeliverable(env)
@@ -343,6 +344,19 @@ class ConnectionManager:
             return
         p = subjects.partition(sender.bare_str, self.settings.partitions)
         await self._publish(subjects.route(p), bounce)
+
+
+def _kick_reason(payload: bytes) -> tuple[StreamErrorCondition, str]:
+    """The stream error a KICK closes its session with: an empty payload means a newer
+    session took the full JID (RFC 6120 §7.7.2.2 <conflict/>); otherwise the payload names the
+    condition (the admin API sends ``policy-violation``)."""
+    if not payload:
+        return StreamErrorCondition.CONFLICT, "replaced by a new session"
+    try:
+        condition = StreamErrorCondition(payload.decode())
+    except (ValueError, UnicodeDecodeError):
+        condition = StreamErrorCondition.POLICY_VIOLATION
+    return condition, "closed by the server administrator"
 
 
 def _priority(text: str | None) -> int:

@@ -19,3 +19,11 @@ BATCH_DURATION = Histogram(
 REAPED = Counter(
     "stanzad_router_reaped_sessions_total", "Sessions removed after their connection manager died."
 )
+STANZA_ERRORS = Counter(
+    "stanzad_router_stanza_errors_total", "Stanzas bounced to their sender, by condition.",
+    ["condition"],
+)
+GHOST_SESSIONS = Gauge(
+    "stanzad_router_ghost_sessions",
+    "Sessions still indexed on connection managers whose heartbeat expired (reaped soon).",
+)

@@ -174,6 +174,7 @@ class Router:
             log.warning("cannot bounce an unparsable payload: %s", exc)
             return
         payload = error_reply(element, StanzaError(condition), to=env.from_, from_=env.to)
+        metrics.STANZA_ERRORS.labels(condition.value).inc()
         bounce = Envelope(
             env.kind, to=env.from_, from_=env.to, type="error", id=env.id, origin=SERVICE,
             hops=env.hops + 1, payload=payload,
@@ -190,9 +191,19 @@ class Router:
         while True:
             await asyncio.sleep(interval)
             try:
+                await self._count_ghosts()
                 await self._reap_once(interval)
             except Exception as exc:
                 log.warning("reaper round failed: %s", exc)
+
+    async def _count_ghosts(self) -> None:
+        """Every router reports the sessions of dead connection managers it can see: a count
+        that stays above zero means nobody reaps them (alert StanzadGhostSessions)."""
+        ghosts = 0
+        for cm_id, alive in (await self.store.connection_managers()).items():
+            if not alive:
+                ghosts += len(await self.store.cm_sessions(cm_id))
+        metrics.GHOST_SESSIONS.set(ghosts)
 
     async def _reap_once(self, interval: float) -> None:
         lock = keys.reaper_lock()
