@@ -178,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = actions.add_parser("list", help="list the accounts of a domain")
     p.add_argument("--domain", default=None, help="default: STANZAD_DOMAIN")
     sessions = sub.add_parser("sessions", help="who is online; kick a session")
-    sessions.set_defaults(action="list")
     session_actions = sessions.add_subparsers(dest="action")
     session_actions.add_parser("list", help="who is online, on which connection manager")
     p = session_actions.add_parser("kick", help="close a session with <policy-violation/>")
@@ -194,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         from .devcluster import run_cluster
 
         return asyncio.run(run_cluster(Path(args.var), args.c2s_port))
+    if args.command == "sessions" and args.action is None:
+        args.action = "list"  # plain `stanzad sessions`
     settings = load_or_exit(AdminSettings)
     need_bus = (args.command, args.action) in (("sessions", "kick"), ("user", "delete"))
     return asyncio.run(_with_admin(args, settings, need_bus))

@@ -218,3 +218,36 @@ async def test_cli_kicks_a_session_over_nats(cluster: Cluster, users: Users) -> 
         assert b"<policy-violation" in await raw.read_all()
     finally:
         await raw.close()
+
+
+async def test_cli_status_sessions_and_users(
+    cluster: Cluster, users: Users, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.cli.main import main
+
+    for key, value in cluster.env().items():
+        if key.startswith("STANZAD_"):
+            monkeypatch.setenv(key, value)
+    jid, pw = await users.create("clils")
+    raw = RawClient("127.0.0.1", cluster.c2s_port)
+    try:
+        await raw_login(raw, jid, pw, resource="tab")
+        assert await asyncio.to_thread(main, ["sessions"]) == 0
+        assert f"  {jid}/tab  (priority 0, not available)" in capsys.readouterr().out
+        assert await asyncio.to_thread(main, ["status"]) == 0
+        out = capsys.readouterr().out
+        assert "routers: router-1" in out and "cm-1 (alive," in out
+        new = _new_jid(cluster)
+        assert await asyncio.to_thread(
+            main, ["user", "add", new, "--password", "p-w", "--iterations", "4096"]) == 0
+        assert await asyncio.to_thread(main, ["user", "list"]) == 0
+        assert new in capsys.readouterr().out.split()
+        assert await asyncio.to_thread(main, ["user", "add", "x@elsewhere", "--password",
+                                              "p"]) == 1
+        assert "this cluster serves localhost" in capsys.readouterr().err
+        assert await asyncio.to_thread(main, ["user", "delete", jid]) == 0
+        assert f"kicked {jid}/tab" in capsys.readouterr().out
+        assert b"<policy-violation" in await raw.read_all()
+    finally:
+        await raw.close()
