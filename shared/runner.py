@@ -1,9 +1,16 @@
-"""The service runner: uvloop, signals, and the side port with /metrics, /healthz, /readyz."""
+"""The service runner: uvloop, signals, and the side port with /metrics, /healthz, /readyz.
+
+It also raises the soft file-descriptor limit to the hard one (every client connection is a
+descriptor; container runtimes often start processes at a soft limit of 1024) and watches
+Redis for ``stanzad_store_connected``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 from typing import Protocol
 
@@ -12,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import logs
 from shared.settings import CommonSettings
+from shared.store.redis import watch as watch_redis
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,7 @@ async def serve(service: Service, settings: CommonSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     side = await _side_app(service, settings.http_host, settings.http_port)
+    redis_watch = asyncio.create_task(watch_redis(settings.redis_url, service.name))
     try:
         await service.start()
         log.info("%s started", service.name)
@@ -67,13 +76,29 @@ async def serve(service: Service, settings: CommonSettings) -> None:
         log.info("%s stopping", service.name)
     finally:
         await service.stop()
+        redis_watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await redis_watch
         await side.cleanup()
         log.info("%s stopped", service.name)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # e.g. hard = unlimited on some kernels
+            log.warning("could not raise the file descriptor limit from %d: %s", soft, exc)
+    return soft
 
 
 def run(service: Service, settings: CommonSettings) -> None:
     """Entry point of a service process."""
     logs.setup(settings.log_level, settings.log_format)
+    log.info("file descriptor limit: %d", raise_fd_limit())
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -94,9 +94,15 @@ class RosterSettings(PartitionedSettings):
 
 
 class AdminSettings(CommonSettings):
-    """The stanzad command-line tool."""
+    """The admin API (services/admin) and the stanzad command-line tool."""
 
-    admin_token: SecretStr = Field(SecretStr(""), description="Reserved for the admin API.")
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token of the admin API; may be empty only on a loopback address.",
+    )
+    admin_host: str = Field("127.0.0.1", description="Admin API listen address.")
+    admin_port: int = Field(9190, ge=0, le=65535, description="Admin API port; 0 picks one.")
+    scram_iterations: int = Field(10_000, ge=4096, description="SCRAM iterations for new users.")
 
 
 S = TypeVar("S", bound=BaseSettings)

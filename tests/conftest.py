@@ -27,6 +27,16 @@ def cluster() -> Iterator[Cluster]:
         c.stop()
 
 
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def admin_url(cluster: Cluster) -> str:
+    """The admin API of the session's cluster, started on first use."""
+    port = cluster.start_admin(token=ADMIN_TOKEN)
+    return f"http://127.0.0.1:{port}"
+
+
 class Users:
     """Creates accounts straight in the cluster's Redis."""
 

@@ -1,8 +1,9 @@
 """`stanzad run`: the whole cluster on one machine, in the foreground, Ctrl-C to stop.
 
-Starts nats-server and redis-server (AOF on, data under var/), then one connection manager
-and one router, each as its own process with prefixed log lines.  In-band registration is on
-in this local profile.
+Starts nats-server and redis-server (AOF on, data under var/), then one router, one
+connection manager and the admin API, each as its own process with prefixed log lines.
+In-band registration is on in this local profile.  The admin API listens on 127.0.0.1:9190
+with the token of STANZAD_ADMIN_TOKEN, or a fresh one printed at start.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +21,9 @@ from shared import localservers
 
 NATS_PORT = 14222
 REDIS_PORT = 16379
-COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34}
+ADMIN_PORT = 9190
+COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34,
+          "admin": 37}
 
 
 @dataclass
@@ -62,7 +66,8 @@ async def _wait_port(port: int, child: Child, timeout_s: float = 20) -> None:
 
 
 async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
-    for port, what in ((NATS_PORT, "NATS"), (REDIS_PORT, "Redis"), (c2s_port, "c2s")):
+    for port, what in ((NATS_PORT, "NATS"), (REDIS_PORT, "Redis"), (c2s_port, "c2s"),
+                       (ADMIN_PORT, "the admin API")):
         if localservers.port_open("127.0.0.1", port):
             print(f"port {port} for {what} is already in use: is another `make run` going?",
                   file=sys.stderr)
@@ -98,6 +103,11 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
     )
     roster = Child("roster", [python, "-m", "services.roster"],
                    {**common, "STANZAD_HTTP_PORT": "9104", "STANZAD_ROSTER_ID": "roster-local"})
+    admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
+    admin = Child("admin", [python, "-m", "services.admin"], {
+        **common, "STANZAD_HTTP_PORT": "9105", "STANZAD_ADMIN_HOST": "127.0.0.1",
+        "STANZAD_ADMIN_PORT": str(ADMIN_PORT), "STANZAD_ADMIN_TOKEN": admin_token,
+    })
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
@@ -107,14 +117,16 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
     status = 0
     try:
         for child, port in ((nats, NATS_PORT), (redis, REDIS_PORT), (router, None),
-                            (presence, None), (roster, None), (cm, c2s_port)):
+                            (presence, None), (roster, None), (cm, c2s_port),
+                            (admin, ADMIN_PORT)):
             pipes.append(await _start(child))
             started.append(child)
             if port is not None:
                 await _wait_port(port, child)
         print(f"stanzad is up: c2s on 127.0.0.1:{c2s_port} (STARTTLS), domain "
-              f"{common['STANZAD_DOMAIN']}; metrics on :9101-9104. Ctrl-C stops it.",
-              flush=True)
+              f"{common['STANZAD_DOMAIN']}; metrics on :9101-9105.\n"
+              f"admin API: http://127.0.0.1:{ADMIN_PORT}/api/v1/ with "
+              f"'Authorization: Bearer {admin_token}'. Ctrl-C stops it.", flush=True)
         waiters = [asyncio.create_task(c.proc.wait()) for c in started if c.proc]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)

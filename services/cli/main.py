@@ -3,12 +3,15 @@
     stanzad run
     stanzad user add alice@localhost [--password PW]     (prompts when --password is absent)
     stanzad user passwd alice@localhost [--password PW]
-    stanzad user delete alice@localhost
-    stanzad user list [--domain localhost]
-    stanzad sessions
+    stanzad user delete alice@localhost                  (also kicks its open sessions)
+    stanzad user list
+    stanzad sessions [list]
+    stanzad sessions kick alice@localhost/phone
     stanzad status
 
-It talks to the Redis of `STANZAD_REDIS_URL` (default: the local cluster's).
+It talks to the Redis of `STANZAD_REDIS_URL` and, to kick sessions, to the NATS of
+`STANZAD_NATS_URL` (defaults: the local cluster's).  The admin API (services/admin) offers
+the same operations over HTTP; both are built on shared/admin.py.
 """
 
 from __future__ import annotations
@@ -19,15 +22,14 @@ import getpass
 import sys
 from pathlib import Path
 
-from shared.credentials import derive_credentials
-from shared.jid import JID, JIDError
+from shared.admin import AdminError, ClusterAdmin
+from shared.bus.client import Bus, BusUnavailable
 from shared.settings import AdminSettings, load_or_exit
-from shared.store.accounts import AccountExists, AccountStore
+from shared.store.accounts import AccountExists
 from shared.store.redis import connect as redis_connect
-from shared.store.sessions import SessionStore
 
 SERVICE = "cli"
-ROLES = ("route", "presence", "roster")
+NATS_CONNECT_TIMEOUT_S = 5.0
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -41,102 +43,124 @@ def _password(args: argparse.Namespace) -> str:
     return first
 
 
-def _bare(text: str) -> JID:
+async def _connect_bus(url: str) -> Bus | None:
+    bus = Bus(url, SERVICE)
     try:
-        jid = JID.parse(text)
-    except JIDError as exc:
-        raise SystemExit(f"not a JID: {exc}") from None
-    if jid.local is None or jid.resource is not None:
-        raise SystemExit(f"{text}: give a bare JID like alice@localhost")
-    return jid
+        await asyncio.wait_for(bus.connect(), NATS_CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        print(f"NATS at {url} is not reachable", file=sys.stderr)
+        return None
+    return bus
 
 
-async def _user(args: argparse.Namespace, settings: AdminSettings) -> int:
+async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bus: bool) -> int:
     redis = redis_connect(settings.redis_url)
-    accounts = AccountStore(redis, SERVICE)
+    bus = await _connect_bus(settings.nats_url) if need_bus else None
+    iterations = getattr(args, "iterations", settings.scram_iterations)
+    admin = ClusterAdmin(redis, settings.domain, settings.partitions, SERVICE, bus, iterations)
     try:
-        if args.action == "list":
-            for jid in await accounts.list(args.domain or settings.domain):
-                print(jid)
-            return 0
-        jid = _bare(args.jid)
-        if args.action in ("add", "passwd"):
-            try:
-                creds = derive_credentials(_password(args), args.iterations)
-            except ValueError as exc:
-                raise SystemExit(f"unusable password: {exc}") from None
-            if args.action == "add":
-                try:
-                    await accounts.create(jid.bare_str, creds)
-                except AccountExists:
-                    print(f"{jid} already exists", file=sys.stderr)
-                    return 1
-                print(f"created {jid}")
-            else:
-                if not await accounts.set_credentials(jid.bare_str, creds):
-                    print(f"{jid} does not exist", file=sys.stderr)
-                    return 1
-                print(f"changed the password of {jid}")
-            return 0
-        if args.action == "delete":
-            if not await accounts.delete(jid.bare_str):
-                print(f"{jid} does not exist", file=sys.stderr)
-                return 1
-            print(f"deleted {jid}")
-            return 0
+        return await _COMMANDS[(args.command, args.action)](admin, args)
+    except AdminError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except BusUnavailable as exc:
+        print(f"NATS unavailable: {exc}", file=sys.stderr)
+        return 1
     finally:
+        if bus is not None:
+            await bus.close()
         await redis.aclose()
-    return 2
 
 
-async def _sessions(settings: AdminSettings) -> int:
-    redis = redis_connect(settings.redis_url)
-    store = SessionStore(redis, SERVICE)
+async def _user_add(admin: ClusterAdmin, args: argparse.Namespace) -> int:
     try:
-        cms = await store.connection_managers()
-        if not cms:
-            print("no connection managers")
-        for cm_id, alive in cms.items():
-            fulls = await store.cm_sessions(cm_id)
-            print(f"{cm_id} ({'alive' if alive else 'DEAD'}): {len(fulls)} session(s)")
-            for full in fulls:
-                bare = full.partition("/")[0]
-                record = (await store.get(bare)).get(full.partition("/")[2])
-                if record is None:
-                    state = "stale"
-                else:
-                    avail = "available" if record.available else "not available"
-                    state = f"priority {record.priority}, {avail}"
-                print(f"  {full}  ({state})")
-    finally:
-        await redis.aclose()
+        jid = await admin.create_user(args.jid, _password(args))
+    except AccountExists:
+        print(f"{args.jid} already exists", file=sys.stderr)
+        return 1
+    print(f"created {jid}")
     return 0
 
 
-async def _status(settings: AdminSettings) -> int:
-    from shared.partitions import PartitionManager
-
-    redis = redis_connect(settings.redis_url)
-    try:
-        async def noop(_: int) -> None:
-            return None
-
-        for role in ROLES:
-            pm = PartitionManager(redis, role, "status", settings.partitions, 1.0, noop, noop)
-            members = await pm.live_members()
-            owners = await pm.owners()
-            print(f"{role}: {', '.join(members) or 'none'}")
-            counts: dict[str, int] = {}
-            for owner in owners.values():
-                counts[owner or "(unowned)"] = counts.get(owner or "(unowned)", 0) + 1
-            for owner, n in sorted(counts.items()):
-                print(f"  {owner}: {n} partition(s)")
-        cms = await SessionStore(redis, SERVICE).connection_managers()
-        listed = ", ".join(f"{c} ({'alive' if a else 'DEAD'})" for c, a in cms.items())
-        print(f"connection managers: {listed or 'none'}")
-    finally:
-        await redis.aclose()
+async def _user_passwd(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    if not await admin.set_password(args.jid, _password(args)):
+        print(f"{args.jid} does not exist", file=sys.stderr)
+        return 1
+    print(f"changed the password of {args.jid}")
     return 0
+
+
+async def _user_delete(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    deleted, kicked = await admin.delete_user(args.jid)
+    for full in kicked:
+        print(f"kicked {full}")
+    if not deleted:
+        print(f"{args.jid} does not exist", file=sys.stderr)
+        return 1
+    print(f"deleted {args.jid}")
+    return 0
+
+
+async def _user_list(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    for jid in await admin.list_users(args.domain):
+        print(jid)
+    return 0
+
+
+async def _sessions_list(admin: ClusterAdmin, _: argparse.Namespace) -> int:
+    status = await admin.status()
+    if not status.connection_managers:
+        print("no connection managers")
+    by_cm: dict[str, list[str]] = {}
+    for s in await admin.sessions():
+        avail = "available" if s.available else "not available"
+        by_cm.setdefault(s.cm_id, []).append(f"  {s.jid}  (priority {s.priority}, {avail})")
+    for cm in status.connection_managers:
+        lines = by_cm.get(cm.id, [])
+        print(f"{cm.id} ({'alive' if cm.alive else 'DEAD'}): {len(lines)} session(s)")
+        for line in lines:
+            print(line)
+    return 0
+
+
+async def _sessions_kick(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    info = await admin.kick(args.jid)
+    if info is None:
+        print(f"{args.jid} has no session", file=sys.stderr)
+        return 1
+    note = "" if info.cm_alive else " (its connection manager is dead: the reaper removes it)"
+    print(f"kicked {info.jid} on {info.cm_id}{note}")
+    return 0
+
+
+async def _status(admin: ClusterAdmin, _: argparse.Namespace) -> int:
+    st = await admin.status()
+    names = {"route": "routers", "presence": "presence", "roster": "roster"}
+    for role, members in st.roles.items():
+        live = [m for m in members if m]
+        print(f"{names.get(role, role)}: {', '.join(live) or 'none'}")
+        for member in live:
+            print(f"  {member}: {members[member]} partition(s)")
+        if members.get(""):
+            print(f"  (unowned): {members['']} partition(s)")
+    listed = ", ".join(
+        f"{c.id} ({'alive' if c.alive else 'DEAD'}, {c.sessions} session(s))"
+        for c in st.connection_managers
+    )
+    print(f"connection managers: {listed or 'none'}")
+    print(f"sessions: {st.sessions}")
+    return 0
+
+
+_COMMANDS = {
+    ("user", "add"): _user_add,
+    ("user", "passwd"): _user_passwd,
+    ("user", "delete"): _user_delete,
+    ("user", "list"): _user_list,
+    ("sessions", "list"): _sessions_list,
+    ("sessions", "kick"): _sessions_kick,
+    ("status", None): _status,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,12 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("jid")
         p.add_argument("--password", help="non-interactive; else prompted (or read from stdin)")
         p.add_argument("--iterations", type=int, default=10_000, help="SCRAM iterations")
-    p = actions.add_parser("delete", help="delete an account")
+    p = actions.add_parser("delete", help="delete an account and kick its sessions")
     p.add_argument("jid")
     p = actions.add_parser("list", help="list the accounts of a domain")
-    p.add_argument("--domain", default=None)
-    sub.add_parser("sessions", help="who is online, on which connection manager")
-    sub.add_parser("status", help="routers, partitions and connection managers")
+    p.add_argument("--domain", default=None, help="default: STANZAD_DOMAIN")
+    sessions = sub.add_parser("sessions", help="who is online; kick a session")
+    session_actions = sessions.add_subparsers(dest="action")
+    session_actions.add_parser("list", help="who is online, on which connection manager")
+    p = session_actions.add_parser("kick", help="close a session with <policy-violation/>")
+    p.add_argument("jid", help="full JID, e.g. alice@localhost/phone")
+    status = sub.add_parser("status", help="routers, partitions and connection managers")
+    status.set_defaults(action=None)
     return parser
 
 
@@ -167,14 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         from .devcluster import run_cluster
 
         return asyncio.run(run_cluster(Path(args.var), args.c2s_port))
+    if args.command == "sessions" and args.action is None:
+        args.action = "list"  # plain `stanzad sessions`
     settings = load_or_exit(AdminSettings)
-    if args.command == "user":
-        return asyncio.run(_user(args, settings))
-    if args.command == "sessions":
-        return asyncio.run(_sessions(settings))
-    if args.command == "status":
-        return asyncio.run(_status(settings))
-    return 2
+    need_bus = (args.command, args.action) in (("sessions", "kick"), ("user", "delete"))
+    return asyncio.run(_with_admin(args, settings, need_bus))
 
 
 if __name__ == "__main__":

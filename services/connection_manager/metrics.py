@@ -40,3 +40,7 @@ ROUTING_LATENCY = Histogram(
     "From a connection manager accepting a stanza to one writing it to its recipient.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+STANZAS_DELIVERED = Counter(
+    "stanzad_cm_stanzas_delivered_total", "Stanzas from the bus written to a session, by kind.",
+    ["kind"],
+)

@@ -8,6 +8,7 @@ is written to their sockets as it is, with no parsing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import ssl
@@ -315,6 +316,7 @@ class ConnectionManager:
     async def _on_bus_batch(self, batch: list[tuple[str, bytes]]) -> None:
         now_us = time.time_ns() // 1000
         observe = metrics.ROUTING_LATENCY.observe
+        delivered: collections.Counter[str] = collections.Counter()
         for _subject, data in batch:
             try:
                 env = Envelope.decode(data)
@@ -324,7 +326,7 @@ class ConnectionManager:
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
                 if conn is not None and conn.session_id == env.id:
-                    conn.close(StreamErrorCondition.CONFLICT, "replaced by a new session")
+                    conn.close(*_kick_reason(env.payload))
                 continue
             if env.kind is Kind.BATCH:
                 if conn is not None:
@@ -339,11 +341,14 @@ class ConnectionManager:
             if env.kind not in STANZA_KINDS:
                 continue
             if conn is not None:
+                delivered[env.kind.value] += 1
                 conn.deliver(env.payload)
                 if env.ts_us:
                     observe(max(0, now_us - env.ts_us) / 1e6)
             else:
                 await self._undeliverable(env)
+        for kind, n in delivered.items():
+            metrics.STANZAS_DELIVERED.labels(kind).inc(n)
 
     async def _undeliverable(self, env: Envelope) -> None:
         """The session left between routing and delivery (RFC 6121 §8.5.3.2)."""
@@ -379,3 +384,17 @@ def _child_ns(st: StanzaIn) -> str:
         return ""
     tag = st.element[0].tag
     return tag[1:].partition("}")[0] if isinstance(tag, str) and tag.startswith("{") else ""
+
+
+def _kick_reason(payload: bytes) -> tuple[StreamErrorCondition, str]:
+    """The stream error a KICK closes its session with: an empty payload means a newer
+    session took the full JID (RFC 6120 §7.7.2.2 <conflict/>); otherwise the payload names the
+    condition (the admin API sends ``policy-violation``)."""
+    if not payload:
+        return StreamErrorCondition.CONFLICT, "replaced by a new session"
+    try:
+        condition = StreamErrorCondition(payload.decode())
+    except (ValueError, UnicodeDecodeError):
+        condition = StreamErrorCondition.POLICY_VIOLATION
+    return condition, "closed by the server administrator"
+

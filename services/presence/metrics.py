@@ -9,7 +9,7 @@ BROADCASTS = Counter(
     "stanzad_presence_broadcasts_total", "Presence stanzas handled, by type.", ["type"]
 )
 FANOUT_RECIPIENTS = Histogram(
-    "stanzad_presence_fanout_recipients",
+    "stanzad_presence_fanout_sessions",
     "Sessions one broadcast presence was delivered to.",
     buckets=(0, 1, 2, 5, 10, 50, 100, 500, 1000, 5000),
 )

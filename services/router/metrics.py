@@ -16,3 +16,11 @@ BATCH_DURATION = Histogram(
     "Time to route one batch from the bus, Redis lookups included.",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
+STANZA_ERRORS = Counter(
+    "stanzad_router_stanza_errors_total", "Stanzas bounced to their sender, by condition.",
+    ["condition"],
+)
+GHOST_SESSIONS = Gauge(
+    "stanzad_router_ghost_sessions",
+    "Sessions still indexed on connection managers whose heartbeat expired (reaped soon).",
+)

@@ -7,6 +7,7 @@ arrival order.  Routing reads only the envelope; XML is parsed only to build an 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime
 import logging
@@ -195,6 +196,7 @@ class Router(PartitionedService):
         payload = error_reply(
             element, StanzaError(condition, text, extra=extra), to=env.from_, from_=env.to
         )
+        metrics.STANZA_ERRORS.labels(condition.value).inc()
         bounce = Envelope(
             env.kind, to=env.from_, from_=env.to, type="error", id=env.id, origin=SERVICE,
             hops=env.hops + 1, payload=payload, ts_us=env.ts_us,
@@ -202,3 +204,25 @@ class Router(PartitionedService):
         sender_bare = env.from_.partition("/")[0]
         p = subjects.partition(sender_bare, self.settings.partitions)
         self.bus.publish_soon(subjects.route(p), bounce.encode())
+
+    # ---- sessions of dead connection managers ----------------------------------------------
+
+    async def start(self) -> None:
+        await super().start()
+        self.tasks.append(asyncio.create_task(self._ghosts()))
+
+    async def _ghosts(self) -> None:
+        """Every router reports the sessions of dead connection managers it can see: a count
+        that stays above zero means nobody reaps them (alert StanzadGhostSessions).  The
+        presence service reaps them."""
+        interval = max(1.0, self.settings.session_ttl_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ghosts = 0
+                for cm_id, alive in (await self.store.connection_managers()).items():
+                    if not alive:
+                        ghosts += len(await self.store.cm_sessions(cm_id))
+                metrics.GHOST_SESSIONS.set(ghosts)
+            except Exception as exc:
+                log.warning("ghost count failed: %s", exc)

@@ -61,6 +61,7 @@ class Bus:
         self._received = BUS_RECEIVED.labels(service)
         self._failures = BUS_PUBLISH_FAILURES.labels(service)
         self._batch_size = BUS_BATCH_SIZE.labels(service)
+        BUS_CONNECTED.labels(service).set(0)  # a bus that never connected shows as down
 
     @property
     def connected(self) -> bool:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 
-from shared.metrics import STORE_ERRORS, STORE_LATENCY
+from shared.metrics import STORE_CONNECTED, STORE_ERRORS, STORE_LATENCY
+
+log = logging.getLogger(__name__)
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -34,3 +38,27 @@ async def timed(service: str, operation: str) -> AsyncIterator[None]:
         raise
     finally:
         STORE_LATENCY.labels(service, operation).observe(time.perf_counter() - start)
+
+
+async def watch(url: str, service: str, interval_s: float = 5.0) -> None:
+    """PING Redis forever on a connection of its own: ``stanzad_store_connected`` and the
+    ``ping`` round trip of ``stanzad_store_command_duration_seconds``, even when idle."""
+    client = connect(url)
+    connected = STORE_CONNECTED.labels(service)
+    up = True
+    try:
+        while True:
+            try:
+                async with timed(service, "ping"):
+                    await asyncio.wait_for(client.ping(), timeout=max(1.0, interval_s))
+                if not up:
+                    log.info("Redis reachable again")
+                up = True
+            except Exception as exc:
+                if up:  # log the transition, not every failed round
+                    log.warning("Redis not reachable: %s", exc)
+                up = False
+            connected.set(1 if up else 0)
+            await asyncio.sleep(interval_s)
+    finally:
+        await client.aclose()

@@ -26,6 +26,7 @@ class Cluster:
     redis_port: int = 0
     c2s_ports: list[int] = field(default_factory=list)
     side_ports: dict[str, int] = field(default_factory=dict)
+    admin_ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -117,6 +118,16 @@ class Cluster:
         )
         self.wait_ready(name)
         self.c2s_ports.append(port)
+        return port
+
+    def start_admin(self, name: str = "admin-1", token: str = "test-admin-token") -> int:
+        """The admin API as a process; returns its API port (its side port is separate)."""
+        port = localservers.free_port()
+        self.start_service(name, "services.admin", STANZAD_ADMIN_HOST="127.0.0.1",
+                           STANZAD_ADMIN_PORT=str(port), STANZAD_ADMIN_TOKEN=token,
+                           STANZAD_SCRAM_ITERATIONS="4096")
+        self.wait_ready(name)
+        self.admin_ports[name] = port
         return port
 
     def wait_ready(self, name: str, timeout_s: float = 30) -> None:

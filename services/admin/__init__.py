@@ -1,0 +1,1 @@
+"""The admin API: accounts, sessions and cluster status over HTTP, token-protected."""

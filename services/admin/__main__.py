@@ -1,0 +1,22 @@
+"""python -m services.admin"""
+
+import sys
+
+from shared.runner import run
+from shared.settings import AdminSettings, ConfigError, load_or_exit
+
+from .service import AdminService, check_settings
+
+
+def main() -> None:
+    settings = load_or_exit(AdminSettings)
+    try:
+        check_settings(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run(AdminService(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The admin API's routes: JSON over HTTP, every route behind ``Authorization: Bearer``.
+
+    GET    /api/v1/status                    routers, partitions, connection managers
+    GET    /api/v1/users                     accounts of the served domain
+    POST   /api/v1/users                     {"jid", "password"} -> 201, 409 when it exists
+    PUT    /api/v1/users/{jid}/password      {"password"} -> 204, 404
+    DELETE /api/v1/users/{jid}               -> 200 {"kicked": [...]}, 404
+    GET    /api/v1/sessions[?limit=N]        bound resources (default limit 1000)
+    GET    /api/v1/sessions/{full jid}       one session, 404
+    DELETE /api/v1/sessions/{full jid}       kick: 202, 404 (percent-encode the '/')
+
+Errors are ``{"error": "..."}`` with 400, 401, 404, 409 or 503.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.admin import AdminError, ClusterAdmin
+from shared.bus.client import BusUnavailable
+from shared.store.accounts import AccountExists
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ADMIN: Final = web.AppKey("admin", ClusterAdmin)
+MAX_LIMIT: Final = 100_000
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, indent=1))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+async def _body(request: web.Request, *fields: str) -> dict[str, str]:
+    try:
+        doc = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AdminError("the body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise AdminError("the body is not a JSON object")
+    out = {}
+    for name in fields:
+        value = doc.get(name)
+        if not isinstance(value, str):
+            raise AdminError(f"'{name}' is missing or not a string")
+        out[name] = value
+    return out
+
+
+def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        operation = route.name or "unknown"
+        given = request.headers.get("Authorization", "").encode()
+        if token and not hmac.compare_digest(given, expected):
+            metrics.REQUESTS.labels(operation, "401").inc()
+            return web.json_response(
+                {"error": "missing or wrong bearer token"}, status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="stanzad-admin"'},
+            )
+        try:
+            response = await handler(request)
+        except AdminError as exc:
+            response = _error(400, str(exc))
+        except BusUnavailable as exc:
+            response = _error(503, f"NATS unavailable: {exc}")
+        except web.HTTPException as exc:
+            response = _error(exc.status, exc.reason)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("admin request failed: %s", exc)
+            response = _error(503, "the store is unavailable")
+        metrics.REQUESTS.labels(operation, str(response.status)).inc()
+        return response
+
+    return middleware
+
+
+async def status(request: web.Request) -> web.Response:
+    return _json(dataclasses.asdict(await request.app[ADMIN].status()))
+
+
+async def list_users(request: web.Request) -> web.Response:
+    return _json({"users": await request.app[ADMIN].list_users()})
+
+
+async def create_user(request: web.Request) -> web.Response:
+    body = await _body(request, "jid", "password")
+    try:
+        jid = await request.app[ADMIN].create_user(body["jid"], body["password"])
+    except AccountExists:
+        return _error(409, f"{body['jid']} already exists")
+    log.info("admin API created %s", jid)
+    return _json({"jid": jid}, 201)
+
+
+async def set_password(request: web.Request) -> web.Response:
+    body = await _body(request, "password")
+    if not await request.app[ADMIN].set_password(request.match_info["jid"], body["password"]):
+        return _error(404, "no such account")
+    return web.Response(status=204)
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    deleted, kicked = await request.app[ADMIN].delete_user(request.match_info["jid"])
+    if not deleted:
+        return _error(404, "no such account")
+    return _json({"deleted": request.match_info["jid"], "kicked": kicked})
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError:
+        raise AdminError("limit is not an integer") from None
+    sessions = await request.app[ADMIN].sessions(max(0, min(limit, MAX_LIMIT)))
+    return _json({"sessions": [dataclasses.asdict(s) for s in sessions]})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    info = await request.app[ADMIN].session(request.match_info["jid"])
+    if info is None:
+        return _error(404, "no such session")
+    return _json(dataclasses.asdict(info))
+
+
+async def kick_session(request: web.Request) -> web.Response:
+    info = await request.app[ADMIN].kick(request.match_info["jid"])
+    if info is None:
+        return _error(404, "no such session")
+    log.info("admin API kicked %s on %s", info.jid, info.cm_id)
+    return _json({"kicked": dataclasses.asdict(info)}, 202)
+
+
+def build_app(admin: ClusterAdmin, token: str) -> web.Application:
+    """The admin application; an empty token switches authentication off (loopback only,
+    see service.check_settings)."""
+    app = web.Application(middlewares=[_auth_middleware(token)], client_max_size=64 * 1024)
+    app[ADMIN] = admin
+    app.add_routes([
+        web.get("/api/v1/status", status, name="status"),
+        web.get("/api/v1/users", list_users, name="list_users"),
+        web.post("/api/v1/users", create_user, name="create_user"),
+        web.put("/api/v1/users/{jid}/password", set_password, name="set_password"),
+        web.delete("/api/v1/users/{jid}", delete_user, name="delete_user"),
+        web.get("/api/v1/sessions", list_sessions, name="list_sessions"),
+        web.get("/api/v1/sessions/{jid:.+}", get_session, name="get_session"),
+        web.delete("/api/v1/sessions/{jid:.+}", kick_session, name="kick_session"),
+    ])
+    return app

@@ -1,0 +1,224 @@
+"""Operations on a running cluster, shared by the admin API (services/admin) and `stanzad`.
+
+Accounts and the session table are read and written through shared/store; kicking a session
+publishes a KICK envelope to the connection manager that holds it, which closes the stream
+with the condition named in the payload.  The cluster view (routers, partition leases,
+connection managers and their heartbeat) only reads Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import redis.asyncio as aioredis
+
+from shared.bus import subjects
+from shared.bus.client import Bus
+from shared.bus.envelope import Envelope, Kind
+from shared.credentials import StoredCredentials, derive_credentials
+from shared.jid import JID, JIDError
+from shared.store import keys
+from shared.store.accounts import AccountStore
+from shared.store.sessions import SessionRecord, SessionStore, split_full
+
+KICK_CONDITION: Final = "policy-violation"  # RFC 6120 §4.9.3.14
+
+
+class AdminError(ValueError):
+    """A request the cluster cannot carry out as asked (bad JID, wrong domain, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    jid: str
+    cm_id: str
+    session_id: str
+    priority: int
+    available: bool
+    cm_alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionManagerInfo:
+    id: str
+    alive: bool
+    heartbeat_ttl_s: float  # left on the heartbeat key; 0 when expired
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    partitions: int
+    routers: dict[str, int]  # live router id -> partitions it holds a lease on
+    unowned_partitions: int  # routing partitions no router holds
+    # every partitioned role (route, presence, roster): member id -> partitions held;
+    # the key "" counts the partitions nobody holds
+    roles: dict[str, dict[str, int]]
+    connection_managers: list[ConnectionManagerInfo]
+    sessions: int
+
+
+ROLES = ("route", "presence", "roster")
+
+
+def bare_jid(text: str, domain: str) -> str:
+    """A bare account JID of the served domain, prepared (RFC 7622)."""
+    try:
+        jid = JID.parse(text)
+    except JIDError as exc:
+        raise AdminError(f"not a JID: {exc}") from None
+    if jid.local is None or jid.resource is not None:
+        raise AdminError(f"{text}: give a bare JID like alice@{domain}")
+    if jid.domain != domain:
+        raise AdminError(f"{text}: this cluster serves {domain}")
+    return jid.bare_str
+
+
+def full_jid(text: str, domain: str) -> str:
+    try:
+        jid = JID.parse(text)
+    except JIDError as exc:
+        raise AdminError(f"not a JID: {exc}") from None
+    if jid.local is None or jid.resource is None:
+        raise AdminError(f"{text}: give a full JID like alice@{domain}/phone")
+    return str(jid)
+
+
+class ClusterAdmin:
+    """Account, session and status operations; ``bus`` is needed only to kick sessions."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        domain: str,
+        partitions: int,
+        service: str,
+        bus: Bus | None = None,
+        scram_iterations: int = 10_000,
+    ) -> None:
+        self._r = redis
+        self.domain = domain
+        self.partitions = partitions
+        self.accounts = AccountStore(redis, service)
+        self.sessions_store = SessionStore(redis, service)
+        self._bus = bus
+        self._iterations = scram_iterations
+
+    # ---- accounts --------------------------------------------------------------------------
+
+    async def create_user(self, jid: str, password: str) -> str:
+        """Raise AccountExists, or AdminError for a bad JID or password."""
+        bare = bare_jid(jid, self.domain)
+        creds = await self._derive(password)
+        await self.accounts.create(bare, creds)
+        return bare
+
+    async def set_password(self, jid: str, password: str) -> bool:
+        bare = bare_jid(jid, self.domain)
+        return await self.accounts.set_credentials(bare, await self._derive(password))
+
+    async def delete_user(self, jid: str) -> tuple[bool, list[str]]:
+        """Delete the account, then kick its open sessions; (deleted, full JIDs kicked)."""
+        bare = bare_jid(jid, self.domain)
+        deleted = await self.accounts.delete(bare)
+        kicked: list[str] = []
+        if self._bus is not None:
+            for resource in await self.sessions_store.get(bare):
+                if await self.kick(f"{bare}/{resource}") is not None:
+                    kicked.append(f"{bare}/{resource}")
+        return deleted, kicked
+
+    async def list_users(self, domain: str | None = None) -> list[str]:
+        return await self.accounts.list(domain or self.domain)
+
+    async def _derive(self, password: str) -> StoredCredentials:
+        if not password:
+            raise AdminError("the password is empty")
+        try:  # PBKDF2 for two SCRAM hashes: keep it off the event loop
+            return await asyncio.to_thread(derive_credentials, password, self._iterations)
+        except ValueError as exc:
+            raise AdminError(f"unusable password: {exc}") from None
+
+    # ---- sessions --------------------------------------------------------------------------
+
+    async def sessions(self, limit: int | None = None) -> list[SessionInfo]:
+        """Bound resources, by connection manager (dead ones included until reaped); at most
+        ``limit`` of them."""
+        out: list[SessionInfo] = []
+        for cm_id, alive in (await self.sessions_store.connection_managers()).items():
+            for full in await self.sessions_store.cm_sessions(cm_id):
+                if limit is not None and len(out) >= limit:
+                    return out
+                bare, resource = split_full(full)
+                record = (await self.sessions_store.get(bare)).get(resource)
+                if record is None or record.cm_id != cm_id:
+                    continue  # index entry of a session already gone or moved
+                out.append(_info(full, record, alive))
+        return out
+
+    async def session(self, jid: str) -> SessionInfo | None:
+        full = full_jid(jid, self.domain)
+        bare, resource = split_full(full)
+        record = (await self.sessions_store.get(bare)).get(resource)
+        if record is None:
+            return None
+        alive = bool(await self._r.exists(keys.cm_alive(record.cm_id)))
+        return _info(full, record, alive)
+
+    async def kick(self, jid: str, condition: str = KICK_CONDITION) -> SessionInfo | None:
+        """Ask the owning connection manager to close the session; None when not bound.
+
+        The KICK's id is the session id of the record, so a newer session that took the same
+        full JID in the meantime is left alone.  Raises BusUnavailable when NATS is down."""
+        if self._bus is None:
+            raise AdminError("kicking needs a bus connection")
+        info = await self.session(jid)
+        if info is None:
+            return None
+        kick = Envelope(Kind.KICK, to=info.jid, from_="", id=info.session_id,
+                        origin="admin", payload=condition.encode())
+        await self._bus.publish(subjects.connection_manager(info.cm_id), kick.encode())
+        await self._bus.flush()
+        return info
+
+    # ---- cluster ---------------------------------------------------------------------------
+
+    async def _role(self, role: str) -> dict[str, int]:
+        now_ms = int(time.time() * 1000)
+        members = await self._r.zrangebyscore(keys.members(role), now_ms, "+inf")
+        async with self._r.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.get(keys.partition_lease(role, p))
+            leases = await pipe.execute()
+        held = {m.decode(): 0 for m in sorted(members)}
+        held[""] = 0
+        for owner in leases:
+            name = owner.decode() if owner else ""
+            held[name] = held.get(name, 0) + 1
+        return held
+
+    async def status(self) -> ClusterStatus:
+        roles = {role: await self._role(role) for role in ROLES}
+        route = dict(roles["route"])
+        unowned = route.pop("")
+        cms: list[ConnectionManagerInfo] = []
+        for cm_id, alive in (await self.sessions_store.connection_managers()).items():
+            ttl_ms = await self._r.pttl(keys.cm_alive(cm_id))
+            count = await self._r.scard(keys.cm_sessions(cm_id))
+            cms.append(ConnectionManagerInfo(cm_id, alive, max(0, ttl_ms) / 1000, int(count)))
+        return ClusterStatus(
+            partitions=self.partitions,
+            routers=route,
+            unowned_partitions=unowned,
+            roles=roles,
+            connection_managers=cms,
+            sessions=sum(c.sessions for c in cms if c.alive),
+        )
+
+
+def _info(full: str, record: SessionRecord, alive: bool) -> SessionInfo:
+    return SessionInfo(full, record.cm_id, record.session_id, record.priority,
+                       record.available, alive)

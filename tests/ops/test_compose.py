@@ -1,0 +1,88 @@
+"""docker-compose.yml, validated offline: the Compose spec schema, then what we promise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+
+
+@pytest.fixture(scope="module")
+def compose(root: Path) -> dict[str, Any]:
+    return dict(yaml.safe_load((root / "docker-compose.yml").read_text()))
+
+
+def _validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_compose_file_matches_the_compose_spec(root: Path) -> None:
+    result = _validate(root / "docker-compose.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_schema_check_rejects_a_broken_file(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yml"
+    bad.write_text("services:\n  x:\n    image: a\n    depends_on:\n"
+                   "      y: {condition: when_i_feel_like_it}\n")
+    assert _validate(bad).returncode != 0
+
+
+def test_every_dependency_waits_for_a_healthy_service(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        assert "healthcheck" in svc, f"{name} has no healthcheck"
+        for dep, how in svc.get("depends_on", {}).items():
+            assert how == {"condition": "service_healthy"}, (name, dep)
+            assert "healthcheck" in services[dep], dep
+    for svc in ("router", "connection_manager", "admin"):
+        assert {"nats", "redis"} <= set(services[svc]["depends_on"])
+
+
+def test_stanzad_services_share_one_image_and_pick_their_command(
+    compose: dict[str, Any]
+) -> None:
+    services = compose["services"]
+    commands = {name: services[name]["command"] for name in ("router", "connection_manager",
+                                                             "admin")}
+    assert commands == {"router": ["router"], "connection_manager": ["connection-manager"],
+                        "admin": ["admin"]}
+    assert {services[n]["image"] for n in commands} == {"stanzad:dev"}
+    for name in commands:
+        env = services[name]["environment"]
+        assert env["STANZAD_NATS_URL"] == "nats://nats:4222"
+        assert env["STANZAD_REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_redis_keeps_its_data(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.split(":")[0] in compose["volumes"] and v.endswith(":/data")
+               for v in redis["volumes"])
+
+
+def test_only_c2s_is_published_beyond_loopback(compose: dict[str, Any]) -> None:
+    published = {name: svc.get("ports", []) for name, svc in compose["services"].items()}
+    assert published["connection_manager"] == ["5222:5222"]
+    for name, ports in published.items():
+        if name != "connection_manager":
+            assert all(p.startswith("127.0.0.1:") for p in ports), name
+    assert compose["services"]["connection_manager"]["ulimits"]["nofile"]["soft"] >= 65536
+
+
+def test_mounted_config_files_exist(compose: dict[str, Any], root: Path) -> None:
+    for svc in compose["services"].values():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (root / source).exists(), source

@@ -1,0 +1,240 @@
+"""k8s/: the overlays rendered (tests/support/kustomize.py, cross-checked with `kubectl
+kustomize` where installed), validated strictly against Kubernetes schemas, and checked for
+what the operations guide promises: probes, drain, fd-hungry connection managers, stable
+router ids, valid stanzad settings, and monitoring that matches ops/prometheus/."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Final
+
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from shared.settings import AdminSettings, ConnectionManagerSettings, RouterSettings
+from tests.support import kustomize
+
+Doc = dict[str, Any]
+OVERLAYS: Final = ("dev", "prod")
+# The oldest Kubernetes minor we support and the newest the validator knows.
+K8S_VERSIONS: Final = ("1.31.0", kubernetes_validate.latest_version())
+CRDS: Final = frozenset({"ServiceMonitor", "PrometheusRule"})
+SETTINGS: Final[dict[str, type[BaseSettings]]] = {
+    "connection-manager": ConnectionManagerSettings,
+    "router": RouterSettings,
+    "admin": AdminSettings,
+}
+EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin"})  # made per cluster
+
+
+@pytest.fixture(scope="module")
+def overlays(root: Path) -> dict[str, list[Doc]]:
+    return {name: kustomize.build(root / "k8s/overlays" / name) for name in OVERLAYS}
+
+
+def _one(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, (kind, name)
+    return found[0]
+
+
+def _workloads(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+            and d["metadata"]["labels"].get("app.kubernetes.io/part-of") == "stanzad"]
+
+
+def _container(workload: Doc) -> Doc:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_validate_strictly(overlays: dict[str, list[Doc]], overlay: str) -> None:
+    for doc in overlays[overlay]:
+        if doc["kind"] in CRDS:
+            continue  # not in the Kubernetes schemas: checked by the monitoring tests below
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise AssertionError(
+                    f"{overlay}: {doc['kind']}/{doc['metadata']['name']} on {version}: "
+                    f"{exc.message} at {list(exc.path)}"
+                ) from None
+
+
+def test_strict_validation_rejects_an_unknown_field(overlays: dict[str, list[Doc]]) -> None:
+    cm = _one(overlays["dev"], "Deployment", "stanzad-connection-manager")
+    bad = yaml.safe_load(yaml.safe_dump(cm))
+    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_renderer_agrees_with_kubectl_kustomize(
+    root: Path, overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(root / "k8s/overlays" / overlay)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+
+    def key(d: Doc) -> tuple[str, str]:
+        return d["kind"], d["metadata"]["name"]
+
+    theirs = sorted((d for d in yaml.safe_load_all(out) if d), key=key)
+    assert sorted(overlays[overlay], key=key) == theirs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_has_probes_resources_and_runs_as_non_root(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    workloads = _workloads(overlays[overlay])
+    assert {_container(w)["args"][0] for w in workloads} == set(SETTINGS)
+    for w in workloads:
+        c = _container(w)
+        name = w["metadata"]["name"]
+        assert c["image"] == {"dev": "stanzad:dev",
+                              "prod": "registry.example.org/stanzad:0.1.0"}[overlay]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), name
+        assert {"name": "metrics", "containerPort": 9100} in c["ports"]
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        assert w["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_connection_manager_has_time_to_drain(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    cm = _one(overlays[overlay], "Deployment", "stanzad-connection-manager")
+    c = _container(cm)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    needed = int(pre_stop[1]) + float(env["STANZAD_DRAIN_TIMEOUT_S"]) + 5
+    assert cm["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= needed
+    assert cm["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_c2s_load_balancer_keeps_traffic_local(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    svc = _one(overlays[overlay], "Service", "stanzad-c2s")
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(5222, "c2s")]
+    cm = _one(overlays[overlay], "Deployment", "stanzad-connection-manager")
+    assert {"name": "c2s", "containerPort": 5222} in _container(cm)["ports"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_routers_are_a_statefulset_with_stable_ids(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = overlays[overlay]
+    router = _one(docs, "StatefulSet", "stanzad-router")
+    env = {e["name"]: e for e in _container(router)["env"]}
+    assert env["STANZAD_ROUTER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    governing = _one(docs, "Service", router["spec"]["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_selectors_budgets_and_autoscaler_point_at_real_pods(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = overlays[overlay]
+    pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in docs
+                  if w["kind"] in ("Deployment", "StatefulSet")]
+
+    def selects(selector: dict[str, str]) -> bool:
+        return any(selector.items() <= labels.items() for labels in pod_labels)
+
+    for doc in docs:
+        if doc["kind"] == "Service":
+            assert selects(doc["spec"]["selector"]), doc["metadata"]["name"]
+        elif doc["kind"] in ("PodDisruptionBudget", "Deployment", "StatefulSet"):
+            assert selects(doc["spec"]["selector"]["matchLabels"]), doc["metadata"]["name"]
+    budgets = {d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+    assert {"stanzad-connection-manager", "stanzad-router"} <= budgets
+    hpa = _one(docs, "HorizontalPodAutoscaler", "stanzad-connection-manager")
+    target = hpa["spec"]["scaleTargetRef"]
+    _one(docs, target["kind"], target["name"])
+    assert hpa["spec"]["minReplicas"] >= 1
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_gets_valid_settings(overlays: dict[str, list[Doc]], overlay: str) -> None:
+    """Every STANZAD_* variable a pod gets is a setting of its service, with a valid value."""
+    docs = overlays[overlay]
+    configmaps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    for w in _workloads(docs):
+        c = _container(w)
+        env: dict[str, str] = {}
+        for source in c.get("envFrom", []):
+            env.update(configmaps[source["configMapRef"]["name"]])
+        for var in c.get("env", []):
+            ref = var.get("valueFrom", {})
+            if "secretKeyRef" in ref:
+                assert ref["secretKeyRef"]["name"] in secrets | EXTERNAL_SECRETS
+            env[var["name"]] = var.get("value", "from-a-reference")
+        cls = SETTINGS[c["args"][0]]
+        fields = {f"STANZAD_{name.upper()}": name for name in cls.model_fields}
+        unknown = set(env) - set(fields)
+        assert unknown == set(), f"{w['metadata']['name']}: not settings: {unknown}"
+        try:
+            cls(**{fields[k]: v for k, v in env.items()})
+        except ValidationError as exc:
+            raise AssertionError(f"{w['metadata']['name']}: {exc}") from None
+        for volume in w["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets | EXTERNAL_SECRETS
+
+
+def test_monitoring_selects_every_metrics_service_and_ships_the_alerts(
+    overlays: dict[str, list[Doc]], root: Path
+) -> None:
+    prod = overlays["prod"]
+    assert not any(d["kind"] in CRDS for d in overlays["dev"])  # dev clusters lack the CRDs
+    monitor = _one(prod, "ServiceMonitor", "stanzad")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    selected = {d["metadata"]["name"] for d in prod if d["kind"] == "Service"
+                and selector.items() <= d["metadata"].get("labels", {}).items()}
+    # The ServiceMonitor's job label is the Service name: the job names alerts.yml expects.
+    assert selected == {"stanzad-connection-manager", "stanzad-router", "stanzad-admin"}
+    for name in selected:
+        assert ports <= {p["name"] for p in _one(prod, "Service", name)["spec"]["ports"]}
+    rule = _one(prod, "PrometheusRule", "stanzad")
+    alerts = yaml.safe_load((root / "ops/prometheus/alerts.yml").read_text())
+    assert rule["spec"] == alerts
+
+
+def test_renderer_refuses_what_it_does_not_support(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
+    with pytest.raises(kustomize.KustomizeError, match="namePrefix"):
+        kustomize.build(tmp_path)
+
+
+def test_json_patch_operations() -> None:
+    doc: Doc = {"a": {"list": [1, 2], "k": "v"}}
+    kustomize.apply_json_patch(doc, {"op": "add", "path": "/a/list/-", "value": 3})
+    kustomize.apply_json_patch(doc, {"op": "replace", "path": "/a/list/0", "value": 0})
+    kustomize.apply_json_patch(doc, {"op": "remove", "path": "/a/k"})
+    kustomize.apply_json_patch(doc, {"op": "add", "path": "/a/x~1y", "value": {}})
+    assert doc == {"a": {"list": [0, 2, 3], "x/y": {}}}
+    with pytest.raises(kustomize.KustomizeError):
+        kustomize.apply_json_patch(doc, {"op": "replace", "path": "/a/missing", "value": 1})
