@@ -20,6 +20,7 @@ from shared.credentials import StoredCredentials
 from shared.jid import JID, JIDError
 from shared.settings import ConnectionManagerSettings
 from shared.store.accounts import AccountExists, AccountStore
+from shared.store.auth_throttle import AuthThrottleStore
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.tls import ensure_self_signed, server_context
@@ -30,6 +31,7 @@ from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce
 
 from . import metrics
 from .connection import C2SConnection
+from .limits import ConnectionsPerSource
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,12 @@ class ConnectionManager:
         self._redis = redis_connect(settings.redis_url)
         self.accounts = AccountStore(self._redis, SERVICE)
         self.store = SessionStore(self._redis, SERVICE)
+        self.per_source = ConnectionsPerSource(settings.max_connections_per_ip)
+        self.auth_throttle = AuthThrottleStore(
+            self._redis, SERVICE, per_source=settings.auth_failures_per_ip,
+            per_account=settings.auth_failures_per_account,
+            window_s=settings.auth_failure_window_s,
+        )
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch)
         self._server: asyncio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None

@@ -51,3 +51,13 @@ def partition_lease(partition: int) -> str:
 def reaper_lock() -> str:
     """Held by the one router that cleans up after dead connection managers."""
     return "lock:reaper"
+
+
+def auth_failures_source(source: str) -> str:
+    """Counter of failed SASL attempts from one source address (XEP-0205), with a TTL."""
+    return f"authfail:src:{source}"
+
+
+def auth_failures_account(bare_jid: str) -> str:
+    """Counter of failed SASL attempts against one account (XEP-0205), with a TTL."""
+    return f"authfail:acct:{{{bare_jid}}}"

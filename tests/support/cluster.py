@@ -135,3 +135,22 @@ class Cluster:
 
 def new_cluster() -> Cluster:
     return Cluster(workdir=Path(tempfile.mkdtemp(prefix="stanzad-test-")))
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    sample = f"{name}{{{wanted}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == sample or (labels and key.startswith(name + "{") and _same_labels(key, labels)):
+            return float(value)
+    return 0.0
+
+
+def _same_labels(key: str, labels: dict[str, str]) -> bool:
+    inner = key[key.index("{") + 1 : -1]
+    found = dict(part.split("=", 1) for part in inner.split(",") if part)
+    return {k: v.strip('"') for k, v in found.items()} == labels
