@@ -66,7 +66,8 @@ class ConnectionManager:
             per_account=settings.auth_failures_per_account,
             window_s=settings.auth_failure_window_s,
         )
-        self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch)
+        self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
+                       fail_while_disconnected=True)
         self._server: asyncio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()

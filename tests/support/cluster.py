@@ -4,6 +4,7 @@ subprocesses, all on free loopback ports, torn down at the end."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ class Cluster:
     c2s_ports: list[int] = field(default_factory=list)
     side_ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    aof: bool = False  # Redis append-only file (for restart tests)
 
     @property
     def nats_url(self) -> str:
@@ -56,17 +58,42 @@ class Cluster:
     def start_servers(self) -> None:
         self.nats_port = localservers.free_port()
         self.redis_port = localservers.free_port()
+        self.start_nats()
+        self.start_redis()
+
+    def start_nats(self) -> None:
+        """(Re)start nats-server on this cluster's port."""
         nats = localservers.start(
             localservers.nats_command(self.nats_port, self.workdir), self.workdir / "nats.log"
         )
         self.procs["nats"] = nats
+        localservers.wait_port("127.0.0.1", self.nats_port, proc=nats)
+
+    def start_redis(self) -> None:
+        """(Re)start redis-server on this cluster's port and data directory."""
         redis = localservers.start(
-            localservers.redis_command(self.redis_port, self.workdir, aof=False),
+            localservers.redis_command(self.redis_port, self.workdir, aof=self.aof),
             self.workdir / "redis.log",
         )
         self.procs["redis"] = redis
-        localservers.wait_port("127.0.0.1", self.nats_port, proc=nats)
         localservers.wait_port("127.0.0.1", self.redis_port, proc=redis)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout_s: float = 15) -> float:
+        """Send `sig` to a process and wait for it to exit; returns the seconds it took."""
+        proc = self.procs[name]
+        started = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout_s)
+        return time.monotonic() - started
+
+    def ready(self, name: str) -> bool:
+        """The service answers /readyz with 200."""
+        url = f"http://127.0.0.1:{self.side_ports[name]}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def start_service(self, name: str, module: str, **env: str) -> subprocess.Popen[bytes]:
         side = localservers.free_port()
@@ -82,23 +109,22 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
-    def start_router(self, name: str = "router-1") -> None:
-        self.start_service(name, "services.router", STANZAD_ROUTER_ID=name,
-                           STANZAD_LEASE_TTL_S="3")
+    def start_router(self, name: str = "router-1", **env: str) -> None:
+        env = {"STANZAD_ROUTER_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
+        self.start_service(name, "services.router", **env)
         self.wait_ready(name)
 
     def start_cm(self, name: str = "cm-1", **env: str) -> int:
         port = localservers.free_port()
-        self.start_service(
-            name,
-            "services.connection_manager",
-            STANZAD_CM_ID=name,
-            STANZAD_C2S_PORT=str(port),
-            STANZAD_TLS_CERT=str(self.workdir / "tls" / "cert.pem"),
-            STANZAD_TLS_KEY=str(self.workdir / "tls" / "key.pem"),
-            STANZAD_SESSION_TTL_S="6",
+        env = {
+            "STANZAD_CM_ID": name,
+            "STANZAD_C2S_PORT": str(port),
+            "STANZAD_TLS_CERT": str(self.workdir / "tls" / "cert.pem"),
+            "STANZAD_TLS_KEY": str(self.workdir / "tls" / "key.pem"),
+            "STANZAD_SESSION_TTL_S": "6",
             **env,
-        )
+        }
+        self.start_service(name, "services.connection_manager", **env)
         self.wait_ready(name)
         self.c2s_ports.append(port)
         return port
