@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 import ssl
 
 from shared import credentials as creds_mod
@@ -80,6 +81,7 @@ class ConnectionManager:
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
         self.tls_context = server_context(s.tls_cert, s.tls_key)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
         await self.bus.connect()
         await self.bus.subscribe(subjects.connection_manager(self.cm_id))
         await self.store.heartbeat(self.cm_id, s.session_ttl_s)
@@ -91,6 +93,16 @@ class ConnectionManager:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("%s listening for c2s on %s:%d (domain %s)", self.cm_id, s.c2s_host, self.port,
                  s.domain)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the certificate and key again; new STARTTLS handshakes use them."""
+        s = self.settings
+        try:
+            self.tls_context = server_context(s.tls_cert, s.tls_key)
+        except Exception as exc:
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return
+        log.info("reloaded the TLS certificate from %s", s.tls_cert)
 
     def healthy(self) -> bool:
         return not self._stopping or bool(self.connections)
