@@ -60,6 +60,35 @@ class ConnectionManagerSettings(CommonSettings):
     max_write_buffer_bytes: int = Field(
         4 * 1024 * KiB, ge=64 * KiB, description="Unsent bytes per connection before it is closed."
     )
+    # ---- edge limits (issue 4); README "Security and limits" lists them all ----
+    max_inbound_bytes_per_s: int = Field(
+        10 * KiB, ge=0, description="Bytes a connection may send per second; 0 = unlimited."
+    )
+    inbound_burst_bytes: int = Field(
+        32 * KiB, ge=1 * KiB, description="Bytes a connection may send at once above the rate."
+    )
+    max_stanzas_per_s: float = Field(
+        100.0, ge=0, description="Stanzas a session may send per second; 0 = unlimited."
+    )
+    stanza_burst: int = Field(200, ge=1, description="Stanzas a session may send at once.")
+    max_connections_per_ip: int = Field(
+        100, ge=0, description="Open connections per source address (IPv6: /64); 0 = unlimited."
+    )
+    keepalive_interval_s: float = Field(
+        60.0, ge=0, description="Ping a session idle this long (XEP-0199); 0 = never."
+    )
+    keepalive_timeout_s: float = Field(
+        30.0, gt=0, description="Close a pinged session that stays silent this long."
+    )
+    auth_failures_per_ip: int = Field(
+        10, ge=0, description="Failed SASL attempts per source address per window; 0 = unlimited."
+    )
+    auth_failures_per_account: int = Field(
+        20, ge=0, description="Failed SASL attempts per account per window; 0 = unlimited."
+    )
+    auth_failure_window_s: int = Field(
+        300, ge=1, description="Window of the auth failure counters (shared in Redis)."
+    )
 
 
 class PartitionedSettings(CommonSettings):

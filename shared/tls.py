@@ -1,4 +1,11 @@
-"""TLS for c2s: a server context (TLS 1.2+, no compression) and a self-signed certificate."""
+"""TLS for c2s: a server context (TLS 1.2+, no compression) and a self-signed certificate.
+
+RFC 6120 §13.9.4 and RFC 7525 (BCP 195): TLS 1.2 or newer, forward-secret AEAD suites only
+(ECDHE with AES-GCM or ChaCha20-Poly1305; TLS 1.3 suites are all of that kind), no
+compression (CRIME), no renegotiation.  A certificate that is expired or not yet valid stops
+the service at start with an error naming the file and the dates, instead of every client
+failing its handshake later.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import ipaddress
 import os
 import ssl
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -49,10 +57,45 @@ def ensure_self_signed(cert_path: str, key_path: str, domain: str) -> bool:
     return True
 
 
+# TLS 1.2 suites (OpenSSL names): ECDHE key exchange, AEAD ciphers only.
+TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!SHA1"
+
+
+class CertificateProblem(ValueError):
+    """The configured certificate cannot be served; the message names the file."""
+
+
+def check_certificate(cert_path: str, now: datetime.datetime | None = None) -> x509.Certificate:
+    """The first certificate of the PEM chain, if it is valid now; else CertificateProblem."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CertificateProblem(f"{cert_path}: cannot read the certificate: {exc}") from None
+    now = now or datetime.datetime.now(datetime.UTC)
+    if cert.not_valid_after_utc < now:
+        raise CertificateProblem(
+            f"{cert_path}: the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} "
+            "UTC (STANZAD_TLS_CERT); renew it"
+        )
+    if cert.not_valid_before_utc > now:
+        raise CertificateProblem(
+            f"{cert_path}: the certificate is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (STANZAD_TLS_CERT)"
+        )
+    return cert
+
+
 def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
-    """TLS 1.2 or newer, no compression, no renegotiation (RFC 6120 §5.3, RFC 7525)."""
+    """TLS 1.2 or newer, modern suites, no compression, no renegotiation (RFC 7525)."""
+    check_certificate(cert_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    ctx.load_cert_chain(cert_path, key_path)
+    ctx.options |= (
+        ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    )
+    ctx.set_ciphers(TLS12_CIPHERS)
+    try:
+        ctx.load_cert_chain(cert_path, key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateProblem(f"{cert_path} / {key_path}: {exc}") from None
     return ctx

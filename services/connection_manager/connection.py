@@ -2,6 +2,14 @@
 
 `data_received -> C2SStream.receive_data -> events -> I/O for the events -> write`.  Writes are
 coalesced per event-loop tick into one `transport.write`.
+
+Edge limits (README "Security and limits"): reading stops (`pause_reading`, backpressure into
+the kernel's receive window, never a growing buffer of ours) while the machine waits for I/O
+or while the byte or stanza token bucket is in debt; a source address over
+``max_connections_per_ip`` gets ``<policy-violation/>`` at once; an idle bound session is
+pinged (XEP-0199 §4.2) and closed with ``<connection-timeout/>`` when it stays silent; SASL
+attempts are refused with ``<temporary-auth-failure/>`` after too many failures from the same
+address or against the same account (XEP-0205, counted in Redis by `AuthThrottleStore`).
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ import logging
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, cast
+from xml.sax.saxutils import quoteattr
 
 from shared import logs
+from shared.xmpp import ns
 from shared.xmpp.c2s import (
     AuthFailed,
     AuthSucceeded,
@@ -26,9 +36,10 @@ from shared.xmpp.c2s import (
     State,
     StreamEnded,
 )
-from shared.xmpp.errors import StreamErrorCondition
+from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 
 from . import metrics
+from .limits import TokenBucket, source_key
 
 if TYPE_CHECKING:
     from .service import ConnectionManager
@@ -36,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_CHUNK: Final = 64 * 1024
+CLOSE_GRACE_S: Final = 5.0  # a closing peer that does not read its last bytes is then reset
 
 
 class C2SConnection(asyncio.Protocol):
@@ -46,7 +58,17 @@ class C2SConnection(asyncio.Protocol):
         self.session_id = secrets.token_hex(6)
         self.stream = C2SStream(cm.stream_config)
         self.transport: asyncio.Transport | None = None
+        self._raw: asyncio.Transport | None = None  # the TCP transport under TLS
         self.peer = ""
+        self.source = ""  # source_key of the peer address, once admitted
+        self._bytes: TokenBucket | None = None
+        self._stanzas: TokenBucket | None = None
+        self._throttle: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._last_rx = 0.0
+        self._ping_sent = 0.0  # when the unanswered keepalive ping went out; 0: none
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
         self._wbuf: list[bytes] = []
         self._flush_scheduled = False
         self._closing = False
@@ -59,17 +81,36 @@ class C2SConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._raw = self.transport
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_OPENED.inc()
         self.cm.connections.add(self)
+        source = source_key(str(peer[0])) if peer else "?"
+        if not self.cm.per_source.admit(source):
+            metrics.CONNECTIONS_REFUSED.labels("per_ip").inc()
+            log.info("refused a connection: too many from %s", source)
+            self.close(StreamErrorCondition.POLICY_VIOLATION, "too many connections from you")
+            return
+        self.source = source
+        s = self.cm.settings
         loop = asyncio.get_running_loop()
-        self._auth_timer = loop.call_later(self.cm.settings.auth_timeout_s, self._auth_timeout)
+        now = self._last_rx = loop.time()
+        if s.max_inbound_bytes_per_s:
+            self._bytes = TokenBucket(s.max_inbound_bytes_per_s, s.inbound_burst_bytes, now)
+        if s.max_stanzas_per_s:
+            self._stanzas = TokenBucket(s.max_stanzas_per_s, s.stanza_burst, now)
+        self._auth_timer = loop.call_later(s.auth_timeout_s, self._auth_timeout)
 
     def data_received(self, data: bytes) -> None:
         metrics.BYTES_IN.inc(len(data))
+        now = self._last_rx = asyncio.get_running_loop().time()
         self.stream.receive_data(data)
+        if self._bytes is not None:
+            wait = self._bytes.take(len(data), now)
+            if wait > 0:
+                self._throttle_for(wait, "bytes")
         self._pump()
 
     def eof_received(self) -> bool:
@@ -78,8 +119,12 @@ class C2SConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         metrics.CONNECTIONS.dec()
         self._closing = True
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
+        for timer in (self._auth_timer, self._throttle, self._keepalive, self._abort_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.source:
+            self.cm.per_source.release(self.source)
+            self.source = ""
         self.cm.connections.discard(self)
         self.cm.connection_closed(self)
 
@@ -103,10 +148,19 @@ class C2SConnection(asyncio.Protocol):
         self._wbuf.clear()
         metrics.BYTES_OUT.inc(len(data))
         self.transport.write(data)
-        if self.transport.get_write_buffer_size() > self.cm.settings.max_write_buffer_bytes:
+        if self._unsent() > self.cm.settings.max_write_buffer_bytes:
             # A client that does not read: drop it rather than buffer without bound.
             metrics.SLOW_CONSUMERS.inc()
             self.close(StreamErrorCondition.POLICY_VIOLATION, "not reading")
+
+    def _unsent(self) -> int:
+        """Bytes written but not yet taken by the kernel.  A TLS transport hands its records
+        to the TCP transport below whether that one is backed up or not, so count both."""
+        assert self.transport is not None
+        size = self.transport.get_write_buffer_size()
+        if self._raw is not None and self._raw is not self.transport:
+            size += self._raw.get_write_buffer_size()
+        return size
 
     def deliver(self, payload: bytes) -> None:
         """A stanza for this session from the bus, already in canonical bytes."""
@@ -128,30 +182,107 @@ class C2SConnection(asyncio.Protocol):
         self._closing = True
         if self.transport is not None:
             self.transport.close()
+            # close() waits for the write buffer to drain: bound that wait.
+            self._abort_timer = asyncio.get_running_loop().call_later(
+                CLOSE_GRACE_S, self.transport.abort
+            )
 
     # ---- the stream's events ---------------------------------------------------------------
 
     def _pump(self) -> None:
         token = logs.connection_id.set(self.session_id)
         try:
-            while not self._closing:
+            while not self._closing and self._throttle is None:
                 event = self.stream.next_event()
                 if event is None:
                     break
                 self._on_event(event)
             self.write(self.stream.data_to_send())
             if self.transport is not None and not self._closing:
-                if self.stream.state is State.WAITING:
-                    self.transport.pause_reading()
-                elif self.stream.closed:
+                if self.stream.closed:
                     self._finish()
+                else:
+                    self._update_reading()
         finally:
             logs.connection_id.reset(token)
+
+    # ---- backpressure ----------------------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        """Read the socket only when the machine is not waiting and no bucket is in debt."""
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        paused = self.stream.state is State.WAITING or self._throttle is not None
+        if paused and not self._reading_paused:
+            transport.pause_reading()
+        elif not paused and self._reading_paused:
+            transport.resume_reading()
+        self._reading_paused = paused
+
+    def _throttle_for(self, wait: float, limit: str) -> None:
+        if self._throttle is not None or self._closing:
+            return
+        metrics.RATE_LIMITED.labels(limit).inc()
+        self._throttle = asyncio.get_running_loop().call_later(wait, self._unthrottle)
+        self._update_reading()
+
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        if not self._closing:
+            self._pump()  # events the stream still holds first, then the socket again
+
+    # ---- keepalive and dead peers (XEP-0199 §4.2) ------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        interval = self.cm.settings.keepalive_interval_s
+        if interval and self._keepalive is None and not self._closing:
+            self._keepalive = asyncio.get_running_loop().call_later(interval, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._keepalive = None
+        if self._closing or self.stream.jid is None:
+            return
+        s = self.cm.settings
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._ping_sent:
+            if self._last_rx >= self._ping_sent:
+                self._ping_sent = 0.0  # it answered (anything counts)
+            elif now - self._ping_sent >= s.keepalive_timeout_s:
+                metrics.DEAD_PEERS.inc()
+                log.info("peer did not answer a ping for %.0f s", now - self._ping_sent)
+                self.close(StreamErrorCondition.CONNECTION_TIMEOUT, "no answer to ping")
+                if self.transport is not None:
+                    self.transport.abort()  # a dead peer would hold the unsent bytes forever
+                return
+            else:
+                self._keepalive = loop.call_later(
+                    self._ping_sent + s.keepalive_timeout_s - now, self._check_idle
+                )
+                return
+        idle = now - self._last_rx
+        if idle >= s.keepalive_interval_s:
+            metrics.KEEPALIVE_PINGS.inc()
+            self._ping_sent = now
+            self.write(
+                (
+                    f'<iq type="get" id="ka-{secrets.token_hex(4)}" from="{self.cm.domain}" '
+                    f"to={quoteattr(str(self.stream.jid))}><ping xmlns=\"{ns.PING}\"/></iq>"
+                ).encode()
+            )
+            self._keepalive = loop.call_later(s.keepalive_timeout_s, self._check_idle)
+        else:
+            self._keepalive = loop.call_later(s.keepalive_interval_s - idle, self._check_idle)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, StanzaIn):
             metrics.STANZAS_IN.labels(event.kind).inc()
             self.cm.stanza_from_client(self, event)
+            if self._stanzas is not None:
+                wait = self._stanzas.take(1, asyncio.get_running_loop().time())
+                if wait > 0:
+                    self._throttle_for(wait, "stanzas")
         elif isinstance(event, CredentialsNeeded):
             self._spawn(self._load_credentials(event.username))
         elif isinstance(event, BindRequested):
@@ -163,6 +294,9 @@ class C2SConnection(asyncio.Protocol):
         elif isinstance(event, AuthFailed):
             metrics.LOGINS.labels(_mech_label(event.mechanism), "failure").inc()
             log.info("authentication failed (%s): %s", event.mechanism, event.condition)
+            if event.condition != "temporary-auth-failure":  # refused ones checked nothing
+                account = f"{event.username}@{self.cm.domain}" if event.username else None
+                self._spawn(self.cm.auth_throttle.failed(self.source, account))
         elif isinstance(event, RegisterRequested):
             self._spawn(self._register(event.username, event.password))
         elif isinstance(event, StreamEnded):
@@ -187,8 +321,6 @@ class C2SConnection(asyncio.Protocol):
         if self._closing:
             return
         answer()
-        if self.transport is not None:
-            self.transport.resume_reading()
         self._pump()
 
     async def _start_tls(self) -> None:
@@ -210,9 +342,17 @@ class C2SConnection(asyncio.Protocol):
         if transport is None:  # the peer went away during the handshake
             return
         self.transport = transport
+        self._reading_paused = False  # the TLS transport starts out reading
         self._resume(self.stream.tls_established)
 
     async def _load_credentials(self, username: str) -> None:
+        scope = await self.cm.auth_throttle.blocked(self.source, f"{username}@{self.cm.domain}")
+        if scope is not None:
+            metrics.AUTH_THROTTLED.labels(scope).inc()
+            log.info("refused an authentication attempt: too many failures (%s)", scope)
+            text = "too many failed attempts; try again later"
+            self._resume(lambda: self.stream.credentials_refused(text))
+            return
         try:
             creds = await self.cm.load_credentials(username)
         except Exception as exc:
@@ -224,11 +364,17 @@ class C2SConnection(asyncio.Protocol):
     async def _bind(self, resource: str | None) -> None:
         outcome = await self.cm.bind(self, resource)
         if isinstance(outcome, Exception):
+            if (
+                isinstance(outcome, StanzaError)
+                and outcome.condition is StanzaErrorCondition.RESOURCE_CONSTRAINT
+            ):
+                metrics.SESSION_LIMIT_HITS.inc()
             self._resume(lambda: self.stream.bind_failed(outcome))  # type: ignore[arg-type]
         else:
             self._resume(lambda: self.stream.bind_succeeded(outcome))
             if self._auth_timer is not None:
                 self._auth_timer.cancel()
+            self._start_keepalive()
 
     async def _register(self, username: str, password: str) -> None:
         error = await self.cm.register(username, password)

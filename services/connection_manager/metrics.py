@@ -44,3 +44,25 @@ STANZAS_DELIVERED = Counter(
     "stanzad_cm_stanzas_delivered_total", "Stanzas from the bus written to a session, by kind.",
     ["kind"],
 )
+
+# ---- edge limits (issue 4) -----------------------------------------------------------------
+RATE_LIMITED = Counter(
+    "stanzad_cm_rate_limited_total",
+    "Times reading a connection was paused by a rate limit (bytes or stanzas).", ["limit"],
+)
+CONNECTIONS_REFUSED = Counter(
+    "stanzad_cm_connections_refused_total", "Connections refused at once, by reason.", ["reason"]
+)
+KEEPALIVE_PINGS = Counter(
+    "stanzad_cm_keepalive_pings_total", "XEP-0199 pings sent to idle sessions."
+)
+DEAD_PEERS = Counter(
+    "stanzad_cm_dead_peers_total", "Sessions closed because they did not answer a ping."
+)
+AUTH_THROTTLED = Counter(
+    "stanzad_cm_auth_throttled_total",
+    "SASL attempts refused after too many failures, by scope (ip, account).", ["scope"],
+)
+SESSION_LIMIT_HITS = Counter(
+    "stanzad_cm_session_limit_total", "Binds refused because the account has too many sessions."
+)

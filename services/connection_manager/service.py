@@ -11,6 +11,7 @@ import asyncio
 import collections
 import logging
 import secrets
+import signal
 import ssl
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from shared.credentials import StoredCredentials
 from shared.jid import JID, JIDError
 from shared.settings import ConnectionManagerSettings
 from shared.store.accounts import AccountExists, AccountStore
+from shared.store.auth_throttle import AuthThrottleStore
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.tls import ensure_self_signed, server_context
@@ -33,6 +35,7 @@ from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce, with_to
 
 from . import metrics
 from .connection import C2SConnection
+from .limits import ConnectionsPerSource
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,14 @@ class ConnectionManager:
         self._redis = redis_connect(settings.redis_url)
         self.accounts = AccountStore(self._redis, SERVICE)
         self.store = SessionStore(self._redis, SERVICE)
-        self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch)
+        self.per_source = ConnectionsPerSource(settings.max_connections_per_ip)
+        self.auth_throttle = AuthThrottleStore(
+            self._redis, SERVICE, per_source=settings.auth_failures_per_ip,
+            per_account=settings.auth_failures_per_account,
+            window_s=settings.auth_failure_window_s,
+        )
+        self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
+                       fail_while_disconnected=True)
         self._server: asyncio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -77,6 +87,7 @@ class ConnectionManager:
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
         self.tls_context = server_context(s.tls_cert, s.tls_key)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
         await self.bus.connect()
         await self.bus.subscribe(subjects.connection_manager(self.cm_id))
         await self.store.heartbeat(self.cm_id, s.session_ttl_s)
@@ -88,6 +99,16 @@ class ConnectionManager:
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("%s listening for c2s on %s:%d (domain %s)", self.cm_id, s.c2s_host, self.port,
                  s.domain)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the certificate and key again; new STARTTLS handshakes use them."""
+        s = self.settings
+        try:
+            self.tls_context = server_context(s.tls_cert, s.tls_key)
+        except Exception as exc:
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return
+        log.info("reloaded the TLS certificate from %s", s.tls_cert)
 
     def healthy(self) -> bool:
         return not self._stopping or bool(self.connections)

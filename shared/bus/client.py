@@ -47,7 +47,20 @@ class BusUnavailable(BusError, ConnectionError):
 class Bus:
     """One NATS connection of a service, with an ordered batching inbox."""
 
-    def __init__(self, url: str, service: str, handler: BatchHandler | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        service: str,
+        handler: BatchHandler | None = None,
+        *,
+        fail_while_disconnected: bool = False,
+    ) -> None:
+        """`fail_while_disconnected`: raise BusUnavailable instead of letting nats-py buffer
+        publishes while it reconnects.  nats-py would send them once reconnected, possibly
+        before the consumers have subscribed again, and core NATS drops a message nobody
+        subscribes to: a publisher that can tell its client (the connection manager) had
+        better bounce the stanza at once."""
+        self._fail_while_disconnected = fail_while_disconnected
         self._url = url
         self._service = service
         self._nc: Client | None = None
@@ -115,6 +128,9 @@ class Bus:
     async def _publish(self, subject: str, data: bytes) -> None:
         if self._nc is None:
             raise BusUnavailable("bus not connected")
+        if self._fail_while_disconnected and not self._nc.is_connected:
+            self._failures.inc()
+            raise BusUnavailable("NATS is disconnected")
         try:
             await self._nc.publish(subject, data)
         except Exception as exc:  # nats-py raises several unrelated types here

@@ -100,3 +100,11 @@ def private_storage(bare_jid: str) -> str:
 def blocklist(bare_jid: str) -> str:
     """Set of the JIDs (bare, full or domain) the account blocks (XEP-0191)."""
     return f"block:{{{bare_jid}}}"
+def auth_failures_source(source: str) -> str:
+    """Counter of failed SASL attempts from one source address (XEP-0205), with a TTL."""
+    return f"authfail:src:{source}"
+
+
+def auth_failures_account(bare_jid: str) -> str:
+    """Counter of failed SASL attempts against one account (XEP-0205), with a TTL."""
+    return f"authfail:acct:{{{bare_jid}}}"

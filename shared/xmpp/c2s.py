@@ -6,7 +6,8 @@ a credentials lookup, a resource binding, an account creation) come out as event
 machine waits (`next_event` returns None) until the caller reports the outcome:
 
     StartTLS            -> caller wraps the socket, then `tls_established()`
-    CredentialsNeeded   -> `credentials_loaded(creds or None)` or `credentials_unavailable()`
+    CredentialsNeeded   -> `credentials_loaded(creds or None)`, `credentials_unavailable()`
+                           (store outage) or `credentials_refused(text)` (XEP-0205 throttling)
     BindRequested       -> `bind_succeeded(full_jid)` or `bind_failed(StanzaError)`
     RegisterRequested   -> `register_done(StanzaError or None)`
 
@@ -87,6 +88,7 @@ class AuthSucceeded:
 class AuthFailed:
     mechanism: str
     condition: str
+    username: str | None = None  # the authcid, when the exchange got that far
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,7 @@ class C2SStream:
         self._auth: Authenticator | None = None
         self._auth_attempts = 0
         self._mechanism = ""
+        self._auth_user: str | None = None
         self._waiting_for: type | None = None
         self._bind_iq: str = ""
         self._register_iq: str = ""
@@ -218,6 +221,14 @@ class C2SStream:
         self._expect(CredentialsNeeded)
         self.state = State.OPEN
         self._ready.appendleft(self._sasl_failure("temporary-auth-failure", self._mechanism))
+
+    def credentials_refused(self, text: str) -> None:
+        """Refuse the attempt without checking it: too many failures (XEP-0205 §3).
+
+        RFC 6120 §6.5.12 <temporary-auth-failure/>: the client may retry later."""
+        self._expect(CredentialsNeeded)
+        self.state = State.OPEN
+        self._ready.appendleft(self._sasl_failure("temporary-auth-failure", self._mechanism, text))
 
     def bind_succeeded(self, full_jid: JID) -> None:
         self._expect(BindRequested)
@@ -399,6 +410,7 @@ class C2SStream:
                 return self._sasl_failure("encryption-required", element.get("mechanism", ""))
             mechanism = element.get("mechanism", "")
             self._mechanism = mechanism
+            self._auth_user = None
             if mechanism not in self.config.mechanisms:
                 return self._sasl_failure("invalid-mechanism", mechanism)
             try:
@@ -429,6 +441,7 @@ class C2SStream:
         except SASLFailure as exc:
             return self._sasl_failure(exc.condition.value, self._mechanism)
         if isinstance(result, NeedCredentials):
+            self._auth_user = result.username
             return self._wait(CredentialsNeeded(result.username))
         if isinstance(result, Challenge):
             data = base64.b64encode(result.data).decode()
@@ -442,9 +455,12 @@ class C2SStream:
         self._restart()
         return AuthSucceeded(result.username, self._mechanism)
 
-    def _sasl_failure(self, condition: str, mechanism: str) -> Event:
+    def _sasl_failure(self, condition: str, mechanism: str, text: str | None = None) -> Event:
         self._auth = None
-        self._out.append(f'<failure xmlns="{ns.SASL}"><{condition}/></failure>'.encode())
+        body = f"<{condition}/>"
+        if text:
+            body += f'<text xml:lang="en">{escape(text)}</text>'
+        self._out.append(f'<failure xmlns="{ns.SASL}">{body}</failure>'.encode())
         self._auth_attempts += 1
         if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
             self._ensure_header()
@@ -455,7 +471,7 @@ class C2SStream:
             self.state = State.CLOSED
             self._pending.clear()
             self._ready.append(StreamEnded(StreamErrorCondition.POLICY_VIOLATION))
-        return AuthFailed(mechanism, condition)
+        return AuthFailed(mechanism, condition, self._auth_user)
 
     # ---- stanzas (RFC 6120 §7, §8) ----------------------------------------------------------
 

@@ -63,10 +63,29 @@ slice beyond a limit, whatever the size of the chunk:
   them costs about 0.4 µs an element, so it is skipped while the ``=`` signs fed since the
   last slice that completed an element (every attribute has one, and a start tag completing
   now began after that element) do not exceed the limit.
+* ``max_attribute_chars`` (characters of one attribute value, namespace URIs excepted: those
+  are bounded by the stanza size): exact.  Skipped, like the attribute count, while the bytes
+  fed since the last slice that completed an element are not more than the limit.
 * ``max_header_bytes``: the bytes before the root start tag has completed, exact.
+* Text has no limit of its own: a message body or an avatar may legitimately use most of
+  ``max_stanza_bytes``, which bounds every text node.
 
 All of these raise POLICY_VIOLATION.  Events already decoded in the `feed` call that raises
 are dropped with the stream.
+
+A second stream header (a ``{http://etherx.jabber.org/streams}stream`` start tag as a
+first-level child) raises UNSUPPORTED_STANZA_TYPE at its start tag: RFC 6120 §4.3.3 allows a
+new header only after a stream restart, for which the caller makes a new parser.  Without this
+check everything after it would pile up inside it until the size limit.
+
+Known residual risk (RFC 6120 §13.12): libxml2 interns every element and attribute name in a
+dictionary that lxml shares between all parsers of a thread and that never shrinks, so a peer
+sending many distinct names grows the process a little for good (a few dozen bytes a name).
+The growth per connection is bounded by the byte rate and size limits and, before
+authentication, by the element limit and the one-stanza-then-error rule for unknown
+first-level elements; across connections it is not bounded.  Watch the connection manager's
+RSS and recycle pods; a per-stream set of seen names would cost more per stanza than the rest
+of the parsing and still leave the cross-connection growth.
 
 Stanzas are detached from the root as soon as they end (the original is freed when the
 next slice is fed, once lxml no longer holds proxies to it) and the whitespace between them
@@ -112,6 +131,7 @@ class ParserLimits:
     max_stanza_elements: int = 10_000  # elements inside one stanza, the stanza included
     max_depth: int = 32  # nesting depth inside a stanza, the stanza element is depth 1
     max_attributes: int = 64  # per element, namespace declarations included
+    max_attribute_chars: int = 4096  # characters of one attribute value (a JID is < 3072 B)
     max_header_bytes: int = 4096  # everything before the root start tag completes
 
 
@@ -147,6 +167,7 @@ Event: TypeAlias = StreamOpened | StanzaReceived | StreamClosed
 _WS: Final = b" \t\r\n"
 _BOM: Final = b"\xef\xbb\xbf"
 _XML_LANG: Final = f"{{{ns.XML}}}lang"
+_STREAM_TAG: Final = f"{{{ns.STREAM}}}stream"
 _ENCODING_RE: Final = re.compile(rb"""\sencoding\s*=\s*(["'])([^"']*)\1""")
 # Markup declarations can only come from a DTD: inside the root they are syntax errors for
 # libxml2, which we report as restricted XML (RFC 6120 §11.1).
@@ -268,6 +289,12 @@ class _Prolog:
         self.pos = pos
 
 
+def _check_values(el: etree._Element, limit: int) -> None:
+    for value in el.values():
+        if len(value) > limit:
+            raise _violation("attribute value too long")
+
+
 def _check_declaration(decl: bytes) -> None:
     match = _ENCODING_RE.search(decl)
     if match is not None and match.group(2).lower() not in (b"utf-8", b"utf8"):
@@ -295,6 +322,7 @@ class StreamParser:
         self._count = 0  # bytes of the stanza being received (see the module docstring)
         self._dirty = False  # non-whitespace bytes fed since the last stanza ended
         self._eq = 0  # '=' fed since the last piece with an element event
+        self._span = 0  # bytes fed since the last piece with an element event
         self._attached = 0  # delivered stanzas whose originals are still in the tree
         self._carry = b""  # end of the previous slice, to recognise split markup
         self._closed = False
@@ -377,22 +405,24 @@ class StreamParser:
         # this piece began after the last element event, so its '=' are all in that window.
         eq = piece.count(b"=")
         count_attrs = self._eq + eq > self._limits.max_attributes
+        check_values = self._span + len(piece) > self._limits.max_attribute_chars
         xml = self._xml
         try:
             xml.feed(piece)
         except etree.XMLSyntaxError as exc:
             # Events decoded before the error still count: a limit, a comment or the end of
             # the stream that came first takes precedence.
-            self._drain(out, True)
+            self._drain(out, True, True)
             if self._closed:
                 return
             raise _syntax_error(exc, self._carry + piece) from None
-        seen = self._drain(out, count_attrs)
+        seen = self._drain(out, count_attrs, check_values)
         # lxml does not raise namespace errors nor undeclared entities (module docstring).
         error = xml.feed_error_log.last_error
         if error is not None and error.level >= _ERROR_LEVEL:
             raise _logged_error(error)
         self._eq = eq if seen else self._eq + eq
+        self._span = len(piece) if seen else self._span + len(piece)
         self._carry = piece[-16:]
         if self._closed:
             return
@@ -440,7 +470,7 @@ class StreamParser:
             del root[0]
         self._attached = 0
 
-    def _drain(self, out: list[Event], count_attrs: bool) -> int:
+    def _drain(self, out: list[Event], count_attrs: bool, check_values: bool) -> int:
         """Handle lxml's pending events; return a mask of _ELEMENT_EVENT and _BOUNDARY (a
         stanza ended or the root started)."""
         seen = 0
@@ -454,10 +484,17 @@ class StreamParser:
                     if count_attrs and self._pending_ns + len(el.keys()) > limits.max_attributes:
                         raise _violation("too many attributes")
                     self._pending_ns = 0
+                    if check_values:
+                        _check_values(el, limits.max_attribute_chars)
                     if depth == 0:
                         if el.getparent() is not root:
                             # lxml swallowed an error and restarted its document
                             raise StreamError(_NOT_WELL_FORMED, "parser reset")
+                        if el.tag == _STREAM_TAG:
+                            raise StreamError(
+                                StreamErrorCondition.UNSUPPORTED_STANZA_TYPE,
+                                "a second stream header without a restart",
+                            )
                         self._elements = 0
                     elif depth < 0:
                         root = self._open(el, out)
@@ -578,6 +615,7 @@ def parse_fragment(
                 raise _violation("too many elements in a stanza")
             if pending_ns + len(el.keys()) > limits.max_attributes:
                 raise _violation("too many attributes")
+            _check_values(el, limits.max_attribute_chars)
             pending_ns = 0
         elif kind == "end":
             depth -= 1

@@ -4,6 +4,7 @@ subprocesses, all on free loopback ports, torn down at the end."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ class Cluster:
     side_ports: dict[str, int] = field(default_factory=dict)
     admin_ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    aof: bool = False  # Redis append-only file (for restart tests)
 
     @property
     def nats_url(self) -> str:
@@ -57,17 +59,42 @@ class Cluster:
     def start_servers(self) -> None:
         self.nats_port = localservers.free_port()
         self.redis_port = localservers.free_port()
+        self.start_nats()
+        self.start_redis()
+
+    def start_nats(self) -> None:
+        """(Re)start nats-server on this cluster's port."""
         nats = localservers.start(
             localservers.nats_command(self.nats_port, self.workdir), self.workdir / "nats.log"
         )
         self.procs["nats"] = nats
+        localservers.wait_port("127.0.0.1", self.nats_port, proc=nats)
+
+    def start_redis(self) -> None:
+        """(Re)start redis-server on this cluster's port and data directory."""
         redis = localservers.start(
-            localservers.redis_command(self.redis_port, self.workdir, aof=False),
+            localservers.redis_command(self.redis_port, self.workdir, aof=self.aof),
             self.workdir / "redis.log",
         )
         self.procs["redis"] = redis
-        localservers.wait_port("127.0.0.1", self.nats_port, proc=nats)
         localservers.wait_port("127.0.0.1", self.redis_port, proc=redis)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout_s: float = 15) -> float:
+        """Send `sig` to a process and wait for it to exit; returns the seconds it took."""
+        proc = self.procs[name]
+        started = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout_s)
+        return time.monotonic() - started
+
+    def ready(self, name: str) -> bool:
+        """The service answers /readyz with 200."""
+        url = f"http://127.0.0.1:{self.side_ports[name]}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def start_service(self, name: str, module: str, **env: str) -> subprocess.Popen[bytes]:
         side = localservers.free_port()
@@ -83,19 +110,20 @@ class Cluster:
         self.procs[name] = proc
         return proc
 
-    def start_router(self, name: str = "router-1") -> None:
-        self.start_service(name, "services.router", STANZAD_ROUTER_ID=name,
-                           STANZAD_LEASE_TTL_S="3")
+    def start_router(self, name: str = "router-1", **env: str) -> None:
+        env = {"STANZAD_ROUTER_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
+        self.start_service(name, "services.router", **env)
         self.wait_ready(name)
 
-    def start_presence(self, name: str = "presence-1") -> None:
-        self.start_service(name, "services.presence", STANZAD_PRESENCE_ID=name,
-                           STANZAD_LEASE_TTL_S="3", STANZAD_SESSION_TTL_S="6")
+    def start_presence(self, name: str = "presence-1", **env: str) -> None:
+        env = {"STANZAD_PRESENCE_ID": name, "STANZAD_LEASE_TTL_S": "3",
+               "STANZAD_SESSION_TTL_S": "6", **env}
+        self.start_service(name, "services.presence", **env)
         self.wait_ready(name)
 
-    def start_roster(self, name: str = "roster-1") -> None:
-        self.start_service(name, "services.roster", STANZAD_ROSTER_ID=name,
-                           STANZAD_LEASE_TTL_S="3")
+    def start_roster(self, name: str = "roster-1", **env: str) -> None:
+        env = {"STANZAD_ROSTER_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
+        self.start_service(name, "services.roster", **env)
         self.wait_ready(name)
 
     def start_core(self) -> None:
@@ -106,16 +134,15 @@ class Cluster:
 
     def start_cm(self, name: str = "cm-1", **env: str) -> int:
         port = localservers.free_port()
-        self.start_service(
-            name,
-            "services.connection_manager",
-            STANZAD_CM_ID=name,
-            STANZAD_C2S_PORT=str(port),
-            STANZAD_TLS_CERT=str(self.workdir / "tls" / "cert.pem"),
-            STANZAD_TLS_KEY=str(self.workdir / "tls" / "key.pem"),
-            STANZAD_SESSION_TTL_S="6",
+        env = {
+            "STANZAD_CM_ID": name,
+            "STANZAD_C2S_PORT": str(port),
+            "STANZAD_TLS_CERT": str(self.workdir / "tls" / "cert.pem"),
+            "STANZAD_TLS_KEY": str(self.workdir / "tls" / "key.pem"),
+            "STANZAD_SESSION_TTL_S": "6",
             **env,
-        )
+        }
+        self.start_service(name, "services.connection_manager", **env)
         self.wait_ready(name)
         self.c2s_ports.append(port)
         return port
@@ -162,3 +189,22 @@ class Cluster:
 
 def new_cluster() -> Cluster:
     return Cluster(workdir=Path(tempfile.mkdtemp(prefix="stanzad-test-")))
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    sample = f"{name}{{{wanted}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == sample or (labels and key.startswith(name + "{") and _same_labels(key, labels)):
+            return float(value)
+    return 0.0
+
+
+def _same_labels(key: str, labels: dict[str, str]) -> bool:
+    inner = key[key.index("{") + 1 : -1]
+    found = dict(part.split("=", 1) for part in inner.split(",") if part)
+    return {k: v.strip('"') for k, v in found.items()} == labels

@@ -21,7 +21,7 @@ COMPONENTS: Final = frozenset(
 )
 LABELS: Final = frozenset(
     {"service", "operation", "kind", "outcome", "result", "mechanism", "condition", "code",
-     "type", "direction"}  # type: presence/subscription types; direction: inbound/outbound
+     "type", "direction", "limit", "reason", "scope"}  # each with a small fixed value set
 )
 BUILTIN_LABELS: Final = frozenset({"le", "quantile"})
 HISTOGRAM_UNITS: Final = ("_seconds", "_bytes", "_messages", "_sessions")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import slixmpp
@@ -20,10 +23,12 @@ def insecure_context() -> ssl.SSLContext:
 
 
 class Client(slixmpp.ClientXMPP):
-    """A slixmpp client that records what it receives."""
+    """A slixmpp client that records what it receives; `source` binds its local address."""
 
-    def __init__(self, jid: str, password: str, mech: str = "SCRAM-SHA-256") -> None:
+    def __init__(self, jid: str, password: str, mech: str = "SCRAM-SHA-256",
+                 source: str | None = None) -> None:
         super().__init__(jid, password, sasl_mech=mech)
+        self.source = source
         self.enable_direct_tls = False
         self.enable_starttls = True
         self.enable_plaintext = False
@@ -54,13 +59,14 @@ class Client(slixmpp.ClientXMPP):
 
     async def login(self, host: str, port: int, timeout: float = 20,
                     presence: bool = True) -> None:
-        self.connect(host, port)
-        await asyncio.wait(
-            [asyncio.create_task(self.session_started.wait()),
-             asyncio.create_task(self.auth_failed.wait())],
-            timeout=timeout,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        with _bound_source(self.source):
+            self.connect(host, port)
+            await asyncio.wait(
+                [asyncio.create_task(self.session_started.wait()),
+                 asyncio.create_task(self.auth_failed.wait())],
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         if self.auth_failed.is_set():
             raise PermissionError("authentication failed")
         if not self.session_started.is_set():
@@ -74,11 +80,47 @@ class Client(slixmpp.ClientXMPP):
             await asyncio.wait_for(self.disconnected, 10)
 
 
-class RawClient:
-    """Bytes over TCP with STARTTLS, for malformed input and exact reactions."""
+_SOURCES = itertools.count(2)
 
-    def __init__(self, host: str, port: int, domain: str = "localhost") -> None:
+
+def new_source() -> str:
+    """A loopback source address of its own (127.0.0.0/8 is all loopback on Linux), so that
+    per-address limits and auth-failure counters of one test never touch another's."""
+    n = next(_SOURCES)
+    return f"127.0.{n // 250}.{n % 250 + 2}"
+
+
+@contextlib.contextmanager
+def _bound_source(source: str | None) -> Iterator[None]:
+    """While connecting, make the test loop's create_connection bind `source` (slixmpp has
+    no option for it).  Tests connect one client at a time, so nothing else is affected."""
+    if source is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    original = loop.create_connection
+
+    async def bound(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("local_addr", (source, 0))
+        return await original(*args, **kwargs)
+
+    loop.create_connection = bound  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del loop.create_connection  # back to the class's method
+
+
+class RawClient:
+    """Bytes over TCP with STARTTLS, for malformed input and exact reactions.
+
+    `source` binds the local address (see `new_source`); `rcvbuf` shrinks the socket's receive
+    buffer so that a client that stops reading fills the server's buffers quickly."""
+
+    def __init__(self, host: str, port: int, domain: str = "localhost", *,
+                 source: str | None = None, rcvbuf: int | None = None) -> None:
         self.host, self.port, self.domain = host, port, domain
+        self.source, self.rcvbuf = source, rcvbuf
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -89,7 +131,19 @@ class RawClient:
         ).encode()
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        if self.source is None and self.rcvbuf is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        if self.rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        sock.bind((self.source or "127.0.0.1", 0))
+        await asyncio.get_running_loop().sock_connect(sock, (self.host, self.port))
+        # asyncio's StreamReader reads ahead up to twice `limit` on its own: keep that small
+        # for a client meant not to read
+        limit = 4096 if self.rcvbuf is not None else 2**16
+        self.reader, self.writer = await asyncio.open_connection(sock=sock, limit=limit)
 
     async def send(self, data: bytes) -> None:
         assert self.writer is not None
@@ -113,7 +167,7 @@ class RawClient:
         return buf
 
     async def read_all(self, timeout: float = 10) -> bytes:
-        """Everything until the server closes the connection."""
+        """Everything until the server closes (or resets) the connection."""
         assert self.reader is not None
         buf = b""
         loop = asyncio.get_running_loop()
@@ -124,9 +178,52 @@ class RawClient:
                 chunk = await asyncio.wait_for(self.reader.read(65536), max(0.0, remaining))
             except TimeoutError:
                 raise TimeoutError(f"still open; got {buf[-500:]!r}") from None
+            except (ConnectionError, ssl.SSLError):
+                return buf
             if not chunk:
                 return buf
             buf += chunk
+
+    async def expect_stream_error(self, condition: str, timeout: float = 10) -> bytes:
+        """Read until the server closes; assert it sent `<condition/>` as a stream error
+        (RFC 6120 §4.9) followed by the closing tag; return everything read."""
+        data = await self.read_all(timeout)
+        expected = (
+            f'<stream:error><{condition} xmlns="urn:ietf:params:xml:ns:xmpp-streams"/>'
+        ).encode()
+        assert expected in data, data[-600:]
+        assert data.rstrip().endswith(b"</stream:stream>"), data[-300:]
+        return data
+
+    async def auth_plain(self, jid: str, password: str, authzid: str = "") -> bytes:
+        """Header and SASL PLAIN on an open (TLS) stream; returns the SASL reply."""
+        import base64
+
+        await self.send(self.header())
+        await self.read_until(b"</stream:features>")
+        local = jid.partition("@")[0]
+        token = base64.b64encode(f"{authzid}\0{local}\0{password}".encode()).decode()
+        await self.send(
+            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+            .encode()
+        )
+        return await self.read_until_any((b"</success>", b"<success/>", b"</failure>"))
+
+    async def read_until_any(self, needles: tuple[bytes, ...], timeout: float = 10) -> bytes:
+        """Everything read until one of `needles` appears (or the connection closes)."""
+        assert self.reader is not None
+        buf = b""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not any(n in buf for n in needles):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{needles!r} not seen; got {buf[-500:]!r}")
+            chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
 
     async def starttls(self) -> None:
         await self.send(self.header())
@@ -139,8 +236,10 @@ class RawClient:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await self.writer.wait_closed()
+            try:
+                await asyncio.wait_for(self.writer.wait_closed(), 2)
+            except (TimeoutError, ConnectionError, ssl.SSLError):
+                self.writer.transport.abort()  # a TLS shutdown the server never answered
 
 
 async def raw_login(client: RawClient, jid: str, password: str, resource: str = "raw") -> bytes:

@@ -166,10 +166,24 @@ def test_rfc6120_6_5_10_wrong_password_then_too_many_attempts() -> None:
         assert evs[0] == CredentialsNeeded("juliet")
         stream.credentials_loaded(CREDS)
         evs = events(stream)
-        assert evs[0] == AuthFailed("PLAIN", "not-authorized")
+        assert evs[0] == AuthFailed("PLAIN", "not-authorized", "juliet")
         assert b"<not-authorized/>" in stream.data_to_send() or attempt == 2
     assert isinstance(evs[-1], StreamEnded)
     assert stream.closed
+
+
+def test_xep0205_refused_attempt_is_temporary_auth_failure_and_counts() -> None:
+    stream = after_tls()
+    evs = events(stream, plain("juliet", "secret"))
+    assert evs[0] == CredentialsNeeded("juliet")
+    stream.credentials_refused("too many failed attempts")
+    evs = events(stream)
+    assert evs == [AuthFailed("PLAIN", "temporary-auth-failure", "juliet")]
+    assert stream.data_to_send() == (
+        b'<failure xmlns="urn:ietf:params:xml:ns:xmpp-sasl"><temporary-auth-failure/>'
+        b'<text xml:lang="en">too many failed attempts</text></failure>'
+    )
+    assert stream.username is None and not stream.closed
 
 
 def test_rfc6120_6_4_6_plain_with_forged_authzid_is_invalid_authzid() -> None:
@@ -338,6 +352,6 @@ def test_rfc6120_6_5_12_store_outage_is_temporary_auth_failure() -> None:
     assert need == CredentialsNeeded("juliet")
     stream.credentials_unavailable()
     [failed] = events(stream)
-    assert failed == AuthFailed("PLAIN", "temporary-auth-failure")
+    assert (failed.mechanism, failed.condition) == ("PLAIN", "temporary-auth-failure")
     assert b"<temporary-auth-failure/>" in stream.data_to_send()
     assert not stream.closed

@@ -726,3 +726,47 @@ def test_random_token_soup_never_raises_anything_but_stream_error(
                     serialize(event.element)
     except StreamError:
         pass
+
+
+# ---- attribute values and a second header (issue 4) -------------------------------------------
+
+
+def test_rfc6120_13_12_long_attribute_value_is_a_policy_violation() -> None:
+    value = b"x" * (POST_AUTH_LIMITS.max_attribute_chars + 1)
+    error = fails(HEADER + b"<message id='" + value + b"'/>", POST_AUTH_LIMITS)
+    assert error.condition is POLICY_VIOLATION
+    assert error.text == "attribute value too long"
+
+
+def test_rfc6120_13_12_long_attribute_value_dripped_is_still_refused() -> None:
+    value = b"y" * (POST_AUTH_LIMITS.max_attribute_chars + 10)
+    chunks = [HEADER, b"<message><body/></message><message to='"]
+    chunks += [value[i : i + 100] for i in range(0, len(value), 100)] + [b"'/>"]
+    error = fails(chunks, POST_AUTH_LIMITS)
+    assert error.text == "attribute value too long"
+
+
+def test_attribute_value_at_the_limit_is_accepted_in_any_chunking() -> None:
+    value = b"z" * POST_AUTH_LIMITS.max_attribute_chars
+    stanza = b"<message id='" + value + b"'><body>hi</body></message>"
+    for size in (1, 7, 100, 5000, len(stanza)):
+        parser = StreamParser(POST_AUTH_LIMITS)
+        events = parser.feed(HEADER)
+        for i in range(0, len(stanza), size):
+            events += parser.feed(stanza[i : i + size])
+        assert isinstance(events[-1], StanzaReceived)
+        assert events[-1].element.get("id") == value.decode()
+
+
+def test_parse_fragment_refuses_a_long_attribute_value() -> None:
+    value = b"v" * (POST_AUTH_LIMITS.max_attribute_chars + 1)
+    with pytest.raises(StreamError) as info:
+        parse_fragment(b"<message xmlns='jabber:client' id='" + value + b"'/>")
+    assert info.value.text == "attribute value too long"
+
+
+@pytest.mark.parametrize("size", [1, 13, 10_000])
+def test_rfc6120_4_3_3_second_stream_header_is_refused_at_its_start_tag(size: int) -> None:
+    data = HEADER + MESSAGE + BARE_HEADER + MESSAGE
+    error = fails([data[i : i + size] for i in range(0, len(data), size)])
+    assert error.condition is StreamErrorCondition.UNSUPPORTED_STANZA_TYPE

@@ -1,0 +1,79 @@
+"""Failed SASL attempts counted per source address and per account (XEP-0205 §3).
+
+The counters live in Redis so that every connection manager sees the same numbers: an
+attacker gains nothing by spreading guesses over pods.  Each counter is a fixed window: the
+first failure creates the key with a TTL of `window_s`, later failures increment it (INCR
+keeps the TTL).  While a counter is at its limit, new attempts from that source or against
+that account are refused before any password is checked.
+
+A per-account limit lets anyone lock an account out for one window by guessing wrong on
+purpose; the per-account limit is therefore higher than the per-source one, and the lockout
+ends by itself.  When Redis cannot be reached the check lets the attempt through (fail open:
+an outage of the counters must not lock everyone out) and the failure is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import redis.asyncio as aioredis
+
+from shared.store import keys
+from shared.store.redis import timed
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["ip", "account"]
+
+
+class AuthThrottleStore:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        service: str,
+        *,
+        per_source: int,
+        per_account: int,
+        window_s: int,
+    ) -> None:
+        self._r = redis
+        self._service = service
+        self.per_source = per_source  # 0: unlimited
+        self.per_account = per_account  # 0: unlimited
+        self.window_s = window_s
+
+    async def blocked(self, source: str, bare_jid: str) -> Scope | None:
+        """Which limit an attempt from `source` against `bare_jid` is over, if any."""
+        if not self.per_source and not self.per_account:
+            return None
+        try:
+            async with timed(self._service, "auth_throttle_get"):
+                src, acct = await self._r.mget(
+                    keys.auth_failures_source(source), keys.auth_failures_account(bare_jid)
+                )
+        except Exception as exc:
+            log.warning("auth throttle check failed (letting the attempt through): %s", exc)
+            return None
+        if self.per_source and src is not None and int(src) >= self.per_source:
+            return "ip"
+        if self.per_account and acct is not None and int(acct) >= self.per_account:
+            return "account"
+        return None
+
+    async def failed(self, source: str, bare_jid: str | None) -> None:
+        """Count one failed attempt."""
+        names = [keys.auth_failures_source(source)]
+        if bare_jid:
+            names.append(keys.auth_failures_account(bare_jid))
+        try:
+            async with (
+                timed(self._service, "auth_throttle_incr"),
+                self._r.pipeline(transaction=False) as pipe,
+            ):
+                for name in names:
+                    pipe.set(name, 0, ex=self.window_s, nx=True)
+                    pipe.incr(name)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("could not count an auth failure: %s", exc)
