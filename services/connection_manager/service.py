@@ -338,6 +338,7 @@ class ConnectionManager:
         now_us = time.time_ns() // 1000
         observe = metrics.ROUTING_LATENCY.observe
         delivered: collections.Counter[str] = collections.Counter()
+        written = 0  # stanzas handed to sockets, counted once per batch
         for _subject, data in batch:
             try:
                 env = Envelope.decode(data)
@@ -352,17 +353,20 @@ class ConnectionManager:
             if env.kind is Kind.BATCH:
                 if conn is not None:
                     conn.deliver(env.payload)
+                    written += 1
                 continue
             if env.kind is Kind.FANOUT:
                 for full in env.to.split(FANOUT_SEPARATOR):
                     target = self.sessions.get(full)
                     if target is not None:
                         target.deliver(with_to(env.payload, full))
+                        written += 1
                 continue
             if env.kind not in STANZA_KINDS:
                 continue
             if conn is not None:
                 delivered[env.kind.value] += 1
+                written += 1
                 conn.deliver(env.payload)
                 if env.ts_us:
                     observe(max(0, now_us - env.ts_us) / 1e6)
@@ -370,6 +374,7 @@ class ConnectionManager:
                 await self._undeliverable(env)
         for kind, n in delivered.items():
             metrics.STANZAS_DELIVERED.labels(kind).inc(n)
+        metrics.STANZAS_OUT.inc(written)
 
     async def _undeliverable(self, env: Envelope) -> None:
         """The session left between routing and delivery (RFC 6121 §8.5.3.2)."""
