@@ -24,3 +24,8 @@ GHOST_SESSIONS = Gauge(
     "stanzad_router_ghost_sessions",
     "Sessions still indexed on connection managers whose heartbeat expired (reaped soon).",
 )
+OFFLINE_QUEUE = Histogram(
+    "stanzad_router_offline_queue_messages",
+    "Length of an account's offline queue after a message was stored (XEP-0160).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)

@@ -177,6 +177,7 @@ class Router(PartitionedService):
             return
         if stored:
             self._tally[(env.kind.value, "stored")] += 1
+            metrics.OFFLINE_QUEUE.observe(stored)
         else:
             self._tally[(env.kind.value, "bounced")] += 1
             self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")

@@ -10,11 +10,10 @@ import redis.asyncio as aioredis
 from shared.store import keys
 from shared.store.redis import timed
 
-# Append unless the list is full: ARGV cap, payload.  Returns 1 when stored.
+# Append unless the list is full: ARGV cap, payload.  Returns the new length, 0 when full.
 _PUSH_CAPPED: Final = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('RPUSH', KEYS[1], ARGV[2])
-return 1
+return redis.call('RPUSH', KEYS[1], ARGV[2])
 """
 
 
@@ -24,9 +23,10 @@ class OfflineStore:
         self._service = service
         self._push = redis.register_script(_PUSH_CAPPED)
 
-    async def store(self, bare: str, payload: bytes, cap: int) -> bool:
+    async def store(self, bare: str, payload: bytes, cap: int) -> int:
+        """Queue length after storing, or 0 when the queue is full."""
         async with timed(self._service, "offline_store"):
-            return bool(await self._push(keys=[keys.offline(bare)], args=[cap, payload]))
+            return int(await self._push(keys=[keys.offline(bare)], args=[cap, payload]))
 
     async def take_all(self, bare: str) -> list[bytes]:
         """Every stored message, oldest first, removed atomically."""

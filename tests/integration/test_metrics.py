@@ -26,6 +26,7 @@ REQUIRED = {
     "router-1": {
         "stanzad_router_stanzas_total", "stanzad_router_stanza_errors_total",
         "stanzad_router_partitions", "stanzad_router_ghost_sessions",
+        "stanzad_router_offline_queue_messages_bucket",
         "stanzad_bus_connected",
         "stanzad_store_connected", "stanzad_store_command_duration_seconds_bucket",
     },
