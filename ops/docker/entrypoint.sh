@@ -1,6 +1,7 @@
 #!/bin/sh
 # stanzad container entry point: the first argument picks the service.
-#   connection-manager | router | admin   run that service (exec: it is PID 1 and gets SIGTERM)
+#   connection-manager | router | presence | roster | admin
+#                                        run that service (exec: it is PID 1 and gets SIGTERM)
 #   healthcheck                          GET /healthz on the side port (Docker HEALTHCHECK)
 #   stanzad ARGS...                      the admin CLI; anything else is executed as given
 set -eu
@@ -13,6 +14,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 case "${1:-}" in
   connection-manager) shift; exec python -m services.connection_manager "$@" ;;
   router) shift; exec python -m services.router "$@" ;;
+  presence) shift; exec python -m services.presence "$@" ;;
+  roster) shift; exec python -m services.roster "$@" ;;
   admin) shift; exec python -m services.admin "$@" ;;
   healthcheck)
     exec python -c 'import os, sys, urllib.request
@@ -21,6 +24,6 @@ try:
     urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
 except Exception as exc:
     sys.exit(f"unhealthy: {exc}")' ;;
-  "") echo "usage: connection-manager | router | admin | healthcheck | stanzad ARGS" >&2; exit 64 ;;
+  "") echo "usage: connection-manager | router | presence | roster | admin | healthcheck | stanzad ARGS" >&2; exit 64 ;;
   *) exec "$@" ;;
 esac

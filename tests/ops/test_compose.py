@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+# Every stanzad service in the compose file, and its image command.
+STANZAD = {"router": ["router"], "presence": ["presence"], "roster": ["roster"],
+           "connection_manager": ["connection-manager"], "admin": ["admin"]}
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +47,22 @@ def test_every_dependency_waits_for_a_healthy_service(compose: dict[str, Any]) -
         for dep, how in svc.get("depends_on", {}).items():
             assert how == {"condition": "service_healthy"}, (name, dep)
             assert "healthcheck" in services[dep], dep
-    for svc in ("router", "connection_manager", "admin"):
+    for svc in STANZAD:
         assert {"nats", "redis"} <= set(services[svc]["depends_on"])
+    # clients get in only once routing, presence and rosters are served
+    assert {"router", "presence", "roster"} <= set(services["connection_manager"]["depends_on"])
 
 
 def test_stanzad_services_share_one_image_and_pick_their_command(
     compose: dict[str, Any]
 ) -> None:
     services = compose["services"]
-    commands = {name: services[name]["command"] for name in ("router", "connection_manager",
-                                                             "admin")}
-    assert commands == {"router": ["router"], "connection_manager": ["connection-manager"],
-                        "admin": ["admin"]}
+    commands = {name: services[name]["command"] for name in STANZAD}
+    assert commands == STANZAD
     assert {services[n]["image"] for n in commands} == {"stanzad:dev"}
+    assert {n for n, s in services.items() if s.get("image", "").startswith("stanzad")} == set(
+        STANZAD
+    )
     for name in commands:
         env = services[name]["environment"]
         assert env["STANZAD_NATS_URL"] == "nats://nats:4222"

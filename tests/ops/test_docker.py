@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,26 @@ def test_entrypoint_healthcheck_hits_the_side_port(cluster: Cluster, root: Path)
     closed = str(localservers.free_port())
     result = _entrypoint(root, "healthcheck", STANZAD_HTTP_PORT=closed)
     assert result.returncode != 0 and b"unhealthy" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [("connection-manager", "connection_manager"), ("router", "router"),
+     ("presence", "presence"), ("roster", "roster"), ("admin", "admin")],
+)
+def test_entrypoint_starts_each_service(root: Path, command: str, module: str) -> None:
+    """Each command runs its service: an invalid setting stops it with the service's own
+    configuration error (exit 2) before it touches NATS or Redis."""
+    text = (root / ENTRYPOINT).read_text()
+    assert f"{command}) shift; exec python -m services.{module} " in text
+    venv_bin = str(Path(sys.executable).parent)
+    result = subprocess.run(
+        ["sh", str(root / ENTRYPOINT), command], capture_output=True, timeout=30, cwd=root,
+        env={**os.environ, "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+             "STANZAD_PARTITIONS": "0"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert b"configuration error: STANZAD_PARTITIONS" in result.stderr
 
 
 def test_entrypoint_refuses_no_command_and_runs_others(root: Path) -> None:

@@ -16,7 +16,13 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from shared.settings import AdminSettings, ConnectionManagerSettings, RouterSettings
+from shared.settings import (
+    AdminSettings,
+    ConnectionManagerSettings,
+    PresenceSettings,
+    RosterSettings,
+    RouterSettings,
+)
 from tests.support import kustomize
 
 Doc = dict[str, Any]
@@ -27,8 +33,17 @@ CRDS: Final = frozenset({"ServiceMonitor", "PrometheusRule"})
 SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "connection-manager": ConnectionManagerSettings,
     "router": RouterSettings,
+    "presence": PresenceSettings,
+    "roster": RosterSettings,
     "admin": AdminSettings,
 }
+# The partitioned services: a StatefulSet each, the pod name as the id setting.
+PARTITIONED: Final = {"router": "STANZAD_ROUTER_ID", "presence": "STANZAD_PRESENCE_ID",
+                      "roster": "STANZAD_ROSTER_ID"}
+METRICS_SERVICES: Final = frozenset(
+    {"stanzad-connection-manager", "stanzad-router", "stanzad-presence", "stanzad-roster",
+     "stanzad-admin"}
+)
 EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin"})  # made per cluster
 
 
@@ -139,15 +154,27 @@ def test_c2s_load_balancer_keeps_traffic_local(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_routers_are_a_statefulset_with_stable_ids(
-    overlays: dict[str, list[Doc]], overlay: str
+@pytest.mark.parametrize("role", sorted(PARTITIONED))
+def test_partition_owners_are_statefulsets_with_stable_ids(
+    overlays: dict[str, list[Doc]], overlay: str, role: str
 ) -> None:
+    """Router, presence and roster: the pod name is the id, so a restarted pod gets its
+    partitions back; a headless governing Service; a budget; more than one pod in prod."""
     docs = overlays[overlay]
-    router = _one(docs, "StatefulSet", "stanzad-router")
-    env = {e["name"]: e for e in _container(router)["env"]}
-    assert env["STANZAD_ROUTER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    governing = _one(docs, "Service", router["spec"]["serviceName"])
+    sts = _one(docs, "StatefulSet", f"stanzad-{role}")
+    c = _container(sts)
+    assert c["args"] == [role]
+    env = {e["name"]: e for e in c["env"]}
+    assert env[PARTITIONED[role]]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    governing = _one(docs, "Service", sts["spec"]["serviceName"])
     assert governing["spec"]["clusterIP"] == "None"
+    assert governing["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    budget = _one(docs, "PodDisruptionBudget", f"stanzad-{role}")
+    assert budget["spec"]["selector"] == sts["spec"]["selector"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    if overlay == "prod":
+        assert sts["spec"]["replicas"] >= 2
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -167,7 +194,7 @@ def test_selectors_budgets_and_autoscaler_point_at_real_pods(
         elif doc["kind"] in ("PodDisruptionBudget", "Deployment", "StatefulSet"):
             assert selects(doc["spec"]["selector"]["matchLabels"]), doc["metadata"]["name"]
     budgets = {d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"}
-    assert {"stanzad-connection-manager", "stanzad-router"} <= budgets
+    assert {"stanzad-connection-manager"} | {f"stanzad-{r}" for r in PARTITIONED} <= budgets
     hpa = _one(docs, "HorizontalPodAutoscaler", "stanzad-connection-manager")
     target = hpa["spec"]["scaleTargetRef"]
     _one(docs, target["kind"], target["name"])
@@ -215,7 +242,7 @@ def test_monitoring_selects_every_metrics_service_and_ships_the_alerts(
     selected = {d["metadata"]["name"] for d in prod if d["kind"] == "Service"
                 and selector.items() <= d["metadata"].get("labels", {}).items()}
     # The ServiceMonitor's job label is the Service name: the job names alerts.yml expects.
-    assert selected == {"stanzad-connection-manager", "stanzad-router", "stanzad-admin"}
+    assert selected == METRICS_SERVICES
     for name in selected:
         assert ports <= {p["name"] for p in _one(prod, "Service", name)["spec"]["ports"]}
     rule = _one(prod, "PrometheusRule", "stanzad")

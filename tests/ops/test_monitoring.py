@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,15 @@ def test_alert_rules_are_complete_and_well_formed(root: Path) -> None:
         assert rule["for"].endswith("m"), rule["alert"]
 
 
+def test_alerts_name_only_scraped_jobs(root: Path) -> None:
+    """`up{job="stanzad-presence"}` and the like: a job nobody scrapes would never fire."""
+    config = yaml.safe_load((root / "ops/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    named = {job for rule in _rules(root) for job in re.findall(r'job="([^"]+)"', rule["expr"])}
+    assert named and named <= jobs
+    assert {"stanzad-router", "stanzad-presence", "stanzad-roster"} <= named  # No* alerts
+
+
 def test_alerts_use_only_exposed_metrics(root: Path, exposed: set[str]) -> None:
     used = {name for rule in _rules(root) for name in metric_names(rule["expr"])}
     assert used - exposed - NOT_YET_EMITTED == set()
@@ -63,7 +73,9 @@ def test_dashboard_queries_parse_and_use_only_exposed_metrics(
             raise AssertionError(f"panel {title!r}: {expr}: {exc}") from None
     assert used - exposed - NOT_YET_EMITTED == set()
     assert {"stanzad_cm_connections", "stanzad_cm_logins_total",
-            "stanzad_store_command_duration_seconds_bucket"} <= used
+            "stanzad_store_command_duration_seconds_bucket",
+            "stanzad_presence_broadcasts_total", "stanzad_presence_fanout_sessions_bucket",
+            "stanzad_roster_requests_total"} <= used
 
 
 def test_dashboard_is_grafana_shaped(root: Path) -> None:
@@ -96,7 +108,13 @@ def test_prometheus_scrapes_every_stanzad_service(root: Path) -> None:
                if svc.get("image", "").startswith("stanzad:")}
     scraped = {name for job in config["scrape_configs"]
                for sd in job.get("dns_sd_configs", []) for name in sd["names"]}
-    assert stanzad == scraped == {"connection_manager", "router", "admin"}
+    assert stanzad == scraped == {"connection_manager", "router", "presence", "roster", "admin"}
+    jobs = {job["job_name"]: sd["names"] for job in config["scrape_configs"]
+            for sd in job.get("dns_sd_configs", [])}
+    # the job names of the Kubernetes ServiceMonitor (the Service names), which alerts use
+    assert {job: names[0] for job, names in jobs.items()} == {
+        f"stanzad-{name.replace('_', '-')}": name for name in stanzad
+    }
     assert all(sd["port"] == 9100 for job in config["scrape_configs"]
                for sd in job.get("dns_sd_configs", []))
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
