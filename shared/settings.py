@@ -56,6 +56,9 @@ class ConnectionManagerSettings(CommonSettings):
     max_sessions_per_account: int = Field(10, ge=1, description="Resources bound per account.")
     scram_iterations: int = Field(10_000, ge=4096, description="SCRAM iterations for new users.")
     drain_timeout_s: float = Field(10.0, ge=0, description="Time to close streams on SIGTERM.")
+    shutdown_redirect: str = Field(
+        "", description="host:port sent as see-other-host on SIGTERM; empty: system-shutdown."
+    )
     auth_timeout_s: float = Field(60.0, gt=0, description="Time to authenticate and bind.")
     max_write_buffer_bytes: int = Field(
         4 * 1024 * KiB, ge=64 * KiB, description="Unsent bytes per connection before it is closed."

@@ -166,11 +166,16 @@ class C2SConnection(asyncio.Protocol):
         """A stanza for this session from the bus, already in canonical bytes."""
         self.write(payload)
 
-    def close(self, condition: StreamErrorCondition | None = None, text: str | None = None) -> None:
+    def close(
+        self,
+        condition: StreamErrorCondition | None = None,
+        text: str | None = None,
+        content: str = "",
+    ) -> None:
         """Close the stream from our side (kick, shutdown, resource limits)."""
         if self._closing:
             return
-        self.stream.close(condition, text)
+        self.stream.close(condition, text, content)
         self.write(self.stream.data_to_send())
         self._finish()
 

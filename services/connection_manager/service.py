@@ -121,8 +121,12 @@ class ConnectionManager:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        redirect = self.settings.shutdown_redirect
         for conn in list(self.connections):
-            conn.close(StreamErrorCondition.SYSTEM_SHUTDOWN)
+            if redirect:  # RFC 6120 §4.9.3.19: reconnect there
+                conn.close(StreamErrorCondition.SEE_OTHER_HOST, content=redirect)
+            else:
+                conn.close(StreamErrorCondition.SYSTEM_SHUTDOWN)
         deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
         while self.connections or self._background:
             if asyncio.get_running_loop().time() > deadline:

@@ -10,6 +10,7 @@ back in order, so the order of each subject is kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -194,7 +195,11 @@ class Bus:
                     log.exception("batch handler failed on %d messages", n)
 
     async def close(self) -> None:
-        """Drain subscriptions, finish the inbox, close the connection."""
+        """Hand every queued publish to NATS, drain subscriptions, finish the inbox, close the
+        connection: nothing a service accepted is dropped by stopping."""
+        if self._sender is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._sender), 5)
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()

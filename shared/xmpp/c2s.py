@@ -250,12 +250,17 @@ class C2SStream:
         else:
             self._out.append(_iq_error(self._register_iq, error))
 
-    def close(self, condition: StreamErrorCondition | None = None, text: str | None = None) -> None:
+    def close(
+        self,
+        condition: StreamErrorCondition | None = None,
+        text: str | None = None,
+        content: str = "",
+    ) -> None:
         """Close the stream from our side, with a stream error or cleanly."""
         if self.state is State.CLOSED:
             return
         if condition is not None:
-            self._fail(StreamError(condition, text))
+            self._fail(StreamError(condition, text, content))
         else:
             self._ensure_header()
             self._out.append(b"</stream:stream>")

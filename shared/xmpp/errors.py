@@ -114,20 +114,26 @@ class XMPPError(Exception):
 class StreamError(XMPPError):
     """The peer broke the stream; the stream is closed with <stream:error/> (RFC 6120 §4.9)."""
 
-    def __init__(self, condition: StreamErrorCondition, text: str | None = None) -> None:
+    def __init__(
+        self, condition: StreamErrorCondition, text: str | None = None, content: str = ""
+    ) -> None:
         super().__init__(f"{condition.value}: {text}" if text else condition.value)
         self.condition = condition
         self.text = text
+        self.content = content  # character data of the condition (§4.9.3.19 see-other-host)
 
     def to_xml(self) -> bytes:
         """The <stream:error/> element, written with the `stream` prefix of the stream header."""
         text = (
             f'<text xmlns="{ns.STREAMS_ERRORS}">{escape(self.text)}</text>' if self.text else ""
         )
-        return (
-            f'<stream:error><{self.condition.value} xmlns="{ns.STREAMS_ERRORS}"/>{text}'
-            "</stream:error>"
-        ).encode()
+        name = self.condition.value
+        element = (
+            f'<{name} xmlns="{ns.STREAMS_ERRORS}">{escape(self.content)}</{name}>'
+            if self.content
+            else f'<{name} xmlns="{ns.STREAMS_ERRORS}"/>'
+        )
+        return f"<stream:error>{element}{text}</stream:error>".encode()
 
 
 class StanzaError(XMPPError):

@@ -261,3 +261,55 @@ async def test_sigterm_drains_a_connection_manager_with_system_shutdown(
         await _wait(_gone(accounts, jid), 5, "the drained session unbound")
     finally:
         await raw.close()
+
+
+async def test_rfc6120_4_9_3_19_sigterm_with_redirect_sends_see_other_host(
+    faulty: Cluster, accounts: Users
+) -> None:
+    port = faulty.start_cm("cm-redirect", **SHORT, STANZAD_DRAIN_TIMEOUT_S="3",
+                           STANZAD_SHUTDOWN_REDIRECT="other.example:5222")
+    jid, pw = await accounts.create()
+    raw = RawClient(HOST, port)
+    try:
+        await raw_login(raw, jid, pw)
+        faulty.procs["cm-redirect"].send_signal(signal.SIGTERM)
+        data = await raw.read_all(timeout=5)
+        assert (b'<see-other-host xmlns="urn:ietf:params:xml:ns:xmpp-streams">'
+                b"other.example:5222</see-other-host>") in data
+        assert data.rstrip().endswith(b"</stream:stream>")
+        await asyncio.to_thread(faulty.procs["cm-redirect"].wait, 10)
+    finally:
+        await raw.close()
+
+
+async def test_sigterm_loses_no_stanza_the_connection_manager_accepted(
+    faulty: Cluster, accounts: Users
+) -> None:
+    """Everything the draining connection manager parsed and stamped reaches the bus."""
+    port = faulty.start_cm("cm-accepting", **SHORT, STANZAD_DRAIN_TIMEOUT_S="3")
+    (sender, s_pw), (receiver, r_pw) = await accounts.create(), await accounts.create()
+    bob = Client(receiver + "/stays", r_pw)
+    await bob.login(HOST, faulty.c2s_ports[0])
+    raw = RawClient(HOST, port)
+    n = 40
+    try:
+        await raw_login(raw, sender, s_pw)
+        await raw.send(b"".join(
+            f"<message to='{receiver}/stays' type='chat'><body>{i}</body></message>".encode()
+            for i in range(n)
+        ))
+
+        def accepted() -> bool:
+            for line in faulty.metrics("cm-accepting").splitlines():
+                if line.startswith('stanzad_cm_stanzas_in_total{kind="message"}'):
+                    return float(line.split()[-1]) >= n
+            return False
+
+        await _wait(accepted, 10, "all stanzas accepted")
+        faulty.procs["cm-accepting"].send_signal(signal.SIGTERM)
+        got = [int((await _next_message(bob))["body"]) for _ in range(n)]
+        assert got == list(range(n))
+        await asyncio.to_thread(faulty.procs["cm-accepting"].wait, 10)
+    finally:
+        await raw.close()
+        await bob.logout()

@@ -355,3 +355,12 @@ def test_rfc6120_6_5_12_store_outage_is_temporary_auth_failure() -> None:
     assert (failed.mechanism, failed.condition) == ("PLAIN", "temporary-auth-failure")
     assert b"<temporary-auth-failure/>" in stream.data_to_send()
     assert not stream.closed
+
+
+def test_rfc6120_4_9_3_19_see_other_host_carries_the_host() -> None:
+    stream = bound()
+    stream.close(StreamErrorCondition.SEE_OTHER_HOST, content="[2001:db8::1]:5222")
+    out = stream.data_to_send()
+    assert (b'<see-other-host xmlns="urn:ietf:params:xml:ns:xmpp-streams">'
+            b"[2001:db8::1]:5222</see-other-host>") in out
+    assert out.endswith(b"</stream:stream>")
