@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 from nats.aio.subscription import Subscription
 
-from shared.bus.client import BatchHandler, Bus
+from shared.bus import subjects
+from shared.bus.client import BatchHandler, Bus, BusUnavailable
+from shared.bus.envelope import Envelope, Kind
 from shared.partitions import PartitionManager
 from shared.settings import PartitionedSettings
 from shared.store.redis import connect as redis_connect
@@ -73,6 +75,26 @@ class PartitionedService:
         await self.partitions.stop()
         await self.bus.close()
         await self.redis.aclose()
+
+    # ---- output shared by the partitioned services ------------------------------------------
+
+    async def publish(self, subject: str, env: Envelope) -> None:
+        """Publish one envelope; a bus outage is logged (these services answer later)."""
+        try:
+            await self.bus.publish(subject, env.encode())
+        except BusUnavailable as exc:
+            log.warning("publish to %s failed: %s", subject, exc)
+
+    async def route(self, env: Envelope) -> None:
+        """Hand a stanza to the router partition of its recipient."""
+        p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
+        await self.publish(subjects.route(p), env)
+
+    async def session_event(self, bare: str, version: int) -> None:
+        """Tell the routers' caches that the bare JID's session table changed."""
+        event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
+        p = subjects.partition(bare, self.settings.partitions)
+        await self.publish(subjects.session_events(p), event)
 
     async def _acquire(self, p: int) -> None:
         self._subs[p] = [await self.bus.subscribe(s) for s in self._subjects_for(p)]

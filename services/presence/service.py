@@ -19,7 +19,6 @@ from collections import defaultdict
 from xml.sax.saxutils import quoteattr
 
 from shared.bus import subjects
-from shared.bus.client import BusUnavailable
 from shared.bus.envelope import FANOUT_SEPARATOR, Envelope, EnvelopeError, Kind
 from shared.partitioned import PartitionedService
 from shared.settings import PresenceSettings
@@ -117,7 +116,7 @@ class PresenceService(PartitionedService):
                 target.partition("/")[0]
             ].state.subscription in SUBSCRIBED_FROM:
                 continue  # already told by the broadcast
-            await self._route(Envelope(Kind.PRESENCE, to=target, from_=full, type="unavailable",
+            await self.route(Envelope(Kind.PRESENCE, to=target, from_=full, type="unavailable",
                                        origin=SERVICE, payload=with_to(payload, target)))
 
     async def _update_session(self, full: str, origin: str, priority: int, avail: bool) -> None:
@@ -129,10 +128,7 @@ class PresenceService(PartitionedService):
             full, SessionRecord(cm_id, session_id, priority, avail)
         )
         if version:
-            bare = full.partition("/")[0]
-            event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
-            p = subjects.partition(bare, self.settings.partitions)
-            await self._publish(subjects.session_events(p), event)
+            await self.session_event(full.partition("/")[0], version)
 
     async def _broadcast(self, full: str, payload: bytes, items: dict) -> None:  # type: ignore[type-arg]
         """To every contact with a 'from' or 'both' subscription and to the user's own
@@ -154,7 +150,7 @@ class PresenceService(PartitionedService):
         for cm_id, recipients in by_cm.items():
             env = Envelope(Kind.FANOUT, to=FANOUT_SEPARATOR.join(recipients), from_=full,
                            origin=SERVICE, payload=payload)
-            await self._publish(subjects.connection_manager(cm_id), env)
+            await self.publish(subjects.connection_manager(cm_id), env)
         metrics.FANOUT_RECIPIENTS.observe(sum(len(r) for r in by_cm.values()))
 
     async def _session_tables(
@@ -201,13 +197,13 @@ class PresenceService(PartitionedService):
             return
         if out:
             env = Envelope(Kind.BATCH, to=full, from_="", origin=SERVICE, payload=b"".join(out))
-            await self._publish(subjects.connection_manager(record.cm_id), env)
+            await self.publish(subjects.connection_manager(record.cm_id), env)
         if priority >= 0:
             for message in await self.offline.take_all(bare):
                 metrics.OFFLINE_DELIVERED.inc()
                 env = Envelope(Kind.MESSAGE, to=full, from_="", type="chat", origin=SERVICE,
                                payload=message)
-                await self._publish(subjects.connection_manager(record.cm_id), env)
+                await self.publish(subjects.connection_manager(record.cm_id), env)
 
     async def _record(self, full: str) -> SessionRecord | None:
         bare, _, resource = full.partition("/")
@@ -222,7 +218,7 @@ class PresenceService(PartitionedService):
         if item is None or item.state.subscription not in SUBSCRIBED_FROM:
             await self.presence.directed(env.from_, env.to, env.type == "")
         metrics.BROADCASTS.labels("directed").inc()
-        await self._route(env)
+        await self.route(env)
 
     async def _probe(self, prober: str, user: str) -> None:
         """Answer a probe for ``user`` from ``prober`` if the prober is subscribed."""
@@ -231,20 +227,11 @@ class PresenceService(PartitionedService):
             return
         [presences] = await self.presence.available([user])
         for resource, stanza in presences.items():
-            await self._route(Envelope(Kind.PRESENCE, to=prober, from_=f"{user}/{resource}",
+            await self.route(Envelope(Kind.PRESENCE, to=prober, from_=f"{user}/{resource}",
                                        origin=SERVICE, payload=with_to(stanza, prober)))
 
     # ---- output ----------------------------------------------------------------------------
 
-    async def _route(self, env: Envelope) -> None:
-        p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
-        await self._publish(subjects.route(p), env)
-
-    async def _publish(self, subject: str, env: Envelope) -> None:
-        try:
-            await self.bus.publish(subject, env.encode())
-        except BusUnavailable as exc:
-            log.warning("publish to %s failed: %s", subject, exc)
 
     # ---- sessions of dead connection managers ----------------------------------------------
 
@@ -270,14 +257,13 @@ class PresenceService(PartitionedService):
             log.info("reaped %d sessions of dead connection manager %s", len(removed), cm_id)
             for full, version in removed:
                 bare = full.partition("/")[0]
-                event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
+                await self.session_event(bare, version)
                 p = subjects.partition(bare, self.settings.partitions)
-                await self._publish(subjects.session_events(p), event)
                 # the user's contacts learn that the user went away (RFC 6121 §4.5.2)
                 gone = f'<presence xmlns="{ns.CLIENT}" from={quoteattr(full)} type="unavailable"/>'
                 env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
                                origin=SERVICE, payload=gone.encode())
-                await self._publish(subjects.presence(p), env)
+                await self.publish(subjects.presence(p), env)
 
 
 def _priority(payload: bytes) -> int:

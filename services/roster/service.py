@@ -22,7 +22,6 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 
 from shared.bus import subjects
-from shared.bus.client import BusUnavailable
 from shared.bus.envelope import Envelope, EnvelopeError, Kind
 from shared.jid import JID, JIDError
 from shared.partitioned import PartitionedService
@@ -140,10 +139,9 @@ class RosterService(PartitionedService):
                 f"to={quoteattr(full)}>{outcome.push}</iq>"
             ).encode()
             await self._to_session(full, record.cm_id, Kind.IQ, push)
-        version = int(await self.redis.incr(keys.sessions_version(account)))
-        event = Envelope(Kind.SESSION, to=account, from_="", payload=str(version).encode())
-        await self._publish(subjects.session_events(
-            subjects.partition(account, self.settings.partitions)), event)
+        await self.session_event(
+            account, int(await self.redis.incr(keys.sessions_version(account)))
+        )
         for jid in outcome.blocked:
             await self._send_unavailable(account, jid)
 
@@ -264,7 +262,7 @@ class RosterService(PartitionedService):
                 f'<presence xmlns="{ns.CLIENT}" from={quoteattr(contact)} to={quoteattr(user)} '
                 f'type="{env.type}"/>'
             ).encode()
-            await self._route(Envelope(Kind.PRESENCE, to=user, from_=contact, type=env.type,
+            await self.route(Envelope(Kind.PRESENCE, to=user, from_=contact, type=env.type,
                                        origin=SERVICE, payload=payload))
         if outcome.auto_reply:
             await self._forward(user, contact, outcome.auto_reply, None)
@@ -290,14 +288,14 @@ class RosterService(PartitionedService):
         env = Envelope(Kind.PRESENCE, to=contact, from_=user, type=type_, origin=SERVICE,
                        payload=stanza)
         p = subjects.partition(contact, self.settings.partitions)
-        await self._publish(subjects.roster(p), env)
+        await self.publish(subjects.roster(p), env)
 
     async def _send_presence(self, user: str, contact: str) -> None:
         """The user's current presence goes to a contact that may now receive it: a probe
         the presence service answers from the stored presence (§3.1.5, §4.3)."""
         probe = Envelope(Kind.PRESENCE, to=user, from_=contact, type="probe", origin=SERVICE)
         p = subjects.partition(user, self.settings.partitions)
-        await self._publish(subjects.presence(p), probe)
+        await self.publish(subjects.presence(p), probe)
 
     async def _send_unavailable(self, user: str, contact: str) -> None:
         """Unavailable presence from each available resource of the user (§3.2.2, §3.3.3)."""
@@ -309,7 +307,7 @@ class RosterService(PartitionedService):
                 f'<presence xmlns="{ns.CLIENT}" from={quoteattr(full)} to={quoteattr(contact)} '
                 'type="unavailable"/>'
             ).encode()
-            await self._route(Envelope(Kind.PRESENCE, to=contact, from_=full,
+            await self.route(Envelope(Kind.PRESENCE, to=contact, from_=full,
                                        type="unavailable", origin=SERVICE, payload=payload))
 
     # ---- output ----------------------------------------------------------------------------
@@ -330,17 +328,8 @@ class RosterService(PartitionedService):
 
     async def _to_session(self, full: str, cm_id: str, kind: Kind, payload: bytes) -> None:
         env = Envelope(kind, to=full, from_="", type="result", origin=SERVICE, payload=payload)
-        await self._publish(subjects.connection_manager(cm_id), env)
+        await self.publish(subjects.connection_manager(cm_id), env)
 
-    async def _route(self, env: Envelope) -> None:
-        p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
-        await self._publish(subjects.route(p), env)
-
-    async def _publish(self, subject: str, env: Envelope) -> None:
-        try:
-            await self.bus.publish(subject, env.encode())
-        except BusUnavailable as exc:
-            log.warning("publish to %s failed: %s", subject, exc)
 
 
 def _cm(env: Envelope) -> str:
