@@ -22,6 +22,8 @@ import getpass
 import sys
 from pathlib import Path
 
+import redis.exceptions
+
 from shared.admin import AdminError, ClusterAdmin
 from shared.bus.client import Bus, BusUnavailable
 from shared.settings import AdminSettings, load_or_exit
@@ -200,7 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         args.action = "list"  # plain `stanzad sessions`
     settings = load_or_exit(AdminSettings)
     need_bus = (args.command, args.action) in (("sessions", "kick"), ("user", "delete"))
-    return asyncio.run(_with_admin(args, settings, need_bus))
+    try:
+        return asyncio.run(_with_admin(args, settings, need_bus))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        print(
+            f"cannot reach Redis at {settings.redis_url} ({exc}): is the cluster running "
+            "(`make run`), or is STANZAD_REDIS_URL right?",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
