@@ -58,7 +58,10 @@ class PartitionedService:
 
     async def start(self) -> None:
         await self.bus.connect()
-        await self.partitions.tick()
+        try:
+            await self.partitions.tick()
+        except Exception as exc:  # Redis not there yet: the loop below keeps trying
+            log.warning("first partition round failed (not ready until one succeeds): %s", exc)
         self.tasks.append(asyncio.create_task(self.partitions.run()))
         log.info("%s holds %d of %d %s partitions", self.member_id, len(self.partitions.held),
                  self.settings.partitions, self.role)

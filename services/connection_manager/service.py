@@ -90,7 +90,10 @@ class ConnectionManager:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
         await self.bus.connect()
         await self.bus.subscribe(subjects.connection_manager(self.cm_id))
-        await self.store.heartbeat(self.cm_id, s.session_ttl_s)
+        try:
+            await self.store.heartbeat(self.cm_id, s.session_ttl_s)
+        except Exception as exc:  # Redis not there yet: the heartbeat loop keeps trying
+            log.warning("first heartbeat failed: %s", exc)
         self._heartbeat = asyncio.create_task(self._beat())
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
