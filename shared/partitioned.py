@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from nats.aio.subscription import Subscription
 
 from shared.bus import subjects
 from shared.bus.client import BatchHandler, Bus, BusUnavailable
-from shared.bus.envelope import Envelope, Kind
+from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind
 from shared.partitions import PartitionManager
 from shared.settings import PartitionedSettings
 from shared.store.redis import connect as redis_connect
@@ -39,7 +40,7 @@ class PartitionedService:
         self.settings = settings
         self.member_id = member_id
         self.redis = redis_connect(settings.redis_url)
-        self.bus = Bus(settings.nats_url, self.name, self.handle_batch)
+        self.bus = Bus(settings.nats_url, self.name, self._on_batch)
         self._subjects_for = subjects_for
         self._on_partitions = on_partitions
         self.partitions = PartitionManager(
@@ -53,6 +54,10 @@ class PartitionedService:
         )
         self._subs: dict[int, list[Subscription]] = {}
         self.tasks: list[asyncio.Task[None]] = []
+        # hand-over state per subject (see shared/partitions.py)
+        self._waiting: dict[str, tuple[str, float]] = {}  # previous owner, give up at
+        self._handed: set[str] = set()  # our own FENCE seen: the rest is the new owner's
+        self._fence_seen: dict[str, asyncio.Event] = {}
 
     handle_batch: BatchHandler
 
@@ -99,18 +104,84 @@ class PartitionedService:
         p = subjects.partition(bare, self.settings.partitions)
         await self.publish(subjects.session_events(p), event)
 
-    async def _acquire(self, p: int) -> None:
+    # ---- partitions and their hand-over ------------------------------------------------------
+
+    async def _on_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        """Apply the hand-over fences, then give the rest to the service."""
+        if not (self._waiting or self._handed or self._fence_seen):
+            await self.handle_batch(batch)
+            return
+        now = time.monotonic()
+        kept = []
+        for subject, data in batch:
+            if data.startswith(FENCE_PREFIX):
+                self._fence(subject, data)
+            elif subject in self._handed:
+                continue  # after our fence: the new owner handles it
+            elif (wait := self._waiting.get(subject)) is not None and now < wait[1]:
+                continue  # before the previous owner's fence: it handled this
+            else:
+                self._waiting.pop(subject, None)
+                kept.append((subject, data))
+        if kept:
+            await self.handle_batch(kept)
+
+    def _fence(self, subject: str, data: bytes) -> None:
+        try:
+            sender = Envelope.decode(data).from_
+        except ValueError:
+            return
+        if sender == self.member_id:
+            self._handed.add(subject)
+            event = self._fence_seen.get(subject)
+            if event is not None:
+                event.set()
+        elif (wait := self._waiting.get(subject)) is not None and wait[0] == sender:
+            del self._waiting[subject]
+
+    async def _acquire(self, p: int, previous: str | None) -> None:
+        wait_until = time.monotonic() + self.settings.lease_ttl_s
+        for s in self._subjects_for(p):
+            self._handed.discard(s)
+            if previous and previous != self.member_id:
+                self._waiting[s] = (previous, wait_until)
         self._subs[p] = [await self.bus.subscribe(s) for s in self._subjects_for(p)]
+        await self.bus.flush()  # subscribed at the server before anything else happens
         if self._on_partitions:
             self._on_partitions(len(self._subs))
 
     async def _release(self, p: int) -> None:
+        """Hand the partition over: wait for the new owner (it is subscribed once it holds
+        the lease), publish a FENCE on each subject, unsubscribe once our FENCE came back."""
         subs = self._subs.pop(p, [])
         if self._on_partitions:
             self._on_partitions(len(self._subs))
+        names = self._subjects_for(p)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.partitions.interval_s + 2.0
+        owner = None
+        while loop.time() < deadline:
+            owner = await self.partitions.owner(p)
+            if owner is not None and owner != self.member_id:
+                break
+            await asyncio.sleep(0.05)
+        if owner is not None and owner != self.member_id:
+            for s in names:
+                self._fence_seen[s] = asyncio.Event()
+                fence = Envelope(Kind.FENCE, to=s, from_=self.member_id, origin=self.name)
+                await self.bus.publish(s, fence.encode())
+            waits = [self._fence_seen[s].wait() for s in names]
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), timeout=5)
+            except TimeoutError:
+                log.warning("%s partition %d: fence not seen, unsubscribing anyway", self.role, p)
+        else:
+            log.warning("%s partition %d: no new owner came; unsubscribing", self.role, p)
         for sub in subs:
             try:
                 await sub.unsubscribe()
             except Exception as exc:
                 log.warning("unsubscribe of %s partition %d failed: %s", self.role, p, exc)
         await self.bus.flush()
+        for s in names:  # _handed stays until a re-acquire: late arrivals are not ours
+            self._fence_seen.pop(s, None)

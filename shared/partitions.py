@@ -8,9 +8,15 @@ ones assigned to it (lease first, then subscribe).  A lease is a Redis key with 
 by its holder, so a member that dies loses its partitions within ``lease_ttl_s`` and the
 others pick them up.
 
-Known gap (core NATS keeps no messages): stanzas published to a partition in the moment
-between one router's unsubscribe and the next one's subscribe are lost.  That happens only
-when routers join or leave; see docs/architecture.md.
+Hand-over without loss or duplicates: a member giving a partition up (rebalancing, SIGTERM)
+first records ``handover:<role>:<p>``, frees the lease and keeps consuming; the new owner
+subscribes and drops what it receives until the previous owner's FENCE arrives on each subject
+(the previous owner handled all of that), and the previous owner unsubscribes once it has seen
+its own FENCE (everything after it belongs to the new owner).  See shared/partitioned.py.
+
+Known gap (core NATS keeps no messages): when a member dies, stanzas published to its
+partitions until the lease expires and another member subscribes are lost; see
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ class PartitionManager:
         member_id: str,
         partitions: int,
         lease_ttl_s: float,
-        on_acquire: Callable[[int], Awaitable[None]],
+        on_acquire: Callable[[int, str | None], Awaitable[None]],
         on_release: Callable[[int], Awaitable[None]],
     ) -> None:
         self._r = redis
@@ -69,6 +75,8 @@ class PartitionManager:
         self._release = redis.register_script(_RELEASE)
         self.held: set[int] = set()
         self.synced = False
+        self._handovers: set[asyncio.Task[None]] = set()
+        self.handing_over: set[int] = set()  # given up, fence not yet seen
 
     @property
     def interval_s(self) -> float:
@@ -101,17 +109,37 @@ class PartitionManager:
                     await self._on_release(p)
         mine = {p for p in range(self.partitions) if assign(p, members) == me}
         for p in sorted(self.held - mine):
-            await self._give_up(p)
-        for p in sorted(mine - self.held):
+            # a hand-over waits for the new owner: in the background, so that renewing the
+            # other leases never waits for it
+            task = asyncio.create_task(self._give_up(p))
+            self._handovers.add(task)
+            task.add_done_callback(self._handovers.discard)
+        for p in sorted(mine - self.held - self.handing_over):
             if await self._r.set(keys.partition_lease(self.role, p), me, nx=True, px=self._ttl_ms):
                 self.held.add(p)
-                await self._on_acquire(p)
+                # read once and clear: a stale mark must never make a later owner wait
+                handover = keys.handover(self.role, p)
+                async with self._r.pipeline(transaction=True) as pipe:
+                    pipe.get(handover)
+                    pipe.delete(handover)
+                    previous, _ = await pipe.execute()
+                await self._on_acquire(p, previous.decode() if previous else None)
         self.synced = True
 
     async def _give_up(self, p: int) -> None:
+        """Free the lease but keep consuming: the service hands over, then unsubscribes."""
         self.held.discard(p)
-        await self._on_release(p)
+        self.handing_over.add(p)
+        await self._r.set(keys.handover(self.role, p), self.member_id, px=self._ttl_ms * 2)
         await self._release(keys=[keys.partition_lease(self.role, p)], args=[self.member_id])
+        try:
+            await self._on_release(p)
+        finally:
+            self.handing_over.discard(p)
+
+    async def owner(self, p: int) -> str | None:
+        raw = await self._r.get(keys.partition_lease(self.role, p))
+        return raw.decode() if raw else None
 
     async def run(self) -> None:
         while True:
@@ -122,16 +150,20 @@ class PartitionManager:
             await asyncio.sleep(self.interval_s)
 
     async def stop(self) -> None:
-        """Leave cleanly: every partition released so another router takes it at once."""
-        for p in sorted(self.held):
-            try:
-                await self._give_up(p)
-            except Exception as exc:
-                log.warning("could not release partition %d: %s", p, exc)
+        """Leave cleanly: out of the member set first (so the others' assignment moves our
+        partitions to them), then every partition handed over."""
         try:
             await self._r.zrem(keys.members(self.role), self.member_id)
         except Exception as exc:
             log.warning("could not leave the %s set: %s", self.role, exc)
+
+        async def give_up(p: int) -> None:
+            try:
+                await self._give_up(p)
+            except Exception as exc:
+                log.warning("could not release %s partition %d: %s", self.role, p, exc)
+
+        await asyncio.gather(*(give_up(p) for p in sorted(self.held)), *self._handovers)
 
     async def owners(self) -> dict[int, str | None]:
         """Current lease holders, for status displays and tests."""

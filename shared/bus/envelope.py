@@ -28,9 +28,11 @@ class Kind(enum.StrEnum):
     SESSION = "session"  # control: the session table of a bare JID changed
     BATCH = "batch"  # several stanzas for one session (``to``), written as they are
     FANOUT = "fanout"  # one stanza without 'to' for several sessions (``to``: JIDs, one a line)
+    FENCE = "fence"  # control: a partition's previous owner handled everything before this
 
 
 STANZA_KINDS: Final = frozenset({Kind.MESSAGE, Kind.PRESENCE, Kind.IQ})
+FENCE_PREFIX: Final = b"1\x00fence\x00"  # recognised without decoding
 FANOUT_SEPARATOR: Final = "\n"  # cannot occur in a prepared JID (PRECIS forbids controls)
 
 

@@ -52,6 +52,11 @@ def partition_lease(role: str, partition: int) -> str:
     return f"lease:{role}:{partition}"
 
 
+def handover(role: str, partition: int) -> str:
+    """Set by a member that is handing a partition over: the previous owner's id."""
+    return f"handover:{role}:{partition}"
+
+
 def reaper_lock() -> str:
     """Held by the one router that cleans up after dead connection managers."""
     return "lock:reaper"
