@@ -133,6 +133,9 @@ class ParserLimits:
     max_attributes: int = 64  # per element, namespace declarations included
     max_attribute_chars: int = 4096  # characters of one attribute value (a JID is < 3072 B)
     max_header_bytes: int = 4096  # everything before the root start tag completes
+    # distinct element and attribute names in one stream: libxml2 interns every name in a
+    # per-thread dictionary that never shrinks, so a peer inventing names grows memory
+    max_distinct_names: int = 2000
 
 
 PRE_AUTH_LIMITS: Final = ParserLimits(max_stanza_bytes=8 * 1024, max_stanza_elements=32)
@@ -319,6 +322,7 @@ class StreamParser:
         self._depth = -1  # -1 before the root, 0 between stanzas, 1 in a stanza element
         self._elements = 0  # elements of the current stanza
         self._pending_ns = 0  # start-ns events not yet claimed by a start event
+        self._names: set[str] = set()  # distinct element and attribute names of the stream
         self._count = 0  # bytes of the stanza being received (see the module docstring)
         self._dirty = False  # non-whitespace bytes fed since the last stanza ended
         self._eq = 0  # '=' fed since the last piece with an element event
@@ -481,8 +485,15 @@ class StreamParser:
             for kind, el in self._xml.read_events():
                 if kind == "start":
                     seen |= _ELEMENT_EVENT
-                    if count_attrs and self._pending_ns + len(el.keys()) > limits.max_attributes:
+                    keys = el.keys()
+                    if count_attrs and self._pending_ns + len(keys) > limits.max_attributes:
                         raise _violation("too many attributes")
+                    names = self._names
+                    if el.tag not in names or not names.issuperset(keys):
+                        names.add(el.tag)
+                        names.update(keys)
+                        if len(names) > limits.max_distinct_names:
+                            raise _violation("too many distinct names")
                     self._pending_ns = 0
                     if check_values:
                         _check_values(el, limits.max_attribute_chars)

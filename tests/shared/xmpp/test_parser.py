@@ -770,3 +770,26 @@ def test_rfc6120_4_3_3_second_stream_header_is_refused_at_its_start_tag(size: in
     data = HEADER + MESSAGE + BARE_HEADER + MESSAGE
     error = fails([data[i : i + size] for i in range(0, len(data), size)])
     assert error.condition is StreamErrorCondition.UNSUPPORTED_STANZA_TYPE
+
+
+def test_rfc6120_13_12_too_many_distinct_names_is_policy_violation() -> None:
+    """libxml2 interns every name forever: a stream may not invent names without bound."""
+    parser = StreamParser(ParserLimits(max_distinct_names=50))
+    parser.feed(STREAM_HEADER_FOR_NAMES)
+    with pytest.raises(StreamError) as caught:
+        for i in range(60):
+            parser.feed(f"<message><x{i} xmlns='urn:e'/></message>".encode())
+    assert caught.value.condition is StreamErrorCondition.POLICY_VIOLATION
+
+
+def test_repeated_names_do_not_count_again() -> None:
+    parser = StreamParser(ParserLimits(max_distinct_names=10))
+    parser.feed(STREAM_HEADER_FOR_NAMES)
+    for _ in range(100):
+        parser.feed(b"<message to='a@b' type='chat'><body>hi</body></message>")
+
+
+STREAM_HEADER_FOR_NAMES = (
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+    b"to='example.com' version='1.0'>"
+)
