@@ -1,8 +1,8 @@
 """`stanzad run`: the whole cluster on one machine, in the foreground, Ctrl-C to stop.
 
-Starts nats-server and redis-server (AOF on, data under var/), then one connection manager
-and one router, each as its own process with prefixed log lines.  In-band registration is on
-in this local profile.
+Starts nats-server and redis-server (AOF on, data under var/), then one router, presence,
+roster, connection manager and s2s gateway, each as its own process with prefixed log lines.
+In-band registration is on in this local profile.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from shared import localservers
 
 NATS_PORT = 14222
 REDIS_PORT = 16379
-COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34}
+S2S_PORT = 5269
+COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34,
+          "s2s": 37}
 
 
 @dataclass
@@ -62,7 +64,9 @@ async def _wait_port(port: int, child: Child, timeout_s: float = 20) -> None:
 
 
 async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
-    for port, what in ((NATS_PORT, "NATS"), (REDIS_PORT, "Redis"), (c2s_port, "c2s")):
+    s2s_port = int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT))
+    for port, what in ((NATS_PORT, "NATS"), (REDIS_PORT, "Redis"), (c2s_port, "c2s"),
+                       (s2s_port, "s2s")):
         if localservers.port_open("127.0.0.1", port):
             print(f"port {port} for {what} is already in use: is another `make run` going?",
                   file=sys.stderr)
@@ -98,6 +102,13 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
     )
     roster = Child("roster", [python, "-m", "services.roster"],
                    {**common, "STANZAD_HTTP_PORT": "9104", "STANZAD_ROSTER_ID": "roster-local"})
+    s2s = Child(
+        "s2s", [python, "-m", "services.s2s_gateway"],
+        {**common, "STANZAD_HTTP_PORT": "9105", "STANZAD_S2S_ID": "s2s-local",
+         "STANZAD_S2S_PORT": str(s2s_port),
+         "STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
+         "STANZAD_TLS_KEY": str(var / "tls" / "key.pem")},
+    )
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
@@ -107,13 +118,15 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
     status = 0
     try:
         for child, port in ((nats, NATS_PORT), (redis, REDIS_PORT), (router, None),
-                            (presence, None), (roster, None), (cm, c2s_port)):
+                            (presence, None), (roster, None), (cm, c2s_port),
+                            (s2s, s2s_port)):
             pipes.append(await _start(child))
             started.append(child)
             if port is not None:
                 await _wait_port(port, child)
         print(f"stanzad is up: c2s on 127.0.0.1:{c2s_port} (STARTTLS), domain "
-              f"{common['STANZAD_DOMAIN']}; metrics on :9101-9104. Ctrl-C stops it.",
+              f"{common['STANZAD_DOMAIN']}; s2s on :{s2s_port}; metrics on :9101-9105. "
+              "Ctrl-C stops it.",
               flush=True)
         waiters = [asyncio.create_task(c.proc.wait()) for c in started if c.proc]
         stopper = asyncio.create_task(stop.wait())

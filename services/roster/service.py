@@ -275,9 +275,6 @@ class RosterService(PartitionedService):
     async def _forward(self, user: str, contact: str, type_: str, payload: bytes | None) -> None:
         """Hand a subscription stanza to the contact's roster partition (stamped with the
         user's bare JID, §3.1.2)."""
-        if contact.partition("@")[2] != self.settings.domain:
-            log.info("subscription to a remote domain dropped: no s2s yet")
-            return
         stanza = (
             f'<presence xmlns="{ns.CLIENT}" from={quoteattr(user)} to={quoteattr(contact)} '
             f'type="{type_}"/>'
@@ -289,6 +286,11 @@ class RosterService(PartitionedService):
             stanza = etree.tostring(el)
         env = Envelope(Kind.PRESENCE, to=contact, from_=user, type=type_, origin=SERVICE,
                        payload=stanza)
+        remote = contact.partition("@")[2]
+        if remote != self.settings.domain:  # federation: the contact's server applies its side
+            await self._publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
+                                env)
+            return
         p = subjects.partition(contact, self.settings.partitions)
         await self._publish(subjects.roster(p), env)
 
@@ -330,6 +332,11 @@ class RosterService(PartitionedService):
 
     async def _to_session(self, full: str, cm_id: str, kind: Kind, payload: bytes) -> None:
         env = Envelope(kind, to=full, from_="", type="result", origin=SERVICE, payload=payload)
+        remote = full.partition("/")[0].rpartition("@")[2]
+        if remote != self.settings.domain:  # a remote requester (vCard, disco): via s2s
+            await self._publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
+                                env)
+            return
         await self._publish(subjects.connection_manager(cm_id), env)
 
     async def _route(self, env: Envelope) -> None:

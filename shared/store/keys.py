@@ -100,3 +100,9 @@ def private_storage(bare_jid: str) -> str:
 def blocklist(bare_jid: str) -> str:
     """Set of the JIDs (bare, full or domain) the account blocks (XEP-0191)."""
     return f"block:{{{bare_jid}}}"
+
+
+def dialback_secret() -> str:
+    """The cluster's Server Dialback secret (XEP-0185), shared by every s2s gateway process
+    so that any of them can answer a <db:verify/> for a key another one sent."""
+    return "s2s:dialback-secret"

@@ -25,8 +25,9 @@ from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
+from shared.jid import JIDError, parse_jid
 from shared.xmpp import ns
-from shared.xmpp.content_ns import to_server
+from shared.xmpp.content_ns import to_server_element
 from shared.xmpp.dialback import dialback_key
 from shared.xmpp.errors import StreamError, StreamErrorCondition
 from shared.xmpp.parser import (
@@ -35,6 +36,7 @@ from shared.xmpp.parser import (
     StreamClosed,
     StreamOpened,
     StreamParser,
+    parse_fragment,
 )
 from shared.xmpp.s2s import (
     DB_RESULT,
@@ -158,7 +160,14 @@ class InitiatingStream:
         jabber:server.  Raises StreamError if the payload cannot be parsed."""
         if self.phase is not Phase.READY:
             raise RuntimeError("the stream is not authenticated")
-        self._out.append(to_server(payload, self.config.max_stanza_bytes))
+        element = parse_fragment(payload, self.config.max_stanza_bytes)
+        # RFC 6120 §8.1.1.1, §8.1.2.1: on s2s both addresses are required, 'from' in our
+        # domain and 'to' in the peer's, or the peer closes the whole stream.
+        if domain_of(element.get("from")) != self.config.domain:
+            raise StreamError(StreamErrorCondition.INVALID_FROM, "not from our domain")
+        if domain_of(element.get("to")) != self.remote:
+            raise StreamError(StreamErrorCondition.IMPROPER_ADDRESSING, "not to the peer")
+        self._out.append(to_server_element(element))
 
     def tls_established(self, cert_valid: bool) -> None:
         if self.phase is not Phase.TLS_HANDSHAKE:
@@ -312,6 +321,15 @@ class InitiatingStream:
         )
         self._ready.append(self._end(None))
         return VerifyResult(valid)
+
+
+def domain_of(jid: str | None) -> str | None:
+    if not jid:
+        return None
+    try:
+        return parse_jid(jid).domain
+    except JIDError:
+        return None
 
 
 def _stream_condition(element: etree._Element) -> StreamErrorCondition:
