@@ -150,6 +150,9 @@ class S2SSettings(PartitionedSettings):
     s2s_max_stanza_bytes: int = Field(
         512 * KiB, ge=1 * KiB, description="Stanza size limit on s2s streams."
     )
+    s2s_max_stanzas_per_s: float = Field(
+        500.0, gt=0, description="Inbound stanzas per second per s2s stream (reading pauses)."
+    )
 
     @field_validator("s2s_overrides")
     @classmethod

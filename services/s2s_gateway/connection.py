@@ -148,6 +148,10 @@ class InboundConnection(_Shell):
     def __init__(self, gw: S2SGateway) -> None:
         super().__init__(gw)
         self.stream = s2s.ReceivingStream(gw.stream_config)
+        self._rate = gw.s2s_settings.s2s_max_stanzas_per_s
+        self._tokens = self._rate  # a token bucket of one second's worth of stanzas
+        self._refilled = asyncio.get_running_loop().time()
+        self._throttled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -172,13 +176,13 @@ class InboundConnection(_Shell):
     def _pump(self) -> None:
         token = logs.connection_id.set(f"s2s-in-{self.conn_id}")
         try:
-            while not self._closing:
+            while not self._closing and not self._throttled:
                 event = self.stream.next_event()
                 if event is None:
                     break
                 self._on_event(event)
             self.write(self.stream.data_to_send())
-            if self.transport is not None and not self._closing:
+            if self.transport is not None and not self._closing and not self._throttled:
                 if self.stream.state is s2s.State.WAITING:
                     self.transport.pause_reading()
                 elif self.stream.closed:
@@ -190,6 +194,7 @@ class InboundConnection(_Shell):
         if isinstance(event, s2s.StanzaIn):
             metrics.STANZAS.labels("in").inc()
             self.gw.stanza_from_peer(event)
+            self._throttle()
         elif isinstance(event, s2s.StartTLS):
             self.spawn(self._start_tls())
         elif isinstance(event, s2s.DialbackRequested):
@@ -209,11 +214,33 @@ class InboundConnection(_Shell):
             self.write(self.stream.data_to_send())
             self.finish()
 
+    def _throttle(self) -> None:
+        """Inbound rate limit: past the bucket, stop reading until it refills (the peer's
+        TCP window closes; nothing is dropped)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate) - 1
+        self._refilled = now
+        if self._tokens >= 0 or self._throttled or self.transport is None:
+            return
+        self._throttled = True
+        metrics.THROTTLED.inc()
+        self.transport.pause_reading()
+        loop.call_later(-self._tokens / self._rate, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttled = False
+        if self.transport is None or self._closing:
+            return
+        if self.stream.state is not s2s.State.WAITING:
+            self.transport.resume_reading()
+        self._pump()  # the stanzas already parsed first
+
     def _resume(self, answer: Callable[[], None]) -> None:
         if self._closing:
             return
         answer()
-        if self.transport is not None:
+        if self.transport is not None and not self._throttled:
             self.transport.resume_reading()
         self._pump()
 

@@ -32,3 +32,6 @@ STREAM_ERRORS = Counter(
     "stanzad_s2s_stream_errors_total", "s2s streams ended with an error, by condition.",
     ["condition"],
 )
+THROTTLED = Counter(
+    "stanzad_s2s_throttled_total", "Times an inbound stream hit its stanza rate and paused."
+)

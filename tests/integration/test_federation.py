@@ -40,7 +40,8 @@ def clusters() -> Iterator[tuple[Cluster, Cluster]]:
             ):
                 c.start_service(role, module, STANZAD_LEASE_TTL_S="3", **extra)
         a.start_s2s(port=a_port, overrides=routes, wait=False)
-        b.start_s2s(port=b_port, overrides=routes, wait=False)
+        b.start_s2s(port=b_port, overrides=routes, wait=False,
+                    STANZAD_S2S_MAX_STANZAS_PER_S="100")
         for c in (a, b):
             for name in ("router-1", "presence-1", "roster-1", "s2s-1"):
                 c.wait_ready(name)
@@ -216,3 +217,28 @@ async def test_xep0220_2_3_key_for_a_wrong_secret_is_refused(
         assert b"type='invalid'" in result, result
     finally:
         writer.close()
+
+
+async def test_rfc6120_13_12_inbound_stanza_rate_is_limited_by_pausing_the_stream(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    a, b = clusters
+    bob, pw_b = await users_ab[1].create("bob")
+    cb = await _login(b, bob, pw_b, "phone")
+    secret = await users_ab[0].redis.get(keys.dialback_secret())
+    _reader, writer, result = await _raw_dialback(b, a, bytes(secret))
+    try:
+        assert b"type='valid'" in result, result
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        writer.write(b"".join(
+            f"<message from='ann@{A}/x' to='{bob}' type='chat'><body>{i}</body></message>"
+            .encode() for i in range(300)
+        ))
+        got = await _bodies(cb, 300, 20)
+        assert got == [str(i) for i in range(300)]  # all delivered, in order ...
+        assert loop.time() - started > 1.5  # ... at about 100 a second after the first 100
+        assert "stanzad_s2s_throttled_total 0.0" not in b.metrics("s2s-1")
+    finally:
+        writer.close()
+        await cb.logout()
