@@ -154,11 +154,24 @@ class S2SSettings(PartitionedSettings):
         500.0, gt=0, description="Inbound stanzas per second per s2s stream (reading pauses)."
     )
 
+    s2s_trusted_certs: str = Field(
+        "", description="Self-signed certificates accepted per domain: 'domain=file.pem,...'."
+    )
+
     @field_validator("s2s_overrides")
     @classmethod
     def _check_overrides(cls, value: str) -> str:
         parse_overrides(value)
         return value
+
+    @field_validator("s2s_trusted_certs")
+    @classmethod
+    def _check_trusted(cls, value: str) -> str:
+        parse_trusted_certs(value)
+        return value
+
+    def trusted_certs(self) -> dict[str, str]:
+        return parse_trusted_certs(self.s2s_trusted_certs)
 
     def override_map(self) -> dict[str, tuple[str, int]]:
         return parse_overrides(self.s2s_overrides)
@@ -176,3 +189,14 @@ def parse_overrides(value: str) -> dict[str, tuple[str, int]]:
             raise ValueError(f"bad port in {item!r}")
         routes[domain.strip().lower()] = (host.strip("[]"), int(port))
     return routes
+
+
+def parse_trusted_certs(value: str) -> dict[str, str]:
+    """'a.example=/etc/stanzad/a.pem,...' -> {domain: PEM file}."""
+    certs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        domain, sep, path = item.partition("=")
+        if not sep or not domain.strip() or not path.strip():
+            raise ValueError(f"expected domain=file.pem, got {item!r}")
+        certs[domain.strip().lower()] = path.strip()
+    return certs

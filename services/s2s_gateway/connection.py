@@ -41,6 +41,7 @@ class _Shell(asyncio.Protocol):
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.TimerHandle | None = None
+        self.tls_error: Exception | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -130,6 +131,7 @@ class _Shell(asyncio.Protocol):
             )
         except (TimeoutError, OSError, ConnectionError, ssl.SSLError) as exc:
             log.info("s2s TLS handshake failed: %s", exc)
+            self.tls_error = exc
             self._closing = True
             if self.transport is not None:
                 self.transport.close()
@@ -264,10 +266,11 @@ class OutboundConnection(_Shell):
 
     def __init__(
         self, gw: S2SGateway, domain: str, verify: s2s_out.VerifyRequest | None = None,
-        direct_tls: bool = False,
+        direct_tls: bool = False, verify_cert: bool = False,
     ) -> None:
         super().__init__(gw)
         self.domain = domain
+        self.verify_cert = verify_cert  # STARTTLS with a verifying context (SASL EXTERNAL)
         self.stream = s2s_out.InitiatingStream(
             gw.stream_config, domain, direct_tls=direct_tls, verify=verify
         )
@@ -341,14 +344,21 @@ class OutboundConnection(_Shell):
             self.write(self.stream.data_to_send())
             self.finish()
 
+    @property
+    def cert_rejected(self) -> bool:
+        return isinstance(self.tls_error, ssl.SSLCertVerificationError)
+
     async def _start_tls(self) -> None:
-        ssl_object = await self.start_tls(self.gw.client_tls, False, self.domain)
+        ctx = self.gw.tls_context_for(self.domain, self.verify_cert)
+        ssl_object = await self.start_tls(ctx, False, self.domain)
         if ssl_object is None:
             self.failure = "TLS handshake failed"
+            if not self.ready.done():
+                self.ready.set_exception(ConnectionError(self.failure))
             return
-        # SASL EXTERNAL needs the peer's chain checked for its domain; until that is done
-        # the stream authenticates with dialback (see docs/architecture.md).
-        self.stream.tls_established(cert_valid=False)
+        # The handshake verified the chain and the name only with a verifying context; then
+        # SASL EXTERNAL is tried when offered (XEP-0178), else dialback.
+        self.stream.tls_established(cert_valid=self.verify_cert)
         if self.transport is not None:
             self.transport.resume_reading()
         self._pump()

@@ -34,7 +34,7 @@ class SetupFailed(ConnectionError):
 
 
 async def connect(
-    gw: S2SGateway, domain: str, verify: VerifyRequest | None = None
+    gw: S2SGateway, domain: str, verify: VerifyRequest | None = None, verify_cert: bool = False
 ) -> OutboundConnection:
     """Resolve and connect to the first target that answers; the stream is initiated."""
     try:
@@ -46,7 +46,9 @@ async def connect(
     for target in targets:
         try:
             _, conn = await loop.create_connection(
-                lambda t=target: OutboundConnection(gw, domain, verify, t.direct_tls),  # type: ignore[misc]
+                lambda t=target: OutboundConnection(  # type: ignore[misc]
+                    gw, domain, verify, t.direct_tls, verify_cert and not t.direct_tls
+                ),
                 target.host, target.port,
                 ssl=gw.direct_tls_context if target.direct_tls else None,
                 server_hostname=domain if target.direct_tls else None,
@@ -100,16 +102,14 @@ class Link:
         timeout = self.gw.s2s_settings.s2s_connect_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                conn = await connect(self.gw, self.domain)
-                self.conn = conn
-                mechanism = await conn.ready
+                conn = await self._connect(self.gw.should_verify(self.domain))
         except TimeoutError:
             self._fail(StanzaErrorCondition.REMOTE_SERVER_TIMEOUT, "timed out")
             return
         except (SetupFailed, OSError) as exc:
             self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
             return
-        log.info("s2s stream to %s ready (%s)", self.domain, mechanism)
+        log.info("s2s stream to %s ready (%s)", self.domain, conn.stream.mechanism)
         while self.queue:
             metrics.QUEUED.dec()
             self._write(conn, self.queue.popleft())
@@ -119,6 +119,21 @@ class Link:
         metrics.QUEUED.dec(len(leftover))
         for env in leftover:
             self.gw.send_remote(env)
+
+    async def _connect(self, verify_cert: bool) -> OutboundConnection:
+        """An authenticated stream.  A peer certificate that fails verification is not fatal:
+        the domain is remembered and the link reconnects without verification (dialback)."""
+        conn = await connect(self.gw, self.domain, verify_cert=verify_cert)
+        self.conn = conn
+        try:
+            await conn.ready
+        except ConnectionError:
+            if not (verify_cert and conn.cert_rejected):
+                raise
+            log.info("certificate of %s not valid for it: dialback instead", self.domain)
+            self.gw.unverifiable(self.domain)
+            return await self._connect(False)
+        return conn
 
     def _fail(self, condition: StanzaErrorCondition, why: str) -> None:
         log.info("s2s link to %s failed: %s", self.domain, why)

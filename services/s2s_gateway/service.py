@@ -44,6 +44,7 @@ SERVICE = "s2s_gateway"
 ORIGIN = "s2s"  # envelope origin of stanzas from remote servers (no '/': not a local session)
 SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
 MAX_HOPS = 4
+UNVERIFIABLE_TTL_S = 3600.0
 
 
 def client_context(cert: str, key: str) -> ssl.SSLContext:
@@ -54,6 +55,17 @@ def client_context(cert: str, key: str) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def verifying_context(cert: str, key: str, cafile: str | None) -> ssl.SSLContext:
+    """TLS for an outbound stream whose peer certificate must be valid for the domain: the
+    system's trust store, or only ``cafile`` (a self-signed certificate trusted for one
+    domain, STANZAD_S2S_TRUSTED_CERTS).  A valid certificate allows SASL EXTERNAL."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.load_cert_chain(cert, key)
     return ctx
@@ -78,6 +90,8 @@ class S2SGateway(PartitionedService):
         self.stream_config = S2SConfig(domain=settings.domain, secret=b"")
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._verifying: dict[str, ssl.SSLContext] = {}
+        self._unverifiable: dict[str, float] = {}  # domain -> until when not to try again
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -105,6 +119,27 @@ class S2SGateway(PartitionedService):
         log.info("%s listening for s2s on %s:%d (domain %s)", self.member_id, s.s2s_host,
                  self.port, s.domain)
         await super().start()
+
+    # ---- TLS for outbound streams ----------------------------------------------------------
+
+    def should_verify(self, domain: str) -> bool:
+        """Try a verifying handshake (and so SASL EXTERNAL) unless this domain's certificate
+        failed verification in the last hour."""
+        until = self._unverifiable.get(domain)
+        return until is None or until < time.monotonic()
+
+    def unverifiable(self, domain: str) -> None:
+        self._unverifiable[domain] = time.monotonic() + UNVERIFIABLE_TTL_S
+
+    def tls_context_for(self, domain: str, verify: bool) -> ssl.SSLContext:
+        if not verify:
+            return self.client_tls
+        trusted = self.s2s_settings.trusted_certs().get(domain)
+        key = trusted or ""
+        if key not in self._verifying:
+            s = self.s2s_settings
+            self._verifying[key] = verifying_context(s.tls_cert, s.tls_key, trusted)
+        return self._verifying[key]
 
     async def _secret(self) -> bytes:
         """The configured secret, or the cluster's random one (created once, in Redis)."""

@@ -1,5 +1,5 @@
-"""Federation with a real Prosody 0.12 on loopback, Server Dialback both ways (XEP-0220,
-RFC 6120 §13, RFC 6121 §3-§4).
+"""Federation with a real Prosody 0.12 on loopback (RFC 6120 §13, RFC 6121 §3-§4): Server
+Dialback both ways (XEP-0220), and SASL EXTERNAL from us to Prosody (XEP-0178).
 
 stanzad serves stanzad.example and reaches prosody.example through STANZAD_S2S_OVERRIDES;
 Prosody finds stanzad.example through a tiny DNS server in this fixture (SRV
@@ -18,6 +18,7 @@ import pytest
 
 from shared import localservers
 from shared.store.roster import RosterStore
+from shared.tls import ensure_self_signed
 from shared.xmpp.subscription import Subscription
 from tests.conftest import Users
 from tests.support import prosody as prosody_mod
@@ -39,11 +40,19 @@ class Interop:
     prosody: prosody_mod.Prosody
     dns: DNSServer
     users: Users
+    mode: str  # how our outbound stream authenticates: "dialback" or "EXTERNAL"
 
 
-@pytest.fixture(scope="module")
-async def interop() -> AsyncIterator[Interop]:
+@pytest.fixture(scope="module", params=["dialback", "EXTERNAL"])
+async def interop(request: pytest.FixtureRequest) -> AsyncIterator[Interop]:
+    """``dialback``: no certificate is trusted either way.  ``EXTERNAL``: each side trusts
+    the other's self-signed certificate (Prosody's cafile, STANZAD_S2S_TRUSTED_CERTS), so
+    our outbound stream uses SASL EXTERNAL (XEP-0178); Prosody's still uses dialback, as
+    our inbound side does not offer EXTERNAL yet."""
+    mode = request.param
     cluster = new_cluster(OURS)
+    our_cert = cluster.workdir / "tls" / "s2s-cert.pem"
+    ensure_self_signed(str(our_cert), str(cluster.workdir / "tls" / "s2s-key.pem"), OURS)
     gw_port = localservers.free_port()
     dns = DNSServer({
         (f"_xmpp-server._tcp.{OURS}", "SRV"): [f"0 5 {gw_port} gw.{OURS}."],
@@ -51,16 +60,19 @@ async def interop() -> AsyncIterator[Interop]:
         (OURS, "A"): ["127.0.0.1"],
     })
     await dns.start()
-    prosody = prosody_mod.Prosody(cluster.workdir / "prosody", THEIRS, OURS, dns.port)
+    prosody = prosody_mod.Prosody(cluster.workdir / "prosody", THEIRS, OURS, dns.port,
+                                  trust=str(our_cert) if mode == "EXTERNAL" else "")
     users: Users | None = None
     try:
         prosody.start()
         cluster.start_servers()
         cluster.start_core()
-        cluster.start_s2s(port=gw_port, overrides=f"{THEIRS}=127.0.0.1:{prosody.s2s_port}")
+        trusted = f"{THEIRS}={prosody.cert}" if mode == "EXTERNAL" else ""
+        cluster.start_s2s(port=gw_port, overrides=f"{THEIRS}=127.0.0.1:{prosody.s2s_port}",
+                          STANZAD_S2S_TRUSTED_CERTS=trusted)
         cluster.start_cm()
         users = Users(cluster)
-        yield Interop(cluster, prosody, dns, users)
+        yield Interop(cluster, prosody, dns, users, mode)
     finally:
         if users is not None:
             await users.redis.aclose()
@@ -101,6 +113,10 @@ async def test_xep0220_messages_both_ways_in_order_with_prosody(interop: Interop
         except TimeoutError:
             pytest.fail("no message came from Prosody\n" + _logs(interop))
         assert got == [f"from-prosody-{i}" for i in range(5)]
+        metrics = interop.cluster.metrics("s2s-1")
+        out = f'stanzad_s2s_authentications_total{{direction="out",mechanism="{interop.mode}"}}'
+        assert out in metrics, _logs(interop)
+        assert 'stanzad_s2s_authentications_total{direction="in",mechanism="dialback"}' in metrics
     finally:
         await a.logout()
         await c.logout()

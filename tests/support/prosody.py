@@ -47,7 +47,7 @@ unbound = {{ resolvconf = false; hoststxt = false; forward = {{ "127.0.0.1@{dns_
 certificates = "{work}/certs"
 
 VirtualHost "{domain}"
-  ssl = {{ certificate = "{work}/certs/{domain}.crt"; key = "{work}/certs/{domain}.key" }}
+  ssl = {{ certificate = "{work}/certs/{domain}.crt"; key = "{work}/certs/{domain}.key";{cafile} }}
 """
 
 
@@ -63,8 +63,13 @@ class Prosody:
     dns_port: int
     c2s_port: int = 0
     s2s_port: int = 0
+    trust: str = ""  # a PEM file Prosody trusts (our self-signed certificate: SASL EXTERNAL)
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cert(self) -> Path:
+        return self.work / "certs" / f"{self.domain}.crt"
 
     @property
     def config(self) -> Path:
@@ -81,6 +86,7 @@ class Prosody:
         self.config.write_text(CONFIG.format(
             work=self.work, c2s_port=self.c2s_port, s2s_port=self.s2s_port, peer=self.peer,
             dns_port=self.dns_port, domain=self.domain,
+            cafile=f' cafile = "{self.trust}";' if self.trust else "",
         ))
 
     def register(self, user: str, password: str) -> None:

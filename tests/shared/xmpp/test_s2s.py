@@ -11,7 +11,7 @@ import pytest
 
 from shared.xmpp.content_ns import to_client, to_server
 from shared.xmpp.dialback import check_key, dialback_key
-from shared.xmpp.errors import StreamErrorCondition
+from shared.xmpp.errors import StreamError, StreamErrorCondition
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.s2s import (
     AuthFailed,
@@ -361,3 +361,48 @@ def test_rfc6120_4_8_3_content_namespace_is_rewritten_on_the_tree_not_the_text()
     assert b'<body>xmlns="jabber:client"</body>' in server
     assert b'<x xmlns="jabber:x:data">' in server
     assert to_client(parse_fragment(server)) == payload
+
+
+def test_xep0178_external_between_two_servers_then_stanzas() -> None:
+    out = InitiatingStream(A, "b.example")
+    inn = ReceivingStream(B)
+    out.initiate()
+    inn.receive_data(out.data_to_send())
+    drain(inn)
+    out.receive_data(inn.data_to_send())
+    drain(out)  # features: STARTTLS
+    inn.receive_data(out.data_to_send())
+    [tls_in] = drain(inn)
+    out.receive_data(inn.data_to_send())
+    [tls_out] = drain(out)
+    assert isinstance(tls_in, StartTLS) and isinstance(tls_out, StartTLS)
+    inn.tls_established(frozenset({"a.example"}))  # a.example's certificate checked out
+    out.tls_established(cert_valid=True)  # and so did b.example's
+    events_in: list[object] = []
+    events_out: list[object] = []
+    for _ in range(6):
+        inn.receive_data(out.data_to_send())
+        events_in += drain(inn)
+        out.receive_data(inn.data_to_send())
+        events_out += drain(out)
+    assert events_out == [Ready("EXTERNAL")]
+    assert events_in == [PeerAuthenticated("a.example", "EXTERNAL")]
+    out.send(b'<presence xmlns="jabber:client" from="j@a.example/r" to="r@b.example"/>')
+    inn.receive_data(out.data_to_send())
+    [st] = drain(inn)
+    assert isinstance(st, StanzaIn) and st.kind == "presence"
+
+
+def test_rfc6120_8_1_2_1_we_never_send_a_stanza_not_from_our_domain() -> None:
+    out = InitiatingStream(A, "b.example")
+    inn = ReceivingStream(B)
+    out.initiate()
+    pump(out, inn)
+    assert out.ready
+    with pytest.raises(StreamError):
+        out.send(b'<message xmlns="jabber:client" from="x@c.example" to="r@b.example"/>')
+    with pytest.raises(StreamError):
+        out.send(b'<message xmlns="jabber:client" from="j@a.example" to="r@c.example"/>')
+    with pytest.raises(StreamError):
+        out.send(b'<iq xmlns="jabber:client" type="result" id="1" to="r@b.example"/>')
+    assert out.data_to_send() == b""
