@@ -103,6 +103,7 @@ class S2SGateway(PartitionedService):
         self.client_tls = client_context(s.tls_cert, s.tls_key)
         self.direct_tls_context = client_context(s.tls_cert, s.tls_key)
         self.direct_tls_context.set_alpn_protocols(["xmpp-server"])  # XEP-0368 §3
+        self.tls_context_for("", True)  # loads the system trust store now, not mid-stream
         self.stream_config = S2SConfig(
             domain=s.domain,
             secret=await self._secret(),

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from shared import localservers
+from shared.bus import subjects
+from shared.partitions import assign
 from shared.store import keys
 from shared.store.roster import RosterStore
 from shared.xmpp.dialback import dialback_key
@@ -241,4 +243,46 @@ async def test_rfc6120_13_12_inbound_stanza_rate_is_limited_by_pausing_the_strea
         assert "stanzad_s2s_throttled_total 0.0" not in b.metrics("s2s-1")
     finally:
         writer.close()
+        await cb.logout()
+
+
+async def test_rfc6120_10_1_remote_domain_moves_between_gateways_and_traffic_goes_on(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    """Several gateways: the owner of b.example's partition holds its stream.  A second
+    gateway that wins the partition takes the traffic (its dialback keys are checked by
+    the first one's listener: one secret per cluster); when it leaves, the first takes the
+    partition back.  Last test of the module: it changes cluster a."""
+    a, b = clusters
+    p = subjects.partition(B, a.partitions)
+    lease = keys.partition_lease("s2s", p)
+    redis = users_ab[0].redis
+    second = next(n for n in (f"s2s-{i}" for i in range(2, 50))
+                  if assign(p, ["s2s-1", n]) == n)
+    alice, pw_a = await users_ab[0].create("alice")
+    bob, pw_b = await users_ab[1].create("bob")
+    ca = await _login(a, alice, pw_a, "laptop")
+    cb = await _login(b, bob, pw_b, "phone")
+
+    async def owned_by(name: str) -> bool:
+        return (await redis.get(lease) or b"").decode() == name
+
+    try:
+        await asyncio.to_thread(
+            a.start_s2s, second, 0, f"{A}=127.0.0.1:{a.s2s_port},{B}=127.0.0.1:{b.s2s_port}",
+        )
+        await eventually(lambda: owned_by(second), 15, f"{second} owns b.example")
+        for i in range(5):
+            ca.send_message(mto=bob, mbody=f"second-{i}", mtype="chat")
+        assert await _bodies(cb, 5, 20) == [f"second-{i}" for i in range(5)]
+        out = 'stanzad_s2s_authentications_total{direction="out",mechanism="dialback"}'
+        assert out in a.metrics(second)
+
+        await asyncio.to_thread(localservers.stop, a.procs[second])  # SIGTERM: hands over
+        await eventually(lambda: owned_by("s2s-1"), 15, "s2s-1 owns b.example again")
+        for i in range(5):
+            ca.send_message(mto=bob, mbody=f"first-{i}", mtype="chat")
+        assert await _bodies(cb, 5, 20) == [f"first-{i}" for i in range(5)]
+    finally:
+        await ca.logout()
         await cb.logout()
