@@ -94,9 +94,15 @@ class PartitionedService:
             log.warning("publish to %s failed: %s", subject, exc)
 
     async def route(self, env: Envelope) -> None:
-        """Hand a stanza to the router partition of its recipient."""
-        p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
-        await self.publish(subjects.route(p), env)
+        """Hand a stanza to the router partition of its recipient, or to the s2s gateway
+        that owns the recipient's domain when it is remote (federation)."""
+        bare = env.to.partition("/")[0]
+        domain = bare.rpartition("@")[2]
+        if domain != self.settings.domain:
+            await self.publish(subjects.s2s(subjects.partition(domain, self.settings.partitions)),
+                               env)
+            return
+        await self.publish(subjects.route(subjects.partition(bare, self.settings.partitions)), env)
 
     async def session_event(self, bare: str, version: int) -> None:
         """Tell the routers' caches that the bare JID's session table changed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Final, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX: Final = "STANZAD_"
@@ -159,3 +159,82 @@ def load_or_exit(cls: type[S]) -> S:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class S2SSettings(PartitionedSettings):
+    """s2s_gateway: federation with other XMPP servers (RFC 6120, XEP-0220, XEP-0368)."""
+
+    s2s_id: str = Field("", description="Gateway id; generated when empty.")
+    s2s_host: str = Field("127.0.0.1", description="s2s listen address.")
+    s2s_port: int = Field(5269, ge=0, le=65535, description="s2s listen port (STARTTLS).")
+    tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain of the domain.")
+    tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
+    s2s_tls_required: bool = Field(True, description="Require STARTTLS on s2s, both ways.")
+    s2s_dialback_secret: SecretStr = Field(
+        SecretStr(""), description="XEP-0185 secret; empty: one random secret kept in Redis."
+    )
+    s2s_overrides: str = Field(
+        "", description="Static routes 'domain=host:port,...' used instead of DNS."
+    )
+    s2s_connect_timeout_s: float = Field(
+        15.0, gt=0, description="Time to resolve, connect and authenticate to a peer."
+    )
+    s2s_max_queue: int = Field(
+        1000, ge=1, description="Stanzas queued per remote domain while connecting."
+    )
+    s2s_idle_timeout_s: float = Field(
+        300.0, gt=0, description="Close an s2s stream after this long without traffic."
+    )
+    s2s_max_stanza_bytes: int = Field(
+        512 * KiB, ge=1 * KiB, description="Stanza size limit on s2s streams."
+    )
+    s2s_max_stanzas_per_s: float = Field(
+        500.0, gt=0, description="Inbound stanzas per second per s2s stream (reading pauses)."
+    )
+
+    s2s_trusted_certs: str = Field(
+        "", description="Self-signed certificates accepted per domain: 'domain=file.pem,...'."
+    )
+
+    @field_validator("s2s_overrides")
+    @classmethod
+    def _check_overrides(cls, value: str) -> str:
+        parse_overrides(value)
+        return value
+
+    @field_validator("s2s_trusted_certs")
+    @classmethod
+    def _check_trusted(cls, value: str) -> str:
+        parse_trusted_certs(value)
+        return value
+
+    def trusted_certs(self) -> dict[str, str]:
+        return parse_trusted_certs(self.s2s_trusted_certs)
+
+    def override_map(self) -> dict[str, tuple[str, int]]:
+        return parse_overrides(self.s2s_overrides)
+
+
+def parse_overrides(value: str) -> dict[str, tuple[str, int]]:
+    """'a.example=127.0.0.1:5270,b.example=[::1]:5269' -> {domain: (host, port)}."""
+    routes: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        domain, sep, target = item.partition("=")
+        host, colon, port = target.rpartition(":")
+        if not sep or not colon or not domain.strip() or not host or not port.isdigit():
+            raise ValueError(f"expected domain=host:port, got {item!r}")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"bad port in {item!r}")
+        routes[domain.strip().lower()] = (host.strip("[]"), int(port))
+    return routes
+
+
+def parse_trusted_certs(value: str) -> dict[str, str]:
+    """'a.example=/etc/stanzad/a.pem,...' -> {domain: PEM file}."""
+    certs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        domain, sep, path = item.partition("=")
+        if not sep or not domain.strip() or not path.strip():
+            raise ValueError(f"expected domain=file.pem, got {item!r}")
+        certs[domain.strip().lower()] = path.strip()
+    return certs

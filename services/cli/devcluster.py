@@ -1,9 +1,10 @@
 """`stanzad run`: the whole cluster on one machine, in the foreground, Ctrl-C to stop.
 
-Starts nats-server and redis-server (AOF on, data under var/), then one router, one
-connection manager and the admin API, each as its own process with prefixed log lines.
-In-band registration is on in this local profile.  The admin API listens on 127.0.0.1:9190
-with the token of STANZAD_ADMIN_TOKEN, or a fresh one printed at start.
+Starts nats-server and redis-server (AOF on, data under var/), then one router, presence,
+roster, connection manager, s2s gateway and the admin API, each as its own process with
+prefixed log lines.  In-band registration is on in this local profile.  The admin API
+listens on 127.0.0.1:9190 with the token of STANZAD_ADMIN_TOKEN, or a fresh one printed at
+start.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from shared import localservers
 NATS_PORT = 14222
 REDIS_PORT = 16379
 ADMIN_PORT = 9190
+S2S_PORT = 5269
 COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34,
-          "admin": 37}
+          "s2s": 37, "admin": 37}
 
 
 @dataclass
@@ -66,8 +68,9 @@ async def _wait_port(port: int, child: Child, timeout_s: float = 20) -> None:
 
 
 async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
+    s2s_port = int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT))
     for port, what in ((NATS_PORT, "NATS"), (REDIS_PORT, "Redis"), (c2s_port, "c2s"),
-                       (ADMIN_PORT, "the admin API")):
+                       (s2s_port, "s2s"), (ADMIN_PORT, "the admin API")):
         if localservers.port_open("127.0.0.1", port):
             print(f"port {port} for {what} is already in use: is another `make run` going?",
                   file=sys.stderr)
@@ -103,9 +106,16 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
     )
     roster = Child("roster", [python, "-m", "services.roster"],
                    {**common, "STANZAD_HTTP_PORT": "9104", "STANZAD_ROSTER_ID": "roster-local"})
+    s2s = Child(
+        "s2s", [python, "-m", "services.s2s_gateway"],
+        {**common, "STANZAD_HTTP_PORT": "9105", "STANZAD_S2S_ID": "s2s-local",
+         "STANZAD_S2S_PORT": str(s2s_port),
+         "STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
+         "STANZAD_TLS_KEY": str(var / "tls" / "key.pem")},
+    )
     admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     admin = Child("admin", [python, "-m", "services.admin"], {
-        **common, "STANZAD_HTTP_PORT": "9105", "STANZAD_ADMIN_HOST": "127.0.0.1",
+        **common, "STANZAD_HTTP_PORT": "9106", "STANZAD_ADMIN_HOST": "127.0.0.1",
         "STANZAD_ADMIN_PORT": str(ADMIN_PORT), "STANZAD_ADMIN_TOKEN": admin_token,
     })
     started: list[Child] = []
@@ -118,13 +128,13 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
     try:
         for child, port in ((nats, NATS_PORT), (redis, REDIS_PORT), (router, None),
                             (presence, None), (roster, None), (cm, c2s_port),
-                            (admin, ADMIN_PORT)):
+                            (s2s, s2s_port), (admin, ADMIN_PORT)):
             pipes.append(await _start(child))
             started.append(child)
             if port is not None:
                 await _wait_port(port, child)
         print(f"stanzad is up: c2s on 127.0.0.1:{c2s_port} (STARTTLS), domain "
-              f"{common['STANZAD_DOMAIN']}; metrics on :9101-9105.\n"
+              f"{common['STANZAD_DOMAIN']}; s2s on :{s2s_port}; metrics on :9101-9106.\n"
               f"admin API: http://127.0.0.1:{ADMIN_PORT}/api/v1/ with "
               f"'Authorization: Bearer {admin_token}'. Ctrl-C stops it.", flush=True)
         waiters = [asyncio.create_task(c.proc.wait()) for c in started if c.proc]

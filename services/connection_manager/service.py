@@ -269,9 +269,8 @@ class ConnectionManager:
         if to is None or (to.local is None and to.resource is None and to.domain == self.domain):
             self._to_server(conn, st, addressed=to is not None)
             return
-        if to.domain != self.domain:
-            # No s2s yet: RFC 6120 §8.3.3.16 remote-server-not-found.
-            self._bounce_to_client(conn, st, StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND)
+        if to.domain != self.domain:  # federation: the s2s gateway owning the domain
+            self._publish_for(subjects.s2s, to.domain, conn, st, str(to))
             return
         self._publish_for(subjects.route, to.bare_str, conn, st, str(to))
 
@@ -282,12 +281,12 @@ class ConnectionManager:
                 conn.available = st.type == ""
                 self._publish_for(subjects.presence, jid.bare_str, conn, st, "")
             return  # other types without 'to' mean nothing (§4.7.1)
-        if to.domain != self.domain:
-            self._bounce_to_client(conn, st, StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND)
-        elif st.type in SUBSCRIPTION_TYPES:  # §3: the user's roster changes first
+        if st.type in SUBSCRIPTION_TYPES:  # §3: the user's roster changes first
             self._publish_for(subjects.roster, jid.bare_str, conn, st, to.bare_str)
         elif st.type in ("", "unavailable"):  # directed presence, §4.6
             self._publish_for(subjects.presence, jid.bare_str, conn, st, str(to))
+        elif st.type == "error" and to.domain != self.domain:  # federation: s2s gateway
+            self._publish_for(subjects.s2s, to.domain, conn, st, str(to))
         elif st.type == "error":
             self._publish_for(subjects.route, to.bare_str, conn, st, str(to))
         # 'probe' from a client is not allowed (§4.3): ignored

@@ -152,6 +152,18 @@ class PresenceService(PartitionedService):
                            origin=SERVICE, payload=payload)
             await self.publish(subjects.connection_manager(cm_id), env)
         metrics.FANOUT_RECIPIENTS.observe(sum(len(r) for r in by_cm.values()))
+        await self._broadcast_remote(full, payload, contacts, mine)
+
+    async def _broadcast_remote(
+        self, full: str, payload: bytes, contacts: list[str], blocked: frozenset[str]
+    ) -> None:
+        """Contacts on other servers get the presence addressed to their bare JID, through
+        the s2s gateway; their server delivers it to their resources (RFC 6121 §4.2.2)."""
+        for contact in contacts:
+            if contact.partition("@")[2] == self.settings.domain or is_blocked(blocked, contact):
+                continue
+            await self.route(Envelope(Kind.PRESENCE, to=contact, from_=full,
+                                       origin=SERVICE, payload=with_to(payload, contact)))
 
     async def _session_tables(
         self, bares: list[str]
@@ -186,6 +198,12 @@ class PresenceService(PartitionedService):
             if is_blocked(mine, contact) or is_blocked(theirs, full):
                 continue
             out.extend(with_to(stanza, full) for stanza in presences.values())
+        for contact in wanted:  # §4.3.1: remote contacts are probed through their server
+            if contact.partition("@")[2] != self.settings.domain and not is_blocked(mine, contact):
+                probe = (f'<presence xmlns="{ns.CLIENT}" type="probe" from={quoteattr(bare)} '
+                         f"to={quoteattr(contact)}/>").encode()
+                await self.route(Envelope(Kind.PRESENCE, to=contact, from_=bare, type="probe",
+                                           origin=SERVICE, payload=probe))
         for contact, item in items.items():
             if item.state.pending_in:
                 out.append(

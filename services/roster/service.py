@@ -127,6 +127,10 @@ class RosterService(PartitionedService):
             payload = error_reply(iq, err, to=env.from_, from_=None)
             await self._to_session(env.from_, _cm(env), Kind.IQ, payload)
             return
+        if outcome.push:  # the routers' caches first: the client may act on the answer at once
+            await self.session_event(
+                account, int(await self.redis.incr(keys.sessions_version(account)))
+            )
         await self._to_session(
             env.from_, _cm(env), Kind.IQ, iq_result(env.id, None, None, outcome.result)
         )
@@ -139,9 +143,6 @@ class RosterService(PartitionedService):
                 f"to={quoteattr(full)}>{outcome.push}</iq>"
             ).encode()
             await self._to_session(full, record.cm_id, Kind.IQ, push)
-        await self.session_event(
-            account, int(await self.redis.incr(keys.sessions_version(account)))
-        )
         for jid in outcome.blocked:
             await self._send_unavailable(account, jid)
 
@@ -273,9 +274,6 @@ class RosterService(PartitionedService):
     async def _forward(self, user: str, contact: str, type_: str, payload: bytes | None) -> None:
         """Hand a subscription stanza to the contact's roster partition (stamped with the
         user's bare JID, §3.1.2)."""
-        if contact.partition("@")[2] != self.settings.domain:
-            log.info("subscription to a remote domain dropped: no s2s yet")
-            return
         stanza = (
             f'<presence xmlns="{ns.CLIENT}" from={quoteattr(user)} to={quoteattr(contact)} '
             f'type="{type_}"/>'
@@ -287,6 +285,11 @@ class RosterService(PartitionedService):
             stanza = etree.tostring(el)
         env = Envelope(Kind.PRESENCE, to=contact, from_=user, type=type_, origin=SERVICE,
                        payload=stanza)
+        remote = contact.partition("@")[2]
+        if remote != self.settings.domain:  # federation: the contact's server applies its side
+            await self.publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
+                                env)
+            return
         p = subjects.partition(contact, self.settings.partitions)
         await self.publish(subjects.roster(p), env)
 
@@ -328,6 +331,11 @@ class RosterService(PartitionedService):
 
     async def _to_session(self, full: str, cm_id: str, kind: Kind, payload: bytes) -> None:
         env = Envelope(kind, to=full, from_="", type="result", origin=SERVICE, payload=payload)
+        remote = full.partition("/")[0].rpartition("@")[2]
+        if remote != self.settings.domain:  # a remote requester (vCard, disco): via s2s
+            await self.publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
+                                env)
+            return
         await self.publish(subjects.connection_manager(cm_id), env)
 
 

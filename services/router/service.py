@@ -72,6 +72,8 @@ class Router(PartitionedService):
                 continue
             if env.kind is Kind.SESSION:
                 self.cache.invalidate(env.to)
+            elif env.kind in STANZA_KINDS and self._remote(env):
+                continue
             elif env.kind in STANZA_KINDS:
                 envelopes.append(env)
         if not envelopes:
@@ -93,6 +95,17 @@ class Router(PartitionedService):
             metrics.ROUTED.labels(*labels).inc(n)
         self._tally.clear()
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+
+    def _remote(self, env: Envelope) -> bool:
+        """A stanza for another domain (a bounce to a remote sender, a presence service's
+        answer to a remote prober): handed to the s2s gateway that owns the domain."""
+        domain = env.to.partition("/")[0].rpartition("@")[2]
+        if domain == self.settings.domain or not domain:
+            return False
+        self._tally[(env.kind.value, "remote")] += 1
+        p = subjects.partition(domain, self.settings.partitions)
+        self.bus.publish_soon(subjects.s2s(p), env.encode())
+        return True
 
     async def _entries(self, bares: set[str]) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}

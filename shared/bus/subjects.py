@@ -43,3 +43,10 @@ def roster(p: int) -> str:
     """Roster requests and subscription presence of the users of partition ``p`` (RFC 6121 §2,
     §3), consumed by the roster service."""
     return f"{PREFIX}.roster.{p}"
+
+
+def s2s(p: int) -> str:
+    """Stanzas for remote domains, ``p = partition(remote domain)``: consumed by the s2s
+    gateway that owns the partition, so one process holds a remote domain's connection and
+    the order per sender → recipient is kept (RFC 6120 §10.1)."""
+    return f"{PREFIX}.s2s.{p}"

@@ -113,3 +113,9 @@ def auth_failures_source(source: str) -> str:
 def auth_failures_account(bare_jid: str) -> str:
     """Counter of failed SASL attempts against one account (XEP-0205), with a TTL."""
     return f"authfail:acct:{{{bare_jid}}}"
+
+
+def dialback_secret() -> str:
+    """The cluster's Server Dialback secret (XEP-0185), shared by every s2s gateway process
+    so that any of them can answer a <db:verify/> for a key another one sent."""
+    return "s2s:dialback-secret"

@@ -26,6 +26,7 @@ class Cluster:
     nats_port: int = 0
     redis_port: int = 0
     c2s_ports: list[int] = field(default_factory=list)
+    s2s_port: int = 0
     side_ports: dict[str, int] = field(default_factory=dict)
     admin_ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -132,6 +133,28 @@ class Cluster:
         self.start_presence()
         self.start_roster()
 
+    def start_s2s(self, name: str = "s2s-1", port: int = 0, overrides: str = "",
+                  wait: bool = True, **env: str) -> int:
+        """An s2s gateway on ``port`` (a free one by default); ``overrides`` is
+        STANZAD_S2S_OVERRIDES (domain=host:port,...), so no DNS is needed."""
+        port = port or localservers.free_port()
+        self.start_service(
+            name,
+            "services.s2s_gateway",
+            STANZAD_S2S_ID=name,
+            STANZAD_S2S_PORT=str(port),
+            STANZAD_S2S_OVERRIDES=overrides,
+            STANZAD_S2S_CONNECT_TIMEOUT_S="5",
+            STANZAD_TLS_CERT=str(self.workdir / "tls" / "s2s-cert.pem"),
+            STANZAD_TLS_KEY=str(self.workdir / "tls" / "s2s-key.pem"),
+            STANZAD_LEASE_TTL_S="3",
+            **env,
+        )
+        if wait:
+            self.wait_ready(name)
+        self.s2s_port = port
+        return port
+
     def start_cm(self, name: str = "cm-1", **env: str) -> int:
         port = localservers.free_port()
         env = {
@@ -187,8 +210,8 @@ class Cluster:
             localservers.stop(self.procs[name])
 
 
-def new_cluster() -> Cluster:
-    return Cluster(workdir=Path(tempfile.mkdtemp(prefix="stanzad-test-")))
+def new_cluster(domain: str = "localhost") -> Cluster:
+    return Cluster(workdir=Path(tempfile.mkdtemp(prefix="stanzad-test-")), domain=domain)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

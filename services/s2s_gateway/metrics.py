@@ -1,0 +1,37 @@
+"""Metrics of the s2s gateway (stanzad_s2s_*)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+PARTITIONS = Gauge("stanzad_s2s_partitions", "s2s partitions (remote domains) this gateway owns.")
+CONNECTIONS = Gauge(
+    "stanzad_s2s_connections", "Open s2s connections by direction.", ["direction"]
+)
+CONNECTIONS_OPENED = Counter(
+    "stanzad_s2s_connections_opened_total", "s2s connections opened by direction.", ["direction"]
+)
+AUTHENTICATED = Counter(
+    "stanzad_s2s_authentications_total", "Peers authenticated, by direction and mechanism.",
+    ["direction", "mechanism"],
+)
+AUTH_FAILURES = Counter(
+    "stanzad_s2s_auth_failures_total", "Failed s2s authentications by mechanism.", ["mechanism"]
+)
+DIALBACK_VERIFY = Counter(
+    "stanzad_s2s_dialback_verifications_total",
+    "Dialback keys checked with an authoritative server (asked) or for a peer (answered).",
+    ["role", "result"],
+)
+QUEUED = Gauge("stanzad_s2s_queue_stanzas", "Stanzas waiting for a connection to be set up.")
+STANZAS = Counter("stanzad_s2s_stanzas_total", "Stanzas sent and received.", ["direction"])
+BOUNCES = Counter(
+    "stanzad_s2s_bounces_total", "Stanzas bounced to local senders, by condition.", ["condition"]
+)
+STREAM_ERRORS = Counter(
+    "stanzad_s2s_stream_errors_total", "s2s streams ended with an error, by condition.",
+    ["condition"],
+)
+THROTTLED = Counter(
+    "stanzad_s2s_throttled_total", "Times an inbound stream hit its stanza rate and paused."
+)

@@ -1,0 +1,268 @@
+"""The s2s gateway: every server-to-server connection of the cluster (RFC 6120, XEP-0220).
+
+Outbound: stanzas for a remote domain arrive on ``stanzad.s2s.<p>`` (p = partition of the
+remote domain).  The gateway is a partitioned service of role "s2s": one process at a time
+owns a partition, hence a remote domain's connection, and the order per sender → recipient
+is kept.  Each domain has one `Link` (outbound.py).
+
+Inbound: peers connect to our port (5269), do STARTTLS and dialback; accepted stanzas go
+onto the bus exactly as a connection manager publishes a client's, with origin "s2s" (no
+'/': the roster service treats such subscription presence as inbound for the local user).
+Any gateway process may take any inbound connection and answer any <db:verify/>: the
+dialback secret is the cluster's, not the process's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+import time
+
+from shared.bus import subjects
+from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
+from shared.partitioned import PartitionedService
+from shared.settings import S2SSettings
+from shared.store import keys
+from shared.tls import ensure_self_signed, server_context
+from shared.xmpp import server_iq
+from shared.xmpp.errors import StanzaError, StanzaErrorCondition
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.s2s import DialbackRequested, S2SConfig, StanzaIn
+from shared.xmpp.s2s_out import VerifyRequest
+from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce
+
+from . import metrics
+from .connection import InboundConnection
+from .outbound import Link, verify_key
+from .resolver import Resolver
+
+log = logging.getLogger(__name__)
+
+SERVICE = "s2s_gateway"
+ORIGIN = "s2s"  # envelope origin of stanzas from remote servers (no '/': not a local session)
+SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
+MAX_HOPS = 4
+UNVERIFIABLE_TTL_S = 3600.0
+
+
+def client_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS for our outbound streams.  The peer's certificate is not required to validate:
+    dialback (XEP-0220) authenticates the peer when it does not.  Ours is presented for the
+    peer's own checks."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def verifying_context(cert: str, key: str, cafile: str | None) -> ssl.SSLContext:
+    """TLS for an outbound stream whose peer certificate must be valid for the domain: the
+    system's trust store, or only ``cafile`` (a self-signed certificate trusted for one
+    domain, STANZAD_S2S_TRUSTED_CERTS).  A valid certificate allows SASL EXTERNAL."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class S2SGateway(PartitionedService):
+    name = SERVICE
+    role = "s2s"
+
+    def __init__(self, settings: S2SSettings) -> None:
+        super().__init__(
+            settings,
+            settings.s2s_id or f"s2s-{secrets.token_hex(4)}",
+            lambda p: [subjects.s2s(p)],
+            metrics.PARTITIONS.set,
+        )
+        self.s2s_settings = settings
+        self.domain = settings.domain
+        self.resolver = Resolver(settings.override_map(), settings.s2s_connect_timeout_s)
+        self.links: dict[str, Link] = {}
+        self.inbound: set[InboundConnection] = set()
+        self.stream_config = S2SConfig(domain=settings.domain, secret=b"")
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._verifying: dict[str, ssl.SSLContext] = {}
+        self._unverifiable: dict[str, float] = {}  # domain -> until when not to try again
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.s2s_settings
+        if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
+            log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
+        self.server_tls = server_context(s.tls_cert, s.tls_key)
+        self.client_tls = client_context(s.tls_cert, s.tls_key)
+        self.direct_tls_context = client_context(s.tls_cert, s.tls_key)
+        self.direct_tls_context.set_alpn_protocols(["xmpp-server"])  # XEP-0368 §3
+        self.tls_context_for("", True)  # loads the system trust store now, not mid-stream
+        self.stream_config = S2SConfig(
+            domain=s.domain,
+            secret=await self._secret(),
+            tls_available=True,
+            tls_required=s.s2s_tls_required,
+            max_stanza_bytes=s.s2s_max_stanza_bytes,
+        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: InboundConnection(self), s.s2s_host, s.s2s_port, backlog=256,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("%s listening for s2s on %s:%d (domain %s)", self.member_id, s.s2s_host,
+                 self.port, s.domain)
+        await super().start()
+
+    # ---- TLS for outbound streams ----------------------------------------------------------
+
+    def should_verify(self, domain: str) -> bool:
+        """Try a verifying handshake (and so SASL EXTERNAL) unless this domain's certificate
+        failed verification in the last hour."""
+        until = self._unverifiable.get(domain)
+        return until is None or until < time.monotonic()
+
+    def unverifiable(self, domain: str) -> None:
+        self._unverifiable[domain] = time.monotonic() + UNVERIFIABLE_TTL_S
+
+    def tls_context_for(self, domain: str, verify: bool) -> ssl.SSLContext:
+        if not verify:
+            return self.client_tls
+        trusted = self.s2s_settings.trusted_certs().get(domain)
+        key = trusted or ""
+        if key not in self._verifying:
+            s = self.s2s_settings
+            self._verifying[key] = verifying_context(s.tls_cert, s.tls_key, trusted)
+        return self._verifying[key]
+
+    async def _secret(self) -> bytes:
+        """The configured secret, or the cluster's random one (created once, in Redis)."""
+        configured = self.s2s_settings.s2s_dialback_secret.get_secret_value()
+        if configured:
+            return configured.encode()
+        await self.redis.set(keys.dialback_secret(), secrets.token_hex(32), nx=True)
+        stored = await self.redis.get(keys.dialback_secret())
+        return bytes(stored)
+
+    def ready(self) -> bool:
+        return self._server is not None and super().ready()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in list(self.links.values()):
+            link.close()
+        for conn in list(self.inbound):
+            conn.close()
+        await asyncio.sleep(0.05)  # let the closing stream tags go out
+        await super().stop()
+
+    async def _release(self, p: int) -> None:
+        """A partition moved to another gateway: so do its domains' connections."""
+        await super()._release(p)
+        for domain, link in list(self.links.items()):
+            if subjects.partition(domain, self.settings.partitions) == p:
+                link.close()
+                del self.links[domain]
+
+    # ---- outbound --------------------------------------------------------------------------
+
+    async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        for _subject, data in batch:
+            try:
+                env = Envelope.decode(data)
+            except EnvelopeError as exc:
+                log.warning("dropped a bad envelope: %s", exc)
+                continue
+            if env.kind in STANZA_KINDS:
+                self.send_remote(env)
+
+    def send_remote(self, env: Envelope) -> None:
+        domain = env.to.partition("/")[0].rpartition("@")[2]
+        if domain == self.domain or not domain:  # not for us: let the router have it
+            p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
+            self.bus.publish_soon(subjects.route(p), env.forwarded().encode())
+            return
+        link = self.links.get(domain)
+        if link is None or link.done:
+            link = self.links[domain] = Link(self, domain)
+        link.send(env)
+
+    def bounce(self, env: Envelope, condition: StanzaErrorCondition) -> None:
+        """Tell a local sender its stanza could not go out (RFC 6120 §8.3)."""
+        if must_not_bounce(env.type) or env.hops >= MAX_HOPS or not env.from_:
+            return
+        sender_bare = env.from_.partition("/")[0]
+        if sender_bare.rpartition("@")[2] != self.domain:
+            return
+        try:
+            element = parse_fragment(env.payload, self.s2s_settings.s2s_max_stanza_bytes)
+        except Exception as exc:
+            log.warning("cannot bounce an unparsable payload: %s", exc)
+            return
+        metrics.BOUNCES.labels(condition.value).inc()
+        payload = error_reply(element, StanzaError(condition), to=env.from_, from_=env.to)
+        bounce = Envelope(env.kind, to=env.from_, from_=env.to, type="error", id=env.id,
+                          origin=SERVICE, hops=env.hops + 1, payload=payload, ts_us=env.ts_us)
+        p = subjects.partition(sender_bare, self.settings.partitions)
+        self.bus.publish_soon(subjects.route(p), bounce.encode())
+
+    # ---- inbound ---------------------------------------------------------------------------
+
+    async def verify_dialback(self, request: DialbackRequested) -> bool | None:
+        return await verify_key(
+            self,
+            VerifyRequest(request.receiving, request.originating, request.stream_id,
+                          request.key),
+        )
+
+    def stanza_from_peer(self, st: StanzaIn) -> None:
+        """Publish an accepted stanza as a connection manager would publish a client's
+        (services/connection_manager/service.py `stanza_from_client`)."""
+        to, from_ = st.to, st.from_
+        env = Envelope(Kind(st.kind), to=str(to), from_=str(from_), type=st.type, id=st.id,
+                       origin=ORIGIN, payload=st.payload, ts_us=time.time_ns() // 1000)
+        parts = self.settings.partitions
+        p = subjects.partition(to.bare_str, parts)
+        if st.kind == "presence":
+            if st.type in SUBSCRIPTION_TYPES:  # RFC 6121 §3: the local user's roster
+                self.bus.publish_soon(subjects.roster(p), env._replace(to=to.bare_str).encode())
+            elif st.type == "probe":  # §4.3: answered by the local user's presence service
+                self.bus.publish_soon(subjects.presence(p),
+                                      env._replace(to=to.bare_str).encode())
+            else:  # available, unavailable, error: delivered by the router (§4.2-§4.6)
+                self.bus.publish_soon(subjects.route(p), env.encode())
+            return
+        if to.local is None and to.resource is None:
+            self._to_server(st)
+            return
+        self.bus.publish_soon(subjects.route(p), env.encode())
+
+    def _to_server(self, st: StanzaIn) -> None:
+        """RFC 6120 §10.3: stanzas to our domain itself; IQs answered (disco, ping, version),
+        the answer goes back over our own outbound stream to the peer."""
+        if st.kind != "iq" or st.type not in ("get", "set"):
+            return
+        try:
+            element = parse_fragment(st.payload, self.s2s_settings.s2s_max_stanza_bytes)
+        except Exception:
+            return
+        reply = server_iq.answer(element, st.type)
+        if isinstance(reply, StanzaError):
+            payload = error_reply(element, reply, to=str(st.from_), from_=str(st.to))
+            type_ = "error"
+        else:
+            payload = iq_result(st.id, str(st.from_), str(st.to), reply or "")
+            type_ = "result"
+        env = Envelope(Kind.IQ, to=str(st.from_), from_=str(st.to), type=type_, id=st.id,
+                       origin=SERVICE, payload=payload)
+        p = subjects.partition(st.from_.domain, self.settings.partitions)
+        self.bus.publish_soon(subjects.s2s(p), env.encode())
+

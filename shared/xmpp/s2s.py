@@ -1,0 +1,501 @@
+"""The server-to-server stream, receiving side, sans-I/O (RFC 6120 §4-§6, §13.7; XEP-0220).
+
+A peer server opens a stream to us (we are the Receiving Server of XEP-0220).  Bytes go in
+with `receive_data`, events come out of `next_event`, bytes to write are taken with
+`data_to_send`, as in `shared.xmpp.c2s`.  Steps that need I/O come out as events and the
+machine waits until the caller answers:
+
+    StartTLS            -> caller wraps the socket, then `tls_established(cert_domains)`
+    DialbackRequested   -> caller asks the Authoritative Server (XEP-0220 §2.3), then
+                           `dialback_result(valid)` with True, False or None (no answer)
+
+What the machine enforces:
+
+* the header is a ``jabber:server`` stream (RFC 6120 §4.8.3) whose 'to' is our domain
+  (`host-unknown`), and it declares the dialback namespace in ours (XEP-0220 §2.1);
+* features: STARTTLS until TLS is on, SASL EXTERNAL only when the caller vouched that the
+  peer's certificate is valid for the domain it claims (RFC 6120 §6, XEP-0178), dialback;
+* <db:result/> (XEP-0220 §2.1.2) produces `DialbackRequested`; <db:verify/> (§2.3.2, we are
+  the Authoritative Server) is answered at once from the keyed HMAC of XEP-0185;
+* stanzas are accepted only once a domain is authenticated on this stream, and only with a
+  'from' of an authenticated domain (`invalid-from`, never trust a peer's claim) and a 'to'
+  in our domain (`host-unknown`); both are required (`improper-addressing`, RFC 6120 §8.1.1);
+* stanzas are rewritten from ``jabber:server`` to ``jabber:client`` (`content_ns`).
+
+Every stream restart (after STARTTLS, after SASL) takes a fresh parser, as c2s does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+from xml.sax.saxutils import escape, quoteattr
+
+from lxml import etree
+
+from shared.jid import JID, JIDError, parse_jid
+from shared.xmpp import ns
+from shared.xmpp.content_ns import to_client
+from shared.xmpp.dialback import check_key
+from shared.xmpp.errors import StreamError, StreamErrorCondition
+from shared.xmpp.parser import (
+    PRE_AUTH_LIMITS,
+    ParserLimits,
+    StanzaReceived,
+    StreamClosed,
+    StreamOpened,
+    StreamParser,
+)
+from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS
+
+KiB: Final = 1024
+S2S_MAX_STANZA_BYTES: Final = 512 * KiB
+# one s2s stream carries every user's traffic with a domain: far more distinct names than a
+# client stream, still bounded (see ParserLimits.max_distinct_names)
+S2S_DISTINCT_NAMES: Final = 50_000
+DB_RESULT: Final = f"{{{ns.DIALBACK}}}result"
+DB_VERIFY: Final = f"{{{ns.DIALBACK}}}verify"
+
+
+@dataclass(frozen=True, slots=True)
+class S2SConfig:
+    """What a server-to-server stream needs to know about its server."""
+
+    domain: str
+    secret: bytes  # the dialback secret of the cluster (XEP-0185)
+    tls_available: bool = True
+    tls_required: bool = True
+    max_stanza_bytes: int = S2S_MAX_STANZA_BYTES
+
+
+# ---- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    """<proceed/> is queued: write it, then start the TLS handshake."""
+
+
+@dataclass(frozen=True, slots=True)
+class DialbackRequested:
+    """XEP-0220 §2.1.2: ``originating`` claims to be itself; ask its Authoritative Server."""
+
+    originating: str
+    receiving: str
+    stream_id: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthenticated:
+    domain: str
+    mechanism: str  # "dialback" or "EXTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailed:
+    mechanism: str
+    condition: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyAnswered:
+    """We answered a <db:verify/> as the Authoritative Server (XEP-0220 §2.3.2)."""
+
+    valid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StanzaIn:
+    """An accepted stanza from a remote domain, in the cluster's canonical bytes."""
+
+    kind: str
+    type: str
+    id: str
+    to: JID
+    from_: JID
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The stream is over; write what is left and close the transport."""
+
+    error: StreamErrorCondition | None
+
+
+Event = (
+    StartTLS
+    | DialbackRequested
+    | PeerAuthenticated
+    | AuthFailed
+    | VerifyAnswered
+    | StanzaIn
+    | StreamEnded
+)
+
+
+class State(enum.Enum):
+    HEADER = "header"
+    OPEN = "open"
+    WAITING = "waiting"
+    CLOSED = "closed"
+
+
+def stream_header(domain: str, peer: str | None, stream_id: str | None) -> bytes:
+    """Our header of a jabber:server stream, with the dialback namespace (XEP-0220 §2.1.1)."""
+    to = f" to={quoteattr(peer)}" if peer else ""
+    sid = f" id={quoteattr(stream_id)}" if stream_id else ""
+    return (
+        "<?xml version='1.0'?>"
+        f'<stream:stream xmlns="{ns.SERVER}" xmlns:stream="{ns.STREAM}" '
+        f'xmlns:db="{ns.DIALBACK}"{sid} from={quoteattr(domain)}{to} '
+        'version="1.0" xml:lang="en">'
+    ).encode()
+
+
+def check_header(header: StreamOpened) -> None:
+    """RFC 6120 §4.8: the stream and content namespaces, and version 1.0 (§4.7.5)."""
+    if header.stream_ns != ns.STREAM or header.local_name != "stream":
+        raise StreamError(StreamErrorCondition.INVALID_NAMESPACE)
+    if header.default_ns != ns.SERVER:
+        raise StreamError(StreamErrorCondition.INVALID_NAMESPACE, "jabber:server expected")
+    major = header.attrs.get("version", "").partition(".")[0]
+    if not major.isdigit() or int(major) < 1:
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_VERSION, "version 1.0 required")
+
+
+def parse_domain(value: str | None) -> str | None:
+    """A prepared domain JID, or None if ``value`` is not one."""
+    if not value:
+        return None
+    try:
+        jid = parse_jid(value)
+    except JIDError:
+        return None
+    if jid.local is not None or jid.resource is not None:
+        return None
+    return jid.domain
+
+
+class ReceivingStream:
+    """One inbound server-to-server stream, from the first byte to </stream:stream>."""
+
+    def __init__(self, config: S2SConfig) -> None:
+        self.config = config
+        self.state = State.HEADER
+        self.tls = False
+        self.stream_id = ""
+        self.peer_from: str | None = None  # the 'from' of the peer's header, if any
+        self.authenticated: set[str] = set()  # remote domains proven on this stream
+        self._cert_domains: frozenset[str] = frozenset()
+        self._sasl_done = False
+        self._parser = StreamParser(PRE_AUTH_LIMITS)
+        self._pending: deque[object] = deque()
+        self._ready: deque[Event] = deque()
+        self._out: list[bytes] = []
+        self._header_sent = False
+        self._waiting: DialbackRequested | StartTLS | None = None
+
+    # ---- input and output ----------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        try:
+            self._pending.extend(self._parser.feed(data))
+        except StreamError as exc:
+            self._pending.append(exc)
+
+    def next_event(self) -> Event | None:
+        if self._ready:
+            return self._ready.popleft()
+        while self._pending and self.state not in (State.WAITING, State.CLOSED):
+            item = self._pending.popleft()
+            try:
+                event = self._handle(item)
+            except StreamError as exc:
+                return self._fail(exc)
+            if event is not None:
+                return event
+        return None
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # ---- answers from the caller ---------------------------------------------------------
+
+    def tls_established(self, cert_domains: frozenset[str] = frozenset()) -> None:
+        """TLS is on; ``cert_domains`` are the domains the peer's certificate is valid for
+        (the caller checked the chain), which allows SASL EXTERNAL for them."""
+        if not isinstance(self._waiting, StartTLS):
+            raise RuntimeError("not waiting for TLS")
+        self._waiting = None
+        self.tls = True
+        self._cert_domains = cert_domains
+        self._restart()
+
+    def dialback_result(self, valid: bool | None) -> None:
+        """The Authoritative Server's answer (XEP-0220 §2.1.3); None: it could not be asked."""
+        request = self._waiting
+        if not isinstance(request, DialbackRequested):
+            raise RuntimeError("not waiting for a dialback result")
+        self._waiting = None
+        self.state = State.OPEN
+        attrs = f"from={quoteattr(request.receiving)} to={quoteattr(request.originating)}"
+        if valid:
+            self._out.append(f"<db:result {attrs} type='valid'/>".encode())
+            self.authenticated.add(request.originating)
+            self._parser.limits = self._stanza_limits()
+            self._ready.append(PeerAuthenticated(request.originating, "dialback"))
+            return
+        if valid is None:  # XEP-0220 §2.4: the error is for this domain only
+            self._out.append(
+                f"<db:result {attrs} type='error'><error type='cancel'>"
+                f"<remote-server-not-found xmlns='{ns.STANZAS_ERRORS}'/></error>"
+                "</db:result>".encode()
+            )
+            self._ready.append(AuthFailed("dialback", "remote-server-not-found"))
+            return
+        self._out.append(f"<db:result {attrs} type='invalid'/>".encode())
+        self._ready.append(AuthFailed("dialback", "invalid"))
+        # XEP-0220 §2.1.3: the stream is not to be trusted any more
+        self._ready.append(
+            self._fail(StreamError(StreamErrorCondition.NOT_AUTHORIZED, "dialback failed"))
+        )
+
+    def close(self, condition: StreamErrorCondition | None = None, text: str | None = None) -> None:
+        if self.state is State.CLOSED:
+            return
+        if condition is not None:
+            self._fail(StreamError(condition, text))
+            return
+        self._ensure_header()
+        self._out.append(b"</stream:stream>")
+        self.state = State.CLOSED
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _restart(self) -> None:
+        self._parser = StreamParser(PRE_AUTH_LIMITS)
+        self._pending.clear()
+        self._header_sent = False
+        self.state = State.HEADER
+
+    def _stanza_limits(self) -> ParserLimits:
+        """Limits once the peer is authenticated (RFC 6120 §13.12)."""
+        return ParserLimits(
+            max_stanza_bytes=self.config.max_stanza_bytes, max_distinct_names=S2S_DISTINCT_NAMES
+        )
+
+    def _fail(self, exc: StreamError) -> StreamEnded:
+        self._ensure_header()
+        self._out.append(exc.to_xml())
+        self._out.append(b"</stream:stream>")
+        self.state = State.CLOSED
+        self._pending.clear()
+        return StreamEnded(exc.condition)
+
+    def _ensure_header(self, peer: str | None = None) -> None:
+        """RFC 6120 §4.9.1.3: even an error is preceded by our stream header."""
+        if self._header_sent:
+            return
+        self._header_sent = True
+        self.stream_id = secrets.token_urlsafe(16)
+        self._out.append(stream_header(self.config.domain, peer, self.stream_id))
+
+    def _handle(self, item: object) -> Event | None:
+        if isinstance(item, StreamError):
+            raise item
+        if isinstance(item, StreamOpened):
+            return self._on_header(item)
+        if isinstance(item, StreamClosed):
+            self._ensure_header()
+            self._out.append(b"</stream:stream>")
+            self.state = State.CLOSED
+            return StreamEnded(None)
+        assert isinstance(item, StanzaReceived)
+        element = item.element
+        tag = element.tag
+        if not isinstance(tag, str):  # pragma: no cover - the parser refuses these
+            raise StreamError(StreamErrorCondition.RESTRICTED_XML)
+        if tag.startswith("{" + ns.SERVER + "}"):
+            return self._on_stanza(element, tag[len(ns.SERVER) + 2 :])
+        if tag == DB_RESULT:
+            return self._on_db_result(element)
+        if tag == DB_VERIFY:
+            return self._on_db_verify(element)
+        if tag == f"{{{ns.TLS}}}starttls":
+            return self._on_starttls()
+        if tag.startswith("{" + ns.SASL + "}"):
+            return self._on_sasl(element, tag[len(ns.SASL) + 2 :])
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+
+    def _on_header(self, header: StreamOpened) -> Event | None:
+        peer = parse_domain(header.attrs.get("from"))
+        self._ensure_header(peer)
+        check_header(header)
+        to = header.attrs.get("to")
+        # RFC 6120 §4.7.2: a 'to' naming a domain we do not serve is host-unknown.  Some
+        # dialback-only peers leave it out; <db:result/> then names the domain.
+        if to is not None and parse_domain(to) != self.config.domain:
+            raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
+        self.peer_from = peer
+        self.state = State.OPEN
+        self._out.append(self._features())
+        return None
+
+    def _features(self) -> bytes:
+        parts = ["<stream:features>"]
+        if self.config.tls_available and not self.tls:
+            required = "<required/>" if self.config.tls_required else ""
+            parts.append(f'<starttls xmlns="{ns.TLS}">{required}</starttls>')
+        if self._auth_allowed():
+            if self._external_allowed():
+                parts.append(
+                    f'<mechanisms xmlns="{ns.SASL}"><mechanism>EXTERNAL</mechanism></mechanisms>'
+                )
+            parts.append(f'<dialback xmlns="{ns.DIALBACK_FEATURE}"><errors/></dialback>')
+        parts.append("</stream:features>")
+        return "".join(parts).encode()
+
+    def _auth_allowed(self) -> bool:
+        return self.tls or not self.config.tls_required
+
+    def _external_allowed(self) -> bool:
+        return (
+            self.tls
+            and not self._sasl_done
+            and self.peer_from is not None
+            and self.peer_from in self._cert_domains
+        )
+
+    # ---- STARTTLS (RFC 6120 §5) -----------------------------------------------------------
+
+    def _on_starttls(self) -> Event:
+        if self.tls or not self.config.tls_available or self.authenticated:
+            self._out.append(f'<failure xmlns="{ns.TLS}"/></stream:stream>'.encode())
+            self.state = State.CLOSED
+            return StreamEnded(StreamErrorCondition.POLICY_VIOLATION)
+        self._out.append(f'<proceed xmlns="{ns.TLS}"/>'.encode())
+        self._pending.clear()  # nothing sent in the clear after <starttls/> is processed
+        self.state = State.WAITING
+        self._waiting = StartTLS()
+        return self._waiting
+
+    # ---- SASL EXTERNAL (RFC 6120 §6.4, XEP-0178 §3) ---------------------------------------
+
+    def _on_sasl(self, element: etree._Element, name: str) -> Event | None:
+        if name != "auth":
+            raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "no SASL exchange")
+        mechanism = element.get("mechanism", "")
+        if mechanism != "EXTERNAL" or not self._external_allowed():
+            return self._sasl_failure("invalid-mechanism", mechanism)
+        assert self.peer_from is not None
+        try:
+            authzid = _b64(element.text)
+        except ValueError:
+            return self._sasl_failure("incorrect-encoding", mechanism)
+        if authzid and authzid.decode(errors="replace") != self.peer_from:
+            return self._sasl_failure("invalid-authzid", mechanism)
+        self._out.append(f'<success xmlns="{ns.SASL}"/>'.encode())
+        self._sasl_done = True
+        domain = self.peer_from
+        self.authenticated.add(domain)
+        self._restart()
+        self._parser.limits = self._stanza_limits()
+        return PeerAuthenticated(domain, "EXTERNAL")
+
+    def _sasl_failure(self, condition: str, mechanism: str) -> Event:
+        self._out.append(f'<failure xmlns="{ns.SASL}"><{condition}/></failure>'.encode())
+        return AuthFailed("EXTERNAL" if mechanism == "EXTERNAL" else "other", condition)
+
+    # ---- dialback (XEP-0220 §2.1.2, §2.3.2) -----------------------------------------------
+
+    def _on_db_result(self, element: etree._Element) -> Event | None:
+        if element.get("type"):  # results come to the originating side, not here
+            raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+        if not self._auth_allowed():
+            raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "STARTTLS first")
+        originating = parse_domain(element.get("from"))
+        receiving = parse_domain(element.get("to"))
+        if originating is None:
+            raise StreamError(StreamErrorCondition.INVALID_FROM)
+        if receiving != self.config.domain:
+            raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
+        key = (element.text or "").strip()
+        if not key:
+            raise StreamError(StreamErrorCondition.BAD_FORMAT, "no dialback key")
+        request = DialbackRequested(originating, receiving, self.stream_id, key)
+        self.state = State.WAITING
+        self._waiting = request
+        return request
+
+    def _on_db_verify(self, element: etree._Element) -> Event:
+        receiving = element.get("from") or ""
+        originating = element.get("to") or ""
+        stream_id = element.get("id") or ""
+        key = element.text or ""
+        valid = (
+            parse_domain(originating) == self.config.domain
+            and bool(stream_id)
+            and check_key(self.config.secret, receiving, originating, stream_id, key)
+        )
+        verdict = "valid" if valid else "invalid"
+        self._out.append(
+            f"<db:verify from={quoteattr(originating)} to={quoteattr(receiving)} "
+            f"id={quoteattr(stream_id)} type='{verdict}'/>".encode()
+        )
+        return VerifyAnswered(valid)
+
+    # ---- stanzas (RFC 6120 §8.1.1, §13.7.1.4) ---------------------------------------------
+
+    def _on_stanza(self, element: etree._Element, kind: str) -> Event | None:
+        if kind not in STANZA_KINDS:
+            raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+        if not self.authenticated:
+            raise StreamError(StreamErrorCondition.NOT_AUTHORIZED, "authenticate first")
+        from_attr = element.get("from")
+        to_attr = element.get("to")
+        if not from_attr or not to_attr:
+            raise StreamError(StreamErrorCondition.IMPROPER_ADDRESSING)
+        try:
+            from_ = parse_jid(from_attr)
+        except JIDError:
+            raise StreamError(StreamErrorCondition.INVALID_FROM) from None
+        if from_.domain not in self.authenticated:
+            raise StreamError(StreamErrorCondition.INVALID_FROM, escape(from_.domain))
+        try:
+            to = parse_jid(to_attr)
+        except JIDError:
+            raise StreamError(StreamErrorCondition.IMPROPER_ADDRESSING) from None
+        if to.domain != self.config.domain:
+            raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
+        type_ = element.get("type") or ""
+        stanza_id = element.get("id") or ""
+        if kind == "iq" and (type_ not in IQ_TYPES or not stanza_id):
+            return None  # RFC 6120 §8.2.3: not an IQ we can answer or route; dropped
+        element.set("from", str(from_))
+        element.set("to", str(to))
+        return StanzaIn(kind, type_, stanza_id, to, from_, to_client(element))
+
+
+def _b64(text: str | None) -> bytes | None:
+    """RFC 6120 §6.4.2: no text means no initial response; '=' means an empty one."""
+    if text is None or text.strip() in ("", "="):
+        return None
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("invalid base64") from None

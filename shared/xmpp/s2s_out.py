@@ -1,0 +1,350 @@
+"""The server-to-server stream, initiating side, sans-I/O (RFC 6120 §4-§6; XEP-0220 §2.1.1).
+
+We open a stream to a peer server, either to send it our stanzas (we are the Originating
+Server) or only to ask it whether a dialback key is valid (we are the Receiving Server
+asking the Authoritative Server, XEP-0220 §2.3.1: a `VerifyRequest`).  Same shape as the
+receiving side: `initiate`, `receive_data`, `next_event`, `data_to_send`.
+
+    StartTLS              -> caller wraps the socket, then `tls_established(cert_valid)`
+    Ready(mechanism)      -> the stream is authenticated: `send(payload)` from now on
+    AuthFailed            -> SASL EXTERNAL or dialback was refused (see StreamEnded after)
+    VerifyResult(valid)   -> the Authoritative Server's answer to our <db:verify/>
+
+Authentication (XEP-0178, XEP-0220): SASL EXTERNAL when the peer offers it and the caller
+found the peer's certificate valid for the peer's domain (then ours is presumably checked
+by the peer too); otherwise, or if EXTERNAL fails, Server Dialback with the XEP-0185 key.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from collections import deque
+from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
+
+from lxml import etree
+
+from shared.jid import JIDError, parse_jid
+from shared.xmpp import ns
+from shared.xmpp.content_ns import to_server_element
+from shared.xmpp.dialback import dialback_key
+from shared.xmpp.errors import StreamError, StreamErrorCondition
+from shared.xmpp.parser import (
+    PRE_AUTH_LIMITS,
+    StanzaReceived,
+    StreamClosed,
+    StreamOpened,
+    StreamParser,
+    parse_fragment,
+)
+from shared.xmpp.s2s import (
+    DB_RESULT,
+    DB_VERIFY,
+    AuthFailed,
+    S2SConfig,
+    StartTLS,
+    StreamEnded,
+    check_header,
+    stream_header,
+)
+
+FEATURES = f"{{{ns.STREAM}}}features"
+STREAM_ERROR = f"{{{ns.STREAM}}}error"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest:
+    """XEP-0220 §2.3.1: is ``key`` valid for ``originating`` on our stream ``stream_id``?"""
+
+    receiving: str  # our domain
+    originating: str  # the peer, authoritative for its own keys
+    stream_id: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    mechanism: str  # "dialback" or "EXTERNAL"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    valid: bool
+
+
+Event = StartTLS | Ready | AuthFailed | VerifyResult | StreamEnded
+
+
+class Phase(enum.Enum):
+    HEADER = "header"  # waiting for the peer's header
+    FEATURES = "features"  # waiting for <stream:features/>
+    TLS = "tls"  # sent <starttls/>
+    TLS_HANDSHAKE = "tls-handshake"  # the caller is wrapping the socket
+    SASL = "sasl"  # sent <auth mechanism='EXTERNAL'/>
+    DIALBACK = "dialback"  # sent <db:result/>
+    VERIFY = "verify"  # sent <db:verify/>
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class InitiatingStream:
+    """One outbound server-to-server stream."""
+
+    def __init__(
+        self,
+        config: S2SConfig,
+        remote: str,
+        *,
+        direct_tls: bool = False,
+        verify: VerifyRequest | None = None,
+    ) -> None:
+        self.config = config
+        self.remote = remote
+        self.verify = verify
+        self.tls = direct_tls  # XEP-0368: TLS from the first byte
+        self.phase = Phase.HEADER
+        self.stream_id = ""
+        self.mechanism = ""
+        self._cert_valid = False
+        self._external_done = False
+        self._dialback_offered = False
+        self._parser = StreamParser(PRE_AUTH_LIMITS)
+        self._pending: deque[object] = deque()
+        self._ready: deque[Event] = deque()
+        self._out: list[bytes] = []
+
+    # ---- input and output ----------------------------------------------------------------
+
+    def initiate(self, cert_valid: bool = False) -> None:
+        """Queue our stream header; ``cert_valid`` when direct TLS already checked the peer."""
+        self._cert_valid = cert_valid
+        self._out.append(stream_header(self.config.domain, self.remote, None))
+
+    def receive_data(self, data: bytes) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        try:
+            self._pending.extend(self._parser.feed(data))
+        except StreamError as exc:
+            self._pending.append(exc)
+
+    def next_event(self) -> Event | None:
+        if self._ready:
+            return self._ready.popleft()
+        while self._pending and self.phase not in (Phase.TLS_HANDSHAKE, Phase.CLOSED):
+            item = self._pending.popleft()
+            try:
+                event = self._handle(item)
+            except StreamError as exc:
+                return self._fail(exc)
+            if event is not None:
+                return event
+        return self._ready.popleft() if self._ready else None
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    def send(self, payload: bytes) -> None:
+        """Queue one stanza in the cluster's canonical bytes (jabber:client), rewritten to
+        jabber:server.  Raises StreamError if the payload cannot be parsed."""
+        if self.phase is not Phase.READY:
+            raise RuntimeError("the stream is not authenticated")
+        element = parse_fragment(payload, self.config.max_stanza_bytes)
+        # RFC 6120 §8.1.1.1, §8.1.2.1: on s2s both addresses are required, 'from' in our
+        # domain and 'to' in the peer's, or the peer closes the whole stream.
+        if domain_of(element.get("from")) != self.config.domain:
+            raise StreamError(StreamErrorCondition.INVALID_FROM, "not from our domain")
+        if domain_of(element.get("to")) != self.remote:
+            raise StreamError(StreamErrorCondition.IMPROPER_ADDRESSING, "not to the peer")
+        self._out.append(to_server_element(element))
+
+    def tls_established(self, cert_valid: bool) -> None:
+        if self.phase is not Phase.TLS_HANDSHAKE:
+            raise RuntimeError("not waiting for TLS")
+        self.tls = True
+        self._cert_valid = cert_valid
+        self._restart()
+
+    def close(self) -> None:
+        """Close our stream cleanly (idle timeout, shutdown, hand-over)."""
+        if self.phase is Phase.CLOSED:
+            return
+        self._out.append(b"</stream:stream>")
+        self.phase = Phase.CLOSED
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _restart(self) -> None:
+        """RFC 6120 §4.3.3: a new stream, a fresh parser, our header again."""
+        self._parser = StreamParser(PRE_AUTH_LIMITS)
+        self._pending.clear()
+        self.phase = Phase.HEADER
+        self._out.append(stream_header(self.config.domain, self.remote, None))
+
+    def _fail(self, exc: StreamError) -> StreamEnded:
+        self._out.append(exc.to_xml())
+        self._out.append(b"</stream:stream>")
+        self.phase = Phase.CLOSED
+        self._pending.clear()
+        return StreamEnded(exc.condition)
+
+    def _end(self, error: StreamErrorCondition | None) -> StreamEnded:
+        self._out.append(b"</stream:stream>")
+        self.phase = Phase.CLOSED
+        self._pending.clear()
+        return StreamEnded(error)
+
+    def _handle(self, item: object) -> Event | None:
+        if isinstance(item, StreamError):
+            raise item
+        if isinstance(item, StreamOpened):
+            if self.phase is not Phase.HEADER:  # pragma: no cover - the parser opens once
+                raise StreamError(StreamErrorCondition.NOT_WELL_FORMED)
+            check_header(item)
+            self.stream_id = item.attrs.get("id", "")
+            if not self.stream_id:
+                raise StreamError(StreamErrorCondition.INVALID_XML, "no stream id")
+            self.phase = Phase.FEATURES
+            return None
+        if isinstance(item, StreamClosed):
+            return self._end(None)
+        assert isinstance(item, StanzaReceived)
+        element = item.element
+        tag = element.tag
+        if tag == STREAM_ERROR:
+            condition = _stream_condition(element)
+            self.phase = Phase.CLOSED
+            self._out.append(b"</stream:stream>")
+            return StreamEnded(condition)
+        if tag == FEATURES and self.phase is Phase.FEATURES:
+            return self._on_features(element)
+        if tag == f"{{{ns.TLS}}}proceed" and self.phase is Phase.TLS:
+            self.phase = Phase.TLS_HANDSHAKE
+            return StartTLS()
+        if tag == f"{{{ns.TLS}}}failure" and self.phase is Phase.TLS:
+            self.phase = Phase.CLOSED  # RFC 6120 §5.4.2.2: the peer closes the stream
+            return StreamEnded(StreamErrorCondition.POLICY_VIOLATION)
+        if self.phase is Phase.SASL and tag == f"{{{ns.SASL}}}success":
+            self._external_done = True
+            self.mechanism = "EXTERNAL"
+            self._restart()
+            return None
+        if self.phase is Phase.SASL and tag == f"{{{ns.SASL}}}failure":
+            condition = element[0].tag.rpartition("}")[2] if len(element) else "failure"
+            self._ready.append(AuthFailed("EXTERNAL", str(condition)))
+            if self._dialback_offered:
+                self._send_db_result()
+                return None
+            self._ready.append(self._end(None))
+            return None
+        if tag == DB_RESULT and self.phase is Phase.DIALBACK:
+            return self._on_db_result(element)
+        if tag == DB_VERIFY and self.phase is Phase.VERIFY:
+            return self._on_db_verify(element)
+        if self.phase is Phase.READY:
+            return None  # XEP-0220 results for other domains, keepalives: nothing to do
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+
+    def _on_features(self, features: etree._Element) -> Event | None:
+        starttls = features.find(f"{{{ns.TLS}}}starttls")
+        mechanisms = [
+            (m.text or "").strip()
+            for m in features.iterfind(f"{{{ns.SASL}}}mechanisms/{{{ns.SASL}}}mechanism")
+        ]
+        self._dialback_offered = features.find(f"{{{ns.DIALBACK_FEATURE}}}dialback") is not None
+        if not self.tls and starttls is not None and self.config.tls_available:
+            self._out.append(f'<starttls xmlns="{ns.TLS}"/>'.encode())
+            self.phase = Phase.TLS
+            return None
+        if not self.tls and self.config.tls_required:
+            return self._end(StreamErrorCondition.POLICY_VIOLATION)  # no TLS offered
+        if self.verify is not None:
+            v = self.verify
+            self._out.append(
+                f"<db:verify from={quoteattr(v.receiving)} to={quoteattr(v.originating)} "
+                f"id={quoteattr(v.stream_id)}>{v.key}</db:verify>".encode()
+            )
+            self.phase = Phase.VERIFY
+            return None
+        if self._external_done:  # the stream after SASL success
+            self.phase = Phase.READY
+            return Ready("EXTERNAL")
+        if "EXTERNAL" in mechanisms and self._cert_valid:
+            authzid = base64.b64encode(self.config.domain.encode()).decode()
+            self._out.append(
+                f'<auth xmlns="{ns.SASL}" mechanism="EXTERNAL">{authzid}</auth>'.encode()
+            )
+            self.phase = Phase.SASL
+            return None
+        # Dialback even when the feature is not advertised: XEP-0220 §2.1.1 lets the
+        # stream header's namespace declaration stand for it (older servers).
+        self._send_db_result()
+        return None
+
+    def _send_db_result(self) -> None:
+        key = dialback_key(self.config.secret, self.remote, self.config.domain, self.stream_id)
+        self._out.append(
+            f"<db:result from={quoteattr(self.config.domain)} to={quoteattr(self.remote)}>"
+            f"{key}</db:result>".encode()
+        )
+        self.phase = Phase.DIALBACK
+
+    def _on_db_result(self, element: etree._Element) -> Event | None:
+        type_ = element.get("type")
+        if element.get("from") != self.remote or element.get("to") != self.config.domain:
+            return None  # a result for another domain pair: not ours
+        if type_ == "valid":
+            self.phase = Phase.READY
+            self.mechanism = "dialback"
+            return Ready("dialback")
+        condition = "invalid" if type_ == "invalid" else _error_condition(element)
+        self._ready.append(self._end(None))
+        return AuthFailed("dialback", condition)
+
+    def _on_db_verify(self, element: etree._Element) -> Event:
+        assert self.verify is not None
+        valid = (
+            element.get("type") == "valid"
+            and element.get("id") == self.verify.stream_id
+            and element.get("from") == self.verify.originating
+        )
+        self._ready.append(self._end(None))
+        return VerifyResult(valid)
+
+
+def domain_of(jid: str | None) -> str | None:
+    if not jid:
+        return None
+    try:
+        return parse_jid(jid).domain
+    except JIDError:
+        return None
+
+
+def _stream_condition(element: etree._Element) -> StreamErrorCondition:
+    for child in element:
+        tag = child.tag if isinstance(child.tag, str) else ""
+        if tag.startswith("{" + ns.STREAMS_ERRORS + "}"):
+            try:
+                return StreamErrorCondition(tag.rpartition("}")[2])
+            except ValueError:
+                continue
+    return StreamErrorCondition.UNDEFINED_CONDITION
+
+
+def _error_condition(element: etree._Element) -> str:
+    for child in element:
+        if isinstance(child.tag, str) and child.tag.rpartition("}")[2] == "error" and len(child):
+            return str(child[0].tag).rpartition("}")[2]
+    return "error"

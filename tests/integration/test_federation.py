@@ -1,0 +1,288 @@
+"""Federation between two stanzad clusters on loopback (RFC 6120 §13, RFC 6121, XEP-0220):
+a.example and b.example, each with its own NATS, Redis and services, find each other's
+gateways through STANZAD_S2S_OVERRIDES (no DNS) and authenticate with Server Dialback."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from shared import localservers
+from shared.bus import subjects
+from shared.partitions import assign
+from shared.store import keys
+from shared.store.roster import RosterStore
+from shared.xmpp.dialback import dialback_key
+from shared.xmpp.subscription import Subscription
+from tests.conftest import Users
+from tests.support.cluster import Cluster, new_cluster
+from tests.support.xmpp import Client, eventually
+
+A, B = "a.example", "b.example"
+
+
+@pytest.fixture(scope="module")
+def clusters() -> Iterator[tuple[Cluster, Cluster]]:
+    a, b = new_cluster(A), new_cluster(B)
+    a_port, b_port = localservers.free_port(), localservers.free_port()
+    dead_port = localservers.free_port()  # nobody listens: nowhere.example is unreachable
+    routes = f"{A}=127.0.0.1:{a_port},{B}=127.0.0.1:{b_port},nowhere.example=127.0.0.1:{dead_port}"
+    try:
+        for c in (a, b):
+            c.start_servers()
+        # start every service of both clusters, then wait for all: the machine has 2 cores
+        for c in (a, b):
+            for role, module, extra in (
+                ("router-1", "services.router", {"STANZAD_ROUTER_ID": "router-1"}),
+                ("presence-1", "services.presence", {"STANZAD_PRESENCE_ID": "presence-1"}),
+                ("roster-1", "services.roster", {"STANZAD_ROSTER_ID": "roster-1"}),
+            ):
+                c.start_service(role, module, STANZAD_LEASE_TTL_S="3", **extra)
+        a.start_s2s(port=a_port, overrides=routes, wait=False)
+        b.start_s2s(port=b_port, overrides=routes, wait=False,
+                    STANZAD_S2S_MAX_STANZAS_PER_S="100")
+        for c in (a, b):
+            for name in ("router-1", "presence-1", "roster-1", "s2s-1"):
+                c.wait_ready(name)
+            c.start_cm()
+        yield a, b
+    finally:
+        for c in (a, b):
+            c.stop()
+
+
+@pytest.fixture
+async def users_ab(clusters: tuple[Cluster, Cluster]) -> AsyncIterator[tuple[Users, Users]]:
+    ua, ub = Users(clusters[0]), Users(clusters[1])
+    yield ua, ub
+    await ua.redis.aclose()
+    await ub.redis.aclose()
+
+
+async def _login(cluster: Cluster, jid: str, pw: str, resource: str) -> Client:
+    client = Client(f"{jid}/{resource}", pw)
+    await client.login("127.0.0.1", cluster.c2s_port)
+    return client
+
+
+async def _bodies(client: Client, n: int, timeout: float = 15) -> list[str]:
+    out = []
+    for _ in range(n):
+        msg = await asyncio.wait_for(client.messages.get(), timeout)
+        out.append(str(msg["body"]))
+    return out
+
+
+async def test_rfc6120_10_1_messages_cross_domains_both_ways_in_order(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    a, b = clusters
+    alice, pw_a = await users_ab[0].create("alice")
+    bob, pw_b = await users_ab[1].create("bob")
+    ca = await _login(a, alice, pw_a, "laptop")
+    cb = await _login(b, bob, pw_b, "phone")
+    try:
+        for i in range(10):
+            ca.send_message(mto=bob, mbody=f"a{i}", mtype="chat")
+        assert await _bodies(cb, 10, 20) == [f"a{i}" for i in range(10)]
+        for i in range(10):
+            cb.send_message(mto=f"{alice}/laptop", mbody=f"b{i}", mtype="chat")
+        got = await _bodies(ca, 10)
+        assert got == [f"b{i}" for i in range(10)]
+    finally:
+        await ca.logout()
+        await cb.logout()
+    metrics_a = a.metrics("s2s-1")
+    assert 'stanzad_s2s_authentications_total{direction="out",mechanism="dialback"}' in metrics_a
+    assert 'stanzad_s2s_authentications_total{direction="in",mechanism="dialback"}' in metrics_a
+
+
+async def test_rfc6121_3_subscription_across_domains_completes_and_presence_flows(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    a, b = clusters
+    alice, pw_a = await users_ab[0].create("alice")
+    bob, pw_b = await users_ab[1].create("bob")
+    ca = await _login(a, alice, pw_a, "laptop")
+    cb = await _login(b, bob, pw_b, "phone")
+    try:
+        await ca.get_roster()
+        # slixmpp approves requests (auto_authorize) and subscribes back (auto_subscribe)
+        ca.send_presence(pto=bob, ptype="subscribe")
+
+        async def both() -> bool:
+            ours = await RosterStore(users_ab[0].redis, "tests").item(alice, bob)
+            theirs = await RosterStore(users_ab[1].redis, "tests").item(bob, alice)
+            return (ours is not None and ours.state.subscription == Subscription.BOTH
+                    and theirs is not None and theirs.state.subscription == Subscription.BOTH)
+
+        await eventually(both, 20, "subscription both ways across domains")
+        await eventually(lambda: ca.saw_presence(f"{bob}/phone")
+                         and cb.saw_presence(f"{alice}/laptop"), 15, "presence both ways")
+        cb.send_presence(pshow="away", pstatus="out")
+        await eventually(lambda: ca.saw_presence(f"{bob}/phone", "away", "out"), 10,
+                         "bob's away status reaches alice")
+        await cb.logout()
+        await eventually(lambda: ca.saw_presence(f"{bob}/phone", "unavailable"), 10,
+                         "bob going offline reaches alice")
+    finally:
+        await ca.logout()
+        await cb.logout()
+
+
+async def test_rfc6120_8_3_3_16_unreachable_domain_bounces_remote_server_not_found(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    a, _ = clusters
+    alice, pw_a = await users_ab[0].create("alice")
+    ca = await _login(a, alice, pw_a, "laptop")
+    errors: asyncio.Queue[object] = asyncio.Queue()
+    ca.add_event_handler("message_error", errors.put_nowait)
+    try:
+        ca.send_message(mto="someone@nowhere.example", mbody="hello?", mtype="chat")
+        err = await asyncio.wait_for(errors.get(), 15)
+        assert err["error"]["condition"] == "remote-server-not-found"  # type: ignore[index]
+        assert str(err["from"]) == "someone@nowhere.example"  # type: ignore[index]
+    finally:
+        await ca.logout()
+    assert 'stanzad_s2s_bounces_total{condition="remote-server-not-found"}' in a.metrics("s2s-1")
+
+
+async def _raw_dialback(b: Cluster, a: Cluster, secret: bytes
+                        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Open an s2s stream to b.example as a.example (whose secret the test read from a's
+    Redis), STARTTLS, dialback; b verifies the key with a's real gateway."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.s2s_port)
+    header = (
+        f"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+        f"xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+        f"from='{A}' to='{B}' version='1.0'>"
+    ).encode()
+
+    async def until(needle: bytes) -> bytes:
+        buf = b""
+        while needle not in buf:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+    writer.write(header)
+    await until(b"</stream:features>")
+    writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await until(b"<proceed")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    await writer.start_tls(ctx)
+    writer.write(header)
+    opened = await until(b"</stream:features>")
+    stream_id = opened.split(b' id="', 1)[1].split(b'"', 1)[0].decode()
+    key = dialback_key(secret, B, A, stream_id)
+    writer.write(f"<db:result from='{A}' to='{B}'>{key}</db:result>".encode())
+    result = await until(b"type=")
+    return reader, writer, result
+
+
+async def test_rfc6120_8_1_2_1_forged_from_domain_on_inbound_stream_is_invalid_from(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    a, b = clusters
+    secret = await users_ab[0].redis.get(keys.dialback_secret())
+    assert secret, "a.example's gateway keeps its dialback secret in Redis"
+    reader, writer, result = await _raw_dialback(b, a, bytes(secret))
+    try:
+        assert b"type='valid'" in result, result  # XEP-0220 §2.3: b asked a, a said valid
+        writer.write(b"<message from='mallory@evil.example' to='bob@b.example'><body>x</body>"
+                     b"</message>")
+        rest = b""
+        while b"</stream:stream>" not in rest:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            rest += chunk
+        assert b"<invalid-from" in rest
+    finally:
+        writer.close()
+
+
+async def test_xep0220_2_3_key_for_a_wrong_secret_is_refused(
+    clusters: tuple[Cluster, Cluster],
+) -> None:
+    a, b = clusters
+    _reader, writer, result = await _raw_dialback(b, a, b"not the secret of a.example")
+    try:
+        assert b"type='invalid'" in result, result
+    finally:
+        writer.close()
+
+
+async def test_rfc6120_13_12_inbound_stanza_rate_is_limited_by_pausing_the_stream(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    a, b = clusters
+    bob, pw_b = await users_ab[1].create("bob")
+    cb = await _login(b, bob, pw_b, "phone")
+    secret = await users_ab[0].redis.get(keys.dialback_secret())
+    _reader, writer, result = await _raw_dialback(b, a, bytes(secret))
+    try:
+        assert b"type='valid'" in result, result
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        writer.write(b"".join(
+            f"<message from='ann@{A}/x' to='{bob}' type='chat'><body>{i}</body></message>"
+            .encode() for i in range(300)
+        ))
+        got = await _bodies(cb, 300, 20)
+        assert got == [str(i) for i in range(300)]  # all delivered, in order ...
+        assert loop.time() - started > 1.5  # ... at about 100 a second after the first 100
+        assert "stanzad_s2s_throttled_total 0.0" not in b.metrics("s2s-1")
+    finally:
+        writer.close()
+        await cb.logout()
+
+
+async def test_rfc6120_10_1_remote_domain_moves_between_gateways_and_traffic_goes_on(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    """Several gateways: the owner of b.example's partition holds its stream.  A second
+    gateway that wins the partition takes the traffic (its dialback keys are checked by
+    the first one's listener: one secret per cluster); when it leaves, the first takes the
+    partition back.  Last test of the module: it changes cluster a."""
+    a, b = clusters
+    p = subjects.partition(B, a.partitions)
+    lease = keys.partition_lease("s2s", p)
+    redis = users_ab[0].redis
+    second = next(n for n in (f"s2s-{i}" for i in range(2, 50))
+                  if assign(p, ["s2s-1", n]) == n)
+    alice, pw_a = await users_ab[0].create("alice")
+    bob, pw_b = await users_ab[1].create("bob")
+    ca = await _login(a, alice, pw_a, "laptop")
+    cb = await _login(b, bob, pw_b, "phone")
+
+    async def owned_by(name: str) -> bool:
+        return (await redis.get(lease) or b"").decode() == name
+
+    try:
+        await asyncio.to_thread(
+            a.start_s2s, second, 0, f"{A}=127.0.0.1:{a.s2s_port},{B}=127.0.0.1:{b.s2s_port}",
+        )
+        await eventually(lambda: owned_by(second), 15, f"{second} owns b.example")
+        for i in range(5):
+            ca.send_message(mto=bob, mbody=f"second-{i}", mtype="chat")
+        assert await _bodies(cb, 5, 20) == [f"second-{i}" for i in range(5)]
+        out = 'stanzad_s2s_authentications_total{direction="out",mechanism="dialback"}'
+        assert out in a.metrics(second)
+
+        await asyncio.to_thread(localservers.stop, a.procs[second])  # SIGTERM: hands over
+        await eventually(lambda: owned_by("s2s-1"), 15, "s2s-1 owns b.example again")
+        for i in range(5):
+            ca.send_message(mto=bob, mbody=f"first-{i}", mtype="chat")
+        assert await _bodies(cb, 5, 20) == [f"first-{i}" for i in range(5)]
+    finally:
+        await ca.logout()
+        await cb.logout()

@@ -1,0 +1,150 @@
+"""Federation with a real Prosody 0.12 on loopback (RFC 6120 §13, RFC 6121 §3-§4): Server
+Dialback both ways (XEP-0220), and SASL EXTERNAL from us to Prosody (XEP-0178).
+
+stanzad serves stanzad.example and reaches prosody.example through STANZAD_S2S_OVERRIDES;
+Prosody finds stanzad.example through a tiny DNS server in this fixture (SRV
+_xmpp-server._tcp → gw.stanzad.example:<gateway port>, A → 127.0.0.1), set as its unbound
+forwarder.  Skipped when the Debian package `prosody` is not installed (.ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from shared import localservers
+from shared.store.roster import RosterStore
+from shared.tls import ensure_self_signed
+from shared.xmpp.subscription import Subscription
+from tests.conftest import Users
+from tests.support import prosody as prosody_mod
+from tests.support.cluster import Cluster, new_cluster
+from tests.support.dns import DNSServer
+from tests.support.xmpp import Client, eventually
+
+pytestmark = pytest.mark.skipif(
+    not prosody_mod.available(),
+    reason="prosody is not installed (Debian package `prosody`; .ci/run installs it)",
+)
+
+OURS, THEIRS = "stanzad.example", "prosody.example"
+
+
+@dataclass
+class Interop:
+    cluster: Cluster
+    prosody: prosody_mod.Prosody
+    dns: DNSServer
+    users: Users
+    mode: str  # how our outbound stream authenticates: "dialback" or "EXTERNAL"
+
+
+@pytest.fixture(scope="module", params=["dialback", "EXTERNAL"])
+async def interop(request: pytest.FixtureRequest) -> AsyncIterator[Interop]:
+    """``dialback``: no certificate is trusted either way.  ``EXTERNAL``: each side trusts
+    the other's self-signed certificate (Prosody's cafile, STANZAD_S2S_TRUSTED_CERTS), so
+    our outbound stream uses SASL EXTERNAL (XEP-0178); Prosody's still uses dialback, as
+    our inbound side does not offer EXTERNAL yet."""
+    mode = request.param
+    cluster = new_cluster(OURS)
+    our_cert = cluster.workdir / "tls" / "s2s-cert.pem"
+    ensure_self_signed(str(our_cert), str(cluster.workdir / "tls" / "s2s-key.pem"), OURS)
+    gw_port = localservers.free_port()
+    dns = DNSServer({
+        (f"_xmpp-server._tcp.{OURS}", "SRV"): [f"0 5 {gw_port} gw.{OURS}."],
+        (f"gw.{OURS}", "A"): ["127.0.0.1"],
+        (OURS, "A"): ["127.0.0.1"],
+    })
+    await dns.start()
+    prosody = prosody_mod.Prosody(cluster.workdir / "prosody", THEIRS, OURS, dns.port,
+                                  trust=str(our_cert) if mode == "EXTERNAL" else "")
+    users: Users | None = None
+    try:
+        prosody.start()
+        cluster.start_servers()
+        cluster.start_core()
+        trusted = f"{THEIRS}={prosody.cert}" if mode == "EXTERNAL" else ""
+        cluster.start_s2s(port=gw_port, overrides=f"{THEIRS}=127.0.0.1:{prosody.s2s_port}",
+                          STANZAD_S2S_TRUSTED_CERTS=trusted)
+        cluster.start_cm()
+        users = Users(cluster)
+        yield Interop(cluster, prosody, dns, users, mode)
+    finally:
+        if users is not None:
+            await users.redis.aclose()
+        cluster.stop()
+        prosody.stop()
+        dns.stop()
+
+
+async def _pair(ix: Interop) -> tuple[str, Client, str, Client]:
+    ours, pw = await ix.users.create("alice")
+    theirs = f"carol{secrets.token_hex(3)}@{THEIRS}"
+    await asyncio.to_thread(ix.prosody.register, theirs.partition("@")[0], "carol-pw")
+    a = Client(f"{ours}/laptop", pw)
+    await a.login("127.0.0.1", ix.cluster.c2s_port)
+    c = Client(f"{theirs}/phone", "carol-pw", mech="SCRAM-SHA-1")
+    await c.login("127.0.0.1", ix.prosody.c2s_port)
+    return ours, a, theirs, c
+
+
+def _logs(ix: Interop) -> str:
+    return f"--- prosody\n{ix.prosody.log()[-4000:]}\n--- s2s\n{ix.cluster.log('s2s-1')}"
+
+
+async def test_xep0220_messages_both_ways_in_order_with_prosody(interop: Interop) -> None:
+    ours, a, theirs, c = await _pair(interop)
+    try:
+        for i in range(5):
+            a.send_message(mto=theirs, mbody=f"to-prosody-{i}", mtype="chat")
+        try:
+            got = [str((await asyncio.wait_for(c.messages.get(), 20))["body"]) for _ in range(5)]
+        except TimeoutError:
+            pytest.fail("no message reached Prosody\n" + _logs(interop))
+        assert got == [f"to-prosody-{i}" for i in range(5)]
+        for i in range(5):
+            c.send_message(mto=ours, mbody=f"from-prosody-{i}", mtype="chat")
+        try:
+            got = [str((await asyncio.wait_for(a.messages.get(), 20))["body"]) for _ in range(5)]
+        except TimeoutError:
+            pytest.fail("no message came from Prosody\n" + _logs(interop))
+        assert got == [f"from-prosody-{i}" for i in range(5)]
+        metrics = interop.cluster.metrics("s2s-1")
+        out = f'stanzad_s2s_authentications_total{{direction="out",mechanism="{interop.mode}"}}'
+        assert out in metrics, _logs(interop)
+        assert 'stanzad_s2s_authentications_total{direction="in",mechanism="dialback"}' in metrics
+    finally:
+        await a.logout()
+        await c.logout()
+
+
+async def test_rfc6121_3_subscription_and_presence_both_ways_with_prosody(
+    interop: Interop,
+) -> None:
+    ours, a, theirs, c = await _pair(interop)
+    try:
+        await a.get_roster()
+        await c.get_roster()
+        a.send_presence(pto=theirs, ptype="subscribe")  # Prosody's side: carol's client
+        # slixmpp on both sides approves the request and subscribes back
+
+        async def both_here() -> bool:
+            item = await RosterStore(interop.users.redis, "tests").item(ours, theirs)
+            return item is not None and item.state.subscription == Subscription.BOTH
+
+        try:
+            await eventually(both_here, 30, "subscription both on stanzad's side")
+            await eventually(lambda: a.saw_presence(f"{theirs}/phone")
+                             and c.saw_presence(f"{ours}/laptop"), 20, "presence both ways")
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\n{_logs(interop)}")
+        await c.get_roster()
+        assert c.client_roster[ours]["subscription"] == "both"
+    finally:
+        await a.logout()
+        await c.logout()
+

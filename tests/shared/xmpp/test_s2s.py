@@ -1,0 +1,408 @@
+"""The s2s stream state machines, bytes in and events out, no event loop
+(RFC 6120 §4-§6, §8.1, §13.7; XEP-0220 Server Dialback; XEP-0185 keys; XEP-0178)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+
+from shared.xmpp.content_ns import to_client, to_server
+from shared.xmpp.dialback import check_key, dialback_key
+from shared.xmpp.errors import StreamError, StreamErrorCondition
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.s2s import (
+    AuthFailed,
+    DialbackRequested,
+    PeerAuthenticated,
+    ReceivingStream,
+    S2SConfig,
+    StanzaIn,
+    StartTLS,
+    StreamEnded,
+    VerifyAnswered,
+)
+from shared.xmpp.s2s_out import InitiatingStream, Ready, VerifyRequest, VerifyResult
+
+SECRET_A = b"secret of a"
+SECRET_B = b"secret of b"
+A = S2SConfig(domain="a.example", secret=SECRET_A)
+B = S2SConfig(domain="b.example", secret=SECRET_B)
+STREAM_NS = "http://etherx.jabber.org/streams"
+
+
+def header(to: str = "b.example", from_: str = "a.example", default_ns: str = "jabber:server",
+           extra: str = "") -> bytes:
+    return (
+        f"<?xml version='1.0'?><stream:stream to='{to}' from='{from_}' version='1.0' "
+        f"xmlns='{default_ns}' xmlns:stream='{STREAM_NS}' "
+        f"xmlns:db='jabber:server:dialback'{extra}>"
+    ).encode()
+
+
+def drain(stream: ReceivingStream | InitiatingStream, data: bytes = b"") -> list[object]:
+    if data:
+        stream.receive_data(data)
+    out = []
+    while (event := stream.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def after_tls(config: S2SConfig = B, cert_domains: frozenset[str] = frozenset()
+              ) -> ReceivingStream:
+    stream = ReceivingStream(config)
+    peer = "a.example" if config.domain == "b.example" else "b.example"
+    drain(stream, header(to=config.domain, from_=peer))
+    features = stream.data_to_send()
+    assert b"<starttls" in features and b"<required/>" in features
+    assert b"urn:xmpp:features:dialback" not in features  # not before TLS
+    [tls] = drain(stream, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert isinstance(tls, StartTLS)
+    assert b"<proceed" in stream.data_to_send()
+    stream.tls_established(cert_domains)
+    assert drain(stream, header(to=config.domain, from_=peer)) == []
+    return stream
+
+
+def dialback_authenticated() -> ReceivingStream:
+    stream = after_tls()
+    features = stream.data_to_send()
+    assert b'xmlns:db="jabber:server:dialback"' in features
+    assert b"urn:xmpp:features:dialback" in features and b"EXTERNAL" not in features
+    key = dialback_key(SECRET_A, "b.example", "a.example", stream.stream_id)
+    [request] = drain(
+        stream, f"<db:result from='a.example' to='b.example'>{key}</db:result>".encode()
+    )
+    assert request == DialbackRequested("a.example", "b.example", stream.stream_id, key)
+    assert drain(stream) == []  # waiting for the authoritative server
+    stream.dialback_result(True)
+    assert drain(stream) == [PeerAuthenticated("a.example", "dialback")]
+    assert stream.data_to_send() == (
+        b"<db:result from=\"b.example\" to=\"a.example\" type='valid'/>"
+    )
+    return stream
+
+
+# ---- XEP-0185 keys --------------------------------------------------------------------------
+
+
+def test_xep0185_2_key_is_hmac_sha256_of_hashed_secret_over_domains_and_stream_id() -> None:
+    secret = b"s3cr3tf0rd14lb4ck"
+    key = dialback_key(secret, "example.net", "example.org", "D60000229F")
+    expected = hmac.new(hashlib.sha256(secret).digest(),
+                        b"example.net example.org D60000229F", hashlib.sha256).hexdigest()
+    assert key == expected and len(key) == 64
+    assert check_key(secret, "example.net", "example.org", "D60000229F", key)
+    assert check_key(secret, "example.net", "example.org", "D60000229F", key.upper())
+    assert not check_key(secret, "example.net", "example.org", "other", key)
+    assert not check_key(secret, "example.org", "example.net", "D60000229F", key)
+    assert not check_key(b"another secret", "example.net", "example.org", "D60000229F", key)
+
+
+# ---- the receiving side ---------------------------------------------------------------------
+
+
+def test_rfc6120_4_7_header_names_our_domain_and_declares_dialback() -> None:
+    stream = ReceivingStream(B)
+    assert drain(stream, header()) == []
+    out = stream.data_to_send()
+    assert b'xmlns="jabber:server"' in out and b'xmlns:db="jabber:server:dialback"' in out
+    assert b'from="b.example" to="a.example"' in out
+    assert f'id="{stream.stream_id}"'.encode() in out
+
+
+def test_rfc6120_4_9_3_6_header_to_another_domain_is_host_unknown() -> None:
+    stream = ReceivingStream(B)
+    assert drain(stream, header(to="c.example")) == [
+        StreamEnded(StreamErrorCondition.HOST_UNKNOWN)
+    ]
+    assert b"<host-unknown" in stream.data_to_send()
+
+
+def test_rfc6120_4_8_3_client_namespace_on_s2s_is_invalid_namespace() -> None:
+    stream = ReceivingStream(B)
+    assert drain(stream, header(default_ns="jabber:client")) == [
+        StreamEnded(StreamErrorCondition.INVALID_NAMESPACE)
+    ]
+
+
+def test_xep0220_2_1_2_dialback_before_tls_is_refused_when_tls_is_required() -> None:
+    stream = ReceivingStream(B)
+    drain(stream, header())
+    [ended] = drain(stream, b"<db:result from='a.example' to='b.example'>k</db:result>")
+    assert ended == StreamEnded(StreamErrorCondition.POLICY_VIOLATION)
+
+
+def test_xep0220_2_1_2_result_to_a_domain_we_do_not_serve_is_host_unknown() -> None:
+    stream = after_tls()
+    [ended] = drain(stream, b"<db:result from='a.example' to='c.example'>k</db:result>")
+    assert ended == StreamEnded(StreamErrorCondition.HOST_UNKNOWN)
+
+
+def test_xep0220_2_1_3_valid_result_authenticates_and_stanzas_flow_as_jabber_client() -> None:
+    stream = dialback_authenticated()
+    [st] = drain(
+        stream,
+        b"<message from='juliet@a.example/balcony' to='romeo@b.example' type='chat' id='m1'>"
+        b"<body>jabber:server is just text</body></message>",
+    )
+    assert isinstance(st, StanzaIn)
+    assert (st.kind, st.type, st.id) == ("message", "chat", "m1")
+    assert str(st.from_) == "juliet@a.example/balcony" and str(st.to) == "romeo@b.example"
+    assert st.payload == (
+        b'<message xmlns="jabber:client" from="juliet@a.example/balcony" to="romeo@b.example" '
+        b'type="chat" id="m1"><body>jabber:server is just text</body></message>'
+    )
+
+
+def test_xep0220_2_1_3_invalid_result_ends_the_stream() -> None:
+    stream = after_tls()
+    stream.data_to_send()
+    drain(stream, b"<db:result from='a.example' to='b.example'>bad</db:result>")
+    stream.dialback_result(False)
+    events = drain(stream)
+    assert events == [AuthFailed("dialback", "invalid"),
+                      StreamEnded(StreamErrorCondition.NOT_AUTHORIZED)]
+    out = stream.data_to_send()
+    assert b"type='invalid'" in out and b"<not-authorized" in out
+
+
+def test_xep0220_2_4_unreachable_authoritative_server_is_an_error_result() -> None:
+    stream = after_tls()
+    stream.data_to_send()
+    drain(stream, b"<db:result from='a.example' to='b.example'>k</db:result>")
+    stream.dialback_result(None)
+    assert drain(stream) == [AuthFailed("dialback", "remote-server-not-found")]
+    assert b"type='error'" in stream.data_to_send()
+    assert not stream.closed and not stream.authenticated
+
+
+def test_rfc6120_8_1_2_1_stanza_from_an_unauthenticated_domain_is_invalid_from() -> None:
+    stream = dialback_authenticated()
+    [ended] = drain(stream, b"<message from='mallory@evil.example' to='romeo@b.example'/>")
+    assert ended == StreamEnded(StreamErrorCondition.INVALID_FROM)
+    assert b"<invalid-from" in stream.data_to_send()
+
+
+def test_rfc6120_13_7_1_4_stanza_before_authentication_is_not_authorized() -> None:
+    stream = after_tls()
+    [ended] = drain(stream, b"<message from='juliet@a.example' to='romeo@b.example'/>")
+    assert ended == StreamEnded(StreamErrorCondition.NOT_AUTHORIZED)
+
+
+def test_rfc6120_4_9_3_6_stanza_to_a_domain_we_do_not_serve_is_host_unknown() -> None:
+    stream = dialback_authenticated()
+    [ended] = drain(stream, b"<message from='juliet@a.example' to='romeo@c.example'/>")
+    assert ended == StreamEnded(StreamErrorCondition.HOST_UNKNOWN)
+
+
+@pytest.mark.parametrize("stanza", [
+    b"<message to='romeo@b.example'/>",
+    b"<presence from='juliet@a.example'/>",
+])
+def test_rfc6120_8_1_1_s2s_stanza_without_to_or_from_is_improper_addressing(
+    stanza: bytes,
+) -> None:
+    stream = dialback_authenticated()
+    assert drain(stream, stanza) == [StreamEnded(StreamErrorCondition.IMPROPER_ADDRESSING)]
+
+
+def test_xep0220_2_3_2_authoritative_server_answers_verify_from_its_secret() -> None:
+    stream = after_tls(A)
+    stream.data_to_send()
+    key = dialback_key(SECRET_A, "b.example", "a.example", "S1")
+    [answer] = drain(
+        stream,
+        f"<db:verify from='b.example' to='a.example' id='S1'>{key}</db:verify>".encode(),
+    )
+    assert answer == VerifyAnswered(True)
+    assert stream.data_to_send() == (
+        b"<db:verify from=\"a.example\" to=\"b.example\" id=\"S1\" type='valid'/>"
+    )
+    [answer] = drain(
+        stream, f"<db:verify from='b.example' to='a.example' id='S2'>{key}</db:verify>".encode()
+    )
+    assert answer == VerifyAnswered(False)
+    assert b"type='invalid'" in stream.data_to_send()
+
+
+def test_rfc6120_13_12_stanza_size_limit_is_512_kib() -> None:
+    stream = dialback_authenticated()
+    big = b"x" * (512 * 1024 + 8192)
+    events = drain(stream, b"<message from='j@a.example' to='r@b.example'><body>" + big)
+    assert events == [StreamEnded(StreamErrorCondition.POLICY_VIOLATION)]
+    stream = dialback_authenticated()
+    fits = b"x" * (400 * 1024)
+    [st] = drain(stream, b"<message from='j@a.example' to='r@b.example'><body>" + fits
+                 + b"</body></message>")
+    assert isinstance(st, StanzaIn)
+
+
+def test_xep0178_3_external_offered_only_for_a_certificate_valid_for_the_peer() -> None:
+    stream = after_tls(cert_domains=frozenset({"a.example"}))
+    assert b"<mechanism>EXTERNAL</mechanism>" in stream.data_to_send()
+    token = base64.b64encode(b"a.example").decode()
+    [ok] = drain(
+        stream,
+        f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{token}</auth>"
+        .encode(),
+    )
+    assert ok == PeerAuthenticated("a.example", "EXTERNAL")
+    assert b"<success" in stream.data_to_send()
+    drain(stream, header())
+    assert b"EXTERNAL" not in stream.data_to_send()
+    [st] = drain(stream, b"<presence from='j@a.example/r' to='r@b.example'/>")
+    assert isinstance(st, StanzaIn)
+
+
+def test_xep0178_3_external_for_another_domain_fails() -> None:
+    stream = after_tls(cert_domains=frozenset({"c.example"}))
+    assert b"EXTERNAL" not in stream.data_to_send()
+    [failed] = drain(
+        stream, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>"
+    )
+    assert failed == AuthFailed("EXTERNAL", "invalid-mechanism")
+
+
+# ---- both sides together --------------------------------------------------------------------
+
+
+def pump(out: InitiatingStream, inn: ReceivingStream) -> tuple[list[object], list[object]]:
+    """Move bytes both ways until neither side has anything to say; TLS is 'done' at once,
+    dialback is answered by a third machine playing the authoritative server."""
+    out_events: list[object] = []
+    in_events: list[object] = []
+    for _ in range(20):
+        moved = False
+        data = out.data_to_send()
+        if data:
+            moved = True
+            inn.receive_data(data)
+        for ev in drain(inn):
+            in_events.append(ev)
+            if isinstance(ev, StartTLS):
+                inn.data_to_send() and out.receive_data(b"")
+                out.receive_data(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                inn.tls_established()
+            elif isinstance(ev, DialbackRequested):
+                inn.dialback_result(authoritative_answer(ev))
+        data = inn.data_to_send()
+        if data:
+            moved = True
+            out.receive_data(data)
+        for ev in drain(out):
+            out_events.append(ev)
+            if isinstance(ev, StartTLS):
+                out.tls_established(cert_valid=False)
+        if not moved:
+            break
+    return out_events, in_events
+
+
+def authoritative_answer(request: DialbackRequested) -> bool | None:
+    """What a.example's verify stream answers (XEP-0220 §2.3)."""
+    asking = InitiatingStream(
+        B, request.originating,
+        verify=VerifyRequest(request.receiving, request.originating, request.stream_id,
+                             request.key),
+    )
+    authoritative = ReceivingStream(
+        S2SConfig("a.example", SECRET_A, tls_available=False, tls_required=False))
+    asking.config = S2SConfig("b.example", SECRET_B, tls_available=False, tls_required=False)
+    asking.initiate()
+    result: list[object] = []
+    for _ in range(10):
+        authoritative.receive_data(asking.data_to_send())
+        drain(authoritative)
+        asking.receive_data(authoritative.data_to_send())
+        result += [e for e in drain(asking) if isinstance(e, VerifyResult)]
+        if result:
+            break
+    [verdict] = result
+    assert isinstance(verdict, VerifyResult)
+    return verdict.valid
+
+
+def test_xep0220_2_full_dialback_between_two_servers_then_stanzas_in_order() -> None:
+    out = InitiatingStream(A, "b.example")
+    inn = ReceivingStream(B)
+    out.initiate()
+    out_events, in_events = pump(out, inn)
+    assert Ready("dialback") in out_events
+    assert PeerAuthenticated("a.example", "dialback") in in_events
+    for i in range(3):
+        out.send(f'<message xmlns="jabber:client" from="j@a.example/r" to="r@b.example" '
+                 f'id="{i}"><body>{i}</body></message>'.encode())
+    inn.receive_data(out.data_to_send())
+    stanzas = drain(inn)
+    assert [s.id for s in stanzas if isinstance(s, StanzaIn)] == ["0", "1", "2"]
+
+
+def test_xep0220_2_3_wrong_secret_means_invalid_and_no_stanzas() -> None:
+    out = InitiatingStream(S2SConfig("a.example", b"not the real secret"), "b.example")
+    inn = ReceivingStream(B)
+    out.initiate()
+    out_events, in_events = pump(out, inn)
+    assert AuthFailed("dialback", "invalid") in out_events
+    assert not out.ready and out.closed
+    assert AuthFailed("dialback", "invalid") in in_events
+
+
+def test_rfc6120_4_8_3_content_namespace_is_rewritten_on_the_tree_not_the_text() -> None:
+    payload = (
+        b'<message xmlns="jabber:client" from="a@x/r" to="b@y"><body>xmlns="jabber:client"'
+        b'</body><x xmlns="jabber:x:data"><field var="a"/></x></message>'
+    )
+    server = to_server(payload, 1 << 20)
+    assert server.startswith(b'<message xmlns="jabber:server"')
+    assert b'<body>xmlns="jabber:client"</body>' in server
+    assert b'<x xmlns="jabber:x:data">' in server
+    assert to_client(parse_fragment(server)) == payload
+
+
+def test_xep0178_external_between_two_servers_then_stanzas() -> None:
+    out = InitiatingStream(A, "b.example")
+    inn = ReceivingStream(B)
+    out.initiate()
+    inn.receive_data(out.data_to_send())
+    drain(inn)
+    out.receive_data(inn.data_to_send())
+    drain(out)  # features: STARTTLS
+    inn.receive_data(out.data_to_send())
+    [tls_in] = drain(inn)
+    out.receive_data(inn.data_to_send())
+    [tls_out] = drain(out)
+    assert isinstance(tls_in, StartTLS) and isinstance(tls_out, StartTLS)
+    inn.tls_established(frozenset({"a.example"}))  # a.example's certificate checked out
+    out.tls_established(cert_valid=True)  # and so did b.example's
+    events_in: list[object] = []
+    events_out: list[object] = []
+    for _ in range(6):
+        inn.receive_data(out.data_to_send())
+        events_in += drain(inn)
+        out.receive_data(inn.data_to_send())
+        events_out += drain(out)
+    assert events_out == [Ready("EXTERNAL")]
+    assert events_in == [PeerAuthenticated("a.example", "EXTERNAL")]
+    out.send(b'<presence xmlns="jabber:client" from="j@a.example/r" to="r@b.example"/>')
+    inn.receive_data(out.data_to_send())
+    [st] = drain(inn)
+    assert isinstance(st, StanzaIn) and st.kind == "presence"
+
+
+def test_rfc6120_8_1_2_1_we_never_send_a_stanza_not_from_our_domain() -> None:
+    out = InitiatingStream(A, "b.example")
+    inn = ReceivingStream(B)
+    out.initiate()
+    pump(out, inn)
+    assert out.ready
+    with pytest.raises(StreamError):
+        out.send(b'<message xmlns="jabber:client" from="x@c.example" to="r@b.example"/>')
+    with pytest.raises(StreamError):
+        out.send(b'<message xmlns="jabber:client" from="j@a.example" to="r@c.example"/>')
+    with pytest.raises(StreamError):
+        out.send(b'<iq xmlns="jabber:client" type="result" id="1" to="r@b.example"/>')
+    assert out.data_to_send() == b""
