@@ -15,6 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     STANZAD_HTTP_HOST=0.0.0.0 \
     STANZAD_HTTP_PORT=9100 \
     STANZAD_C2S_HOST=0.0.0.0 \
+    STANZAD_S2S_HOST=0.0.0.0 \
     STANZAD_TLS_CERT=/var/lib/stanzad/tls/cert.pem \
     STANZAD_TLS_KEY=/var/lib/stanzad/tls/key.pem
 RUN groupadd --system --gid 10001 stanzad \
@@ -27,7 +28,7 @@ COPY --chmod=0755 ops/docker/entrypoint.sh /usr/local/bin/stanzad-entrypoint
 USER 10001:10001
 WORKDIR /var/lib/stanzad
 # 5222 c2s (STARTTLS), 9100 side port (/metrics /healthz /readyz), 9190 admin API
-EXPOSE 5222 9100 9190
+EXPOSE 5222 5269 9100 9190
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["stanzad-entrypoint", "healthcheck"]
 ENTRYPOINT ["stanzad-entrypoint"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 from typing import Final
 
@@ -17,6 +18,7 @@ from tests.support.cluster import ROOT, Cluster
 NOT_YET_EMITTED: Final[frozenset[str]] = frozenset()
 # Series Prometheus makes itself for every target.
 PROMETHEUS_SERIES: Final = frozenset({"up"})
+S2S: Final = "s2s-ops"  # not "s2s-1": federation tests start their own
 GRAFANA_VARIABLES: Final = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 
 _SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
@@ -36,8 +38,14 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def exposed(cluster: Cluster, admin_url: str) -> set[str]:
-    """Every series name the running services expose, plus Prometheus's own."""
+    """Every series name the running services expose, plus Prometheus's own.  The session
+    cluster has no s2s gateway: one joins it just long enough to be scraped."""
     names: set[str] = set(PROMETHEUS_SERIES)
     for service in ("cm-1", "router-1", "presence-1", "roster-1", "admin-1"):
         names |= metric_rules.exposed_names(metric_rules.families(cluster.metrics(service)))
+    cluster.start_s2s(S2S)
+    try:
+        names |= metric_rules.exposed_names(metric_rules.families(cluster.metrics(S2S)))
+    finally:
+        cluster.kill(S2S, signal.SIGTERM)  # gives its partitions back at once
     return names

@@ -13,7 +13,10 @@ import yaml
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 # Every stanzad service in the compose file, and its image command.
 STANZAD = {"router": ["router"], "presence": ["presence"], "roster": ["roster"],
-           "connection_manager": ["connection-manager"], "admin": ["admin"]}
+           "connection_manager": ["connection-manager"], "s2s_gateway": ["s2s-gateway"],
+           "admin": ["admin"]}
+# What is published beyond the host's loopback: XMPP for clients and for other servers.
+PUBLIC = {"connection_manager": ["5222:5222"], "s2s_gateway": ["5269:5269"]}
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +80,30 @@ def test_redis_keeps_its_data(compose: dict[str, Any]) -> None:
                for v in redis["volumes"])
 
 
-def test_only_c2s_is_published_beyond_loopback(compose: dict[str, Any]) -> None:
+def test_only_c2s_and_s2s_are_published_beyond_loopback(compose: dict[str, Any]) -> None:
     published = {name: svc.get("ports", []) for name, svc in compose["services"].items()}
-    assert published["connection_manager"] == ["5222:5222"]
     for name, ports in published.items():
-        if name != "connection_manager":
+        if name in PUBLIC:
+            assert ports == PUBLIC[name], name
+        else:
             assert all(p.startswith("127.0.0.1:") for p in ports), name
     assert compose["services"]["connection_manager"]["ulimits"]["nofile"]["soft"] >= 65536
+
+
+def test_s2s_gateway_listens_on_all_interfaces_with_a_required_secret(
+    compose: dict[str, Any]
+) -> None:
+    svc = compose["services"]["s2s_gateway"]
+    env = svc["environment"]
+    assert env["STANZAD_S2S_HOST"] == "0.0.0.0" and env["STANZAD_S2S_PORT"] == "5269"
+    # `${VAR:?message}`: compose refuses to start without it, as for the admin token
+    for var, service in (("STANZAD_S2S_DIALBACK_SECRET", "s2s_gateway"),
+                         ("STANZAD_ADMIN_TOKEN", "admin")):
+        assert compose["services"][service]["environment"][var].startswith(f"${{{var}:?")
+    tls_dir = env["STANZAD_TLS_CERT"].rpartition("/")[0]
+    assert env["STANZAD_TLS_KEY"].startswith(tls_dir + "/")
+    assert any(v.split(":")[0] in compose["volumes"] and v.endswith(":" + tls_dir)
+               for v in svc["volumes"])
 
 
 def test_mounted_config_files_exist(compose: dict[str, Any], root: Path) -> None:

@@ -71,7 +71,8 @@ def test_entrypoint_healthcheck_hits_the_side_port(cluster: Cluster, root: Path)
 @pytest.mark.parametrize(
     ("command", "module"),
     [("connection-manager", "connection_manager"), ("router", "router"),
-     ("presence", "presence"), ("roster", "roster"), ("admin", "admin")],
+     ("presence", "presence"), ("roster", "roster"), ("s2s-gateway", "s2s_gateway"),
+     ("admin", "admin")],
 )
 def test_entrypoint_starts_each_service(root: Path, command: str, module: str) -> None:
     """Each command runs its service: an invalid setting stops it with the service's own

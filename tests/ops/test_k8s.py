@@ -22,6 +22,7 @@ from shared.settings import (
     PresenceSettings,
     RosterSettings,
     RouterSettings,
+    S2SSettings,
 )
 from tests.support import kustomize
 
@@ -35,16 +36,18 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "router": RouterSettings,
     "presence": PresenceSettings,
     "roster": RosterSettings,
+    "s2s-gateway": S2SSettings,
     "admin": AdminSettings,
 }
 # The partitioned services: a StatefulSet each, the pod name as the id setting.
 PARTITIONED: Final = {"router": "STANZAD_ROUTER_ID", "presence": "STANZAD_PRESENCE_ID",
-                      "roster": "STANZAD_ROSTER_ID"}
+                      "roster": "STANZAD_ROSTER_ID", "s2s-gateway": "STANZAD_S2S_ID"}
 METRICS_SERVICES: Final = frozenset(
     {"stanzad-connection-manager", "stanzad-router", "stanzad-presence", "stanzad-roster",
-     "stanzad-admin"}
+     "stanzad-s2s-gateway", "stanzad-admin"}
 )
-EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin"})  # made per cluster
+# made per cluster
+EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s"})
 
 
 @pytest.fixture(scope="module")
@@ -154,11 +157,33 @@ def test_c2s_load_balancer_keeps_traffic_local(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_s2s_load_balancer_keeps_traffic_local_and_secret_comes_from_a_secret(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = overlays[overlay]
+    svc = _one(docs, "Service", "stanzad-s2s")
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(5269, "s2s")]
+    c = _container(_one(docs, "StatefulSet", "stanzad-s2s-gateway"))
+    assert {"name": "s2s", "containerPort": 5269} in c["ports"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["STANZAD_S2S_HOST"]["value"] == "0.0.0.0"
+    ref = env["STANZAD_S2S_DIALBACK_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "stanzad-s2s", "key": "dialback-secret"}
+    shipped = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"]]
+    if overlay == "dev":
+        assert ref["key"] in shipped[0]["stringData"]
+    else:
+        assert shipped == []  # production makes its own
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("role", sorted(PARTITIONED))
 def test_partition_owners_are_statefulsets_with_stable_ids(
     overlays: dict[str, list[Doc]], overlay: str, role: str
 ) -> None:
-    """Router, presence and roster: the pod name is the id, so a restarted pod gets its
+    """Router, presence, roster and s2s gateway: the pod name is the id, so a restarted pod gets its
     partitions back; a headless governing Service; a budget; more than one pod in prod."""
     docs = overlays[overlay]
     sts = _one(docs, "StatefulSet", f"stanzad-{role}")

@@ -75,7 +75,7 @@ def test_dashboard_queries_parse_and_use_only_exposed_metrics(
     assert {"stanzad_cm_connections", "stanzad_cm_logins_total",
             "stanzad_store_command_duration_seconds_bucket",
             "stanzad_presence_broadcasts_total", "stanzad_presence_fanout_sessions_bucket",
-            "stanzad_roster_requests_total"} <= used
+            "stanzad_roster_requests_total", "stanzad_s2s_connections"} <= used
 
 
 def test_dashboard_is_grafana_shaped(root: Path) -> None:
@@ -108,7 +108,8 @@ def test_prometheus_scrapes_every_stanzad_service(root: Path) -> None:
                if svc.get("image", "").startswith("stanzad:")}
     scraped = {name for job in config["scrape_configs"]
                for sd in job.get("dns_sd_configs", []) for name in sd["names"]}
-    assert stanzad == scraped == {"connection_manager", "router", "presence", "roster", "admin"}
+    assert stanzad == scraped == {"connection_manager", "router", "presence", "roster",
+                                  "s2s_gateway", "admin"}
     jobs = {job["job_name"]: sd["names"] for job in config["scrape_configs"]
             for sd in job.get("dns_sd_configs", [])}
     # the job names of the Kubernetes ServiceMonitor (the Service names), which alerts use
