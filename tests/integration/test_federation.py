@@ -272,11 +272,19 @@ async def test_rfc6120_10_1_remote_domain_moves_between_gateways_and_traffic_goe
             a.start_s2s, second, 0, f"{A}=127.0.0.1:{a.s2s_port},{B}=127.0.0.1:{b.s2s_port}",
         )
         await eventually(lambda: owned_by(second), 15, f"{second} owns b.example")
-        for i in range(5):
-            ca.send_message(mto=bob, mbody=f"second-{i}", mtype="chat")
-        assert await _bodies(cb, 5, 20) == [f"second-{i}" for i in range(5)]
+        # What is published before the hand-over fence is still the first gateway's to send
+        # (shared/partitions.py): keep sending until the second one has opened its link.
         out = 'stanzad_s2s_authentications_total{direction="out",mechanism="dialback"}'
-        assert out in a.metrics(second)
+        sent: list[str] = []
+
+        async def second_has_the_link() -> bool:
+            sent.append(f"second-{len(sent)}")
+            ca.send_message(mto=bob, mbody=sent[-1], mtype="chat")
+            await asyncio.sleep(0.2)
+            return out in await asyncio.to_thread(a.metrics, second)
+
+        await eventually(second_has_the_link, 20, f"{second} opened the link")
+        assert await _bodies(cb, len(sent), 20) == sent  # in order, none lost or doubled
 
         await asyncio.to_thread(localservers.stop, a.procs[second])  # SIGTERM: hands over
         await eventually(lambda: owned_by("s2s-1"), 15, "s2s-1 owns b.example again")
