@@ -1,0 +1,113 @@
+"""One run end to end: check bounds, start the cluster, create users, start the workers,
+run the scenario, sample the servers, tear everything down."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import time
+from typing import Any
+
+from loadtest import bounds, target
+from loadtest.fleet import Fleet
+from loadtest.phases import Run
+from loadtest.procstat import ProcSampler
+from loadtest.scenarios import RUNNERS, SCENARIOS, Options
+from loadtest.users import (
+    PASSWORD,
+    User,
+    create_accounts,
+    create_rosters,
+    make_users,
+    ring_contacts,
+)
+from shared.credentials import MAX_ITERATIONS, MIN_ITERATIONS
+from shared.store.redis import connect as redis_connect
+
+MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+
+
+def validate(opt: Options) -> bounds.Plan:
+    """Every bound of a run, checked before anything starts."""
+    if opt.scenario not in SCENARIOS:
+        raise bounds.BoundsError(f"scenario must be one of {', '.join(SCENARIOS)}")
+    if opt.mechanism not in MECHANISMS:
+        raise bounds.BoundsError(f"--mechanism must be one of {', '.join(MECHANISMS)}")
+    bounds.check_range("--seconds", opt.seconds, 0.1, bounds.MAX_SECONDS)
+    bounds.check_range("--hold", opt.hold_s, 0, bounds.MAX_SECONDS)
+    bounds.check_range("--messages", opt.messages, 1, bounds.MAX_MESSAGES)
+    bounds.check_range("--rate", opt.rate, 0.1, bounds.MAX_RATE_PER_S)
+    bounds.check_range("--concurrency", opt.concurrency, 1, 10_000)
+    bounds.check_range("--iterations", opt.iterations, MIN_ITERATIONS, MAX_ITERATIONS)
+    bounds.check_range("--drain", opt.drain_s, 0, 60)
+    bounds.check_range("--ramp-steps", opt.ramp_steps, 1, bounds.MAX_RAMP_STEPS)
+    bounds.check_range("--ramp-step-seconds", opt.ramp_step_s, 0.5, 120)
+    bounds.check_range("--ramp-start", opt.ramp_start, 1, bounds.MAX_RATE_PER_S)
+    bounds.check_range("--ramp-factor", opt.ramp_factor, 1.05, 10)
+    if opt.scenario == "ramp" and opt.ramp_steps * (opt.ramp_step_s + opt.drain_s + 1) > \
+            bounds.MAX_SECONDS:
+        raise bounds.BoundsError("the ramp would last longer than the time bound")
+    if opt.scenario == "presence":
+        bounds.check_range("--contacts", opt.contacts, 1, min(bounds.MAX_CONTACTS,
+                                                              opt.connections - 1))
+    if opt.scenario in ("chat", "ramp") and opt.connections < 2:
+        raise bounds.BoundsError("--connections: chat needs at least 2 users")
+    bounds.source_addresses(opt.sources)
+    return bounds.plan(opt.connections, opt.workers)
+
+
+async def _setup_users(redis_url: str, users: list[User], opt: Options) -> None:
+    redis = redis_connect(redis_url)
+    try:
+        await create_accounts(redis, users, opt.iterations)
+        if opt.scenario == "presence":
+            await create_rosters(redis, users, ring_contacts(len(users), opt.contacts))
+    finally:
+        await redis.aclose()
+
+
+def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False) -> dict[str, Any]:
+    plan = validate(opt)
+    host = bounds.require_loopback("--host", host)
+    sources = bounds.source_addresses(opt.sources)
+    topology = target.Topology(opt.cms, opt.routers)
+    started = time.time()
+    cluster = target.start(topology)
+    fleet: Fleet | None = None
+    sampler: ProcSampler | None = None
+    try:
+        users = make_users(opt.connections, cluster.domain)
+        asyncio.run(_setup_users(cluster.redis_url, users, opt))
+        fleet = Fleet(plan, host, tuple(cluster.c2s_ports), tuple(sources), cluster.domain,
+                      PASSWORD, opt.mechanism, quiet=quiet)
+        fleet.start()
+        sampler = ProcSampler(target.server_pids(cluster))
+        sampler.start()
+        result = RUNNERS[opt.scenario](Run(fleet, sampler), users, opt,
+                                       target.cm_names(cluster))
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        if sampler is not None:
+            sampler.stop()
+        cluster.stop()
+    assert sampler is not None
+    t0 = sampler.samples[0].t if sampler.samples else 0.0
+    return {
+        "scenario": opt.scenario,
+        "server": "stanzad",
+        "options": {k: getattr(opt, k) for k in opt.__dataclass_fields__},
+        "topology": {"cms": opt.cms, "routers": opt.routers, "workers": plan.workers,
+                     "sources": sources},
+        "machine": {"cpus": _cpus(), "python": platform.python_version(),
+                    "kernel": platform.release()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "result": result,
+        "samples": [{"t": s.t - t0, "cpu_s": s.cpu_s, "rss": s.rss} for s in sampler.samples],
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
