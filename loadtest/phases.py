@@ -68,6 +68,7 @@ def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipient
     stanzas, wait for deliveries (`fanout` per stanza) or `drain_s`, and measure."""
     fleet = run.fleet
     workers = fleet.plan.workers
+    idle = _idle_cpu_per_s(run)
     start_ns = time.monotonic_ns() + 200_000_000
     before = run.sampler.sample()
     fleet.call("send", [
@@ -114,6 +115,9 @@ def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipient
         "latency_ms": stats.summarize(lat_ms).as_dict(),
         "series": _series(arrivals, lat_ms, start_ns),
         "server": c.as_dict(),
+        "idle_server_cpu_per_s": idle,
+        "net_server_cpu_us_per_delivery": stats.per(
+            max(0.0, c.total_cpu_s - idle * c.seconds) * 1e6, delivered),
         "server_cpu_us_per_delivery": stats.per(c.total_cpu_s * 1e6, delivered),
         "deliveries_per_server_cpu_s": stats.per(delivered, c.total_cpu_s),
         "live_connections": sum(r["live"] for r in replies),
@@ -121,6 +125,14 @@ def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipient
     if kind == "presence":
         result["fanout"] = _fanout(arrivals, latencies, fanout)
     return result
+
+
+def _idle_cpu_per_s(run: Run, seconds: float = 1.0) -> float:
+    """Server CPU per second with no load (heartbeats, leases, metrics), to subtract."""
+    before = run.sampler.sample()
+    time.sleep(seconds)
+    c = cost(before, run.sampler.sample())
+    return c.total_cpu_s / c.seconds if c.seconds > 0 else 0.0
 
 
 def _bucket(b: stats.Bucket) -> dict[str, float]:

@@ -53,7 +53,9 @@ def _send_rows(step: dict[str, Any]) -> list[tuple[str, str]]:
         ("delivered per second", _fmt(step["delivered_per_s"], "/s", 0)),
         ("latency p50 / p95 / p99", f"{_fmt(lat['p50'])} / {_fmt(lat['p95'])} / "
                                     f"{_fmt(lat['p99'])} ms"),
-        ("server CPU per delivery", _fmt(step["server_cpu_us_per_delivery"], " µs")),
+        ("server CPU per delivery (net of idle)",
+         f"{_fmt(step['server_cpu_us_per_delivery'], ' µs')} "
+         f"({_fmt(step['net_server_cpu_us_per_delivery'], ' µs')})"),
         ("deliveries per server CPU-second", _fmt(step["deliveries_per_server_cpu_s"], "", 0)),
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import secrets
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from loadtest.users import (
 )
 from shared.credentials import MAX_ITERATIONS, MIN_ITERATIONS
 from shared.store.redis import connect as redis_connect
+from tests.support.cluster import Cluster
 
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 
@@ -66,19 +68,24 @@ async def _setup_users(redis_url: str, users: list[User], opt: Options) -> None:
         await redis.aclose()
 
 
-def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False) -> dict[str, Any]:
+def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
+        cluster: Cluster | None = None) -> dict[str, Any]:
+    """One run; against `cluster` when given (left running), else a cluster of its own."""
     plan = validate(opt)
     host = bounds.require_loopback("--host", host)
     sources = bounds.source_addresses(opt.sources)
     topology = target.Topology(opt.cms, opt.routers)
     started = time.time()
-    cluster = target.start(topology)
+    own = cluster is None
+    if cluster is None:
+        cluster = target.start(topology)
     fleet: Fleet | None = None
     sampler: ProcSampler | None = None
     try:
-        users = make_users(opt.connections, cluster.domain)
+        prefix = f"lt{secrets.token_hex(3)}-"  # several runs may share one cluster
+        users = make_users(opt.connections, cluster.domain, prefix)
         asyncio.run(_setup_users(cluster.redis_url, users, opt))
-        fleet = Fleet(plan, host, tuple(cluster.c2s_ports), tuple(sources), cluster.domain,
+        fleet = Fleet(plan, host, target.c2s_ports(cluster), tuple(sources), cluster.domain,
                       PASSWORD, opt.mechanism, quiet=quiet)
         fleet.start()
         sampler = ProcSampler(target.server_pids(cluster))
@@ -90,14 +97,17 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False) -> dict[str,
             fleet.stop()
         if sampler is not None:
             sampler.stop()
-        cluster.stop()
+        if own:
+            cluster.stop()
     assert sampler is not None
     t0 = sampler.samples[0].t if sampler.samples else 0.0
     return {
         "scenario": opt.scenario,
         "server": "stanzad",
         "options": {k: getattr(opt, k) for k in opt.__dataclass_fields__},
-        "topology": {"cms": opt.cms, "routers": opt.routers, "workers": plan.workers,
+        "topology": {"cms": len(target.cm_names(cluster)),
+                     "routers": sum(1 for n in cluster.procs if n.startswith("router")),
+                     "workers": plan.workers,
                      "sources": sources},
         "machine": {"cpus": _cpus(), "python": platform.python_version(),
                     "kernel": platform.release()},

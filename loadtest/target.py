@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from loadtest.bounds import check_range
+from shared import localservers
 from tests.support.cluster import Cluster, new_cluster
 
 BENCH_ENV = {
@@ -53,8 +54,17 @@ def start(topology: Topology) -> Cluster:
 
 
 def server_pids(cluster: Cluster) -> dict[str, int]:
-    return {name: proc.pid for name, proc in cluster.procs.items()}
+    """Every server process still running (a shared test cluster may have lost some)."""
+    return {name: proc.pid for name, proc in cluster.procs.items() if proc.poll() is None}
 
 
 def cm_names(cluster: Cluster) -> list[str]:
-    return [name for name in cluster.procs if name.startswith("cm-")]
+    return [name for name in server_pids(cluster) if name.startswith("cm-")]
+
+
+def c2s_ports(cluster: Cluster) -> tuple[int, ...]:
+    """The client ports that accept connections now."""
+    ports = tuple(p for p in cluster.c2s_ports if localservers.port_open("127.0.0.1", p))
+    if not ports:
+        raise RuntimeError("no connection manager of the cluster accepts connections")
+    return ports
