@@ -90,6 +90,10 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
         fleet.start()
         sampler = ProcSampler(target.server_pids(cluster))
         sampler.start()
+        topology_seen = {
+            "cms": len(target.cm_names(cluster)),
+            "routers": sum(1 for n in target.server_pids(cluster) if n.startswith("router")),
+        }
         result = RUNNERS[opt.scenario](Run(fleet, sampler), users, opt,
                                        target.cm_names(cluster))
     finally:
@@ -105,9 +109,7 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
         "scenario": opt.scenario,
         "server": "stanzad",
         "options": {k: getattr(opt, k) for k in opt.__dataclass_fields__},
-        "topology": {"cms": len(target.cm_names(cluster)),
-                     "routers": sum(1 for n in cluster.procs if n.startswith("router")),
-                     "workers": plan.workers,
+        "topology": {**topology_seen, "workers": plan.workers,
                      "sources": sources},
         "machine": {"cpus": _cpus(), "python": platform.python_version(),
                     "kernel": platform.release()},
