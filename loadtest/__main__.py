@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from loadtest import bounds, report
-from loadtest.runner import MECHANISMS, run
+from loadtest.runner import MECHANISMS, SERVERS, run
 from loadtest.scenarios import SCENARIOS, Options
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -18,6 +18,8 @@ OUT = Path(__file__).resolve().parent / "out"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
     p.add_argument("scenario", choices=SCENARIOS)
+    p.add_argument("--server", choices=SERVERS, default="stanzad",
+                   help="prosody: a private Prosody instance (Debian package)")
     p.add_argument("-n", "--connections", type=int, default=100, help="users / connections")
     p.add_argument("--workers", type=int, default=2, help="load processes (more if RLIMIT)")
     p.add_argument("--sources", type=int, default=4, help="loopback source addresses")

@@ -9,7 +9,7 @@ Runs, each against a fresh stanzad cluster started on free loopback ports:
 4. ramp — 200 users from 1,000 msgs/s, times 1.5 per 5 s step until p99 > 50 ms: the peak;
 5. scale-out — chat at 2,000 msgs/s with 1 connection manager + 1 router, then 2 + 2:
    server CPU per message as processes are added;
-6. presence — 500 users with rosters of 20 contacts, 500 broadcasts/s for 5 s: fan-out.
+6. presence — 500 users with rosters of 20 contacts, 100 broadcasts/s for 5 s: fan-out.
 
 Writes every run's JSON, summary and plots under loadtest/out/bench-<time>/ and a
 combined BENCH.md there.  `--quick` runs the same with tiny sizes (a smoke test).
@@ -44,7 +44,7 @@ def plan(quick: bool) -> list[tuple[str, Options]]:
                          ramp_step_s=5 * s if not quick else 1, p99_bound_ms=50)),
         ("scale-2cm-2router", replace(chat, rate=2000, cms=2, routers=2)),
         ("presence", Options("presence", connections=max(10, int(500 * s)),
-                             contacts=4 if quick else 20, rate=500, seconds=5 * s,
+                             contacts=4 if quick else 20, rate=100, seconds=5 * s,
                              messages=100_000)),
     ]
     return runs

@@ -249,3 +249,40 @@ async def _scram(conn: XmppConnection, mechanism: str, local: str, password: str
         raise LoginFailed(reply.decode(errors="replace"))
     # RFC 5802 §5.1: the server proves it knows the keys too
     client.set_server_final(base64.b64decode(m.group(2) or b"").decode())
+
+
+async def register(conn: XmppConnection, *, host: str, port: int, source: str, domain: str,
+                   jid: str, password: str, ctx: ssl.SSLContext, timeout: float = 30.0) -> None:
+    """Create the account by in-band registration (XEP-0077 §3.1) after STARTTLS; for
+    servers whose accounts the tool cannot write directly (Prosody)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def left() -> float:
+        return max(0.01, deadline - loop.time())
+
+    await asyncio.wait_for(connect(host, port, source, conn), left())
+    hdr = header(domain)
+    conn.write(hdr)
+    await conn.until(b"</stream:features>", timeout=left())
+    conn.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await conn.until(b"<proceed", timeout=left())
+    await conn.until(b">", timeout=left())
+    assert conn.transport is not None
+    tls = await asyncio.wait_for(
+        loop.start_tls(conn.transport, conn, ctx, server_hostname=None), left()
+    )
+    conn.transport = tls  # type: ignore[assignment]
+    conn.write(hdr)
+    await conn.until(b"</stream:features>", timeout=left())
+    local = jid.partition("@")[0]
+    conn.write(
+        b"<iq type='set' id='reg1'><query xmlns='jabber:iq:register'>"
+        + f"<username>{local}</username><password>{password}</password></query></iq>".encode()
+    )
+    reply = await conn.until(b"<iq", timeout=left())
+    reply += await conn.until(b">", timeout=left())  # the iq's start tag
+    if not reply.endswith(b"/>"):
+        reply += await conn.until(b"</iq>", timeout=left())
+    if b'type="result"' not in reply and b"type='result'" not in reply:
+        raise LoginFailed(f"registration: {reply[-300:]!r}")

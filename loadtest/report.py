@@ -48,8 +48,8 @@ def _send_rows(step: dict[str, Any]) -> list[tuple[str, str]]:
     lat = step["latency_ms"]
     return [
         ("target rate", _fmt(step["target_rate"], "/s", 0)),
-        ("sent / delivered / lost", f"{step['sent']:,} / {step['delivered']:,} / "
-                                    f"{step['loss']:,}"),
+        ("sent / delivered / not delivered within the drain",
+         f"{step['sent']:,} / {step['delivered']:,} / {step['loss']:,}"),
         ("delivered per second", _fmt(step["delivered_per_s"], "/s", 0)),
         ("latency p50 / p95 / p99", f"{_fmt(lat['p50'])} / {_fmt(lat['p95'])} / "
                                     f"{_fmt(lat['p99'])} ms"),
@@ -108,10 +108,12 @@ def _div(value: float | None, by: float) -> float | None:
 def markdown(doc: dict[str, Any]) -> str:
     opts = doc["options"]
     topo = doc["topology"]
+    shape = (f"{topo['cms']} connection manager(s), {topo['routers']} router(s)"
+             if "cms" in topo else "one server process")
     lines = [
         f"## {doc['scenario']} — {doc['server']} ({doc['started']})",
         "",
-        f"{topo['cms']} connection manager(s), {topo['routers']} router(s); "
+        f"{shape}; "
         f"{opts['connections']:,} connections from {topo['workers']} worker process(es) over "
         f"{len(topo['sources'])} source addresses; {opts['mechanism']}; "
         f"machine: {doc['machine']['cpus']} CPUs (shared and noisy: figures are lower bounds).",

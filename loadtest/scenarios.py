@@ -22,6 +22,7 @@ SCENARIOS = ("idle", "login", "chat", "presence", "ramp")
 @dataclass(frozen=True, slots=True)
 class Options:
     scenario: str
+    server: str = "stanzad"
     connections: int = 100
     workers: int = 2
     sources: int = 4
@@ -44,7 +45,7 @@ class Options:
     presence: bool = True
 
 
-def idle(run: Run, users: list[User], opt: Options, cms: list[str]) -> dict[str, Any]:
+def idle(run: Run, users: list[User], opt: Options, front: list[str]) -> dict[str, Any]:
     """Log everyone in and stay; RSS growth of the connection managers per connection.
 
     A few connections log in first so that one-off allocations (TLS context, first parser,
@@ -65,7 +66,7 @@ def idle(run: Run, users: list[User], opt: Options, cms: list[str]) -> dict[str,
     held = run.sampler.sample()
     n = main["bound"] if rest else 0
     grown = {k: loaded.rss[k] - base.rss[k] for k in loaded.rss}
-    cm_growth = sum(grown[k] for k in cms)
+    cm_growth = sum(grown[k] for k in front)
     hold = cost(loaded, held)
     return {
         "connections": warm + n,

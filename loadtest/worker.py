@@ -115,6 +115,32 @@ class Worker:
                 "errors": errors, "durations_ms": durations, "first_ns": first,
                 "last_ns": time.monotonic_ns()}
 
+    async def do_register(self, users: list[str], concurrency: int, timeout_s: float
+                          ) -> dict[str, Any]:
+        """In-band registration of `users`, each on a connection closed afterwards."""
+        gate = asyncio.Semaphore(max(1, concurrency))
+        errors: list[str] = []
+
+        async def one(i: int, jid: str) -> bool:
+            conn = client.XmppConnection()
+            async with gate:
+                try:
+                    await client.register(
+                        conn, host=self.cfg.host, port=self.cfg.ports[i % len(self.cfg.ports)],
+                        source=self.cfg.sources[i % len(self.cfg.sources)],
+                        domain=self.cfg.domain, jid=jid, password=self.cfg.password,
+                        ctx=self.ctx, timeout=timeout_s)
+                except (OSError, TimeoutError, client.LoginFailed) as exc:
+                    if len(errors) < MAX_ERRORS:
+                        errors.append(f"{jid}: {type(exc).__name__}: {exc}"[:300])
+                    return False
+                finally:
+                    conn.close()
+                return True
+
+        done = await asyncio.gather(*(one(i, j) for i, j in enumerate(users)))
+        return {"registered": sum(done), "errors": errors}
+
     async def do_send(self, kind: str, rate: float, count: int, seconds: float,
                       recipients: list[str], start_ns: int) -> dict[str, Any]:
         if self.sender is not None and not self.sender.done():

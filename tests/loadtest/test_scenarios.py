@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from loadtest import report
+from loadtest import prosody, report
 from loadtest.runner import run
 from loadtest.scenarios import Options
 from tests.support.cluster import Cluster
@@ -73,3 +73,22 @@ def test_ramp(cluster: Cluster) -> None:
     assert 1 <= len(steps) <= 2
     assert all(s["sent"] <= 20 and s["delivered"] <= s["sent"] for s in steps)
     assert steps[0]["target_rate"] == 10
+
+
+@pytest.mark.skipif(not prosody.available(), reason="Debian package prosody not installed")
+def test_side_by_side_prosody_accounts_by_registration_then_chat() -> None:
+    doc = run(tiny("chat", server="prosody", mechanism="SCRAM-SHA-1"), quiet=True)
+    assert doc["server"] == "prosody"
+    check_login(doc["result"]["login"])
+    assert doc["result"]["chat"]["delivered"] == 20
+    assert set(doc["samples"][-1]["rss"]) == {"prosody"}
+
+
+def test_prosody_runs_refuse_what_it_cannot_do() -> None:
+    from loadtest.bounds import BoundsError
+    from loadtest.runner import validate
+
+    with pytest.raises(BoundsError, match="SCRAM-SHA-1"):
+        validate(tiny("chat", server="prosody"))
+    with pytest.raises(BoundsError, match="presence"):
+        validate(tiny("presence", server="prosody", mechanism="PLAIN", contacts=2))
