@@ -1,0 +1,142 @@
+"""`make bench`: the documented default comparison, end to end, in a few minutes.
+
+Runs, each against a fresh stanzad cluster started on free loopback ports:
+
+1. idle — 2,000 connections (STARTTLS + SCRAM-SHA-256 + bind + presence), held 5 s:
+   connection-manager RSS per connection;
+2. login — 1,000 logins, 100 in flight: login rate, time to bound p50/p99;
+3. chat — 200 users at 1,000 and 2,000 msgs/s for 10 s: latency p50/p95/p99, CPU/message;
+4. ramp — 200 users from 1,000 msgs/s, times 1.5 per 5 s step until p99 > 50 ms: the peak;
+5. scale-out — chat at 2,000 msgs/s with 1 connection manager + 1 router, then 2 + 2:
+   server CPU per message as processes are added;
+6. presence — 500 users with rosters of 20 contacts, 100 broadcasts/s for 5 s: fan-out;
+7. side by side, when the Debian package `prosody` is installed: login, chat at 2,000/s and
+   idle, with SCRAM-SHA-1 (Prosody 0.12 has no SCRAM-SHA-256), against stanzad and then a
+   private Prosody on another loopback port; a table of the ratios.  ejabberd: not yet.
+
+Writes every run's JSON, summary and plots under loadtest/out/bench-<time>/ and a
+combined BENCH.md there.  `--quick` runs the same with tiny sizes (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from loadtest import prosody, report
+from loadtest.runner import run
+from loadtest.scenarios import Options
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def plan(quick: bool) -> list[tuple[str, Options]]:
+    s = 0.1 if quick else 1.0  # size factor
+    chat = Options("chat", connections=max(4, int(200 * s)), seconds=10 * s, messages=200_000)
+    runs = [
+        ("idle", Options("idle", connections=max(10, int(2000 * s)), hold_s=5 * s,
+                         concurrency=100)),
+        ("login", Options("login", connections=max(10, int(1000 * s)), concurrency=100)),
+        ("chat-1000", replace(chat, rate=1000)),
+        ("chat-2000", replace(chat, rate=2000)),
+        ("ramp", Options("ramp", connections=chat.connections, ramp_start=1000,
+                         ramp_factor=1.5, ramp_steps=2 if quick else 7,
+                         ramp_step_s=5 * s if not quick else 1, p99_bound_ms=50)),
+        ("scale-2cm-2router", replace(chat, rate=2000, cms=2, routers=2)),
+        ("presence", Options("presence", connections=max(10, int(500 * s)),
+                             contacts=4 if quick else 20, rate=100, seconds=5 * s,
+                             messages=100_000)),
+    ]
+    if prosody.available():
+        sha1 = {"mechanism": "SCRAM-SHA-1"}
+        runs += [
+            ("sbs-login-stanzad", replace(runs[1][1], **sha1)),
+            ("sbs-login-prosody", replace(runs[1][1], server="prosody", **sha1)),
+            ("sbs-chat-stanzad", replace(chat, rate=2000, **sha1)),
+            ("sbs-chat-prosody", replace(chat, rate=2000, server="prosody", **sha1)),
+            ("sbs-idle-stanzad", replace(runs[0][1], **sha1)),
+            ("sbs-idle-prosody", replace(runs[0][1], server="prosody", **sha1)),
+        ]
+    return runs
+
+
+SIDE_BY_SIDE = (
+    ("logins per server CPU-second", "sbs-login", ("login", "logins_per_server_cpu_s")),
+    ("login time to bound p99 (ms)", "sbs-login", ("login", "time_to_bound_ms", "p99")),
+    ("chat deliveries per server CPU-second", "sbs-chat",
+     ("chat", "deliveries_per_server_cpu_s")),
+    ("chat latency p99 (ms)", "sbs-chat", ("chat", "latency_ms", "p99")),
+    ("idle RSS per connection (KiB)", "sbs-idle", ("cm_rss_per_connection_bytes",)),
+)
+
+
+def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = doc["result"]
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def side_by_side(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """A table of stanzad and Prosody figures and their ratio."""
+    rows = ["## side by side (SCRAM-SHA-1, same scenario, one after the other)", "",
+            "| figure | stanzad | Prosody | stanzad / Prosody |", "|---|---|---|---|"]
+    for label, prefix, path in SIDE_BY_SIDE:
+        ours, theirs = docs.get(f"{prefix}-stanzad"), docs.get(f"{prefix}-prosody")
+        if ours is None or theirs is None:
+            continue
+        a, b = _dig(ours, path), _dig(theirs, path)
+        if "KiB" in label:
+            a, b = (None if a is None else a / 1024), (None if b is None else b / 1024)
+        ratio = f"{a / b:.2f}" if a is not None and b else "n/a"
+        rows.append(f"| {label} | {_num(a)} | {_num(b)} | {ratio} |")
+    return [*rows, ""] if len(rows) > 4 else []
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    p.add_argument("--only", nargs="*", help="run only these names")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    out = args.out or OUT / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "# stanzad benchmark (`make bench`)", "",
+        "Every figure comes from a machine shared with other work: treat them as lower bounds "
+        "and compare runs made one after another, not across days.", "",
+    ]
+    failed = []
+    docs: dict[str, dict[str, Any]] = {}
+    for name, opt in plan(args.quick):
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", file=sys.stderr)
+        try:
+            doc = run(opt)
+        except Exception as exc:  # one failed run must not hide the others' figures
+            print(f"{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed.append(name)
+            parts += [f"## {name}: failed ({type(exc).__name__}: {exc})", ""]
+            continue
+        report.write_all(doc, out / name)
+        docs[name] = report._clean(doc)
+        parts += [report.markdown(report._clean(doc)).replace("## ", f"## {name}: ", 1), ""]
+    parts += side_by_side(docs)
+    (out / "BENCH.md").write_text("\n".join(parts))
+    print("\n".join(parts))
+    print(f"written under {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

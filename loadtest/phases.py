@@ -1,0 +1,161 @@
+"""The building blocks every scenario is made of: log users in, send at a rate, collect."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from loadtest import stats
+from loadtest.fleet import Fleet
+from loadtest.procstat import ProcSampler, cost
+from loadtest.users import User
+
+
+@dataclass
+class Run:
+    fleet: Fleet
+    sampler: ProcSampler
+    login_timeout_s: float = 60.0
+
+
+def split(items: list[Any], shares: list[int]) -> list[list[Any]]:
+    out, at = [], 0
+    for n in shares:
+        out.append(items[at:at + n])
+        at += n
+    return out
+
+
+def login(run: Run, users: list[User], concurrency: int, presence: bool, label: str
+          ) -> dict[str, Any]:
+    """Log `users` in, spread over the workers; time to bound and rate, server cost."""
+    workers = run.fleet.plan.workers
+    base, extra = divmod(len(users), workers)
+    shares = [base + (1 if i < extra else 0) for i in range(workers)]
+    parts = split(users, shares)
+    offsets = [sum(shares[:i]) for i in range(workers)]
+    per_worker = max(1, concurrency // workers)
+    before = run.sampler.sample()
+    replies = run.fleet.call("login", [
+        {"users": [(u.jid, u.resource) for u in part], "concurrency": per_worker,
+         "presence": presence, "timeout_s": run.login_timeout_s, "offset": off}
+        for part, off in zip(parts, offsets, strict=True)
+    ], label, timeout_s=run.login_timeout_s * (1 + len(users) / max(1, concurrency)) + 30)
+    after = run.sampler.sample()
+    durations = [d for r in replies for d in r["durations_ms"]]
+    bound = sum(r["bound"] for r in replies)
+    span_s = (max(r["last_ns"] for r in replies) - min(r["first_ns"] for r in replies)) / 1e9
+    c = cost(before, after)
+    return {
+        "users": len(users),
+        "bound": bound,
+        "failed": sum(r["failed"] for r in replies),
+        "errors": [e for r in replies for e in r["errors"]][:5],
+        "seconds": span_s,
+        "logins_per_s": stats.rate(bound, span_s),
+        "time_to_bound_ms": stats.summarize(durations).as_dict(),
+        "server": c.as_dict(),
+        "logins_per_server_cpu_s": stats.per(bound, c.total_cpu_s),
+    }
+
+
+def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipients: list[str],
+         fanout: int, drain_s: float, label: str) -> dict[str, Any]:
+    """Send `kind` ('chat' or 'presence') at `rate` in total for at most `seconds` or `count`
+    stanzas, wait for deliveries (`fanout` per stanza) or `drain_s`, and measure."""
+    fleet = run.fleet
+    workers = fleet.plan.workers
+    idle = _idle_cpu_per_s(run)
+    start_ns = time.monotonic_ns() + 200_000_000
+    before = run.sampler.sample()
+    fleet.call("send", [
+        {"kind": kind, "rate": rate / workers, "count": count // workers
+         + (1 if i < count % workers else 0), "seconds": seconds, "recipients": recipients,
+         "start_ns": start_ns}
+        for i in range(workers)
+    ], label, timeout_s=30)
+    t0 = fleet.totals()
+    started = time.monotonic()
+    hard_end = started + 0.2 + seconds + drain_s
+    send_end = started + 0.2 + seconds
+    while time.monotonic() < hard_end:
+        time.sleep(0.25)
+        fleet.progress(label, started)
+        t = fleet.totals()
+        sent, got = t["sent"] - t0["sent"], t["received"] - t0["received"]
+        if time.monotonic() > send_end and got >= sent * fanout:
+            break
+        if sent >= count and got >= sent * fanout:
+            break
+    fleet.end_progress()
+    replies = fleet.call("collect", {"wait_s": 5.0}, label, timeout_s=30)
+    after = run.sampler.sample()
+    arrivals, latencies = array("q"), array("q")
+    for r in replies:
+        arrivals.frombytes(r["arrivals"])
+        latencies.frombytes(r["latencies"])
+    sent = sum(max(0, r["sent"]) for r in replies)
+    delivered = len(latencies)
+    window_s = ((max(arrivals) - start_ns) / 1e9) if delivered else seconds
+    c = cost(before, after)
+    lat_ms = [x / 1e6 for x in latencies]
+    result: dict[str, Any] = {
+        "kind": kind,
+        "target_rate": rate,
+        "sent": sent,
+        "delivered": delivered,
+        "expected": sent * fanout,
+        "loss": max(0, sent * fanout - delivered),
+        "loss_ratio": stats.per(max(0, sent * fanout - delivered), sent * fanout),
+        "seconds": window_s,
+        "delivered_per_s": stats.rate(delivered, window_s),
+        "latency_ms": stats.summarize(lat_ms).as_dict(),
+        "series": _series(arrivals, lat_ms, start_ns),
+        "server": c.as_dict(),
+        "idle_server_cpu_per_s": idle,
+        "net_server_cpu_us_per_delivery": stats.per(
+            max(0.0, c.total_cpu_s - idle * c.seconds) * 1e6, delivered),
+        "server_cpu_us_per_delivery": stats.per(c.total_cpu_s * 1e6, delivered),
+        "deliveries_per_server_cpu_s": stats.per(delivered, c.total_cpu_s),
+        "live_connections": sum(r["live"] for r in replies),
+    }
+    if kind == "presence":
+        result["fanout"] = _fanout(arrivals, latencies, fanout)
+    return result
+
+
+def _idle_cpu_per_s(run: Run, seconds: float = 1.0) -> float:
+    """Server CPU per second with no load (heartbeats, leases, metrics), to subtract."""
+    before = run.sampler.sample()
+    time.sleep(seconds)
+    c = cost(before, run.sampler.sample())
+    return c.total_cpu_s / c.seconds if c.seconds > 0 else 0.0
+
+
+def _bucket(b: stats.Bucket) -> dict[str, float]:
+    return {"t_s": b.t_s, "delivered": b.delivered, "p50": b.p50, "p95": b.p95, "p99": b.p99}
+
+
+def _series(arrivals: array[int], lat_ms: list[float], start_ns: int) -> list[dict[str, float]]:
+    pairs = zip(((a - start_ns) / 1e9 for a in arrivals), lat_ms, strict=True)
+    return [_bucket(b) for b in stats.series(pairs, 0.0)]
+
+
+def _fanout(arrivals: array[int], latencies: array[int], expected: int) -> dict[str, Any]:
+    """Per broadcast (grouped by its stamp): contacts reached and time until the last one."""
+    reached: dict[int, int] = defaultdict(int)
+    slowest: dict[int, int] = defaultdict(int)
+    for a, lat in zip(arrivals, latencies, strict=True):
+        stamp = a - lat
+        reached[stamp] += 1
+        slowest[stamp] = max(slowest[stamp], lat)
+    complete = [slowest[s] / 1e6 for s, n in reached.items() if n >= expected]
+    return {
+        "broadcasts_seen": len(reached),
+        "complete": len(complete),
+        "contacts_per_broadcast": expected,
+        "time_to_all_contacts_ms": stats.summarize(complete).as_dict(),
+    }

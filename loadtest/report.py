@@ -1,0 +1,196 @@
+"""Outputs of a run: the JSON result, a markdown summary and PNG plots (matplotlib is
+optional: without it the plots are skipped with a message)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinities become null: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n")
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _login_rows(login: dict[str, Any]) -> list[tuple[str, str]]:
+    t = login["time_to_bound_ms"]
+    return [
+        ("logins bound / failed", f"{login['bound']:,} / {login['failed']:,}"),
+        ("login rate", _fmt(login["logins_per_s"], "/s")),
+        ("time to bound p50 / p99", f"{_fmt(t['p50'], ' ms')} / {_fmt(t['p99'], ' ms')}"),
+        ("logins per server CPU-second", _fmt(login["logins_per_server_cpu_s"])),
+    ]
+
+
+def _send_rows(step: dict[str, Any]) -> list[tuple[str, str]]:
+    lat = step["latency_ms"]
+    return [
+        ("target rate", _fmt(step["target_rate"], "/s", 0)),
+        ("sent / delivered / not delivered within the drain",
+         f"{step['sent']:,} / {step['delivered']:,} / {step['loss']:,}"),
+        ("delivered per second", _fmt(step["delivered_per_s"], "/s", 0)),
+        ("latency p50 / p95 / p99", f"{_fmt(lat['p50'])} / {_fmt(lat['p95'])} / "
+                                    f"{_fmt(lat['p99'])} ms"),
+        ("server CPU per delivery (net of idle)",
+         f"{_fmt(step['server_cpu_us_per_delivery'], ' µs')} "
+         f"({_fmt(step['net_server_cpu_us_per_delivery'], ' µs')})"),
+        ("deliveries per server CPU-second", _fmt(step["deliveries_per_server_cpu_s"], "", 0)),
+    ]
+
+
+def headline(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    r = doc["result"]
+    scenario = doc["scenario"]
+    rows: list[tuple[str, str]] = []
+    if scenario == "idle":
+        rows += [
+            ("connections (measured)", f"{r['connections']:,} ({r['measured_connections']:,})"),
+            ("RSS per connection, connection manager(s) or Prosody", _fmt(
+                _div(r["cm_rss_per_connection_bytes"], 1024), " KiB", 2)),
+            ("all server processes' RSS per connection", _fmt(
+                _div(r["all_rss_per_connection_bytes"], 1024), " KiB", 2)),
+        ]
+        rows += _login_rows(r["login"])
+    elif scenario == "login":
+        rows += _login_rows(r["login"])
+    elif scenario == "chat":
+        rows += _send_rows(r["chat"])
+    elif scenario == "presence":
+        f = r["presence"]["fanout"]
+        rows += _login_rows(r["login"])
+        rows += [
+            ("contacts per roster", _fmt(f["contacts_per_broadcast"])),
+            ("broadcasts reaching every contact", f"{f['complete']:,} / "
+                                                   f"{r['presence']['sent']:,}"),
+            ("time to all contacts p50 / p99",
+             f"{_fmt(f['time_to_all_contacts_ms']['p50'])} / "
+             f"{_fmt(f['time_to_all_contacts_ms']['p99'])} ms"),
+        ]
+        rows += _send_rows(r["presence"])
+    elif scenario == "ramp":
+        rows.append(("peak delivered rate with p99 ≤ "
+                     f"{r['p99_bound_ms']:g} ms", _fmt(r["peak_delivered_per_s"], "/s", 0)))
+        for s in r["steps"]:
+            lat = s["latency_ms"]
+            rows.append((f"step {s['target_rate']:g}/s",
+                         f"{_fmt(s['delivered_per_s'], '/s', 0)}, p99 {_fmt(lat['p99'])} ms, "
+                         f"{_fmt(s['server_cpu_us_per_delivery'])} µs CPU/msg, "
+                         f"loss {s['loss']:,}{'' if s['passed'] else ' (over the bound)'}"))
+    return rows
+
+
+def _div(value: float | None, by: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else value / by
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    opts = doc["options"]
+    topo = doc["topology"]
+    shape = (f"{topo['cms']} connection manager(s), {topo['routers']} router(s)"
+             if "cms" in topo else "one server process")
+    lines = [
+        f"## {doc['scenario']} — {doc['server']} ({doc['started']})",
+        "",
+        f"{shape}; "
+        f"{opts['connections']:,} connections from {topo['workers']} worker process(es) over "
+        f"{len(topo['sources'])} source addresses; {opts['mechanism']}; "
+        f"machine: {doc['machine']['cpus']} CPUs (shared and noisy: figures are lower bounds).",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in headline(doc)]
+    last = doc["samples"][-1] if doc["samples"] else None
+    if last:
+        rss = ", ".join(f"{k} {v / MiB:.0f}" for k, v in last["rss"].items())
+        lines += ["", f"Server RSS at the end (MiB): {rss}."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(doc: dict[str, Any], out: Path) -> list[Path]:
+    """Latency percentiles over time, throughput and server RSS; [] without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: plots skipped (pip install -e '.[bench]')")
+        return []
+    written = []
+    series = _series(doc)
+    if series:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+        t = [b["t_s"] for b in series]
+        for q in ("p50", "p95", "p99"):
+            ax1.plot(t, [b[q] if b[q] is not None else math.nan for b in series], label=q)
+        ax1.set_ylabel("latency (ms)")
+        ax1.set_yscale("log")
+        ax1.legend()
+        ax2.plot(t, [b["delivered"] for b in series])
+        ax2.set_ylabel("delivered per second")
+        ax2.set_xlabel("seconds")
+        fig.suptitle(f"{doc['scenario']}: latency and throughput")
+        path = out / "latency_throughput.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    if doc["samples"]:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        t = [s["t"] for s in doc["samples"]]
+        for name in doc["samples"][0]["rss"]:
+            ax.plot(t, [s["rss"].get(name, 0) / MiB for s in doc["samples"]], label=name)
+        ax.set_ylabel("RSS (MiB)")
+        ax.set_xlabel("seconds")
+        ax.legend(fontsize="small")
+        fig.suptitle(f"{doc['scenario']}: server RSS")
+        path = out / "rss.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _series(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    r = doc["result"]
+    if "chat" in r:
+        return list(r["chat"]["series"])
+    if "presence" in r:
+        return list(r["presence"]["series"])
+    if "steps" in r:
+        out: list[dict[str, Any]] = []
+        offset = 0.0
+        for s in r["steps"]:
+            out += [{**b, "t_s": b["t_s"] + offset} for b in s["series"]]
+            offset = out[-1]["t_s"] if out else offset
+        return out
+    return []
+
+
+def write_all(doc: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(doc, out / "result.json")
+    (out / "summary.md").write_text(markdown(_clean(doc)))
+    return [out / "result.json", out / "summary.md", *plots(_clean(doc), out)]

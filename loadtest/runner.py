@@ -1,0 +1,162 @@
+"""One run end to end: check bounds, start the cluster, create users, start the workers,
+run the scenario, sample the servers, tear everything down."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import secrets
+import time
+from typing import Any
+
+from loadtest import bounds, prosody, target
+from loadtest.fleet import Fleet
+from loadtest.phases import Run
+from loadtest.procstat import ProcSampler
+from loadtest.scenarios import RUNNERS, SCENARIOS, Options
+from loadtest.users import (
+    PASSWORD,
+    User,
+    create_accounts,
+    create_rosters,
+    make_users,
+    ring_contacts,
+)
+from shared.credentials import MAX_ITERATIONS, MIN_ITERATIONS
+from shared.store.redis import connect as redis_connect
+from tests.support.cluster import Cluster
+
+MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+SERVERS = ("stanzad", "prosody")
+
+
+def validate(opt: Options) -> bounds.Plan:
+    """Every bound of a run, checked before anything starts."""
+    if opt.scenario not in SCENARIOS:
+        raise bounds.BoundsError(f"scenario must be one of {', '.join(SCENARIOS)}")
+    if opt.server not in SERVERS:
+        raise bounds.BoundsError(f"--server must be one of {', '.join(SERVERS)}")
+    if opt.server == "prosody":
+        if opt.mechanism == "SCRAM-SHA-256":
+            raise bounds.BoundsError("--mechanism: Prosody 0.12 offers SCRAM-SHA-1 and PLAIN")
+        if opt.scenario == "presence":
+            raise bounds.BoundsError("scenario: presence needs rosters written into stanzad")
+        if (opt.cms, opt.routers) != (1, 1):
+            raise bounds.BoundsError("--cms/--routers: Prosody is one process")
+    if opt.mechanism not in MECHANISMS:
+        raise bounds.BoundsError(f"--mechanism must be one of {', '.join(MECHANISMS)}")
+    bounds.check_range("--seconds", opt.seconds, 0.1, bounds.MAX_SECONDS)
+    bounds.check_range("--hold", opt.hold_s, 0, bounds.MAX_SECONDS)
+    bounds.check_range("--messages", opt.messages, 1, bounds.MAX_MESSAGES)
+    bounds.check_range("--rate", opt.rate, 0.1, bounds.MAX_RATE_PER_S)
+    bounds.check_range("--concurrency", opt.concurrency, 1, 10_000)
+    bounds.check_range("--iterations", opt.iterations, MIN_ITERATIONS, MAX_ITERATIONS)
+    bounds.check_range("--drain", opt.drain_s, 0, 60)
+    bounds.check_range("--ramp-steps", opt.ramp_steps, 1, bounds.MAX_RAMP_STEPS)
+    bounds.check_range("--ramp-step-seconds", opt.ramp_step_s, 0.5, 120)
+    bounds.check_range("--ramp-start", opt.ramp_start, 1, bounds.MAX_RATE_PER_S)
+    bounds.check_range("--ramp-factor", opt.ramp_factor, 1.05, 10)
+    if opt.scenario == "ramp" and opt.ramp_steps * (opt.ramp_step_s + opt.drain_s + 1) > \
+            bounds.MAX_SECONDS:
+        raise bounds.BoundsError("the ramp would last longer than the time bound")
+    if opt.scenario == "presence":
+        bounds.check_range("--contacts", opt.contacts, 1, min(bounds.MAX_CONTACTS,
+                                                              opt.connections - 1))
+    if opt.scenario in ("chat", "ramp") and opt.connections < 2:
+        raise bounds.BoundsError("--connections: chat needs at least 2 users")
+    bounds.source_addresses(opt.sources)
+    return bounds.plan(opt.connections, opt.workers)
+
+
+async def _setup_users(redis_url: str, users: list[User], opt: Options) -> None:
+    redis = redis_connect(redis_url)
+    try:
+        await create_accounts(redis, users, opt.iterations)
+        if opt.scenario == "presence":
+            await create_rosters(redis, users, ring_contacts(len(users), opt.contacts))
+    finally:
+        await redis.aclose()
+
+
+def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
+        cluster: Cluster | None = None) -> dict[str, Any]:
+    """One run against stanzad: `cluster` when given (left running), else a cluster of its
+    own; with `opt.server == "prosody"`, against a private Prosody instead."""
+    plan = validate(opt)
+    host = bounds.require_loopback("--host", host)
+    if opt.server == "prosody":
+        return _run_prosody(opt, plan, host, quiet)
+    topology = target.Topology(opt.cms, opt.routers)
+    own = cluster is None
+    if cluster is None:
+        cluster = target.start(topology)
+    try:
+        prefix = f"lt{secrets.token_hex(3)}-"  # several runs may share one cluster
+        users = make_users(opt.connections, cluster.domain, prefix)
+        asyncio.run(_setup_users(cluster.redis_url, users, opt))
+        seen = {
+            "cms": len(target.cm_names(cluster)),
+            "routers": sum(1 for n in target.server_pids(cluster) if n.startswith("router")),
+        }
+        return _drive(opt, plan, host, quiet, users, target.c2s_ports(cluster), cluster.domain,
+                      target.server_pids(cluster), target.cm_names(cluster), seen, None)
+    finally:
+        if own:
+            cluster.stop()
+
+
+def _run_prosody(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> dict[str, Any]:
+    server = prosody.start(iterations=opt.iterations)
+    try:
+        users = make_users(opt.connections, server.domain, f"lt{secrets.token_hex(3)}-")
+        return _drive(opt, plan, host, quiet, users, (server.port,), server.domain,
+                      {"prosody": server.proc.pid}, ["prosody"], {"processes": 1},
+                      "register")
+    finally:
+        server.stop()
+
+
+def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[User],
+           ports: tuple[int, ...], domain: str, pids: dict[str, int], front: list[str],
+           topology: dict[str, int], register: str | None) -> dict[str, Any]:
+    """Start the workers and the sampler, create accounts in-band if asked, run."""
+    sources = bounds.source_addresses(opt.sources)
+    started = time.time()
+    fleet = Fleet(plan, host, ports, tuple(sources), domain, PASSWORD, opt.mechanism,
+                  quiet=quiet)
+    sampler = ProcSampler(pids)
+    try:
+        fleet.start()
+        if register:
+            per = [u.jid for u in users]
+            shares = [per[i::plan.workers] for i in range(plan.workers)]
+            replies = fleet.call("register", [
+                {"users": part, "concurrency": max(1, opt.concurrency // plan.workers),
+                 "timeout_s": 60.0} for part in shares], "register", timeout_s=600)
+            made = sum(r["registered"] for r in replies)
+            if made < len(users):
+                errors = [e for r in replies for e in r["errors"]]
+                raise RuntimeError(f"registered {made}/{len(users)}: {errors[:3]}")
+        sampler.start()
+        result = RUNNERS[opt.scenario](Run(fleet, sampler), users, opt, front)
+    finally:
+        fleet.stop()
+        sampler.stop()
+    t0 = sampler.samples[0].t if sampler.samples else 0.0
+    return {
+        "scenario": opt.scenario,
+        "server": opt.server,
+        "options": {k: getattr(opt, k) for k in opt.__dataclass_fields__},
+        "topology": {**topology, "workers": plan.workers, "sources": sources},
+        "machine": {"cpus": _cpus(), "python": platform.python_version(),
+                    "kernel": platform.release()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "result": result,
+        "samples": [{"t": s.t - t0, "cpu_s": s.cpu_s, "rss": s.rss} for s in sampler.samples],
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,70 @@
+"""The stanzad cluster under test, started by the tool on free loopback ports.
+
+Built on tests/support/cluster.py.  The connection managers run with the per-session limits
+lifted (a benchmark sender exceeds 100 stanzas/s and all clients come from a few source
+addresses) and logs at WARNING so that logging is not what is measured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from loadtest.bounds import check_range
+from shared import localservers
+from tests.support.cluster import Cluster, new_cluster
+
+BENCH_ENV = {
+    "STANZAD_MAX_INBOUND_BYTES_PER_S": "0",
+    "STANZAD_MAX_STANZAS_PER_S": "0",
+    "STANZAD_MAX_CONNECTIONS_PER_IP": "0",
+}
+QUIET = {"STANZAD_LOG_LEVEL": "WARNING"}
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    cms: int = 1
+    routers: int = 1
+    partitions: int = 64
+
+    def __post_init__(self) -> None:
+        check_range("--cms", self.cms, 1, 4)
+        check_range("--routers", self.routers, 1, 4)
+
+
+def start(topology: Topology) -> Cluster:
+    """nats, redis, routers, presence, roster, then the connection managers."""
+    cluster = new_cluster()
+    cluster.partitions = topology.partitions
+    try:
+        cluster.start_servers()
+        for i in range(topology.routers):
+            cluster.start_router(f"router-{i + 1}", **QUIET)
+        cluster.start_presence(**QUIET)
+        cluster.start_roster(**QUIET)
+        for i in range(topology.cms):
+            cluster.start_cm(f"cm-{i + 1}", **BENCH_ENV, **QUIET)
+        if topology.routers > 1:
+            time.sleep(4)  # partition leases (TTL 3 s) settle between the routers
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def server_pids(cluster: Cluster) -> dict[str, int]:
+    """Every server process still running (a shared test cluster may have lost some)."""
+    return {name: proc.pid for name, proc in cluster.procs.items() if proc.poll() is None}
+
+
+def cm_names(cluster: Cluster) -> list[str]:
+    return [name for name in server_pids(cluster) if name.startswith("cm-")]
+
+
+def c2s_ports(cluster: Cluster) -> tuple[int, ...]:
+    """The client ports that accept connections now."""
+    ports = tuple(p for p in cluster.c2s_ports if localservers.port_open("127.0.0.1", p))
+    if not ports:
+        raise RuntimeError("no connection manager of the cluster accepts connections")
+    return ports
