@@ -62,6 +62,9 @@ def validate(opt: Options) -> bounds.Plan:
     if opt.scenario == "presence":
         bounds.check_range("--contacts", opt.contacts, 1, min(bounds.MAX_CONTACTS,
                                                               opt.connections - 1))
+        if opt.contacts % 2 and opt.connections % 2:
+            # the ring of contacts is only mutual for an even count of one or the other
+            raise bounds.BoundsError("--contacts: an odd roster size needs an even --connections")
     if opt.scenario in ("chat", "ramp") and opt.connections < 2:
         raise bounds.BoundsError("--connections: chat needs at least 2 users")
     bounds.source_addresses(opt.sources)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
+from scramp import ScramException
+
 from loadtest import client
 from loadtest.bounds import raise_nofile
 
@@ -98,7 +100,8 @@ class Worker:
                         resource=resource, mechanism=self.cfg.mechanism, ctx=self.ctx,
                         timeout=timeout_s,
                     )
-                except (OSError, TimeoutError, client.LoginFailed, ValueError) as exc:
+                except (OSError, TimeoutError, client.LoginFailed, ScramException,
+                        ValueError) as exc:
                     conn.close()
                     self.count(FAILED)
                     if len(errors) < MAX_ERRORS:

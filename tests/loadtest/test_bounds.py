@@ -65,6 +65,7 @@ def test_plan_refuses_what_no_number_of_workers_can_hold() -> None:
     ({"mechanism": "DIGEST-MD5"}, "--mechanism"),
     ({"connections": 1}, "--connections"),
     ({"scenario": "presence", "connections": 5, "contacts": 5}, "--contacts"),
+    ({"scenario": "presence", "connections": 5, "contacts": 3}, "--contacts"),
     ({"scenario": "ramp", "ramp_steps": bounds.MAX_RAMP_STEPS + 1}, "--ramp-steps"),
     ({"scenario": "ramp", "ramp_factor": 1.0}, "--ramp-factor"),
     ({"scenario": "nope"}, "scenario"),
@@ -78,3 +79,12 @@ def test_options_out_of_bounds_are_refused(change: dict[str, object], option: st
 def test_default_options_are_within_bounds() -> None:
     for scenario in ("idle", "login", "chat", "presence", "ramp"):
         validate(Options(scenario=scenario))
+
+
+def test_the_descriptor_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    soft = bounds.raise_nofile()
+    now, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == now
+    assert hard == resource.RLIM_INFINITY or now == hard
