@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = ns.out or OUT / f"{opt.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
     written = report.write_all(doc, out)
-    print(report.markdown(report._clean(doc)))
+    print(report.markdown(report.clean(doc)))
     print("written: " + ", ".join(str(p) for p in written))
     return 0
 

@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             parts += [f"## {name}: failed ({type(exc).__name__}: {exc})", ""]
             continue
         report.write_all(doc, out / name)
-        docs[name] = report._clean(doc)
-        parts += [report.markdown(report._clean(doc)).replace("## ", f"## {name}: ", 1), ""]
+        docs[name] = report.clean(doc)
+        parts += [report.markdown(report.clean(doc)).replace("## ", f"## {name}: ", 1), ""]
     parts += side_by_side(docs)
     (out / "BENCH.md").write_text("\n".join(parts))
     print("\n".join(parts))

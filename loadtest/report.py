@@ -11,19 +11,19 @@ from typing import Any
 MiB = 1024 * 1024
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
     """NaN and infinities become null: JSON has neither."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     return value
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n")
+    path.write_text(json.dumps(clean(doc), indent=1, sort_keys=False) + "\n")
 
 
 def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
@@ -192,5 +192,5 @@ def _series(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def write_all(doc: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     write_json(doc, out / "result.json")
-    (out / "summary.md").write_text(markdown(_clean(doc)))
-    return [out / "result.json", out / "summary.md", *plots(_clean(doc), out)]
+    (out / "summary.md").write_text(markdown(clean(doc)))
+    return [out / "result.json", out / "summary.md", *plots(clean(doc), out)]
