@@ -49,6 +49,7 @@ from shared.xmpp.parser import (
     serialize,
 )
 from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS, error_reply, iq_result, must_not_bounce
+from shared.xmpp.stream_io import StreamIO
 
 MAX_AUTH_ATTEMPTS: Final = 3
 
@@ -140,7 +141,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class C2SStream:
+class C2SStream(StreamIO):
     """One client stream, from the first byte to </stream:stream>."""
 
     def __init__(self, config: StreamConfig) -> None:
@@ -165,33 +166,11 @@ class C2SStream:
 
     # ---- input -----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the socket.  Parse errors become a StreamEnded event."""
-        if self.state is State.CLOSED:
-            return
-        try:
-            self._pending.extend(self._parser.feed(data))
-        except StreamError as exc:
-            self._pending.append(exc)
+    def _input_closed(self) -> bool:
+        return self.state is State.CLOSED
 
-    def next_event(self) -> Event | None:
-        """The next event, or None when more data (or an answer from the caller) is needed."""
-        if self._ready:
-            return self._ready.popleft()
-        while self._pending and self.state not in (State.WAITING, State.CLOSED):
-            item = self._pending.popleft()
-            try:
-                event = self._handle(item)
-            except StreamError as exc:
-                return self._fail(exc)
-            if event is not None:
-                return event
-        return None
-
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+    def _input_paused(self) -> bool:
+        return self.state in (State.WAITING, State.CLOSED)
 
     @property
     def bound(self) -> bool:

@@ -52,6 +52,7 @@ from shared.xmpp.parser import (
     StreamParser,
 )
 from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS
+from shared.xmpp.stream_io import StreamIO
 
 KiB: Final = 1024
 S2S_MAX_STANZA_BYTES: Final = 512 * KiB
@@ -183,7 +184,7 @@ def parse_domain(value: str | None) -> str | None:
     return jid.domain
 
 
-class ReceivingStream:
+class ReceivingStream(StreamIO):
     """One inbound server-to-server stream, from the first byte to </stream:stream>."""
 
     def __init__(self, config: S2SConfig) -> None:
@@ -204,31 +205,11 @@ class ReceivingStream:
 
     # ---- input and output ----------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        if self.state is State.CLOSED:
-            return
-        try:
-            self._pending.extend(self._parser.feed(data))
-        except StreamError as exc:
-            self._pending.append(exc)
+    def _input_closed(self) -> bool:
+        return self.state is State.CLOSED
 
-    def next_event(self) -> Event | None:
-        if self._ready:
-            return self._ready.popleft()
-        while self._pending and self.state not in (State.WAITING, State.CLOSED):
-            item = self._pending.popleft()
-            try:
-                event = self._handle(item)
-            except StreamError as exc:
-                return self._fail(exc)
-            if event is not None:
-                return event
-        return None
-
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+    def _input_paused(self) -> bool:
+        return self.state in (State.WAITING, State.CLOSED)
 
     @property
     def closed(self) -> bool:

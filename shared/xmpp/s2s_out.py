@@ -48,6 +48,7 @@ from shared.xmpp.s2s import (
     check_header,
     stream_header,
 )
+from shared.xmpp.stream_io import StreamIO
 
 FEATURES = f"{{{ns.STREAM}}}features"
 STREAM_ERROR = f"{{{ns.STREAM}}}error"
@@ -88,7 +89,7 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-class InitiatingStream:
+class InitiatingStream(StreamIO):
     """One outbound server-to-server stream."""
 
     def __init__(
@@ -121,31 +122,11 @@ class InitiatingStream:
         self._cert_valid = cert_valid
         self._out.append(stream_header(self.config.domain, self.remote, None))
 
-    def receive_data(self, data: bytes) -> None:
-        if self.phase is Phase.CLOSED:
-            return
-        try:
-            self._pending.extend(self._parser.feed(data))
-        except StreamError as exc:
-            self._pending.append(exc)
+    def _input_closed(self) -> bool:
+        return self.phase is Phase.CLOSED
 
-    def next_event(self) -> Event | None:
-        if self._ready:
-            return self._ready.popleft()
-        while self._pending and self.phase not in (Phase.TLS_HANDSHAKE, Phase.CLOSED):
-            item = self._pending.popleft()
-            try:
-                event = self._handle(item)
-            except StreamError as exc:
-                return self._fail(exc)
-            if event is not None:
-                return event
-        return self._ready.popleft() if self._ready else None
-
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+    def _input_paused(self) -> bool:
+        return self.phase in (Phase.TLS_HANDSHAKE, Phase.CLOSED)
 
     @property
     def ready(self) -> bool:

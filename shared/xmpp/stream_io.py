@@ -1,0 +1,63 @@
+"""The input/output plumbing every sans-I/O stream machine shares (c2s, s2s both ways).
+
+Bytes go in with `receive_data` (parse errors are queued as items, so they surface in order),
+events come out of `next_event` one at a time, bytes to write are taken with `data_to_send`.
+A subclass provides `_handle` (one parsed item → an event or None), `_fail` (a stream error →
+the final event), and says when input is closed or paused (waiting for its caller).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from shared.xmpp.errors import StreamError
+from shared.xmpp.parser import StreamParser
+
+
+class StreamIO:
+    _parser: StreamParser
+    _pending: deque[object]
+    _ready: deque[Any]
+    _out: list[bytes]
+
+    def _input_closed(self) -> bool:
+        raise NotImplementedError
+
+    def _input_paused(self) -> bool:
+        """True while the machine waits for its caller (or is closed)."""
+        raise NotImplementedError
+
+    def _handle(self, item: object) -> Any:
+        raise NotImplementedError
+
+    def _fail(self, exc: StreamError) -> Any:
+        raise NotImplementedError
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the socket.  Parse errors become a stream-ending event."""
+        if self._input_closed():
+            return
+        try:
+            self._pending.extend(self._parser.feed(data))
+        except StreamError as exc:
+            self._pending.append(exc)
+
+    def next_event(self) -> Any:
+        """The next event, or None when more data (or an answer from the caller) is needed."""
+        if self._ready:
+            return self._ready.popleft()
+        while self._pending and not self._input_paused():
+            item = self._pending.popleft()
+            try:
+                event = self._handle(item)
+            except StreamError as exc:
+                return self._fail(exc)
+            if event is not None:
+                return event
+        return self._ready.popleft() if self._ready else None
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
