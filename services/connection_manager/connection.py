@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, cast
 from xml.sax.saxutils import quoteattr
 
 from shared import logs
+from shared.tls_session import TLSClosed, TLSSession
 from shared.xmpp import ns
 from shared.xmpp.c2s import (
     AuthFailed,
@@ -57,8 +59,8 @@ class C2SConnection(asyncio.Protocol):
         self.cm = cm
         self.session_id = secrets.token_hex(6)
         self.stream = C2SStream(cm.stream_config)
-        self.transport: asyncio.Transport | None = None
-        self._raw: asyncio.Transport | None = None  # the TCP transport under TLS
+        self.transport: asyncio.Transport | None = None  # TCP; TLS is `_tls`, over it
+        self._tls: TLSSession | None = None
         self.peer = ""
         self.source = ""  # source_key of the peer address, once admitted
         self._bytes: TokenBucket | None = None
@@ -81,7 +83,6 @@ class C2SConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self._raw = self.transport
         peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         metrics.CONNECTIONS.inc()
@@ -106,12 +107,43 @@ class C2SConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         metrics.BYTES_IN.inc(len(data))
         now = self._last_rx = asyncio.get_running_loop().time()
-        self.stream.receive_data(data)
         if self._bytes is not None:
             wait = self._bytes.take(len(data), now)
             if wait > 0:
                 self._throttle_for(wait, "bytes")
+        if self._tls is not None:
+            data = self._decrypt(data)
+            if not data:
+                return
+        self.stream.receive_data(data)
         self._pump()
+
+    def _decrypt(self, data: bytes) -> bytes:
+        """Socket bytes through TLS; b"" when they complete no plaintext (or TLS failed)."""
+        tls = self._tls
+        assert tls is not None and self.transport is not None
+        if self._closing:
+            return b""
+        handshaking = not tls.established
+        try:
+            plain = tls.receive(data)
+        except TLSClosed:
+            self._finish()
+            return b""
+        except ssl.SSLError as exc:
+            log.info("TLS failed: %s", exc.reason or exc)
+            if handshaking:
+                metrics.TLS_FAILURES.inc()
+            self._closing = True
+            self.transport.write(tls.data_to_send())  # the alert, if any
+            self.transport.close()
+            return b""
+        out = tls.data_to_send()
+        if out:
+            self.transport.write(out)
+        if handshaking and tls.established:
+            self.stream.tls_established()  # a new stream; what came with the Finished follows
+        return plain
 
     def eof_received(self) -> bool:
         return False  # close the transport
@@ -147,6 +179,12 @@ class C2SConnection(asyncio.Protocol):
         data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
         self._wbuf.clear()
         metrics.BYTES_OUT.inc(len(data))
+        tls = self._tls
+        if tls is not None:
+            if not tls.established:
+                return  # nothing can go out before the handshake ends (a timeout closing us)
+            tls.send(data)
+            data = tls.data_to_send()
         self.transport.write(data)
         if self._unsent() > self.cm.settings.max_write_buffer_bytes:
             # A client that does not read: drop it rather than buffer without bound.
@@ -154,13 +192,10 @@ class C2SConnection(asyncio.Protocol):
             self.close(StreamErrorCondition.POLICY_VIOLATION, "not reading")
 
     def _unsent(self) -> int:
-        """Bytes written but not yet taken by the kernel.  A TLS transport hands its records
-        to the TCP transport below whether that one is backed up or not, so count both."""
+        """Bytes written but not yet taken by the kernel (TLS records included: they are
+        handed to the TCP transport as soon as they are made)."""
         assert self.transport is not None
-        size = self.transport.get_write_buffer_size()
-        if self._raw is not None and self._raw is not self.transport:
-            size += self._raw.get_write_buffer_size()
-        return size
+        return self.transport.get_write_buffer_size()
 
     def deliver(self, payload: bytes) -> None:
         """A stanza for this session from the bus, already in canonical bytes."""
@@ -185,6 +220,10 @@ class C2SConnection(asyncio.Protocol):
         self._flush()
         self._closing = True
         if self.transport is not None:
+            tls = self._tls
+            if tls is not None and tls.established and not self.transport.is_closing():
+                tls.close()
+                self.transport.write(tls.data_to_send())  # our close_notify
             self.transport.close()
             # close() waits for the write buffer to drain: bound that wait.
             self._abort_timer = asyncio.get_running_loop().call_later(
@@ -217,7 +256,10 @@ class C2SConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing:
             return
-        paused = self.stream.state is State.WAITING or self._throttle is not None
+        handshaking = self._tls is not None and not self._tls.established
+        paused = (
+            self.stream.state is State.WAITING and not handshaking
+        ) or self._throttle is not None
         if paused and not self._reading_paused:
             transport.pause_reading()
         elif not paused and self._reading_paused:
@@ -292,7 +334,7 @@ class C2SConnection(asyncio.Protocol):
         elif isinstance(event, BindRequested):
             self._spawn(self._bind(event.resource))
         elif isinstance(event, StartTLS):
-            self._spawn(self._start_tls())
+            self._start_tls()
         elif isinstance(event, AuthSucceeded):
             metrics.LOGINS.labels(event.mechanism, "success").inc()
         elif isinstance(event, AuthFailed):
@@ -327,27 +369,14 @@ class C2SConnection(asyncio.Protocol):
         answer()
         self._pump()
 
-    async def _start_tls(self) -> None:
-        self._flush()  # <proceed/> must go out in the clear before the handshake
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        try:
-            transport = await loop.start_tls(
-                self.transport, self, self.cm.tls_context, server_side=True,
-                ssl_handshake_timeout=15,
-            )
-        except (TimeoutError, OSError, ConnectionError) as exc:
-            log.info("TLS handshake failed: %s", exc)
-            metrics.TLS_FAILURES.inc()
-            self._closing = True
-            if self.transport is not None:
-                self.transport.close()
+    def _start_tls(self) -> None:
+        """RFC 6120 §5.4.3.3: <proceed/> goes out in the clear, then the handshake begins on
+        the same socket; the stream resumes (a new one) in `_decrypt` when it completes."""
+        self.write(self.stream.data_to_send())
+        self._flush()
+        if self._closing:
             return
-        if transport is None:  # the peer went away during the handshake
-            return
-        self.transport = transport
-        self._reading_paused = False  # the TLS transport starts out reading
-        self._resume(self.stream.tls_established)
+        self._tls = TLSSession(self.cm.tls_context)
 
     async def _load_credentials(self, username: str) -> None:
         scope = await self.cm.auth_throttle.blocked(self.source, f"{username}@{self.cm.domain}")
