@@ -67,18 +67,21 @@ class TLSSession:
         chunks: list[bytes] = []
         try:
             while True:
+                # CPython's read gives b"" for the peer's close_notify (memory BIOs have no
+                # EOF of their own) and raises SSLWantReadError for a partial record
                 chunk = tls.read(_READ)
-                if not chunk:  # a clean EOF without close_notify: treat as closed
-                    break
+                if not chunk:
+                    if not chunks:
+                        raise TLSClosed
+                    break  # hand over what came before it; the next call raises
                 chunks.append(chunk)
                 if not incoming.pending and not tls.pending():
                     break
         except ssl.SSLWantReadError:
             pass  # the rest of a record is still on its way
-        except ssl.SSLZeroReturnError:
+        except ssl.SSLZeroReturnError:  # read again after the close_notify
             if not chunks:
                 raise TLSClosed from None
-            # what came before the close_notify is handed over; the peer's TCP FIN follows
         if not chunks:
             return b""
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,77 @@
+"""TLSSession: TLS over memory BIOs, two sessions talking to each other without sockets."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from shared.tls import ensure_self_signed, server_context
+from shared.tls_session import TLSClosed, TLSSession
+
+
+@pytest.fixture(scope="module")
+def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    d: Path = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    ensure_self_signed(cert, key, "example.org")
+    client = ssl.create_default_context(cafile=cert)
+    return server_context(cert, key), client
+
+
+def _pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> tuple[TLSSession, TLSSession]:
+    server_ctx, client_ctx = contexts
+    server = TLSSession(server_ctx)
+    client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+    client.start()
+    for _ in range(10):  # a TLS 1.3 handshake is done in two round trips
+        server.receive(client.data_to_send())
+        client.receive(server.data_to_send())
+        if server.established and client.established:
+            break
+    return server, client
+
+
+def test_handshake_then_data_both_ways(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server, client = _pair(contexts)
+    assert server.established and client.established
+    client.send(b"<stream:stream>")
+    assert server.receive(client.data_to_send()) == b"<stream:stream>"
+    server.send(b"<message/>" * 3)
+    assert client.receive(server.data_to_send()) == b"<message/>" * 3
+
+
+def test_records_split_across_reads_and_several_in_one(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server, client = _pair(contexts)
+    client.send(b"a" * 40_000)  # three records
+    client.send(b"b")
+    wire = client.data_to_send()
+    got = [server.receive(wire[i : i + 1000]) for i in range(0, len(wire), 1000)]
+    assert b"".join(got) == b"a" * 40_000 + b"b"
+    assert got[0] == b""  # a partial record gives nothing yet
+
+
+def test_data_before_handshake_end_is_not_plaintext(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_ctx, _ = contexts
+    server = TLSSession(server_ctx)
+    with pytest.raises(ssl.SSLError):
+        server.receive(b"<stream:stream xmlns='jabber:client'>" * 4)
+    assert not server.established
+
+
+def test_close_notify_ends_the_session(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server, client = _pair(contexts)
+    client.send(b"</stream:stream>")
+    client.close()
+    wire = client.data_to_send()
+    assert server.receive(wire) == b"</stream:stream>"  # what came before close_notify
+    with pytest.raises(TLSClosed):
+        server.receive(b"")
+    server.close()
+    with pytest.raises(TLSClosed):
+        client.receive(server.data_to_send())
