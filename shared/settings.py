@@ -83,6 +83,9 @@ class ConnectionManagerSettings(CommonSettings):
     keepalive_timeout_s: float = Field(
         30.0, gt=0, description="Close a pinged session that stays silent this long."
     )
+    hibernate_after_s: float = Field(
+        5.0, ge=0, description="Free an idle session's XML parser after this long; 0 = never."
+    )
     auth_failures_per_ip: int = Field(
         10, ge=0, description="Failed SASL attempts per source address per window; 0 = unlimited."
     )

@@ -70,6 +70,7 @@ class C2SConnection(asyncio.Protocol):
         self._last_rx = 0.0
         self._ping_sent = 0.0  # when the unanswered keepalive ping went out; 0: none
         self._keepalive: asyncio.TimerHandle | None = None
+        self._hibernating = False  # the stream's parser was freed while idle
         self._abort_timer: asyncio.TimerHandle | None = None
         self._wbuf: list[bytes] = []
         self._flush_scheduled = False
@@ -115,8 +116,18 @@ class C2SConnection(asyncio.Protocol):
             data = self._decrypt(data)
             if not data:
                 return
+        if self._hibernating:
+            self._woken()
         self.stream.receive_data(data)
         self._pump()
+
+    def _woken(self) -> None:
+        """The first bytes after hibernation: look again once the session is idle anew."""
+        self._hibernating = False
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        self._start_keepalive()
 
     def _decrypt(self, data: bytes) -> bytes:
         """Socket bytes through TLS; b"" when they complete no plaintext (or TLS failed)."""
@@ -281,9 +292,17 @@ class C2SConnection(asyncio.Protocol):
     # ---- keepalive and dead peers (XEP-0199 §4.2) ------------------------------------------
 
     def _start_keepalive(self) -> None:
-        interval = self.cm.settings.keepalive_interval_s
-        if interval and self._keepalive is None and not self._closing:
-            self._keepalive = asyncio.get_running_loop().call_later(interval, self._check_idle)
+        if self._keepalive is None and not self._closing:
+            self._schedule_check(0.0)
+
+    def _schedule_check(self, idle: float) -> None:
+        """The next look at an idle session: when it is due a ping or its parser can go."""
+        s = self.cm.settings
+        due = [s.keepalive_interval_s - idle] if s.keepalive_interval_s else []
+        if s.hibernate_after_s and idle < s.hibernate_after_s:
+            due.append(s.hibernate_after_s - idle)
+        if due:
+            self._keepalive = asyncio.get_running_loop().call_later(min(due), self._check_idle)
 
     def _check_idle(self) -> None:
         self._keepalive = None
@@ -292,6 +311,10 @@ class C2SConnection(asyncio.Protocol):
         s = self.cm.settings
         loop = asyncio.get_running_loop()
         now = loop.time()
+        idle = now - self._last_rx
+        if s.hibernate_after_s and idle >= s.hibernate_after_s and self.stream.hibernate():
+            metrics.PARSERS_HIBERNATED.inc()  # ~10 KiB less until the next byte (README)
+            self._hibernating = True
         if self._ping_sent:
             if self._last_rx >= self._ping_sent:
                 self._ping_sent = 0.0  # it answered (anything counts)
@@ -307,8 +330,7 @@ class C2SConnection(asyncio.Protocol):
                     self._ping_sent + s.keepalive_timeout_s - now, self._check_idle
                 )
                 return
-        idle = now - self._last_rx
-        if idle >= s.keepalive_interval_s:
+        if s.keepalive_interval_s and idle >= s.keepalive_interval_s:
             metrics.KEEPALIVE_PINGS.inc()
             self._ping_sent = now
             self.write(
@@ -319,7 +341,7 @@ class C2SConnection(asyncio.Protocol):
             )
             self._keepalive = loop.call_later(s.keepalive_timeout_s, self._check_idle)
         else:
-            self._keepalive = loop.call_later(s.keepalive_interval_s - idle, self._check_idle)
+            self._schedule_check(idle)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, StanzaIn):
@@ -407,6 +429,7 @@ class C2SConnection(asyncio.Protocol):
             self._resume(lambda: self.stream.bind_succeeded(outcome))
             if self._auth_timer is not None:
                 self._auth_timer.cancel()
+                self._auth_timer = None
             self._start_keepalive()
 
     async def _register(self, username: str, password: str) -> None:

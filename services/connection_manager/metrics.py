@@ -53,6 +53,10 @@ RATE_LIMITED = Counter(
 CONNECTIONS_REFUSED = Counter(
     "stanzad_cm_connections_refused_total", "Connections refused at once, by reason.", ["reason"]
 )
+PARSERS_HIBERNATED = Counter(
+    "stanzad_cm_parsers_hibernated_total",
+    "Idle sessions whose XML parser was freed until their next byte.",
+)
 KEEPALIVE_PINGS = Counter(
     "stanzad_cm_keepalive_pings_total", "XEP-0199 pings sent to idle sessions."
 )

@@ -21,8 +21,8 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import secrets
-from collections import deque
 from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
@@ -152,8 +152,8 @@ class C2SStream(StreamIO):
         self.jid: JID | None = None  # full JID once bound
         self.stream_id = ""
         self._parser = StreamParser(PRE_AUTH_LIMITS)
-        self._pending: deque[object] = deque()
-        self._ready: deque[Event] = deque()  # events produced by the caller's answers
+        self._pending: list[object] = []
+        self._ready: list[Event] = []  # events produced by the caller's answers
         self._out: list[bytes] = []
         self._header_sent = False
         self._auth: Authenticator | None = None
@@ -193,13 +193,13 @@ class C2SStream(StreamIO):
         self.state = State.OPEN
         event = self._sasl_step(lambda auth: auth.provide_credentials(creds))
         if event is not None:
-            self._ready.appendleft(event)  # before a StreamEnded the failure may have queued
+            self._ready.insert(0, event)  # before a StreamEnded the failure may have queued
 
     def credentials_unavailable(self) -> None:
         """The account store could not answer: RFC 6120 §6.5.12 temporary-auth-failure."""
         self._expect(CredentialsNeeded)
         self.state = State.OPEN
-        self._ready.appendleft(self._sasl_failure("temporary-auth-failure", self._mechanism))
+        self._ready.insert(0, self._sasl_failure("temporary-auth-failure", self._mechanism))
 
     def credentials_refused(self, text: str) -> None:
         """Refuse the attempt without checking it: too many failures (XEP-0205 §3).
@@ -207,7 +207,7 @@ class C2SStream(StreamIO):
         RFC 6120 §6.5.12 <temporary-auth-failure/>: the client may retry later."""
         self._expect(CredentialsNeeded)
         self.state = State.OPEN
-        self._ready.appendleft(self._sasl_failure("temporary-auth-failure", self._mechanism, text))
+        self._ready.insert(0, self._sasl_failure("temporary-auth-failure", self._mechanism, text))
 
     def bind_succeeded(self, full_jid: JID) -> None:
         self._expect(BindRequested)
@@ -265,11 +265,9 @@ class C2SStream(StreamIO):
 
     def _restart(self) -> None:
         """RFC 6120 §4.3.3: a new stream on the same connection, with a fresh parser."""
-        limits = (
-            ParserLimits(max_stanza_bytes=self.config.max_stanza_bytes)
-            if self.username
-            else PRE_AUTH_LIMITS
-        )
+        limits = PRE_AUTH_LIMITS
+        if self.username:
+            limits = _post_auth_limits(self.config.max_stanza_bytes)
         self._parser = StreamParser(limits)
         self._pending.clear()
         self._header_sent = False
@@ -588,3 +586,9 @@ def _b64(text: str | None) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("invalid base64") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _post_auth_limits(max_stanza_bytes: int) -> ParserLimits:
+    """One shared (frozen) limits object per size instead of one per connection."""
+    return ParserLimits(max_stanza_bytes=max_stanza_bytes)

@@ -101,8 +101,10 @@ generated prefix (``<ns0:message xmlns:ns0="jabber:client">``), which many clien
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Final, TypeAlias
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -292,6 +294,18 @@ class _Prolog:
         self.pos = pos
 
 
+def _header_copy(root: etree._Element) -> bytes:
+    """A start tag equivalent to the stream header for a new parser: same qualified name, same
+    namespace declarations (attributes are not needed: stanzas are detached copies)."""
+    local = etree.QName(root).localname
+    name = f"{root.prefix}:{local}" if root.prefix else local
+    decls = "".join(
+        f" xmlns:{prefix}={quoteattr(uri)}" if prefix else f" xmlns={quoteattr(uri)}"
+        for prefix, uri in root.nsmap.items()
+    )
+    return f"<{name}{decls}>".encode()
+
+
 def _check_values(el: etree._Element, limit: int) -> None:
     for value in el.values():
         if len(value) > limit:
@@ -313,7 +327,8 @@ class StreamParser:
 
     def __init__(self, limits: ParserLimits = PRE_AUTH_LIMITS) -> None:
         self.limits = limits
-        self._xml = _new_lxml_parser()
+        self._xml: etree.XMLPullParser | None = _new_lxml_parser()  # None: hibernating
+        self._wake_header = b""  # a copy of the stream header to prime a new parser with
         self._prolog: _Prolog | None = _Prolog()
         self._head = b""  # prolog bytes seen so far, only until the root start tag
         self._header_fed = 0
@@ -322,7 +337,8 @@ class StreamParser:
         self._depth = -1  # -1 before the root, 0 between stanzas, 1 in a stanza element
         self._elements = 0  # elements of the current stanza
         self._pending_ns = 0  # start-ns events not yet claimed by a start event
-        self._names: set[str] = set()  # distinct element and attribute names of the stream
+        # distinct element and attribute names of the stream (a tuple while hibernating)
+        self._names: set[str] | tuple[str, ...] = set()
         self._count = 0  # bytes of the stanza being received (see the module docstring)
         self._dirty = False  # non-whitespace bytes fed since the last stanza ended
         self._eq = 0  # '=' fed since the last piece with an element event
@@ -347,12 +363,57 @@ class StreamParser:
         """True once </stream:stream> was seen."""
         return self._closed
 
+    def hibernate(self) -> bool:
+        """Free libxml2's parser while the stream sits idle between two stanzas.
+
+        An idle connection then holds no parser (about 10 KiB with its buffers, error log and
+        document); the next `feed` builds a new one and primes it with a copy of the stream
+        header (the peer's own prefix and namespace declarations, so ``</stream:stream>``
+        still matches and stanzas still inherit the default namespace).  Only possible at a
+        stanza boundary with nothing but whitespace fed since.  True when a parser was freed
+        now (False when busy, or already hibernating).  The distinct-name count is kept.
+        """
+        if self._xml is None:
+            return False
+        root = self._root
+        if (
+            root is None
+            or self._depth != 0
+            or self._dirty
+            or self._closed
+            or self._error is not None
+        ):
+            return False
+        self._wake_header = _header_copy(root)
+        self._xml = None
+        self._root = None
+        self._attached = 0  # their originals go with the old document
+        self._names = tuple(self._names)
+        return True
+
+    def _wake(self) -> None:
+        xml = _new_lxml_parser()
+        xml.feed(self._wake_header)
+        root = None
+        for kind, el in xml.read_events():
+            if kind == "start":
+                root = el
+        assert root is not None, "a header copy always parses"
+        self._xml = xml
+        self._root = root
+        self._wake_header = b""
+        self._names = set(self._names)
+        self._pending_ns = self._eq = self._span = self._count = 0
+        self._carry = b""
+
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; return the events it completes.  Raises `StreamError`."""
         if self._error is not None:
             raise StreamError(self._error.condition, self._error.text)
         if self._closed or not data:
             return []
+        if self._xml is None:
+            self._wake()
         if type(data) is not bytes:
             data = bytes(data)  # lxml takes nothing else; a bytearray from a socket is fine
         out: list[Event] = []
@@ -411,6 +472,7 @@ class StreamParser:
         count_attrs = self._eq + eq > self._limits.max_attributes
         check_values = self._span + len(piece) > self._limits.max_attribute_chars
         xml = self._xml
+        assert xml is not None  # feed() wakes a hibernating parser first
         try:
             xml.feed(piece)
         except etree.XMLSyntaxError as exc:
@@ -490,8 +552,9 @@ class StreamParser:
                         raise _violation("too many attributes")
                     names = self._names
                     if el.tag not in names or not names.issuperset(keys):
-                        names.add(el.tag)
-                        names.update(keys)
+                        assert isinstance(names, set)
+                        names.add(sys.intern(el.tag))
+                        names.update(map(sys.intern, keys))
                         if len(names) > limits.max_distinct_names:
                             raise _violation("too many distinct names")
                     self._pending_ns = 0

@@ -31,7 +31,6 @@ import base64
 import binascii
 import enum
 import secrets
-from collections import deque
 from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
@@ -197,8 +196,8 @@ class ReceivingStream(StreamIO):
         self._cert_domains: frozenset[str] = frozenset()
         self._sasl_done = False
         self._parser = StreamParser(PRE_AUTH_LIMITS)
-        self._pending: deque[object] = deque()
-        self._ready: deque[Event] = deque()
+        self._pending: list[object] = []
+        self._ready: list[Event] = []
         self._out: list[bytes] = []
         self._header_sent = False
         self._waiting: DialbackRequested | StartTLS | None = None

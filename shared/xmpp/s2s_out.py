@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import enum
-from collections import deque
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
@@ -111,8 +110,8 @@ class InitiatingStream(StreamIO):
         self._external_done = False
         self._dialback_offered = False
         self._parser = StreamParser(PRE_AUTH_LIMITS)
-        self._pending: deque[object] = deque()
-        self._ready: deque[Event] = deque()
+        self._pending: list[object] = []
+        self._ready: list[Event] = []
         self._out: list[bytes] = []
 
     # ---- input and output ----------------------------------------------------------------

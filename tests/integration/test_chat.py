@@ -8,7 +8,7 @@ import pytest
 
 from shared.store import keys
 from tests.conftest import Users
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, metric_value
 from tests.support.xmpp import Client, RawClient, eventually, raw_login
 
 N_MESSAGES = 500
@@ -69,6 +69,33 @@ async def test_two_users_exchange_500_messages_each_way_in_order(
             if line.startswith("stanzad_cm_routing_latency_seconds_count")
         )
         assert count >= 2 * N_MESSAGES
+    finally:
+        await alice.logout()
+        await bob.logout()
+
+
+async def test_sessions_idle_past_hibernation_chat_on_in_order(
+    cluster: Cluster, users: Users
+) -> None:
+    """STANZAD_HIBERNATE_AFTER_S (0.5 s here): an idle session's parser is freed and rebuilt
+    at its next byte; the stream must not notice, whatever the peer sends next."""
+    before = metric_value(cluster.metrics("cm-1"), "stanzad_cm_parsers_hibernated_total")
+    (alice, alice_jid), (bob, bob_jid) = await _online(cluster, users)
+    try:
+        for round_ in range(3):
+            await eventually(
+                lambda n=round_: metric_value(
+                    cluster.metrics("cm-1"), "stanzad_cm_parsers_hibernated_total"
+                )
+                >= before + 2 * (n + 1),
+                timeout=15,
+            )
+            for i in range(5):
+                alice.send_message(mto=bob_jid, mbody=f"r{round_}a{i}", mtype="chat")
+                bob.send_message(mto=alice_jid, mbody=f"r{round_}b{i}", mtype="chat")
+            for client, side in ((bob, "a"), (alice, "b")):
+                got = [(await asyncio.wait_for(client.messages.get(), 15))["body"] for _ in "12345"]
+                assert got == [f"r{round_}{side}{i}" for i in range(5)]
     finally:
         await alice.logout()
         await bob.logout()

@@ -793,3 +793,72 @@ STREAM_HEADER_FOR_NAMES = (
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
     b"to='example.com' version='1.0'>"
 )
+
+
+# ---- hibernation: an idle stream holds no libxml2 parser -----------------------------------
+
+
+def test_hibernating_between_stanzas_then_the_stream_goes_on_unchanged() -> None:
+    parser = StreamParser(POST_AUTH_LIMITS)
+    awake = summary(feed_all(StreamParser(POST_AUTH_LIMITS), STREAM))
+    events = feed_all(parser, HEADER, MESSAGE, b" \n")
+    assert parser.hibernate()
+    assert parser._xml is None  # the point of it
+    events += feed_all(parser, b"\t " + IQ)
+    assert parser.hibernate() and not parser.hibernate()  # already: nothing more to free
+    events += feed_all(parser, b"\r\n" + PRESENCE + b"</stream:stream>")
+    assert summary(events) == awake
+    assert parser.closed
+
+
+def test_hibernation_keeps_the_peers_prefix_and_default_namespace() -> None:
+    parser = StreamParser(POST_AUTH_LIMITS)
+    parser.feed(
+        b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:server' "
+        b"xmlns:db='jabber:server:dialback' from='a.example'>"
+    )
+    assert parser.hibernate()
+    out = parser.feed(b"<message to='b@b.example'/><db:result to='b'/></s:stream>")
+    message, result, closed = out
+    assert isinstance(message, StanzaReceived) and message.element.tag == f"{{{ns.SERVER}}}message"
+    assert isinstance(result, StanzaReceived)
+    assert result.element.tag == "{jabber:server:dialback}result"
+    assert closed == StreamClosed()
+
+
+def test_no_hibernation_inside_a_stanza_or_before_the_header() -> None:
+    parser = StreamParser(POST_AUTH_LIMITS)
+    assert not parser.hibernate()  # no header yet
+    parser.feed(HEADER + MESSAGE[:30])
+    assert not parser.hibernate()  # half a stanza: libxml2 holds it
+    [stanza] = parser.feed(MESSAGE[30:])
+    assert isinstance(stanza, StanzaReceived)
+    parser.feed(b"<presence")  # a start tag not yet complete: no event, but not idle
+    assert not parser.hibernate()
+
+
+def test_errors_after_waking_are_still_errors() -> None:
+    parser = StreamParser(POST_AUTH_LIMITS)
+    parser.feed(HEADER)
+    assert parser.hibernate()
+    with pytest.raises(StreamError) as info:
+        parser.feed(b"<foo:message/>")  # undeclared prefix: RFC 6120 §11.3
+    assert info.value.condition is NOT_WELL_FORMED
+    parser = StreamParser(POST_AUTH_LIMITS)
+    parser.feed(HEADER)
+    assert parser.hibernate()
+    with pytest.raises(StreamError) as info:
+        parser.feed(b"<stream:stream>")  # a second header is still refused
+    assert info.value.condition is StreamErrorCondition.UNSUPPORTED_STANZA_TYPE
+
+
+def test_hibernation_keeps_the_distinct_name_count() -> None:
+    limits = ParserLimits(max_distinct_names=40)
+    parser = StreamParser(limits)
+    parser.feed(HEADER)
+    for i in range(3):
+        parser.feed(b"".join(f"<n{i}x{j}/>".encode() for j in range(10)))
+        assert parser.hibernate()
+    with pytest.raises(StreamError) as info:
+        parser.feed(b"".join(f"<m{j}/>".encode() for j in range(10)))
+    assert info.value.condition is POLICY_VIOLATION
