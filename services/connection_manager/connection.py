@@ -55,6 +55,32 @@ CLOSE_GRACE_S: Final = 5.0  # a closing peer that does not read its last bytes i
 class C2SConnection(asyncio.Protocol):
     """The I/O shell of one client stream."""
 
+    __slots__ = (  # one per connection: no instance dict
+        "_abort_timer",
+        "_auth_timer",
+        "_bytes",
+        "_closing",
+        "_flush_scheduled",
+        "_hibernating",
+        "_keepalive",
+        "_last_rx",
+        "_ping_sent",
+        "_reading_paused",
+        "_stanzas",
+        "_tasks",
+        "_throttle",
+        "_tls",
+        "_wbuf",
+        "available",
+        "cm",
+        "peer",
+        "record",
+        "session_id",
+        "source",
+        "stream",
+        "transport",
+    )
+
     def __init__(self, cm: ConnectionManager) -> None:
         self.cm = cm
         self.session_id = secrets.token_hex(6)
@@ -75,7 +101,7 @@ class C2SConnection(asyncio.Protocol):
         self._wbuf: list[bytes] = []
         self._flush_scheduled = False
         self._closing = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None  # only while some run
         self._auth_timer: asyncio.TimerHandle | None = None
         self.record: Any = None  # SessionRecord once bound (set by the service)
         self.available = False  # sent available broadcast presence (RFC 6121 §4.2)
@@ -375,11 +401,16 @@ class C2SConnection(asyncio.Protocol):
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        if self._tasks is not None:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._tasks = None
         if not task.cancelled() and task.exception() is not None:
             log.error("connection task failed", exc_info=task.exception())
             self.close(StreamErrorCondition.INTERNAL_SERVER_ERROR)

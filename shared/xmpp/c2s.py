@@ -144,6 +144,27 @@ class State(enum.Enum):
 class C2SStream(StreamIO):
     """One client stream, from the first byte to </stream:stream>."""
 
+    __slots__ = (  # one per connection: no instance dict
+        "_auth",
+        "_auth_attempts",
+        "_auth_user",
+        "_bind_iq",
+        "_header_sent",
+        "_mechanism",
+        "_out",
+        "_parser",
+        "_pending",
+        "_ready",
+        "_register_iq",
+        "_waiting_for",
+        "config",
+        "jid",
+        "state",
+        "stream_id",
+        "tls",
+        "username",
+    )
+
     def __init__(self, config: StreamConfig) -> None:
         self.config = config
         self.state = State.HEADER

@@ -325,6 +325,30 @@ class StreamParser:
     them after authentication).
     """
 
+    __slots__ = (  # one per connection: no instance dict
+        "_attached",
+        "_carry",
+        "_closed",
+        "_count",
+        "_default_ns",
+        "_depth",
+        "_dirty",
+        "_elements",
+        "_eq",
+        "_error",
+        "_head",
+        "_header_fed",
+        "_limits",
+        "_names",
+        "_pending_ns",
+        "_prolog",
+        "_root",
+        "_slice",
+        "_span",
+        "_wake_header",
+        "_xml",
+    )
+
     def __init__(self, limits: ParserLimits = PRE_AUTH_LIMITS) -> None:
         self.limits = limits
         self._xml: etree.XMLPullParser | None = _new_lxml_parser()  # None: hibernating

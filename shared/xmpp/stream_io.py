@@ -15,6 +15,7 @@ from shared.xmpp.parser import StreamParser
 
 
 class StreamIO:
+    __slots__ = ()  # subclasses with many instances (c2s) declare theirs
     _parser: StreamParser
     # lists, not deques: a few items at a time, and an empty deque costs 624 bytes against a
     # list's 56, per connection
