@@ -1,0 +1,25 @@
+"""loadtest.conn_memory: each piece is built the way the benchmark says (no memory asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest import conn_memory
+from shared.tls_session import TLSSession
+from shared.xmpp.parser import StreamParser
+
+
+@pytest.mark.parametrize("piece", list(conn_memory.PIECES))
+def test_every_piece_is_measured(piece: str) -> None:
+    per_instance = conn_memory.measure(piece, 5)
+    assert isinstance(per_instance, float)
+
+
+def test_the_pieces_are_what_they_claim() -> None:
+    tls = conn_memory.PIECES["tls"]()()
+    assert isinstance(tls, TLSSession) and tls.established
+    awake = conn_memory.PIECES["parser"]()()
+    asleep = conn_memory.PIECES["parser-hibernated"]()()
+    assert isinstance(awake, StreamParser) and isinstance(asleep, StreamParser)
+    assert awake.hibernate()  # it was awake
+    assert not asleep.hibernate()  # it was already asleep
