@@ -9,6 +9,7 @@ connection managers and their heartbeat) only reads Redis.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -17,12 +18,14 @@ import redis.asyncio as aioredis
 
 from shared.bus import subjects
 from shared.bus.client import Bus
-from shared.bus.envelope import Envelope, Kind
+from shared.bus.envelope import Envelope, Kind, session_event
 from shared.credentials import StoredCredentials, derive_credentials
 from shared.jid import JID, JIDError
 from shared.store import keys
 from shared.store.accounts import AccountStore
 from shared.store.sessions import SessionRecord, SessionStore, split_full
+
+log = logging.getLogger(__name__)
 
 KICK_CONDITION: Final = "policy-violation"  # RFC 6120 §4.9.3.14
 
@@ -114,6 +117,7 @@ class ClusterAdmin:
         bare = bare_jid(jid, self.domain)
         creds = await self._derive(password)
         await self.accounts.create(bare, creds)
+        await self._account_changed(bare)
         return bare
 
     async def set_password(self, jid: str, password: str) -> bool:
@@ -124,12 +128,26 @@ class ClusterAdmin:
         """Delete the account, then kick its open sessions; (deleted, full JIDs kicked)."""
         bare = bare_jid(jid, self.domain)
         deleted = await self.accounts.delete(bare)
+        if deleted:
+            await self._account_changed(bare)
         kicked: list[str] = []
         if self._bus is not None:
             for resource in await self.sessions_store.get(bare):
                 if await self.kick(f"{bare}/{resource}") is not None:
                     kicked.append(f"{bare}/{resource}")
         return deleted, kicked
+
+    async def _account_changed(self, bare: str) -> None:
+        """Routers cache whether an account exists: tell them at once (best effort; without
+        a bus they see it when the entry expires, STANZAD_CACHE_TTL_S)."""
+        if self._bus is None:
+            return
+        try:
+            p = subjects.partition(bare, self.partitions)
+            await self._bus.publish(subjects.session_events(p), session_event(bare).encode())
+            await self._bus.flush()
+        except Exception as exc:  # the account change itself is done and durable
+            log.warning("could not tell the routers about %s: %s", bare, exc)
 
     async def list_users(self, domain: str | None = None) -> list[str]:
         return await self.accounts.list(domain or self.domain)

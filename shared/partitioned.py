@@ -16,7 +16,7 @@ from nats.aio.subscription import Subscription
 
 from shared.bus import subjects
 from shared.bus.client import BatchHandler, Bus, BusUnavailable
-from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind
+from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind, session_event
 from shared.partitions import PartitionManager
 from shared.settings import PartitionedSettings
 from shared.store.redis import connect as redis_connect
@@ -106,9 +106,8 @@ class PartitionedService:
 
     async def session_event(self, bare: str, version: int) -> None:
         """Tell the routers' caches that the bare JID's session table changed."""
-        event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
         p = subjects.partition(bare, self.settings.partitions)
-        await self.publish(subjects.session_events(p), event)
+        await self.publish(subjects.session_events(p), session_event(bare, version))
 
     # ---- partitions and their hand-over ------------------------------------------------------
 

@@ -19,7 +19,14 @@ from collections.abc import Callable
 from shared import credentials as creds_mod
 from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
-from shared.bus.envelope import FANOUT_SEPARATOR, STANZA_KINDS, Envelope, EnvelopeError, Kind
+from shared.bus.envelope import (
+    FANOUT_SEPARATOR,
+    STANZA_KINDS,
+    Envelope,
+    EnvelopeError,
+    Kind,
+    session_event,
+)
 from shared.credentials import StoredCredentials
 from shared.jid import JID, JIDError
 from shared.settings import ConnectionManagerSettings
@@ -181,6 +188,7 @@ class ConnectionManager:
             await self.accounts.create(jid.bare_str, creds)
         except AccountExists:
             return StanzaError(StanzaErrorCondition.CONFLICT)
+        await self._session_event(jid.bare_str, 0)  # a router may have cached "no account"
         log.info("registered a new account in band")
         return None
 
@@ -244,8 +252,7 @@ class ConnectionManager:
 
     async def _session_event(self, bare: str, version: int) -> None:
         p = subjects.partition(bare, self.settings.partitions)
-        event = Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
-        await self._publish(subjects.session_events(p), event)
+        await self._publish(subjects.session_events(p), session_event(bare, version))
 
     # ---- stanzas from clients --------------------------------------------------------------
 

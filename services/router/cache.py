@@ -2,8 +2,9 @@
 
 Entries are filled in batches (one Redis pipeline for every miss of a batch) and dropped when
 a session event for the bare JID arrives.  A fetch that was in flight while an event arrived
-is not cached (its answer may predate the change).  Entries also expire after a TTL so that
-account creation and deletion, which publish no event, are seen within that time.
+is not cached (its answer may predate the change).  Account creation and deletion publish the
+same event (`shared.bus.envelope.session_event`, from the admin API, the CLI and in-band
+registration); entries also expire after a TTL, a bound on what a lost event can cost.
 """
 
 from __future__ import annotations

@@ -102,3 +102,12 @@ class Envelope(NamedTuple):
     def forwarded(self, to: str | None = None) -> Envelope:
         """The same envelope one hop further, optionally re-addressed."""
         return self._replace(to=self.to if to is None else to, hops=self.hops + 1)
+
+
+def session_event(bare: str, version: int = 0) -> Envelope:
+    """The bare JID's sessions or account changed: routers drop what they cached for it.
+
+    Published on `subjects.session_events` of the bare JID's partition by whoever changed
+    it: bind/unbind (with the session table's version), account creation and deletion (0).
+    """
+    return Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())

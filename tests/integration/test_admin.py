@@ -251,3 +251,46 @@ async def test_cli_status_sessions_and_users(
         assert b"<policy-violation" in await raw.read_all()
     finally:
         await raw.close()
+
+
+async def test_routers_see_account_creation_and_deletion_at_once(
+    cluster: Cluster, admin_url: str, http: aiohttp.ClientSession, users: Users
+) -> None:
+    """Routers cache whether an account exists (STANZAD_CACHE_TTL_S, 30 s): creating or
+    deleting one publishes a session event so that they do not wait for the entry to expire.
+    RFC 6121 §8.5.1: no account -> service-unavailable; an account with no session -> offline."""
+    alice_jid, alice_pw = await users.create("alice")
+    alice = Client(f"{alice_jid}/desk", alice_pw)
+    await alice.login("127.0.0.1", cluster.c2s_port)
+    jid = _new_jid(cluster)
+    users_url = f"{admin_url}/api/v1/users"
+
+    async def no_answer_to(body: str) -> None:
+        alice.send_message(mto=jid, mbody=body, mtype="chat")
+        with pytest.raises(TimeoutError):
+            msg = await asyncio.wait_for(alice.messages.get(), 1.5)
+            pytest.fail(f"unexpected answer: {msg}")
+
+    async def unavailable(body: str) -> None:
+        alice.send_message(mto=jid, mbody=body, mtype="chat")
+        msg = await asyncio.wait_for(alice.messages.get(), 10)
+        assert msg["type"] == "error" and msg["error"]["condition"] == "service-unavailable"
+
+    try:
+        await unavailable("anyone there?")  # the router now caches: no such account
+        status, _ = await _call(http, "POST", users_url, json={"jid": jid, "password": "pw"})
+        assert status == 201
+        await no_answer_to("while you were away")  # kept offline, not refused
+        newcomer = Client(f"{jid}/phone", "pw")
+        await newcomer.login("127.0.0.1", cluster.c2s_port)
+        try:
+            got = await asyncio.wait_for(newcomer.messages.get(), 10)
+            assert got["body"] == "while you were away"
+        finally:
+            await newcomer.logout()
+        await no_answer_to("stored")  # offline again: the router caches "exists"
+        status, _ = await _call(http, "DELETE", f"{users_url}/{jid}")
+        assert status == 200
+        await unavailable("still there?")  # not stored for a deleted account
+    finally:
+        await alice.logout()

@@ -70,6 +70,12 @@ async def test_xep0077_in_band_registration_then_login(cluster: Cluster, users: 
     import secrets
 
     name = f"newbie{secrets.token_hex(3)}"
+    sender_jid, sender_pw = await users.create()
+    sender = Client(f"{sender_jid}/s", sender_pw)
+    await sender.login("127.0.0.1", cluster.c2s_port)
+    sender.send_message(mto=f"{name}@localhost", mbody="too early", mtype="chat")
+    early = await asyncio.wait_for(sender.messages.get(), 10)  # now cached as "no account"
+    assert early["error"]["condition"] == "service-unavailable"
     try:
         await raw.open()
         await raw.starttls()
@@ -86,11 +92,19 @@ async def test_xep0077_in_band_registration_then_login(cluster: Cluster, users: 
             + f"<username>{name}</username><password>x</password></query></iq>".encode()
         )
         assert b"<conflict" in await raw.read_until(b"</iq>")
+        # the registration told the routers: kept offline at once, not refused for 30 s
+        sender.send_message(mto=f"{name}@localhost", mbody="welcome", mtype="chat")
     finally:
         await raw.close()
     client = Client(f"{name}@localhost/r", "new-pw")
     await client.login("127.0.0.1", cluster.c2s_port)
-    await client.logout()
+    try:
+        got = await asyncio.wait_for(client.messages.get(), 10)
+        assert got["body"] == "welcome"
+        assert sender.messages.empty()
+    finally:
+        await client.logout()
+        await sender.logout()
 
 
 async def test_scram_sha_1_and_plain_logins_work(cluster: Cluster, users: Users) -> None:
