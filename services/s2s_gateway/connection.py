@@ -377,7 +377,8 @@ class OutboundConnection(_Shell):
     ) -> None:
         super().__init__(gw)
         self.domain = domain
-        self.verify_cert = verify_cert  # STARTTLS with a verifying context (SASL EXTERNAL)
+        self.direct_tls = direct_tls
+        self.verify_cert = verify_cert  # TLS with a verifying context (SASL EXTERNAL)
         self.stream = s2s_out.InitiatingStream(
             gw.stream_config, domain, direct_tls=direct_tls, verify=verify
         )
@@ -388,7 +389,8 @@ class OutboundConnection(_Shell):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.stream.initiate()
+        # direct TLS: the handshake is done, and verified the peer when verify_cert
+        self.stream.initiate(cert_valid=self.direct_tls and self.verify_cert)
         self.write(self.stream.data_to_send())
 
     def lost(self) -> None:

@@ -62,6 +62,7 @@ def client_context(cert: str, key: str) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["xmpp-server"])  # XEP-0368 §3 (harmless after STARTTLS)
     return ctx
 
 
@@ -73,6 +74,7 @@ def verifying_context(cert: str, key: str, cafile: str | None) -> ssl.SSLContext
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["xmpp-server"])
     return ctx
 
 
@@ -116,8 +118,6 @@ class S2SGateway(PartitionedService):
         except ValueError as exc:
             raise ConfigError(f"STANZAD_S2S_TRUSTED_CERTS: {exc}") from None
         self.client_tls = client_context(s.tls_cert, s.tls_key)
-        self.direct_tls_context = client_context(s.tls_cert, s.tls_key)
-        self.direct_tls_context.set_alpn_protocols(["xmpp-server"])  # XEP-0368 §3
         self.tls_context_for("", True)  # loads the system trust store now, not mid-stream
         self.stream_config = S2SConfig(
             domain=s.domain,
