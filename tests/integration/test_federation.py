@@ -28,7 +28,7 @@ from shared.xmpp.subscription import Subscription
 from tests.conftest import Users
 from tests.support.cluster import Cluster, metric_value, new_cluster
 from tests.support.dns import DNSServer
-from tests.support.xmpp import Client, eventually
+from tests.support.xmpp import Client, RawClient, eventually, raw_login
 
 A, B = "a.example", "b.example"
 AUTH = "stanzad_s2s_authentications_total"
@@ -317,6 +317,53 @@ async def test_rfc6120_13_12_inbound_stanza_rate_is_limited_by_pausing_the_strea
         assert "stanzad_s2s_throttled_total 0.0" not in b.metrics("s2s-1")
     finally:
         writer.close()
+        await cb.logout()
+
+
+async def test_xep0191_blocking_a_remote_contact_both_ways(
+    clusters: tuple[Cluster, Cluster], users_ab: tuple[Users, Users]
+) -> None:
+    """alice@a.example blocks bob@b.example: her messages to him are refused with
+    <not-acceptable/> and <blocked/> (§3.5) before they reach the s2s gateway, his to her
+    bounce with <service-unavailable/> across the federation (§3.4); after unblocking both
+    flow again."""
+    a, b = clusters
+    alice, pw_a = await users_ab[0].create("alice")
+    bob, pw_b = await users_ab[1].create("bob")
+    cb = await _login(b, bob, pw_b, "phone")
+    errors: asyncio.Queue[object] = asyncio.Queue()
+    cb.add_event_handler("message_error", errors.put_nowait)
+    raw = RawClient("127.0.0.1", a.c2s_port, A)
+    try:
+        await raw_login(raw, alice, pw_a, resource="a")
+        await raw.send(b"<presence/>")
+        await raw.send(f"<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'>"
+                       f"<item jid='{bob}'/></block></iq>".encode())
+        await raw.read_until(b"</block></iq>")
+        sent_before = metric_value(a.metrics("s2s-1"), "stanzad_s2s_stanzas_total",
+                                   direction="out")
+        await raw.send(f"<message to='{bob}' type='chat' id='m1'><body>x</body></message>"
+                       .encode())
+        refused = await raw.read_until(b"</message>")
+        assert b'type="error"' in refused and b"<not-acceptable" in refused
+        assert b'<blocked xmlns="urn:xmpp:blocking:errors"/>' in refused
+        assert metric_value(a.metrics("s2s-1"), "stanzad_s2s_stanzas_total",
+                            direction="out") == sent_before  # never left the cluster
+
+        cb.send_message(mto=f"{alice}/a", mbody="let me in", mtype="chat")
+        err = await asyncio.wait_for(errors.get(), 15)
+        assert err["error"]["condition"] == "service-unavailable"  # type: ignore[index]
+        assert (await asyncio.wait_for(cb.messages.get(), 5))["type"] == "error"  # the same
+
+        await raw.send(b"<iq type='set' id='b2'><unblock xmlns='urn:xmpp:blocking'/></iq>")
+        await raw.read_until(b"</unblock></iq>")
+        await raw.send(f"<message to='{bob}' type='chat' id='m2'><body>hi bob</body></message>"
+                       .encode())
+        assert await _bodies(cb, 1, 15) == ["hi bob"]
+        cb.send_message(mto=f"{alice}/a", mbody="hi alice", mtype="chat")
+        assert b"hi alice" in await raw.read_until(b"hi alice", 15)
+    finally:
+        await raw.close()
         await cb.logout()
 
 
