@@ -125,7 +125,8 @@ class Link:
         except (SetupFailed, OSError) as exc:
             self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
             return
-        log.info("s2s stream to %s ready (%s)", self.domain, conn.stream.mechanism)
+        log.info("s2s stream to %s ready (%s over %s)", self.domain, conn.stream.mechanism,
+                 "direct TLS" if conn.direct_tls else "STARTTLS")
         while self.queue:
             metrics.QUEUED.dec()
             self._write(conn, self.queue.popleft())
