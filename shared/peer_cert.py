@@ -19,11 +19,13 @@ from __future__ import annotations
 import datetime
 import logging
 import ssl
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
@@ -118,11 +120,14 @@ def load_pem_bundle(path: str) -> list[x509.Certificate]:
     out: list[x509.Certificate] = []
     text = Path(path).read_bytes()
     marker = b"-----BEGIN CERTIFICATE-----"
-    for block in text.split(marker)[1:]:
-        try:
-            out.append(x509.load_pem_x509_certificate(marker + block))
-        except ValueError:
-            continue
+    with warnings.catch_warnings():
+        # distribution bundles hold a few old roots with non-positive serial numbers
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        for block in text.split(marker)[1:]:
+            try:
+                out.append(x509.load_pem_x509_certificate(marker + block))
+            except ValueError:
+                continue
     return out
 
 
