@@ -6,6 +6,7 @@ Invalid values stop the service at start with an error that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from typing import Final, TypeVar
 
@@ -170,6 +171,10 @@ class S2SSettings(PartitionedSettings):
     s2s_id: str = Field("", description="Gateway id; generated when empty.")
     s2s_host: str = Field("127.0.0.1", description="s2s listen address.")
     s2s_port: int = Field(5269, ge=0, le=65535, description="s2s listen port (STARTTLS).")
+    s2s_direct_tls_port: int = Field(
+        0, ge=0, le=65535,
+        description="Direct TLS s2s listen port (XEP-0368, usually 5270); 0: none.",
+    )
     tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain of the domain.")
     tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
     s2s_tls_required: bool = Field(True, description="Require STARTTLS on s2s, both ways.")
@@ -198,6 +203,9 @@ class S2SSettings(PartitionedSettings):
     s2s_trusted_certs: str = Field(
         "", description="Self-signed certificates accepted per domain: 'domain=file.pem,...'."
     )
+    s2s_dns_servers: str = Field(
+        "", description="DNS servers for peer lookups 'host:port,...'; empty: the system's."
+    )
 
     @field_validator("s2s_overrides")
     @classmethod
@@ -210,6 +218,15 @@ class S2SSettings(PartitionedSettings):
     def _check_trusted(cls, value: str) -> str:
         parse_trusted_certs(value)
         return value
+
+    @field_validator("s2s_dns_servers")
+    @classmethod
+    def _check_dns(cls, value: str) -> str:
+        parse_dns_servers(value)
+        return value
+
+    def dns_servers(self) -> list[tuple[str, int]]:
+        return parse_dns_servers(self.s2s_dns_servers)
 
     def trusted_certs(self) -> dict[str, str]:
         return parse_trusted_certs(self.s2s_trusted_certs)
@@ -230,6 +247,29 @@ def parse_overrides(value: str) -> dict[str, tuple[str, int]]:
             raise ValueError(f"bad port in {item!r}")
         routes[domain.strip().lower()] = (host.strip("[]"), int(port))
     return routes
+
+
+def parse_dns_servers(value: str) -> list[tuple[str, int]]:
+    """'127.0.0.1:5353,[::1]:53,10.0.0.2' -> [(host, port)] (port 53 when left out)."""
+    servers: list[tuple[str, int]] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else "53"
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"expected host:port, got {item!r}")
+        elif item.count(":") == 1:
+            host, _, port = item.partition(":")
+        else:
+            host, port = item, "53"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {item!r}")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"a DNS server is an IP address, got {host!r}") from None
+        servers.append((host, int(port)))
+    return servers
 
 
 def parse_trusted_certs(value: str) -> dict[str, str]:

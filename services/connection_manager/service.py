@@ -276,8 +276,10 @@ class ConnectionManager:
         if to is None or (to.local is None and to.resource is None and to.domain == self.domain):
             self._to_server(conn, st, addressed=to is not None)
             return
-        if to.domain != self.domain:  # federation: the s2s gateway owning the domain
-            self._publish_for(subjects.s2s, to.domain, conn, st, str(to))
+        if to.domain != self.domain:
+            # federation: through the router of the sender's partition, which enforces the
+            # sender's blocklist (XEP-0191 §3.5) and hands the stanza to the s2s gateway
+            self._publish_for(subjects.route, jid.bare_str, conn, st, str(to))
             return
         self._publish_for(subjects.route, to.bare_str, conn, st, str(to))
 
@@ -292,8 +294,8 @@ class ConnectionManager:
             self._publish_for(subjects.roster, jid.bare_str, conn, st, to.bare_str)
         elif st.type in ("", "unavailable"):  # directed presence, §4.6
             self._publish_for(subjects.presence, jid.bare_str, conn, st, str(to))
-        elif st.type == "error" and to.domain != self.domain:  # federation: s2s gateway
-            self._publish_for(subjects.s2s, to.domain, conn, st, str(to))
+        elif st.type == "error" and to.domain != self.domain:  # federation, as above
+            self._publish_for(subjects.route, jid.bare_str, conn, st, str(to))
         elif st.type == "error":
             self._publish_for(subjects.route, to.bare_str, conn, st, str(to))
         # 'probe' from a client is not allowed (§4.3): ignored

@@ -72,22 +72,24 @@ class Router(PartitionedService):
                 continue
             if env.kind is Kind.SESSION:
                 self.cache.invalidate(env.to)
-            elif env.kind in STANZA_KINDS and self._remote(env):
-                continue
             elif env.kind in STANZA_KINDS:
                 envelopes.append(env)
         if not envelopes:
             return
         domain = self.settings.domain
-        wanted = {e.to.partition("/")[0] for e in envelopes}
+        wanted = {b for e in envelopes if not self._is_remote(b := e.to.partition("/")[0])}
         wanted |= {b for e in envelopes if (b := e.from_.partition("/")[0]).endswith("@" + domain)}
         entries = await self._entries(wanted)
         for env in envelopes:
+            sender = entries.get(env.from_.partition("/")[0])
+            if self._is_remote(env.to.partition("/")[0]):
+                self._remote(env, sender)
+                continue
             entry = entries.get(env.to.partition("/")[0])
             if entry is None:  # Redis unreachable: tell the sender rather than lose it
                 self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
                 continue
-            if self._blocked(env, entry, entries.get(env.from_.partition("/")[0])):
+            if self._blocked(env, entry, sender):
                 continue
             if self._route(env, entry):
                 await self._store_offline(env)
@@ -96,16 +98,29 @@ class Router(PartitionedService):
         self._tally.clear()
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
-    def _remote(self, env: Envelope) -> bool:
-        """A stanza for another domain (a bounce to a remote sender, a presence service's
-        answer to a remote prober): handed to the s2s gateway that owns the domain."""
-        domain = env.to.partition("/")[0].rpartition("@")[2]
-        if domain == self.settings.domain or not domain:
-            return False
+    def _is_remote(self, bare: str) -> bool:
+        domain = bare.rpartition("@")[2]
+        return bool(domain) and domain != self.settings.domain
+
+    def _remote(self, env: Envelope, sender: Entry | None) -> None:
+        """A stanza for another domain: handed to the s2s gateway that owns the domain.
+        What a local user's session sends comes here first (the connection manager routes
+        it by the sender's partition, whose blocklist this router caches exactly) so that
+        XEP-0191 §3.5 holds for remote contacts too; bounces to remote senders and the
+        presence service's answers to remote probers pass as they are."""
+        if "/" in env.origin:
+            if sender is None:  # Redis unreachable: the blocklist is unknown
+                self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
+                return
+            if is_blocked(sender.blocked, env.to):
+                self._tally[(env.kind.value, "blocked")] += 1
+                self._bounce(env, StanzaErrorCondition.NOT_ACCEPTABLE,
+                             extra=f'<blocked xmlns="{ns.BLOCKING_ERRORS}"/>')
+                return
         self._tally[(env.kind.value, "remote")] += 1
+        domain = env.to.partition("/")[0].rpartition("@")[2]
         p = subjects.partition(domain, self.settings.partitions)
         self.bus.publish_soon(subjects.s2s(p), env.encode())
-        return True
 
     async def _entries(self, bares: set[str]) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}

@@ -1,10 +1,16 @@
 """The I/O shells of s2s streams: bytes between a socket and a sans-I/O stream, nothing more.
 
-`InboundConnection` carries a `ReceivingStream` (a peer connected to our port 5269),
-`OutboundConnection` an `InitiatingStream` (we connected to a peer, to send stanzas or to
-verify a dialback key).  Both are asyncio Protocols (TLS through `loop.start_tls`, which
-pauses reading, so no byte sent in the clear after <starttls/> or <proceed/> is processed),
-and coalesce their writes into one `transport.write` per event-loop tick.
+`InboundConnection` carries a `ReceivingStream` (a peer connected to our port 5269, or to
+the direct TLS port of XEP-0368), `OutboundConnection` an `InitiatingStream` (we connected to
+a peer, to send stanzas or to verify a dialback key).  Both are asyncio Protocols and
+coalesce their writes into one `transport.write` per event-loop tick.
+
+TLS: outbound streams use `loop.start_tls` (which pauses reading, so no byte sent in the
+clear after <starttls/> is processed).  Inbound streams run TLS themselves over memory
+buffers (`shared.tls_memory`, pyOpenSSL), because only so can they ask for the peer's
+certificate without failing the handshake of peers whose certificate we cannot verify; the
+certificate is checked (`shared.peer_cert`) against the domain the peer claims, and SASL
+EXTERNAL is offered when it is valid for it (XEP-0178).
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from OpenSSL import SSL
+
 from shared import logs
+from shared.tls_memory import ServerTLS, TLSFailed
 from shared.xmpp import s2s, s2s_out
 from shared.xmpp.errors import StreamErrorCondition
 
@@ -26,6 +35,8 @@ if TYPE_CHECKING:
     from .service import S2SGateway
 
 log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 15.0
 
 
 class _Shell(asyncio.Protocol):
@@ -83,7 +94,17 @@ class _Shell(asyncio.Protocol):
             return
         data = b"".join(self._wbuf)
         self._wbuf.clear()
-        self.transport.write(data)
+        data = self.encode(data)
+        if data:
+            self.transport.write(data)
+
+    def encode(self, plaintext: bytes) -> bytes:
+        """Subclasses with their own TLS layer: the bytes to write for ``plaintext``."""
+        return plaintext
+
+    def closing_bytes(self) -> bytes:
+        """Subclasses with their own TLS layer: their close_notify."""
+        return b""
 
     def finish(self) -> None:
         """Write what is left and close the transport."""
@@ -92,6 +113,9 @@ class _Shell(asyncio.Protocol):
         self._flush()
         self._closing = True
         if self.transport is not None:
+            tail = self.closing_bytes()
+            if tail and not self.transport.is_closing():
+                self.transport.write(tail)
             self.transport.close()
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -143,29 +167,113 @@ class _Shell(asyncio.Protocol):
 
 
 class InboundConnection(_Shell):
-    """A peer server's stream to us (XEP-0220 Receiving Server, or Authoritative Server)."""
+    """A peer server's stream to us (XEP-0220 Receiving Server, or Authoritative Server);
+    ``direct_tls``: the connection came to the XEP-0368 port, TLS from the first byte."""
 
     direction = "in"
 
-    def __init__(self, gw: S2SGateway) -> None:
+    def __init__(self, gw: S2SGateway, direct_tls: bool = False) -> None:
         super().__init__(gw)
-        self.stream = s2s.ReceivingStream(gw.stream_config)
+        self.direct_tls = direct_tls
+        self.stream = s2s.ReceivingStream(gw.stream_config, direct_tls=direct_tls)
+        self.tls: ServerTLS | None = None
         self._rate = gw.s2s_settings.s2s_max_stanzas_per_s
         self._tokens = self._rate  # a token bucket of one second's worth of stanzas
         self._refilled = asyncio.get_running_loop().time()
         self._throttled = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.gw.inbound.add(self)
+        if self.direct_tls:
+            metrics.DIRECT_TLS.inc()
+            self._begin_tls(self.gw.direct_tls_server)
 
     def lost(self) -> None:
         self.gw.inbound.discard(self)
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.touch()
+        if self.tls is not None:
+            data = self._decrypt(data)
+            if not data:
+                return
         self.stream.receive_data(data)
         self._pump()
+
+    # ---- TLS over memory buffers -----------------------------------------------------------
+
+    def _begin_tls(self, ctx: SSL.Context) -> None:
+        self.tls = ServerTLS(ctx)
+        loop = asyncio.get_running_loop()
+        self._handshake_timer = loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
+
+    def _handshake_timeout(self) -> None:
+        if self.tls is not None and not self.tls.handshake_done:
+            log.info("s2s TLS handshake timed out")
+            self._closing = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def _decrypt(self, data: bytes) -> bytes:
+        """Ciphertext in, plaintext out; the handshake's end tells the stream machine."""
+        assert self.tls is not None
+        was_done = self.tls.handshake_done
+        try:
+            plaintext = self.tls.receive_data(data)
+        except TLSFailed as exc:
+            log.info("inbound s2s %s", exc)
+            metrics.TLS_FAILURES.inc()
+            self._closing = True
+            if self.transport is not None:
+                self.transport.write(self.tls.data_to_send())  # the alert, if any
+                self.transport.close()
+            return b""
+        wire = self.tls.data_to_send()
+        if wire and self.transport is not None:
+            self.transport.write(wire)
+        if self.tls.handshake_done and not was_done:
+            self._handshake_done()
+        if self.tls.peer_closed:
+            self.finish()
+        return plaintext
+
+    def _handshake_done(self) -> None:
+        assert self.tls is not None
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        chain = self.tls.peer_chain()
+        peer = self.gw.trust.peer(*chain) if chain is not None else None
+        log.debug("inbound s2s TLS %s, peer certificate: %s", self.tls.version,
+                  "yes" if chain else "none")
+        if self.direct_tls:
+            self.stream.direct_tls_established(peer)
+        else:
+            self.stream.tls_established(peer)
+            self._pump()  # our new stream header is sent when the peer's arrives
+
+    def encode(self, plaintext: bytes) -> bytes:
+        if self.tls is None:
+            return plaintext
+        if not self.tls.handshake_done:
+            return b""  # nothing can be said before the handshake ends
+        try:
+            self.tls.send(plaintext)
+        except TLSFailed as exc:
+            log.info("inbound s2s %s", exc)
+            return b""
+        return self.tls.data_to_send()
+
+    def closing_bytes(self) -> bytes:
+        if self.tls is None or not self.tls.handshake_done:
+            return b""
+        self.tls.close()
+        return self.tls.data_to_send()
+
+    # ---- the stream ------------------------------------------------------------------------
 
     def close(self, condition: StreamErrorCondition | None = None) -> None:
         self.stream.close(condition)
@@ -185,12 +293,16 @@ class InboundConnection(_Shell):
                 self._on_event(event)
             self.write(self.stream.data_to_send())
             if self.transport is not None and not self._closing and not self._throttled:
-                if self.stream.state is s2s.State.WAITING:
+                if self.stream.state is s2s.State.WAITING and self._awaiting_dialback:
                     self.transport.pause_reading()
                 elif self.stream.closed:
                     self.finish()
         finally:
             logs.connection_id.reset(token)
+
+    @property
+    def _awaiting_dialback(self) -> bool:
+        return self.tls is None or self.tls.handshake_done
 
     def _on_event(self, event: s2s.Event) -> None:
         if isinstance(event, s2s.StanzaIn):
@@ -198,7 +310,10 @@ class InboundConnection(_Shell):
             self.gw.stanza_from_peer(event)
             self._throttle()
         elif isinstance(event, s2s.StartTLS):
-            self.spawn(self._start_tls())
+            # <proceed/> goes out in the clear, then everything is TLS
+            self.write(self.stream.data_to_send())
+            self._flush()
+            self._begin_tls(self.gw.server_tls)
         elif isinstance(event, s2s.DialbackRequested):
             self.spawn(self._dialback(event))
         elif isinstance(event, s2s.PeerAuthenticated):
@@ -246,14 +361,6 @@ class InboundConnection(_Shell):
             self.transport.resume_reading()
         self._pump()
 
-    async def _start_tls(self) -> None:
-        ssl_object = await self.start_tls(self.gw.server_tls, True, None)
-        if ssl_object is None:
-            return
-        # SASL EXTERNAL for inbound streams needs the peer's client certificate checked
-        # without failing the handshake; not done yet, so only dialback is offered.
-        self._resume(lambda: self.stream.tls_established(frozenset()))
-
     async def _dialback(self, request: s2s.DialbackRequested) -> None:
         valid = await self.gw.verify_dialback(request)
         self._resume(lambda: self.stream.dialback_result(valid))
@@ -270,7 +377,8 @@ class OutboundConnection(_Shell):
     ) -> None:
         super().__init__(gw)
         self.domain = domain
-        self.verify_cert = verify_cert  # STARTTLS with a verifying context (SASL EXTERNAL)
+        self.direct_tls = direct_tls
+        self.verify_cert = verify_cert  # TLS with a verifying context (SASL EXTERNAL)
         self.stream = s2s_out.InitiatingStream(
             gw.stream_config, domain, direct_tls=direct_tls, verify=verify
         )
@@ -281,7 +389,8 @@ class OutboundConnection(_Shell):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.stream.initiate()
+        # direct TLS: the handshake is done, and verified the peer when verify_cert
+        self.stream.initiate(cert_valid=self.direct_tls and self.verify_cert)
         self.write(self.stream.data_to_send())
 
     def lost(self) -> None:

@@ -35,3 +35,10 @@ STREAM_ERRORS = Counter(
 THROTTLED = Counter(
     "stanzad_s2s_throttled_total", "Times an inbound stream hit its stanza rate and paused."
 )
+DIRECT_TLS = Counter(
+    "stanzad_s2s_direct_tls_connections_total",
+    "Inbound connections to the direct TLS port (XEP-0368).",
+)
+TLS_FAILURES = Counter(
+    "stanzad_s2s_tls_failures_total", "Inbound s2s TLS handshakes or records that failed."
+)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from shared.xmpp.s2s_out import VerifyRequest
 
 from . import metrics
 from .connection import OutboundConnection
-from .resolver import ServiceUnavailable
+from .resolver import ServiceUnavailable, Target
 
 if TYPE_CHECKING:
     from .service import S2SGateway
@@ -41,23 +42,38 @@ async def connect(
         targets = await gw.resolver.resolve(domain)
     except ServiceUnavailable:
         raise SetupFailed(f"{domain} offers no XMPP server-to-server service") from None
-    loop = asyncio.get_running_loop()
     errors = []
     for target in targets:
         try:
-            _, conn = await loop.create_connection(
-                lambda t=target: OutboundConnection(  # type: ignore[misc]
-                    gw, domain, verify, t.direct_tls, verify_cert and not t.direct_tls
-                ),
-                target.host, target.port,
-                ssl=gw.direct_tls_context if target.direct_tls else None,
-                server_hostname=domain if target.direct_tls else None,
-            )
+            return await _open(gw, domain, target, verify, verify_cert)
+        except ssl.SSLCertVerificationError as exc:
+            # XEP-0368 direct TLS with a certificate that is not valid for the domain: the
+            # same target again without verification, and dialback
+            log.info("certificate of %s not valid for it (%s): dialback instead",
+                     domain, exc.verify_message)
+            gw.unverifiable(domain)
+            verify_cert = False
+            try:
+                return await _open(gw, domain, target, verify, False)
+            except OSError as again:
+                errors.append(f"{target.host}:{target.port}: {again}")
         except OSError as exc:
             errors.append(f"{target.host}:{target.port}: {exc}")
-            continue
-        return conn
     raise SetupFailed("; ".join(errors) or f"no address for {domain}")
+
+
+async def _open(gw: S2SGateway, domain: str, target: Target, verify: VerifyRequest | None,
+                verify_cert: bool) -> OutboundConnection:
+    """One connection; direct TLS targets are wrapped at once (verifying when asked)."""
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(
+        lambda: OutboundConnection(gw, domain, verify, target.direct_tls, verify_cert),
+        target.host, target.port,
+        ssl=gw.tls_context_for(domain, verify_cert) if target.direct_tls else None,
+        server_hostname=domain if target.direct_tls else None,
+        ssl_handshake_timeout=15 if target.direct_tls else None,
+    )
+    return conn
 
 
 class Link:
@@ -109,7 +125,8 @@ class Link:
         except (SetupFailed, OSError) as exc:
             self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
             return
-        log.info("s2s stream to %s ready (%s)", self.domain, conn.stream.mechanism)
+        log.info("s2s stream to %s ready (%s over %s)", self.domain, conn.stream.mechanism,
+                 "direct TLS" if conn.direct_tls else "STARTTLS")
         while self.queue:
             metrics.QUEUED.dec()
             self._write(conn, self.queue.popleft())

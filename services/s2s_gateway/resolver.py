@@ -3,19 +3,23 @@
 SRV records ``_xmpps-server._tcp`` (direct TLS) and ``_xmpp-server._tcp`` (STARTTLS) are
 looked up with dnspython and tried by priority (at equal priority direct TLS first, then by
 weight); a single target "." means the domain offers no service (RFC 2782).  Without SRV
-records the domain itself is tried on port 5269 (its A/AAAA records, through the system
-resolver at connect time).  A static override (``STANZAD_S2S_OVERRIDES``) replaces DNS for
-the domains it lists: tests and private federations.
+records the domain itself is tried on port 5269.  Host names are turned into addresses by
+the system resolver at connect time, or, when ``STANZAD_S2S_DNS_SERVERS`` names the DNS
+servers to ask, by dnspython (A and AAAA) from those servers too.  A static override
+(``STANZAD_S2S_OVERRIDES``) replaces DNS for the domains it lists: private federations.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import dns.asyncresolver
 import dns.exception
+import dns.nameserver
 import dns.resolver
 
 log = logging.getLogger(__name__)
@@ -55,9 +59,20 @@ def order(records: list[_Srv]) -> list[Target]:
 
 
 class Resolver:
-    def __init__(self, overrides: dict[str, tuple[str, int]], timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, overrides: dict[str, tuple[str, int]], timeout_s: float = 5.0,
+        nameservers: list[tuple[str, int]] | None = None,
+    ) -> None:
         self.overrides = overrides
         self.timeout_s = timeout_s
+        self.own_servers = bool(nameservers)
+        if nameservers:
+            self._dns = dns.asyncresolver.Resolver(configure=False)
+            self._dns.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers
+            ]
+        else:
+            self._dns = dns.asyncresolver.get_default_resolver()
 
     async def resolve(self, domain: str) -> list[Target]:
         if domain in self.overrides:
@@ -72,15 +87,40 @@ class Resolver:
             else:
                 records.extend(found)
         if records:
-            return order(records)
-        if refused == 2:
+            targets = order(records)
+        elif refused == 2:
             raise ServiceUnavailable(domain)
-        return [Target(domain, DEFAULT_PORT)]
+        else:
+            targets = [Target(domain, DEFAULT_PORT)]
+        if not self.own_servers:
+            return targets  # the system resolver finds the addresses when connecting
+        return [t for target in targets for t in await self._addresses(target)]
+
+    async def _addresses(self, target: Target) -> list[Target]:
+        """The target once per A/AAAA address, from our own DNS servers."""
+        try:
+            ipaddress.ip_address(target.host)
+        except ValueError:
+            pass
+        else:
+            return [target]
+        found = await asyncio.gather(
+            *(self._query(target.host, rtype) for rtype in ("AAAA", "A"))
+        )
+        return [replace(target, host=addr) for addrs in found for addr in addrs]
+
+    async def _query(self, name: str, rtype: str) -> list[str]:
+        try:
+            answer = await self._dns.resolve(name, rtype, lifetime=self.timeout_s)
+        except dns.exception.DNSException as exc:
+            log.debug("%s lookup of %s failed: %s", rtype, name, exc)
+            return []
+        return [rr.to_text() for rr in answer]
 
     async def _srv(self, name: str, direct: bool) -> list[_Srv] | None:
         """The records of one SRV name; None when the only target is '.'."""
         try:
-            answer = await dns.asyncresolver.resolve(name, "SRV", lifetime=self.timeout_s)
+            answer = await self._dns.resolve(name, "SRV", lifetime=self.timeout_s)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
             return []
         except dns.exception.DNSException as exc:

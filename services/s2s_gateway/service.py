@@ -5,9 +5,12 @@ remote domain).  The gateway is a partitioned service of role "s2s": one process
 owns a partition, hence a remote domain's connection, and the order per sender → recipient
 is kept.  Each domain has one `Link` (outbound.py).
 
-Inbound: peers connect to our port (5269), do STARTTLS and dialback; accepted stanzas go
-onto the bus exactly as a connection manager publishes a client's, with origin "s2s" (no
-'/': the roster service treats such subscription presence as inbound for the local user).
+Inbound: peers connect to our port (5269, STARTTLS) or to the optional direct TLS port
+(XEP-0368, usually 5270), and authenticate with SASL EXTERNAL when their certificate is valid
+for their domain (XEP-0178: the system trust store, or STANZAD_S2S_TRUSTED_CERTS), else with
+dialback; accepted stanzas go onto the bus exactly as a connection manager publishes a
+client's, with origin "s2s" (no '/': the roster service treats such subscription presence
+as inbound for the local user).
 Any gateway process may take any inbound connection and answer any <db:verify/>: the
 dialback secret is the cluster's, not the process's.
 """
@@ -20,12 +23,14 @@ import secrets
 import ssl
 import time
 
+from shared import tls_memory
 from shared.bus import subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
 from shared.partitioned import PartitionedService
-from shared.settings import S2SSettings
+from shared.peer_cert import CertificateTrust
+from shared.settings import ConfigError, S2SSettings
 from shared.store import keys
-from shared.tls import ensure_self_signed, server_context
+from shared.tls import ensure_self_signed
 from shared.xmpp import server_iq
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.parser import parse_fragment
@@ -57,6 +62,7 @@ def client_context(cert: str, key: str) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["xmpp-server"])  # XEP-0368 §3 (harmless after STARTTLS)
     return ctx
 
 
@@ -68,6 +74,7 @@ def verifying_context(cert: str, key: str, cafile: str | None) -> ssl.SSLContext
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["xmpp-server"])
     return ctx
 
 
@@ -84,12 +91,15 @@ class S2SGateway(PartitionedService):
         )
         self.s2s_settings = settings
         self.domain = settings.domain
-        self.resolver = Resolver(settings.override_map(), settings.s2s_connect_timeout_s)
+        self.resolver = Resolver(settings.override_map(), settings.s2s_connect_timeout_s,
+                                 settings.dns_servers())
         self.links: dict[str, Link] = {}
         self.inbound: set[InboundConnection] = set()
         self.stream_config = S2SConfig(domain=settings.domain, secret=b"")
         self.port = 0
+        self.direct_tls_port = 0
         self._server: asyncio.Server | None = None
+        self._direct_server: asyncio.Server | None = None
         self._verifying: dict[str, ssl.SSLContext] = {}
         self._unverifiable: dict[str, float] = {}  # domain -> until when not to try again
 
@@ -99,10 +109,15 @@ class S2SGateway(PartitionedService):
         s = self.s2s_settings
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
-        self.server_tls = server_context(s.tls_cert, s.tls_key)
+        self.server_tls = tls_memory.server_context(s.tls_cert, s.tls_key)
+        self.direct_tls_server = tls_memory.server_context(
+            s.tls_cert, s.tls_key, alpn=[b"xmpp-server"]  # XEP-0368 §3
+        )
+        try:
+            self.trust = CertificateTrust.load(s.trusted_certs())
+        except ValueError as exc:
+            raise ConfigError(f"STANZAD_S2S_TRUSTED_CERTS: {exc}") from None
         self.client_tls = client_context(s.tls_cert, s.tls_key)
-        self.direct_tls_context = client_context(s.tls_cert, s.tls_key)
-        self.direct_tls_context.set_alpn_protocols(["xmpp-server"])  # XEP-0368 §3
         self.tls_context_for("", True)  # loads the system trust store now, not mid-stream
         self.stream_config = S2SConfig(
             domain=s.domain,
@@ -119,6 +134,14 @@ class S2SGateway(PartitionedService):
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("%s listening for s2s on %s:%d (domain %s)", self.member_id, s.s2s_host,
                  self.port, s.domain)
+        if s.s2s_direct_tls_port:
+            self._direct_server = await loop.create_server(
+                lambda: InboundConnection(self, direct_tls=True), s.s2s_host,
+                s.s2s_direct_tls_port, backlog=256, reuse_address=True,
+            )
+            self.direct_tls_port = self._direct_server.sockets[0].getsockname()[1]
+            log.info("%s listening for direct TLS s2s (XEP-0368) on %s:%d", self.member_id,
+                     s.s2s_host, self.direct_tls_port)
         await super().start()
 
     # ---- TLS for outbound streams ----------------------------------------------------------
@@ -155,8 +178,9 @@ class S2SGateway(PartitionedService):
         return self._server is not None and super().ready()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._direct_server):
+            if server is not None:
+                server.close()
         for link in list(self.links.values()):
             link.close()
         for conn in list(self.inbound):

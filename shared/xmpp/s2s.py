@@ -5,7 +5,7 @@ with `receive_data`, events come out of `next_event`, bytes to write are taken w
 `data_to_send`, as in `shared.xmpp.c2s`.  Steps that need I/O come out as events and the
 machine waits until the caller answers:
 
-    StartTLS            -> caller wraps the socket, then `tls_established(cert_domains)`
+    StartTLS            -> caller wraps the socket, then `tls_established(peer_cert)`
     DialbackRequested   -> caller asks the Authoritative Server (XEP-0220 §2.3), then
                            `dialback_result(valid)` with True, False or None (no answer)
 
@@ -13,8 +13,10 @@ What the machine enforces:
 
 * the header is a ``jabber:server`` stream (RFC 6120 §4.8.3) whose 'to' is our domain
   (`host-unknown`), and it declares the dialback namespace in ours (XEP-0220 §2.1);
-* features: STARTTLS until TLS is on, SASL EXTERNAL only when the caller vouched that the
-  peer's certificate is valid for the domain it claims (RFC 6120 §6, XEP-0178), dialback;
+* features: STARTTLS until TLS is on, SASL EXTERNAL only when the peer's certificate (a
+  `PeerCertificate` from the caller) is valid for the domain in the header's 'from'
+  (RFC 6120 §6, XEP-0178 §3), dialback always (the fallback of peers refused EXTERNAL);
+  a refused <auth mechanism='EXTERNAL'/> is answered <not-authorized/> (XEP-0178 §3.3);
 * <db:result/> (XEP-0220 §2.1.2) produces `DialbackRequested`; <db:verify/> (§2.3.2, we are
   the Authoritative Server) is answered at once from the keyed HMAC of XEP-0185;
 * stanzas are accepted only once a domain is authenticated on this stream, and only with a
@@ -32,7 +34,7 @@ import binascii
 import enum
 import secrets
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
@@ -60,6 +62,13 @@ S2S_MAX_STANZA_BYTES: Final = 512 * KiB
 S2S_DISTINCT_NAMES: Final = 50_000
 DB_RESULT: Final = f"{{{ns.DIALBACK}}}result"
 DB_VERIFY: Final = f"{{{ns.DIALBACK}}}verify"
+
+
+class PeerCertificate(Protocol):
+    """The certificate a peer presented in its TLS handshake (shared.peer_cert.CheckedPeer):
+    is it valid for ``domain`` (chain and identity, XEP-0178 §3)?"""
+
+    def valid_for(self, domain: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +195,14 @@ def parse_domain(value: str | None) -> str | None:
 class ReceivingStream(StreamIO):
     """One inbound server-to-server stream, from the first byte to </stream:stream>."""
 
-    def __init__(self, config: S2SConfig) -> None:
+    def __init__(self, config: S2SConfig, *, direct_tls: bool = False) -> None:
         self.config = config
         self.state = State.HEADER
-        self.tls = False
+        self.tls = direct_tls  # XEP-0368: TLS from the first byte
         self.stream_id = ""
         self.peer_from: str | None = None  # the 'from' of the peer's header, if any
         self.authenticated: set[str] = set()  # remote domains proven on this stream
-        self._cert_domains: frozenset[str] = frozenset()
+        self._peer_cert: PeerCertificate | None = None
         self._sasl_done = False
         self._parser = StreamParser(PRE_AUTH_LIMITS)
         self._pending: list[object] = []
@@ -216,15 +225,22 @@ class ReceivingStream(StreamIO):
 
     # ---- answers from the caller ---------------------------------------------------------
 
-    def tls_established(self, cert_domains: frozenset[str] = frozenset()) -> None:
-        """TLS is on; ``cert_domains`` are the domains the peer's certificate is valid for
-        (the caller checked the chain), which allows SASL EXTERNAL for them."""
+    def tls_established(self, peer_cert: PeerCertificate | None = None) -> None:
+        """STARTTLS is done; ``peer_cert``: the certificate the peer presented, if any.
+        SASL EXTERNAL is offered when it is valid for the domain the peer then claims."""
         if not isinstance(self._waiting, StartTLS):
             raise RuntimeError("not waiting for TLS")
         self._waiting = None
         self.tls = True
-        self._cert_domains = cert_domains
+        self._peer_cert = peer_cert
         self._restart()
+
+    def direct_tls_established(self, peer_cert: PeerCertificate | None) -> None:
+        """XEP-0368: the handshake of a direct TLS connection is done, before any byte of
+        the stream; ``peer_cert`` as for `tls_established`."""
+        if not self.tls or self._header_sent:
+            raise RuntimeError("not a direct TLS stream before its header")
+        self._peer_cert = peer_cert
 
     def dialback_result(self, valid: bool | None) -> None:
         """The Authoritative Server's answer (XEP-0220 §2.1.3); None: it could not be asked."""
@@ -357,8 +373,10 @@ class ReceivingStream(StreamIO):
         return (
             self.tls
             and not self._sasl_done
+            and not self.authenticated
             and self.peer_from is not None
-            and self.peer_from in self._cert_domains
+            and self._peer_cert is not None
+            and self._peer_cert.valid_for(self.peer_from)
         )
 
     # ---- STARTTLS (RFC 6120 §5) -----------------------------------------------------------
@@ -380,8 +398,10 @@ class ReceivingStream(StreamIO):
         if name != "auth":
             raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "no SASL exchange")
         mechanism = element.get("mechanism", "")
-        if mechanism != "EXTERNAL" or not self._external_allowed():
+        if mechanism != "EXTERNAL":
             return self._sasl_failure("invalid-mechanism", mechanism)
+        if not self._external_allowed():  # XEP-0178 §3.3: the peer may go on with dialback
+            return self._sasl_failure("not-authorized", mechanism)
         assert self.peer_from is not None
         try:
             authzid = _b64(element.text)

@@ -1,10 +1,13 @@
 """Federation with a real Prosody 0.12 on loopback (RFC 6120 §13, RFC 6121 §3-§4): Server
-Dialback both ways (XEP-0220), and SASL EXTERNAL from us to Prosody (XEP-0178).
+Dialback both ways (XEP-0220), and SASL EXTERNAL both ways (XEP-0178).
 
-stanzad serves stanzad.example and reaches prosody.example through STANZAD_S2S_OVERRIDES;
-Prosody finds stanzad.example through a tiny DNS server in this fixture (SRV
-_xmpp-server._tcp → gw.stanzad.example:<gateway port>, A → 127.0.0.1), set as its unbound
-forwarder.  Skipped when the Debian package `prosody` is not installed (.ci/run installs it).
+Both sides find each other through a tiny DNS server in this fixture: Prosody through its
+unbound forwarder, stanzad through STANZAD_S2S_DNS_SERVERS (dnspython).  prosody.example
+publishes _xmpps-server._tcp (its direct TLS port, XEP-0368) and _xmpp-server._tcp, so our
+stream to it is direct TLS: verified, then EXTERNAL, in the EXTERNAL run; unverifiable,
+then again without verification and dialback, in the dialback run.  stanzad.example
+publishes both as well (Prosody 0.12 prefers _xmpps-server too).  Skipped when the Debian
+package `prosody` is not installed (.ci/run installs it).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from shared.tls import ensure_self_signed
 from shared.xmpp.subscription import Subscription
 from tests.conftest import Users
 from tests.support import prosody as prosody_mod
-from tests.support.cluster import Cluster, new_cluster
+from tests.support.cluster import Cluster, metric_value, new_cluster
 from tests.support.dns import DNSServer
 from tests.support.xmpp import Client, eventually
 
@@ -47,20 +50,27 @@ class Interop:
 async def interop(request: pytest.FixtureRequest) -> AsyncIterator[Interop]:
     """``dialback``: no certificate is trusted either way.  ``EXTERNAL``: each side trusts
     the other's self-signed certificate (Prosody's cafile, STANZAD_S2S_TRUSTED_CERTS), so
-    our outbound stream uses SASL EXTERNAL (XEP-0178); Prosody's still uses dialback, as
-    our inbound side does not offer EXTERNAL yet."""
+    both streams use SASL EXTERNAL (XEP-0178): ours to Prosody, and Prosody's to us (our
+    listener asks for its certificate and offers EXTERNAL when it is valid for the domain
+    of the stream header)."""
     mode = request.param
     cluster = new_cluster(OURS)
     our_cert = cluster.workdir / "tls" / "s2s-cert.pem"
     ensure_self_signed(str(our_cert), str(cluster.workdir / "tls" / "s2s-key.pem"), OURS)
-    gw_port = localservers.free_port()
+    gw_port, gw_tls_port = localservers.free_port(), localservers.free_port()
+    p_port, p_tls_port = localservers.free_port(), localservers.free_port()
     dns = DNSServer({
         (f"_xmpp-server._tcp.{OURS}", "SRV"): [f"0 5 {gw_port} gw.{OURS}."],
+        (f"_xmpps-server._tcp.{OURS}", "SRV"): [f"0 5 {gw_tls_port} gw.{OURS}."],
         (f"gw.{OURS}", "A"): ["127.0.0.1"],
         (OURS, "A"): ["127.0.0.1"],
+        (f"_xmpp-server._tcp.{THEIRS}", "SRV"): [f"0 5 {p_port} gw.{THEIRS}."],
+        (f"_xmpps-server._tcp.{THEIRS}", "SRV"): [f"0 5 {p_tls_port} gw.{THEIRS}."],
+        (f"gw.{THEIRS}", "A"): ["127.0.0.1"],
     })
     await dns.start()
     prosody = prosody_mod.Prosody(cluster.workdir / "prosody", THEIRS, OURS, dns.port,
+                                  s2s_port=p_port, s2s_tls_port=p_tls_port,
                                   trust=str(our_cert) if mode == "EXTERNAL" else "")
     users: Users | None = None
     try:
@@ -68,8 +78,9 @@ async def interop(request: pytest.FixtureRequest) -> AsyncIterator[Interop]:
         cluster.start_servers()
         cluster.start_core()
         trusted = f"{THEIRS}={prosody.cert}" if mode == "EXTERNAL" else ""
-        cluster.start_s2s(port=gw_port, overrides=f"{THEIRS}=127.0.0.1:{prosody.s2s_port}",
-                          STANZAD_S2S_TRUSTED_CERTS=trusted)
+        cluster.start_s2s(port=gw_port, STANZAD_S2S_TRUSTED_CERTS=trusted,
+                          STANZAD_S2S_DNS_SERVERS=f"127.0.0.1:{dns.port}",
+                          STANZAD_S2S_DIRECT_TLS_PORT=str(gw_tls_port))
         cluster.start_cm()
         users = Users(cluster)
         yield Interop(cluster, prosody, dns, users, mode)
@@ -116,7 +127,12 @@ async def test_xep0220_messages_both_ways_in_order_with_prosody(interop: Interop
         metrics = interop.cluster.metrics("s2s-1")
         out = f'stanzad_s2s_authentications_total{{direction="out",mechanism="{interop.mode}"}}'
         assert out in metrics, _logs(interop)
-        assert 'stanzad_s2s_authentications_total{direction="in",mechanism="dialback"}' in metrics
+        inbound = f'stanzad_s2s_authentications_total{{direction="in",mechanism="{interop.mode}"}}'
+        assert inbound in metrics, _logs(interop)
+        ready = f"s2s stream to {THEIRS} ready ({interop.mode} over direct TLS)"
+        assert ready in interop.cluster.log("s2s-1"), _logs(interop)
+        # ... and Prosody's to us came to our direct TLS port (its _xmpps-server lookup)
+        assert metric_value(metrics, "stanzad_s2s_direct_tls_connections_total") >= 1
     finally:
         await a.logout()
         await c.logout()

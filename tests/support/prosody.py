@@ -3,7 +3,8 @@
 Its own config, data directory, log and ports; started with `prosody --config FILE`, stopped
 by PID. It resolves other domains through `unbound = { forward = { "127.0.0.1@PORT" } }`
 pointed at tests/support/dns.py (see /work/shared/INTEROP.md), and accepts dialback without
-certificate checks for the stanzad test domain (`s2s_insecure_domains`).
+certificate checks for the stanzad test domain (`s2s_insecure_domains`).  It listens for
+s2s with STARTTLS and with direct TLS (XEP-0368, `s2s_direct_tls_ports`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ local_interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {c2s_port} }}
 s2s_ports = {{ {s2s_port} }}
 c2s_direct_tls_ports = {{ }}
-s2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ {s2s_tls_port} }}
 http_ports = {{ }}
 https_ports = {{ }}
 component_ports = {{ }}
@@ -45,6 +46,7 @@ s2s_secure_auth = false
 s2s_insecure_domains = {{ "{peer}" }}
 unbound = {{ resolvconf = false; hoststxt = false; forward = {{ "127.0.0.1@{dns_port}" }} }}
 certificates = "{work}/certs"
+{global_ssl}
 
 VirtualHost "{domain}"
   ssl = {{ certificate = "{work}/certs/{domain}.crt"; key = "{work}/certs/{domain}.key";{cafile} }}
@@ -63,6 +65,7 @@ class Prosody:
     dns_port: int
     c2s_port: int = 0
     s2s_port: int = 0
+    s2s_tls_port: int = 0  # direct TLS (XEP-0368)
     trust: str = ""  # a PEM file Prosody trusts (our self-signed certificate: SASL EXTERNAL)
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -78,15 +81,20 @@ class Prosody:
     def write_config(self) -> None:
         self.c2s_port = self.c2s_port or localservers.free_port()
         self.s2s_port = self.s2s_port or localservers.free_port()
+        self.s2s_tls_port = self.s2s_tls_port or localservers.free_port()
         (self.work / "data").mkdir(parents=True, exist_ok=True)
         certs = self.work / "certs"
         certs.mkdir(exist_ok=True)
         ensure_self_signed(str(certs / f"{self.domain}.crt"), str(certs / f"{self.domain}.key"),
                            self.domain)
         self.config.write_text(CONFIG.format(
-            work=self.work, c2s_port=self.c2s_port, s2s_port=self.s2s_port, peer=self.peer,
+            work=self.work, c2s_port=self.c2s_port, s2s_port=self.s2s_port,
+            s2s_tls_port=self.s2s_tls_port, peer=self.peer,
             dns_port=self.dns_port, domain=self.domain,
             cafile=f' cafile = "{self.trust}";' if self.trust else "",
+            # the direct TLS port's context is the service's, not the host's: it needs the
+            # trusted certificate globally to validate ours there (SASL EXTERNAL)
+            global_ssl=f'ssl = {{ cafile = "{self.trust}" }}' if self.trust else "",
         ))
 
     def register(self, user: str, password: str) -> None:
@@ -104,6 +112,7 @@ class Prosody:
         )
         localservers.wait_port("127.0.0.1", self.c2s_port, proc=self.proc)
         localservers.wait_port("127.0.0.1", self.s2s_port, proc=self.proc)
+        localservers.wait_port("127.0.0.1", self.s2s_tls_port, proc=self.proc)
 
     def log(self) -> str:
         path = self.work / "prosody.log"

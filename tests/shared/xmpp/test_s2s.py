@@ -51,8 +51,17 @@ def drain(stream: ReceivingStream | InitiatingStream, data: bytes = b"") -> list
     return out
 
 
-def after_tls(config: S2SConfig = B, cert_domains: frozenset[str] = frozenset()
-              ) -> ReceivingStream:
+class CertFor:
+    """A peer certificate valid for the given domains (shared.peer_cert.PeerCertificate)."""
+
+    def __init__(self, *domains: str) -> None:
+        self.domains = set(domains)
+
+    def valid_for(self, domain: str) -> bool:
+        return domain in self.domains
+
+
+def after_tls(config: S2SConfig = B, cert: CertFor | None = None) -> ReceivingStream:
     stream = ReceivingStream(config)
     peer = "a.example" if config.domain == "b.example" else "b.example"
     drain(stream, header(to=config.domain, from_=peer))
@@ -62,7 +71,7 @@ def after_tls(config: S2SConfig = B, cert_domains: frozenset[str] = frozenset()
     [tls] = drain(stream, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
     assert isinstance(tls, StartTLS)
     assert b"<proceed" in stream.data_to_send()
-    stream.tls_established(cert_domains)
+    stream.tls_established(cert)
     assert drain(stream, header(to=config.domain, from_=peer)) == []
     return stream
 
@@ -242,7 +251,7 @@ def test_rfc6120_13_12_stanza_size_limit_is_512_kib() -> None:
 
 
 def test_xep0178_3_external_offered_only_for_a_certificate_valid_for_the_peer() -> None:
-    stream = after_tls(cert_domains=frozenset({"a.example"}))
+    stream = after_tls(cert=CertFor("a.example"))
     assert b"<mechanism>EXTERNAL</mechanism>" in stream.data_to_send()
     token = base64.b64encode(b"a.example").decode()
     [ok] = drain(
@@ -259,12 +268,34 @@ def test_xep0178_3_external_offered_only_for_a_certificate_valid_for_the_peer() 
 
 
 def test_xep0178_3_external_for_another_domain_fails() -> None:
-    stream = after_tls(cert_domains=frozenset({"c.example"}))
+    stream = after_tls(cert=CertFor("c.example"))
     assert b"EXTERNAL" not in stream.data_to_send()
     [failed] = drain(
         stream, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>"
     )
-    assert failed == AuthFailed("EXTERNAL", "invalid-mechanism")
+    assert failed == AuthFailed("EXTERNAL", "not-authorized")  # XEP-0178 §3.3
+    assert b"<not-authorized/>" in stream.data_to_send()
+    # the peer falls back to dialback on the same stream
+    key = dialback_key(SECRET_A, "b.example", "a.example", stream.stream_id)
+    [asked] = drain(stream, f"<db:result from='a.example' to='b.example'>{key}</db:result>"
+                    .encode())
+    assert isinstance(asked, DialbackRequested)
+
+
+def test_xep0178_3_no_certificate_no_external_but_dialback() -> None:
+    stream = after_tls(cert=None)
+    features = stream.data_to_send()
+    assert b"EXTERNAL" not in features and b"urn:xmpp:features:dialback" in features
+
+
+def test_xep0368_direct_tls_stream_offers_external_without_starttls() -> None:
+    stream = ReceivingStream(B, direct_tls=True)
+    stream.direct_tls_established(CertFor("a.example"))
+    drain(stream, header())
+    features = stream.data_to_send()
+    assert b"<starttls" not in features
+    assert b"<mechanism>EXTERNAL</mechanism>" in features
+    assert b"urn:xmpp:features:dialback" in features
 
 
 # ---- both sides together --------------------------------------------------------------------
@@ -376,7 +407,7 @@ def test_xep0178_external_between_two_servers_then_stanzas() -> None:
     out.receive_data(inn.data_to_send())
     [tls_out] = drain(out)
     assert isinstance(tls_in, StartTLS) and isinstance(tls_out, StartTLS)
-    inn.tls_established(frozenset({"a.example"}))  # a.example's certificate checked out
+    inn.tls_established(CertFor("a.example"))  # a.example's certificate checked out
     out.tls_established(cert_valid=True)  # and so did b.example's
     events_in: list[object] = []
     events_out: list[object] = []
