@@ -287,10 +287,17 @@ class Ejabberd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        for pid in self.children:
-            if _cmdline(pid).startswith("erl_child_setup"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 3  # the helper exits by itself once beam is gone
+        while self.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in self.leftovers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def leftovers(self) -> list[int]:
+        """The beam's helpers still running (not gone, not zombies)."""
+        return [pid for pid in self.children
+                if _running(pid) and _cmdline(pid).startswith("erl_child_setup")]
 
     def log(self) -> str:
         parts = []
@@ -306,6 +313,14 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _children(pid: int) -> list[int]:
