@@ -132,7 +132,8 @@ async def _login(port: int, jid: str) -> None:
                            mechanism="SCRAM-SHA-1", ctx=client.insecure_context(),
                            timeout=10)
         assert conn.live
-        assert isinstance(conn.transport.get_extra_info("ssl_object"), ssl.SSLObject)
+        tls = conn.transport.get_extra_info("ssl_object")
+        assert isinstance(tls, ssl.SSLObject) and tls.version() in ("TLSv1.2", "TLSv1.3")
     finally:
         conn.close()
 
