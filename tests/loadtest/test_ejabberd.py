@@ -145,3 +145,15 @@ async def _features_before_tls(port: int) -> bytes:
         return await asyncio.wait_for(reader.readuntil(b"</stream:features>"), 10)
     finally:
         writer.close()
+
+
+def test_runs_against_ejabberd_take_every_mechanism_and_presence_but_one_node() -> None:
+    from loadtest.bounds import BoundsError
+    from loadtest.runner import validate
+    from loadtest.scenarios import Options
+
+    for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"):
+        validate(Options("chat", server="ejabberd", mechanism=mechanism, connections=4))
+    validate(Options("presence", server="ejabberd", connections=4, contacts=2))
+    with pytest.raises(BoundsError, match="one node"):
+        validate(Options("chat", server="ejabberd", connections=4, cms=2))
