@@ -57,8 +57,9 @@ def plan(quick: bool) -> list[tuple[str, Options]]:
                                        ("ejabberd", ejabberd.available())) if there]
     if others:
         sha1 = {"mechanism": "SCRAM-SHA-1"}
-        # idle at half the size of run 1 (RSS per connection is flat from 1,000 to 10,000
-        # for all three servers, RESULTS.md) keeps the whole bench near 8 minutes
+        # idle at half the size of run 1 keeps the whole bench near 8 minutes; a quick
+        # reading only: ejabberd's RSS per connection grows from ~51 KiB at 1,000 to ~65 KiB
+        # at 5,000-10,000 (stanzad's and Prosody's are flat), RESULTS.md has those runs
         idle = replace(runs[0][1], connections=max(10, int(1000 * s)))
         for what, opt in (("login", runs[1][1]), ("chat", replace(chat, rate=2000)),
                           ("idle", idle)):
