@@ -19,7 +19,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
     p.add_argument("scenario", choices=SCENARIOS)
     p.add_argument("--server", choices=SERVERS, default="stanzad",
-                   help="prosody: a private Prosody instance (Debian package)")
+                   help="prosody, ejabberd: a private instance of that server "
+                   "(Debian package), started by the tool")
     p.add_argument("-n", "--connections", type=int, default=100, help="users / connections")
     p.add_argument("--workers", type=int, default=2, help="load processes (more if RLIMIT)")
     p.add_argument("--sources", type=int, default=4, help="loopback source addresses")

@@ -10,9 +10,10 @@ Runs, each against a fresh stanzad cluster started on free loopback ports:
 5. scale-out — chat at 2,000 msgs/s with 1 connection manager + 1 router, then 2 + 2:
    server CPU per message as processes are added;
 6. presence — 500 users with rosters of 20 contacts, 100 broadcasts/s for 5 s: fan-out;
-7. side by side, when the Debian package `prosody` is installed: login, chat at 2,000/s and
-   idle, with SCRAM-SHA-1 (Prosody 0.12 has no SCRAM-SHA-256), against stanzad and then a
-   private Prosody on another loopback port; a table of the ratios.  ejabberd: not yet.
+7. side by side, when the Debian packages `prosody` and/or `ejabberd` are installed: login,
+   chat at 2,000/s and idle (1,000 connections), with SCRAM-SHA-1 (Prosody 0.12 has no
+   SCRAM-SHA-256), against stanzad, then a private Prosody, then a private ejabberd, each on
+   its own loopback port; a table of the figures and of the ratios to ejabberd's.
 
 Writes every run's JSON, summary and plots under loadtest/out/bench-<time>/ and a
 combined BENCH.md there.  `--quick` runs the same with tiny sizes (a smoke test).
@@ -28,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtest import prosody, report
+from loadtest import ejabberd, prosody, report
 from loadtest.runner import run
 from loadtest.scenarios import Options
 
@@ -52,16 +53,18 @@ def plan(quick: bool) -> list[tuple[str, Options]]:
                              contacts=4 if quick else 20, rate=100, seconds=5 * s,
                              messages=100_000)),
     ]
-    if prosody.available():
+    others = [name for name, there in (("prosody", prosody.available()),
+                                       ("ejabberd", ejabberd.available())) if there]
+    if others:
         sha1 = {"mechanism": "SCRAM-SHA-1"}
-        runs += [
-            ("sbs-login-stanzad", replace(runs[1][1], **sha1)),
-            ("sbs-login-prosody", replace(runs[1][1], server="prosody", **sha1)),
-            ("sbs-chat-stanzad", replace(chat, rate=2000, **sha1)),
-            ("sbs-chat-prosody", replace(chat, rate=2000, server="prosody", **sha1)),
-            ("sbs-idle-stanzad", replace(runs[0][1], **sha1)),
-            ("sbs-idle-prosody", replace(runs[0][1], server="prosody", **sha1)),
-        ]
+        # idle at half the size of run 1 keeps the whole bench near 8 minutes; a quick
+        # reading only: ejabberd's RSS per connection grows from ~51 KiB at 1,000 to ~65 KiB
+        # at 5,000-10,000 (stanzad's and Prosody's are flat), RESULTS.md has those runs
+        idle = replace(runs[0][1], connections=max(10, int(1000 * s)))
+        for what, opt in (("login", runs[1][1]), ("chat", replace(chat, rate=2000)),
+                          ("idle", idle)):
+            runs += [(f"sbs-{what}-{server}", replace(opt, server=server, **sha1))
+                     for server in ("stanzad", *others)]
     return runs
 
 
@@ -82,20 +85,32 @@ def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
+SERVERS = (("stanzad", "stanzad"), ("prosody", "Prosody"), ("ejabberd", "ejabberd"))
+
+
 def side_by_side(docs: dict[str, dict[str, Any]]) -> list[str]:
-    """A table of stanzad and Prosody figures and their ratio."""
+    """A table of the three servers' figures and of stanzad's and Prosody's ratios to
+    ejabberd's (the issue's reference); a row needs stanzad and at least one other."""
     rows = ["## side by side (SCRAM-SHA-1, same scenario, one after the other)", "",
-            "| figure | stanzad | Prosody | stanzad / Prosody |", "|---|---|---|---|"]
+            "Ratios are to ejabberd's figure: above 1 is better for rates per CPU-second, "
+            "below 1 is better for latency and memory.", "",
+            "| figure | " + " | ".join(label for _, label in SERVERS)
+            + " | stanzad / ejabberd | Prosody / ejabberd |",
+            "|---|---|---|---|---|---|"]
+    head = len(rows)
     for label, prefix, path in SIDE_BY_SIDE:
-        ours, theirs = docs.get(f"{prefix}-stanzad"), docs.get(f"{prefix}-prosody")
-        if ours is None or theirs is None:
+        found = {server: docs.get(f"{prefix}-{server}") for server, _ in SERVERS}
+        if found["stanzad"] is None or all(found[s] is None for s, _ in SERVERS[1:]):
             continue
-        a, b = _dig(ours, path), _dig(theirs, path)
+        values = {s: None if d is None else _dig(d, path) for s, d in found.items()}
         if "KiB" in label:
-            a, b = (None if a is None else a / 1024), (None if b is None else b / 1024)
-        ratio = f"{a / b:.2f}" if a is not None and b else "n/a"
-        rows.append(f"| {label} | {_num(a)} | {_num(b)} | {ratio} |")
-    return [*rows, ""] if len(rows) > 4 else []
+            values = {s: None if v is None else v / 1024 for s, v in values.items()}
+        ref = values["ejabberd"]
+        ratios = [f"{values[s] / ref:.2f}" if values[s] is not None and ref else "n/a"
+                  for s in ("stanzad", "prosody")]
+        rows.append(f"| {label} | " + " | ".join(_num(values[s]) for s, _ in SERVERS)
+                    + " | " + " | ".join(ratios) + " |")
+    return [*rows, ""] if len(rows) > head else []
 
 
 def _num(v: float | None) -> str:

@@ -67,7 +67,7 @@ def headline(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if scenario == "idle":
         rows += [
             ("connections (measured)", f"{r['connections']:,} ({r['measured_connections']:,})"),
-            ("RSS per connection, connection manager(s) or Prosody", _fmt(
+            ("RSS per connection, connection manager(s) or the one-process server", _fmt(
                 _div(r["cm_rss_per_connection_bytes"], 1024), " KiB", 2)),
             ("all server processes' RSS per connection", _fmt(
                 _div(r["all_rss_per_connection_bytes"], 1024), " KiB", 2)),

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import platform
 import secrets
+import sys
 import time
 from typing import Any
 
-from loadtest import bounds, prosody, target
+from loadtest import bounds, ejabberd, prosody, target
 from loadtest.fleet import Fleet
 from loadtest.phases import Run
 from loadtest.procstat import ProcSampler
@@ -27,7 +28,7 @@ from shared.store.redis import connect as redis_connect
 from tests.support.cluster import Cluster
 
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
-SERVERS = ("stanzad", "prosody")
+SERVERS = ("stanzad", "prosody", "ejabberd")
 
 
 def validate(opt: Options) -> bounds.Plan:
@@ -43,6 +44,8 @@ def validate(opt: Options) -> bounds.Plan:
             raise bounds.BoundsError("scenario: presence needs rosters written into stanzad")
         if (opt.cms, opt.routers) != (1, 1):
             raise bounds.BoundsError("--cms/--routers: Prosody is one process")
+    if opt.server == "ejabberd" and (opt.cms, opt.routers) != (1, 1):
+        raise bounds.BoundsError("--cms/--routers: the private ejabberd is one node")
     if opt.mechanism not in MECHANISMS:
         raise bounds.BoundsError(f"--mechanism must be one of {', '.join(MECHANISMS)}")
     bounds.check_range("--seconds", opt.seconds, 0.1, bounds.MAX_SECONDS)
@@ -84,11 +87,14 @@ async def _setup_users(redis_url: str, users: list[User], opt: Options) -> None:
 def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
         cluster: Cluster | None = None) -> dict[str, Any]:
     """One run against stanzad: `cluster` when given (left running), else a cluster of its
-    own; with `opt.server == "prosody"`, against a private Prosody instead."""
+    own; with `opt.server` "prosody" or "ejabberd", against a private instance of that
+    server instead."""
     plan = validate(opt)
     host = bounds.require_loopback("--host", host)
     if opt.server == "prosody":
         return _run_prosody(opt, plan, host, quiet)
+    if opt.server == "ejabberd":
+        return _run_ejabberd(opt, plan, host, quiet)
     topology = target.Topology(opt.cms, opt.routers)
     own = cluster is None
     if cluster is None:
@@ -117,6 +123,29 @@ def _run_prosody(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> dic
                       "register")
     finally:
         server.stop()
+
+
+def _run_ejabberd(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> dict[str, Any]:
+    server = ejabberd.start(opt.mechanism)
+    try:
+        users = make_users(opt.connections, server.domain, f"lt{secrets.token_hex(3)}-")
+        contacts = (ring_contacts(len(users), opt.contacts) if opt.scenario == "presence"
+                    else [])
+        made = server.create([u.jid.partition("@")[0] for u in users], PASSWORD,
+                             opt.iterations, contacts)
+        if made.registered < len(users) or made.errors != "[]":
+            raise RuntimeError(f"ejabberd: registered {made.registered}/{len(users)}: "
+                               f"{made.errors}")
+        doc = _drive(opt, plan, host, quiet, users, (server.port,), server.domain,
+                     server.pids(), ["ejabberd"], {"processes": 1}, None)
+        doc["setup"] = {"accounts_s": made.seconds, "roster_items": made.roster_items,
+                        "scram_hash": server.settings.scram_hash}
+    except BaseException:
+        server.stop()
+        print(f"ejabberd logs kept in {server.workdir}", file=sys.stderr)
+        raise
+    ejabberd.remove(server)
+    return doc
 
 
 def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[User],

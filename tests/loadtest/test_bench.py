@@ -12,11 +12,27 @@ def _doc(logins_per_cpu: float, p99: float) -> dict[str, Any]:
                                  "time_to_bound_ms": {"p99": p99}}}}
 
 
-def test_ratios_of_stanzad_to_prosody() -> None:
+def test_ratios_to_ejabberd() -> None:
     rows = side_by_side({"sbs-login-stanzad": _doc(300.0, 10.0),
-                         "sbs-login-prosody": _doc(150.0, None)})  # type: ignore[arg-type]
-    assert "| logins per server CPU-second | 300.0 | 150.0 | 2.00 |" in rows
-    assert "| login time to bound p99 (ms) | 10.0 | n/a | n/a |" in rows
+                         "sbs-login-prosody": _doc(150.0, None),  # type: ignore[arg-type]
+                         "sbs-login-ejabberd": _doc(100.0, 20.0)})
+    assert "| logins per server CPU-second | 300.0 | 150.0 | 100.0 | 3.00 | 1.50 |" in rows
+    assert "| login time to bound p99 (ms) | 10.0 | n/a | 20.0 | 0.50 | n/a |" in rows
+
+
+def test_without_ejabberd_the_figures_stay_and_the_ratios_are_na() -> None:
+    rows = side_by_side({"sbs-login-stanzad": _doc(300.0, 10.0),
+                         "sbs-login-prosody": _doc(150.0, 5.0)})
+    assert "| logins per server CPU-second | 300.0 | 150.0 | n/a | n/a | n/a |" in rows
+
+
+def test_the_plan_runs_each_side_by_side_scenario_on_every_installed_server() -> None:
+    from loadtest import ejabberd, prosody
+
+    names = [name for name, _ in plan(True)]
+    for server, there in (("prosody", prosody.available()),
+                          ("ejabberd", ejabberd.available())):
+        assert ("sbs-chat-" + server in names) == there
 
 
 def test_no_table_without_pairs() -> None:

@@ -38,7 +38,8 @@ def test_markdown_for_idle_and_login() -> None:
                          "cm_rss_per_connection_bytes": 20480.0,
                          "all_rss_per_connection_bytes": None, "login": _login()})
     text = report.markdown(idle)
-    assert "| RSS per connection, connection manager(s) or Prosody | 20.00 KiB |" in text
+    assert ("| RSS per connection, connection manager(s) or the one-process server | 20.00 KiB |"
+            in text)
     assert "| all server processes' RSS per connection | n/a |" in text
     assert "| logins bound / failed | 5 / 0 |" in text
     assert "noisy" in text
