@@ -4,8 +4,8 @@ The hot paths go around the parts of nats-py that cost per message (measured in
 loadtest/RESULTS.md, "CPU per message, session 2"):
 
 - Publishing: ``publish_soon`` queues in an outbox that is written to the NATS socket as one
-  ``write`` per event-loop tick (or per ``linger_s``, see below), from a plain callback: no
-  task per tick, no coroutine per message, no wake-up of nats-py's flusher task.  When the
+  ``write`` per event-loop tick, from a plain callback: no task per tick, no coroutine per
+  message, no wake-up of nats-py's flusher task.  When the
   socket is backed up, when nats-py still holds commands of its own, or while it reconnects,
   the outbox goes into nats-py's pending buffer instead, so nats-py keeps the order and its
   own backpressure.
@@ -14,11 +14,8 @@ loadtest/RESULTS.md, "CPU per message, session 2"):
   a task per subscription.  One worker task hands the inbox, in arrival order, to the
   service's batch handler; NATS keeps the order of each subject on one connection.
 
-``linger_s`` bounds how often the outbox is written: a tick that has something to publish
-writes it at once when the last write is at least ``linger_s`` old, otherwise when it becomes
-so.  At paced rates each write to a loopback socket costs tens of µs (the kernel's work for
-both ends), about what routing a message costs, so a short linger trades at most that much
-latency per hop for fewer, larger writes.  0 (the default) writes once per tick.
+A time-based linger (write at most every 0.5-1 ms, so that paced messages share writes) was
+measured and dropped: the timer wake-ups cost what the saved writes did, and it added latency.
 """
 
 from __future__ import annotations
@@ -95,7 +92,6 @@ class Bus:
         handler: BatchHandler | None = None,
         *,
         fail_while_disconnected: bool = False,
-        linger_s: float = 0.0,
     ) -> None:
         """`fail_while_disconnected`: raise BusUnavailable instead of letting nats-py buffer
         publishes while it reconnects.  nats-py would send them once reconnected, possibly
@@ -112,8 +108,6 @@ class Bus:
         self._worker: asyncio.Task[None] | None = None
         self._outbox: list[tuple[str, bytes, OnFail]] = []
         self._flush_handle: asyncio.Handle | None = None
-        self._linger_s = linger_s
-        self._next_write = 0.0  # loop time before which the outbox lingers
         self._published = BUS_PUBLISHED.labels(service)
         self._received = BUS_RECEIVED.labels(service)
         self._failures = BUS_PUBLISH_FAILURES.labels(service)
@@ -189,19 +183,13 @@ class Bus:
             raise BusUnavailable(str(exc)) from exc
 
     def publish_soon(self, subject: str, data: bytes, on_fail: OnFail = None) -> None:
-        """Publish from synchronous code: queued now, written to NATS in order, once per tick
-        (or per ``linger_s``).
+        """Publish from synchronous code: queued now, written to NATS in order, once per tick.
 
         ``on_fail`` is called if NATS cannot take the message, so the sender gets an error
         stanza instead of a silent loss."""
         self._outbox.append((subject, data, on_fail))
         if self._flush_handle is None:
-            loop = asyncio.get_running_loop()
-            delay = self._next_write - loop.time()
-            if delay > 0:
-                self._flush_handle = loop.call_later(delay, self._write_outbox)
-            else:
-                self._flush_handle = loop.call_soon(self._write_outbox)
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
 
     def _write_outbox(self) -> None:
         """Hand the outbox to NATS: one socket write when nats-py has nothing of its own
@@ -213,8 +201,6 @@ class Bus:
         if not batch:
             return
         nc = self._nc
-        if self._linger_s:
-            self._next_write = asyncio.get_running_loop().time() + self._linger_s
         refusal = self._refusal(nc)
         if refusal is not None or nc is None:
             self._failures.inc(len(batch))
@@ -342,3 +328,4 @@ def _direct_writer(nc: Client) -> Any:
     if transport.is_closing() or transport.get_write_buffer_size() > MAX_DIRECT_BUFFER_BYTES:
         return None
     return writer
+
