@@ -38,6 +38,8 @@ from shared.metrics import (
     BUS_PUBLISHED,
     BUS_RECEIVED,
     BUS_RECONNECTS,
+    HistogramTally,
+    Tally,
 )
 
 log = logging.getLogger(__name__)
@@ -108,10 +110,10 @@ class Bus:
         self._worker: asyncio.Task[None] | None = None
         self._outbox: list[tuple[str, bytes, OnFail]] = []
         self._flush_handle: asyncio.Handle | None = None
-        self._published = BUS_PUBLISHED.labels(service)
-        self._received = BUS_RECEIVED.labels(service)
+        self._published = Tally(BUS_PUBLISHED.labels(service))
+        self._received = Tally(BUS_RECEIVED.labels(service))
         self._failures = BUS_PUBLISH_FAILURES.labels(service)
-        self._batch_size = BUS_BATCH_SIZE.labels(service)
+        self._batch_size = HistogramTally(BUS_BATCH_SIZE.labels(service))
         BUS_CONNECTED.labels(service).set(0)  # a bus that never connected shows as down
 
     @property
@@ -168,7 +170,7 @@ class Bus:
         if self._outbox:
             self._write_outbox()
         await self._publish(subject, data)
-        self._published.inc()
+        self._published.n += 1
 
     async def _publish(self, subject: str, data: bytes) -> None:
         if self._nc is None:
@@ -227,7 +229,7 @@ class Bus:
         stats = nc.stats
         stats["out_msgs"] += len(parts)
         stats["out_bytes"] += size
-        self._published.inc(len(parts))
+        self._published.n += len(parts)
         writer = _direct_writer(nc)
         if writer is not None:
             writer.write(b"".join(parts) if len(parts) > 1 else parts[0])
@@ -289,7 +291,7 @@ class Bus:
             while inbox:
                 n = min(len(inbox), MAX_BATCH)
                 batch = [inbox.popleft() for _ in range(n)]
-                self._received.inc(n)
+                self._received.n += n
                 self._batch_size.observe(n)
                 try:
                     await self._handler(batch)
@@ -328,4 +330,5 @@ def _direct_writer(nc: Client) -> Any:
     if transport.is_closing() or transport.get_write_buffer_size() > MAX_DIRECT_BUFFER_BYTES:
         return None
     return writer
+
 
