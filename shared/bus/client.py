@@ -77,6 +77,7 @@ class _BusClient(Client):
             await super()._process_msg(sid, subject, reply, data, headers)
             return
         if sid not in self._subs:  # unsubscribed: late arrivals are dropped, as nats-py does
+            del self.sinks[sid]
             return
         stats = self.stats
         stats["in_msgs"] += 1
@@ -330,5 +331,9 @@ def _direct_writer(nc: Client) -> Any:
     if transport.is_closing() or transport.get_write_buffer_size() > MAX_DIRECT_BUFFER_BYTES:
         return None
     return writer
+
+
+
+
 
 
