@@ -331,9 +331,3 @@ def _direct_writer(nc: Client) -> Any:
     if transport.is_closing() or transport.get_write_buffer_size() > MAX_DIRECT_BUFFER_BYTES:
         return None
     return writer
-
-
-
-
-
-
