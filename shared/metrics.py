@@ -6,7 +6,9 @@ small fixed set of values (never a JID, an address or a pod name).
 
 from __future__ import annotations
 
-from typing import Final
+import weakref
+from bisect import bisect_left
+from typing import Any, Final
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
@@ -44,3 +46,63 @@ STORE_ERRORS = Counter(
 STORE_CONNECTED = Gauge(
     f"{PREFIX}_store_connected", "1 while the last Redis PING answered.", ["service"]
 )
+
+
+# ---- tallies: counts on the hot path without a locked increment per event -------------------
+#
+# prometheus_client takes a threading.Lock on every inc() and observe(); per message that was
+# a few per cent of a connection manager's CPU (loadtest/RESULTS.md, "CPU per message,
+# session 2").  A tally counts in plain attributes and hands the sum to its metric when
+# /metrics is scraped (`flush_tallies`, called by the service runner).
+
+_TALLIES: weakref.WeakSet[Tally | HistogramTally] = weakref.WeakSet()
+
+
+class Tally:
+    """Counts for one counter (or one label set of it): ``tally.n += k`` on the hot path."""
+
+    __slots__ = ("__weakref__", "_child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.n: float = 0
+        _TALLIES.add(self)
+
+    def flush(self) -> None:
+        if self.n:
+            n, self.n = self.n, 0
+            self._child.inc(n)
+
+
+class HistogramTally:
+    """Observations for one histogram (or one label set of it), bucketed locally."""
+
+    __slots__ = ("__weakref__", "_bounds", "_child", "_counts", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self.sum = 0.0
+        _TALLIES.add(self)
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+    def flush(self) -> None:
+        counts = self._counts
+        if not any(counts):
+            return
+        for i, n in enumerate(counts):
+            if n:
+                self._child._buckets[i].inc(n)
+                counts[i] = 0
+        self._child._sum.inc(self.sum)
+        self.sum = 0.0
+
+
+def flush_tallies() -> None:
+    """Add every tally's counts to its Prometheus metric (before each scrape)."""
+    for tally in list(_TALLIES):
+        tally.flush()

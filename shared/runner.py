@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import logs
+from shared.metrics import flush_tallies
 from shared.settings import CommonSettings
 from shared.store.redis import watch as watch_redis
 
@@ -37,6 +38,7 @@ class Service(Protocol):
 
 async def _side_app(service: Service, host: str, port: int) -> web.AppRunner:
     async def metrics(_: web.Request) -> web.Response:
+        flush_tallies()
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

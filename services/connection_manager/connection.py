@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from xml.sax.saxutils import quoteattr
 
 from shared import logs
+from shared.metrics import Tally
 from shared.tls_session import TLSClosed, TLSSession
 from shared.xmpp import ns
 from shared.xmpp.c2s import (
@@ -132,7 +133,7 @@ class C2SConnection(asyncio.Protocol):
         self._auth_timer = loop.call_later(s.auth_timeout_s, self._auth_timeout)
 
     def data_received(self, data: bytes) -> None:
-        metrics.BYTES_IN.inc(len(data))
+        _BYTES_IN.n += len(data)
         now = self._last_rx = asyncio.get_running_loop().time()
         if self._bytes is not None:
             wait = self._bytes.take(len(data), now)
@@ -215,7 +216,7 @@ class C2SConnection(asyncio.Protocol):
             return
         data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
         self._wbuf.clear()
-        metrics.BYTES_OUT.inc(len(data))
+        _BYTES_OUT.n += len(data)
         tls = self._tls
         if tls is not None:
             if not tls.established:
@@ -234,9 +235,20 @@ class C2SConnection(asyncio.Protocol):
         assert self.transport is not None
         return self.transport.get_write_buffer_size()
 
-    def deliver(self, payload: bytes) -> None:
-        """A stanza for this session from the bus, already in canonical bytes."""
-        self.write(payload)
+    def deliver(self, payload: bytes) -> bool:
+        """Queue a stanza for this session from the bus, already in canonical bytes, without
+        scheduling a write: the caller calls ``flush`` once after its batch of deliveries.
+        True when nothing was queued before (the caller then has this connection to flush)."""
+        if not payload or self._closing:
+            return False
+        first = not self._wbuf
+        self._wbuf.append(payload)
+        return first
+
+    def flush(self) -> None:
+        """Write what is queued now, in one write (the end of a batch of deliveries)."""
+        if self._wbuf:
+            self._flush()
 
     def close(
         self,
@@ -371,7 +383,7 @@ class C2SConnection(asyncio.Protocol):
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, StanzaIn):
-            _STANZAS_IN[event.kind].inc()
+            _STANZAS_IN[event.kind].n += 1
             self.cm.stanza_from_client(self, event)
             if self._stanzas is not None:
                 wait = self._stanzas.take(1, asyncio.get_running_loop().time())
@@ -477,5 +489,7 @@ def _mech_label(mechanism: str) -> str:
     return mechanism if mechanism in ("PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256") else "other"
 
 
-# the three label values resolved once: .labels() per stanza costs more than the count
-_STANZAS_IN: Final = {k: metrics.STANZAS_IN.labels(k) for k in ("message", "presence", "iq")}
+# counted in tallies (shared/metrics.py), added to the counters when /metrics is scraped
+_STANZAS_IN: Final = {k: Tally(metrics.STANZAS_IN.labels(k)) for k in ("message", "presence", "iq")}
+_BYTES_IN: Final = Tally(metrics.BYTES_IN)
+_BYTES_OUT: Final = Tally(metrics.BYTES_OUT)

@@ -8,13 +8,13 @@ is written to their sockets as it is, with no parsing.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import secrets
 import signal
 import ssl
 import time
 from collections.abc import Callable
+from typing import Final
 
 from shared import credentials as creds_mod
 from shared.bus import subjects
@@ -29,6 +29,7 @@ from shared.bus.envelope import (
 )
 from shared.credentials import StoredCredentials
 from shared.jid import JID, JIDError
+from shared.metrics import HistogramTally, Tally
 from shared.settings import ConnectionManagerSettings
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore
@@ -307,7 +308,7 @@ class ConnectionManager:
         """Publish a client stanza to the partition of ``key`` on one subject family."""
         jid = conn.stream.jid
         env = Envelope(
-            Kind(st.kind), to=to, from_=str(jid), type=st.type, id=st.id,
+            _KINDS[st.kind], to=to, from_=str(jid), type=st.type, id=st.id,
             origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
             ts_us=time.time_ns() // 1000,
         )
@@ -351,9 +352,10 @@ class ConnectionManager:
 
     async def _on_bus_batch(self, batch: list[tuple[str, bytes]]) -> None:
         now_us = time.time_ns() // 1000
-        observe = metrics.ROUTING_LATENCY.observe
-        delivered: collections.Counter[str] = collections.Counter()
+        observe = _ROUTING_LATENCY.observe
+        delivered = _DELIVERED
         written = 0  # stanzas handed to sockets, counted once per batch
+        touched: list[C2SConnection] = []  # one write each at the end of the batch
         for _subject, data in batch:
             try:
                 env = Envelope.decode(data)
@@ -367,29 +369,32 @@ class ConnectionManager:
                 continue
             if env.kind is Kind.BATCH:
                 if conn is not None:
-                    conn.deliver(env.payload)
+                    if conn.deliver(env.payload):
+                        touched.append(conn)
                     written += 1
                 continue
             if env.kind is Kind.FANOUT:
                 for full in env.to.split(FANOUT_SEPARATOR):
                     target = self.sessions.get(full)
                     if target is not None:
-                        target.deliver(with_to(env.payload, full))
+                        if target.deliver(with_to(env.payload, full)):
+                            touched.append(target)
                         written += 1
                 continue
             if env.kind not in STANZA_KINDS:
                 continue
             if conn is not None:
-                delivered[env.kind.value] += 1
+                delivered[env.kind].n += 1
                 written += 1
-                conn.deliver(env.payload)
+                if conn.deliver(env.payload):
+                    touched.append(conn)
                 if env.ts_us:
                     observe(max(0, now_us - env.ts_us) / 1e6)
             else:
                 await self._undeliverable(env)
-        for kind, n in delivered.items():
-            metrics.STANZAS_DELIVERED.labels(kind).inc(n)
-        metrics.STANZAS_OUT.inc(written)
+        for conn in touched:
+            conn.flush()
+        _STANZAS_OUT.n += written
 
     async def _undeliverable(self, env: Envelope) -> None:
         """The session left between routing and delivery (RFC 6121 §8.5.3.2)."""
@@ -417,6 +422,13 @@ class ConnectionManager:
             return
         p = subjects.partition(sender.bare_str, self.settings.partitions)
         await self._publish(subjects.route(p), bounce)
+
+
+_KINDS: Final = {k.value: k for k in STANZA_KINDS}
+# counted in tallies (shared/metrics.py), added to the metrics when /metrics is scraped
+_DELIVERED: Final = {k: Tally(metrics.STANZAS_DELIVERED.labels(k.value)) for k in STANZA_KINDS}
+_STANZAS_OUT: Final = Tally(metrics.STANZAS_OUT)
+_ROUTING_LATENCY: Final = HistogramTally(metrics.ROUTING_LATENCY)
 
 
 def _child_ns(st: StanzaIn) -> str:

@@ -16,6 +16,7 @@ import time
 
 from shared.bus import subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
+from shared.metrics import HistogramTally, Tally
 from shared.partitioned import PartitionedService
 from shared.settings import RouterSettings
 from shared.store.presence import OfflineStore
@@ -54,6 +55,11 @@ class Router(PartitionedService):
         self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
         # outcomes counted per batch, then added to the Prometheus counter once per label set
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
+        # ... and the metrics themselves counted in tallies, added when /metrics is scraped
+        self._routed: dict[tuple[str, str], Tally] = {}
+        self._batch_duration = HistogramTally(metrics.BATCH_DURATION)
+        self._cache_hits = Tally(metrics.CACHE_LOOKUPS.labels("hit"))
+        self._cache_misses = Tally(metrics.CACHE_LOOKUPS.labels("miss"))
 
     @property
     def router_id(self) -> str:
@@ -94,9 +100,12 @@ class Router(PartitionedService):
             if self._route(env, entry):
                 await self._store_offline(env)
         for labels, n in self._tally.items():
-            metrics.ROUTED.labels(*labels).inc(n)
+            tally = self._routed.get(labels)
+            if tally is None:
+                tally = self._routed[labels] = Tally(metrics.ROUTED.labels(*labels))
+            tally.n += n
         self._tally.clear()
-        metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+        self._batch_duration.observe(time.perf_counter() - started)
 
     def _is_remote(self, bare: str) -> bool:
         domain = bare.rpartition("@")[2]
@@ -131,9 +140,9 @@ class Router(PartitionedService):
                 missing.append(bare)
             else:
                 entries[bare] = entry
-        metrics.CACHE_LOOKUPS.labels("hit").inc(len(entries))
+        self._cache_hits.n += len(entries)
         if missing:
-            metrics.CACHE_LOOKUPS.labels("miss").inc(len(missing))
+            self._cache_misses.n += len(missing)
             self.cache.fetching(missing)
             try:
                 results = await self.store.get_many(missing)

@@ -1,10 +1,21 @@
 """The NATS adapter: connect and reconnect, publish, and consume in ordered batches.
 
-nats-py already coalesces publishes into its pending buffer and writes them from one flusher
-task, so a loop of ``publish`` calls becomes one socket write per event-loop tick.  Consumers
-get whole batches: every subscription appends to one inbox and one worker task hands the
-messages, in arrival order, to the service's batch handler.  Per subscription, nats-py calls
-back in order, so the order of each subject is kept.
+The hot paths go around the parts of nats-py that cost per message (measured in
+loadtest/RESULTS.md, "CPU per message, session 2"):
+
+- Publishing: ``publish_soon`` queues in an outbox that is written to the NATS socket as one
+  ``write`` per event-loop tick, from a plain callback: no task per tick, no coroutine per
+  message, no wake-up of nats-py's flusher task.  When the
+  socket is backed up, when nats-py still holds commands of its own, or while it reconnects,
+  the outbox goes into nats-py's pending buffer instead, so nats-py keeps the order and its
+  own backpressure.
+- Consuming: ``_BusClient`` hands the messages of the bus's subscriptions straight to one
+  inbox (subject, payload), instead of building a ``Msg`` and passing it through a queue and
+  a task per subscription.  One worker task hands the inbox, in arrival order, to the
+  service's batch handler; NATS keeps the order of each subject on one connection.
+
+A time-based linger (write at most every 0.5-1 ms, so that paced messages share writes) was
+measured and dropped: the timer wake-ups cost what the saved writes did, and it added latency.
 """
 
 from __future__ import annotations
@@ -14,9 +25,8 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -28,13 +38,17 @@ from shared.metrics import (
     BUS_PUBLISHED,
     BUS_RECEIVED,
     BUS_RECONNECTS,
+    HistogramTally,
+    Tally,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH: Final = 512
+MAX_DIRECT_BUFFER_BYTES: Final = 1024 * 1024  # beyond this, nats-py's flusher drains first
 BatchHandler = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
 OnFail = Callable[[], None] | None
+Sink = Callable[[str, bytes], None]
 
 
 class BusError(Exception):
@@ -43,6 +57,32 @@ class BusError(Exception):
 
 class BusUnavailable(BusError, ConnectionError):
     """NATS is not connected and cannot take the message now."""
+
+
+class _BusClient(Client):
+    """nats-py's client with a short path for the subscriptions of a Bus.
+
+    Messages on those subscriptions (no headers, no reply subject: the bus uses neither) go
+    to the bus's sink as (subject, payload); everything else takes nats-py's own path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sinks: dict[int, Sink] = {}
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        sink = self.sinks.get(sid)
+        if sink is None or headers or reply:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        if sid not in self._subs:  # unsubscribed: late arrivals are dropped, as nats-py does
+            del self.sinks[sid]
+            return
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        sink(subject.decode(), data)
 
 
 class Bus:
@@ -64,17 +104,17 @@ class Bus:
         self._fail_while_disconnected = fail_while_disconnected
         self._url = url
         self._service = service
-        self._nc: Client | None = None
+        self._nc: _BusClient | None = None
         self._handler = handler
         self._inbox: deque[tuple[str, bytes]] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._outbox: list[tuple[str, bytes, OnFail]] = []
-        self._sender: asyncio.Task[None] | None = None
-        self._published = BUS_PUBLISHED.labels(service)
-        self._received = BUS_RECEIVED.labels(service)
+        self._flush_handle: asyncio.Handle | None = None
+        self._published = Tally(BUS_PUBLISHED.labels(service))
+        self._received = Tally(BUS_RECEIVED.labels(service))
         self._failures = BUS_PUBLISH_FAILURES.labels(service)
-        self._batch_size = BUS_BATCH_SIZE.labels(service)
+        self._batch_size = HistogramTally(BUS_BATCH_SIZE.labels(service))
         BUS_CONNECTED.labels(service).set(0)  # a bus that never connected shows as down
 
     @property
@@ -98,8 +138,9 @@ class Bus:
 
         attempt = 0
         while True:
+            nc = _BusClient()
             try:
-                self._nc = await nats.connect(
+                await nc.connect(
                     servers=self._url.split(","),
                     name=self._service,
                     max_reconnect_attempts=-1,
@@ -112,6 +153,7 @@ class Bus:
                     pending_size=8 * 1024 * 1024,
                     skip_subject_validation=True,  # every subject comes from subjects.py
                 )
+                self._nc = nc
                 break
             except Exception as exc:  # not reachable yet: keep trying, like reconnects do
                 attempt += 1
@@ -121,10 +163,15 @@ class Bus:
         if self._handler is not None:
             self._worker = asyncio.create_task(self._work(), name=f"{self._service}-inbox")
 
+    # ---- publishing ------------------------------------------------------------------------
+
     async def publish(self, subject: str, data: bytes) -> None:
-        """Queue one message; raise BusUnavailable when NATS cannot take it."""
+        """Queue one message; raise BusUnavailable when NATS cannot take it.  Whatever
+        ``publish_soon`` queued before goes first."""
+        if self._outbox:
+            self._write_outbox()
         await self._publish(subject, data)
-        self._published.inc()
+        self._published.n += 1
 
     async def _publish(self, subject: str, data: bytes) -> None:
         if self._nc is None:
@@ -139,32 +186,84 @@ class Bus:
             raise BusUnavailable(str(exc)) from exc
 
     def publish_soon(self, subject: str, data: bytes, on_fail: OnFail = None) -> None:
-        """Publish from synchronous code: queued now, handed to NATS in order, once per tick.
+        """Publish from synchronous code: queued now, written to NATS in order, once per tick.
 
         ``on_fail`` is called if NATS cannot take the message, so the sender gets an error
         stanza instead of a silent loss."""
         self._outbox.append((subject, data, on_fail))
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_outbox())
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
 
-    async def _send_outbox(self) -> None:
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                sent = 0
-                for subject, data, on_fail in batch:
-                    try:
-                        await self._publish(subject, data)
-                        sent += 1
-                    except BusUnavailable:
-                        if on_fail is not None:
-                            on_fail()
-                self._published.inc(sent)
-        finally:
-            self._sender = None
+    def _write_outbox(self) -> None:
+        """Hand the outbox to NATS: one socket write when nats-py has nothing of its own
+        queued, else behind what it holds."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        batch, self._outbox = self._outbox, []
+        if not batch:
+            return
+        nc = self._nc
+        refusal = self._refusal(nc)
+        if refusal is not None or nc is None:
+            self._failures.inc(len(batch))
+            log.debug("publish of %d messages refused: %s", len(batch), refusal)
+            for _subject, _data, on_fail in batch:
+                if on_fail is not None:
+                    on_fail()
+            return
+        max_payload = nc._max_payload
+        parts: list[bytes] = []
+        size = 0
+        for subject, data, on_fail in batch:
+            n = len(data)
+            if n > max_payload:
+                self._failures.inc()
+                if on_fail is not None:
+                    on_fail()
+                continue
+            part = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), n, data)
+            parts.append(part)
+            size += len(part)
+        if not parts:
+            return
+        stats = nc.stats
+        stats["out_msgs"] += len(parts)
+        stats["out_bytes"] += size
+        self._published.n += len(parts)
+        writer = _direct_writer(nc)
+        if writer is not None:
+            writer.write(b"".join(parts) if len(parts) > 1 else parts[0])
+            return
+        nc._pending.extend(parts)  # behind nats-py's own commands; its flusher writes them
+        nc._pending_data_size += size
+        if nc.is_connected:
+            queue = nc._flush_queue
+            if queue is not None and queue.empty():
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(asyncio.get_running_loop().create_future())
+
+    def _refusal(self, nc: _BusClient | None) -> str | None:
+        """Why NATS cannot take a publish now, or None when it can (nats-py's own checks)."""
+        if nc is None:
+            return "bus not connected"
+        if nc.is_closed:
+            return "connection closed"
+        if nc.is_draining_pubs:
+            return "connection draining"
+        if not nc.is_connected:
+            if self._fail_while_disconnected:
+                return "NATS is disconnected"
+            if nc._max_pending_size <= 0 or nc._pending_data_size > nc._max_pending_size:
+                return "reconnect buffer full"
+        return None
+
+    # ---- consuming -------------------------------------------------------------------------
 
     async def flush(self) -> None:
         """Wait until NATS has seen everything published so far."""
+        if self._outbox:
+            self._write_outbox()
         if self._nc is not None and self._nc.is_connected:
             await self._nc.flush(timeout=2)
 
@@ -172,11 +271,17 @@ class Bus:
         """Feed a subject into this bus's ordered inbox."""
         if self._nc is None or self._handler is None:
             raise BusError("subscribe needs a connected bus with a handler")
-        return await self._nc.subscribe(subject, cb=self._enqueue, pending_msgs_limit=1_000_000)
+        sub = await self._nc.subscribe(subject, cb=self._enqueue, pending_msgs_limit=1_000_000)
+        self._nc.sinks[sub._id] = self._sink
+        return sub
+
+    def _sink(self, subject: str, data: bytes) -> None:
+        self._inbox.append((subject, data))
+        self._wakeup.set()
 
     async def _enqueue(self, msg: Msg) -> None:
-        self._inbox.append((msg.subject, msg.data))
-        self._wakeup.set()
+        """nats-py's path, for messages the short path leaves to it."""
+        self._sink(msg.subject, msg.data)
 
     async def _work(self) -> None:
         assert self._handler is not None
@@ -187,7 +292,7 @@ class Bus:
             while inbox:
                 n = min(len(inbox), MAX_BATCH)
                 batch = [inbox.popleft() for _ in range(n)]
-                self._received.inc(n)
+                self._received.n += n
                 self._batch_size.observe(n)
                 try:
                     await self._handler(batch)
@@ -197,9 +302,9 @@ class Bus:
     async def close(self) -> None:
         """Hand every queued publish to NATS, drain subscriptions, finish the inbox, close the
         connection: nothing a service accepted is dropped by stopping."""
-        if self._sender is not None:
+        if self._outbox:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._sender), 5)
+                self._write_outbox()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()
@@ -212,3 +317,17 @@ class Bus:
                 await asyncio.sleep(0.01)
             self._worker.cancel()
         BUS_CONNECTED.labels(self._service).set(0)
+
+
+def _direct_writer(nc: Client) -> Any:
+    """The socket's StreamWriter when the outbox may be written to it at once: connected,
+    nothing of nats-py's own waiting in its buffer, and the socket not backed up."""
+    if not nc.is_connected or nc._pending:
+        return None
+    writer = getattr(nc._transport, "_io_writer", None)
+    if writer is None:
+        return None
+    transport = writer.transport
+    if transport.is_closing() or transport.get_write_buffer_size() > MAX_DIRECT_BUFFER_BYTES:
+        return None
+    return writer
