@@ -20,33 +20,29 @@ from tests.support.xmpp import Client, eventually
 EMBED = {"STANZAD_EMBEDDED_ROUTER": "true", "STANZAD_LEASE_TTL_S": "3"}
 
 
-@pytest.fixture
-def one_node() -> Iterator[Cluster]:
+def _nodes(*cms: str) -> Iterator[Cluster]:
+    """presence and roster processes, and connection managers that embed the routers."""
     c = new_cluster()
     c.partitions = 8
     try:
         c.start_servers()
         c.start_presence()
         c.start_roster()
-        c.start_cm("cm-1", **EMBED)
+        for name in cms:
+            c.start_cm(name, **EMBED)
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def one_node() -> Iterator[Cluster]:
+    yield from _nodes("cm-1")
 
 
 @pytest.fixture
 def two_nodes() -> Iterator[Cluster]:
-    c = new_cluster()
-    c.partitions = 8
-    try:
-        c.start_servers()
-        c.start_presence()
-        c.start_roster()
-        c.start_cm("cm-a", **EMBED)
-        c.start_cm("cm-b", **EMBED)
-        yield c
-    finally:
-        c.stop()
+    yield from _nodes("cm-a", "cm-b")
 
 
 async def _login(cluster: Cluster, jid: str, port: int) -> Client:
