@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mechanism", choices=MECHANISMS, default="SCRAM-SHA-256")
     p.add_argument("--iterations", type=int, default=10_000, help="SCRAM iterations")
     p.add_argument("--cms", type=int, default=1, help="connection managers")
-    p.add_argument("--routers", type=int, default=1)
+    p.add_argument("--routers", type=int, default=1,
+                   help="router processes; 0: each connection manager embeds a router")
     p.add_argument("--ramp-start", type=float, default=500)
     p.add_argument("--ramp-factor", type=float, default=1.5)
     p.add_argument("--ramp-steps", type=int, default=8)

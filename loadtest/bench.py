@@ -7,12 +7,14 @@ Runs, each against a fresh stanzad cluster started on free loopback ports:
 2. login — 1,000 logins, 100 in flight: login rate, time to bound p50/p99;
 3. chat — 200 users at 1,000 and 2,000 msgs/s for 10 s: latency p50/p95/p99, CPU/message;
 4. ramp — 200 users from 1,000 msgs/s, times 1.5 per 5 s step until p99 > 50 ms: the peak;
+   then the same with the router embedded in the connection manager (ramp-embedded);
 5. scale-out — chat at 2,000 msgs/s with 1 connection manager + 1 router, then 2 + 2:
    server CPU per message as processes are added;
 6. presence — 500 users with rosters of 20 contacts, 100 broadcasts/s for 5 s: fan-out;
 7. side by side, when the Debian packages `prosody` and/or `ejabberd` are installed: login,
    chat at 2,000/s and idle (1,000 connections), with SCRAM-SHA-1 (Prosody 0.12 has no
-   SCRAM-SHA-256), against stanzad, then a private Prosody, then a private ejabberd, each on
+   SCRAM-SHA-256), against stanzad as one node (a connection manager with an embedded
+   router), then a private Prosody, then a private ejabberd, each on
    its own loopback port; a table of the figures and of the ratios to ejabberd's.
 
 Writes every run's JSON, summary and plots under loadtest/out/bench-<time>/ and a
@@ -39,15 +41,17 @@ OUT = Path(__file__).resolve().parent / "out"
 def plan(quick: bool) -> list[tuple[str, Options]]:
     s = 0.1 if quick else 1.0  # size factor
     chat = Options("chat", connections=max(4, int(200 * s)), seconds=10 * s, messages=200_000)
+    ramp = Options("ramp", connections=chat.connections, ramp_start=1000, ramp_factor=1.5,
+                   ramp_steps=2 if quick else 7, ramp_step_s=5 * s if not quick else 1,
+                   p99_bound_ms=50)
     runs = [
         ("idle", Options("idle", connections=max(10, int(2000 * s)), hold_s=5 * s,
                          concurrency=100)),
         ("login", Options("login", connections=max(10, int(1000 * s)), concurrency=100)),
         ("chat-1000", replace(chat, rate=1000)),
         ("chat-2000", replace(chat, rate=2000)),
-        ("ramp", Options("ramp", connections=chat.connections, ramp_start=1000,
-                         ramp_factor=1.5, ramp_steps=2 if quick else 7,
-                         ramp_step_s=5 * s if not quick else 1, p99_bound_ms=50)),
+        ("ramp", ramp),
+        ("ramp-embedded", replace(ramp, routers=0, ramp_steps=2 if quick else 8)),
         ("scale-2cm-2router", replace(chat, rate=2000, cms=2, routers=2)),
         ("presence", Options("presence", connections=max(10, int(500 * s)),
                              contacts=4 if quick else 20, rate=100, seconds=5 * s,
@@ -63,7 +67,11 @@ def plan(quick: bool) -> list[tuple[str, Options]]:
         idle = replace(runs[0][1], connections=max(10, int(1000 * s)))
         for what, opt in (("login", runs[1][1]), ("chat", replace(chat, rate=2000)),
                           ("idle", idle)):
-            runs += [(f"sbs-{what}-{server}", replace(opt, server=server, **sha1))
+            # stanzad as one node: a connection manager with an embedded router (routers=0),
+            # as the others are one process each
+            runs += [(f"sbs-{what}-{server}",
+                      replace(opt, server=server, **sha1,
+                              **({"routers": 0} if server == "stanzad" else {})))
                      for server in ("stanzad", *others)]
     return runs
 
@@ -92,6 +100,8 @@ def side_by_side(docs: dict[str, dict[str, Any]]) -> list[str]:
     """A table of the three servers' figures and of stanzad's and Prosody's ratios to
     ejabberd's (the issue's reference); a row needs stanzad and at least one other."""
     rows = ["## side by side (SCRAM-SHA-1, same scenario, one after the other)", "",
+            "stanzad runs as one node here: one connection manager with an embedded router "
+            "(STANZAD_EMBEDDED_ROUTER), plus the presence and roster processes.", "",
             "Ratios are to ejabberd's figure: above 1 is better for rates per CPU-second, "
             "below 1 is better for latency and memory.", "",
             "| figure | " + " | ".join(label for _, label in SERVERS)

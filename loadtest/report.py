@@ -108,7 +108,9 @@ def _div(value: float | None, by: float) -> float | None:
 def markdown(doc: dict[str, Any]) -> str:
     opts = doc["options"]
     topo = doc["topology"]
-    shape = (f"{topo['cms']} connection manager(s), {topo['routers']} router(s)"
+    routers = (f"{topo['routers']} router(s)" if topo.get("routers")
+               else "a router embedded in each")
+    shape = (f"{topo['cms']} connection manager(s), {routers}"
              if "cms" in topo else "one server process")
     lines = [
         f"## {doc['scenario']} — {doc['server']} ({doc['started']})",

@@ -24,13 +24,16 @@ QUIET = {"STANZAD_LOG_LEVEL": "WARNING"}
 
 @dataclass(frozen=True, slots=True)
 class Topology:
+    """``routers=0``: no router processes, every connection manager embeds one
+    (STANZAD_EMBEDDED_ROUTER)."""
+
     cms: int = 1
     routers: int = 1
     partitions: int = 64
 
     def __post_init__(self) -> None:
         check_range("--cms", self.cms, 1, 4)
-        check_range("--routers", self.routers, 1, 4)
+        check_range("--routers", self.routers, 0, 4)
 
 
 def start(topology: Topology) -> Cluster:
@@ -43,9 +46,11 @@ def start(topology: Topology) -> Cluster:
             cluster.start_router(f"router-{i + 1}", **QUIET)
         cluster.start_presence(**QUIET)
         cluster.start_roster(**QUIET)
+        embedded = {"STANZAD_EMBEDDED_ROUTER": "true", "STANZAD_LEASE_TTL_S": "3"}
         for i in range(topology.cms):
-            cluster.start_cm(f"cm-{i + 1}", **BENCH_ENV, **QUIET)
-        if topology.routers > 1:
+            cluster.start_cm(f"cm-{i + 1}", **BENCH_ENV, **QUIET,
+                             **(embedded if topology.routers == 0 else {}))
+        if topology.routers > 1 or (topology.routers == 0 and topology.cms > 1):
             time.sleep(4)  # partition leases (TTL 3 s) settle between the routers
     except BaseException:
         cluster.stop()

@@ -23,6 +23,11 @@ BUS_PUBLISHED = Counter(
 BUS_RECEIVED = Counter(
     f"{PREFIX}_bus_received_messages_total", "Messages received from NATS.", ["service"]
 )
+BUS_LOCAL = Counter(
+    f"{PREFIX}_bus_local_messages_total",
+    "Messages handed to a consumer of the same process instead of NATS (shared/bus/local.py).",
+    ["service"],
+)
 BUS_PUBLISH_FAILURES = Counter(
     f"{PREFIX}_bus_publish_failures_total", "Publishes NATS refused or that failed.", ["service"]
 )

@@ -58,6 +58,7 @@ class PartitionedService:
         self._waiting: dict[str, tuple[str, float]] = {}  # previous owner, give up at
         self._handed: set[str] = set()  # our own FENCE seen: the rest is the new owner's
         self._fence_seen: dict[str, asyncio.Event] = {}
+        self._subscribed: set[str] = set()  # subjects of the partitions we hold
 
     handle_batch: BatchHandler
 
@@ -126,7 +127,8 @@ class PartitionedService:
             elif (wait := self._waiting.get(subject)) is not None and now < wait[1]:
                 continue  # before the previous owner's fence: it handled this
             else:
-                self._waiting.pop(subject, None)
+                if self._waiting.pop(subject, None) is not None:
+                    self._live(subject)  # the previous owner's fence never came
                 kept.append((subject, data))
         if kept:
             await self.handle_batch(kept)
@@ -143,6 +145,13 @@ class PartitionedService:
                 event.set()
         elif (wait := self._waiting.get(subject)) is not None and wait[0] == sender:
             del self._waiting[subject]
+            self._live(subject)
+
+    def _live(self, subject: str) -> None:
+        """Past the hand-over: the subject is ours alone, so publishers of this process may
+        hand us its messages in-process (shared/bus/local.py)."""
+        if subject in self._subscribed:
+            self.bus.offer_local(subject)
 
     async def _acquire(self, p: int, previous: str | None) -> None:
         wait_until = time.monotonic() + self.settings.lease_ttl_s
@@ -152,16 +161,23 @@ class PartitionedService:
                 self._waiting[s] = (previous, wait_until)
         self._subs[p] = [await self.bus.subscribe(s) for s in self._subjects_for(p)]
         await self.bus.flush()  # subscribed at the server before anything else happens
+        for s in self._subjects_for(p):
+            self._subscribed.add(s)
+            if s not in self._waiting:
+                self._live(s)
         if self._on_partitions:
             self._on_partitions(len(self._subs))
 
     async def _release(self, p: int) -> None:
         """Hand the partition over: wait for the new owner (it is subscribed once it holds
         the lease), publish a FENCE on each subject, unsubscribe once our FENCE came back."""
+        names = self._subjects_for(p)
+        for s in names:  # first, before any wait: publishers of this process use NATS again
+            self._subscribed.discard(s)
+            self.bus.withdraw_local(s)
         subs = self._subs.pop(p, [])
         if self._on_partitions:
             self._on_partitions(len(self._subs))
-        names = self._subjects_for(p)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.partitions.interval_s + 2.0
         owner = None

@@ -53,6 +53,11 @@ class ConnectionManagerSettings(CommonSettings):
     tls_required: bool = Field(True, description="Refuse SASL before STARTTLS.")
     allow_registration: bool = Field(False, description="XEP-0077 in-band registration.")
     cm_id: str = Field("", description="Connection manager id; generated when empty.")
+    embedded_router: bool = Field(
+        False,
+        description="Run a router in this process too (router settings from the same "
+        "environment); stanzas between its own users then skip NATS.",
+    )
     max_stanza_bytes: int = Field(256 * KiB, ge=1 * KiB, description="Stanza size after auth.")
     max_sessions_per_account: int = Field(10, ge=1, description="Resources bound per account.")
     scram_iterations: int = Field(10_000, ge=4096, description="SCRAM iterations for new users.")

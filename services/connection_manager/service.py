@@ -30,7 +30,8 @@ from shared.bus.envelope import (
 from shared.credentials import StoredCredentials
 from shared.jid import JID, JIDError
 from shared.metrics import HistogramTally, Tally
-from shared.settings import ConnectionManagerSettings
+from shared.router.service import Router
+from shared.settings import ConnectionManagerSettings, RouterSettings, load
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore
 from shared.store.redis import connect as redis_connect
@@ -84,6 +85,14 @@ class ConnectionManager:
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
                        fail_while_disconnected=True)
         self._server: asyncio.Server | None = None
+        # STANZAD_EMBEDDED_ROUTER: a router in this process; what its partitions and our
+        # subject carry between the two skips NATS (shared/bus/local.py)
+        self.router: Router | None = None
+        if settings.embedded_router:
+            router_settings = load(RouterSettings)
+            self.router = Router(router_settings.model_copy(
+                update={"router_id": router_settings.router_id or f"{self.cm_id}-router"}
+            ))
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -96,8 +105,13 @@ class ConnectionManager:
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
         self.tls_context = server_context(s.tls_cert, s.tls_key)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
+        if self.router is not None:
+            await self.router.start()
         await self.bus.connect()
-        await self.bus.subscribe(subjects.connection_manager(self.cm_id))
+        own = subjects.connection_manager(self.cm_id)
+        await self.bus.subscribe(own)
+        await self.bus.flush()
+        self.bus.offer_local(own)  # this pod alone consumes its subject
         try:
             await self.store.heartbeat(self.cm_id, s.session_ttl_s)
         except Exception as exc:  # Redis not there yet: the heartbeat loop keeps trying
@@ -125,7 +139,9 @@ class ConnectionManager:
         return not self._stopping or bool(self.connections)
 
     def ready(self) -> bool:
-        return self._server is not None and self.bus.connected and not self._stopping
+        router_ready = self.router is None or self.router.ready()
+        return (self._server is not None and self.bus.connected and not self._stopping
+                and router_ready)
 
     async def stop(self) -> None:
         """Drain: stop accepting, close every stream with system-shutdown, unbind, retire."""
@@ -151,6 +167,8 @@ class ConnectionManager:
             log.warning("could not retire %s: %s", self.cm_id, exc)
         await self.bus.close()
         await self._redis.aclose()
+        if self.router is not None:  # after the drain: the streams' last stanzas pass it
+            await self.router.stop()
 
     async def _beat(self) -> None:
         interval = max(1.0, self.settings.session_ttl_s / 3)

@@ -14,6 +14,9 @@ loadtest/RESULTS.md, "CPU per message, session 2"):
   a task per subscription.  One worker task hands the inbox, in arrival order, to the
   service's batch handler; NATS keeps the order of each subject on one connection.
 
+- Within one process (a connection manager with an embedded router), a subject whose only
+  consumer is a bus of the same process skips NATS altogether: ``shared/bus/local.py``.
+
 A time-based linger (write at most every 0.5-1 ms, so that paced messages share writes) was
 measured and dropped: the timer wake-ups cost what the saved writes did, and it added latency.
 """
@@ -23,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -31,9 +36,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared.bus.local import EXCHANGE, HOLD_TIMEOUT_S, MARKER_PREFIX, RETRY_AFTER_S, Exchange
+from shared.bus.local import marker as local_marker
 from shared.metrics import (
     BUS_BATCH_SIZE,
     BUS_CONNECTED,
+    BUS_LOCAL,
     BUS_PUBLISH_FAILURES,
     BUS_PUBLISHED,
     BUS_RECEIVED,
@@ -85,6 +93,20 @@ class _BusClient(Client):
         sink(subject.decode(), data)
 
 
+class _LocalRoute:
+    """A publisher's state for one subject offered in-process (shared/bus/local.py): holding
+    behind a marker (``held``), switched (``sink``), or back on NATS until ``retry_at``."""
+
+    __slots__ = ("epoch", "held", "retry_at", "sink", "timer")
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.held: list[tuple[bytes, OnFail]] | None = None
+        self.sink: Sink | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.retry_at = 0.0
+
+
 class Bus:
     """One NATS connection of a service, with an ordered batching inbox."""
 
@@ -95,6 +117,7 @@ class Bus:
         handler: BatchHandler | None = None,
         *,
         fail_while_disconnected: bool = False,
+        exchange: Exchange = EXCHANGE,
     ) -> None:
         """`fail_while_disconnected`: raise BusUnavailable instead of letting nats-py buffer
         publishes while it reconnects.  nats-py would send them once reconnected, possibly
@@ -115,7 +138,14 @@ class Bus:
         self._received = Tally(BUS_RECEIVED.labels(service))
         self._failures = BUS_PUBLISH_FAILURES.labels(service)
         self._batch_size = HistogramTally(BUS_BATCH_SIZE.labels(service))
+        self._local_n = Tally(BUS_LOCAL.labels(service))
         BUS_CONNECTED.labels(service).set(0)  # a bus that never connected shows as down
+        # in-process hand-off (shared/bus/local.py)
+        self._exchange = exchange
+        self.local_id = f"{service}-{secrets.token_hex(6)}"
+        exchange.join(self)
+        self._routes: dict[str, _LocalRoute] = {}
+        self._offered: set[str] = set()
 
     @property
     def connected(self) -> bool:
@@ -190,6 +220,8 @@ class Bus:
 
         ``on_fail`` is called if NATS cannot take the message, so the sender gets an error
         stanza instead of a silent loss."""
+        if (self._routes or self._exchange.offers) and self._local(subject, data, on_fail):
+            return
         self._outbox.append((subject, data, on_fail))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
@@ -243,6 +275,86 @@ class Bus:
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(asyncio.get_running_loop().create_future())
 
+    # ---- in-process hand-off (shared/bus/local.py) ------------------------------------------
+
+    def _local(self, subject: str, data: bytes, on_fail: OnFail) -> bool:
+        """Hand the message to a consumer of this process, or hold it behind a marker; False
+        when it goes over NATS."""
+        route = self._routes.get(subject)
+        if route is None:
+            if subject not in self._exchange.offers or not self.connected:
+                return False
+            route = self._routes[subject] = _LocalRoute()
+        if route.sink is not None:
+            route.sink(subject, data)
+            self._local_n.n += 1
+            return True
+        if route.held is not None:
+            route.held.append((data, on_fail))
+            return True
+        if time.monotonic() < route.retry_at:
+            return False
+        # behind everything queued for NATS so far; held until it comes back
+        route.epoch += 1
+        self._queue(subject, local_marker(self.local_id, route.epoch), None)
+        route.held = [(data, on_fail)]
+        route.timer = asyncio.get_running_loop().call_later(
+            HOLD_TIMEOUT_S, self._hold_expired, subject, route.epoch
+        )
+        return True
+
+    def _queue(self, subject: str, data: bytes, on_fail: OnFail) -> None:
+        self._outbox.append((subject, data, on_fail))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
+
+    def local_ready(self, subject: str, epoch: int, sink: Sink) -> None:
+        """Our marker reached the consumer: what we held goes to it, and so will the rest."""
+        route = self._routes.get(subject)
+        if route is None or route.held is None or route.epoch != epoch:
+            return
+        if route.timer is not None:
+            route.timer.cancel()
+            route.timer = None
+        held, route.held = route.held, None
+        route.sink = sink
+        for data, _on_fail in held:
+            sink(subject, data)
+        self._local_n.n += len(held)
+
+    def local_withdrawn(self, subject: str) -> None:
+        """The consumer gives the subject up: back to NATS, held messages first."""
+        route = self._routes.pop(subject, None)
+        if route is None:
+            return
+        if route.timer is not None:
+            route.timer.cancel()
+        for data, on_fail in route.held or ():
+            self._queue(subject, data, on_fail)
+
+    def _hold_expired(self, subject: str, epoch: int) -> None:
+        route = self._routes.get(subject)
+        if route is None or route.held is None or route.epoch != epoch:
+            return
+        log.warning("no in-process hand-off marker back on %s: over NATS for now", subject)
+        held, route.held = route.held, None
+        route.timer = None
+        route.retry_at = time.monotonic() + RETRY_AFTER_S
+        for data, on_fail in held:
+            self._queue(subject, data, on_fail)
+
+    def offer_local(self, subject: str) -> None:
+        """This bus is the only consumer of ``subject`` (and subscribed to it): publishers of
+        this process may hand messages for it straight to the inbox."""
+        self._offered.add(subject)
+        self._exchange.offer(subject, self._sink)
+
+    def withdraw_local(self, subject: str) -> None:
+        """Before giving ``subject`` up: publishers of this process go back to NATS."""
+        if subject in self._offered:
+            self._offered.discard(subject)
+            self._exchange.withdraw(subject)
+
     def _refusal(self, nc: _BusClient | None) -> str | None:
         """Why NATS cannot take a publish now, or None when it can (nats-py's own checks)."""
         if nc is None:
@@ -276,6 +388,9 @@ class Bus:
         return sub
 
     def _sink(self, subject: str, data: bytes) -> None:
+        if data[:1] == b"\x00" and data.startswith(MARKER_PREFIX):  # never for a handler
+            self._exchange.marker_seen(subject, data, self._sink)
+            return
         self._inbox.append((subject, data))
         self._wakeup.set()
 
@@ -302,6 +417,11 @@ class Bus:
     async def close(self) -> None:
         """Hand every queued publish to NATS, drain subscriptions, finish the inbox, close the
         connection: nothing a service accepted is dropped by stopping."""
+        for subject in list(self._offered):
+            self.withdraw_local(subject)
+        for subject in list(self._routes):
+            self.local_withdrawn(subject)
+        self._exchange.leave(self.local_id)
         if self._outbox:
             with contextlib.suppress(Exception):
                 self._write_outbox()

@@ -43,3 +43,11 @@ def test_the_default_plan_is_bounded() -> None:
     for quick in (True, False):
         for _, opt in plan(quick):
             assert opt.connections <= 2000 and opt.seconds <= 10
+
+
+def test_stanzad_runs_side_by_side_as_one_node_with_an_embedded_router() -> None:
+    runs = dict(plan(True))
+    assert runs["ramp-embedded"].routers == 0 and runs["ramp"].routers == 1
+    for name, opt in runs.items():
+        if name.startswith("sbs-"):
+            assert opt.routers == (0 if name.endswith("-stanzad") else 1), name

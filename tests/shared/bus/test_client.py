@@ -55,7 +55,7 @@ async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus, list[tuple[str, 
     await rx.close()
 
 
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+async def _until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not cond():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.router.routing import Account, Bounce, Deliver, Ignore, Store, decide
 from shared.bus.envelope import Kind
+from shared.router.routing import Account, Bounce, Deliver, Ignore, Store, decide
 from shared.store.sessions import SessionRecord
 from shared.xmpp.errors import StanzaErrorCondition
 

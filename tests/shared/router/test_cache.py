@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.router.cache import SessionCache
+from shared.router.cache import SessionCache
 from shared.store.sessions import SessionRecord
 
 
