@@ -14,6 +14,8 @@ the RSS growth divided by N (after `malloc_trim`, so freed handshake scratch is 
   layer before `shared.tls_session.SLICE`);
 * ``tls-pyopenssl`` — ``tls`` on pyOpenSSL and the OpenSSL 4.0 of ``cryptography``
   (`loadtest.tls_bench.PyOpenSSLSession`, tuned: released buffers, no session cache);
+* ``tls-fresh``, ``tls-pyopenssl-fresh`` — a server session before any handshake (what
+  ``SSL_new`` and the two memory BIOs cost by themselves);
 * ``parser`` — a `StreamParser` that has read a stream header and one stanza (awake);
 * ``parser-hibernated`` — the same after `hibernate()` (what an idle session keeps).
 
@@ -75,6 +77,7 @@ def _tls_maker(
     burst: int = 0,
     sliced: bool = True,
     pyopenssl: bool = False,
+    handshake: bool = True,
 ) -> Callable[[], object]:
     workdir = Path(tempfile.mkdtemp(prefix="stanzad-connmem-"))
     cert, key = str(workdir / "cert.pem"), str(workdir / "key.pem")
@@ -86,6 +89,8 @@ def _tls_maker(
 
     def make() -> object:
         server = PyOpenSSLSession(py_ctx) if pyopenssl else TLSSession(server_ctx)
+        if not handshake:
+            return server
         client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
         client.start()
         for _ in range(10):
@@ -127,6 +132,8 @@ PIECES: dict[str, Callable[[], Callable[[], object]]] = {
     "tls-burst": lambda: _tls_maker(burst=BURST),
     "tls-burst-unsliced": lambda: _tls_maker(burst=BURST, sliced=False),
     "tls-pyopenssl": lambda: _tls_maker(pyopenssl=True),
+    "tls-fresh": lambda: _tls_maker(handshake=False),
+    "tls-pyopenssl-fresh": lambda: _tls_maker(pyopenssl=True, handshake=False),
     "parser": lambda: _parser(False),
     "parser-hibernated": lambda: _parser(True),
 }
