@@ -19,7 +19,7 @@ Why CPython's ``ssl`` and not pyOpenSSL on the OpenSSL 4.0 that ``cryptography``
 measured in-process (``python -m loadtest.tls_bench``, ``python -m loadtest.conn_memory``),
 an OpenSSL 4.0 session holds 23-24 KiB after the handshake where 3.0 holds 16, handshakes
 cost the server the same CPU, and a small record costs 4 times as much through pyOpenSSL's
-wrappers (still a third more calling OpenSSL 4.0 through cffi directly).
+wrappers (still a quarter more calling OpenSSL 4.0 through cffi directly).
 
 ``receive`` takes bytes from the socket and returns the plaintext they complete (the
 handshake happens inside it); ``send`` takes plaintext; ``data_to_send`` returns the records
