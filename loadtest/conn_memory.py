@@ -7,6 +7,15 @@ the RSS growth divided by N (after `malloc_trim`, so freed handshake scratch is 
   TLS 1.3 handshake with a client over memory BIOs and one record each way: the OpenSSL
   state a connection cannot do without;
 * ``tls12`` — the same with TLS 1.2;
+* ``tls-tickets2`` — ``tls`` with OpenSSL's default of two TLS 1.3 session tickets sent;
+* ``tls-burst`` — ``tls`` after 20 KB each way (a roster result, say), then idle: what the
+  memory BIOs keep of it;
+* ``tls-burst-unsliced`` — the same with the whole 20 KB written into the BIOs at once (the
+  layer before `shared.tls_session.SLICE`);
+* ``tls-pyopenssl`` — ``tls`` on pyOpenSSL and the OpenSSL 4.0 of ``cryptography``
+  (`loadtest.tls_bench.PyOpenSSLSession`, tuned: released buffers, no session cache);
+* ``tls-fresh``, ``tls-pyopenssl-fresh`` — a server session before any handshake (what
+  ``SSL_new`` and the two memory BIOs cost by themselves);
 * ``parser`` — a `StreamParser` that has read a stream header and one stanza (awake);
 * ``parser-hibernated`` — the same after `hibernate()` (what an idle session keeps).
 
@@ -24,7 +33,10 @@ import ssl
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
+from loadtest.tls_bench import PyOpenSSLSession, pyopenssl_context
+from shared import tls_session
 from shared.tls import ensure_self_signed, server_context
 from shared.tls_session import TLSSession
 from shared.xmpp.parser import POST_AUTH_LIMITS, StreamParser
@@ -55,16 +67,30 @@ def _trim() -> None:
             libc.malloc_trim(0)
 
 
-def _tls_maker(max_version: ssl.TLSVersion) -> Callable[[], object]:
+BURST = 20_000
+
+
+def _tls_maker(
+    max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+    *,
+    tickets: int = 0,
+    burst: int = 0,
+    sliced: bool = True,
+    pyopenssl: bool = False,
+    handshake: bool = True,
+) -> Callable[[], object]:
     workdir = Path(tempfile.mkdtemp(prefix="stanzad-connmem-"))
     cert, key = str(workdir / "cert.pem"), str(workdir / "key.pem")
     ensure_self_signed(cert, key, "example.org")
-    server_ctx = server_context(cert, key)
+    server_ctx = server_context(cert, key, session_tickets=tickets)
     server_ctx.maximum_version = max_version
+    py_ctx = pyopenssl_context(cert, key)
     client_ctx = ssl.create_default_context(cafile=cert)
 
     def make() -> object:
-        server = TLSSession(server_ctx)
+        server = PyOpenSSLSession(py_ctx) if pyopenssl else TLSSession(server_ctx)
+        if not handshake:
+            return server
         client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
         client.start()
         for _ in range(10):
@@ -76,6 +102,12 @@ def _tls_maker(max_version: ssl.TLSVersion) -> Callable[[], object]:
         assert server.receive(client.data_to_send()) == HEADER
         server.send(HEADER)
         client.receive(server.data_to_send())
+        if burst:
+            with mock.patch.object(tls_session, "SLICE", tls_session.SLICE if sliced else burst):
+                client.send(b"x" * burst)
+                assert len(server.receive(client.data_to_send())) == burst
+                server.send(b"y" * burst)
+                assert len(client.receive(server.data_to_send())) == burst
         return server  # the client goes away
 
     return make
@@ -94,8 +126,14 @@ def _parser(hibernate: bool) -> Callable[[], object]:
 
 
 PIECES: dict[str, Callable[[], Callable[[], object]]] = {
-    "tls": lambda: _tls_maker(ssl.TLSVersion.TLSv1_3),
+    "tls": lambda: _tls_maker(),
     "tls12": lambda: _tls_maker(ssl.TLSVersion.TLSv1_2),
+    "tls-tickets2": lambda: _tls_maker(tickets=2),
+    "tls-burst": lambda: _tls_maker(burst=BURST),
+    "tls-burst-unsliced": lambda: _tls_maker(burst=BURST, sliced=False),
+    "tls-pyopenssl": lambda: _tls_maker(pyopenssl=True),
+    "tls-fresh": lambda: _tls_maker(handshake=False),
+    "tls-pyopenssl-fresh": lambda: _tls_maker(pyopenssl=True, handshake=False),
     "parser": lambda: _parser(False),
     "parser-hibernated": lambda: _parser(True),
 }
@@ -118,11 +156,14 @@ def measure(piece: str, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=2000, help="instances of each piece (max 20,000)")
-    ap.add_argument("pieces", nargs="*", default=list(PIECES), choices=list(PIECES))
+    ap.add_argument("pieces", nargs="*", help=f"of {', '.join(PIECES)} (default: all)")
     args = ap.parse_args()
+    unknown = set(args.pieces) - set(PIECES)
+    if unknown:
+        ap.error(f"unknown piece(s): {', '.join(sorted(unknown))}")
     n = max(1, min(args.n, 20_000))
     print(f"| piece | KiB each (n = {n:,}) |\n|---|---|")
-    for piece in args.pieces:
+    for piece in args.pieces or PIECES:
         print(f"| {piece} | {measure(piece, n):.2f} |", flush=True)
 
 

@@ -51,6 +51,9 @@ class ConnectionManagerSettings(CommonSettings):
     tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain.")
     tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
     tls_required: bool = Field(True, description="Refuse SASL before STARTTLS.")
+    tls_session_tickets: int = Field(
+        0, ge=0, le=8, description="TLS 1.3 session tickets sent after each full handshake."
+    )
     allow_registration: bool = Field(False, description="XEP-0077 in-band registration.")
     cm_id: str = Field("", description="Connection manager id; generated when empty.")
     embedded_router: bool = Field(

@@ -85,8 +85,17 @@ def check_certificate(cert_path: str, now: datetime.datetime | None = None) -> x
     return cert
 
 
-def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
-    """TLS 1.2 or newer, modern suites, no compression, no renegotiation (RFC 7525)."""
+def server_context(
+    cert_path: str, key_path: str, *, session_tickets: int = 0
+) -> ssl.SSLContext:
+    """TLS 1.2 or newer, modern suites, no compression, no renegotiation (RFC 7525).
+
+    ``session_tickets``: TLS 1.3 NewSessionTicket messages sent after each full handshake
+    (RFC 8446 §4.6.1; OpenSSL sends 2 unless told).  None by default: making two costs the
+    server a fifth of its handshake CPU, and a client could resume only on the same connection
+    manager process, before its next restart or SIGHUP (the ticket key belongs to the
+    context); loadtest/RESULTS.md, "session 3 — TLS backend".
+    """
     check_certificate(cert_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -94,6 +103,7 @@ def server_context(cert_path: str, key_path: str) -> ssl.SSLContext:
         ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     )
     ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.num_tickets = session_tickets
     try:
         ctx.load_cert_chain(cert_path, key_path)
     except (OSError, ssl.SSLError) as exc:

@@ -8,6 +8,19 @@ alone, about 17 KiB (OpenSSL 3.0; ``SSL_MODE_RELEASE_BUFFERS`` is set by CPython
 connection holds no record buffers).  The connection shell calls it from ``data_received``
 and its write path: sans-I/O, like the stream machines.
 
+A memory BIO never gives back the room it once needed: its buffer stays as large as the most
+bytes it ever held at once, for the life of the connection.  So `send` and `receive` pass
+large writes through in slices of `SLICE` bytes, draining the BIO after each one: 20 KB each
+way (a roster result, a burst of stanzas) would otherwise leave the session 45 KiB heavier for
+as long as it stays idle, 1 KiB with slices (loadtest/RESULTS.md, "session 3 — TLS backend";
+a slice costs about 1 µs of CPU).  Small writes, the usual case, go in whole.
+
+Why CPython's ``ssl`` and not pyOpenSSL on the OpenSSL 4.0 that ``cryptography`` bundles:
+measured in-process (``python -m loadtest.tls_bench``, ``python -m loadtest.conn_memory``),
+an OpenSSL 4.0 session holds 23-24 KiB after the handshake where 3.0 holds 16, handshakes
+cost the server the same CPU, and a small record costs 4 times as much through pyOpenSSL's
+wrappers (still a quarter more calling OpenSSL 4.0 through cffi directly).
+
 ``receive`` takes bytes from the socket and returns the plaintext they complete (the
 handshake happens inside it); ``send`` takes plaintext; ``data_to_send`` returns the records
 to write to the socket (handshake messages, session tickets, application data, alerts).
@@ -22,6 +35,7 @@ from typing import Final
 __all__ = ["TLSClosed", "TLSSession"]
 
 _READ: Final = 16 * 1024  # one TLS record's worth of plaintext at most
+SLICE: Final = 1024  # bytes per BIO write for large writes (see the module's docstring)
 
 
 class TLSClosed(Exception):
@@ -31,7 +45,7 @@ class TLSClosed(Exception):
 class TLSSession:
     """One TLS connection over two memory BIOs."""
 
-    __slots__ = ("_incoming", "_outgoing", "_tls", "established")
+    __slots__ = ("_incoming", "_outgoing", "_sent", "_tls", "established")
 
     def __init__(
         self,
@@ -46,6 +60,7 @@ class TLSSession:
             self._incoming, self._outgoing, server_side=server_side,
             server_hostname=server_hostname,
         )
+        self._sent = b""  # records already taken from `_outgoing` by a sliced `send`
         self.established = False
 
     def start(self) -> None:
@@ -59,6 +74,22 @@ class TLSSession:
         unusable: write `data_to_send` for the alert and close) and `TLSClosed` after the
         peer's close_notify (plaintext before it is returned by the call before).
         """
+        if len(data) <= SLICE:
+            return self._receive(data)
+        view = memoryview(data)
+        parts: list[bytes] = []
+        for start in range(0, len(data), SLICE):
+            try:
+                part = self._receive(view[start : start + SLICE])
+            except TLSClosed:
+                if not parts:
+                    raise
+                break  # hand over what came before the close_notify; the next call raises
+            if part:
+                parts.append(part)
+        return b"".join(parts)
+
+    def _receive(self, data: bytes | memoryview) -> bytes:
         incoming = self._incoming
         incoming.write(data)
         if not self.established and not self._handshake():
@@ -88,14 +119,28 @@ class TLSSession:
 
     def send(self, data: bytes) -> None:
         """Plaintext to encrypt; the records wait in `data_to_send`."""
-        self._tls.write(data)
+        tls = self._tls
+        if len(data) <= SLICE:
+            tls.write(data)
+            return
+        view = memoryview(data)
+        outgoing = self._outgoing
+        parts = [self._sent]
+        for start in range(0, len(data), SLICE):
+            tls.write(view[start : start + SLICE])
+            parts.append(outgoing.read())
+        self._sent = b"".join(parts)
 
     def data_to_send(self) -> bytes:
-        return self._outgoing.read()
+        if not self._sent:
+            return self._outgoing.read()
+        out = self._sent + self._outgoing.read()
+        self._sent = b""
+        return out
 
     def pending_bytes(self) -> int:
         """Encrypted bytes not yet taken by `data_to_send`."""
-        return self._outgoing.pending
+        return len(self._sent) + self._outgoing.pending
 
     def close(self) -> None:
         """Queue our close_notify (best effort: a broken session just gets none)."""

@@ -103,7 +103,9 @@ class ConnectionManager:
         s = self.settings
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
-        self.tls_context = server_context(s.tls_cert, s.tls_key)
+        self.tls_context = server_context(
+            s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets
+        )
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
         if self.router is not None:
             await self.router.start()
@@ -129,7 +131,9 @@ class ConnectionManager:
         """SIGHUP: load the certificate and key again; new STARTTLS handshakes use them."""
         s = self.settings
         try:
-            self.tls_context = server_context(s.tls_cert, s.tls_key)
+            self.tls_context = server_context(
+                s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets
+            )
         except Exception as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
             return

@@ -75,3 +75,53 @@ def test_close_notify_ends_the_session(contexts: tuple[ssl.SSLContext, ssl.SSLCo
     server.close()
     with pytest.raises(TLSClosed):
         client.receive(server.data_to_send())
+
+
+def test_large_writes_go_through_in_slices_and_keep_their_order(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server, client = _pair(contexts)
+    big = bytes(range(256)) * 200  # 51,200 B: many slices, more than one record
+    client.send(b"<a/>")
+    client.send(big)
+    client.send(b"<b/>")
+    assert server.receive(client.data_to_send()) == b"<a/>" + big + b"<b/>"
+    server.send(b"<c/>")
+    server.send(big)
+    server.send(b"<d/>")
+    assert server.pending_bytes() > len(big)
+    wire = server.data_to_send()
+    assert server.pending_bytes() == 0 and server.data_to_send() == b""
+    assert client.receive(wire) == b"<c/>" + big + b"<d/>"
+
+
+def test_close_notify_after_a_large_write(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server, client = _pair(contexts)
+    client.send(b"z" * 10_000)
+    client.close()
+    assert server.receive(client.data_to_send()) == b"z" * 10_000
+    with pytest.raises(TLSClosed):
+        server.receive(b"")
+
+
+@pytest.mark.parametrize("tickets", [0, 2])
+def test_session_tickets_after_the_handshake(tmp_path: Path, tickets: int) -> None:
+    """RFC 8446 §4.6.1: NewSessionTicket follows the client's Finished; none by default."""
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    ensure_self_signed(cert, key, "example.org")
+    ctx = server_context(cert, key) if not tickets else server_context(
+        cert, key, session_tickets=tickets
+    )
+    server = TLSSession(ctx)
+    client = TLSSession(
+        ssl.create_default_context(cafile=cert), server_side=False, server_hostname="example.org"
+    )
+    client.start()
+    server.receive(client.data_to_send())  # ClientHello
+    client.receive(server.data_to_send())  # ServerHello .. Finished
+    server.receive(client.data_to_send())  # the client's Finished
+    assert server.established
+    after = server.data_to_send()
+    assert bool(after) is bool(tickets)
+    client.receive(after)
+    assert client.established

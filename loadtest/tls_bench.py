@@ -1,0 +1,257 @@
+"""Server CPU per TLS handshake and per small record, in-process, for each c2s TLS backend.
+
+`python -m loadtest.tls_bench [-n 300] [-r 20000] [backend ...]` runs, for each backend, n
+full handshakes (a CPython ``ssl`` client over memory BIOs, TLS 1.3, the same self-signed
+P-256 certificate the load tool's servers use) and then r record round trips on one session
+(a ~300 B stanza in, one out), and prints the *server side's* CPU per operation: the client's
+work is done outside the timed calls.
+
+Backends:
+
+* ``ssl`` — `shared.tls_session.TLSSession` over `shared.tls.server_context` (the c2s layer:
+  CPython's ``ssl``, the system OpenSSL, no session tickets);
+* ``ssl-tickets2`` — the same with OpenSSL's default of two TLS 1.3 session tickets;
+* ``pyopenssl`` — `PyOpenSSLSession` below: pyOpenSSL on the OpenSSL ``cryptography``
+  bundles, same policy, ``SSL_MODE_RELEASE_BUFFERS``, no tickets, no session cache;
+* ``pyopenssl-cffi`` — the same, with the record path calling OpenSSL through cffi directly
+  (no pyOpenSSL wrapper per call, a reused read buffer): what OpenSSL itself costs.
+
+`loadtest.conn_memory` measures the same backends' memory per idle session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi  # benchmark only: the record path without wrappers
+from OpenSSL._util import lib as _lib
+
+from shared.tls import TLS12_CIPHERS, ensure_self_signed, server_context
+from shared.tls_session import TLSSession
+
+DOMAIN: Final = "example.org"
+STANZA: Final = (
+    b"<message to='juliet@example.org/balcony' from='romeo@example.org/orchard' type='chat' "
+    b"id='a1b2c3d4'><body>" + b"x" * 160 + b"</body><active xmlns='http://jabber.org/protocol/"
+    b"chatstates'/></message>"
+)
+MAX_SECONDS: Final = 20.0  # per backend and phase: the loops stop early past it
+
+
+class Session(Protocol):
+    established: bool
+
+    def receive(self, data: bytes) -> bytes: ...
+    def send(self, data: bytes) -> None: ...
+    def data_to_send(self) -> bytes: ...
+
+
+class PyOpenSSLSession:
+    """A server-side session on pyOpenSSL over its memory BIOs (the `TLSSession` interface)."""
+
+    __slots__ = ("_conn", "established")
+
+    def __init__(self, ctx: SSL.Context) -> None:
+        self._conn = SSL.Connection(ctx, None)
+        self._conn.set_accept_state()
+        self.established = False
+
+    def receive(self, data: bytes) -> bytes:
+        conn = self._conn
+        conn.bio_write(data)
+        if not self.established:
+            try:
+                conn.do_handshake()
+            except SSL.WantReadError:
+                return b""
+            self.established = True
+        out = []
+        while True:
+            try:
+                out.append(conn.recv(16 * 1024))
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                break
+        return b"".join(out)
+
+    def send(self, data: bytes) -> None:
+        self._conn.send(data)
+
+    def data_to_send(self) -> bytes:
+        out = []
+        while True:
+            try:
+                out.append(self._conn.bio_read(64 * 1024))
+            except SSL.WantReadError:
+                break
+        return b"".join(out)
+
+
+_BUF: Any = _ffi.new("char[]", 64 * 1024)
+
+
+class CffiSession(PyOpenSSLSession):
+    """`PyOpenSSLSession` with the record path straight on OpenSSL (benchmark only)."""
+
+    __slots__ = ()
+
+    def receive(self, data: bytes) -> bytes:
+        if not self.established:
+            return super().receive(data)
+        conn: Any = self._conn
+        _lib.BIO_write(conn._into_ssl, data, len(data))
+        out = []
+        while (n := _lib.SSL_read(conn._ssl, _BUF, 16 * 1024)) > 0:
+            out.append(_ffi.buffer(_BUF, n)[:])
+        _lib.ERR_clear_error()
+        return b"".join(out)
+
+    def send(self, data: bytes) -> None:
+        conn: Any = self._conn
+        _lib.SSL_write(conn._ssl, data, len(data))
+
+    def data_to_send(self) -> bytes:
+        if not self.established:
+            return super().data_to_send()
+        conn: Any = self._conn
+        n = _lib.BIO_read(conn._from_ssl, _BUF, 64 * 1024)
+        return _ffi.buffer(_BUF, n)[:] if n > 0 else b""
+
+
+def pyopenssl_context(cert: str, key: str) -> SSL.Context:
+    """`shared.tls.server_context`'s policy on pyOpenSSL, tuned for memory."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_NO_TICKET  # TLS 1.3: stateful tickets, which need the (disabled) cache
+    )
+    ctx.set_cipher_list(TLS12_CIPHERS.encode())
+    ctx.use_certificate_chain_file(cert)
+    ctx.use_privatekey_file(key)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    return ctx
+
+
+def certificate() -> tuple[str, str]:
+    workdir = Path(tempfile.mkdtemp(prefix="stanzad-tlsbench-"))
+    cert, key = str(workdir / "cert.pem"), str(workdir / "key.pem")
+    ensure_self_signed(cert, key, DOMAIN)
+    return cert, key
+
+
+def makers(cert: str, key: str) -> dict[str, Callable[[], Session]]:
+    """A new server-side session of each backend."""
+    plain = server_context(cert, key)
+    tickets = server_context(cert, key, session_tickets=2)
+    py = pyopenssl_context(cert, key)
+    return {
+        "ssl": lambda: TLSSession(plain),
+        "ssl-tickets2": lambda: TLSSession(tickets),
+        "pyopenssl": lambda: PyOpenSSLSession(py),
+        "pyopenssl-cffi": lambda: CffiSession(py),
+    }
+
+
+class Client:
+    """The client side: CPython ``ssl`` over memory BIOs, not timed."""
+
+    def __init__(self, cert: str) -> None:
+        self.ctx = ssl.create_default_context(cafile=cert)
+
+    def connect(self, server: Session) -> tuple[TLSSession, float]:
+        """A full handshake and one record each way; the server's CPU seconds for it."""
+        client = TLSSession(self.ctx, server_side=False, server_hostname=DOMAIN)
+        client.start()
+        cpu = 0.0
+        for _ in range(10):
+            wire = client.data_to_send()
+            t0 = time.process_time()
+            server.receive(wire)
+            reply = server.data_to_send()
+            cpu += time.process_time() - t0
+            client.receive(reply)
+            if server.established and client.established:
+                break
+        client.send(STANZA)
+        wire = client.data_to_send()
+        t0 = time.process_time()  # the client's Finished may come with it: tickets go now
+        assert server.receive(wire) == STANZA
+        server.send(STANZA)
+        reply = server.data_to_send()
+        cpu += time.process_time() - t0
+        assert client.receive(reply) == STANZA
+        return client, cpu
+
+
+def handshakes(make: Callable[[], Session], client: Client, n: int) -> float:
+    """Server CPU seconds per handshake, the new session's construction included."""
+    for _ in range(20):
+        client.connect(make())
+    total, done, deadline = 0.0, 0, time.monotonic() + MAX_SECONDS
+    while done < n and time.monotonic() < deadline:
+        t0 = time.process_time()
+        server = make()  # SSL_new and the BIOs: part of every login too
+        total += time.process_time() - t0 + client.connect(server)[1]
+        done += 1
+    return total / done
+
+
+def records(make: Callable[[], Session], client: Client, n: int) -> float:
+    """Server CPU seconds per record round trip (one stanza in, one out)."""
+    server = make()
+    peer, _ = client.connect(server)
+    wires = []
+    for _ in range(n):
+        peer.send(STANZA)
+        wires.append(peer.data_to_send())
+    deadline = time.monotonic() + MAX_SECONDS
+    t0 = time.process_time()
+    done = 0
+    for wire in wires:
+        server.receive(wire)
+        server.send(STANZA)
+        server.data_to_send()
+        done += 1
+        if not done % 1000 and time.monotonic() > deadline:
+            break
+    return (time.process_time() - t0) / done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=300, help="handshakes per backend (max 5,000)")
+    ap.add_argument("-r", type=int, default=20_000, help="records per backend (max 200,000)")
+    cert, key = certificate()
+    backends = makers(cert, key)
+    ap.add_argument("backends", nargs="*", help=f"of {', '.join(backends)} (default: all)")
+    args = ap.parse_args()
+    unknown = set(args.backends) - set(backends)
+    if unknown:
+        ap.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
+    n, r = max(1, min(args.n, 5000)), max(1, min(args.r, 200_000))
+    client = Client(cert)
+    print(f"server CPU; {n:,} handshakes (TLS 1.3, P-256 certificate), {r:,} records of "
+          f"{len(STANZA)} B in + out")
+    print("| backend | OpenSSL | handshakes/CPU-s | µs/handshake | records/CPU-s | µs/record |")
+    print("|---|---|---|---|---|---|")
+    for name in args.backends or backends:
+        make = backends[name]
+        version = ssl.OPENSSL_VERSION if name.startswith("ssl") else SSL.SSLeay_version(
+            SSL.SSLEAY_VERSION
+        ).decode()
+        hs = handshakes(make, client, n)
+        rec = records(make, client, r)
+        print(f"| {name} | {version.split()[1]} | {1 / hs:,.0f} | {hs * 1e6:.0f} | "
+              f"{1 / rec:,.0f} | {rec * 1e6:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
