@@ -24,6 +24,9 @@ Backends (a backend whose library is not installed is reported as such and skipp
 * ``openssl-socket`` / ``wolfssl-module`` — memory only: CPython ``ssl`` and the PyPI module
   ``wolfssl`` each wrapping the server end of a `socket.socketpair` (`SocketSessions`), the
   only way that module can be driven;
+* ``wolfssl-native`` — the same library on its own I/O callbacks instead of BIOs
+  (`WolfSSLNativeSession`): works with a build without the OpenSSL compatibility layer
+  (``--enable-opensslextra``), which makes every session ~3 KiB smaller;
 * ``mbedtls`` — python-mbedtls's sans-I/O ``TLSWrappedBuffer`` (its wheel bundles Mbed TLS
   2.28, which has no TLS 1.3: the row is TLS 1.2).
 """
@@ -96,9 +99,18 @@ _WOLF_CIPHERS: Final = (
 )
 
 
+_WOLF_BIO: Final = (  # the OpenSSL compatibility layer (--enable-opensslextra) only
+    "wolfSSL_BIO_s_mem", "wolfSSL_BIO_new", "wolfSSL_set_bio", "wolfSSL_BIO_write",
+    "wolfSSL_BIO_read", "wolfSSL_BIO_ctrl_pending",
+)
 _WOLF_OPTIONAL: Final = frozenset({
     "wolfSSL_CTX_no_ticket_TLSv13", "wolfSSL_CTX_NoTicketTLSv12", "wolfSSL_get_curve_name",
+    *_WOLF_BIO,
 })
+_WOLF_CBIO_WANT_READ: Final = -2  # WOLFSSL_CBIO_ERR_WANT_READ
+_IORecv = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p
+)
 
 
 def _wolf_lib() -> Any | None:
@@ -136,6 +148,8 @@ def _wolf_lib() -> Any | None:
         ("wolfSSL_get_version", cp, [vp]),
         ("wolfSSL_get_cipher", cp, [vp]),
         ("wolfSSL_get_curve_name", cp, [vp]),
+        ("wolfSSL_CTX_SetIORecv", None, [vp, _IORecv]),
+        ("wolfSSL_CTX_SetIOSend", None, [vp, _IORecv]),
     ]:
         try:
             f = getattr(lib, fn)
@@ -247,6 +261,91 @@ class WolfSSLSession:
             f"{lib.wolfSSL_get_version(self._ssl).decode()} "
             f"{lib.wolfSSL_get_cipher(self._ssl).decode()} ({curve.decode()})"
         )
+
+
+class WolfSSLNativeContext(WolfSSLContext):
+    """The same policy with wolfSSL's own I/O callbacks: no OpenSSL compatibility layer needed.
+
+    wolfSSL calls back for every read and write; the callbacks work on the session whose
+    call is running (`WolfSSLNativeSession` sets it: one thread, synchronous calls).
+    """
+
+    current: WolfSSLNativeSession | None = None
+
+    def __init__(self, cert: str, key: str) -> None:
+        super().__init__(cert, key)
+        self._recv, self._send = _IORecv(self._on_recv), _IORecv(self._on_send)  # kept alive
+        self.lib.wolfSSL_CTX_SetIORecv(self.ctx, self._recv)
+        self.lib.wolfSSL_CTX_SetIOSend(self.ctx, self._send)
+
+    def _on_recv(self, _ssl: int, buf: int, size: int, _ctx: int) -> int:
+        session = self.current
+        if session is None or not session._in:
+            return _WOLF_CBIO_WANT_READ
+        pending = session._in
+        n = min(size, len(pending))
+        ctypes.memmove(buf, bytes(pending[:n]), n)
+        del pending[:n]
+        return n
+
+    def _on_send(self, _ssl: int, buf: int, size: int, _ctx: int) -> int:
+        session = self.current
+        if session is None:
+            return -1  # WOLFSSL_CBIO_ERR_GENERAL
+        session._out += ctypes.string_at(buf, size)
+        return size
+
+
+class WolfSSLNativeSession:
+    """A server-side wolfSSL session on its I/O callbacks (the `TLSSession` interface)."""
+
+    __slots__ = ("_c", "_in", "_out", "_ssl", "established")
+
+    def __init__(self, context: WolfSSLNativeContext) -> None:
+        self._c = context
+        self._ssl = context.lib.wolfSSL_new(context.ctx)
+        self._in = bytearray()
+        self._out = bytearray()
+        self.established = False
+
+    def __del__(self) -> None:
+        self._c.lib.wolfSSL_free(self._ssl)
+
+    def receive(self, data: bytes) -> bytes:
+        c = self._c
+        lib = c.lib
+        self._in += data
+        c.current = self
+        try:
+            if not self.established:
+                ret = lib.wolfSSL_accept(self._ssl)
+                if ret != 1:
+                    WolfSSLSession._fail(self, ret, "accept")  # type: ignore[arg-type]
+                    return b""
+                self.established = True
+            chunks = []
+            while (n := lib.wolfSSL_read(self._ssl, c.buf, _READ)) > 0:
+                chunks.append(ctypes.string_at(c.buf, n))
+            WolfSSLSession._fail(self, n, "read")  # type: ignore[arg-type]
+        finally:
+            c.current = None
+        return b"".join(chunks)
+
+    def send(self, data: bytes) -> None:
+        c = self._c
+        c.current = self
+        try:
+            if c.lib.wolfSSL_write(self._ssl, data, len(data)) != len(data):
+                raise TLSFailed("wolfSSL write failed")
+        finally:
+            c.current = None
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    describe = WolfSSLSession.describe
 
 
 # --- Mbed TLS through python-mbedtls -------------------------------------------------------
@@ -424,7 +523,10 @@ def _available(backend: str) -> bool:
             return False  # libwolfssl.so.35 already in this process, without DTLS 1.3)
         return True
     if backend.startswith("wolfssl"):
-        return wolf() is not None
+        lib = wolf()
+        if lib is None:
+            return False
+        return backend == "wolfssl-native" or hasattr(lib, "wolfSSL_set_bio")
     if backend == "mbedtls":
         try:
             import mbedtls.tls  # noqa: F401
@@ -446,6 +548,10 @@ def makers(cert: str, key: str) -> dict[str, Callable[[], Callable[[], Session]]
         ctx = WolfSSLContext(cert, key, tls12_only=tls12)
         return lambda: WolfSSLSession(ctx)
 
+    def wolfssl_native() -> Callable[[], Session]:
+        ctx = WolfSSLNativeContext(cert, key)
+        return lambda: WolfSSLNativeSession(ctx)
+
     def mbed() -> Callable[[], Session]:
         ctx = mbedtls_context(cert, key)
         return lambda: MbedTLSSession(ctx)
@@ -455,6 +561,7 @@ def makers(cert: str, key: str) -> dict[str, Callable[[], Callable[[], Session]]
         "openssl-tls12": lambda: openssl(True),
         "wolfssl": lambda: wolfssl(False),
         "wolfssl-tls12": lambda: wolfssl(True),
+        "wolfssl-native": wolfssl_native,
         "mbedtls": mbed,
     }
     return {name: (build if _available(name) else None) for name, build in every.items()}
@@ -633,7 +740,8 @@ def run(backend: str, n: int, hs: int, rec: int, cert: str, key: str) -> Row | N
 
 SOCKET_BACKENDS: Final = ("openssl-socket", "wolfssl-module")
 BACKENDS: Final = (
-    "openssl", "openssl-tls12", "wolfssl", "wolfssl-tls12", "mbedtls", *SOCKET_BACKENDS,
+    "openssl", "openssl-tls12", "wolfssl", "wolfssl-tls12", "wolfssl-native", "mbedtls",
+    *SOCKET_BACKENDS,
 )
 
 
