@@ -12,7 +12,8 @@ each way, keeps them alive, and prints per session:
 * the negotiated version and suite (the interop check: every row is a CPython ``ssl``
   client talking to that library).
 
-Backends (a backend whose library is not installed is reported as such and skipped):
+Backends (one whose library, or the library feature it needs, is missing is reported as not
+available and skipped):
 
 * ``openssl`` / ``openssl-tls12`` — `shared.tls_session.TLSSession` over
   `shared.tls.server_context` (today's c2s layer, the system OpenSSL);
@@ -767,7 +768,8 @@ def main() -> None:
     for backend in args.backends or BACKENDS:
         row = run(backend, n, hs, rec, cert, key)
         if row is None:
-            print(f"| {backend} | not installed | | | | | |", flush=True)
+            print(f"| {backend} | not available (library or build feature missing) "
+                  "| | | | | |", flush=True)
             continue
         hs_us = "-" if math.isnan(row.handshake_us) else f"{row.handshake_us:.0f}"
         rec_us = "-" if math.isnan(row.record_us) else f"{row.record_us:.2f}"
