@@ -9,6 +9,8 @@ each way, keeps them alive, and prints per session:
   ``malloc_trim``, the way `loadtest.conn_memory` measures (handshake scratch is not counted);
 * the server side's CPU per handshake (the session's construction included) and per record
   round trip (one stanza in, one out), the way `loadtest.tls_bench` measures;
+* with ``--burst BYTES``, the memory after that many bytes each way (one write each side):
+  what a library keeps of buffers that were once large;
 * the negotiated version and suite (the interop check: every row is a CPython ``ssl``
   client talking to that library).
 
@@ -664,17 +666,40 @@ class Row:
     record_us: float
 
 
-def memory(make: Callable[[], Session], client: Client, n: int) -> tuple[float, float]:
-    """RSS and heap KiB per server session, n alive (the clients go away)."""
+def _burst(server: Session, peer: TLSSession, size: int) -> None:
+    """`size` bytes each way, each side writing them in one call (a roster, a backlog)."""
+    blob = b"x" * size
+    peer.send(blob)
+    if len(server.receive(peer.data_to_send())) != size:
+        raise TLSFailed("the burst did not arrive whole")
+    server.send(blob)
+    if len(peer.receive(server.data_to_send())) != size:
+        raise TLSFailed("the burst did not come back whole")
+
+
+def memory(
+    make: Callable[[], Session], client: Client, n: int, burst: int = 0
+) -> tuple[float, float]:
+    """RSS and heap KiB per server session, n alive (the clients go away).
+
+    With `burst`, each session has also carried that many bytes each way after its first
+    record: what a library keeps of its buffers once they were large.
+    """
+
+    def build() -> Session:
+        server = make()
+        peer, _ = client.connect(server)
+        if burst:
+            _burst(server, peer, burst)
+        return server
+
     for _ in range(50):  # one-off allocations (caches, interned names) not counted
-        client.connect(make())
+        build()
     _trim()
     rss, heap = _rss_kib(), _heap_bytes()
     alive = []
     for _ in range(n):
-        server = make()
-        client.connect(server)
-        alive.append(server)
+        alive.append(build())
     _trim()
     per_rss = (_rss_kib() - rss) / n
     per_heap = (_heap_bytes() - heap) / 1024 / n
@@ -718,7 +743,9 @@ def records(make: Callable[[], Session], client: Client, n: int) -> float:
     return (time.process_time() - t0) / done
 
 
-def run(backend: str, n: int, hs: int, rec: int, cert: str, key: str) -> Row | None:
+def run(
+    backend: str, n: int, hs: int, rec: int, cert: str, key: str, burst: int = 0
+) -> Row | None:
     """One backend's row, or None when its library is not installed."""
     if backend in SOCKET_BACKENDS:
         if not _available(backend):
@@ -732,7 +759,7 @@ def run(backend: str, n: int, hs: int, rec: int, cert: str, key: str) -> Row | N
     client = Client(cert)
     probe = make()
     client.connect(probe)
-    rss, heap = memory(make, client, n)
+    rss, heap = memory(make, client, n, burst)
     return Row(
         backend, library_version(backend), probe.describe(), rss, heap,
         handshakes(make, client, hs) * 1e6, records(make, client, rec) * 1e6,
@@ -751,6 +778,9 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="sessions alive at once (max 20,000)")
     ap.add_argument("--handshakes", type=int, default=300, help="timed handshakes (max 5,000)")
     ap.add_argument("--records", type=int, default=20_000, help="timed records (max 200,000)")
+    ap.add_argument("--burst", type=int, default=0,
+                    help="bytes each way per session before measuring (max 1 MB; not for the "
+                    "socket backends)")
     ap.add_argument("backends", nargs="*", help=f"of {', '.join(BACKENDS)} (default: all)")
     args = ap.parse_args()
     unknown = set(args.backends) - set(BACKENDS)
@@ -760,13 +790,15 @@ def main() -> None:
     hs = max(1, min(args.handshakes, 5000))
     rec = max(1, min(args.records, 200_000))
     cert, key = certificate()
+    burst = f", then {args.burst:,} B each way" if args.burst else ""
     print(f"{n:,} server sessions alive (CPython ssl client, P-256 certificate, one "
-          f"{len(STANZA)} B record each way); server CPU over {hs:,} handshakes, {rec:,} records")
+          f"{len(STANZA)} B record each way{burst}); server CPU over {hs:,} handshakes, "
+          f"{rec:,} records")
     print("| backend | library | negotiated | RSS KiB/session | heap KiB/session "
           "| µs/handshake | µs/record |")
     print("|---|---|---|---|---|---|---|")
     for backend in args.backends or BACKENDS:
-        row = run(backend, n, hs, rec, cert, key)
+        row = run(backend, n, hs, rec, cert, key, max(0, min(args.burst, 1_000_000)))
         if row is None:
             print(f"| {backend} | not available (library or build feature missing) "
                   "| | | | | |", flush=True)

@@ -48,3 +48,15 @@ def test_a_broken_handshake_is_an_error_not_a_hang(cert_key: tuple[str, str]) ->
     server = build()()
     with pytest.raises(tls_libs.TLSFailed):
         server.receive(b"\x16\x03\x01\x00\x05hello")  # a ClientHello that is not one
+
+
+@pytest.mark.parametrize("backend", ["openssl", "wolfssl", "wolfssl-native", "mbedtls"])
+def test_a_burst_larger_than_a_record_arrives_whole(
+    backend: str, cert_key: tuple[str, str]
+) -> None:
+    """RFC 8446 §5.1: 20 KB is split over two records and joined again on the other side."""
+    build = tls_libs.makers(*cert_key)[backend]
+    if build is None or not tls_libs._available(backend):
+        pytest.skip(f"{backend}: its library is not installed")
+    rss, heap = tls_libs.memory(build(), tls_libs.Client(cert_key[0]), 2, burst=20_000)
+    assert isinstance(rss, float) and isinstance(heap, float)
