@@ -436,8 +436,8 @@ def _pump(step: Callable[[], Any], tries: int = 50) -> Any:
     for _ in range(tries):
         try:
             return step()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, OSError) as exc:
-            if not getattr(exc, "__class__", None) or "Want" not in type(exc).__name__:
+        except OSError as exc:  # ssl's and the wolfssl module's SSLWant*Error alike
+            if "Want" not in type(exc).__name__:
                 raise
     raise TLSFailed(f"{step} still wants I/O after {tries} tries")
 
