@@ -325,8 +325,9 @@ class InboundConnection(_Shell):
 
     # ---- the stream ------------------------------------------------------------------------
 
-    def close(self, condition: StreamErrorCondition | None = None) -> None:
-        self.stream.close(condition)
+    def close(self, condition: StreamErrorCondition | None = None, text: str | None = None
+              ) -> None:
+        self.stream.close(condition, text)
         self.write(self.stream.data_to_send())
         self.finish()
 
