@@ -134,6 +134,9 @@ async def test_rfc6120_10_1_messages_cross_domains_both_ways_in_order(
         await cb.logout()
     # XEP-0178 both ways: each trusts the other's certificate for its domain
     metrics_a, metrics_b = a.metrics("s2s-1"), b.metrics("s2s-1")
+    # one stream each way carried all ten (the link is reused)
+    assert metric_value(metrics_a, AUTH, direction="out", mechanism="EXTERNAL") == 1
+    assert metric_value(metrics_b, AUTH, direction="out", mechanism="EXTERNAL") == 1
     assert metric_value(metrics_a, AUTH, direction="out", mechanism="EXTERNAL") >= 1
     assert metric_value(metrics_a, AUTH, direction="in", mechanism="EXTERNAL") >= 1
     assert metric_value(metrics_b, AUTH, direction="in", mechanism="EXTERNAL") >= 1

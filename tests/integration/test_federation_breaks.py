@@ -7,7 +7,7 @@ Each side trusts the other's certificate, so a's stream is SASL EXTERNAL, and b 
 XEP-0198: a keeps every stanza until b acks it, and after a break sends the unacked ones
 again on a new stream (an IQ set is bounced instead).  b limits inbound connections per
 source address: 4 open, 20 new ones a minute (the proxy's connections come from 127.0.0.1,
-the tests' raw ones from 127.0.0.2 and 127.0.0.3)."""
+the tests' raw ones from 127.0.0.2 to 127.0.0.4), and closes streams idle for 8 s."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from tests.support.xmpp import Client, eventually
 
 A, B = "a.example", "b.example"
 PER_IP, PER_MIN = 4, 20
+IDLE_S = 8  # b closes inbound streams idle this long
 
 
 def _cert(c: Cluster) -> Path:
@@ -78,7 +79,8 @@ def clusters(net: tuple[DNSServer, TCPProxy]) -> Iterator[tuple[Cluster, Cluster
         b.start_s2s(port=ports["b"], wait=False, STANZAD_S2S_DNS_SERVERS=dns,
                     STANZAD_S2S_TRUSTED_CERTS=f"{A}={_cert(a)}",
                     STANZAD_S2S_MAX_CONNECTIONS_PER_IP=str(PER_IP),
-                    STANZAD_S2S_CONNECTIONS_PER_IP_PER_MIN=str(PER_MIN))
+                    STANZAD_S2S_CONNECTIONS_PER_IP_PER_MIN=str(PER_MIN),
+                    STANZAD_S2S_IDLE_TIMEOUT_S=str(IDLE_S))
         for c in (a, b):
             for name in ("router-1", "presence-1", "roster-1", "s2s-1"):
                 c.wait_ready(name)
@@ -132,10 +134,13 @@ async def test_xep0198_4_unacked_stanzas_of_a_reset_stream_are_sent_again(
     meanwhile were never acked, so a sends them again on a new stream, in order; an IQ set
     written meanwhile is not repeated but bounced remote-server-timeout (RFC 6120
     §8.3.3.17)."""
-    a, _ = clusters
+    a, b = clusters
     _, proxy = net
     _, ca, bob, cb = pair
     await _warm_up(ca, bob, cb, a)
+    for c, direction in ((a, "out"), (b, "in")):  # the stream's state, on both sides
+        assert metric_value(c.metrics("s2s-1"), "stanzad_s2s_streams", direction=direction,
+                            state="authenticated") >= 1
     resent_before = metric_value(a.metrics("s2s-1"), "stanzad_s2s_resent_total")
     proxy.swallow_open()
     for i in range(10):
@@ -233,3 +238,21 @@ async def test_rfc6120_13_12_new_connections_per_source_address_per_minute_are_l
     assert b"<policy-violation" in answers[PER_MIN]
     assert metric_value(b.metrics("s2s-1"), "stanzad_s2s_connections_refused_total",
                         reason="rate") >= 1
+
+
+async def test_rfc6120_4_9_3_4_idle_inbound_stream_is_closed_with_connection_timeout(
+    clusters: tuple[Cluster, Cluster],
+) -> None:
+    _, b = clusters
+    reader, writer = await _open("127.0.0.4", b.s2s_port)
+    try:
+        assert b"<stream:features>" in await _greet(reader, writer)
+        rest = b""
+        while b"</stream:stream>" not in rest:
+            chunk = await asyncio.wait_for(reader.read(65536), IDLE_S * 4)
+            if not chunk:
+                break
+            rest += chunk
+        assert b"<connection-timeout" in rest
+    finally:
+        writer.close()
