@@ -479,7 +479,8 @@ class OutboundConnection(_Shell):
 
     def before_flush(self) -> None:
         """One <r/> after each batch of stanzas, while none is outstanding (XEP-0198 §4)."""
-        if not self._want_ack or self._ack_pending or self.stream.sm is None:
+        if (not self._want_ack or self._ack_pending or self.stream.sm is None
+                or not self.stream.ready):  # nothing to ask after our </stream:stream>
             return
         self._want_ack = False
         self._ack_pending = True
