@@ -188,7 +188,8 @@ class S2SSettings(PartitionedSettings):
         15.0, gt=0, description="Time to resolve, connect and authenticate to a peer."
     )
     s2s_max_queue: int = Field(
-        1000, ge=1, description="Stanzas queued per remote domain while connecting."
+        1000, ge=1,
+        description="Stanzas queued per remote domain while connecting (or acks are due).",
     )
     s2s_idle_timeout_s: float = Field(
         300.0, gt=0, description="Close an s2s stream after this long without traffic."
