@@ -181,6 +181,29 @@ async def test_xep0198_4_unanswered_ack_request_ends_a_silent_stream(
             - timeouts_before) >= 1
 
 
+async def test_xep0198_lost_acks_mean_stanzas_again_never_none(
+    clusters: tuple[Cluster, Cluster], net: tuple[DNSServer, TCPProxy],
+    pair: tuple[str, Client, str, Client],
+) -> None:
+    """b gets the messages but its acks are lost on the way back: after the ack timeout a
+    sends them again, so bob may see some twice (no resumption, XEP-0198 §5), but every one
+    arrives, and their first copies are in order."""
+    a, _ = clusters
+    _, proxy = net
+    _, ca, bob, cb = pair
+    await _warm_up(ca, bob, cb, a)
+    proxy.swallow_answers()
+    sent = [f"d{i}" for i in range(5)]
+    for body in sent:
+        ca.send_message(mto=bob, mbody=body, mtype="chat")
+    got: list[str] = []
+    while set(got) != set(sent) or got.count(sent[-1]) < 2:  # the originals, then again
+        got += await _bodies(cb, 1, 30)
+    first = list(dict.fromkeys(got))
+    assert first == sent
+    assert set(got) == set(sent) and len(got) <= 2 * len(sent)
+
+
 async def _open(source: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
 

@@ -16,6 +16,7 @@ class _Pipe:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
     swallow: bool = False  # drop what comes from the client (the initiating side)
+    swallow_back: bool = False  # drop what comes back from upstream
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -51,7 +52,7 @@ class TCPProxy:
                     writer: asyncio.StreamWriter, from_client: bool) -> None:
         try:
             while data := await reader.read(65536):
-                if from_client and pipe.swallow:
+                if pipe.swallow if from_client else pipe.swallow_back:
                     continue
                 writer.write(data)
                 await writer.drain()
@@ -65,6 +66,12 @@ class TCPProxy:
         (new connections are not affected); nobody is told."""
         for pipe in self.pipes:
             pipe.swallow = True
+
+    def swallow_answers(self) -> None:
+        """What comes back on the connections open now is never delivered: the initiating
+        side's stanzas arrive, the answers (acks) do not."""
+        for pipe in self.pipes:
+            pipe.swallow_back = True
 
     def cut_all(self) -> None:
         """Reset every open connection, both sides (RST, as a failing path does)."""
