@@ -283,6 +283,8 @@ async def test_xep0178_3_untrusted_certificate_gets_no_external_and_falls_back_t
         assert b"EXTERNAL" not in features and b"urn:xmpp:features:dialback" in features
         assert b"<not-authorized/>" in refused
         assert b"type='valid'" in result, result
+        assert metric_value(b.metrics("s2s-1"), "stanzad_s2s_auth_failures_total",
+                            mechanism="EXTERNAL") >= 1  # failures are counted by mechanism
     finally:
         writer.close()
 
