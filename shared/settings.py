@@ -196,7 +196,8 @@ class S2SSettings(PartitionedSettings):
         15.0, gt=0, description="Time to resolve, connect and authenticate to a peer."
     )
     s2s_max_queue: int = Field(
-        1000, ge=1, description="Stanzas queued per remote domain while connecting."
+        1000, ge=1,
+        description="Stanzas queued per remote domain while connecting (or acks are due).",
     )
     s2s_idle_timeout_s: float = Field(
         300.0, gt=0, description="Close an s2s stream after this long without traffic."
@@ -206,6 +207,23 @@ class S2SSettings(PartitionedSettings):
     )
     s2s_max_stanzas_per_s: float = Field(
         500.0, gt=0, description="Inbound stanzas per second per s2s stream (reading pauses)."
+    )
+
+    s2s_max_connections_per_ip: int = Field(
+        50, ge=0, description="Open inbound s2s connections per source address; 0 = unlimited."
+    )
+    s2s_connections_per_ip_per_min: int = Field(
+        120, ge=0,
+        description="New inbound s2s connections per source address per minute; 0 = unlimited.",
+    )
+    s2s_stream_management: bool = Field(
+        True, description="XEP-0198 acks on s2s streams (outbound when offered; inbound offered)."
+    )
+    s2s_sm_max_unacked: int = Field(
+        1000, ge=1, description="Stanzas written but not yet acked per outbound s2s stream."
+    )
+    s2s_sm_ack_timeout_s: float = Field(
+        30.0, gt=0, description="An unanswered XEP-0198 <r/> after this long: the stream is dead."
     )
 
     s2s_trusted_certs: str = Field(

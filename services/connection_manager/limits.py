@@ -8,10 +8,10 @@ window, not our memory, absorbs a fast sender.
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Final
+from shared.source_limits import ConnectionsPerSource, source_key
 
-IPV6_PREFIX: Final = 64  # one IPv6 subscriber usually owns a whole /64
+# ConnectionsPerSource and source_key live in shared/ (the s2s gateway counts sources too)
+__all__ = ["ConnectionsPerSource", "TokenBucket", "source_key"]
 
 
 class TokenBucket:
@@ -38,45 +38,3 @@ class TokenBucket:
             self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
         self._tokens -= n
         return -self._tokens / self.rate if self._tokens < 0 else 0.0
-
-
-def source_key(address: str) -> str:
-    """The unit a per-source limit counts: the IPv4 address, or the IPv6 /64."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if ip.version == 6:
-        mapped = ip.ipv4_mapped  # type: ignore[union-attr]
-        if mapped is not None:
-            return str(mapped)
-        return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False))
-    return str(ip)
-
-
-class ConnectionsPerSource:
-    """Open connections per source (`source_key`) on this connection manager."""
-
-    __slots__ = ("_counts", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit  # 0: unlimited
-        self._counts: dict[str, int] = {}
-
-    def admit(self, source: str) -> bool:
-        """Count a new connection; False (and nothing counted) when the source is at the limit."""
-        n = self._counts.get(source, 0)
-        if self.limit and n >= self.limit:
-            return False
-        self._counts[source] = n + 1
-        return True
-
-    def release(self, source: str) -> None:
-        n = self._counts.get(source, 0) - 1
-        if n > 0:
-            self._counts[source] = n
-        else:
-            self._counts.pop(source, None)
-
-    def count(self, source: str) -> int:
-        return self._counts.get(source, 0)

@@ -11,6 +11,15 @@ buffers (`shared.tls_memory`, pyOpenSSL), because only so can they ask for the p
 certificate without failing the handshake of peers whose certificate we cannot verify; the
 certificate is checked (`shared.peer_cert`) against the domain the peer claims, and SASL
 EXTERNAL is offered when it is valid for it (XEP-0178).
+
+Inbound connections are admitted per source address (`shared.source_limits`): at most
+``STANZAD_S2S_MAX_CONNECTIONS_PER_IP`` open and ``STANZAD_S2S_CONNECTIONS_PER_IP_PER_MIN``
+new ones a minute; beyond, the stream is refused with <policy-violation/> (RFC 6120 §13.12).
+
+XEP-0198 on outbound streams: the shell asks for an ack (<r/>) after each batch of stanzas
+it writes, one request outstanding at a time; an <r/> unanswered for
+``STANZAD_S2S_SM_ACK_TIMEOUT_S`` means the stream is dead, and the connection is aborted so
+that its `Link` sends the unacked stanzas again on a new one.
 """
 
 from __future__ import annotations
@@ -20,11 +29,13 @@ import logging
 import secrets
 import ssl
 from collections.abc import Callable, Coroutine
+from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 
 from shared import logs
+from shared.source_limits import source_key
 from shared.tls_memory import ServerTLS, TLSFailed
 from shared.xmpp import s2s, s2s_out
 from shared.xmpp.errors import StreamErrorCondition
@@ -37,6 +48,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 15.0
+
+
+class StreamState(Enum):
+    NEGOTIATING = "negotiating"
+    AUTHENTICATED = "authenticated"
 
 
 class _Shell(asyncio.Protocol):
@@ -53,6 +69,7 @@ class _Shell(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle: asyncio.TimerHandle | None = None
         self.tls_error: Exception | None = None
+        self.state = StreamState.NEGOTIATING
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -60,6 +77,7 @@ class _Shell(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         metrics.CONNECTIONS.labels(self.direction).inc()
         metrics.CONNECTIONS_OPENED.labels(self.direction).inc()
+        metrics.STREAMS.labels(self.direction, self.state.value).inc()
         self.touch()
 
     def eof_received(self) -> bool:
@@ -67,6 +85,7 @@ class _Shell(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         metrics.CONNECTIONS.labels(self.direction).dec()
+        metrics.STREAMS.labels(self.direction, self.state.value).dec()
         self._closing = True
         if self._idle is not None:
             self._idle.cancel()
@@ -77,18 +96,32 @@ class _Shell(asyncio.Protocol):
     def lost(self) -> None:
         """Subclasses: the connection is gone."""
 
+    def authenticated(self) -> None:
+        if self.state is StreamState.NEGOTIATING:
+            metrics.STREAMS.labels(self.direction, self.state.value).dec()
+            self.state = StreamState.AUTHENTICATED
+            metrics.STREAMS.labels(self.direction, self.state.value).inc()
+
     # ---- writing ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         if not data or self._closing:
             return
         self._wbuf.append(data)
+        self.schedule_flush()
+
+    def schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def before_flush(self) -> None:
+        """Subclasses: last words of this batch (an XEP-0198 <r/>) go into ``_wbuf``."""
+
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if not self._closing:
+            self.before_flush()
         if not self._wbuf or self.transport is None or self.transport.is_closing():
             self._wbuf.clear()
             return
@@ -182,16 +215,33 @@ class InboundConnection(_Shell):
         self._refilled = asyncio.get_running_loop().time()
         self._throttled = False
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self.source = ""  # source_key of the peer's address, once admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.gw.inbound.add(self)
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        source = source_key(str(peer[0])) if peer else "?"
+        refused = self.gw.admit(source)
+        if refused:
+            metrics.REFUSED.labels(refused).inc()
+            log.info("refused an s2s connection from %s (%s)", source, refused)
+            if self.direct_tls:  # nothing can be said before the TLS handshake
+                self._closing = True
+                assert self.transport is not None
+                self.transport.close()
+            else:  # RFC 6120 §4.9.3.14, §13.12
+                self.close(StreamErrorCondition.POLICY_VIOLATION, "too many connections")
+            return
+        self.source = source
         if self.direct_tls:
             metrics.DIRECT_TLS.inc()
             self._begin_tls(self.gw.direct_tls_server)
 
     def lost(self) -> None:
         self.gw.inbound.discard(self)
+        if self.source:
+            self.gw.per_source.release(self.source)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
 
@@ -275,8 +325,9 @@ class InboundConnection(_Shell):
 
     # ---- the stream ------------------------------------------------------------------------
 
-    def close(self, condition: StreamErrorCondition | None = None) -> None:
-        self.stream.close(condition)
+    def close(self, condition: StreamErrorCondition | None = None, text: str | None = None
+              ) -> None:
+        self.stream.close(condition, text)
         self.write(self.stream.data_to_send())
         self.finish()
 
@@ -318,10 +369,13 @@ class InboundConnection(_Shell):
             self.spawn(self._dialback(event))
         elif isinstance(event, s2s.PeerAuthenticated):
             metrics.AUTHENTICATED.labels("in", event.mechanism).inc()
+            self.authenticated()
             log.info("inbound stream authenticated %s (%s)", event.domain, event.mechanism)
         elif isinstance(event, s2s.AuthFailed):
             metrics.AUTH_FAILURES.labels(event.mechanism).inc()
             log.info("inbound %s authentication failed: %s", event.mechanism, event.condition)
+        elif isinstance(event, s2s.SMEnabled):
+            metrics.SM_STREAMS.labels("in").inc()
         elif isinstance(event, s2s.VerifyAnswered):
             metrics.DIALBACK_VERIFY.labels("answered", "valid" if event.valid else "invalid").inc()
         elif isinstance(event, s2s.StreamEnded):
@@ -386,6 +440,12 @@ class OutboundConnection(_Shell):
         self.ready: asyncio.Future[str] = loop.create_future()  # the mechanism
         self.verdict: asyncio.Future[bool] = loop.create_future()
         self.failure = ""  # why authentication failed, for the logs
+        # XEP-0198: the link's callbacks, an ack wanted, one <r/> outstanding, its deadline
+        self.on_acked: Callable[[int], None] | None = None
+        self.on_sm_failed: Callable[[], None] | None = None
+        self._want_ack = False
+        self._ack_pending = False
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -394,6 +454,8 @@ class OutboundConnection(_Shell):
         self.write(self.stream.data_to_send())
 
     def lost(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         fut = self.ready if self.stream.verify is None else self.verdict
         if not fut.done():
             fut.set_exception(ConnectionError(self.failure or "connection closed"))
@@ -403,10 +465,50 @@ class OutboundConnection(_Shell):
         self.stream.receive_data(data)
         self._pump()
 
+    @property
+    def sm(self) -> bool:
+        """XEP-0198 acks requested on this stream: what is written is kept until acked."""
+        return self.stream.sm is not None
+
     def send(self, payload: bytes) -> None:
         self.touch()
         self.stream.send(payload)
         self.write(self.stream.data_to_send())
+        if self.stream.sm is not None:
+            self._want_ack = True
+
+    def before_flush(self) -> None:
+        """One <r/> after each batch of stanzas, while none is outstanding (XEP-0198 §4)."""
+        if (not self._want_ack or self._ack_pending or self.stream.sm is None
+                or not self.stream.ready):  # nothing to ask after our </stream:stream>
+            return
+        self._want_ack = False
+        self._ack_pending = True
+        self.stream.request_ack()
+        self._wbuf.append(self.stream.data_to_send())
+        self._ack_timer = asyncio.get_running_loop().call_later(
+            self.gw.s2s_settings.s2s_sm_ack_timeout_s, self._ack_timeout
+        )
+
+    def _ack_timeout(self) -> None:
+        """No <a/> in time: the peer or the path is gone, though TCP has not noticed."""
+        log.warning("s2s stream to %s: no XEP-0198 ack in %.0fs, closing it", self.domain,
+                    self.gw.s2s_settings.s2s_sm_ack_timeout_s)
+        metrics.ACK_TIMEOUTS.inc()
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _acked(self, n: int) -> None:
+        self._ack_pending = False
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if self.stream.sm is not None and self.stream.sm.unacked:
+            self._want_ack = True  # written after our <r/>: ask again
+            self.schedule_flush()
+        if self.on_acked is not None:
+            self.on_acked(n)
 
     def close(self) -> None:
         self.stream.close()
@@ -437,8 +539,20 @@ class OutboundConnection(_Shell):
             self.spawn(self._start_tls())
         elif isinstance(event, s2s_out.Ready):
             metrics.AUTHENTICATED.labels("out", event.mechanism).inc()
+            self.authenticated()
+            if event.sm:
+                metrics.SM_STREAMS.labels("out").inc()
             if not self.ready.done():
                 self.ready.set_result(event.mechanism)
+        elif isinstance(event, s2s_out.Acked):
+            self._acked(event.n)
+        elif isinstance(event, s2s_out.SMFailed):
+            log.info("%s refused XEP-0198 on our stream: going on without acks", self.domain)
+            self._ack_pending = self._want_ack = False
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+            if self.on_sm_failed is not None:
+                self.on_sm_failed()
         elif isinstance(event, s2s_out.VerifyResult):
             if not self.verdict.done():
                 self.verdict.set_result(event.valid)

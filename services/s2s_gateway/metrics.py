@@ -42,3 +42,28 @@ DIRECT_TLS = Counter(
 TLS_FAILURES = Counter(
     "stanzad_s2s_tls_failures_total", "Inbound s2s TLS handshakes or records that failed."
 )
+STREAMS = Gauge(
+    "stanzad_s2s_streams", "Open s2s connections by direction and state (negotiating: TLS and "
+    "authentication under way, or a dialback check; authenticated).", ["direction", "state"],
+)
+REFUSED = Counter(
+    "stanzad_s2s_connections_refused_total",
+    "Inbound s2s connections refused at once, by reason (per_ip: too many open from the "
+    "address; rate: opened too fast).", ["reason"],
+)
+SM_STREAMS = Counter(
+    "stanzad_s2s_sm_enabled_total", "s2s streams with XEP-0198 acks enabled, by direction.",
+    ["direction"],
+)
+UNACKED = Gauge(
+    "stanzad_s2s_unacked_stanzas",
+    "Stanzas written on outbound s2s streams and not yet acked by the peer (XEP-0198).",
+)
+RESENT = Counter(
+    "stanzad_s2s_resent_total",
+    "Unacked stanzas of a broken outbound stream sent again on the next one (XEP-0198).",
+)
+ACK_TIMEOUTS = Counter(
+    "stanzad_s2s_ack_timeouts_total",
+    "Outbound s2s streams closed because an XEP-0198 <r/> went unanswered.",
+)

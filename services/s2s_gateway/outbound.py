@@ -6,6 +6,16 @@ are written in order once the stream is ready.  When setting up fails, every que
 bounced to its sender: ``remote-server-timeout`` when time ran out, ``remote-server-not-found``
 otherwise (RFC 6120 §8.3.3.16, §8.3.3.17).  One link is reused for all traffic to its domain;
 a new one is made on the next stanza after it closed.
+
+Nothing is lost silently when a stream breaks, as far as the peer lets us know
+(XEP-0198, when it offers it): every stanza written is kept until the peer acks it, at most
+``STANZAD_S2S_SM_MAX_UNACKED`` (beyond, new stanzas wait in the queue).  When the stream
+breaks, the unacked stanzas go first on a new link, once: messages, presence and IQ results
+may arrive twice then (the peer may have handled some without our hearing its ack), which
+is better than never; an IQ ``set`` is not repeated (it may not be idempotent) but bounced
+``remote-server-timeout`` (RFC 6120 §8.3.3.17), and so is a stanza whose second stream
+broke too.  Without XEP-0198 the peer's TCP acks are all we have: stanzas written just before
+a connection breaks may be lost, as with any XMPP server.
 """
 
 from __future__ import annotations
@@ -14,9 +24,10 @@ import asyncio
 import logging
 import ssl
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.bus.envelope import Envelope
+from shared.bus.envelope import Envelope, Kind
 from shared.xmpp.errors import StanzaErrorCondition, StreamError
 from shared.xmpp.s2s_out import VerifyRequest
 
@@ -76,43 +87,94 @@ async def _open(gw: S2SGateway, domain: str, target: Target, verify: VerifyReque
     return conn
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A stanza for the link; ``resent``: it was unacked on a stream that broke."""
+
+    env: Envelope
+    resent: bool = False
+
+    @property
+    def repeatable(self) -> bool:
+        """Safe to send again after a break: not yet resent, and not an IQ set."""
+        return not self.resent and not (self.env.kind is Kind.IQ and self.env.type == "set")
+
+
 class Link:
     """Our stream to one remote domain, and the stanzas waiting for it."""
 
-    def __init__(self, gw: S2SGateway, domain: str) -> None:
+    def __init__(self, gw: S2SGateway, domain: str, carried: list[Pending] | None = None
+                 ) -> None:
         self.gw = gw
         self.domain = domain
-        self.queue: deque[Envelope] = deque()
+        self.queue: deque[Pending] = deque(carried or ())  # first: a broken stream's unacked
+        metrics.QUEUED.inc(len(self.queue))
+        self.unacked: deque[Pending] = deque()  # written with XEP-0198 on, not yet acked
         self.conn: OutboundConnection | None = None
         self.done = False  # closed or failed: the gateway makes a new link
         self.task = asyncio.create_task(self._run(), name=f"s2s-link-{domain}")
 
     def send(self, env: Envelope) -> None:
         conn = self.conn
-        if conn is not None and conn.stream.ready and not conn.closed.done():
-            self._write(conn, env)
+        if not self.queue and conn is not None and self._writable(conn):
+            self._write(conn, Pending(env))
             return
         if len(self.queue) >= self.gw.s2s_settings.s2s_max_queue:
             self.gw.bounce(env, StanzaErrorCondition.RESOURCE_CONSTRAINT)
             return
-        self.queue.append(env)
+        self.queue.append(Pending(env))
         metrics.QUEUED.inc()
 
+    def _writable(self, conn: OutboundConnection) -> bool:
+        """Ready, and (with XEP-0198) room in the window of unacked stanzas."""
+        return (
+            conn.stream.ready and not conn.closed.done()
+            and (not conn.sm or len(self.unacked) < self.gw.s2s_settings.s2s_sm_max_unacked)
+        )
+
+    def _drain(self) -> None:
+        conn = self.conn
+        while self.queue and conn is not None and self._writable(conn):
+            metrics.QUEUED.dec()
+            self._write(conn, self.queue.popleft())
+
+    def _acked(self, n: int) -> None:
+        """XEP-0198: the peer handled the ``n`` oldest unacked stanzas."""
+        n = min(n, len(self.unacked))
+        for _ in range(n):
+            self.unacked.popleft()
+        metrics.UNACKED.dec(n)
+        self._drain()
+
+    def _sm_failed(self) -> None:
+        """The peer refused XEP-0198: what was written counts as sent, as without it."""
+        metrics.UNACKED.dec(len(self.unacked))
+        self.unacked.clear()
+        self._drain()
+
     def close(self) -> None:
-        """Close the stream properly (hand-over of the partition, shutdown)."""
+        """Close the stream properly (hand-over of the partition, shutdown).  What was
+        written goes out before our </stream:stream>; what still waited for the stream is
+        bounced (the partition's new owner only gets what is published after the hand-over)."""
         self.done = True
         if self.conn is not None:
             self.conn.close()
         self.task.cancel()
+        metrics.UNACKED.dec(len(self.unacked))
+        self.unacked.clear()
+        self._drain_queue(StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
 
-    def _write(self, conn: OutboundConnection, env: Envelope) -> None:
+    def _write(self, conn: OutboundConnection, item: Pending) -> None:
         try:
-            conn.send(env.payload)
+            conn.send(item.env.payload)
         except StreamError as exc:  # not a stanza we can serialise: the sender learns it
             log.warning("unsendable stanza for %s: %s", self.domain, exc)
-            self.gw.bounce(env, StanzaErrorCondition.BAD_REQUEST)
+            self.gw.bounce(item.env, StanzaErrorCondition.BAD_REQUEST)
             return
         metrics.STANZAS.labels("out").inc()
+        if conn.sm:
+            self.unacked.append(item)
+            metrics.UNACKED.inc()
 
     async def _run(self) -> None:
         timeout = self.gw.s2s_settings.s2s_connect_timeout_s
@@ -125,22 +187,45 @@ class Link:
         except (SetupFailed, OSError) as exc:
             self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
             return
-        log.info("s2s stream to %s ready (%s over %s)", self.domain, conn.stream.mechanism,
-                 "direct TLS" if conn.direct_tls else "STARTTLS")
-        while self.queue:
-            metrics.QUEUED.dec()
-            self._write(conn, self.queue.popleft())
+        log.info("s2s stream to %s ready (%s over %s%s)", self.domain, conn.stream.mechanism,
+                 "direct TLS" if conn.direct_tls else "STARTTLS",
+                 ", XEP-0198 acks" if conn.sm else "")
+        self._drain()
         await conn.closed
         self.done = True
-        leftover, self.queue = list(self.queue), deque()  # came in as the stream closed
-        metrics.QUEUED.dec(len(leftover))
-        for env in leftover:
-            self.gw.send_remote(env)
+        self._broken()
+
+    def _broken(self) -> None:
+        """The stream is gone: its unacked stanzas (again, or bounced) and what was still
+        queued go, in that order, to a new link."""
+        carried: list[Pending] = []
+        if self.unacked:
+            log.info("s2s stream to %s broke with %d stanzas unacked", self.domain,
+                     len(self.unacked))
+        for item in self.unacked:
+            if item.repeatable:
+                carried.append(Pending(item.env, resent=True))
+                metrics.RESENT.inc()
+            else:
+                self.gw.bounce(item.env, StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
+        metrics.UNACKED.dec(len(self.unacked))
+        self.unacked.clear()
+        metrics.QUEUED.dec(len(self.queue))
+        carried.extend(self.queue)
+        self.queue.clear()
+        if not carried:
+            return
+        if self.gw.links.get(self.domain) is self:
+            self.gw.links[self.domain] = Link(self.gw, self.domain, carried)
+            return
+        for item in carried:  # the partition went elsewhere meanwhile  # pragma: no cover
+            self.gw.bounce(item.env, StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
 
     async def _connect(self, verify_cert: bool) -> OutboundConnection:
         """An authenticated stream.  A peer certificate that fails verification is not fatal:
         the domain is remembered and the link reconnects without verification (dialback)."""
         conn = await connect(self.gw, self.domain, verify_cert=verify_cert)
+        conn.on_acked, conn.on_sm_failed = self._acked, self._sm_failed
         self.conn = conn
         try:
             await conn.ready
@@ -162,7 +247,7 @@ class Link:
     def _drain_queue(self, condition: StanzaErrorCondition) -> None:
         while self.queue:
             metrics.QUEUED.dec()
-            self.gw.bounce(self.queue.popleft(), condition)
+            self.gw.bounce(self.queue.popleft().env, condition)
 
 
 async def verify_key(gw: S2SGateway, request: VerifyRequest) -> bool | None:

@@ -29,6 +29,7 @@ from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
 from shared.partitioned import PartitionedService
 from shared.peer_cert import CertificateTrust
 from shared.settings import ConfigError, S2SSettings
+from shared.source_limits import ConnectionRate, ConnectionsPerSource
 from shared.store import keys
 from shared.tls import ensure_self_signed
 from shared.xmpp import server_iq
@@ -102,6 +103,8 @@ class S2SGateway(PartitionedService):
         self._direct_server: asyncio.Server | None = None
         self._verifying: dict[str, ssl.SSLContext] = {}
         self._unverifiable: dict[str, float] = {}  # domain -> until when not to try again
+        self.per_source = ConnectionsPerSource(settings.s2s_max_connections_per_ip)
+        self.connection_rate = ConnectionRate(settings.s2s_connections_per_ip_per_min)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class S2SGateway(PartitionedService):
             tls_available=True,
             tls_required=s.s2s_tls_required,
             max_stanza_bytes=s.s2s_max_stanza_bytes,
+            stream_management=s.s2s_stream_management,
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -173,6 +177,15 @@ class S2SGateway(PartitionedService):
         await self.redis.set(keys.dialback_secret(), secrets.token_hex(32), nx=True)
         stored = await self.redis.get(keys.dialback_secret())
         return bytes(stored)
+
+    def admit(self, source: str) -> str:
+        """RFC 6120 §13.12: a new inbound connection from ``source``; '' when admitted, else
+        why not ("per_ip", "rate")."""
+        if not self.connection_rate.admit(source, time.monotonic()):
+            return "rate"
+        if not self.per_source.admit(source):
+            return "per_ip"
+        return ""
 
     def ready(self) -> bool:
         return self._server is not None and super().ready()

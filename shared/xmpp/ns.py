@@ -31,3 +31,4 @@ BLOCKING_ERRORS: Final = "urn:xmpp:blocking:errors"
 OFFLINE: Final = "msgoffline"
 DIALBACK: Final = "jabber:server:dialback"
 DIALBACK_FEATURE: Final = "urn:xmpp:features:dialback"
+SM: Final = "urn:xmpp:sm:3"  # XEP-0198 Stream Management

@@ -22,7 +22,10 @@ What the machine enforces:
 * stanzas are accepted only once a domain is authenticated on this stream, and only with a
   'from' of an authenticated domain (`invalid-from`, never trust a peer's claim) and a 'to'
   in our domain (`host-unknown`); both are required (`improper-addressing`, RFC 6120 §8.1.1);
-* stanzas are rewritten from ``jabber:server`` to ``jabber:client`` (`content_ns`).
+* stanzas are rewritten from ``jabber:server`` to ``jabber:client`` (`content_ns`);
+* XEP-0198 acks: <sm/> is offered with the authentication features, an authenticated peer
+  may <enable/> it (no resumption), and each <r/> is answered with the number of stanzas
+  handled (`StanzaIn` handed to the caller, or dropped by rule) since then.
 
 Every stream restart (after STARTTLS, after SASL) takes a fresh parser, as c2s does.
 """
@@ -40,7 +43,7 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 
 from shared.jid import JID, JIDError, parse_jid
-from shared.xmpp import ns
+from shared.xmpp import ns, sm
 from shared.xmpp.content_ns import to_client
 from shared.xmpp.dialback import check_key
 from shared.xmpp.errors import StreamError, StreamErrorCondition
@@ -80,6 +83,7 @@ class S2SConfig:
     tls_available: bool = True
     tls_required: bool = True
     max_stanza_bytes: int = S2S_MAX_STANZA_BYTES
+    stream_management: bool = True  # XEP-0198 acks (no resumption) both ways
 
 
 # ---- events -----------------------------------------------------------------------------------
@@ -132,6 +136,11 @@ class StanzaIn:
 
 
 @dataclass(frozen=True, slots=True)
+class SMEnabled:
+    """The peer enabled XEP-0198 acks on its stream (we answer its <r/> from now on)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamEnded:
     """The stream is over; write what is left and close the transport."""
 
@@ -145,6 +154,7 @@ Event = (
     | AuthFailed
     | VerifyAnswered
     | StanzaIn
+    | SMEnabled
     | StreamEnded
 )
 
@@ -204,6 +214,7 @@ class ReceivingStream(StreamIO):
         self.authenticated: set[str] = set()  # remote domains proven on this stream
         self._peer_cert: PeerCertificate | None = None
         self._sasl_done = False
+        self.sm_handled: int | None = None  # XEP-0198 enabled by the peer: stanzas handled
         self._parser = StreamParser(PRE_AUTH_LIMITS)
         self._pending: list[object] = []
         self._ready: list[Event] = []
@@ -336,6 +347,8 @@ class ReceivingStream(StreamIO):
             return self._on_starttls()
         if tag.startswith("{" + ns.SASL + "}"):
             return self._on_sasl(element, tag[len(ns.SASL) + 2 :])
+        if tag.startswith("{" + ns.SM + "}"):
+            return self._on_sm(tag)
         raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
 
     def _on_header(self, header: StreamOpened) -> Event | None:
@@ -363,6 +376,8 @@ class ReceivingStream(StreamIO):
                     f'<mechanisms xmlns="{ns.SASL}"><mechanism>EXTERNAL</mechanism></mechanisms>'
                 )
             parts.append(f'<dialback xmlns="{ns.DIALBACK_FEATURE}"><errors/></dialback>')
+            if self.config.stream_management:  # XEP-0198 §2: enabled once authenticated
+                parts.append(sm.FEATURE.decode())
         parts.append("</stream:features>")
         return "".join(parts).encode()
 
@@ -459,9 +474,36 @@ class ReceivingStream(StreamIO):
         )
         return VerifyAnswered(valid)
 
+    # ---- stream management (XEP-0198 §3, §4) ---------------------------------------------
+
+    def _on_sm(self, tag: str) -> Event | None:
+        if tag == sm.ENABLE:
+            if not self.config.stream_management or not self.authenticated:
+                self._out.append(sm.failed("unexpected-request"))
+            elif self.sm_handled is not None:
+                self._out.append(sm.failed("unexpected-request"))  # §3: enabled already
+            else:
+                self.sm_handled = 0
+                self._out.append(sm.enabled())
+                return SMEnabled()
+            return None
+        if tag == sm.REQUEST:
+            if self.sm_handled is not None:
+                self._out.append(sm.answer(self.sm_handled))
+            return None
+        if tag == sm.ACK:
+            return None  # we send no stanzas on a stream the peer opened
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+
     # ---- stanzas (RFC 6120 §8.1.1, §13.7.1.4) ---------------------------------------------
 
     def _on_stanza(self, element: etree._Element, kind: str) -> Event | None:
+        event = self._accept(element, kind)
+        if self.sm_handled is not None:  # reached here: not a stream error, so handled
+            self.sm_handled += 1
+        return event
+
+    def _accept(self, element: etree._Element, kind: str) -> Event | None:
         if kind not in STANZA_KINDS:
             raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
         if not self.authenticated:

@@ -6,9 +6,11 @@ asking the Authoritative Server, XEP-0220 §2.3.1: a `VerifyRequest`).  Same sha
 receiving side: `initiate`, `receive_data`, `next_event`, `data_to_send`.
 
     StartTLS              -> caller wraps the socket, then `tls_established(cert_valid)`
-    Ready(mechanism)      -> the stream is authenticated: `send(payload)` from now on
+    Ready(mechanism, sm)  -> the stream is authenticated: `send(payload)` from now on
     AuthFailed            -> SASL EXTERNAL or dialback was refused (see StreamEnded after)
     VerifyResult(valid)   -> the Authoritative Server's answer to our <db:verify/>
+    Acked(n)              -> XEP-0198: the peer handled the n oldest unacked stanzas
+    SMFailed              -> XEP-0198: the peer refused <enable/>; nothing will be acked
 
 Authentication (XEP-0178, XEP-0220): SASL EXTERNAL when the peer offers it and the caller
 found the peer's certificate valid for the peer's domain (then ours is presumably checked
@@ -25,7 +27,7 @@ from xml.sax.saxutils import quoteattr
 from lxml import etree
 
 from shared.jid import JIDError, parse_jid
-from shared.xmpp import ns
+from shared.xmpp import ns, sm
 from shared.xmpp.content_ns import to_server_element
 from shared.xmpp.dialback import dialback_key
 from shared.xmpp.errors import StreamError, StreamErrorCondition
@@ -66,6 +68,19 @@ class VerifyRequest:
 @dataclass(frozen=True, slots=True)
 class Ready:
     mechanism: str  # "dialback" or "EXTERNAL"
+    sm: bool = False  # XEP-0198 requested: every stanza sent is counted until acked
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """XEP-0198 §4: the peer handled ``n`` more of the stanzas we sent, oldest first."""
+
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class SMFailed:
+    """XEP-0198 §3: the peer refused <enable/>; the stream goes on without acks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +88,7 @@ class VerifyResult:
     valid: bool
 
 
-Event = StartTLS | Ready | AuthFailed | VerifyResult | StreamEnded
+Event = StartTLS | Ready | AuthFailed | VerifyResult | Acked | SMFailed | StreamEnded
 
 
 class Phase(enum.Enum):
@@ -109,6 +124,8 @@ class InitiatingStream(StreamIO):
         self._cert_valid = False
         self._external_done = False
         self._dialback_offered = False
+        self._sm_offered = False
+        self.sm: sm.Sent | None = None  # XEP-0198 requested on this stream
         self._parser = StreamParser(PRE_AUTH_LIMITS)
         self._pending: list[object] = []
         self._ready: list[Event] = []
@@ -148,6 +165,13 @@ class InitiatingStream(StreamIO):
         if domain_of(element.get("to")) != self.remote:
             raise StreamError(StreamErrorCondition.IMPROPER_ADDRESSING, "not to the peer")
         self._out.append(to_server_element(element))
+        if self.sm is not None:
+            self.sm.count()
+
+    def request_ack(self) -> None:
+        """XEP-0198 §4: ask the peer how many stanzas it handled (<r/>)."""
+        if self.sm is not None and self.phase is Phase.READY:
+            self._out.append(sm.request())
 
     def tls_established(self, cert_valid: bool) -> None:
         if self.phase is not Phase.TLS_HANDSHAKE:
@@ -233,6 +257,8 @@ class InitiatingStream(StreamIO):
         if tag == DB_VERIFY and self.phase is Phase.VERIFY:
             return self._on_db_verify(element)
         if self.phase is Phase.READY:
+            if isinstance(tag, str) and tag.startswith("{" + ns.SM + "}"):
+                return self._on_sm(element)
             return None  # XEP-0220 results for other domains, keepalives: nothing to do
         raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
 
@@ -243,6 +269,7 @@ class InitiatingStream(StreamIO):
             for m in features.iterfind(f"{{{ns.SASL}}}mechanisms/{{{ns.SASL}}}mechanism")
         ]
         self._dialback_offered = features.find(f"{{{ns.DIALBACK_FEATURE}}}dialback") is not None
+        self._sm_offered = self.config.stream_management and sm.offered(features)
         if not self.tls and starttls is not None and self.config.tls_available:
             self._out.append(f'<starttls xmlns="{ns.TLS}"/>'.encode())
             self.phase = Phase.TLS
@@ -258,8 +285,7 @@ class InitiatingStream(StreamIO):
             self.phase = Phase.VERIFY
             return None
         if self._external_done:  # the stream after SASL success
-            self.phase = Phase.READY
-            return Ready("EXTERNAL")
+            return self._ready_now("EXTERNAL")
         if "EXTERNAL" in mechanisms and self._cert_valid:
             authzid = base64.b64encode(self.config.domain.encode()).decode()
             self._out.append(
@@ -285,12 +311,32 @@ class InitiatingStream(StreamIO):
         if element.get("from") != self.remote or element.get("to") != self.config.domain:
             return None  # a result for another domain pair: not ours
         if type_ == "valid":
-            self.phase = Phase.READY
             self.mechanism = "dialback"
-            return Ready("dialback")
+            return self._ready_now("dialback")
         condition = "invalid" if type_ == "invalid" else _error_condition(element)
         self._ready.append(self._end(None))
         return AuthFailed("dialback", condition)
+
+    def _ready_now(self, mechanism: str) -> Ready:
+        """Authenticated.  XEP-0198 §3: SM is requested now, when the peer offered it (in the
+        features of this stream: those before dialback, or after SASL), and counting starts
+        with <enable/>, before any stanza."""
+        self.phase = Phase.READY
+        if self._sm_offered:
+            self._out.append(sm.enable())
+            self.sm = sm.Sent()
+        return Ready(mechanism, self.sm is not None)
+
+    def _on_sm(self, element: etree._Element) -> Event | None:
+        tag = element.tag
+        if tag == sm.ACK and self.sm is not None:
+            return Acked(self.sm.ack(sm.parse_h(element)))  # n may be 0: the <r/> is answered
+        if tag == sm.FAILED and self.sm is not None:
+            self.sm = None
+            return SMFailed()
+        if tag == sm.REQUEST and self.sm is not None:
+            self._out.append(sm.answer(0))  # nothing comes to us on this stream
+        return None  # <enabled/>, or anything of XEP-0198 we did not ask for
 
     def _on_db_verify(self, element: etree._Element) -> Event:
         assert self.verify is not None

@@ -134,6 +134,9 @@ async def test_rfc6120_10_1_messages_cross_domains_both_ways_in_order(
         await cb.logout()
     # XEP-0178 both ways: each trusts the other's certificate for its domain
     metrics_a, metrics_b = a.metrics("s2s-1"), b.metrics("s2s-1")
+    # one stream each way carried all ten (the link is reused)
+    assert metric_value(metrics_a, AUTH, direction="out", mechanism="EXTERNAL") == 1
+    assert metric_value(metrics_b, AUTH, direction="out", mechanism="EXTERNAL") == 1
     assert metric_value(metrics_a, AUTH, direction="out", mechanism="EXTERNAL") >= 1
     assert metric_value(metrics_a, AUTH, direction="in", mechanism="EXTERNAL") >= 1
     assert metric_value(metrics_b, AUTH, direction="in", mechanism="EXTERNAL") >= 1
@@ -280,6 +283,8 @@ async def test_xep0178_3_untrusted_certificate_gets_no_external_and_falls_back_t
         assert b"EXTERNAL" not in features and b"urn:xmpp:features:dialback" in features
         assert b"<not-authorized/>" in refused
         assert b"type='valid'" in result, result
+        assert metric_value(b.metrics("s2s-1"), "stanzad_s2s_auth_failures_total",
+                            mechanism="EXTERNAL") >= 1  # failures are counted by mechanism
     finally:
         writer.close()
 

@@ -19,12 +19,20 @@ from shared.xmpp.s2s import (
     PeerAuthenticated,
     ReceivingStream,
     S2SConfig,
+    SMEnabled,
     StanzaIn,
     StartTLS,
     StreamEnded,
     VerifyAnswered,
 )
-from shared.xmpp.s2s_out import InitiatingStream, Ready, VerifyRequest, VerifyResult
+from shared.xmpp.s2s_out import (
+    Acked,
+    InitiatingStream,
+    Ready,
+    SMFailed,
+    VerifyRequest,
+    VerifyResult,
+)
 
 SECRET_A = b"secret of a"
 SECRET_B = b"secret of b"
@@ -362,7 +370,7 @@ def test_xep0220_2_full_dialback_between_two_servers_then_stanzas_in_order() -> 
     inn = ReceivingStream(B)
     out.initiate()
     out_events, in_events = pump(out, inn)
-    assert Ready("dialback") in out_events
+    assert Ready("dialback", sm=True) in out_events  # XEP-0198 offered and requested
     assert PeerAuthenticated("a.example", "dialback") in in_events
     for i in range(3):
         out.send(f'<message xmlns="jabber:client" from="j@a.example/r" to="r@b.example" '
@@ -416,8 +424,8 @@ def test_xep0178_external_between_two_servers_then_stanzas() -> None:
         events_in += drain(inn)
         out.receive_data(inn.data_to_send())
         events_out += drain(out)
-    assert events_out == [Ready("EXTERNAL")]
-    assert events_in == [PeerAuthenticated("a.example", "EXTERNAL")]
+    assert events_out == [Ready("EXTERNAL", sm=True)]
+    assert events_in == [PeerAuthenticated("a.example", "EXTERNAL"), SMEnabled()]
     out.send(b'<presence xmlns="jabber:client" from="j@a.example/r" to="r@b.example"/>')
     inn.receive_data(out.data_to_send())
     [st] = drain(inn)
@@ -437,3 +445,105 @@ def test_rfc6120_8_1_2_1_we_never_send_a_stanza_not_from_our_domain() -> None:
     with pytest.raises(StreamError):
         out.send(b'<iq xmlns="jabber:client" type="result" id="1" to="r@b.example"/>')
     assert out.data_to_send() == b""
+
+
+# ---- XEP-0198 acks on s2s -------------------------------------------------------------------
+
+
+def _message(i: int) -> bytes:
+    return (f'<message xmlns="jabber:client" from="j@a.example/r" to="r@b.example" id="{i}">'
+            f"<body>{i}</body></message>").encode()
+
+
+def sm_pair(receiving: S2SConfig = B) -> tuple[InitiatingStream, ReceivingStream]:
+    out = InitiatingStream(A, "b.example")
+    inn = ReceivingStream(receiving)
+    out.initiate()
+    pump(out, inn)
+    assert out.ready
+    return out, inn
+
+
+def test_xep0198_4_stanzas_are_counted_from_enable_and_acked_by_h() -> None:
+    out, inn = sm_pair()
+    assert out.sm is not None and inn.sm_handled == 0  # <enable/> went with the last result
+    for i in range(3):
+        out.send(_message(i))
+    out.request_ack()
+    assert out.sm.unacked == 3
+    inn.receive_data(out.data_to_send())
+    assert [e.id for e in drain(inn) if isinstance(e, StanzaIn)] == ["0", "1", "2"]
+    answer = inn.data_to_send()
+    assert answer == b'<a xmlns="urn:xmpp:sm:3" h="3"/>'
+    out.send(_message(3))  # written after the <r/>: still unacked after the answer
+    out.receive_data(answer)
+    assert drain(out) == [Acked(3)]
+    assert out.sm.unacked == 1
+
+
+def test_xep0198_4_dropped_stanzas_count_as_handled() -> None:
+    """An IQ without an id is dropped by rule (RFC 6120 §8.2.3), but it was handled."""
+    out, inn = sm_pair()
+    out.send(b'<iq xmlns="jabber:client" type="get" from="j@a.example/r" to="r@b.example"/>')
+    out.send(_message(1))
+    out.request_ack()
+    inn.receive_data(out.data_to_send())
+    assert [type(e) for e in drain(inn)] == [StanzaIn]
+    assert inn.data_to_send() == b'<a xmlns="urn:xmpp:sm:3" h="2"/>'
+
+
+def test_xep0198_4_h_beyond_what_was_sent_is_a_stream_error() -> None:
+    out, _ = sm_pair()
+    out.send(_message(0))
+    out.receive_data(b"<a xmlns='urn:xmpp:sm:3' h='2'/>")
+    [ended] = drain(out)
+    assert ended == StreamEnded(StreamErrorCondition.UNDEFINED_CONDITION)
+    assert b"handled-count-too-high" in out.data_to_send()
+
+
+def test_xep0198_4_a_stale_h_acks_nothing() -> None:
+    out, _ = sm_pair()
+    out.send(_message(0))
+    out.send(_message(1))
+    out.receive_data(b"<a xmlns='urn:xmpp:sm:3' h='2'/><a xmlns='urn:xmpp:sm:3' h='1'/>")
+    assert drain(out) == [Acked(2), Acked(0)]
+    assert out.sm is not None and out.sm.unacked == 0
+
+
+def test_xep0198_3_refused_enable_means_no_acks() -> None:
+    out, _ = sm_pair()
+    out.receive_data(b"<failed xmlns='urn:xmpp:sm:3'><unexpected-request "
+                     b"xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>")
+    assert drain(out) == [SMFailed()]
+    assert out.sm is None
+    out.request_ack()
+    assert out.data_to_send() == b""
+
+
+def test_xep0198_2_not_offered_not_requested() -> None:
+    off = S2SConfig(domain="b.example", secret=SECRET_B, stream_management=False)
+    out = InitiatingStream(A, "b.example")
+    inn = ReceivingStream(off)
+    out.initiate()
+    out_events, _ = pump(out, inn)
+    assert Ready("dialback", sm=False) in out_events
+    assert out.sm is None and inn.sm_handled is None
+
+
+def test_xep0198_3_enable_before_authentication_fails_and_r_without_sm_is_ignored() -> None:
+    stream = after_tls()
+    features = stream.data_to_send()
+    assert b'<sm xmlns="urn:xmpp:sm:3"/>' in features  # offered with the auth features
+    assert drain(stream, b"<enable xmlns='urn:xmpp:sm:3'/><r xmlns='urn:xmpp:sm:3'/>") == []
+    assert stream.data_to_send() == (
+        b'<failed xmlns="urn:xmpp:sm:3"><unexpected-request '
+        b'xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>'
+    )
+
+
+def test_xep0198_3_enabled_once_per_stream() -> None:
+    stream = dialback_authenticated()
+    assert drain(stream, b"<enable xmlns='urn:xmpp:sm:3'/>") == [SMEnabled()]
+    assert stream.data_to_send() == b'<enabled xmlns="urn:xmpp:sm:3"/>'
+    assert drain(stream, b"<enable xmlns='urn:xmpp:sm:3'/>") == []
+    assert b"<failed" in stream.data_to_send()
