@@ -444,18 +444,19 @@ class C2SConnection(asyncio.Protocol):
         self._tls = TLSSession(self.cm.tls_context)
 
     async def _load_credentials(self, username: str) -> None:
-        scope = await self.cm.auth_throttle.blocked(self.source, f"{username}@{self.cm.domain}")
+        """The failure counters and the account's keys, in one round trip (XEP-0205 §3:
+        an attempt over a limit is refused before any password is checked)."""
+        try:
+            scope, creds = await self.cm.lookup_login(self.source, username)
+        except Exception as exc:
+            log.warning("credentials lookup failed: %s", exc)
+            self._resume(self.stream.credentials_unavailable)
+            return
         if scope is not None:
             metrics.AUTH_THROTTLED.labels(scope).inc()
             log.info("refused an authentication attempt: too many failures (%s)", scope)
             text = "too many failed attempts; try again later"
             self._resume(lambda: self.stream.credentials_refused(text))
-            return
-        try:
-            creds = await self.cm.load_credentials(username)
-        except Exception as exc:
-            log.warning("credentials lookup failed: %s", exc)
-            self._resume(self.stream.credentials_unavailable)
             return
         self._resume(lambda: self.stream.credentials_loaded(creds))
 
