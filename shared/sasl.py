@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ _SCRAM_DIGEST_SIZE: Final = {"SCRAM-SHA-1": 20, "SCRAM-SHA-256": 32}
 _LOCALPART_FORBIDDEN: Final = frozenset("\"&'/:<>@")
 
 _USERNAME = get_profile("UsernameCaseMapped")
+_PRINTABLE_ASCII: Final = re.compile(r"[\x21-\x7e]+")
 
 # Keys the fake salts of unknown users; per process unless the caller gives a shared one.
 _PROCESS_FAKE_SALT_KEY: Final = secrets.token_bytes(32)
@@ -136,10 +138,16 @@ def prepare_username(raw: str) -> str:
     Enforces PRECIS UsernameCaseMapped (RFC 8265 §3.3) plus the JID localpart rules;
     raises ValueError.
     """
-    try:
-        name: str = _USERNAME.enforce(raw)
-    except UnicodeError as exc:  # precis_i18n raises UnicodeEncodeError
-        raise ValueError(f"invalid username: {exc.reason}") from None
+    if _PRINTABLE_ASCII.fullmatch(raw):
+        # Every character in U+0021..U+007E is in the IdentifierClass (RFC 8264 §9.11,
+        # ASCII7) and the profile's only change to them is the case mapping (RFC 8265
+        # §3.3.2): the same result as `enforce`, without its ~9 µs per login.
+        name: str = raw.lower()
+    else:
+        try:
+            name = _USERNAME.enforce(raw)
+        except UnicodeError as exc:  # precis_i18n raises UnicodeEncodeError
+            raise ValueError(f"invalid username: {exc.reason}") from None
     if _LOCALPART_FORBIDDEN.intersection(name):
         raise ValueError("invalid username: character not allowed in a localpart")
     if len(name.encode()) > MAX_LOCALPART_BYTES:

@@ -16,12 +16,21 @@ if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 return redis.call('RPUSH', KEYS[1], ARGV[2])
 """
 
+# Every stored message, removed: one script rather than MULTI/LRANGE/DEL/EXEC, because every
+# initial presence asks and the queue is nearly always empty.
+_TAKE_ALL: Final = """
+local m = redis.call('LRANGE', KEYS[1], 0, -1)
+if #m > 0 then redis.call('DEL', KEYS[1]) end
+return m
+"""
+
 
 class OfflineStore:
     def __init__(self, redis: aioredis.Redis, service: str) -> None:
         self._r = redis
         self._service = service
         self._push = redis.register_script(_PUSH_CAPPED)
+        self._take = redis.register_script(_TAKE_ALL)
 
     async def store(self, bare: str, payload: bytes, cap: int) -> int:
         """Queue length after storing, or 0 when the queue is full."""
@@ -30,13 +39,8 @@ class OfflineStore:
 
     async def take_all(self, bare: str) -> list[bytes]:
         """Every stored message, oldest first, removed atomically."""
-        async with timed(self._service, "offline_take"), self._r.pipeline(
-            transaction=True
-        ) as pipe:
-            pipe.lrange(keys.offline(bare), 0, -1)
-            pipe.delete(keys.offline(bare))
-            messages, _ = await pipe.execute()
-        return list(messages)
+        async with timed(self._service, "offline_take"):
+            return list(await self._take(keys=[keys.offline(bare)]))
 
     async def count(self, bare: str) -> int:
         return int(await self._r.llen(keys.offline(bare)))
