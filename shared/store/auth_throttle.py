@@ -12,7 +12,8 @@ ends by itself.  When Redis cannot be reached the check lets the attempt through
 an outage of the counters must not lock everyone out) and the failure is logged.
 
 `lookup` is what a login uses: the two counters and the account's stored keys in one round
-trip (one script), because every SASL attempt needs both and each redis-py command costs
+trip (a pipeline, not a script: the source counter is in another hash slot), because every
+SASL attempt needs both and each redis-py command costs
 ~40-50 µs of client CPU.  A successful login writes nothing here: counters are only written
 by `failed`.
 """
@@ -20,7 +21,7 @@ by `failed`.
 from __future__ import annotations
 
 import logging
-from typing import Final, Literal
+from typing import Literal
 
 import redis.asyncio as aioredis
 
@@ -31,13 +32,6 @@ from shared.store.redis import timed
 log = logging.getLogger(__name__)
 
 Scope = Literal["ip", "account"]
-
-# KEYS: source counter, account counter, account hash -> {source, account, flat hash}
-_LOOKUP: Final = """
-local n = redis.call('MGET', KEYS[1], KEYS[2])
-return {n[1], n[2], redis.call('HGETALL', KEYS[3])}
-"""
-
 
 class AuthThrottleStore:
     def __init__(
@@ -54,7 +48,6 @@ class AuthThrottleStore:
         self.per_source = per_source  # 0: unlimited
         self.per_account = per_account  # 0: unlimited
         self.window_s = window_s
-        self._lookup = redis.register_script(_LOOKUP)
 
     async def lookup(
         self, source: str, bare_jid: str
@@ -63,18 +56,16 @@ class AuthThrottleStore:
         no such account), in one round trip.  Store failures propagate (the caller answers
         temporary-auth-failure, RFC 6120 §6.5.12): without the keys nothing can be checked,
         so failing open on the counters alone does not arise here."""
-        async with timed(self._service, "login_lookup"):
-            src, acct, flat = await self._lookup(
-                keys=[
-                    keys.auth_failures_source(source),
-                    keys.auth_failures_account(bare_jid),
-                    keys.account(bare_jid),
-                ]
-            )
+        async with timed(self._service, "login_lookup"), self._r.pipeline(
+            transaction=False
+        ) as pipe:
+            pipe.get(keys.auth_failures_source(source))
+            pipe.get(keys.auth_failures_account(bare_jid))
+            pipe.hgetall(keys.account(bare_jid))
+            src, acct, raw = await pipe.execute()
         scope = self._over(src, acct)
-        if scope is not None or not flat:
+        if scope is not None or not raw:
             return scope, None
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
         if b"sha256_stored" not in raw:
             return None, None
         return None, from_redis_hash(raw)

@@ -14,39 +14,22 @@ its heartbeat: when the heartbeat expires, a router reaps the index (see ``reap`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from shared.store import keys
 from shared.store.redis import timed
 
-# KEYS: sessions, version, cm index; ARGV: resource, record, limit, full JID
 _BIND: Final = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
   return {-1, false}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[4])
 return {redis.call('INCR', KEYS[2]), cur}
-"""
-
-# KEYS: sessions, version, cm index; ARGV: resource, expected "<cm_id> <sid>", cm_id, full
-# JID.  The index entry goes unless another session of the same connection manager holds
-# the resource now (it replaced this one and is still indexed under the same full JID).
-_UNBIND: Final = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local owned = cur and string.sub(cur, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. ' '
-local ours = cur and string.sub(cur, 1, string.len(ARGV[3]) + 1) == ARGV[3] .. ' '
-if owned or not ours then
-  redis.call('SREM', KEYS[3], ARGV[4])
-end
-if not owned then
-  return 0
-end
-redis.call('HDEL', KEYS[1], ARGV[1])
-return redis.call('INCR', KEYS[2])
 """
 
 # ARGV: resource, expected "<cm_id> <sid>" prefix, new record ("" deletes)
@@ -121,16 +104,17 @@ class SessionStore:
         self._bind = redis.register_script(_BIND)
         self._replace = redis.register_script(_REPLACE_IF_OWNED)
         self._reap_one = redis.register_script(_REAP_ONE)
-        self._unbind = redis.register_script(_UNBIND)
 
     async def bind(self, full_jid: str, record: SessionRecord, max_sessions: int) -> BindResult:
-        """Bind and index the session under its connection manager, in one script."""
+        """Bind, and index the session under its connection manager, in one round trip
+        (a pipeline: the index is another hash slot, so it stays out of the script)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_bind"):
-            version, old = await self._bind(
-                keys=[keys.sessions(bare), keys.sessions_version(bare),
-                      keys.cm_sessions(record.cm_id)],
-                args=[resource, record.encode(), max_sessions, full_jid],
+            version, old = await self._script_then(
+                self._bind,
+                [keys.sessions(bare), keys.sessions_version(bare)],
+                [resource, record.encode(), max_sessions],
+                ("SADD", keys.cm_sessions(record.cm_id), full_jid),
             )
         if version == -1:
             raise SessionLimitReached(bare)
@@ -148,17 +132,38 @@ class SessionStore:
             )
 
     async def unbind(self, full_jid: str, record: SessionRecord) -> int:
-        """Remove the resource if this session still owns it; 0 when it does not.  Its entry
-        in the connection manager's index goes too (in the same script), unless a newer
-        session of the same connection manager holds that full JID now."""
+        """Remove the resource if this session still owns it; 0 when it does not.  The entry
+        of the connection manager's index goes in the same round trip (a pipeline)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_unbind"):
-            version = await self._unbind(
-                keys=[keys.sessions(bare), keys.sessions_version(bare),
-                      keys.cm_sessions(record.cm_id)],
-                args=[resource, record.owner, record.cm_id, full_jid],
+            version = await self._script_then(
+                self._replace,
+                [keys.sessions(bare), keys.sessions_version(bare)],
+                [resource, record.owner, ""],
+                ("SREM", keys.cm_sessions(record.cm_id), full_jid),
             )
         return int(version)
+
+    async def _script_then(
+        self, script: AsyncScript, keys_: list[str], args: list[object], command: tuple[str, ...]
+    ) -> Any:
+        """A script and one more command in one round trip; the script's reply.
+
+        EVALSHA in a plain pipeline: redis-py's own pipelined scripts cost an extra
+        SCRIPT EXISTS round trip per execute.  When Redis lost the script (a restart), it
+        is loaded again by running it on its own; the command is idempotent (SADD, SREM)."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+            pipe.execute_command(*command)
+            replies = await pipe.execute(raise_on_error=False)
+        reply = replies[0]
+        if isinstance(reply, NoScriptError):
+            return await script(keys=keys_, args=args)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(replies[1], Exception):
+            raise replies[1]
+        return reply
 
     async def get(self, bare_jid: str) -> dict[str, SessionRecord]:
         async with timed(self._service, "session_get"):
