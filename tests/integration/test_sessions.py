@@ -144,11 +144,11 @@ async def test_metrics_and_health_endpoints(cluster: Cluster) -> None:
     assert "stanzad_cm_connections" in text
 
 
-async def test_rfc6120_s7_bind_and_unbind_keep_the_cm_index_after_redis_lost_its_scripts(
+async def test_rfc6120_s7_bind_unbind_and_the_cm_index_after_redis_lost_its_scripts(
     users: Users,
 ) -> None:
-    """The bind script and the index update share one round trip; a Redis that forgot the
-    scripts (SCRIPT FLUSH, a restart) gets them loaded again, and nothing is half done."""
+    """A Redis that forgot the scripts (SCRIPT FLUSH, a restart) gets them loaded again; the
+    connection manager's index (written per tick) follows bind and unbind."""
     from shared.store.sessions import SessionRecord, SessionStore
 
     store = SessionStore(users.redis, "tests")
