@@ -96,10 +96,12 @@ class PresenceService(PartitionedService):
     async def _available(self, full: str, origin: str, payload: bytes) -> None:
         bare = full.partition("/")[0]
         priority = _priority(payload)
-        await self._update_session(full, origin, priority, True)
-        initial = await self.presence.set_available(full, payload)
+        cm_id, _, session_id = origin.partition("/")
+        record = SessionRecord(cm_id, session_id, priority, True) if session_id else None
+        version, initial, items = await self.presence.go_available(full, record, payload)
+        if version:  # the router reads availability and priority from the table (§8.5.2)
+            await self.session_event(bare, version)
         metrics.BROADCASTS.labels("available").inc()
-        _, items, _ = await self.rosters.load(bare)
         tables = None
         if initial:
             tables = await self._initial(full, items, priority)
