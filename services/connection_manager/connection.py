@@ -396,9 +396,9 @@ class C2SConnection(asyncio.Protocol):
         elif isinstance(event, StartTLS):
             self._start_tls()
         elif isinstance(event, AuthSucceeded):
-            metrics.LOGINS.labels(event.mechanism, "success").inc()
+            _logins(event.mechanism, "success").n += 1
         elif isinstance(event, AuthFailed):
-            metrics.LOGINS.labels(_mech_label(event.mechanism), "failure").inc()
+            _logins(_mech_label(event.mechanism), "failure").n += 1
             log.info("authentication failed (%s): %s", event.mechanism, event.condition)
             if event.condition != "temporary-auth-failure":  # refused ones checked nothing
                 account = f"{event.username}@{self.cm.domain}" if event.username else None
@@ -494,3 +494,12 @@ def _mech_label(mechanism: str) -> str:
 _STANZAS_IN: Final = {k: Tally(metrics.STANZAS_IN.labels(k)) for k in ("message", "presence", "iq")}
 _BYTES_IN: Final = Tally(metrics.BYTES_IN)
 _BYTES_OUT: Final = Tally(metrics.BYTES_OUT)
+_LOGINS: Final[dict[tuple[str, str], Tally]] = {}
+
+
+def _logins(mechanism: str, outcome: str) -> Tally:
+    """The tally of stanzad_cm_logins_total{mechanism, outcome} (a bounded label set)."""
+    tally = _LOGINS.get((mechanism, outcome))
+    if tally is None:
+        tally = _LOGINS[mechanism, outcome] = Tally(metrics.LOGINS.labels(mechanism, outcome))
+    return tally

@@ -212,7 +212,7 @@ class ConnectionManager:
         except Exception as exc:
             log.warning("bind failed: %s", exc)
             return StanzaError(StanzaErrorCondition.INTERNAL_SERVER_ERROR)
-        metrics.BIND_LATENCY.observe(loop.time() - started)
+        _BIND_LATENCY.observe(loop.time() - started)
         if conn.transport is None or conn.transport.is_closing():
             self._spawn(self.store.unbind(str(full), record))
             return StanzaError(StanzaErrorCondition.GONE)
@@ -433,6 +433,7 @@ _KINDS: Final = {k.value: k for k in STANZA_KINDS}
 # counted in tallies (shared/metrics.py), added to the metrics when /metrics is scraped
 _DELIVERED: Final = {k: Tally(metrics.STANZAS_DELIVERED.labels(k.value)) for k in STANZA_KINDS}
 _STANZAS_OUT: Final = Tally(metrics.STANZAS_OUT)
+_BIND_LATENCY: Final = HistogramTally(metrics.BIND_LATENCY)
 _ROUTING_LATENCY: Final = HistogramTally(metrics.ROUTING_LATENCY)
 
 
