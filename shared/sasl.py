@@ -169,6 +169,8 @@ def _scram_unescape(saslname: str) -> str:
 
 _SCRAM_DIGEST: Final = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
 _ATTR_RE: Final = re.compile(r"[A-Za-z]=")  # RFC 5802 §7 attr-val, for extensions
+# RFC 5802 §7 c-nonce: printable ASCII except ","; the split on "," already took those out.
+_NONCE_RE: Final = re.compile(r"[\x21-\x7e]+")
 
 
 def _b64decode(text: str) -> bytes:
@@ -353,7 +355,7 @@ class Authenticator:
         if len(attrs) < 2 or not attrs[0].startswith("n=") or not attrs[1].startswith("r="):
             raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "bad client-first-message")
         client_nonce = attrs[1][2:]
-        if not client_nonce or not all(0x21 <= ord(c) <= 0x7E for c in client_nonce):
+        if not _NONCE_RE.fullmatch(client_nonce):
             raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "bad nonce")
 
         self._username = self._prepare_username(_scram_unescape(attrs[0][2:]))
