@@ -396,9 +396,9 @@ class C2SConnection(asyncio.Protocol):
         elif isinstance(event, StartTLS):
             self._start_tls()
         elif isinstance(event, AuthSucceeded):
-            metrics.LOGINS.labels(event.mechanism, "success").inc()
+            _logins(event.mechanism, "success").n += 1
         elif isinstance(event, AuthFailed):
-            metrics.LOGINS.labels(_mech_label(event.mechanism), "failure").inc()
+            _logins(_mech_label(event.mechanism), "failure").n += 1
             log.info("authentication failed (%s): %s", event.mechanism, event.condition)
             if event.condition != "temporary-auth-failure":  # refused ones checked nothing
                 account = f"{event.username}@{self.cm.domain}" if event.username else None
@@ -444,18 +444,19 @@ class C2SConnection(asyncio.Protocol):
         self._tls = TLSSession(self.cm.tls_context)
 
     async def _load_credentials(self, username: str) -> None:
-        scope = await self.cm.auth_throttle.blocked(self.source, f"{username}@{self.cm.domain}")
+        """The failure counters and the account's keys, in one round trip (XEP-0205 §3:
+        an attempt over a limit is refused before any password is checked)."""
+        try:
+            scope, creds = await self.cm.lookup_login(self.source, username)
+        except Exception as exc:
+            log.warning("credentials lookup failed: %s", exc)
+            self._resume(self.stream.credentials_unavailable)
+            return
         if scope is not None:
             metrics.AUTH_THROTTLED.labels(scope).inc()
             log.info("refused an authentication attempt: too many failures (%s)", scope)
             text = "too many failed attempts; try again later"
             self._resume(lambda: self.stream.credentials_refused(text))
-            return
-        try:
-            creds = await self.cm.load_credentials(username)
-        except Exception as exc:
-            log.warning("credentials lookup failed: %s", exc)
-            self._resume(self.stream.credentials_unavailable)
             return
         self._resume(lambda: self.stream.credentials_loaded(creds))
 
@@ -493,3 +494,12 @@ def _mech_label(mechanism: str) -> str:
 _STANZAS_IN: Final = {k: Tally(metrics.STANZAS_IN.labels(k)) for k in ("message", "presence", "iq")}
 _BYTES_IN: Final = Tally(metrics.BYTES_IN)
 _BYTES_OUT: Final = Tally(metrics.BYTES_OUT)
+_LOGINS: Final[dict[tuple[str, str], Tally]] = {}
+
+
+def _logins(mechanism: str, outcome: str) -> Tally:
+    """The tally of stanzad_cm_logins_total{mechanism, outcome} (a bounded label set)."""
+    tally = _LOGINS.get((mechanism, outcome))
+    if tally is None:
+        tally = _LOGINS[mechanism, outcome] = Tally(metrics.LOGINS.labels(mechanism, outcome))
+    return tally

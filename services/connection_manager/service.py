@@ -33,7 +33,7 @@ from shared.metrics import HistogramTally, Tally
 from shared.router.service import Router
 from shared.settings import ConnectionManagerSettings, RouterSettings, load
 from shared.store.accounts import AccountExists, AccountStore
-from shared.store.auth_throttle import AuthThrottleStore
+from shared.store.auth_throttle import AuthThrottleStore, Scope
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.tls import ensure_self_signed, server_context
@@ -190,10 +190,12 @@ class ConnectionManager:
 
     # ---- authentication and binding --------------------------------------------------------
 
-    async def load_credentials(self, username: str) -> StoredCredentials | None:
-        """The account's SCRAM keys; None when there is no such account.  Store failures
-        propagate so that the client gets temporary-auth-failure, not not-authorized."""
-        return await self.accounts.credentials(f"{username}@{self.domain}")
+    async def lookup_login(
+        self, source: str, username: str
+    ) -> tuple[Scope | None, StoredCredentials | None]:
+        """What a SASL attempt needs, in one round trip: the throttling limit it is over,
+        if any (XEP-0205 §3), and the account's keys (None: no such account)."""
+        return await self.auth_throttle.lookup(source, f"{username}@{self.domain}")
 
     async def register(self, username: str, password: str) -> StanzaError | None:
         """XEP-0077 §3.1 registration of a new account."""
@@ -211,7 +213,7 @@ class ConnectionManager:
             await self.accounts.create(jid.bare_str, creds)
         except AccountExists:
             return StanzaError(StanzaErrorCondition.CONFLICT)
-        await self._session_event(jid.bare_str, 0)  # a router may have cached "no account"
+        self._session_event(jid.bare_str, 0)  # a router may have cached "no account"
         log.info("registered a new account in band")
         return None
 
@@ -232,7 +234,7 @@ class ConnectionManager:
         except Exception as exc:
             log.warning("bind failed: %s", exc)
             return StanzaError(StanzaErrorCondition.INTERNAL_SERVER_ERROR)
-        metrics.BIND_LATENCY.observe(loop.time() - started)
+        _BIND_LATENCY.observe(loop.time() - started)
         if conn.transport is None or conn.transport.is_closing():
             self._spawn(self.store.unbind(str(full), record))
             return StanzaError(StanzaErrorCondition.GONE)
@@ -245,7 +247,7 @@ class ConnectionManager:
         elif result.replaced is not None and result.replaced.cm_id != self.cm_id:
             kick = Envelope(Kind.KICK, to=str(full), from_="", id=result.replaced.session_id)
             await self._publish(subjects.connection_manager(result.replaced.cm_id), kick)
-        await self._session_event(bare.bare_str, result.version)
+        self._session_event(bare.bare_str, result.version)
         return full
 
     def connection_closed(self, conn: C2SConnection) -> None:
@@ -271,11 +273,14 @@ class ConnectionManager:
             log.warning("unbind failed (the reaper will clean up): %s", exc)
             return
         if version:
-            await self._session_event(full.partition("/")[0], version)
+            self._session_event(full.partition("/")[0], version)
 
-    async def _session_event(self, bare: str, version: int) -> None:
+    def _session_event(self, bare: str, version: int) -> None:
+        """Tell the routers that the sessions of `bare` changed.  Queued like the client's
+        stanzas (`publish_soon`: one NATS write per tick), so it still goes out before any
+        stanza the client sends after its bind result."""
         p = subjects.partition(bare, self.settings.partitions)
-        await self._publish(subjects.session_events(p), session_event(bare, version))
+        self.bus.publish_soon(subjects.session_events(p), session_event(bare, version).encode())
 
     # ---- stanzas from clients --------------------------------------------------------------
 
@@ -450,6 +455,7 @@ _KINDS: Final = {k.value: k for k in STANZA_KINDS}
 # counted in tallies (shared/metrics.py), added to the metrics when /metrics is scraped
 _DELIVERED: Final = {k: Tally(metrics.STANZAS_DELIVERED.labels(k.value)) for k in STANZA_KINDS}
 _STANZAS_OUT: Final = Tally(metrics.STANZAS_OUT)
+_BIND_LATENCY: Final = HistogramTally(metrics.BIND_LATENCY)
 _ROUTING_LATENCY: Final = HistogramTally(metrics.ROUTING_LATENCY)
 
 

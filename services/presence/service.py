@@ -40,6 +40,8 @@ SERVICE = "presence"
 MAX_PRESENCE_BYTES = 64 * 1024
 SUBSCRIBED_TO = (Subscription.TO, Subscription.BOTH)  # the user receives the contact's presence
 SUBSCRIBED_FROM = (Subscription.FROM, Subscription.BOTH)  # the contact receives the user's
+# bare JID -> (its session table, its blocklist), as `_session_tables` reads them
+Tables = dict[str, tuple[dict[str, SessionRecord], frozenset[str]]]
 
 
 class PresenceService(PartitionedService):
@@ -94,13 +96,16 @@ class PresenceService(PartitionedService):
     async def _available(self, full: str, origin: str, payload: bytes) -> None:
         bare = full.partition("/")[0]
         priority = _priority(payload)
-        await self._update_session(full, origin, priority, True)
-        initial = await self.presence.set_available(full, payload)
+        cm_id, _, session_id = origin.partition("/")
+        record = SessionRecord(cm_id, session_id, priority, True) if session_id else None
+        version, initial, items = await self.presence.go_available(full, record, payload)
+        if version:  # the router reads availability and priority from the table (§8.5.2)
+            await self.session_event(bare, version)
         metrics.BROADCASTS.labels("available").inc()
-        _, items, _ = await self.rosters.load(bare)
+        tables = None
         if initial:
-            await self._initial(full, items, priority)
-        await self._broadcast(full, payload, items)
+            tables = await self._initial(full, items, priority)
+        await self._broadcast(full, payload, items, tables)
 
     async def _unavailable(self, full: str, origin: str, payload: bytes) -> None:
         bare = full.partition("/")[0]
@@ -130,16 +135,23 @@ class PresenceService(PartitionedService):
         if version:
             await self.session_event(full.partition("/")[0], version)
 
-    async def _broadcast(self, full: str, payload: bytes, items: dict) -> None:  # type: ignore[type-arg]
+    async def _broadcast(
+        self, full: str, payload: bytes, items: dict,  # type: ignore[type-arg]
+        known: Tables | None = None,
+    ) -> None:
         """To every contact with a 'from' or 'both' subscription and to the user's own
         available resources, the new one included (§4.2.2, §4.4.2): one envelope per
-        connection manager."""
+        connection manager.  `known`: session tables the caller already read (initial
+        presence reads the user's and its local contacts' once, for both directions)."""
         bare = full.partition("/")[0]
         contacts = [c for c, item in items.items() if item.state.subscription in SUBSCRIBED_FROM]
         local = [c for c in contacts if c.partition("@")[2] == self.settings.domain]
         targets = [bare, *local]
         by_cm: dict[str, list[str]] = defaultdict(list)
-        tables = await self._session_tables(targets)
+        if known is not None and all(t in known for t in targets):
+            tables = [known[t] for t in targets]
+        else:
+            tables = await self._session_tables(targets)
         mine = tables[0][1]
         for owner, (table, theirs) in zip(targets, tables, strict=True):
             if owner != bare and (is_blocked(mine, owner) or is_blocked(theirs, full)):
@@ -182,19 +194,27 @@ class PresenceService(PartitionedService):
             for i in range(0, len(replies), 2)
         ]
 
-    async def _initial(self, full: str, items: dict, priority: int) -> None:  # type: ignore[type-arg]
+    async def _initial(self, full: str, items: dict, priority: int) -> Tables:  # type: ignore[type-arg]
         """A newly available resource gets its contacts' presence (§4.3: the probes are
         answered here for local contacts), pending subscription requests (§3.1.3) and, with
-        a non-negative priority, the messages stored while it was offline (XEP-0160)."""
-        bare = full.partition("/")[0]
+        a non-negative priority, the messages stored while it was offline (XEP-0160).
+
+        Returns the session tables it read: the user's and those of every local contact
+        in either direction, so that the broadcast that follows need not read them again."""
+        bare, _, resource = full.partition("/")
+        domain = self.settings.domain
         out: list[bytes] = []
         wanted = [c for c, item in items.items() if item.state.subscription in SUBSCRIBED_TO]
-        local = [c for c in wanted if c.partition("@")[2] == self.settings.domain]
-        tables = await self._session_tables([bare, *local])
-        mine = tables[0][1]
-        for contact, presences, (_, theirs) in zip(
-            local, await self.presence.available(local), tables[1:], strict=True
-        ):
+        local = [c for c in wanted if c.partition("@")[2] == domain]
+        either = [c for c, item in items.items() if c.partition("@")[2] == domain and (
+            item.state.subscription in SUBSCRIBED_TO or item.state.subscription in SUBSCRIBED_FROM
+        )]
+        targets = [bare, *either]
+        known = dict(zip(targets, await self._session_tables(targets), strict=True))
+        mine = known[bare][1]
+        presences_of = await self.presence.available(local) if local else []
+        for contact, presences in zip(local, presences_of, strict=True):
+            theirs = known[contact][1]
             if is_blocked(mine, contact) or is_blocked(theirs, full):
                 continue
             out.extend(with_to(stanza, full) for stanza in presences.values())
@@ -210,9 +230,9 @@ class PresenceService(PartitionedService):
                     f'<presence xmlns="{ns.CLIENT}" from={quoteattr(contact)} '
                     f'to={quoteattr(bare)} type="subscribe"/>'.encode()
                 )
-        record = await self._record(full)
+        record = known[bare][0].get(resource)  # None: the session ended meanwhile
         if record is None:
-            return
+            return known
         if out:
             env = Envelope(Kind.BATCH, to=full, from_="", origin=SERVICE, payload=b"".join(out))
             await self.publish(subjects.connection_manager(record.cm_id), env)
@@ -222,10 +242,7 @@ class PresenceService(PartitionedService):
                 env = Envelope(Kind.MESSAGE, to=full, from_="", type="chat", origin=SERVICE,
                                payload=message)
                 await self.publish(subjects.connection_manager(record.cm_id), env)
-
-    async def _record(self, full: str) -> SessionRecord | None:
-        bare, _, resource = full.partition("/")
-        return (await self.sessions.get(bare)).get(resource)
+        return known
 
     # ---- directed presence (§4.6) and probes (§4.3) ---------------------------------------
 

@@ -8,8 +8,14 @@ that account are refused before any password is checked.
 
 A per-account limit lets anyone lock an account out for one window by guessing wrong on
 purpose; the per-account limit is therefore higher than the per-source one, and the lockout
-ends by itself.  When Redis cannot be reached the check lets the attempt through (fail open:
-an outage of the counters must not lock everyone out) and the failure is logged.
+ends by itself.  When Redis cannot be reached, no attempt can be checked at all (the keys are
+in Redis too): the client gets temporary-auth-failure (RFC 6120 §6.5.12), and a failure that
+cannot be counted is logged, not raised (an outage of the counters locks nobody out).
+
+`lookup` is what a login uses: the two counters and the account's stored keys in one round
+trip (a pipeline, not a script: the source counter is in another hash slot), because every
+SASL attempt needs both and each redis-py command costs ~50-100 µs of client CPU.  A
+successful login writes nothing here: counters are only written by `failed`.
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 
+from shared.credentials import StoredCredentials, from_redis_hash
 from shared.store import keys
 from shared.store.redis import timed
 
 log = logging.getLogger(__name__)
 
 Scope = Literal["ip", "account"]
-
 
 class AuthThrottleStore:
     def __init__(
@@ -43,18 +49,28 @@ class AuthThrottleStore:
         self.per_account = per_account  # 0: unlimited
         self.window_s = window_s
 
-    async def blocked(self, source: str, bare_jid: str) -> Scope | None:
-        """Which limit an attempt from `source` against `bare_jid` is over, if any."""
-        if not self.per_source and not self.per_account:
-            return None
-        try:
-            async with timed(self._service, "auth_throttle_get"):
-                src, acct = await self._r.mget(
-                    keys.auth_failures_source(source), keys.auth_failures_account(bare_jid)
-                )
-        except Exception as exc:
-            log.warning("auth throttle check failed (letting the attempt through): %s", exc)
-            return None
+    async def lookup(
+        self, source: str, bare_jid: str
+    ) -> tuple[Scope | None, StoredCredentials | None]:
+        """The limit an attempt is over, if any, and the account's stored keys (None:
+        no such account), in one round trip.  Store failures propagate (the caller answers
+        temporary-auth-failure, RFC 6120 §6.5.12): without the keys nothing can be checked,
+        so failing open on the counters alone does not arise here."""
+        async with timed(self._service, "login_lookup"), self._r.pipeline(
+            transaction=False
+        ) as pipe:
+            pipe.get(keys.auth_failures_source(source))
+            pipe.get(keys.auth_failures_account(bare_jid))
+            pipe.hgetall(keys.account(bare_jid))
+            src, acct, raw = await pipe.execute()
+        scope = self._over(src, acct)
+        if scope is not None or not raw:
+            return scope, None
+        if b"sha256_stored" not in raw:
+            return None, None
+        return None, from_redis_hash(raw)
+
+    def _over(self, src: bytes | None, acct: bytes | None) -> Scope | None:
         if self.per_source and src is not None and int(src) >= self.per_source:
             return "ip"
         if self.per_account and acct is not None and int(acct) >= self.per_account:

@@ -7,8 +7,9 @@ replaced (RFC 6120 §7.7.2.2: the old session of the same full JID is terminated
 ``<conflict/>``).  Unbinding and updating compare the session id, so a stale connection never
 removes the session that replaced it.
 
-``cm:{id}:sessions`` indexes the full JIDs of one connection manager and ``cm:{id}:alive`` is
-its heartbeat: when the heartbeat expires, a router reaps the index (see ``reap``).
+``cm:{id}:sessions`` indexes the full JIDs of one connection manager (written once per tick
+by `shared.store.cm_index.CmIndex`, not by each bind) and ``cm:{id}:alive`` is its
+heartbeat: when the heartbeat expires, a router reaps the index (see ``reap``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Final
 import redis.asyncio as aioredis
 
 from shared.store import keys
+from shared.store.cm_index import CmIndex
 from shared.store.redis import timed
 
 _BIND: Final = """
@@ -102,17 +104,26 @@ class SessionStore:
         self._bind = redis.register_script(_BIND)
         self._replace = redis.register_script(_REPLACE_IF_OWNED)
         self._reap_one = redis.register_script(_REAP_ONE)
+        self._indexes: dict[str, CmIndex] = {}  # cm_id -> the index this process writes
+
+    def _index(self, cm_id: str) -> CmIndex:
+        index = self._indexes.get(cm_id)
+        if index is None:
+            index = self._indexes[cm_id] = CmIndex(self._r, self._service, cm_id)
+        return index
 
     async def bind(self, full_jid: str, record: SessionRecord, max_sessions: int) -> BindResult:
+        """Bind (one script); the connection manager's index learns it within the tick
+        (`CmIndex`: another hash slot, so never inside the script)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_bind"):
             version, old = await self._bind(
                 keys=[keys.sessions(bare), keys.sessions_version(bare)],
                 args=[resource, record.encode(), max_sessions],
             )
-            await self._r.sadd(keys.cm_sessions(record.cm_id), full_jid)
         if version == -1:
             raise SessionLimitReached(bare)
+        self._index(record.cm_id).add(full_jid)
         return BindResult(int(version), SessionRecord.decode(old) if old else None)
 
     async def update(self, full_jid: str, record: SessionRecord) -> int:
@@ -127,14 +138,15 @@ class SessionStore:
             )
 
     async def unbind(self, full_jid: str, record: SessionRecord) -> int:
-        """Remove the resource if this session still owns it; 0 when it does not."""
+        """Remove the resource if this session still owns it; 0 when it does not.  Its
+        entry in the connection manager's index goes within the tick (`CmIndex`)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_unbind"):
             version = await self._replace(
                 keys=[keys.sessions(bare), keys.sessions_version(bare)],
                 args=[resource, record.owner, ""],
             )
-            await self._r.srem(keys.cm_sessions(record.cm_id), full_jid)
+        self._index(record.cm_id).discard(full_jid)
         return int(version)
 
     async def get(self, bare_jid: str) -> dict[str, SessionRecord]:
@@ -171,6 +183,7 @@ class SessionStore:
 
     async def retire(self, cm_id: str) -> None:
         """A connection manager that stopped cleanly removes its heartbeat and index."""
+        await self.flush_index(cm_id)
         await self._r.delete(keys.cm_alive(cm_id), keys.cm_sessions(cm_id))
         await self._r.srem(keys.CMS, cm_id)
 
@@ -185,7 +198,14 @@ class SessionStore:
             alive = await pipe.execute()
         return {cm_id: bool(a) for cm_id, a in zip(ids, alive, strict=True)}
 
+    async def flush_index(self, cm_id: str) -> None:
+        """Wait for this process's pending index changes of `cm_id` (see `CmIndex`)."""
+        index = self._indexes.get(cm_id)
+        if index is not None:
+            await index.flush()
+
     async def cm_sessions(self, cm_id: str) -> list[str]:
+        await self.flush_index(cm_id)  # this process reads its own writes
         return sorted(m.decode() for m in await self._r.smembers(keys.cm_sessions(cm_id)))
 
     async def reap(self, cm_id: str) -> list[tuple[str, int]]:

@@ -313,7 +313,7 @@ class C2SStream(StreamIO):
             (
                 "<?xml version='1.0'?>"
                 f'<stream:stream xmlns="{ns.CLIENT}" xmlns:stream="{ns.STREAM}" '
-                f'id="{self.stream_id}" from={quoteattr(self.config.domain)}{to} '
+                f'id="{self.stream_id}" from={_quoted(self.config.domain)}{to} '
                 'version="1.0" xml:lang="en">'
             ).encode()
         )
@@ -372,23 +372,7 @@ class C2SStream(StreamIO):
         return None
 
     def _features(self) -> bytes:
-        parts = ["<stream:features>"]
-        if self.username is not None:
-            parts.append(f'<bind xmlns="{ns.BIND}"/>')
-            parts.append(f'<session xmlns="{ns.SESSION}"><optional/></session>')
-            parts.append(f'<ver xmlns="{ns.ROSTER_VERSIONING}"/>')  # RFC 6121 §2.6.1
-            parts.append(f'<sub xmlns="{ns.PRE_APPROVAL}"/>')  # RFC 6121 §3.4.1
-        else:
-            if self.config.tls_available and not self.tls:
-                required = "<required/>" if self.config.tls_required else ""
-                parts.append(f'<starttls xmlns="{ns.TLS}">{required}</starttls>')
-            if self._sasl_allowed():
-                mechs = "".join(f"<mechanism>{m}</mechanism>" for m in self.config.mechanisms)
-                parts.append(f'<mechanisms xmlns="{ns.SASL}">{mechs}</mechanisms>')
-                if self.config.allow_registration:
-                    parts.append(f'<register xmlns="{ns.REGISTER_FEATURE}"/>')
-        parts.append("</stream:features>")
-        return "".join(parts).encode()
+        return _features(self.config, self.tls, self.username is not None)
 
     def _sasl_allowed(self) -> bool:
         return self.tls or not self.config.tls_required
@@ -607,6 +591,34 @@ def _b64(text: str | None) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("invalid base64") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _features(config: StreamConfig, tls: bool, authenticated: bool) -> bytes:
+    """<stream:features/> (RFC 6120 §4.3.2): a handful of variants per server, built once."""
+    parts = ["<stream:features>"]
+    if authenticated:
+        parts.append(f'<bind xmlns="{ns.BIND}"/>')
+        parts.append(f'<session xmlns="{ns.SESSION}"><optional/></session>')
+        parts.append(f'<ver xmlns="{ns.ROSTER_VERSIONING}"/>')  # RFC 6121 §2.6.1
+        parts.append(f'<sub xmlns="{ns.PRE_APPROVAL}"/>')  # RFC 6121 §3.4.1
+    else:
+        if config.tls_available and not tls:
+            required = "<required/>" if config.tls_required else ""
+            parts.append(f'<starttls xmlns="{ns.TLS}">{required}</starttls>')
+        if tls or not config.tls_required:  # `C2SStream._sasl_allowed`
+            mechs = "".join(f"<mechanism>{m}</mechanism>" for m in config.mechanisms)
+            parts.append(f'<mechanisms xmlns="{ns.SASL}">{mechs}</mechanisms>')
+            if config.allow_registration:
+                parts.append(f'<register xmlns="{ns.REGISTER_FEATURE}"/>')
+    parts.append("</stream:features>")
+    return "".join(parts).encode()
+
+
+@functools.lru_cache(maxsize=16)
+def _quoted(value: str) -> str:
+    """quoteattr of the server's own domain, once."""
+    return quoteattr(value)
 
 
 @functools.lru_cache(maxsize=8)

@@ -142,3 +142,25 @@ async def test_metrics_and_health_endpoints(cluster: Cluster) -> None:
     assert "stanzad_router_partitions" in text
     text = await asyncio.to_thread(cluster.metrics, "cm-1")
     assert "stanzad_cm_connections" in text
+
+
+async def test_rfc6120_s7_bind_unbind_and_the_cm_index_after_redis_lost_its_scripts(
+    users: Users,
+) -> None:
+    """A Redis that forgot the scripts (SCRIPT FLUSH, a restart) gets them loaded again; the
+    connection manager's index (written per tick) follows bind and unbind."""
+    from shared.store.sessions import SessionRecord, SessionStore
+
+    store = SessionStore(users.redis, "tests")
+    jid, _ = await users.create()
+    full = f"{jid}/flush"
+    record = SessionRecord("cm-flushtest", "s1", 0, False)
+    for _ in range(2):
+        await users.redis.script_flush()
+        result = await store.bind(full, record, 10)
+        assert result.version > 0
+        assert full in await store.cm_sessions("cm-flushtest")
+        await users.redis.script_flush()
+        assert await store.unbind(full, record) > 0
+        assert full not in await store.cm_sessions("cm-flushtest")
+        assert await store.get(jid) == {}

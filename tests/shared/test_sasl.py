@@ -497,3 +497,23 @@ def test_calls_out_of_order_are_caller_bugs(creds: StoredCredentials) -> None:
     auth.start(None)
     with pytest.raises(RuntimeError):
         auth.start(None)
+
+
+def test_rfc8265_ascii_fast_path_matches_precis_enforcement() -> None:
+    """prepare_username skips precis_i18n for printable ASCII: same answers either way."""
+    from precis_i18n import get_profile
+
+    from shared.sasl import _LOCALPART_FORBIDDEN, prepare_username
+
+    profile = get_profile("UsernameCaseMapped")
+    samples = [chr(i) for i in range(0x21, 0x7F)] + ["AliCe", "x.Y-z_9~", "ABC!#$%*+"]
+    for raw in samples:
+        expected = profile.enforce(raw)
+        if _LOCALPART_FORBIDDEN.intersection(expected):
+            with pytest.raises(ValueError):
+                prepare_username(raw)
+        else:
+            assert prepare_username(raw) == expected
+    for raw in ("", " a", "a b", "a\tb"):  # not printable ASCII: still refused by PRECIS
+        with pytest.raises(ValueError):
+            prepare_username(raw)

@@ -1,0 +1,78 @@
+"""``cm:{id}:sessions``: the full JIDs bound on one connection manager, written per tick.
+
+The index only serves the reaper (a router or presence process removing the sessions of a
+connection manager whose heartbeat expired, `SessionStore.reap`), so it need not be written
+in the bind's own round trip: the changes of one event-loop tick (every bind and unbind of
+that tick) go out as one SADD and one SREM, in one pipeline.  A full JID bound and unbound in
+the same tick keeps only its last change, which is the set's final state either way.  When
+Redis refuses the write, the changes are kept (newer ones win) and written again a second
+later; the window in which a crash loses an index entry is the same tick as before, when
+the SADD followed the bind script as a second command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+import redis.asyncio as aioredis
+
+from shared.store import keys
+from shared.store.redis import timed
+
+log = logging.getLogger(__name__)
+
+RETRY_S: Final = 1.0
+
+
+class CmIndex:
+    """The index of one connection manager's sessions; one instance per (process, cm_id)."""
+
+    __slots__ = ("_changes", "_key", "_r", "_service", "_task")
+
+    def __init__(self, redis: aioredis.Redis, service: str, cm_id: str) -> None:
+        self._r = redis
+        self._service = service
+        self._key = keys.cm_sessions(cm_id)
+        self._changes: dict[str, bool] = {}  # full JID -> present (its last change)
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, full_jid: str) -> None:
+        self._change(full_jid, True)
+
+    def discard(self, full_jid: str) -> None:
+        self._change(full_jid, False)
+
+    def _change(self, full_jid: str, present: bool) -> None:
+        self._changes[full_jid] = present
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._write())
+
+    async def flush(self, timeout_s: float = 2.0) -> None:
+        """Wait (at most `timeout_s`) until what was changed so far is in Redis."""
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=timeout_s)
+
+    async def _write(self) -> None:
+        try:
+            while self._changes:
+                changes, self._changes = self._changes, {}
+                added = [jid for jid, present in changes.items() if present]
+                removed = [jid for jid, present in changes.items() if not present]
+                try:
+                    async with timed(self._service, "cm_index"), self._r.pipeline(
+                        transaction=False
+                    ) as pipe:
+                        if added:
+                            pipe.sadd(self._key, *added)
+                        if removed:
+                            pipe.srem(self._key, *removed)
+                        await pipe.execute()
+                except Exception as exc:
+                    log.warning("could not update the session index (retrying): %s", exc)
+                    for jid, present in changes.items():
+                        self._changes.setdefault(jid, present)  # a newer change wins
+                    await asyncio.sleep(RETRY_S)
+        finally:
+            self._task = None
