@@ -12,25 +12,19 @@ stream state machine decodes the base64 of <auth/>/<response/> and drives an
 or raises `SASLFailure`, whose condition goes into <failure/> (RFC 6120 §6.5).  After a
 failure or a success the authenticator is spent; a new <auth/> gets a new one.
 
-The SCRAM arithmetic (RFC 5802 §3: two HMACs and one hash per exchange, on stored keys; the
-server never runs PBKDF2) is done here with hmac/hashlib.  It was scramp's until 2026-12:
-scramp asks for the keys synchronously, refuses an authzid in the gs2-header, and its server
-object cost ~45 µs of Python per login (loadtest/RESULTS.md, "CPU per login"); scramp stays
-the reference client of the tests.  The username is parsed out of the client-first-message
-here (RFC 5802 §7) and `NeedCredentials` returned before any key is needed.
-Unknown users get a challenge with a deterministic fake salt and fail with
+The SCRAM arithmetic is scramp's.  scramp asks for the user's keys synchronously inside
+``set_client_first``, so this module parses the username out of the client-first-message
+itself (RFC 5802 §7), returns `NeedCredentials`, and only feeds scramp once the keys are
+there.  Unknown users get a challenge with a deterministic fake salt and fail with
 not-authorized at the end, like a wrong password (RFC 5802 §5.1 allows this to avoid
 revealing which accounts exist).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import hashlib
 import hmac
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +32,9 @@ from typing import Final, TypeVar
 from xml.sax.saxutils import escape
 
 from precis_i18n import get_profile
+from scramp import ScramException, ScramMechanism
+from scramp.core import ScramServer
+from scramp.utils import ServerError
 
 from shared.credentials import (
     DEFAULT_ITERATIONS,
@@ -60,7 +57,6 @@ _SCRAM_DIGEST_SIZE: Final = {"SCRAM-SHA-1": 20, "SCRAM-SHA-256": 32}
 _LOCALPART_FORBIDDEN: Final = frozenset("\"&'/:<>@")
 
 _USERNAME = get_profile("UsernameCaseMapped")
-_PRINTABLE_ASCII: Final = re.compile(r"[\x21-\x7e]+")
 
 # Keys the fake salts of unknown users; per process unless the caller gives a shared one.
 _PROCESS_FAKE_SALT_KEY: Final = secrets.token_bytes(32)
@@ -140,16 +136,10 @@ def prepare_username(raw: str) -> str:
     Enforces PRECIS UsernameCaseMapped (RFC 8265 §3.3) plus the JID localpart rules;
     raises ValueError.
     """
-    if _PRINTABLE_ASCII.fullmatch(raw):
-        # Every character in U+0021..U+007E is in the IdentifierClass (RFC 8264 §9.11,
-        # ASCII7) and the profile's only change to them is the case mapping (RFC 8265
-        # §3.3.2): the same result as `enforce`, without its ~9 µs per login.
-        name: str = raw.lower()
-    else:
-        try:
-            name = _USERNAME.enforce(raw)
-        except UnicodeError as exc:  # precis_i18n raises UnicodeEncodeError
-            raise ValueError(f"invalid username: {exc.reason}") from None
+    try:
+        name: str = _USERNAME.enforce(raw)
+    except UnicodeError as exc:  # precis_i18n raises UnicodeEncodeError
+        raise ValueError(f"invalid username: {exc.reason}") from None
     if _LOCALPART_FORBIDDEN.intersection(name):
         raise ValueError("invalid username: character not allowed in a localpart")
     if len(name.encode()) > MAX_LOCALPART_BYTES:
@@ -167,17 +157,43 @@ def _scram_unescape(saslname: str) -> str:
     return saslname.replace("=2C", ",").replace("=3D", "=")
 
 
-_SCRAM_DIGEST: Final = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
-_ATTR_RE: Final = re.compile(r"[A-Za-z]=")  # RFC 5802 §7 attr-val, for extensions
-# RFC 5802 §7 c-nonce: printable ASCII except ","; the split on "," already took those out.
-_NONCE_RE: Final = re.compile(r"[\x21-\x7e]+")
+class _VerbatimGs2Header:
+    """Stands in for scramp's parsed gs2-header when the client sent an authzid.
+
+    scramp refuses a non-empty authzid ("a=") in the gs2-header, but RFC 5802 §7 allows one,
+    and the client's c= attribute (covered by its proof) is base64 of the header *with* it.
+    We check the authzid ourselves, give scramp the header without it, then swap this in so
+    scramp compares c= against the header the client really sent (RFC 5802 §5.1, "c").
+    """
+
+    def __init__(self, header: str) -> None:
+        self._header = header.encode()
+
+    def make_cbind_input(self, channel_binding: object) -> bytes:
+        # Only "n" and "y" headers get here: no channel binding data is appended.
+        return self._header
 
 
-def _b64decode(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "invalid base64") from None
+_SCRAM_ERRORS: Final = {
+    ServerError.INVALID_PROOF: SASLCondition.NOT_AUTHORIZED,
+    ServerError.UNKNOWN_USER: SASLCondition.NOT_AUTHORIZED,
+    ServerError.CHANNEL_BINDINGS_DONT_MATCH: SASLCondition.NOT_AUTHORIZED,
+    ServerError.CHANNEL_BINDING_NOT_SUPPORTED: SASLCondition.NOT_AUTHORIZED,
+    ServerError.SERVER_DOES_SUPPORT_CHANNEL_BINDING: SASLCondition.NOT_AUTHORIZED,
+    ServerError.UNSUPPORTED_CHANNEL_BINDING_TYPE: SASLCondition.NOT_AUTHORIZED,
+    ServerError.NO_RESOURCES: SASLCondition.TEMPORARY_AUTH_FAILURE,
+}
+
+
+def _scram_failure(exc: Exception) -> SASLFailure:
+    """Map a scramp error (RFC 5802 §7 server-error values) to an RFC 6120 §6.5 condition."""
+    server_error = exc.server_error if isinstance(exc, ScramException) else None
+    condition = (
+        _SCRAM_ERRORS.get(server_error, SASLCondition.MALFORMED_REQUEST)
+        if server_error is not None
+        else SASLCondition.MALFORMED_REQUEST
+    )
+    return SASLFailure(condition, str(exc))
 
 
 class Authenticator:
@@ -211,10 +227,9 @@ class Authenticator:
         # SCRAM
         self._gs2_header = ""  # as the client sent it, authzid included
         self._authzid = ""
-        self._client_first_bare = ""
-        self._server_first = ""
+        self._scramp_first = ""  # client-first-message without the authzid, for scramp
         self._nonce = ""  # client nonce + server nonce (RFC 5802 §5.1 "r")
-        self._keys: ScramKeys | None = None
+        self._server: ScramServer | None = None
         self._unknown_user = False
 
     # ---- the three calls ------------------------------------------------------------
@@ -258,14 +273,14 @@ class Authenticator:
         except SASLFailure:
             self._fail()
             raise
-        except ValueError as exc:  # never a traceback towards the peer
+        except (ScramException, ValueError) as exc:  # never a traceback towards the peer
             self._fail()
-            raise SASLFailure(SASLCondition.MALFORMED_REQUEST, str(exc)) from None
+            raise _scram_failure(exc) from None
 
     def _fail(self) -> None:
         self._state = _State.DONE
         self._password = None
-        self._keys = None
+        self._server = None
 
     def _first_message(self, data: bytes) -> Step:
         text = _decode(data)
@@ -355,14 +370,14 @@ class Authenticator:
         if len(attrs) < 2 or not attrs[0].startswith("n=") or not attrs[1].startswith("r="):
             raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "bad client-first-message")
         client_nonce = attrs[1][2:]
-        if not _NONCE_RE.fullmatch(client_nonce):
+        if not client_nonce or not all(0x21 <= ord(c) <= 0x7E for c in client_nonce):
             raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "bad nonce")
 
         self._username = self._prepare_username(_scram_unescape(attrs[0][2:]))
         self._check_authzid(authzid, self._username)
         self._gs2_header = f"{flag},{authz},"
         self._authzid = authzid
-        self._client_first_bare = bare
+        self._scramp_first = f"{flag},,{bare}"
         self._nonce = client_nonce
         self._state = _State.NEED_CREDENTIALS
         return NeedCredentials(self._username)
@@ -374,51 +389,40 @@ class Authenticator:
             keys = self._fake_keys(self.mechanism)
         else:
             keys = creds.sha256 if self.mechanism == "SCRAM-SHA-256" else creds.sha1
-        self._nonce += _new_server_nonce()
-        salt = base64.b64encode(keys.salt).decode()
-        self._server_first = f"r={self._nonce},s={salt},i={keys.iterations}"
-        self._keys = keys
+        record = (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
+        server_nonce = _new_server_nonce()
+        server = ScramMechanism(self.mechanism).make_server(
+            lambda _username: record, s_nonce=server_nonce
+        )
+        server.set_client_first(self._scramp_first)
+        if self._authzid:
+            if not hasattr(server, "gs2_header"):  # a scramp that changed under us
+                raise SASLFailure(SASLCondition.TEMPORARY_AUTH_FAILURE, "authzid unsupported")
+            server.gs2_header = _VerbatimGs2Header(self._gs2_header)
+        server_first: str = server.get_server_first()
+        self._nonce += server_nonce
+        self._server = server
         self._state = _State.EXPECT_FINAL
-        return Challenge(self._server_first.encode())
+        return Challenge(server_first.encode())
 
     def _scram_final(self, data: bytes) -> Step:
         """RFC 5802 §7: client-final-message = c=…,r=…[,ext],p=proof; answer v=signature."""
         text = _decode(data)
         attrs = text.split(",")
-        if (
-            len(attrs) < 3
-            or not attrs[0].startswith("c=")
-            or not attrs[1].startswith("r=")
-            or not attrs[-1].startswith("p=")
-            or not all(_ATTR_RE.match(ext) for ext in attrs[2:-1])
-        ):
+        if len(attrs) < 3 or not attrs[1].startswith("r="):
             raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "bad client-final-message")
         if attrs[1][2:] != self._nonce:
             raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "nonce mismatch")
-        channel_binding = _b64decode(attrs[0][2:])
-        proof = _b64decode(attrs[-1][2:])
-        # §5.1 "c": base64 of the gs2-header as the client sent it (no cbind-data: no -PLUS).
-        if channel_binding != self._gs2_header.encode():
-            raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "channel binding mismatch")
-        keys = self._keys
-        assert keys is not None
-        digest = _SCRAM_DIGEST[self.mechanism]
-        without_proof = text[: len(text) - len(attrs[-1]) - 1]
-        auth_message = f"{self._client_first_bare},{self._server_first},{without_proof}".encode()
-        # §3: ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage); H(ClientKey) = StoredKey
-        signature = hmac.digest(keys.stored_key, auth_message, digest)
-        if len(proof) != len(signature):
-            raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "invalid proof")
-        client_key = (int.from_bytes(proof) ^ int.from_bytes(signature)).to_bytes(len(proof))
-        if not hmac.compare_digest(hashlib.new(digest, client_key).digest(), keys.stored_key):
-            raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "invalid proof")
+        server = self._server
+        assert server is not None
+        server.set_client_final(text)  # checks c= (the gs2-header) and the proof
         if self._unknown_user:  # cannot happen with random keys; never let it succeed anyway
             raise SASLFailure(SASLCondition.NOT_AUTHORIZED)
-        server_signature = hmac.digest(keys.server_key, auth_message, digest)
+        server_final: str = server.get_server_final()
         self._state = _State.DONE
-        self._keys = None
+        self._server = None
         # RFC 6120 §6.3.10: the server-final-message goes with <success/>.
-        return Success(self._username, b"v=" + base64.b64encode(server_signature))
+        return Success(self._username, server_final.encode())
 
 
 def _new_server_nonce() -> str:

@@ -499,8 +499,8 @@ def test_calls_out_of_order_are_caller_bugs(creds: StoredCredentials) -> None:
         auth.start(None)
 
 
-def test_rfc8265_ascii_fast_path_matches_precis_enforcement() -> None:
-    """prepare_username skips precis_i18n for printable ASCII: same answers either way."""
+def test_rfc8265_printable_ascii_usernames_are_precis_enforced_and_localpart_checked() -> None:
+    """prepare_username: PRECIS UsernameCaseMapped (precis_i18n) plus the localpart rules."""
     from precis_i18n import get_profile
 
     from shared.sasl import _LOCALPART_FORBIDDEN, prepare_username
