@@ -139,14 +139,18 @@ class SessionStore:
 
     async def unbind(self, full_jid: str, record: SessionRecord) -> int:
         """Remove the resource if this session still owns it; 0 when it does not.  Its
-        entry in the connection manager's index goes within the tick (`CmIndex`)."""
+        entry in the connection manager's index goes within the tick (`CmIndex`), and only
+        when it was still ours: a newer session of the same full JID on the same connection
+        manager keeps the entry (one left behind for another connection manager is harmless:
+        the reaper checks the record's connection manager, and the index goes at retire)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_unbind"):
             version = await self._replace(
                 keys=[keys.sessions(bare), keys.sessions_version(bare)],
                 args=[resource, record.owner, ""],
             )
-        self._index(record.cm_id).discard(full_jid)
+        if version:
+            self._index(record.cm_id).discard(full_jid)
         return int(version)
 
     async def get(self, bare_jid: str) -> dict[str, SessionRecord]:

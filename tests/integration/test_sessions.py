@@ -164,3 +164,24 @@ async def test_rfc6120_s7_bind_unbind_and_the_cm_index_after_redis_lost_its_scri
         assert await store.unbind(full, record) > 0
         assert full not in await store.cm_sessions("cm-flushtest")
         assert await store.get(jid) == {}
+
+
+async def test_rfc6120_7_7_2_2_replaced_session_leaves_the_new_one_in_the_cm_index(
+    users: Users,
+) -> None:
+    """A full JID bound again on the same connection manager (the older session gets
+    <conflict/>): the old session's unbind must not take the new one out of the index, or
+    the reaper would never clear the new session if that connection manager died."""
+    from shared.store.sessions import SessionRecord, SessionStore
+
+    store = SessionStore(users.redis, "tests")
+    jid, _ = await users.create()
+    full = f"{jid}/twice"
+    old, new = SessionRecord("cm-rebind", "s1"), SessionRecord("cm-rebind", "s2")
+    await store.bind(full, old, 10)
+    replaced = await store.bind(full, new, 10)
+    assert replaced.replaced == old
+    assert await store.unbind(full, old) == 0  # no longer its resource
+    assert full in await store.cm_sessions("cm-rebind")
+    assert await store.unbind(full, new) > 0
+    assert full not in await store.cm_sessions("cm-rebind")
