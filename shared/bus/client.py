@@ -373,11 +373,21 @@ class Bus:
     # ---- consuming -------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Wait until NATS has seen everything published so far."""
+        """Wait until NATS has seen everything published (and subscribed) so far.
+
+        nats-py 2.16's ``flush`` writes its PING straight to the socket while commands it
+        queued itself (a SUB, an UNSUB, an awaited publish) may still wait in its pending
+        buffer for the flusher task: the PONG could then come back before the server saw
+        them, and a subscription "made" before a flush could miss the first messages (seen
+        as a prefix of messages missing in tests/shared/bus/test_client.py).  So nats-py's
+        pending commands are written first, by its own flusher."""
         if self._outbox:
             self._write_outbox()
-        if self._nc is not None and self._nc.is_connected:
-            await self._nc.flush(timeout=2)
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            if nc._pending:
+                await nc._flush_pending(force_flush=True)
+            await nc.flush(timeout=2)
 
     async def subscribe(self, subject: str) -> Subscription:
         """Feed a subject into this bus's ordered inbox."""

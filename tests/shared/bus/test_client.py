@@ -20,7 +20,7 @@ from shared.bus.client import Bus, BusUnavailable, _BusClient
 def test_the_nats_py_internals_the_bus_uses_are_there() -> None:
     nc = _BusClient()
     for name in ("_pending", "_pending_data_size", "_max_pending_size", "_subs", "stats",
-                 "_max_payload", "_flush_queue", "_transport"):
+                 "_max_payload", "_flush_queue", "_transport", "_flush_pending"):
         assert hasattr(nc, name), name
     params = list(inspect.signature(Client._process_msg).parameters)
     assert params == ["self", "sid", "subject", "reply", "data", "headers"]
@@ -50,9 +50,39 @@ async def buses(nats_url: str) -> AsyncIterator[tuple[Bus, Bus, list[tuple[str, 
     tx = Bus(nats_url, "tx")
     await rx.connect()
     await tx.connect()
+    await _both_ways_live(rx, tx, got)
     yield rx, tx, got
     await tx.close()
     await rx.close()
+
+
+async def _both_ways_live(rx: Bus, tx: Bus, got: list[tuple[str, bytes]]) -> None:
+    """A probe from tx has reached rx's handler before a test counts what arrives.  It also
+    leaves nats-py's flusher as a busy bus has it, which is how the first test below caught
+    `Bus.flush` returning before the server had seen a SUB (nats-py writes its PING ahead of
+    its own pending commands): the first messages of every run went missing."""
+    sub = await rx.subscribe("t.probe")
+    await rx.flush()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not got:
+        await tx.publish("t.probe", b"probe")
+        await tx.flush()
+        for _ in range(10):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        if loop.time() > deadline:
+            nc_rx, nc_tx = rx._nc, tx._nc
+            raise RuntimeError(
+                f"no probe arrived: tx {nc_tx.stats if nc_tx else None}, "
+                f"rx {nc_rx.stats if nc_rx else None}, rx inbox {len(rx._inbox)}, "
+                f"rx worker {rx._worker}"
+            )
+    await sub.unsubscribe()
+    await rx.flush()
+    await asyncio.sleep(0.05)  # late probes of the loop above land before the test starts
+    got.clear()
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
