@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 
 from shared.store import keys
 from shared.store.redis import timed
-from shared.store.roster import RosterItem
-from shared.store.sessions import SessionRecord
+from shared.store.roster import RosterItem, decode_items
+from shared.store.sessions import OWNED_LUA, SessionRecord
 
 # Append unless the list is full: ARGV cap, payload.  Returns the new length, 0 when full.
 _PUSH_CAPPED: Final = """
@@ -31,11 +31,10 @@ return m
 # ARGV: resource, expected "<cm_id> <sid>" ("" leaves the session table alone), new session
 # record, presence stanza.  Returns {session version (0: unchanged), 1 if the resource was
 # not available before, the roster hash}.
-_GO_AVAILABLE: Final = """
+_GO_AVAILABLE: Final = OWNED_LUA + """
 local version = 0
 if ARGV[2] ~= '' then
-  local cur = redis.call('HGET', KEYS[1], ARGV[1])
-  if cur and string.sub(cur, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. ' ' then
+  if owned(redis.call('HGET', KEYS[1], ARGV[1]), ARGV[2]) then
     redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
     version = redis.call('INCR', KEYS[2])
   end
@@ -89,11 +88,8 @@ class PresenceStore:
                 args=[resource, record.owner if record else "",
                       record.encode() if record else "", payload],
             )
-        items = {}
-        for i in range(0, len(flat), 2):
-            contact = flat[i].decode()
-            items[contact] = RosterItem.decode(contact, flat[i + 1])
-        return int(version), bool(new), items
+        roster = dict(zip(flat[::2], flat[1::2], strict=True))  # HGETALL's flat reply
+        return int(version), bool(new), decode_items(roster)
 
     async def set_available(self, full: str, payload: bytes) -> bool:
         """Remember a resource's presence; True when it was not available before."""

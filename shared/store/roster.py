@@ -64,7 +64,7 @@ class RosterStore:
             ver, items, tombs = await pipe.execute()
         return (
             int(ver or 0),
-            {k.decode(): RosterItem.decode(k.decode(), v) for k, v in items.items()},
+            decode_items(items),
             {k.decode(): int(v) for k, v in tombs.items()},
         )
 
@@ -108,3 +108,8 @@ class RosterStore:
 
     async def count(self, bare: str) -> int:
         return int(await self._r.hlen(keys.roster(bare)))
+
+
+def decode_items(raw: dict[bytes, bytes]) -> dict[str, RosterItem]:
+    """The roster hash as Redis returns it, by contact."""
+    return {k.decode(): RosterItem.decode(k.decode(), v) for k, v in raw.items()}

@@ -32,10 +32,19 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return {redis.call('INCR', KEYS[2]), cur}
 """
 
+# Lua: does the record `cur` belong to the session `owner` ("<cm_id> <sid>",
+# `SessionRecord.owner`)?  Every script that replaces a record only when its session still
+# owns it starts with this (also shared.store.presence's go-available script).
+OWNED_LUA: Final = """
+local function owned(cur, owner)
+  return cur and string.sub(cur, 1, string.len(owner) + 1) == owner .. ' '
+end
+"""
+
 # ARGV: resource, expected "<cm_id> <sid>" prefix, new record ("" deletes)
-_REPLACE_IF_OWNED: Final = """
+_REPLACE_IF_OWNED: Final = OWNED_LUA + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur or string.sub(cur, 1, string.len(ARGV[2]) + 1) ~= ARGV[2] .. ' ' then
+if not owned(cur, ARGV[2]) then
   return 0
 end
 if ARGV[3] == '' then

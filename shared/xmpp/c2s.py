@@ -375,7 +375,7 @@ class C2SStream(StreamIO):
         return _features(self.config, self.tls, self.username is not None)
 
     def _sasl_allowed(self) -> bool:
-        return self.tls or not self.config.tls_required
+        return _sasl_allowed(self.config, self.tls)
 
     # ---- STARTTLS (RFC 6120 §5) ------------------------------------------------------------
 
@@ -606,13 +606,18 @@ def _features(config: StreamConfig, tls: bool, authenticated: bool) -> bytes:
         if config.tls_available and not tls:
             required = "<required/>" if config.tls_required else ""
             parts.append(f'<starttls xmlns="{ns.TLS}">{required}</starttls>')
-        if tls or not config.tls_required:  # `C2SStream._sasl_allowed`
+        if _sasl_allowed(config, tls):
             mechs = "".join(f"<mechanism>{m}</mechanism>" for m in config.mechanisms)
             parts.append(f'<mechanisms xmlns="{ns.SASL}">{mechs}</mechanisms>')
             if config.allow_registration:
                 parts.append(f'<register xmlns="{ns.REGISTER_FEATURE}"/>')
     parts.append("</stream:features>")
     return "".join(parts).encode()
+
+
+def _sasl_allowed(config: StreamConfig, tls: bool) -> bool:
+    """SASL only over TLS unless the configuration allows it in the clear (RFC 6120 §5.3.1)."""
+    return tls or not config.tls_required
 
 
 @functools.lru_cache(maxsize=16)
