@@ -23,34 +23,19 @@ from __future__ import annotations
 
 import argparse
 import ssl
-import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi  # benchmark only: the record path without wrappers
 from OpenSSL._util import lib as _lib
 
-from shared.tls import TLS12_CIPHERS, ensure_self_signed, server_context
+from loadtest import tls_harness
+from loadtest.tls_harness import STANZA, Client, Session, certificate
+from shared.tls import TLS12_CIPHERS, server_context
 from shared.tls_session import TLSSession
 
-DOMAIN: Final = "example.org"
-STANZA: Final = (
-    b"<message to='juliet@example.org/balcony' from='romeo@example.org/orchard' type='chat' "
-    b"id='a1b2c3d4'><body>" + b"x" * 160 + b"</body><active xmlns='http://jabber.org/protocol/"
-    b"chatstates'/></message>"
-)
 MAX_SECONDS: Final = 20.0  # per backend and phase: the loops stop early past it
-
-
-class Session(Protocol):
-    established: bool
-
-    def receive(self, data: bytes) -> bytes: ...
-    def send(self, data: bytes) -> None: ...
-    def data_to_send(self) -> bytes: ...
 
 
 class PyOpenSSLSession:
@@ -140,13 +125,6 @@ def pyopenssl_context(cert: str, key: str) -> SSL.Context:
     return ctx
 
 
-def certificate() -> tuple[str, str]:
-    workdir = Path(tempfile.mkdtemp(prefix="stanzad-tlsbench-"))
-    cert, key = str(workdir / "cert.pem"), str(workdir / "key.pem")
-    ensure_self_signed(cert, key, DOMAIN)
-    return cert, key
-
-
 def makers(cert: str, key: str) -> dict[str, Callable[[], Session]]:
     """A new server-side session of each backend."""
     plain = server_context(cert, key)
@@ -160,76 +138,21 @@ def makers(cert: str, key: str) -> dict[str, Callable[[], Session]]:
     }
 
 
-class Client:
-    """The client side: CPython ``ssl`` over memory BIOs, not timed."""
-
-    def __init__(self, cert: str) -> None:
-        self.ctx = ssl.create_default_context(cafile=cert)
-
-    def connect(self, server: Session) -> tuple[TLSSession, float]:
-        """A full handshake and one record each way; the server's CPU seconds for it."""
-        client = TLSSession(self.ctx, server_side=False, server_hostname=DOMAIN)
-        client.start()
-        cpu = 0.0
-        for _ in range(10):
-            wire = client.data_to_send()
-            t0 = time.process_time()
-            server.receive(wire)
-            reply = server.data_to_send()
-            cpu += time.process_time() - t0
-            client.receive(reply)
-            if server.established and client.established:
-                break
-        client.send(STANZA)
-        wire = client.data_to_send()
-        t0 = time.process_time()  # the client's Finished may come with it: tickets go now
-        assert server.receive(wire) == STANZA
-        server.send(STANZA)
-        reply = server.data_to_send()
-        cpu += time.process_time() - t0
-        assert client.receive(reply) == STANZA
-        return client, cpu
-
-
 def handshakes(make: Callable[[], Session], client: Client, n: int) -> float:
-    """Server CPU seconds per handshake, the new session's construction included."""
-    for _ in range(20):
-        client.connect(make())
-    total, done, deadline = 0.0, 0, time.monotonic() + MAX_SECONDS
-    while done < n and time.monotonic() < deadline:
-        t0 = time.process_time()
-        server = make()  # SSL_new and the BIOs: part of every login too
-        total += time.process_time() - t0 + client.connect(server)[1]
-        done += 1
-    return total / done
+    """Server CPU seconds per handshake (`tls_harness.handshakes`, bounded by MAX_SECONDS)."""
+    return tls_harness.handshakes(make, client, n, MAX_SECONDS)
 
 
 def records(make: Callable[[], Session], client: Client, n: int) -> float:
-    """Server CPU seconds per record round trip (one stanza in, one out)."""
-    server = make()
-    peer, _ = client.connect(server)
-    wires = []
-    for _ in range(n):
-        peer.send(STANZA)
-        wires.append(peer.data_to_send())
-    deadline = time.monotonic() + MAX_SECONDS
-    t0 = time.process_time()
-    done = 0
-    for wire in wires:
-        server.receive(wire)
-        server.send(STANZA)
-        server.data_to_send()
-        done += 1
-        if not done % 1000 and time.monotonic() > deadline:
-            break
-    return (time.process_time() - t0) / done
+    """Server CPU seconds per record round trip (`tls_harness.records`)."""
+    return tls_harness.records(make, client, n, MAX_SECONDS)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=300, help="handshakes per backend (max 5,000)")
     ap.add_argument("-r", type=int, default=20_000, help="records per backend (max 200,000)")
-    cert, key = certificate()
+    cert, key = certificate("stanzad-tlsbench-")
     backends = makers(cert, key)
     ap.add_argument("backends", nargs="*", help=f"of {', '.join(backends)} (default: all)")
     args = ap.parse_args()

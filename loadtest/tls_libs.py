@@ -39,42 +39,27 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import gc
 import math
 import os
 import socket
 import ssl
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from shared.tls import ensure_self_signed, server_context
+from loadtest import tls_harness
+from loadtest.conn_memory import _rss_kib, _trim
+from loadtest.tls_harness import DOMAIN, STANZA, Client, TLSFailed, certificate
+from shared.tls import server_context
 from shared.tls_session import TLSSession
 
-DOMAIN: Final = "example.org"
-STANZA: Final = (
-    b"<message to='juliet@example.org/balcony' from='romeo@example.org/orchard' type='chat' "
-    b"id='a1b2c3d4'><body>" + b"x" * 160 + b"</body><active xmlns='http://jabber.org/protocol/"
-    b"chatstates'/></message>"
-)
 MAX_SECONDS: Final = 15.0  # per backend and phase: the loops stop early past it
 _READ: Final = 16 * 1024
 
 
-class Session(Protocol):
-    established: bool
-
-    def receive(self, data: bytes) -> bytes: ...
-    def send(self, data: bytes) -> None: ...
-    def data_to_send(self) -> bytes: ...
+class Session(tls_harness.Session, Protocol):
     def describe(self) -> str: ...
-
-
-class TLSFailed(Exception):
-    """The library reported a fatal error (handshake or record)."""
 
 
 # --- OpenSSL (today's layer) ---------------------------------------------------------------
@@ -508,14 +493,6 @@ def socket_memory(backend: str, n: int, cert: str, key: str) -> tuple[str, float
 # --- the measurements ----------------------------------------------------------------------
 
 
-def certificate() -> tuple[str, str]:
-    """The load tool's self-signed P-256 certificate (`shared.tls.ensure_self_signed`)."""
-    workdir = Path(tempfile.mkdtemp(prefix="stanzad-tlslibs-"))
-    cert, key = str(workdir / "cert.pem"), str(workdir / "key.pem")
-    ensure_self_signed(cert, key, DOMAIN)
-    return cert, key
-
-
 def _available(backend: str) -> bool:
     if backend == "wolfssl-module":
         import importlib
@@ -588,48 +565,6 @@ def library_version(backend: str) -> str:
     return str(version.version)
 
 
-class Client:
-    """The client side: CPython ``ssl`` over memory BIOs, like the load tool; not timed."""
-
-    def __init__(self, cert: str) -> None:
-        self.ctx = ssl.create_default_context(cafile=cert)
-
-    def connect(self, server: Session) -> tuple[TLSSession, float]:
-        """A full handshake and one record each way; the server's CPU seconds for it."""
-        client = TLSSession(self.ctx, server_side=False, server_hostname=DOMAIN)
-        client.start()
-        cpu = 0.0
-        for _ in range(10):
-            wire = client.data_to_send()
-            t0 = time.process_time()
-            server.receive(wire)
-            reply = server.data_to_send()
-            cpu += time.process_time() - t0
-            client.receive(reply)
-            if server.established and client.established:
-                break
-        else:
-            raise TLSFailed("no handshake after 10 flights")
-        client.send(STANZA)
-        wire = client.data_to_send()
-        t0 = time.process_time()
-        got = server.receive(wire)
-        server.send(STANZA)
-        reply = server.data_to_send()
-        cpu += time.process_time() - t0
-        if got != STANZA or client.receive(reply) != STANZA:
-            raise TLSFailed("the first record did not make it both ways")
-        return client, cpu
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
@@ -647,12 +582,6 @@ def _heap_bytes() -> int:
     _LIBC.mallinfo2.restype = _MallInfo2
     info = _LIBC.mallinfo2()
     return int(info.uordblks + info.hblkhd)
-
-
-def _trim() -> None:
-    gc.collect()
-    if hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
 
 
 @dataclass
@@ -708,41 +637,6 @@ def memory(
     return per_rss, per_heap
 
 
-def handshakes(make: Callable[[], Session], client: Client, n: int) -> float:
-    """Server CPU seconds per handshake, the new session's construction included."""
-    for _ in range(20):
-        client.connect(make())
-    total, done, deadline = 0.0, 0, time.monotonic() + MAX_SECONDS
-    while done < n and time.monotonic() < deadline:
-        t0 = time.process_time()
-        server = make()
-        total += time.process_time() - t0 + client.connect(server)[1]
-        done += 1
-    return total / done
-
-
-def records(make: Callable[[], Session], client: Client, n: int) -> float:
-    """Server CPU seconds per record round trip (one stanza in, one out)."""
-    server = make()
-    peer, _ = client.connect(server)
-    wires = []
-    for _ in range(n):
-        peer.send(STANZA)
-        wires.append(peer.data_to_send())
-    deadline = time.monotonic() + MAX_SECONDS
-    t0 = time.process_time()
-    done = 0
-    for wire in wires:
-        if server.receive(wire) != STANZA:
-            raise TLSFailed("a record was lost")
-        server.send(STANZA)
-        server.data_to_send()
-        done += 1
-        if not done % 1000 and time.monotonic() > deadline:
-            break
-    return (time.process_time() - t0) / done
-
-
 def run(
     backend: str, n: int, hs: int, rec: int, cert: str, key: str, burst: int = 0
 ) -> Row | None:
@@ -762,7 +656,8 @@ def run(
     rss, heap = memory(make, client, n, burst)
     return Row(
         backend, library_version(backend), probe.describe(), rss, heap,
-        handshakes(make, client, hs) * 1e6, records(make, client, rec) * 1e6,
+        tls_harness.handshakes(make, client, hs, MAX_SECONDS) * 1e6,
+        tls_harness.records(make, client, rec, MAX_SECONDS) * 1e6,
     )
 
 
@@ -789,7 +684,7 @@ def main() -> None:
     n = max(1, min(args.n, 20_000))
     hs = max(1, min(args.handshakes, 5000))
     rec = max(1, min(args.records, 200_000))
-    cert, key = certificate()
+    cert, key = certificate("stanzad-tlslibs-")
     burst = f", then {args.burst:,} B each way" if args.burst else ""
     print(f"{n:,} server sessions alive (CPython ssl client, P-256 certificate, one "
           f"{len(STANZA)} B record each way{burst}); server CPU over {hs:,} handshakes, "
