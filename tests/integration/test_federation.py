@@ -67,14 +67,8 @@ def clusters(dns_server: DNSServer) -> Iterator[tuple[Cluster, Cluster]]:
     try:
         for c in (a, b):
             c.start_servers()
-        # start every service of both clusters, then wait for all: the machine has 2 cores
         for c in (a, b):
-            for role, module, extra in (
-                ("router-1", "services.router", {"STANZAD_ROUTER_ID": "router-1"}),
-                ("presence-1", "services.presence", {"STANZAD_PRESENCE_ID": "presence-1"}),
-                ("roster-1", "services.roster", {"STANZAD_ROSTER_ID": "roster-1"}),
-            ):
-                c.start_service(role, module, STANZAD_LEASE_TTL_S="3", **extra)
+            c.spawn_core()  # every service of both clusters first, then wait for all
         a.start_s2s(port=ports["a"], wait=False, STANZAD_S2S_DNS_SERVERS=dns,
                     STANZAD_S2S_TRUSTED_CERTS=f"{B}={_cert(b)}")
         b.start_s2s(port=ports["b"], wait=False, STANZAD_S2S_DNS_SERVERS=dns,

@@ -67,12 +67,7 @@ def clusters(net: tuple[DNSServer, TCPProxy]) -> Iterator[tuple[Cluster, Cluster
         for c in (a, b):
             c.start_servers()
         for c in (a, b):
-            for role, module, extra in (
-                ("router-1", "services.router", {"STANZAD_ROUTER_ID": "router-1"}),
-                ("presence-1", "services.presence", {"STANZAD_PRESENCE_ID": "presence-1"}),
-                ("roster-1", "services.roster", {"STANZAD_ROSTER_ID": "roster-1"}),
-            ):
-                c.start_service(role, module, STANZAD_LEASE_TTL_S="3", **extra)
+            c.spawn_core()  # every service of both clusters first, then wait for all
         a.start_s2s(port=ports["a"], wait=False, STANZAD_S2S_DNS_SERVERS=dns,
                     STANZAD_S2S_TRUSTED_CERTS=f"{B}={_cert(b)}",
                     STANZAD_S2S_SM_ACK_TIMEOUT_S="5")
