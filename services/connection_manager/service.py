@@ -31,7 +31,7 @@ from shared.credentials import StoredCredentials
 from shared.jid import JID, JIDError
 from shared.metrics import HistogramTally, Tally
 from shared.router.service import Router
-from shared.settings import ConnectionManagerSettings, RouterSettings, load
+from shared.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore, Scope
 from shared.store.redis import connect as redis_connect
@@ -89,7 +89,7 @@ class ConnectionManager:
         # subject carry between the two skips NATS (shared/bus/local.py)
         self.router: Router | None = None
         if settings.embedded_router:
-            router_settings = load(RouterSettings)
+            router_settings = load_or_exit(RouterSettings)  # names a bad STANZAD_ variable
             self.router = Router(router_settings.model_copy(
                 update={"router_id": router_settings.router_id or f"{self.cm_id}-router"}
             ))
