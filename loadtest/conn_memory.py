@@ -38,6 +38,7 @@ from unittest import mock
 from loadtest.tls_bench import PyOpenSSLSession, pyopenssl_context
 from shared import tls_session
 from shared.tls import ensure_self_signed, server_context
+from shared.tls_keylog import KeyLog
 from shared.tls_session import TLSSession
 from shared.xmpp.parser import POST_AUTH_LIMITS, StreamParser
 
@@ -78,6 +79,8 @@ def _tls_maker(
     sliced: bool = True,
     pyopenssl: bool = False,
     handshake: bool = True,
+    lean: bool = False,
+    hibernate: bool = False,
 ) -> Callable[[], object]:
     workdir = Path(tempfile.mkdtemp(prefix="stanzad-connmem-"))
     cert, key = str(workdir / "cert.pem"), str(workdir / "key.pem")
@@ -86,9 +89,14 @@ def _tls_maker(
     server_ctx.maximum_version = max_version
     py_ctx = pyopenssl_context(cert, key)
     client_ctx = ssl.create_default_context(cafile=cert)
+    keylog = KeyLog() if lean else None
+    if keylog is not None:
+        keylog.attach(server_ctx)
 
     def make() -> object:
-        server = PyOpenSSLSession(py_ctx) if pyopenssl else TLSSession(server_ctx)
+        server = (
+            PyOpenSSLSession(py_ctx) if pyopenssl else TLSSession(server_ctx, keylog=keylog)
+        )
         if not handshake:
             return server
         client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
@@ -108,6 +116,11 @@ def _tls_maker(
                 assert len(server.receive(client.data_to_send())) == burst
                 server.send(b"y" * burst)
                 assert len(client.receive(server.data_to_send())) == burst
+        if lean:
+            assert isinstance(server, TLSSession) and server.lean
+        if hibernate:
+            assert isinstance(server, TLSSession)
+            server.hibernate()
         return server  # the client goes away
 
     return make
@@ -133,6 +146,9 @@ PIECES: dict[str, Callable[[], Callable[[], object]]] = {
     "tls-burst-unsliced": lambda: _tls_maker(burst=BURST, sliced=False),
     "tls-pyopenssl": lambda: _tls_maker(pyopenssl=True),
     "tls-fresh": lambda: _tls_maker(handshake=False),
+    "tls-lean": lambda: _tls_maker(lean=True),
+    "tls-lean-hibernated": lambda: _tls_maker(lean=True, hibernate=True),
+    "tls-lean-burst": lambda: _tls_maker(lean=True, burst=BURST),
     "tls-pyopenssl-fresh": lambda: _tls_maker(pyopenssl=True, handshake=False),
     "parser": lambda: _parser(False),
     "parser-hibernated": lambda: _parser(True),

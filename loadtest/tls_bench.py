@@ -10,6 +10,8 @@ Backends:
 
 * ``ssl`` — `shared.tls_session.TLSSession` over `shared.tls.server_context` (the c2s layer:
   CPython's ``ssl``, the system OpenSSL, no session tickets);
+* ``ssl-lean`` — the same with a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS``): OpenSSL's
+  handshake, then `shared.tls_records.Records13` on ``cryptography``'s AEADs;
 * ``ssl-tickets2`` — the same with OpenSSL's default of two TLS 1.3 session tickets;
 * ``pyopenssl`` — `PyOpenSSLSession` below: pyOpenSSL on the OpenSSL ``cryptography``
   bundles, same policy, ``SSL_MODE_RELEASE_BUFFERS``, no tickets, no session cache;
@@ -33,6 +35,7 @@ from OpenSSL._util import lib as _lib
 from loadtest import tls_harness
 from loadtest.tls_harness import STANZA, Client, Session, certificate
 from shared.tls import TLS12_CIPHERS, server_context
+from shared.tls_keylog import KeyLog
 from shared.tls_session import TLSSession
 
 MAX_SECONDS: Final = 20.0  # per backend and phase: the loops stop early past it
@@ -130,8 +133,12 @@ def makers(cert: str, key: str) -> dict[str, Callable[[], Session]]:
     plain = server_context(cert, key)
     tickets = server_context(cert, key, session_tickets=2)
     py = pyopenssl_context(cert, key)
+    lean = server_context(cert, key)
+    keylog = KeyLog()
+    keylog.attach(lean)
     return {
         "ssl": lambda: TLSSession(plain),
+        "ssl-lean": lambda: TLSSession(lean, keylog=keylog),
         "ssl-tickets2": lambda: TLSSession(tickets),
         "pyopenssl": lambda: PyOpenSSLSession(py),
         "pyopenssl-cffi": lambda: CffiSession(py),

@@ -180,6 +180,7 @@ class C2SConnection(asyncio.Protocol):
         if out:
             self.transport.write(out)
         if handshaking and tls.established:
+            metrics.TLS_HANDSHAKES.labels("lean" if tls.lean else "openssl").inc()
             self.stream.tls_established()  # a new stream; what came with the Finished follows
         return plain
 
@@ -353,6 +354,8 @@ class C2SConnection(asyncio.Protocol):
         if s.hibernate_after_s and idle >= s.hibernate_after_s and self.stream.hibernate():
             metrics.PARSERS_HIBERNATED.inc()  # ~10 KiB less until the next byte (README)
             self._hibernating = True
+            if self._tls is not None:
+                self._tls.hibernate()  # a lean session's AEAD contexts, ~5 KiB
         if self._ping_sent:
             if self._last_rx >= self._ping_sent:
                 self._ping_sent = 0.0  # it answered (anything counts)
@@ -441,7 +444,7 @@ class C2SConnection(asyncio.Protocol):
         self._flush()
         if self._closing:
             return
-        self._tls = TLSSession(self.cm.tls_context)
+        self._tls = TLSSession(self.cm.tls_context, keylog=self.cm.tls_keylog)
 
     async def _load_credentials(self, username: str) -> None:
         """The failure counters and the account's keys, in one round trip (XEP-0205 §3:

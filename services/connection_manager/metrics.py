@@ -22,6 +22,12 @@ STREAM_ERRORS = Counter(
 BYTES_IN = Counter("stanzad_cm_received_bytes_total", "Bytes read from client sockets.")
 BYTES_OUT = Counter("stanzad_cm_sent_bytes_total", "Bytes written to client sockets.")
 TLS_FAILURES = Counter("stanzad_cm_tls_failures_total", "STARTTLS handshakes that failed.")
+TLS_HANDSHAKES = Counter(
+    "stanzad_cm_tls_handshakes_total",
+    "TLS handshakes completed, by the record layer that serves the session after it "
+    "(lean: stanzad's own, OpenSSL's session freed; openssl).",
+    ["record_layer"],
+)
 AUTH_TIMEOUTS = Counter(
     "stanzad_cm_auth_timeouts_total", "Connections closed for not binding in time."
 )

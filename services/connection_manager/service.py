@@ -37,6 +37,7 @@ from shared.store.auth_throttle import AuthThrottleStore, Scope
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.tls import ensure_self_signed, server_context
+from shared.tls_keylog import KeyLog
 from shared.xmpp import ns, server_iq
 from shared.xmpp.c2s import StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
@@ -72,6 +73,11 @@ class ConnectionManager:
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
         self.tls_context: ssl.SSLContext | None = None
+        # lean TLS sessions need the secrets, which come only with no tickets after them
+        self.tls_keylog: KeyLog | None = (
+            KeyLog() if settings.tls_lean_sessions and not settings.tls_session_tickets
+            else None
+        )
         self.port = 0
         self._redis = redis_connect(settings.redis_url)
         self.accounts = AccountStore(self._redis, SERVICE)
@@ -103,9 +109,7 @@ class ConnectionManager:
         s = self.settings
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
-        self.tls_context = server_context(
-            s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets
-        )
+        self.tls_context = self._tls_context()
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
         if self.router is not None:
             await self.router.start()
@@ -131,13 +135,21 @@ class ConnectionManager:
         """SIGHUP: load the certificate and key again; new STARTTLS handshakes use them."""
         s = self.settings
         try:
-            self.tls_context = server_context(
-                s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets
-            )
+            self.tls_context = self._tls_context()
         except Exception as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
             return
         log.info("reloaded the TLS certificate from %s", s.tls_cert)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The c2s server context; its TLS 1.3 secrets go to `tls_keylog` for lean sessions
+        (STANZAD_TLS_LEAN_SESSIONS, shared/tls_session.py)."""
+        s = self.settings
+        ctx = server_context(s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets)
+        if self.tls_keylog is not None and not self.tls_keylog.attach(ctx):
+            self.tls_keylog.close()
+            self.tls_keylog = None
+        return ctx
 
     def healthy(self) -> bool:
         return not self._stopping or bool(self.connections)
@@ -171,6 +183,8 @@ class ConnectionManager:
             log.warning("could not retire %s: %s", self.cm_id, exc)
         await self.bus.close()
         await self._redis.aclose()
+        if self.tls_keylog is not None:
+            self.tls_keylog.close()  # a handshake after this just stays on OpenSSL
         if self.router is not None:  # after the drain: the streams' last stanzas pass it
             await self.router.stop()
 

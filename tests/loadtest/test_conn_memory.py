@@ -17,7 +17,9 @@ def test_every_piece_is_measured(piece: str) -> None:
 
 def test_the_pieces_are_what_they_claim() -> None:
     tls = conn_memory.PIECES["tls"]()()
-    assert isinstance(tls, TLSSession) and tls.established
+    assert isinstance(tls, TLSSession) and tls.established and not tls.lean
+    lean = conn_memory.PIECES["tls-lean"]()()
+    assert isinstance(lean, TLSSession) and lean.established and lean.lean
     awake = conn_memory.PIECES["parser"]()()
     asleep = conn_memory.PIECES["parser-hibernated"]()()
     assert isinstance(awake, StreamParser) and isinstance(asleep, StreamParser)

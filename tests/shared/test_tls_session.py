@@ -8,21 +8,37 @@ from pathlib import Path
 import pytest
 
 from shared.tls import ensure_self_signed, server_context
+from shared.tls_keylog import KeyLog
 from shared.tls_session import TLSClosed, TLSSession
 
+_KEYLOGS: dict[int, KeyLog] = {}
 
-@pytest.fixture(scope="module")
-def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+
+@pytest.fixture(scope="module", params=["openssl", "lean"])
+def contexts(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Every test below runs twice: records through OpenSSL, and (STANZAD_TLS_LEAN_SESSIONS)
+    through `shared.tls_records` once the handshake is over; the client is OpenSSL both times."""
     d: Path = tmp_path_factory.mktemp("tls")
     cert, key = str(d / "cert.pem"), str(d / "key.pem")
     ensure_self_signed(cert, key, "example.org")
     client = ssl.create_default_context(cafile=cert)
-    return server_context(cert, key), client
+    server = server_context(cert, key)
+    if request.param == "lean":
+        keylog = KeyLog()
+        assert keylog.attach(server)
+        _KEYLOGS[id(server)] = keylog
+    return server, client
+
+
+def _server(ctx: ssl.SSLContext) -> TLSSession:
+    return TLSSession(ctx, keylog=_KEYLOGS.get(id(ctx)))
 
 
 def _pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> tuple[TLSSession, TLSSession]:
     server_ctx, client_ctx = contexts
-    server = TLSSession(server_ctx)
+    server = _server(server_ctx)
     client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
     client.start()
     for _ in range(10):  # a TLS 1.3 handshake is done in two round trips
@@ -30,6 +46,7 @@ def _pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> tuple[TLSSession, 
         client.receive(server.data_to_send())
         if server.established and client.established:
             break
+    assert server.lean is (id(server_ctx) in _KEYLOGS)
     return server, client
 
 
@@ -58,7 +75,7 @@ def test_data_before_handshake_end_is_not_plaintext(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     server_ctx, _ = contexts
-    server = TLSSession(server_ctx)
+    server = _server(server_ctx)
     with pytest.raises(ssl.SSLError):
         server.receive(b"<stream:stream xmlns='jabber:client'>" * 4)
     assert not server.established
@@ -125,3 +142,54 @@ def test_session_tickets_after_the_handshake(tmp_path: Path, tickets: int) -> No
     assert bool(after) is bool(tickets)
     client.receive(after)
     assert client.established
+
+
+def test_first_stanza_sent_with_the_finished(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """The client's Finished and its first records in one read (RFC 8446 §4.4.4: a client
+    may send application data right after its Finished): the plaintext comes out at once, on
+    a lean session from the record layer that takes over mid-read."""
+    server_ctx, client_ctx = contexts
+    server = _server(server_ctx)
+    client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+    client.start()
+    server.receive(client.data_to_send())  # ClientHello
+    client.receive(server.data_to_send())  # ServerHello .. Finished
+    assert client.established and not server.established
+    client.send(b"<stream:stream>")
+    client.send(b"x" * 20_000)
+    wire = client.data_to_send()  # [CCS] Finished, then three application records
+    assert server.receive(wire) == b"<stream:stream>" + b"x" * 20_000
+    assert server.established and server.lean is (id(server_ctx) in _KEYLOGS)
+    server.send(b"<features/>")
+    assert client.receive(server.data_to_send()) == b"<features/>"
+
+
+def test_handshake_bytes_one_at_a_time(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """Records split at every byte: the lean framing waits for whole records."""
+    server_ctx, client_ctx = contexts
+    server = _server(server_ctx)
+    client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+    client.start()
+    for _ in range(3):
+        wire = client.data_to_send()
+        got = b"".join(server.receive(wire[i : i + 1]) for i in range(len(wire)))
+        client.receive(server.data_to_send())
+        if server.established:
+            break
+        assert got == b""
+    assert server.established and client.established
+    client.send(b"<a/>")
+    wire = client.data_to_send()
+    assert b"".join(server.receive(wire[i : i + 1]) for i in range(len(wire))) == b"<a/>"
+
+
+def test_hibernated_session_carries_on(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server, client = _pair(contexts)
+    server.hibernate()  # a lean session drops its AEAD contexts; OpenSSL's keeps its state
+    client.send(b"<ping/>")
+    assert server.receive(client.data_to_send()) == b"<ping/>"
+    server.hibernate()
+    server.send(b"<pong/>")
+    assert client.receive(server.data_to_send()) == b"<pong/>"

@@ -1,0 +1,87 @@
+"""The traffic secrets of our own TLS handshakes, from OpenSSL's key log, over a pipe.
+
+CPython's ``ssl`` hands a session's secrets to one place only: ``SSLContext.keylog_filename``
+(OpenSSL's keylog callback, NSS key log format, one line per secret).  A `KeyLog` points that
+file at a pipe of this process, so the secrets never touch a disk, and reads the lines right
+after each handshake step (``shared/tls_session.py``), which writes them synchronously.  The
+secrets are those OpenSSL already holds in this process's memory; they go nowhere else.
+
+The writing end that CPython opens is made non-blocking: if the pipe were ever full (it never
+holds more than one handshake's ~1 KB, as it is read after every step), a line would be lost
+and that one session would simply stay on OpenSSL, instead of the process blocking in a write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KeyLog"]
+
+# The secrets a server needs to take over the record layer (RFC 8446 §7.1; NSS key log labels)
+CLIENT_TRAFFIC: Final = b"CLIENT_TRAFFIC_SECRET_0"
+SERVER_TRAFFIC: Final = b"SERVER_TRAFFIC_SECRET_0"
+_WANTED: Final = (CLIENT_TRAFFIC, SERVER_TRAFFIC)
+
+
+class KeyLog:
+    """A pipe that OpenSSL's key log for our server contexts writes into."""
+
+    __slots__ = ("_identity", "_read_fd", "_write_fd")
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()  # close-on-exec (PEP 446)
+        os.set_blocking(self._read_fd, False)
+        st = os.fstat(self._read_fd)
+        self._identity = (st.st_dev, st.st_ino)
+
+    def attach(self, context: ssl.SSLContext) -> bool:
+        """Log ``context``'s secrets into this pipe; False where that cannot be done."""
+        try:
+            context.keylog_filename = f"/proc/self/fd/{self._write_fd}"
+        except (OSError, NotImplementedError, AttributeError) as exc:
+            log.warning("TLS key log unavailable, sessions stay on OpenSSL: %s", exc)
+            return False
+        self._writers_nonblocking()
+        return True
+
+    def _writers_nonblocking(self) -> None:
+        """CPython opened a new description of the pipe for the context: find it and make it
+        non-blocking (see the module's docstring)."""
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd == self._read_fd:
+                continue
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == self._identity:
+                os.set_blocking(fd, False)
+
+    def take(self, client_random: bytes, into: dict[bytes, bytes]) -> None:
+        """Read what the pipe holds; the traffic secrets of ``client_random``'s session go
+        ``into`` (label → secret).  Lines of any other session are dropped: each handshake
+        step reads its own lines right after writing them."""
+        wanted = client_random.hex().encode()
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except OSError:  # nothing more now (EAGAIN), or closed at shutdown
+                return
+            if not chunk:
+                return
+            for line in chunk.split(b"\n"):
+                parts = line.split(b" ")
+                if len(parts) == 3 and parts[0] in _WANTED and parts[1] == wanted:
+                    into[parts[0]] = bytes.fromhex(parts[2].decode())
+
+    def close(self) -> None:
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            os.close(self._write_fd)
+            self._read_fd = self._write_fd = -1
