@@ -26,7 +26,7 @@ TLS_HANDSHAKES = Counter(
     "stanzad_cm_tls_handshakes_total",
     "TLS handshakes completed, by the record layer that serves the session after it "
     "(lean: stanzad's own, OpenSSL's session freed; openssl).",
-    ["record_layer"],
+    ["kind"],
 )
 AUTH_TIMEOUTS = Counter(
     "stanzad_cm_auth_timeouts_total", "Connections closed for not binding in time."

@@ -40,7 +40,7 @@ async def _read_until(stream: asyncio.StreamReader, seen: bytearray, needle: byt
 @pytest.mark.parametrize("command", [b"K\n", b"k\n"], ids=["update-requested", "not-requested"])
 async def test_key_update_from_openssl_s_client(cluster: Cluster, command: bytes) -> None:
     before = metric_value(cluster.metrics("cm-1"), "stanzad_cm_tls_handshakes_total",
-                          record_layer="lean")
+                          kind="lean")
     proc = await asyncio.create_subprocess_exec(
         "openssl", "s_client", "-connect", f"127.0.0.1:{cluster.c2s_port}",
         "-starttls", "xmpp", "-xmpphost", "localhost", "-tls1_3",
@@ -66,5 +66,5 @@ async def test_key_update_from_openssl_s_client(cluster: Cluster, command: bytes
     assert text.count(b"<stream:features") == 1
     assert b"bad record mac" not in text.lower() and b"alert" not in text.lower()
     after = metric_value(cluster.metrics("cm-1"), "stanzad_cm_tls_handshakes_total",
-                         record_layer="lean")
+                         kind="lean")
     assert after == before + 1
