@@ -69,6 +69,16 @@ DECODE_ERROR: Final = 50
 USER_CANCELED: Final = 90
 
 
+def _header(length: int) -> bytes:
+    """The record header of a protected record of ``length`` bytes of content (§5.2)."""
+    return struct.pack("!BHH", _APPLICATION_DATA, 0x0303, length + 1 + _TAG)
+
+
+_CACHED: Final = 2048
+_HEADERS: Final = tuple(_header(n) for n in range(_CACHED))
+_KINDS: Final = {kind: bytes((kind,)) for kind in (_APPLICATION_DATA, _HANDSHAKE, _ALERT)}
+
+
 class TLSClosed(Exception):
     """The peer sent close_notify: no more plaintext will come."""
 
@@ -168,6 +178,15 @@ class Records13:
             raise TLSClosed
         buf = self._pending + data if self._pending else bytes(data)
         size = len(buf)
+        if size >= 5 and buf[0] == _APPLICATION_DATA and ((buf[3] << 8) | buf[4]) + 5 == size:
+            # the usual read: exactly one whole record
+            self._pending = b""
+            plain = self._open(buf[:5], buf[5:])
+            if self._closed:
+                if plain:
+                    return plain
+                raise TLSClosed
+            return plain
         at = 0
         chunks: list[bytes] = []
         while size - at >= 5:
@@ -203,8 +222,10 @@ class Records13:
             aead = read.aead = self._aead_type(read.key)
         if len(body) < _TAG + 1:
             self._fail(DECODE_ERROR, "record too short")
+        seq = read.seq
+        read.seq = seq + 1
         try:
-            inner = aead.decrypt(read.nonce(), body, header)
+            inner = aead.decrypt((read.iv ^ seq).to_bytes(12), body, header)
         except InvalidTag:
             self._fail(BAD_RECORD_MAC, "record failed authentication")
         # §5.4: the content type is the last non-zero byte; zeros after it are padding.
@@ -214,6 +235,10 @@ class Records13:
         if not end:
             self._fail(UNEXPECTED_MESSAGE, "record without a content type")
         kind = inner[end - 1]
+        if kind == _APPLICATION_DATA and not self._handshake:
+            if end > MAX_PLAINTEXT + 1:
+                self._fail(RECORD_OVERFLOW, f"plaintext of {end - 1} bytes")
+            return inner[: end - 1]
         if end - 1 > MAX_PLAINTEXT:
             self._fail(RECORD_OVERFLOW, f"plaintext of {end - 1} bytes")
         if self._handshake and kind != _HANDSHAKE:
@@ -293,8 +318,11 @@ class Records13:
         aead = write.aead
         if aead is None:
             aead = write.aead = self._aead_type(write.key)
-        header = struct.pack("!BHH", _APPLICATION_DATA, 0x0303, len(data) + 1 + _TAG)
-        return header + aead.encrypt(write.nonce(), bytes(data) + bytes((kind,)), header)
+        header = _HEADERS[len(data)] if len(data) < _CACHED else _header(len(data))
+        seq = write.seq
+        write.seq = seq + 1
+        inner = (data if type(data) is bytes else bytes(data)) + _KINDS[kind]
+        return header + aead.encrypt((write.iv ^ seq).to_bytes(12), inner, header)
 
     def _key_update(self, requested: bool = False) -> None:
         """Send KeyUpdate under the current key, then move to the next (§4.6.3)."""
