@@ -178,7 +178,10 @@ class Records13:
             raise TLSClosed
         buf = self._pending + data if self._pending else bytes(data)
         size = len(buf)
-        if size >= 5 and buf[0] == _APPLICATION_DATA and ((buf[3] << 8) | buf[4]) + 5 == size:
+        if (
+            size >= 5 and buf[0] == _APPLICATION_DATA
+            and ((buf[3] << 8) | buf[4]) + 5 == size and size <= _MAX_CIPHERTEXT + 5
+        ):
             # the usual read: exactly one whole record
             self._pending = b""
             plain = self._open(buf[:5], buf[5:])

@@ -213,6 +213,18 @@ def test_oversized_record_is_record_overflow(pair: Pair) -> None:
     assert _alert_sent(server, client) == tls_records.RECORD_OVERFLOW
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "two-reads"])
+def test_whole_oversized_record_is_refused_by_its_header(pair: Pair, split: bool) -> None:
+    """§5.2: a ciphertext over 2^14 + 256 bytes is record_overflow, before any decryption."""
+    server, client = pair
+    wire = _inner_record(client, b"x" * ((1 << 14) + 300) + b"\x17")
+    with pytest.raises(ssl.SSLError, match="record of") as caught:
+        server.receive(wire[:100] if split else wire)
+        server.receive(wire[100:])
+    assert "plaintext" not in caught.value.reason
+    assert _alert_sent(server, client) == tls_records.RECORD_OVERFLOW
+
+
 def test_plaintext_too_long_is_record_overflow(pair: Pair) -> None:
     server, client = pair
     with pytest.raises(ssl.SSLError):
