@@ -42,7 +42,7 @@ def test_no_table_without_pairs() -> None:
 def test_the_default_plan_is_bounded() -> None:
     for quick in (True, False):
         for _, opt in plan(quick):
-            assert opt.connections <= 2000 and opt.seconds <= 10
+            assert opt.connections <= 10_000 and opt.seconds <= 10
 
 
 def test_stanzad_runs_side_by_side_as_one_node_with_an_embedded_router() -> None:
