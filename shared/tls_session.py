@@ -51,6 +51,7 @@ _READ: Final = 16 * 1024  # one TLS record's worth of plaintext at most
 SLICE: Final = 1024  # bytes per BIO write for large writes (see the module's docstring)
 # A handshake record longer than this goes to OpenSSL as it is, to be refused there.
 _MAX_HANDSHAKE_RECORD: Final = (1 << 14) + 2048
+_RECORD_TYPES: Final = frozenset((20, 21, 22, 23))  # RFC 8446 §5.1 ContentType
 
 
 class TLSSession:
@@ -126,8 +127,8 @@ class TLSSession:
         at = 0
         while len(buf) - at >= 5:
             length = (buf[at + 3] << 8) | buf[at + 4]
-            if length > _MAX_HANDSHAKE_RECORD:
-                break  # OpenSSL refuses it below
+            if length > _MAX_HANDSHAKE_RECORD or buf[at] not in _RECORD_TYPES or buf[at + 1] != 3:
+                break  # not a TLS record: OpenSSL refuses it below, at once
             end = at + 5 + length
             if end > len(buf):
                 self._framing = buf[at:]

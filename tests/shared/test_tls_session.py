@@ -79,6 +79,9 @@ def test_data_before_handshake_end_is_not_plaintext(
     with pytest.raises(ssl.SSLError):
         server.receive(b"<stream:stream xmlns='jabber:client'>" * 4)
     assert not server.established
+    # refused at once, not after waiting for a "record" as long as the bytes' length field says
+    with pytest.raises(ssl.SSLError):
+        _server(server_ctx).receive(b"<?xml version='1.0'?>")
 
 
 def test_close_notify_ends_the_session(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
