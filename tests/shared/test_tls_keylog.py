@@ -1,0 +1,66 @@
+"""shared.tls_keylog: OpenSSL's key log of a server context, read back through a pipe."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+from shared.tls import ensure_self_signed, server_context
+from shared.tls_keylog import CLIENT_TRAFFIC, SERVER_TRAFFIC, KeyLog
+from shared.tls_session import TLSSession
+
+
+def _context(tmp_path: Path) -> tuple[ssl.SSLContext, str]:
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    ensure_self_signed(cert, key, "example.org")
+    return server_context(cert, key), cert
+
+
+def _writers(keylog: KeyLog) -> list[int]:
+    """The descriptions of the pipe other than its read end and our own write end."""
+    read = os.fstat(keylog._read_fd)
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in (keylog._read_fd, keylog._write_fd):
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (read.st_dev, read.st_ino):
+            found.append(fd)
+    return found
+
+
+def test_the_contexts_writer_is_non_blocking(tmp_path: Path) -> None:
+    """A full pipe must lose a line, never block the event loop in OpenSSL's write."""
+    ctx, _ = _context(tmp_path)
+    keylog = KeyLog()
+    assert keylog.attach(ctx)
+    writers = _writers(keylog)
+    assert writers and all(not os.get_blocking(fd) for fd in writers)
+    keylog.close()
+
+
+def test_only_this_sessions_traffic_secrets_are_taken(tmp_path: Path) -> None:
+    ctx, cert = _context(tmp_path)
+    keylog = KeyLog()
+    assert keylog.attach(ctx)
+    server = TLSSession(ctx)  # no keylog given: its lines stay in the pipe
+    client = TLSSession(ssl.create_default_context(cafile=cert), server_side=False,
+                        server_hostname="example.org")
+    client.start()
+    hello = client.data_to_send()
+    server.receive(hello)
+    mine: dict[bytes, bytes] = {}
+    keylog.take(b"\x00" * 32, mine)  # another session's random: nothing is ours
+    assert mine == {}
+    os.write(keylog._write_fd, b"CLIENT_TRAFFIC_SECRET_0 " + hello[11:43].hex().encode()
+             + b" " + b"ab" * 32 + b"\n")
+    keylog.take(hello[11:43], mine)
+    assert mine == {CLIENT_TRAFFIC: b"\xab" * 32}  # the earlier lines were read and dropped
+    assert SERVER_TRAFFIC not in mine
+    keylog.close()
+    keylog.take(hello[11:43], mine)  # closed: nothing more, no error
