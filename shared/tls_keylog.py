@@ -52,7 +52,7 @@ class KeyLog:
     def _writers_nonblocking(self) -> None:
         """CPython opened a new description of the pipe for the context: find it and make it
         non-blocking (see the module's docstring).  One look at every open descriptor, at
-        start and at each certificate reload: ~1-2 ms per 10,000 connections."""
+        start and at each certificate reload: ~22 ms with 10,000 descriptors open (measured)."""
         for name in os.listdir("/proc/self/fd"):
             fd = int(name)
             if fd == self._read_fd:
