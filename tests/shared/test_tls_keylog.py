@@ -64,3 +64,14 @@ def test_only_this_sessions_traffic_secrets_are_taken(tmp_path: Path) -> None:
     assert SERVER_TRAFFIC not in mine
     keylog.close()
     keylog.take(hello[11:43], mine)  # closed: nothing more, no error
+
+
+def test_the_slow_scan_finds_a_writer_the_quick_guess_missed() -> None:
+    keylog = KeyLog()
+    other = os.open(f"/proc/self/fd/{keylog._write_fd}", os.O_WRONLY)  # a new description
+    assert os.get_blocking(other)
+    keylog._writers_nonblocking()
+    assert not os.get_blocking(other)
+    assert os.get_blocking(keylog._read_fd) is False  # it was made non-blocking at creation
+    os.close(other)
+    keylog.close()
