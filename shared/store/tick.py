@@ -1,19 +1,22 @@
-"""The Redis commands of one event-loop tick in one round trip (auto-pipelining).
+"""The login path's Redis commands in shared round trips (auto-pipelining).
 
 A login makes three Redis round trips (the SASL lookup, the bind, the unbind), each from its
 own connection's task, and each redis-py round trip costs tens of µs of client CPU plus a
 socket write whose loopback delivery, and Redis's wake-up, the kernel charges to the writer
-(loadtest/RESULTS.md, "CPU per login"). While many clients log in at once, several of those
-round trips start in the same tick of the event loop: `TickPipeline` sends what was queued
-in one tick as one pipeline, so they share one write, one read and one pass through
-redis-py's pool.
+(loadtest/RESULTS.md, "CPU per login"). `TickPipeline` sends the commands queued in one tick
+of the event loop as one pipeline, and keeps one such round trip in flight per client:
+what is queued while it is out goes together in the next one, so under load the commands of
+many logins share one write, one read and one pass through redis-py's pool.
 
 Not a transaction (``MULTI``): each command keeps its own atomicity (a script still runs
 atomically) and names the keys of one hash slot, as before; a pipeline mixing slots is what
 a Redis Cluster client splits by slot anyway. A group of commands queued together (the
 lookup's counters and keys) gets its replies together, and its first error raised, as
-``pipeline.execute()`` did. One command alone in its tick goes out as a plain command.
-Latency: one more event-loop tick before the write.
+``pipeline.execute()`` did. One command alone in its round trip goes out as a plain
+command. Latency: one more event-loop tick before the write, and under load up to one round
+trip of waiting for the one in flight; a group that waited `QUEUE_TIMEOUT_S` (a stalled
+Redis) fails with a ConnectionError, as it failed after waiting that long for a pool
+connection before.
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ from typing import Any, Final
 from weakref import WeakKeyDictionary
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+
+from shared.store.redis import POOL_TIMEOUT_S
 
 Command = tuple[Any, ...]  # ("GET", key), ("EVALSHA", sha, numkeys, *keys, *args), ...
 
-MAX_BATCH: Final = 256  # commands per pipeline; more queued in one tick go in several
+MAX_BATCH: Final = 256  # groups per pipeline; more queued go in the next round trips
+# A group waits at most this long for its round trip to start (a stalled Redis), as it waited
+# for a free connection of the pool before: then it fails like any other Redis error.
+QUEUE_TIMEOUT_S: Final = POOL_TIMEOUT_S
 
 _PIPELINES: WeakKeyDictionary[aioredis.Redis, TickPipeline] = WeakKeyDictionary()
 
@@ -42,24 +51,22 @@ def of(redis: aioredis.Redis) -> TickPipeline:
 
 
 class TickPipeline:
-    __slots__ = ("__weakref__", "_queue", "_r", "_running")
+    __slots__ = ("__weakref__", "_queue", "_r", "_sender")
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._r = redis
-        # groups queued in this tick: (commands, their future)
-        self._queue: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
-        self._running: set[asyncio.Task[None]] = set()
+        # groups waiting for a round trip: (commands, their future, when queued)
+        self._queue: list[tuple[Sequence[Command], asyncio.Future[list[Any]], float]] = []
+        self._sender: asyncio.Task[None] | None = None  # the round trip in flight
 
     def execute(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]]:
         """Queue `commands` for this tick's round trip; the future gets their replies."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        if not self._queue:
+        if self._sender is None:
             # started next tick, after everything else this tick queues
-            task = loop.create_task(self._send())
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-        self._queue.append((commands, future))
+            self._sender = loop.create_task(self._send())
+        self._queue.append((commands, future, loop.time()))
         return future
 
     async def script(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -73,10 +80,19 @@ class TickPipeline:
             return (await self.execute((command,)))[0]
 
     async def _send(self) -> None:
-        queue, self._queue = self._queue, []
-        while queue:
-            batch, queue = queue[:MAX_BATCH], queue[MAX_BATCH:]
-            await self._round_trip(batch)
+        """One round trip at a time: what is queued meanwhile goes in the next one."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+                late = loop.time() - QUEUE_TIMEOUT_S
+                if batch[0][2] < late:  # the oldest first
+                    batch = _expire(batch, late)
+                if batch:
+                    await self._round_trip([(commands, future) for commands, future, _ in batch])
+        finally:
+            self._sender = None
 
     async def _round_trip(
         self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]
@@ -114,3 +130,17 @@ class TickPipeline:
                 future.set_exception(error)
             else:
                 future.set_result(mine)
+
+
+def _expire(
+    batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]], float]], late: float
+) -> list[tuple[Sequence[Command], asyncio.Future[list[Any]], float]]:
+    """Fail the groups queued before `late`; the others stay in the batch."""
+    kept = []
+    for entry in batch:
+        future = entry[1]
+        if entry[2] >= late:
+            kept.append(entry)
+        elif not future.done():
+            future.set_exception(RedisConnectionError("no Redis round trip in time"))
+    return kept

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from shared.store import tick
@@ -92,3 +93,46 @@ async def test_script_unknown_to_redis_is_loaded_and_run(client: aioredis.Redis)
     reply = await tick.of(client).script(script, ["k"], ["v"])
     assert reply[:2] == [b"k", b"v"]
     assert await client.script_exists(script.sha) == [True]
+
+
+async def test_commands_queued_during_a_round_trip_share_the_next_one(
+    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"tick-test:{secrets.token_hex(4)}"
+    real = client.execute_command
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.1)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "execute_command", slow)  # the first, alone, goes out so
+    made = count_pipelines(client, monkeypatch)
+    t = tick.of(client)
+    first = t.execute((("INCR", key),))
+    later = []
+    for _ in range(3):  # each in a tick of its own, while the first is out
+        await asyncio.sleep(0)
+        later.append(t.execute((("INCR", key),)))
+    assert await first == [1]
+    assert [(await f)[0] for f in later] == [2, 3, 4]
+    assert made == [1]  # the three waited for the first and went out together
+
+
+async def test_a_group_that_waited_too_long_fails_like_a_redis_error(
+    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tick, "QUEUE_TIMEOUT_S", 0.05)
+    real = client.execute_command
+
+    async def stalled(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.2)  # Redis answers late
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "execute_command", stalled)
+    t = tick.of(client)
+    slow = t.execute((("PING",),))
+    await asyncio.sleep(0)
+    waiting = t.execute((("PING",),))  # behind the stalled round trip
+    with pytest.raises(RedisConnectionError, match="in time"):
+        await waiting
+    assert await slow == [True]
