@@ -60,7 +60,7 @@ class TickPipeline:
         self._sender: asyncio.Task[None] | None = None  # the round trip in flight
 
     def execute(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]]:
-        """Queue `commands` for this tick's round trip; the future gets their replies."""
+        """Queue `commands` for the next round trip; the future gets their replies."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         if self._sender is None:
