@@ -14,7 +14,8 @@ cannot be counted is logged, not raised (an outage of the counters locks nobody 
 
 `lookup` is what a login uses: the two counters and the account's stored keys in one round
 trip (a pipeline, not a script: the source counter is in another hash slot), because every
-SASL attempt needs both and each redis-py command costs ~50-100 µs of client CPU.  A
+SASL attempt needs both and each redis-py command costs ~50-100 µs of client CPU; it goes out
+with the other commands of its event-loop tick (`shared.store.tick`).  A
 successful login writes nothing here: counters are only written by `failed`.
 """
 
@@ -26,7 +27,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from shared.credentials import StoredCredentials, from_redis_hash
-from shared.store import keys
+from shared.store import keys, tick
 from shared.store.redis import timed
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class AuthThrottleStore:
         window_s: int,
     ) -> None:
         self._r = redis
+        self._tick = tick.of(redis)  # with the other logins' commands of the same tick
         self._service = service
         self.per_source = per_source  # 0: unlimited
         self.per_account = per_account  # 0: unlimited
@@ -56,13 +58,12 @@ class AuthThrottleStore:
         no such account), in one round trip.  Store failures propagate (the caller answers
         temporary-auth-failure, RFC 6120 §6.5.12): without the keys nothing can be checked,
         so failing open on the counters alone does not arise here."""
-        async with timed(self._service, "login_lookup"), self._r.pipeline(
-            transaction=False
-        ) as pipe:
-            pipe.get(keys.auth_failures_source(source))
-            pipe.get(keys.auth_failures_account(bare_jid))
-            pipe.hgetall(keys.account(bare_jid))
-            src, acct, raw = await pipe.execute()
+        async with timed(self._service, "login_lookup"):
+            src, acct, raw = await self._tick.execute((
+                ("GET", keys.auth_failures_source(source)),
+                ("GET", keys.auth_failures_account(bare_jid)),
+                ("HGETALL", keys.account(bare_jid)),
+            ))
         scope = self._over(src, acct)
         if scope is not None or not raw:
             return scope, None

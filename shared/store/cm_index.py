@@ -3,7 +3,8 @@
 The index only serves the reaper (a router or presence process removing the sessions of a
 connection manager whose heartbeat expired, `SessionStore.reap`), so it need not be written
 in the bind's own round trip: the changes of one event-loop tick (every bind and unbind of
-that tick) go out as one SADD and one SREM, in one pipeline.  A full JID bound and unbound in
+that tick) go out as one SADD and one SREM, with the other Redis commands of the next tick
+(`shared.store.tick`: often the next binds' round trip).  A full JID bound and unbound in
 the same tick keeps only its last change, which is the set's final state either way.  When
 Redis refuses the write, the changes are kept (newer ones win) and written again a second
 later; the window in which a crash loses an index entry is the same tick as before, when
@@ -18,7 +19,7 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from shared.store import keys
+from shared.store import keys, tick
 from shared.store.redis import timed
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,10 @@ RETRY_S: Final = 1.0
 class CmIndex:
     """The index of one connection manager's sessions; one instance per (process, cm_id)."""
 
-    __slots__ = ("_changes", "_key", "_r", "_service", "_task")
+    __slots__ = ("_changes", "_key", "_service", "_task", "_tick")
 
     def __init__(self, redis: aioredis.Redis, service: str, cm_id: str) -> None:
-        self._r = redis
+        self._tick = tick.of(redis)
         self._service = service
         self._key = keys.cm_sessions(cm_id)
         self._changes: dict[str, bool] = {}  # full JID -> present (its last change)
@@ -60,15 +61,14 @@ class CmIndex:
                 changes, self._changes = self._changes, {}
                 added = [jid for jid, present in changes.items() if present]
                 removed = [jid for jid, present in changes.items() if not present]
+                commands = []
+                if added:
+                    commands.append(("SADD", self._key, *added))
+                if removed:
+                    commands.append(("SREM", self._key, *removed))
                 try:
-                    async with timed(self._service, "cm_index"), self._r.pipeline(
-                        transaction=False
-                    ) as pipe:
-                        if added:
-                            pipe.sadd(self._key, *added)
-                        if removed:
-                            pipe.srem(self._key, *removed)
-                        await pipe.execute()
+                    async with timed(self._service, "cm_index"):
+                        await self._tick.execute(commands)
                 except Exception as exc:
                     log.warning("could not update the session index (retrying): %s", exc)
                     for jid, present in changes.items():

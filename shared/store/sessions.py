@@ -19,7 +19,7 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from shared.store import keys
+from shared.store import keys, tick
 from shared.store.cm_index import CmIndex
 from shared.store.redis import timed
 
@@ -109,6 +109,7 @@ class SessionStore:
 
     def __init__(self, redis: aioredis.Redis, service: str) -> None:
         self._r = redis
+        self._tick = tick.of(redis)  # binds and unbinds go out with their tick's commands
         self._service = service
         self._bind = redis.register_script(_BIND)
         self._replace = redis.register_script(_REPLACE_IF_OWNED)
@@ -126,9 +127,10 @@ class SessionStore:
         (`CmIndex`: another hash slot, so never inside the script)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_bind"):
-            version, old = await self._bind(
-                keys=[keys.sessions(bare), keys.sessions_version(bare)],
-                args=[resource, record.encode(), max_sessions],
+            version, old = await self._tick.script(
+                self._bind,
+                [keys.sessions(bare), keys.sessions_version(bare)],
+                [resource, record.encode(), max_sessions],
             )
         if version == -1:
             raise SessionLimitReached(bare)
@@ -154,9 +156,10 @@ class SessionStore:
         the reaper checks the record's connection manager, and the index goes at retire)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_unbind"):
-            version = await self._replace(
-                keys=[keys.sessions(bare), keys.sessions_version(bare)],
-                args=[resource, record.owner, ""],
+            version = await self._tick.script(
+                self._replace,
+                [keys.sessions(bare), keys.sessions_version(bare)],
+                [resource, record.owner, ""],
             )
         if version:
             self._index(record.cm_id).discard(full_jid)

@@ -645,13 +645,18 @@ class StreamParser:
                 attrs[key] = value
             elif key == _XML_LANG:
                 attrs["xml:lang"] = value
-        qname = etree.QName(root)
+        # Not etree.QName(root): it raises ValueError for a tag like 'stream:stream' (an
+        # undeclared prefix), which the error log check after this drain reports instead.
+        tag = root.tag
+        namespace: str | None = None
+        if tag[0] == "{":
+            namespace, _, tag = tag[1:].partition("}")
         out.append(
             StreamOpened(
                 attrs=attrs,
                 default_ns=self._default_ns,
-                stream_ns=qname.namespace,
-                local_name=qname.localname,
+                stream_ns=namespace,
+                local_name=tag,
                 prefix=root.prefix,
             )
         )

@@ -502,6 +502,12 @@ def test_rfc6120_11_3_undeclared_prefix_is_not_well_formed() -> None:
     assert fails(HEADER + b"<message foo:to='a'/>").condition is NOT_WELL_FORMED
 
 
+def test_rfc6120_11_3_undeclared_prefix_on_the_stream_header_is_not_well_formed() -> None:
+    header = b"<stream:stream xmlns='jabber:client' to='example.com' version='1.0'>"
+    assert fails(header).condition is NOT_WELL_FORMED  # was a ValueError out of feed()
+    assert fails(b"<?xml version='1.0'?>" + header + PRESENCE).condition is NOT_WELL_FORMED
+
+
 def test_rfc6120_11_3_duplicate_expanded_attribute_is_not_well_formed() -> None:
     data = HEADER + b"<message xmlns:p='urn:u' xmlns:q='urn:u' p:a='1' q:a='2'/>"
     assert fails(data).condition is NOT_WELL_FORMED
