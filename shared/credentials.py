@@ -5,7 +5,8 @@ RFC 5802 §3 lets a server keep only ``salt``, the iteration count, ``StoredKey`
 SCRAM-SHA-256 (RFC 7677) and, by recomputing the keys, to check a PLAIN password
 (RFC 4616).  Passwords are prepared with the PRECIS OpaqueString profile (RFC 8265 §4)
 before anything is derived from them.  The key derivation itself (``Hi()``, i.e.
-PBKDF2, RFC 5802 §2.2) is done by scramp.
+PBKDF2, RFC 5802 §2.2) is done by scramp.  The same keys have a JSON form (`to_json`,
+`from_json`), in which accounts are imported from other servers (shared/admin.py).
 """
 
 from __future__ import annotations
