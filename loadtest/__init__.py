@@ -3,7 +3,8 @@
 bounds (limits, loopback only, RLIMIT_NOFILE) · client (the XMPP client: STARTTLS, SCRAM,
 bind, stamps) · worker (a load process) · fleet (the coordinator's side of the workers) ·
 phases (login, send, collect) · scenarios (idle, login, chat, presence, ramp) · users (bulk
-accounts and rosters in Redis) · target (the stanzad cluster) · prosody, ejabberd (private
-instances of those servers) · procstat (/proc CPU and RSS) · stats (percentiles) · report
-(JSON, markdown, plots) · runner (one run) · bench (`make bench`).  Results: RESULTS.md.
+accounts through the admin API, rosters in Redis) · target (the stanzad cluster) · prosody,
+ejabberd (private instances of those servers) · procstat (/proc CPU and RSS) · stats
+(percentiles) · report (JSON, markdown, plots) · runner (one run) · bench (`make bench`).
+Results: RESULTS.md.
 """

@@ -124,6 +124,10 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {v} |" for k, v in headline(doc)]
+    setup = doc.get("setup") or {}
+    if "accounts_s" in setup:
+        via = f" through the {setup['accounts_via']}" if "accounts_via" in setup else ""
+        lines += ["", f"Accounts created{via} in {setup['accounts_s']:.2f} s (before the run)."]
     last = doc["samples"][-1] if doc["samples"] else None
     if last:
         rss = ", ".join(f"{k} {v / MiB:.0f}" for k, v in last["rss"].items())

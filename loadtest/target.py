@@ -37,7 +37,7 @@ class Topology:
 
 
 def start(topology: Topology) -> Cluster:
-    """nats, redis, routers, presence, roster, then the connection managers."""
+    """nats, redis, routers, presence, roster, the connection managers, the admin API."""
     cluster = new_cluster()
     cluster.partitions = topology.partitions
     try:
@@ -50,6 +50,7 @@ def start(topology: Topology) -> Cluster:
         for i in range(topology.cms):
             cluster.start_cm(f"cm-{i + 1}", **BENCH_ENV, **QUIET,
                              **(embedded if topology.routers == 0 else {}))
+        cluster.start_admin(**QUIET)
         if topology.routers > 1 or (topology.routers == 0 and topology.cms > 1):
             time.sleep(4)  # partition leases (TTL 3 s) settle between the routers
     except BaseException:
@@ -58,9 +59,17 @@ def start(topology: Topology) -> Cluster:
     return cluster
 
 
+def admin(cluster: Cluster) -> tuple[str, str]:
+    """(URL, token) of the cluster's admin API, started (logging at WARNING) if it is not
+    running yet: the tool creates its users through it."""
+    return cluster.admin(**QUIET)
+
+
 def server_pids(cluster: Cluster) -> dict[str, int]:
-    """Every server process still running (a shared test cluster may have lost some)."""
-    return {name: proc.pid for name, proc in cluster.procs.items() if proc.poll() is None}
+    """Every server process still running (a shared test cluster may have lost some); not
+    the admin API, which only sets the run up."""
+    return {name: proc.pid for name, proc in cluster.procs.items()
+            if proc.poll() is None and name not in cluster.admin_ports}
 
 
 def cm_names(cluster: Cluster) -> list[str]:

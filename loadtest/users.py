@@ -1,23 +1,34 @@
-"""Accounts (and rosters) created in bulk, straight into the cluster's Redis.
+"""Accounts created in bulk through the cluster's admin API; rosters straight into Redis.
 
-All users of a run share one password and one set of derived SCRAM keys: deriving is PBKDF2
-and would dominate the setup; the server's work per login is the same either way (it keeps
-only the keys, RFC 5802 §3).
+Accounts go through ``POST /api/v1/users/import`` (issue 7: users are created through the
+admin tool), in batches of the API's bound sent a few at a time.  All users of a run share
+one password and one set of SCRAM keys, derived once here and sent ready (the import's
+``scram`` form): deriving is PBKDF2 and would dominate the setup; the server's work per
+login is the same either way (it keeps only the keys, RFC 5802 §3).
+
+Rosters have no admin operation (the issue names only users): `create_rosters` writes them
+into Redis as the roster service stores them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any, Final
 
+import aiohttp
 import redis.asyncio as aioredis
 
-from shared.credentials import derive_credentials, to_redis_hash
+from services.admin.api import MAX_IMPORT
+from shared.credentials import derive_credentials, to_json
 from shared.store import keys
 from shared.store.roster import RosterItem
 from shared.xmpp.subscription import State, Subscription
 
 PASSWORD = "load-test-pw"
-BATCH = 500  # commands per pipeline
+BATCH = 500  # commands per pipeline (rosters)
+IMPORT_CONCURRENCY: Final = 4  # import requests in flight
+IMPORT_TIMEOUT_S: Final = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +61,30 @@ def ring_contacts(count: int, contacts: int) -> list[list[int]]:
     return out
 
 
-async def create_accounts(redis: aioredis.Redis, users: list[User], iterations: int,
-                          password: str = PASSWORD) -> None:
-    mapping = to_redis_hash(derive_credentials(password, iterations))
-    for start in range(0, len(users), BATCH):
-        async with redis.pipeline(transaction=False) as pipe:
-            for u in users[start:start + BATCH]:
-                pipe.hset(keys.account(u.jid), mapping={"created": b"0", **mapping})
-                local, _, domain = u.jid.rpartition("@")
-                pipe.sadd(keys.accounts(domain), local)
-            await pipe.execute()
+async def create_accounts(admin_url: str, token: str, users: list[User], iterations: int,
+                          password: str = PASSWORD,
+                          concurrency: int = IMPORT_CONCURRENCY) -> None:
+    """Import every user through the admin API; raise RuntimeError unless all are created."""
+    scram = to_json(derive_credentials(password, iterations))
+    batches = [users[i:i + MAX_IMPORT] for i in range(0, len(users), MAX_IMPORT)]
+    gate = asyncio.Semaphore(concurrency)
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=IMPORT_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+
+        async def send(batch: list[User]) -> dict[str, Any]:
+            body = {"accounts": [{"jid": u.jid, "scram": scram} for u in batch]}
+            async with gate, http.post(f"{admin_url}/api/v1/users/import", json=body) as resp:
+                doc: dict[str, Any] = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"admin API import: {resp.status} {doc}")
+                return doc
+
+        replies = await asyncio.gather(*(send(b) for b in batches))
+    created = sum(int(r["created"]) for r in replies)
+    if created < len(users):
+        failed = [e for r in replies for e in r["results"] if e["result"] != "created"]
+        raise RuntimeError(f"admin API import: created {created}/{len(users)}: {failed[:3]}")
 
 
 async def create_rosters(redis: aioredis.Redis, users: list[User], contacts: list[list[int]]

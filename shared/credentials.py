@@ -5,11 +5,14 @@ RFC 5802 §3 lets a server keep only ``salt``, the iteration count, ``StoredKey`
 SCRAM-SHA-256 (RFC 7677) and, by recomputing the keys, to check a PLAIN password
 (RFC 4616).  Passwords are prepared with the PRECIS OpaqueString profile (RFC 8265 §4)
 before anything is derived from them.  The key derivation itself (``Hi()``, i.e.
-PBKDF2, RFC 5802 §2.2) is done by scramp.
+PBKDF2, RFC 5802 §2.2) is done by scramp.  The same keys have a JSON form (`to_json`,
+`from_json`), in which accounts are imported from other servers (shared/admin.py).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import secrets
 from collections.abc import Mapping
@@ -164,4 +167,82 @@ def from_redis_hash(mapping: Mapping[bytes, bytes] | Mapping[str, bytes]) -> Sto
         if len(keys.stored_key) != digest_size or len(keys.server_key) != digest_size:
             raise ValueError(f"stored credentials: {prefix} keys have the wrong length")
         parsed[prefix] = keys
+    return StoredCredentials(sha1=parsed["sha1"], sha256=parsed["sha256"])
+
+
+# ---- the JSON form: import from (and export to) other servers -------------------------------
+#
+#   {"SCRAM-SHA-1":   {"salt": B64, "iterations": N, "stored_key": B64, "server_key": B64},
+#    "SCRAM-SHA-256": {"salt": B64, "iterations": N, "stored_key": B64, "server_key": B64}}
+#
+# B64 is standard base64 with padding (RFC 4648 §4).  Both hashes are needed: an account
+# offers SCRAM-SHA-1 and SCRAM-SHA-256 alike (the SASL layer has no per-account list).
+
+_JSON_FIELDS: Final = frozenset({"salt", "iterations", "stored_key", "server_key"})
+
+
+def to_json(creds: StoredCredentials) -> dict[str, dict[str, str | int]]:
+    """The JSON form of the keys (documented in docs/operations.md, "Importing accounts")."""
+    out: dict[str, dict[str, str | int]] = {}
+    for prefix, name, _ in _MECHANISMS:
+        keys: ScramKeys = getattr(creds, prefix)
+        out[name] = {
+            "salt": base64.b64encode(keys.salt).decode("ascii"),
+            "iterations": keys.iterations,
+            "stored_key": base64.b64encode(keys.stored_key).decode("ascii"),
+            "server_key": base64.b64encode(keys.server_key).decode("ascii"),
+        }
+    return out
+
+
+def _b64(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not well-formed base64") from None
+
+
+def from_json(doc: object, min_iterations: int = MIN_ITERATIONS) -> StoredCredentials:
+    """Read the JSON form back, checking everything RFC 5802 §3 keys must satisfy: both
+    mechanisms present and nothing else, base64 well-formed, StoredKey and ServerKey as long
+    as the hash's output (20 bytes for SHA-1, 32 for SHA-256), a salt of at least 12 bytes
+    and an iteration count in [min_iterations, MAX_ITERATIONS].
+
+    Raises `ValueError` with a reason fit for an operator."""
+    if not isinstance(doc, dict):
+        raise ValueError("scram is not a JSON object")
+    names = {name for _, name, _ in _MECHANISMS}
+    unknown = sorted(str(k) for k in doc if k not in names)
+    if unknown:
+        raise ValueError(f"scram: unsupported mechanism(s) {', '.join(unknown)} "
+                         f"(give {' and '.join(sorted(names))})")
+    parsed: dict[str, ScramKeys] = {}
+    for prefix, name, digest_size in _MECHANISMS:
+        part = doc.get(name)
+        if part is None:
+            raise ValueError(f"scram: {name} is missing (keys for both hashes are needed)")
+        if not isinstance(part, dict):
+            raise ValueError(f"scram: {name} is not a JSON object")
+        missing = sorted(_JSON_FIELDS - part.keys())
+        extra = sorted(str(k) for k in part.keys() - _JSON_FIELDS)
+        if missing or extra:
+            raise ValueError(f"scram: {name} " + "; ".join(
+                ([f"lacks {', '.join(missing)}"] if missing else [])
+                + ([f"has unknown field(s) {', '.join(extra)}"] if extra else [])))
+        iterations = part["iterations"]
+        if type(iterations) is not int or not min_iterations <= iterations <= MAX_ITERATIONS:
+            raise ValueError(f"scram: {name} iterations must be an integer in "
+                             f"[{min_iterations}, {MAX_ITERATIONS}], not {iterations!r}")
+        salt = _b64(part["salt"], f"scram: {name} salt")
+        stored = _b64(part["stored_key"], f"scram: {name} stored_key")
+        server = _b64(part["server_key"], f"scram: {name} server_key")
+        if len(salt) < 12:  # what scramp accepts
+            raise ValueError(f"scram: {name} salt is shorter than 12 bytes")
+        for what, key in (("stored_key", stored), ("server_key", server)):
+            if len(key) != digest_size:
+                raise ValueError(f"scram: {name} {what} has {len(key)} bytes, "
+                                 f"not {digest_size}")
+        parsed[prefix] = ScramKeys(salt, iterations, stored, server)
     return StoredCredentials(sha1=parsed["sha1"], sha256=parsed["sha256"])

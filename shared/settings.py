@@ -152,6 +152,10 @@ class AdminSettings(CommonSettings):
     admin_host: str = Field("127.0.0.1", description="Admin API listen address.")
     admin_port: int = Field(9190, ge=0, le=65535, description="Admin API port; 0 picks one.")
     scram_iterations: int = Field(10_000, ge=4096, description="SCRAM iterations for new users.")
+    scram_min_iterations: int = Field(
+        4096, ge=4096, le=10_000_000,
+        description="Lowest SCRAM iteration count accepted for imported keys.",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -10,7 +10,7 @@ import pytest
 from shared.credentials import derive_credentials
 from shared.store.accounts import AccountStore
 from shared.store.redis import connect as redis_connect
-from tests.support.cluster import Cluster, new_cluster
+from tests.support.cluster import ADMIN_TOKEN, Cluster, new_cluster
 
 TEST_ITERATIONS = 4096  # the SCRAM minimum: tests create many accounts
 
@@ -28,14 +28,12 @@ def cluster() -> Iterator[Cluster]:
         c.stop()
 
 
-ADMIN_TOKEN = "test-admin-token"
-
-
 @pytest.fixture(scope="session")
 def admin_url(cluster: Cluster) -> str:
-    """The admin API of the session's cluster, started on first use."""
-    port = cluster.start_admin(token=ADMIN_TOKEN)
-    return f"http://127.0.0.1:{port}"
+    """The admin API of the session's cluster, started on first use (or by the load tool)."""
+    url, token = cluster.admin()
+    assert token == ADMIN_TOKEN
+    return url
 
 
 class Users:

@@ -3,13 +3,15 @@
     GET    /api/v1/status                    routers, partitions, connection managers
     GET    /api/v1/users                     accounts of the served domain
     POST   /api/v1/users                     {"jid", "password"} -> 201, 409 when it exists
+    POST   /api/v1/users/import              {"accounts": [...]} -> 200 per-entry results;
+                                             413 above MAX_IMPORT entries or IMPORT_MAX_BYTES
     PUT    /api/v1/users/{jid}/password      {"password"} -> 204, 404
     DELETE /api/v1/users/{jid}               -> 200 {"kicked": [...]}, 404
     GET    /api/v1/sessions[?limit=N]        bound resources (default limit 1000)
     GET    /api/v1/sessions/{full jid}       one session, 404
     DELETE /api/v1/sessions/{full jid}       kick: 202, 404 (percent-encode the '/')
 
-Errors are ``{"error": "..."}`` with 400, 401, 404, 409 or 503.
+Errors are ``{"error": "..."}`` with 400, 401, 404, 409, 413 or 503.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.admin import AdminError, ClusterAdmin
+from shared.admin import AdminError, ClusterAdmin, count_results, import_entries
 from shared.bus.client import BusUnavailable
 from shared.store.accounts import AccountExists
 
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ADMIN: Final = web.AppKey("admin", ClusterAdmin)
 MAX_LIMIT: Final = 100_000
+MAX_BODY_BYTES: Final = 64 * 1024  # every route but the import
+MAX_IMPORT: Final = 1000  # accounts per import request
+# ~330 bytes per account with SCRAM keys (docs/operations.md): 1 KiB each leaves room for
+# long JIDs and passwords
+IMPORT_MAX_BYTES: Final = MAX_IMPORT * 1024
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -111,6 +118,32 @@ async def create_user(request: web.Request) -> web.Response:
     return _json({"jid": jid}, 201)
 
 
+async def import_users(request: web.Request) -> web.Response:
+    too_big = (f"at most {MAX_IMPORT} accounts and {IMPORT_MAX_BYTES} bytes per request: "
+               "split the list")
+    if (request.content_length or 0) > IMPORT_MAX_BYTES:
+        return _error(413, too_big)
+    try:
+        doc = await request.clone(client_max_size=IMPORT_MAX_BYTES).json()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, too_big)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AdminError("the body is not JSON") from None
+    entries = import_entries(doc)
+    if len(entries) > MAX_IMPORT:
+        return _error(413, too_big)
+    results = await request.app[ADMIN].import_accounts(entries)
+    counts = count_results(results)
+    for outcome, n in counts.items():
+        if n:
+            metrics.IMPORTED.labels(outcome).inc(n)
+    log.info("admin API import: %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return _json({**counts, "results": [
+        {"jid": r.jid, "result": r.result, **({"reason": r.reason} if r.reason else {})}
+        for r in results
+    ]})
+
+
 async def set_password(request: web.Request) -> web.Response:
     body = await _body(request, "password")
     if not await request.app[ADMIN].set_password(request.match_info["jid"], body["password"]):
@@ -152,12 +185,13 @@ async def kick_session(request: web.Request) -> web.Response:
 def build_app(admin: ClusterAdmin, token: str) -> web.Application:
     """The admin application; an empty token switches authentication off (loopback only,
     see service.check_settings)."""
-    app = web.Application(middlewares=[_auth_middleware(token)], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_auth_middleware(token)], client_max_size=MAX_BODY_BYTES)
     app[ADMIN] = admin
     app.add_routes([
         web.get("/api/v1/status", status, name="status"),
         web.get("/api/v1/users", list_users, name="list_users"),
         web.post("/api/v1/users", create_user, name="create_user"),
+        web.post("/api/v1/users/import", import_users, name="import_users"),
         web.put("/api/v1/users/{jid}/password", set_password, name="set_password"),
         web.delete("/api/v1/users/{jid}", delete_user, name="delete_user"),
         web.get("/api/v1/sessions", list_sessions, name="list_sessions"),

@@ -52,7 +52,7 @@ class AdminService:
         self.bus = Bus(settings.nats_url, SERVICE)
         self.admin = ClusterAdmin(
             self._redis, settings.domain, settings.partitions, SERVICE, self.bus,
-            settings.scram_iterations,
+            settings.scram_iterations, settings.scram_min_iterations,
         )
         self._runner: web.AppRunner | None = None
         self.port = 0

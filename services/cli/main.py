@@ -5,6 +5,7 @@
     stanzad user passwd alice@localhost [--password PW]
     stanzad user delete alice@localhost                  (also kicks its open sessions)
     stanzad user list
+    stanzad user import FILE                             (JSON; `-` reads stdin)
     stanzad sessions [list]
     stanzad sessions kick alice@localhost/phone
     stanzad status
@@ -19,12 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import sys
 from pathlib import Path
 
 import redis.exceptions
 
-from shared.admin import AdminError, ClusterAdmin
+from shared.admin import AdminError, ClusterAdmin, count_results, import_entries
 from shared.bus.client import Bus, BusUnavailable
 from shared.settings import AdminSettings, load_or_exit
 from shared.store.accounts import AccountExists
@@ -58,8 +60,9 @@ async def _connect_bus(url: str) -> Bus | None:
 async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bus: bool) -> int:
     redis = redis_connect(settings.redis_url)
     bus = await _connect_bus(settings.nats_url) if need_bus else None
-    iterations = getattr(args, "iterations", settings.scram_iterations)
-    admin = ClusterAdmin(redis, settings.domain, settings.partitions, SERVICE, bus, iterations)
+    iterations = getattr(args, "iterations", None) or settings.scram_iterations
+    admin = ClusterAdmin(redis, settings.domain, settings.partitions, SERVICE, bus, iterations,
+                         settings.scram_min_iterations)
     try:
         return await _COMMANDS[(args.command, args.action)](admin, args)
     except AdminError as exc:
@@ -107,6 +110,30 @@ async def _user_list(admin: ClusterAdmin, args: argparse.Namespace) -> int:
     for jid in await admin.list_users(args.domain):
         print(jid)
     return 0
+
+
+def _read_import(path: str) -> list[object]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminError(f"cannot read {path}: {exc}") from None
+    try:
+        return import_entries(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise AdminError(f"{path} is not JSON: {exc}") from None
+
+
+async def _user_import(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    """Every entry not created is named on stderr; exit status 1 when there is one."""
+    results = await admin.import_accounts(_read_import(args.file))
+    for r in results:
+        if r.result != "created":
+            print(f"{r.jid or '(no jid)'}: {r.result}" + (f": {r.reason}" if r.reason else ""),
+                  file=sys.stderr)
+    counts = count_results(results)
+    print(f"created {counts['created']}, already existed {counts['exists']}, "
+          f"invalid {counts['invalid']} (of {len(results)})")
+    return 0 if counts["created"] == len(results) else 1
 
 
 async def _sessions_list(admin: ClusterAdmin, _: argparse.Namespace) -> int:
@@ -159,6 +186,7 @@ _COMMANDS = {
     ("user", "passwd"): _user_passwd,
     ("user", "delete"): _user_delete,
     ("user", "list"): _user_list,
+    ("user", "import"): _user_import,
     ("sessions", "list"): _sessions_list,
     ("sessions", "kick"): _sessions_kick,
     ("status", None): _status,
@@ -182,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jid")
     p = actions.add_parser("list", help="list the accounts of a domain")
     p.add_argument("--domain", default=None, help="default: STANZAD_DOMAIN")
+    p = actions.add_parser("import", help="create accounts from a JSON file (docs/operations.md)")
+    p.add_argument("file", help='{"accounts": [{"jid", "password" or "scram"}, ...]}; - for stdin')
+    p.add_argument("--iterations", type=int, default=None,
+                   help="SCRAM iterations for entries given a password "
+                        "(default: STANZAD_SCRAM_ITERATIONS)")
     sessions = sub.add_parser("sessions", help="who is online; kick a session")
     session_actions = sessions.add_subparsers(dest="action")
     session_actions.add_parser("list", help="who is online, on which connection manager")
@@ -201,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sessions" and args.action is None:
         args.action = "list"  # plain `stanzad sessions`
     settings = load_or_exit(AdminSettings)
-    need_bus = (args.command, args.action) in (("sessions", "kick"), ("user", "delete"))
+    # kicking; and telling the routers at once about deleted or imported accounts
+    need_bus = (args.command, args.action) in (
+        ("sessions", "kick"), ("user", "delete"), ("user", "import"))
     try:
         return asyncio.run(_with_admin(args, settings, need_bus))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:

@@ -11,6 +11,7 @@ same facts but cost 4.4x per publish (see DESIGN.md).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 VERSION: Final = b"1"
@@ -111,3 +112,17 @@ def session_event(bare: str, version: int = 0) -> Envelope:
     it: bind/unbind (with the session table's version), account creation and deletion (0).
     """
     return Envelope(Kind.SESSION, to=bare, from_="", payload=str(version).encode())
+
+
+def accounts_event(bares: Sequence[str]) -> Envelope:
+    """Several accounts of one partition were created at once (a bulk import): one session
+    event whose ``to`` lists their bare JIDs, one a line (`FANOUT_SEPARATOR`, which cannot
+    occur in a prepared JID).  Routers drop what they cached for each (`session_event_jids`).
+    """
+    return Envelope(Kind.SESSION, to=FANOUT_SEPARATOR.join(bares), from_="", payload=b"0")
+
+
+def session_event_jids(env: Envelope) -> list[str]:
+    """The bare JIDs a session event is about: one (`session_event`) or several
+    (`accounts_event`)."""
+    return env.to.split(FANOUT_SEPARATOR)

@@ -15,7 +15,13 @@ import secrets
 import time
 
 from shared.bus import subjects
-from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
+from shared.bus.envelope import (
+    STANZA_KINDS,
+    Envelope,
+    EnvelopeError,
+    Kind,
+    session_event_jids,
+)
 from shared.metrics import HistogramTally, Tally
 from shared.partitioned import PartitionedService
 from shared.settings import RouterSettings
@@ -76,8 +82,9 @@ class Router(PartitionedService):
             except EnvelopeError as exc:
                 log.warning("dropped a bad envelope: %s", exc)
                 continue
-            if env.kind is Kind.SESSION:
-                self.cache.invalidate(env.to)
+            if env.kind is Kind.SESSION:  # one bare JID, or several from a bulk import
+                for bare in session_event_jids(env):
+                    self.cache.invalidate(bare)
             elif env.kind in STANZA_KINDS:
                 envelopes.append(env)
         if not envelopes:

@@ -60,3 +60,10 @@ def test_write_all(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "result.json").exists()
     assert "logins per server CPU-second" in (tmp_path / "out" / "summary.md").read_text()
     assert all(p.exists() for p in written)
+
+
+def test_markdown_says_how_long_creating_the_accounts_took() -> None:
+    doc = _doc("login", {"login": _login()})
+    assert "Accounts created" not in report.markdown(doc)
+    doc["setup"] = {"accounts_s": 0.8734, "accounts_via": "admin API"}
+    assert "Accounts created through the admin API in 0.87 s" in report.markdown(doc)

@@ -35,6 +35,9 @@ def test_idle(cluster: Cluster, tmp_path: Path) -> None:
     check_login(r["login"], 4)
     assert "cm-1" in r["rss_growth_bytes"]
     assert {"nats", "redis", "router-1", "cm-1"} <= set(doc["samples"][-1]["rss"])
+    # the users were imported through the cluster's admin API, which is not sampled
+    assert doc["setup"]["accounts_via"] == "admin API" and doc["setup"]["accounts_s"] > 0
+    assert cluster.admin_ports and not set(cluster.admin_ports) & set(doc["samples"][-1]["rss"])
     written = report.write_all(doc, tmp_path)
     assert (tmp_path / "summary.md").read_text().startswith("## idle")
     assert all(p.exists() for p in written)

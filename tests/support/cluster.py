@@ -16,6 +16,7 @@ from pathlib import Path
 from shared import localservers
 
 ROOT = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN = "test-admin-token"
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Cluster:
     s2s_port: int = 0
     side_ports: dict[str, int] = field(default_factory=dict)
     admin_ports: dict[str, int] = field(default_factory=dict)
+    admin_tokens: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     aof: bool = False  # Redis append-only file (for restart tests)
 
@@ -180,15 +182,24 @@ class Cluster:
         self.c2s_ports.append(port)
         return port
 
-    def start_admin(self, name: str = "admin-1", token: str = "test-admin-token") -> int:
+    def start_admin(self, name: str = "admin-1", token: str = ADMIN_TOKEN, **env: str) -> int:
         """The admin API as a process; returns its API port (its side port is separate)."""
         port = localservers.free_port()
         self.start_service(name, "services.admin", STANZAD_ADMIN_HOST="127.0.0.1",
                            STANZAD_ADMIN_PORT=str(port), STANZAD_ADMIN_TOKEN=token,
-                           STANZAD_SCRAM_ITERATIONS="4096")
+                           STANZAD_SCRAM_ITERATIONS="4096", **env)
         self.wait_ready(name)
         self.admin_ports[name] = port
+        self.admin_tokens[name] = token
         return port
+
+    def admin(self, name: str = "admin-1", **env: str) -> tuple[str, str]:
+        """(base URL, bearer token) of the admin API ``name``, started on first use (the
+        test session and the load tool share one)."""
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None or name not in self.admin_ports:
+            self.start_admin(name, **env)
+        return f"http://127.0.0.1:{self.admin_ports[name]}", self.admin_tokens[name]
 
     def wait_ready(self, name: str, timeout_s: float = 30) -> None:
         deadline = time.monotonic() + timeout_s

@@ -57,3 +57,13 @@ def test_subjects_are_built_in_one_place() -> None:
     assert subjects.route(3) == "stanzad.route.3"
     assert subjects.connection_manager("cm-1") == "stanzad.cm.cm-1"
     assert subjects.session_events(7) == "stanzad.sess.7"
+
+
+def test_a_session_event_names_one_bare_jid_and_an_accounts_event_several() -> None:
+    from shared.bus.envelope import accounts_event, session_event, session_event_jids
+
+    one = Envelope.decode(session_event("a@b", 3).encode())
+    assert session_event_jids(one) == ["a@b"]
+    many = Envelope.decode(accounts_event(["a@b", "c@b", "d@b"]).encode())
+    assert many.kind is Kind.SESSION
+    assert session_event_jids(many) == ["a@b", "c@b", "d@b"]
