@@ -1,9 +1,10 @@
 """The TLS 1.3 record layer after the handshake (RFC 8446 §5, §7.1-7.3), sans-I/O.
 
-OpenSSL does the handshake; once it has finished, a `Records13` built from the two
-application traffic secrets protects and unprotects the records, and the OpenSSL session is
-freed (`shared/tls_session.py`).  This is the split that kernel TLS makes: the handshake stays
-in the TLS library, the symmetric record layer moves elsewhere.  Why: an idle OpenSSL 3.0
+OpenSSL does the handshake; once the session is idle, a `Records13` built from the two
+application traffic secrets (and the sequence numbers OpenSSL reached) protects and
+unprotects the records, and the OpenSSL session is freed (`shared/tls_session.py`).  This
+is the split that kernel TLS makes: the handshake stays in the TLS library, the symmetric
+record layer moves elsewhere.  Why: an idle OpenSSL 3.0
 session holds 16.4 KiB, this object holds well under 1 KiB while idle (its AEAD contexts, ~2.5
 KiB each, exist only while records flow; `hibernate` drops them): loadtest/RESULTS.md,
 "session 4 — lean TLS sessions".
@@ -149,13 +150,19 @@ class Records13:
     __slots__ = ("_aead_type", "_closed", "_failed", "_handshake", "_out", "_pending",
                  "_read", "_sent_close", "_suite", "_write")
 
-    def __init__(self, suite: str, read_secret: bytes, write_secret: bytes) -> None:
+    def __init__(
+        self, suite: str, read_secret: bytes, write_secret: bytes, *,
+        read_seq: int = 0, write_seq: int = 0,
+    ) -> None:
         if suite not in SUITES:
             raise ValueError(f"not a TLS 1.3 suite this record layer serves: {suite}")
         self._suite = suite
         self._aead_type = SUITES[suite][0]
         self._read = _Direction(suite, read_secret)
         self._write = _Direction(suite, write_secret)
+        # records already protected under these secrets by the TLS library before us
+        self._read.seq = read_seq
+        self._write.seq = write_seq
         self._pending = b""  # the start of a record still on its way
         self._handshake = b""  # the start of a handshake message split across records
         self._out: list[bytes] = []

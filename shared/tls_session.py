@@ -23,13 +23,18 @@ wrappers (still a quarter more calling OpenSSL 4.0 through cffi directly).
 
 Lean sessions: given a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS``, on by default), a server
 session that negotiated TLS 1.3 with one of the `tls_records.SUITES` and sends no session
-tickets hands its record layer to a `tls_records.Records13` the moment the handshake ends,
-and the OpenSSL session and both BIOs are freed: 16.4 KiB of OpenSSL state per idle
-connection become a few hundred bytes (loadtest/RESULTS.md, "session 4 — lean TLS
-sessions").  To make that hand-over exact, the handshake is fed one whole record at a time,
-so when OpenSSL reports the handshake done it holds no byte of a later record, and the rest
-of the socket's bytes go to the new record layer.  Anything else (TLS 1.2, tickets on, a
-missing secret) stays on OpenSSL as before.
+tickets keeps its two application traffic secrets, and `hibernate` (the connection going
+idle) hands its record layer to a `tls_records.Records13` and frees the OpenSSL session and
+both BIOs: 16.4 KiB of OpenSSL state per idle connection become a few hundred bytes
+(loadtest/RESULTS.md, "session 4 — lean TLS sessions").  Only idle sessions are worth it (an
+active one keeps its parser's 12 KiB anyway), and a session that ends before it idles never
+pays the hand-over (the key schedule, two AEAD contexts, freeing the `SSL`).  To make the
+hand-over exact, OpenSSL is fed one whole record at a time from the first ClientHello on, so
+it never holds part of a later record, and the records it protects after the handshake are
+counted both ways: the new layer starts from those sequence numbers.  A record that brings
+no application data (a KeyUpdate, which OpenSSL applies out of our sight) ends the counting
+and the session stays on OpenSSL, as does anything else (TLS 1.2, tickets on, a missing
+secret, half a record pending when the connection idles, which is tried again next time).
 
 ``receive`` takes bytes from the socket and returns the plaintext they complete (the
 handshake happens inside it); ``send`` takes plaintext; ``data_to_send`` returns the records
@@ -52,13 +57,14 @@ SLICE: Final = 1024  # bytes per BIO write for large writes (see the module's do
 # A handshake record longer than this goes to OpenSSL as it is, to be refused there.
 _MAX_HANDSHAKE_RECORD: Final = (1 << 14) + 2048
 _RECORD_TYPES: Final = frozenset((20, 21, 22, 23))  # RFC 8446 §5.1 ContentType
+_MAX_RECORD: Final = (1 << 14) + 256  # a TLS 1.3 ciphertext at most (RFC 8446 §5.2)
 
 
 class TLSSession:
     """One TLS connection over two memory BIOs."""
 
-    __slots__ = ("_framing", "_incoming", "_keylog", "_outgoing", "_random", "_records",
-                 "_secrets", "_sent", "_tls", "established")
+    __slots__ = ("_framing", "_in_seq", "_incoming", "_keylog", "_lean_keys", "_out_seq",
+                 "_outgoing", "_random", "_records", "_secrets", "_sent", "_tls", "established")
 
     def __init__(
         self,
@@ -83,11 +89,21 @@ class TLSSession:
         self._random = b""  # the ClientHello's random: which key log lines are ours
         self._secrets: dict[bytes, bytes] = {}
         self._records: Records13 | None = None
+        # after the handshake, until `hibernate` hands over: (suite, client secret, server
+        # secret), and the records OpenSSL has protected so far each way under them
+        self._lean_keys: tuple[str, bytes, bytes] | None = None
+        self._in_seq = 0
+        self._out_seq = 0
 
     @property
     def lean(self) -> bool:
         """True once the record layer is ours and OpenSSL's session is gone."""
         return self._records is not None
+
+    @property
+    def lean_ready(self) -> bool:
+        """True when `hibernate` can hand the record layer over (or already has)."""
+        return self._records is not None or self._lean_keys is not None
 
     def start(self) -> None:
         """Begin the handshake (a client's ClientHello lands in `data_to_send`)."""
@@ -104,7 +120,13 @@ class TLSSession:
         if records is not None:
             return records.receive(data)
         if self._framing is not None:
+            if self._lean_keys is not None:
+                return self._receive_counted(data)
             return self._receive_framed(data)
+        return self._receive_sliced(data)
+
+    def _receive_sliced(self, data: bytes | memoryview) -> bytes:
+        """Through OpenSSL, `SLICE` bytes at a time (see the module's docstring)."""
         if len(data) <= SLICE:
             return self._receive(data)
         view = memoryview(data)
@@ -147,10 +169,10 @@ class TLSSession:
             if self._handshake():
                 rest = buf[at:]
                 self._framing = None
-                records = self._take_over()
-                if records is not None:
-                    return records.receive(rest) if rest else b""
-                return self._receive(rest) if rest else b""
+                if self._ready_for_lean():
+                    self._framing = b""
+                    return self._receive_counted(rest) if rest else b""
+                return self._receive_sliced(rest) if rest else b""
         else:
             self._framing = buf[at:]
             return b""
@@ -158,8 +180,9 @@ class TLSSession:
         self._framing = None
         return self._receive(buf[at:])
 
-    def _take_over(self) -> Records13 | None:
-        """Hand the record layer to `Records13` if this session allows it (docstring)."""
+    def _ready_for_lean(self) -> bool:
+        """Whether this session's record layer can be handed over later (docstring): then
+        its secrets are kept, and the records OpenSSL protects from now on are counted."""
         tls = self._tls
         assert tls is not None and self._outgoing is not None
         secrets, self._secrets = self._secrets, {}
@@ -174,11 +197,85 @@ class TLSSession:
             or self._outgoing.pending
             or self._sent
         ):
-            return None
-        records = Records13(cipher[0], secrets[CLIENT_TRAFFIC], secrets[SERVER_TRAFFIC])
-        self._records = records
+            return False
+        self._lean_keys = (cipher[0], secrets[CLIENT_TRAFFIC], secrets[SERVER_TRAFFIC])
+        return True
+
+    def _receive_counted(self, data: bytes | memoryview) -> bytes:
+        """Application records through OpenSSL one at a time, counted: the read sequence
+        number a hand-over starts from.  A record that brings no application data (a
+        KeyUpdate, which OpenSSL applies out of our sight, or anything unusual) ends the
+        counting, and the session stays on OpenSSL."""
+        assert self._framing is not None
+        if (
+            not self._framing and len(data) <= SLICE and len(data) >= 5 and data[0] == 23
+            and ((data[3] << 8) | data[4]) + 5 == len(data)
+        ):  # the usual read: one small whole record
+            plain = self._receive(data)  # TLSClosed: it was an alert, no counting needed
+            self._in_seq += 1
+            if not plain:
+                self._stop_counting()
+            return plain
+        buf = self._framing + data if self._framing else bytes(data)
+        at = 0
+        parts: list[bytes] = []
+        while len(buf) - at >= 5:
+            length = (buf[at + 3] << 8) | buf[at + 4]
+            if buf[at] != 23 or length > _MAX_RECORD:
+                break
+            end = at + 5 + length
+            if end > len(buf):
+                self._framing = buf[at:]
+                return b"".join(parts)
+            try:
+                plain = self._receive_sliced(memoryview(buf)[at:end])
+            except TLSClosed:
+                self._stop_counting()
+                if parts:
+                    return b"".join(parts)  # the next call raises
+                raise
+            at = end
+            self._in_seq += 1
+            if not plain:
+                break
+            parts.append(plain)
+        else:
+            self._framing = buf[at:]
+            return b"".join(parts)
+        self._stop_counting()
+        if at < len(buf):
+            parts.append(self._receive_sliced(memoryview(buf)[at:]))
+        return b"".join(parts)
+
+    def _stop_counting(self) -> None:
+        self._lean_keys = None
+        self._framing = None
+
+    def _count_sent(self, out: bytes) -> None:
+        """The records OpenSSL wrote since the handshake: the write sequence number."""
+        at = 0
+        while at + 5 <= len(out):
+            if out[at] != 23:  # an alert: this session is ending on OpenSSL
+                self._stop_counting()
+                return
+            at += 5 + ((out[at + 3] << 8) | out[at + 4])
+            self._out_seq += 1
+
+    def _hand_over(self) -> bool:
+        """Free OpenSSL's session for `Records13` if nothing is half-way (docstring)."""
+        keys, tls = self._lean_keys, self._tls
+        if keys is None or tls is None or self._framing or self._sent:
+            return False
+        assert self._incoming is not None and self._outgoing is not None
+        if self._incoming.pending or self._outgoing.pending or tls.pending():
+            return False
+        suite, client, server = keys
+        self._records = Records13(suite, client, server, read_seq=self._in_seq,
+                                  write_seq=self._out_seq)
+        self._lean_keys = None
+        self._framing = None
         self._tls = self._incoming = self._outgoing = None
-        return records
+        return True
 
     def _receive(self, data: bytes | memoryview) -> bytes:
         incoming = self._incoming
@@ -233,9 +330,12 @@ class TLSSession:
             return self._records.data_to_send()
         assert self._outgoing is not None
         if not self._sent:
-            return self._outgoing.read()
-        out = self._sent + self._outgoing.read()
-        self._sent = b""
+            out = self._outgoing.read()
+        else:
+            out = self._sent + self._outgoing.read()
+            self._sent = b""
+        if self._lean_keys is not None and out:
+            self._count_sent(out)
         return out
 
     def pending_bytes(self) -> int:
@@ -254,10 +354,13 @@ class TLSSession:
         with contextlib.suppress(ssl.SSLError, ValueError):  # SSLWantReadError included
             self._tls.unwrap()
 
-    def hibernate(self) -> None:
-        """An idle connection: a lean session drops its AEAD contexts until the next record."""
+    def hibernate(self) -> bool:
+        """An idle connection: hand the record layer over if it can be (True then), and drop
+        a lean session's AEAD contexts until its next record."""
+        handed = self._hand_over()
         if self._records is not None:
             self._records.hibernate()
+        return handed
 
     def _handshake(self) -> bool:
         assert self._tls is not None

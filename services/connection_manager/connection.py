@@ -180,7 +180,7 @@ class C2SConnection(asyncio.Protocol):
         if out:
             self.transport.write(out)
         if handshaking and tls.established:
-            metrics.TLS_HANDSHAKES.labels("lean" if tls.lean else "openssl").inc()
+            metrics.TLS_HANDSHAKES.labels("lean" if tls.lean_ready else "openssl").inc()
             self.stream.tls_established()  # a new stream; what came with the Finished follows
         return plain
 
@@ -354,8 +354,8 @@ class C2SConnection(asyncio.Protocol):
         if s.hibernate_after_s and idle >= s.hibernate_after_s and self.stream.hibernate():
             metrics.PARSERS_HIBERNATED.inc()  # ~10 KiB less until the next byte (README)
             self._hibernating = True
-            if self._tls is not None:
-                self._tls.hibernate()  # a lean session's AEAD contexts, ~5 KiB
+            if self._tls is not None and self._tls.hibernate():
+                metrics.TLS_LEAN_HANDOVERS.inc()  # OpenSSL's 16 KiB freed (README)
         if self._ping_sent:
             if self._last_rx >= self._ping_sent:
                 self._ping_sent = 0.0  # it answered (anything counts)

@@ -24,9 +24,13 @@ BYTES_OUT = Counter("stanzad_cm_sent_bytes_total", "Bytes written to client sock
 TLS_FAILURES = Counter("stanzad_cm_tls_failures_total", "STARTTLS handshakes that failed.")
 TLS_HANDSHAKES = Counter(
     "stanzad_cm_tls_handshakes_total",
-    "TLS handshakes completed, by the record layer that serves the session after it "
-    "(lean: stanzad's own, OpenSSL's session freed; openssl).",
+    "TLS handshakes completed, by the record layer that can serve the session once it is "
+    "idle (lean: stanzad's own, OpenSSL's session freed; openssl).",
     ["kind"],
+)
+TLS_LEAN_HANDOVERS = Counter(
+    "stanzad_cm_tls_lean_handovers_total",
+    "Idle TLS sessions whose OpenSSL state was freed for stanzad's own record layer.",
 )
 AUTH_TIMEOUTS = Counter(
     "stanzad_cm_auth_timeouts_total", "Connections closed for not binding in time."

@@ -67,7 +67,7 @@ def pair(keylogs: tuple[ssl.SSLContext, KeyLog, ssl.SSLContext, KeyLog]) -> Pair
     server_ctx, server_log, client_ctx, client_log = keylogs
     server = TLSSession(server_ctx, keylog=server_log)
     client = _handshake(server, client_ctx, client_log)
-    assert server.lean
+    assert server.lean_ready and server.hibernate() and server.lean
     return server, client
 
 
@@ -146,6 +146,24 @@ def test_session_tickets_keep_the_session_on_openssl(files: tuple[str, str]) -> 
 
 
 # ---- KeyUpdate (§4.6.3) ---------------------------------------------------------------------
+
+def test_key_update_while_on_openssl_keeps_the_session_there(
+    keylogs: tuple[ssl.SSLContext, KeyLog, ssl.SSLContext, KeyLog],
+) -> None:
+    """OpenSSL applies a KeyUpdate that comes before the hand-over, out of our sight: the
+    secrets we hold are then stale, so the session must stay on OpenSSL."""
+    server_ctx, server_log, client_ctx, client_log = keylogs
+    server = TLSSession(server_ctx, keylog=server_log)
+    client = _handshake(server, client_ctx, client_log)
+    client.send(b"<before/>")
+    assert server.receive(client.data_to_send()) == b"<before/>"
+    client.key_update(request_peer=True)
+    client.send(b"<after/>")
+    assert server.receive(client.data_to_send()) == b"<after/>"
+    assert client.receive(server.data_to_send()) == b""  # OpenSSL's KeyUpdate back
+    assert not server.lean_ready and not server.hibernate() and not server.lean
+    _exchange(server, client, b"<still-openssl/>")
+
 
 def test_peer_key_update_requested_is_answered(pair: Pair) -> None:
     server, client = pair

@@ -46,7 +46,17 @@ def _pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> tuple[TLSSession, 
         client.receive(server.data_to_send())
         if server.established and client.established:
             break
-    assert server.lean is (id(server_ctx) in _KEYLOGS)
+    lean = id(server_ctx) in _KEYLOGS
+    assert server.lean_ready is lean and not server.lean
+    # records under OpenSSL first, several per read and sliced ones too, so that the lean
+    # record layer must start from the sequence numbers OpenSSL reached
+    client.send(b"<a/>")
+    client.send(b"q" * 20_000)
+    assert server.receive(client.data_to_send()) == b"<a/>" + b"q" * 20_000
+    server.send(b"<b/>")
+    server.send(b"r" * 20_000)
+    assert client.receive(server.data_to_send()) == b"<b/>" + b"r" * 20_000
+    assert server.hibernate() is lean and server.lean is lean
     return server, client
 
 
@@ -164,9 +174,14 @@ def test_first_stanza_sent_with_the_finished(
     client.send(b"x" * 20_000)
     wire = client.data_to_send()  # [CCS] Finished, then three application records
     assert server.receive(wire) == b"<stream:stream>" + b"x" * 20_000
-    assert server.established and server.lean is (id(server_ctx) in _KEYLOGS)
+    assert server.established and server.lean_ready is (id(server_ctx) in _KEYLOGS)
     server.send(b"<features/>")
     assert client.receive(server.data_to_send()) == b"<features/>"
+    assert server.hibernate() is (id(server_ctx) in _KEYLOGS)
+    client.send(b"<after/>")
+    assert server.receive(client.data_to_send()) == b"<after/>"
+    server.send(b"<ok/>")
+    assert client.receive(server.data_to_send()) == b"<ok/>"
 
 
 def test_handshake_bytes_one_at_a_time(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
@@ -189,10 +204,30 @@ def test_handshake_bytes_one_at_a_time(contexts: tuple[ssl.SSLContext, ssl.SSLCo
 
 
 def test_hibernated_session_carries_on(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
-    server, client = _pair(contexts)
+    server, client = _pair(contexts)  # hibernated once already
     server.hibernate()  # a lean session drops its AEAD contexts; OpenSSL's keeps its state
     client.send(b"<ping/>")
     assert server.receive(client.data_to_send()) == b"<ping/>"
     server.hibernate()
     server.send(b"<pong/>")
     assert client.receive(server.data_to_send()) == b"<pong/>"
+
+
+def test_no_hand_over_with_half_a_record_pending(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_ctx, client_ctx = contexts
+    server = _server(server_ctx)
+    client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+    client.start()
+    for _ in range(3):
+        server.receive(client.data_to_send())
+        client.receive(server.data_to_send())
+    client.send(b"<half/>")
+    wire = client.data_to_send()
+    assert server.receive(wire[:10]) == b""
+    assert not server.hibernate() and not server.lean  # the rest of the record comes later
+    assert server.receive(wire[10:]) == b"<half/>"
+    assert server.hibernate() is (id(server_ctx) in _KEYLOGS)
+    client.send(b"<whole/>")
+    assert server.receive(client.data_to_send()) == b"<whole/>"
