@@ -49,8 +49,14 @@ class KeyLog:
         except (OSError, NotImplementedError, AttributeError) as exc:
             log.warning("TLS key log unavailable, sessions stay on OpenSSL: %s", exc)
             return False
-        if not self._nonblocking(probe):
+        if self._nonblocking(probe):
+            return True
+        try:
             self._writers_nonblocking()  # another thread took that number first: look at all
+        except OSError as exc:  # no /proc: a writer we cannot make non-blocking is not kept
+            context.keylog_filename = None
+            log.warning("TLS key log writer not found, sessions stay on OpenSSL: %s", exc)
+            return False
         return True
 
     def _nonblocking(self, fd: int) -> bool:
@@ -69,7 +75,8 @@ class KeyLog:
     def _writers_nonblocking(self) -> None:
         """CPython opened a new description of the pipe for the context: find it and make it
         non-blocking (see the module's docstring).  The slow way, one look at every open
-        descriptor (~22 ms with 10,000 open, measured), for when the quick guess missed."""
+        descriptor (~22 ms with 10,000 open, timed once by hand), for when the quick guess
+        missed."""
         for name in os.listdir("/proc/self/fd"):
             self._nonblocking(int(name))
 

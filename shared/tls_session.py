@@ -252,12 +252,10 @@ class TLSSession:
         self._framing = None
 
     def _count_sent(self, out: bytes) -> None:
-        """The records OpenSSL wrote since the handshake: the write sequence number."""
+        """The records OpenSSL wrote since the handshake: the write sequence number.  (TLS 1.3
+        hides every record's type behind application_data's: all are counted alike.)"""
         at = 0
         while at + 5 <= len(out):
-            if out[at] != 23:  # an alert: this session is ending on OpenSSL
-                self._stop_counting()
-                return
             at += 5 + ((out[at + 3] << 8) | out[at + 4])
             self._out_seq += 1
 
@@ -351,6 +349,7 @@ class TLSSession:
             self._records.close()
             return
         assert self._tls is not None
+        self._stop_counting()  # the session ends on OpenSSL
         with contextlib.suppress(ssl.SSLError, ValueError):  # SSLWantReadError included
             self._tls.unwrap()
 

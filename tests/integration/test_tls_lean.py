@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import shutil
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -41,6 +43,22 @@ async def _read_until(stream: asyncio.StreamReader, seen: bytearray, needle: byt
         if not chunk:
             raise AssertionError(f"the client ended before {needle!r}: {bytes(seen)[-2000:]!r}")
         seen += chunk
+
+
+@contextlib.asynccontextmanager
+async def _client(*argv: str) -> AsyncIterator[tuple[asyncio.StreamWriter, asyncio.StreamReader]]:
+    """A command-line TLS client on pipes (its stderr with its stdout), killed at the end."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        yield proc.stdin, proc.stdout
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 def _handovers(cluster: Cluster) -> float:
@@ -77,28 +95,20 @@ async def test_key_update_from_openssl_s_client(
     cluster: Cluster, users: Users, command: bytes
 ) -> None:
     jid, password = await users.create("lean")
-    proc = await asyncio.create_subprocess_exec(
+    seen = bytearray()
+    async with _client(
         "openssl", "s_client", "-connect", f"127.0.0.1:{cluster.c2s_port}",
         "-starttls", "xmpp", "-xmpphost", "localhost", "-tls1_3",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    seen = bytearray()
-    try:
-        await _read_until(proc.stdout, seen, b"Verify return code")  # handshake done
-        await _log_in_and_idle(cluster, proc.stdin, proc.stdout, seen, jid, password)
-        proc.stdin.write(command)  # s_client: KeyUpdate (K: and ask for the server's)
-        await _read_until(proc.stdout, seen, b"KEYUPDATE")
+    ) as (stdin, stdout):
+        await _read_until(stdout, seen, b"Verify return code")  # handshake done
+        await _log_in_and_idle(cluster, stdin, stdout, seen, jid, password)
+        stdin.write(command)  # s_client: KeyUpdate (K: and ask for the server's)
+        await _read_until(stdout, seen, b"KEYUPDATE")
         await asyncio.sleep(0.3)  # s_client reads its stdin in chunks: the command alone
-        proc.stdin.write(b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>\n")
-        await _read_until(proc.stdout, seen, b"id=\"p1\"")  # under the new keys
-        proc.stdin.write(b"</stream:stream>\n")
-        await _read_until(proc.stdout, seen, b"</stream:stream>")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        stdin.write(b"<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>\n")
+        await _read_until(stdout, seen, b"id=\"p1\"")  # under the new keys
+        stdin.write(b"</stream:stream>\n")
+        await _read_until(stdout, seen, b"</stream:stream>")
     assert b"alert" not in bytes(seen).lower()
 
 
@@ -107,31 +117,22 @@ async def test_gnutls_cli_rekeys_and_sends_more_than_a_record(
     cluster: Cluster, users: Users
 ) -> None:
     jid, password = await users.create("lean")
-    proc = await asyncio.create_subprocess_exec(
+    seen = bytearray()
+    async with _client(
         "gnutls-cli", "--insecure", "--starttls-proto=xmpp", "--inline-commands",
         "-p", str(cluster.c2s_port), "localhost",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    seen = bytearray()
-    try:
-        await _read_until(proc.stdout, seen, b"Handshake was completed")
-        await _log_in_and_idle(cluster, proc.stdin, proc.stdout, seen, jid, password)
+    ) as (stdin, stdout):
+        await _read_until(stdout, seen, b"Handshake was completed")
+        await _log_in_and_idle(cluster, stdin, stdout, seen, jid, password)
         full = seen[seen.rindex(b"<jid>") + 5 : seen.rindex(b"</jid>")].decode()
         for command in (b"^rekey1^\n", b"^rekey^\n"):  # KeyUpdate asking for ours; not asking
-            proc.stdin.write(command)
-            await _read_until(proc.stdout, seen, b"Rekey was completed")
+            stdin.write(command)
+            await _read_until(stdout, seen, b"Rekey was completed")
             del seen[: seen.index(b"Rekey was completed") + 5]
         # 20 KB to our own full JID: more than a record (2^14) each way
         body = "y" * 20_000
-        proc.stdin.write(f"<message to='{full}' id='big'><body>{body}</body></message>\n"
-                         .encode())
-        await _read_until(proc.stdout, seen, body.encode() + b"</body>")
-        proc.stdin.write(b"</stream:stream>\n")
-        await _read_until(proc.stdout, seen, b"Peer has closed the GnuTLS connection")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        stdin.write(f"<message to='{full}' id='big'><body>{body}</body></message>\n".encode())
+        await _read_until(stdout, seen, body.encode() + b"</body>")
+        stdin.write(b"</stream:stream>\n")
+        await _read_until(stdout, seen, b"Peer has closed the GnuTLS connection")
     assert b"</stream:stream>" in seen and b"stream:error" not in seen

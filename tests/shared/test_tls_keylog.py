@@ -6,6 +6,8 @@ import os
 import ssl
 from pathlib import Path
 
+import pytest
+
 from shared.tls import ensure_self_signed, server_context
 from shared.tls_keylog import CLIENT_TRAFFIC, SERVER_TRAFFIC, KeyLog
 from shared.tls_session import TLSSession
@@ -74,4 +76,17 @@ def test_the_slow_scan_finds_a_writer_the_quick_guess_missed() -> None:
     assert not os.get_blocking(other)
     assert os.get_blocking(keylog._read_fd) is False  # it was made non-blocking at creation
     os.close(other)
+    keylog.close()
+
+
+def test_no_key_log_when_its_writer_cannot_be_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without /proc the writer could stay blocking: the context then logs nothing."""
+    ctx, _ = _context(tmp_path)
+    keylog = KeyLog()
+    monkeypatch.setattr(KeyLog, "_nonblocking", lambda self, fd: False)
+    monkeypatch.setattr(os, "listdir", lambda path: (_ for _ in ()).throw(OSError("no /proc")))
+    assert not keylog.attach(ctx)
+    assert ctx.keylog_filename is None
     keylog.close()

@@ -231,3 +231,27 @@ def test_no_hand_over_with_half_a_record_pending(
     assert server.hibernate() is (id(server_ctx) in _KEYLOGS)
     client.send(b"<whole/>")
     assert server.receive(client.data_to_send()) == b"<whole/>"
+
+
+def test_before_the_hand_over_openssl_refuses_what_it_should(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """The counted phase hands a record it does not count (too long) to OpenSSL, which
+    refuses it (RFC 8446 §5.2 record_overflow); our close_notify there ends the counting."""
+    server_ctx, client_ctx = contexts
+    for case in ("oversized", "closed"):
+        server = _server(server_ctx)
+        client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+        client.start()
+        for _ in range(3):
+            server.receive(client.data_to_send())
+            client.receive(server.data_to_send())
+        assert server.lean_ready is (id(server_ctx) in _KEYLOGS)
+        if case == "oversized":
+            with pytest.raises(ssl.SSLError):
+                server.receive(b"\x17\x03\x03" + ((1 << 14) + 300).to_bytes(2) + b"x" * 17_000)
+        else:
+            server.close()
+            with pytest.raises(TLSClosed):
+                client.receive(server.data_to_send())
+        assert not server.lean_ready and not server.hibernate()
