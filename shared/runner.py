@@ -17,7 +17,7 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared import logs
+from shared import gc_tuning, logs
 from shared.metrics import flush_tallies
 from shared.settings import CommonSettings
 from shared.store.redis import watch as watch_redis
@@ -73,6 +73,7 @@ async def serve(service: Service, settings: CommonSettings) -> None:
     redis_watch = asyncio.create_task(watch_redis(settings.redis_url, service.name))
     try:
         await service.start()
+        gc_tuning.freeze_startup()  # what start() built lives as long as the process
         log.info("%s started", service.name)
         await stop.wait()
         log.info("%s stopping", service.name)
@@ -101,6 +102,8 @@ def run(service: Service, settings: CommonSettings) -> None:
     """Entry point of a service process."""
     logs.setup(settings.log_level, settings.log_format)
     log.info("file descriptor limit: %d", raise_fd_limit())
+    gc_tuning.apply_thresholds(settings.gc_threshold_values)
+    gc_tuning.observe_pauses(service.name)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

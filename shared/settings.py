@@ -41,6 +41,21 @@ class CommonSettings(BaseSettings):
     session_ttl_s: int = Field(
         15, ge=2, description="A connection manager's heartbeat key lives this long."
     )
+    gc_thresholds: str = Field(
+        "20000,20,100",
+        description="CPython's garbage collector thresholds (gc.set_threshold), three "
+        "integers; see shared/gc_tuning.py.",
+    )
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _check_gc_thresholds(cls, value: str) -> str:
+        parse_gc_thresholds(value)
+        return value
+
+    @property
+    def gc_threshold_values(self) -> tuple[int, int, int]:
+        return parse_gc_thresholds(self.gc_thresholds)
 
 
 class ConnectionManagerSettings(CommonSettings):
@@ -268,6 +283,16 @@ class S2SSettings(PartitionedSettings):
 
     def override_map(self) -> dict[str, tuple[str, int]]:
         return parse_overrides(self.s2s_overrides)
+
+
+def parse_gc_thresholds(value: str) -> tuple[int, int, int]:
+    """``"20000,20,100"`` → (20000, 20, 100), for `gc.set_threshold`; raises ValueError on
+    anything else.  A first threshold of 0 turns the collector off (CPython's meaning)."""
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"expected three non-negative integers like '20000,20,100': {value!r}")
+    first, second, third = (int(p) for p in parts)
+    return first, second, third
 
 
 def parse_overrides(value: str) -> dict[str, tuple[str, int]]:

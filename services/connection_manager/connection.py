@@ -198,6 +198,7 @@ class C2SConnection(asyncio.Protocol):
             self.source = ""
         self.cm.connections.discard(self)
         self.cm.connection_closed(self)
+        self.stream.release()  # libxml2's parser now, not at the next garbage collection
 
     # ---- writing ---------------------------------------------------------------------------
 

@@ -244,6 +244,7 @@ class InboundConnection(_Shell):
             self.gw.per_source.release(self.source)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
+        self.stream.release()  # libxml2's parser now, not at the next garbage collection
 
     def data_received(self, data: bytes) -> None:
         self.touch()
@@ -459,6 +460,7 @@ class OutboundConnection(_Shell):
         fut = self.ready if self.stream.verify is None else self.verdict
         if not fut.done():
             fut.set_exception(ConnectionError(self.failure or "connection closed"))
+        self.stream.release()  # libxml2's parser now, not at the next garbage collection
 
     def data_received(self, data: bytes) -> None:
         self.touch()

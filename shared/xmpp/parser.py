@@ -306,6 +306,27 @@ def _header_copy(root: etree._Element) -> bytes:
     return f"<{name}{decls}>".encode()
 
 
+def _retire(xml: etree.XMLPullParser, root: etree._Element | None) -> None:
+    """Let go of a parser whose stream is over or asleep, so that reference counting frees it.
+
+    An lxml parser and the document it is building point at each other until the document
+    ends: dropped half-way, the pair (17 objects with its context, error log and event queue)
+    waits for the cyclic garbage collector, three times per login (loadtest/RESULTS.md,
+    "session 5 — the garbage collector").  Ending the document with the root's own end tag
+    and closing the parser breaks that cycle.  Where it cannot end cleanly (mid-stanza, or
+    already failed), the collector still frees the pair later."""
+    try:
+        if root is not None:
+            prefix = root.prefix
+            name = etree.QName(root).localname
+            xml.feed((f"</{prefix}:{name}>" if prefix else f"</{name}>").encode())
+            for _ in xml.read_events():
+                pass
+        xml.close()
+    except etree.XMLSyntaxError:
+        pass
+
+
 def _check_values(el: etree._Element, limit: int) -> None:
     for value in el.values():
         if len(value) > limit:
@@ -409,11 +430,22 @@ class StreamParser:
         ):
             return False
         self._wake_header = _header_copy(root)
+        _retire(self._xml, root)
         self._xml = None
         self._root = None
         self._attached = 0  # their originals go with the old document
         self._names = tuple(self._names)
         return True
+
+    def release(self) -> None:
+        """The stream is over (a restart replaces it, or the connection closed): free
+        libxml2's parser at once (`_retire`).  What is fed after this is ignored."""
+        xml, root = self._xml, self._root
+        self._xml = None
+        self._root = None
+        self._wake_header = b""
+        if xml is not None:
+            _retire(xml, root)
 
     def _wake(self) -> None:
         xml = _new_lxml_parser()
@@ -437,6 +469,8 @@ class StreamParser:
         if self._closed or not data:
             return []
         if self._xml is None:
+            if not self._wake_header:
+                return []  # released
             self._wake()
         if type(data) is not bytes:
             data = bytes(data)  # lxml takes nothing else; a bytearray from a socket is fine

@@ -63,6 +63,10 @@ class StreamIO:
         """Free the parser of an idle stream (`StreamParser.hibernate`); False when busy."""
         return not self._pending and not self._ready and self._parser.hibernate()
 
+    def release(self) -> None:
+        """The connection is gone: free the parser now (`StreamParser.release`)."""
+        self._parser.release()
+
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
         self._out.clear()

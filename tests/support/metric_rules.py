@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # presence, roster, s2s, offline: the services that come next (issue 6 names their metrics).
 COMPONENTS: Final = frozenset(
-    {"cm", "router", "admin", "bus", "store", "presence", "roster", "s2s", "offline"}
+    {"cm", "router", "admin", "bus", "store", "presence", "roster", "s2s", "offline", "process"}
 )
 LABELS: Final = frozenset(
     {"service", "operation", "kind", "outcome", "result", "mechanism", "condition", "code",
-     "type", "direction", "limit", "reason", "scope"}  # each with a small fixed value set
+     "type", "direction", "limit", "reason", "scope", "generation"}  # each a small fixed set
 )
 BUILTIN_LABELS: Final = frozenset({"le", "quantile"})
 HISTOGRAM_UNITS: Final = ("_seconds", "_bytes", "_messages", "_sessions")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from unittest import mock
 
 import pytest
 from scramp import ScramClient
@@ -23,6 +24,7 @@ from shared.xmpp.c2s import (
     StreamEnded,
 )
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
+from shared.xmpp.parser import StreamParser
 
 HEADER = (
     b"<?xml version='1.0'?><stream:stream to='example.com' version='1.0' "
@@ -364,3 +366,23 @@ def test_rfc6120_4_9_3_19_see_other_host_carries_the_host() -> None:
     assert (b'<see-other-host xmlns="urn:ietf:params:xml:ns:xmpp-streams">'
             b"[2001:db8::1]:5222</see-other-host>") in out
     assert out.endswith(b"</stream:stream>")
+
+
+def test_rfc6120_4_3_3_a_restart_releases_the_old_streams_parser() -> None:
+    released: list[StreamParser] = []
+    release = StreamParser.release
+
+    def spy(self: StreamParser) -> None:
+        released.append(self)
+        release(self)
+
+    stream = C2SStream(CONFIG)
+    events(stream, HEADER)
+    first = stream._parser
+    with mock.patch.object(StreamParser, "release", spy):
+        [tls] = events(stream, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        assert isinstance(tls, StartTLS)
+        stream.tls_established()
+    assert released == [first]
+    events(stream, HEADER)  # the new stream's parser works
+    assert b"<stream:features>" in stream.data_to_send()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -868,3 +870,56 @@ def test_hibernation_keeps_the_distinct_name_count() -> None:
     with pytest.raises(StreamError) as info:
         parser.feed(b"".join(f"<m{j}/>".encode() for j in range(10)))
     assert info.value.condition is POLICY_VIOLATION
+
+
+# ---- letting go of a parser: reference counting frees it, not the garbage collector --------
+
+
+def _garbage_after(make: Callable[[], None]) -> int:
+    """Objects only the cyclic collector could free, left by `make` (collector paused)."""
+    gc.collect()
+    gc.disable()
+    try:
+        make()
+        return gc.collect()
+    finally:
+        gc.enable()
+
+
+def test_a_released_parser_leaves_no_cycle_for_the_collector() -> None:
+    def dropped(release: bool) -> Callable[[], None]:
+        def make() -> None:
+            parser = StreamParser(POST_AUTH_LIMITS)
+            feed_all(parser, HEADER, MESSAGE, IQ)
+            if release:
+                parser.release()
+        return make
+
+    assert _garbage_after(dropped(False)) > 0  # lxml's parser and document hold each other
+    assert _garbage_after(dropped(True)) == 0
+
+
+def test_hibernation_leaves_no_cycle_and_a_prefixed_root_is_ended_by_its_own_name() -> None:
+    def make() -> None:
+        parser = StreamParser(POST_AUTH_LIMITS)
+        parser.feed(b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:server'>"
+                    b"<message to='b@b.example'/>")
+        assert parser.hibernate()
+        out = parser.feed(b"<iq type='get' id='1'/>")  # awake again, as before
+        assert [type(e) for e in out] == [StanzaReceived]
+        parser.release()
+
+    assert _garbage_after(make) == 0
+
+
+def test_a_parser_released_mid_stanza_or_after_an_error_ignores_what_comes_next() -> None:
+    parser = StreamParser(POST_AUTH_LIMITS)
+    parser.feed(HEADER + MESSAGE[:30])
+    parser.release()  # the end tag cannot end the document here: the collector frees it
+    assert parser.feed(MESSAGE[30:] + IQ) == []
+    assert not parser.hibernate()
+    failed = StreamParser(POST_AUTH_LIMITS)
+    with pytest.raises(StreamError):
+        failed.feed(HEADER + b"<a></b>")
+    failed.release()  # no second error out of release
+
