@@ -6,9 +6,11 @@ file at a pipe of this process, so the secrets never touch a disk, and reads the
 after each handshake step (``shared/tls_session.py``), which writes them synchronously.  The
 secrets are those OpenSSL already holds in this process's memory; they go nowhere else.
 
-The writing end that CPython opens is made non-blocking: if the pipe were ever full (it never
-holds more than one handshake's ~1 KB, as it is read after every step), a line would be lost
-and that one session would simply stay on OpenSSL, instead of the process blocking in a write.
+The writing end that CPython opens is made non-blocking, so that the process can never block
+in a write to it.  The pipe does not fill: it is emptied after every handshake step, so it
+holds at most one handshake's ~1 KB of its 64 KiB.  If it ever were full, OpenSSL's write
+would fail and with it that one handshake (``[BIO] system lib``, seen by filling it on
+purpose); the client gets an alert and connects again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = ["KeyLog"]
 CLIENT_TRAFFIC: Final = b"CLIENT_TRAFFIC_SECRET_0"
 SERVER_TRAFFIC: Final = b"SERVER_TRAFFIC_SECRET_0"
 _WANTED: Final = (CLIENT_TRAFFIC, SERVER_TRAFFIC)
+_READ: Final = 65536  # a pipe's whole default capacity: one read empties it
 
 
 class KeyLog:
@@ -87,15 +90,15 @@ class KeyLog:
         wanted = client_random.hex().encode()
         while True:
             try:
-                chunk = os.read(self._read_fd, 65536)
+                chunk = os.read(self._read_fd, _READ)
             except OSError:  # nothing more now (EAGAIN), or closed at shutdown
-                return
-            if not chunk:
                 return
             for line in chunk.split(b"\n"):
                 parts = line.split(b" ")
                 if len(parts) == 3 and parts[0] in _WANTED and parts[1] == wanted:
                     into[parts[0]] = bytes.fromhex(parts[2].decode())
+            if len(chunk) < _READ:  # the pipe is empty now: no second read to find that out
+                return
 
     def close(self) -> None:
         if self._read_fd >= 0:

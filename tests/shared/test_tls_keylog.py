@@ -37,7 +37,7 @@ def _writers(keylog: KeyLog) -> list[int]:
 
 
 def test_the_contexts_writer_is_non_blocking(tmp_path: Path) -> None:
-    """A full pipe must lose a line, never block the event loop in OpenSSL's write."""
+    """A full pipe must fail that one write, never block the event loop in OpenSSL's."""
     ctx, _ = _context(tmp_path)
     keylog = KeyLog()
     assert keylog.attach(ctx)
@@ -89,4 +89,40 @@ def test_no_key_log_when_its_writer_cannot_be_found(
     monkeypatch.setattr(os, "listdir", lambda path: (_ for _ in ()).throw(OSError("no /proc")))
     assert not keylog.attach(ctx)
     assert ctx.keylog_filename is None
+    keylog.close()
+
+
+
+def test_a_full_pipe_is_emptied_by_one_take_and_fails_only_the_handshake_it_meets(
+    tmp_path: Path,
+) -> None:
+    ctx, cert = _context(tmp_path)
+    keylog = KeyLog()
+    assert keylog.attach(ctx)
+    line = b"SERVER_HANDSHAKE_TRAFFIC_SECRET " + b"00" * 32 + b" " + b"cd" * 32 + b"\n"
+
+    writer = os.open(f"/proc/self/fd/{keylog._write_fd}", os.O_WRONLY | os.O_NONBLOCK)
+
+    def fill() -> None:
+        with pytest.raises(BlockingIOError):
+            while True:  # the pipe fills, then refuses
+                os.write(writer, line)
+
+    fill()
+    mine: dict[bytes, bytes] = {}
+    keylog.take(b"\x00" * 32, mine)  # reads until the pipe is empty, however full it was
+    with pytest.raises(BlockingIOError):
+        os.read(keylog._read_fd, 1)
+    client_ctx = ssl.create_default_context(cafile=cert)
+
+    def hello_to_server() -> None:
+        client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+        client.start()
+        TLSSession(ctx, keylog=keylog).receive(client.data_to_send())
+
+    fill()
+    with pytest.raises(ssl.SSLError):  # OpenSSL could not log: this handshake fails...
+        hello_to_server()
+    hello_to_server()  # ...and emptied the pipe on its way out: the next one logs again
+    os.close(writer)
     keylog.close()
