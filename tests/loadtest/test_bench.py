@@ -51,3 +51,22 @@ def test_stanzad_runs_side_by_side_as_one_node_with_an_embedded_router() -> None
     for name, opt in runs.items():
         if name.startswith("sbs-"):
             assert opt.routers == (0 if name.endswith("-stanzad") else 1), name
+
+
+def test_login_rounds_are_alternated_and_the_table_takes_each_servers_median() -> None:
+    from loadtest import bench, ejabberd
+
+    names = [name for name, _ in plan(False)]
+    if ejabberd.available():
+        logins = [n for n in names if n.startswith("sbs-login")]
+        assert logins[:2] == ["sbs-login-stanzad", "sbs-login-prosody"] or \
+            logins[:2] == ["sbs-login-stanzad", "sbs-login-ejabberd"]
+        assert f"sbs-login-r{bench.LOGIN_ROUNDS}-ejabberd" in names
+    rows = side_by_side({"sbs-login-stanzad": _doc(300.0, 10.0),
+                         "sbs-login-r2-stanzad": _doc(100.0, 30.0),
+                         "sbs-login-r3-stanzad": _doc(200.0, 20.0),
+                         "sbs-login-ejabberd": _doc(100.0, 20.0),
+                         "sbs-login-r2-ejabberd": _doc(400.0, 20.0),
+                         "sbs-login-rx-ejabberd": _doc(1.0, 1.0)})  # not a round: ignored
+    assert "| logins per server CPU-second | 200.0 | n/a | 250.0 | 0.80 | n/a |" in rows
+    assert "| login time to bound p99 (ms) | 20.0 | n/a | 20.0 | 1.00 | n/a |" in rows
