@@ -320,8 +320,10 @@ def _retire(xml: etree.XMLPullParser, root: etree._Element | None) -> None:
             prefix = root.prefix
             name = etree.QName(root).localname
             xml.feed((f"</{prefix}:{name}>" if prefix else f"</{name}>").encode())
-            for _ in xml.read_events():
-                pass
+        # read to the end: lxml keeps the events already read (the root's among them) in its
+        # queue until it finds the queue empty
+        for _ in xml.read_events():
+            pass
         xml.close()
     except etree.XMLSyntaxError:
         pass
@@ -445,7 +447,7 @@ class StreamParser:
         self._root = None
         self._wake_header = b""
         if xml is not None:
-            _retire(xml, root)
+            _retire(xml, None if self._closed else root)  # a closed stream's document ended
 
     def _wake(self) -> None:
         xml = _new_lxml_parser()

@@ -899,6 +899,16 @@ def test_a_released_parser_leaves_no_cycle_for_the_collector() -> None:
     assert _garbage_after(dropped(True)) == 0
 
 
+def test_a_parser_whose_stream_was_closed_by_the_peer_is_released_without_a_cycle() -> None:
+    def make() -> None:
+        parser = StreamParser(POST_AUTH_LIMITS)
+        feed_all(parser, STREAM)
+        assert parser.closed
+        parser.release()
+
+    assert _garbage_after(make) == 0
+
+
 def test_hibernation_leaves_no_cycle_and_a_prefixed_root_is_ended_by_its_own_name() -> None:
     def make() -> None:
         parser = StreamParser(POST_AUTH_LIMITS)
