@@ -118,8 +118,8 @@ def side_by_side(docs: dict[str, dict[str, Any]]) -> list[str]:
             "(STANZAD_EMBEDDED_ROUTER), plus the presence and roster processes.", "",
             "Ratios are to ejabberd's figure: above 1 is better for rates per CPU-second, "
             "below 1 is better for latency and memory.", "",
-            f"Logins: 2,000 per run, the servers taking turns {LOGIN_ROUNDS} times (`sbs-login-*`, "
-            "`sbs-login-r2-*`, ...); the login rows are each server's median.", "",
+            "Logins: the servers take turns (`sbs-login-*`, `sbs-login-r2-*`, ...); the login "
+            "rows are each server's median over its rounds.", "",
             "| figure | " + " | ".join(label for _, label in SERVERS)
             + " | stanzad / ejabberd | Prosody / ejabberd |",
             "|---|---|---|---|---|---|"]

@@ -289,8 +289,12 @@ def parse_gc_thresholds(value: str) -> tuple[int, int, int]:
     """``"20000,20,100"`` → (20000, 20, 100), for `gc.set_threshold`; raises ValueError on
     anything else.  A first threshold of 0 turns the collector off (CPython's meaning)."""
     parts = [p.strip() for p in value.split(",")]
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"expected three non-negative integers like '20000,20,100': {value!r}")
+    # at most 9 digits each: gc.set_threshold takes C ints, and a larger value would fail
+    # at startup with an OverflowError instead of here, naming the variable
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 9 for p in parts):
+        raise ValueError(
+            f"expected three integers from 0 to 999999999 like '20000,20,100': {value!r}"
+        )
     first, second, third = (int(p) for p in parts)
     return first, second, third
 

@@ -289,8 +289,7 @@ class C2SStream(StreamIO):
         limits = PRE_AUTH_LIMITS
         if self.username:
             limits = _post_auth_limits(self.config.max_stanza_bytes)
-        self._parser.release()
-        self._parser = StreamParser(limits)
+        self._new_parser(limits)
         self._pending.clear()
         self._header_sent = False
         self.state = State.HEADER

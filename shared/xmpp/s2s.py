@@ -295,8 +295,7 @@ class ReceivingStream(StreamIO):
     # ---- internals -----------------------------------------------------------------------
 
     def _restart(self) -> None:
-        self._parser.release()
-        self._parser = StreamParser(PRE_AUTH_LIMITS)
+        self._new_parser(PRE_AUTH_LIMITS)
         self._pending.clear()
         self._header_sent = False
         self.state = State.HEADER

@@ -191,8 +191,7 @@ class InitiatingStream(StreamIO):
 
     def _restart(self) -> None:
         """RFC 6120 §4.3.3: a new stream, a fresh parser, our header again."""
-        self._parser.release()
-        self._parser = StreamParser(PRE_AUTH_LIMITS)
+        self._new_parser(PRE_AUTH_LIMITS)
         self._pending.clear()
         self.phase = Phase.HEADER
         self._out.append(stream_header(self.config.domain, self.remote, None))

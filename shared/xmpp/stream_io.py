@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.xmpp.errors import StreamError
-from shared.xmpp.parser import StreamParser
+from shared.xmpp.parser import ParserLimits, StreamParser
 
 
 class StreamIO:
@@ -66,6 +66,11 @@ class StreamIO:
     def release(self) -> None:
         """The connection is gone: free the parser now (`StreamParser.release`)."""
         self._parser.release()
+
+    def _new_parser(self, limits: ParserLimits) -> None:
+        """RFC 6120 §4.3.3: a restarted stream gets a fresh parser; the old one is released."""
+        self._parser.release()
+        self._parser = StreamParser(limits)
 
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)

@@ -62,7 +62,8 @@ def test_thresholds_setting_default_and_parsing(monkeypatch: pytest.MonkeyPatch)
     assert parse_gc_thresholds("0,0,0") == (0, 0, 0)  # CPython's "collector off"
 
 
-@pytest.mark.parametrize("value", ["", "700,10", "700,10,10,10", "a,b,c", "-1,10,10", "7e2,1,1"])
+@pytest.mark.parametrize("value", ["", "700,10", "700,10,10,10", "a,b,c", "-1,10,10", "7e2,1,1",
+                                   "9999999999,10,10"])
 def test_bad_thresholds_name_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("STANZAD_GC_THRESHOLDS", value)
     with pytest.raises(ConfigError, match="STANZAD_GC_THRESHOLDS"):

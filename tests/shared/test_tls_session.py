@@ -36,7 +36,10 @@ def _server(ctx: ssl.SSLContext) -> TLSSession:
     return TLSSession(ctx, keylog=_KEYLOGS.get(id(ctx)))
 
 
-def _pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> tuple[TLSSession, TLSSession]:
+def _handshaken(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> tuple[TLSSession, TLSSession]:
+    """A server (lean when its context has a key log) and a client, handshake done."""
     server_ctx, client_ctx = contexts
     server = _server(server_ctx)
     client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
@@ -46,7 +49,12 @@ def _pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> tuple[TLSSession, 
         client.receive(server.data_to_send())
         if server.established and client.established:
             break
-    lean = id(server_ctx) in _KEYLOGS
+    return server, client
+
+
+def _pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> tuple[TLSSession, TLSSession]:
+    server, client = _handshaken(contexts)
+    lean = id(contexts[0]) in _KEYLOGS
     assert server.lean_ready is lean and not server.lean
     # records under OpenSSL first, several per read and sliced ones too, so that the lean
     # record layer must start from the sequence numbers OpenSSL reached
@@ -216,13 +224,8 @@ def test_hibernated_session_carries_on(contexts: tuple[ssl.SSLContext, ssl.SSLCo
 def test_no_hand_over_with_half_a_record_pending(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
-    server_ctx, client_ctx = contexts
-    server = _server(server_ctx)
-    client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
-    client.start()
-    for _ in range(3):
-        server.receive(client.data_to_send())
-        client.receive(server.data_to_send())
+    server_ctx = contexts[0]
+    server, client = _handshaken(contexts)
     client.send(b"<half/>")
     wire = client.data_to_send()
     assert server.receive(wire[:10]) == b""
@@ -238,14 +241,9 @@ def test_before_the_hand_over_openssl_refuses_what_it_should(
 ) -> None:
     """The counted phase hands a record it does not count (too long) to OpenSSL, which
     refuses it (RFC 8446 §5.2 record_overflow); our close_notify there ends the counting."""
-    server_ctx, client_ctx = contexts
+    server_ctx = contexts[0]
     for case in ("oversized", "closed"):
-        server = _server(server_ctx)
-        client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
-        client.start()
-        for _ in range(3):
-            server.receive(client.data_to_send())
-            client.receive(server.data_to_send())
+        server, client = _handshaken(contexts)
         assert server.lean_ready is (id(server_ctx) in _KEYLOGS)
         if case == "oversized":
             with pytest.raises(ssl.SSLError):
