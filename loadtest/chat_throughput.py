@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.credentials import derive_credentials  # noqa: E402
 from shared.store.accounts import AccountStore  # noqa: E402
 from shared.store.redis import connect as redis_connect  # noqa: E402
+from shared.xmpp.credentials import derive_credentials  # noqa: E402
 from tests.support.cluster import Cluster, new_cluster  # noqa: E402
 from tests.support.xmpp import RawClient, raw_login  # noqa: E402
 

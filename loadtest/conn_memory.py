@@ -3,7 +3,7 @@
 `python -m loadtest.conn_memory [-n 2000]` builds N of each piece, keeps them alive and prints
 the RSS growth divided by N (after `malloc_trim`, so freed handshake scratch is not counted):
 
-* ``tls`` — a server-side TLS session (`shared.tls_session.TLSSession`) after a full
+* ``tls`` — a server-side TLS session (`shared.tls.session.TLSSession`) after a full
   TLS 1.3 handshake with a client over memory BIOs and one record each way: the OpenSSL
   state a connection cannot do without;
 * ``tls12`` — the same with TLS 1.2;
@@ -11,7 +11,7 @@ the RSS growth divided by N (after `malloc_trim`, so freed handshake scratch is 
 * ``tls-burst`` — ``tls`` after 20 KB each way (a roster result, say), then idle: what the
   memory BIOs keep of it;
 * ``tls-burst-unsliced`` — the same with the whole 20 KB written into the BIOs at once (the
-  layer before `shared.tls_session.SLICE`);
+  layer before `shared.tls.session.SLICE`);
 * ``tls-pyopenssl`` — ``tls`` on pyOpenSSL and the OpenSSL 4.0 of ``cryptography``
   (`loadtest.tls_bench.PyOpenSSLSession`, tuned: released buffers, no session cache);
 * ``tls-fresh``, ``tls-pyopenssl-fresh`` — a server session before any handshake (what
@@ -36,10 +36,10 @@ from pathlib import Path
 from unittest import mock
 
 from loadtest.tls_bench import PyOpenSSLSession, pyopenssl_context
-from shared import tls_session
-from shared.tls import ensure_self_signed, server_context
-from shared.tls_keylog import KeyLog
-from shared.tls_session import TLSSession
+from shared.tls.context import ensure_self_signed, server_context
+from shared.tls import session as tls_session
+from shared.tls.keylog import KeyLog
+from shared.tls.session import TLSSession
 from shared.xmpp.parser import POST_AUTH_LIMITS, StreamParser
 
 HEADER = (

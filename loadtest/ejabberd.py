@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from shared import localservers
+from devtools import localservers
 from tests.support.tls import write_certificate
 
 ERL: Final = "/usr/bin/erl"

@@ -2,7 +2,7 @@
 
 `python -m loadtest.login_cost [-n 2000]` prints the process CPU time per login of:
 
-* ``tls`` — the server side of a TLS 1.3 handshake (`shared.tls_session.TLSSession` over
+* ``tls`` — the server side of a TLS 1.3 handshake (`shared.tls.session.TLSSession` over
   memory BIOs, against a client in the same process whose CPU is not counted), then the
   login's records after it: four client messages in, four answers out;
 * ``stream`` — the sans-I/O stream machine (`shared.xmpp.c2s.C2SStream`: parser, stream
@@ -26,12 +26,12 @@ from unittest import mock
 
 from scramp import ScramClient
 
-from shared import sasl
-from shared.credentials import derive_credentials
-from shared.jid import JID
-from shared.tls import ensure_self_signed, server_context
-from shared.tls_session import TLSSession
+from shared.tls.context import ensure_self_signed, server_context
+from shared.tls.session import TLSSession
+from shared.xmpp import sasl
 from shared.xmpp.c2s import C2SStream, StreamConfig
+from shared.xmpp.credentials import derive_credentials
+from shared.xmpp.jid import JID
 
 DOMAIN = "localhost"
 HEADER = (

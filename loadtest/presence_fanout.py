@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest.chat_throughput import cpu_seconds  # noqa: E402
-from shared.credentials import derive_credentials  # noqa: E402
 from shared.store.accounts import AccountStore  # noqa: E402
 from shared.store.redis import connect as redis_connect  # noqa: E402
 from shared.store.roster import RosterItem, RosterStore  # noqa: E402
+from shared.xmpp.credentials import derive_credentials  # noqa: E402
 from shared.xmpp.subscription import State, Subscription  # noqa: E402
 from tests.support.cluster import Cluster, new_cluster  # noqa: E402
 from tests.support.xmpp import RawClient, raw_login  # noqa: E402

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import localservers
+from devtools import localservers
 from tests.support.tls import write_certificate
 
 CONFIG = """\

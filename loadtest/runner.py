@@ -23,8 +23,8 @@ from loadtest.users import (
     make_users,
     ring_contacts,
 )
-from shared.credentials import MAX_ITERATIONS, MIN_ITERATIONS
 from shared.store.redis import connect as redis_connect
+from shared.xmpp.credentials import MAX_ITERATIONS, MIN_ITERATIONS
 from tests.support.cluster import Cluster
 
 MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from devtools import localservers
 from loadtest.bounds import check_range
-from shared import localservers
 from tests.support.cluster import Cluster, new_cluster
 
 BENCH_ENV = {

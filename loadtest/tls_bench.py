@@ -8,10 +8,10 @@ work is done outside the timed calls.
 
 Backends:
 
-* ``ssl`` — `shared.tls_session.TLSSession` over `shared.tls.server_context` (the c2s layer:
+* ``ssl`` — `shared.tls.session.TLSSession` over `shared.tls.context.server_context` (the c2s layer:
   CPython's ``ssl``, the system OpenSSL, no session tickets);
 * ``ssl-lean`` — the same with a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS``): OpenSSL's
-  handshake, then `shared.tls_records.Records13` on ``cryptography``'s AEADs;
+  handshake, then `shared.tls.records.Records13` on ``cryptography``'s AEADs;
 * ``ssl-tickets2`` — the same with OpenSSL's default of two TLS 1.3 session tickets;
 * ``pyopenssl`` — `PyOpenSSLSession` below: pyOpenSSL on the OpenSSL ``cryptography``
   bundles, same policy, ``SSL_MODE_RELEASE_BUFFERS``, no tickets, no session cache;
@@ -34,9 +34,9 @@ from OpenSSL._util import lib as _lib
 
 from loadtest import tls_harness
 from loadtest.tls_harness import STANZA, Client, Session, certificate
-from shared.tls import TLS12_CIPHERS, server_context
-from shared.tls_keylog import KeyLog
-from shared.tls_session import TLSSession
+from shared.tls.context import TLS12_CIPHERS, server_context
+from shared.tls.keylog import KeyLog
+from shared.tls.session import TLSSession
 
 MAX_SECONDS: Final = 20.0  # per backend and phase: the loops stop early past it
 
@@ -113,7 +113,7 @@ class CffiSession(PyOpenSSLSession):
 
 
 def pyopenssl_context(cert: str, key: str) -> SSL.Context:
-    """`shared.tls.server_context`'s policy on pyOpenSSL, tuned for memory."""
+    """`shared.tls.context.server_context`'s policy on pyOpenSSL, tuned for memory."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(

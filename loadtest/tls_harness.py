@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
 
-from shared.tls import ensure_self_signed
-from shared.tls_session import TLSSession
+from shared.tls.context import ensure_self_signed
+from shared.tls.session import TLSSession
 
 DOMAIN: Final = "example.org"
 STANZA: Final = (
@@ -37,7 +37,7 @@ class TLSFailed(Exception):
 
 
 def certificate(prefix: str = "stanzad-tls-") -> tuple[str, str]:
-    """The load tool's self-signed P-256 certificate (`shared.tls.ensure_self_signed`)."""
+    """The load tool's self-signed P-256 certificate (`shared.tls.context.ensure_self_signed`)."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     cert, key = str(workdir / "cert.pem"), str(workdir / "key.pem")
     ensure_self_signed(cert, key, DOMAIN)

@@ -20,9 +20,9 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from services.admin.api import MAX_IMPORT
-from shared.credentials import derive_credentials, to_json
 from shared.store import keys
 from shared.store.roster import RosterItem
+from shared.xmpp.credentials import derive_credentials, to_json
 from shared.xmpp.subscription import State, Subscription
 
 PASSWORD = "load-test-pw"

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from shared.credentials import derive_credentials
 from shared.store.accounts import AccountStore
 from shared.store.redis import connect as redis_connect
+from shared.xmpp.credentials import derive_credentials
 from tests.support.cluster import ADMIN_TOKEN, Cluster, new_cluster
 
 TEST_ITERATIONS = 4096  # the SCRAM minimum: tests create many accounts

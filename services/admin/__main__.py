@@ -2,8 +2,8 @@
 
 import sys
 
-from shared.runner import run
-from shared.settings import AdminSettings, ConfigError, load_or_exit
+from shared.runtime.runner import run
+from shared.runtime.settings import AdminSettings, ConfigError, load_or_exit
 
 from .service import AdminService, check_settings
 

@@ -27,8 +27,8 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.admin import AdminError, ClusterAdmin, count_results, import_entries
 from shared.bus.client import BusUnavailable
+from shared.cluster.admin import AdminError, ClusterAdmin, count_results, import_entries
 from shared.store.accounts import AccountExists
 
 from . import metrics

@@ -12,9 +12,9 @@ import logging
 
 from aiohttp import web
 
-from shared.admin import ClusterAdmin
 from shared.bus.client import Bus
-from shared.settings import AdminSettings, ConfigError
+from shared.cluster.admin import ClusterAdmin
+from shared.runtime.settings import AdminSettings, ConfigError
 from shared.store.redis import connect as redis_connect
 
 from .api import build_app

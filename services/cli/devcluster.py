@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import localservers
+from devtools import localservers
 
 NATS_PORT = 14222
 REDIS_PORT = 16379

@@ -12,7 +12,7 @@
 
 It talks to the Redis of `STANZAD_REDIS_URL` and, to kick sessions, to the NATS of
 `STANZAD_NATS_URL` (defaults: the local cluster's).  The admin API (services/admin) offers
-the same operations over HTTP; both are built on shared/admin.py.
+the same operations over HTTP; both are built on shared/cluster/admin.py.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import redis.exceptions
 
-from shared.admin import AdminError, ClusterAdmin, count_results, import_entries
 from shared.bus.client import Bus, BusUnavailable
-from shared.settings import AdminSettings, load_or_exit
+from shared.cluster.admin import AdminError, ClusterAdmin, count_results, import_entries
+from shared.runtime.settings import AdminSettings, load_or_exit
 from shared.store.accounts import AccountExists
 from shared.store.redis import connect as redis_connect
 

@@ -1,7 +1,7 @@
 """python -m services.connection_manager"""
 
-from shared.runner import run
-from shared.settings import ConnectionManagerSettings, load_or_exit
+from shared.runtime.runner import run
+from shared.runtime.settings import ConnectionManagerSettings, load_or_exit
 
 from .service import ConnectionManager
 

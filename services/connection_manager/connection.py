@@ -22,9 +22,9 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, cast
 from xml.sax.saxutils import quoteattr
 
-from shared import logs
-from shared.metrics import Tally
-from shared.tls_session import TLSClosed, TLSSession
+from shared.runtime import logs
+from shared.runtime.metrics import Tally
+from shared.tls.session import TLSClosed, TLSSession
 from shared.xmpp import ns
 from shared.xmpp.c2s import (
     AuthFailed,
@@ -494,7 +494,7 @@ def _mech_label(mechanism: str) -> str:
     return mechanism if mechanism in ("PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256") else "other"
 
 
-# counted in tallies (shared/metrics.py), added to the counters when /metrics is scraped
+# counted in tallies (shared/runtime/metrics.py), added to the counters when /metrics is scraped
 _STANZAS_IN: Final = {k: Tally(metrics.STANZAS_IN.labels(k)) for k in ("message", "presence", "iq")}
 _BYTES_IN: Final = Tally(metrics.BYTES_IN)
 _BYTES_OUT: Final = Tally(metrics.BYTES_OUT)

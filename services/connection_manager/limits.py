@@ -8,7 +8,7 @@ window, not our memory, absorbs a fast sender.
 
 from __future__ import annotations
 
-from shared.source_limits import ConnectionsPerSource, source_key
+from shared.cluster.source_limits import ConnectionsPerSource, source_key
 
 # ConnectionsPerSource and source_key live in shared/ (the s2s gateway counts sources too)
 __all__ = ["ConnectionsPerSource", "TokenBucket", "source_key"]

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from shared import credentials as creds_mod
 from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
@@ -27,20 +26,21 @@ from shared.bus.envelope import (
     Kind,
     session_event,
 )
-from shared.credentials import StoredCredentials
-from shared.jid import JID, JIDError
-from shared.metrics import HistogramTally, Tally
 from shared.router.service import Router
-from shared.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
+from shared.runtime.metrics import HistogramTally, Tally
+from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore, Scope
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
-from shared.tls import ensure_self_signed, server_context
-from shared.tls_keylog import KeyLog
+from shared.tls.context import ensure_self_signed, server_context
+from shared.tls.keylog import KeyLog
+from shared.xmpp import credentials as creds_mod
 from shared.xmpp import ns, server_iq
 from shared.xmpp.c2s import StanzaIn, StreamConfig
+from shared.xmpp.credentials import StoredCredentials
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
+from shared.xmpp.jid import JID, JIDError
 from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce, with_to
 
 from . import metrics
@@ -143,7 +143,7 @@ class ConnectionManager:
 
     def _tls_context(self) -> ssl.SSLContext:
         """The c2s server context; its TLS 1.3 secrets go to `tls_keylog` for lean sessions
-        (STANZAD_TLS_LEAN_SESSIONS, shared/tls_session.py)."""
+        (STANZAD_TLS_LEAN_SESSIONS, shared/tls/session.py)."""
         s = self.settings
         ctx = server_context(s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets)
         if self.tls_keylog is not None and not self.tls_keylog.attach(ctx):
@@ -466,7 +466,7 @@ class ConnectionManager:
 
 
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}
-# counted in tallies (shared/metrics.py), added to the metrics when /metrics is scraped
+# counted in tallies (shared/runtime/metrics.py), added to the metrics when /metrics is scraped
 _DELIVERED: Final = {k: Tally(metrics.STANZAS_DELIVERED.labels(k.value)) for k in STANZA_KINDS}
 _STANZAS_OUT: Final = Tally(metrics.STANZAS_OUT)
 _BIND_LATENCY: Final = HistogramTally(metrics.BIND_LATENCY)

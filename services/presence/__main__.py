@@ -1,7 +1,7 @@
 """python -m services.presence"""
 
-from shared.runner import run
-from shared.settings import PresenceSettings, load_or_exit
+from shared.runtime.runner import run
+from shared.runtime.settings import PresenceSettings, load_or_exit
 
 from .service import PresenceService
 

@@ -20,8 +20,8 @@ from xml.sax.saxutils import quoteattr
 
 from shared.bus import subjects
 from shared.bus.envelope import FANOUT_SEPARATOR, Envelope, EnvelopeError, Kind
-from shared.partitioned import PartitionedService
-from shared.settings import PresenceSettings
+from shared.cluster.partitioned import PartitionedService
+from shared.runtime.settings import PresenceSettings
 from shared.store import keys
 from shared.store.presence import OfflineStore, PresenceStore
 from shared.store.roster import RosterStore

@@ -1,7 +1,7 @@
 """python -m services.roster"""
 
-from shared.runner import run
-from shared.settings import RosterSettings, load_or_exit
+from shared.runtime.runner import run
+from shared.runtime.settings import RosterSettings, load_or_exit
 
 from .service import RosterService
 

@@ -14,10 +14,10 @@ from xml.sax.saxutils import quoteattr
 import redis.asyncio as aioredis
 from lxml import etree
 
-from shared.jid import JID, JIDError
 from shared.store import keys
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
+from shared.xmpp.jid import JID, JIDError
 
 MAX_BLOCKLIST: Final = 1000
 

@@ -23,14 +23,14 @@ from lxml import etree
 
 from shared.bus import subjects
 from shared.bus.envelope import Envelope, EnvelopeError, Kind
-from shared.jid import JID, JIDError
-from shared.partitioned import PartitionedService
-from shared.settings import RosterSettings
+from shared.cluster.partitioned import PartitionedService
+from shared.runtime.settings import RosterSettings
 from shared.store import keys
 from shared.store.roster import RosterItem, RosterStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
+from shared.xmpp.jid import JID, JIDError
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import error_reply, iq_result
 from shared.xmpp.subscription import Direction, apply, on_roster_remove

@@ -1,8 +1,8 @@
 """python -m services.router"""
 
 from shared.router.service import Router
-from shared.runner import run
-from shared.settings import RouterSettings, load_or_exit
+from shared.runtime.runner import run
+from shared.runtime.settings import RouterSettings, load_or_exit
 
 
 def main() -> None:

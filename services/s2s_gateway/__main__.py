@@ -1,7 +1,7 @@
 """python -m services.s2s_gateway"""
 
-from shared.runner import run
-from shared.settings import S2SSettings, load_or_exit
+from shared.runtime.runner import run
+from shared.runtime.settings import S2SSettings, load_or_exit
 
 from .service import S2SGateway
 

@@ -7,12 +7,12 @@ coalesce their writes into one `transport.write` per event-loop tick.
 
 TLS: outbound streams use `loop.start_tls` (which pauses reading, so no byte sent in the
 clear after <starttls/> is processed).  Inbound streams run TLS themselves over memory
-buffers (`shared.tls_memory`, pyOpenSSL), because only so can they ask for the peer's
+buffers (`shared.tls.memory`, pyOpenSSL), because only so can they ask for the peer's
 certificate without failing the handshake of peers whose certificate we cannot verify; the
-certificate is checked (`shared.peer_cert`) against the domain the peer claims, and SASL
+certificate is checked (`shared.tls.peer_cert`) against the domain the peer claims, and SASL
 EXTERNAL is offered when it is valid for it (XEP-0178).
 
-Inbound connections are admitted per source address (`shared.source_limits`): at most
+Inbound connections are admitted per source address (`shared.cluster.source_limits`): at most
 ``STANZAD_S2S_MAX_CONNECTIONS_PER_IP`` open and ``STANZAD_S2S_CONNECTIONS_PER_IP_PER_MIN``
 new ones a minute; beyond, the stream is refused with <policy-violation/> (RFC 6120 §13.12).
 
@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 
-from shared import logs
-from shared.source_limits import source_key
-from shared.tls_memory import ServerTLS, TLSFailed
+from shared.cluster.source_limits import source_key
+from shared.runtime import logs
+from shared.tls.memory import ServerTLS, TLSFailed
 from shared.xmpp import s2s, s2s_out
 from shared.xmpp.errors import StreamErrorCondition
 

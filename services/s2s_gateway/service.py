@@ -23,15 +23,15 @@ import secrets
 import ssl
 import time
 
-from shared import tls_memory
 from shared.bus import subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
-from shared.partitioned import PartitionedService
-from shared.peer_cert import CertificateTrust
-from shared.settings import ConfigError, S2SSettings
-from shared.source_limits import ConnectionRate, ConnectionsPerSource
+from shared.cluster.partitioned import PartitionedService
+from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource
+from shared.runtime.settings import ConfigError, S2SSettings
 from shared.store import keys
-from shared.tls import ensure_self_signed
+from shared.tls.context import ensure_self_signed
+from shared.tls import memory as tls_memory
+from shared.tls.peer_cert import CertificateTrust
 from shared.xmpp import server_iq
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.parser import parse_fragment

@@ -38,7 +38,7 @@ from nats.aio.subscription import Subscription
 
 from shared.bus.local import EXCHANGE, HOLD_TIMEOUT_S, MARKER_PREFIX, RETRY_AFTER_S, Exchange
 from shared.bus.local import marker as local_marker
-from shared.metrics import (
+from shared.runtime.metrics import (
     BUS_BATCH_SIZE,
     BUS_CONNECTED,
     BUS_LOCAL,

@@ -2,7 +2,7 @@
 
 Partitioning (RFC 6120 §10.1 ordering): a stanza for a local user is published to
 ``route.<p>`` where ``p = partition(bare JID of the recipient)``.  Each partition is consumed
-by exactly one router at a time (see shared/partitions.py), so all stanzas for one
+by exactly one router at a time (see shared/cluster/partitions.py), so all stanzas for one
 recipient, from any sender, pass through one ordered consumer.
 """
 

@@ -22,9 +22,9 @@ from shared.bus.envelope import (
     Kind,
     session_event_jids,
 )
-from shared.metrics import HistogramTally, Tally
-from shared.partitioned import PartitionedService
-from shared.settings import RouterSettings
+from shared.cluster.partitioned import PartitionedService
+from shared.runtime.metrics import HistogramTally, Tally
+from shared.runtime.settings import RouterSettings
 from shared.store.presence import OfflineStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns

@@ -8,9 +8,9 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from shared.credentials import StoredCredentials, from_redis_hash, to_redis_hash
 from shared.store import keys
 from shared.store.redis import timed
+from shared.xmpp.credentials import StoredCredentials, from_redis_hash, to_redis_hash
 
 IMPORT_PIPELINE: Final = 500  # accounts per pipeline of `create_many`
 

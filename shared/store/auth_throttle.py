@@ -26,9 +26,9 @@ from typing import Literal
 
 import redis.asyncio as aioredis
 
-from shared.credentials import StoredCredentials, from_redis_hash
 from shared.store import keys, tick
 from shared.store.redis import timed
+from shared.xmpp.credentials import StoredCredentials, from_redis_hash
 
 log = logging.getLogger(__name__)
 

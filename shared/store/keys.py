@@ -13,7 +13,7 @@ CMS: Final = "cms"  # set of every connection manager id that has registered
 
 
 def account(bare_jid: str) -> str:
-    """Hash of the account's salted SCRAM keys (shared/credentials.py)."""
+    """Hash of the account's salted SCRAM keys (shared/xmpp/credentials.py)."""
     return f"acct:{{{bare_jid}}}"
 
 

@@ -8,7 +8,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from shared.metrics import STORE_CONNECTED, STORE_ERRORS, STORE_LATENCY, HistogramTally
+from shared.runtime.metrics import STORE_CONNECTED, STORE_ERRORS, STORE_LATENCY, HistogramTally
 
 log = logging.getLogger(__name__)
 

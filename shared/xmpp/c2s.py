@@ -29,16 +29,15 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from shared.credentials import StoredCredentials
-from shared.jid import JID, JIDError, parse_jid
-from shared.sasl import MECHANISMS, Authenticator, Challenge, NeedCredentials, SASLFailure, Success
 from shared.xmpp import ns
+from shared.xmpp.credentials import StoredCredentials
 from shared.xmpp.errors import (
     StanzaError,
     StanzaErrorCondition,
     StreamError,
     StreamErrorCondition,
 )
+from shared.xmpp.jid import JID, JIDError, parse_jid
 from shared.xmpp.parser import (
     PRE_AUTH_LIMITS,
     ParserLimits,
@@ -47,6 +46,14 @@ from shared.xmpp.parser import (
     StreamOpened,
     StreamParser,
     serialize,
+)
+from shared.xmpp.sasl import (
+    MECHANISMS,
+    Authenticator,
+    Challenge,
+    NeedCredentials,
+    SASLFailure,
+    Success,
 )
 from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS, error_reply, iq_result, must_not_bounce
 from shared.xmpp.stream_io import StreamIO

@@ -42,11 +42,11 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from shared.jid import JID, JIDError, parse_jid
 from shared.xmpp import ns, sm
 from shared.xmpp.content_ns import to_client
 from shared.xmpp.dialback import check_key
 from shared.xmpp.errors import StreamError, StreamErrorCondition
+from shared.xmpp.jid import JID, JIDError, parse_jid
 from shared.xmpp.parser import (
     PRE_AUTH_LIMITS,
     ParserLimits,
@@ -68,7 +68,7 @@ DB_VERIFY: Final = f"{{{ns.DIALBACK}}}verify"
 
 
 class PeerCertificate(Protocol):
-    """The certificate a peer presented in its TLS handshake (shared.peer_cert.CheckedPeer):
+    """The certificate a peer presented in its TLS handshake (shared.tls.peer_cert.CheckedPeer):
     is it valid for ``domain`` (chain and identity, XEP-0178 §3)?"""
 
     def valid_for(self, domain: str) -> bool: ...

@@ -26,11 +26,11 @@ from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from shared.jid import JIDError, parse_jid
 from shared.xmpp import ns, sm
 from shared.xmpp.content_ns import to_server_element
 from shared.xmpp.dialback import dialback_key
 from shared.xmpp.errors import StreamError, StreamErrorCondition
+from shared.xmpp.jid import JIDError, parse_jid
 from shared.xmpp.parser import (
     PRE_AUTH_LIMITS,
     StanzaReceived,

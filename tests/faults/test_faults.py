@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from shared.bus import subjects
-from shared.partitions import PartitionManager
+from shared.cluster.partitions import PartitionManager
 from shared.store import keys
 from shared.store.redis import connect as redis_connect
 from tests.conftest import Users

@@ -1,5 +1,5 @@
-"""Graceful partition hand-over loses and duplicates nothing (shared/partitions.py): a router
-stopped with SIGTERM, and a router joining (rebalancing), while messages flow."""
+"""Graceful partition hand-over loses and duplicates nothing (shared/cluster/partitions.py):
+a router stopped with SIGTERM, and a router joining (rebalancing), while messages flow."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from shared.bus import subjects
-from shared.credentials import derive_credentials
-from shared.partitions import PartitionManager
+from shared.cluster.partitions import PartitionManager
 from shared.store.accounts import AccountStore
 from shared.store.redis import connect as redis_connect
+from shared.xmpp.credentials import derive_credentials
 from tests.support.cluster import Cluster, new_cluster
 from tests.support.xmpp import RawClient, raw_login
 

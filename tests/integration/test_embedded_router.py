@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.credentials import derive_credentials
 from shared.store.accounts import AccountStore
 from shared.store.redis import connect as redis_connect
+from shared.xmpp.credentials import derive_credentials
 from tests.support.cluster import Cluster, metric_value, new_cluster
 from tests.support.xmpp import Client, eventually
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from shared import localservers
+from devtools import localservers
 from shared.bus import subjects
-from shared.partitions import assign
+from shared.cluster.partitions import assign
 from shared.store import keys
 from shared.store.roster import RosterStore
-from shared.tls import ensure_self_signed
+from shared.tls.context import ensure_self_signed
 from shared.xmpp.dialback import dialback_key
 from shared.xmpp.subscription import Subscription
 from tests.conftest import Users
@@ -395,7 +395,7 @@ async def test_rfc6120_10_1_remote_domain_moves_between_gateways_and_traffic_goe
         ))
         await eventually(lambda: owned_by(second), 15, f"{second} owns b.example")
         # What is published before the hand-over fence is still the first gateway's to send
-        # (shared/partitions.py): keep sending until the second one has opened its link.
+        # (shared/cluster/partitions.py): keep sending until the second one has opened its link.
         out = 'stanzad_s2s_authentications_total{direction="out",mechanism="EXTERNAL"}'
         sent: list[str] = []
 

@@ -20,8 +20,8 @@ import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 
-from shared import localservers
-from shared.tls import ensure_self_signed
+from devtools import localservers
+from shared.tls.context import ensure_self_signed
 from tests.conftest import Users
 from tests.support.cluster import Cluster, metric_value, new_cluster
 from tests.support.dns import DNSServer

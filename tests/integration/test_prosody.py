@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from shared import localservers
+from devtools import localservers
 from shared.store.roster import RosterStore
-from shared.tls import ensure_self_signed
+from shared.tls.context import ensure_self_signed
 from shared.xmpp.subscription import Subscription
 from tests.conftest import Users
 from tests.support import prosody as prosody_mod

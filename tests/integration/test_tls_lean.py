@@ -2,7 +2,7 @@
 
 Each client logs in and binds, then stays silent until the connection manager hands the idle
 session's record layer over to its own (`stanzad_cm_tls_lean_handovers_total`); everything
-after that goes through `shared/tls_records.py`.
+after that goes through `shared/tls/records.py`.
 
 `openssl s_client -starttls xmpp` negotiates STARTTLS (RFC 6120 §5.4), then its `K` command
 sends a KeyUpdate asking for ours (RFC 8446 §4.6.3).  If our record layer derived a key,

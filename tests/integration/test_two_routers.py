@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.bus import subjects
-from shared.credentials import derive_credentials
-from shared.partitions import PartitionManager
+from shared.cluster.partitions import PartitionManager
 from shared.store.accounts import AccountStore
 from shared.store.redis import connect as redis_connect
+from shared.xmpp.credentials import derive_credentials
 from tests.support.cluster import Cluster, new_cluster
 from tests.support.xmpp import Client
 

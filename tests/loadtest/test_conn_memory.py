@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loadtest import conn_memory
-from shared.tls_session import TLSSession
+from shared.tls.session import TLSSession
 from shared.xmpp.parser import StreamParser
 
 

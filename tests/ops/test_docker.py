@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import localservers
+from devtools import localservers
 from tests.support.cluster import Cluster
 
 ENTRYPOINT = "ops/docker/entrypoint.sh"

@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from shared.settings import (
+from shared.runtime.settings import (
     AdminSettings,
     ConnectionManagerSettings,
     PresenceSettings,

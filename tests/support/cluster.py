@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import localservers
+from devtools import localservers
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"

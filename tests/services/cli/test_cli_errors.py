@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.localservers import free_port
 from services.cli.main import main
-from shared.localservers import free_port
 
 
 def test_unreachable_redis_is_a_clear_error(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.s2s_gateway.resolver import Resolver, ServiceUnavailable, Target, _Srv, order
-from shared.settings import parse_dns_servers, parse_overrides
+from shared.runtime.settings import parse_dns_servers, parse_overrides
 from tests.support.dns import DNSServer
 
 

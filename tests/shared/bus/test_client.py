@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from shared import localservers
+from devtools import localservers
 from shared.bus.client import Bus, BusUnavailable, _BusClient
 
 

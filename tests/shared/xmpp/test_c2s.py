@@ -8,8 +8,6 @@ from unittest import mock
 import pytest
 from scramp import ScramClient
 
-from shared.credentials import derive_credentials
-from shared.jid import JID
 from shared.xmpp.c2s import (
     AuthFailed,
     AuthSucceeded,
@@ -23,7 +21,9 @@ from shared.xmpp.c2s import (
     StreamConfig,
     StreamEnded,
 )
+from shared.xmpp.credentials import derive_credentials
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
+from shared.xmpp.jid import JID
 from shared.xmpp.parser import StreamParser
 
 HEADER = (

@@ -20,8 +20,6 @@ import base64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.credentials import derive_credentials
-from shared.jid import JID
 from shared.xmpp.c2s import (
     BindRequested,
     C2SStream,
@@ -32,6 +30,8 @@ from shared.xmpp.c2s import (
     StreamConfig,
     StreamEnded,
 )
+from shared.xmpp.credentials import derive_credentials
+from shared.xmpp.jid import JID
 
 DOMAIN = "example.com"
 CREDS = derive_credentials("pencil", 4096)

@@ -60,7 +60,7 @@ def drain(stream: ReceivingStream | InitiatingStream, data: bytes = b"") -> list
 
 
 class CertFor:
-    """A peer certificate valid for the given domains (shared.peer_cert.PeerCertificate)."""
+    """A peer certificate valid for the given domains (shared.tls.peer_cert.PeerCertificate)."""
 
     def __init__(self, *domains: str) -> None:
         self.domains = set(domains)

@@ -1,0 +1,404 @@
+"""Operations on a running cluster, shared by the admin API (services/admin) and `stanzad`.
+
+Accounts and the session table are read and written through shared/store; a bulk import
+(`ClusterAdmin.import_accounts`) takes passwords or ready SCRAM keys (RFC 5802 §3), checks
+every entry and reports on each; kicking a session
+publishes a KICK envelope to the connection manager that holds it, which closes the stream
+with the condition named in the payload.  The cluster view (routers, partition leases,
+connection managers and their heartbeat) only reads Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import redis.asyncio as aioredis
+
+from shared.bus import subjects
+from shared.bus.client import Bus
+from shared.bus.envelope import Envelope, Kind, accounts_event, session_event
+from shared.store import keys
+from shared.store.accounts import AccountStore
+from shared.store.sessions import SessionRecord, SessionStore, split_full
+from shared.xmpp.credentials import (
+    MIN_ITERATIONS,
+    StoredCredentials,
+    derive_credentials,
+    from_json,
+    prepare_password,
+)
+from shared.xmpp.jid import JID, JIDError
+
+log = logging.getLogger(__name__)
+
+KICK_CONDITION: Final = "policy-violation"  # RFC 6120 §4.9.3.14
+IMPORT_FIELDS: Final = frozenset({"jid", "password", "scram"})
+EVENT_JIDS: Final = 500  # bare JIDs per bulk session event (well under NATS's max_payload)
+
+Outcome = Literal["created", "exists", "invalid"]
+
+
+class AdminError(ValueError):
+    """A request the cluster cannot carry out as asked (bad JID, wrong domain, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    jid: str
+    cm_id: str
+    session_id: str
+    priority: int
+    available: bool
+    cm_alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionManagerInfo:
+    id: str
+    alive: bool
+    heartbeat_ttl_s: float  # left on the heartbeat key; 0 when expired
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    partitions: int
+    routers: dict[str, int]  # live router id -> partitions it holds a lease on
+    unowned_partitions: int  # routing partitions no router holds
+    # every partitioned role (route, presence, roster): member id -> partitions held;
+    # the key "" counts the partitions nobody holds
+    roles: dict[str, dict[str, int]]
+    connection_managers: list[ConnectionManagerInfo]
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What became of one entry of a bulk import, in the order given."""
+
+    jid: str  # prepared, or as given when it is not a usable JID
+    result: Outcome
+    reason: str = ""  # why an entry is invalid
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAccount:
+    """A valid import entry: the prepared bare JID and a password or ready keys."""
+
+    jid: str
+    password: str | None = None
+    creds: StoredCredentials | None = None
+
+
+ROLES = ("route", "presence", "roster")
+
+
+def bare_jid(text: str, domain: str) -> str:
+    """A bare account JID of the served domain, prepared (RFC 7622)."""
+    try:
+        jid = JID.parse(text)
+    except JIDError as exc:
+        raise AdminError(f"not a JID: {exc}") from None
+    if jid.local is None or jid.resource is not None:
+        raise AdminError(f"{text}: give a bare JID like alice@{domain}")
+    if jid.domain != domain:
+        raise AdminError(f"{text}: this cluster serves {domain}")
+    return jid.bare_str
+
+
+def full_jid(text: str, domain: str) -> str:
+    try:
+        jid = JID.parse(text)
+    except JIDError as exc:
+        raise AdminError(f"not a JID: {exc}") from None
+    if jid.local is None or jid.resource is None:
+        raise AdminError(f"{text}: give a full JID like alice@{domain}/phone")
+    return str(jid)
+
+
+def _given_jid(entry: object) -> str:
+    jid = entry.get("jid") if isinstance(entry, dict) else None
+    return jid if isinstance(jid, str) else ""
+
+
+def plan_entry(entry: object, domain: str, min_iterations: int = MIN_ITERATIONS
+               ) -> PlannedAccount:
+    """One import entry, checked: ``{"jid", "password"}`` or ``{"jid", "scram"}`` (the JSON
+    form of shared/xmpp/credentials.py); raises ValueError (AdminError among them) with a reason."""
+    if not isinstance(entry, dict):
+        raise AdminError("not a JSON object")
+    unknown = sorted(str(k) for k in entry if k not in IMPORT_FIELDS)
+    if unknown:
+        raise AdminError(f"unknown field(s) {', '.join(unknown)}")
+    jid = entry.get("jid")
+    if not isinstance(jid, str):
+        raise AdminError("'jid' is missing or not a string")
+    bare = bare_jid(jid, domain)
+    if ("password" in entry) == ("scram" in entry):
+        raise AdminError("give either 'password' or 'scram'")
+    if "scram" in entry:
+        return PlannedAccount(bare, creds=from_json(entry["scram"], min_iterations))
+    password = entry["password"]
+    if not isinstance(password, str):
+        raise AdminError("'password' is not a string")
+    prepare_password(password)  # cheap; SCRAM's own SASLprep is checked when deriving
+    return PlannedAccount(bare, password=password)
+
+
+def plan_import(entries: Sequence[object], domain: str, min_iterations: int = MIN_ITERATIONS
+                ) -> list[PlannedAccount | ImportResult]:
+    """Check every entry (none stops the others): a PlannedAccount for each valid one, an
+    "invalid" ImportResult with the reason for the others; a JID listed twice (after
+    preparation, RFC 7622 §3) is invalid the second time."""
+    first: dict[str, int] = {}
+    out: list[PlannedAccount | ImportResult] = []
+    for i, entry in enumerate(entries):
+        try:
+            planned = plan_entry(entry, domain, min_iterations)
+        except ValueError as exc:
+            out.append(ImportResult(_given_jid(entry), "invalid", str(exc)))
+            continue
+        if first.setdefault(planned.jid, i) != i:
+            out.append(ImportResult(planned.jid, "invalid",
+                                    f"listed twice (first as entry {first[planned.jid]})"))
+            continue
+        out.append(planned)
+    return out
+
+
+def import_entries(doc: object) -> list[object]:
+    """The entries of an import document: ``{"accounts": [...]}`` or the bare list."""
+    if isinstance(doc, dict) and set(doc) == {"accounts"}:
+        doc = doc["accounts"]
+    if not isinstance(doc, list):
+        raise AdminError('give {"accounts": [...]} or a JSON list of accounts')
+    return doc
+
+
+def count_results(results: Sequence[ImportResult]) -> dict[str, int]:
+    counts = {"created": 0, "exists": 0, "invalid": 0}
+    for r in results:
+        counts[r.result] += 1
+    return counts
+
+
+def _credentials(planned: list[PlannedAccount], iterations: int
+                 ) -> list[StoredCredentials | str]:
+    """Ready keys as given; passwords derived (PBKDF2: run it in a thread), or the reason
+    they cannot be."""
+    out: list[StoredCredentials | str] = []
+    for p in planned:
+        if p.creds is not None:
+            out.append(p.creds)
+            continue
+        try:
+            out.append(derive_credentials(p.password or "", iterations))
+        except ValueError as exc:
+            out.append(f"unusable password: {exc}")
+    return out
+
+
+class ClusterAdmin:
+    """Account, session and status operations; ``bus`` is needed only to kick sessions."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        domain: str,
+        partitions: int,
+        service: str,
+        bus: Bus | None = None,
+        scram_iterations: int = 10_000,
+        scram_min_iterations: int = MIN_ITERATIONS,
+    ) -> None:
+        self._r = redis
+        self.domain = domain
+        self.partitions = partitions
+        self.accounts = AccountStore(redis, service)
+        self.sessions_store = SessionStore(redis, service)
+        self._bus = bus
+        self._iterations = scram_iterations
+        self._min_iterations = scram_min_iterations  # for imported keys
+
+    # ---- accounts --------------------------------------------------------------------------
+
+    async def create_user(self, jid: str, password: str) -> str:
+        """Raise AccountExists, or AdminError for a bad JID or password."""
+        bare = bare_jid(jid, self.domain)
+        creds = await self._derive(password)
+        await self.accounts.create(bare, creds)
+        await self._account_changed(bare)
+        return bare
+
+    async def set_password(self, jid: str, password: str) -> bool:
+        bare = bare_jid(jid, self.domain)
+        return await self.accounts.set_credentials(bare, await self._derive(password))
+
+    async def delete_user(self, jid: str) -> tuple[bool, list[str]]:
+        """Delete the account, then kick its open sessions; (deleted, full JIDs kicked)."""
+        bare = bare_jid(jid, self.domain)
+        deleted = await self.accounts.delete(bare)
+        if deleted:
+            await self._account_changed(bare)
+        kicked: list[str] = []
+        if self._bus is not None:
+            for resource in await self.sessions_store.get(bare):
+                if await self.kick(f"{bare}/{resource}") is not None:
+                    kicked.append(f"{bare}/{resource}")
+        return deleted, kicked
+
+    async def _account_changed(self, bare: str) -> None:
+        """Routers cache whether an account exists: tell them at once (best effort; without
+        a bus they see it when the entry expires, STANZAD_CACHE_TTL_S)."""
+        if self._bus is None:
+            return
+        try:
+            p = subjects.partition(bare, self.partitions)
+            await self._bus.publish(subjects.session_events(p), session_event(bare).encode())
+            await self._bus.flush()
+        except Exception as exc:  # the account change itself is done and durable
+            log.warning("could not tell the routers about %s: %s", bare, exc)
+
+    async def import_accounts(self, entries: Sequence[object]) -> list[ImportResult]:
+        """Create many accounts, each from a password or ready SCRAM keys; never overwrites
+        one.  Every entry gets a result, in order: created, exists, or invalid with a reason.
+
+        Redis sees two pipelines per 500 accounts (AccountStore.create_many); the routers
+        one session event per partition touched (per 500 JIDs) rather than one per account,
+        so none keeps a cached "no such account" for an imported one."""
+        plan = plan_import(entries, self.domain, self._min_iterations)
+        todo = [p for p in plan if isinstance(p, PlannedAccount)]
+        if any(p.password is not None for p in todo):
+            creds = await asyncio.to_thread(_credentials, todo, self._iterations)
+        else:
+            creds = _credentials(todo, self._iterations)
+        ready = [(p.jid, c) for p, c in zip(todo, creds, strict=True)
+                 if isinstance(c, StoredCredentials)]
+        created = dict(zip((jid for jid, _ in ready),
+                           await self.accounts.create_many(ready), strict=True))
+        await self._accounts_created([jid for jid, new in created.items() if new])
+        reasons = {p.jid: c for p, c in zip(todo, creds, strict=True) if isinstance(c, str)}
+        out: list[ImportResult] = []
+        for p in plan:
+            if isinstance(p, ImportResult):
+                out.append(p)
+            elif p.jid in reasons:
+                out.append(ImportResult(p.jid, "invalid", reasons[p.jid]))
+            else:
+                out.append(ImportResult(p.jid, "created" if created[p.jid] else "exists"))
+        return out
+
+    async def _accounts_created(self, bares: list[str]) -> None:
+        """`_account_changed` for many accounts: one bulk session event per partition (and
+        per EVENT_JIDS JIDs), one flush."""
+        if self._bus is None or not bares:
+            return
+        by_partition: dict[int, list[str]] = {}
+        for bare in bares:
+            by_partition.setdefault(subjects.partition(bare, self.partitions), []).append(bare)
+        try:
+            for p, jids in by_partition.items():
+                for start in range(0, len(jids), EVENT_JIDS):
+                    event = accounts_event(jids[start:start + EVENT_JIDS])
+                    await self._bus.publish(subjects.session_events(p), event.encode())
+            await self._bus.flush()
+        except Exception as exc:  # the accounts are created and durable
+            log.warning("could not tell the routers about %d imported accounts: %s",
+                        len(bares), exc)
+
+    async def list_users(self, domain: str | None = None) -> list[str]:
+        return await self.accounts.list(domain or self.domain)
+
+    async def _derive(self, password: str) -> StoredCredentials:
+        if not password:
+            raise AdminError("the password is empty")
+        try:  # PBKDF2 for two SCRAM hashes: keep it off the event loop
+            return await asyncio.to_thread(derive_credentials, password, self._iterations)
+        except ValueError as exc:
+            raise AdminError(f"unusable password: {exc}") from None
+
+    # ---- sessions --------------------------------------------------------------------------
+
+    async def sessions(self, limit: int | None = None) -> list[SessionInfo]:
+        """Bound resources, by connection manager (dead ones included until reaped); at most
+        ``limit`` of them."""
+        out: list[SessionInfo] = []
+        for cm_id, alive in (await self.sessions_store.connection_managers()).items():
+            for full in await self.sessions_store.cm_sessions(cm_id):
+                if limit is not None and len(out) >= limit:
+                    return out
+                bare, resource = split_full(full)
+                record = (await self.sessions_store.get(bare)).get(resource)
+                if record is None or record.cm_id != cm_id:
+                    continue  # index entry of a session already gone or moved
+                out.append(_info(full, record, alive))
+        return out
+
+    async def session(self, jid: str) -> SessionInfo | None:
+        full = full_jid(jid, self.domain)
+        bare, resource = split_full(full)
+        record = (await self.sessions_store.get(bare)).get(resource)
+        if record is None:
+            return None
+        alive = bool(await self._r.exists(keys.cm_alive(record.cm_id)))
+        return _info(full, record, alive)
+
+    async def kick(self, jid: str, condition: str = KICK_CONDITION) -> SessionInfo | None:
+        """Ask the owning connection manager to close the session; None when not bound.
+
+        The KICK's id is the session id of the record, so a newer session that took the same
+        full JID in the meantime is left alone.  Raises BusUnavailable when NATS is down."""
+        if self._bus is None:
+            raise AdminError("kicking needs a bus connection")
+        info = await self.session(jid)
+        if info is None:
+            return None
+        kick = Envelope(Kind.KICK, to=info.jid, from_="", id=info.session_id,
+                        origin="admin", payload=condition.encode())
+        await self._bus.publish(subjects.connection_manager(info.cm_id), kick.encode())
+        await self._bus.flush()
+        return info
+
+    # ---- cluster ---------------------------------------------------------------------------
+
+    async def _role(self, role: str) -> dict[str, int]:
+        now_ms = int(time.time() * 1000)
+        members = await self._r.zrangebyscore(keys.members(role), now_ms, "+inf")
+        async with self._r.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.get(keys.partition_lease(role, p))
+            leases = await pipe.execute()
+        held = {m.decode(): 0 for m in sorted(members)}
+        held[""] = 0
+        for owner in leases:
+            name = owner.decode() if owner else ""
+            held[name] = held.get(name, 0) + 1
+        return held
+
+    async def status(self) -> ClusterStatus:
+        roles = {role: await self._role(role) for role in ROLES}
+        route = dict(roles["route"])
+        unowned = route.pop("")
+        cms: list[ConnectionManagerInfo] = []
+        for cm_id, alive in (await self.sessions_store.connection_managers()).items():
+            ttl_ms = await self._r.pttl(keys.cm_alive(cm_id))
+            count = await self._r.scard(keys.cm_sessions(cm_id))
+            cms.append(ConnectionManagerInfo(cm_id, alive, max(0, ttl_ms) / 1000, int(count)))
+        return ClusterStatus(
+            partitions=self.partitions,
+            routers=route,
+            unowned_partitions=unowned,
+            roles=roles,
+            connection_managers=cms,
+            sessions=sum(c.sessions for c in cms if c.alive),
+        )
+
+
+def _info(full: str, record: SessionRecord, alive: bool) -> SessionInfo:
+    return SessionInfo(full, record.cm_id, record.session_id, record.priority,
+                       record.available, alive)

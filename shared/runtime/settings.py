@@ -1,0 +1,347 @@
+"""Settings from environment variables, one frozen object per service.
+
+Every variable has the prefix ``STANZAD_`` and a default that runs locally with no setup.
+Invalid values stop the service at start with an error that names the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from typing import Final, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX: Final = "STANZAD_"
+KiB: Final = 1024
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names the environment variable."""
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service shares."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    domain: str = Field("localhost", description="The XMPP domain this cluster serves.")
+    # The defaults are the ports of the local cluster (`make run`), chosen off the standard
+    # 4222/6379 so that a system NATS or Redis never gets our data by accident.
+    nats_url: str = Field("nats://127.0.0.1:14222", description="NATS URL(s), comma-separated.")
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL.")
+    partitions: int = Field(
+        64, ge=1, le=4096, description="Routing partitions; the same on every service."
+    )
+    http_host: str = Field("127.0.0.1", description="Side port address for /metrics, /healthz.")
+    http_port: int = Field(0, ge=0, le=65535, description="Side port; 0 picks a free port.")
+    log_format: str = Field("text", pattern="^(text|json)$", description="text or json lines.")
+    log_level: str = Field("INFO", description="Python logging level.")
+    session_ttl_s: int = Field(
+        15, ge=2, description="A connection manager's heartbeat key lives this long."
+    )
+    gc_thresholds: str = Field(
+        "20000,20,100",
+        description="CPython's garbage collector thresholds (gc.set_threshold), three "
+        "integers; see shared/runtime/gc_tuning.py.",
+    )
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _check_gc_thresholds(cls, value: str) -> str:
+        parse_gc_thresholds(value)
+        return value
+
+    @property
+    def gc_threshold_values(self) -> tuple[int, int, int]:
+        return parse_gc_thresholds(self.gc_thresholds)
+
+
+class ConnectionManagerSettings(CommonSettings):
+    """connection_manager: c2s listener, TLS, limits."""
+
+    c2s_host: str = Field("127.0.0.1", description="c2s listen address.")
+    c2s_port: int = Field(5222, ge=0, le=65535, description="c2s listen port (STARTTLS).")
+    tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain.")
+    tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
+    tls_required: bool = Field(True, description="Refuse SASL before STARTTLS.")
+    tls_session_tickets: int = Field(
+        0, ge=0, le=8, description="TLS 1.3 session tickets sent after each full handshake."
+    )
+    tls_lean_sessions: bool = Field(
+        True,
+        description="After a TLS 1.3 handshake, free OpenSSL's session and protect the records "
+        "in stanzad's own record layer (needs no session tickets).",
+    )
+    allow_registration: bool = Field(False, description="XEP-0077 in-band registration.")
+    cm_id: str = Field("", description="Connection manager id; generated when empty.")
+    embedded_router: bool = Field(
+        False,
+        description="Run a router in this process too (router settings from the same "
+        "environment); stanzas between its own users then skip NATS.",
+    )
+    max_stanza_bytes: int = Field(256 * KiB, ge=1 * KiB, description="Stanza size after auth.")
+    max_sessions_per_account: int = Field(10, ge=1, description="Resources bound per account.")
+    scram_iterations: int = Field(10_000, ge=4096, description="SCRAM iterations for new users.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="Time to close streams on SIGTERM.")
+    shutdown_redirect: str = Field(
+        "", description="host:port sent as see-other-host on SIGTERM; empty: system-shutdown."
+    )
+    auth_timeout_s: float = Field(60.0, gt=0, description="Time to authenticate and bind.")
+    max_write_buffer_bytes: int = Field(
+        4 * 1024 * KiB, ge=64 * KiB, description="Unsent bytes per connection before it is closed."
+    )
+    # ---- edge limits (issue 4); README "Security and limits" lists them all ----
+    max_inbound_bytes_per_s: int = Field(
+        10 * KiB, ge=0, description="Bytes a connection may send per second; 0 = unlimited."
+    )
+    inbound_burst_bytes: int = Field(
+        32 * KiB, ge=1 * KiB, description="Bytes a connection may send at once above the rate."
+    )
+    max_stanzas_per_s: float = Field(
+        100.0, ge=0, description="Stanzas a session may send per second; 0 = unlimited."
+    )
+    stanza_burst: int = Field(200, ge=1, description="Stanzas a session may send at once.")
+    max_connections_per_ip: int = Field(
+        100, ge=0, description="Open connections per source address (IPv6: /64); 0 = unlimited."
+    )
+    keepalive_interval_s: float = Field(
+        60.0, ge=0, description="Ping a session idle this long (XEP-0199); 0 = never."
+    )
+    keepalive_timeout_s: float = Field(
+        30.0, gt=0, description="Close a pinged session that stays silent this long."
+    )
+    hibernate_after_s: float = Field(
+        5.0, ge=0, description="Free an idle session's XML parser after this long; 0 = never."
+    )
+    auth_failures_per_ip: int = Field(
+        10, ge=0, description="Failed SASL attempts per source address per window; 0 = unlimited."
+    )
+    auth_failures_per_account: int = Field(
+        20, ge=0, description="Failed SASL attempts per account per window; 0 = unlimited."
+    )
+    auth_failure_window_s: int = Field(
+        300, ge=1, description="Window of the auth failure counters (shared in Redis)."
+    )
+
+
+class PartitionedSettings(CommonSettings):
+    """Services that own partitions (router, presence, roster)."""
+
+    lease_ttl_s: float = Field(6.0, ge=1.0, description="Partition lease lifetime.")
+
+
+class RouterSettings(PartitionedSettings):
+    """router: partition leases and the session cache."""
+
+    router_id: str = Field("", description="Router id; generated when empty.")
+    max_offline_messages: int = Field(
+        100, ge=0, description="Messages stored per account while it is offline (XEP-0160)."
+    )
+    cache_size: int = Field(100_000, ge=0, description="Bare JIDs kept in the session cache.")
+    cache_ttl_s: float = Field(30.0, ge=0, description="Session cache entry lifetime.")
+
+
+class PresenceSettings(PartitionedSettings):
+    """presence: broadcast, probes, directed presence, offline delivery, the reaper."""
+
+    presence_id: str = Field("", description="Presence service id; generated when empty.")
+
+
+class RosterSettings(PartitionedSettings):
+    """roster: jabber:iq:roster, subscriptions, versioning."""
+
+    roster_id: str = Field("", description="Roster service id; generated when empty.")
+    max_roster_items: int = Field(5000, ge=1, description="Roster items per account.")
+    max_roster_name_bytes: int = Field(1023, ge=1, description="Item name and group length.")
+
+
+class AdminSettings(CommonSettings):
+    """The admin API (services/admin) and the stanzad command-line tool."""
+
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token of the admin API; may be empty only on a loopback address.",
+    )
+    admin_host: str = Field("127.0.0.1", description="Admin API listen address.")
+    admin_port: int = Field(9190, ge=0, le=65535, description="Admin API port; 0 picks one.")
+    scram_iterations: int = Field(10_000, ge=4096, description="SCRAM iterations for new users.")
+    scram_min_iterations: int = Field(
+        4096, ge=4096, le=10_000_000,
+        description="Lowest SCRAM iteration count accepted for imported keys.",
+    )
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Read settings from the environment; raise ConfigError naming the variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def load_or_exit(cls: type[S]) -> S:
+    """`load`, printing the error and exiting with status 2 when it fails."""
+    try:
+        return load(cls)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class S2SSettings(PartitionedSettings):
+    """s2s_gateway: federation with other XMPP servers (RFC 6120, XEP-0220, XEP-0368)."""
+
+    s2s_id: str = Field("", description="Gateway id; generated when empty.")
+    s2s_host: str = Field("127.0.0.1", description="s2s listen address.")
+    s2s_port: int = Field(5269, ge=0, le=65535, description="s2s listen port (STARTTLS).")
+    s2s_direct_tls_port: int = Field(
+        0, ge=0, le=65535,
+        description="Direct TLS s2s listen port (XEP-0368, usually 5270); 0: none.",
+    )
+    tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain of the domain.")
+    tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
+    s2s_tls_required: bool = Field(True, description="Require STARTTLS on s2s, both ways.")
+    s2s_dialback_secret: SecretStr = Field(
+        SecretStr(""), description="XEP-0185 secret; empty: one random secret kept in Redis."
+    )
+    s2s_overrides: str = Field(
+        "", description="Static routes 'domain=host:port,...' used instead of DNS."
+    )
+    s2s_connect_timeout_s: float = Field(
+        15.0, gt=0, description="Time to resolve, connect and authenticate to a peer."
+    )
+    s2s_max_queue: int = Field(
+        1000, ge=1,
+        description="Stanzas queued per remote domain while connecting (or acks are due).",
+    )
+    s2s_idle_timeout_s: float = Field(
+        300.0, gt=0, description="Close an s2s stream after this long without traffic."
+    )
+    s2s_max_stanza_bytes: int = Field(
+        512 * KiB, ge=1 * KiB, description="Stanza size limit on s2s streams."
+    )
+    s2s_max_stanzas_per_s: float = Field(
+        500.0, gt=0, description="Inbound stanzas per second per s2s stream (reading pauses)."
+    )
+
+    s2s_max_connections_per_ip: int = Field(
+        50, ge=0, description="Open inbound s2s connections per source address; 0 = unlimited."
+    )
+    s2s_connections_per_ip_per_min: int = Field(
+        120, ge=0,
+        description="New inbound s2s connections per source address per minute; 0 = unlimited.",
+    )
+    s2s_stream_management: bool = Field(
+        True, description="XEP-0198 acks on s2s streams (outbound when offered; inbound offered)."
+    )
+    s2s_sm_max_unacked: int = Field(
+        1000, ge=1, description="Stanzas written but not yet acked per outbound s2s stream."
+    )
+    s2s_sm_ack_timeout_s: float = Field(
+        30.0, gt=0, description="An unanswered XEP-0198 <r/> after this long: the stream is dead."
+    )
+
+    s2s_trusted_certs: str = Field(
+        "", description="Self-signed certificates accepted per domain: 'domain=file.pem,...'."
+    )
+    s2s_dns_servers: str = Field(
+        "", description="DNS servers for peer lookups 'host:port,...'; empty: the system's."
+    )
+
+    @field_validator("s2s_overrides")
+    @classmethod
+    def _check_overrides(cls, value: str) -> str:
+        parse_overrides(value)
+        return value
+
+    @field_validator("s2s_trusted_certs")
+    @classmethod
+    def _check_trusted(cls, value: str) -> str:
+        parse_trusted_certs(value)
+        return value
+
+    @field_validator("s2s_dns_servers")
+    @classmethod
+    def _check_dns(cls, value: str) -> str:
+        parse_dns_servers(value)
+        return value
+
+    def dns_servers(self) -> list[tuple[str, int]]:
+        return parse_dns_servers(self.s2s_dns_servers)
+
+    def trusted_certs(self) -> dict[str, str]:
+        return parse_trusted_certs(self.s2s_trusted_certs)
+
+    def override_map(self) -> dict[str, tuple[str, int]]:
+        return parse_overrides(self.s2s_overrides)
+
+
+def parse_gc_thresholds(value: str) -> tuple[int, int, int]:
+    """``"20000,20,100"`` → (20000, 20, 100), for `gc.set_threshold`; raises ValueError on
+    anything else.  A first threshold of 0 turns the collector off (CPython's meaning)."""
+    parts = [p.strip() for p in value.split(",")]
+    # at most 9 digits each: gc.set_threshold takes C ints, and a larger value would fail
+    # at startup with an OverflowError instead of here, naming the variable
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 9 for p in parts):
+        raise ValueError(
+            f"expected three integers from 0 to 999999999 like '20000,20,100': {value!r}"
+        )
+    first, second, third = (int(p) for p in parts)
+    return first, second, third
+
+
+def parse_overrides(value: str) -> dict[str, tuple[str, int]]:
+    """'a.example=127.0.0.1:5270,b.example=[::1]:5269' -> {domain: (host, port)}."""
+    routes: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        domain, sep, target = item.partition("=")
+        host, colon, port = target.rpartition(":")
+        if not sep or not colon or not domain.strip() or not host or not port.isdigit():
+            raise ValueError(f"expected domain=host:port, got {item!r}")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"bad port in {item!r}")
+        routes[domain.strip().lower()] = (host.strip("[]"), int(port))
+    return routes
+
+
+def parse_dns_servers(value: str) -> list[tuple[str, int]]:
+    """'127.0.0.1:5353,[::1]:53,10.0.0.2' -> [(host, port)] (port 53 when left out)."""
+    servers: list[tuple[str, int]] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else "53"
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"expected host:port, got {item!r}")
+        elif item.count(":") == 1:
+            host, _, port = item.partition(":")
+        else:
+            host, port = item, "53"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {item!r}")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"a DNS server is an IP address, got {host!r}") from None
+        servers.append((host, int(port)))
+    return servers
+
+
+def parse_trusted_certs(value: str) -> dict[str, str]:
+    """'a.example=/etc/stanzad/a.pem,...' -> {domain: PEM file}."""
+    certs: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        domain, sep, path = item.partition("=")
+        if not sep or not domain.strip() or not path.strip():
+            raise ValueError(f"expected domain=file.pem, got {item!r}")
+        certs[domain.strip().lower()] = path.strip()
+    return certs

@@ -1,0 +1,35 @@
+"""Settings come from STANZAD_* variables; bad values name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.runtime.settings import ConfigError, ConnectionManagerSettings, RouterSettings, load
+
+
+def test_defaults_run_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("STANZAD_DOMAIN", "STANZAD_C2S_PORT", "STANZAD_ALLOW_REGISTRATION"):
+        monkeypatch.delenv(var, raising=False)
+    s = load(ConnectionManagerSettings)
+    assert s.domain == "localhost" and s.c2s_port == 5222
+    assert s.allow_registration is False
+    assert s.max_stanza_bytes == 256 * 1024
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANZAD_PARTITIONS", "8")
+    monkeypatch.setenv("STANZAD_ROUTER_ID", "r9")
+    s = load(RouterSettings)
+    assert (s.partitions, s.router_id) == (8, "r9")
+
+
+def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANZAD_C2S_PORT", "not-a-port")
+    with pytest.raises(ConfigError, match="STANZAD_C2S_PORT"):
+        load(ConnectionManagerSettings)
+
+
+def test_scram_iterations_below_4096_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANZAD_SCRAM_ITERATIONS", "100")
+    with pytest.raises(ConfigError, match="STANZAD_SCRAM_ITERATIONS"):
+        load(ConnectionManagerSettings)
