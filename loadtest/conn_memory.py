@@ -36,8 +36,8 @@ from pathlib import Path
 from unittest import mock
 
 from loadtest.tls_bench import PyOpenSSLSession, pyopenssl_context
-from shared.tls.context import ensure_self_signed, server_context
 from shared.tls import session as tls_session
+from shared.tls.context import ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
 from shared.tls.session import TLSSession
 from shared.xmpp.parser import POST_AUTH_LIMITS, StreamParser

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.tls.context import ensure_self_signed, server_context
 from shared.tls import records as tls_records
+from shared.tls.context import ensure_self_signed, server_context
 from shared.tls.keylog import CLIENT_TRAFFIC, SERVER_TRAFFIC, KeyLog
 from shared.tls.records import Records13, TLSClosed
 from shared.tls.session import TLSSession
