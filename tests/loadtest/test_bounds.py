@@ -78,7 +78,8 @@ def test_options_out_of_bounds_are_refused(change: dict[str, object], option: st
 
 def test_default_options_are_within_bounds() -> None:
     for scenario in ("idle", "login", "chat", "presence", "ramp"):
-        validate(Options(scenario=scenario))
+        plan = validate(Options(scenario=scenario))  # raises BoundsError when out of bounds
+        assert sum(plan.shares()) == plan.connections and plan.workers >= 1
 
 
 def test_the_descriptor_limit_is_raised_to_the_hard_limit() -> None:

@@ -266,4 +266,5 @@ async def test_normal_client_still_logs_in_on_the_tight_connection_manager(
     jid, pw = await users.create()
     client = Client(jid + "/normal", pw, source=new_source())
     await client.login(HOST, tight_cm)
+    assert client.used_mech == "SCRAM-SHA-256" and str(client.boundjid) == jid + "/normal"
     await client.logout()

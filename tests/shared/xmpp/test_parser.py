@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -359,10 +358,8 @@ def test_rfc6120_11_1_billion_laughs_is_restricted_xml_before_any_expansion() ->
     )
     data = b"<?xml version='1.0'?><!DOCTYPE stream [" + entities + b"]>" + BARE_HEADER
     data += b"<message><body>&lol9;</body></message>"
-    started = time.perf_counter()
-    error = fails(data)
+    error = fails(data)  # an expansion would take minutes and gigabytes before failing
     assert error.condition is RESTRICTED_XML
-    assert time.perf_counter() - started < 1.0
 
 
 def test_rfc6120_11_1_billion_laughs_split_is_refused_at_the_doctype() -> None:
@@ -793,8 +790,9 @@ def test_rfc6120_13_12_too_many_distinct_names_is_policy_violation() -> None:
 def test_repeated_names_do_not_count_again() -> None:
     parser = StreamParser(ParserLimits(max_distinct_names=10))
     parser.feed(STREAM_HEADER_FOR_NAMES)
-    for _ in range(100):
-        parser.feed(b"<message to='a@b' type='chat'><body>hi</body></message>")
+    for _ in range(100):  # past the limit of 10 if repeated names counted again
+        events = parser.feed(b"<message to='a@b' type='chat'><body>hi</body></message>")
+        assert len(events) == 1 and isinstance(events[0], StanzaReceived)
 
 
 STREAM_HEADER_FOR_NAMES = (
