@@ -166,16 +166,54 @@ def test_key_update_while_on_openssl_keeps_the_session_there(
 
 
 def test_peer_key_update_requested_is_answered(pair: Pair) -> None:
+    """§4.6.3: the answer goes out before our next application data, under the old key."""
     server, client = pair
-    old = server._records._read.secret  # type: ignore[union-attr]
+    old = bytes(server._records._read.secret)  # type: ignore[union-attr]
     client.key_update(request_peer=True)
     client.send(b"<after/>")  # already under the client's new key
     assert server.receive(client.data_to_send()) == b"<after/>"
     assert server._records._read.secret != old  # type: ignore[union-attr]
-    answer = server.data_to_send()  # the server's KeyUpdate, before anything else
-    assert answer and client.receive(answer) == b""
-    assert client._read.seq == 0  # the client moved to the server's next key
+    assert server.data_to_send() == b""  # nothing of ours to send yet: no KeyUpdate either
+    server.send(b"<reply/>")
+    answer = server.data_to_send()  # the server's KeyUpdate, then the reply
+    assert answer.count(b"\x17\x03\x03") == 2
+    assert client.receive(answer) == b"<reply/>"
+    assert client._read.seq == 1  # the client moved to the server's next key
     _exchange(server, client, b"<both-rekeyed/>")
+
+
+def test_several_update_requests_get_one_key_update(pair: Pair) -> None:
+    """§4.6.3: "an implementation which receives multiple KeyUpdates while it is silent"
+    responds "with a single update"."""
+    server, client = pair
+    first = bytes(server._records._write.secret)  # type: ignore[union-attr]
+    for i in range(3):
+        client.key_update(request_peer=True)
+        client.send(b"<m%d/>" % i)
+        assert server.receive(client.data_to_send()) == b"<m%d/>" % i
+    server.send(b"<reply/>")
+    answer = server.data_to_send()
+    assert answer.count(b"\x17\x03\x03") == 2  # one KeyUpdate, one record of data
+    assert client.receive(answer) == b"<reply/>"
+    algorithm = tls_records.SUITES[client._suite][2]
+    once = tls_records.hkdf_expand_label(algorithm, first, b"traffic upd", algorithm.digest_size)
+    assert server._records._write.secret == once == client._read.secret  # type: ignore[union-attr]
+    server.send(b"<more/>")
+    wire = server.data_to_send()
+    assert wire.count(b"\x17\x03\x03") == 1  # answered: no second update
+    assert client.receive(wire) == b"<more/>"
+    _exchange(server, client, b"<both-rekeyed/>")
+
+
+def test_our_own_key_update_answers_a_pending_request(pair: Pair) -> None:
+    server, client = pair
+    client.key_update(request_peer=True)
+    assert server.receive(client.data_to_send()) == b""
+    server._records.key_update()  # type: ignore[union-attr]
+    server.send(b"<x/>")
+    answer = server.data_to_send()
+    assert answer.count(b"\x17\x03\x03") == 2
+    assert client.receive(answer) == b"<x/>"
 
 
 def test_peer_key_update_not_requested_gets_no_answer(pair: Pair) -> None:
@@ -306,11 +344,34 @@ def test_fatal_alert_from_the_peer(pair: Pair) -> None:
 
 
 def test_nothing_is_written_after_our_close_notify(pair: Pair) -> None:
+    """§6.1: close_notify is the last record we send; later writes are refused loudly."""
     server, client = pair
     server.close()
-    server.send(b"<late/>")
+    wire = server.data_to_send()
+    with pytest.raises(ssl.SSLError, match="after our close_notify"):
+        server.send(b"<late/>")
+    with pytest.raises(ssl.SSLError, match="after our close_notify"):
+        server._records.key_update()  # type: ignore[union-attr]
+    server.close()  # twice: still one close_notify
+    assert server.data_to_send() == b""
     with pytest.raises(TLSClosed):
-        client.receive(server.data_to_send())
+        client.receive(wire)
+
+
+def test_no_alert_after_our_close_notify(pair: Pair) -> None:
+    """A record that fails after our close_notify fails the session, but nothing more goes
+    out: the close_notify was our last record."""
+    server, client = pair
+    server.close()
+    wire = server.data_to_send()
+    client.send(b"<m/>")
+    damaged = bytearray(client.data_to_send())
+    damaged[-1] ^= 1
+    with pytest.raises(ssl.SSLError, match="authentication"):
+        server.receive(bytes(damaged))
+    assert server.data_to_send() == b""
+    with pytest.raises(TLSClosed):
+        client.receive(wire)
 
 
 def test_unknown_suite_refused() -> None:
