@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.tls.context import ensure_self_signed, server_context
 from shared.tls import records as tls_records
+from shared.tls.context import ensure_self_signed, server_context
 from shared.tls.keylog import CLIENT_TRAFFIC, SERVER_TRAFFIC, KeyLog
 from shared.tls.records import Records13, TLSClosed
 from shared.tls.session import TLSSession
@@ -124,6 +124,87 @@ def test_tls12_session_stays_on_openssl(files: tuple[str, str]) -> None:
     client.send(b"<a/>")
     assert server.receive(client.data_to_send()) == b"<a/>"
     keylog.close()
+
+
+def test_tls12_secrets_are_dropped_at_once(files: tuple[str, str]) -> None:
+    """A TLS 1.2 session never goes lean: it holds no secret after its handshake, and the
+    master secret OpenSSL logged (CLIENT_RANDOM) went through a buffer now zeroed."""
+    cert, key = files
+    server_ctx = server_context(cert, key)
+    keylog = KeyLog()
+    assert keylog.attach(server_ctx)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    server = TLSSession(server_ctx, keylog=keylog)
+    client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+    client.start()
+    for _ in range(5):
+        server.receive(client.data_to_send())
+        client.receive(server.data_to_send())
+    assert server.established and server._tls.version() == "TLSv1.2"  # type: ignore[union-attr]
+    assert server._secrets == {} and server._lean_keys is None and not server.lean_ready
+    assert not any(keylog._buffer)
+    keylog.close()
+
+
+def test_secrets_are_wiped_when_a_session_stays_on_openssl(
+    keylogs: tuple[ssl.SSLContext, KeyLog, ssl.SSLContext, KeyLog],
+) -> None:
+    server_ctx, server_log, client_ctx, client_log = keylogs
+    server = TLSSession(server_ctx, keylog=server_log)
+    client = _handshake(server, client_ctx, client_log)
+    assert server._lean_keys is not None
+    _, client_secret, server_secret = server._lean_keys
+    assert any(client_secret) and any(server_secret)
+    client.key_update()  # OpenSSL applies it: the session stays there, the secrets go
+    assert server.receive(client.data_to_send()) == b""
+    assert server._lean_keys is None
+    assert not any(client_secret) and not any(server_secret)
+
+
+def test_secrets_are_wiped_after_the_hand_over(
+    keylogs: tuple[ssl.SSLContext, KeyLog, ssl.SSLContext, KeyLog],
+) -> None:
+    server_ctx, server_log, client_ctx, client_log = keylogs
+    server = TLSSession(server_ctx, keylog=server_log)
+    client = _handshake(server, client_ctx, client_log)
+    assert server._lean_keys is not None
+    _, client_secret, server_secret = server._lean_keys
+    assert server.hibernate() and server.lean
+    assert not any(client_secret) and not any(server_secret)  # Records13 has its own copies
+    records = server._records
+    assert records is not None
+    old = records._read.secret
+    client.key_update()
+    assert server.receive(client.data_to_send()) == b""
+    assert not any(old) and any(records._read.secret)  # the replaced secret is overwritten
+    _exchange(server, client, b"<ok/>")
+
+
+def test_hello_retry_request_then_lean(files: tuple[str, str]) -> None:
+    """RFC 8446 §4.1.4: a server that accepts only P-256 answers the client's X25519 key
+    share with a HelloRetryRequest; the session still goes lean (the key log lines are filed
+    under the first ClientHello's random, which the second one repeats, §4.1.2)."""
+    cert, key = files
+    server_ctx = server_context(cert, key)
+    server_ctx.set_ecdh_curve("prime256v1")  # OpenSSL 3: the server's only group
+    server_log, client_log = KeyLog(), KeyLog()
+    client_ctx = ssl.create_default_context(cafile=cert)
+    assert server_log.attach(server_ctx) and client_log.attach(client_ctx)
+    server = TLSSession(server_ctx, keylog=server_log)
+    probe = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+    probe.start()
+    server.receive(probe.data_to_send())
+    first = server.data_to_send()
+    assert first[5] == 2 and first[11:43] == bytes.fromhex(  # ServerHello, HRR's random
+        "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
+    )
+    server = TLSSession(server_ctx, keylog=server_log)
+    client = _handshake(server, client_ctx, client_log)
+    assert server.lean_ready and server.hibernate() and server.lean
+    _exchange(server, client, b"<after-hrr/>")
+    server_log.close()
+    client_log.close()
 
 
 def test_session_tickets_keep_the_session_on_openssl(files: tuple[str, str]) -> None:
@@ -377,3 +458,120 @@ def test_no_alert_after_our_close_notify(pair: Pair) -> None:
 def test_unknown_suite_refused() -> None:
     with pytest.raises(ValueError):
         Records13("TLS_AES_128_CCM_SHA256", b"\0" * 32, b"\0" * 32)
+
+
+# ---- hardening: records that carry nothing, lengths, what comes after the hand-over ----------
+
+def test_records_without_application_data_are_bounded(pair: Pair) -> None:
+    """Empty application data, user_canceled and KeyUpdates are each allowed, but not
+    without end: MAX_EMPTY_RECORDS in a row, and the next one fails the session."""
+    server, client = pair
+    limit = tls_records.MAX_EMPTY_RECORDS
+    kinds = [b"\x17", b"\x01\x5a\x15"]  # empty application data (§5.1), user_canceled (§6.1)
+    for _ in range(3):  # a record of data in between starts the count again
+        wire = b"".join(_inner_record(client, kinds[i % 2]) for i in range(limit - 1))
+        client.key_update()
+        wire += client.data_to_send()  # the 32nd: a KeyUpdate
+        assert server.receive(wire) == b""
+        _exchange(server, client, b"<data-resets-the-count/>")
+    wire = b"".join(_inner_record(client, b"\x17") for _ in range(limit + 1))
+    with pytest.raises(ssl.SSLError, match="without application data"):
+        server.receive(wire)
+    assert _alert_sent(server, client) == tls_records.UNEXPECTED_MESSAGE
+
+
+def test_zero_length_handshake_record_is_unexpected(pair: Pair) -> None:
+    """§5.1: "Implementations MUST NOT send zero-length fragments of Handshake types"."""
+    server, client = pair
+    with pytest.raises(ssl.SSLError, match="zero-length handshake"):
+        server.receive(_inner_record(client, b"\x16"))
+    assert _alert_sent(server, client) == tls_records.UNEXPECTED_MESSAGE
+
+
+def test_zero_length_application_data_is_allowed(pair: Pair) -> None:
+    server, client = pair
+    client.send(b"")
+    assert server.receive(client.data_to_send()) == b""
+    _exchange(server, client, b"<after-empty/>")
+
+
+def test_inner_plaintext_length_counts_the_padding(pair: Pair) -> None:
+    """§5.4: TLSInnerPlaintext is at most 2^14 + 1 bytes, padding included; a short record
+    padded past that is record_overflow although its content alone would fit."""
+    server, client = pair
+    most = tls_records.MAX_PLAINTEXT + 1
+    assert server.receive(_inner_record(client, b"<a/>\x17" + bytes(most - 5))) == b"<a/>"
+    with pytest.raises(ssl.SSLError, match="inner plaintext of 16386") as caught:
+        server.receive(_inner_record(client, b"<a/>\x17" + bytes(most - 4)))
+    assert caught.value.reason.startswith("inner plaintext")
+    assert _alert_sent(server, client) == tls_records.RECORD_OVERFLOW
+
+
+@pytest.mark.parametrize(("over", "reason"), [(0, "inner plaintext"), (1, "record of")])
+def test_ciphertext_length_limit(pair: Pair, over: int, reason: str) -> None:
+    """§5.2: a ciphertext of 2^14 + 256 bytes passes the header check (and then fails the
+    inner length); one byte more is refused by its header alone."""
+    server, client = pair
+    wire = _inner_record(client, b"\x17" + bytes((1 << 14) + 256 - 17 + over))
+    assert len(wire) - 5 == (1 << 14) + 256 + over
+    with pytest.raises(ssl.SSLError, match=reason):
+        server.receive(wire)
+    assert _alert_sent(server, client) == tls_records.RECORD_OVERFLOW
+
+
+def test_replayed_record_fails(pair: Pair) -> None:
+    """Every record's nonce holds its sequence number (§5.3): the same record twice fails."""
+    server, client = pair
+    client.send(b"<once/>")
+    wire = client.data_to_send()
+    assert server.receive(wire) == b"<once/>"
+    with pytest.raises(ssl.SSLError, match="authentication"):
+        server.receive(wire)
+    assert _alert_sent(server, client) == tls_records.BAD_RECORD_MAC
+
+
+def test_truncated_record_waits_then_completes(pair: Pair) -> None:
+    server, client = pair
+    for cut in (1, 4, 5, 5 + 10, 5 + len(b"<whole/>") + 16):
+        client.send(b"<whole/>")
+        wire = client.data_to_send()
+        assert server.receive(wire[:cut]) == b""
+        assert server.receive(wire[cut:]) == b"<whole/>"
+    assert server.receive(wire[:-1]) == b""  # and the rest never comes: nothing delivered
+
+
+def test_truncated_record_with_a_matching_header_fails(pair: Pair) -> None:
+    server, client = pair
+    client.send(b"<truncated/>")
+    wire = client.data_to_send()
+    short = struct.pack("!BHH", 23, 0x0303, len(wire) - 5 - 3) + wire[5:-3]
+    with pytest.raises(ssl.SSLError, match="authentication"):
+        server.receive(short)
+    assert _alert_sent(server, client) == tls_records.BAD_RECORD_MAC
+
+
+def test_zero_length_record_is_decode_error(pair: Pair) -> None:
+    server, client = pair
+    with pytest.raises(ssl.SSLError, match="too short"):
+        server.receive(b"\x17\x03\x03\x00\x00")
+    assert _alert_sent(server, client) == tls_records.DECODE_ERROR
+
+
+@pytest.mark.parametrize(
+    "record",
+    [b"\x15\x03\x03\x00\x02\x01\x00",  # a plaintext close_notify
+     b"\x15\x03\x03\x00\x02\x02\x28",  # a plaintext fatal alert
+     b"\x16\x03\x03\x00\x05\x18\x00\x00\x01\x00",  # a plaintext KeyUpdate
+     b"\x16\x03\x01\x00\x04\x01\x00\x00\x00"],  # a plaintext ClientHello
+    ids=["close-notify", "fatal-alert", "key-update", "client-hello"],
+)
+def test_plaintext_records_after_the_hand_over_fail(pair: Pair, record: bytes) -> None:
+    """§5: after the handshake every record is protected; a plaintext alert or handshake
+    record fails the session, it is never acted on."""
+    server, client = pair
+    client.send(b"<before/>")
+    with pytest.raises(ssl.SSLError, match="unprotected record"):
+        server.receive(client.data_to_send() + record)
+    assert _alert_sent(server, client) == tls_records.UNEXPECTED_MESSAGE
+    with pytest.raises(ssl.SSLError):
+        server.send(b"<after/>")
