@@ -16,10 +16,11 @@ as long as it stays idle, 1 KiB with slices (loadtest/RESULTS.md, "session 3 —
 a slice costs about 1 µs of CPU).  Small writes, the usual case, go in whole.
 
 Why CPython's ``ssl`` and not pyOpenSSL on the OpenSSL 4.0 that ``cryptography`` bundles:
-measured in-process (``python -m loadtest.tls_bench``, ``python -m loadtest.conn_memory``),
-an OpenSSL 4.0 session holds 23-24 KiB after the handshake where 3.0 holds 16, handshakes
-cost the server the same CPU, and a small record costs 4 times as much through pyOpenSSL's
-wrappers (still a quarter more calling OpenSSL 4.0 through cffi directly).
+measured in-process (loadtest/RESULTS.md, "session 3 — TLS backend"; those backends have
+since left the benchmarks), an OpenSSL 4.0 session holds 23-24 KiB after the handshake
+where 3.0 holds 16, handshakes cost the server the same CPU, and a small record costs 4
+times as much through pyOpenSSL's wrappers (still a quarter more calling OpenSSL 4.0
+through cffi directly).
 
 Lean sessions: given a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS``, an opt-in), a server
 session that negotiated TLS 1.3 with one of the `tls_records.SUITES` and sends no session
