@@ -3,10 +3,10 @@ resource binding, then a receive path that only looks for time stamps.
 
 Same steps as tests/support/xmpp.py's RawClient/raw_login (RFC 6120 §5 STARTTLS, §6 SASL,
 §7 bind), on a Protocol instead of streams (TLS on Protocol is several times cheaper, see
-DESIGN.md) and with SCRAM by scramp's client (RFC 5802, RFC 7677).  A stanza's time stamp
-is the monotonic clock in ns, in `<body>` (chat) or `<status>` (presence); CLOCK_MONOTONIC
-is one clock for every process of the machine, so sender and receiver may be different
-worker processes.
+docs/architecture.md, "Building-block costs") and with SCRAM by scramp's client (RFC 5802,
+RFC 7677).  A stanza's time stamp is the monotonic clock in ns, in `<body>` (chat) or
+`<status>` (presence); CLOCK_MONOTONIC is one clock for every process of the machine, so
+sender and receiver may be different worker processes.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Started by the tool on a free loopback port with its own config, data directory 
 self-signed certificate; settings equivalent to the stanzad benchmark cluster: STARTTLS
 required, 10,000 SCRAM iterations (internal_hashed), rate limits off, in-band registration
 on without throttling (that is how the accounts are created).  Prosody 0.12 offers
-SCRAM-SHA-1 and PLAIN, not SCRAM-SHA-256 (INTEROP.md), so comparisons use SCRAM-SHA-1.
+SCRAM-SHA-1 and PLAIN, not SCRAM-SHA-256 (docs/interop.md), so comparisons use SCRAM-SHA-1.
 """
 
 from __future__ import annotations

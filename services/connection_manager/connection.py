@@ -24,6 +24,7 @@ from xml.sax.saxutils import quoteattr
 
 from shared.runtime import logs
 from shared.runtime.metrics import Tally
+from shared.runtime.writes import BatchedWrites
 from shared.tls.session import TLSClosed, TLSSession
 from shared.xmpp import ns
 from shared.xmpp.c2s import (
@@ -53,7 +54,7 @@ READ_CHUNK: Final = 64 * 1024
 CLOSE_GRACE_S: Final = 5.0  # a closing peer that does not read its last bytes is then reset
 
 
-class C2SConnection(asyncio.Protocol):
+class C2SConnection(BatchedWrites, asyncio.Protocol):
     """The I/O shell of one client stream."""
 
     __slots__ = (  # one per connection: no instance dict
@@ -202,22 +203,7 @@ class C2SConnection(asyncio.Protocol):
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        """Queue bytes for the socket; one write per event-loop tick."""
-        if not data or self._closing:
-            return
-        self._wbuf.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._wbuf or self.transport is None or self.transport.is_closing():
-            self._wbuf.clear()
-            return
-        data = b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0]
-        self._wbuf.clear()
+    def _write_out(self, transport: asyncio.Transport, data: bytes) -> None:
         _BYTES_OUT.n += len(data)
         tls = self._tls
         if tls is not None:
@@ -225,7 +211,7 @@ class C2SConnection(asyncio.Protocol):
                 return  # nothing can go out before the handshake ends (a timeout closing us)
             tls.send(data)
             data = tls.data_to_send()
-        self.transport.write(data)
+        transport.write(data)
         if self._unsent() > self.cm.settings.max_write_buffer_bytes:
             # A client that does not read: drop it rather than buffer without bound.
             metrics.SLOW_CONSUMERS.inc()

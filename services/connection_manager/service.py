@@ -13,7 +13,6 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Callable
 from typing import Final
 
 from shared.bus import subjects
@@ -22,10 +21,11 @@ from shared.bus.envelope import (
     FANOUT_SEPARATOR,
     STANZA_KINDS,
     Envelope,
-    EnvelopeError,
     Kind,
+    decoded,
     session_event,
 )
+from shared.router import ingress
 from shared.router.service import Router
 from shared.runtime.metrics import HistogramTally, Tally
 from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
@@ -36,12 +36,12 @@ from shared.store.sessions import SessionLimitReached, SessionRecord, SessionSto
 from shared.tls.context import ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
 from shared.xmpp import credentials as creds_mod
-from shared.xmpp import ns, server_iq
+from shared.xmpp import server_iq
 from shared.xmpp.c2s import StanzaIn, StreamConfig
 from shared.xmpp.credentials import StoredCredentials
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
-from shared.xmpp.jid import JID, JIDError
-from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce, with_to
+from shared.xmpp.jid import JID, JIDError, bare_of
+from shared.xmpp.stanza import iq_result, must_not_bounce, with_to
 
 from . import metrics
 from .connection import C2SConnection
@@ -51,9 +51,6 @@ log = logging.getLogger(__name__)
 
 MAX_HOPS = 2
 SERVICE = "connection_manager"
-SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
-# IQs to the user's own account handled by the roster service
-ACCOUNT_NAMESPACES = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING})
 
 
 class ConnectionManager:
@@ -287,7 +284,7 @@ class ConnectionManager:
             log.warning("unbind failed (the reaper will clean up): %s", exc)
             return
         if version:
-            self._session_event(full.partition("/")[0], version)
+            self._session_event(bare_of(full), version)
 
     def _session_event(self, bare: str, version: int) -> None:
         """Tell the routers that the sessions of `bare` changed.  Queued like the client's
@@ -303,59 +300,25 @@ class ConnectionManager:
         router, or an answer from here (RFC 6120 §10, RFC 6121 §2-§4, §8)."""
         jid = conn.stream.jid
         assert jid is not None
-        to = st.to
-        own = to is None or (to.local == jid.local and to.domain == self.domain
-                             and to.resource is None)
-        if st.kind == "presence":
-            self._presence_from_client(conn, st, jid)
-            return
         child_ns = _child_ns(st) if st.kind == "iq" else ""
-        if own and (child_ns in ACCOUNT_NAMESPACES or (
-            to is not None and child_ns in (ns.DISCO_INFO, ns.DISCO_ITEMS)
-        )):
-            self._publish_for(subjects.roster, jid.bare_str, conn, st, jid.bare_str)
-            return
-        if to is None or (to.local is None and to.resource is None and to.domain == self.domain):
-            self._to_server(conn, st, addressed=to is not None)
-            return
-        if to.domain != self.domain:
-            # federation: through the router of the sender's partition, which enforces the
-            # sender's blocklist (XEP-0191 §3.5) and hands the stanza to the s2s gateway
-            self._publish_for(subjects.route, jid.bare_str, conn, st, str(to))
-            return
-        self._publish_for(subjects.route, to.bare_str, conn, st, str(to))
+        where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns)
+        if isinstance(where, ingress.Publish):
+            if where.family is ingress.Family.PRESENCE and st.to is None:
+                conn.available = st.type == ""  # broadcast presence, RFC 6121 §4.2, §4.5
+            self._publish_for(where.subject(self.settings.partitions), conn, st, where.to)
+        elif isinstance(where, ingress.ToServer):
+            self._to_server(conn, st, addressed=where.addressed)
 
-    def _presence_from_client(self, conn: C2SConnection, st: StanzaIn, jid: JID) -> None:
-        to = st.to
-        if to is None:
-            if st.type in ("", "unavailable"):  # broadcast presence, RFC 6121 §4.2, §4.5
-                conn.available = st.type == ""
-                self._publish_for(subjects.presence, jid.bare_str, conn, st, "")
-            return  # other types without 'to' mean nothing (§4.7.1)
-        if st.type in SUBSCRIPTION_TYPES:  # §3: the user's roster changes first
-            self._publish_for(subjects.roster, jid.bare_str, conn, st, to.bare_str)
-        elif st.type in ("", "unavailable"):  # directed presence, §4.6
-            self._publish_for(subjects.presence, jid.bare_str, conn, st, str(to))
-        elif st.type == "error" and to.domain != self.domain:  # federation, as above
-            self._publish_for(subjects.route, jid.bare_str, conn, st, str(to))
-        elif st.type == "error":
-            self._publish_for(subjects.route, to.bare_str, conn, st, str(to))
-        # 'probe' from a client is not allowed (§4.3): ignored
-
-    def _publish_for(
-        self, subject: Callable[[int], str], key: str, conn: C2SConnection, st: StanzaIn,
-        to: str,
-    ) -> None:
-        """Publish a client stanza to the partition of ``key`` on one subject family."""
+    def _publish_for(self, subject: str, conn: C2SConnection, st: StanzaIn, to: str) -> None:
+        """Publish a client stanza on ``subject``, addressed to ``to``."""
         jid = conn.stream.jid
         env = Envelope(
             _KINDS[st.kind], to=to, from_=str(jid), type=st.type, id=st.id,
             origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
             ts_us=time.time_ns() // 1000,
         )
-        p = subjects.partition(key, self.settings.partitions)
         self.bus.publish_soon(
-            subject(p),
+            subject,
             env.encode(),
             lambda: self._bounce_to_client(conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT),
         )
@@ -372,7 +335,8 @@ class ConnectionManager:
                 conn.write(iq_result(st.id, str(jid), st.element.get("to") or None, reply))
         elif st.kind == "message" and not addressed:
             # RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
-            self._publish_for(subjects.route, jid.bare_str, conn, st, jid.bare_str)
+            route = subjects.route_for(jid.bare_str, self.settings.partitions)
+            self._publish_for(route, conn, st, jid.bare_str)
 
     def _bounce_to_client(
         self, conn: C2SConnection, st: StanzaIn, condition: StanzaErrorCondition
@@ -397,12 +361,7 @@ class ConnectionManager:
         delivered = _DELIVERED
         written = 0  # stanzas handed to sockets, counted once per batch
         touched: list[C2SConnection] = []  # one write each at the end of the batch
-        for _subject, data in batch:
-            try:
-                env = Envelope.decode(data)
-            except EnvelopeError as exc:
-                log.warning("dropped a bad envelope: %s", exc)
-                continue
+        for env in decoded(batch):
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
                 if conn is not None and conn.session_id == env.id:
@@ -440,29 +399,18 @@ class ConnectionManager:
     async def _undeliverable(self, env: Envelope) -> None:
         """The session left between routing and delivery (RFC 6121 §8.5.3.2)."""
         metrics.UNDELIVERABLE.labels(env.kind.value).inc()
-        bare = env.to.partition("/")[0]
+        bare = env.to_bare
         if env.kind is Kind.MESSAGE and env.hops < MAX_HOPS:
-            p = subjects.partition(bare, self.settings.partitions)
-            await self._publish(subjects.route(p), env.forwarded(to=bare))
+            await self._publish(subjects.route_for(bare, self.settings.partitions),
+                                env.forwarded(to=bare))
         elif env.kind is Kind.IQ and env.type in ("get", "set"):
             await self._bounce_via_bus(env, StanzaErrorCondition.SERVICE_UNAVAILABLE)
 
     async def _bounce_via_bus(self, env: Envelope, condition: StanzaErrorCondition) -> None:
-        from shared.xmpp.parser import parse_fragment
-
-        try:
-            element = parse_fragment(env.payload, self.settings.max_stanza_bytes)
-        except Exception:
-            return
-        payload = error_reply(element, StanzaError(condition), to=env.from_, from_=env.to)
-        bounce = Envelope(env.kind, to=env.from_, from_=env.to, type="error", id=env.id,
-                          origin=SERVICE, hops=env.hops + 1, payload=payload)
-        try:
-            sender = JID.parse(env.from_)
-        except JIDError:
-            return
-        p = subjects.partition(sender.bare_str, self.settings.partitions)
-        await self._publish(subjects.route(p), bounce)
+        bounce = env.bounce(condition, origin=SERVICE, max_bytes=self.settings.max_stanza_bytes)
+        if bounce is not None:
+            await self._publish(subjects.route_for(env.from_bare, self.settings.partitions),
+                                bounce)
 
 
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}

@@ -19,7 +19,7 @@ from collections import defaultdict
 from xml.sax.saxutils import quoteattr
 
 from shared.bus import subjects
-from shared.bus.envelope import FANOUT_SEPARATOR, Envelope, EnvelopeError, Kind
+from shared.bus.envelope import FANOUT_SEPARATOR, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.runtime.settings import PresenceSettings
 from shared.store import keys
@@ -28,6 +28,7 @@ from shared.store.roster import RosterStore
 from shared.store.sessions import SessionRecord, SessionStore
 from shared.xmpp import ns
 from shared.xmpp.blocking import is_blocked
+from shared.xmpp.jid import bare_of
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import with_to
 from shared.xmpp.subscription import Subscription
@@ -67,12 +68,7 @@ class PresenceService(PartitionedService):
     # ---- input -----------------------------------------------------------------------------
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        for _subject, data in batch:
-            try:
-                env = Envelope.decode(data)
-            except EnvelopeError as exc:
-                log.warning("dropped a bad envelope: %s", exc)
-                continue
+        for env in decoded(batch):
             if env.kind is not Kind.PRESENCE:
                 continue
             try:
@@ -94,7 +90,7 @@ class PresenceService(PartitionedService):
     # ---- broadcast presence (RFC 6121 §4.2, §4.4, §4.5) -----------------------------------
 
     async def _available(self, full: str, origin: str, payload: bytes) -> None:
-        bare = full.partition("/")[0]
+        bare = bare_of(full)
         priority = _priority(payload)
         cm_id, _, session_id = origin.partition("/")
         record = SessionRecord(cm_id, session_id, priority, True) if session_id else None
@@ -108,7 +104,7 @@ class PresenceService(PartitionedService):
         await self._broadcast(full, payload, items, tables)
 
     async def _unavailable(self, full: str, origin: str, payload: bytes) -> None:
-        bare = full.partition("/")[0]
+        bare = bare_of(full)
         await self._update_session(full, origin, 0, False)
         was_available, directed = await self.presence.set_unavailable(full)
         if not was_available:
@@ -117,9 +113,8 @@ class PresenceService(PartitionedService):
         _, items, _ = await self.rosters.load(bare)
         await self._broadcast(full, payload, items)
         for target in directed:  # §4.6.3: those who got directed presence learn it ended
-            if target.partition("/")[0] in items and items[
-                target.partition("/")[0]
-            ].state.subscription in SUBSCRIBED_FROM:
+            item = items.get(bare_of(target))
+            if item is not None and item.state.subscription in SUBSCRIBED_FROM:
                 continue  # already told by the broadcast
             await self.route(Envelope(Kind.PRESENCE, to=target, from_=full, type="unavailable",
                                        origin=SERVICE, payload=with_to(payload, target)))
@@ -133,7 +128,7 @@ class PresenceService(PartitionedService):
             full, SessionRecord(cm_id, session_id, priority, avail)
         )
         if version:
-            await self.session_event(full.partition("/")[0], version)
+            await self.session_event(bare_of(full), version)
 
     async def _broadcast(
         self, full: str, payload: bytes, items: dict,  # type: ignore[type-arg]
@@ -143,7 +138,7 @@ class PresenceService(PartitionedService):
         available resources, the new one included (§4.2.2, §4.4.2): one envelope per
         connection manager.  `known`: session tables the caller already read (initial
         presence reads the user's and its local contacts' once, for both directions)."""
-        bare = full.partition("/")[0]
+        bare = bare_of(full)
         contacts = [c for c, item in items.items() if item.state.subscription in SUBSCRIBED_FROM]
         local = [c for c in contacts if c.partition("@")[2] == self.settings.domain]
         targets = [bare, *local]
@@ -247,8 +242,8 @@ class PresenceService(PartitionedService):
     # ---- directed presence (§4.6) and probes (§4.3) ---------------------------------------
 
     async def _directed(self, env: Envelope) -> None:
-        bare = env.from_.partition("/")[0]
-        target_bare = env.to.partition("/")[0]
+        bare = env.from_bare
+        target_bare = env.to_bare
         item = await self.rosters.item(bare, target_bare)
         if item is None or item.state.subscription not in SUBSCRIBED_FROM:
             await self.presence.directed(env.from_, env.to, env.type == "")
@@ -257,7 +252,7 @@ class PresenceService(PartitionedService):
 
     async def _probe(self, prober: str, user: str) -> None:
         """Answer a probe for ``user`` from ``prober`` if the prober is subscribed."""
-        item = await self.rosters.item(user, prober.partition("/")[0])
+        item = await self.rosters.item(user, bare_of(prober))
         if item is None or item.state.subscription not in SUBSCRIBED_FROM:
             return
         [presences] = await self.presence.available([user])
@@ -291,7 +286,7 @@ class PresenceService(PartitionedService):
             metrics.REAPED.inc(len(removed))
             log.info("reaped %d sessions of dead connection manager %s", len(removed), cm_id)
             for full, version in removed:
-                bare = full.partition("/")[0]
+                bare = bare_of(full)
                 await self.session_event(bare, version)
                 p = subjects.partition(bare, self.settings.partitions)
                 # the user's contacts learn that the user went away (RFC 6121 §4.5.2)

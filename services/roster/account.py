@@ -15,6 +15,7 @@ from lxml import etree
 from shared.store import keys
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
+from shared.xmpp.jid import bare_of
 
 MAX_VCARD_BYTES: Final = 64 * 1024
 MAX_PRIVATE_BYTES: Final = 64 * 1024
@@ -29,7 +30,7 @@ class AccountData:
     async def handle(self, iq: etree._Element, requester: str, account: str) -> str:
         child = iq[0]
         tag = child.tag if isinstance(child.tag, str) else ""
-        own = requester.partition("/")[0] == account
+        own = bare_of(requester) == account
         type_ = iq.get("type")
         if tag == f"{{{ns.VCARD}}}vCard":
             if type_ == "get":

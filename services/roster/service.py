@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape, quoteattr
 from lxml import etree
 
 from shared.bus import subjects
-from shared.bus.envelope import Envelope, EnvelopeError, Kind
+from shared.bus.envelope import Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.runtime.settings import RosterSettings
 from shared.store import keys
@@ -30,10 +30,10 @@ from shared.store.roster import RosterItem, RosterStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
-from shared.xmpp.jid import JID, JIDError
+from shared.xmpp.jid import JID, JIDError, domain_of
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import error_reply, iq_result
-from shared.xmpp.subscription import Direction, apply, on_roster_remove
+from shared.xmpp.subscription import SUBSCRIPTION_TYPES, Direction, apply, on_roster_remove
 
 from . import blocking, metrics
 from .account import AccountData
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "roster"
 ROSTER_NS = "jabber:iq:roster"
-SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
 MAX_PAYLOAD_BYTES = 256 * 1024
 
 
@@ -63,12 +62,7 @@ class RosterService(PartitionedService):
         self.account = AccountData(self.redis)
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        for _subject, data in batch:
-            try:
-                env = Envelope.decode(data)
-            except EnvelopeError as exc:
-                log.warning("dropped a bad envelope: %s", exc)
-                continue
+        for env in decoded(batch):
             try:
                 if env.kind is Kind.IQ:
                     await self._iq(env)
@@ -87,7 +81,7 @@ class RosterService(PartitionedService):
         if env.type not in ("get", "set") or len(iq) != 1:
             return
         query = iq.find(f"{{{ROSTER_NS}}}query")
-        user = env.from_.partition("/")[0]
+        user = env.from_bare
         if query is None or (env.to and env.to != user):
             await self._account_iq(env, iq)
             return
@@ -105,9 +99,9 @@ class RosterService(PartitionedService):
 
     async def _account_iq(self, env: Envelope, iq: etree._Element) -> None:
         """vCard, private storage, disco on a bare JID: answered for the account."""
-        account = env.to.partition("/")[0] or env.from_.partition("/")[0]
+        account = env.to_bare or env.from_bare
         tag = iq[0].tag if isinstance(iq[0].tag, str) else ""
-        if tag.startswith(f"{{{ns.BLOCKING}}}") and account == env.from_.partition("/")[0]:
+        if tag.startswith(f"{{{ns.BLOCKING}}}") and account == env.from_bare:
             await self._blocking(env, iq, account)
             return
         try:
@@ -149,7 +143,7 @@ class RosterService(PartitionedService):
     async def _get(self, env: Envelope, query: etree._Element) -> None:
         """§2.2 roster get, with §2.6 versioning: unchanged → empty result; a known older
         version → empty result and a push for each change since."""
-        user = env.from_.partition("/")[0]
+        user = env.from_bare
         ver, items, tombs = await self.rosters.load(user)
         asked = query.get("ver")
         if asked is not None and asked.isdigit() and int(asked) <= ver:
@@ -220,8 +214,8 @@ class RosterService(PartitionedService):
     # ---- subscriptions (§3, Appendix A) ----------------------------------------------------
 
     async def _outbound(self, env: Envelope) -> None:
-        user = env.from_.partition("/")[0]
-        contact = env.to.partition("/")[0]
+        user = env.from_bare
+        contact = env.to_bare
         if contact == user:
             return
         current = await self.rosters.item(user, contact)
@@ -244,8 +238,8 @@ class RosterService(PartitionedService):
                 await self._send_unavailable(user, contact)  # §3.2.2
 
     async def _inbound(self, env: Envelope) -> None:
-        user = env.to.partition("/")[0]
-        contact = env.from_.partition("/")[0]
+        user = env.to_bare
+        contact = env.from_bare
         if not await self.redis.exists(keys.account(user)):
             if env.type == "subscribe":  # §3.1.3: no such user → auto-reply unsubscribed
                 await self._forward(user, contact, "unsubscribed", None)
@@ -331,7 +325,7 @@ class RosterService(PartitionedService):
 
     async def _to_session(self, full: str, cm_id: str, kind: Kind, payload: bytes) -> None:
         env = Envelope(kind, to=full, from_="", type="result", origin=SERVICE, payload=payload)
-        remote = full.partition("/")[0].rpartition("@")[2]
+        remote = domain_of(full)
         if remote != self.settings.domain:  # a remote requester (vCard, disco): via s2s
             await self.publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
                                 env)

@@ -36,6 +36,7 @@ from OpenSSL import SSL
 
 from shared.cluster.source_limits import source_key
 from shared.runtime import logs
+from shared.runtime.writes import BatchedWrites
 from shared.tls.memory import ServerTLS, TLSFailed
 from shared.xmpp import s2s, s2s_out
 from shared.xmpp.errors import StreamErrorCondition
@@ -55,7 +56,7 @@ class StreamState(Enum):
     AUTHENTICATED = "authenticated"
 
 
-class _Shell(asyncio.Protocol):
+class _Shell(BatchedWrites, asyncio.Protocol):
     direction = "?"
 
     def __init__(self, gw: S2SGateway) -> None:
@@ -104,32 +105,10 @@ class _Shell(asyncio.Protocol):
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        if not data or self._closing:
-            return
-        self._wbuf.append(data)
-        self.schedule_flush()
-
-    def schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def before_flush(self) -> None:
-        """Subclasses: last words of this batch (an XEP-0198 <r/>) go into ``_wbuf``."""
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._closing:
-            self.before_flush()
-        if not self._wbuf or self.transport is None or self.transport.is_closing():
-            self._wbuf.clear()
-            return
-        data = b"".join(self._wbuf)
-        self._wbuf.clear()
+    def _write_out(self, transport: asyncio.Transport, data: bytes) -> None:
         data = self.encode(data)
         if data:
-            self.transport.write(data)
+            transport.write(data)
 
     def encode(self, plaintext: bytes) -> bytes:
         """Subclasses with their own TLS layer: the bytes to write for ``plaintext``."""
@@ -479,9 +458,9 @@ class OutboundConnection(_Shell):
         if self.stream.sm is not None:
             self._want_ack = True
 
-    def before_flush(self) -> None:
+    def _before_flush(self) -> None:
         """One <r/> after each batch of stanzas, while none is outstanding (XEP-0198 §4)."""
-        if (not self._want_ack or self._ack_pending or self.stream.sm is None
+        if (self._closing or not self._want_ack or self._ack_pending or self.stream.sm is None
                 or not self.stream.ready):  # nothing to ask after our </stream:stream>
             return
         self._want_ack = False

@@ -24,20 +24,21 @@ import ssl
 import time
 
 from shared.bus import subjects
-from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
+from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource
+from shared.router import ingress
 from shared.runtime.settings import ConfigError, S2SSettings
 from shared.store import keys
-from shared.tls.context import ensure_self_signed
 from shared.tls import memory as tls_memory
+from shared.tls.context import ensure_self_signed
 from shared.tls.peer_cert import CertificateTrust
 from shared.xmpp import server_iq
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.s2s import DialbackRequested, S2SConfig, StanzaIn
 from shared.xmpp.s2s_out import VerifyRequest
-from shared.xmpp.stanza import error_reply, iq_result, must_not_bounce
+from shared.xmpp.stanza import error_reply, iq_result
 
 from . import metrics
 from .connection import InboundConnection
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "s2s_gateway"
 ORIGIN = "s2s"  # envelope origin of stanzas from remote servers (no '/': not a local session)
-SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
-MAX_HOPS = 4
 UNVERIFIABLE_TTL_S = 3600.0
 
 
@@ -212,20 +211,15 @@ class S2SGateway(PartitionedService):
     # ---- outbound --------------------------------------------------------------------------
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        for _subject, data in batch:
-            try:
-                env = Envelope.decode(data)
-            except EnvelopeError as exc:
-                log.warning("dropped a bad envelope: %s", exc)
-                continue
+        for env in decoded(batch):
             if env.kind in STANZA_KINDS:
                 self.send_remote(env)
 
     def send_remote(self, env: Envelope) -> None:
-        domain = env.to.partition("/")[0].rpartition("@")[2]
+        domain = env.to_domain
         if domain == self.domain or not domain:  # not for us: let the router have it
-            p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
-            self.bus.publish_soon(subjects.route(p), env.forwarded().encode())
+            self.bus.publish_soon(subjects.route_for(env.to_bare, self.settings.partitions),
+                                  env.forwarded().encode())
             return
         link = self.links.get(domain)
         if link is None or link.done:
@@ -234,22 +228,16 @@ class S2SGateway(PartitionedService):
 
     def bounce(self, env: Envelope, condition: StanzaErrorCondition) -> None:
         """Tell a local sender its stanza could not go out (RFC 6120 §8.3)."""
-        if must_not_bounce(env.type) or env.hops >= MAX_HOPS or not env.from_:
+        if env.from_domain != self.domain:
             return
-        sender_bare = env.from_.partition("/")[0]
-        if sender_bare.rpartition("@")[2] != self.domain:
-            return
-        try:
-            element = parse_fragment(env.payload, self.s2s_settings.s2s_max_stanza_bytes)
-        except Exception as exc:
-            log.warning("cannot bounce an unparsable payload: %s", exc)
+        bounce = env.bounce(
+            condition, origin=SERVICE, max_bytes=self.s2s_settings.s2s_max_stanza_bytes
+        )
+        if bounce is None:
             return
         metrics.BOUNCES.labels(condition.value).inc()
-        payload = error_reply(element, StanzaError(condition), to=env.from_, from_=env.to)
-        bounce = Envelope(env.kind, to=env.from_, from_=env.to, type="error", id=env.id,
-                          origin=SERVICE, hops=env.hops + 1, payload=payload, ts_us=env.ts_us)
-        p = subjects.partition(sender_bare, self.settings.partitions)
-        self.bus.publish_soon(subjects.route(p), bounce.encode())
+        self.bus.publish_soon(subjects.route_for(env.from_bare, self.settings.partitions),
+                              bounce.encode())
 
     # ---- inbound ---------------------------------------------------------------------------
 
@@ -266,21 +254,12 @@ class S2SGateway(PartitionedService):
         to, from_ = st.to, st.from_
         env = Envelope(Kind(st.kind), to=str(to), from_=str(from_), type=st.type, id=st.id,
                        origin=ORIGIN, payload=st.payload, ts_us=time.time_ns() // 1000)
-        parts = self.settings.partitions
-        p = subjects.partition(to.bare_str, parts)
-        if st.kind == "presence":
-            if st.type in SUBSCRIPTION_TYPES:  # RFC 6121 §3: the local user's roster
-                self.bus.publish_soon(subjects.roster(p), env._replace(to=to.bare_str).encode())
-            elif st.type == "probe":  # §4.3: answered by the local user's presence service
-                self.bus.publish_soon(subjects.presence(p),
-                                      env._replace(to=to.bare_str).encode())
-            else:  # available, unavailable, error: delivered by the router (§4.2-§4.6)
-                self.bus.publish_soon(subjects.route(p), env.encode())
-            return
-        if to.local is None and to.resource is None:
+        where = ingress.from_peer(st.kind, st.type, to)
+        if isinstance(where, ingress.ToServer):
             self._to_server(st)
-            return
-        self.bus.publish_soon(subjects.route(p), env.encode())
+        elif isinstance(where, ingress.Publish):
+            self.bus.publish_soon(where.subject(self.settings.partitions),
+                                  env._replace(to=where.to).encode())
 
     def _to_server(self, st: StanzaIn) -> None:
         """RFC 6120 §10.3: stanzas to our domain itself; IQs answered (disco, ping, version),

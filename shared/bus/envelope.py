@@ -5,18 +5,29 @@ accepted the stanza) are readable without parsing XML: they
 travel as a compact prefix of the payload, fields joined by NUL bytes, followed by the
 canonical XML.  NUL cannot occur in prepared JIDs (PRECIS forbids controls), in XML attribute
 values or in XML text (XML 1.0 §2.2), so the encoding is unambiguous.  Headers would carry the
-same facts but cost 4.4x per publish (see DESIGN.md).
+same facts but cost 4.4x per publish (docs/architecture.md, "Building-block costs").
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, NamedTuple
+
+from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamError
+from shared.xmpp.jid import bare_of, domain_of
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.stanza import error_reply, must_not_bounce
+
+log = logging.getLogger(__name__)
 
 VERSION: Final = b"1"
 _SEP: Final = b"\x00"
 _FIELDS: Final = 10  # version + 8 facts + payload
+# A bounce is never bounced, and an envelope that has already crossed this many services is
+# not answered: two misconfigured services can then not ping-pong errors forever.
+BOUNCE_MAX_HOPS: Final = 4
 
 
 class Kind(enum.StrEnum):
@@ -100,9 +111,64 @@ class Envelope(NamedTuple):
         except (ValueError, UnicodeDecodeError) as exc:
             raise EnvelopeError(f"bad envelope field: {exc}") from None
 
+    @property
+    def to_bare(self) -> str:
+        return bare_of(self.to)
+
+    @property
+    def from_bare(self) -> str:
+        return bare_of(self.from_)
+
+    @property
+    def to_domain(self) -> str:
+        return domain_of(self.to)
+
+    @property
+    def from_domain(self) -> str:
+        return domain_of(self.from_)
+
     def forwarded(self, to: str | None = None) -> Envelope:
         """The same envelope one hop further, optionally re-addressed."""
         return self._replace(to=self.to if to is None else to, hops=self.hops + 1)
+
+    def bounce(
+        self,
+        condition: StanzaErrorCondition,
+        *,
+        origin: str,
+        max_bytes: int,
+        text: str | None = None,
+        extra: str = "",
+    ) -> Envelope | None:
+        """The stanza sent back to its sender as an error (RFC 6120 §8.3), addressed to the
+        sender (publish it on the route subject of `from_bare`'s partition).
+
+        None when it must not be answered: an error or a result (§8.3.1), no sender, too many
+        hops, or a payload that does not parse within `max_bytes`.
+        """
+        if must_not_bounce(self.type) or self.hops >= BOUNCE_MAX_HOPS or not self.from_:
+            return None
+        try:
+            element = parse_fragment(self.payload, max_bytes)
+        except StreamError:
+            return None
+        payload = error_reply(
+            element, StanzaError(condition, text, extra=extra), to=self.from_, from_=self.to
+        )
+        return Envelope(
+            self.kind, to=self.from_, from_=self.to, type="error", id=self.id, origin=origin,
+            hops=self.hops + 1, payload=payload, ts_us=self.ts_us,
+        )
+
+
+def decoded(batch: Iterable[tuple[str, bytes]]) -> Iterator[Envelope]:
+    """The envelopes of a batch of bus messages, in order; one that does not decode is logged
+    and skipped (a bad publisher must not stop a partition's consumer)."""
+    for _subject, data in batch:
+        try:
+            yield Envelope.decode(data)
+        except EnvelopeError as exc:
+            log.warning("dropped a bad envelope: %s", exc)
 
 
 def session_event(bare: str, version: int = 0) -> Envelope:

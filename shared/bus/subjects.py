@@ -24,6 +24,11 @@ def route(p: int) -> str:
     return f"{PREFIX}.route.{p}"
 
 
+def route_for(bare_jid: str, partitions: int) -> str:
+    """``route(partition(bare_jid))``: where a stanza for that local account goes."""
+    return route(partition(bare_jid, partitions))
+
+
 def connection_manager(cm_id: str) -> str:
     """Deliveries and control messages for the sessions held by one connection manager."""
     return f"{PREFIX}.cm.{cm_id}"

@@ -97,8 +97,8 @@ class PartitionedService:
     async def route(self, env: Envelope) -> None:
         """Hand a stanza to the router partition of its recipient, or to the s2s gateway
         that owns the recipient's domain when it is remote (federation)."""
-        bare = env.to.partition("/")[0]
-        domain = bare.rpartition("@")[2]
+        bare = env.to_bare
+        domain = env.to_domain
         if domain != self.settings.domain:
             await self.publish(subjects.s2s(subjects.partition(domain, self.settings.partitions)),
                                env)

@@ -18,8 +18,8 @@ from shared.bus import subjects
 from shared.bus.envelope import (
     STANZA_KINDS,
     Envelope,
-    EnvelopeError,
     Kind,
+    decoded,
     session_event_jids,
 )
 from shared.cluster.partitioned import PartitionedService
@@ -29,9 +29,9 @@ from shared.store.presence import OfflineStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns
 from shared.xmpp.blocking import is_blocked
-from shared.xmpp.errors import StanzaError, StanzaErrorCondition
-from shared.xmpp.parser import parse_fragment
-from shared.xmpp.stanza import error_reply, must_not_bounce, with_delay
+from shared.xmpp.errors import StanzaErrorCondition
+from shared.xmpp.jid import domain_of
+from shared.xmpp.stanza import with_delay
 
 from . import metrics
 from .cache import Entry, SessionCache
@@ -40,7 +40,6 @@ from .routing import Account, Bounce, Deliver, Store, decide
 log = logging.getLogger(__name__)
 
 SERVICE = "router"
-MAX_HOPS = 4
 MAX_BOUNCE_BYTES = 512 * 1024
 
 
@@ -76,12 +75,7 @@ class Router(PartitionedService):
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         started = time.perf_counter()
         envelopes: list[Envelope] = []
-        for _subject, data in batch:
-            try:
-                env = Envelope.decode(data)
-            except EnvelopeError as exc:
-                log.warning("dropped a bad envelope: %s", exc)
-                continue
+        for env in decoded(batch):
             if env.kind is Kind.SESSION:  # one bare JID, or several from a bulk import
                 for bare in session_event_jids(env):
                     self.cache.invalidate(bare)
@@ -90,15 +84,15 @@ class Router(PartitionedService):
         if not envelopes:
             return
         domain = self.settings.domain
-        wanted = {b for e in envelopes if not self._is_remote(b := e.to.partition("/")[0])}
-        wanted |= {b for e in envelopes if (b := e.from_.partition("/")[0]).endswith("@" + domain)}
+        wanted = {b for e in envelopes if not self._is_remote(b := e.to_bare)}
+        wanted |= {b for e in envelopes if (b := e.from_bare).endswith("@" + domain)}
         entries = await self._entries(wanted)
         for env in envelopes:
-            sender = entries.get(env.from_.partition("/")[0])
-            if self._is_remote(env.to.partition("/")[0]):
+            sender = entries.get(env.from_bare)
+            if self._is_remote(env.to_bare):
                 self._remote(env, sender)
                 continue
-            entry = entries.get(env.to.partition("/")[0])
+            entry = entries.get(env.to_bare)
             if entry is None:  # Redis unreachable: tell the sender rather than lose it
                 self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
                 continue
@@ -115,7 +109,7 @@ class Router(PartitionedService):
         self._batch_duration.observe(time.perf_counter() - started)
 
     def _is_remote(self, bare: str) -> bool:
-        domain = bare.rpartition("@")[2]
+        domain = domain_of(bare)
         return bool(domain) and domain != self.settings.domain
 
     def _remote(self, env: Envelope, sender: Entry | None) -> None:
@@ -134,8 +128,7 @@ class Router(PartitionedService):
                              extra=f'<blocked xmlns="{ns.BLOCKING_ERRORS}"/>')
                 return
         self._tally[(env.kind.value, "remote")] += 1
-        domain = env.to.partition("/")[0].rpartition("@")[2]
-        p = subjects.partition(domain, self.settings.partitions)
+        p = subjects.partition(env.to_domain, self.settings.partitions)
         self.bus.publish_soon(subjects.s2s(p), env.encode())
 
     async def _entries(self, bares: set[str]) -> dict[str, Entry]:
@@ -190,7 +183,7 @@ class Router(PartitionedService):
             return True
         if isinstance(decision, Account):
             self._tally[(env.kind.value, "account")] += 1
-            p = subjects.partition(env.to.partition("/")[0], self.settings.partitions)
+            p = subjects.partition(env.to_bare, self.settings.partitions)
             self.bus.publish_soon(subjects.roster(p), env.encode())
             return False
         if isinstance(decision, Deliver):
@@ -208,7 +201,7 @@ class Router(PartitionedService):
 
     async def _store_offline(self, env: Envelope) -> None:
         """XEP-0160: keep the message, with its XEP-0203 delay stamp, for the next login."""
-        bare = env.to.partition("/")[0]
+        bare = env.to_bare
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         payload = with_delay(env.payload, stamp, self.settings.domain)
         try:
@@ -231,24 +224,14 @@ class Router(PartitionedService):
         extra: str = "",
     ) -> None:
         """Send the stanza back to its sender as an error (RFC 6120 §8.3)."""
-        if must_not_bounce(env.type) or env.hops >= MAX_HOPS or not env.from_:
-            return
-        try:
-            element = parse_fragment(env.payload, MAX_BOUNCE_BYTES)
-        except Exception as exc:
-            log.warning("cannot bounce an unparsable payload: %s", exc)
-            return
-        payload = error_reply(
-            element, StanzaError(condition, text, extra=extra), to=env.from_, from_=env.to
+        bounce = env.bounce(
+            condition, origin=SERVICE, max_bytes=MAX_BOUNCE_BYTES, text=text, extra=extra
         )
+        if bounce is None:
+            return
         metrics.STANZA_ERRORS.labels(condition.value).inc()
-        bounce = Envelope(
-            env.kind, to=env.from_, from_=env.to, type="error", id=env.id, origin=SERVICE,
-            hops=env.hops + 1, payload=payload, ts_us=env.ts_us,
-        )
-        sender_bare = env.from_.partition("/")[0]
-        p = subjects.partition(sender_bare, self.settings.partitions)
-        self.bus.publish_soon(subjects.route(p), bounce.encode())
+        self.bus.publish_soon(subjects.route_for(env.from_bare, self.settings.partitions),
+                              bounce.encode())
 
     # ---- sessions of dead connection managers ----------------------------------------------
 

@@ -1,25 +1,11 @@
 """CPython's cyclic garbage collector, set for a server that holds many long-lived objects.
 
-What the defaults cost (loadtest/RESULTS.md, "session 5 — the garbage collector"): with
-CPython's thresholds (700, 10, 10) a connection manager logging in 6,000 clients spent about
-12 % of its CPU in the collector, most of it in full collections, which walk every live
-connection's objects: pauses of 120-180 ms at a few thousand connections, growing with the
-connection count.  Two settings take most of that away:
-
-* `freeze_startup`: what exists once the service has started (imported modules, settings,
-  clients; ~80,000 objects in a connection manager) goes to the permanent generation, which
-  no collection walks again.  It lives as long as the process anyway.
-* `apply_thresholds` (``STANZAD_GC_THRESHOLDS``, default 20000,20,100): a first generation
-  of 20,000 objects instead of 700, so that short-lived objects (a stanza's, a login step's)
-  are freed by reference counting before a collection has to look at them, and the few that
-  survive are walked once per 20,000 allocations instead of once per 700; fewer of them
-  reach the old generations, so full collections (which CPython starts only when the
-  long-lived objects grew by a quarter) come far less often.
-
-Measured (the RESULTS section, with the stream parser's lxml cycles gone too): collector CPU
-per 6,000 logins 1.38 s → 0.20 s, the longest pause ~180 ms → 59 ms.  `observe_pauses` puts
-every collection's pause into ``stanzad_process_gc_pause_seconds``, by generation: the figure
-that tells whether a latency spike was the collector.
+`freeze_startup` moves what exists once a service has started to the permanent generation;
+`apply_thresholds` (``STANZAD_GC_THRESHOLDS``) makes the first generation large enough that
+a stanza's or a login's short-lived objects are freed by reference counting before any
+collection looks at them; `observe_pauses` feeds ``stanzad_process_gc_pause_seconds``.  Why
+and what it saves: docs/architecture.md ("The garbage collector") and loadtest/RESULTS.md
+("session 5 — the garbage collector").
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from shared.xmpp.jid import bare_of, domain_of
+
 
 def is_blocked(blocklist: Collection[str], jid: str) -> bool:
     if not blocklist or not jid:
         return False
-    bare, _, _resource = jid.partition("/")
-    domain = bare.rpartition("@")[2]
-    return jid in blocklist or bare in blocklist or domain in blocklist
+    return jid in blocklist or bare_of(jid) in blocklist or domain_of(jid) in blocklist

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import functools
-import secrets
 from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
@@ -56,7 +54,7 @@ from shared.xmpp.sasl import (
     Success,
 )
 from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS, error_reply, iq_result, must_not_bounce
-from shared.xmpp.stream_io import StreamIO
+from shared.xmpp.stream_io import ServingStream, State, StreamEnded
 
 MAX_AUTH_ATTEMPTS: Final = 3
 
@@ -122,13 +120,6 @@ class StanzaIn:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEnded:
-    """The stream is over; write what is left and close the transport."""
-
-    error: StreamErrorCondition | None
-
-
 Event = (
     StartTLS
     | CredentialsNeeded
@@ -141,14 +132,7 @@ Event = (
 )
 
 
-class State(enum.Enum):
-    HEADER = "header"  # waiting for the (next) stream header
-    OPEN = "open"  # header received, features sent
-    WAITING = "waiting"  # the caller owes us an answer
-    CLOSED = "closed"
-
-
-class C2SStream(StreamIO):
+class C2SStream(ServingStream):
     """One client stream, from the first byte to </stream:stream>."""
 
     __slots__ = (  # one per connection: no instance dict
@@ -192,21 +176,11 @@ class C2SStream(StreamIO):
         self._bind_iq: str = ""
         self._register_iq: str = ""
 
-    # ---- input -----------------------------------------------------------------------------
-
-    def _input_closed(self) -> bool:
-        return self.state is State.CLOSED
-
-    def _input_paused(self) -> bool:
-        return self.state in (State.WAITING, State.CLOSED)
+    _STREAM_ID_BYTES = 12
 
     @property
     def bound(self) -> bool:
         return self.jid is not None
-
-    @property
-    def closed(self) -> bool:
-        return self.state is State.CLOSED
 
     # ---- answers from the caller -------------------------------------------------------
 
@@ -257,22 +231,6 @@ class C2SStream(StreamIO):
         else:
             self._out.append(_iq_error(self._register_iq, error))
 
-    def close(
-        self,
-        condition: StreamErrorCondition | None = None,
-        text: str | None = None,
-        content: str = "",
-    ) -> None:
-        """Close the stream from our side, with a stream error or cleanly."""
-        if self.state is State.CLOSED:
-            return
-        if condition is not None:
-            self._fail(StreamError(condition, text, content))
-        else:
-            self._ensure_header()
-            self._out.append(b"</stream:stream>")
-            self.state = State.CLOSED
-
     def stanza_error(self, element: etree._Element, error: StanzaError) -> None:
         """Bounce one of the client's own stanzas back to it (never an error or a result)."""
         if must_not_bounce(element.get("type")):
@@ -296,34 +254,16 @@ class C2SStream(StreamIO):
         limits = PRE_AUTH_LIMITS
         if self.username:
             limits = _post_auth_limits(self.config.max_stanza_bytes)
-        self._new_parser(limits)
-        self._pending.clear()
-        self._header_sent = False
-        self.state = State.HEADER
+        self._restart_with(limits)
 
-    def _fail(self, exc: StreamError) -> StreamEnded:
-        self._ensure_header()
-        self._out.append(exc.to_xml())
-        self._out.append(b"</stream:stream>")
-        self.state = State.CLOSED
-        self._pending.clear()
-        return StreamEnded(exc.condition)
-
-    def _ensure_header(self, peer_from: str | None = None) -> None:
-        """RFC 6120 §4.9.1.3: even an error is preceded by our stream header."""
-        if self._header_sent:
-            return
-        self._header_sent = True
-        self.stream_id = secrets.token_urlsafe(12)
-        to = f" to={quoteattr(peer_from)}" if peer_from else ""
-        self._out.append(
-            (
-                "<?xml version='1.0'?>"
-                f'<stream:stream xmlns="{ns.CLIENT}" xmlns:stream="{ns.STREAM}" '
-                f'id="{self.stream_id}" from={_quoted(self.config.domain)}{to} '
-                'version="1.0" xml:lang="en">'
-            ).encode()
-        )
+    def _header(self, peer: str | None) -> bytes:
+        to = f" to={quoteattr(peer)}" if peer else ""
+        return (
+            "<?xml version='1.0'?>"
+            f'<stream:stream xmlns="{ns.CLIENT}" xmlns:stream="{ns.STREAM}" '
+            f'id="{self.stream_id}" from={_quoted(self.config.domain)}{to} '
+            'version="1.0" xml:lang="en">'
+        ).encode()
 
     def _handle(self, item: object) -> Event | None:
         if isinstance(item, StreamError):
@@ -331,10 +271,7 @@ class C2SStream(StreamIO):
         if isinstance(item, StreamOpened):
             return self._on_header(item)
         if isinstance(item, StreamClosed):
-            self._ensure_header()
-            self._out.append(b"</stream:stream>")
-            self.state = State.CLOSED
-            return StreamEnded(None)
+            return self._end_stream()
         assert isinstance(item, StanzaReceived)
         if self.state is State.HEADER:  # pragma: no cover - the parser opens first
             raise StreamError(StreamErrorCondition.NOT_WELL_FORMED)
@@ -388,10 +325,7 @@ class C2SStream(StreamIO):
 
     def _on_starttls(self) -> Event:
         if self.tls or not self.config.tls_available or self.username is not None:
-            # §5.4.2.2: failure, then the stream is closed.
-            self._out.append(f'<failure xmlns="{ns.TLS}"/></stream:stream>'.encode())
-            self.state = State.CLOSED
-            return StreamEnded(StreamErrorCondition.POLICY_VIOLATION)
+            return self._refuse_starttls()
         self._out.append(f'<proceed xmlns="{ns.TLS}"/>'.encode())
         self._pending.clear()  # nothing sent in the clear after <starttls/> is ever processed
         return self._wait(StartTLS())
@@ -457,14 +391,9 @@ class C2SStream(StreamIO):
         self._out.append(f'<failure xmlns="{ns.SASL}">{body}</failure>'.encode())
         self._auth_attempts += 1
         if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
-            self._ensure_header()
-            self._out.append(
-                StreamError(StreamErrorCondition.POLICY_VIOLATION, "too many attempts").to_xml()
+            self._ready.append(
+                self._fail(StreamError(StreamErrorCondition.POLICY_VIOLATION, "too many attempts"))
             )
-            self._out.append(b"</stream:stream>")
-            self.state = State.CLOSED
-            self._pending.clear()
-            self._ready.append(StreamEnded(StreamErrorCondition.POLICY_VIOLATION))
         return AuthFailed(mechanism, condition, self._auth_user)
 
     # ---- stanzas (RFC 6120 §7, §8) ----------------------------------------------------------

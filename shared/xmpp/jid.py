@@ -224,6 +224,23 @@ def parse_jid(text: str) -> JID:
     )
 
 
+# --- prepared JID strings ------------------------------------------------------------------
+# The cluster passes JIDs around as prepared strings (envelopes, Redis keys); these cut parts
+# out of such a string without parsing it again.  A prepared localpart holds no "/" and no "@"
+# (RFC 7622 §3.3.1), so the first "/" starts the resource and the last "@" of the bare JID
+# ends the localpart.
+
+
+def bare_of(jid: str) -> str:
+    """The bare JID of a prepared JID string (its resourcepart cut off)."""
+    return jid.partition("/")[0]
+
+
+def domain_of(jid: str) -> str:
+    """The domainpart of a prepared JID string."""
+    return jid.partition("/")[0].rpartition("@")[2]
+
+
 # --- NATS subject tokens --------------------------------------------------------------------
 
 _TOKEN_LITERAL: Final = frozenset(string.ascii_letters.encode() + string.digits.encode() + b"-")

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
-import secrets
 from dataclasses import dataclass
 from typing import Final, Protocol
 from xml.sax.saxutils import escape, quoteattr
@@ -56,7 +54,7 @@ from shared.xmpp.parser import (
     StreamParser,
 )
 from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS
-from shared.xmpp.stream_io import StreamIO
+from shared.xmpp.stream_io import ServingStream, State, StreamEnded
 
 KiB: Final = 1024
 S2S_MAX_STANZA_BYTES: Final = 512 * KiB
@@ -140,13 +138,6 @@ class SMEnabled:
     """The peer enabled XEP-0198 acks on its stream (we answer its <r/> from now on)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StreamEnded:
-    """The stream is over; write what is left and close the transport."""
-
-    error: StreamErrorCondition | None
-
-
 Event = (
     StartTLS
     | DialbackRequested
@@ -157,13 +148,6 @@ Event = (
     | SMEnabled
     | StreamEnded
 )
-
-
-class State(enum.Enum):
-    HEADER = "header"
-    OPEN = "open"
-    WAITING = "waiting"
-    CLOSED = "closed"
 
 
 def stream_header(domain: str, peer: str | None, stream_id: str | None) -> bytes:
@@ -202,7 +186,7 @@ def parse_domain(value: str | None) -> str | None:
     return jid.domain
 
 
-class ReceivingStream(StreamIO):
+class ReceivingStream(ServingStream):
     """One inbound server-to-server stream, from the first byte to </stream:stream>."""
 
     def __init__(self, config: S2SConfig, *, direct_tls: bool = False) -> None:
@@ -221,18 +205,6 @@ class ReceivingStream(StreamIO):
         self._out: list[bytes] = []
         self._header_sent = False
         self._waiting: DialbackRequested | StartTLS | None = None
-
-    # ---- input and output ----------------------------------------------------------------
-
-    def _input_closed(self) -> bool:
-        return self.state is State.CLOSED
-
-    def _input_paused(self) -> bool:
-        return self.state in (State.WAITING, State.CLOSED)
-
-    @property
-    def closed(self) -> bool:
-        return self.state is State.CLOSED
 
     # ---- answers from the caller ---------------------------------------------------------
 
@@ -282,23 +254,10 @@ class ReceivingStream(StreamIO):
             self._fail(StreamError(StreamErrorCondition.NOT_AUTHORIZED, "dialback failed"))
         )
 
-    def close(self, condition: StreamErrorCondition | None = None, text: str | None = None) -> None:
-        if self.state is State.CLOSED:
-            return
-        if condition is not None:
-            self._fail(StreamError(condition, text))
-            return
-        self._ensure_header()
-        self._out.append(b"</stream:stream>")
-        self.state = State.CLOSED
-
     # ---- internals -----------------------------------------------------------------------
 
     def _restart(self) -> None:
-        self._new_parser(PRE_AUTH_LIMITS)
-        self._pending.clear()
-        self._header_sent = False
-        self.state = State.HEADER
+        self._restart_with(PRE_AUTH_LIMITS)
 
     def _stanza_limits(self) -> ParserLimits:
         """Limits once the peer is authenticated (RFC 6120 §13.12)."""
@@ -306,21 +265,8 @@ class ReceivingStream(StreamIO):
             max_stanza_bytes=self.config.max_stanza_bytes, max_distinct_names=S2S_DISTINCT_NAMES
         )
 
-    def _fail(self, exc: StreamError) -> StreamEnded:
-        self._ensure_header()
-        self._out.append(exc.to_xml())
-        self._out.append(b"</stream:stream>")
-        self.state = State.CLOSED
-        self._pending.clear()
-        return StreamEnded(exc.condition)
-
-    def _ensure_header(self, peer: str | None = None) -> None:
-        """RFC 6120 §4.9.1.3: even an error is preceded by our stream header."""
-        if self._header_sent:
-            return
-        self._header_sent = True
-        self.stream_id = secrets.token_urlsafe(16)
-        self._out.append(stream_header(self.config.domain, peer, self.stream_id))
+    def _header(self, peer: str | None) -> bytes:
+        return stream_header(self.config.domain, peer, self.stream_id)
 
     def _handle(self, item: object) -> Event | None:
         if isinstance(item, StreamError):
@@ -328,10 +274,7 @@ class ReceivingStream(StreamIO):
         if isinstance(item, StreamOpened):
             return self._on_header(item)
         if isinstance(item, StreamClosed):
-            self._ensure_header()
-            self._out.append(b"</stream:stream>")
-            self.state = State.CLOSED
-            return StreamEnded(None)
+            return self._end_stream()
         assert isinstance(item, StanzaReceived)
         element = item.element
         tag = element.tag
@@ -398,9 +341,7 @@ class ReceivingStream(StreamIO):
 
     def _on_starttls(self) -> Event:
         if self.tls or not self.config.tls_available or self.authenticated:
-            self._out.append(f'<failure xmlns="{ns.TLS}"/></stream:stream>'.encode())
-            self.state = State.CLOSED
-            return StreamEnded(StreamErrorCondition.POLICY_VIOLATION)
+            return self._refuse_starttls()
         self._out.append(f'<proceed xmlns="{ns.TLS}"/>'.encode())
         self._pending.clear()  # nothing sent in the clear after <starttls/> is processed
         self.state = State.WAITING

@@ -45,11 +45,10 @@ from shared.xmpp.s2s import (
     AuthFailed,
     S2SConfig,
     StartTLS,
-    StreamEnded,
     check_header,
     stream_header,
 )
-from shared.xmpp.stream_io import StreamIO
+from shared.xmpp.stream_io import STREAM_CLOSE, StreamEnded, StreamIO
 
 FEATURES = f"{{{ns.STREAM}}}features"
 STREAM_ERROR = f"{{{ns.STREAM}}}error"
@@ -184,7 +183,7 @@ class InitiatingStream(StreamIO):
         """Close our stream cleanly (idle timeout, shutdown, hand-over)."""
         if self.phase is Phase.CLOSED:
             return
-        self._out.append(b"</stream:stream>")
+        self._out.append(STREAM_CLOSE)
         self.phase = Phase.CLOSED
 
     # ---- internals -----------------------------------------------------------------------
@@ -198,13 +197,10 @@ class InitiatingStream(StreamIO):
 
     def _fail(self, exc: StreamError) -> StreamEnded:
         self._out.append(exc.to_xml())
-        self._out.append(b"</stream:stream>")
-        self.phase = Phase.CLOSED
-        self._pending.clear()
-        return StreamEnded(exc.condition)
+        return self._end(exc.condition)
 
     def _end(self, error: StreamErrorCondition | None) -> StreamEnded:
-        self._out.append(b"</stream:stream>")
+        self._out.append(STREAM_CLOSE)
         self.phase = Phase.CLOSED
         self._pending.clear()
         return StreamEnded(error)
@@ -228,9 +224,7 @@ class InitiatingStream(StreamIO):
         tag = element.tag
         if tag == STREAM_ERROR:
             condition = _stream_condition(element)
-            self.phase = Phase.CLOSED
-            self._out.append(b"</stream:stream>")
-            return StreamEnded(condition)
+            return self._end(condition)
         if tag == FEATURES and self.phase is Phase.FEATURES:
             return self._on_features(element)
         if tag == f"{{{ns.TLS}}}proceed" and self.phase is Phase.TLS:

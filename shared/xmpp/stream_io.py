@@ -4,14 +4,30 @@ Bytes go in with `receive_data` (parse errors are queued as items, so they surfa
 events come out of `next_event` one at a time, bytes to write are taken with `data_to_send`.
 A subclass provides `_handle` (one parsed item → an event or None), `_fail` (a stream error →
 the final event), and says when input is closed or paused (waiting for its caller).
+`ServingStream` adds what the two answering machines (c2s, inbound s2s) share: their states,
+our stream header before anything else, and the ways a stream ends.
 """
 
 from __future__ import annotations
 
+import enum
+import secrets
+from dataclasses import dataclass
 from typing import Any
 
-from shared.xmpp.errors import StreamError
+from shared.xmpp import ns
+from shared.xmpp.errors import StreamError, StreamErrorCondition
 from shared.xmpp.parser import ParserLimits, StreamParser
+
+STREAM_CLOSE: bytes = b"</stream:stream>"
+TLS_FAILURE: bytes = f'<failure xmlns="{ns.TLS}"/>'.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The stream is over; write what is left and close the transport."""
+
+    error: StreamErrorCondition | None
 
 
 class StreamIO:
@@ -76,3 +92,90 @@ class StreamIO:
         out = b"".join(self._out)
         self._out.clear()
         return out
+
+
+class State(enum.Enum):
+    """Where an answering stream (c2s, inbound s2s) is."""
+
+    HEADER = "header"  # waiting for the (next) stream header
+    OPEN = "open"  # header received, features sent
+    WAITING = "waiting"  # the caller owes us an answer
+    CLOSED = "closed"
+
+
+class ServingStream(StreamIO):
+    """A stream that answers its peer's header: c2s and inbound s2s.
+
+    A subclass sets `state`, `stream_id` and `_header_sent` in its constructor and provides
+    `_header` (our stream header, given the peer's address if known).
+    """
+
+    __slots__ = ()
+    state: State
+    stream_id: str
+    _header_sent: bool
+    _STREAM_ID_BYTES = 16
+
+    def _header(self, peer: str | None) -> bytes:
+        raise NotImplementedError
+
+    def _input_closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def _input_paused(self) -> bool:
+        return self.state in (State.WAITING, State.CLOSED)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def close(
+        self,
+        condition: StreamErrorCondition | None = None,
+        text: str | None = None,
+        content: str = "",
+    ) -> None:
+        """Close the stream from our side, with a stream error or cleanly."""
+        if self.state is State.CLOSED:
+            return
+        if condition is not None:
+            self._fail(StreamError(condition, text, content))
+        else:
+            self._end_stream()
+
+    def _restart_with(self, limits: ParserLimits) -> None:
+        """RFC 6120 §4.3.3: a new stream on the same connection, with a fresh parser."""
+        self._new_parser(limits)
+        self._pending.clear()
+        self._header_sent = False
+        self.state = State.HEADER
+
+    def _ensure_header(self, peer: str | None = None) -> None:
+        """RFC 6120 §4.9.1.3: even an error is preceded by our stream header."""
+        if self._header_sent:
+            return
+        self._header_sent = True
+        self.stream_id = secrets.token_urlsafe(self._STREAM_ID_BYTES)
+        self._out.append(self._header(peer))
+
+    def _end_stream(self) -> StreamEnded:
+        """Close our side cleanly (RFC 6120 §4.4), the header first if none was sent."""
+        self._ensure_header()
+        self._out.append(STREAM_CLOSE)
+        self.state = State.CLOSED
+        return StreamEnded(None)
+
+    def _refuse_starttls(self) -> StreamEnded:
+        """RFC 6120 §5.4.2.2: a <failure/>, then the stream is closed."""
+        self._out.append(TLS_FAILURE + STREAM_CLOSE)
+        self.state = State.CLOSED
+        return StreamEnded(StreamErrorCondition.POLICY_VIOLATION)
+
+    def _fail(self, exc: StreamError) -> StreamEnded:
+        """RFC 6120 §4.9.1.1: a stream error, then the closing tag."""
+        self._ensure_header()
+        self._out.append(exc.to_xml())
+        self._out.append(STREAM_CLOSE)
+        self.state = State.CLOSED
+        self._pending.clear()
+        return StreamEnded(exc.condition)

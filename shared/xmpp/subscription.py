@@ -34,6 +34,7 @@ from typing import Final
 __all__ = [
     "A1_STATE_NAMES",
     "EVENT_TYPES",
+    "SUBSCRIPTION_TYPES",
     "Direction",
     "Outcome",
     "State",
@@ -61,6 +62,7 @@ class Direction(enum.Enum):
 
 #: The four presence types that manage subscriptions (RFC 6121 §3).
 EVENT_TYPES: Final[tuple[str, ...]] = ("subscribe", "subscribed", "unsubscribe", "unsubscribed")
+SUBSCRIPTION_TYPES: Final = frozenset(EVENT_TYPES)
 
 _FROM_SIDE: Final = frozenset({Subscription.FROM, Subscription.BOTH})
 _TO_SIDE: Final = frozenset({Subscription.TO, Subscription.BOTH})
@@ -164,6 +166,8 @@ class Outcome:
 # ---------------------------------------------------------------------------------------------
 # Appendix A tables.  Row: (existing state, route or deliver?, new state or None for
 # "no state change").  Every table has one row for each of the nine A.1 states.
+# The tables look alike on purpose (a copy-finder pairs them): each mirrors one table of the
+# RFC row for row, so that it can be checked against the text by eye.
 
 _Row = tuple[str, bool, str | None]
 _Table = Mapping[str, tuple[bool, str | None]]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from loadtest.bench import plan, side_by_side
 
 
@@ -53,15 +55,19 @@ def test_stanzad_runs_side_by_side_as_one_node_with_an_embedded_router() -> None
             assert opt.routers == (0 if name.endswith("-stanzad") else 1), name
 
 
-def test_login_rounds_are_alternated_and_the_table_takes_each_servers_median() -> None:
+def test_login_rounds_against_ejabberd_are_alternated() -> None:
     from loadtest import bench, ejabberd
 
+    if not ejabberd.available():
+        pytest.skip("ejabberd is not installed: no login rounds against it are planned")
     names = [name for name, _ in plan(False)]
-    if ejabberd.available():
-        logins = [n for n in names if n.startswith("sbs-login")]
-        assert logins[:2] == ["sbs-login-stanzad", "sbs-login-prosody"] or \
-            logins[:2] == ["sbs-login-stanzad", "sbs-login-ejabberd"]
-        assert f"sbs-login-r{bench.LOGIN_ROUNDS}-ejabberd" in names
+    logins = [n for n in names if n.startswith("sbs-login")]
+    assert logins[:2] == ["sbs-login-stanzad", "sbs-login-prosody"] or \
+        logins[:2] == ["sbs-login-stanzad", "sbs-login-ejabberd"]
+    assert f"sbs-login-r{bench.LOGIN_ROUNDS}-ejabberd" in names
+
+
+def test_the_table_takes_each_servers_median_of_the_login_rounds() -> None:
     rows = side_by_side({"sbs-login-stanzad": _doc(300.0, 10.0),
                          "sbs-login-r2-stanzad": _doc(100.0, 30.0),
                          "sbs-login-r3-stanzad": _doc(200.0, 20.0),

@@ -2,7 +2,7 @@
 
 Its own config, data directory, log and ports; started with `prosody --config FILE`, stopped
 by PID. It resolves other domains through `unbound = { forward = { "127.0.0.1@PORT" } }`
-pointed at tests/support/dns.py (see /work/shared/INTEROP.md), and accepts dialback without
+pointed at tests/support/dns.py (docs/interop.md), and accepts dialback without
 certificate checks for the stanzad test domain (`s2s_insecure_domains`).  It listens for
 s2s with STARTTLS and with direct TLS (XEP-0368, `s2s_direct_tls_ports`), and loads
 mod_smacks (XEP-0198, which Prosody 0.12 also does on s2s: `smacks_enabled_s2s`).

@@ -42,8 +42,12 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("presence", self._record_presence)
         self.add_event_handler("failed_auth", lambda *_: self.auth_failed.set())
         self.add_event_handler("session_start", lambda *_: self.session_started.set())
+        self.add_event_handler("auth_success", self._record_mech)
         self.register_plugin("xep_0199")
         self.register_plugin("xep_0203")
+
+    def _record_mech(self, _stanza: Any) -> None:
+        self.used_mech = self.plugin["feature_mechanisms"].mech.name
 
     def _record_presence(self, pres: Any) -> None:
         self.presence_log.append((str(pres["from"]), str(pres["type"]), str(pres["status"])))

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from shared.bus import subjects
 from shared.bus.envelope import Envelope, EnvelopeError, Kind
+from shared.xmpp.errors import StanzaErrorCondition
 
 no_nul = st.text(alphabet=st.characters(blacklist_characters="\x00", codec="utf-8"), max_size=40)
 
@@ -67,3 +68,42 @@ def test_a_session_event_names_one_bare_jid_and_an_accounts_event_several() -> N
     many = Envelope.decode(accounts_event(["a@b", "c@b", "d@b"]).encode())
     assert many.kind is Kind.SESSION
     assert session_event_jids(many) == ["a@b", "c@b", "d@b"]
+
+
+def test_bare_and_domain_properties() -> None:
+    env = Envelope(Kind.MESSAGE, "romeo@example.net/orchard", "example.com")
+    assert (env.to_bare, env.to_domain) == ("romeo@example.net", "example.net")
+    assert (env.from_bare, env.from_domain) == ("example.com", "example.com")
+
+
+CHAT = b'<message xmlns="jabber:client" id="m1" type="chat"><body>hi</body></message>'
+
+
+def test_bounce_goes_back_to_the_sender_as_an_error() -> None:
+    # RFC 6120 §8.3: same kind and id, 'to' and 'from' swapped, the original children kept
+    env = Envelope(Kind.MESSAGE, "romeo@example.net", "juliet@example.com/balcony", "chat",
+                   "m1", "cm-1/s1", 1, CHAT, ts_us=7)
+    bounce = env.bounce(StanzaErrorCondition.SERVICE_UNAVAILABLE, origin="router",
+                        max_bytes=4096, text="gone")
+    assert bounce is not None
+    assert (bounce.kind, bounce.to, bounce.from_, bounce.type, bounce.id) == (
+        Kind.MESSAGE, "juliet@example.com/balcony", "romeo@example.net", "error", "m1")
+    assert (bounce.origin, bounce.hops, bounce.ts_us) == ("router", 2, 7)
+    assert b">hi</body>" in bounce.payload
+    assert b"<service-unavailable" in bounce.payload and b"gone" in bounce.payload
+
+
+@pytest.mark.parametrize(
+    ("type_", "from_", "hops", "payload"),
+    [
+        ("error", "juliet@example.com", 0, CHAT),  # §8.3.1: never an error for an error
+        ("result", "juliet@example.com", 0, CHAT),
+        ("chat", "", 0, CHAT),  # nobody to answer
+        ("chat", "juliet@example.com", 4, CHAT),  # has crossed too many services
+        ("chat", "juliet@example.com", 0, b"<message"),  # does not parse
+        ("chat", "juliet@example.com", 0, CHAT + b" " * 5000),  # larger than max_bytes
+    ],
+)
+def test_no_bounce(type_: str, from_: str, hops: int, payload: bytes) -> None:
+    env = Envelope(Kind.MESSAGE, "romeo@example.net", from_, type_, "m1", "x", hops, payload)
+    assert env.bounce(StanzaErrorCondition.SERVICE_UNAVAILABLE, origin="r", max_bytes=4096) is None

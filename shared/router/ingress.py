@@ -1,0 +1,116 @@
+"""Where a stanza entering the cluster goes, as pure functions (RFC 6120 §10, RFC 6121).
+
+A connection manager asks `from_client` for each stanza of a bound session, the s2s gateway
+asks `from_peer` for each stanza a remote server sends: the answer names the service family
+that takes it, the bare JID whose partition orders it, and the 'to' of its envelope; or says
+the stanza is for the server itself, or that it means nothing.  The callers do the I/O.
+`routing.decide` takes over once the stanza has reached the router of its recipient.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from shared.bus import subjects
+from shared.xmpp import ns
+from shared.xmpp.jid import JID
+from shared.xmpp.subscription import SUBSCRIPTION_TYPES
+
+# IQs a user sends to their own account (no 'to', or their bare JID): the roster service
+# answers them (RFC 6121 §2 roster, XEP-0054 vCard, XEP-0049 private storage, XEP-0191).
+ACCOUNT_NAMESPACES: Final = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING})
+BROADCAST_TYPES: Final = frozenset({"", "unavailable"})  # RFC 6121 §4.2, §4.5, §4.6
+
+
+class Family(enum.Enum):
+    """The subject family (shared/bus/subjects.py) a stanza is published on."""
+
+    ROUTE = "route"
+    ROSTER = "roster"
+    PRESENCE = "presence"
+
+
+_SUBJECTS: Final = {
+    Family.ROUTE: subjects.route,
+    Family.ROSTER: subjects.roster,
+    Family.PRESENCE: subjects.presence,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    family: Family
+    key: str  # the bare JID whose partition the stanza is published to
+    to: str  # the envelope's 'to'
+
+    def subject(self, partitions: int) -> str:
+        """The NATS subject of `family` for the partition of `key`."""
+        return _SUBJECTS[self.family](subjects.partition(self.key, partitions))
+
+
+@dataclass(frozen=True, slots=True)
+class ToServer:
+    """For the server itself (RFC 6120 §10.3); ``addressed``: the stanza named the domain."""
+
+    addressed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    reason: str
+
+
+Ingress = Publish | ToServer | Drop
+
+
+def from_client(
+    kind: str, type_: str, to: JID | None, sender: JID, domain: str, child_ns: str = ""
+) -> Ingress:
+    """A bound client's stanza (``child_ns``: the namespace of an IQ's payload)."""
+    own_bare = sender.bare_str
+    if kind == "presence":
+        return _client_presence(type_, to, own_bare, domain)
+    own = to is None or (to.local == sender.local and to.domain == domain and to.resource is None)
+    if own and (
+        child_ns in ACCOUNT_NAMESPACES
+        or (to is not None and child_ns in (ns.DISCO_INFO, ns.DISCO_ITEMS))
+    ):
+        return Publish(Family.ROSTER, own_bare, own_bare)
+    if to is None or (to.local is None and to.resource is None and to.domain == domain):
+        return ToServer(addressed=to is not None)
+    if to.domain != domain:
+        # federation: through the router of the sender's partition, which enforces the
+        # sender's blocklist (XEP-0191 §3.5) and hands the stanza to the s2s gateway
+        return Publish(Family.ROUTE, own_bare, str(to))
+    return Publish(Family.ROUTE, to.bare_str, str(to))
+
+
+def _client_presence(type_: str, to: JID | None, own_bare: str, domain: str) -> Ingress:
+    if to is None:
+        if type_ in BROADCAST_TYPES:  # broadcast presence, RFC 6121 §4.2, §4.5
+            return Publish(Family.PRESENCE, own_bare, "")
+        return Drop("presence of this type without 'to'")  # §4.7.1
+    if type_ in SUBSCRIPTION_TYPES:  # §3: the user's roster changes first
+        return Publish(Family.ROSTER, own_bare, to.bare_str)
+    if type_ in BROADCAST_TYPES:  # directed presence, §4.6
+        return Publish(Family.PRESENCE, own_bare, str(to))
+    if type_ == "error":
+        key = own_bare if to.domain != domain else to.bare_str  # federation, as above
+        return Publish(Family.ROUTE, key, str(to))
+    return Drop("presence probe from a client")  # §4.3: only servers probe
+
+
+def from_peer(kind: str, type_: str, to: JID) -> Ingress:
+    """A stanza a remote server sent to one of our addresses (``to`` is in our domain)."""
+    bare = to.bare_str
+    if kind == "presence":
+        if type_ in SUBSCRIPTION_TYPES:  # RFC 6121 §3: the local user's roster
+            return Publish(Family.ROSTER, bare, bare)
+        if type_ == "probe":  # §4.3: answered by the local user's presence service
+            return Publish(Family.PRESENCE, bare, bare)
+        return Publish(Family.ROUTE, bare, str(to))  # available, unavailable, error (§4.2-§4.6)
+    if to.local is None and to.resource is None:
+        return ToServer(addressed=True)
+    return Publish(Family.ROUTE, bare, str(to))

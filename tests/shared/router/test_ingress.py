@@ -1,0 +1,90 @@
+"""Where a stanza entering the cluster goes (shared/router/ingress.py): RFC 6120 §10,
+RFC 6121 §3, §4."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.bus import subjects
+from shared.router.ingress import Drop, Family, Publish, ToServer, from_client, from_peer
+from shared.xmpp import ns
+from shared.xmpp.jid import JID
+
+DOMAIN = "example.com"
+JULIET = JID.parse("juliet@example.com/balcony")
+
+
+def _jid(text: str | None) -> JID | None:
+    return None if text is None else JID.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_", "to", "child_ns", "expected"),
+    [
+        # RFC 6121 §2: a roster get with no 'to' is the account's own
+        ("iq", "get", None, ns.ROSTER, Publish(Family.ROSTER, "juliet@example.com",
+                                               "juliet@example.com")),
+        ("iq", "get", "juliet@example.com", ns.VCARD,
+         Publish(Family.ROSTER, "juliet@example.com", "juliet@example.com")),
+        # disco of the own bare JID goes to the account; with no 'to' to the server
+        ("iq", "get", "juliet@example.com", ns.DISCO_INFO,
+         Publish(Family.ROSTER, "juliet@example.com", "juliet@example.com")),
+        ("iq", "get", None, ns.DISCO_INFO, ToServer(addressed=False)),
+        ("iq", "get", "example.com", "urn:xmpp:ping", ToServer(addressed=True)),
+        # RFC 6120 §10.3.1: a message with no 'to' is for the sender's bare JID (server)
+        ("message", "chat", None, "", ToServer(addressed=False)),
+        # a local recipient: the recipient's partition
+        ("message", "chat", "romeo@example.com/orchard", "",
+         Publish(Family.ROUTE, "romeo@example.com", "romeo@example.com/orchard")),
+        # another domain: the sender's partition (its router applies the blocklist)
+        ("message", "chat", "romeo@remote.example", "",
+         Publish(Family.ROUTE, "juliet@example.com", "romeo@remote.example")),
+        # presence: broadcast, directed, subscription, error, probe
+        ("presence", "", None, "", Publish(Family.PRESENCE, "juliet@example.com", "")),
+        ("presence", "unavailable", None, "",
+         Publish(Family.PRESENCE, "juliet@example.com", "")),
+        ("presence", "subscribe", None, "", Drop("presence of this type without 'to'")),
+        ("presence", "subscribe", "romeo@example.com/orchard", "",
+         Publish(Family.ROSTER, "juliet@example.com", "romeo@example.com")),
+        ("presence", "", "romeo@example.com/orchard", "",
+         Publish(Family.PRESENCE, "juliet@example.com", "romeo@example.com/orchard")),
+        ("presence", "error", "romeo@example.com", "",
+         Publish(Family.ROUTE, "romeo@example.com", "romeo@example.com")),
+        ("presence", "error", "romeo@remote.example", "",
+         Publish(Family.ROUTE, "juliet@example.com", "romeo@remote.example")),
+        ("presence", "probe", "romeo@example.com", "", Drop("presence probe from a client")),
+    ],
+)
+def test_from_client(
+    kind: str, type_: str, to: str | None, child_ns: str, expected: object
+) -> None:
+    assert from_client(kind, type_, _jid(to), JULIET, DOMAIN, child_ns) == expected
+
+
+def test_from_client_another_accounts_roster_goes_to_the_router() -> None:
+    # §8.5.2.1.3: an IQ to someone else's bare JID is that account's (via its router)
+    where = from_client("iq", "get", _jid("romeo@example.com"), JULIET, DOMAIN, ns.ROSTER)
+    assert where == Publish(Family.ROUTE, "romeo@example.com", "romeo@example.com")
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_", "to", "expected"),
+    [
+        ("presence", "subscribe", "juliet@example.com/balcony",
+         Publish(Family.ROSTER, "juliet@example.com", "juliet@example.com")),
+        ("presence", "probe", "juliet@example.com",
+         Publish(Family.PRESENCE, "juliet@example.com", "juliet@example.com")),
+        ("presence", "", "juliet@example.com/balcony",
+         Publish(Family.ROUTE, "juliet@example.com", "juliet@example.com/balcony")),
+        ("iq", "get", "example.com", ToServer(addressed=True)),
+        ("message", "chat", "juliet@example.com",
+         Publish(Family.ROUTE, "juliet@example.com", "juliet@example.com")),
+    ],
+)
+def test_from_peer(kind: str, type_: str, to: str, expected: object) -> None:
+    assert from_peer(kind, type_, JID.parse(to)) == expected
+
+
+def test_publish_subject_is_the_partition_of_its_key() -> None:
+    where = Publish(Family.ROSTER, "juliet@example.com", "x")
+    assert where.subject(64) == subjects.roster(subjects.partition("juliet@example.com", 64))
