@@ -12,12 +12,17 @@ the RSS growth divided by N (after `malloc_trim`, so freed handshake scratch is 
   memory BIOs keep of it;
 * ``tls-burst-unsliced`` — the same with the whole 20 KB written into the BIOs at once (the
   layer before `shared.tls.session.SLICE`);
-* ``tls-pyopenssl`` — ``tls`` on pyOpenSSL and the OpenSSL 4.0 of ``cryptography``
-  (`loadtest.tls_bench.PyOpenSSLSession`, tuned: released buffers, no session cache);
-* ``tls-fresh``, ``tls-pyopenssl-fresh`` — a server session before any handshake (what
-  ``SSL_new`` and the two memory BIOs cost by themselves);
+* ``tls-fresh`` — a server session before any handshake (what ``SSL_new`` and the two
+  memory BIOs cost by themselves);
+* ``tls-lean`` — ``tls`` with a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS=true``) after its
+  hand-over to `shared.tls.records.Records13`, records flowing (both AEAD contexts made);
+* ``tls-lean-hibernated`` — the same after `TLSSession.hibernate` dropped the AEAD contexts;
+* ``tls-lean-burst`` — ``tls-lean`` after 20 KB each way;
 * ``parser`` — a `StreamParser` that has read a stream header and one stanza (awake);
-* ``parser-hibernated`` — the same after `hibernate()` (what an idle session keeps).
+* ``parser-hibernated`` — the same after `hibernate()` (what an idle session keeps);
+* ``idle``, ``idle-lean`` — what an idle connection keeps of the two, side by side: the TLS
+  session after the connection's hibernation (`TLSSession.hibernate`) and the hibernated
+  parser, with the default (OpenSSL for the whole session) and with lean sessions on.
 
 No sockets: the figures are the floor under `python -m loadtest idle`, which adds the TCP
 transport, the session objects and allocator fragmentation.  loadtest/RESULTS.md has them.
@@ -35,7 +40,6 @@ from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
-from loadtest.tls_bench import PyOpenSSLSession, pyopenssl_context
 from shared.tls import session as tls_session
 from shared.tls.context import ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
@@ -77,7 +81,6 @@ def _tls_maker(
     tickets: int = 0,
     burst: int = 0,
     sliced: bool = True,
-    pyopenssl: bool = False,
     handshake: bool = True,
     lean: bool = False,
     hibernate: bool = False,
@@ -87,16 +90,13 @@ def _tls_maker(
     ensure_self_signed(cert, key, "example.org")
     server_ctx = server_context(cert, key, session_tickets=tickets)
     server_ctx.maximum_version = max_version
-    py_ctx = pyopenssl_context(cert, key)
     client_ctx = ssl.create_default_context(cafile=cert)
     keylog = KeyLog() if lean else None
     if keylog is not None:
         keylog.attach(server_ctx)
 
     def make() -> object:
-        server = (
-            PyOpenSSLSession(py_ctx) if pyopenssl else TLSSession(server_ctx, keylog=keylog)
-        )
+        server = TLSSession(server_ctx, keylog=keylog)
         if not handshake:
             return server
         client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
@@ -111,7 +111,7 @@ def _tls_maker(
         server.send(HEADER)
         client.receive(server.data_to_send())
         if lean:  # the hand-over happens when a session goes idle; then records flow again
-            assert isinstance(server, TLSSession) and server.hibernate() and server.lean
+            assert server.hibernate() and server.lean
             client.send(HEADER)
             assert server.receive(client.data_to_send()) == HEADER
             server.send(HEADER)
@@ -123,8 +123,7 @@ def _tls_maker(
                 server.send(b"y" * burst)
                 assert len(client.receive(server.data_to_send())) == burst
         if hibernate:
-            assert isinstance(server, TLSSession)
-            server.hibernate()
+            server.hibernate()  # hands nothing over without a key log: as a connection does
         return server  # the client goes away
 
     return make
@@ -142,20 +141,29 @@ def _parser(hibernate: bool) -> Callable[[], object]:
     return make
 
 
+def _idle(lean: bool) -> Callable[[], object]:
+    tls, parser = _tls_maker(lean=lean, hibernate=True), _parser(True)
+
+    def make() -> object:
+        return tls(), parser()
+
+    return make
+
+
 PIECES: dict[str, Callable[[], Callable[[], object]]] = {
     "tls": lambda: _tls_maker(),
     "tls12": lambda: _tls_maker(ssl.TLSVersion.TLSv1_2),
     "tls-tickets2": lambda: _tls_maker(tickets=2),
     "tls-burst": lambda: _tls_maker(burst=BURST),
     "tls-burst-unsliced": lambda: _tls_maker(burst=BURST, sliced=False),
-    "tls-pyopenssl": lambda: _tls_maker(pyopenssl=True),
     "tls-fresh": lambda: _tls_maker(handshake=False),
     "tls-lean": lambda: _tls_maker(lean=True),
     "tls-lean-hibernated": lambda: _tls_maker(lean=True, hibernate=True),
     "tls-lean-burst": lambda: _tls_maker(lean=True, burst=BURST),
-    "tls-pyopenssl-fresh": lambda: _tls_maker(pyopenssl=True, handshake=False),
     "parser": lambda: _parser(False),
     "parser-hibernated": lambda: _parser(True),
+    "idle": lambda: _idle(False),
+    "idle-lean": lambda: _idle(True),
 }
 
 

@@ -70,9 +70,10 @@ class ConnectionManagerSettings(CommonSettings):
         0, ge=0, le=8, description="TLS 1.3 session tickets sent after each full handshake."
     )
     tls_lean_sessions: bool = Field(
-        True,
-        description="After a TLS 1.3 handshake, free OpenSSL's session and protect the records "
-        "in stanzad's own record layer (needs no session tickets).",
+        False,
+        description="Opt-in memory saver: when an idle TLS 1.3 session hibernates, free "
+        "OpenSSL's session and protect its records in stanzad's own record layer (needs no "
+        "session tickets).",
     )
     allow_registration: bool = Field(False, description="XEP-0077 in-band registration.")
     cm_id: str = Field("", description="Connection manager id; generated when empty.")

@@ -11,6 +11,13 @@ in a write to it.  The pipe does not fill: it is emptied after every handshake s
 holds at most one handshake's ~1 KB of its 64 KiB.  If it ever were full, OpenSSL's write
 would fail and with it that one handshake (``[BIO] system lib``, seen by filling it on
 purpose); the client gets an alert and connects again.
+
+Of what the pipe holds, only the two application traffic secrets of the session asking
+(``CLIENT_TRAFFIC_SECRET_0``, ``SERVER_TRAFFIC_SECRET_0``) are decoded, into buffers of their
+own; the handshake secrets, the exporter secret, TLS 1.2's master secrets (``CLIENT_RANDOM``,
+never needed: TLS 1.2 sessions stay on OpenSSL) and other sessions' lines are not.  The pipe
+is read into one reused buffer that is overwritten with zeros before `take` returns, so no
+copy of a line outlives the call.
 """
 
 from __future__ import annotations
@@ -29,14 +36,33 @@ CLIENT_TRAFFIC: Final = b"CLIENT_TRAFFIC_SECRET_0"
 SERVER_TRAFFIC: Final = b"SERVER_TRAFFIC_SECRET_0"
 _WANTED: Final = (CLIENT_TRAFFIC, SERVER_TRAFFIC)
 _READ: Final = 65536  # a pipe's whole default capacity: one read empties it
+_MAX_SECRET_HEX: Final = 2 * 64  # SHA-384's 48 bytes at most in TLS 1.3; room to spare
+_HEX: Final = tuple(
+    int(chr(c), 16) if chr(c) in "0123456789abcdefABCDEF" else -1 for c in range(256)
+)
+
+
+def _unhex(view: memoryview) -> bytearray | None:
+    """Hex digits to a buffer of our own, with no immutable copy on the way; None if not hex."""
+    if len(view) % 2 or len(view) > _MAX_SECRET_HEX:
+        return None
+    out = bytearray(len(view) // 2)
+    for i in range(len(out)):
+        high, low = _HEX[view[2 * i]], _HEX[view[2 * i + 1]]
+        if high < 0 or low < 0:
+            out[:] = bytes(len(out))
+            return None
+        out[i] = (high << 4) | low
+    return out
 
 
 class KeyLog:
     """A pipe that OpenSSL's key log for our server contexts writes into."""
 
-    __slots__ = ("_identity", "_read_fd", "_write_fd")
+    __slots__ = ("_buffer", "_identity", "_read_fd", "_write_fd")
 
     def __init__(self) -> None:
+        self._buffer = bytearray(_READ)  # every read lands here, and is zeroed after use
         self._read_fd, self._write_fd = os.pipe()  # close-on-exec (PEP 446)
         os.set_blocking(self._read_fd, False)
         st = os.fstat(self._read_fd)
@@ -83,22 +109,52 @@ class KeyLog:
         for name in os.listdir("/proc/self/fd"):
             self._nonblocking(int(name))
 
-    def take(self, client_random: bytes, into: dict[bytes, bytes]) -> None:
-        """Read what the pipe holds; the traffic secrets of ``client_random``'s session go
-        ``into`` (label → secret).  Lines of any other session are dropped: each handshake
-        step reads its own lines right after writing them."""
+    def take(self, client_random: bytes, into: dict[bytes, bytearray]) -> None:
+        """Read what the pipe holds; the two application traffic secrets of
+        ``client_random``'s session go ``into`` (label → secret, a buffer the caller wipes
+        when done with it).  Every other line is dropped unread: each handshake step reads
+        its own lines right after writing them (see the module's docstring)."""
         wanted = client_random.hex().encode()
+        buf = self._buffer
         while True:
             try:
-                chunk = os.read(self._read_fd, _READ)
+                size = os.readv(self._read_fd, [buf])
             except OSError:  # nothing more now (EAGAIN), or closed at shutdown
                 return
-            for line in chunk.split(b"\n"):
-                parts = line.split(b" ")
-                if len(parts) == 3 and parts[0] in _WANTED and parts[1] == wanted:
-                    into[parts[0]] = bytes.fromhex(parts[2].decode())
-            if len(chunk) < _READ:  # the pipe is empty now: no second read to find that out
+            try:
+                self._parse(size, wanted, into)
+            finally:
+                buf[:size] = bytes(size)
+            if size < _READ:  # the pipe is empty now: no second read to find that out
                 return
+
+    def _parse(self, size: int, wanted: bytes, into: dict[bytes, bytearray]) -> None:
+        """Lines ``LABEL <client random> <secret>`` (NSS key log format) in the buffer."""
+        buf = self._buffer
+        view = memoryview(buf)
+        try:
+            at = 0
+            while at < size:
+                end = buf.find(b"\n", at, size)
+                if end < 0:
+                    end = size
+                for label in _WANTED:
+                    random_at = at + len(label) + 1
+                    secret_at = random_at + len(wanted) + 1
+                    if (
+                        secret_at < end
+                        and buf.startswith(label, at)
+                        and buf[random_at - 1] == 0x20
+                        and view[random_at : secret_at - 1] == wanted
+                        and buf[secret_at - 1] == 0x20
+                    ):
+                        secret = _unhex(view[secret_at:end])
+                        if secret is not None:
+                            into[label] = secret
+                        break
+                at = end + 1
+        finally:
+            view.release()
 
     def close(self) -> None:
         if self._read_fd >= 0:

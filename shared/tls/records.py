@@ -13,15 +13,18 @@ Only the record protection is ours; the ciphers are ``cryptography``'s AEADs (Op
 underneath) and the key derivation its HKDF.  What this handles after the handshake:
 
 - application data in both directions, split into records of at most 2^14 bytes (§5.1);
-- the peer's KeyUpdate (§4.6.3): its keys are updated, and when it asks, ours too (our
-  KeyUpdate goes out first, under the old key);
+- the peer's KeyUpdate (§4.6.3): its keys are updated, and when it asks, ours too: one
+  KeyUpdate of ours, under the old key, before our next application data answers however
+  many requests came while we were silent;
 - our own KeyUpdate before an AES-GCM key has protected `REKEY_AFTER` records (§5.5 limits
   it to 2^24.5);
 - alerts (§6): close_notify ends the stream (`TLSClosed`), user_canceled is ignored, any
   other alert is fatal.  A record that fails is answered with a fatal alert of our own and
   an `ssl.SSLError`: bad_record_mac, record_overflow, unexpected_message (a CCS or a
   plaintext record after the handshake, handshake messages other than KeyUpdate, a KeyUpdate
-  not at the end of its record), decode_error, illegal_parameter.
+  not at the end of its record, a zero-length handshake record, more than `MAX_EMPTY_RECORDS`
+  records in a row without application data), decode_error, illegal_parameter.
+- after our own close_notify nothing more is written: `send` and `key_update` raise.
 
 Not handled, so the caller keeps OpenSSL when they are in play: TLS 1.2, session tickets sent
 after the handshake (they would advance our write sequence number), post-handshake client
@@ -40,7 +43,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-__all__ = ["SUITES", "RecordError", "Records13", "TLSClosed", "hkdf_expand_label"]
+__all__ = ["SUITES", "RecordError", "Records13", "TLSClosed", "hkdf_expand_label", "wipe"]
 
 # OpenSSL's names of the TLS 1.3 suites we take over: (AEAD, key length, hash).
 _Aead = type[AESGCM] | type[ChaCha20Poly1305]
@@ -59,6 +62,10 @@ _MAX_CIPHERTEXT: Final = MAX_PLAINTEXT + 256  # §5.2
 _TAG: Final = 16
 # §5.5: at most 2^24.5 full-size records under one AES-GCM key; rekey well before.
 REKEY_AFTER: Final = 1 << 23
+# Records in a row that bring no application data (empty application data, user_canceled
+# alerts, KeyUpdates) before the session fails: a peer could otherwise keep us decrypting
+# forever without a byte for the stream's limits to count (OpenSSL's MAX_EMPTY_RECORDS).
+MAX_EMPTY_RECORDS: Final = 32
 
 # Alert descriptions (§6)
 CLOSE_NOTIFY: Final = 0
@@ -94,8 +101,13 @@ class RecordError(ssl.SSLError):
         self.library = "stanzad"
 
 
+def wipe(secret: bytearray) -> None:
+    """Overwrite a secret we hold in a mutable buffer before letting it go."""
+    secret[:] = bytes(len(secret))
+
+
 def hkdf_expand_label(
-    algorithm: type[hashes.HashAlgorithm], secret: bytes, label: bytes, length: int,
+    algorithm: type[hashes.HashAlgorithm], secret: bytes | bytearray, label: bytes, length: int,
     context: bytes = b"",
 ) -> bytes:
     """HKDF-Expand-Label (RFC 8446 §7.1)."""
@@ -105,12 +117,13 @@ def hkdf_expand_label(
 
 
 class _Direction:
-    """One direction's traffic secret, key, IV and sequence number (§5.3)."""
+    """One direction's traffic secret, key, IV and sequence number (§5.3).  The secret is a
+    copy in a buffer of our own, overwritten when the next one replaces it."""
 
     __slots__ = ("aead", "iv", "key", "secret", "seq")
 
-    def __init__(self, suite: str, secret: bytes) -> None:
-        self.secret = secret
+    def __init__(self, suite: str, secret: bytes | bytearray) -> None:
+        self.secret = bytearray(secret)
         self.aead: AESGCM | ChaCha20Poly1305 | None = None
         self.seq = 0
         self.key = b""
@@ -127,9 +140,11 @@ class _Direction:
     def update(self, suite: str) -> None:
         """§7.2: application_traffic_secret_N+1 from _N."""
         algorithm = SUITES[suite][2]
-        self.secret = hkdf_expand_label(
-            algorithm, self.secret, b"traffic upd", algorithm.digest_size
+        old = self.secret
+        self.secret = bytearray(
+            hkdf_expand_label(algorithm, old, b"traffic upd", algorithm.digest_size)
         )
+        wipe(old)
         self._derive(suite)
 
     def nonce(self) -> bytes:
@@ -147,11 +162,11 @@ class Records13:
     ``write_secret`` is our application traffic secret, ``read_secret`` the peer's.
     """
 
-    __slots__ = ("_aead_type", "_closed", "_failed", "_handshake", "_out", "_pending",
-                 "_read", "_sent_close", "_suite", "_write")
+    __slots__ = ("_aead_type", "_closed", "_empty", "_failed", "_handshake", "_out", "_pending",
+                 "_read", "_sent_close", "_suite", "_update_due", "_write")
 
     def __init__(
-        self, suite: str, read_secret: bytes, write_secret: bytes, *,
+        self, suite: str, read_secret: bytes | bytearray, write_secret: bytes | bytearray, *,
         read_seq: int = 0, write_seq: int = 0,
     ) -> None:
         if suite not in SUITES:
@@ -169,6 +184,8 @@ class Records13:
         self._closed = False  # the peer's close_notify came
         self._failed = False  # a fatal alert went one way or the other
         self._sent_close = False  # our close_notify is queued: nothing more to write
+        self._update_due = False  # the peer asked for our KeyUpdate (§4.6.3); not yet sent
+        self._empty = 0  # records in a row without application data (MAX_EMPTY_RECORDS)
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -238,6 +255,10 @@ class Records13:
             inner = aead.decrypt((read.iv ^ seq).to_bytes(12), body, header)
         except InvalidTag:
             self._fail(BAD_RECORD_MAC, "record failed authentication")
+        # §5.4: TLSInnerPlaintext (content, type, padding) is at most 2^14 + 1 bytes, padding
+        # included: checked before the padding goes.
+        if len(inner) > MAX_PLAINTEXT + 1:
+            self._fail(RECORD_OVERFLOW, f"inner plaintext of {len(inner)} bytes")
         # §5.4: the content type is the last non-zero byte; zeros after it are padding.
         if inner and inner[-1] == 0:
             inner = inner.rstrip(b"\0")
@@ -245,20 +266,22 @@ class Records13:
         if not end:
             self._fail(UNEXPECTED_MESSAGE, "record without a content type")
         kind = inner[end - 1]
-        if kind == _APPLICATION_DATA and not self._handshake:
-            if end > MAX_PLAINTEXT + 1:
-                self._fail(RECORD_OVERFLOW, f"plaintext of {end - 1} bytes")
+        if kind == _APPLICATION_DATA and end > 1 and not self._handshake:
+            self._empty = 0
             return inner[: end - 1]
-        if end - 1 > MAX_PLAINTEXT:
-            self._fail(RECORD_OVERFLOW, f"plaintext of {end - 1} bytes")
+        self._empty += 1
+        if self._empty > MAX_EMPTY_RECORDS:
+            self._fail(UNEXPECTED_MESSAGE, f"{self._empty} records without application data")
         if self._handshake and kind != _HANDSHAKE:
             self._fail(UNEXPECTED_MESSAGE, "handshake message interleaved with other records")
         if kind == _APPLICATION_DATA:
-            return inner[: end - 1]
+            return b""  # §5.1: zero-length application data may be sent (and is counted)
         if kind == _ALERT:
             self._alert(inner[: end - 1])
             return b""
         if kind == _HANDSHAKE:
+            if end == 1:  # §5.1: "MUST NOT send zero-length fragments of Handshake types"
+                self._fail(UNEXPECTED_MESSAGE, "zero-length handshake record")
             self._handshake_messages(inner[: end - 1])
             return b""
         self._fail(UNEXPECTED_MESSAGE, f"record of content type {kind}")
@@ -297,22 +320,27 @@ class Records13:
                 self._fail(UNEXPECTED_MESSAGE, "data after a KeyUpdate in its record")
             self._read.update(self._suite)
             if request == 1:
-                self._key_update()
+                # §4.6.3: answered before our next application data; requests that come
+                # while we are silent are all answered by that one KeyUpdate
+                self._update_due = True
 
     def _fail(self, description: int, reason: str) -> None:
-        """Queue a fatal alert and raise (§6.2)."""
+        """Queue a fatal alert (none after our close_notify) and raise (§6.2)."""
         if not self._failed:
             self._failed = True
-            self._sent_close = True
-            self._out.append(self._seal(bytes((2, description)), _ALERT))
+            if not self._sent_close:
+                self._sent_close = True
+                self._out.append(self._seal(bytes((2, description)), _ALERT))
         raise RecordError(reason)
 
     # ---- writing ---------------------------------------------------------------------------
 
     def send(self, data: bytes | memoryview) -> None:
-        """Plaintext to protect; the records wait in ``data_to_send``."""
-        if self._failed or self._sent_close:
-            return
+        """Plaintext to protect; the records wait in ``data_to_send``.  Raises `RecordError`
+        once our close_notify (or a fatal alert) is queued: nothing is written after it."""
+        self._check_writable()
+        if self._update_due:
+            self._key_update()
         out = self._out
         if len(data) <= MAX_PLAINTEXT:
             out.append(self._seal(data, _APPLICATION_DATA))
@@ -337,15 +365,23 @@ class Records13:
     def _key_update(self, requested: bool = False) -> None:
         """Send KeyUpdate under the current key, then move to the next (§4.6.3)."""
         message = bytes((_KEY_UPDATE, 0, 0, 1, 1 if requested else 0))
+        self._update_due = False  # this one answers the peer's requests too
         self._out.append(self._seal(message, _HANDSHAKE))
         self._write.update(self._suite)
 
     def key_update(self, request_peer: bool = False) -> None:
         """Rotate our write key now (and ask the peer to rotate theirs when ``request_peer``)."""
+        self._check_writable()
         self._key_update(requested=request_peer)
 
+    def _check_writable(self) -> None:
+        if self._failed:
+            raise RecordError("TLS record layer already failed")
+        if self._sent_close:
+            raise RecordError("write after our close_notify")  # §6.1
+
     def close(self) -> None:
-        """Queue our close_notify (§6.1)."""
+        """Queue our close_notify (§6.1); afterwards `send` raises."""
         if not self._failed and not self._sent_close:
             self._out.append(self._seal(bytes((1, CLOSE_NOTIFY)), _ALERT))
             self._sent_close = True

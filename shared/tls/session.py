@@ -16,12 +16,13 @@ as long as it stays idle, 1 KiB with slices (loadtest/RESULTS.md, "session 3 —
 a slice costs about 1 µs of CPU).  Small writes, the usual case, go in whole.
 
 Why CPython's ``ssl`` and not pyOpenSSL on the OpenSSL 4.0 that ``cryptography`` bundles:
-measured in-process (``python -m loadtest.tls_bench``, ``python -m loadtest.conn_memory``),
-an OpenSSL 4.0 session holds 23-24 KiB after the handshake where 3.0 holds 16, handshakes
-cost the server the same CPU, and a small record costs 4 times as much through pyOpenSSL's
-wrappers (still a quarter more calling OpenSSL 4.0 through cffi directly).
+measured in-process (loadtest/RESULTS.md, "session 3 — TLS backend"; those backends have
+since left the benchmarks), an OpenSSL 4.0 session holds 23-24 KiB after the handshake
+where 3.0 holds 16, handshakes cost the server the same CPU, and a small record costs 4
+times as much through pyOpenSSL's wrappers (still a quarter more calling OpenSSL 4.0
+through cffi directly).
 
-Lean sessions: given a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS``, on by default), a server
+Lean sessions: given a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS``, an opt-in), a server
 session that negotiated TLS 1.3 with one of the `tls_records.SUITES` and sends no session
 tickets keeps its two application traffic secrets, and `hibernate` (the connection going
 idle) hands its record layer to a `tls_records.Records13` and frees the OpenSSL session and
@@ -35,6 +36,9 @@ counted both ways: the new layer starts from those sequence numbers.  A record t
 no application data (a KeyUpdate, which OpenSSL applies out of our sight) ends the counting
 and the session stays on OpenSSL, as does anything else (TLS 1.2, tickets on, a missing
 secret, half a record pending when the connection idles, which is tried again next time).
+The secrets are held in buffers of our own, overwritten with zeros as soon as they are not
+needed: at the end of a handshake that cannot go lean (TLS 1.2 among others), when counting
+stops, and once `Records13` has its own copies.
 
 ``receive`` takes bytes from the socket and returns the plaintext they complete (the
 handshake happens inside it); ``send`` takes plaintext; ``data_to_send`` returns the records
@@ -48,7 +52,7 @@ import ssl
 from typing import Final
 
 from shared.tls.keylog import CLIENT_TRAFFIC, SERVER_TRAFFIC, KeyLog
-from shared.tls.records import SUITES, Records13, TLSClosed
+from shared.tls.records import SUITES, RecordError, Records13, TLSClosed, wipe
 
 __all__ = ["TLSClosed", "TLSSession"]
 
@@ -63,8 +67,9 @@ _MAX_RECORD: Final = (1 << 14) + 256  # a TLS 1.3 ciphertext at most (RFC 8446 �
 class TLSSession:
     """One TLS connection over two memory BIOs."""
 
-    __slots__ = ("_framing", "_in_seq", "_incoming", "_keylog", "_lean_keys", "_out_seq",
-                 "_outgoing", "_random", "_records", "_secrets", "_sent", "_tls", "established")
+    __slots__ = ("_closed", "_framing", "_in_seq", "_incoming", "_keylog", "_lean_keys",
+                 "_out_seq", "_outgoing", "_random", "_records", "_secrets", "_sent", "_tls",
+                 "established")
 
     def __init__(
         self,
@@ -87,11 +92,12 @@ class TLSSession:
         self._keylog = keylog if lean else None
         self._framing: bytes | None = b"" if lean else None  # handshake bytes not yet fed
         self._random = b""  # the ClientHello's random: which key log lines are ours
-        self._secrets: dict[bytes, bytes] = {}
+        self._secrets: dict[bytes, bytearray] = {}
         self._records: Records13 | None = None
         # after the handshake, until `hibernate` hands over: (suite, client secret, server
         # secret), and the records OpenSSL has protected so far each way under them
-        self._lean_keys: tuple[str, bytes, bytes] | None = None
+        self._lean_keys: tuple[str, bytearray, bytearray] | None = None
+        self._closed = False  # our close_notify is queued: nothing more to write
         self._in_seq = 0
         self._out_seq = 0
 
@@ -197,6 +203,8 @@ class TLSSession:
             or self._outgoing.pending
             or self._sent
         ):
+            for secret in secrets.values():  # TLS 1.2 and the rest: never handed over
+                wipe(secret)
             return False
         self._lean_keys = (cipher[0], secrets[CLIENT_TRAFFIC], secrets[SERVER_TRAFFIC])
         return True
@@ -248,8 +256,14 @@ class TLSSession:
         return b"".join(parts)
 
     def _stop_counting(self) -> None:
-        self._lean_keys = None
+        self._drop_lean_keys()
         self._framing = None
+
+    def _drop_lean_keys(self) -> None:
+        if self._lean_keys is not None:
+            wipe(self._lean_keys[1])
+            wipe(self._lean_keys[2])
+            self._lean_keys = None
 
     def _count_sent(self, out: bytes) -> None:
         """The records OpenSSL wrote since the handshake: the write sequence number.  (TLS 1.3
@@ -270,7 +284,7 @@ class TLSSession:
         suite, client, server = keys
         self._records = Records13(suite, client, server, read_seq=self._in_seq,
                                   write_seq=self._out_seq)
-        self._lean_keys = None
+        self._drop_lean_keys()  # Records13 holds copies of its own
         self._framing = None
         self._tls = self._incoming = self._outgoing = None
         return True
@@ -306,10 +320,13 @@ class TLSSession:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def send(self, data: bytes) -> None:
-        """Plaintext to encrypt; the records wait in `data_to_send`."""
+        """Plaintext to encrypt; the records wait in `data_to_send`.  Raises `ssl.SSLError`
+        after `close`: nothing is written after our close_notify (RFC 8446 §6.1)."""
         if self._records is not None:
             self._records.send(data)
             return
+        if self._closed:
+            raise RecordError("write after our close_notify")
         tls = self._tls
         assert tls is not None and self._outgoing is not None
         if len(data) <= SLICE:
@@ -349,7 +366,11 @@ class TLSSession:
             self._records.close()
             return
         assert self._tls is not None
+        self._closed = True
         self._stop_counting()  # the session ends on OpenSSL
+        for secret in self._secrets.values():  # a handshake that never finished
+            wipe(secret)
+        self._secrets = {}
         with contextlib.suppress(ssl.SSLError, ValueError):  # SSLWantReadError included
             self._tls.unwrap()
 

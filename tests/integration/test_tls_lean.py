@@ -1,8 +1,10 @@
 """Lean TLS sessions against other TLS stacks' own clients, over the connection manager's socket.
 
-Each client logs in and binds, then stays silent until the connection manager hands the idle
-session's record layer over to its own (`stanzad_cm_tls_lean_handovers_total`); everything
-after that goes through `shared/tls/records.py`.
+Lean sessions are opt-in (`STANZAD_TLS_LEAN_SESSIONS`, off by default): these tests start a
+connection manager of their own with them on.  Each client logs in and binds, then stays
+silent until the connection manager hands the idle session's record layer over to its own
+(`stanzad_cm_tls_lean_handovers_total`); everything after that goes through
+`shared/tls/records.py`.
 
 `openssl s_client -starttls xmpp` negotiates STARTTLS (RFC 6120 §5.4), then its `K` command
 sends a KeyUpdate asking for ours (RFC 8446 §4.6.3).  If our record layer derived a key,
@@ -20,12 +22,15 @@ import base64
 import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from devtools import localservers
 from tests.conftest import Users
 from tests.support.cluster import Cluster, metric_value
+
+LEAN_CM = "cm-lean"
 
 HEADER = (
     b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
@@ -61,8 +66,21 @@ async def _client(*argv: str) -> AsyncIterator[tuple[asyncio.StreamWriter, async
         await proc.wait()
 
 
-def _handovers(cluster: Cluster) -> float:
-    return metric_value(cluster.metrics("cm-1"), "stanzad_cm_tls_lean_handovers_total")
+@pytest.fixture(scope="module")
+def lean_port(cluster: Cluster) -> Iterator[int]:
+    """A connection manager with lean sessions on (the session's cm-1 has the default, off)."""
+    port = cluster.start_cm(
+        LEAN_CM, STANZAD_TLS_LEAN_SESSIONS="true", STANZAD_HIBERNATE_AFTER_S="0.5"
+    )
+    try:
+        yield port
+    finally:
+        localservers.stop(cluster.procs.pop(LEAN_CM))
+        cluster.c2s_ports.remove(port)
+
+
+def _handovers(cluster: Cluster, cm: str = LEAN_CM) -> float:
+    return metric_value(cluster.metrics(cm), "stanzad_cm_tls_lean_handovers_total")
 
 
 async def _log_in_and_idle(
@@ -70,8 +88,20 @@ async def _log_in_and_idle(
     seen: bytearray, jid: str, password: str,
 ) -> None:
     """SASL PLAIN and bind over the client's TLS, then silence until the connection manager
-    hands the idle session's record layer over (STANZAD_HIBERNATE_AFTER_S, 5 s)."""
+    hands the idle session's record layer over (STANZAD_HIBERNATE_AFTER_S, 0.5 s here)."""
     before = _handovers(cluster)
+    await _log_in(stdin, stdout, seen, jid, password)
+    deadline = time.monotonic() + 15
+    while _handovers(cluster) < before + 1:
+        assert time.monotonic() < deadline, "the idle session was not handed over"
+        await asyncio.sleep(0.5)
+
+
+async def _log_in(
+    stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader, seen: bytearray, jid: str,
+    password: str,
+) -> None:
+    """SASL PLAIN and bind over the client's TLS."""
     stdin.write(HEADER)  # the stream restarts over TLS (RFC 6120 §5.4.3.3)
     await _read_until(stdout, seen, b"</stream:features>")
     token = base64.b64encode(f"\0{jid.split('@')[0]}\0{password}".encode()).decode()
@@ -83,21 +113,17 @@ async def _log_in_and_idle(
     stdin.write(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
                 b"</iq>\n")
     await _read_until(stdout, seen, b"</jid>")
-    deadline = time.monotonic() + 15
-    while _handovers(cluster) < before + 1:
-        assert time.monotonic() < deadline, "the idle session was not handed over"
-        await asyncio.sleep(0.5)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
 @pytest.mark.parametrize("command", [b"K\n", b"k\n"], ids=["update-requested", "not-requested"])
 async def test_key_update_from_openssl_s_client(
-    cluster: Cluster, users: Users, command: bytes
+    cluster: Cluster, users: Users, lean_port: int, command: bytes
 ) -> None:
     jid, password = await users.create("lean")
     seen = bytearray()
     async with _client(
-        "openssl", "s_client", "-connect", f"127.0.0.1:{cluster.c2s_port}",
+        "openssl", "s_client", "-connect", f"127.0.0.1:{lean_port}",
         "-starttls", "xmpp", "-xmpphost", "localhost", "-tls1_3",
     ) as (stdin, stdout):
         await _read_until(stdout, seen, b"Verify return code")  # handshake done
@@ -114,13 +140,13 @@ async def test_key_update_from_openssl_s_client(
 
 @pytest.mark.skipif(shutil.which("gnutls-cli") is None, reason="no gnutls-cli (gnutls-bin)")
 async def test_gnutls_cli_rekeys_and_sends_more_than_a_record(
-    cluster: Cluster, users: Users
+    cluster: Cluster, users: Users, lean_port: int
 ) -> None:
     jid, password = await users.create("lean")
     seen = bytearray()
     async with _client(
         "gnutls-cli", "--insecure", "--starttls-proto=xmpp", "--inline-commands",
-        "-p", str(cluster.c2s_port), "localhost",
+        "-p", str(lean_port), "localhost",
     ) as (stdin, stdout):
         await _read_until(stdout, seen, b"Handshake was completed")
         await _log_in_and_idle(cluster, stdin, stdout, seen, jid, password)
@@ -136,3 +162,32 @@ async def test_gnutls_cli_rekeys_and_sends_more_than_a_record(
         stdin.write(b"</stream:stream>\n")
         await _read_until(stdout, seen, b"Peer has closed the GnuTLS connection")
     assert b"</stream:stream>" in seen and b"stream:error" not in seen
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
+async def test_lean_sessions_are_off_by_default(cluster: Cluster, users: Users) -> None:
+    """The session's cm-1 runs with the default STANZAD_TLS_LEAN_SESSIONS=false: a TLS 1.3
+    session that idles past its hibernation stays on OpenSSL."""
+    jid, password = await users.create("notlean")
+    metrics = cluster.metrics("cm-1")
+    openssl_before = metric_value(metrics, "stanzad_cm_tls_handshakes_total", kind="openssl")
+    hibernated = metric_value(metrics, "stanzad_cm_parsers_hibernated_total")
+    seen = bytearray()
+    async with _client(
+        "openssl", "s_client", "-connect", f"127.0.0.1:{cluster.c2s_port}",
+        "-starttls", "xmpp", "-xmpphost", "localhost", "-tls1_3",
+    ) as (stdin, stdout):
+        await _read_until(stdout, seen, b"Verify return code")
+        await _log_in(stdin, stdout, seen, jid, password)
+        deadline = time.monotonic() + 15  # cm-1 hibernates after 0.5 s (tests/conftest.py)
+        while metric_value(cluster.metrics("cm-1"), "stanzad_cm_parsers_hibernated_total") \
+                <= hibernated:
+            assert time.monotonic() < deadline, "the idle session did not hibernate"
+            await asyncio.sleep(0.5)
+        stdin.write(b"<iq type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>\n")
+        await _read_until(stdout, seen, b"id=\"p2\"")
+    metrics = cluster.metrics("cm-1")
+    assert metric_value(metrics, "stanzad_cm_tls_handshakes_total", kind="openssl") \
+        >= openssl_before + 1
+    assert metric_value(metrics, "stanzad_cm_tls_handshakes_total", kind="lean") == 0
+    assert _handovers(cluster, "cm-1") == 0

@@ -15,7 +15,7 @@ def setup() -> tuple[dict[str, Callable[[], tls_bench.Session]], tls_bench.Clien
     return tls_bench.makers(cert, key), tls_bench.Client(cert)
 
 
-@pytest.mark.parametrize("backend", ["ssl", "ssl-tickets2", "pyopenssl", "pyopenssl-cffi"])
+@pytest.mark.parametrize("backend", ["ssl", "ssl-lean", "ssl-tickets2"])
 def test_every_backend_is_measured(
     setup: tuple[dict[str, Callable[[], tls_bench.Session]], tls_bench.Client],
     backend: str,
@@ -26,3 +26,23 @@ def test_every_backend_is_measured(
     assert server.established and peer.established and cpu >= 0
     assert isinstance(tls_bench.handshakes(makers[backend], client, 2), float)
     assert isinstance(tls_bench.records(makers[backend], client, 10), float)
+
+
+def test_only_the_stdlib_backends_are_left() -> None:
+    cert, key = tls_bench.certificate()
+    assert set(tls_bench.makers(cert, key)) == {"ssl", "ssl-lean", "ssl-tickets2"}
+
+
+def test_lean_records_are_measured_on_our_record_layer(
+    setup: tuple[dict[str, Callable[[], tls_bench.Session]], tls_bench.Client],
+) -> None:
+    """`records` hands a lean session over first: its records then run on Records13."""
+    makers, client = setup
+    made: list[tls_bench.Session] = []
+
+    def make() -> tls_bench.Session:
+        made.append(makers["ssl-lean"]())
+        return made[-1]
+
+    tls_bench.records(make, client, 5)
+    assert made and getattr(made[0], "lean", False)

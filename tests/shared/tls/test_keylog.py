@@ -56,7 +56,7 @@ def test_only_this_sessions_traffic_secrets_are_taken(tmp_path: Path) -> None:
     client.start()
     hello = client.data_to_send()
     server.receive(hello)
-    mine: dict[bytes, bytes] = {}
+    mine: dict[bytes, bytearray] = {}
     keylog.take(b"\x00" * 32, mine)  # another session's random: nothing is ours
     assert mine == {}
     os.write(keylog._write_fd, b"CLIENT_TRAFFIC_SECRET_0 " + hello[11:43].hex().encode()
@@ -109,7 +109,7 @@ def test_a_full_pipe_is_emptied_by_one_take_and_fails_only_the_handshake_it_meet
                 os.write(writer, line)
 
     fill()
-    mine: dict[bytes, bytes] = {}
+    mine: dict[bytes, bytearray] = {}
     keylog.take(b"\x00" * 32, mine)  # reads until the pipe is empty, however full it was
     with pytest.raises(BlockingIOError):
         os.read(keylog._read_fd, 1)
@@ -125,4 +125,47 @@ def test_a_full_pipe_is_emptied_by_one_take_and_fails_only_the_handshake_it_meet
         hello_to_server()
     hello_to_server()  # ...and emptied the pipe on its way out: the next one logs again
     os.close(writer)
+    keylog.close()
+
+
+def test_only_the_two_application_traffic_secrets_are_decoded() -> None:
+    """Handshake and exporter secrets, TLS 1.2's master secret (CLIENT_RANDOM), other
+    sessions' lines and malformed ones are dropped; the read buffer is zeroed afterwards."""
+    keylog = KeyLog()
+    random = bytes(range(32))
+    mine, other = random.hex(), (b"\x01" * 32).hex()
+    lines = [
+        f"CLIENT_HANDSHAKE_TRAFFIC_SECRET {mine} {'11' * 48}",
+        f"SERVER_HANDSHAKE_TRAFFIC_SECRET {mine} {'22' * 48}",
+        f"CLIENT_TRAFFIC_SECRET_0 {other} {'33' * 48}",  # another session's
+        f"CLIENT_TRAFFIC_SECRET_0 {mine} {'44' * 48}",
+        f"SERVER_TRAFFIC_SECRET_0 {mine} {'55' * 48}",
+        f"EXPORTER_SECRET {mine} {'66' * 48}",
+        f"CLIENT_RANDOM {mine} {'77' * 48}",  # TLS 1.2
+        f"CLIENT_TRAFFIC_SECRET_01 {mine} {'88' * 48}",  # not quite the label
+        f"SERVER_TRAFFIC_SECRET_0 {mine} {'zz' * 48}",  # not hex: ignored
+    ]
+    os.write(keylog._write_fd, "\n".join(lines).encode() + b"\n")
+    taken: dict[bytes, bytearray] = {}
+    keylog.take(random, taken)
+    assert taken == {CLIENT_TRAFFIC: bytearray(b"\x44" * 48),
+                     SERVER_TRAFFIC: bytearray(b"\x55" * 48)}
+    assert all(type(secret) is bytearray for secret in taken.values())  # wipeable
+    assert not any(keylog._buffer)
+    keylog.close()
+
+
+def test_the_read_buffer_is_zeroed_even_when_parsing_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keylog = KeyLog()
+    os.write(keylog._write_fd, b"CLIENT_TRAFFIC_SECRET_0 " + b"00" * 32 + b" " + b"ab" * 32)
+
+    def broken(self: KeyLog, size: int, wanted: bytes, into: dict[bytes, bytearray]) -> None:
+        raise RuntimeError("parsing failed")
+
+    monkeypatch.setattr(KeyLog, "_parse", broken)
+    with pytest.raises(RuntimeError):
+        keylog.take(b"\x00" * 32, {})
+    assert not any(keylog._buffer)
     keylog.close()

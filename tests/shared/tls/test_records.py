@@ -126,6 +126,87 @@ def test_tls12_session_stays_on_openssl(files: tuple[str, str]) -> None:
     keylog.close()
 
 
+def test_tls12_secrets_are_dropped_at_once(files: tuple[str, str]) -> None:
+    """A TLS 1.2 session never goes lean: it holds no secret after its handshake, and the
+    master secret OpenSSL logged (CLIENT_RANDOM) went through a buffer now zeroed."""
+    cert, key = files
+    server_ctx = server_context(cert, key)
+    keylog = KeyLog()
+    assert keylog.attach(server_ctx)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    server = TLSSession(server_ctx, keylog=keylog)
+    client = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+    client.start()
+    for _ in range(5):
+        server.receive(client.data_to_send())
+        client.receive(server.data_to_send())
+    assert server.established and server._tls.version() == "TLSv1.2"  # type: ignore[union-attr]
+    assert server._secrets == {} and server._lean_keys is None and not server.lean_ready
+    assert not any(keylog._buffer)
+    keylog.close()
+
+
+def test_secrets_are_wiped_when_a_session_stays_on_openssl(
+    keylogs: tuple[ssl.SSLContext, KeyLog, ssl.SSLContext, KeyLog],
+) -> None:
+    server_ctx, server_log, client_ctx, client_log = keylogs
+    server = TLSSession(server_ctx, keylog=server_log)
+    client = _handshake(server, client_ctx, client_log)
+    assert server._lean_keys is not None
+    _, client_secret, server_secret = server._lean_keys
+    assert any(client_secret) and any(server_secret)
+    client.key_update()  # OpenSSL applies it: the session stays there, the secrets go
+    assert server.receive(client.data_to_send()) == b""
+    assert server._lean_keys is None
+    assert not any(client_secret) and not any(server_secret)
+
+
+def test_secrets_are_wiped_after_the_hand_over(
+    keylogs: tuple[ssl.SSLContext, KeyLog, ssl.SSLContext, KeyLog],
+) -> None:
+    server_ctx, server_log, client_ctx, client_log = keylogs
+    server = TLSSession(server_ctx, keylog=server_log)
+    client = _handshake(server, client_ctx, client_log)
+    assert server._lean_keys is not None
+    _, client_secret, server_secret = server._lean_keys
+    assert server.hibernate() and server.lean
+    assert not any(client_secret) and not any(server_secret)  # Records13 has its own copies
+    records = server._records
+    assert records is not None
+    old = records._read.secret
+    client.key_update()
+    assert server.receive(client.data_to_send()) == b""
+    assert not any(old) and any(records._read.secret)  # the replaced secret is overwritten
+    _exchange(server, client, b"<ok/>")
+
+
+def test_hello_retry_request_then_lean(files: tuple[str, str]) -> None:
+    """RFC 8446 §4.1.4: a server that accepts only P-256 answers the client's X25519 key
+    share with a HelloRetryRequest; the session still goes lean (the key log lines are filed
+    under the first ClientHello's random, which the second one repeats, §4.1.2)."""
+    cert, key = files
+    server_ctx = server_context(cert, key)
+    server_ctx.set_ecdh_curve("prime256v1")  # OpenSSL 3: the server's only group
+    server_log, client_log = KeyLog(), KeyLog()
+    client_ctx = ssl.create_default_context(cafile=cert)
+    assert server_log.attach(server_ctx) and client_log.attach(client_ctx)
+    server = TLSSession(server_ctx, keylog=server_log)
+    probe = TLSSession(client_ctx, server_side=False, server_hostname="example.org")
+    probe.start()
+    server.receive(probe.data_to_send())
+    first = server.data_to_send()
+    assert first[5] == 2 and first[11:43] == bytes.fromhex(  # ServerHello, HRR's random
+        "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
+    )
+    server = TLSSession(server_ctx, keylog=server_log)
+    client = _handshake(server, client_ctx, client_log)
+    assert server.lean_ready and server.hibernate() and server.lean
+    _exchange(server, client, b"<after-hrr/>")
+    server_log.close()
+    client_log.close()
+
+
 def test_session_tickets_keep_the_session_on_openssl(files: tuple[str, str]) -> None:
     """Tickets go out under the server's traffic key after the handshake (RFC 8446 §4.6.1):
     they would move its sequence number, so such a context never goes lean."""
@@ -166,16 +247,54 @@ def test_key_update_while_on_openssl_keeps_the_session_there(
 
 
 def test_peer_key_update_requested_is_answered(pair: Pair) -> None:
+    """§4.6.3: the answer goes out before our next application data, under the old key."""
     server, client = pair
-    old = server._records._read.secret  # type: ignore[union-attr]
+    old = bytes(server._records._read.secret)  # type: ignore[union-attr]
     client.key_update(request_peer=True)
     client.send(b"<after/>")  # already under the client's new key
     assert server.receive(client.data_to_send()) == b"<after/>"
     assert server._records._read.secret != old  # type: ignore[union-attr]
-    answer = server.data_to_send()  # the server's KeyUpdate, before anything else
-    assert answer and client.receive(answer) == b""
-    assert client._read.seq == 0  # the client moved to the server's next key
+    assert server.data_to_send() == b""  # nothing of ours to send yet: no KeyUpdate either
+    server.send(b"<reply/>")
+    answer = server.data_to_send()  # the server's KeyUpdate, then the reply
+    assert answer.count(b"\x17\x03\x03") == 2
+    assert client.receive(answer) == b"<reply/>"
+    assert client._read.seq == 1  # the client moved to the server's next key
     _exchange(server, client, b"<both-rekeyed/>")
+
+
+def test_several_update_requests_get_one_key_update(pair: Pair) -> None:
+    """§4.6.3: "an implementation which receives multiple KeyUpdates while it is silent"
+    responds "with a single update"."""
+    server, client = pair
+    first = bytes(server._records._write.secret)  # type: ignore[union-attr]
+    for i in range(3):
+        client.key_update(request_peer=True)
+        client.send(b"<m%d/>" % i)
+        assert server.receive(client.data_to_send()) == b"<m%d/>" % i
+    server.send(b"<reply/>")
+    answer = server.data_to_send()
+    assert answer.count(b"\x17\x03\x03") == 2  # one KeyUpdate, one record of data
+    assert client.receive(answer) == b"<reply/>"
+    algorithm = tls_records.SUITES[client._suite][2]
+    once = tls_records.hkdf_expand_label(algorithm, first, b"traffic upd", algorithm.digest_size)
+    assert server._records._write.secret == once == client._read.secret  # type: ignore[union-attr]
+    server.send(b"<more/>")
+    wire = server.data_to_send()
+    assert wire.count(b"\x17\x03\x03") == 1  # answered: no second update
+    assert client.receive(wire) == b"<more/>"
+    _exchange(server, client, b"<both-rekeyed/>")
+
+
+def test_our_own_key_update_answers_a_pending_request(pair: Pair) -> None:
+    server, client = pair
+    client.key_update(request_peer=True)
+    assert server.receive(client.data_to_send()) == b""
+    server._records.key_update()  # type: ignore[union-attr]
+    server.send(b"<x/>")
+    answer = server.data_to_send()
+    assert answer.count(b"\x17\x03\x03") == 2
+    assert client.receive(answer) == b"<x/>"
 
 
 def test_peer_key_update_not_requested_gets_no_answer(pair: Pair) -> None:
@@ -306,13 +425,153 @@ def test_fatal_alert_from_the_peer(pair: Pair) -> None:
 
 
 def test_nothing_is_written_after_our_close_notify(pair: Pair) -> None:
+    """§6.1: close_notify is the last record we send; later writes are refused loudly."""
     server, client = pair
     server.close()
-    server.send(b"<late/>")
+    wire = server.data_to_send()
+    with pytest.raises(ssl.SSLError, match="after our close_notify"):
+        server.send(b"<late/>")
+    with pytest.raises(ssl.SSLError, match="after our close_notify"):
+        server._records.key_update()  # type: ignore[union-attr]
+    server.close()  # twice: still one close_notify
+    assert server.data_to_send() == b""
     with pytest.raises(TLSClosed):
-        client.receive(server.data_to_send())
+        client.receive(wire)
+
+
+def test_no_alert_after_our_close_notify(pair: Pair) -> None:
+    """A record that fails after our close_notify fails the session, but nothing more goes
+    out: the close_notify was our last record."""
+    server, client = pair
+    server.close()
+    wire = server.data_to_send()
+    client.send(b"<m/>")
+    damaged = bytearray(client.data_to_send())
+    damaged[-1] ^= 1
+    with pytest.raises(ssl.SSLError, match="authentication"):
+        server.receive(bytes(damaged))
+    assert server.data_to_send() == b""
+    with pytest.raises(TLSClosed):
+        client.receive(wire)
 
 
 def test_unknown_suite_refused() -> None:
     with pytest.raises(ValueError):
         Records13("TLS_AES_128_CCM_SHA256", b"\0" * 32, b"\0" * 32)
+
+
+# ---- hardening: records that carry nothing, lengths, what comes after the hand-over ----------
+
+def test_records_without_application_data_are_bounded(pair: Pair) -> None:
+    """Empty application data, user_canceled and KeyUpdates are each allowed, but not
+    without end: MAX_EMPTY_RECORDS in a row, and the next one fails the session."""
+    server, client = pair
+    limit = tls_records.MAX_EMPTY_RECORDS
+    kinds = [b"\x17", b"\x01\x5a\x15"]  # empty application data (§5.1), user_canceled (§6.1)
+    for _ in range(3):  # a record of data in between starts the count again
+        wire = b"".join(_inner_record(client, kinds[i % 2]) for i in range(limit - 1))
+        client.key_update()
+        wire += client.data_to_send()  # the 32nd: a KeyUpdate
+        assert server.receive(wire) == b""
+        _exchange(server, client, b"<data-resets-the-count/>")
+    wire = b"".join(_inner_record(client, b"\x17") for _ in range(limit + 1))
+    with pytest.raises(ssl.SSLError, match="without application data"):
+        server.receive(wire)
+    assert _alert_sent(server, client) == tls_records.UNEXPECTED_MESSAGE
+
+
+def test_zero_length_handshake_record_is_unexpected(pair: Pair) -> None:
+    """§5.1: "Implementations MUST NOT send zero-length fragments of Handshake types"."""
+    server, client = pair
+    with pytest.raises(ssl.SSLError, match="zero-length handshake"):
+        server.receive(_inner_record(client, b"\x16"))
+    assert _alert_sent(server, client) == tls_records.UNEXPECTED_MESSAGE
+
+
+def test_zero_length_application_data_is_allowed(pair: Pair) -> None:
+    server, client = pair
+    client.send(b"")
+    assert server.receive(client.data_to_send()) == b""
+    _exchange(server, client, b"<after-empty/>")
+
+
+def test_inner_plaintext_length_counts_the_padding(pair: Pair) -> None:
+    """§5.4: TLSInnerPlaintext is at most 2^14 + 1 bytes, padding included; a short record
+    padded past that is record_overflow although its content alone would fit."""
+    server, client = pair
+    most = tls_records.MAX_PLAINTEXT + 1
+    assert server.receive(_inner_record(client, b"<a/>\x17" + bytes(most - 5))) == b"<a/>"
+    with pytest.raises(ssl.SSLError, match="inner plaintext of 16386") as caught:
+        server.receive(_inner_record(client, b"<a/>\x17" + bytes(most - 4)))
+    assert caught.value.reason.startswith("inner plaintext")
+    assert _alert_sent(server, client) == tls_records.RECORD_OVERFLOW
+
+
+@pytest.mark.parametrize(("over", "reason"), [(0, "inner plaintext"), (1, "record of")])
+def test_ciphertext_length_limit(pair: Pair, over: int, reason: str) -> None:
+    """§5.2: a ciphertext of 2^14 + 256 bytes passes the header check (and then fails the
+    inner length); one byte more is refused by its header alone."""
+    server, client = pair
+    wire = _inner_record(client, b"\x17" + bytes((1 << 14) + 256 - 17 + over))
+    assert len(wire) - 5 == (1 << 14) + 256 + over
+    with pytest.raises(ssl.SSLError, match=reason):
+        server.receive(wire)
+    assert _alert_sent(server, client) == tls_records.RECORD_OVERFLOW
+
+
+def test_replayed_record_fails(pair: Pair) -> None:
+    """Every record's nonce holds its sequence number (§5.3): the same record twice fails."""
+    server, client = pair
+    client.send(b"<once/>")
+    wire = client.data_to_send()
+    assert server.receive(wire) == b"<once/>"
+    with pytest.raises(ssl.SSLError, match="authentication"):
+        server.receive(wire)
+    assert _alert_sent(server, client) == tls_records.BAD_RECORD_MAC
+
+
+def test_truncated_record_waits_then_completes(pair: Pair) -> None:
+    server, client = pair
+    for cut in (1, 4, 5, 5 + 10, 5 + len(b"<whole/>") + 16):
+        client.send(b"<whole/>")
+        wire = client.data_to_send()
+        assert server.receive(wire[:cut]) == b""
+        assert server.receive(wire[cut:]) == b"<whole/>"
+    assert server.receive(wire[:-1]) == b""  # and the rest never comes: nothing delivered
+
+
+def test_truncated_record_with_a_matching_header_fails(pair: Pair) -> None:
+    server, client = pair
+    client.send(b"<truncated/>")
+    wire = client.data_to_send()
+    short = struct.pack("!BHH", 23, 0x0303, len(wire) - 5 - 3) + wire[5:-3]
+    with pytest.raises(ssl.SSLError, match="authentication"):
+        server.receive(short)
+    assert _alert_sent(server, client) == tls_records.BAD_RECORD_MAC
+
+
+def test_zero_length_record_is_decode_error(pair: Pair) -> None:
+    server, client = pair
+    with pytest.raises(ssl.SSLError, match="too short"):
+        server.receive(b"\x17\x03\x03\x00\x00")
+    assert _alert_sent(server, client) == tls_records.DECODE_ERROR
+
+
+@pytest.mark.parametrize(
+    "record",
+    [b"\x15\x03\x03\x00\x02\x01\x00",  # a plaintext close_notify
+     b"\x15\x03\x03\x00\x02\x02\x28",  # a plaintext fatal alert
+     b"\x16\x03\x03\x00\x05\x18\x00\x00\x01\x00",  # a plaintext KeyUpdate
+     b"\x16\x03\x01\x00\x04\x01\x00\x00\x00"],  # a plaintext ClientHello
+    ids=["close-notify", "fatal-alert", "key-update", "client-hello"],
+)
+def test_plaintext_records_after_the_hand_over_fail(pair: Pair, record: bytes) -> None:
+    """§5: after the handshake every record is protected; a plaintext alert or handshake
+    record fails the session, it is never acted on."""
+    server, client = pair
+    client.send(b"<before/>")
+    with pytest.raises(ssl.SSLError, match="unprotected record"):
+        server.receive(client.data_to_send() + record)
+    assert _alert_sent(server, client) == tls_records.UNEXPECTED_MESSAGE
+    with pytest.raises(ssl.SSLError):
+        server.send(b"<after/>")

@@ -115,6 +115,22 @@ def test_close_notify_ends_the_session(contexts: tuple[ssl.SSLContext, ssl.SSLCo
         client.receive(server.data_to_send())
 
 
+@pytest.mark.parametrize("hand_over", [False, True], ids=["before-hand-over", "after"])
+def test_no_write_after_our_close_notify(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext], hand_over: bool
+) -> None:
+    """RFC 8446 §6.1: close_notify is our last record; a later write raises, on OpenSSL as
+    in our record layer, and nothing follows the close_notify on the wire."""
+    server, client = _pair(contexts) if hand_over else _handshaken(contexts)
+    server.close()
+    wire = server.data_to_send()
+    with pytest.raises(ssl.SSLError, match="after our close_notify"):
+        server.send(b"<late/>")
+    assert server.data_to_send() == b""
+    with pytest.raises(TLSClosed):
+        client.receive(wire)
+
+
 def test_large_writes_go_through_in_slices_and_keep_their_order(
     contexts: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
