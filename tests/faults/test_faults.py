@@ -151,6 +151,12 @@ async def test_killed_connection_manager_sessions_are_reaped_within_30s(
     try:
         await raw_login(raw, jid, pw, resource="doomed")
         assert await accounts.redis.hget(keys.sessions(jid), "doomed") is not None
+
+        async def indexed() -> bool:  # written in the tick after the bind (CmIndex)
+            members = await accounts.redis.smembers(keys.cm_sessions("cm-doomed"))
+            return f"{jid}/doomed".encode() in members
+
+        await _wait(indexed, 10, "the session in the connection manager's index")
         faulty.kill("cm-doomed")  # SIGKILL: no unbind, no retire
         took = await _wait(_gone(accounts, jid), 30, "reaping the dead pod's sessions")
         print(f"sessions of a SIGKILLed connection manager reaped after {took:.1f}s")

@@ -23,6 +23,8 @@ def _pauses(service: str, generation: int) -> float:
 def test_every_collection_is_timed_by_generation() -> None:
     gc_tuning.observe_pauses("gc-test")
     gc_tuning.observe_pauses("gc-test")  # once per process, however often it is asked
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic collection in between: only the three below are counted
     try:
         before = [_pauses("gc-test", g) for g in range(3)]
         gc.collect(0)
@@ -32,6 +34,8 @@ def test_every_collection_is_timed_by_generation() -> None:
         assert [a - b for a, b in zip(after, before, strict=True)] == [1, 0, 2]
         assert sum(isinstance(cb, gc_tuning._PauseObserver) for cb in gc.callbacks) == 1
     finally:
+        if enabled:
+            gc.enable()
         observer = gc_tuning._PauseObserver
         gc.callbacks[:] = [cb for cb in gc.callbacks if not isinstance(cb, observer)]
 
