@@ -128,7 +128,8 @@ def port_holders(port: int, proc: Path = Path("/proc")) -> list[PortHolder]:
                     raw = (entry / "cmdline").read_bytes()
                 except OSError:
                     raw = b""
-                cmdline = raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+                # one line: arguments may hold newlines (python -c ...)
+                cmdline = " ".join(raw.decode(errors="replace").split())
                 holders.append(PortHolder(int(entry.name), cmdline))
                 break
     return sorted(holders, key=lambda h: h.pid)
@@ -139,7 +140,11 @@ def describe_holders(port: int) -> str:
     holders = port_holders(port)
     if not holders:
         return "a process this user cannot see (`ss -ltnp` as root names it)"
-    return ", ".join(f"pid {h.pid} ({h.cmdline or '?'})" for h in holders)
+    return ", ".join(f"pid {h.pid} ({_shorten(h.cmdline) or '?'})" for h in holders)
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def wait_port(host: str, port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None
