@@ -129,7 +129,7 @@ def port_holders(port: int, proc: Path = Path("/proc")) -> list[PortHolder]:
                 except OSError:
                     raw = b""
                 # one line: arguments may hold newlines (python -c ...)
-                cmdline = " ".join(raw.decode(errors="replace").split())
+                cmdline = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
                 holders.append(PortHolder(int(entry.name), cmdline))
                 break
     return sorted(holders, key=lambda h: h.pid)
@@ -143,7 +143,7 @@ def describe_holders(port: int) -> str:
     return ", ".join(f"pid {h.pid} ({_shorten(h.cmdline) or '?'})" for h in holders)
 
 
-def _shorten(text: str, limit: int = 160) -> str:
+def _shorten(text: str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
