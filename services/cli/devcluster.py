@@ -5,18 +5,27 @@ roster, connection manager, s2s gateway and the admin API, each as its own proce
 prefixed log lines.  In-band registration is on in this local profile.  The admin API
 listens on 127.0.0.1:9190 with the token of STANZAD_ADMIN_TOKEN, or a fresh one printed at
 start.
+
+Stopping: SIGTERM or Ctrl-C stops the services at once (in parallel), then Redis and NATS,
+each step bounded, stragglers killed; a second Ctrl-C kills at once.  On Linux every child
+also dies with the supervisor (PR_SET_PDEATHSIG), so a ``kill -9`` of it leaves no process
+holding the ports.  A port still held at start is reported with the pid and command line of
+its holder.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from devtools import localservers
 
@@ -24,8 +33,39 @@ NATS_PORT = 14222
 REDIS_PORT = 16379
 ADMIN_PORT = 9190
 S2S_PORT = 5269
+METRICS_PORT = 9101  # the first of six: cm, router, presence, roster, s2s, admin
 COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34,
           "s2s": 37, "admin": 37}
+# Stop bounds (seconds): the services get SERVICES_STOP_S to stop cleanly (they need NATS
+# and Redis for it, so those go after), the servers SERVERS_STOP_S; then SIGKILL, after
+# which KILLED_WAIT_S only guards against a process stuck in the kernel.
+SERVICES_STOP_S: Final = 3.0
+SERVERS_STOP_S: Final = 1.0
+CM_DRAIN_S: Final = "2"  # STANZAD_DRAIN_TIMEOUT_S of the local cm: closing streams fits above
+KILLED_WAIT_S: Final = 2.0
+PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The listeners of the local cluster; ``metrics`` 0 lets each service pick its own."""
+
+    c2s: int = 5222
+    s2s: int = S2S_PORT
+    nats: int = NATS_PORT
+    redis: int = REDIS_PORT
+    admin: int = ADMIN_PORT
+    metrics: int = METRICS_PORT
+
+    def metrics_port(self, index: int) -> int:
+        return self.metrics + index if self.metrics else 0
+
+    def listeners(self) -> list[tuple[int, str]]:
+        named = [(self.nats, "NATS"), (self.redis, "Redis"), (self.c2s, "c2s"),
+                 (self.s2s, "s2s"), (self.admin, "the admin API")]
+        if self.metrics:
+            named += [(self.metrics_port(i), "a metrics side port") for i in range(6)]
+        return named
 
 
 @dataclass
@@ -33,7 +73,32 @@ class Child:
     name: str
     cmd: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # what the child gets when the supervisor dies: the servers stop cleanly on SIGTERM
+    # (Redis syncs its AOF); a service's clean stop needs those servers, so it is killed
+    death_signal: signal.Signals = signal.SIGKILL
     proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec_fn that makes the child receive ``sig`` when this process dies (Linux
+    prctl(2) PR_SET_PDEATHSIG; kept across exec), None elsewhere.  If we died between fork
+    and prctl the child's parent is already another process: it exits at once."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in the forked child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            os._exit(127)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 async def _pipe(child: Child) -> None:
@@ -51,6 +116,7 @@ async def _start(child: Child) -> asyncio.Task[None]:
     child.proc = await asyncio.create_subprocess_exec(
         *child.cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
+        preexec_fn=_die_with_parent(child.death_signal),
     )
     return asyncio.create_task(_pipe(child))
 
@@ -67,97 +133,143 @@ async def _wait_port(port: int, child: Child, timeout_s: float = 20) -> None:
     raise TimeoutError(f"{child.name} is not listening on {port}")
 
 
-async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
-    s2s_port = int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT))
-    for port, what in ((NATS_PORT, "NATS"), (REDIS_PORT, "Redis"), (c2s_port, "c2s"),
-                       (s2s_port, "s2s"), (ADMIN_PORT, "the admin API")):
+async def stop_children(children: list[Child], grace_s: float, hurry: asyncio.Event) -> None:
+    """SIGTERM to every running child at once; SIGKILL to those still running after
+    ``grace_s`` or as soon as ``hurry`` is set."""
+    running = [c for c in children if c.running]
+    if not running:
+        return
+    for child in running:
+        assert child.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            child.proc.send_signal(signal.SIGTERM)
+    exited = asyncio.ensure_future(asyncio.gather(*(c.proc.wait() for c in running if c.proc)))
+    hurried = asyncio.ensure_future(hurry.wait())
+    await asyncio.wait([exited, hurried], timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+    hurried.cancel()
+    for child in running:
+        if child.running:
+            assert child.proc is not None
+            print(f"{child.name} did not stop in time: killed", file=sys.stderr, flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(exited), KILLED_WAIT_S)
+
+
+def _ports_in_use(ports: Ports) -> str | None:
+    """The error for the first listener port already held, naming its holder."""
+    for port, what in ports.listeners():
         if localservers.port_open("127.0.0.1", port):
-            print(f"port {port} for {what} is already in use: is another `make run` going?",
-                  file=sys.stderr)
-            return 1
-    (var / "redis").mkdir(parents=True, exist_ok=True)
-    (var / "nats").mkdir(parents=True, exist_ok=True)
+            return (f"port {port} for {what} is already in use by "
+                    f"{localservers.describe_holders(port)}: a `stanzad run` left over, or "
+                    "another program? Stop it, or pick other ports (`stanzad run --help`).")
+    return None
+
+
+def _children(var: Path, ports: Ports, admin_token: str) -> list[tuple[Child, int | None]]:
+    """The processes of the cluster in start order, each with the port that shows it is up."""
     common = {
-        "STANZAD_NATS_URL": f"nats://127.0.0.1:{NATS_PORT}",
-        "STANZAD_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+        "STANZAD_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
+        "STANZAD_REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
         "STANZAD_DOMAIN": os.environ.get("STANZAD_DOMAIN", "localhost"),
     }
+    tls = {"STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
+           "STANZAD_TLS_KEY": str(var / "tls" / "key.pem")}
     python = sys.executable
-    nats = Child("nats", localservers.nats_command(NATS_PORT, var / "nats"))
-    redis = Child("redis", localservers.redis_command(REDIS_PORT, var / "redis", aof=True))
-    cm = Child(
-        "cm",
-        [python, "-m", "services.connection_manager"],
-        {
-            **common,
-            "STANZAD_C2S_PORT": str(c2s_port),
-            "STANZAD_HTTP_PORT": "9101",
-            "STANZAD_ALLOW_REGISTRATION": os.environ.get("STANZAD_ALLOW_REGISTRATION", "true"),
-            "STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
-            "STANZAD_TLS_KEY": str(var / "tls" / "key.pem"),
-            "STANZAD_CM_ID": "cm-local",
-        },
-    )
-    router = Child("router", [python, "-m", "services.router"],
-                   {**common, "STANZAD_HTTP_PORT": "9102", "STANZAD_ROUTER_ID": "router-local"})
-    presence = Child(
-        "presence", [python, "-m", "services.presence"],
-        {**common, "STANZAD_HTTP_PORT": "9103", "STANZAD_PRESENCE_ID": "presence-local"},
-    )
-    roster = Child("roster", [python, "-m", "services.roster"],
-                   {**common, "STANZAD_HTTP_PORT": "9104", "STANZAD_ROSTER_ID": "roster-local"})
-    s2s = Child(
-        "s2s", [python, "-m", "services.s2s_gateway"],
-        {**common, "STANZAD_HTTP_PORT": "9105", "STANZAD_S2S_ID": "s2s-local",
-         "STANZAD_S2S_PORT": str(s2s_port),
-         "STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
-         "STANZAD_TLS_KEY": str(var / "tls" / "key.pem")},
-    )
-    admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
-    admin = Child("admin", [python, "-m", "services.admin"], {
-        **common, "STANZAD_HTTP_PORT": "9106", "STANZAD_ADMIN_HOST": "127.0.0.1",
-        "STANZAD_ADMIN_PORT": str(ADMIN_PORT), "STANZAD_ADMIN_TOKEN": admin_token,
+
+    def service(name: str, module: str, index: int, env: dict[str, str]) -> Child:
+        return Child(name, [python, "-m", module],
+                     {**common, "STANZAD_HTTP_PORT": str(ports.metrics_port(index)), **env})
+
+    nats = Child("nats", localservers.nats_command(ports.nats, var / "nats"),
+                 death_signal=signal.SIGTERM)
+    redis = Child("redis", localservers.redis_command(ports.redis, var / "redis", aof=True),
+                  death_signal=signal.SIGTERM)
+    cm = service("cm", "services.connection_manager", 0, {
+        "STANZAD_C2S_PORT": str(ports.c2s), "STANZAD_CM_ID": "cm-local",
+        "STANZAD_ALLOW_REGISTRATION": os.environ.get("STANZAD_ALLOW_REGISTRATION", "true"),
+        "STANZAD_DRAIN_TIMEOUT_S": os.environ.get("STANZAD_DRAIN_TIMEOUT_S", CM_DRAIN_S),
+        **tls,
     })
+    router = service("router", "services.router", 1, {"STANZAD_ROUTER_ID": "router-local"})
+    presence = service("presence", "services.presence", 2,
+                       {"STANZAD_PRESENCE_ID": "presence-local"})
+    roster = service("roster", "services.roster", 3, {"STANZAD_ROSTER_ID": "roster-local"})
+    s2s = service("s2s", "services.s2s_gateway", 4, {
+        "STANZAD_S2S_ID": "s2s-local", "STANZAD_S2S_PORT": str(ports.s2s), **tls,
+    })
+    admin = service("admin", "services.admin", 5, {
+        "STANZAD_ADMIN_HOST": "127.0.0.1", "STANZAD_ADMIN_PORT": str(ports.admin),
+        "STANZAD_ADMIN_TOKEN": admin_token,
+    })
+    return [(nats, ports.nats), (redis, ports.redis), (router, None), (presence, None),
+            (roster, None), (cm, ports.c2s), (s2s, ports.s2s), (admin, ports.admin)]
+
+
+async def run_cluster(var: Path, ports: Ports | None = None) -> int:
+    ports = ports or Ports(s2s=int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT)))
+    if (in_use := _ports_in_use(ports)) is not None:
+        print(in_use, file=sys.stderr)
+        return 1
+    (var / "redis").mkdir(parents=True, exist_ok=True)
+    (var / "nats").mkdir(parents=True, exist_ok=True)
+    admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
+    children = _children(var, ports, admin_token)
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second Ctrl-C while stopping: kill what is left now
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    status = 0
-    try:
-        for child, port in ((nats, NATS_PORT), (redis, REDIS_PORT), (router, None),
-                            (presence, None), (roster, None), (cm, c2s_port),
-                            (s2s, s2s_port), (admin, ADMIN_PORT)):
+        loop.add_signal_handler(sig, on_signal)
+
+    async def start_all() -> None:
+        for child, port in children:
             pipes.append(await _start(child))
             started.append(child)
             if port is not None:
                 await _wait_port(port, child)
-        print(f"stanzad is up: c2s on 127.0.0.1:{c2s_port} (STARTTLS), domain "
-              f"{common['STANZAD_DOMAIN']}; s2s on :{s2s_port}; metrics on :9101-9106.\n"
-              f"admin API: http://127.0.0.1:{ADMIN_PORT}/api/v1/ with "
+
+    status = 0
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        starter = asyncio.create_task(start_all())
+        await asyncio.wait([starter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not starter.done():  # stopped while starting
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starter
+            return status
+        starter.result()  # a start failure raises here
+        metrics = (f"metrics on :{ports.metrics}-{ports.metrics_port(5)}" if ports.metrics
+                   else "metrics on ports of the services' choosing (see their logs)")
+        print(f"stanzad is up: c2s on 127.0.0.1:{ports.c2s} (STARTTLS), domain "
+              f"{os.environ.get('STANZAD_DOMAIN', 'localhost')}; s2s on :{ports.s2s}; "
+              f"{metrics}.\nadmin API: http://127.0.0.1:{ports.admin}/api/v1/ with "
               f"'Authorization: Bearer {admin_token}'. Ctrl-C stops it.", flush=True)
         waiters = [asyncio.create_task(c.proc.wait()) for c in started if c.proc]
-        stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
         if stopper not in done:
             print("a process exited; stopping the cluster", file=sys.stderr)
             status = 1
-        stopper.cancel()
     except (RuntimeError, TimeoutError) as exc:
         print(f"start failed: {exc}", file=sys.stderr)
         status = 1
     finally:
-        for child in reversed(started):  # services first, then Redis and NATS
-            if child.proc is not None and child.proc.returncode is None:
-                child.proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(child.proc.wait(), 15)
-                except TimeoutError:
-                    child.proc.kill()
-                    await child.proc.wait()
-        for pipe in pipes:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pipe, 2)
+        stopper.cancel()
+        stop.set()  # from here a signal means hurry
+        servers = {"nats", "redis"}
+        await stop_children([c for c in started if c.name not in servers], SERVICES_STOP_S,
+                            hurry)
+        await stop_children([c for c in started if c.name in servers], SERVERS_STOP_S, hurry)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*pipes, return_exceptions=True), 0.5)
         print("stanzad stopped", flush=True)
     return status

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,16 @@ from shared.cluster.admin import AdminError, ClusterAdmin, count_results, import
 from shared.runtime.settings import AdminSettings, load_or_exit
 from shared.store.accounts import AccountExists
 from shared.store.redis import connect as redis_connect
+
+from .devcluster import (
+    ADMIN_PORT,
+    METRICS_PORT,
+    NATS_PORT,
+    REDIS_PORT,
+    S2S_PORT,
+    Ports,
+    run_cluster,
+)
 
 SERVICE = "cli"
 NATS_CONNECT_TIMEOUT_S = 5.0
@@ -199,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole cluster locally in the foreground")
     run.add_argument("--var", default="var", help="data folder (default: var)")
     run.add_argument("--c2s-port", type=int, default=5222)
+    run.add_argument("--s2s-port", type=int, default=None,
+                     help="default: STANZAD_S2S_PORT, else 5269")
+    run.add_argument("--nats-port", type=int, default=NATS_PORT)
+    run.add_argument("--redis-port", type=int, default=REDIS_PORT)
+    run.add_argument("--admin-port", type=int, default=ADMIN_PORT)
+    run.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+                     help="the first of six consecutive side ports; 0: each picks a free one")
     user = sub.add_parser("user", help="manage accounts")
     actions = user.add_subparsers(dest="action", required=True)
     for name, help_ in (("add", "create an account"), ("passwd", "change a password")):
@@ -228,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        from .devcluster import run_cluster
-
-        return asyncio.run(run_cluster(Path(args.var), args.c2s_port))
+        s2s = args.s2s_port or int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT))
+        ports = Ports(c2s=args.c2s_port, s2s=s2s, nats=args.nats_port, redis=args.redis_port,
+                      admin=args.admin_port, metrics=args.metrics_port)
+        return asyncio.run(run_cluster(Path(args.var), ports))
     if args.command == "sessions" and args.action is None:
         args.action = "list"  # plain `stanzad sessions`
     settings = load_or_exit(AdminSettings)

@@ -8,6 +8,7 @@ user are handled by one process, in order.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -170,7 +171,9 @@ class PartitionedService:
 
     async def _release(self, p: int) -> None:
         """Hand the partition over: wait for the new owner (it is subscribed once it holds
-        the lease), publish a FENCE on each subject, unsubscribe once our FENCE came back."""
+        the lease), publish a FENCE on each subject, unsubscribe once our FENCE came back.
+        With no other live member (the last of the role stopping, or the joiner gone) there
+        is no new owner to wait for: unsubscribe at once."""
         names = self._subjects_for(p)
         for s in names:  # first, before any wait: publishers of this process use NATS again
             self._subscribed.discard(s)
@@ -181,9 +184,16 @@ class PartitionedService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.partitions.interval_s + 2.0
         owner = None
-        while loop.time() < deadline:
+        alone = False
+        for polls in itertools.count():
             owner = await self.partitions.owner(p)
             if owner is not None and owner != self.member_id:
+                break
+            # no one left to take it? (the member set at once, then every 0.5 s)
+            if polls % 10 == 0 and not await self.partitions.others_alive():
+                alone = True
+                break
+            if loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)
         if owner is not None and owner != self.member_id:
@@ -196,7 +206,7 @@ class PartitionedService:
                 await asyncio.wait_for(asyncio.gather(*waits), timeout=5)
             except TimeoutError:
                 log.warning("%s partition %d: fence not seen, unsubscribing anyway", self.role, p)
-        else:
+        elif not alone:
             log.warning("%s partition %d: no new owner came; unsubscribing", self.role, p)
         for sub in subs:
             try:

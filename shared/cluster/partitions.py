@@ -13,6 +13,8 @@ first records ``handover:<role>:<p>``, frees the lease and keeps consuming; the 
 subscribes and drops what it receives until the previous owner's FENCE arrives on each subject
 (the previous owner handled all of that), and the previous owner unsubscribes once it has seen
 its own FENCE (everything after it belongs to the new owner).  See shared/cluster/partitioned.py.
+The last live member of a role has no one to hand over to: on stop it frees its leases without
+a hand-over mark and unsubscribes at once.
 
 Known gap (core NATS keeps no messages): when a member dies, stanzas published to its
 partitions until the lease expires and another member subscribes are lost; see
@@ -87,6 +89,11 @@ class PartitionManager:
         await self._r.zremrangebyscore(keys.members(self.role), 0, now_ms)
         return sorted(m.decode() for m in await self._r.zrange(keys.members(self.role), 0, -1))
 
+    async def others_alive(self) -> bool:
+        """Whether a member other than this one is announced and not expired: someone who
+        can take a partition we give up."""
+        return any(m != self.member_id for m in await self.live_members())
+
     async def tick(self) -> None:
         """One round: announce, renew, give up, take."""
         now_ms = int(time.time() * 1000)
@@ -126,11 +133,14 @@ class PartitionManager:
                 await self._on_acquire(p, previous.decode() if previous else None)
         self.synced = True
 
-    async def _give_up(self, p: int) -> None:
-        """Free the lease but keep consuming: the service hands over, then unsubscribes."""
+    async def _give_up(self, p: int, handover: bool = True) -> None:
+        """Free the lease but keep consuming: the service hands over, then unsubscribes.
+        Without ``handover`` (no other member) no mark is left: a member that starts later
+        must not wait for a FENCE of ours that will never come."""
         self.held.discard(p)
         self.handing_over.add(p)
-        await self._r.set(keys.handover(self.role, p), self.member_id, px=self._ttl_ms * 2)
+        if handover:
+            await self._r.set(keys.handover(self.role, p), self.member_id, px=self._ttl_ms * 2)
         await self._release(keys=[keys.partition_lease(self.role, p)], args=[self.member_id])
         try:
             await self._on_release(p)
@@ -151,15 +161,21 @@ class PartitionManager:
 
     async def stop(self) -> None:
         """Leave cleanly: out of the member set first (so the others' assignment moves our
-        partitions to them), then every partition handed over."""
+        partitions to them), then every partition handed over; the last member of the role
+        only frees its leases (the service's release sees no one to wait for)."""
+        handover = True
         try:
             await self._r.zrem(keys.members(self.role), self.member_id)
+            handover = await self.others_alive()
         except Exception as exc:
             log.warning("could not leave the %s set: %s", self.role, exc)
+        if not handover and self.held:
+            log.info("%s is the last %s member: %d partition(s) freed without hand-over",
+                     self.member_id, self.role, len(self.held))
 
         async def give_up(p: int) -> None:
             try:
-                await self._give_up(p)
+                await self._give_up(p, handover)
             except Exception as exc:
                 log.warning("could not release %s partition %d: %s", self.role, p, exc)
 

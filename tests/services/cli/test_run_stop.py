@@ -1,0 +1,202 @@
+"""`stanzad run` stops its whole local cluster: on SIGTERM or Ctrl-C (SIGINT) every child is
+gone and the last member of each partitioned role did not wait for a new owner; a kill -9 of
+the supervisor takes its children with it (PR_SET_PDEATHSIG), so the next start on the same
+ports works; a port held at start is reported with its holder's pid.
+
+Each cluster runs on free loopback ports with its data in the test's temporary folder, never
+on the ports of a developer's `make run`.  Times are printed, not asserted (hang guards only).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.localservers import free_port, port_open
+
+ROOT = Path(__file__).resolve().parents[3]
+START_GUARD_S = 120  # eight processes on a shared two-core machine
+HANG_GUARD_S = 30
+CHILDREN = 8  # nats, redis, router, presence, roster, cm, s2s, admin
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="PR_SET_PDEATHSIG and /proc are Linux's")
+
+
+Proc = tuple[int, str]  # pid and start time: a pid reused by another process is not ours
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw.rpartition(")")[2].split()
+
+
+def children_of(pid: int) -> list[Proc]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(entry.name), fields[19]))  # stat field 22: start time
+    return sorted(found)
+
+
+def alive(proc: Proc) -> bool:
+    """Running; a zombie (dead, not yet reaped by its new parent) holds nothing."""
+    fields = _stat(proc[0])
+    return fields is not None and fields[0] != "Z" and fields[19] == proc[1]
+
+
+def wait_gone(procs: list[Proc], guard_s: float = HANG_GUARD_S) -> list[Proc]:
+    """The processes still alive once all are gone or the guard expired."""
+    deadline = time.monotonic() + guard_s
+    while (left := [p for p in procs if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+class Run:
+    """One `stanzad run` subprocess, its output collected by a thread."""
+
+    def __init__(self, var: Path, ports: dict[str, int]) -> None:
+        self.ports = ports
+        args = [sys.executable, "-m", "services.cli.main", "run", "--var", str(var),
+                "--metrics-port", "0"]
+        for name, port in ports.items():
+            args += [f"--{name}-port", str(port)]
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT,
+                                     env={**os.environ, "STANZAD_ADMIN_TOKEN": "test-token"})
+        self.lines: list[str] = []
+        self.children: list[Proc] = []
+        self._up = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if line.startswith("stanzad is up"):
+                self._up.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_up(self) -> list[Proc]:
+        assert self._up.wait(START_GUARD_S), self.output
+        self.children = children_of(self.proc.pid)
+        assert len(self.children) == CHILDREN, (self.children, self.output)
+        return self.children
+
+    def signal_and_wait(self, sig: signal.Signals) -> float:
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(HANG_GUARD_S)
+        return time.monotonic() - started
+
+    def cleanup(self) -> None:
+        """After a failed test: nothing of ours keeps running (only the pids we saw)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for child in self.children:
+            if alive(child):
+                os.kill(child[0], signal.SIGKILL)
+        self.proc.wait(HANG_GUARD_S)
+
+
+def _free_ports() -> dict[str, int]:
+    ports: dict[str, int] = {}
+    while len(ports) < 5:  # five distinct ones
+        port = free_port()
+        if port not in ports.values():
+            ports[("c2s", "s2s", "nats", "redis", "admin")[len(ports)]] = port
+    return ports
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[list[Run]]:
+    started: list[Run] = []
+    yield started
+    for run in started:
+        run.cleanup()
+
+
+def _start(runs: list[Run], var: Path, ports: dict[str, int] | None = None) -> Run:
+    run = Run(var, ports or _free_ports())
+    runs.append(run)
+    return run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_signal_stops_every_child_cleanly(
+    sig: signal.Signals, runs: list[Run], tmp_path: Path
+) -> None:
+    run = _start(runs, tmp_path / "var")
+    children = run.wait_up()
+    took = run.signal_and_wait(sig)
+    print(f"{sig.name}: `stanzad run` exited {took:.2f} s after the signal")
+    assert run.proc.returncode == 0, run.output
+    assert wait_gone(children) == [], run.output
+    assert "stanzad stopped" in run.output
+    # the one member of each partitioned role waited for no hand-over that cannot come
+    for role in ("route", "presence", "roster", "s2s"):
+        assert f"is the last {role} member" in run.output, run.output
+    assert "no new owner came" not in run.output, run.output
+    killed = [line for line in run.lines if "did not stop in time" in line]
+    print("killed after the grace time:", killed or "none")  # a slow machine, not asserted
+    for port in run.ports.values():
+        assert not port_open("127.0.0.1", port), port
+
+
+def test_kill_9_of_the_supervisor_takes_the_children_and_a_new_start_works(
+    runs: list[Run], tmp_path: Path
+) -> None:
+    first = _start(runs, tmp_path / "var")
+    children = first.wait_up()
+    started = time.monotonic()
+    first.proc.kill()
+    first.proc.wait(HANG_GUARD_S)
+    assert wait_gone(children) == [], first.output
+    print(f"kill -9: the children were gone {time.monotonic() - started:.2f} s after it")
+    second = _start(runs, tmp_path / "var", first.ports)  # same ports, same data folder
+    second.wait_up()
+    assert "already in use" not in second.output, second.output
+    second.signal_and_wait(signal.SIGTERM)
+    assert second.proc.returncode == 0, second.output
+    assert wait_gone(second.children) == [], second.output
+
+
+def test_a_held_port_names_its_holder(runs: list[Run], tmp_path: Path) -> None:
+    ports = _free_ports()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import socket,sys;s=socket.socket();s.bind(('127.0.0.1',{ports['nats']}));"
+         "s.listen();print('listening',flush=True);sys.stdin.read()",
+         "stale-holder-marker"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"listening\n"
+        run = _start(runs, tmp_path / "var", ports)
+        run.proc.wait(HANG_GUARD_S)
+        assert run.proc.returncode == 1, run.output
+        print(run.output)
+        assert f"port {ports['nats']} for NATS is already in use by pid {holder.pid} (" \
+            in run.output
+        assert "stale-holder-marker" in run.output  # its command line
+    finally:
+        holder.kill()
+        holder.wait(HANG_GUARD_S)

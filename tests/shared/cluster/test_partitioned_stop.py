@@ -1,0 +1,90 @@
+"""The stop path of a partitioned service (shared/cluster/partitioned.py, partitions.py): the
+last live member of a role frees its partitions at once, leaving no hand-over mark; with
+another member the FENCE hand-over still happens.  Real NATS and Redis on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from shared.cluster.partitioned import PartitionedService
+from shared.runtime.settings import PartitionedSettings
+from shared.store import keys
+from shared.store.redis import connect as redis_connect
+from tests.support.cluster import Cluster, new_cluster
+
+PARTITIONS = 4
+HANG_GUARD_S = 30
+
+
+class Probe(PartitionedService):
+    name = "probe"
+
+    async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Cluster]:
+    c = new_cluster()
+    try:
+        c.start_servers()
+        yield c
+    finally:
+        c.stop()
+
+
+def _probes(servers: Cluster, lease_ttl_s: float, *members: str) -> list[Probe]:
+    """Members of a role of their own (no member of another test counts)."""
+    role = f"probe-{secrets.token_hex(3)}"
+    cls = type("RoleProbe", (Probe,), {"role": role})
+    settings = PartitionedSettings(nats_url=servers.nats_url, redis_url=servers.redis_url,
+                                   partitions=PARTITIONS, lease_ttl_s=lease_ttl_s)
+    return [cls(settings, m, lambda p: [f"{role}.{p}"]) for m in members]
+
+
+async def _leases(servers: Cluster, role: str) -> tuple[list[str | None], list[int]]:
+    """The lease holder of every partition, and the partitions with a hand-over mark."""
+    redis = redis_connect(servers.redis_url)
+    try:
+        owners = [await redis.get(keys.partition_lease(role, p)) for p in range(PARTITIONS)]
+        marks = [p for p in range(PARTITIONS) if await redis.exists(keys.handover(role, p))]
+    finally:
+        await redis.aclose()
+    return [o.decode() if o else None for o in owners], marks
+
+
+async def test_the_last_member_stops_without_waiting_for_a_new_owner(servers: Cluster) -> None:
+    # a 60 s lease: a wait for a new owner would last 60/3 + 2 = 22 s, past this hang guard
+    (lone,) = _probes(servers, 60, "lone")
+    await lone.start()
+    assert lone.partitions.held == set(range(PARTITIONS))
+    await asyncio.wait_for(lone.stop(), 15)
+    owners, marks = await _leases(servers, lone.role)
+    assert owners == [None] * PARTITIONS  # freed
+    assert marks == []  # a member starting later must not wait for a FENCE of ours
+    assert not lone._handed  # no FENCE published
+
+
+async def test_with_another_member_the_partitions_are_handed_over(servers: Cluster) -> None:
+    a, b = _probes(servers, 3, "a", "b")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_GUARD_S
+    try:
+        await a.start()
+        await b.start()
+        while not (a.partitions.held and b.partitions.held and not a.partitions.handing_over):
+            assert loop.time() < deadline, (a.partitions.held, b.partitions.held)
+            await asyncio.sleep(0.05)
+        a_had = set(a.partitions.held)
+        await asyncio.wait_for(a.stop(), HANG_GUARD_S)
+        # every partition a held went through the FENCE: a saw its own come back
+        assert {f"{a.role}.{p}" for p in a_had} <= a._handed
+        while (await _leases(servers, a.role))[0] != ["b"] * PARTITIONS:
+            assert loop.time() < deadline, await _leases(servers, a.role)
+            await asyncio.sleep(0.05)
+    finally:
+        await b.stop()
