@@ -1,6 +1,6 @@
 """``cm:{id}:sessions``: the full JIDs bound on one connection manager, written per tick.
 
-The index only serves the reaper (a router or presence process removing the sessions of a
+The index only serves the reaper (the presence process removing the sessions of a
 connection manager whose heartbeat expired, `SessionStore.reap`), so it need not be written
 in the bind's own round trip: the changes of one event-loop tick (every bind and unbind of
 that tick) go out as one SADD and one SREM, with the other Redis commands of the next tick

@@ -58,7 +58,8 @@ def handover(role: str, partition: int) -> str:
 
 
 def reaper_lock() -> str:
-    """Held by the one router that cleans up after dead connection managers."""
+    """Held by the one presence process that cleans up after dead connection managers (its
+    reaper, services/presence/service.py), for one round."""
     return "lock:reaper"
 
 

@@ -9,7 +9,8 @@ removes the session that replaced it.
 
 ``cm:{id}:sessions`` indexes the full JIDs of one connection manager (written once per tick
 by `shared.store.cm_index.CmIndex`, not by each bind) and ``cm:{id}:alive`` is its
-heartbeat: when the heartbeat expires, a router reaps the index (see ``reap``).
+heartbeat: when the heartbeat expires, the presence service's reaper reaps the index (see
+``reap``).
 """
 
 from __future__ import annotations
