@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 import ssl
 import time
 
@@ -111,16 +112,12 @@ class S2SGateway(PartitionedService):
         s = self.s2s_settings
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
-        self.server_tls = tls_memory.server_context(s.tls_cert, s.tls_key)
-        self.direct_tls_server = tls_memory.server_context(
-            s.tls_cert, s.tls_key, alpn=[b"xmpp-server"]  # XEP-0368 §3
-        )
         try:
             self.trust = CertificateTrust.load(s.trusted_certs())
         except ValueError as exc:
             raise ConfigError(f"STANZAD_S2S_TRUSTED_CERTS: {exc}") from None
-        self.client_tls = client_context(s.tls_cert, s.tls_key)
-        self.tls_context_for("", True)  # loads the system trust store now, not mid-stream
+        self._load_tls()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
         self.stream_config = S2SConfig(
             domain=s.domain,
             secret=await self._secret(),
@@ -146,6 +143,31 @@ class S2SGateway(PartitionedService):
             log.info("%s listening for direct TLS s2s (XEP-0368) on %s:%d", self.member_id,
                      s.s2s_host, self.direct_tls_port)
         await super().start()
+
+    def _load_tls(self) -> None:
+        """Our certificate and key, for every context: inbound (STARTTLS, direct TLS) and
+        outbound (plain and verifying).  Raises when the files do not load."""
+        s = self.s2s_settings
+        server_tls = tls_memory.server_context(s.tls_cert, s.tls_key)
+        direct_tls_server = tls_memory.server_context(
+            s.tls_cert, s.tls_key, alpn=[b"xmpp-server"]  # XEP-0368 §3
+        )
+        client_tls = client_context(s.tls_cert, s.tls_key)
+        self.server_tls, self.direct_tls_server, self.client_tls = (
+            server_tls, direct_tls_server, client_tls
+        )
+        self._verifying.clear()
+        self.tls_context_for("", True)  # loads the system trust store now, not mid-stream
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the certificate and key again; new handshakes, both ways, use them
+        (streams already up keep theirs)."""
+        try:
+            self._load_tls()
+        except Exception as exc:
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return
+        log.info("reloaded the TLS certificate from %s", self.s2s_settings.tls_cert)
 
     # ---- TLS for outbound streams ----------------------------------------------------------
 
