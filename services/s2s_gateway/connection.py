@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 
-from shared.cluster.source_limits import source_key
+from shared.cluster.source_limits import TokenBucket, source_key
 from shared.runtime import logs
 from shared.tls.memory import ServerTLS, TLSFailed
 from shared.xmpp import s2s, s2s_out
@@ -210,9 +210,8 @@ class InboundConnection(_Shell):
         self.direct_tls = direct_tls
         self.stream = s2s.ReceivingStream(gw.stream_config, direct_tls=direct_tls)
         self.tls: ServerTLS | None = None
-        self._rate = gw.s2s_settings.s2s_max_stanzas_per_s
-        self._tokens = self._rate  # a token bucket of one second's worth of stanzas
-        self._refilled = asyncio.get_running_loop().time()
+        rate = gw.s2s_settings.s2s_max_stanzas_per_s  # a bucket of one second's worth
+        self._stanzas = TokenBucket(rate, rate, asyncio.get_running_loop().time())
         self._throttled = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.source = ""  # source_key of the peer's address, once admitted
@@ -390,15 +389,13 @@ class InboundConnection(_Shell):
         """Inbound rate limit: past the bucket, stop reading until it refills (the peer's
         TCP window closes; nothing is dropped)."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate) - 1
-        self._refilled = now
-        if self._tokens >= 0 or self._throttled or self.transport is None:
+        wait = self._stanzas.take(1, loop.time())
+        if not wait or self._throttled or self.transport is None:
             return
         self._throttled = True
         metrics.THROTTLED.inc()
         self.transport.pause_reading()
-        loop.call_later(-self._tokens / self._rate, self._unthrottle)
+        loop.call_later(wait, self._unthrottle)
 
     def _unthrottle(self) -> None:
         self._throttled = False
