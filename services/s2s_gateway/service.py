@@ -29,8 +29,8 @@ from shared.cluster.partitioned import PartitionedService
 from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource
 from shared.runtime.settings import ConfigError, S2SSettings
 from shared.store import keys
-from shared.tls.context import ensure_self_signed
 from shared.tls import memory as tls_memory
+from shared.tls.context import ensure_self_signed
 from shared.tls.peer_cert import CertificateTrust
 from shared.xmpp import server_iq
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition

@@ -10,6 +10,8 @@ RFC 6120 §13.12 asks servers to limit what one peer may cost them.  Here, with 
   the limit the *oldest* one is evicted, so that an address flooding us with idle
   connections evicts its own and a real client behind the same address still gets in.
 * `ConnectionRate`: new connections per source per minute.
+* `SlotsPerSource`: at most so many of something (SASL exchanges) per source at a time;
+  the others wait in line, oldest first.
 * `Networks`: CIDR lists (trusted proxies, trusted networks with their own limits).
 
 A source is an IPv4 address or an IPv6 /64 (`source_key`).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, Generic, TypeVar
 
 IPV6_PREFIX: Final = 64  # one IPv6 subscriber usually owns a whole /64
@@ -158,6 +160,57 @@ class UnauthenticatedPerSource(Generic[T]):
 
     def count(self, source: str) -> int:
         return len(self._open.get(source, ()))
+
+
+class SlotsPerSource(Generic[T]):
+    """At most ``limit`` holders per source at a time; the others wait in line.
+
+    `acquire` returns True when ``holder`` holds a slot now; otherwise ``wake`` is called
+    when one is handed to it (by a `release`).  A holder `release`s its slot once; a waiter
+    that gives up `cancel`s."""
+
+    __slots__ = ("_held", "_waiting", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # 0: unlimited
+        self._held: dict[str, int] = {}
+        self._waiting: dict[str, dict[T, Callable[[], None]]] = {}
+
+    def acquire(self, source: str, holder: T, wake: Callable[[], None]) -> bool:
+        n = self._held.get(source, 0)
+        if not self.limit or n < self.limit:
+            self._held[source] = n + 1
+            return True
+        self._waiting.setdefault(source, {})[holder] = wake
+        return False
+
+    def release(self, source: str) -> None:
+        waiting = self._waiting.get(source)
+        if waiting:  # the slot goes to the one waiting longest
+            holder = next(iter(waiting))
+            wake = waiting.pop(holder)
+            if not waiting:
+                del self._waiting[source]
+            wake()
+            return
+        n = self._held.get(source, 0) - 1
+        if n > 0:
+            self._held[source] = n
+        else:
+            self._held.pop(source, None)
+
+    def cancel(self, source: str, holder: T) -> None:
+        waiting = self._waiting.get(source)
+        if waiting is not None:
+            waiting.pop(holder, None)
+            if not waiting:
+                del self._waiting[source]
+
+    def held(self, source: str) -> int:
+        return self._held.get(source, 0)
+
+    def waiting(self, source: str) -> int:
+        return len(self._waiting.get(source, ()))
 
 
 class ConnectionRate:

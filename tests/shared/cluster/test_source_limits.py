@@ -10,6 +10,7 @@ from shared.cluster.source_limits import (
     ConnectionRate,
     ConnectionsPerSource,
     Networks,
+    SlotsPerSource,
     TokenBucket,
     UnauthenticatedPerSource,
     source_key,
@@ -124,3 +125,24 @@ def test_networks_match_addresses_source_keys_and_mapped_ipv4() -> None:
     assert not Networks("") and "10.0.0.1" not in Networks(" ")
     with pytest.raises(ValueError):
         Networks("10.0.0.0/33")
+
+
+def test_slots_per_source_queue_the_others_oldest_first() -> None:
+    slots: SlotsPerSource[str] = SlotsPerSource(2)
+    woken: list[str] = []
+    assert slots.acquire("s", "a", lambda: woken.append("a"))
+    assert slots.acquire("s", "b", lambda: woken.append("b"))
+    assert not slots.acquire("s", "c", lambda: woken.append("c"))
+    assert not slots.acquire("s", "d", lambda: woken.append("d"))
+    assert not slots.acquire("s", "e", lambda: woken.append("e"))
+    assert slots.acquire("t", "x", lambda: None)  # another source has its own slots
+    slots.cancel("s", "d")  # gave up waiting
+    slots.release("s")
+    assert woken == ["c"] and slots.held("s") == 2
+    slots.release("s")
+    assert woken == ["c", "e"] and slots.waiting("s") == 0
+    slots.release("s")
+    slots.release("s")
+    assert slots.held("s") == 0 and "s" not in slots._held
+    unlimited: SlotsPerSource[int] = SlotsPerSource(0)
+    assert all(unlimited.acquire("s", i, lambda: None) for i in range(100))
