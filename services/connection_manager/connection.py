@@ -234,6 +234,11 @@ class C2SConnection(asyncio.Protocol):
         if self._hibernating:
             self._woken()
         self.stream.receive_data(data)
+        if self._throttle is not None and self.stream.input_failed:
+            # refused input goes at once, not when a rate limit lets the stream go on: what
+            # came before it in this read is handled now (the connection ends with it)
+            self._throttle.cancel()
+            self._throttle = None
         self._pump()
 
     def _woken(self) -> None:

@@ -49,3 +49,16 @@ def tight_cm(cluster: Cluster) -> int:
 def open_cm(cluster: Cluster) -> int:
     """c2s port of the connection manager 'cm-open' (limits in OPEN)."""
     return cluster.start_cm("cm-open", **OPEN)
+
+
+PROXY_NETWORK = "127.0.99.0/24"  # the load balancers' addresses in the PROXY tests
+PROXIED = {
+    "STANZAD_PROXY_PROTOCOL_NETWORKS": PROXY_NETWORK,
+    "STANZAD_MAX_CONNECTIONS_PER_IP": "2",
+}
+
+
+@pytest.fixture(scope="session")
+def proxy_cm(cluster: Cluster) -> int:
+    """c2s port of 'cm-proxy': connections from 127.0.99.0/24 start with a PROXY header."""
+    return cluster.start_cm("cm-proxy", **PROXIED)
