@@ -217,3 +217,40 @@ async def test_rfc6120_13_12_a_1_mib_attribute_is_refused_while_it_arrives(
     finally:
         if raw.writer is not None:
             raw.writer.transport.abort()
+
+
+S2S_HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+              b"xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>")
+
+
+async def test_proxy_protocol_on_the_s2s_listener(cluster: Cluster) -> None:
+    """STANZAD_S2S_PROXY_PROTOCOL_NETWORKS: the per-address limit of the s2s gateway counts
+    the address the header names; a header from anyone else closes the connection."""
+    port = cluster.start_s2s("s2s-proxy", STANZAD_S2S_PROXY_PROTOCOL_NETWORKS="127.0.99.0/24",
+                             STANZAD_S2S_MAX_CONNECTIONS_PER_IP="1")
+    dst = ("10.0.0.5", 5269)
+    first = RawClient(HOST, port, source=_proxy_source(),
+                      preamble=proxy_protocol.v2(("192.0.2.50", 1), dst))
+    same = RawClient(HOST, port, source=_proxy_source(),
+                     preamble=proxy_protocol.v1(("192.0.2.50", 2), dst))
+    other = RawClient(HOST, port, source=_proxy_source(),
+                      preamble=proxy_protocol.v1(("192.0.2.51", 1), dst))
+    untrusted = RawClient(HOST, port, source=new_source(),
+                          preamble=proxy_protocol.v1(("192.0.2.52", 1), dst))
+    try:
+        await first.open()
+        await first.send(S2S_HEADER)
+        assert b"<stream:features" in await first.read_until(b"</stream:features>")
+        await same.open()  # STANZAD_S2S_MAX_CONNECTIONS_PER_IP=1 for 192.0.2.50
+        await same.send(S2S_HEADER)
+        assert b"<policy-violation" in await same.read_all()
+        await other.open()
+        await other.send(S2S_HEADER)
+        assert b"<stream:features" in await other.read_until(b"</stream:features>")
+        await untrusted.open()
+        assert await untrusted.read_all() == b""  # closed without a word
+    finally:
+        for raw in (first, same, other, untrusted):
+            await raw.close()
+    assert metric_value(cluster.metrics("s2s-proxy"), "stanzad_s2s_connections_refused_total",
+                        reason="proxy") >= 1
