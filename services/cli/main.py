@@ -154,7 +154,10 @@ async def _sessions_list(admin: ClusterAdmin, _: argparse.Namespace) -> int:
     by_cm: dict[str, list[str]] = {}
     for s in await admin.sessions():
         avail = "available" if s.available else "not available"
-        by_cm.setdefault(s.cm_id, []).append(f"  {s.jid}  (priority {s.priority}, {avail})")
+        where = f", from {s.address}" if s.address else ""
+        by_cm.setdefault(s.cm_id, []).append(
+            f"  {s.jid}  (priority {s.priority}, {avail}{where})"
+        )
     for cm in status.connection_managers:
         lines = by_cm.get(cm.id, [])
         print(f"{cm.id} ({'alive' if cm.alive else 'DEAD'}): {len(lines)} session(s)")

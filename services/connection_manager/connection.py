@@ -3,25 +3,36 @@
 `data_received -> C2SStream.receive_data -> events -> I/O for the events -> write`.  Writes are
 coalesced per event-loop tick into one `transport.write`.
 
-Edge limits (README "Security and limits"): reading stops (`pause_reading`, backpressure into
-the kernel's receive window, never a growing buffer of ours) while the machine waits for I/O
-or while the byte or stanza token bucket is in debt; a source address over
-``max_connections_per_ip`` gets ``<policy-violation/>`` at once; an idle bound session is
-pinged (XEP-0199 §4.2) and closed with ``<connection-timeout/>`` when it stays silent; SASL
-attempts are refused with ``<temporary-auth-failure/>`` after too many failures from the same
-address or against the same account (XEP-0205, counted in Redis by `AuthThrottleStore`).
+Edge limits (README "Security and limits", docs/operations.md): reading stops
+(`pause_reading`, backpressure into the kernel's receive window, never a growing buffer of
+ours) while the machine waits for I/O or while the byte or stanza token bucket is in debt; a
+source address with more than ``max_connections_per_ip`` unauthenticated connections loses
+its oldest one (``<policy-violation/>``), authenticated ones are not counted per address; an
+idle bound session is pinged (XEP-0199 §4.2) and closed with ``<connection-timeout/>`` when it
+stays silent.  Logins (XEP-0205, `shared.store.auth_throttle`): at most
+``auth_max_concurrent_per_ip`` SASL exchanges per address at a time (the others wait), a
+failure's answer is delayed the more the address failed in the last minute, and attempts
+under a lock of their account or (account, address) pair, or from a blocked address, get
+``<temporary-auth-failure/>``.
+
+The client's address is the socket's peer, or, on a connection from a trusted load balancer
+(``proxy_protocol_networks``), the one its PROXY protocol header names
+(`shared.cluster.proxy_protocol`); a PROXY header from anyone else is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, cast
 from xml.sax.saxutils import quoteattr
 
+from shared.cluster import proxy_protocol
+from shared.cluster.source_limits import TokenBucket, source_key
 from shared.runtime import logs
 from shared.runtime.metrics import Tally
 from shared.runtime.writes import BatchedWrites
@@ -43,15 +54,19 @@ from shared.xmpp.c2s import (
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 
 from . import metrics
-from .limits import TokenBucket, source_key
 
 if TYPE_CHECKING:
+    from shared.store.auth_throttle import LoginCheck
+
     from .service import ConnectionManager
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK: Final = 64 * 1024
 CLOSE_GRACE_S: Final = 5.0  # a closing peer that does not read its last bytes is then reset
+SASL_SLOT_MAX_S: Final = 10.0  # a SASL exchange holds its address's slot at most this long
+_WAITING: Final = "waiting"  # `_sasl_slot` while waiting for a slot of the address
+_NOT_COUNTED: Final = frozenset({"temporary-auth-failure", "aborted"})  # checked no password
 
 
 class C2SConnection(BatchedWrites, asyncio.Protocol):
@@ -66,12 +81,16 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "_hibernating",
         "_keepalive",
         "_last_rx",
+        "_login",
         "_ping_sent",
+        "_preamble",
         "_reading_paused",
+        "_sasl_slot",
         "_stanzas",
         "_tasks",
         "_throttle",
         "_tls",
+        "_unauthenticated",
         "_wbuf",
         "available",
         "cm",
@@ -89,8 +108,12 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self.stream = C2SStream(cm.stream_config)
         self.transport: asyncio.Transport | None = None  # TCP; TLS is `_tls`, over it
         self._tls: TLSSession | None = None
-        self.peer = ""
-        self.source = ""  # source_key of the peer address, once admitted
+        self.peer = ""  # the client's "ip:port" (behind a trusted proxy: from its header)
+        self.source = ""  # source_key of the client's address, once admitted
+        self._preamble: bytes | None = None  # first bytes, until PROXY header or not is known
+        self._unauthenticated = False  # counted in cm.unauthenticated
+        self._sasl_slot: asyncio.TimerHandle | str | None = None  # held, _WAITING or None
+        self._login: LoginCheck | None = None  # the lookup of the SASL exchange under way
         self._bytes: TokenBucket | None = None
         self._stanzas: TokenBucket | None = None
         self._throttle: asyncio.TimerHandle | None = None
@@ -117,13 +140,6 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_OPENED.inc()
         self.cm.connections.add(self)
-        source = source_key(str(peer[0])) if peer else "?"
-        if not self.cm.per_source.admit(source):
-            metrics.CONNECTIONS_REFUSED.labels("per_ip").inc()
-            log.info("refused a connection: too many from %s", source)
-            self.close(StreamErrorCondition.POLICY_VIOLATION, "too many connections from you")
-            return
-        self.source = source
         s = self.cm.settings
         loop = asyncio.get_running_loop()
         now = self._last_rx = loop.time()
@@ -131,7 +147,75 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._bytes = TokenBucket(s.max_inbound_bytes_per_s, s.inbound_burst_bytes, now)
         if s.max_stanzas_per_s:
             self._stanzas = TokenBucket(s.max_stanzas_per_s, s.stanza_burst, now)
+        # also bounds a proxy that never sends its header
         self._auth_timer = loop.call_later(s.auth_timeout_s, self._auth_timeout)
+        if s.max_connections and len(self.cm.connections) > s.max_connections:
+            metrics.CONNECTIONS_REFUSED.labels("total").inc()
+            log.warning("refused a connection from %s: %d open", self.peer, s.max_connections)
+            self.close(StreamErrorCondition.RESOURCE_CONSTRAINT, "server full")
+            return
+        self._preamble = b""  # a PROXY header or not: `_preface` looks at the first bytes
+        if not peer or str(peer[0]) not in self.cm.proxies:
+            self._admit()
+
+    def _admit(self) -> None:
+        """Count the connection as unauthenticated for its client's address; past the limit
+        of the address, its oldest unauthenticated connection goes (RFC 6120 §13.12)."""
+        address = self.peer.rpartition(":")[0] or self.peer
+        self.source = source = source_key(address)
+        self._unauthenticated = True
+        evicted = self.cm.unauthenticated.admit(source, self)
+        if evicted is not None:
+            evicted._unauthenticated = False
+            metrics.CONNECTIONS_REFUSED.labels("per_ip").inc()
+            log.info("closed the oldest unauthenticated connection from %s: over %d", source,
+                     self.cm.unauthenticated.limit_for(source))
+            evicted.close(StreamErrorCondition.POLICY_VIOLATION,
+                          "too many unauthenticated connections from your address")
+
+    def _preface(self, data: bytes) -> bytes:
+        """The first bytes of the connection: a PROXY protocol header from a trusted load
+        balancer names the client; from anyone else it is refused.  Returns what follows
+        (b"" until that is known)."""
+        buf = self._preamble + data if self._preamble else data
+        if self.source:  # a direct connection: it must not claim another address
+            sure = proxy_protocol.looks_like_proxy(buf)
+            if sure is None:
+                self._preamble = buf
+                return b""
+            self._preamble = None
+            if sure:
+                metrics.CONNECTIONS_REFUSED.labels("proxy_untrusted").inc()
+                log.info("refused a PROXY protocol header from %s (not a trusted proxy)",
+                         self.peer)
+                self.close(StreamErrorCondition.POLICY_VIOLATION, "no PROXY header from you")
+                return b""
+            return buf
+        try:
+            parsed = proxy_protocol.parse(buf)
+        except proxy_protocol.ProxyError as exc:
+            metrics.CONNECTIONS_REFUSED.labels("proxy_invalid").inc()
+            log.info("refused a connection from proxy %s: %s", self.peer, exc)
+            self._preamble = None
+            self.close(StreamErrorCondition.POLICY_VIOLATION, "a PROXY header is required")
+            return b""
+        if parsed is None:
+            self._preamble = buf
+            return b""
+        header, length = parsed
+        self._preamble = None
+        if header.source is not None:
+            proxy = self.peer
+            self.peer = f"{header.source[0]}:{header.source[1]}"
+            log.debug("client %s via proxy %s (PROXY v%d)", self.peer, proxy, header.version)
+        self._admit()
+        return b"" if self._closing else buf[length:]
+
+    def _counted_out(self) -> None:
+        """No longer an unauthenticated connection of its address (authenticated, or gone)."""
+        if self._unauthenticated:
+            self._unauthenticated = False
+            self.cm.unauthenticated.release(self.source, self)
 
     def data_received(self, data: bytes) -> None:
         _BYTES_IN.n += len(data)
@@ -140,6 +224,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             wait = self._bytes.take(len(data), now)
             if wait > 0:
                 self._throttle_for(wait, "bytes")
+        if self._preamble is not None:
+            data = self._preface(data)
+            if not data:
+                return
         if self._tls is not None:
             data = self._decrypt(data)
             if not data:
@@ -147,6 +235,11 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if self._hibernating:
             self._woken()
         self.stream.receive_data(data)
+        if self._throttle is not None and self.stream.input_failed:
+            # refused input goes at once, not when a rate limit lets the stream go on: what
+            # came before it in this read is handled now (the connection ends with it)
+            self._throttle.cancel()
+            self._throttle = None
         self._pump()
 
     def _woken(self) -> None:
@@ -194,9 +287,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         for timer in (self._auth_timer, self._throttle, self._keepalive, self._abort_timer):
             if timer is not None:
                 timer.cancel()
-        if self.source:
-            self.cm.per_source.release(self.source)
-            self.source = ""
+        self._counted_out()
+        self._release_sasl_slot()
         self.cm.connections.discard(self)
         self.cm.connection_closed(self)
         self.stream.release()  # libxml2's parser now, not at the next garbage collection
@@ -380,19 +472,21 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 if wait > 0:
                     self._throttle_for(wait, "stanzas")
         elif isinstance(event, CredentialsNeeded):
-            self._spawn(self._load_credentials(event.username))
+            self._begin_exchange(event.username)
         elif isinstance(event, BindRequested):
             self._spawn(self._bind(event.resource))
         elif isinstance(event, StartTLS):
             self._start_tls()
         elif isinstance(event, AuthSucceeded):
             _logins(event.mechanism, "success").n += 1
+            self._counted_out()  # sessions are bounded per account, not per address
+            self._release_sasl_slot()
+            check, self._login = self._login, None
+            if check is not None and check.pair_failures:
+                account = f"{event.username}@{self.cm.domain}"
+                self._spawn(self.cm.auth_throttle.succeeded(self.source, account))
         elif isinstance(event, AuthFailed):
-            _logins(_mech_label(event.mechanism), "failure").n += 1
-            log.info("authentication failed (%s): %s", event.mechanism, event.condition)
-            if event.condition != "temporary-auth-failure":  # refused ones checked nothing
-                account = f"{event.username}@{self.cm.domain}" if event.username else None
-                self._spawn(self.cm.auth_throttle.failed(self.source, account))
+            self._auth_failed(event)
         elif isinstance(event, RegisterRequested):
             self._spawn(self._register(event.username, event.password))
         elif isinstance(event, StreamEnded):
@@ -400,6 +494,75 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 metrics.STREAM_ERRORS.labels(event.error.value).inc()
             self.write(self.stream.data_to_send())
             self._finish()
+
+    # ---- login throttling (XEP-0205; shared/store/auth_throttle.py) ---------------------------
+
+    def _begin_exchange(self, username: str) -> None:
+        """A SASL exchange needs the account's keys: first a slot of the address (at most
+        ``auth_max_concurrent_per_ip`` at a time; the others wait in line)."""
+
+        def start() -> None:
+            if self._closing:
+                self.cm.sasl_slots.release(self.source)
+                self._sasl_slot = None
+                return
+            loop = asyncio.get_running_loop()
+            self._sasl_slot = loop.call_later(SASL_SLOT_MAX_S, self._release_sasl_slot)
+            self._spawn(self._load_credentials(username))
+
+        if self.cm.sasl_slots.acquire(self.source, self, start):
+            start()
+        else:
+            self._sasl_slot = _WAITING
+
+    def _release_sasl_slot(self) -> None:
+        slot, self._sasl_slot = self._sasl_slot, None
+        if slot is _WAITING:
+            self.cm.sasl_slots.cancel(self.source, self)
+        elif slot is not None:
+            cast(asyncio.TimerHandle, slot).cancel()  # uvloop's handles are not subclasses
+            self.cm.sasl_slots.release(self.source)
+
+    def _auth_failed(self, event: AuthFailed) -> None:
+        """Count the failure and delay its answer, the more the address failed lately (the
+        slot of the address is held until the answer is out)."""
+        _logins(_mech_label(event.mechanism), "failure").n += 1
+        log.info("authentication failed from %s (%s): %s", self.peer, event.mechanism,
+                 event.condition)
+        check, self._login = self._login, None
+        if event.condition in _NOT_COUNTED:
+            self._release_sasl_slot()
+            return
+        account = f"{event.username}@{self.cm.domain}" if event.username else None
+        self._spawn(self._count_failure(account))
+        delay = self.cm.failure_answer_delay((check.source_failures if check else 0) + 1)
+        if delay <= 0 or self._closing:
+            self._release_sasl_slot()
+            return
+        metrics.AUTH_ANSWERS_DELAYED.inc()
+        held = self.stream.data_to_send()  # the <failure/>
+        if self._throttle is not None:
+            self._throttle.cancel()
+        self._throttle = asyncio.get_running_loop().call_later(delay, self._answer, held)
+        self._update_reading()
+
+    def _answer(self, held: bytes) -> None:
+        """A delayed failure answer goes out; the stream carries on."""
+        self._throttle = None
+        self._release_sasl_slot()
+        if not self._closing:
+            self.write(held)
+            self._pump()
+
+    async def _count_failure(self, account: str | None) -> None:
+        blocked = await self.cm.auth_throttle.failed(
+            self.source, account, block_per_min=self.cm.block_rate(self.source)
+        )
+        if blocked:
+            metrics.AUTH_BLOCKED.inc()
+            log.warning("blocked logins from %s for %d s: %d or more failures in a minute "
+                        "(last from %s)", self.source, self.cm.settings.auth_block_s,
+                        self.cm.block_rate(self.source), self.peer)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -434,21 +597,26 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._tls = TLSSession(self.cm.tls_context, keylog=self.cm.tls_keylog)
 
     async def _load_credentials(self, username: str) -> None:
-        """The failure counters and the account's keys, in one round trip (XEP-0205 §3:
-        an attempt over a limit is refused before any password is checked)."""
+        """The locks, the address's failures and the account's keys, in one round trip
+        (XEP-0205 §3: an attempt under a lock is refused before any password is checked)."""
         try:
-            scope, creds = await self.cm.lookup_login(self.source, username)
+            check = await self.cm.lookup_login(self.source, username)
         except Exception as exc:
             log.warning("credentials lookup failed: %s", exc)
+            self._release_sasl_slot()
             self._resume(self.stream.credentials_unavailable)
             return
-        if scope is not None:
-            metrics.AUTH_THROTTLED.labels(scope).inc()
-            log.info("refused an authentication attempt: too many failures (%s)", scope)
-            text = "too many failed attempts; try again later"
+        if check.refused is not None:
+            self._release_sasl_slot()
+            metrics.AUTH_THROTTLED.labels(check.refused).inc()
+            wait = math.ceil(check.retry_after_s)
+            log.info("refused a login from %s: %s locked for %d s more", self.peer,
+                     "address" if check.refused == "ip" else check.refused, wait)
+            text = f"too many failed attempts; try again in {wait} s"
             self._resume(lambda: self.stream.credentials_refused(text))
             return
-        self._resume(lambda: self.stream.credentials_loaded(creds))
+        self._login = check
+        self._resume(lambda: self.stream.credentials_loaded(check.credentials))
 
     async def _bind(self, resource: str | None) -> None:
         outcome = await self.cm.bind(self, resource)

@@ -75,7 +75,16 @@ DEAD_PEERS = Counter(
 )
 AUTH_THROTTLED = Counter(
     "stanzad_cm_auth_throttled_total",
-    "SASL attempts refused after too many failures, by scope (ip, account).", ["scope"],
+    "SASL attempts refused under a lock, by scope (pair: the account from that address; "
+    "account: from anywhere; ip: a blocked address).", ["scope"],
+)
+AUTH_ANSWERS_DELAYED = Counter(
+    "stanzad_cm_auth_answers_delayed_total",
+    "Failed SASL attempts whose answer was delayed (the address failed lately).",
+)
+AUTH_BLOCKED = Counter(
+    "stanzad_cm_auth_blocked_addresses_total",
+    "Addresses blocked for failing logins faster than STANZAD_AUTH_BLOCK_FAILURES_PER_MIN.",
 )
 SESSION_LIMIT_HITS = Counter(
     "stanzad_cm_session_limit_total", "Binds refused because the account has too many sessions."

@@ -25,12 +25,13 @@ from shared.bus.envelope import (
     decoded,
     session_event,
 )
+from shared.cluster.source_limits import Networks, SlotsPerSource, UnauthenticatedPerSource
 from shared.router import ingress
 from shared.router.service import Router
 from shared.runtime.metrics import HistogramTally, Tally
 from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
 from shared.store.accounts import AccountExists, AccountStore
-from shared.store.auth_throttle import AuthThrottleStore, Scope
+from shared.store.auth_throttle import AuthThrottleStore, LoginCheck, Progressive
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.tls.context import ensure_self_signed, server_context
@@ -38,14 +39,12 @@ from shared.tls.keylog import KeyLog
 from shared.xmpp import credentials as creds_mod
 from shared.xmpp import server_iq
 from shared.xmpp.c2s import StanzaIn, StreamConfig
-from shared.xmpp.credentials import StoredCredentials
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.jid import JID, JIDError, bare_of
 from shared.xmpp.stanza import iq_result, must_not_bounce, with_to
 
 from . import metrics
 from .connection import C2SConnection
-from .limits import ConnectionsPerSource
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +78,26 @@ class ConnectionManager:
         self._redis = redis_connect(settings.redis_url)
         self.accounts = AccountStore(self._redis, SERVICE)
         self.store = SessionStore(self._redis, SERVICE)
-        self.per_source = ConnectionsPerSource(settings.max_connections_per_ip)
+        # per-address limits count what is suspicious (docs/operations.md "Per-address
+        # limits"): unauthenticated connections, failed logins; trusted networks have theirs
+        self.trusted = Networks(settings.trusted_networks)
+        self.proxies = Networks(settings.proxy_protocol_networks)  # may send PROXY headers
+        self.unauthenticated: UnauthenticatedPerSource[C2SConnection] = (
+            UnauthenticatedPerSource(settings.max_connections_per_ip, self.trusted,
+                                     settings.trusted_max_connections_per_ip)
+        )
+        self.sasl_slots: SlotsPerSource[C2SConnection] = SlotsPerSource(
+            settings.auth_max_concurrent_per_ip
+        )
         self.auth_throttle = AuthThrottleStore(
-            self._redis, SERVICE, per_source=settings.auth_failures_per_ip,
-            per_account=settings.auth_failures_per_account,
-            window_s=settings.auth_failure_window_s,
+            self._redis, SERVICE,
+            pair=Progressive(settings.auth_pair_free_failures, settings.auth_delay_base_s,
+                             settings.auth_pair_max_delay_s),
+            account=Progressive(settings.auth_account_free_failures,
+                                settings.auth_delay_base_s, settings.auth_account_max_delay_s),
+            reset_s=settings.auth_failure_reset_s,
+            block_per_min=settings.auth_block_failures_per_min,
+            block_s=settings.auth_block_s,
         )
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
                        fail_while_disconnected=True)
@@ -201,12 +215,24 @@ class ConnectionManager:
 
     # ---- authentication and binding --------------------------------------------------------
 
-    async def lookup_login(
-        self, source: str, username: str
-    ) -> tuple[Scope | None, StoredCredentials | None]:
-        """What a SASL attempt needs, in one round trip: the throttling limit it is over,
+    async def lookup_login(self, source: str, username: str) -> LoginCheck:
+        """What a SASL attempt needs, in one round trip: the throttling lock it waits for,
         if any (XEP-0205 §3), and the account's keys (None: no such account)."""
         return await self.auth_throttle.lookup(source, f"{username}@{self.domain}")
+
+    def failure_answer_delay(self, source_failures: int) -> float:
+        """How long a failed login's answer waits: longer the more the address failed in
+        the last minute (``source_failures``, this one included)."""
+        s = self.settings
+        return min(s.auth_failure_answer_max_delay_s,
+                   s.auth_failure_answer_delay_s * source_failures)
+
+    def block_rate(self, source: str) -> int:
+        """Failed logins a minute that block the address (trusted networks: their own)."""
+        s = self.settings
+        if source in self.trusted:
+            return s.trusted_auth_block_failures_per_min
+        return s.auth_block_failures_per_min
 
     async def register(self, username: str, password: str) -> StanzaError | None:
         """XEP-0077 §3.1 registration of a new account."""
@@ -238,7 +264,7 @@ class ConnectionManager:
         started = loop.time()
         try:
             result = await self.store.bind(
-                str(full), record, self.settings.max_sessions_per_account
+                str(full), record, self.settings.max_sessions_per_account, conn.peer
             )
         except SessionLimitReached:
             return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT, "too many sessions")

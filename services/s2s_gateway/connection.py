@@ -15,6 +15,10 @@ EXTERNAL is offered when it is valid for it (XEP-0178).
 Inbound connections are admitted per source address (`shared.cluster.source_limits`): at most
 ``STANZAD_S2S_MAX_CONNECTIONS_PER_IP`` open and ``STANZAD_S2S_CONNECTIONS_PER_IP_PER_MIN``
 new ones a minute; beyond, the stream is refused with <policy-violation/> (RFC 6120 §13.12).
+The address is the socket's peer or, from a load balancer in
+``STANZAD_S2S_PROXY_PROTOCOL_NETWORKS``, the one its PROXY protocol header names (before the
+first byte of XMPP or of TLS on the direct TLS port); a PROXY header from anyone else is
+refused.
 
 XEP-0198 on outbound streams: the shell asks for an ack (<r/>) after each batch of stanzas
 it writes, one request outstanding at a time; an <r/> unanswered for
@@ -34,7 +38,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 
-from shared.cluster.source_limits import source_key
+from shared.cluster import proxy_protocol
+from shared.cluster.source_limits import TokenBucket, source_key
 from shared.runtime import logs
 from shared.runtime.writes import BatchedWrites
 from shared.tls.memory import ServerTLS, TLSFailed
@@ -189,18 +194,61 @@ class InboundConnection(_Shell):
         self.direct_tls = direct_tls
         self.stream = s2s.ReceivingStream(gw.stream_config, direct_tls=direct_tls)
         self.tls: ServerTLS | None = None
-        self._rate = gw.s2s_settings.s2s_max_stanzas_per_s
-        self._tokens = self._rate  # a token bucket of one second's worth of stanzas
-        self._refilled = asyncio.get_running_loop().time()
+        rate = gw.s2s_settings.s2s_max_stanzas_per_s  # a bucket of one second's worth
+        self._stanzas = TokenBucket(rate, rate, asyncio.get_running_loop().time())
         self._throttled = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.source = ""  # source_key of the peer's address, once admitted
+        self.peer = "?"  # "ip:port" of the peer (behind a trusted proxy: from its header)
+        self._preamble: bytes | None = b""  # until a PROXY header or none is known
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.gw.inbound.add(self)
         peer = self.transport.get_extra_info("peername") if self.transport else None
-        source = source_key(str(peer[0])) if peer else "?"
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        if not peer or str(peer[0]) not in self.gw.proxies:
+            self._admit()
+
+    def _preface(self, data: bytes) -> bytes:
+        """The first bytes: a PROXY header from a trusted load balancer names the peer; from
+        anyone else it is refused.  What follows it (b"" until that is known)."""
+        buf = self._preamble + data if self._preamble else data
+        if self.source:
+            sure = proxy_protocol.looks_like_proxy(buf)
+            if sure is None:
+                self._preamble = buf
+                return b""
+            self._preamble = None
+            if not sure:
+                return buf
+            why = "a PROXY header from an untrusted address"
+        else:
+            try:
+                parsed = proxy_protocol.parse(buf)
+            except proxy_protocol.ProxyError as exc:
+                parsed, why = None, str(exc)
+            else:
+                if parsed is None:
+                    self._preamble = buf
+                    return b""
+                header, length = parsed
+                self._preamble = None
+                if header.source is not None:
+                    self.peer = f"{header.source[0]}:{header.source[1]}"
+                self._admit()
+                return b"" if self._closing else buf[length:]
+        self._preamble = None
+        metrics.REFUSED.labels("proxy").inc()
+        log.info("refused an s2s connection from %s: %s", self.peer, why)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+        return b""
+
+    def _admit(self) -> None:
+        source = source_key(self.peer.rpartition(":")[0] or self.peer)
         refused = self.gw.admit(source)
         if refused:
             metrics.REFUSED.labels(refused).inc()
@@ -227,6 +275,10 @@ class InboundConnection(_Shell):
 
     def data_received(self, data: bytes) -> None:
         self.touch()
+        if self._preamble is not None:
+            data = self._preface(data)
+            if not data:
+                return
         if self.tls is not None:
             data = self._decrypt(data)
             if not data:
@@ -369,15 +421,13 @@ class InboundConnection(_Shell):
         """Inbound rate limit: past the bucket, stop reading until it refills (the peer's
         TCP window closes; nothing is dropped)."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate) - 1
-        self._refilled = now
-        if self._tokens >= 0 or self._throttled or self.transport is None:
+        wait = self._stanzas.take(1, loop.time())
+        if not wait or self._throttled or self.transport is None:
             return
         self._throttled = True
         metrics.THROTTLED.inc()
         self.transport.pause_reading()
-        loop.call_later(-self._tokens / self._rate, self._unthrottle)
+        loop.call_later(wait, self._unthrottle)
 
     def _unthrottle(self) -> None:
         self._throttled = False

@@ -49,7 +49,8 @@ STREAMS = Gauge(
 REFUSED = Counter(
     "stanzad_s2s_connections_refused_total",
     "Inbound s2s connections refused at once, by reason (per_ip: too many open from the "
-    "address; rate: opened too fast).", ["reason"],
+    "address; rate: opened too fast; proxy: a PROXY header from an untrusted address, or a "
+    "bad one from a trusted proxy).", ["reason"],
 )
 SM_STREAMS = Counter(
     "stanzad_s2s_sm_enabled_total", "s2s streams with XEP-0198 acks enabled, by direction.",

@@ -27,7 +27,7 @@ import time
 from shared.bus import subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
-from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource
+from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource, Networks
 from shared.router import ingress
 from shared.runtime.settings import ConfigError, S2SSettings
 from shared.store import keys
@@ -105,6 +105,8 @@ class S2SGateway(PartitionedService):
         self._unverifiable: dict[str, float] = {}  # domain -> until when not to try again
         self.per_source = ConnectionsPerSource(settings.s2s_max_connections_per_ip)
         self.connection_rate = ConnectionRate(settings.s2s_connections_per_ip_per_min)
+        # load balancers whose connections start with a PROXY protocol header
+        self.proxies = Networks(settings.s2s_proxy_protocol_networks)
 
     # ---- lifecycle -------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ class SessionInfo:
     priority: int
     available: bool
     cm_alive: bool
+    address: str = ""  # the client's "ip:port" (behind a PROXY protocol header: the client's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +330,7 @@ class ClusterAdmin:
         ``limit`` of them."""
         out: list[SessionInfo] = []
         for cm_id, alive in (await self.sessions_store.connection_managers()).items():
+            addresses = await self.sessions_store.cm_addresses(cm_id)
             for full in await self.sessions_store.cm_sessions(cm_id):
                 if limit is not None and len(out) >= limit:
                     return out
@@ -336,7 +338,7 @@ class ClusterAdmin:
                 record = (await self.sessions_store.get(bare)).get(resource)
                 if record is None or record.cm_id != cm_id:
                     continue  # index entry of a session already gone or moved
-                out.append(_info(full, record, alive))
+                out.append(_info(full, record, alive, addresses.get(full, "")))
         return out
 
     async def session(self, jid: str) -> SessionInfo | None:
@@ -346,7 +348,8 @@ class ClusterAdmin:
         if record is None:
             return None
         alive = bool(await self._r.exists(keys.cm_alive(record.cm_id)))
-        return _info(full, record, alive)
+        address = await self._r.hget(keys.cm_addresses(record.cm_id), full)
+        return _info(full, record, alive, address.decode() if address else "")
 
     async def kick(self, jid: str, condition: str = KICK_CONDITION) -> SessionInfo | None:
         """Ask the owning connection manager to close the session; None when not bound.
@@ -399,6 +402,6 @@ class ClusterAdmin:
         )
 
 
-def _info(full: str, record: SessionRecord, alive: bool) -> SessionInfo:
+def _info(full: str, record: SessionRecord, alive: bool, address: str = "") -> SessionInfo:
     return SessionInfo(full, record.cm_id, record.session_id, record.priority,
-                       record.available, alive)
+                       record.available, alive, address)

@@ -105,7 +105,23 @@ class ConnectionManagerSettings(CommonSettings):
     )
     stanza_burst: int = Field(200, ge=1, description="Stanzas a session may send at once.")
     max_connections_per_ip: int = Field(
-        100, ge=0, description="Open connections per source address (IPv6: /64); 0 = unlimited."
+        100, ge=0,
+        description="Unauthenticated connections per source address (IPv6: /64); past it the "
+        "address's oldest unauthenticated connection is closed; 0 = unlimited.",
+    )
+    max_connections: int = Field(
+        200_000, ge=0, description="Open connections of this process; 0 = unlimited."
+    )
+    trusted_networks: str = Field(
+        "", description="CIDR list of networks with their own per-address limits."
+    )
+    trusted_max_connections_per_ip: int = Field(
+        0, ge=0, description="max_connections_per_ip for trusted networks; 0 = unlimited."
+    )
+    proxy_protocol_networks: str = Field(
+        "",
+        description="CIDR list of load balancers whose connections start with a PROXY "
+        "protocol header (v1 or v2) naming the client; empty: none.",
     )
     keepalive_interval_s: float = Field(
         60.0, ge=0, description="Ping a session idle this long (XEP-0199); 0 = never."
@@ -116,15 +132,56 @@ class ConnectionManagerSettings(CommonSettings):
     hibernate_after_s: float = Field(
         5.0, ge=0, description="Free an idle session's XML parser after this long; 0 = never."
     )
-    auth_failures_per_ip: int = Field(
-        10, ge=0, description="Failed SASL attempts per source address per window; 0 = unlimited."
+    # ---- login throttling (shared/store/auth_throttle.py; docs/operations.md) ----
+    auth_pair_free_failures: int = Field(
+        5, ge=0,
+        description="Failed logins to one account from one address before delays start; "
+        "0 = no delay.",
     )
-    auth_failures_per_account: int = Field(
-        20, ge=0, description="Failed SASL attempts per account per window; 0 = unlimited."
+    auth_pair_max_delay_s: float = Field(
+        300.0, ge=0, description="Longest delay of one account from one address."
     )
-    auth_failure_window_s: int = Field(
-        300, ge=1, description="Window of the auth failure counters (shared in Redis)."
+    auth_account_free_failures: int = Field(
+        20, ge=0,
+        description="Failed logins to one account from anywhere before delays start; "
+        "0 = no delay.",
     )
+    auth_account_max_delay_s: float = Field(
+        60.0, ge=0, description="Longest delay of one account from anywhere."
+    )
+    auth_delay_base_s: float = Field(
+        1.0, gt=0, description="The first delay; each further failure doubles it."
+    )
+    auth_failure_reset_s: int = Field(
+        900, ge=1, description="Failure counts are forgotten this long after the last failure."
+    )
+    auth_failure_answer_delay_s: float = Field(
+        0.1, ge=0,
+        description="A failure answer waits this long per failure from the address in the "
+        "last minute.",
+    )
+    auth_failure_answer_max_delay_s: float = Field(
+        3.0, ge=0, description="Longest wait of a failure answer."
+    )
+    auth_max_concurrent_per_ip: int = Field(
+        10, ge=0,
+        description="SASL exchanges in progress per address on this process; more wait; "
+        "0 = unlimited.",
+    )
+    auth_block_failures_per_min: int = Field(
+        100, ge=0,
+        description="Failed logins from one address in a minute that block it; 0 = never.",
+    )
+    trusted_auth_block_failures_per_min: int = Field(
+        0, ge=0, description="auth_block_failures_per_min for trusted networks; 0 = never."
+    )
+    auth_block_s: int = Field(60, ge=1, description="How long a blocked address stays blocked.")
+
+    @field_validator("trusted_networks", "proxy_protocol_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
 
 
 class PartitionedSettings(CommonSettings):
@@ -241,6 +298,11 @@ class S2SSettings(PartitionedSettings):
         120, ge=0,
         description="New inbound s2s connections per source address per minute; 0 = unlimited.",
     )
+    s2s_proxy_protocol_networks: str = Field(
+        "",
+        description="CIDR list of load balancers whose s2s connections start with a PROXY "
+        "protocol header (v1 or v2); empty: none.",
+    )
     s2s_stream_management: bool = Field(
         True, description="XEP-0198 acks on s2s streams (outbound when offered; inbound offered)."
     )
@@ -257,6 +319,12 @@ class S2SSettings(PartitionedSettings):
     s2s_dns_servers: str = Field(
         "", description="DNS servers for peer lookups 'host:port,...'; empty: the system's."
     )
+
+    @field_validator("s2s_proxy_protocol_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
 
     @field_validator("s2s_overrides")
     @classmethod
@@ -298,6 +366,17 @@ def parse_gc_thresholds(value: str) -> tuple[int, int, int]:
         )
     first, second, third = (int(p) for p in parts)
     return first, second, third
+
+
+def parse_networks(value: str) -> list[str]:
+    """'10.0.0.0/8, 2001:db8::/32' -> the CIDR networks; raises ValueError on a bad one."""
+    nets = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            nets.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"expected a CIDR network like 10.0.0.0/8, got {item!r}") from None
+    return nets
 
 
 def parse_overrides(value: str) -> dict[str, tuple[str, int]]:

@@ -1,4 +1,5 @@
-"""``cm:{id}:sessions``: the full JIDs bound on one connection manager, written per tick.
+"""``cm:{id}:sessions``: the full JIDs bound on one connection manager, written per tick,
+and ``cm:{id}:addresses``: their client addresses (what ``stanzad sessions`` shows).
 
 The index only serves the reaper (the presence process removing the sessions of a
 connection manager whose heartbeat expired, `SessionStore.reap`), so it need not be written
@@ -30,23 +31,25 @@ RETRY_S: Final = 1.0
 class CmIndex:
     """The index of one connection manager's sessions; one instance per (process, cm_id)."""
 
-    __slots__ = ("_changes", "_key", "_service", "_task", "_tick")
+    __slots__ = ("_addresses", "_changes", "_key", "_service", "_task", "_tick")
 
     def __init__(self, redis: aioredis.Redis, service: str, cm_id: str) -> None:
         self._tick = tick.of(redis)
         self._service = service
         self._key = keys.cm_sessions(cm_id)
-        self._changes: dict[str, bool] = {}  # full JID -> present (its last change)
+        self._addresses = keys.cm_addresses(cm_id)
+        # full JID -> its client address while present ("" unknown), None once removed
+        self._changes: dict[str, str | None] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, full_jid: str) -> None:
-        self._change(full_jid, True)
+    def add(self, full_jid: str, address: str = "") -> None:
+        self._change(full_jid, address)
 
     def discard(self, full_jid: str) -> None:
-        self._change(full_jid, False)
+        self._change(full_jid, None)
 
-    def _change(self, full_jid: str, present: bool) -> None:
-        self._changes[full_jid] = present
+    def _change(self, full_jid: str, address: str | None) -> None:
+        self._changes[full_jid] = address
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._write())
 
@@ -59,20 +62,24 @@ class CmIndex:
         try:
             while self._changes:
                 changes, self._changes = self._changes, {}
-                added = [jid for jid, present in changes.items() if present]
-                removed = [jid for jid, present in changes.items() if not present]
-                commands = []
+                added = [jid for jid, addr in changes.items() if addr is not None]
+                removed = [jid for jid, addr in changes.items() if addr is None]
+                commands: list[tuple[str, ...]] = []
                 if added:
                     commands.append(("SADD", self._key, *added))
+                    commands.append(("HSET", self._addresses, *(
+                        part for jid in added for part in (jid, changes[jid] or "?")
+                    )))
                 if removed:
                     commands.append(("SREM", self._key, *removed))
+                    commands.append(("HDEL", self._addresses, *removed))
                 try:
                     async with timed(self._service, "cm_index"):
                         await self._tick.execute(commands)
                 except Exception as exc:
                     log.warning("could not update the session index (retrying): %s", exc)
-                    for jid, present in changes.items():
-                        self._changes.setdefault(jid, present)  # a newer change wins
+                    for jid, addr in changes.items():
+                        self._changes.setdefault(jid, addr)  # a newer change wins
                     await asyncio.sleep(RETRY_S)
         finally:
             self._task = None

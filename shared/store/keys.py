@@ -37,6 +37,12 @@ def cm_sessions(cm_id: str) -> str:
     return f"cm:{{{cm_id}}}:sessions"
 
 
+def cm_addresses(cm_id: str) -> str:
+    """Hash full JID -> client address ("ip:port") of the sessions of one connection manager
+    (the address behind a PROXY protocol header when there is one)."""
+    return f"cm:{{{cm_id}}}:addresses"
+
+
 def cm_alive(cm_id: str) -> str:
     """Heartbeat of a connection manager; expires when it dies."""
     return f"cm:{{{cm_id}}}:alive"
@@ -107,13 +113,33 @@ def blocklist(bare_jid: str) -> str:
     """Set of the JIDs (bare, full or domain) the account blocks (XEP-0191)."""
     return f"block:{{{bare_jid}}}"
 def auth_failures_source(source: str) -> str:
-    """Counter of failed SASL attempts from one source address (XEP-0205), with a TTL."""
-    return f"authfail:src:{source}"
+    """Failed SASL attempts from one source address in the current minute (XEP-0205)."""
+    return f"authfail:{{src:{source}}}"
+
+
+def auth_block_source(source: str) -> str:
+    """Set while a source address is blocked for failing too fast; expires by itself."""
+    return f"authlock:{{src:{source}}}"
 
 
 def auth_failures_account(bare_jid: str) -> str:
-    """Counter of failed SASL attempts against one account (XEP-0205), with a TTL."""
+    """Failed SASL attempts against one account, from anywhere (XEP-0205)."""
     return f"authfail:acct:{{{bare_jid}}}"
+
+
+def auth_lock_account(bare_jid: str) -> str:
+    """Set while attempts against the account wait out a delay; expires by itself."""
+    return f"authlock:acct:{{{bare_jid}}}"
+
+
+def auth_failures_pair(bare_jid: str, source: str) -> str:
+    """Failed SASL attempts against one account from one source address."""
+    return f"authfail:pair:{{{bare_jid}}}:{source}"
+
+
+def auth_lock_pair(bare_jid: str, source: str) -> str:
+    """Set while attempts against the account from that address wait out a delay."""
+    return f"authlock:pair:{{{bare_jid}}}:{source}"
 
 
 def dialback_secret() -> str:

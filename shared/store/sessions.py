@@ -123,9 +123,10 @@ class SessionStore:
             index = self._indexes[cm_id] = CmIndex(self._r, self._service, cm_id)
         return index
 
-    async def bind(self, full_jid: str, record: SessionRecord, max_sessions: int) -> BindResult:
-        """Bind (one script); the connection manager's index learns it within the tick
-        (`CmIndex`: another hash slot, so never inside the script)."""
+    async def bind(self, full_jid: str, record: SessionRecord, max_sessions: int,
+                   address: str = "") -> BindResult:
+        """Bind (one script); the connection manager's index learns it, with the client's
+        ``address``, within the tick (`CmIndex`: another hash slot, never inside the script)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_bind"):
             version, old = await self._tick.script(
@@ -135,7 +136,7 @@ class SessionStore:
             )
         if version == -1:
             raise SessionLimitReached(bare)
-        self._index(record.cm_id).add(full_jid)
+        self._index(record.cm_id).add(full_jid, address)
         return BindResult(int(version), SessionRecord.decode(old) if old else None)
 
     async def update(self, full_jid: str, record: SessionRecord) -> int:
@@ -201,7 +202,8 @@ class SessionStore:
     async def retire(self, cm_id: str) -> None:
         """A connection manager that stopped cleanly removes its heartbeat and index."""
         await self.flush_index(cm_id)
-        await self._r.delete(keys.cm_alive(cm_id), keys.cm_sessions(cm_id))
+        await self._r.delete(keys.cm_alive(cm_id), keys.cm_sessions(cm_id),
+                             keys.cm_addresses(cm_id))
         await self._r.srem(keys.CMS, cm_id)
 
     async def connection_managers(self) -> dict[str, bool]:
@@ -224,6 +226,12 @@ class SessionStore:
     async def cm_sessions(self, cm_id: str) -> list[str]:
         await self.flush_index(cm_id)  # this process reads its own writes
         return sorted(m.decode() for m in await self._r.smembers(keys.cm_sessions(cm_id)))
+
+    async def cm_addresses(self, cm_id: str) -> dict[str, str]:
+        """Full JID -> client address of the sessions of one connection manager."""
+        await self.flush_index(cm_id)
+        raw = await self._r.hgetall(keys.cm_addresses(cm_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def reap(self, cm_id: str) -> list[tuple[str, int]]:
         """Remove every session of a dead connection manager; (full JID, version) removed."""

@@ -69,6 +69,14 @@ slice beyond a limit, whatever the size of the chunk:
 * ``max_header_bytes``: the bytes before the root start tag has completed, exact.
 * Text has no limit of its own: a message body or an avatar may legitimately use most of
   ``max_stanza_bytes``, which bounds every text node.
+* A start tag still arriving (`_OpenTag`): libxml2 reports a start tag only once it is
+  complete, so the checks above would see a 1 MiB attribute value only when the stanza size
+  is crossed, after the byte rate limit has let the whole stanza allowance in.  The bytes of
+  the last markup of each slice are therefore followed (a few ``find`` calls a slice): an
+  attribute value still open past `VALUE_BYTES_PER_CHAR` bytes a character of
+  ``max_attribute_chars`` (no legal value is that long in bytes: a character takes at most
+  10, as ``&#x10FFFF;``), or an open start tag with more ``=`` outside its values than
+  ``max_attributes``, is refused at once.
 
 All of these raise POLICY_VIOLATION.  Events already decoded in the `feed` call that raises
 are dropped with the stream.
@@ -181,6 +189,9 @@ _UNDECLARED_ENTITY: Final = frozenset(
     {etree.ErrorTypes.ERR_UNDECLARED_ENTITY, etree.ErrorTypes.WAR_UNDECLARED_ENTITY}
 )
 
+VALUE_BYTES_PER_CHAR: Final = 10  # the longest byte form of one character: ``&#x10FFFF;``
+_CDATA_OPEN: Final = b"<![CDATA["
+_CDATA_CLOSE: Final = b"]]>"
 _ERROR_LEVEL: Final = etree.ErrorLevels.ERROR
 _ELEMENT_EVENT: Final = 1
 _BOUNDARY: Final = 2
@@ -335,6 +346,77 @@ def _check_values(el: etree._Element, limit: int) -> None:
             raise _violation("attribute value too long")
 
 
+class _OpenTag:
+    """Where the markup arriving stands: in text, in a tag, in an attribute value, or in a
+    CDATA section; for an open tag, its ``=`` so far and the bytes of its open value.
+
+    `scan` follows one slice.  Only the markup after the last ``<`` outside CDATA matters
+    (``<`` may appear in no tag and no attribute value), so a slice costs one ``rfind`` and a
+    few ``find`` calls, not a look at every byte."""
+
+    __slots__ = ("cdata", "eq", "state", "value")
+
+    def __init__(self) -> None:
+        self.state = -1  # -1: text; 0: in a tag, between values; else the quote of a value
+        self.eq = 0  # '=' outside values in the open tag
+        self.value = 0  # bytes of the open value
+        self.cdata = False
+
+    def scan(self, piece: bytes) -> None:
+        state = self.state
+        pos = 0
+        n = len(piece)
+        while pos < n:
+            if self.cdata:
+                end = piece.find(_CDATA_CLOSE, pos)
+                if end < 0:
+                    return
+                self.cdata = False
+                pos = end + 3
+                continue
+            if state < 0:
+                lt = piece.rfind(b"<", pos)
+                if lt < 0:
+                    break
+                cd = piece.rfind(_CDATA_OPEN, pos, lt + len(_CDATA_OPEN))
+                if cd >= 0:  # the last '<' may be inside a CDATA section
+                    end = piece.find(_CDATA_CLOSE, cd)
+                    if end < 0:
+                        self.cdata = True
+                        break
+                    if lt < end + 3:
+                        pos = end + 3
+                        continue
+                state, self.eq, pos = 0, 0, lt + 1
+                continue
+            if state == 0:
+                gt = piece.find(b">", pos)
+                q1 = piece.find(b'"', pos)
+                q2 = piece.find(b"'", pos)
+                q = q1 if q2 < 0 or 0 <= q1 < q2 else q2
+                if gt >= 0 and (q < 0 or gt < q):
+                    state, pos = -1, gt + 1
+                    continue
+                stop = n if q < 0 else q
+                self.eq += piece.count(b"=", pos, stop)
+                if q < 0:
+                    break
+                state, self.value, pos = piece[q], 0, q + 1
+                continue
+            end = piece.find(b"'" if state == 0x27 else b'"', pos)
+            if end < 0:
+                self.value += n - pos
+                break
+            state, pos = 0, end + 1
+        self.state = state
+
+    def check(self, limits: ParserLimits) -> None:
+        if self.state > 0 and self.value > limits.max_attribute_chars * VALUE_BYTES_PER_CHAR:
+            raise _violation("attribute value too long")
+        if self.state >= 0 and self.eq > limits.max_attributes:
+            raise _violation("too many attributes")
+
+
 def _check_declaration(decl: bytes) -> None:
     match = _ENCODING_RE.search(decl)
     if match is not None and match.group(2).lower() not in (b"utf-8", b"utf8"):
@@ -363,6 +445,7 @@ class StreamParser:
         "_header_fed",
         "_limits",
         "_names",
+        "_open_tag",
         "_pending_ns",
         "_prolog",
         "_root",
@@ -394,6 +477,7 @@ class StreamParser:
         self._carry = b""  # end of the previous slice, to recognise split markup
         self._closed = False
         self._error: StreamError | None = None
+        self._open_tag = _OpenTag()
 
     @property
     def limits(self) -> ParserLimits:
@@ -533,6 +617,17 @@ class StreamParser:
         check_values = self._span + len(piece) > self._limits.max_attribute_chars
         xml = self._xml
         assert xml is not None  # feed() wakes a hibernating parser first
+        open_tag = self._open_tag
+        lt = piece.rfind(b"<")
+        if (  # inline, the common slice: it ends in text after a complete tag (</message>)
+            open_tag.state >= 0 or open_tag.cdata or (lt >= 0 and (
+                _CDATA_OPEN in piece or (gt := piece.find(b">", lt)) < 0
+                or piece.find(b"'", lt, gt) >= 0 or piece.find(b'"', lt, gt) >= 0
+            ))
+        ):
+            open_tag.scan(piece)
+            if open_tag.state >= 0:
+                open_tag.check(self._limits)  # before libxml2 takes the bytes
         try:
             xml.feed(piece)
         except etree.XMLSyntaxError as exc:

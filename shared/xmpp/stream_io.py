@@ -61,6 +61,11 @@ class StreamIO:
         except StreamError as exc:
             self._pending.append(exc)
 
+    @property
+    def input_failed(self) -> bool:
+        """The input already holds a stream error (queued behind what came before it)."""
+        return bool(self._pending) and isinstance(self._pending[-1], StreamError)
+
     def next_event(self) -> Any:
         """The next event, or None when more data (or an answer from the caller) is needed."""
         if self._ready:

@@ -234,7 +234,9 @@ async def test_cli_status_sessions_and_users(
     try:
         await raw_login(raw, jid, pw, resource="tab")
         assert await asyncio.to_thread(main, ["sessions"]) == 0
-        assert f"  {jid}/tab  (priority 0, not available)" in capsys.readouterr().out
+        port = raw.writer.get_extra_info("sockname")[1] if raw.writer else 0
+        listed = capsys.readouterr().out
+        assert f"  {jid}/tab  (priority 0, not available, from 127.0.0.1:{port})" in listed
         assert await asyncio.to_thread(main, ["status"]) == 0
         out = capsys.readouterr().out
         assert "routers: router-1" in out and "cm-1 (alive," in out

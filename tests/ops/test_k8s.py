@@ -27,7 +27,8 @@ from shared.runtime.settings import (
 )
 
 Doc = dict[str, Any]
-OVERLAYS: Final = ("dev", "prod")
+OVERLAYS: Final = ("dev", "prod", "proxy-protocol")
+LOCAL_TRAFFIC: Final = ("dev", "prod")  # proxy-protocol: client addresses in PROXY headers
 # The oldest Kubernetes minor we support and the newest the validator knows.
 K8S_VERSIONS: Final = ("1.31.0", kubernetes_validate.latest_version())
 CRDS: Final = frozenset({"ServiceMonitor", "PrometheusRule"})
@@ -125,7 +126,8 @@ def test_every_service_has_probes_resources_and_runs_as_non_root(
         c = _container(w)
         name = w["metadata"]["name"]
         assert c["image"] == {"dev": "stanzad:dev",
-                              "prod": "registry.example.org/stanzad:0.1.0"}[overlay]
+                              "prod": "registry.example.org/stanzad:0.1.0",
+                              "proxy-protocol": "registry.example.org/stanzad:0.1.0"}[overlay]
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(c["resources"][kind]), name
         assert {"name": "metrics", "containerPort": 9100} in c["ports"]
@@ -149,7 +151,7 @@ def test_connection_manager_has_time_to_drain(
     assert cm["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", LOCAL_TRAFFIC)
 def test_c2s_load_balancer_keeps_traffic_local(
     overlays: dict[str, list[Doc]], overlay: str
 ) -> None:
@@ -161,7 +163,7 @@ def test_c2s_load_balancer_keeps_traffic_local(
     assert {"name": "c2s", "containerPort": 5222} in _container(cm)["ports"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", LOCAL_TRAFFIC)
 def test_s2s_load_balancer_keeps_traffic_local_and_secret_comes_from_a_secret(
     overlays: dict[str, list[Doc]], overlay: str
 ) -> None:
@@ -181,6 +183,23 @@ def test_s2s_load_balancer_keeps_traffic_local_and_secret_comes_from_a_secret(
         assert ref["key"] in shipped[0]["stringData"]
     else:
         assert shipped == []  # production makes its own
+
+
+def test_proxy_protocol_overlay_trusts_only_its_load_balancers(
+    overlays: dict[str, list[Doc]]
+) -> None:
+    docs = overlays["proxy-protocol"]
+    for kind, name, var in (
+        ("Deployment", "stanzad-connection-manager", "STANZAD_PROXY_PROTOCOL_NETWORKS"),
+        ("StatefulSet", "stanzad-s2s-gateway", "STANZAD_S2S_PROXY_PROTOCOL_NETWORKS"),
+    ):
+        env = {e["name"]: e.get("value") for e in _container(_one(docs, kind, name))["env"]}
+        assert env[var] == "10.0.0.0/16"
+    for name in ("stanzad-c2s", "stanzad-s2s"):
+        svc = _one(docs, "Service", name)
+        assert svc["spec"]["externalTrafficPolicy"] == "Cluster"
+        assert svc["metadata"]["annotations"][
+            "service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"] == "*"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

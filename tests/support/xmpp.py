@@ -119,12 +119,14 @@ class RawClient:
     """Bytes over TCP with STARTTLS, for malformed input and exact reactions.
 
     `source` binds the local address (see `new_source`); `rcvbuf` shrinks the socket's receive
-    buffer so that a client that stops reading fills the server's buffers quickly."""
+    buffer so that a client that stops reading fills the server's buffers quickly; `preamble`
+    is sent first on every connection (a PROXY protocol header, as a load balancer would)."""
 
     def __init__(self, host: str, port: int, domain: str = "localhost", *,
-                 source: str | None = None, rcvbuf: int | None = None) -> None:
+                 source: str | None = None, rcvbuf: int | None = None,
+                 preamble: bytes = b"") -> None:
         self.host, self.port, self.domain = host, port, domain
-        self.source, self.rcvbuf = source, rcvbuf
+        self.source, self.rcvbuf, self.preamble = source, rcvbuf, preamble
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -137,6 +139,8 @@ class RawClient:
     async def open(self) -> None:
         if self.source is None and self.rcvbuf is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            if self.preamble:
+                await self.send(self.preamble)
             return
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -148,6 +152,8 @@ class RawClient:
         # for a client meant not to read
         limit = 4096 if self.rcvbuf is not None else 2**16
         self.reader, self.writer = await asyncio.open_connection(sock=sock, limit=limit)
+        if self.preamble:
+            await self.send(self.preamble)
 
     async def send(self, data: bytes) -> None:
         assert self.writer is not None

@@ -931,3 +931,54 @@ def test_a_parser_released_mid_stanza_or_after_an_error_ignores_what_comes_next(
         failed.feed(HEADER + b"<a></b>")
     failed.release()  # no second error out of release
 
+
+
+# ---- markup still arriving (RFC 6120 §13.12): refused as soon as it cannot be legal ---------
+
+
+def _fed_until_refused(parser: StreamParser, head: bytes, chunk: bytes, total: int) -> int:
+    """Feed ``head`` then ``chunk`` repeatedly; the bytes fed when the parser refused."""
+    parser.feed(BARE_HEADER + head)
+    fed = 0
+    with pytest.raises(StreamError) as err:
+        while fed < total:
+            parser.feed(chunk)
+            fed += len(chunk)
+    assert err.value.condition is StreamErrorCondition.POLICY_VIOLATION
+    return fed
+
+
+def test_rfc6120_13_12_an_attribute_value_still_arriving_is_refused_at_its_limit() -> None:
+    limits = POST_AUTH_LIMITS
+    fed = _fed_until_refused(StreamParser(limits), b"<message to='", b"a" * 1000, 1 << 20)
+    # the stanza allowance is 256 KiB; no value of 4096 characters takes more than 40 KiB
+    assert fed <= limits.max_attribute_chars * 10 + 1000 < limits.max_stanza_bytes // 4
+
+
+def test_rfc6120_13_12_a_start_tag_with_too_many_attributes_is_refused_while_arriving() -> None:
+    fed = _fed_until_refused(
+        StreamParser(POST_AUTH_LIMITS), b"<message",
+        b"".join(b" a%d='x'" % i for i in range(100)), 1 << 20,
+    )
+    assert fed < 2000
+
+
+def test_open_tag_tracking_lets_legal_markup_through() -> None:
+    """Values with '>' and escapes near their limit, '<' and quotes inside CDATA, markup
+    split at every byte: nothing is refused that libxml2 accepts."""
+    value = "&amp;" * 4000  # 4000 characters in 20000 bytes
+    stanza = (
+        f"<message to='a@b' id=\"x'>y\" type='chat' xml:lang='en'><body v='{value}'>"
+        "<![CDATA[ a<b x='unclosed ]]> and > text <![CDATA[<c y=\"]]></body></message>"
+    ).encode()
+    assert [type(e) for e in StreamParser(POST_AUTH_LIMITS).feed(BARE_HEADER + stanza)] == [
+        StreamOpened, StanzaReceived
+    ]
+    parser = StreamParser(POST_AUTH_LIMITS)
+    events: list[Event] = parser.feed(BARE_HEADER)
+    for i in range(len(stanza)):
+        events += parser.feed(stanza[i : i + 1])
+    assert [type(e) for e in events] == [StreamOpened, StanzaReceived]
+    long_body = b"<message><body>" + b"<![CDATA[<a b='" + b"t" * 100_000 + b"]]></body></message>"
+    events = StreamParser(POST_AUTH_LIMITS).feed(BARE_HEADER + long_body)
+    assert [type(e) for e in events] == [StreamOpened, StanzaReceived]
