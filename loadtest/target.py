@@ -14,10 +14,13 @@ from devtools import localservers
 from loadtest.bounds import check_range
 from tests.support.cluster import Cluster, new_cluster
 
+# The per-session rate limits (10 KiB/s, 100 stanzas/s) are meant for people: the chat and
+# ramp scenarios push up to ~60 stanzas of ~300 bytes a second through each of 200 sessions,
+# so they are raised for those runs (README, "Security and limits" says so).  Every other
+# defence, the per-address limits included, stays at its default.
 BENCH_ENV = {
     "STANZAD_MAX_INBOUND_BYTES_PER_S": "0",
     "STANZAD_MAX_STANZAS_PER_S": "0",
-    "STANZAD_MAX_CONNECTIONS_PER_IP": "0",
 }
 QUIET = {"STANZAD_LOG_LEVEL": "WARNING"}
 
