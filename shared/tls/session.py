@@ -1,44 +1,12 @@
 """TLS over memory BIOs: the record layer of one connection without a transport of its own.
 
-Why not ``loop.start_tls``: uvloop's (and asyncio's) TLS transport keeps a protocol object, a
-transport object, a backlog deque and a 256 KiB read buffer per connection, on top of the
-OpenSSL state itself; measured with 3,000 idle connections (loadtest/RESULTS.md, "Memory per
-idle connection") it costs 26 KiB a connection where this class costs the OpenSSL state
-alone, about 17 KiB (OpenSSL 3.0; ``SSL_MODE_RELEASE_BUFFERS`` is set by CPython, so an idle
-connection holds no record buffers).  The connection shell calls it from ``data_received``
-and its write path: sans-I/O, like the stream machines.
-
-A memory BIO never gives back the room it once needed: its buffer stays as large as the most
-bytes it ever held at once, for the life of the connection.  So `send` and `receive` pass
-large writes through in slices of `SLICE` bytes, draining the BIO after each one: 20 KB each
-way (a roster result, a burst of stanzas) would otherwise leave the session 45 KiB heavier for
-as long as it stays idle, 1 KiB with slices (loadtest/RESULTS.md, "session 3 — TLS backend";
-a slice costs about 1 µs of CPU).  Small writes, the usual case, go in whole.
-
-Why CPython's ``ssl`` and not pyOpenSSL on the OpenSSL 4.0 that ``cryptography`` bundles:
-measured in-process (loadtest/RESULTS.md, "session 3 — TLS backend"; those backends have
-since left the benchmarks), an OpenSSL 4.0 session holds 23-24 KiB after the handshake
-where 3.0 holds 16, handshakes cost the server the same CPU, and a small record costs 4
-times as much through pyOpenSSL's wrappers (still a quarter more calling OpenSSL 4.0
-through cffi directly).
-
-Lean sessions: given a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS``, an opt-in), a server
-session that negotiated TLS 1.3 with one of the `tls_records.SUITES` and sends no session
-tickets keeps its two application traffic secrets, and `hibernate` (the connection going
-idle) hands its record layer to a `tls_records.Records13` and frees the OpenSSL session and
-both BIOs: 16.4 KiB of OpenSSL state per idle connection become a few hundred bytes
-(loadtest/RESULTS.md, "session 4 — lean TLS sessions").  Only idle sessions are worth it (an
-active one keeps its parser's 12 KiB anyway), and a session that ends before it idles never
-pays the hand-over (the key schedule, two AEAD contexts, freeing the `SSL`).  To make the
-hand-over exact, OpenSSL is fed one whole record at a time from the first ClientHello on, so
-it never holds part of a later record, and the records it protects after the handshake are
-counted both ways: the new layer starts from those sequence numbers.  A record that brings
-no application data (a KeyUpdate, which OpenSSL applies out of our sight) ends the counting
-and the session stays on OpenSSL, as does anything else (TLS 1.2, tickets on, a missing
-secret, half a record pending when the connection idles, which is tried again next time).
-The secrets are held in buffers of our own, overwritten with zeros as soon as they are not
-needed: at the end of a handshake that cannot go lean (TLS 1.2 among others), when counting
-stops, and once `Records13` has its own copies.
+The connection shell calls it from ``data_received`` and its write path: sans-I/O, like the
+stream machines.  Large writes pass through the BIOs in slices of `SLICE` bytes (a memory
+BIO keeps the largest size it ever held).  With a `KeyLog` (``STANZAD_TLS_LEAN_SESSIONS``,
+opt-in), an idle TLS 1.3 session hands its record layer to `tls_records.Records13` and frees
+OpenSSL's state (`hibernate`).  Why memory BIOs rather than ``loop.start_tls``, why CPython's
+``ssl``, and how the hand-over is made exact: docs/architecture.md ("The c2s TLS backend",
+"Lean TLS sessions").
 
 ``receive`` takes bytes from the socket and returns the plaintext they complete (the
 handshake happens inside it); ``send`` takes plaintext; ``data_to_send`` returns the records
