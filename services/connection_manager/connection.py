@@ -178,38 +178,29 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         balancer names the client; from anyone else it is refused.  Returns what follows
         (b"" until that is known)."""
         buf = self._preamble + data if self._preamble else data
-        if self.source:  # a direct connection: it must not claim another address
-            sure = proxy_protocol.looks_like_proxy(buf)
-            if sure is None:
-                self._preamble = buf
-                return b""
-            self._preamble = None
-            if sure:
-                metrics.CONNECTIONS_REFUSED.labels("proxy_untrusted").inc()
-                log.info("refused a PROXY protocol header from %s (not a trusted proxy)",
-                         self.peer)
-                self.close(StreamErrorCondition.POLICY_VIOLATION, "no PROXY header from you")
-                return b""
-            return buf
-        try:
-            parsed = proxy_protocol.parse(buf)
-        except proxy_protocol.ProxyError as exc:
-            metrics.CONNECTIONS_REFUSED.labels("proxy_invalid").inc()
-            log.info("refused a connection from proxy %s: %s", self.peer, exc)
-            self._preamble = None
-            self.close(StreamErrorCondition.POLICY_VIOLATION, "a PROXY header is required")
-            return b""
-        if parsed is None:
+        from_proxy = not self.source  # admitted at once unless it came through a proxy
+        result = proxy_protocol.read_preface(buf, from_proxy)
+        if result is None:
             self._preamble = buf
             return b""
-        header, length = parsed
         self._preamble = None
-        if header.source is not None:
+        if isinstance(result, proxy_protocol.Refused):
+            label = "proxy_untrusted" if result.untrusted else "proxy_invalid"
+            metrics.CONNECTIONS_REFUSED.labels(label).inc()
+            log.info("refused a connection from %s: %s", self.peer, result.why)
+            self.close(StreamErrorCondition.POLICY_VIOLATION,
+                       "no PROXY header from you" if result.untrusted
+                       else "a PROXY header is required")
+            return b""
+        if not from_proxy:
+            return result.rest
+        header = result.header
+        if header is not None and header.source is not None:
             proxy = self.peer
             self.peer = f"{header.source[0]}:{header.source[1]}"
             log.debug("client %s via proxy %s (PROXY v%d)", self.peer, proxy, header.version)
         self._admit()
-        return b"" if self._closing else buf[length:]
+        return b"" if self._closing else result.rest
 
     def _counted_out(self) -> None:
         """No longer an unauthenticated connection of its address (authenticated, or gone)."""

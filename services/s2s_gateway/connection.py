@@ -215,30 +215,21 @@ class InboundConnection(_Shell):
         """The first bytes: a PROXY header from a trusted load balancer names the peer; from
         anyone else it is refused.  What follows it (b"" until that is known)."""
         buf = self._preamble + data if self._preamble else data
-        if self.source:
-            sure = proxy_protocol.looks_like_proxy(buf)
-            if sure is None:
-                self._preamble = buf
-                return b""
+        from_proxy = not self.source
+        result = proxy_protocol.read_preface(buf, from_proxy)
+        if result is None:
+            self._preamble = buf
+            return b""
+        if isinstance(result, proxy_protocol.Passed):
             self._preamble = None
-            if not sure:
-                return buf
-            why = "a PROXY header from an untrusted address"
-        else:
-            try:
-                parsed = proxy_protocol.parse(buf)
-            except proxy_protocol.ProxyError as exc:
-                parsed, why = None, str(exc)
-            else:
-                if parsed is None:
-                    self._preamble = buf
-                    return b""
-                header, length = parsed
-                self._preamble = None
-                if header.source is not None:
-                    self.peer = f"{header.source[0]}:{header.source[1]}"
-                self._admit()
-                return b"" if self._closing else buf[length:]
+            if not from_proxy:
+                return result.rest
+            header = result.header
+            if header is not None and header.source is not None:
+                self.peer = f"{header.source[0]}:{header.source[1]}"
+            self._admit()
+            return b"" if self._closing else result.rest
+        why = result.why
         self._preamble = None
         metrics.REFUSED.labels("proxy").inc()
         log.info("refused an s2s connection from %s: %s", self.peer, why)

@@ -53,6 +53,44 @@ def looks_like_proxy(data: bytes) -> bool | None:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """The preface is settled: ``header`` (None on a direct connection), then ``rest``."""
+
+    header: ProxyHeader | None
+    rest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Close the connection: ``untrusted`` (a header from an address that may not send one)
+    or a header that is missing or invalid from a trusted proxy; ``why`` for the log."""
+
+    untrusted: bool
+    why: str
+
+
+def read_preface(data: bytes, from_proxy: bool) -> Passed | Refused | None:
+    """The first bytes of a connection, as a listener sees them: from a trusted proxy they
+    must start with a valid header, from anyone else they must not start with one.  None
+    until enough bytes have come to tell."""
+    if not from_proxy:
+        sure = looks_like_proxy(data)
+        if sure is None:
+            return None
+        if sure:
+            return Refused(untrusted=True, why="a PROXY header from an untrusted address")
+        return Passed(None, data)
+    try:
+        parsed = parse(data)
+    except ProxyError as exc:
+        return Refused(untrusted=False, why=str(exc))
+    if parsed is None:
+        return None
+    header, length = parsed
+    return Passed(header, data[length:])
+
+
 def parse(data: bytes) -> tuple[ProxyHeader, int] | None:
     """The header at the start of ``data`` and its length in bytes, or None when more
     bytes are needed.  Raises `ProxyError`."""

@@ -81,3 +81,20 @@ def test_looks_like_proxy() -> None:
     assert looks_like_proxy(b"\x16\x03\x01") is False  # a TLS ClientHello
     with pytest.raises(ProxyError):
         parse(b"<stream:stream>")
+
+
+def test_preface_from_a_trusted_proxy_needs_a_valid_header() -> None:
+    line = b"PROXY TCP4 192.0.2.10 10.0.0.5 40001 5222\r\n"
+    assert pp.read_preface(line[:9], from_proxy=True) is None  # more bytes needed
+    assert pp.read_preface(line + b"<?xml", from_proxy=True) == pp.Passed(
+        ProxyHeader(1, ("192.0.2.10", 40001), ("10.0.0.5", 5222)), b"<?xml"
+    )
+    refused = pp.read_preface(b"<?xml version='1.0'?>", from_proxy=True)
+    assert isinstance(refused, pp.Refused) and not refused.untrusted
+
+
+def test_preface_from_anyone_else_must_not_carry_a_header() -> None:
+    assert pp.read_preface(b"PRO", from_proxy=False) is None  # could still be one
+    assert pp.read_preface(b"<?xml", from_proxy=False) == pp.Passed(None, b"<?xml")
+    refused = pp.read_preface(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", from_proxy=False)
+    assert isinstance(refused, pp.Refused) and refused.untrusted
