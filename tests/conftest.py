@@ -1,5 +1,5 @@
-"""Fixtures: a real cluster (nats-server, redis-server, router, connection manager) per test
-session, on free loopback ports."""
+"""Fixtures: a real cluster (nats-server, redis-server, PostgreSQL, router, connection manager)
+per test session, on free loopback ports."""
 
 from __future__ import annotations
 
@@ -7,16 +7,35 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from devtools.localservers import LocalPostgres
 from shared.store.accounts import AccountStore
 from shared.store.redis import connect as redis_connect
 from shared.xmpp.credentials import derive_credentials
+from tests.support import postgres as test_postgres
 from tests.support.cluster import ADMIN_TOKEN, Cluster, new_cluster
 
 TEST_ITERATIONS = 4096  # the SCRAM minimum: tests create many accounts
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def postgres() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server for the session (tests/support/postgres.py); every cluster and
+    every test that asks gets a database of its own on it (`test_postgres.new_database`)."""
+    server = test_postgres.server()
+    try:
+        yield server
+    finally:
+        test_postgres.stop()
+
+
+@pytest.fixture
+def database_url(postgres: LocalPostgres) -> str:
+    """A fresh, empty database for one test."""
+    return test_postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def cluster(postgres: LocalPostgres) -> Iterator[Cluster]:
     c = new_cluster()
     try:
         c.start_servers()

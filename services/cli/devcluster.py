@@ -1,10 +1,10 @@
 """`stanzad run`: the whole cluster on one machine, in the foreground, Ctrl-C to stop.
 
-Starts nats-server and redis-server (AOF on, data under var/), then one router, presence,
-roster, connection manager, s2s gateway and the admin API, each as its own process with
-prefixed log lines.  In-band registration is on in this local profile.  The admin API
-listens on 127.0.0.1:9190 with the token of STANZAD_ADMIN_TOKEN, or a fresh one printed at
-start.
+Starts nats-server, redis-server (AOF on) and PostgreSQL (database `stanzad`, its log in
+var/postgres.log), data under var/, then one router, presence, roster, connection manager,
+s2s gateway and the admin API, each as its own process with prefixed log lines.  In-band
+registration is on in this local profile.  The admin API listens on 127.0.0.1:9190 with the
+token of STANZAD_ADMIN_TOKEN, or a fresh one printed at start.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from devtools import localservers
 
 NATS_PORT = 14222
 REDIS_PORT = 16379
+PG_PORT = 15432
 ADMIN_PORT = 9190
 S2S_PORT = 5269
 COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34,
@@ -75,11 +76,31 @@ async def run_cluster(var: Path, c2s_port: int = 5222) -> int:
             print(f"port {port} for {what} is already in use: is another `make run` going?",
                   file=sys.stderr)
             return 1
+    if localservers.port_open("127.0.0.1", PG_PORT):
+        print(f"port {PG_PORT} for PostgreSQL is already in use: is another `make run` going?",
+              file=sys.stderr)
+        return 1
+    postgres = localservers.LocalPostgres(var / "postgres", PG_PORT)
+    try:
+        await asyncio.to_thread(postgres.start, var / "postgres.log")
+        database_url = await asyncio.to_thread(postgres.ensure_database, "stanzad")
+    except Exception as exc:
+        print(f"PostgreSQL did not start (see {var / 'postgres.log'}): {exc}", file=sys.stderr)
+        await asyncio.to_thread(postgres.stop)
+        return 1
+    try:
+        return await _run_children(var, c2s_port, s2s_port, database_url)
+    finally:
+        await asyncio.to_thread(postgres.stop)
+
+
+async def _run_children(var: Path, c2s_port: int, s2s_port: int, database_url: str) -> int:
     (var / "redis").mkdir(parents=True, exist_ok=True)
     (var / "nats").mkdir(parents=True, exist_ok=True)
     common = {
         "STANZAD_NATS_URL": f"nats://127.0.0.1:{NATS_PORT}",
         "STANZAD_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+        "STANZAD_DATABASE_URL": database_url,
         "STANZAD_DOMAIN": os.environ.get("STANZAD_DOMAIN", "localhost"),
     }
     python = sys.executable
