@@ -9,10 +9,14 @@
     stanzad sessions [list]
     stanzad sessions kick alice@localhost/phone
     stanzad status
+    stanzad db migrate [--to N]                          (idempotent; services migrate at start)
+    stanzad db status
+    stanzad db downgrade N                               (undo the migrations above N)
 
-It talks to the Redis of `STANZAD_REDIS_URL` and, to kick sessions, to the NATS of
-`STANZAD_NATS_URL` (defaults: the local cluster's).  The admin API (services/admin) offers
-the same operations over HTTP; both are built on shared/cluster/admin.py.
+It talks to the PostgreSQL of `STANZAD_DATABASE_URL`, the Redis of `STANZAD_REDIS_URL` and,
+to kick sessions, to the NATS of `STANZAD_NATS_URL` (defaults: the local cluster's).  The
+admin API (services/admin) offers the same operations over HTTP; both are built on
+shared/cluster/admin.py.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from shared.bus.client import Bus, BusUnavailable
 from shared.cluster.admin import AdminError, ClusterAdmin, count_results, import_entries
 from shared.runtime.settings import AdminSettings, load_or_exit
 from shared.store.accounts import AccountExists
+from shared.store.pg import migrations
+from shared.store.pg.database import DatabaseUnavailable
+from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
 
 SERVICE = "cli"
@@ -181,6 +188,27 @@ async def _status(admin: ClusterAdmin, _: argparse.Namespace) -> int:
     return 0
 
 
+async def _db(args: argparse.Namespace, settings: AdminSettings) -> int:
+    """`stanzad db ...`: the schema migrations (shared/store/pg/migrations.py)."""
+    db = await db_connect(settings.database_url, SERVICE, size=1,
+                          timeout_s=settings.db_timeout_s, migrate=False)
+    try:
+        if args.action == "migrate":
+            applied = await migrations.migrate(db, args.to)
+            print(f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply")
+        elif args.action == "downgrade":
+            undone = await migrations.downgrade(db, args.version)
+            print(f"undid {', '.join(map(str, undone))}" if undone else "nothing to undo")
+        version = await migrations.current(db)
+        print(f"schema version {version} (this release knows up to {migrations.LATEST})")
+        return 0
+    except migrations.MigrationError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        await db.close()
+
+
 _COMMANDS = {
     ("user", "add"): _user_add,
     ("user", "passwd"): _user_passwd,
@@ -222,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jid", help="full JID, e.g. alice@localhost/phone")
     status = sub.add_parser("status", help="routers, partitions and connection managers")
     status.set_defaults(action=None)
+    db = sub.add_parser("db", help="the PostgreSQL schema (STANZAD_DATABASE_URL)")
+    db_actions = db.add_subparsers(dest="action", required=True)
+    p = db_actions.add_parser("migrate", help="apply the missing migrations (idempotent)")
+    p.add_argument("--to", type=int, default=migrations.LATEST,
+                   help=f"target version (default: the latest, {migrations.LATEST})")
+    db_actions.add_parser("status", help="the schema version of the database")
+    p = db_actions.add_parser("downgrade", help="undo the migrations above VERSION")
+    p.add_argument("version", type=int)
     return parser
 
 
@@ -234,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sessions" and args.action is None:
         args.action = "list"  # plain `stanzad sessions`
     settings = load_or_exit(AdminSettings)
+    if args.command == "db":
+        try:
+            return asyncio.run(_db(args, settings))
+        except DatabaseUnavailable as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
     # kicking; and telling the routers at once about deleted or imported accounts
     need_bus = (args.command, args.action) in (
         ("sessions", "kick"), ("user", "delete"), ("user", "import"))
