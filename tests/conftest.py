@@ -8,8 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from devtools.localservers import LocalPostgres
+from shared.store.account_data import AccountDataStore
 from shared.store.accounts import AccountStore
+from shared.store.pg.database import Database
+from shared.store.presence import OfflineStore
 from shared.store.redis import connect as redis_connect
+from shared.store.roster import RosterStore
 from shared.xmpp.credentials import derive_credentials
 from tests.support import postgres as test_postgres
 from tests.support.cluster import ADMIN_TOKEN, Cluster, new_cluster
@@ -56,25 +60,41 @@ def admin_url(cluster: Cluster) -> str:
 
 
 class Users:
-    """Creates accounts straight in the cluster's Redis."""
+    """Creates accounts straight in the cluster's PostgreSQL; its Redis and its stores at
+    hand for the tests' own checks."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.redis = redis_connect(cluster.redis_url)
-        self.accounts = AccountStore(self.redis, "tests")
+        # opened on first use (migrated: the cluster's services may not have started yet)
+        self.db = Database(cluster.database_url, "tests", size=2)
+        self.accounts = AccountStore(self.db, "tests")
+        self.rosters = RosterStore(self.db, "tests")
+        self.offline = OfflineStore(self.db, "tests")
+        self.account_data = AccountDataStore(self.db, "tests")
         self._n = 0
+
+    async def open(self) -> Users:
+        if not self.db.is_open:
+            await self.db.open()
+        return self
 
     async def create(self, prefix: str = "user", password: str = "secret-pw") -> tuple[str, str]:
         self._n += 1
         import secrets
 
+        await self.open()
         jid = f"{prefix}{self._n}-{secrets.token_hex(3)}@{self.cluster.domain}"
         await self.accounts.create(jid, derive_credentials(password, TEST_ITERATIONS))
         return jid, password
 
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.db.close()
+
 
 @pytest.fixture
 async def users(cluster: Cluster) -> AsyncIterator[Users]:
-    u = Users(cluster)
+    u = await Users(cluster).open()
     yield u
-    await u.redis.aclose()
+    await u.close()

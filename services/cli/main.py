@@ -66,10 +66,17 @@ async def _connect_bus(url: str) -> Bus | None:
 
 async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bus: bool) -> int:
     redis = redis_connect(settings.redis_url)
+    try:
+        db = await db_connect(settings.database_url, SERVICE, size=2,
+                              timeout_s=settings.db_timeout_s)
+    except DatabaseUnavailable as exc:
+        await redis.aclose()
+        print(str(exc), file=sys.stderr)
+        return 1
     bus = await _connect_bus(settings.nats_url) if need_bus else None
     iterations = getattr(args, "iterations", None) or settings.scram_iterations
-    admin = ClusterAdmin(redis, settings.domain, settings.partitions, SERVICE, bus, iterations,
-                         settings.scram_min_iterations)
+    admin = ClusterAdmin(redis, db, settings.domain, settings.partitions, SERVICE, bus,
+                         iterations, settings.scram_min_iterations)
     try:
         return await _COMMANDS[(args.command, args.action)](admin, args)
     except AdminError as exc:
@@ -82,6 +89,7 @@ async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bu
         if bus is not None:
             await bus.close()
         await redis.aclose()
+        await db.close()
 
 
 async def _user_add(admin: ClusterAdmin, args: argparse.Namespace) -> int:

@@ -12,11 +12,11 @@ ends by itself.  When Redis cannot be reached, no attempt can be checked at all 
 in Redis too): the client gets temporary-auth-failure (RFC 6120 §6.5.12), and a failure that
 cannot be counted is logged, not raised (an outage of the counters locks nobody out).
 
-`lookup` is what a login uses: the two counters and the account's stored keys in one round
-trip (a pipeline, not a script: the source counter is in another hash slot), because every
-SASL attempt needs both and each redis-py command costs ~50-100 µs of client CPU; it goes out
-with the other commands of its event-loop tick (`shared.store.tick`).  A
-successful login writes nothing here: counters are only written by `failed`.
+`lookup` is what a login uses: the two counters (one Redis round trip, a pipeline, not a
+script: the source counter is in another hash slot, going out with the other commands of its
+event-loop tick, `shared.store.tick`) and the account's stored keys (one PostgreSQL query
+shared by the tick's logins, `AccountStore.credentials`), both at once.  A successful login
+writes nothing here: counters are only written by `failed`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from shared.store import keys, tick
+from shared.store.accounts import AccountStore
 from shared.store.redis import timed
-from shared.xmpp.credentials import StoredCredentials, from_redis_hash
+from shared.xmpp.credentials import StoredCredentials
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class AuthThrottleStore:
     def __init__(
         self,
         redis: aioredis.Redis,
+        accounts: AccountStore,
         service: str,
         *,
         per_source: int,
@@ -46,6 +48,7 @@ class AuthThrottleStore:
     ) -> None:
         self._r = redis
         self._tick = tick.of(redis)  # with the other logins' commands of the same tick
+        self._accounts = accounts
         self._service = service
         self.per_source = per_source  # 0: unlimited
         self.per_account = per_account  # 0: unlimited
@@ -55,21 +58,22 @@ class AuthThrottleStore:
         self, source: str, bare_jid: str
     ) -> tuple[Scope | None, StoredCredentials | None]:
         """The limit an attempt is over, if any, and the account's stored keys (None:
-        no such account), in one round trip.  Store failures propagate (the caller answers
-        temporary-auth-failure, RFC 6120 §6.5.12): without the keys nothing can be checked,
-        so failing open on the counters alone does not arise here."""
-        async with timed(self._service, "login_lookup"):
-            src, acct, raw = await self._tick.execute((
-                ("GET", keys.auth_failures_source(source)),
-                ("GET", keys.auth_failures_account(bare_jid)),
-                ("HGETALL", keys.account(bare_jid)),
-            ))
+        no such account), in one round trip to each store.  Store failures propagate (the
+        caller answers temporary-auth-failure, RFC 6120 §6.5.12): without the keys nothing
+        can be checked, so failing open on the counters alone does not arise here."""
+        creds = self._accounts.credentials(bare_jid)
+        try:
+            async with timed(self._service, "login_lookup"):
+                src, acct = await self._tick.execute((
+                    ("GET", keys.auth_failures_source(source)),
+                    ("GET", keys.auth_failures_account(bare_jid)),
+                ))
+        except BaseException:
+            creds.cancel()
+            raise
         scope = self._over(src, acct)
-        if scope is not None or not raw:
-            return scope, None
-        if b"sha256_stored" not in raw:
-            return None, None
-        return None, from_redis_hash(raw)
+        stored = await creds
+        return scope, (None if scope is not None else stored)
 
     def _over(self, src: bytes | None, acct: bytes | None) -> Scope | None:
         if self.per_source and src is not None and int(src) >= self.per_source:

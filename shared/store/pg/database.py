@@ -42,12 +42,58 @@ def redact(url: str) -> str:
 
 
 class Database:
-    """A bounded pool; ``service`` labels the metrics."""
+    """A bounded pool, made now and opened by `open` (a service builds its stores in its
+    constructor and connects in ``start``); ``service`` labels the metrics."""
 
-    def __init__(self, pool: asyncpg.Pool, service: str, timeout_s: float) -> None:
-        self.pool = pool
+    def __init__(self, url: str, service: str, *, size: int = DEFAULT_POOL_SIZE,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.url = url
         self.service = service
+        self.size = size
         self.timeout_s = timeout_s
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise DatabaseUnavailable("the database is not open yet")
+        return self._pool
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Open the pool (one connection at once, up to ``size``) and, unless ``migrate`` is
+        False, bring the schema up to date (`migrations.migrate`, under an advisory lock).
+        Raises DatabaseUnavailable naming the server when it cannot be reached."""
+        try:
+            self._pool = await asyncio.wait_for(
+                asyncpg.create_pool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.size,
+                    timeout=self.timeout_s,  # connect
+                    command_timeout=self.timeout_s,
+                    max_inactive_connection_lifetime=300.0,
+                ),
+                self.timeout_s * 2,
+            )
+        except (*CONNECTION_ERRORS, ValueError) as exc:
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {redact(self.url)} is not reachable "
+                f"({exc.__class__.__name__}: {exc}); set STANZAD_DATABASE_URL"
+            ) from None
+        if migrate:
+            from shared.store.pg.migrations import migrate as apply
+
+            try:
+                applied = await apply(self)
+            except BaseException:
+                await self.close()
+                raise
+            if applied:
+                log.info("database migrated to version %d", applied[-1])
 
     @asynccontextmanager
     async def connection(self, operation: str) -> AsyncIterator[asyncpg.Connection]:
@@ -95,10 +141,13 @@ class Database:
             return False
 
     async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
         try:
-            await asyncio.wait_for(self.pool.close(), self.timeout_s)
+            await asyncio.wait_for(pool.close(), self.timeout_s)
         except TimeoutError:
-            self.pool.terminate()
+            pool.terminate()
 
 
 async def connect(
@@ -109,35 +158,7 @@ async def connect(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     migrate: bool = True,
 ) -> Database:
-    """Open the pool (one connection at once, up to ``size``) and, unless ``migrate`` is
-    False, bring the schema up to date (`migrations.migrate`, under an advisory lock).
-    Raises DatabaseUnavailable naming the server when it cannot be reached."""
-    try:
-        pool = await asyncio.wait_for(
-            asyncpg.create_pool(
-                url,
-                min_size=1,
-                max_size=size,
-                timeout=timeout_s,  # connect
-                command_timeout=timeout_s,
-                max_inactive_connection_lifetime=300.0,
-            ),
-            timeout_s * 2,
-        )
-    except (*CONNECTION_ERRORS, ValueError) as exc:
-        raise DatabaseUnavailable(
-            f"PostgreSQL at {redact(url)} is not reachable "
-            f"({exc.__class__.__name__}: {exc}); set STANZAD_DATABASE_URL"
-        ) from None
-    db = Database(pool, service, timeout_s)
-    if migrate:
-        from shared.store.pg.migrations import migrate as apply
-
-        try:
-            applied = await apply(db)
-        except BaseException:
-            await db.close()
-            raise
-        if applied:
-            log.info("database migrated to version %d", applied[-1])
+    """A `Database`, opened (see `Database.open`)."""
+    db = Database(url, service, size=size, timeout_s=timeout_s)
+    await db.open(migrate=migrate)
     return db
