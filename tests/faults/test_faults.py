@@ -118,7 +118,7 @@ async def test_redis_restart_with_aof_keeps_accounts_and_sessions_work(
     try:
         faulty.kill("redis")
         faulty.start_redis()
-        after = Users(faulty)
+        after = await Users(faulty).open()
         try:
             assert await after.accounts.exists(late)  # loaded back from the AOF
             assert await after.redis.hlen(keys.sessions(a)) == 1  # session table too
