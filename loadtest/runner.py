@@ -23,7 +23,7 @@ from loadtest.users import (
     make_users,
     ring_contacts,
 )
-from shared.store.redis import connect as redis_connect
+from shared.store.pg.database import connect as db_connect
 from shared.xmpp.credentials import MAX_ITERATIONS, MIN_ITERATIONS
 from tests.support.cluster import Cluster
 
@@ -75,20 +75,20 @@ def validate(opt: Options) -> bounds.Plan:
 
 
 async def _setup_users(cluster: Cluster, users: list[User], opt: Options) -> dict[str, float]:
-    """Accounts through the cluster's admin API, rosters into its Redis; the seconds each
+    """Accounts through the cluster's admin API, rosters into its PostgreSQL; the seconds each
     took."""
     admin_url, token = await asyncio.to_thread(target.admin, cluster)
     started = time.perf_counter()
     await create_accounts(admin_url, token, users, opt.iterations)
     out = {"accounts_s": round(time.perf_counter() - started, 3)}
     if opt.scenario == "presence":
-        redis = redis_connect(cluster.redis_url)
+        db = await db_connect(cluster.database_url, "loadtest", size=1)
         try:
             started = time.perf_counter()
-            await create_rosters(redis, users, ring_contacts(len(users), opt.contacts))
+            await create_rosters(db, users, ring_contacts(len(users), opt.contacts))
             out["rosters_s"] = round(time.perf_counter() - started, 3)
         finally:
-            await redis.aclose()
+            await db.close()
     return out
 
 

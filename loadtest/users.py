@@ -1,4 +1,4 @@
-"""Accounts created in bulk through the cluster's admin API; rosters straight into Redis.
+"""Accounts created in bulk through the cluster's admin API; rosters straight into PostgreSQL.
 
 Accounts go through ``POST /api/v1/users/import`` (issue 7: users are created through the
 admin tool), in batches of the API's bound sent a few at a time.  All users of a run share
@@ -7,7 +7,7 @@ one password and one set of SCRAM keys, derived once here and sent ready (the im
 login is the same either way (it keeps only the keys, RFC 5802 §3).
 
 Rosters have no admin operation (the issue names only users): `create_rosters` writes them
-into Redis as the roster service stores them.
+into PostgreSQL as the roster service stores them.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from services.admin.api import MAX_IMPORT
-from shared.store import keys
-from shared.store.roster import RosterItem
+from shared.store.pg.database import Database
 from shared.xmpp.credentials import derive_credentials, to_json
-from shared.xmpp.subscription import State, Subscription
 
 PASSWORD = "load-test-pw"
 BATCH = 500  # commands per pipeline (rosters)
@@ -87,17 +84,22 @@ async def create_accounts(admin_url: str, token: str, users: list[User], iterati
         raise RuntimeError(f"admin API import: created {created}/{len(users)}: {failed[:3]}")
 
 
-async def create_rosters(redis: aioredis.Redis, users: list[User], contacts: list[list[int]]
+async def create_rosters(db: Database, users: list[User], contacts: list[list[int]]
                          ) -> None:
-    """Mutual 'both' subscriptions, written as the roster service would store them."""
-    both = State(Subscription.BOTH)
-    for start in range(0, len(users), BATCH // 10 or 1):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in range(start, min(len(users), start + BATCH // 10 or 1)):
-                bare = users[i].jid
-                items = {users[j].jid: RosterItem(users[j].jid, state=both, ver=1).encode()
-                         for j in contacts[i]}
-                if items:
-                    pipe.hset(keys.roster(bare), mapping=items)
-                pipe.set(keys.roster_version(bare), 1)
-            await pipe.execute()
+    """Mutual 'both' subscriptions, written as the roster service would store them (at
+    roster version 1), in one INSERT per table and chunk."""
+    step = BATCH // 10 or 1
+    for start in range(0, len(users), step):
+        owners, items = [], []
+        for i in range(start, min(len(users), start + step)):
+            owners.append(users[i].jid)
+            items += [(users[i].jid, users[j].jid) for j in contacts[i]]
+        async with db.transaction("loadtest_rosters") as conn:
+            await conn.execute(
+                "INSERT INTO roster_versions (owner, version) SELECT unnest($1::text[]), 1 "
+                "ON CONFLICT (owner) DO UPDATE SET version = 1", owners)
+            await conn.execute(
+                "INSERT INTO roster_items (owner, contact, subscription, version) "
+                "SELECT o, c, 'both', 1 FROM unnest($1::text[], $2::text[]) AS t(o, c) "
+                "ON CONFLICT (owner, contact) DO UPDATE SET subscription = 'both', version = 1",
+                [o for o, _ in items], [c for _, c in items])

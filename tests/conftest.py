@@ -1,5 +1,5 @@
-"""Fixtures: a real cluster (nats-server, redis-server, router, connection manager) per test
-session, on free loopback ports."""
+"""Fixtures: a real cluster (nats-server, redis-server, PostgreSQL, router, connection manager)
+per test session, on free loopback ports."""
 
 from __future__ import annotations
 
@@ -7,16 +7,39 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from devtools.localservers import LocalPostgres
+from shared.store.account_data import AccountDataStore
 from shared.store.accounts import AccountStore
+from shared.store.pg.database import Database
+from shared.store.presence import OfflineStore
 from shared.store.redis import connect as redis_connect
+from shared.store.roster import RosterStore
 from shared.xmpp.credentials import derive_credentials
+from tests.support import postgres as test_postgres
 from tests.support.cluster import ADMIN_TOKEN, Cluster, new_cluster
 
 TEST_ITERATIONS = 4096  # the SCRAM minimum: tests create many accounts
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def postgres() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server for the session (tests/support/postgres.py); every cluster and
+    every test that asks gets a database of its own on it (`test_postgres.new_database`)."""
+    server = test_postgres.server()
+    try:
+        yield server
+    finally:
+        test_postgres.stop()
+
+
+@pytest.fixture
+def database_url(postgres: LocalPostgres) -> str:
+    """A fresh, empty database for one test."""
+    return test_postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def cluster(postgres: LocalPostgres) -> Iterator[Cluster]:
     c = new_cluster()
     try:
         c.start_servers()
@@ -37,25 +60,41 @@ def admin_url(cluster: Cluster) -> str:
 
 
 class Users:
-    """Creates accounts straight in the cluster's Redis."""
+    """Creates accounts straight in the cluster's PostgreSQL; its Redis and its stores at
+    hand for the tests' own checks."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.redis = redis_connect(cluster.redis_url)
-        self.accounts = AccountStore(self.redis, "tests")
+        # opened on first use (migrated: the cluster's services may not have started yet)
+        self.db = Database(cluster.database_url, "tests", size=2)
+        self.accounts = AccountStore(self.db, "tests")
+        self.rosters = RosterStore(self.db, "tests")
+        self.offline = OfflineStore(self.db, "tests")
+        self.account_data = AccountDataStore(self.db, "tests")
         self._n = 0
+
+    async def open(self) -> Users:
+        if not self.db.is_open:
+            await self.db.open()
+        return self
 
     async def create(self, prefix: str = "user", password: str = "secret-pw") -> tuple[str, str]:
         self._n += 1
         import secrets
 
+        await self.open()
         jid = f"{prefix}{self._n}-{secrets.token_hex(3)}@{self.cluster.domain}"
         await self.accounts.create(jid, derive_credentials(password, TEST_ITERATIONS))
         return jid, password
 
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.db.close()
+
 
 @pytest.fixture
 async def users(cluster: Cluster) -> AsyncIterator[Users]:
-    u = Users(cluster)
+    u = await Users(cluster).open()
     yield u
-    await u.redis.aclose()
+    await u.close()

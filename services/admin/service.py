@@ -15,6 +15,7 @@ from aiohttp import web
 from shared.bus.client import Bus
 from shared.cluster.admin import ClusterAdmin
 from shared.runtime.settings import AdminSettings, ConfigError
+from shared.store.pg.database import Database
 from shared.store.redis import connect as redis_connect
 
 from .api import build_app
@@ -50,14 +51,17 @@ class AdminService:
         self.settings = settings
         self._redis = redis_connect(settings.redis_url)
         self.bus = Bus(settings.nats_url, SERVICE)
+        self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
+                           timeout_s=settings.db_timeout_s)  # opened by start()
         self.admin = ClusterAdmin(
-            self._redis, settings.domain, settings.partitions, SERVICE, self.bus,
+            self._redis, self.db, settings.domain, settings.partitions, SERVICE, self.bus,
             settings.scram_iterations, settings.scram_min_iterations,
         )
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> None:
+        await self.db.open()
         await self.bus.connect()
         token = self.settings.admin_token.get_secret_value()
         if not token:
@@ -84,3 +88,4 @@ class AdminService:
             await self._runner.cleanup()
         await self.bus.close()
         await self._redis.aclose()
+        await self.db.close()

@@ -1,12 +1,12 @@
 """`stanzad run`: the whole cluster on one machine, in the foreground, Ctrl-C to stop.
 
-Starts nats-server and redis-server (AOF on, data under var/), then one router, presence,
-roster, connection manager, s2s gateway and the admin API, each as its own process with
-prefixed log lines.  In-band registration is on in this local profile.  The admin API
-listens on 127.0.0.1:9190 with the token of STANZAD_ADMIN_TOKEN, or a fresh one printed at
-start.
+Starts nats-server, redis-server (AOF on) and PostgreSQL (database `stanzad`), data under
+var/, then one router, presence, roster, connection manager, s2s gateway and the admin API,
+each as its own process with prefixed log lines.  In-band registration is on in this local
+profile.  The admin API listens on 127.0.0.1:9190 with the token of STANZAD_ADMIN_TOKEN, or
+a fresh one printed at start.
 
-Stopping: SIGTERM or Ctrl-C stops the services at once (in parallel), then Redis and NATS,
+Stopping: SIGTERM or Ctrl-C stops the services at once (in parallel), then the servers,
 each step bounded, stragglers killed; a second Ctrl-C kills at once.  On Linux every child
 also dies with the supervisor (PR_SET_PDEATHSIG), so a ``kill -9`` of it leaves no process
 holding the ports.  A port still held at start is reported with the pid and command line of
@@ -21,6 +21,7 @@ import ctypes
 import os
 import secrets
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +32,12 @@ from devtools import localservers
 
 NATS_PORT = 14222
 REDIS_PORT = 16379
+PG_PORT = 15432
 ADMIN_PORT = 9190
 S2S_PORT = 5269
 METRICS_PORT = 9101  # the first of six: cm, router, presence, roster, s2s, admin
-COLORS = {"nats": 36, "redis": 31, "cm": 32, "router": 35, "presence": 33, "roster": 34,
-          "s2s": 37, "admin": 37}
+COLORS = {"nats": 36, "redis": 31, "postgres": 34, "cm": 32, "router": 35, "presence": 33,
+          "roster": 34, "s2s": 37, "admin": 37}
 # Stop bounds (seconds): the services get SERVICES_STOP_S to stop cleanly (they need NATS
 # and Redis for it, so those go after), the servers SERVERS_STOP_S; then SIGKILL, after
 # which KILLED_WAIT_S only guards against a process stuck in the kernel.
@@ -43,6 +45,7 @@ SERVICES_STOP_S: Final = 3.0
 SERVERS_STOP_S: Final = 1.0
 CM_DRAIN_S: Final = "2"  # STANZAD_DRAIN_TIMEOUT_S of the local cm: closing streams fits above
 KILLED_WAIT_S: Final = 2.0
+DATABASE: Final = "stanzad"
 PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
 
 
@@ -54,6 +57,7 @@ class Ports:
     s2s: int = S2S_PORT
     nats: int = NATS_PORT
     redis: int = REDIS_PORT
+    postgres: int = PG_PORT
     admin: int = ADMIN_PORT
     metrics: int = METRICS_PORT
 
@@ -61,7 +65,8 @@ class Ports:
         return self.metrics + index if self.metrics else 0
 
     def listeners(self) -> list[tuple[int, str]]:
-        named = [(self.nats, "NATS"), (self.redis, "Redis"), (self.c2s, "c2s"),
+        named = [(self.nats, "NATS"), (self.redis, "Redis"), (self.postgres, "PostgreSQL"),
+                 (self.c2s, "c2s"),
                  (self.s2s, "s2s"), (self.admin, "the admin API")]
         if self.metrics:
             named += [(self.metrics_port(i), "a metrics side port") for i in range(6)]
@@ -76,6 +81,7 @@ class Child:
     # what the child gets when the supervisor dies: the servers stop cleanly on SIGTERM
     # (Redis syncs its AOF); a service's clean stop needs those servers, so it is killed
     death_signal: signal.Signals = signal.SIGKILL
+    run_as: dict[str, int] = field(default_factory=dict)  # user/group (PostgreSQL as root)
     proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -116,7 +122,9 @@ async def _start(child: Child) -> asyncio.Task[None]:
     child.proc = await asyncio.create_subprocess_exec(
         *child.cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
         start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
-        preexec_fn=_die_with_parent(child.death_signal),
+        preexec_fn=_die_with_parent(child.death_signal),  # runs after the user switch
+        cwd="/" if child.run_as else None,  # the server's own user may not reach ours
+        **child.run_as,
     )
     return asyncio.create_task(_pipe(child))
 
@@ -167,11 +175,14 @@ def _ports_in_use(ports: Ports) -> str | None:
     return None
 
 
-def _children(var: Path, ports: Ports, admin_token: str) -> list[tuple[Child, int | None]]:
+def _children(
+    var: Path, ports: Ports, admin_token: str, postgres: localservers.LocalPostgres
+) -> list[tuple[Child, int | None]]:
     """The processes of the cluster in start order, each with the port that shows it is up."""
     common = {
         "STANZAD_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
         "STANZAD_REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
+        "STANZAD_DATABASE_URL": postgres.url_of(DATABASE),
         "STANZAD_DOMAIN": os.environ.get("STANZAD_DOMAIN", "localhost"),
     }
     tls = {"STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
@@ -186,6 +197,9 @@ def _children(var: Path, ports: Ports, admin_token: str) -> list[tuple[Child, in
                  death_signal=signal.SIGTERM)
     redis = Child("redis", localservers.redis_command(ports.redis, var / "redis", aof=True),
                   death_signal=signal.SIGTERM)
+    # SIGINT is PostgreSQL's fast shutdown (its clients are gone by then, or dead with us)
+    pg = Child("postgres", postgres.command(), death_signal=signal.SIGINT,
+               run_as=postgres.run_as())
     cm = service("cm", "services.connection_manager", 0, {
         "STANZAD_C2S_PORT": str(ports.c2s), "STANZAD_CM_ID": "cm-local",
         "STANZAD_ALLOW_REGISTRATION": os.environ.get("STANZAD_ALLOW_REGISTRATION", "true"),
@@ -203,8 +217,9 @@ def _children(var: Path, ports: Ports, admin_token: str) -> list[tuple[Child, in
         "STANZAD_ADMIN_HOST": "127.0.0.1", "STANZAD_ADMIN_PORT": str(ports.admin),
         "STANZAD_ADMIN_TOKEN": admin_token,
     })
-    return [(nats, ports.nats), (redis, ports.redis), (router, None), (presence, None),
-            (roster, None), (cm, ports.c2s), (s2s, ports.s2s), (admin, ports.admin)]
+    return [(nats, ports.nats), (redis, ports.redis), (pg, ports.postgres), (router, None),
+            (presence, None), (roster, None), (cm, ports.c2s), (s2s, ports.s2s),
+            (admin, ports.admin)]
 
 
 async def run_cluster(var: Path, ports: Ports | None = None) -> int:
@@ -215,7 +230,13 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
     (var / "redis").mkdir(parents=True, exist_ok=True)
     (var / "nats").mkdir(parents=True, exist_ok=True)
     admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
-    children = _children(var, ports, admin_token)
+    postgres = localservers.LocalPostgres(var / "postgres", ports.postgres)
+    try:
+        await asyncio.to_thread(postgres.init)  # initdb once, on the first run
+    except Exception as exc:
+        print(f"PostgreSQL could not be set up in {var / 'postgres'}: {exc}", file=sys.stderr)
+        return 1
+    children = _children(var, ports, admin_token, postgres)
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
@@ -234,6 +255,9 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
             started.append(child)
             if port is not None:
                 await _wait_port(port, child)
+            if child.name == "postgres":  # accepting, then our database
+                await asyncio.to_thread(postgres.wait_ready)
+                await asyncio.to_thread(postgres.ensure_database, DATABASE)
 
     status = 0
     stopper = asyncio.create_task(stop.wait())
@@ -259,13 +283,13 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
         if stopper not in done:
             print("a process exited; stopping the cluster", file=sys.stderr)
             status = 1
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError, OSError, subprocess.CalledProcessError) as exc:
         print(f"start failed: {exc}", file=sys.stderr)
         status = 1
     finally:
         stopper.cancel()
         stop.set()  # from here a signal means hurry
-        servers = {"nats", "redis"}
+        servers = {"nats", "redis", "postgres"}
         await stop_children([c for c in started if c.name not in servers], SERVICES_STOP_S,
                             hurry)
         await stop_children([c for c in started if c.name in servers], SERVERS_STOP_S, hurry)

@@ -9,10 +9,14 @@
     stanzad sessions [list]
     stanzad sessions kick alice@localhost/phone
     stanzad status
+    stanzad db migrate [--to N]                          (idempotent; services migrate at start)
+    stanzad db status
+    stanzad db downgrade N                               (undo the migrations above N)
 
-It talks to the Redis of `STANZAD_REDIS_URL` and, to kick sessions, to the NATS of
-`STANZAD_NATS_URL` (defaults: the local cluster's).  The admin API (services/admin) offers
-the same operations over HTTP; both are built on shared/cluster/admin.py.
+It talks to the PostgreSQL of `STANZAD_DATABASE_URL`, the Redis of `STANZAD_REDIS_URL` and,
+to kick sessions, to the NATS of `STANZAD_NATS_URL` (defaults: the local cluster's).  The
+admin API (services/admin) offers the same operations over HTTP; both are built on
+shared/cluster/admin.py.
 """
 
 from __future__ import annotations
@@ -31,12 +35,16 @@ from shared.bus.client import Bus, BusUnavailable
 from shared.cluster.admin import AdminError, ClusterAdmin, count_results, import_entries
 from shared.runtime.settings import AdminSettings, load_or_exit
 from shared.store.accounts import AccountExists
+from shared.store.pg import migrations
+from shared.store.pg.database import DatabaseUnavailable
+from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
 
 from .devcluster import (
     ADMIN_PORT,
     METRICS_PORT,
     NATS_PORT,
+    PG_PORT,
     REDIS_PORT,
     S2S_PORT,
     Ports,
@@ -70,10 +78,17 @@ async def _connect_bus(url: str) -> Bus | None:
 
 async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bus: bool) -> int:
     redis = redis_connect(settings.redis_url)
+    try:
+        db = await db_connect(settings.database_url, SERVICE, size=2,
+                              timeout_s=settings.db_timeout_s)
+    except DatabaseUnavailable as exc:
+        await redis.aclose()
+        print(str(exc), file=sys.stderr)
+        return 1
     bus = await _connect_bus(settings.nats_url) if need_bus else None
     iterations = getattr(args, "iterations", None) or settings.scram_iterations
-    admin = ClusterAdmin(redis, settings.domain, settings.partitions, SERVICE, bus, iterations,
-                         settings.scram_min_iterations)
+    admin = ClusterAdmin(redis, db, settings.domain, settings.partitions, SERVICE, bus,
+                         iterations, settings.scram_min_iterations)
     try:
         return await _COMMANDS[(args.command, args.action)](admin, args)
     except AdminError as exc:
@@ -86,6 +101,7 @@ async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bu
         if bus is not None:
             await bus.close()
         await redis.aclose()
+        await db.close()
 
 
 async def _user_add(admin: ClusterAdmin, args: argparse.Namespace) -> int:
@@ -195,6 +211,27 @@ async def _status(admin: ClusterAdmin, _: argparse.Namespace) -> int:
     return 0
 
 
+async def _db(args: argparse.Namespace, settings: AdminSettings) -> int:
+    """`stanzad db ...`: the schema migrations (shared/store/pg/migrations.py)."""
+    db = await db_connect(settings.database_url, SERVICE, size=1,
+                          timeout_s=settings.db_timeout_s, migrate=False)
+    try:
+        if args.action == "migrate":
+            applied = await migrations.migrate(db, args.to)
+            print(f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply")
+        elif args.action == "downgrade":
+            undone = await migrations.downgrade(db, args.version)
+            print(f"undid {', '.join(map(str, undone))}" if undone else "nothing to undo")
+        version = await migrations.current(db)
+        print(f"schema version {version} (this release knows up to {migrations.LATEST})")
+        return 0
+    except migrations.MigrationError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        await db.close()
+
+
 _COMMANDS = {
     ("user", "add"): _user_add,
     ("user", "passwd"): _user_passwd,
@@ -217,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="default: STANZAD_S2S_PORT, else 5269")
     run.add_argument("--nats-port", type=int, default=NATS_PORT)
     run.add_argument("--redis-port", type=int, default=REDIS_PORT)
+    run.add_argument("--postgres-port", type=int, default=PG_PORT)
     run.add_argument("--admin-port", type=int, default=ADMIN_PORT)
     run.add_argument("--metrics-port", type=int, default=METRICS_PORT,
                      help="the first of six consecutive side ports; 0: each picks a free one")
@@ -243,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jid", help="full JID, e.g. alice@localhost/phone")
     status = sub.add_parser("status", help="routers, partitions and connection managers")
     status.set_defaults(action=None)
+    db = sub.add_parser("db", help="the PostgreSQL schema (STANZAD_DATABASE_URL)")
+    db_actions = db.add_subparsers(dest="action", required=True)
+    p = db_actions.add_parser("migrate", help="apply the missing migrations (idempotent)")
+    p.add_argument("--to", type=int, default=migrations.LATEST,
+                   help=f"target version (default: the latest, {migrations.LATEST})")
+    db_actions.add_parser("status", help="the schema version of the database")
+    p = db_actions.add_parser("downgrade", help="undo the migrations above VERSION")
+    p.add_argument("version", type=int)
     return parser
 
 
@@ -251,11 +297,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         s2s = args.s2s_port or int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT))
         ports = Ports(c2s=args.c2s_port, s2s=s2s, nats=args.nats_port, redis=args.redis_port,
-                      admin=args.admin_port, metrics=args.metrics_port)
+                      postgres=args.postgres_port, admin=args.admin_port,
+                      metrics=args.metrics_port)
         return asyncio.run(run_cluster(Path(args.var), ports))
     if args.command == "sessions" and args.action is None:
         args.action = "list"  # plain `stanzad sessions`
     settings = load_or_exit(AdminSettings)
+    if args.command == "db":
+        try:
+            return asyncio.run(_db(args, settings))
+        except DatabaseUnavailable as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
     # kicking; and telling the routers at once about deleted or imported accounts
     need_bus = (args.command, args.action) in (
         ("sessions", "kick"), ("user", "delete"), ("user", "import"))

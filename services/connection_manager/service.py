@@ -32,6 +32,7 @@ from shared.runtime.metrics import HistogramTally, Tally
 from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore, LoginCheck, Progressive
+from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.tls.context import ensure_self_signed, server_context
@@ -76,7 +77,6 @@ class ConnectionManager:
         )
         self.port = 0
         self._redis = redis_connect(settings.redis_url)
-        self.accounts = AccountStore(self._redis, SERVICE)
         self.store = SessionStore(self._redis, SERVICE)
         # per-address limits count what is suspicious (docs/operations.md "Per-address
         # limits"): unauthenticated connections, failed logins; trusted networks have theirs
@@ -89,8 +89,12 @@ class ConnectionManager:
         self.sasl_slots: SlotsPerSource[C2SConnection] = SlotsPerSource(
             settings.auth_max_concurrent_per_ip
         )
+        # the store of record; opened (and migrated) by start()
+        self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
+                           timeout_s=settings.db_timeout_s)
+        self.accounts = AccountStore(self.db, SERVICE)
         self.auth_throttle = AuthThrottleStore(
-            self._redis, SERVICE,
+            self._redis, self.accounts, SERVICE,
             pair=Progressive(settings.auth_pair_free_failures, settings.auth_delay_base_s,
                              settings.auth_pair_max_delay_s),
             account=Progressive(settings.auth_account_free_failures,
@@ -118,6 +122,7 @@ class ConnectionManager:
 
     async def start(self) -> None:
         s = self.settings
+        await self.db.open()
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
         self.tls_context = self._tls_context()
@@ -194,6 +199,7 @@ class ConnectionManager:
             log.warning("could not retire %s: %s", self.cm_id, exc)
         await self.bus.close()
         await self._redis.aclose()
+        await self.db.close()
         if self.tls_keylog is not None:
             self.tls_keylog.close()  # a handshake after this just stays on OpenSSL
         if self.router is not None:  # after the drain: the streams' last stanzas pass it
@@ -250,6 +256,9 @@ class ConnectionManager:
             await self.accounts.create(jid.bare_str, creds)
         except AccountExists:
             return StanzaError(StanzaErrorCondition.CONFLICT)
+        except DatabaseUnavailable as exc:  # never a hang: RFC 6120 §8.3.3.8
+            log.warning("registration failed: %s", exc)
+            return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
         self._session_event(jid.bare_str, 0)  # a router may have cached "no account"
         log.info("registered a new account in band")
         return None

@@ -23,6 +23,7 @@ from shared.bus.envelope import FANOUT_SEPARATOR, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.runtime.settings import PresenceSettings
 from shared.store import keys
+from shared.store.account_data import AccountDataStore
 from shared.store.presence import OfflineStore, PresenceStore
 from shared.store.roster import RosterStore
 from shared.store.sessions import SessionRecord, SessionStore
@@ -48,6 +49,7 @@ Tables = dict[str, tuple[dict[str, SessionRecord], frozenset[str]]]
 class PresenceService(PartitionedService):
     name = SERVICE
     role = "presence"
+    uses_database = True  # rosters, offline messages, block lists
 
     def __init__(self, settings: PresenceSettings) -> None:
         super().__init__(
@@ -57,9 +59,10 @@ class PresenceService(PartitionedService):
             metrics.PARTITIONS.set,
         )
         self.sessions = SessionStore(self.redis, SERVICE)
-        self.presence = PresenceStore(self.redis, SERVICE)
-        self.rosters = RosterStore(self.redis, SERVICE)
-        self.offline = OfflineStore(self.redis, SERVICE)
+        self.rosters = RosterStore(self.db, SERVICE)
+        self.offline = OfflineStore(self.db, SERVICE)
+        self.account_data = AccountDataStore(self.db, SERVICE)
+        self.presence = PresenceStore(self.redis, self.rosters, SERVICE)
 
     async def start(self) -> None:
         await super().start()
@@ -175,19 +178,19 @@ class PresenceService(PartitionedService):
     async def _session_tables(
         self, bares: list[str]
     ) -> list[tuple[dict[str, SessionRecord], frozenset[str]]]:
-        """(sessions, blocklist) of each bare JID in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for bare in bares:
-                pipe.hgetall(keys.sessions(bare))
-                pipe.smembers(keys.blocklist(bare))
-            replies = await pipe.execute()
-        return [
-            (
-                {k.decode(): SessionRecord.decode(v) for k, v in replies[i].items()},
-                frozenset(m.decode() for m in replies[i + 1]),
-            )
-            for i in range(0, len(replies), 2)
-        ]
+        """(sessions, blocklist) of each bare JID: one Redis round trip and one PostgreSQL
+        query, at once."""
+
+        async def sessions() -> list[dict[str, SessionRecord]]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for bare in bares:
+                    pipe.hgetall(keys.sessions(bare))
+                replies = await pipe.execute()
+            return [{k.decode(): SessionRecord.decode(v) for k, v in r.items()}
+                    for r in replies]
+
+        tables, routing = await asyncio.gather(sessions(), self.account_data.routing(bares))
+        return [(t, blocked) for t, (_, blocked) in zip(tables, routing, strict=True)]
 
     async def _initial(self, full: str, items: dict, priority: int) -> Tables:  # type: ignore[type-arg]
         """A newly available resource gets its contacts' presence (§4.3: the probes are

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Final
 
-import redis.asyncio as aioredis
 from lxml import etree
 
-from shared.store import keys
+from shared.store.account_data import AccountDataStore
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.jid import bare_of
@@ -24,8 +23,8 @@ ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING)
 
 
 class AccountData:
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._r = redis
+    def __init__(self, store: AccountDataStore) -> None:
+        self._store = store
 
     async def handle(self, iq: etree._Element, requester: str, account: str) -> str:
         child = iq[0]
@@ -34,14 +33,14 @@ class AccountData:
         type_ = iq.get("type")
         if tag == f"{{{ns.VCARD}}}vCard":
             if type_ == "get":
-                raw = await self._r.get(keys.vcard(account))
+                raw = await self._store.vcard(account)
                 return raw.decode() if raw else f'<vCard xmlns="{ns.VCARD}"/>'
             if not own:
                 raise StanzaError(StanzaErrorCondition.FORBIDDEN)
             data = etree.tostring(child)
             if len(data) > MAX_VCARD_BYTES:
                 raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE, "vCard too large")
-            await self._r.set(keys.vcard(account), data)
+            await self._store.set_vcard(account, data)
             return ""
         if tag == f"{{{ns.PRIVATE}}}query":
             if not own:
@@ -66,17 +65,14 @@ class AccountData:
         namespace = element.tag[1:].partition("}")[0] if element.tag.startswith("{") else ""
         if not namespace or namespace.startswith("jabber:"):
             raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE)
-        key = keys.private_storage(account)
         if is_set:
             data = etree.tostring(element)
             if len(data) > MAX_PRIVATE_BYTES:
                 raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE, "too large")
-            if not await self._r.hexists(key, namespace) and (
-                await self._r.hlen(key) >= MAX_PRIVATE_NAMESPACES
-            ):
+            if not await self._store.set_private(account, namespace, data,
+                                                 MAX_PRIVATE_NAMESPACES):
                 raise StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
-            await self._r.hset(key, namespace, data)
             return ""
-        raw = await self._r.hget(key, namespace)
+        raw = await self._store.private(account, namespace)
         stored = raw.decode() if raw else etree.tostring(element).decode()
         return f'<query xmlns="{ns.PRIVATE}">{stored}</query>'

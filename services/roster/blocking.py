@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import quoteattr
 
-import redis.asyncio as aioredis
 from lxml import etree
 
-from shared.store import keys
+from shared.store.account_data import AccountDataStore
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.jid import JID, JIDError
@@ -44,31 +43,23 @@ def _xml(name: str, jids: list[str]) -> str:
     return f'<{name} xmlns="{ns.BLOCKING}">{items}</{name}>'
 
 
-async def handle(redis: aioredis.Redis, account: str, iq: etree._Element) -> BlockingOutcome:
+async def handle(store: AccountDataStore, account: str, iq: etree._Element) -> BlockingOutcome:
     child = iq[0]
-    key = keys.blocklist(account)
     if iq.get("type") == "get" and child.tag == f"{{{ns.BLOCKING}}}blocklist":
-        members = sorted(m.decode() for m in await redis.smembers(key))
-        return BlockingOutcome(_xml("blocklist", members), "", ())
+        return BlockingOutcome(_xml("blocklist", await store.blocklist(account)), "", ())
     if iq.get("type") != "set":
         raise StanzaError(StanzaErrorCondition.BAD_REQUEST)
     if child.tag == f"{{{ns.BLOCKING}}}block":
         jids = _items(child)
         if not jids:  # §3.3: a block with no item is a bad request
             raise StanzaError(StanzaErrorCondition.BAD_REQUEST)
-        if await redis.scard(key) + len(jids) > MAX_BLOCKLIST:
+        added = await store.block(account, jids, MAX_BLOCKLIST)
+        if added is None:
             raise StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT, "blocklist full")
-        async with redis.pipeline(transaction=True) as pipe:
-            for jid in jids:
-                pipe.sadd(key, jid)
-            added = await pipe.execute()
-        new = tuple(j for j, a in zip(jids, added, strict=True) if a)
+        new = tuple(j for j in dict.fromkeys(jids) if j in set(added))
         return BlockingOutcome("", _xml("block", jids), new)
     if child.tag == f"{{{ns.BLOCKING}}}unblock":
         jids = _items(child)
-        if jids:
-            await redis.srem(key, *jids)
-        else:  # §3.4: an empty unblock clears the whole list
-            await redis.delete(key)
+        await store.unblock(account, jids)  # §3.4: an empty unblock clears the whole list
         return BlockingOutcome("", _xml("unblock", jids), ())
     raise StanzaError(StanzaErrorCondition.BAD_REQUEST)

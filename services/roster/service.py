@@ -26,6 +26,9 @@ from shared.bus.envelope import Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.runtime.settings import RosterSettings
 from shared.store import keys
+from shared.store.account_data import AccountDataStore
+from shared.store.accounts import AccountStore
+from shared.store.pg.database import DatabaseUnavailable
 from shared.store.roster import RosterItem, RosterStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns
@@ -48,6 +51,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 class RosterService(PartitionedService):
     name = SERVICE
     role = "roster"
+    uses_database = True  # rosters, account data
 
     def __init__(self, settings: RosterSettings) -> None:
         super().__init__(
@@ -57,9 +61,11 @@ class RosterService(PartitionedService):
             metrics.PARTITIONS.set,
         )
         self.roster_settings = settings
-        self.rosters = RosterStore(self.redis, SERVICE)
+        self.rosters = RosterStore(self.db, SERVICE)
         self.sessions = SessionStore(self.redis, SERVICE)
-        self.account = AccountData(self.redis)
+        self.accounts = AccountStore(self.db, SERVICE)
+        self.account_data = AccountDataStore(self.db, SERVICE)
+        self.account = AccountData(self.account_data)
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         for env in decoded(batch):
@@ -80,6 +86,16 @@ class RosterService(PartitionedService):
         iq = parse_fragment(env.payload, MAX_PAYLOAD_BYTES)
         if env.type not in ("get", "set") or len(iq) != 1:
             return
+        try:
+            await self._answer_iq(env, iq)
+        except DatabaseUnavailable as exc:  # an answer, never a hang (RFC 6120 §8.3.3.8)
+            log.warning("roster request failed: %s", exc)
+            metrics.REQUESTS.labels("error").inc()
+            err = StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
+            await self._to_session(env.from_, _cm(env), Kind.IQ,
+                                   error_reply(iq, err, to=env.from_, from_=None))
+
+    async def _answer_iq(self, env: Envelope, iq: etree._Element) -> None:
         query = iq.find(f"{{{ROSTER_NS}}}query")
         user = env.from_bare
         if query is None or (env.to and env.to != user):
@@ -116,7 +132,7 @@ class RosterService(PartitionedService):
         """XEP-0191: answer, push the change to every resource, tell the router (its cache
         holds blocklists) and send unavailable presence to the newly blocked (§3.3.1)."""
         try:
-            outcome = await blocking.handle(self.redis, account, iq)
+            outcome = await blocking.handle(self.account_data, account, iq)
         except StanzaError as err:
             payload = error_reply(iq, err, to=env.from_, from_=None)
             await self._to_session(env.from_, _cm(env), Kind.IQ, payload)
@@ -240,7 +256,7 @@ class RosterService(PartitionedService):
     async def _inbound(self, env: Envelope) -> None:
         user = env.to_bare
         contact = env.from_bare
-        if not await self.redis.exists(keys.account(user)):
+        if not await self.accounts.exists(user):
             if env.type == "subscribe":  # §3.1.3: no such user → auto-reply unsubscribed
                 await self._forward(user, contact, "unsubscribed", None)
             return

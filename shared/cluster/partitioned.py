@@ -1,6 +1,7 @@
 """The common shell of a partitioned consumer service (router, presence, roster).
 
-It holds the Redis client, the bus, and the partition leases of its role; for every
+It holds the Redis client, the PostgreSQL pool (opened and migrated at start when the
+service sets ``uses_database``), the bus, and the partition leases of its role; for every
 partition it owns it subscribes to the subjects ``subjects_for(p)`` gives, so messages for one
 user are handled by one process, in order.
 """
@@ -20,6 +21,7 @@ from shared.bus.client import BatchHandler, Bus, BusUnavailable
 from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind, session_event
 from shared.cluster.partitions import PartitionManager
 from shared.runtime.settings import PartitionedSettings
+from shared.store.pg.database import Database
 from shared.store.redis import connect as redis_connect
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ class PartitionedService:
 
     name = "partitioned"
     role = "partitioned"
+    uses_database = False  # open (and migrate) `db` at start
 
     def __init__(
         self,
@@ -41,6 +44,8 @@ class PartitionedService:
         self.settings = settings
         self.member_id = member_id
         self.redis = redis_connect(settings.redis_url)
+        self.db = Database(settings.database_url, self.name, size=settings.db_pool_size,
+                           timeout_s=settings.db_timeout_s)
         self.bus = Bus(settings.nats_url, self.name, self._on_batch)
         self._subjects_for = subjects_for
         self._on_partitions = on_partitions
@@ -64,6 +69,8 @@ class PartitionedService:
     handle_batch: BatchHandler
 
     async def start(self) -> None:
+        if self.uses_database:
+            await self.db.open()
         await self.bus.connect()
         try:
             await self.partitions.tick()
@@ -85,6 +92,7 @@ class PartitionedService:
         await self.partitions.stop()
         await self.bus.close()
         await self.redis.aclose()
+        await self.db.close()
 
     # ---- output shared by the partitioned services ------------------------------------------
 

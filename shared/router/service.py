@@ -25,6 +25,7 @@ from shared.bus.envelope import (
 from shared.cluster.partitioned import PartitionedService
 from shared.runtime.metrics import HistogramTally, Tally
 from shared.runtime.settings import RouterSettings
+from shared.store.account_data import AccountDataStore
 from shared.store.presence import OfflineStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns
@@ -46,6 +47,7 @@ MAX_BOUNCE_BYTES = 512 * 1024
 class Router(PartitionedService):
     name = SERVICE
     role = "route"
+    uses_database = True  # accounts and block lists (cache fills), offline messages
 
     def __init__(self, settings: RouterSettings) -> None:
         super().__init__(
@@ -56,7 +58,8 @@ class Router(PartitionedService):
         )
         self.router_settings = settings
         self.store = SessionStore(self.redis, SERVICE)
-        self.offline = OfflineStore(self.redis, SERVICE)
+        self.offline = OfflineStore(self.db, SERVICE)
+        self.account_data = AccountDataStore(self.db, SERVICE)
         self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
         # outcomes counted per batch, then added to the Prometheus counter once per label set
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -144,14 +147,16 @@ class Router(PartitionedService):
         if missing:
             self._cache_misses.n += len(missing)
             self.cache.fetching(missing)
-            try:
-                results = await self.store.get_many(missing)
+            try:  # the session tables from Redis, the accounts and block lists from
+                # PostgreSQL: one round trip to each for every miss of the batch, at once
+                tables, routing = await asyncio.gather(
+                    self.store.get_many(missing), self.account_data.routing(missing))
             except Exception as exc:
                 log.warning("session lookup failed: %s", exc)
                 for bare in missing:
                     self.cache.invalidate(bare)
                 return entries
-            for bare, (exists, sessions, blocked) in zip(missing, results, strict=True):
+            for bare, sessions, (exists, blocked) in zip(missing, tables, routing, strict=True):
                 entries[bare] = self.cache.fetched(bare, exists, sessions, blocked)
         return entries
 

@@ -31,6 +31,16 @@ class CommonSettings(BaseSettings):
     # 4222/6379 so that a system NATS or Redis never gets our data by accident.
     nats_url: str = Field("nats://127.0.0.1:14222", description="NATS URL(s), comma-separated.")
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL.")
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:15432/stanzad",
+        description="PostgreSQL URL of the store of record (accounts, rosters, stored data).",
+    )
+    db_pool_size: int = Field(
+        10, ge=1, le=1000, description="Most PostgreSQL connections one process opens."
+    )
+    db_timeout_s: float = Field(
+        5.0, gt=0, description="PostgreSQL connect, pool wait and statement timeout."
+    )
     partitions: int = Field(
         64, ge=1, le=4096, description="Routing partitions; the same on every service."
     )

@@ -20,11 +20,12 @@ addresses), so an address's failures must not refuse its other users.  The polic
 
 Each counter and its lock share a Redis hash tag, so one small script per key updates both
 atomically (`failed`: one round trip for all of them).  `lookup` is what a login uses: the
-locks, the address's count and the account's stored keys in one round trip (a pipeline, not
-a script: the keys are in several hash slots), with the other commands of its event-loop tick
-(`shared.store.tick`).  When Redis cannot be reached nothing can be checked (the keys are in
-Redis too): the client gets temporary-auth-failure, and a failure that cannot be counted is
-logged, not raised.
+locks and the address's count in one Redis round trip (a pipeline, not a script: the keys
+are in several hash slots, going out with the other commands of its event-loop tick,
+`shared.store.tick`), and at the same time the account's stored keys (one PostgreSQL query
+shared by the tick's logins, `AccountStore.credentials`).  When either store cannot be
+reached nothing can be checked: the client gets temporary-auth-failure, and a failure that
+cannot be counted is logged, not raised.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from shared.store import keys, tick
+from shared.store.accounts import AccountStore
 from shared.store.redis import timed
-from shared.xmpp.credentials import StoredCredentials, from_redis_hash
+from shared.xmpp.credentials import StoredCredentials
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ class AuthThrottleStore:
     def __init__(
         self,
         redis: aioredis.Redis,
+        accounts: AccountStore,
         service: str,
         *,
         pair: Progressive,
@@ -118,6 +121,7 @@ class AuthThrottleStore:
     ) -> None:
         self._r = redis
         self._tick = tick.of(redis)  # with the other logins' commands of the same tick
+        self._accounts = accounts
         self._service = service
         self.pair = pair
         self.account = account
@@ -129,23 +133,27 @@ class AuthThrottleStore:
 
     async def lookup(self, source: str, bare_jid: str) -> LoginCheck:
         """The locks an attempt is under, the address's failures and the account's keys
-        (None: no such account), in one round trip.  Store failures propagate (the caller
-        answers temporary-auth-failure, RFC 6120 §6.5.12)."""
-        async with timed(self._service, "login_lookup"):
-            block, acct_lock, pair_lock, src, pair, raw = await self._tick.execute((
-                ("PTTL", keys.auth_block_source(source)),
-                ("PTTL", keys.auth_lock_account(bare_jid)),
-                ("PTTL", keys.auth_lock_pair(bare_jid, source)),
-                ("GET", keys.auth_failures_source(source)),
-                ("EXISTS", keys.auth_failures_pair(bare_jid, source)),
-                ("HGETALL", keys.account(bare_jid)),
-            ))
+        (None: no such account), in one round trip to each store, both at once.  Store
+        failures propagate (the caller answers temporary-auth-failure, RFC 6120 §6.5.12)."""
+        creds = self._accounts.credentials(bare_jid)
+        try:
+            async with timed(self._service, "login_lookup"):
+                block, acct_lock, pair_lock, src, pair = await self._tick.execute((
+                    ("PTTL", keys.auth_block_source(source)),
+                    ("PTTL", keys.auth_lock_account(bare_jid)),
+                    ("PTTL", keys.auth_lock_pair(bare_jid, source)),
+                    ("GET", keys.auth_failures_source(source)),
+                    ("EXISTS", keys.auth_failures_pair(bare_jid, source)),
+                ))
+        except BaseException:
+            creds.cancel()
+            raise
         failures = int(src) if src else 0
         for scope, ttl in (("ip", block), ("pair", pair_lock), ("account", acct_lock)):
             if ttl is not None and int(ttl) > 0:
+                creds.cancel()
                 return LoginCheck(scope, int(ttl) / 1000, None, failures, bool(pair))  # type: ignore[arg-type]
-        creds = from_redis_hash(raw) if raw and b"sha256_stored" in raw else None
-        return LoginCheck(None, 0.0, creds, failures, bool(pair))
+        return LoginCheck(None, 0.0, await creds, failures, bool(pair))
 
     async def failed(self, source: str, bare_jid: str | None, *, block_per_min: int | None = None
                      ) -> bool:

@@ -1,36 +1,24 @@
-"""Presence state: the last available presence of each resource, directed presence targets
-(RFC 6121 §4.6) and offline messages (XEP-0160)."""
+"""Presence state in Redis: the last available presence of each resource and directed
+presence targets (RFC 6121 §4.6); offline messages (XEP-0160) in PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 import redis.asyncio as aioredis
 
 from shared.store import keys
+from shared.store.pg.database import Database
 from shared.store.redis import timed
-from shared.store.roster import RosterItem, decode_items
+from shared.store.roster import RosterItem, RosterStore
 from shared.store.sessions import OWNED_LUA, SessionRecord
 
-# Append unless the list is full: ARGV cap, payload.  Returns the new length, 0 when full.
-_PUSH_CAPPED: Final = """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-return redis.call('RPUSH', KEYS[1], ARGV[2])
-"""
-
-# Every stored message, removed: one script rather than MULTI/LRANGE/DEL/EXEC, because every
-# initial presence asks and the queue is nearly always empty.
-_TAKE_ALL: Final = """
-local m = redis.call('LRANGE', KEYS[1], 0, -1)
-if #m > 0 then redis.call('DEL', KEYS[1]) end
-return m
-"""
-
-# Broadcast available presence, the three reads and writes it starts with, in one script (all
-# keys of one bare JID, one hash slot).  KEYS: sessions, sessions version, presence, roster.
-# ARGV: resource, expected "<cm_id> <sid>" ("" leaves the session table alone), new session
-# record, presence stanza.  Returns {session version (0: unchanged), 1 if the resource was
-# not available before, the roster hash}.
+# Broadcast available presence, the writes it starts with, in one script (all keys of one
+# bare JID, one hash slot).  KEYS: sessions, sessions version, presence.  ARGV: resource,
+# expected "<cm_id> <sid>" ("" leaves the session table alone), new session record, presence
+# stanza.  Returns {session version (0: unchanged), 1 if the resource was not available
+# before}.
 _GO_AVAILABLE: Final = OWNED_LUA + """
 local version = 0
 if ARGV[2] ~= '' then
@@ -40,56 +28,72 @@ if ARGV[2] ~= '' then
   end
 end
 local new = redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-return {version, new, redis.call('HGETALL', KEYS[4])}
+return {version, new}
+"""
+
+
+# Append unless the queue holds `cap` already: the new length, or no row when full.  One
+# statement; only the router that owns the user's partition writes it.
+_STORE_CAPPED: Final = """
+WITH n AS (SELECT count(*) AS n FROM offline_messages WHERE owner = $1)
+INSERT INTO offline_messages (owner, stanza) SELECT $1, $2 FROM n WHERE n.n < $3
+RETURNING (SELECT n + 1 FROM n)
 """
 
 
 class OfflineStore:
-    def __init__(self, redis: aioredis.Redis, service: str) -> None:
-        self._r = redis
+    """Messages kept for an account with no available resource (XEP-0160), oldest first."""
+
+    def __init__(self, db: Database, service: str) -> None:
+        self._db = db
         self._service = service
-        self._push = redis.register_script(_PUSH_CAPPED)
-        self._take = redis.register_script(_TAKE_ALL)
 
     async def store(self, bare: str, payload: bytes, cap: int) -> int:
         """Queue length after storing, or 0 when the queue is full."""
-        async with timed(self._service, "offline_store"):
-            return int(await self._push(keys=[keys.offline(bare)], args=[cap, payload]))
+        return int(await self._db.fetchval("offline_store", _STORE_CAPPED, bare, payload, cap)
+                   or 0)
 
     async def take_all(self, bare: str) -> list[bytes]:
         """Every stored message, oldest first, removed atomically."""
-        async with timed(self._service, "offline_take"):
-            return list(await self._take(keys=[keys.offline(bare)]))
+        rows = await self._db.fetch(
+            "offline_take",
+            "DELETE FROM offline_messages WHERE owner = $1 RETURNING id, stanza", bare)
+        return [bytes(r["stanza"]) for r in sorted(rows, key=lambda r: r["id"])]
 
     async def count(self, bare: str) -> int:
-        return int(await self._r.llen(keys.offline(bare)))
+        return int(await self._db.fetchval(
+            "offline_count", "SELECT count(*) FROM offline_messages WHERE owner = $1", bare))
 
 
 class PresenceStore:
-    def __init__(self, redis: aioredis.Redis, service: str) -> None:
+    def __init__(self, redis: aioredis.Redis, rosters: RosterStore, service: str) -> None:
         self._r = redis
+        self._rosters = rosters
         self._service = service
         self._go_available = redis.register_script(_GO_AVAILABLE)
 
     async def go_available(
         self, full: str, record: SessionRecord | None, payload: bytes
     ) -> tuple[int, bool, dict[str, RosterItem]]:
-        """What broadcast available presence starts with, in one round trip: the session's
-        record updated if this session still owns the resource (`SessionStore.update`),
-        the presence remembered (`set_available`) and the user's roster items read.
+        """What broadcast available presence starts with: the session's record updated if
+        this session still owns the resource (`SessionStore.update`) and the presence
+        remembered (`set_available`), in one Redis script, while the user's roster items are
+        read from PostgreSQL (both at once).
 
         (session version, 0 when unchanged; True when the resource was not available
         before; the roster items by contact)."""
         bare, _, resource = full.partition("/")
-        async with timed(self._service, "presence_available"):
-            version, new, flat = await self._go_available(
-                keys=[keys.sessions(bare), keys.sessions_version(bare), keys.presence(bare),
-                      keys.roster(bare)],
-                args=[resource, record.owner if record else "",
-                      record.encode() if record else "", payload],
-            )
-        roster = dict(zip(flat[::2], flat[1::2], strict=True))  # HGETALL's flat reply
-        return int(version), bool(new), decode_items(roster)
+
+        async def remember() -> list[int]:
+            async with timed(self._service, "presence_available"):
+                return list(await self._go_available(
+                    keys=[keys.sessions(bare), keys.sessions_version(bare), keys.presence(bare)],
+                    args=[resource, record.owner if record else "",
+                          record.encode() if record else "", payload],
+                ))
+
+        (version, new), items = await asyncio.gather(remember(), self._rosters.items(bare))
+        return int(version), bool(new), items
 
     async def set_available(self, full: str, payload: bytes) -> bool:
         """Remember a resource's presence; True when it was not available before."""

@@ -1,18 +1,21 @@
-"""Rosters (RFC 6121 §2) with versioning (§2.6) and subscription states (Appendix A).
+"""Rosters (RFC 6121 §2) with versioning (§2.6) and subscription states (Appendix A), in
+PostgreSQL (tables of shared/store/pg/migrations.py).
 
 Every change of one user's roster is made by the one roster-service process that owns the
-user's partition, so writes need no locks; readers (the presence service) only read.
+user's partition; each change is one statement (version bump, item, tombstone), so it is
+atomic without a lock.  Readers (the presence service) only read.  The JSON form of an item
+(`RosterItem.encode`) is what the load tools and older Redis data use (`decode_items`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from typing import Final
 
-import redis.asyncio as aioredis
+import asyncpg
 
-from shared.store import keys
-from shared.store.redis import timed
+from shared.store.pg.database import Database
 from shared.xmpp.subscription import State, Subscription
 
 
@@ -48,66 +51,119 @@ class RosterItem:
         return cls(jid, d["n"], tuple(d["g"]), state, bool(d["h"]), int(d["v"]))
 
 
+_ITEM_COLUMNS: Final = (
+    "contact, name, groups, subscription, pending_out, pending_in, approved, hidden, version"
+)
+
+
+def _item(row: asyncpg.Record) -> RosterItem:
+    state = State(Subscription(row["subscription"]), row["pending_out"], row["pending_in"],
+                  row["approved"])
+    return RosterItem(row["contact"], row["name"], tuple(row["groups"]), state, row["hidden"],
+                      int(row["version"]))
+
+
+# One statement (atomic, one round trip): bump the roster version, store the item under it,
+# drop its tombstone.  $1 owner, $2 contact, $3 name, $4 groups, $5 subscription, $6 pending
+# out, $7 pending in, $8 approved, $9 hidden.
+_PUT: Final = """
+WITH v AS (
+    INSERT INTO roster_versions (owner, version) VALUES ($1, 1)
+    ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1
+    RETURNING version
+), i AS (
+    INSERT INTO roster_items (owner, contact, name, groups, subscription, pending_out,
+                              pending_in, approved, hidden, version)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, v.version FROM v
+    ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, groups = excluded.groups,
+        subscription = excluded.subscription, pending_out = excluded.pending_out,
+        pending_in = excluded.pending_in, approved = excluded.approved,
+        hidden = excluded.hidden, version = excluded.version
+    RETURNING version
+), t AS (
+    DELETE FROM roster_tombstones WHERE owner = $1 AND contact = $2
+)
+SELECT version FROM i
+"""
+
+# Bump the version, remove the item, leave a tombstone at that version (§2.6.3 diffs).
+_REMOVE: Final = """
+WITH v AS (
+    INSERT INTO roster_versions (owner, version) VALUES ($1, 1)
+    ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1
+    RETURNING version
+), d AS (
+    DELETE FROM roster_items WHERE owner = $1 AND contact = $2
+), t AS (
+    INSERT INTO roster_tombstones (owner, contact, version) SELECT $1, $2, version FROM v
+    ON CONFLICT (owner, contact) DO UPDATE SET version = excluded.version
+)
+SELECT version FROM v
+"""
+
+
 class RosterStore:
-    def __init__(self, redis: aioredis.Redis, service: str) -> None:
-        self._r = redis
+    """Rosters in PostgreSQL (the store of record): one row per item, a version per user and
+    a tombstone per removed item."""
+
+    def __init__(self, db: Database, service: str) -> None:
+        self._db = db
         self._service = service
 
     async def load(self, bare: str) -> tuple[int, dict[str, RosterItem], dict[str, int]]:
         """(version, items by contact, removed contacts -> version removed)."""
-        async with timed(self._service, "roster_load"), self._r.pipeline(
-            transaction=False
-        ) as pipe:
-            pipe.get(keys.roster_version(bare))
-            pipe.hgetall(keys.roster(bare))
-            pipe.hgetall(keys.roster_tombstones(bare))
-            ver, items, tombs = await pipe.execute()
+        async with self._db.connection("roster_load") as conn:
+            ver = await conn.fetchval(
+                "SELECT version FROM roster_versions WHERE owner = $1", bare)
+            rows = await conn.fetch(
+                f"SELECT {_ITEM_COLUMNS} FROM roster_items WHERE owner = $1", bare)
+            tombs = await conn.fetch(
+                "SELECT contact, version FROM roster_tombstones WHERE owner = $1", bare)
         return (
             int(ver or 0),
-            decode_items(items),
-            {k.decode(): int(v) for k, v in tombs.items()},
+            {r["contact"]: _item(r) for r in rows},
+            {r["contact"]: int(r["version"]) for r in tombs},
         )
 
+    async def items(self, bare: str) -> dict[str, RosterItem]:
+        """The items alone, by contact (what presence broadcast needs)."""
+        rows = await self._db.fetch(
+            "roster_items", f"SELECT {_ITEM_COLUMNS} FROM roster_items WHERE owner = $1", bare)
+        return {r["contact"]: _item(r) for r in rows}
+
     async def item(self, bare: str, contact: str) -> RosterItem | None:
-        async with timed(self._service, "roster_item"):
-            raw = await self._r.hget(keys.roster(bare), contact)
-        return RosterItem.decode(contact, raw) if raw else None
+        row = await self._db.fetchrow(
+            "roster_item",
+            f"SELECT {_ITEM_COLUMNS} FROM roster_items WHERE owner = $1 AND contact = $2",
+            bare, contact)
+        return _item(row) if row else None
 
     async def items_of(self, pairs: list[tuple[str, str]]) -> list[RosterItem | None]:
-        """Several (user, contact) items in one round trip."""
-        async with timed(self._service, "roster_items"), self._r.pipeline(
-            transaction=False
-        ) as pipe:
-            for bare, contact in pairs:
-                pipe.hget(keys.roster(bare), contact)
-            raws = await pipe.execute()
-        return [
-            RosterItem.decode(c, raw) if raw else None
-            for (_, c), raw in zip(pairs, raws, strict=True)
-        ]
+        """Several (user, contact) items in one query."""
+        if not pairs:
+            return []
+        rows = await self._db.fetch(
+            "roster_items",
+            f"SELECT owner, {_ITEM_COLUMNS} FROM roster_items "
+            "JOIN unnest($1::text[], $2::text[]) AS p(owner, contact) USING (owner, contact)",
+            [u for u, _ in pairs], [c for _, c in pairs])
+        found = {(r["owner"], r["contact"]): _item(r) for r in rows}
+        return [found.get(pair) for pair in pairs]
 
     async def put(self, bare: str, item: RosterItem) -> RosterItem:
         """Store an item under a new roster version; returns it with that version."""
-        async with timed(self._service, "roster_put"):
-            ver = int(await self._r.incr(keys.roster_version(bare)))
-            item = replace(item, ver=ver)
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.roster(bare), item.jid, item.encode())
-                pipe.hdel(keys.roster_tombstones(bare), item.jid)
-                await pipe.execute()
-        return item
+        s = item.state
+        ver = await self._db.fetchval(
+            "roster_put", _PUT, bare, item.jid, item.name, list(item.groups),
+            s.subscription.value, s.pending_out, s.pending_in, s.approved, item.hidden)
+        return replace(item, ver=int(ver))
 
     async def remove(self, bare: str, contact: str) -> int:
-        async with timed(self._service, "roster_remove"):
-            ver = int(await self._r.incr(keys.roster_version(bare)))
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.hdel(keys.roster(bare), contact)
-                pipe.hset(keys.roster_tombstones(bare), contact, ver)
-                await pipe.execute()
-        return ver
+        return int(await self._db.fetchval("roster_remove", _REMOVE, bare, contact))
 
     async def count(self, bare: str) -> int:
-        return int(await self._r.hlen(keys.roster(bare)))
+        return int(await self._db.fetchval(
+            "roster_count", "SELECT count(*) FROM roster_items WHERE owner = $1", bare))
 
 
 def decode_items(raw: dict[bytes, bytes]) -> dict[str, RosterItem]:

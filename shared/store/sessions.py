@@ -172,24 +172,15 @@ class SessionStore:
             raw = await self._r.hgetall(keys.sessions(bare_jid))
         return {k.decode(): SessionRecord.decode(v) for k, v in raw.items()}
 
-    async def get_many(
-        self, bare_jids: list[str]
-    ) -> list[tuple[bool, dict[str, SessionRecord], frozenset[str]]]:
-        """(account exists, sessions, blocklist) for each bare JID, in one round trip."""
+    async def get_many(self, bare_jids: list[str]) -> list[dict[str, SessionRecord]]:
+        """The sessions of each bare JID, in one round trip."""
         async with timed(self._service, "session_get_many"), self._r.pipeline(
             transaction=False
         ) as pipe:
             for bare in bare_jids:
-                pipe.exists(keys.account(bare))
                 pipe.hgetall(keys.sessions(bare))
-                pipe.smembers(keys.blocklist(bare))
             replies = await pipe.execute()
-        out = []
-        for i in range(0, len(replies), 3):
-            sessions = {k.decode(): SessionRecord.decode(v) for k, v in replies[i + 1].items()}
-            blocked = frozenset(m.decode() for m in replies[i + 2])
-            out.append((bool(replies[i]), sessions, blocked))
-        return out
+        return [{k.decode(): SessionRecord.decode(v) for k, v in r.items()} for r in replies]
 
     # --- connection manager liveness -------------------------------------------------------
 

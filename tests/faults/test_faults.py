@@ -48,7 +48,7 @@ def faulty() -> Iterator[Cluster]:
 async def accounts(faulty: Cluster) -> AsyncIterator[Users]:
     u = Users(faulty)
     yield u
-    await u.redis.aclose()
+    await u.close()
 
 
 async def _wait(predicate: object, timeout: float, what: str, step: float = 0.1) -> float:
@@ -118,12 +118,12 @@ async def test_redis_restart_with_aof_keeps_accounts_and_sessions_work(
     try:
         faulty.kill("redis")
         faulty.start_redis()
-        after = Users(faulty)
+        after = await Users(faulty).open()
         try:
             assert await after.accounts.exists(late)  # loaded back from the AOF
             assert await after.redis.hlen(keys.sessions(a)) == 1  # session table too
         finally:
-            await after.redis.aclose()
+            await after.close()
         client = Client(late + "/new", late_pw)
         await client.login(HOST, faulty.c2s_ports[0])  # a login reads the account
         await client.logout()

@@ -12,6 +12,7 @@ import pytest
 from shared.bus import subjects
 from shared.cluster.partitions import PartitionManager
 from shared.store.accounts import AccountStore
+from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
 from shared.xmpp.credentials import derive_credentials
 from tests.support.cluster import Cluster, new_cluster
@@ -69,12 +70,12 @@ async def _run(cluster: Cluster, disturb: object) -> None:
             picked[owner].append(jid)
         i += 1
     receivers = picked["router-a"] + picked["router-b"]
-    redis = redis_connect(cluster.redis_url)
-    accounts = AccountStore(redis, "tests")
+    db = await db_connect(cluster.database_url, "tests", size=1)
+    accounts = AccountStore(db, "tests")
     creds = derive_credentials("pw", 4096)
     for jid in [*receivers, "snd@localhost"]:
         await accounts.create(jid, creds)
-    await redis.aclose()
+    await db.close()
     clients = {jid: RawClient("127.0.0.1", cluster.c2s_port) for jid in receivers}
     for jid, client in clients.items():
         await raw_login(client, jid, "pw", "r")

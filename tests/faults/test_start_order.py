@@ -14,6 +14,7 @@ def test_services_started_before_redis_become_ready_when_it_arrives() -> None:
     try:
         c.nats_port = cluster_mod.localservers.free_port()
         c.redis_port = cluster_mod.localservers.free_port()
+        c.database_url = cluster_mod.postgres.new_database()  # the store of record is up
         c.start_nats()  # Redis is not started yet
         c.start_service("router-1", "services.router", STANZAD_ROUTER_ID="router-1",
                         STANZAD_LEASE_TTL_S="3")

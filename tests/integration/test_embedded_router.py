@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.store.accounts import AccountStore
-from shared.store.redis import connect as redis_connect
+from shared.store.pg.database import connect as db_connect
 from shared.xmpp.credentials import derive_credentials
 from tests.support.cluster import Cluster, metric_value, new_cluster
 from tests.support.xmpp import Client, eventually
@@ -46,11 +46,11 @@ def two_nodes() -> Iterator[Cluster]:
 
 
 async def _login(cluster: Cluster, jid: str, port: int) -> Client:
-    redis = redis_connect(cluster.redis_url)
+    db = await db_connect(cluster.database_url, "tests", size=1)
     try:
-        await AccountStore(redis, "tests").create(jid, derive_credentials("pw", 4096))
+        await AccountStore(db, "tests").create(jid, derive_credentials("pw", 4096))
     finally:
-        await redis.aclose()
+        await db.close()
     client = Client(f"{jid}/order", "pw")
     await client.login("127.0.0.1", port)
     return client

@@ -21,7 +21,6 @@ from devtools import localservers
 from shared.bus import subjects
 from shared.cluster.partitions import assign
 from shared.store import keys
-from shared.store.roster import RosterStore
 from shared.tls.context import ensure_self_signed
 from shared.xmpp.dialback import dialback_key
 from shared.xmpp.subscription import Subscription
@@ -89,8 +88,8 @@ def clusters(dns_server: DNSServer) -> Iterator[tuple[Cluster, Cluster]]:
 async def users_ab(clusters: tuple[Cluster, Cluster]) -> AsyncIterator[tuple[Users, Users]]:
     ua, ub = Users(clusters[0]), Users(clusters[1])
     yield ua, ub
-    await ua.redis.aclose()
-    await ub.redis.aclose()
+    await ua.close()
+    await ub.close()
 
 
 async def _login(cluster: Cluster, jid: str, pw: str, resource: str) -> Client:
@@ -151,8 +150,8 @@ async def test_rfc6121_3_subscription_across_domains_completes_and_presence_flow
         ca.send_presence(pto=bob, ptype="subscribe")
 
         async def both() -> bool:
-            ours = await RosterStore(users_ab[0].redis, "tests").item(alice, bob)
-            theirs = await RosterStore(users_ab[1].redis, "tests").item(bob, alice)
+            ours = await users_ab[0].rosters.item(alice, bob)
+            theirs = await users_ab[1].rosters.item(bob, alice)
             return (ours is not None and ours.state.subscription == Subscription.BOTH
                     and theirs is not None and theirs.state.subscription == Subscription.BOTH)
 

@@ -99,8 +99,8 @@ async def pair(clusters: tuple[Cluster, Cluster]) -> AsyncIterator[tuple[str, Cl
     yield alice, ca, bob, cb
     await ca.logout()
     await cb.logout()
-    await ua.redis.aclose()
-    await ub.redis.aclose()
+    await ua.close()
+    await ub.close()
 
 
 async def _bodies(client: Client, n: int, timeout: float = 20) -> list[str]:

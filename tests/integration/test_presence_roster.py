@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 from shared.store import keys
-from shared.store.roster import RosterStore
 from shared.xmpp.subscription import Subscription
 from tests.conftest import Users
 from tests.support.cluster import Cluster
@@ -25,7 +24,7 @@ async def _login(cluster: Cluster, jid: str, pw: str, resource: str,
 
 
 async def _subscription(users: Users, user: str, contact: str) -> Subscription | None:
-    item = await RosterStore(users.redis, "tests").item(user, contact)
+    item = await users.rosters.item(user, contact)
     return item.state.subscription if item else None
 
 
@@ -81,7 +80,7 @@ async def test_xep0160_offline_messages_arrive_in_order_with_delay_at_next_login
     try:
         for i in range(5):
             a.send_message(mto=bob, mbody=f"while you were out {i}", mtype="chat")
-        await eventually(lambda: users.redis.llen(keys.offline(bob)), 10, "stored")
+        await eventually(lambda: users.offline.count(bob), 10, "stored")
         await eventually(
             lambda: _llen_is(users, bob, 5), 10, "all five stored"
         )
@@ -94,7 +93,7 @@ async def test_xep0160_offline_messages_arrive_in_order_with_delay_at_next_login
                 stamps.append(msg["delay"]["stamp"])
             assert bodies == [f"while you were out {i}" for i in range(5)]
             assert all(s is not None for s in stamps)
-            assert await users.redis.llen(keys.offline(bob)) == 0
+            assert await users.offline.count(bob) == 0
         finally:
             await b.logout()
     finally:
@@ -102,7 +101,7 @@ async def test_xep0160_offline_messages_arrive_in_order_with_delay_at_next_login
 
 
 async def _llen_is(users: Users, bare: str, n: int) -> bool:
-    return int(await users.redis.llen(keys.offline(bare))) == n
+    return await users.offline.count(bare) == n
 
 
 async def test_rfc6121_3_1_3_subscription_request_to_offline_user_waits_for_login(
@@ -128,7 +127,7 @@ async def test_rfc6121_3_1_3_subscription_request_to_offline_user_waits_for_logi
 
 
 async def _pending_in(users: Users, user: str, contact: str) -> bool:
-    item = await RosterStore(users.redis, "tests").item(user, contact)
+    item = await users.rosters.item(user, contact)
     return item is not None and item.state.pending_in
 
 
@@ -202,7 +201,7 @@ async def test_killed_connection_manager_contacts_see_unavailable_within_30s(
         assert not members
         listing = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "services.cli.main", "sessions"],
-            env={**os.environ, "STANZAD_REDIS_URL": cluster.redis_url},
+            env=cluster.env(),
             capture_output=True, text=True, timeout=30, check=True,
         )
         assert bob not in listing.stdout and "cm-doomed" not in listing.stdout
@@ -264,13 +263,14 @@ async def test_xep0160_offline_storage_cap_gives_an_error(
 ) -> None:
     alice, pw_a = await users.create("alice")
     bob, _ = await users.create("bob")
-    await users.redis.rpush(keys.offline(bob), *[b"<message/>"] * 100)  # the cap is 100
+    for _ in range(100):  # the cap is 100
+        await users.offline.store(bob, b"<message/>", 100)
     a = await _login(cluster, alice, pw_a, "a")
     try:
         a.send_message(mto=bob, mbody="one too many", mtype="chat")
         msg = await asyncio.wait_for(a.messages.get(), 10)
         assert msg["type"] == "error"
         assert msg["error"]["condition"] == "service-unavailable"
-        assert await users.redis.llen(keys.offline(bob)) == 100
+        assert await users.offline.count(bob) == 100
     finally:
         await a.logout()

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import pytest
 
 from devtools import localservers
-from shared.store.roster import RosterStore
 from shared.tls.context import ensure_self_signed
 from shared.xmpp.subscription import Subscription
 from tests.conftest import Users
@@ -106,7 +105,7 @@ async def interop(request: pytest.FixtureRequest) -> AsyncIterator[Interop]:
         yield Interop(cluster, prosody, dns, users, mode, proxy, tls)
     finally:
         if users is not None:
-            await users.redis.aclose()
+            await users.close()
         cluster.stop()
         prosody.stop()
         proxy.stop()
@@ -186,7 +185,7 @@ async def test_rfc6121_3_subscription_and_presence_both_ways_with_prosody(
         # slixmpp on both sides approves the request and subscribes back
 
         async def both_here() -> bool:
-            item = await RosterStore(interop.users.redis, "tests").item(ours, theirs)
+            item = await interop.users.rosters.item(ours, theirs)
             return item is not None and item.state.subscription == Subscription.BOTH
 
         try:

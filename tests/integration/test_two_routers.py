@@ -10,6 +10,7 @@ import pytest
 from shared.bus import subjects
 from shared.cluster.partitions import PartitionManager
 from shared.store.accounts import AccountStore
+from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
 from shared.xmpp.credentials import derive_credentials
 from tests.support.cluster import Cluster, new_cluster
@@ -73,8 +74,8 @@ async def test_rfc6120_10_1_order_kept_with_two_routers_and_two_cms(two_routers:
             names[owner].append(jid)
         i += 1
     receiver_jids = names["router-a"] + names["router-b"]
-    redis = redis_connect(two_routers.redis_url)
-    accounts = AccountStore(redis, "tests")
+    db = await db_connect(two_routers.database_url, "tests", size=1)
+    accounts = AccountStore(db, "tests")
     senders, receivers = [], []
     try:
         for i in range(N_PAIRS):
@@ -110,4 +111,4 @@ async def test_rfc6120_10_1_order_kept_with_two_routers_and_two_cms(two_routers:
     finally:
         for client, _ in senders + receivers:
             await client.logout()
-        await redis.aclose()
+        await db.close()

@@ -10,7 +10,6 @@ import time
 
 from shared.cluster import proxy_protocol
 from shared.cluster.admin import ClusterAdmin
-from shared.store.accounts import AccountStore
 from shared.xmpp.credentials import derive_credentials
 from tests.conftest import TEST_ITERATIONS, Users
 from tests.support.cluster import Cluster, metric_value
@@ -87,11 +86,11 @@ async def test_rfc6120_13_12_1000_sessions_of_different_accounts_from_one_addres
 ) -> None:
     source = new_source()
     creds = derive_credentials("pw-1000", TEST_ITERATIONS)
-    accounts = AccountStore(users.redis, "tests")
+    await users.open()
     stamp = int(time.time() * 1000) % 1_000_000
     jids = [f"many{stamp}-{i}@{cluster.domain}" for i in range(1000)]
-    for jid in jids:
-        await accounts.create(jid, creds)
+    created = await users.accounts.create_many([(jid, creds) for jid in jids])
+    assert all(created)
     clients = [RawClient(HOST, cluster.c2s_port, source=source) for _ in jids]
     started = time.monotonic()
     try:
@@ -132,7 +131,8 @@ async def test_proxy_protocol_v1_and_v2_from_a_trusted_network_set_the_client_ad
                    preamble=proxy_protocol.v1(("198.51.100.7", 40001), dst))
     v2 = RawClient(HOST, proxy_cm, source=_proxy_source(),
                    preamble=proxy_protocol.v2(("2001:db8::7", 40002), ("2001:db8::5", 5222)))
-    admin = ClusterAdmin(users.redis, cluster.domain, 64, "tests")
+    await users.open()
+    admin = ClusterAdmin(users.redis, users.db, cluster.domain, 64, "tests")
     try:
         # login over the header: the session listing shows the client's address
         assert b"<jid>" in await raw_login(v1, jid, pw, resource="v1")

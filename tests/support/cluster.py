@@ -1,5 +1,6 @@
-"""A real cluster for integration tests: nats-server, redis-server and the services as
-subprocesses, all on free loopback ports, torn down at the end."""
+"""A real cluster for integration tests: nats-server, redis-server, a database of its own on
+the test process's PostgreSQL (tests/support/postgres.py) and the services as subprocesses,
+all on free loopback ports, torn down at the end."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devtools import localservers
+from tests.support import postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"
@@ -33,6 +35,7 @@ class Cluster:
     admin_tokens: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     aof: bool = False  # Redis append-only file (for restart tests)
+    database_url: str = ""  # a fresh database on the shared test PostgreSQL by default
 
     @property
     def nats_url(self) -> str:
@@ -52,6 +55,7 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             "STANZAD_NATS_URL": self.nats_url,
             "STANZAD_REDIS_URL": self.redis_url,
+            "STANZAD_DATABASE_URL": self.database_url,
             "STANZAD_DOMAIN": self.domain,
             "STANZAD_PARTITIONS": str(self.partitions),
             "STANZAD_LOG_LEVEL": "INFO",
@@ -64,6 +68,8 @@ class Cluster:
         self.redis_port = localservers.free_port()
         self.start_nats()
         self.start_redis()
+        if not self.database_url:
+            self.database_url = postgres.new_database()
 
     def start_nats(self) -> None:
         """(Re)start nats-server on this cluster's port."""

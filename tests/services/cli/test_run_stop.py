@@ -25,7 +25,7 @@ from devtools.localservers import free_port, port_open
 ROOT = Path(__file__).resolve().parents[3]
 START_GUARD_S = 120  # eight processes on a shared two-core machine
 HANG_GUARD_S = 30
-CHILDREN = 8  # nats, redis, router, presence, roster, cm, s2s, admin
+CHILDREN = 9  # nats, redis, postgres, router, presence, roster, cm, s2s, admin
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PR_SET_PDEATHSIG and /proc are Linux's")
@@ -119,10 +119,11 @@ class Run:
 
 def _free_ports() -> dict[str, int]:
     ports: dict[str, int] = {}
-    while len(ports) < 5:  # five distinct ones
+    names = ("c2s", "s2s", "nats", "redis", "postgres", "admin")
+    while len(ports) < len(names):  # distinct ones
         port = free_port()
         if port not in ports.values():
-            ports[("c2s", "s2s", "nats", "redis", "admin")[len(ports)]] = port
+            ports[names[len(ports)]] = port
     return ports
 
 

@@ -1,0 +1,201 @@
+"""Versioned schema migrations, applied at start and by `stanzad db migrate`.
+
+Each migration has an ``up`` and a ``down`` script; `migrate` applies the missing ones in
+order, each in its own transaction, and records it in ``schema_migrations``.  Many processes
+starting at once take the same session advisory lock first (`LOCK_KEY`), so exactly one
+applies a migration and the others find it done: running it again is a no-op.  A database
+at a version newer than this code knows is left alone (an older pod during a rolling update)
+and reported by `status`.
+
+Durable data only: what may be lost lives in Redis (shared/store/keys.py).  JIDs are stored
+in their canonical string form (shared/xmpp/jid.py), bare unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from shared.store.pg.database import Database
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY: Final = 0x7374_616E_7A61  # "stanza": pg_advisory_lock's bigint key
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    up: str
+    down: str
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        "accounts",
+        # RFC 5802 §3: a salt, an iteration count, StoredKey and ServerKey per hash; never a
+        # password (shared/xmpp/credentials.py)
+        """
+        CREATE TABLE accounts (
+            jid text PRIMARY KEY,
+            domain text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            sha1_salt bytea NOT NULL,
+            sha1_iterations integer NOT NULL,
+            sha1_stored_key bytea NOT NULL,
+            sha1_server_key bytea NOT NULL,
+            sha256_salt bytea NOT NULL,
+            sha256_iterations integer NOT NULL,
+            sha256_stored_key bytea NOT NULL,
+            sha256_server_key bytea NOT NULL
+        );
+        CREATE INDEX accounts_by_domain ON accounts (domain, jid);
+        """,
+        "DROP TABLE accounts;",
+    ),
+    Migration(
+        2,
+        "rosters",
+        # RFC 6121 §2 items, §2.6 versions (a removed item leaves a tombstone so that a
+        # client's old version gets the removals as pushes, §2.6.3), Appendix A states:
+        # pending_in/pending_out are the pending subscription requests, approved a
+        # pre-approval (§3.4), hidden an item that exists only for a pending inbound request
+        """
+        CREATE TABLE roster_versions (
+            owner text PRIMARY KEY,
+            version bigint NOT NULL
+        );
+        CREATE TABLE roster_items (
+            owner text NOT NULL,
+            contact text NOT NULL,
+            name text,
+            groups text[] NOT NULL DEFAULT '{}',
+            subscription text NOT NULL,
+            pending_out boolean NOT NULL DEFAULT false,
+            pending_in boolean NOT NULL DEFAULT false,
+            approved boolean NOT NULL DEFAULT false,
+            hidden boolean NOT NULL DEFAULT false,
+            version bigint NOT NULL,
+            PRIMARY KEY (owner, contact)
+        );
+        CREATE TABLE roster_tombstones (
+            owner text NOT NULL,
+            contact text NOT NULL,
+            version bigint NOT NULL,
+            PRIMARY KEY (owner, contact)
+        );
+        """,
+        "DROP TABLE roster_tombstones; DROP TABLE roster_items; DROP TABLE roster_versions;",
+    ),
+    Migration(
+        3,
+        "offline messages, vCards, private storage, block lists",
+        # XEP-0160 offline messages (oldest first by id), XEP-0054 vCard-temp, XEP-0049
+        # private XML storage (one element per namespace), XEP-0191 block lists
+        """
+        CREATE TABLE offline_messages (
+            id bigserial PRIMARY KEY,
+            owner text NOT NULL,
+            stored_at timestamptz NOT NULL DEFAULT now(),
+            stanza bytea NOT NULL
+        );
+        CREATE INDEX offline_messages_by_owner ON offline_messages (owner, id);
+        CREATE TABLE vcards (
+            owner text PRIMARY KEY,
+            vcard bytea NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE private_storage (
+            owner text NOT NULL,
+            namespace text NOT NULL,
+            element bytea NOT NULL,
+            PRIMARY KEY (owner, namespace)
+        );
+        CREATE TABLE blocklist (
+            owner text NOT NULL,
+            jid text NOT NULL,
+            PRIMARY KEY (owner, jid)
+        );
+        """,
+        "DROP TABLE blocklist; DROP TABLE private_storage; DROP TABLE vcards; "
+        "DROP TABLE offline_messages;",
+    ),
+)
+
+LATEST: Final = MIGRATIONS[-1].version
+
+_BOOKKEEPING: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(Exception):
+    """The database is at a version this code cannot move from."""
+
+
+async def current(db: Database) -> int:
+    """The schema version of the database (0: none applied yet)."""
+    async with db.connection("migrate") as conn:
+        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if not exists:
+            return 0
+        return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+
+async def migrate(db: Database, target: int = LATEST) -> list[int]:
+    """Apply the migrations up to ``target`` that are missing; the versions applied (empty:
+    already there).  Safe to run from many processes at once."""
+    return await _move(db, target, up=True)
+
+
+async def downgrade(db: Database, target: int) -> list[int]:
+    """Undo the migrations above ``target``, newest first; the versions undone.  For tests
+    and for an operator rolling a release back (`stanzad db downgrade`)."""
+    return await _move(db, target, up=False)
+
+
+async def _move(db: Database, target: int, *, up: bool) -> list[int]:
+    if not 0 <= target <= LATEST:
+        raise MigrationError(f"no migration {target} (this code knows 0..{LATEST})")
+    done: list[int] = []
+    async with db.connection("migrate") as conn:
+        # the lock is the session's and waits without a statement timeout: another pod may
+        # be migrating for longer than one statement may take
+        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY, timeout=None)
+        try:
+            await conn.execute(_BOOKKEEPING)
+            have = {int(r["version"]) for r in
+                    await conn.fetch("SELECT version FROM schema_migrations")}
+            newest = max(have, default=0)
+            if newest > LATEST:
+                if up:
+                    log.warning("database schema %d is newer than this code's %d: left alone",
+                                newest, LATEST)
+                    return done
+                raise MigrationError(f"database schema {newest} is newer than {LATEST}")
+            steps = ([m for m in MIGRATIONS if m.version <= target and m.version not in have]
+                     if up else
+                     [m for m in reversed(MIGRATIONS) if m.version > target and m.version in have])
+            for m in steps:
+                async with conn.transaction():
+                    if up:
+                        await conn.execute(m.up, timeout=None)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                            m.version, m.name)
+                    else:
+                        await conn.execute(m.down, timeout=None)
+                        await conn.execute("DELETE FROM schema_migrations WHERE version = $1",
+                                           m.version)
+                log.info("migration %d (%s) %s", m.version, m.name, "applied" if up else "undone")
+                done.append(m.version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    return done

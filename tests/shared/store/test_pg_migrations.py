@@ -1,0 +1,108 @@
+"""shared.store.pg: the pool's errors and the schema migrations, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from devtools import localservers
+from shared.store.pg import migrations
+from shared.store.pg.database import Database, DatabaseUnavailable, connect, redact
+
+
+async def _tables(db: Database) -> set[str]:
+    rows = await db.fetch("t", "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return {r["tablename"] for r in rows} - {"schema_migrations"}
+
+
+# the tables each migration adds (a new migration adds its line here)
+ADDS = {
+    1: {"accounts"},
+    2: {"roster_versions", "roster_items", "roster_tombstones"},
+    3: {"offline_messages", "vcards", "private_storage", "blocklist"},
+}
+
+
+def test_every_migration_is_listed_here() -> None:
+    assert sorted(ADDS) == [m.version for m in migrations.MIGRATIONS]
+    assert [m.version for m in migrations.MIGRATIONS] == list(range(1, migrations.LATEST + 1))
+
+
+@pytest.mark.parametrize("version", [m.version for m in migrations.MIGRATIONS])
+async def test_each_migration_up_and_down(database_url: str, version: int) -> None:
+    db = await connect(database_url, "tests", migrate=False)
+    try:
+        assert await migrations.migrate(db, version - 1) == list(range(1, version))
+        before = await _tables(db)
+        assert await migrations.migrate(db, version) == [version]
+        assert await _tables(db) == before | ADDS[version]
+        assert await migrations.current(db) == version
+        assert await migrations.downgrade(db, version - 1) == [version]
+        assert await _tables(db) == before
+        assert await migrations.current(db) == version - 1
+        assert await migrations.migrate(db, version) == [version]  # and up again
+    finally:
+        await db.close()
+
+
+async def test_migrate_is_idempotent_and_connect_migrates(database_url: str) -> None:
+    db = await connect(database_url, "tests")  # migrates to the latest
+    try:
+        assert await migrations.current(db) == migrations.LATEST
+        assert await migrations.migrate(db) == []
+        assert await _tables(db) == set().union(*ADDS.values())
+        assert await migrations.downgrade(db, 0) == list(range(migrations.LATEST, 0, -1))
+        assert await _tables(db) == set()
+    finally:
+        await db.close()
+
+
+async def test_many_processes_migrating_at_once_apply_each_migration_once(
+    database_url: str,
+) -> None:
+    """The advisory lock: eight pools race; every migration is applied by exactly one."""
+    pools = [await connect(database_url, "tests", migrate=False, size=1) for _ in range(8)]
+    try:
+        results = await asyncio.gather(*(migrations.migrate(db) for db in pools))
+        applied = sorted(v for r in results for v in r)
+        assert applied == [m.version for m in migrations.MIGRATIONS]
+        rows = await pools[0].fetch("t", "SELECT version FROM schema_migrations")
+        assert sorted(r["version"] for r in rows) == applied
+    finally:
+        for db in pools:
+            await db.close()
+
+
+async def test_a_newer_schema_is_left_alone(database_url: str) -> None:
+    db = await connect(database_url, "tests")
+    try:
+        await db.execute("t", "INSERT INTO schema_migrations (version, name) VALUES (999, 'x')")
+        assert await migrations.migrate(db) == []
+        with pytest.raises(migrations.MigrationError):
+            await migrations.downgrade(db, 0)
+    finally:
+        await db.close()
+
+
+async def test_unreachable_postgres_is_a_clear_error() -> None:
+    port = localservers.free_port()  # nothing listens there
+    url = f"postgresql://stanzad:secret@127.0.0.1:{port}/stanzad"
+    with pytest.raises(DatabaseUnavailable) as caught:
+        await connect(url, "tests", timeout_s=2)
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message and "STANZAD_DATABASE_URL" in message
+    assert "secret" not in message
+    assert redact(url) == f"postgresql://stanzad:***@127.0.0.1:{port}/stanzad"
+
+
+async def test_a_lost_server_fails_queries_without_hanging(database_url: str) -> None:
+    """A query on a pool whose every connection is taken fails after the pool timeout."""
+    db = await connect(database_url, "tests", size=1, timeout_s=0.5)
+    try:
+        async with db.connection("hold"):
+            with pytest.raises(DatabaseUnavailable):
+                await db.fetchval("t", "SELECT 1")
+        assert await db.ping()
+    finally:
+        await db.close()

@@ -1,0 +1,50 @@
+"""One PostgreSQL server per test process (devtools.localservers.LocalPostgres), on a free
+loopback port with its data in a temporary directory; each cluster gets a database of its own.
+
+The `postgres` fixture (tests/conftest.py) starts it for the session and stops it at the end;
+a cluster made outside pytest (the load tools) starts it on first use, stopped at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from devtools import localservers
+
+_lock = threading.Lock()
+_server: localservers.LocalPostgres | None = None
+_names = itertools.count(1)
+
+
+def server() -> localservers.LocalPostgres:
+    """The process's PostgreSQL server, started on first use."""
+    global _server
+    with _lock:
+        if _server is None:
+            workdir = Path(tempfile.mkdtemp(prefix="stanzad-pg-"))
+            pg = localservers.LocalPostgres(workdir / "data", localservers.free_port(),
+                                            durable=False)
+            pg.start(workdir / "postgres.log")
+            _server = pg
+            atexit.register(stop)
+        return _server
+
+
+def new_database() -> str:
+    """A fresh, empty database on the process's server; its URL."""
+    return server().create_database(f"stanzad_{os.getpid()}_{next(_names)}")
+
+
+def stop() -> None:
+    global _server
+    with _lock:
+        pg, _server = _server, None
+    if pg is not None:
+        pg.stop()
+        shutil.rmtree(pg.datadir.parent, ignore_errors=True)
