@@ -136,6 +136,8 @@ async def test_xep0198_5_numbered_messages_arrive_exactly_once_in_order_after_re
         assert b'type="result"' in await second.read_until(b'id="p3"')
         send_numbered(chatter, f"{jid}/phone", range(40, 41))
         assert (await bodies_until(second, 40))[0] == [40]
+        metrics = await asyncio.to_thread(cluster.metrics, "cm-1")
+        assert 'stanzad_cm_sm_resumptions_total{result="same_pod"}' in metrics
     finally:
         await chatter.logout()
         await raw.close()
@@ -181,6 +183,8 @@ async def test_xep0198_5_unknown_previd_or_other_account_is_item_not_found(
         await raw_auth(thief, other_jid, other_pw)
         await thief.send(f"<resume xmlns='{SM_NS}' previd='{sm_id}' h='0'/>".encode())
         assert b"<item-not-found" in await thief.read_until(b"</failed>")
+        metrics = await asyncio.to_thread(cluster.metrics, "cm-1")
+        assert 'stanzad_cm_sm_resumptions_total{result="not_found"}' in metrics
         # the owner's session is untouched
         await owner.send(b"<iq type='get' id='p4'><ping xmlns='urn:xmpp:ping'/></iq>")
         assert b'type="result"' in await owner.read_until(b'id="p4"')
@@ -234,6 +238,76 @@ async def test_xep0198_5_at_timeout_unacked_messages_go_offline_and_iqs_bounce(
             assert b"<item-not-found" in await resume.read_until(b"</failed>")
         finally:
             await resume.close()
+    finally:
+        await chatter.logout()
+        await later.logout()
+        await raw.close()
+
+
+async def test_xep0198_5_slixmpp_resumes_and_gets_every_message_once_in_order(
+    cluster: Cluster, users: Users
+) -> None:
+    """A real client's view: slixmpp's XEP-0198 plugin, its TCP connection cut, reconnecting."""
+    jid, pw = await users.create()
+    phone = Client(f"{jid}/slix", pw)
+    phone.register_plugin("xep_0198")
+    enabled = asyncio.Event()
+    resumed = asyncio.Event()
+    phone.add_event_handler("sm_enabled", lambda *_: enabled.set())
+    phone.add_event_handler("session_resumed", lambda *_: resumed.set())
+    chatter = await sender(cluster, users)
+    try:
+        await phone.login("127.0.0.1", cluster.c2s_port)
+        await asyncio.wait_for(enabled.wait(), 10)
+        send_numbered(chatter, f"{jid}/slix", range(10))
+        got = [int((await asyncio.wait_for(phone.messages.get(), 10))["body"])
+               for _ in range(10)]
+        assert phone.transport is not None
+        phone.transport.abort()  # no </stream:stream>
+        await asyncio.wait_for(phone.disconnected, 10)
+        send_numbered(chatter, f"{jid}/slix", range(10, 20))
+        await asyncio.sleep(0.3)
+        phone.connect("127.0.0.1", cluster.c2s_port)
+        await asyncio.wait_for(resumed.wait(), 15)
+        got += [int((await asyncio.wait_for(phone.messages.get(), 10))["body"])
+                for _ in range(10)]
+        assert got == list(range(20))
+        await asyncio.sleep(0.5)
+        assert phone.messages.empty()  # nothing twice
+    finally:
+        await chatter.logout()
+        await phone.logout()
+
+
+@pytest.fixture(scope="module")
+def small_queue_port(cluster: Cluster) -> int:
+    """A second connection manager whose sessions may hold 5 unacknowledged stanzas."""
+    return cluster.start_cm("cm-sm-small", STANZAD_SM_MAX_UNACKED="5")
+
+
+async def test_xep0198_unacked_queue_is_bounded_policy_violation_then_offline(
+    cluster: Cluster, users: Users, small_queue_port: int
+) -> None:
+    jid, pw = await users.create()
+    raw = RawClient("127.0.0.1", small_queue_port)
+    chatter = await sender(cluster, users)
+    later = Client(f"{jid}/later", pw)
+    try:
+        assert b"<jid>" in await raw_login(raw, jid, pw, resource="greedy")
+        await raw.send(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        await raw.read_until(b"<enabled")
+        send_numbered(chatter, f"{jid}/greedy", range(8))  # never acknowledged
+        data = await raw.expect_stream_error("policy-violation", timeout=15)
+        assert b"too many unacknowledged stanzas" in data
+
+        async def unbound() -> bool:
+            return b"greedy" not in await users.redis.hgetall(keys.sessions(jid))
+
+        await eventually(unbound, timeout=15, what="the session ended")
+        await later.login("127.0.0.1", cluster.c2s_port)
+        got = [int((await asyncio.wait_for(later.messages.get(), 10))["body"])
+               for _ in range(8)]
+        assert got == list(range(8))  # none lost: the unacknowledged went to offline storage
     finally:
         await chatter.logout()
         await later.logout()
