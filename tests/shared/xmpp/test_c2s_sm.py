@@ -280,3 +280,16 @@ def test_xep0198_5_bad_h_in_resume_is_a_stream_error() -> None:
     stream = fresh()
     [ended] = events(stream, b"<resume xmlns='urn:xmpp:sm:3' previd='x' h='-1'/>")
     assert isinstance(ended, StreamEnded) and ended.error is not None
+
+
+def test_xep0198_4_a_batch_delivery_is_split_into_stanzas_for_counting() -> None:
+    from shared.xmpp.stanza import split_stanzas
+
+    batch = (
+        b'<presence xmlns="jabber:client" from="a@example.com/x" to="juliet@example.com/r"/>'
+        b'<presence xmlns="jabber:client" from="b@example.com" type="subscribe">'
+        b"<status>hi &amp; bye</status></presence>"
+    )
+    parts = split_stanzas(batch)
+    assert len(parts) == 2
+    assert b"".join(parts) == batch  # canonical bytes stay as they were
