@@ -39,6 +39,7 @@ from shared.runtime.writes import BatchedWrites
 from shared.tls.session import TLSClosed, TLSSession
 from shared.xmpp import ns
 from shared.xmpp.c2s import (
+    Acked,
     AuthFailed,
     AuthSucceeded,
     BindRequested,
@@ -46,6 +47,8 @@ from shared.xmpp.c2s import (
     CredentialsNeeded,
     Event,
     RegisterRequested,
+    ResumeRequested,
+    SMEnabled,
     StanzaIn,
     StartTLS,
     State,
@@ -74,6 +77,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
 
     __slots__ = (  # one per connection: no instance dict
         "_abort_timer",
+        "_ack_asked",
+        "_ack_timer",
         "_auth_timer",
         "_bytes",
         "_closing",
@@ -94,8 +99,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "_wbuf",
         "available",
         "cm",
+        "detached",
         "peer",
         "record",
+        "replaced",
         "session_id",
         "source",
         "stream",
@@ -130,6 +137,11 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._auth_timer: asyncio.TimerHandle | None = None
         self.record: Any = None  # SessionRecord once bound (set by the service)
         self.available = False  # sent available broadcast presence (RFC 6121 §4.2)
+        # XEP-0198: an <r/> unanswered; the timer of the next one asked by time
+        self._ack_asked = False
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self.detached: asyncio.TimerHandle | None = None  # resumption deadline, when detached
+        self.replaced = False  # its session was resumed on another connection
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -275,7 +287,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         metrics.CONNECTIONS.dec()
         self._closing = True
-        for timer in (self._auth_timer, self._throttle, self._keepalive, self._abort_timer):
+        for timer in (self._auth_timer, self._throttle, self._keepalive, self._abort_timer,
+                      self._ack_timer):
             if timer is not None:
                 timer.cancel()
         self._counted_out()
@@ -309,12 +322,77 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
     def deliver(self, payload: bytes) -> bool:
         """Queue a stanza for this session from the bus, already in canonical bytes, without
         scheduling a write: the caller calls ``flush`` once after its batch of deliveries.
-        True when nothing was queued before (the caller then has this connection to flush)."""
-        if not payload or self._closing:
+        True when nothing was queued before (the caller then has this connection to flush).
+
+        With XEP-0198 the stanza is counted and kept until acknowledged, also while the
+        session is detached (it is written on <resume/>)."""
+        if not payload:
+            return False
+        queue = self.stream.sm
+        if queue is not None and queue.push(payload) > self.cm.settings.sm_max_unacked:
+            self._sm_overflow()
+        if self._closing:
             return False
         first = not self._wbuf
         self._wbuf.append(payload)
         return first
+
+    def write_stanza(self, stanza: bytes) -> None:
+        """Write a stanza of the server's own (a result, a ping), counted for XEP-0198."""
+        self.deliver(stanza)
+        if self._wbuf:
+            self.schedule_flush()
+
+    def _sm_overflow(self) -> None:
+        """More unacknowledged stanzas than ``sm_max_unacked``: the session ends (its queue
+        goes back to the router, `ConnectionManager.end_session`)."""
+        metrics.SM_OVERFLOWS.inc()
+        log.info("closing a session with more than %d unacknowledged stanzas",
+                 self.cm.settings.sm_max_unacked)
+        if self.detached is not None:
+            self.cm.expire(self)
+        else:
+            self.close(StreamErrorCondition.POLICY_VIOLATION, "too many unacknowledged stanzas")
+
+    def _before_flush(self) -> None:
+        """XEP-0198 §4: ask for an ack once ``sm_ack_every`` stanzas await one, or when some
+        have waited ``sm_ack_after_s``; one <r/> outstanding at a time."""
+        queue = self.stream.sm
+        if queue is None or self._ack_asked or self._closing:
+            return
+        waiting = queue.sent - queue.acked
+        if waiting >= self.cm.settings.sm_ack_every:
+            self._ask_ack()
+        elif waiting and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                self.cm.settings.sm_ack_after_s, self._ack_due
+            )
+
+    def _ask_ack(self) -> None:
+        self._ack_asked = True
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        self.stream.request_ack()
+        self._wbuf.append(self.stream.data_to_send())
+
+    def _ack_due(self) -> None:
+        self._ack_timer = None
+        queue = self.stream.sm
+        if self._closing or self._ack_asked or queue is None or not queue.unacked:
+            return
+        self._ask_ack()
+        self.schedule_flush()
+
+    def _acked(self) -> None:
+        """An <a/> came: another <r/> may be asked for what is still unacknowledged."""
+        self._ack_asked = False
+        queue = self.stream.sm
+        if queue is not None and queue.unacked:
+            self.schedule_flush()  # `_before_flush` decides
+        elif self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
 
     def flush(self) -> None:
         """Write what is queued now, in one write (the end of a batch of deliveries)."""
@@ -333,6 +411,14 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self.stream.close(condition, text, content)
         self.write(self.stream.data_to_send())
         self._finish()
+
+    def abandon(self) -> None:
+        """Cut the connection without a word: its session was resumed on another one
+        (XEP-0198 §5), which writes from now on."""
+        self._closing = True
+        self._wbuf.clear()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _finish(self) -> None:
         if self._closing:
@@ -432,6 +518,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             elif now - self._ping_sent >= s.keepalive_timeout_s:
                 metrics.DEAD_PEERS.inc()
                 log.info("peer did not answer a ping for %.0f s", now - self._ping_sent)
+                queue = self.stream.sm
+                if queue is not None and queue.resumable and self.transport is not None:
+                    self.transport.abort()  # XEP-0198 §5: a broken connection, detached
+                    return
                 self.close(StreamErrorCondition.CONNECTION_TIMEOUT, "no answer to ping")
                 if self.transport is not None:
                     self.transport.abort()  # a dead peer would hold the unsent bytes forever
@@ -444,7 +534,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if s.keepalive_interval_s and idle >= s.keepalive_interval_s:
             metrics.KEEPALIVE_PINGS.inc()
             self._ping_sent = now
-            self.write(
+            self.write_stanza(
                 (
                     f'<iq type="get" id="ka-{secrets.token_hex(4)}" from="{self.cm.domain}" '
                     f"to={quoteattr(str(self.stream.jid))}><ping xmlns=\"{ns.PING}\"/></iq>"
@@ -478,6 +568,12 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 self._spawn(self.cm.auth_throttle.succeeded(self.source, account))
         elif isinstance(event, AuthFailed):
             self._auth_failed(event)
+        elif isinstance(event, Acked):
+            self._acked()
+        elif isinstance(event, SMEnabled):
+            self.cm.sm_enabled(self, event)
+        elif isinstance(event, ResumeRequested):
+            self._resume_session(event)
         elif isinstance(event, RegisterRequested):
             self._spawn(self._register(event.username, event.password))
         elif isinstance(event, StreamEnded):
@@ -624,6 +720,23 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 self._auth_timer.cancel()
                 self._auth_timer = None
             self._start_keepalive()
+
+    def _resume_session(self, event: ResumeRequested) -> None:
+        """XEP-0198 §5: take over a session of this pod, detached or not yet noticed broken."""
+        old = self.cm.resumable_for(self, event.previd)
+        if old is None or old.stream.jid is None or old.stream.sm is None:
+            metrics.SM_RESUMPTIONS.labels("not_found").inc()
+            self.stream.resume_failed()
+            return
+        if not self.stream.resume_succeeded(old.stream.jid, old.stream.sm):
+            metrics.SM_RESUMPTIONS.labels("bad_h").inc()  # the stream ends; the session waits
+            return
+        metrics.SM_RESUMPTIONS.labels("same_pod").inc()
+        self.cm.take_over(self, old)
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self._start_keepalive()
 
     async def _register(self, username: str, password: str) -> None:
         error = await self.cm.register(username, password)

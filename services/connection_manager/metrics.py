@@ -89,3 +89,36 @@ AUTH_BLOCKED = Counter(
 SESSION_LIMIT_HITS = Counter(
     "stanzad_cm_session_limit_total", "Binds refused because the account has too many sessions."
 )
+
+# ---- XEP-0198 stream management (issue 16) ---------------------------------------------------
+SM_SESSIONS = Gauge("stanzad_cm_sm_sessions", "Sessions with stream management enabled.")
+SM_DETACHED = Gauge(
+    "stanzad_cm_sm_detached_sessions",
+    "Resumable sessions whose connection broke, waiting for a <resume/> (presence kept).",
+)
+SM_UNACKED = Gauge(
+    "stanzad_cm_sm_unacked_stanzas",
+    "Stanzas written to (or held for) sessions and not yet acknowledged, all sessions.",
+)
+SM_LONGEST_QUEUE = Gauge(
+    "stanzad_cm_sm_longest_queue_stanzas", "The longest unacknowledged queue of one session."
+)
+SM_ACKS_OUTSTANDING = Gauge(
+    "stanzad_cm_sm_acks_outstanding", "Sessions asked for an ack (<r/>) that did not answer yet."
+)
+SM_RESUMPTIONS = Counter(
+    "stanzad_cm_sm_resumptions_total",
+    "<resume/> requests by result (same_pod, not_found, bad_h).", ["result"],
+)
+SM_TIMEOUTS = Counter(
+    "stanzad_cm_sm_timeouts_total", "Detached sessions that ended unresumed (timeout or limit)."
+)
+SM_OVERFLOWS = Counter(
+    "stanzad_cm_sm_overflows_total",
+    "Sessions ended for holding more than STANZAD_SM_MAX_UNACKED unacknowledged stanzas.",
+)
+SM_RETURNED = Counter(
+    "stanzad_cm_sm_returned_stanzas_total",
+    "Unacknowledged stanzas of ended sessions handed back to the router, by kind (messages "
+    "go to offline storage, IQ requests are bounced).", ["kind"],
+)

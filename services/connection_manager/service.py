@@ -3,6 +3,13 @@
 Stanzas from clients are parsed once (by the stream), stamped, and published in an envelope
 to the routing partition of their recipient.  What the bus delivers for this pod's sessions
 is written to their sockets as it is, with no parsing.
+
+XEP-0198 sessions (README "Stream management"): what is written to them is kept until
+acknowledged.  A resumable session whose connection breaks (no </stream:stream>) is
+*detached*: it stays bound and available, what comes for it is held, and a <resume/> on a
+new connection of this pod takes it over.  When its timeout passes it ends as a lost
+connection does, and its unacknowledged stanzas go back to the router (`SM_UNACKED_ORIGIN`:
+messages to offline storage, IQ requests bounced).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
+    SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
     Kind,
@@ -39,10 +47,11 @@ from shared.tls.context import ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
 from shared.xmpp import credentials as creds_mod
 from shared.xmpp import server_iq
-from shared.xmpp.c2s import StanzaIn, StreamConfig
+from shared.xmpp.c2s import SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.jid import JID, JIDError, bare_of
-from shared.xmpp.stanza import iq_result, must_not_bounce, with_to
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.stanza import iq_result, local_name, must_not_bounce, split_stanzas, with_to
 
 from . import metrics
 from .connection import C2SConnection
@@ -66,9 +75,23 @@ class ConnectionManager:
             tls_required=settings.tls_required,
             allow_registration=settings.allow_registration,
             max_stanza_bytes=settings.max_stanza_bytes,
+            stream_management=settings.sm_enabled,
+            sm_resume_s=settings.sm_resume_timeout_s,
+            sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
         )
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
+        self.resumable: dict[str, C2SConnection] = {}  # XEP-0198 id -> connection (or detached)
+        self.detached: set[C2SConnection] = set()
+        metrics.SM_UNACKED.set_function(
+            lambda: sum(len(c.stream.sm.queue) for c in self._sm_sessions())
+        )
+        metrics.SM_LONGEST_QUEUE.set_function(
+            lambda: max((len(c.stream.sm.queue) for c in self._sm_sessions()), default=0)
+        )
+        metrics.SM_ACKS_OUTSTANDING.set_function(
+            lambda: sum(1 for c in self.sessions.values() if c._ack_asked)
+        )
         self.tls_context: ssl.SSLContext | None = None
         # lean TLS sessions need the secrets, which come only with no tickets after them
         self.tls_keylog: KeyLog | None = (
@@ -180,6 +203,8 @@ class ConnectionManager:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        for conn in list(self.detached):  # their clients cannot resume here any more
+            self.expire(conn)
         redirect = self.settings.shutdown_redirect
         for conn in list(self.connections):
             if redirect:  # RFC 6120 §4.9.3.19: reconnect there
@@ -289,6 +314,8 @@ class ConnectionManager:
         self.sessions[str(full)] = conn
         metrics.SESSIONS.set(len(self.sessions))
         if old_local is not None and old_local is not conn:
+            if old_local.detached is not None:  # XEP-0198: no <resume/> for it any more
+                self.expire(old_local, replaced=True)
             old_local.close(StreamErrorCondition.CONFLICT, "replaced by a new session")
         elif result.replaced is not None and result.replaced.cm_id != self.cm_id:
             kick = Envelope(Kind.KICK, to=str(full), from_="", id=result.replaced.session_id)
@@ -297,10 +324,63 @@ class ConnectionManager:
         return full
 
     def connection_closed(self, conn: C2SConnection) -> None:
+        """The connection is gone: the session ends, or waits detached for a <resume/>
+        (XEP-0198 §5: the stream broke without </stream:stream> from either side)."""
+        if conn.replaced:
+            return
         jid = conn.stream.jid
         if jid is None or conn.record is None:
             return
+        queue = conn.stream.sm
+        if (queue is not None and queue.resumable and not conn.stream.closed
+                and not self._stopping and self.sessions.get(str(jid)) is conn):
+            conn.detached = asyncio.get_running_loop().call_later(
+                queue.max_s, self.expire, conn
+            )
+            self.detached.add(conn)
+            metrics.SM_DETACHED.set(len(self.detached))
+            log.info("session detached for %d s, %d stanzas unacknowledged", queue.max_s,
+                     queue.unacked)
+            return
+        self.end_session(conn)
+
+    def expire(self, conn: C2SConnection, *, replaced: bool = False) -> None:
+        """A detached session's resumption timeout passed (or it held too much, or a new
+        bind took its full JID: ``replaced``): it ends."""
+        if not self._undetach(conn):
+            return
+        metrics.SM_TIMEOUTS.inc()
+        self.end_session(conn, replaced=replaced)
+
+    def _undetach(self, conn: C2SConnection) -> bool:
+        if conn.detached is None:
+            return False
+        conn.detached.cancel()
+        conn.detached = None
+        self.detached.discard(conn)
+        metrics.SM_DETACHED.set(len(self.detached))
+        return True
+
+    def end_session(self, conn: C2SConnection, *, replaced: bool = False) -> None:
+        """RFC 6121 §4.5.2 for a session that is over: unavailable presence, unbind; with
+        XEP-0198, what it did not acknowledge goes back to the router.  A session
+        ``replaced`` by a new bind of its full JID leaves presence and record to that one."""
+        jid = conn.stream.jid
+        assert jid is not None and conn.record is not None
         full = str(jid)
+        unacked: list[bytes] = []
+        queue = conn.stream.sm
+        if queue is not None:
+            metrics.SM_SESSIONS.dec()
+            conn.stream.sm = None
+            if self.resumable.get(queue.id) is conn:
+                del self.resumable[queue.id]
+            unacked = list(queue.queue)
+            queue.queue.clear()
+        if replaced:
+            if unacked:
+                self._return_unacked(full, unacked)
+            return
         if conn.available:  # RFC 6121 §4.5.2: the contacts learn the session ended
             gone = f'<presence xmlns="jabber:client" from="{full}" type="unavailable"/>'
             env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
@@ -310,16 +390,83 @@ class ConnectionManager:
         if self.sessions.get(full) is conn:
             del self.sessions[full]
             metrics.SESSIONS.set(len(self.sessions))
-        self._spawn(self._unbind(full, conn.record))
+        self._spawn(self._unbind(full, conn.record, unacked))
 
-    async def _unbind(self, full: str, record: SessionRecord) -> None:
+    async def _unbind(self, full: str, record: SessionRecord, unacked: list[bytes]) -> None:
         try:
             version = await self.store.unbind(full, record)
         except Exception as exc:
             log.warning("unbind failed (the reaper will clean up): %s", exc)
-            return
+            version = 0
         if version:
             self._session_event(bare_of(full), version)
+        if unacked:
+            self._return_unacked(full, unacked)
+
+    def _return_unacked(self, full: str, unacked: list[bytes]) -> None:
+        """XEP-0198 §5 (the session will not be resumed): the stanzas it did not acknowledge
+        go back to the router as undelivered, after the unbind: messages to offline storage
+        (XEP-0160; not to the other resources, which had their own copies), IQ requests
+        bounced, the rest as RFC 6121 §8.5.3.2 says for a resource that is gone."""
+        route = subjects.route_for(bare_of(full), self.settings.partitions)
+        for payload in unacked:
+            try:
+                element = parse_fragment(payload, self.settings.max_stanza_bytes)
+            except Exception:  # ours, so it parses; if not, say so rather than lose it quietly
+                log.warning("an unacknowledged stanza did not parse; dropped")
+                continue
+            kind = _KINDS.get(local_name(element.tag))
+            from_ = element.get("from") or ""
+            if kind is None or from_ == self.domain:  # our own pings: nobody to tell
+                continue
+            metrics.SM_RETURNED.labels(kind.value).inc()
+            env = Envelope(kind, to=full, from_=from_, type=element.get("type") or "",
+                           id=element.get("id") or "", origin=SM_UNACKED_ORIGIN,
+                           payload=payload)
+            self.bus.publish_soon(route, env.encode())
+
+    # ---- XEP-0198 -------------------------------------------------------------------------
+
+    def sm_enabled(self, conn: C2SConnection, event: SMEnabled) -> None:
+        metrics.SM_SESSIONS.inc()
+        if event.id:
+            self.resumable[event.id] = conn
+
+    def resumable_for(self, conn: C2SConnection, previd: str) -> C2SConnection | None:
+        """The session `previd` names, if it is here and of the account `conn` authenticated
+        (XEP-0198 §5: anything else is item-not-found, which tells nothing about others)."""
+        old = self.resumable.get(previd)
+        if old is None or old is conn or old.stream.jid is None:
+            return None
+        if old.stream.jid.local != conn.stream.username:
+            return None
+        return old
+
+    def take_over(self, conn: C2SConnection, old: C2SConnection) -> None:
+        """`conn` resumed the session of `old` (detached, or whose broken connection we had
+        not noticed yet: that one is cut without a word).  The session keeps its id, its
+        record in the session table and its presence; nothing is published."""
+        jid = old.stream.jid
+        queue = conn.stream.sm
+        assert jid is not None and queue is not None
+        if old.detached is not None:
+            old.detached.cancel()
+            old.detached = None
+            self.detached.discard(old)
+            metrics.SM_DETACHED.set(len(self.detached))
+        old.replaced = True
+        if not old._closing:
+            old.stream.sm = None  # its queue is conn's now
+            old.abandon()
+        conn.session_id = old.session_id  # the session table's record names it
+        conn.record = old.record
+        conn.available = old.available
+        self.sessions[str(jid)] = conn
+        self.resumable[queue.id] = conn
+        log.info("session resumed, %d stanzas written again", queue.unacked)
+
+    def _sm_sessions(self) -> list[C2SConnection]:
+        return [c for c in self.sessions.values() if c.stream.sm is not None]
 
     def _session_event(self, bare: str, version: int) -> None:
         """Tell the routers that the sessions of `bare` changed.  Queued like the client's
@@ -367,7 +514,9 @@ class ConnectionManager:
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
             elif reply is not None:
-                conn.write(iq_result(st.id, str(jid), st.element.get("to") or None, reply))
+                conn.write_stanza(
+                    iq_result(st.id, str(jid), st.element.get("to") or None, reply)
+                )
         elif st.kind == "message" and not addressed:
             # RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
             route = subjects.route_for(jid.bare_str, self.settings.partitions)
@@ -404,8 +553,13 @@ class ConnectionManager:
                 continue
             if env.kind is Kind.BATCH:
                 if conn is not None:
-                    if conn.deliver(env.payload):
-                        touched.append(conn)
+                    if conn.stream.sm is None:
+                        if conn.deliver(env.payload):
+                            touched.append(conn)
+                    else:  # XEP-0198 counts stanzas: one at a time
+                        for stanza in split_stanzas(env.payload):
+                            if conn.deliver(stanza):
+                                touched.append(conn)
                     written += 1
                 continue
             if env.kind is Kind.FANOUT:

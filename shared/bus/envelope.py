@@ -45,6 +45,9 @@ class Kind(enum.StrEnum):
 
 STANZA_KINDS: Final = frozenset({Kind.MESSAGE, Kind.PRESENCE, Kind.IQ})
 FENCE_PREFIX: Final = b"1\x00fence\x00"  # recognised without decoding
+# origin of the stanzas a connection manager hands back when an XEP-0198 session ends with
+# them unacknowledged: messages are stored offline, not delivered to the other resources
+SM_UNACKED_ORIGIN: Final = "sm-unacked"
 FANOUT_SEPARATOR: Final = "\n"  # cannot occur in a prepared JID (PRECIS forbids controls)
 
 

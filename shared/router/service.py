@@ -16,6 +16,7 @@ import time
 
 from shared.bus import subjects
 from shared.bus.envelope import (
+    SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
     Kind,
@@ -183,6 +184,9 @@ class Router(PartitionedService):
 
     def _route(self, env: Envelope, entry: Entry) -> bool:
         """Deliver, bounce or ignore; True when the stanza must be stored offline."""
+        if (env.origin == SM_UNACKED_ORIGIN and env.kind is Kind.MESSAGE and entry.exists
+                and env.type in ("", "normal", "chat")):
+            return True  # XEP-0198 §5, XEP-0160: a session ended with it unacknowledged
         decision = decide(env.kind, env.type, env.to, entry.exists, entry.sessions)
         if isinstance(decision, Store):
             return True

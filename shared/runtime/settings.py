@@ -186,6 +186,27 @@ class ConnectionManagerSettings(CommonSettings):
         0, ge=0, description="auth_block_failures_per_min for trusted networks; 0 = never."
     )
     auth_block_s: int = Field(60, ge=1, description="How long a blocked address stays blocked.")
+    # ---- XEP-0198 stream management (README "Stream management") ----
+    sm_enabled: bool = Field(True, description="Offer XEP-0198 stream management to clients.")
+    sm_resume_timeout_s: int = Field(
+        300, ge=0,
+        description="How long a resumable session stays detached after its connection broke, "
+        "when the client asks for no 'max'; 0 = no resumption.",
+    )
+    sm_max_resume_timeout_s: int = Field(
+        600, ge=0, description="The longest resumption timeout a client's 'max' can get."
+    )
+    sm_max_unacked: int = Field(
+        1000, ge=1,
+        description="Stanzas written to a session and not yet acknowledged; past it the "
+        "stream is closed with <policy-violation/> (a detached session ends).",
+    )
+    sm_ack_every: int = Field(
+        5, ge=1, description="Ask for an ack (<r/>) once this many stanzas await one."
+    )
+    sm_ack_after_s: float = Field(
+        10.0, gt=0, description="... and when unacknowledged stanzas have waited this long."
+    )
 
     @field_validator("trusted_networks", "proxy_protocol_networks")
     @classmethod

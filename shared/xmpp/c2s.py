@@ -10,6 +10,14 @@ machine waits (`next_event` returns None) until the caller reports the outcome:
                            (store outage) or `credentials_refused(text)` (XEP-0205 throttling)
     BindRequested       -> `bind_succeeded(full_jid)` or `bind_failed(StanzaError)`
     RegisterRequested   -> `register_done(StanzaError or None)`
+    ResumeRequested     -> `resume_succeeded(jid, queue)` or `resume_failed()` (XEP-0198 §5)
+
+XEP-0198 Stream Management: offered after authentication (<sm/> beside <bind/>), enabled
+after binding.  The machine counts what it receives (`sm.handled`) and answers <r/>; every
+stanza written to the client, the server's own included, must be counted and queued with
+`sm.push` (the machine does so for the stanzas it writes itself: bounces, results); an <a/>
+drops the acknowledged ones (`Acked`).  The caller decides when to send <r/>
+(`request_ack`), and keeps the queue of a broken stream for a <resume/>.
 
 Every stream restart (after STARTTLS, after SASL success) starts a fresh parser and discards
 whatever the old parser still held: bytes pipelined after <starttls/> must never be
@@ -21,13 +29,14 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import secrets
 from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from shared.xmpp import ns
+from shared.xmpp import ns, sm
 from shared.xmpp.credentials import StoredCredentials
 from shared.xmpp.errors import (
     StanzaError,
@@ -57,6 +66,8 @@ from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS, error_reply, iq_result, m
 from shared.xmpp.stream_io import ServingStream, State, StreamEnded
 
 MAX_AUTH_ATTEMPTS: Final = 3
+SM_REQUEST: Final = sm.request()
+_SM_ID_BYTES: Final = 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,9 @@ class StreamConfig:
     allow_registration: bool = False
     max_stanza_bytes: int = 256 * 1024
     mechanisms: tuple[str, ...] = MECHANISMS
+    stream_management: bool = True  # XEP-0198 offered
+    sm_resume_s: int = 300  # resumption timeout (§5) when the client asks for none; 0: no
+    sm_resume_max_s: int = 300  # the longest a client's <enable max/> is honoured
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -109,6 +123,29 @@ class RegisterRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class SMEnabled:
+    """XEP-0198 §3: stream management is on; `id` is set when the session can be resumed."""
+
+    id: str
+    max_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """An <a/> from the client acknowledged `n` more stanzas (XEP-0198 §4)."""
+
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRequested:
+    """XEP-0198 §5: <resume previd h/> instead of a bind."""
+
+    previd: str
+    h: int
+
+
+@dataclass(frozen=True, slots=True)
 class StanzaIn:
     """A stanza of a bound session, 'from' stamped, in canonical bytes."""
 
@@ -128,6 +165,9 @@ Event = (
     | BindRequested
     | RegisterRequested
     | StanzaIn
+    | SMEnabled
+    | Acked
+    | ResumeRequested
     | StreamEnded
 )
 
@@ -147,9 +187,11 @@ class C2SStream(ServingStream):
         "_pending",
         "_ready",
         "_register_iq",
+        "_resume",
         "_waiting_for",
         "config",
         "jid",
+        "sm",
         "state",
         "stream_id",
         "tls",
@@ -175,6 +217,8 @@ class C2SStream(ServingStream):
         self._waiting_for: type | None = None
         self._bind_iq: str = ""
         self._register_iq: str = ""
+        self.sm: sm.Queue | None = None  # XEP-0198 enabled (or resumed) on this stream
+        self._resume: ResumeRequested | None = None
 
     _STREAM_ID_BYTES = 12
 
@@ -231,11 +275,49 @@ class C2SStream(ServingStream):
         else:
             self._out.append(_iq_error(self._register_iq, error))
 
+    def resume_succeeded(self, jid: JID, queue: sm.Queue) -> bool:
+        """XEP-0198 §5: the session ``jid`` with its counters and unacknowledged stanzas is
+        this stream's now: <resumed/>, then the stanzas the client's 'h' did not acknowledge,
+        in order.  False (and a stream error queued) when that 'h' acknowledges more than
+        was sent (§4): the session is left as it was."""
+        self._expect(ResumeRequested)
+        self.state = State.OPEN
+        request, self._resume = self._resume, None
+        assert request is not None
+        error = queue.check(request.h)
+        if error is not None:
+            self._ready.append(self._fail(error))
+            return False
+        queue.ack(request.h)
+        self.jid = jid
+        self.sm = queue
+        self._out.append(sm.resumed(request.previd, queue.handled))
+        self._out.extend(queue.queue)
+        return True
+
+    def resume_failed(self, condition: str = "item-not-found") -> None:
+        """XEP-0198 §5: no such session (unknown, expired, or another account's)."""
+        self._expect(ResumeRequested)
+        self.state = State.OPEN
+        self._resume = None
+        self._out.append(sm.failed(condition))
+
+    def request_ack(self) -> None:
+        """XEP-0198 §4: ask the client how many stanzas it handled."""
+        if self.sm is not None and self.state is not State.CLOSED:
+            self._out.append(SM_REQUEST)
+
     def stanza_error(self, element: etree._Element, error: StanzaError) -> None:
         """Bounce one of the client's own stanzas back to it (never an error or a result)."""
         if must_not_bounce(element.get("type")):
             return
-        self._out.append(self._bounce(element, error))
+        self._stanza_out(self._bounce(element, error))
+
+    def _stanza_out(self, stanza: bytes) -> None:
+        """A stanza the machine itself writes: counted for XEP-0198 once SM is on."""
+        self._out.append(stanza)
+        if self.sm is not None:
+            self.sm.push(stanza)
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -281,6 +363,8 @@ class C2SStream(ServingStream):
             raise StreamError(StreamErrorCondition.RESTRICTED_XML)
         if tag.startswith("{" + ns.CLIENT + "}"):
             return self._on_stanza(element, tag[len(ns.CLIENT) + 2 :])
+        if tag.startswith(sm.PREFIX) and self.config.stream_management:
+            return self._on_sm(element, tag)
         if self.username is None and tag.startswith("{" + ns.SASL + "}"):
             return self._on_sasl(element, tag[len(ns.SASL) + 2 :])
         if tag == f"{{{ns.TLS}}}starttls":
@@ -317,6 +401,59 @@ class C2SStream(ServingStream):
 
     def _features(self) -> bytes:
         return _features(self.config, self.tls, self.username is not None)
+
+    # ---- stream management (XEP-0198) ------------------------------------------------------
+
+    def _on_sm(self, element: etree._Element, tag: str) -> Event | None:
+        queue = self.sm
+        if tag == sm.ACK:
+            if queue is None:
+                return None  # nothing was counted: nothing to acknowledge
+            return Acked(queue.ack(sm.parse_h(element)))  # too high: a stream error (§4)
+        if tag == sm.REQUEST:
+            if queue is not None:
+                self._out.append(sm.answer(queue.handled))
+            return None
+        if tag == sm.ENABLE:
+            return self._on_enable(element)
+        if tag == sm.RESUME:
+            return self._on_resume(element)
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+
+    def _on_enable(self, element: etree._Element) -> Event | None:
+        """§3: after binding, once; with resume='true' the session outlives its stream."""
+        if self.sm is not None:  # §3: twice
+            self._out.append(sm.failed("unexpected-request", self.sm.handled))
+            return None
+        if self.jid is None:  # §3: before resource binding
+            self._out.append(sm.failed("unexpected-request"))
+            return None
+        config = self.config
+        max_s = 0
+        if element.get("resume") in ("true", "1") and config.sm_resume_s > 0:
+            asked = element.get("max", "")
+            # §5: 'max' is the client's preferred maximum; the server's may be lower
+            max_s = min(int(asked), config.sm_resume_max_s) if asked.isdigit() else 0
+            max_s = max_s or config.sm_resume_s
+        sm_id = secrets.token_urlsafe(_SM_ID_BYTES) if max_s else ""
+        self.sm = sm.Queue(sm_id, max_s)
+        self._out.append(sm.enabled_resumable(sm_id, max_s) if sm_id else sm.enabled())
+        return SMEnabled(sm_id, max_s)
+
+    def _on_resume(self, element: etree._Element) -> Event | None:
+        """§5: after authentication, instead of binding."""
+        if self.username is None or self.jid is not None or self.sm is not None:
+            self._out.append(sm.failed("unexpected-request"))
+            return None
+        if self.config.sm_resume_s <= 0:
+            self._out.append(sm.failed("feature-not-implemented"))
+            return None
+        previd = element.get("previd") or ""
+        if not previd:
+            self._out.append(sm.failed("bad-request"))
+            return None
+        self._resume = ResumeRequested(previd, sm.parse_h(element))
+        return self._wait(self._resume)
 
     def _sasl_allowed(self) -> bool:
         return _sasl_allowed(self.config, self.tls)
@@ -409,6 +546,8 @@ class C2SStream(ServingStream):
             if kind == "iq" and element.find(f"{{{ns.BIND}}}bind") is not None:
                 return self._on_bind(element)
             raise StreamError(StreamErrorCondition.NOT_AUTHORIZED, "bind a resource first")
+        if self.sm is not None:
+            self.sm.handled += 1  # XEP-0198 §4: every stanza, bounced ones too
         return self._on_session_stanza(element, kind)
 
     def _on_session_stanza(self, element: etree._Element, kind: str) -> Event | None:
@@ -429,7 +568,7 @@ class C2SStream(ServingStream):
                 return self._bounce_now(element, StanzaErrorCondition.BAD_REQUEST)
             if type_ == "set" and element.find(f"{{{ns.SESSION}}}session") is not None:
                 # RFC 3921 §3 legacy session establishment: a no-op we still answer.
-                self._out.append(iq_result(stanza_id, None, None))
+                self._stanza_out(iq_result(stanza_id, None, None))
                 return None
             if type_ == "set" and element.find(f"{{{ns.BIND}}}bind") is not None:
                 return self._bounce_now(element, StanzaErrorCondition.NOT_ALLOWED)
@@ -538,6 +677,8 @@ def _features(config: StreamConfig, tls: bool, authenticated: bool) -> bytes:
         parts.append(f'<session xmlns="{ns.SESSION}"><optional/></session>')
         parts.append(f'<ver xmlns="{ns.ROSTER_VERSIONING}"/>')  # RFC 6121 §2.6.1
         parts.append(f'<sub xmlns="{ns.PRE_APPROVAL}"/>')  # RFC 6121 §3.4.1
+        if config.stream_management:
+            parts.append(sm.FEATURE.decode())  # XEP-0198 §2
     else:
         if config.tls_available and not tls:
             required = "<required/>" if config.tls_required else ""

@@ -115,12 +115,17 @@ class StreamError(XMPPError):
     """The peer broke the stream; the stream is closed with <stream:error/> (RFC 6120 §4.9)."""
 
     def __init__(
-        self, condition: StreamErrorCondition, text: str | None = None, content: str = ""
+        self,
+        condition: StreamErrorCondition,
+        text: str | None = None,
+        content: str = "",
+        extra: str = "",
     ) -> None:
         super().__init__(f"{condition.value}: {text}" if text else condition.value)
         self.condition = condition
         self.text = text
         self.content = content  # character data of the condition (§4.9.3.19 see-other-host)
+        self.extra = extra  # an application-specific condition, serialised (§4.9.4)
 
     def to_xml(self) -> bytes:
         """The <stream:error/> element, written with the `stream` prefix of the stream header."""
@@ -133,7 +138,7 @@ class StreamError(XMPPError):
             if self.content
             else f'<{name} xmlns="{ns.STREAMS_ERRORS}"/>'
         )
-        return f"<stream:error>{element}{text}</stream:error>".encode()
+        return f"<stream:error>{element}{text}{self.extra}</stream:error>".encode()
 
 
 class StanzaError(XMPPError):

@@ -1,4 +1,4 @@
-"""XEP-0198 Stream Management, the part server-to-server streams use: acks, no resumption.
+"""XEP-0198 Stream Management: the counters, the elements, and the c2s unacknowledged queue.
 
 The sending side counts the stanzas it writes from the moment it asks for stream management
 (§4: 'h' starts at zero when SM "is enabled or requested to be enabled"); the receiving side
@@ -7,11 +7,17 @@ counts the stanzas it handled and answers each <r/> with <a h='…'/>.  Counts w
 what was written and not yet acked is kept by the caller, who knows what to do with it when
 the stream breaks (re-send or bounce).  Resumption (§5) is not offered on s2s, as in
 Prosody: a broken stream is replaced by a new one.
+
+Client streams (`shared.xmpp.c2s`) add the resumable part (§5): `Queue` keeps the stanzas
+written and not yet acknowledged, in order, so that they can be written again after a
+<resume/> or handed to offline storage when the session ends.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Final
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -19,11 +25,14 @@ from shared.xmpp import ns
 from shared.xmpp.errors import StreamError, StreamErrorCondition
 
 MOD: Final = 2**32
+HALF: Final = 2**31  # an 'h' at most this far ahead of the last one is ahead, else behind
 ENABLE: Final = f"{{{ns.SM}}}enable"
 ENABLED: Final = f"{{{ns.SM}}}enabled"
 FAILED: Final = f"{{{ns.SM}}}failed"
 REQUEST: Final = f"{{{ns.SM}}}r"
 ACK: Final = f"{{{ns.SM}}}a"
+RESUME: Final = f"{{{ns.SM}}}resume"
+PREFIX: Final = f"{{{ns.SM}}}"
 FEATURE: Final = f'<sm xmlns="{ns.SM}"/>'.encode()
 
 
@@ -35,8 +44,22 @@ def enabled() -> bytes:
     return f'<enabled xmlns="{ns.SM}"/>'.encode()  # no 'resume': none on s2s
 
 
-def failed(condition: str) -> bytes:
-    return f'<failed xmlns="{ns.SM}"><{condition} xmlns="{ns.STANZAS_ERRORS}"/></failed>'.encode()
+def enabled_resumable(sm_id: str, max_s: int) -> bytes:
+    """§3: <enabled/> of a resumable session, with its id and the timeout the server keeps."""
+    return f'<enabled xmlns="{ns.SM}" id={quoteattr(sm_id)} resume="true" max="{max_s}"/>'.encode()
+
+
+def failed(condition: str, h: int | None = None) -> bytes:
+    """<failed/> with a stanza error condition; 'h' when the server knows it (§4, §5)."""
+    h_attr = f' h="{h % MOD}"' if h is not None else ""
+    return (
+        f'<failed xmlns="{ns.SM}"{h_attr}><{condition} xmlns="{ns.STANZAS_ERRORS}"/></failed>'
+    ).encode()
+
+
+def resumed(previd: str, handled: int) -> bytes:
+    """§5: the session is back; 'h' is how many of the client's stanzas the server handled."""
+    return f'<resumed xmlns="{ns.SM}" previd={quoteattr(previd)} h="{handled % MOD}"/>'.encode()
 
 
 def request() -> bytes:
@@ -80,11 +103,62 @@ class Sent:
         stream error (§4, handled-count-too-high); one below what was acked acks nothing."""
         new = (h - self.acked) % MOD
         if new > self.unacked:
-            if (self.acked - h) % MOD <= self.acked:  # an old, smaller h: stale, harmless
+            if new >= HALF:  # behind what was acked (modulo 2^32): an old h, harmless
                 return 0
-            raise StreamError(
-                StreamErrorCondition.UNDEFINED_CONDITION,
-                f"handled-count-too-high: h={h}, sent {self.sent % MOD}",
-            )
+            raise too_high(h, self.sent)
         self.acked += new
         return new
+
+
+def too_high(h: int, sent: int) -> StreamError:
+    """§4: an 'h' acknowledging more than was sent is an <undefined-condition/> stream error
+    with the application-specific <handled-count-too-high/>."""
+    return StreamError(
+        StreamErrorCondition.UNDEFINED_CONDITION,
+        f"handled-count-too-high: h={h}, sent {sent % MOD}",
+        extra=f'<handled-count-too-high xmlns="{ns.SM}" h="{h}" send-count="{sent % MOD}"/>',
+    )
+
+
+class Queue(Sent):
+    """XEP-0198 on one client session (§3 to §5): the stanzas it handled from the client,
+    and those written to it and not yet acknowledged, in the order they were written.
+
+    `queue` holds every stanza counted in `sent` beyond `acked`; an <a/> or a <resume/>
+    drops the ones it acknowledges from the front.  Stanzas held while the session is
+    detached are counted and queued the same way: they are written on <resume/>.
+    """
+
+    __slots__ = ("handled", "id", "max_s", "queue")
+
+    def __init__(self, sm_id: str = "", max_s: int = 0) -> None:
+        super().__init__()
+        self.id = sm_id  # "" when not resumable
+        self.max_s = max_s  # the resumption timeout announced in <enabled max/>
+        self.handled = 0  # stanzas received from the client (§4 'h' of our <a/>)
+        self.queue: deque[bytes] = deque()
+
+    @property
+    def resumable(self) -> bool:
+        return bool(self.id)
+
+    def push(self, stanza: bytes) -> int:
+        """Count a stanza written (or held) for the client; the queue's new length."""
+        self.sent += 1
+        queue = self.queue
+        queue.append(stanza)
+        return len(queue)
+
+    def ack(self, h: int) -> int:
+        n = super().ack(h)
+        popleft = self.queue.popleft
+        for _ in range(n):
+            popleft()
+        return n
+
+    def check(self, h: int) -> StreamError | None:
+        """What `ack(h)` would raise, without acknowledging anything."""
+        new = (h - self.acked) % MOD
+        if HALF > new > self.unacked:
+            return too_high(h, self.sent)
+        return None

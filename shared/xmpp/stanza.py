@@ -64,6 +64,15 @@ def with_to(payload: bytes, to: str) -> bytes:
     return payload[:name_end] + b" to=" + quoteattr(to).encode() + payload[name_end:]
 
 
+def split_stanzas(payload: bytes) -> list[bytes]:
+    """Canonical stanzas written one after another (a BATCH delivery), one by one."""
+    root = etree.fromstring(b"<batch>" + payload + b"</batch>", _BATCH_PARSER)
+    return [etree.tostring(child, with_tail=False) for child in root]
+
+
+_BATCH_PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
 def with_delay(payload: bytes, stamp: str, from_: str) -> bytes:
     """XEP-0203: a <delay/> child appended to a canonical <message/>."""
     delay = f'<delay xmlns="{ns.DELAY}" from={quoteattr(from_)} stamp="{stamp}"/>'.encode()

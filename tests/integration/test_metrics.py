@@ -22,6 +22,10 @@ REQUIRED = {
         "stanzad_bus_publish_failures_total", "stanzad_bus_reconnects_total",
         "stanzad_bus_connected", "stanzad_store_command_duration_seconds_bucket",
         "stanzad_store_connected", "process_open_fds", "process_max_fds",
+        # XEP-0198 (issue 16)
+        "stanzad_cm_sm_sessions", "stanzad_cm_sm_detached_sessions",
+        "stanzad_cm_sm_unacked_stanzas", "stanzad_cm_sm_longest_queue_stanzas",
+        "stanzad_cm_sm_acks_outstanding",
     },
     "router-1": {
         "stanzad_router_stanzas_total", "stanzad_router_stanza_errors_total",

@@ -254,6 +254,16 @@ class RawClient:
 
 async def raw_login(client: RawClient, jid: str, password: str, resource: str = "raw") -> bytes:
     """STARTTLS, SASL PLAIN, restart, bind; returns the bind result."""
+    await raw_auth(client, jid, password)
+    await client.send(
+        b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+        + f"<resource>{resource}</resource></bind></iq>".encode()
+    )
+    return await client.read_until(b"</iq>")
+
+
+async def raw_auth(client: RawClient, jid: str, password: str) -> bytes:
+    """STARTTLS, SASL PLAIN, restart; returns the features of the authenticated stream."""
     import base64
 
     local = jid.partition("@")[0]
@@ -269,12 +279,7 @@ async def raw_login(client: RawClient, jid: str, password: str, resource: str = 
     if b"<success" not in reply:
         raise PermissionError(reply.decode(errors="replace"))
     await client.send(client.header())
-    await client.read_until(b"</stream:features>")
-    await client.send(
-        b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-        + f"<resource>{resource}</resource></bind></iq>".encode()
-    )
-    return await client.read_until(b"</iq>")
+    return await client.read_until(b"</stream:features>")
 
 
 async def eventually(predicate: Any, timeout: float = 10, what: str = "condition") -> None:

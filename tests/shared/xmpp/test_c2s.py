@@ -61,8 +61,8 @@ def after_tls(config: StreamConfig = CONFIG) -> C2SStream:
     return stream
 
 
-def authenticated(user: str = "juliet") -> C2SStream:
-    stream = after_tls()
+def authenticated(user: str = "juliet", config: StreamConfig = CONFIG) -> C2SStream:
+    stream = after_tls(config)
     [need] = events(stream, plain(user, "pencil"))
     assert need == CredentialsNeeded(user)
     stream.credentials_loaded(CREDS)
@@ -74,8 +74,10 @@ def authenticated(user: str = "juliet") -> C2SStream:
     return stream
 
 
-def bound(user: str = "juliet", resource: str = "balcony") -> C2SStream:
-    stream = authenticated(user)
+def bound(
+    user: str = "juliet", resource: str = "balcony", config: StreamConfig = CONFIG
+) -> C2SStream:
+    stream = authenticated(user, config)
     [bind] = events(
         stream,
         b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
