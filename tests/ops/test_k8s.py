@@ -48,7 +48,8 @@ METRICS_SERVICES: Final = frozenset(
      "stanzad-s2s-gateway", "stanzad-admin"}
 )
 # made per cluster
-EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s"})
+EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s",
+                                     "stanzad-database"})
 
 
 
@@ -304,3 +305,17 @@ def test_a_broken_kustomization_fails_loudly(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources:\n- missing.yaml\n")
     with pytest.raises(AssertionError, match=r"missing\.yaml"):
         kustomize_build(tmp_path)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_database_url_comes_from_a_secret(overlays: dict[str, list[Doc]], overlay: str) -> None:
+    """The PostgreSQL URL carries credentials: every workload reads it from the
+    stanzad-database Secret, and no ConfigMap holds one."""
+    docs = overlays[overlay]
+    for d in docs:
+        if d["kind"] == "ConfigMap":
+            assert "STANZAD_DATABASE_URL" not in d.get("data", {})
+    for w in _workloads(docs):
+        env = {v["name"]: v for v in _container(w).get("env", [])}
+        ref = env["STANZAD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("stanzad-database", "url"), w["metadata"]["name"]
