@@ -22,6 +22,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+# Servers whose work is done by forked children: PostgreSQL's backends.  Their CPU is the
+# parent's own, plus that of its reaped children (cutime, cstime), plus that of the children
+# still running.
+TREES = frozenset({"postgres"})
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its children, live or exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+    for child in _children(pid):
+        total += cpu_seconds(child)
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        found: list[int] = []
+        for task in tasks:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        return found
+    except OSError:
+        return []
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process (0 once it is gone)."""
     try:
@@ -51,7 +80,8 @@ class ProcSampler:
     def sample(self) -> Sample:
         s = Sample(
             time.monotonic(),
-            {name: cpu_seconds(pid) for name, pid in self.pids.items()},
+            {name: (tree_cpu_seconds if name in TREES else cpu_seconds)(pid)
+             for name, pid in self.pids.items()},
             {name: rss_bytes(pid) for name, pid in self.pids.items()},
         )
         self.samples.append(s)

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from devtools import localservers
 from loadtest.bounds import check_range
+from tests.support import postgres
 from tests.support.cluster import Cluster, new_cluster
+
+postgres.durable()  # the load tools measure PostgreSQL as deployed: fsync on
 
 # The per-session rate limits (10 KiB/s, 100 stanzas/s) are meant for people: the chat and
 # ramp scenarios push up to ~60 stanzas of ~300 bytes a second through each of 200 sessions,
@@ -69,10 +72,15 @@ def admin(cluster: Cluster) -> tuple[str, str]:
 
 
 def server_pids(cluster: Cluster) -> dict[str, int]:
-    """Every server process still running (a shared test cluster may have lost some); not
+    """Every server process still running (a shared test cluster may have lost some), and
+    PostgreSQL's postmaster (its backends' CPU is counted with it: `procstat.TREES`); not
     the admin API, which only sets the run up."""
-    return {name: proc.pid for name, proc in cluster.procs.items()
+    pids = {name: proc.pid for name, proc in cluster.procs.items()
             if proc.poll() is None and name not in cluster.admin_ports}
+    pg = postgres.pid()
+    if pg is not None:
+        pids["postgres"] = pg
+    return pids
 
 
 def cm_names(cluster: Cluster) -> list[str]:

@@ -20,6 +20,15 @@ from devtools import localservers
 _lock = threading.Lock()
 _server: localservers.LocalPostgres | None = None
 _names = itertools.count(1)
+# Tests trade durability for speed (fsync off); the load tools measure what users deploy and
+# call `durable()` before the first cluster.
+_durable = False
+
+
+def durable() -> None:
+    """The server this process starts keeps PostgreSQL's default durability (fsync on)."""
+    global _durable
+    _durable = True
 
 
 def server() -> localservers.LocalPostgres:
@@ -29,11 +38,18 @@ def server() -> localservers.LocalPostgres:
         if _server is None:
             workdir = Path(tempfile.mkdtemp(prefix="stanzad-pg-"))
             pg = localservers.LocalPostgres(workdir / "data", localservers.free_port(),
-                                            durable=False)
+                                            durable=_durable)
             pg.start(workdir / "postgres.log")
             _server = pg
             atexit.register(stop)
         return _server
+
+
+def pid() -> int | None:
+    """The postmaster's pid, once the server runs (its backends are its children)."""
+    with _lock:
+        proc = _server.proc if _server is not None else None
+    return proc.pid if proc is not None and proc.poll() is None else None
 
 
 def new_database() -> str:
