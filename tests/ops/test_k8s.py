@@ -319,3 +319,46 @@ def test_the_database_url_comes_from_a_secret(overlays: dict[str, list[Doc]], ov
         env = {v["name"]: v for v in _container(w).get("env", [])}
         ref = env["STANZAD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == ("stanzad-database", "url"), w["metadata"]["name"]
+
+
+def _selected(policy: Doc, pod_labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    if not selector.get("matchLabels", {}).items() <= pod_labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In"
+        if pod_labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_open_only_the_public_ports(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    """Every stanzad pod is under a default-deny ingress policy; only the connection
+    managers' c2s port and the s2s gateways' port are open to anyone, and the open ports
+    exist on the pods they select; the dev data stores accept stanzad's pods only."""
+    docs = overlays[overlay]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    open_to_all: set[tuple[str, str]] = set()
+    for w in _workloads(docs):
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        mine = [p for p in policies if _selected(p, labels)]
+        assert any(not p["spec"].get("ingress") for p in mine), w["metadata"]["name"]
+        ports = {p["name"] for p in _container(w).get("ports", [])}
+        for policy in mine:
+            for rule in policy["spec"].get("ingress", []):
+                named = {p["port"] for p in rule["ports"]}
+                assert named <= ports, (policy["metadata"]["name"], w["metadata"]["name"])
+                if "from" not in rule:
+                    open_to_all |= {(labels["app.kubernetes.io/component"], p) for p in named}
+    assert open_to_all == {("connection-manager", "c2s"), ("s2s-gateway", "s2s")}
+    stores = [d for d in docs if d["kind"] == "StatefulSet"
+              and d["metadata"]["name"] in ("nats", "redis", "postgres")]
+    for store in stores:  # the dev overlay's
+        labels = store["spec"]["template"]["metadata"]["labels"]
+        rules = [r for p in policies if _selected(p, labels) for r in p["spec"]["ingress"]]
+        stanzad_pods = [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "stanzad"}}}]
+        assert rules and all(r["from"] == stanzad_pods for r in rules), store["metadata"]["name"]
+    assert (overlay == "dev") == bool(stores)
