@@ -8,13 +8,15 @@ that tick) go out as one SADD and one SREM, with the other Redis commands of the
 (`shared.store.tick`: often the next binds' round trip).  A full JID bound and unbound in
 the same tick keeps only its last change, which is the set's final state either way.  When
 Redis refuses the write, the changes are kept (newer ones win) and written again a second
-later; the window in which a crash loses an index entry is the same tick as before, when
-the SADD followed the bind script as a second command.
+later.  `SessionStore.bind` waits (`flush`) until its entry is written before the client
+gets its bind result, so a connection manager killed at any moment after that leaves no
+session the reaper cannot find.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Final
 
@@ -31,7 +33,8 @@ RETRY_S: Final = 1.0
 class CmIndex:
     """The index of one connection manager's sessions; one instance per (process, cm_id)."""
 
-    __slots__ = ("_addresses", "_changes", "_key", "_service", "_task", "_tick")
+    __slots__ = ("_addresses", "_changed", "_changes", "_key", "_service", "_task", "_tick",
+                 "_waiters", "_written")
 
     def __init__(self, redis: aioredis.Redis, service: str, cm_id: str) -> None:
         self._tick = tick.of(redis)
@@ -41,6 +44,9 @@ class CmIndex:
         # full JID -> its client address while present ("" unknown), None once removed
         self._changes: dict[str, str | None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._changed = 0  # changes made so far (a sequence number)
+        self._written = 0  # changes in Redis so far
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # `flush` callers
 
     def add(self, full_jid: str, address: str = "") -> None:
         self._change(full_jid, address)
@@ -50,17 +56,34 @@ class CmIndex:
 
     def _change(self, full_jid: str, address: str | None) -> None:
         self._changes[full_jid] = address
+        self._changed += 1
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._write())
 
     async def flush(self, timeout_s: float = 2.0) -> None:
-        """Wait (at most `timeout_s`) until what was changed so far is in Redis."""
-        if self._task is not None:
-            await asyncio.wait({self._task}, timeout=timeout_s)
+        """Wait (at most `timeout_s`) until what was changed so far is in Redis: not for
+        changes made later (under a stream of binds the writer never idles)."""
+        if self._written >= self._changed:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._changed, waiter))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+
+    def _wake(self) -> None:
+        waiting = []
+        for target, waiter in self._waiters:
+            if target <= self._written:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self._waiters = waiting
 
     async def _write(self) -> None:
         try:
             while self._changes:
+                upto = self._changed
                 changes, self._changes = self._changes, {}
                 added = [jid for jid, addr in changes.items() if addr is not None]
                 removed = [jid for jid, addr in changes.items() if addr is None]
@@ -76,6 +99,8 @@ class CmIndex:
                 try:
                     async with timed(self._service, "cm_index"):
                         await self._tick.execute(commands)
+                    self._written = upto
+                    self._wake()
                 except Exception as exc:
                     log.warning("could not update the session index (retrying): %s", exc)
                     for jid, addr in changes.items():

@@ -126,7 +126,9 @@ class SessionStore:
     async def bind(self, full_jid: str, record: SessionRecord, max_sessions: int,
                    address: str = "") -> BindResult:
         """Bind (one script); the connection manager's index learns it, with the client's
-        ``address``, within the tick (`CmIndex`: another hash slot, never inside the script)."""
+        ``address``, in the next round trip (`CmIndex`: another hash slot, never inside the
+        script), and the bind returns only once it has: a connection manager killed right
+        after a client's bind result leaves no session the reaper cannot find."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_bind"):
             version, old = await self._tick.script(
@@ -136,7 +138,9 @@ class SessionStore:
             )
         if version == -1:
             raise SessionLimitReached(bare)
-        self._index(record.cm_id).add(full_jid, address)
+        index = self._index(record.cm_id)
+        index.add(full_jid, address)
+        await index.flush()
         return BindResult(int(version), SessionRecord.decode(old) if old else None)
 
     async def update(self, full_jid: str, record: SessionRecord) -> int:
