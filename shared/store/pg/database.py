@@ -13,6 +13,7 @@ pool's connections in use and idle are read at each scrape (shared/runtime/metri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_POOL_SIZE: Final = 10
 DEFAULT_TIMEOUT_S: Final = 5.0
+CHECK_S: Final = 5.0  # a service's pool is checked this often when idle (`Database.start`)
+RETRY_MAX_S: Final = 5.0  # opening at start is retried with backoff up to this
 
 # What a lost or refused connection raises, besides asyncpg's own errors.
 CONNECTION_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError,
@@ -89,6 +92,7 @@ class Database:
         # the series exist once `open` was called: a process that never opens one (an s2s
         # gateway) shows no PostgreSQL at all rather than a lost one
         self._up: bool | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -134,6 +138,40 @@ class Database:
                 raise
             if applied:
                 log.info("database migrated to version %d", applied[-1])
+
+    def start(self, *, migrate: bool = True, check_s: float = CHECK_S) -> None:
+        """What a service calls at start instead of `open`: opens (and migrates) in the
+        background, trying again with backoff for as long as PostgreSQL cannot be reached,
+        then checks it every ``check_s`` so that `up` (the service's readiness) follows it
+        even when nothing queries.  Until open, and while it is away, operations fail at once
+        with DatabaseUnavailable; asyncpg replaces the pool's lost connections by itself, so
+        nothing is restarted when it comes back."""
+        if self._keeper is None:
+            self._keeper = asyncio.get_running_loop().create_task(
+                self._keep(migrate, check_s), name=f"database-{self.service}")
+
+    async def _keep(self, migrate: bool, check_s: float) -> None:
+        delay = 0.25
+        while self._pool is None:
+            try:
+                await self.open(migrate=migrate)
+            except Exception as exc:  # unreachable, or a migration that failed half-way
+                if delay == 0.25:  # the first failure, not every retry
+                    log.warning("%s; not ready, trying again until it answers", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        if delay > 0.25:
+            log.info("PostgreSQL at %s reachable: ready", redact(self.url))
+        was_up = True
+        while True:
+            await asyncio.sleep(check_s if was_up else min(check_s, 1.0))
+            await self.ping()
+            if self.up != was_up:
+                was_up = self.up
+                if was_up:
+                    log.info("PostgreSQL reachable again")
+                else:
+                    log.warning("PostgreSQL not reachable: requests that need it fail")
 
     @asynccontextmanager
     async def connection(self, operation: str) -> AsyncIterator[asyncpg.Connection]:
@@ -208,6 +246,11 @@ class Database:
             return False
 
     async def close(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         pool, self._pool = self._pool, None
         if self._up:
             self._mark(False)
