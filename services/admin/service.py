@@ -61,7 +61,7 @@ class AdminService:
         self.port = 0
 
     async def start(self) -> None:
-        await self.db.open()
+        self.db.start()  # not ready until it is open
         await self.bus.connect()
         token = self.settings.admin_token.get_secret_value()
         if not token:
@@ -81,7 +81,7 @@ class AdminService:
         return True
 
     def ready(self) -> bool:
-        return self._runner is not None and self.bus.connected
+        return self._runner is not None and self.bus.connected and self.db.up
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -12,6 +12,7 @@
     stanzad db migrate [--to N]                          (idempotent; services migrate at start)
     stanzad db status
     stanzad db downgrade N                               (undo the migrations above N)
+    stanzad db import-redis --redis-url URL              (a Redis-only deployment's data)
 
 It talks to the PostgreSQL of `STANZAD_DATABASE_URL`, the Redis of `STANZAD_REDIS_URL` and,
 to kick sessions, to the NATS of `STANZAD_NATS_URL` (defaults: the local cluster's).  The
@@ -35,8 +36,8 @@ from shared.bus.client import Bus, BusUnavailable
 from shared.cluster.admin import AdminError, ClusterAdmin, count_results, import_entries
 from shared.runtime.settings import AdminSettings, load_or_exit
 from shared.store.accounts import AccountExists
-from shared.store.pg import migrations
-from shared.store.pg.database import DatabaseUnavailable
+from shared.store.pg import import_redis, migrations
+from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
 
@@ -222,6 +223,8 @@ async def _db(args: argparse.Namespace, settings: AdminSettings) -> int:
         elif args.action == "downgrade":
             undone = await migrations.downgrade(db, args.version)
             print(f"undid {', '.join(map(str, undone))}" if undone else "nothing to undo")
+        elif args.action == "import-redis":
+            return await _import_redis(db, args.redis_url)
         version = await migrations.current(db)
         print(f"schema version {version} (this release knows up to {migrations.LATEST})")
         return 0
@@ -230,6 +233,27 @@ async def _db(args: argparse.Namespace, settings: AdminSettings) -> int:
         return 1
     finally:
         await db.close()
+
+
+async def _import_redis(db: Database, redis_url: str) -> int:
+    """`stanzad db import-redis`: a Redis-only deployment's durable data into PostgreSQL
+    (shared/store/pg/import_redis.py); migrates first, idempotent."""
+    await migrations.migrate(db)
+    r = redis_connect(redis_url)
+    try:
+        imported, skipped = await import_redis.import_redis(r, db)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        print(f"cannot reach Redis at {redis_url} ({exc})", file=sys.stderr)
+        return 1
+    except import_redis.BadKey as exc:
+        print(f"stopped at a key not in the old format: {exc}; what came before is "
+              "imported, a second run goes on after it once it is fixed", file=sys.stderr)
+        return 1
+    finally:
+        await r.aclose()
+    for kind in import_redis.KINDS:
+        print(f"{kind}: {imported[kind]} imported, {skipped[kind]} already imported before")
+    return 0
 
 
 _COMMANDS = {
@@ -289,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_actions.add_parser("status", help="the schema version of the database")
     p = db_actions.add_parser("downgrade", help="undo the migrations above VERSION")
     p.add_argument("version", type=int)
+    p = db_actions.add_parser(
+        "import-redis", help="move accounts, rosters, offline messages, vCards, private data "
+        "and block lists from a Redis-only deployment's keys (idempotent; Redis is only read)")
+    p.add_argument("--redis-url", required=True, help="the old deployment's Redis, e.g. "
+                   "redis://127.0.0.1:6379/0")
     return parser
 
 

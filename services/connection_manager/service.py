@@ -145,7 +145,7 @@ class ConnectionManager:
 
     async def start(self) -> None:
         s = self.settings
-        await self.db.open()
+        self.db.start()  # not ready until it is open; logins fail meanwhile
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
         self.tls_context = self._tls_context()
@@ -196,7 +196,7 @@ class ConnectionManager:
     def ready(self) -> bool:
         router_ready = self.router is None or self.router.ready()
         return (self._server is not None and self.bus.connected and not self._stopping
-                and router_ready)
+                and router_ready and self.db.up)
 
     async def stop(self) -> None:
         """Drain: stop accepting, close every stream with system-shutdown, unbind, retire."""

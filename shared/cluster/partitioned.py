@@ -1,9 +1,10 @@
 """The common shell of a partitioned consumer service (router, presence, roster).
 
-It holds the Redis client, the PostgreSQL pool (opened and migrated at start when the
-service sets ``uses_database``), the bus, and the partition leases of its role; for every
-partition it owns it subscribes to the subjects ``subjects_for(p)`` gives, so messages for one
-user are handled by one process, in order.
+It holds the Redis client, the PostgreSQL pool (opened and migrated in the background from
+start when the service sets ``uses_database``; not ready while PostgreSQL is away), the bus,
+and the partition leases of its role; for every partition it owns it subscribes to the
+subjects ``subjects_for(p)`` gives, so messages for one user are handled by one process, in
+order.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class PartitionedService:
     handle_batch: BatchHandler
 
     async def start(self) -> None:
-        if self.uses_database:
-            await self.db.open()
+        if self.uses_database:  # not ready until it is open; no exit while it is away
+            self.db.start()
         await self.bus.connect()
         try:
             await self.partitions.tick()
@@ -84,7 +85,8 @@ class PartitionedService:
         return True
 
     def ready(self) -> bool:
-        return self.bus.connected and self.partitions.synced
+        return (self.bus.connected and self.partitions.synced
+                and (self.db.up or not self.uses_database))
 
     async def stop(self) -> None:
         for task in self.tasks:

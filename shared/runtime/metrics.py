@@ -51,6 +51,37 @@ STORE_ERRORS = Counter(
 STORE_CONNECTED = Gauge(
     f"{PREFIX}_store_connected", "1 while the last Redis PING answered.", ["service"]
 )
+# PostgreSQL (shared/store/pg/database.py): ``operation`` is the name a store gives the
+# statement (or the transaction of a few); ``kind`` of an error is one of DB_ERROR_KINDS.
+DB_ERROR_KINDS: Final = ("unreachable", "timeout", "constraint", "data", "server")
+DB_LATENCY = Histogram(
+    f"{PREFIX}_store_db_query_duration_seconds",
+    "PostgreSQL operations (a statement or a short transaction), waiting for a pooled "
+    "connection included, by statement name.",
+    ["service", "operation"],
+    buckets=(0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+             2.5, 5.0),
+)
+DB_ERRORS = Counter(
+    f"{PREFIX}_store_db_errors_total",
+    "PostgreSQL operations that failed, by kind: unreachable (no connection), timeout (no "
+    "pooled connection or no answer in time), constraint, data, server (any other error "
+    "PostgreSQL returned).",
+    ["service", "operation", "kind"],
+)
+DB_POOL_CONNECTIONS = Gauge(
+    f"{PREFIX}_store_db_pool_connections",
+    "Open PostgreSQL connections of the pool, by kind: in_use or idle.",
+    ["service", "kind"],
+)
+DB_POOL_MAX = Gauge(
+    f"{PREFIX}_store_db_pool_max_connections", "The bound of the PostgreSQL pool.", ["service"]
+)
+DB_CONNECTED = Gauge(
+    f"{PREFIX}_store_db_connected",
+    "1 while the pool is open and PostgreSQL answered the last query or check.",
+    ["service"],
+)
 
 
 # ---- tallies: counts on the hot path without a locked increment per event -------------------

@@ -123,6 +123,22 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "DROP TABLE blocklist; DROP TABLE private_storage; DROP TABLE vcards; "
         "DROP TABLE offline_messages;",
     ),
+    Migration(
+        4,
+        "what `stanzad db import-redis` moved",
+        # one row per (kind, owner) imported from a Redis-only deployment's keys, written in
+        # the transaction that imports them: a second run skips them (shared/store/pg/
+        # import_redis.py), so offline messages delivered since are not stored again
+        """
+        CREATE TABLE redis_imports (
+            kind text NOT NULL,
+            owner text NOT NULL,
+            imported_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (kind, owner)
+        );
+        """,
+        "DROP TABLE redis_imports;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -21,6 +21,7 @@ ADDS = {
     1: {"accounts"},
     2: {"roster_versions", "roster_items", "roster_tombstones"},
     3: {"offline_messages", "vcards", "private_storage", "blocklist"},
+    4: {"redis_imports"},
 }
 
 
