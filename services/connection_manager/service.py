@@ -603,12 +603,13 @@ class ConnectionManager:
         full = env.to
         old = self.resumable.get(env.id)
         queue = old.stream.sm if old is not None else None
+        payload = sm.export_queue(queue) if queue is not None else b""
         if (old is None or queue is None or old.record is None or old.replaced
-                or str(old.stream.jid) != full):
+                or str(old.stream.jid) != full or len(payload) > MAX_HANDOVER_BYTES):
+            # not here, or too big for one NATS message: it stays here (until its timeout)
             gone = Envelope(Kind.HANDOVER, to=full, from_=self.cm_id, id=env.type, type="gone")
             self.bus.publish_soon(reply_to, gone.encode())
             return
-        payload = sm.export_queue(queue)
         self._undetach(old)
         old.replaced = True
         old.stream.sm = None
@@ -831,6 +832,8 @@ class ConnectionManager:
 # how long a pod forwards what still comes for a session it handed over (stale routes), and
 # then unbinds it if the other pod never committed the take-over
 HANDED_OVER_S: Final = 30.0
+# a queue handed over travels in one NATS message (max_payload: 1 MiB by default)
+MAX_HANDOVER_BYTES: Final = 900 * 1024
 
 
 @dataclass(frozen=True, slots=True)
