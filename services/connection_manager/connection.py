@@ -725,8 +725,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         """XEP-0198 §5: take over a session of this pod, detached or not yet noticed broken."""
         old = self.cm.resumable_for(self, event.previd)
         if old is None or old.stream.jid is None or old.stream.sm is None:
-            metrics.SM_RESUMPTIONS.labels("not_found").inc()
-            self.stream.resume_failed()
+            self._spawn(self._resume_elsewhere(event))
             return
         if not self.stream.resume_succeeded(old.stream.jid, old.stream.sm):
             metrics.SM_RESUMPTIONS.labels("bad_h").inc()  # the stream ends; the session waits
@@ -737,6 +736,32 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._auth_timer.cancel()
             self._auth_timer = None
         self._start_keepalive()
+
+    async def _resume_elsewhere(self, event: ResumeRequested) -> None:
+        """XEP-0198 §5 for a session of another connection manager: it hands the session
+        over (`ConnectionManager.fetch_session`), or <failed><item-not-found/></failed>."""
+        handed = await self.cm.fetch_session(self, event.previd)
+        if isinstance(handed, str):
+            metrics.SM_RESUMPTIONS.labels(handed).inc()
+            self._resume(self.stream.resume_failed)
+            return
+        if handed.queue.check(event.h) is not None:  # §4: the stream ends; so does the session
+            metrics.SM_RESUMPTIONS.labels("bad_h").inc()
+            self.cm.abandon_handed(handed)
+            self._resume(lambda: self.stream.resume_succeeded(handed.jid, handed.queue))
+            return
+        metrics.SM_RESUMPTIONS.labels("other_pod").inc()
+        self.stream.resume_succeeded(handed.jid, handed.queue)
+        self.write(self.stream.data_to_send())  # <resumed/> and the queue, before the rest
+        self.cm.adopt(self, handed)
+        if self._closing:  # the client left during the take-over: the session waits here
+            self.cm.connection_closed(self)
+            return
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self._start_keepalive()
+        self._pump()
 
     async def _register(self, username: str, password: str) -> None:
         error = await self.cm.register(username, password)

@@ -108,7 +108,13 @@ SM_ACKS_OUTSTANDING = Gauge(
 )
 SM_RESUMPTIONS = Counter(
     "stanzad_cm_sm_resumptions_total",
-    "<resume/> requests by result (same_pod, not_found, bad_h).", ["result"],
+    "<resume/> requests by result (same_pod, other_pod, not_found, owner_silent: the owner "
+    "did not hand it over in time, lost_race: a new bind took the full JID first, bad_h).",
+    ["result"],
+)
+SM_HANDED_OVER = Counter(
+    "stanzad_cm_sm_handed_over_total",
+    "XEP-0198 sessions of this pod handed over to a <resume/> on another connection manager.",
 )
 SM_TIMEOUTS = Counter(
     "stanzad_cm_sm_timeouts_total", "Detached sessions that ended unresumed (timeout or limit)."

@@ -20,6 +20,7 @@ import secrets
 import signal
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Final
 
 from shared.bus import subjects
@@ -43,10 +44,11 @@ from shared.store.auth_throttle import AuthThrottleStore, LoginCheck, Progressiv
 from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
+from shared.store.sm_facts import SmFactsStore
 from shared.tls.context import ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
 from shared.xmpp import credentials as creds_mod
-from shared.xmpp import server_iq
+from shared.xmpp import server_iq, sm
 from shared.xmpp.c2s import SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.jid import JID, JIDError, bare_of
@@ -101,6 +103,13 @@ class ConnectionManager:
         self.port = 0
         self._redis = redis_connect(settings.redis_url)
         self.store = SessionStore(self._redis, SERVICE)
+        self.sm_facts = SmFactsStore(self._redis, SERVICE)
+        # XEP-0198 take-overs (docs/architecture.md "Stream management"): answers awaited
+        # by token; deliveries held for a full JID whose take-over is being committed; full
+        # JIDs handed over to another connection manager -> its id (stale routes forwarded)
+        self._takeovers: dict[str, asyncio.Future[Envelope]] = {}
+        self._arriving: dict[str, list[Envelope]] = {}
+        self.handed_over: dict[str, str] = {}
         # per-address limits count what is suspicious (docs/operations.md "Per-address
         # limits"): unauthenticated connections, failed logins; trusted networks have theirs
         self.trusted = Networks(settings.trusted_networks)
@@ -339,6 +348,7 @@ class ConnectionManager:
             )
             self.detached.add(conn)
             metrics.SM_DETACHED.set(len(self.detached))
+            self._spawn(self._write_facts(conn, detached=True))
             log.info("session detached for %d s, %d stanzas unacknowledged", queue.max_s,
                      queue.unacked)
             return
@@ -375,6 +385,7 @@ class ConnectionManager:
             conn.stream.sm = None
             if self.resumable.get(queue.id) is conn:
                 del self.resumable[queue.id]
+                self._spawn(self._forget_facts(full, queue.id))
             unacked = list(queue.queue)
             queue.queue.clear()
         if replaced:
@@ -431,6 +442,26 @@ class ConnectionManager:
         metrics.SM_SESSIONS.inc()
         if event.id:
             self.resumable[event.id] = conn
+            self._spawn(self._write_facts(conn))
+
+    async def _write_facts(self, conn: C2SConnection, *, detached: bool = False) -> None:
+        """The resumption facts of `conn`'s session in Redis (`shared.store.sm_facts`):
+        at <enable/>, at detach (with the counters and the deadline) and after a resume."""
+        queue, jid = conn.stream.sm, conn.stream.jid
+        if queue is None or jid is None or not queue.resumable:
+            return
+        counters = (queue.handled, queue.sent, queue.acked) if detached else None
+        try:
+            await self.sm_facts.write(str(jid), queue.id, self.cm_id, conn.session_id,
+                                      queue.max_s, counters)
+        except Exception as exc:  # then only a resume on this pod finds it
+            log.warning("could not store the resumption facts: %s", exc)
+
+    async def _forget_facts(self, full: str, sm_id: str) -> None:
+        try:
+            await self.sm_facts.forget(full, sm_id)
+        except Exception as exc:  # they expire with their TTL
+            log.warning("could not delete the resumption facts: %s", exc)
 
     def resumable_for(self, conn: C2SConnection, previd: str) -> C2SConnection | None:
         """The session `previd` names, if it is here and of the account `conn` authenticated
@@ -463,7 +494,181 @@ class ConnectionManager:
         conn.available = old.available
         self.sessions[str(jid)] = conn
         self.resumable[queue.id] = conn
+        self._spawn(self._write_facts(conn))  # attached again
         log.info("session resumed, %d stanzas written again", queue.unacked)
+
+    # ---- XEP-0198 resumption on another connection manager ---------------------------------
+
+    async def fetch_session(self, conn: C2SConnection, previd: str) -> Handed | str:
+        """`<resume previd/>` for a session this pod does not hold: ask its owner (named by
+        the facts in Redis) to hand it over, then move its session-table record to this pod
+        (the commit point).  The session, or the reason it cannot be resumed (a
+        `SM_RESUMPTIONS` label).  Deliveries for its full JID that arrive meanwhile are held
+        and go out after the queue (`adopt`)."""
+        bare = f"{conn.stream.username}@{self.domain}"
+        try:
+            facts = await self.sm_facts.get(bare, previd)
+        except Exception as exc:
+            log.warning("resumption facts lookup failed: %s", exc)
+            return "not_found"
+        if facts is None or facts.expired(time.time()) or facts.cm_id == self.cm_id:
+            return "not_found"
+        full = facts.jid
+        if full in self._arriving or full in self.sessions:  # another resume or bind here
+            return "not_found"
+        token = secrets.token_hex(8)
+        answer: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._takeovers[token] = answer
+        self._arriving[full] = []
+        ask = Envelope(Kind.TAKEOVER, to=full, from_=self.cm_id, id=previd, type=token)
+        self.bus.publish_soon(subjects.connection_manager(facts.cm_id), ask.encode())
+        committed = False
+        try:
+            try:
+                reply = await asyncio.wait_for(answer, self.settings.sm_takeover_timeout_s)
+            except TimeoutError:
+                return "owner_silent"  # dead or stuck; a late answer is returned (`_handed`)
+            finally:
+                self._takeovers.pop(token, None)
+            if reply.type != "ok":
+                return "not_found"
+            try:
+                queue = sm.import_queue(previd, facts.max_s, reply.payload)
+            except ValueError:
+                log.warning("a handed-over session did not decode")
+                return "not_found"
+            try:
+                moved = await self.store.move(full, reply.origin, self.cm_id, conn.peer)
+            except Exception as exc:
+                log.warning("moving a resumed session failed: %s", exc)
+                moved = None
+            if moved is None or moved.replaced is None:  # a new bind of the full JID won
+                self._return_unacked(full, list(queue.queue))
+                return "lost_race"
+            committed = True
+            return Handed(JID.parse(full), queue, moved.replaced, moved.version)
+        finally:
+            if not committed:
+                for env in self._arriving.pop(full, []):
+                    await self._undeliverable(env)
+
+    def adopt(self, conn: C2SConnection, handed: Handed) -> None:
+        """`conn` resumed (`stream.resume_succeeded` done) the session handed over from
+        another pod: it is this pod's now; then what arrived for it meanwhile."""
+        full = str(handed.jid)
+        queue = handed.queue
+        conn.session_id = handed.record.session_id
+        conn.record = handed.record
+        conn.available = handed.record.available
+        self.sessions[full] = conn
+        metrics.SESSIONS.set(len(self.sessions))
+        self.resumable[queue.id] = conn
+        metrics.SM_SESSIONS.inc()
+        self._session_event(handed.jid.bare_str, handed.version)  # routers' caches follow
+        self._spawn(self._write_facts(conn))
+        for env in self._arriving.pop(full, []):
+            self._deliver_held(conn, env)
+        conn.flush()
+        log.info("session resumed from another connection manager, %d stanzas written "
+                 "again", queue.unacked)
+
+    def _deliver_held(self, conn: C2SConnection, env: Envelope) -> None:
+        if env.kind is Kind.BATCH:
+            for stanza in split_stanzas(env.payload):
+                conn.deliver(stanza)
+        elif env.kind in STANZA_KINDS:
+            conn.deliver(env.payload)
+
+    def abandon_handed(self, handed: Handed) -> None:
+        """A take-over committed whose client then failed the resume (an 'h' too high, §4):
+        the session ends here as a lost connection does."""
+        full = str(handed.jid)
+        if handed.record.available:
+            gone = f'<presence xmlns="jabber:client" from="{full}" type="unavailable"/>'
+            env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
+                           origin=f"{self.cm_id}/{handed.record.session_id}",
+                           payload=gone.encode())
+            p = subjects.partition(handed.jid.bare_str, self.settings.partitions)
+            self.bus.publish_soon(subjects.presence(p), env.encode())
+        unacked = list(handed.queue.queue)
+        unacked += [e.payload for e in self._arriving.pop(full, []) if e.kind in STANZA_KINDS]
+        self._spawn(self._unbind(full, handed.record, unacked))
+        self._spawn(self._forget_facts(full, handed.queue.id))
+
+    def _hand_over(self, env: Envelope) -> None:
+        """TAKEOVER from the connection manager `env.from_`: stop writing to the session
+        `env.id` of `env.to`, forget it, and answer with its counters and queue; what still
+        comes here for that full JID (stale routes) is forwarded there for a while."""
+        reply_to = subjects.connection_manager(env.from_)
+        full = env.to
+        old = self.resumable.get(env.id)
+        queue = old.stream.sm if old is not None else None
+        payload = sm.export_queue(queue) if queue is not None else b""
+        if (old is None or queue is None or old.record is None or old.replaced
+                or str(old.stream.jid) != full or len(payload) > MAX_HANDOVER_BYTES):
+            # not here, or too big for one NATS message: it stays here (until its timeout)
+            gone = Envelope(Kind.HANDOVER, to=full, from_=self.cm_id, id=env.type, type="gone")
+            self.bus.publish_soon(reply_to, gone.encode())
+            return
+        self._undetach(old)
+        old.replaced = True
+        old.stream.sm = None
+        if not old._closing:
+            old.abandon()  # cut without a word: the client is on the other pod now
+        del self.resumable[queue.id]
+        if self.sessions.get(full) is old:
+            del self.sessions[full]
+            metrics.SESSIONS.set(len(self.sessions))
+        metrics.SM_SESSIONS.dec()
+        metrics.SM_HANDED_OVER.inc()
+        self.store.left(full, self.cm_id)
+        self.handed_over[full] = env.from_
+        asyncio.get_running_loop().call_later(
+            HANDED_OVER_S, self._handed_over_done, full, env.from_, old.record, old.available
+        )
+        ok = Envelope(Kind.HANDOVER, to=full, from_=self.cm_id, id=env.type, type="ok",
+                      origin=old.record.owner, payload=payload)
+        self.bus.publish_soon(reply_to, ok.encode())
+        log.info("session handed over to %s with %d stanzas unacknowledged", env.from_,
+                 len(queue.queue))
+
+    def _handed(self, env: Envelope) -> None:
+        """HANDOVER: the answer to a TAKEOVER of ours.  One that comes after we gave up
+        waiting has its queue returned to the router, as for a session that timed out."""
+        answer = self._takeovers.pop(env.id, None)
+        if answer is not None and not answer.done():
+            answer.set_result(env)
+            return
+        if env.type == "ok":
+            try:
+                queue = sm.import_queue("", 0, env.payload)
+            except ValueError:
+                return
+            self._return_unacked(env.to, list(queue.queue))
+
+    def _handed_over_done(self, full: str, to_cm: str, record: SessionRecord,
+                          available: bool) -> None:
+        if self.handed_over.get(full) == to_cm:
+            del self.handed_over[full]
+        self._spawn(self._unbind_stale(full, record, available))
+
+    async def _unbind_stale(self, full: str, record: SessionRecord, available: bool) -> None:
+        """A session handed over whose record still names this pod: the other pod never
+        committed (it died, or gave up): the session ends here as a lost connection does."""
+        try:
+            version = await self.store.unbind(full, record)
+        except Exception as exc:
+            log.warning("unbind of a handed-over session failed: %s", exc)
+            return
+        if not version:
+            return
+        self._session_event(bare_of(full), version)
+        if available:
+            gone = f'<presence xmlns="jabber:client" from="{full}" type="unavailable"/>'
+            env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
+                           origin=f"{self.cm_id}/{record.session_id}", payload=gone.encode())
+            p = subjects.partition(bare_of(full), self.settings.partitions)
+            self.bus.publish_soon(subjects.presence(p), env.encode())
 
     def _sm_sessions(self) -> list[C2SConnection]:
         return [c for c in self.sessions.values() if c.stream.sm is not None]
@@ -552,7 +757,9 @@ class ConnectionManager:
                     conn.close(*_kick_reason(env.payload))
                 continue
             if env.kind is Kind.BATCH:
-                if conn is not None:
+                if conn is None:
+                    self._not_here(env)
+                else:
                     if conn.stream.sm is None:
                         if conn.deliver(env.payload):
                             touched.append(conn)
@@ -571,6 +778,10 @@ class ConnectionManager:
                         written += 1
                 continue
             if env.kind not in STANZA_KINDS:
+                if env.kind is Kind.TAKEOVER:
+                    self._hand_over(env)
+                elif env.kind is Kind.HANDOVER:
+                    self._handed(env)
                 continue
             if conn is not None:
                 delivered[env.kind].n += 1
@@ -579,11 +790,27 @@ class ConnectionManager:
                     touched.append(conn)
                 if env.ts_us:
                     observe(max(0, now_us - env.ts_us) / 1e6)
-            else:
+            elif not self._not_here(env):
                 await self._undeliverable(env)
         for conn in touched:
             conn.flush()
         _STANZAS_OUT.n += written
+
+    def _not_here(self, env: Envelope) -> bool:
+        """A delivery for a full JID with no session here that is moving (XEP-0198 take-over):
+        held until this pod commits it, or forwarded to the pod it was handed to."""
+        if self._arriving:
+            held = self._arriving.get(env.to)
+            if held is not None:
+                held.append(env)
+                return True
+        if self.handed_over:
+            to_cm = self.handed_over.get(env.to)
+            if to_cm is not None:
+                self.bus.publish_soon(subjects.connection_manager(to_cm),
+                                      env.forwarded().encode())
+                return True
+        return False
 
     async def _undeliverable(self, env: Envelope) -> None:
         """The session left between routing and delivery (RFC 6121 §8.5.3.2)."""
@@ -600,6 +827,23 @@ class ConnectionManager:
         if bounce is not None:
             await self._publish(subjects.route_for(env.from_bare, self.settings.partitions),
                                 bounce)
+
+
+# how long a pod forwards what still comes for a session it handed over (stale routes), and
+# then unbinds it if the other pod never committed the take-over
+HANDED_OVER_S: Final = 30.0
+# a queue handed over travels in one NATS message (max_payload: 1 MiB by default)
+MAX_HANDOVER_BYTES: Final = 900 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A session taken over from another connection manager, committed in the table."""
+
+    jid: JID
+    queue: sm.Queue
+    record: SessionRecord
+    version: int
 
 
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}

@@ -41,6 +41,9 @@ class Kind(enum.StrEnum):
     BATCH = "batch"  # several stanzas for one session (``to``), written as they are
     FANOUT = "fanout"  # one stanza without 'to' for several sessions (``to``: JIDs, one a line)
     FENCE = "fence"  # control: a partition's previous owner handled everything before this
+    # control, XEP-0198 resumption on another connection manager (docs/architecture.md):
+    TAKEOVER = "takeover"  # hand me session ``id`` of ``to``; answer on ``from_``'s subject
+    HANDOVER = "handover"  # the answer: its queue and counters (``type`` "ok") or "gone"
 
 
 STANZA_KINDS: Final = frozenset({Kind.MESSAGE, Kind.PRESENCE, Kind.IQ})

@@ -207,6 +207,11 @@ class ConnectionManagerSettings(CommonSettings):
     sm_ack_after_s: float = Field(
         10.0, gt=0, description="... and when unacknowledged stanzas have waited this long."
     )
+    sm_takeover_timeout_s: float = Field(
+        2.0, gt=0,
+        description="How long a <resume/> for a session of another connection manager waits "
+        "for that one to hand it over; then <failed><item-not-found/></failed>.",
+    )
 
     @field_validator("trusted_networks", "proxy_protocol_networks")
     @classmethod

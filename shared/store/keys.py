@@ -32,6 +32,11 @@ def sessions_version(bare_jid: str) -> str:
     return f"sessver:{{{bare_jid}}}"
 
 
+def sm_facts(bare_jid: str, sm_id: str) -> str:
+    """XEP-0198 resumption facts of one resumable session (`shared.store.sm_facts`)."""
+    return f"sm:{{{bare_jid}}}:{sm_id}"
+
+
 def cm_sessions(cm_id: str) -> str:
     """Set of the full JIDs bound on one connection manager."""
     return f"cm:{{{cm_id}}}:sessions"

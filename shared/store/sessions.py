@@ -56,6 +56,19 @@ end
 return redis.call('INCR', KEYS[2])
 """
 
+# ARGV: resource, expected "<cm_id> <sid>", new cm_id: the record names the new connection
+# manager, the rest (session id, priority, availability) as it is; {version, record} or {0}
+_MOVE: Final = OWNED_LUA + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not owned(cur, ARGV[2]) then
+  return {0}
+end
+local at = string.find(cur, ' ', 1, true)
+local moved = ARGV[3] .. string.sub(cur, at)
+redis.call('HSET', KEYS[1], ARGV[1], moved)
+return {redis.call('INCR', KEYS[2]), moved}
+"""
+
 # ARGV: resource, cm_id: delete when the record belongs to that connection manager
 _REAP_ONE: Final = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -115,6 +128,7 @@ class SessionStore:
         self._bind = redis.register_script(_BIND)
         self._replace = redis.register_script(_REPLACE_IF_OWNED)
         self._reap_one = redis.register_script(_REAP_ONE)
+        self._move = redis.register_script(_MOVE)
         self._indexes: dict[str, CmIndex] = {}  # cm_id -> the index this process writes
 
     def _index(self, cm_id: str) -> CmIndex:
@@ -170,6 +184,30 @@ class SessionStore:
         if version:
             self._index(record.cm_id).discard(full_jid)
         return int(version)
+
+    async def move(self, full_jid: str, owner: str, cm_id: str,
+                   address: str = "") -> BindResult | None:
+        """XEP-0198 resumption on another connection manager: the record of the session
+        `owner` ("<cm_id> <session_id>") names `cm_id` instead, in one compare-and-set that
+        keeps its session id, priority and availability (no presence flap).  None when
+        `owner` no longer owns the resource (a new bind won).  The commit point of a
+        take-over; ``replaced`` of the result is the record as it is now."""
+        bare, resource = split_full(full_jid)
+        async with timed(self._service, "session_move"):
+            reply = await self._tick.script(
+                self._move,
+                [keys.sessions(bare), keys.sessions_version(bare)],
+                [resource, owner, cm_id],
+            )
+        if not reply[0]:
+            return None
+        self._index(cm_id).add(full_jid, address)
+        return BindResult(int(reply[0]), SessionRecord.decode(reply[1]))
+
+    def left(self, full_jid: str, cm_id: str) -> None:
+        """`full_jid` is no longer a session of `cm_id` (it moved to another connection
+        manager): its index entry goes within the tick."""
+        self._index(cm_id).discard(full_jid)
 
     async def get(self, bare_jid: str) -> dict[str, SessionRecord]:
         async with timed(self._service, "session_get"):

@@ -162,3 +162,28 @@ class Queue(Sent):
         if HALF > new > self.unacked:
             return too_high(h, self.sent)
         return None
+
+
+# ---- a session's state between connection managers (resumption on another pod) -----------
+
+_SEP: Final = b"\x00"  # cannot occur in XML 1.0 (§2.2), so never inside a stanza
+
+
+def export_queue(queue: Queue) -> bytes:
+    """The counters and unacknowledged stanzas of `queue`, in order, as bytes: what the
+    owner of a session hands to the connection manager that takes it over."""
+    head = f"{queue.handled % MOD} {queue.sent % MOD} {queue.acked % MOD}".encode()
+    return _SEP.join((head, *queue.queue))
+
+
+def import_queue(sm_id: str, max_s: int, data: bytes) -> Queue:
+    """`export_queue` read back; ValueError when `data` is not one."""
+    head, *stanzas = data.split(_SEP)
+    handled, sent, acked = (int(n) for n in head.decode().split(" "))
+    queue = Queue(sm_id, max_s)
+    queue.handled, queue.sent, queue.acked = handled, sent, acked
+    if (sent - acked) % MOD != len(stanzas):
+        raise ValueError("the queue does not match its counters")
+    queue.sent = acked + len(stanzas)  # the same modulo 2^32, without a wrap in between
+    queue.queue.extend(stanzas)
+    return queue

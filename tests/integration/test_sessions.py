@@ -185,3 +185,24 @@ async def test_rfc6120_7_7_2_2_replaced_session_leaves_the_new_one_in_the_cm_ind
     assert full in await store.cm_sessions("cm-rebind")
     assert await store.unbind(full, new) > 0
     assert full not in await store.cm_sessions("cm-rebind")
+
+
+async def test_xep0198_5_move_is_a_compare_and_set_that_keeps_the_record(
+    users: Users,
+) -> None:
+    """A take-over's commit point: the record names the new connection manager, with the
+    same session id, priority and availability; it fails once a new bind took the JID."""
+    from shared.store.sessions import SessionRecord, SessionStore
+
+    store = SessionStore(users.redis, "tests")
+    jid, _ = await users.create()
+    full = f"{jid}/moving"
+    await store.bind(full, SessionRecord("cm-old", "s1", 5, True), 10)
+    moved = await store.move(full, "cm-old s1", "cm-new")
+    assert moved is not None and moved.replaced == SessionRecord("cm-new", "s1", 5, True)
+    assert (await store.get(jid))["moving"] == SessionRecord("cm-new", "s1", 5, True)
+    assert full in await store.cm_sessions("cm-new")
+    assert await store.move(full, "cm-old s1", "cm-other") is None  # not its owner any more
+    await store.bind(full, SessionRecord("cm-new", "s2", 0, False), 10)  # a new bind
+    assert await store.move(full, "cm-new s1", "cm-other") is None
+    assert (await store.get(jid))["moving"].session_id == "s2"

@@ -312,3 +312,90 @@ async def test_xep0198_unacked_queue_is_bounded_policy_violation_then_offline(
         await chatter.logout()
         await later.logout()
         await raw.close()
+
+
+@pytest.fixture(scope="module")
+def other_cm_port(cluster: Cluster) -> int:
+    """Another connection manager of the same cluster, for resumption across pods."""
+    return cluster.start_cm("cm-sm-other")
+
+
+async def test_xep0198_5_resume_on_the_other_connection_manager_exactly_once_in_order(
+    cluster: Cluster, users: Users, other_cm_port: int
+) -> None:
+    """Issue 16: numbered messages to a client whose TCP is cut arrive exactly once and in
+    order after it resumes on the *other* connection manager, which then owns the session
+    (the session table names it; no presence flap)."""
+    jid, pw = await users.create()
+    raw, sm_id = await sm_session(cluster, jid, pw, "roaming")
+    chatter = await sender(cluster, users)
+    second = RawClient("127.0.0.1", other_cm_port)
+    try:
+        await raw.send(b"<presence/>")
+        await raw.read_until(b"<presence")  # its own, reflected: the first stanza counted
+        send_numbered(chatter, f"{jid}/roaming", range(0, 20))
+        got, _ = await bodies_until(raw, 19)
+        assert got == list(range(20))
+        facts = await users.redis.hgetall(keys.sm_facts(jid, sm_id))
+        assert facts[b"owner"].startswith(b"cm-1 ")  # written at <enable/>
+        cut(raw)
+
+        async def detached() -> bool:
+            f = await users.redis.hgetall(keys.sm_facts(jid, sm_id))
+            return f.get(b"deadline", b"0") != b"0"
+
+        await eventually(detached, timeout=15, what="the facts of the detached session")
+        send_numbered(chatter, f"{jid}/roaming", range(20, 40))  # held on cm-1
+        await asyncio.sleep(0.5)
+        before = (await users.redis.hgetall(keys.sessions(jid)))[b"roaming"].split(b" ")
+        assert before[0] == b"cm-1"
+        await raw_auth(second, jid, pw)
+        handled = 12  # the client processed 12 messages before its connection broke
+        await second.send(
+            f"<resume xmlns='{SM_NS}' previd='{sm_id}' h='{handled + 1}'/>".encode()
+        )
+        data = await second.read_until(b"<resumed")
+        resumed, data = await bodies_until(second, 39, data)
+        assert resumed == list(range(handled, 40))  # exactly once, in order
+        after = (await users.redis.hgetall(keys.sessions(jid)))[b"roaming"].split(b" ")
+        assert after[0] == b"cm-sm-other"
+        assert after[1:] == before[1:]  # same session id, priority, availability
+        # new messages follow the session to its new pod, once each
+        send_numbered(chatter, f"{jid}/roaming", range(40, 45))
+        got, data = await bodies_until(second, 44)
+        assert got == list(range(40, 45))
+        await second.send(b"<iq type='get' id='p9'><ping xmlns='urn:xmpp:ping'/></iq>")
+        assert b'type="result"' in await second.read_until(b'id="p9"')
+        metrics = await asyncio.to_thread(cluster.metrics, "cm-sm-other")
+        assert 'stanzad_cm_sm_resumptions_total{result="other_pod"}' in metrics
+        old_metrics = await asyncio.to_thread(cluster.metrics, "cm-1")
+        assert "stanzad_cm_sm_handed_over_total 1.0" in old_metrics
+    finally:
+        await chatter.logout()
+        await raw.close()
+        await second.close()
+
+
+async def test_xep0198_5_new_bind_then_resume_elsewhere_one_winner_item_not_found(
+    cluster: Cluster, users: Users, other_cm_port: int
+) -> None:
+    """A new bind of the full JID wins over a later resume on another pod: the resume gets
+    <item-not-found/> and the new session keeps the resource."""
+    jid, pw = await users.create()
+    raw, sm_id = await sm_session(cluster, jid, pw, "contested")
+    rebound = RawClient("127.0.0.1", cluster.c2s_port)
+    late = RawClient("127.0.0.1", other_cm_port)
+    try:
+        cut(raw)
+        assert b"<jid>" in await raw_login(rebound, jid, pw, resource="contested")
+        await raw_auth(late, jid, pw)
+        await late.send(f"<resume xmlns='{SM_NS}' previd='{sm_id}' h='0'/>".encode())
+        assert b"<item-not-found" in await late.read_until(b"</failed>")
+        record = (await users.redis.hgetall(keys.sessions(jid)))[b"contested"]
+        assert record.startswith(b"cm-1 ")
+        await rebound.send(b"<iq type='get' id='p10'><ping xmlns='urn:xmpp:ping'/></iq>")
+        assert b'type="result"' in await rebound.read_until(b'id="p10"')
+    finally:
+        await raw.close()
+        await rebound.close()
+        await late.close()

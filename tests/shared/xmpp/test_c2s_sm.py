@@ -293,3 +293,17 @@ def test_xep0198_4_a_batch_delivery_is_split_into_stanzas_for_counting() -> None
     parts = split_stanzas(batch)
     assert len(parts) == 2
     assert b"".join(parts) == batch  # canonical bytes stay as they were
+
+
+def test_xep0198_queue_handed_between_pods_keeps_counters_and_order() -> None:
+    queue = sm.Queue("id1", 60)
+    queue.handled = 7
+    for n in range(5):
+        queue.push(f"<message><body>{n}</body></message>".encode())
+    queue.ack(2)
+    copy = sm.import_queue("id1", 60, sm.export_queue(queue))
+    assert (copy.handled, copy.sent, copy.acked) == (7, 5, 2)
+    assert list(copy.queue) == list(queue.queue)
+    assert copy.ack(5) == 3 and not copy.queue
+    with pytest.raises(ValueError):
+        sm.import_queue("id1", 60, b"7 5 2\x00<message/>")  # three announced, one there
