@@ -41,9 +41,11 @@ def _probes(servers: Cluster, lease_ttl_s: float, *members: str) -> list[Probe]:
     """Members of a role of their own (no member of another test counts)."""
     role = f"probe-{secrets.token_hex(3)}"
     cls = type("RoleProbe", (Probe,), {"role": role})
-    settings = PartitionedSettings(nats_url=servers.nats_url, redis_url=servers.redis_url,
-                                   partitions=PARTITIONS, lease_ttl_s=lease_ttl_s)
-    return [cls(settings, m, lambda p: [f"{role}.{p}"]) for m in members]
+    # as the router's NATS identity, on subjects of the router's family of their own
+    settings = PartitionedSettings(nats_url=servers.nats_url_of("router"),
+                                   redis_url=servers.redis_url, partitions=PARTITIONS,
+                                   lease_ttl_s=lease_ttl_s)
+    return [cls(settings, m, lambda p: [f"stanzad.route.{role}-{p}"]) for m in members]
 
 
 async def _leases(servers: Cluster, role: str) -> tuple[list[str | None], list[int]]:
