@@ -9,8 +9,10 @@ clear errors.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from shared.bus.permissions import ROLES, authorization
 
 
 class ServerNotFound(RuntimeError):
@@ -162,9 +166,57 @@ def wait_port(host: str, port: int, timeout_s: float = 15.0, proc: subprocess.Po
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
 
 
-def nats_command(port: int, workdir: Path) -> list[str]:
-    return [nats_server_path(), "-a", "127.0.0.1", "-p", str(port), "--pid",
-            str(workdir / "nats.pid")]
+def nats_command(port: int, workdir: Path, config: Path | None = None) -> list[str]:
+    """nats-server on 127.0.0.1:``port``; ``config``: a configuration file (the
+    authorization block of ``nats_auth``), whose settings the flags here override."""
+    cmd = [nats_server_path(), "-a", "127.0.0.1", "-p", str(port), "--pid",
+           str(workdir / "nats.pid")]
+    return [*cmd, "-c", str(config)] if config is not None else cmd
+
+
+NATS_PASSWORDS: Final = "nats-passwords.json"
+NATS_CONFIG: Final = "nats-auth.conf"
+
+
+@dataclass(frozen=True)
+class NatsAuth:
+    """The generated identities of a local nats-server: the configuration file to start it
+    with and each role's password (shared/bus/permissions.py)."""
+
+    config: Path
+    passwords: dict[str, str]
+
+    def env(self, role: str) -> dict[str, str]:
+        """STANZAD_NATS_USER / STANZAD_NATS_PASSWORD of a service running as ``role``."""
+        return {"STANZAD_NATS_USER": role, "STANZAD_NATS_PASSWORD": self.passwords[role]}
+
+
+def nats_auth(workdir: Path) -> NatsAuth:
+    """One password per role, generated on first use and kept in ``workdir`` (mode 0600,
+    so a restart keeps them), and the nats-server configuration that grants each role its
+    permissions, written again each time from shared/bus/permissions.py."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / NATS_PASSWORDS
+    try:
+        passwords: dict[str, str] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        passwords = {}
+    if set(passwords) != set(ROLES):
+        passwords = {role: passwords.get(role) or secrets.token_urlsafe(24) for role in ROLES}
+        _write_private(path, json.dumps(passwords, indent=1) + "\n")
+    config = workdir / NATS_CONFIG
+    # nats-server reads JSON as configuration: quoting by json, not by hand
+    _write_private(config, "authorization: " + json.dumps(authorization(passwords), indent=1)
+                   + "\n")
+    return NatsAuth(config, passwords)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
 
 
 def redis_command(port: int, workdir: Path, *, aof: bool = True) -> list[str]:

@@ -50,7 +50,8 @@ class AdminService:
         check_settings(settings)
         self.settings = settings
         self._redis = redis_connect(settings.redis_url)
-        self.bus = Bus(settings.nats_url, SERVICE)
+        self.bus = Bus(settings.nats_url, SERVICE, user=settings.nats_user,
+                       password=settings.nats_password.get_secret_value())
         self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
                            timeout_s=settings.db_timeout_s)  # opened by start()
         self.admin = ClusterAdmin(

@@ -2,7 +2,10 @@
 
 Starts nats-server, redis-server (AOF on) and PostgreSQL (database `stanzad`), data under
 var/, then one router, presence, roster, connection manager, s2s gateway and the admin API,
-each as its own process with prefixed log lines.  In-band registration is on in this local
+each as its own process with prefixed log lines.  NATS accepts only the identity of each
+role, with that role's permissions (shared/bus/permissions.py); the passwords are generated
+on the first run into var/nats/ and the services get theirs in STANZAD_NATS_USER and
+STANZAD_NATS_PASSWORD.  In-band registration is on in this local
 profile.  The admin API listens on 127.0.0.1:9190 with the token of STANZAD_ADMIN_TOKEN, or
 a fresh one printed at start.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import signal
@@ -175,10 +179,28 @@ def _ports_in_use(ports: Ports) -> str | None:
     return None
 
 
+def nats_auth(var: Path) -> localservers.NatsAuth:
+    """The NATS identities of the local cluster under ``var``/nats (generated once)."""
+    return localservers.nats_auth(var / "nats")
+
+
+def local_nats_credentials(var: Path) -> tuple[str, str] | None:
+    """(user, password) of the CLI's role in the local cluster under ``var``, when that
+    cluster has run here; the CLI falls back to them."""
+    path = var / "nats" / localservers.NATS_PASSWORDS
+    try:
+        password = json.loads(path.read_text())["cli"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return "cli", str(password)
+
+
 def _children(
-    var: Path, ports: Ports, admin_token: str, postgres: localservers.LocalPostgres
+    var: Path, ports: Ports, admin_token: str, postgres: localservers.LocalPostgres,
+    auth: localservers.NatsAuth,
 ) -> list[tuple[Child, int | None]]:
-    """The processes of the cluster in start order, each with the port that shows it is up."""
+    """The processes of the cluster in start order, each with the port that shows it is up;
+    each service runs as its own NATS identity (shared/bus/permissions.py)."""
     common = {
         "STANZAD_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
         "STANZAD_REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
@@ -189,31 +211,34 @@ def _children(
            "STANZAD_TLS_KEY": str(var / "tls" / "key.pem")}
     python = sys.executable
 
-    def service(name: str, module: str, index: int, env: dict[str, str]) -> Child:
+    def service(name: str, module: str, index: int, role: str, env: dict[str, str]) -> Child:
         return Child(name, [python, "-m", module],
-                     {**common, "STANZAD_HTTP_PORT": str(ports.metrics_port(index)), **env})
+                     {**common, "STANZAD_HTTP_PORT": str(ports.metrics_port(index)),
+                      **auth.env(role), **env})
 
-    nats = Child("nats", localservers.nats_command(ports.nats, var / "nats"),
+    nats = Child("nats", localservers.nats_command(ports.nats, var / "nats", auth.config),
                  death_signal=signal.SIGTERM)
     redis = Child("redis", localservers.redis_command(ports.redis, var / "redis", aof=True),
                   death_signal=signal.SIGTERM)
     # SIGINT is PostgreSQL's fast shutdown (its clients are gone by then, or dead with us)
     pg = Child("postgres", postgres.command(), death_signal=signal.SIGINT,
                run_as=postgres.run_as())
-    cm = service("cm", "services.connection_manager", 0, {
+    cm = service("cm", "services.connection_manager", 0, "connection_manager", {
         "STANZAD_C2S_PORT": str(ports.c2s), "STANZAD_CM_ID": "cm-local",
         "STANZAD_ALLOW_REGISTRATION": os.environ.get("STANZAD_ALLOW_REGISTRATION", "true"),
         "STANZAD_DRAIN_TIMEOUT_S": os.environ.get("STANZAD_DRAIN_TIMEOUT_S", CM_DRAIN_S),
         **tls,
     })
-    router = service("router", "services.router", 1, {"STANZAD_ROUTER_ID": "router-local"})
-    presence = service("presence", "services.presence", 2,
+    router = service("router", "services.router", 1, "router",
+                     {"STANZAD_ROUTER_ID": "router-local"})
+    presence = service("presence", "services.presence", 2, "presence",
                        {"STANZAD_PRESENCE_ID": "presence-local"})
-    roster = service("roster", "services.roster", 3, {"STANZAD_ROSTER_ID": "roster-local"})
-    s2s = service("s2s", "services.s2s_gateway", 4, {
+    roster = service("roster", "services.roster", 3, "roster",
+                     {"STANZAD_ROSTER_ID": "roster-local"})
+    s2s = service("s2s", "services.s2s_gateway", 4, "s2s_gateway", {
         "STANZAD_S2S_ID": "s2s-local", "STANZAD_S2S_PORT": str(ports.s2s), **tls,
     })
-    admin = service("admin", "services.admin", 5, {
+    admin = service("admin", "services.admin", 5, "admin", {
         "STANZAD_ADMIN_HOST": "127.0.0.1", "STANZAD_ADMIN_PORT": str(ports.admin),
         "STANZAD_ADMIN_TOKEN": admin_token,
     })
@@ -228,7 +253,7 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
         print(in_use, file=sys.stderr)
         return 1
     (var / "redis").mkdir(parents=True, exist_ok=True)
-    (var / "nats").mkdir(parents=True, exist_ok=True)
+    auth = nats_auth(var)  # makes var/nats
     admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     postgres = localservers.LocalPostgres(var / "postgres", ports.postgres)
     try:
@@ -236,7 +261,7 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
     except Exception as exc:
         print(f"PostgreSQL could not be set up in {var / 'postgres'}: {exc}", file=sys.stderr)
         return 1
-    children = _children(var, ports, admin_token, postgres)
+    children = _children(var, ports, admin_token, postgres, auth)
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()

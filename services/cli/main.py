@@ -15,7 +15,9 @@
     stanzad db import-redis --redis-url URL              (a Redis-only deployment's data)
 
 It talks to the PostgreSQL of `STANZAD_DATABASE_URL`, the Redis of `STANZAD_REDIS_URL` and,
-to kick sessions, to the NATS of `STANZAD_NATS_URL` (defaults: the local cluster's).  The
+to kick sessions, to the NATS of `STANZAD_NATS_URL` (defaults: the local cluster's) as
+`STANZAD_NATS_USER`/`STANZAD_NATS_PASSWORD`, else as the `cli` identity the local cluster
+generated under var/nats/ (shared/bus/permissions.py).  The
 admin API (services/admin) offers the same operations over HTTP; both are built on
 shared/cluster/admin.py.
 """
@@ -49,10 +51,12 @@ from .devcluster import (
     REDIS_PORT,
     S2S_PORT,
     Ports,
+    local_nats_credentials,
     run_cluster,
 )
 
 SERVICE = "cli"
+LOCAL_VAR = "var"  # `stanzad run`'s default data folder
 NATS_CONNECT_TIMEOUT_S = 5.0
 
 
@@ -67,8 +71,17 @@ def _password(args: argparse.Namespace) -> str:
     return first
 
 
-async def _connect_bus(url: str) -> Bus | None:
-    bus = Bus(url, SERVICE)
+def _nats_identity(settings: AdminSettings) -> tuple[str, str]:
+    """The NATS user and password of the CLI: the settings', else the local cluster's."""
+    if settings.nats_user or "@" in settings.nats_url:
+        return settings.nats_user, settings.nats_password.get_secret_value()
+    return local_nats_credentials(Path(LOCAL_VAR)) or ("", "")
+
+
+async def _connect_bus(settings: AdminSettings) -> Bus | None:
+    url = settings.nats_url
+    user, password = _nats_identity(settings)
+    bus = Bus(url, SERVICE, user=user, password=password)
     try:
         await asyncio.wait_for(bus.connect(), NATS_CONNECT_TIMEOUT_S)
     except TimeoutError:
@@ -86,7 +99,7 @@ async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bu
         await redis.aclose()
         print(str(exc), file=sys.stderr)
         return 1
-    bus = await _connect_bus(settings.nats_url) if need_bus else None
+    bus = await _connect_bus(settings) if need_bus else None
     iterations = getattr(args, "iterations", None) or settings.scram_iterations
     admin = ClusterAdmin(redis, db, settings.domain, settings.partitions, SERVICE, bus,
                          iterations, settings.scram_min_iterations)
@@ -272,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stanzad", description="Manage a stanzad cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole cluster locally in the foreground")
-    run.add_argument("--var", default="var", help="data folder (default: var)")
+    run.add_argument("--var", default=LOCAL_VAR, help=f"data folder (default: {LOCAL_VAR})")
     run.add_argument("--c2s-port", type=int, default=5222)
     run.add_argument("--s2s-port", type=int, default=None,
                      help="default: STANZAD_S2S_PORT, else 5269")

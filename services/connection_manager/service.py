@@ -136,7 +136,8 @@ class ConnectionManager:
             block_s=settings.auth_block_s,
         )
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
-                       fail_while_disconnected=True)
+                       fail_while_disconnected=True, user=settings.nats_user,
+                       password=settings.nats_password.get_secret_value())
         self._server: asyncio.Server | None = None
         # STANZAD_EMBEDDED_ROUTER: a router in this process; what its partitions and our
         # subject carry between the two skips NATS (shared/bus/local.py)

@@ -118,12 +118,19 @@ class Bus:
         *,
         fail_while_disconnected: bool = False,
         exchange: Exchange = EXCHANGE,
+        user: str = "",
+        password: str = "",
     ) -> None:
         """`fail_while_disconnected`: raise BusUnavailable instead of letting nats-py buffer
         publishes while it reconnects.  nats-py would send them once reconnected, possibly
         before the consumers have subscribed again, and core NATS drops a message nobody
         subscribes to: a publisher that can tell its client (the connection manager) had
-        better bounce the stanza at once."""
+        better bounce the stanza at once.
+
+        `user`/`password`: the NATS identity of the service's role (shared/bus/permissions.py);
+        credentials in the URL (nats://user:password@host) take precedence in nats-py."""
+        self._user = user
+        self._password = password
         self._fail_while_disconnected = fail_while_disconnected
         self._url = url
         self._service = service
@@ -182,6 +189,7 @@ class Bus:
                     error_cb=error,
                     pending_size=8 * 1024 * 1024,
                     skip_subject_validation=True,  # every subject comes from subjects.py
+                    **self._credentials(),
                 )
                 self._nc = nc
                 break
@@ -192,6 +200,9 @@ class Bus:
         BUS_CONNECTED.labels(self._service).set(1)
         if self._handler is not None:
             self._worker = asyncio.create_task(self._work(), name=f"{self._service}-inbox")
+
+    def _credentials(self) -> dict[str, str]:
+        return {"user": self._user, "password": self._password} if self._user else {}
 
     # ---- publishing ------------------------------------------------------------------------
 

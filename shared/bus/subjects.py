@@ -55,3 +55,10 @@ def s2s(p: int) -> str:
     gateway that owns the partition, so one process holds a remote domain's connection and
     the order per sender → recipient is kept (RFC 6120 §10.1)."""
     return f"{PREFIX}.s2s.{p}"
+
+
+def every(subject: str) -> str:
+    """The wildcard matching every subject of the family of ``subject`` (its last token, the
+    partition or id, as ``*``): ``every(route(0)) == "stanzad.route.*"``."""
+    head, _, _ = subject.rpartition(".")
+    return f"{head}.*"

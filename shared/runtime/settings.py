@@ -29,7 +29,14 @@ class CommonSettings(BaseSettings):
     domain: str = Field("localhost", description="The XMPP domain this cluster serves.")
     # The defaults are the ports of the local cluster (`make run`), chosen off the standard
     # 4222/6379 so that a system NATS or Redis never gets our data by accident.
-    nats_url: str = Field("nats://127.0.0.1:14222", description="NATS URL(s), comma-separated.")
+    nats_url: str = Field(
+        "nats://127.0.0.1:14222",
+        description="NATS URL(s), comma-separated; may carry user:password@ credentials.",
+    )
+    nats_user: str = Field(
+        "", description="NATS user of this service's role (shared/bus/permissions.py)."
+    )
+    nats_password: SecretStr = Field(SecretStr(""), description="That NATS user's password.")
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL.")
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:15432/stanzad",

@@ -210,7 +210,7 @@ async def test_cli_kicks_a_session_over_nats(cluster: Cluster, users: Users) -> 
         await raw_login(raw, jid, pw, resource="phone")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.cli.main", "sessions", "kick", f"{jid}/phone",
-            env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=cluster.env("cli"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err
@@ -226,7 +226,7 @@ async def test_cli_status_sessions_and_users(
 ) -> None:
     from services.cli.main import main
 
-    for key, value in cluster.env().items():
+    for key, value in cluster.env("cli").items():
         if key.startswith("STANZAD_"):
             monkeypatch.setenv(key, value)
     jid, pw = await users.create("clils")

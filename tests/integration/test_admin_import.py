@@ -255,7 +255,7 @@ async def test_routers_drop_a_cached_missing_account_when_it_is_imported(
 
 
 def _cli_env(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in cluster.env().items():
+    for key, value in cluster.env("cli").items():
         if key.startswith("STANZAD_"):
             monkeypatch.setenv(key, value)
 
@@ -294,7 +294,7 @@ async def test_cli_imports_from_stdin(cluster: Cluster) -> None:
     doc = json.dumps([{"jid": jid, "scram": _scram("in-pw")}]).encode()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.cli.main", "user", "import", "-",
-        env=cluster.env(), cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+        env=cluster.env("cli"), cwd=ROOT, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(doc), 30)

@@ -201,7 +201,7 @@ async def test_killed_connection_manager_contacts_see_unavailable_within_30s(
         assert not members
         listing = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "services.cli.main", "sessions"],
-            env=cluster.env(),
+            env=cluster.env("cli"),
             capture_output=True, text=True, timeout=30, check=True,
         )
         assert bob not in listing.stdout and "cm-doomed" not in listing.stdout

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from shared.bus import permissions
 from shared.runtime.settings import (
     AdminSettings,
     ConnectionManagerSettings,
@@ -49,7 +50,11 @@ METRICS_SERVICES: Final = frozenset(
 )
 # made per cluster
 EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s",
-                                     "stanzad-database"})
+                                     "stanzad-database", "stanzad-nats"})
+# the NATS identity of each workload (shared/bus/permissions.py)
+NATS_ROLES: Final = {"connection-manager": "connection_manager", "router": "router",
+                     "presence": "presence", "roster": "roster", "s2s-gateway": "s2s_gateway",
+                     "admin": "admin"}
 
 
 
@@ -362,3 +367,20 @@ def test_network_policies_open_only_the_public_ports(
         stanzad_pods = [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "stanzad"}}}]
         assert rules and all(r["from"] == stanzad_pods for r in rules), store["metadata"]["name"]
     assert (overlay == "dev") == bool(stores)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_workload_logs_in_to_nats_as_its_role(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    """docs/operations.md "NATS authentication": STANZAD_NATS_USER is the workload's role and
+    STANZAD_NATS_PASSWORD comes from that role's key of the stanzad-nats Secret."""
+    workloads = _workloads(overlays[overlay])
+    assert {w["metadata"]["name"].removeprefix("stanzad-") for w in workloads} == set(NATS_ROLES)
+    for w in workloads:
+        role = NATS_ROLES[w["metadata"]["name"].removeprefix("stanzad-")]
+        assert role in permissions.ROLES
+        env = {v["name"]: v for v in _container(w).get("env", [])}
+        assert env["STANZAD_NATS_USER"]["value"] == role
+        ref = env["STANZAD_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("stanzad-nats", role), w["metadata"]["name"]

@@ -41,9 +41,16 @@ def _probes(servers: Cluster, lease_ttl_s: float, *members: str) -> list[Probe]:
     """Members of a role of their own (no member of another test counts)."""
     role = f"probe-{secrets.token_hex(3)}"
     cls = type("RoleProbe", (Probe,), {"role": role})
-    settings = PartitionedSettings(nats_url=servers.nats_url, redis_url=servers.redis_url,
-                                   partitions=PARTITIONS, lease_ttl_s=lease_ttl_s)
-    return [cls(settings, m, lambda p: [f"{role}.{p}"]) for m in members]
+    # as the router's NATS identity, on subjects of the router's family of their own
+    settings = PartitionedSettings(nats_url=servers.nats_url_of("router"),
+                                   redis_url=servers.redis_url, partitions=PARTITIONS,
+                                   lease_ttl_s=lease_ttl_s)
+    return [cls(settings, m, lambda p: [_subject(role, p)]) for m in members]
+
+
+def _subject(role: str, p: int) -> str:
+    """A probe role's subject of partition ``p``: one token under the router's family."""
+    return f"stanzad.route.{role}-{p}"
 
 
 async def _leases(servers: Cluster, role: str) -> tuple[list[str | None], list[int]]:
@@ -82,7 +89,7 @@ async def test_with_another_member_the_partitions_are_handed_over(servers: Clust
         a_had = set(a.partitions.held)
         await asyncio.wait_for(a.stop(), HANG_GUARD_S)
         # every partition a held went through the FENCE: a saw its own come back
-        assert {f"{a.role}.{p}" for p in a_had} <= a._handed
+        assert {_subject(a.role, p) for p in a_had} <= a._handed
         while (await _leases(servers, a.role))[0] != ["b"] * PARTITIONS:
             assert loop.time() < deadline, await _leases(servers, a.role)
             await asyncio.sleep(0.05)

@@ -1,0 +1,109 @@
+"""Who may publish and subscribe to what on NATS: one identity per service role.
+
+Pure data, read from the code of each role (the subjects come from shared/bus/subjects.py);
+devtools renders it as the ``authorization`` block of a nats-server configuration and
+docs/operations.md ("NATS authentication") says how production gets the same.
+
+What each role does on the bus:
+
+- every partitioned service (router, presence, roster, s2s gateway) publishes a hand-over
+  FENCE on the subjects it subscribes to (shared/cluster/partitioned.py), so it may publish
+  to its own input families;
+- the in-process hand-off markers (shared/bus/local.py) travel on the subject of the
+  messages they precede (``route.*`` from a connection manager, ``cm.*`` from an embedded
+  router): they need no permission of their own;
+- nothing uses NATS request/reply, so no role may subscribe to ``_INBOX.>``;
+- a connection manager publishes to ``cm.*`` (the kick of a session it replaces on another
+  connection manager, RFC 6120 §7.7.2.2 conflict) and subscribes to ``cm.*``: NATS
+  user/password permissions cannot name the subscriber's own id, so one connection manager
+  identity could read another's deliveries (per-pod identities would need NATS accounts
+  with JWT templates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from shared.bus import subjects
+
+ROUTE: Final = subjects.every(subjects.route(0))
+SESSIONS: Final = subjects.every(subjects.session_events(0))
+PRESENCE: Final = subjects.every(subjects.presence(0))
+ROSTER: Final = subjects.every(subjects.roster(0))
+S2S: Final = subjects.every(subjects.s2s(0))
+CM: Final = subjects.every(subjects.connection_manager("0"))
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """The subjects (NATS wildcards allowed) a role may publish to and subscribe to;
+    anything else is refused by the server (an empty ``subscribe``: nothing at all)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...] = ()
+
+    def __or__(self, other: Permissions) -> Permissions:
+        return Permissions(
+            tuple(dict.fromkeys(self.publish + other.publish)),
+            tuple(dict.fromkeys(self.subscribe + other.subscribe)),
+        )
+
+
+CONNECTION_MANAGER: Final = Permissions(
+    # client stanzas (shared/router/ingress.py), unavailable presence at unbind, session
+    # events, kicks of replaced sessions
+    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM),
+    subscribe=(CM,),
+)
+ROUTER: Final = Permissions(
+    # deliveries, bounces to the sender's partition, federation, roster pushes, fences
+    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S),
+    subscribe=(ROUTE, SESSIONS),
+)
+PRESENCE_SERVICE: Final = Permissions(
+    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS),
+    subscribe=(PRESENCE,),
+)
+ROSTER_SERVICE: Final = Permissions(
+    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS),
+    subscribe=(ROSTER,),
+)
+S2S_GATEWAY: Final = Permissions(
+    # stanzas from peers (ingress), bounces, fences
+    publish=(ROUTE, ROSTER, PRESENCE, S2S),
+    subscribe=(S2S,),
+)
+ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
+
+ROLES: Final[dict[str, Permissions]] = {
+    "connection_manager": CONNECTION_MANAGER,
+    # a connection manager with STANZAD_EMBEDDED_ROUTER: both buses of the process use the
+    # same identity
+    "connection_manager_router": CONNECTION_MANAGER | ROUTER,
+    "router": ROUTER,
+    "presence": PRESENCE_SERVICE,
+    "roster": ROSTER_SERVICE,
+    "s2s_gateway": S2S_GATEWAY,
+    "admin": ADMIN,
+    "cli": ADMIN,  # `stanzad user delete`, `stanzad sessions kick`
+}
+
+
+def authorization(passwords: dict[str, str]) -> dict[str, object]:
+    """The nats-server ``authorization`` block: one user per role of ``passwords`` (role ->
+    password), named after the role, with the role's permissions."""
+    users = []
+    for role, password in passwords.items():
+        perms = ROLES[role]
+        users.append({
+            "user": role,
+            "password": password,
+            "permissions": {
+                "publish": {"allow": list(perms.publish)},
+                # an empty allow list would allow everything: deny all instead
+                "subscribe": ({"allow": list(perms.subscribe)} if perms.subscribe
+                              else {"deny": [">"]}),
+            },
+        })
+    return {"users": users}
