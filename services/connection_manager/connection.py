@@ -420,6 +420,20 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def hang_up(self) -> None:
+        """Close the TCP connection without </stream:stream> (nor TLS close_notify): the
+        session stays resumable (XEP-0198 §5).  A connection manager stopping does this to
+        its resumable sessions, whose clients then resume on another one."""
+        if self._closing:
+            return
+        self._flush()  # still kept in the queue until acknowledged: resent if lost here
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+            self._abort_timer = asyncio.get_running_loop().call_later(
+                CLOSE_GRACE_S, self.transport.abort
+            )
+
     def _finish(self) -> None:
         if self._closing:
             return

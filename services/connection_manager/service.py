@@ -150,6 +150,7 @@ class ConnectionManager:
         self._heartbeat: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._forwarding_until = 0.0  # stopping: stale routes to forward until then
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -201,7 +202,7 @@ class ConnectionManager:
         return ctx
 
     def healthy(self) -> bool:
-        return not self._stopping or bool(self.connections)
+        return not self._stopping or bool(self.connections or self.detached)
 
     def ready(self) -> bool:
         router_ready = self.router is None or self.router.ready()
@@ -209,23 +210,35 @@ class ConnectionManager:
                 and router_ready and self.db.up)
 
     async def stop(self) -> None:
-        """Drain: stop accepting, close every stream with system-shutdown, unbind, retire."""
+        """Drain (SIGTERM): stop accepting; resumable XEP-0198 sessions are detached (their
+        TCP connections closed without </stream:stream>) and handed over to the pods their
+        clients resume on, until every one was taken or the drain timeout passed; every
+        other stream is closed with system-shutdown (or see-other-host).  Then what is left
+        ends (unacknowledged messages to offline storage), unbind, retire."""
         self._stopping = True
         if self._server is not None:
             self._server.close()
-        for conn in list(self.detached):  # their clients cannot resume here any more
-            self.expire(conn)
         redirect = self.settings.shutdown_redirect
         for conn in list(self.connections):
-            if redirect:  # RFC 6120 §4.9.3.19: reconnect there
+            if self._resumable_session(conn):
+                conn.hang_up()  # detached by connection_closed: another pod may take it
+            elif redirect:  # RFC 6120 §4.9.3.19: reconnect there
                 conn.close(StreamErrorCondition.SEE_OTHER_HOST, content=redirect)
             else:
                 conn.close(StreamErrorCondition.SYSTEM_SHUTDOWN)
-        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
-        while self.connections or self._background:
-            if asyncio.get_running_loop().time() > deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_s
+        while (self.connections or self._background or self.detached
+               or loop.time() < self._forwarding_until):
+            if loop.time() > deadline:
                 break
             await asyncio.sleep(0.05)
+        if self.detached:
+            log.info("drain timeout: %d detached sessions end here", len(self.detached))
+        for conn in list(self.detached):  # not resumed in time: their queues go offline
+            self.expire(conn)
+        if self._background:  # the unbinds just spawned
+            await asyncio.wait(set(self._background), timeout=FINAL_WRITES_S)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         try:
@@ -239,6 +252,13 @@ class ConnectionManager:
             self.tls_keylog.close()  # a handshake after this just stays on OpenSSL
         if self.router is not None:  # after the drain: the streams' last stanzas pass it
             await self.router.stop()
+
+    def _resumable_session(self, conn: C2SConnection) -> bool:
+        """A bound session with resumption enabled, the one its full JID names here."""
+        queue, jid = conn.stream.sm, conn.stream.jid
+        return (queue is not None and queue.resumable and jid is not None
+                and conn.record is not None and not conn.stream.closed and not conn.replaced
+                and self.sessions.get(str(jid)) is conn)
 
     async def _beat(self) -> None:
         interval = max(1.0, self.settings.session_ttl_s / 3)
@@ -342,8 +362,7 @@ class ConnectionManager:
         if jid is None or conn.record is None:
             return
         queue = conn.stream.sm
-        if (queue is not None and queue.resumable and not conn.stream.closed
-                and not self._stopping and self.sessions.get(str(jid)) is conn):
+        if queue is not None and self._resumable_session(conn):
             conn.detached = asyncio.get_running_loop().call_later(
                 queue.max_s, self.expire, conn
             )
@@ -624,6 +643,8 @@ class ConnectionManager:
         metrics.SM_HANDED_OVER.inc()
         self.store.left(full, self.cm_id)
         self.handed_over[full] = env.from_
+        if self._stopping:  # stay up a little for what routers still send here
+            self._forwarding_until = asyncio.get_running_loop().time() + SHUTDOWN_FORWARD_S
         asyncio.get_running_loop().call_later(
             HANDED_OVER_S, self._handed_over_done, full, env.from_, old.record, old.available
         )
@@ -833,6 +854,10 @@ class ConnectionManager:
 # how long a pod forwards what still comes for a session it handed over (stale routes), and
 # then unbinds it if the other pod never committed the take-over
 HANDED_OVER_S: Final = 30.0
+# A stopping pod stays up this long after its last hand-over, forwarding what routers that
+# have not yet seen the new owner send here; then what its unbinds still publish goes out.
+SHUTDOWN_FORWARD_S: Final = 2.0
+FINAL_WRITES_S: Final = 5.0
 # a queue handed over travels in one NATS message (max_payload: 1 MiB by default)
 MAX_HANDOVER_BYTES: Final = 900 * 1024
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 
 import pytest
 from slixmpp.exceptions import IqError
 
 from shared.store import keys
 from tests.conftest import Users
-from tests.support.cluster import Cluster
-from tests.support.xmpp import Client, RawClient, eventually, raw_auth, raw_login
+from tests.support.cluster import Cluster, metric_value
+from tests.support.xmpp import (
+    Client,
+    RawClient,
+    eventually,
+    raw_auth,
+    raw_login,
+    raw_sm_login,
+)
 
 SM_NS = "urn:xmpp:sm:3"
 BODY = re.compile(rb"<body>(\d+)</body>")
@@ -23,15 +31,7 @@ async def sm_session(cluster: Cluster, jid: str, pw: str, resource: str,
                      ) -> tuple[RawClient, str]:
     """A raw session with stream management enabled; returns it and the resumption id."""
     raw = RawClient("127.0.0.1", cluster.c2s_port)
-    assert b"<jid>" in await raw_login(raw, jid, pw, resource=resource)
-    await raw.send(enable)
-    reply = await raw.read_until(b"<enabled")
-    reply = await more(raw, reply, b'max="')
-    reply = await more(raw, reply[reply.index(b"<enabled"):], b"/>")
-    found = re.search(rb'<enabled xmlns="urn:xmpp:sm:3" id="([^"]+)" resume="true" max="(\d+)"',
-                      reply)
-    assert found is not None, reply
-    return raw, found.group(1).decode()
+    return raw, await raw_sm_login(raw, jid, pw, resource, enable)
 
 
 async def bodies_until(raw: RawClient, last: int, seen: bytes = b"") -> tuple[list[int], bytes]:
@@ -399,3 +399,91 @@ async def test_xep0198_5_new_bind_then_resume_elsewhere_one_winner_item_not_foun
         await raw.close()
         await rebound.close()
         await late.close()
+
+
+async def test_xep0198_5_sigterm_detaches_and_the_client_resumes_on_the_other_cm(
+    cluster: Cluster, users: Users
+) -> None:
+    """Issue 16, rolling upgrades: SIGTERM of the connection manager an SM client is on closes
+    its TCP connection without </stream:stream> (XEP-0198 §5: the session is detached, not
+    ended); the client resumes on the other connection manager and every numbered message
+    arrives exactly once, in order, those sent after the SIGTERM too.  A session without SM
+    gets today's <system-shutdown/>.  The stopped pod exits once nothing is left to hand
+    over, before its drain timeout."""
+    port = cluster.start_cm("cm-sm-term", STANZAD_DRAIN_TIMEOUT_S="60")
+    proc = cluster.procs["cm-sm-term"]
+    jid, pw = await users.create()
+    plain_jid, plain_pw = await users.create()
+    raw = RawClient("127.0.0.1", port)
+    plain = RawClient("127.0.0.1", port)
+    second = RawClient("127.0.0.1", cluster.c2s_port)
+    chatter = await sender(cluster, users)
+    try:
+        sm_id = await raw_sm_login(raw, jid, pw, "upgrading")
+        assert b"<jid>" in await raw_login(plain, plain_jid, plain_pw)
+        await raw.send(b"<presence/>")
+        await raw.read_until(b"<presence")  # its own, reflected: the first stanza counted
+        send_numbered(chatter, f"{jid}/upgrading", range(0, 20))
+        got, _ = await bodies_until(raw, 19)
+        assert got == list(range(20))
+        proc.send_signal(signal.SIGTERM)
+        tail = await raw.read_all(timeout=15)
+        assert b"</stream:stream>" not in tail and b"<stream:error" not in tail, tail[-300:]
+        await plain.expect_stream_error("system-shutdown", timeout=15)
+        send_numbered(chatter, f"{jid}/upgrading", range(20, 40))  # held for the session
+        await raw_auth(second, jid, pw)
+        handled = 12  # the client processed 12 messages before its connection closed
+        await second.send(
+            f"<resume xmlns='{SM_NS}' previd='{sm_id}' h='{handled + 1}'/>".encode()
+        )
+        data = await second.read_until(b"<resumed")
+        resumed, data = await bodies_until(second, 39, data)
+        assert resumed == list(range(handled, 40))  # exactly once, in order
+        send_numbered(chatter, f"{jid}/upgrading", range(40, 45))
+        got, _ = await bodies_until(second, 44)
+        assert got == list(range(40, 45))  # and nothing of before came again
+        record = (await users.redis.hgetall(keys.sessions(jid)))[b"upgrading"]
+        assert record.startswith(b"cm-1 ")
+        await asyncio.to_thread(proc.wait, 90)  # hang guard; the drain timeout is 60 s
+        assert proc.returncode == 0, cluster.log("cm-sm-term")[-2000:]
+        log = cluster.log("cm-sm-term")
+        assert "session handed over to cm-1" in log
+        assert "drain timeout" not in log  # it left because every session was taken over
+    finally:
+        await chatter.logout()
+        await raw.close()
+        await plain.close()
+        await second.close()
+
+
+async def test_xep0198_5_owner_killed_resume_elsewhere_is_item_not_found(
+    cluster: Cluster, users: Users
+) -> None:
+    """The owner of a session died without a word (SIGKILL): a <resume/> on another pod gets
+    <failed><item-not-found/></failed> once STANZAD_SM_TAKEOVER_TIMEOUT_S passed without an
+    answer (the `owner_silent` path; its queue was in the dead pod's memory: the
+    durable-delivery issue), and the client binds anew on the same stream (§5)."""
+    port = cluster.start_cm("cm-sm-killed")
+    jid, pw = await users.create()
+    raw = RawClient("127.0.0.1", port)
+    second = RawClient("127.0.0.1", cluster.c2s_port)
+    try:
+        sm_id = await raw_sm_login(raw, jid, pw, "doomed")
+        before = metric_value(await asyncio.to_thread(cluster.metrics, "cm-1"),
+                              "stanzad_cm_sm_resumptions_total", result="owner_silent")
+        cluster.kill("cm-sm-killed")
+        await raw_auth(second, jid, pw)
+        await second.send(f"<resume xmlns='{SM_NS}' previd='{sm_id}' h='0'/>".encode())
+        reply = await second.read_until(b"</failed>", timeout=30)  # hang guard
+        assert b"<item-not-found" in reply, reply
+        after = metric_value(await asyncio.to_thread(cluster.metrics, "cm-1"),
+                             "stanzad_cm_sm_resumptions_total", result="owner_silent")
+        assert after == before + 1
+        await second.send(
+            b"<iq type='set' id='b2'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            b"<resource>reborn</resource></bind></iq>"
+        )
+        assert b"/reborn</jid>" in await second.read_until(b"</iq>")
+    finally:
+        await raw.close()
+        await second.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -280,6 +281,22 @@ async def raw_auth(client: RawClient, jid: str, password: str) -> bytes:
         raise PermissionError(reply.decode(errors="replace"))
     await client.send(client.header())
     return await client.read_until(b"</stream:features>")
+
+
+async def raw_sm_login(client: RawClient, jid: str, password: str, resource: str,
+                       enable: bytes = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
+                       ) -> str:
+    """`raw_login`, then XEP-0198 enabled (§3); returns the resumption id."""
+    assert b"<jid>" in await raw_login(client, jid, password, resource=resource)
+    await client.send(enable)
+    reply = await client.read_until(b"<enabled")
+    reply = reply[reply.index(b"<enabled"):]
+    if b"/>" not in reply:
+        reply += await client.read_until(b"/>")
+    found = re.search(rb'<enabled xmlns="urn:xmpp:sm:3" id="([^"]+)" resume="true" max="(\d+)"',
+                      reply)
+    assert found is not None, reply
+    return found.group(1).decode()
 
 
 async def eventually(predicate: Any, timeout: float = 10, what: str = "condition") -> None:
