@@ -102,7 +102,11 @@ class ConnectionManagerSettings(CommonSettings):
     max_stanza_bytes: int = Field(256 * KiB, ge=1 * KiB, description="Stanza size after auth.")
     max_sessions_per_account: int = Field(10, ge=1, description="Resources bound per account.")
     scram_iterations: int = Field(10_000, ge=4096, description="SCRAM iterations for new users.")
-    drain_timeout_s: float = Field(10.0, ge=0, description="Time to close streams on SIGTERM.")
+    drain_timeout_s: float = Field(
+        10.0, ge=0,
+        description="Time to close streams on SIGTERM, and the longest a stopping connection "
+        "manager waits for its detached XEP-0198 sessions to be resumed elsewhere.",
+    )
     shutdown_redirect: str = Field(
         "", description="host:port sent as see-other-host on SIGTERM; empty: system-shutdown."
     )
