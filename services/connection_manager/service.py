@@ -9,7 +9,8 @@ acknowledged.  A resumable session whose connection breaks (no </stream:stream>)
 *detached*: it stays bound and available, what comes for it is held, and a <resume/> on a
 new connection of this pod takes it over.  When its timeout passes it ends as a lost
 connection does, and its unacknowledged stanzas go back to the router (`SM_UNACKED_ORIGIN`:
-messages to offline storage, IQ requests bounced).
+messages to offline storage, IQ requests bounced).  On SIGTERM every resumable session is
+detached this way and handed over to the pod its client resumes on (`stop`).
 """
 
 from __future__ import annotations
