@@ -5,6 +5,9 @@
     POST   /api/v1/users                     {"jid", "password"} -> 201, 409 when it exists
     POST   /api/v1/users/import              {"accounts": [...]} -> 200 per-entry results;
                                              413 above MAX_IMPORT entries or IMPORT_MAX_BYTES
+    POST   /api/v1/rosters/import            {"rosters": [...]} -> 200 per-roster results
+                                             (pushed to online sessions); 413 above
+                                             MAX_ROSTER_IMPORT rosters or IMPORT_MAX_BYTES
     PUT    /api/v1/users/{jid}/password      {"password"} -> 204, 404
     DELETE /api/v1/users/{jid}               -> 200 {"kicked": [...]}, 404
     GET    /api/v1/sessions[?limit=N]        bound resources (default limit 1000)
@@ -28,7 +31,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.bus.client import BusUnavailable
-from shared.cluster.admin import AdminError, ClusterAdmin, count_results, import_entries
+from shared.cluster.admin import (
+    AdminError,
+    ClusterAdmin,
+    count_results,
+    import_entries,
+    roster_entries,
+)
 from shared.store.accounts import AccountExists
 
 from . import metrics
@@ -43,6 +52,7 @@ MAX_IMPORT: Final = 1000  # accounts per import request
 # ~330 bytes per account with SCRAM keys (docs/operations.md): 1 KiB each leaves room for
 # long JIDs and passwords
 IMPORT_MAX_BYTES: Final = MAX_IMPORT * 1024
+MAX_ROSTER_IMPORT: Final = 1000  # rosters per import request (and IMPORT_MAX_BYTES)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -118,18 +128,23 @@ async def create_user(request: web.Request) -> web.Response:
     return _json({"jid": jid}, 201)
 
 
+async def _import_body(request: web.Request, too_big: str) -> Any:
+    """The JSON body of an import, up to IMPORT_MAX_BYTES; HTTP 413 above."""
+    if (request.content_length or 0) > IMPORT_MAX_BYTES:
+        raise web.HTTPRequestEntityTooLarge(IMPORT_MAX_BYTES, request.content_length or 0,
+                                            reason=too_big)
+    try:
+        return await request.clone(client_max_size=IMPORT_MAX_BYTES).json()
+    except web.HTTPRequestEntityTooLarge:
+        raise web.HTTPRequestEntityTooLarge(IMPORT_MAX_BYTES, 0, reason=too_big) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AdminError("the body is not JSON") from None
+
+
 async def import_users(request: web.Request) -> web.Response:
     too_big = (f"at most {MAX_IMPORT} accounts and {IMPORT_MAX_BYTES} bytes per request: "
                "split the list")
-    if (request.content_length or 0) > IMPORT_MAX_BYTES:
-        return _error(413, too_big)
-    try:
-        doc = await request.clone(client_max_size=IMPORT_MAX_BYTES).json()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, too_big)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise AdminError("the body is not JSON") from None
-    entries = import_entries(doc)
+    entries = import_entries(await _import_body(request, too_big))
     if len(entries) > MAX_IMPORT:
         return _error(413, too_big)
     results = await request.app[ADMIN].import_accounts(entries)
@@ -140,6 +155,23 @@ async def import_users(request: web.Request) -> web.Response:
     log.info("admin API import: %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
     return _json({**counts, "results": [
         {"jid": r.jid, "result": r.result, **({"reason": r.reason} if r.reason else {})}
+        for r in results
+    ]})
+
+
+async def import_rosters(request: web.Request) -> web.Response:
+    too_big = (f"at most {MAX_ROSTER_IMPORT} rosters and {IMPORT_MAX_BYTES} bytes per "
+               "request: split the list")
+    entries = roster_entries(await _import_body(request, too_big))
+    if len(entries) > MAX_ROSTER_IMPORT:
+        return _error(413, too_big)
+    results = await request.app[ADMIN].import_rosters(entries)
+    imported = sum(r.result == "imported" for r in results)
+    log.info("admin API roster import: %d imported, %d invalid", imported,
+             len(results) - imported)
+    return _json({"imported": imported, "invalid": len(results) - imported, "results": [
+        {"jid": r.jid, "result": r.result, "items": r.items, "pushed": r.pushed,
+         **({"reason": r.reason} if r.reason else {})}
         for r in results
     ]})
 
@@ -192,6 +224,7 @@ def build_app(admin: ClusterAdmin, token: str) -> web.Application:
         web.get("/api/v1/users", list_users, name="list_users"),
         web.post("/api/v1/users", create_user, name="create_user"),
         web.post("/api/v1/users/import", import_users, name="import_users"),
+        web.post("/api/v1/rosters/import", import_rosters, name="import_rosters"),
         web.put("/api/v1/users/{jid}/password", set_password, name="set_password"),
         web.delete("/api/v1/users/{jid}", delete_user, name="delete_user"),
         web.get("/api/v1/sessions", list_sessions, name="list_sessions"),

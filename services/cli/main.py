@@ -6,6 +6,7 @@
     stanzad user delete alice@localhost                  (also kicks its open sessions)
     stanzad user list
     stanzad user import FILE                             (JSON; `-` reads stdin)
+    stanzad roster import FILE                           (JSON; pushes to online sessions)
     stanzad sessions [list]
     stanzad sessions kick alice@localhost/phone
     stanzad status
@@ -30,12 +31,19 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import redis.exceptions
 
 from shared.bus.client import Bus, BusUnavailable
-from shared.cluster.admin import AdminError, ClusterAdmin, count_results, import_entries
+from shared.cluster.admin import (
+    AdminError,
+    ClusterAdmin,
+    count_results,
+    import_entries,
+    roster_entries,
+)
 from shared.runtime.settings import AdminSettings, load_or_exit
 from shared.store.accounts import AccountExists
 from shared.store.pg import import_redis, migrations
@@ -153,13 +161,14 @@ async def _user_list(admin: ClusterAdmin, args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_import(path: str) -> list[object]:
+def _read_import(path: str, entries: Callable[[object], list[object]] = import_entries
+                 ) -> list[object]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise AdminError(f"cannot read {path}: {exc}") from None
     try:
-        return import_entries(json.loads(text))
+        return entries(json.loads(text))
     except json.JSONDecodeError as exc:
         raise AdminError(f"{path} is not JSON: {exc}") from None
 
@@ -175,6 +184,18 @@ async def _user_import(admin: ClusterAdmin, args: argparse.Namespace) -> int:
     print(f"created {counts['created']}, already existed {counts['exists']}, "
           f"invalid {counts['invalid']} (of {len(results)})")
     return 0 if counts["created"] == len(results) else 1
+
+
+async def _roster_import(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    """Every invalid roster is named on stderr with its reason; exit status 1 when any."""
+    results = await admin.import_rosters(_read_import(args.file, roster_entries))
+    bad = [r for r in results if r.result != "imported"]
+    for r in bad:
+        print(f"{r.jid or '(no jid)'}: {r.result}: {r.reason}", file=sys.stderr)
+    print(f"imported {len(results) - len(bad)} roster(s) with "
+          f"{sum(r.items for r in results)} item(s), {sum(r.pushed for r in results)} "
+          f"push(es) to online sessions; invalid {len(bad)} (of {len(results)})")
+    return 1 if bad else 0
 
 
 async def _sessions_list(admin: ClusterAdmin, _: argparse.Namespace) -> int:
@@ -275,6 +296,7 @@ _COMMANDS = {
     ("user", "delete"): _user_delete,
     ("user", "list"): _user_list,
     ("user", "import"): _user_import,
+    ("roster", "import"): _roster_import,
     ("sessions", "list"): _sessions_list,
     ("sessions", "kick"): _sessions_kick,
     ("status", None): _status,
@@ -311,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None,
                    help="SCRAM iterations for entries given a password "
                         "(default: STANZAD_SCRAM_ITERATIONS)")
+    roster = sub.add_parser("roster", help="rosters")
+    roster_actions = roster.add_subparsers(dest="action", required=True)
+    p = roster_actions.add_parser(
+        "import", help="store rosters from a JSON file, replacing items already there, and "
+        "push them to online sessions (docs/operations.md, \"Importing rosters\")")
+    p.add_argument("file", help='{"rosters": [{"jid", "items": [...]}, ...]}; - for stdin')
     sessions = sub.add_parser("sessions", help="who is online; kick a session")
     session_actions = sessions.add_subparsers(dest="action")
     session_actions.add_parser("list", help="who is online, on which connection manager")
@@ -351,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         except DatabaseUnavailable as exc:
             print(str(exc), file=sys.stderr)
             return 1
-    # kicking; and telling the routers at once about deleted or imported accounts
+    # kicking; telling the routers at once about deleted or imported accounts; roster pushes
     need_bus = (args.command, args.action) in (
-        ("sessions", "kick"), ("user", "delete"), ("user", "import"))
+        ("sessions", "kick"), ("user", "delete"), ("user", "import"), ("roster", "import"))
     try:
         return asyncio.run(_with_admin(args, settings, need_bus))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import replace
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
@@ -29,7 +29,7 @@ from shared.store import keys
 from shared.store.account_data import AccountDataStore
 from shared.store.accounts import AccountStore
 from shared.store.pg.database import DatabaseUnavailable
-from shared.store.roster import RosterItem, RosterStore
+from shared.store.roster import ROSTER_NS, RosterItem, RosterStore, push_iq
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
@@ -44,7 +44,6 @@ from .account import AccountData
 log = logging.getLogger(__name__)
 
 SERVICE = "roster"
-ROSTER_NS = "jabber:iq:roster"
 MAX_PAYLOAD_BYTES = 256 * 1024
 
 
@@ -332,12 +331,7 @@ class RosterService(PartitionedService):
         metrics.PUSHES.inc()
 
     async def _push_to(self, full: str, cm_id: str, ver: int, item_xml: str) -> None:
-        push = (
-            f'<iq xmlns="{ns.CLIENT}" type="set" id="push{secrets.token_hex(4)}" '
-            f'to={quoteattr(full)}><query xmlns="{ROSTER_NS}" ver="{ver}">{item_xml}'
-            "</query></iq>"
-        ).encode()
-        await self._to_session(full, cm_id, Kind.IQ, push)
+        await self._to_session(full, cm_id, Kind.IQ, push_iq(full, ver, item_xml))
 
     async def _to_session(self, full: str, cm_id: str, kind: Kind, payload: bytes) -> None:
         env = Envelope(kind, to=full, from_="", type="result", origin=SERVICE, payload=payload)
@@ -357,16 +351,7 @@ def _cm(env: Envelope) -> str:
 
 def _item_xml(item: RosterItem) -> str:
     """§2.1.2 a roster item as the client sees it."""
-    s = item.state
-    attrs = f" jid={quoteattr(item.jid)} subscription={quoteattr(s.subscription.value)}"
-    if item.name:
-        attrs += f" name={quoteattr(item.name)}"
-    if s.pending_out:
-        attrs += ' ask="subscribe"'
-    if s.approved:
-        attrs += ' approved="true"'
-    groups = "".join(f"<group>{escape(g)}</group>" for g in item.groups)
-    return f"<item{attrs}>{groups}</item>" if groups else f"<item{attrs}/>"
+    return item.xml()
 
 
 def _removed_xml(jid: str) -> str:

@@ -2,7 +2,8 @@
 
 Accounts and the session table are read and written through shared/store; a bulk import
 (`ClusterAdmin.import_accounts`) takes passwords or ready SCRAM keys (RFC 5802 §3), checks
-every entry and reports on each; kicking a session
+every entry and reports on each; so does a roster import (`ClusterAdmin.import_rosters`),
+which also pushes the imported items to the account's online resources; kicking a session
 publishes a KICK envelope to the connection manager that holds it, which closes the stream
 with the condition named in the payload.  The cluster view (routers, partition leases,
 connection managers and their heartbeat) only reads Redis.
@@ -25,6 +26,7 @@ from shared.bus.envelope import Envelope, Kind, accounts_event, session_event
 from shared.store import keys
 from shared.store.accounts import AccountStore
 from shared.store.pg.database import Database
+from shared.store.roster import RosterItem, RosterStore, push_iq
 from shared.store.sessions import SessionRecord, SessionStore, split_full
 from shared.xmpp.credentials import (
     MIN_ITERATIONS,
@@ -34,6 +36,7 @@ from shared.xmpp.credentials import (
     prepare_password,
 )
 from shared.xmpp.jid import JID, JIDError
+from shared.xmpp.subscription import State, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,14 @@ IMPORT_FIELDS: Final = frozenset({"jid", "password", "scram"})
 EVENT_JIDS: Final = 500  # bare JIDs per bulk session event (well under NATS's max_payload)
 
 Outcome = Literal["created", "exists", "invalid"]
+
+ROSTER_FIELDS: Final = frozenset({"jid", "items"})
+ROSTER_ITEM_FIELDS: Final = frozenset({"jid", "name", "subscription", "ask", "groups",
+                                       "approved"})
+# the roster service's defaults (RosterSettings): an import gives no more than a client may
+MAX_ROSTER_ITEMS: Final = 5000
+MAX_ROSTER_TEXT_BYTES: Final = 1023
+MAX_GROUPS: Final = 100  # per item
 
 
 class AdminError(ValueError):
@@ -95,6 +106,17 @@ class PlannedAccount:
     jid: str
     password: str | None = None
     creds: StoredCredentials | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RosterImportResult:
+    """What became of one account's roster of a roster import, in the order given."""
+
+    jid: str  # prepared, or as given when it is not a usable JID
+    result: Literal["imported", "invalid"]
+    items: int = 0  # items stored (each replacing one already there, if any)
+    pushed: int = 0  # roster pushes sent to online resources (RFC 6121 §2.1.6)
+    reason: str = ""
 
 
 ROLES = ("route", "presence", "roster")
@@ -182,6 +204,101 @@ def import_entries(doc: object) -> list[object]:
     return doc
 
 
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise AdminError(f"'{what}' is not a non-empty string")
+    if len(value.encode()) > MAX_ROSTER_TEXT_BYTES:
+        raise AdminError(f"'{what}' is longer than {MAX_ROSTER_TEXT_BYTES} bytes")
+    return value
+
+
+def plan_roster_item(entry: object, owner: str) -> RosterItem:
+    """One item of an imported roster, checked (RFC 6121 §2.1.2, states of Appendix A)."""
+    if not isinstance(entry, dict):
+        raise AdminError("not a JSON object")
+    unknown = sorted(str(k) for k in entry if k not in ROSTER_ITEM_FIELDS)
+    if unknown:
+        raise AdminError(f"unknown field(s) {', '.join(unknown)}")
+    given = entry.get("jid")
+    if not isinstance(given, str):
+        raise AdminError("'jid' is missing or not a string")
+    try:
+        contact = JID.parse(given)
+    except JIDError as exc:
+        raise AdminError(f"not a JID: {exc}") from None
+    if contact.resource is not None:  # §2.1.2.2: a bare JID
+        raise AdminError(f"{given}: an item's JID is bare")
+    jid = contact.bare_str
+    if jid == owner:
+        raise AdminError("the account itself is not a contact of its own roster")
+    name = entry.get("name")
+    if name is not None:
+        name = _text(name, "name")
+    groups = entry.get("groups", [])
+    if not isinstance(groups, list) or len(groups) > MAX_GROUPS:
+        raise AdminError(f"'groups' is not a list of at most {MAX_GROUPS} names")
+    groups = [_text(g, "groups") for g in groups]
+    if len(set(groups)) != len(groups):  # §2.3.3: a group listed twice is refused
+        raise AdminError("a group is listed twice")
+    sub = entry.get("subscription", "none")
+    if sub not in ("none", "to", "from", "both"):
+        raise AdminError(f"subscription {sub!r} is not none, to, from or both")
+    ask = entry.get("ask")
+    if ask not in (None, "subscribe"):
+        raise AdminError(f"ask {ask!r}: only \"subscribe\" (§2.1.2.2)")
+    approved = entry.get("approved", False)
+    if not isinstance(approved, bool):
+        raise AdminError("'approved' is not true or false")
+    state = State(Subscription(sub), ask == "subscribe", False, approved)
+    if not state.is_valid:
+        raise AdminError(
+            f"subscription {sub!r}" + (" with ask" if state.pending_out else "")
+            + (" pre-approved" if approved else "")
+            + " is not a state of RFC 6121 Appendix A (§3.4: pre-approved only without "
+              "'from'; ask only without 'to')")
+    return RosterItem(jid, name, tuple(groups), state)
+
+
+def plan_roster(entry: object, domain: str) -> tuple[str, list[RosterItem]]:
+    """One account's roster, checked: ``{"jid", "items": [...]}``.  A bad item refuses the
+    whole roster (the reason names it: index and JID), so no account gets half of one."""
+    if not isinstance(entry, dict):
+        raise AdminError("not a JSON object")
+    unknown = sorted(str(k) for k in entry if k not in ROSTER_FIELDS)
+    if unknown:
+        raise AdminError(f"unknown field(s) {', '.join(unknown)}")
+    jid = entry.get("jid")
+    if not isinstance(jid, str):
+        raise AdminError("'jid' is missing or not a string")
+    owner = bare_jid(jid, domain)
+    items = entry.get("items")
+    if not isinstance(items, list):
+        raise AdminError("'items' is missing or not a list")
+    if len(items) > MAX_ROSTER_ITEMS:
+        raise AdminError(f"{len(items)} items: at most {MAX_ROSTER_ITEMS} per roster")
+    out: list[RosterItem] = []
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        try:
+            planned = plan_roster_item(item, owner)
+        except ValueError as exc:
+            raise AdminError(f"item {i} ({_given_jid(item) or 'no jid'}): {exc}") from None
+        if first.setdefault(planned.jid, i) != i:
+            raise AdminError(f"item {i} ({planned.jid}): listed twice (first as item "
+                             f"{first[planned.jid]})")
+        out.append(planned)
+    return owner, out
+
+
+def roster_entries(doc: object) -> list[object]:
+    """The entries of a roster import document: ``{"rosters": [...]}`` or the bare list."""
+    if isinstance(doc, dict) and set(doc) == {"rosters"}:
+        doc = doc["rosters"]
+    if not isinstance(doc, list):
+        raise AdminError('give {"rosters": [...]} or a JSON list of rosters')
+    return doc
+
+
 def count_results(results: Sequence[ImportResult]) -> dict[str, int]:
     counts = {"created": 0, "exists": 0, "invalid": 0}
     for r in results:
@@ -223,6 +340,8 @@ class ClusterAdmin:
         self.domain = domain
         self.partitions = partitions
         self.accounts = AccountStore(db, service)
+        self.rosters = RosterStore(db, service)
+        self._service = service
         self.sessions_store = SessionStore(redis, service)
         self._bus = bus
         self._iterations = scram_iterations
@@ -313,6 +432,52 @@ class ClusterAdmin:
         except Exception as exc:  # the accounts are created and durable
             log.warning("could not tell the routers about %d imported accounts: %s",
                         len(bares), exc)
+
+    # ---- rosters ---------------------------------------------------------------------------
+
+    async def import_rosters(self, entries: Sequence[object]) -> list[RosterImportResult]:
+        """Store each account's roster items (RFC 6121 §2), replacing items already there
+        and leaving the others, and push every stored item to the account's online resources
+        (§2.1.6, through their connection managers as the roster service does).  Every entry
+        gets a result, in order; an invalid one (bad JID or item, no such account, listed
+        twice) changes nothing.  Versions: see RosterStore.import_items."""
+        out: list[RosterImportResult] = []
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            try:
+                owner, items = plan_roster(entry, self.domain)
+                if seen.setdefault(owner, i) != i:
+                    raise AdminError(f"listed twice (first as entry {seen[owner]})")
+                if not await self.accounts.exists(owner):
+                    raise AdminError(f"{owner}: no such account (import the accounts first)")
+            except ValueError as exc:
+                out.append(RosterImportResult(_given_jid(entry), "invalid", reason=str(exc)))
+                continue
+            stored = await self.rosters.import_items(owner, items)
+            pushed = await self._push_roster(owner, stored)
+            out.append(RosterImportResult(owner, "imported", len(stored), pushed))
+        return out
+
+    async def _push_roster(self, owner: str, items: list[RosterItem]) -> int:
+        """One push per item and resource, in version order; best effort: the items are
+        stored, and a client that misses a push gets them at its next roster get (§2.6)."""
+        if self._bus is None or not items:
+            return 0
+        pushed = 0
+        try:
+            for resource, record in (await self.sessions_store.get(owner)).items():
+                full = f"{owner}/{resource}"
+                for item in items:
+                    env = Envelope(Kind.IQ, to=full, from_="", type="result",
+                                   origin=self._service,
+                                   payload=push_iq(full, item.ver, item.xml()))
+                    await self._bus.publish(subjects.connection_manager(record.cm_id),
+                                            env.encode())
+                    pushed += 1
+            await self._bus.flush()
+        except Exception as exc:
+            log.warning("could not push the imported roster of %s: %s", owner, exc)
+        return pushed
 
     async def list_users(self, domain: str | None = None) -> list[str]:
         return await self.accounts.list(domain or self.domain)

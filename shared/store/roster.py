@@ -10,13 +10,23 @@ atomic without a lock.  Readers (the presence service) only read.  The JSON form
 from __future__ import annotations
 
 import json
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
+from xml.sax.saxutils import escape, quoteattr
 
 import asyncpg
 
 from shared.store.pg.database import Database
+from shared.xmpp import ns
 from shared.xmpp.subscription import State, Subscription
+
+ROSTER_NS: Final = "jabber:iq:roster"
+# The first version an imported roster's items get at the least: above any counter another
+# server (Prosody counts from 1) can have handed a client, so a version cached there is
+# older than every imported item and the client gets them all (RFC 6121 §2.6.3).
+IMPORT_VERSION_BASE: Final = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,28 @@ class RosterItem:
         d = json.loads(raw)
         state = State(Subscription(d["s"]), bool(d["o"]), bool(d["i"]), bool(d["a"]))
         return cls(jid, d["n"], tuple(d["g"]), state, bool(d["h"]), int(d["v"]))
+
+    def xml(self) -> str:
+        """§2.1.2: the item as the client sees it."""
+        s = self.state
+        attrs = f" jid={quoteattr(self.jid)} subscription={quoteattr(s.subscription.value)}"
+        if self.name:
+            attrs += f" name={quoteattr(self.name)}"
+        if s.pending_out:
+            attrs += ' ask="subscribe"'
+        if s.approved:
+            attrs += ' approved="true"'
+        groups = "".join(f"<group>{escape(g)}</group>" for g in self.groups)
+        return f"<item{attrs}>{groups}</item>" if groups else f"<item{attrs}/>"
+
+
+def push_iq(full: str, ver: int, item_xml: str) -> bytes:
+    """§2.1.6: a roster push of one item to one resource, carrying the new version (§2.6)."""
+    return (
+        f'<iq xmlns="{ns.CLIENT}" type="set" id="push{secrets.token_hex(4)}" '
+        f'to={quoteattr(full)}><query xmlns="{ROSTER_NS}" ver="{ver}">{item_xml}'
+        "</query></iq>"
+    ).encode()
 
 
 _ITEM_COLUMNS: Final = (
@@ -160,6 +192,41 @@ class RosterStore:
 
     async def remove(self, bare: str, contact: str) -> int:
         return int(await self._db.fetchval("roster_remove", _REMOVE, bare, contact))
+
+    async def import_items(self, bare: str, items: Sequence[RosterItem]) -> list[RosterItem]:
+        """Store imported items, replacing those already there (items not given are left
+        alone), in one transaction; returns them with their versions.
+
+        Each item gets a version of its own, in order, from max(current, IMPORT_VERSION_BASE)
+        + 1, so a push per item (§2.1.6) leaves a client's cached version right after each
+        one; the tombstones of re-added contacts go.  The roster service's single-statement
+        changes (_PUT, _REMOVE) wait on the version row this takes first."""
+        if not items:
+            return []
+        n = len(items)
+        async with self._db.transaction("roster_import") as conn:
+            last = int(await conn.fetchval(
+                "INSERT INTO roster_versions (owner, version) VALUES ($1, $2::bigint + $3) "
+                "ON CONFLICT (owner) DO UPDATE SET version = "
+                "greatest(roster_versions.version, $2::bigint) + $3 RETURNING version",
+                bare, IMPORT_VERSION_BASE, n))
+            stored = [replace(item, hidden=False, ver=last - n + 1 + i)
+                      for i, item in enumerate(items)]
+            await conn.executemany(
+                "INSERT INTO roster_items (owner, contact, name, groups, subscription, "
+                "pending_out, pending_in, approved, hidden, version) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9) "
+                "ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, "
+                "groups = excluded.groups, subscription = excluded.subscription, "
+                "pending_out = excluded.pending_out, pending_in = excluded.pending_in, "
+                "approved = excluded.approved, hidden = false, version = excluded.version",
+                [(bare, i.jid, i.name, list(i.groups), i.state.subscription.value,
+                  i.state.pending_out, i.state.pending_in, i.state.approved, i.ver)
+                 for i in stored])
+            await conn.execute(
+                "DELETE FROM roster_tombstones WHERE owner = $1 AND contact = ANY($2::text[])",
+                bare, [i.jid for i in stored])
+        return stored
 
     async def count(self, bare: str) -> int:
         return int(await self._db.fetchval(
