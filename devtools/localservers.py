@@ -219,9 +219,53 @@ def _write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
-def redis_command(port: int, workdir: Path, *, aof: bool = True) -> list[str]:
+REDIS_USER: Final = "stanzad"
+REDIS_PASSWORD: Final = "redis-password"
+REDIS_CONFIG: Final = "redis-acl.conf"
+
+
+@dataclass(frozen=True)
+class RedisAuth:
+    """The generated ACL of a local redis-server: the configuration file to start it with
+    (the `default` user off, one user `stanzad`) and that user's password."""
+
+    config: Path
+    password: str
+    user: str = REDIS_USER
+
+    def url(self, port: int, db: int = 0) -> str:
+        """STANZAD_REDIS_URL with the credentials (the password is URL-safe)."""
+        return f"redis://{self.user}:{self.password}@127.0.0.1:{port}/{db}"
+
+
+def redis_auth(workdir: Path) -> RedisAuth:
+    """The `stanzad` user's password, generated on first use and kept in ``workdir`` (mode
+    0600, so a restart keeps it), and the redis-server configuration file with the ACL:
+    `default` disabled (a client that does not AUTH gets NOAUTH), `stanzad` with every key,
+    channel and command.  Written again each time, like ``nats_auth``'s."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / REDIS_PASSWORD
+    try:
+        password = path.read_text().strip()
+    except OSError:
+        password = ""
+    if not password:
+        password = secrets.token_urlsafe(24)  # letters, digits, - and _: safe in a URL
+        _write_private(path, password + "\n")
+    config = workdir / REDIS_CONFIG
+    # a config file, not flags: the password stays out of the process list
+    _write_private(config, "user default off\n"
+                   f"user {REDIS_USER} on >{password} ~* &* +@all\n")
+    return RedisAuth(config, password)
+
+
+def redis_command(port: int, workdir: Path, *, aof: bool = True,
+                  config: Path | None = None) -> list[str]:
+    """redis-server on 127.0.0.1:``port`` with its data in ``workdir``; ``config``: a
+    configuration file (the ACL of ``redis_auth``), whose settings the flags here override."""
+    head = [redis_server_path()] + ([str(config)] if config is not None else [])
     return [
-        redis_server_path(), "--bind", "127.0.0.1", "--port", str(port),
+        *head, "--bind", "127.0.0.1", "--port", str(port),
         "--dir", str(workdir), "--appendonly", "yes" if aof else "no",
         "--save", "", "--protected-mode", "yes", "--daemonize", "no",
     ]

@@ -5,7 +5,9 @@ var/, then one router, presence, roster, connection manager, s2s gateway and the
 each as its own process with prefixed log lines.  NATS accepts only the identity of each
 role, with that role's permissions (shared/bus/permissions.py); the passwords are generated
 on the first run into var/nats/ and the services get theirs in STANZAD_NATS_USER and
-STANZAD_NATS_PASSWORD.  In-band registration is on in this local
+STANZAD_NATS_PASSWORD.  Redis runs with its `default` user off: the services log in as
+`stanzad` with a password generated on the first run into var/redis/ (STANZAD_REDIS_URL
+carries it).  In-band registration is on in this local
 profile.  The admin API listens on 127.0.0.1:9190 with the token of STANZAD_ADMIN_TOKEN, or
 a fresh one printed at start.
 
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 from devtools import localservers
 
@@ -195,15 +198,38 @@ def local_nats_credentials(var: Path) -> tuple[str, str] | None:
     return "cli", str(password)
 
 
+def redis_auth(var: Path) -> localservers.RedisAuth:
+    """The Redis ACL of the local cluster under ``var``/redis (its password generated once)."""
+    return localservers.redis_auth(var / "redis")
+
+
+def local_redis_url(var: Path, url: str) -> str:
+    """``url`` with the credentials of the local cluster under ``var`` when it carries none,
+    points at this machine and that cluster has run here; else ``url`` unchanged.  The CLI
+    falls back to them, as it does for NATS."""
+    parts = urlsplit(url)
+    if parts.username or parts.password or parts.hostname not in ("127.0.0.1", "localhost"):
+        return url
+    try:
+        password = (var / "redis" / localservers.REDIS_PASSWORD).read_text().strip()
+    except OSError:
+        return url
+    if not password:
+        return url
+    netloc = f"{localservers.REDIS_USER}:{password}@{parts.netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _children(
     var: Path, ports: Ports, admin_token: str, postgres: localservers.LocalPostgres,
-    auth: localservers.NatsAuth,
+    auth: localservers.NatsAuth, redis_acl: localservers.RedisAuth,
 ) -> list[tuple[Child, int | None]]:
     """The processes of the cluster in start order, each with the port that shows it is up;
-    each service runs as its own NATS identity (shared/bus/permissions.py)."""
+    each service runs as its own NATS identity (shared/bus/permissions.py) and logs in to
+    Redis as `stanzad`."""
     common = {
         "STANZAD_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
-        "STANZAD_REDIS_URL": f"redis://127.0.0.1:{ports.redis}/0",
+        "STANZAD_REDIS_URL": redis_acl.url(ports.redis),
         "STANZAD_DATABASE_URL": postgres.url_of(DATABASE),
         "STANZAD_DOMAIN": os.environ.get("STANZAD_DOMAIN", "localhost"),
     }
@@ -218,7 +244,8 @@ def _children(
 
     nats = Child("nats", localservers.nats_command(ports.nats, var / "nats", auth.config),
                  death_signal=signal.SIGTERM)
-    redis = Child("redis", localservers.redis_command(ports.redis, var / "redis", aof=True),
+    redis = Child("redis", localservers.redis_command(ports.redis, var / "redis", aof=True,
+                                                      config=redis_acl.config),
                   death_signal=signal.SIGTERM)
     # SIGINT is PostgreSQL's fast shutdown (its clients are gone by then, or dead with us)
     pg = Child("postgres", postgres.command(), death_signal=signal.SIGINT,
@@ -252,7 +279,7 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
     if (in_use := _ports_in_use(ports)) is not None:
         print(in_use, file=sys.stderr)
         return 1
-    (var / "redis").mkdir(parents=True, exist_ok=True)
+    redis_acl = redis_auth(var)  # makes var/redis
     auth = nats_auth(var)  # makes var/nats
     admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     postgres = localservers.LocalPostgres(var / "postgres", ports.postgres)
@@ -261,7 +288,7 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
     except Exception as exc:
         print(f"PostgreSQL could not be set up in {var / 'postgres'}: {exc}", file=sys.stderr)
         return 1
-    children = _children(var, ports, admin_token, postgres, auth)
+    children = _children(var, ports, admin_token, postgres, auth, redis_acl)
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()

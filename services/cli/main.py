@@ -50,6 +50,7 @@ from shared.store.pg import import_redis, migrations
 from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
+from shared.store.redis import redacted
 
 from .devcluster import (
     ADMIN_PORT,
@@ -60,6 +61,7 @@ from .devcluster import (
     S2S_PORT,
     Ports,
     local_nats_credentials,
+    local_redis_url,
     run_cluster,
 )
 
@@ -86,6 +88,11 @@ def _nats_identity(settings: AdminSettings) -> tuple[str, str]:
     return local_nats_credentials(Path(LOCAL_VAR)) or ("", "")
 
 
+def _redis_url(settings: AdminSettings) -> str:
+    """The settings' Redis URL, with the local cluster's credentials when it has none."""
+    return local_redis_url(Path(LOCAL_VAR), settings.redis_url)
+
+
 async def _connect_bus(settings: AdminSettings) -> Bus | None:
     url = settings.nats_url
     user, password = _nats_identity(settings)
@@ -99,7 +106,7 @@ async def _connect_bus(settings: AdminSettings) -> Bus | None:
 
 
 async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bus: bool) -> int:
-    redis = redis_connect(settings.redis_url)
+    redis = redis_connect(_redis_url(settings))
     try:
         db = await db_connect(settings.database_url, SERVICE, size=2,
                               timeout_s=settings.db_timeout_s)
@@ -277,7 +284,7 @@ async def _import_redis(db: Database, redis_url: str) -> int:
     try:
         imported, skipped = await import_redis.import_redis(r, db)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        print(f"cannot reach Redis at {redis_url} ({exc})", file=sys.stderr)
+        print(f"cannot reach Redis at {redacted(redis_url)} ({exc})", file=sys.stderr)
         return 1
     except import_redis.BadKey as exc:
         print(f"stopped at a key not in the old format: {exc}; what came before is "
@@ -386,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_with_admin(args, settings, need_bus))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         print(
-            f"cannot reach Redis at {settings.redis_url} ({exc}): is the cluster running "
+            f"cannot reach Redis at {redacted(settings.redis_url)} ({exc}): is the cluster running "
             "(`make run`), or is STANZAD_REDIS_URL right?",
             file=sys.stderr,
         )

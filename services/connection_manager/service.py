@@ -38,7 +38,7 @@ from shared.bus.envelope import (
 from shared.cluster.source_limits import Networks, SlotsPerSource, UnauthenticatedPerSource
 from shared.router import ingress
 from shared.router.service import Router
-from shared.runtime.metrics import HistogramTally, Tally
+from shared.runtime.metrics import TLS_CERT_EXPIRY, HistogramTally, Tally
 from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore, LoginCheck, Progressive
@@ -46,7 +46,7 @@ from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.store.sm_facts import SmFactsStore
-from shared.tls.context import ensure_self_signed, server_context
+from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
 from shared.xmpp import credentials as creds_mod
 from shared.xmpp import server_iq, sm
@@ -197,6 +197,7 @@ class ConnectionManager:
         (STANZAD_TLS_LEAN_SESSIONS, shared/tls/session.py)."""
         s = self.settings
         ctx = server_context(s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets)
+        TLS_CERT_EXPIRY.labels(SERVICE).set(certificate_expiry(s.tls_cert))
         if self.tls_keylog is not None and not self.tls_keylog.attach(ctx):
             self.tls_keylog.close()
             self.tls_keylog = None

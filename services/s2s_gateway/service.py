@@ -29,10 +29,11 @@ from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource, Networks
 from shared.router import ingress
+from shared.runtime.metrics import TLS_CERT_EXPIRY
 from shared.runtime.settings import ConfigError, S2SSettings
 from shared.store import keys
 from shared.tls import memory as tls_memory
-from shared.tls.context import ensure_self_signed
+from shared.tls.context import certificate_expiry, ensure_self_signed
 from shared.tls.peer_cert import CertificateTrust
 from shared.xmpp import server_iq
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
@@ -160,6 +161,7 @@ class S2SGateway(PartitionedService):
         )
         self._verifying.clear()
         self.tls_context_for("", True)  # loads the system trust store now, not mid-stream
+        TLS_CERT_EXPIRY.labels(SERVICE).set(certificate_expiry(s.tls_cert))
 
     def reload_tls(self) -> None:
         """SIGHUP: load the certificate and key again; new handshakes, both ways, use them

@@ -21,6 +21,7 @@ from shared.bus import subjects
 from shared.bus.client import BatchHandler, Bus, BusUnavailable
 from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind, session_event
 from shared.cluster.partitions import PartitionManager
+from shared.runtime.metrics import PARTITIONS_CONFIGURED
 from shared.runtime.settings import PartitionedSettings
 from shared.store.pg.database import Database
 from shared.store.redis import connect as redis_connect
@@ -67,6 +68,7 @@ class PartitionedService:
         self._handed: set[str] = set()  # our own FENCE seen: the rest is the new owner's
         self._fence_seen: dict[str, asyncio.Event] = {}
         self._subscribed: set[str] = set()  # subjects of the partitions we hold
+        PARTITIONS_CONFIGURED.labels(self.name).set(settings.partitions)
 
     handle_batch: BatchHandler
 

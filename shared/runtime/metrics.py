@@ -51,6 +51,19 @@ STORE_ERRORS = Counter(
 STORE_CONNECTED = Gauge(
     f"{PREFIX}_store_connected", "1 while the last Redis PING answered.", ["service"]
 )
+# Alerts: "partitions without an owner" compares the sum of a role's partitions gauges with
+# this; "certificate expires within 14 days" reads the notAfter.
+PARTITIONS_CONFIGURED = Gauge(
+    f"{PREFIX}_cluster_partitions_configured",
+    "STANZAD_PARTITIONS of a partitioned service: what its role's members hold between them.",
+    ["service"],
+)
+TLS_CERT_EXPIRY = Gauge(
+    f"{PREFIX}_tls_certificate_expiry_timestamp_seconds",
+    "notAfter of the certificate this process serves (Unix time), set at start and on every "
+    "successful reload.",
+    ["service"],
+)
 # PostgreSQL (shared/store/pg/database.py): ``operation`` is the name a store gives the
 # statement (or the transaction of a few); ``kind`` of an error is one of DB_ERROR_KINDS.
 DB_ERROR_KINDS: Final = ("unreachable", "timeout", "constraint", "data", "server")

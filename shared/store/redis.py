@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
@@ -15,6 +16,15 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64  # per process: past it, a command waits for a free connection
 POOL_TIMEOUT_S = 5.0  # ... for this long, then fails like any other Redis error
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def connect(url: str) -> aioredis.Redis:

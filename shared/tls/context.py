@@ -85,6 +85,12 @@ def check_certificate(cert_path: str, now: datetime.datetime | None = None) -> x
     return cert
 
 
+def certificate_expiry(cert_path: str) -> float:
+    """notAfter of the first certificate of the PEM chain at ``cert_path``, as Unix time
+    (the TLS certificate expiry gauge)."""
+    return check_certificate(cert_path).not_valid_after_utc.timestamp()
+
+
 def server_context(
     cert_path: str, key_path: str, *, session_tickets: int = 0
 ) -> ssl.SSLContext:

@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
+from shared.tls.context import check_certificate
 from tests.conftest import Users
 from tests.support import metric_rules
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, metric_value
 from tests.support.xmpp import RawClient, raw_login
 
 SERVICES = ("cm-1", "router-1", "presence-1", "roster-1", "admin-1")
@@ -26,10 +27,13 @@ REQUIRED = {
         "stanzad_cm_sm_sessions", "stanzad_cm_sm_detached_sessions",
         "stanzad_cm_sm_unacked_stanzas", "stanzad_cm_sm_longest_queue_stanzas",
         "stanzad_cm_sm_acks_outstanding",
+        # issue 25: the certificate expiry alert
+        "stanzad_tls_certificate_expiry_timestamp_seconds",
     },
     "router-1": {
         "stanzad_router_stanzas_total", "stanzad_router_stanza_errors_total",
         "stanzad_router_partitions", "stanzad_router_ghost_sessions",
+        "stanzad_cluster_partitions_configured",  # issue 25: the unowned partitions alert
         "stanzad_router_offline_queue_messages_bucket",
         "stanzad_bus_connected",
         "stanzad_store_connected", "stanzad_store_command_duration_seconds_bucket",
@@ -97,3 +101,21 @@ async def test_labelled_series_have_samples_after_traffic(scraped: dict[str, str
     assert 'stanzad_cm_stanzas_delivered_total{kind="message"}' in cm
     assert 'stanzad_router_stanza_errors_total{condition="service-unavailable"}' in router
     assert 'stanzad_store_connected{service="router"} 1.0' in router
+
+
+async def test_the_alerts_gauges_hold_the_certificate_and_the_partition_count(
+    cluster: Cluster, scraped: dict[str, str]
+) -> None:
+    """StanzadCertificateExpiresSoon reads the served certificate's notAfter;
+    StanzadPartitionsUnowned compares the held partitions with STANZAD_PARTITIONS."""
+    cert = check_certificate(str(cluster.workdir / "tls" / "cert.pem"))
+    expiry = metric_value(scraped["cm-1"], "stanzad_tls_certificate_expiry_timestamp_seconds",
+                          service="connection_manager")
+    assert expiry == cert.not_valid_after_utc.timestamp()
+    for name, service in (("router-1", "router"), ("presence-1", "presence"),
+                          ("roster-1", "roster")):
+        configured = metric_value(scraped[name], "stanzad_cluster_partitions_configured",
+                                  service=service)
+        assert configured == cluster.partitions, name
+    # the only router holds every routing partition: the alert stays quiet
+    assert metric_value(scraped["router-1"], "stanzad_router_partitions") == cluster.partitions

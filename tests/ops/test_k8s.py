@@ -50,7 +50,7 @@ METRICS_SERVICES: Final = frozenset(
 )
 # made per cluster
 EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s",
-                                     "stanzad-database", "stanzad-nats"})
+                                     "stanzad-database", "stanzad-nats", "stanzad-redis"})
 # the NATS identity of each workload (shared/bus/permissions.py)
 NATS_ROLES: Final = {"connection-manager": "connection_manager", "router": "router",
                      "presence": "presence", "roster": "roster", "s2s-gateway": "s2s_gateway",
@@ -324,6 +324,35 @@ def test_the_database_url_comes_from_a_secret(overlays: dict[str, list[Doc]], ov
         env = {v["name"]: v for v in _container(w).get("env", [])}
         ref = env["STANZAD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == ("stanzad-database", "url"), w["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_redis_url_comes_from_a_secret(overlays: dict[str, list[Doc]], overlay: str) -> None:
+    """docs/operations.md "Redis authentication": the Redis URL carries the `stanzad` user's
+    password, so every workload reads it from the stanzad-redis Secret and no ConfigMap holds
+    one; the dev Redis turns its `default` user off and takes the same Secret's password."""
+    docs = overlays[overlay]
+    for d in docs:
+        if d["kind"] == "ConfigMap":
+            assert "STANZAD_REDIS_URL" not in d.get("data", {})
+    for w in _workloads(docs):
+        env = {v["name"]: v for v in _container(w).get("env", [])}
+        ref = env["STANZAD_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("stanzad-redis", "url"), w["metadata"]["name"]
+    stores = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "redis"]
+    for redis in stores:  # the dev overlay's
+        c = _container(redis)
+        args = " ".join(c["args"])
+        assert "--user default off" in args
+        assert "--user stanzad on >$(REDIS_PASSWORD)" in args
+        env = {v["name"]: v for v in c["env"]}
+        ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("stanzad-redis", "password")
+        secret = _one(docs, "Secret", "stanzad-redis")["stringData"]
+        assert secret["url"].startswith(f"redis://stanzad:{secret['password']}@redis:")
+        for probe in ("readinessProbe", "livenessProbe"):  # PONG, not a NOAUTH error
+            assert "--user stanzad" in " ".join(c[probe]["exec"]["command"])
+    assert (overlay == "dev") == bool(stores)
 
 
 def _selected(policy: Doc, pod_labels: dict[str, str]) -> bool:

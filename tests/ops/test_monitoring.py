@@ -46,6 +46,57 @@ def test_alert_rules_are_complete_and_well_formed(root: Path) -> None:
         assert rule["for"].endswith("m"), rule["alert"]
 
 
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes of a Markdown file's headings: lower case, punctuation other
+    than `-` and `_` dropped, spaces to `-` (a repeated heading gets `-1`, `-2`, ...)."""
+    anchors: set[str] = set()
+    counts: dict[str, int] = {}
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        if in_code or not re.match(r"#{1,6} ", line):
+            continue
+        slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        n = counts.get(slug, 0)
+        counts[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def test_anchors_follow_github_headings() -> None:
+    doc = "# Operating x\n## Redis auth\n```sh\n# not a heading\n```\n### A, b (c)\n## Redis auth\n"
+    assert _anchors(doc) == {"operating-x", "redis-auth", "a-b-c", "redis-auth-1"}
+
+
+def test_every_alert_has_a_runbook_section(root: Path) -> None:
+    """Each alert's runbook_url is a section of docs/operations.md under "Runbooks" that
+    exists (an anchor of one of its headings) and is the alert's own."""
+    operations = (root / "docs/operations.md").read_text()
+    anchors = _anchors(operations)
+    runbooks = operations[operations.index("\n## Runbooks\n"):]
+    runbooks = runbooks[: runbooks.index("\n## ", 1)]
+    for rule in _rules(root):
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/operations.md", rule["alert"]
+        assert anchor in anchors, (rule["alert"], anchor)
+        assert anchor == rule["alert"].lower()
+        assert f"\n### {rule['alert']}\n" in runbooks, rule["alert"]
+        section = runbooks.split(f"\n### {rule['alert']}\n")[1].split("\n### ")[0]
+        assert "**Means:**" in section and "**Do:**" in section, rule["alert"]
+
+
+def test_the_alerts_issue_25_asks_for_exist(root: Path) -> None:
+    rules = {r["alert"]: r for r in _rules(root)}
+    assert 'job="stanzad-connection-manager"' in rules["StanzadNoConnectionManager"]["expr"]
+    assert 'job="stanzad-s2s-gateway"' in rules["StanzadNoS2SGateway"]["expr"]
+    unowned = rules["StanzadPartitionsUnowned"]["expr"]
+    for role in ("router", "presence", "roster", "s2s"):
+        assert f"stanzad_{role}_partitions" in unowned, role
+    assert "14 * 86400" in rules["StanzadCertificateExpiresSoon"]["expr"]
+
+
 def test_alerts_name_only_scraped_jobs(root: Path) -> None:
     """`up{job="stanzad-presence"}` and the like: a job nobody scrapes would never fire."""
     config = yaml.safe_load((root / "ops/prometheus/prometheus.yml").read_text())

@@ -15,9 +15,11 @@ from typing import Final
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-# presence, roster, s2s, offline: the services that come next (issue 6 names their metrics).
+# presence, roster, s2s, offline: the services that come next (issue 6 names their metrics);
+# cluster, tls: what shared/cluster and shared/tls report for any service (issue 25's alerts).
 COMPONENTS: Final = frozenset(
-    {"cm", "router", "admin", "bus", "store", "presence", "roster", "s2s", "offline", "process"}
+    {"cm", "router", "admin", "bus", "store", "presence", "roster", "s2s", "offline", "process",
+     "cluster", "tls"}
 )
 LABELS: Final = frozenset(
     {"service", "operation", "kind", "outcome", "result", "mechanism", "condition", "code",

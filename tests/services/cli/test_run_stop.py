@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from devtools.localservers import free_port, port_open
+from services.cli.devcluster import local_redis_url
 
 ROOT = Path(__file__).resolve().parents[3]
 START_GUARD_S = 120  # eight processes on a shared two-core machine
@@ -175,6 +177,11 @@ def test_kill_9_of_the_supervisor_takes_the_children_and_a_new_start_works(
     second = _start(runs, tmp_path / "var", first.ports)  # same ports, same data folder
     second.wait_up()
     assert "already in use" not in second.output, second.output
+    # its Redis takes only the `stanzad` user with the password of the first start
+    plain = f"redis://127.0.0.1:{first.ports['redis']}/0"
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(plain).ping()
+    assert redis.Redis.from_url(local_redis_url(tmp_path / "var", plain)).ping() is True
     second.signal_and_wait(signal.SIGTERM)
     assert second.proc.returncode == 0, second.output
     assert wait_gone(second.children) == [], second.output
