@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import yaml
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from devtools import localservers, natsconf
+from shared.bus import permissions
+from shared.runtime.settings import (
+    AdminSettings,
+    ConnectionManagerSettings,
+    PresenceSettings,
+    RosterSettings,
+    RouterSettings,
+    S2SSettings,
+)
 
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 # Every stanzad service in the compose file, and its image command.
@@ -17,6 +32,37 @@ STANZAD = {"router": ["router"], "presence": ["presence"], "roster": ["roster"],
            "admin": ["admin"]}
 # What is published beyond the host's loopback: XMPP for clients and for other servers.
 PUBLIC = {"connection_manager": ["5222:5222"], "s2s_gateway": ["5269:5269"]}
+SETTINGS: Final[dict[str, type[BaseSettings]]] = {
+    "router": RouterSettings, "presence": PresenceSettings, "roster": RosterSettings,
+    "connection_manager": ConnectionManagerSettings, "s2s_gateway": S2SSettings,
+    "admin": AdminSettings,
+}
+# The NATS identity of each service (shared/bus/permissions.py); the CLI run in the admin
+# container (`docker compose exec admin stanzad ...`) uses the admin's, which has the same
+# permissions as `cli`.
+NATS_ROLES: Final = {name: name for name in STANZAD}
+# What `docker compose up` requires (`${VAR:?...}`), as an operator would set it.
+REQUIRED: Final = {"STANZAD_ADMIN_TOKEN": "t" * 32, "STANZAD_S2S_DIALBACK_SECRET": "s" * 32}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """``value`` as compose interpolates it from ``env``: ``${VAR}``, ``${VAR:-default}``,
+    ``${VAR:?message}`` (an error when unset; ``$$`` is not used in the file)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, how, arg = match.groups()
+        if env.get(name):
+            return env[name]
+        if how == "?":
+            raise KeyError(f"{name}: {arg}")
+        return arg if how == "-" else ""
+
+    return _VARIABLE.sub(one, value)
+
+
+def environment(svc: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+    return {k: interpolate(str(v), env) for k, v in svc.get("environment", {}).items()}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +115,8 @@ def test_stanzad_services_share_one_image_and_pick_their_command(
     for name in commands:
         env = services[name]["environment"]
         assert env["STANZAD_NATS_URL"] == "nats://nats:4222"
-        assert env["STANZAD_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["STANZAD_REDIS_URL"].startswith("redis://stanzad:")
+        assert env["STANZAD_REDIS_URL"].endswith("@redis:6379/0")
 
 
 def test_redis_keeps_its_data(compose: dict[str, Any]) -> None:
@@ -112,3 +159,85 @@ def test_mounted_config_files_exist(compose: dict[str, Any], root: Path) -> None
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (root / source).exists(), source
+
+
+def test_the_nats_config_is_generated_from_the_permissions(root: Path) -> None:
+    """ops/nats/nats.conf is what `python -m devtools.natsconf` writes: the users and
+    permissions of shared/bus/permissions.py, no password in the file."""
+    assert (root / "ops/nats/nats.conf").read_text() == natsconf.env_config()
+    for role in permissions.ROLES:
+        assert f'"user": "{role}"' in natsconf.env_config()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"STANZAD_NATS_PASSWORD_ROUTER": "x" * 24,
+                                            "STANZAD_NATS_PASSWORD_ADMIN": "y" * 24}])
+def test_each_service_logs_in_to_nats_as_its_role(
+    compose: dict[str, Any], overrides: dict[str, str]
+) -> None:
+    """docs/operations.md "NATS authentication": each service's STANZAD_NATS_USER is its
+    role, and its STANZAD_NATS_PASSWORD is the one the NATS container gives that role, with
+    the dev defaults and with passwords set by the operator."""
+    env = REQUIRED | overrides
+    nats_env = environment(compose["services"]["nats"], env)
+    assert set(nats_env) == {natsconf.password_variable(r) for r in permissions.ROLES}
+    assert len(set(nats_env.values())) == len(nats_env), "two roles share a password"
+    for name, role in NATS_ROLES.items():
+        svc_env = environment(compose["services"][name], env)
+        assert svc_env["STANZAD_NATS_USER"] == role, name
+        assert svc_env["STANZAD_NATS_PASSWORD"] == nats_env[natsconf.password_variable(role)]
+    assert environment(compose["services"]["router"], env)["STANZAD_NATS_PASSWORD"] == (
+        overrides.get("STANZAD_NATS_PASSWORD_ROUTER", "dev-nats-router"))
+
+
+def test_nats_server_accepts_the_config_with_the_compose_environment(
+    compose: dict[str, Any], root: Path, tmp_path: Path
+) -> None:
+    nats = compose["services"]["nats"]
+    command = nats["command"]
+    mount = next(v for v in nats["volumes"] if v.startswith("./ops/nats/"))
+    source, target = mount.split(":")[:2]
+    assert command[command.index("--config") + 1] == target
+    test = [localservers.nats_server_path(), "-c", str(root / source), "-t"]
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("NATS_PASSWORD_")}
+    ok = subprocess.run(test, env=bare | environment(nats, REQUIRED), capture_output=True,
+                        text=True, timeout=30, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # without a password nats-server refuses to start rather than let a user in with none
+    missing = subprocess.run(test, env=bare, capture_output=True, text=True, timeout=30,
+                             cwd=tmp_path)
+    assert missing.returncode != 0
+    assert "NATS_PASSWORD_" in missing.stdout + missing.stderr
+
+
+def test_redis_has_its_default_user_off_and_one_stanzad_user(compose: dict[str, Any]) -> None:
+    """docs/operations.md "Redis authentication", as in k8s/deps/redis.yaml."""
+    for env in (REQUIRED, REQUIRED | {"STANZAD_REDIS_PASSWORD": "r" * 24}):
+        redis = compose["services"]["redis"]
+        command = [interpolate(a, env) for a in redis["command"]]
+        i = command.index("default")
+        assert command[i - 1: i + 2] == ["--user", "default", "off"]
+        j = command.index("stanzad")
+        assert command[j - 1] == "--user" and command[j + 1] == "on"
+        password = command[j + 2].removeprefix(">")
+        assert command[j + 2] == ">" + password and password
+        assert environment(redis, env)["REDISCLI_AUTH"] == password
+        assert "redis-cli --user stanzad ping | grep -qx PONG" in redis["healthcheck"]["test"][1]
+        for name in STANZAD:
+            url = environment(compose["services"][name], env)["STANZAD_REDIS_URL"]
+            assert url == f"redis://stanzad:{password}@redis:6379/0", name
+        assert password == env.get("STANZAD_REDIS_PASSWORD", "dev-redis-password")
+
+
+def test_each_service_gets_valid_settings(compose: dict[str, Any]) -> None:
+    """Every STANZAD_* variable a container gets is a setting of its service, with a valid
+    value (loaded by the service's own settings class)."""
+    for name, cls in SETTINGS.items():
+        env = environment(compose["services"][name], REQUIRED)
+        fields = {f"STANZAD_{field.upper()}": field for field in cls.model_fields}
+        unknown = set(env) - set(fields)
+        assert unknown == set(), f"{name}: not settings: {unknown}"
+        try:
+            settings = cls(**{fields[k]: v for k, v in env.items()})  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+        assert settings.nats_password.get_secret_value()  # type: ignore[attr-defined]
