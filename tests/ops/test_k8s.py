@@ -413,3 +413,23 @@ def test_each_workload_logs_in_to_nats_as_its_role(
         assert env["STANZAD_NATS_USER"]["value"] == role
         ref = env["STANZAD_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert (ref["name"], ref["key"]) == ("stanzad-nats", role), w["metadata"]["name"]
+
+
+def test_the_dev_nats_checks_every_role_with_the_generated_config(
+    overlays: dict[str, list[Doc]], root: Path
+) -> None:
+    """k8s/deps runs NATS with the config generated from shared/bus/permissions.py (the
+    compose file's), each role's password from the stanzad-nats Secret."""
+    assert (root / "k8s/deps/nats.conf").read_text() == (root / "ops/nats/nats.conf").read_text()
+    dev = overlays["dev"]
+    nats = _one(dev, "StatefulSet", "nats")
+    container = nats["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["--config", "/etc/nats/nats.conf"]
+    env = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"]}
+    assert env == {f"NATS_PASSWORD_{r.upper()}": {"name": "stanzad-nats", "key": r}
+                   for r in permissions.ROLES}
+    secret = _one(dev, "Secret", "stanzad-nats")
+    assert set(secret["stringData"]) == set(permissions.ROLES)
+    config = [d for d in dev if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(
+        "nats-config")]
+    assert len(config) == 1 and "nats.conf" in config[0]["data"]
