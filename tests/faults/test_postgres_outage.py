@@ -27,7 +27,9 @@ SERVICES = ("router-1", "presence-1", "roster-1", "cm-1")
 @pytest.fixture
 def outage() -> Iterator[tuple[Cluster, localservers.LocalPostgres]]:
     c = new_cluster()
-    pg = localservers.LocalPostgres(c.workdir / "pg", localservers.free_port(), durable=False)
+    # durable (fsync and synchronous commit on) as deployed: the test kills it with SIGQUIT,
+    # and without them the accounts committed just before could be lost in the crash
+    pg = localservers.LocalPostgres(c.workdir / "pg", localservers.free_port(), durable=True)
     pg.init()  # not started: the services come up first
     c.database_url = pg.url
     try:
