@@ -16,7 +16,7 @@ from tests.support.cluster import Cluster, new_cluster
 from tests.support.rolling import rolling_restart
 
 CLIENTS = 6
-MESSAGES = 60  # per client, one every 50 ms: the restarts happen while they chat
+MESSAGES = 80  # per client, one every 50 ms; the restarts happen while they chat
 CMS = ("cm-a", "cm-b")
 
 

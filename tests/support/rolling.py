@@ -7,7 +7,8 @@ connection manager i mod n and sends numbered messages to client i+1.  When its 
 closes (SIGTERM of its pod closes it without </stream:stream>, XEP-0198 §5) it reconnects to
 the next connection manager and resumes there; slixmpp re-sends what the server had not
 acknowledged (`<resumed h/>`), the server what the client had not.  The connection managers
-get SIGTERM one after the other, each started again (same port) before the next goes."""
+get SIGTERM one after the other, each started again (same port) before the next goes, the
+k-th of n once k/(n+1) of the messages were sent."""
 
 from __future__ import annotations
 
@@ -135,12 +136,17 @@ async def rolling_restart(cluster: Cluster, cms: list[str], accounts: list[tuple
                 sent[me] = n + 1
                 await asyncio.sleep(interval_s)
 
+        total = messages * len(clients)
+
         async def restart_all() -> None:
-            await asyncio.sleep(settle_s)
-            for name in cms:
+            """The k-th cm goes once k+1 (n+1)ths of the messages were sent: each SIGTERM
+            comes while the clients are chatting."""
+            for k, name in enumerate(cms):
+                mark = total * (k + 1) // (len(cms) + 1)
+                while sum(sent.values()) < mark and time.monotonic() < give_up:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
                 took = await asyncio.to_thread(cluster.restart_cm, name)
                 restarts.append((name, took))
-                await asyncio.sleep(settle_s)
 
         await asyncio.gather(restart_all(), *(chat(c) for c in clients))
 
