@@ -1,15 +1,21 @@
 """`stanzad run`: the whole cluster on one machine, in the foreground, Ctrl-C to stop.
 
 Starts nats-server, redis-server (AOF on) and PostgreSQL (database `stanzad`), data under
-var/, then one router, presence, roster, connection manager, s2s gateway and the admin API,
-each as its own process with prefixed log lines.  NATS accepts only the identity of each
-role, with that role's permissions (shared/bus/permissions.py); the passwords are generated
-on the first run into var/nats/ and the services get theirs in STANZAD_NATS_USER and
-STANZAD_NATS_PASSWORD.  Redis runs with its `default` user off: the services log in as
-`stanzad` with a password generated on the first run into var/redis/ (STANZAD_REDIS_URL
-carries it).  In-band registration is on in this local
-profile.  The admin API listens on 127.0.0.1:9190 with the token of STANZAD_ADMIN_TOKEN, or
-a fresh one printed at start.
+var/, then the routers, presence and roster members, connection managers (one of each by
+default; ``Scale``), an s2s gateway and the admin API, each as its own process with prefixed
+log lines.  The i-th connection manager (from 0) listens on the c2s port + 10·i.
+
+NATS accepts only the identity of each role, with that role's permissions
+(shared/bus/permissions.py); the passwords are generated on the first run into var/nats/ and
+the services get theirs in STANZAD_NATS_USER and STANZAD_NATS_PASSWORD.  Redis runs with its
+`default` user off: the services log in as `stanzad` with a password generated on the first
+run into var/redis/ (STANZAD_REDIS_URL carries it).  In-band registration is on in this
+local profile.  The admin API listens on 127.0.0.1:9190 with the token of
+STANZAD_ADMIN_TOKEN, or a fresh one printed at start.
+
+Supervision: a child that exits (killed, crashed) is started again after a backoff
+(RESTART_BACKOFF_S, doubling) while the rest keeps running; one that keeps dying soon after
+its start (MAX_QUICK_RESTARTS in a row, each within STABLE_AFTER_S) stops the cluster.
 
 Stopping: SIGTERM or Ctrl-C stops the services at once (in parallel), then the servers,
 each step bounded, stragglers killed; a second Ctrl-C kills at once.  On Linux every child
@@ -42,7 +48,8 @@ REDIS_PORT = 16379
 PG_PORT = 15432
 ADMIN_PORT = 9190
 S2S_PORT = 5269
-METRICS_PORT = 9101  # the first of six: cm, router, presence, roster, s2s, admin
+METRICS_PORT = 9101  # the first of Scale.services() consecutive ones (six by default)
+CM_PORT_STEP: Final = 10  # the i-th connection manager listens on the c2s port + 10·i
 COLORS = {"nats": 36, "redis": 31, "postgres": 34, "cm": 32, "router": 35, "presence": 33,
           "roster": 34, "s2s": 37, "admin": 37}
 # Stop bounds (seconds): the services get SERVICES_STOP_S to stop cleanly (they need NATS
@@ -52,8 +59,26 @@ SERVICES_STOP_S: Final = 3.0
 SERVERS_STOP_S: Final = 1.0
 CM_DRAIN_S: Final = "2"  # STANZAD_DRAIN_TIMEOUT_S of the local cm: closing streams fits above
 KILLED_WAIT_S: Final = 2.0
+RESTART_BACKOFF_S: Final = 0.5  # the first wait before a restart; doubled up to the cap
+RESTART_BACKOFF_MAX_S: Final = 8.0
+STABLE_AFTER_S: Final = 30.0  # a child that ran this long is healthy: its backoff resets
+MAX_QUICK_RESTARTS: Final = 5
 DATABASE: Final = "stanzad"
 PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How many processes of each scalable role `stanzad run` starts."""
+
+    connection_managers: int = 1
+    routers: int = 1
+    presence: int = 1
+    roster: int = 1
+
+    def services(self) -> int:
+        """The processes with a metrics side port: these, one s2s gateway, the admin API."""
+        return self.connection_managers + self.routers + self.presence + self.roster + 2
 
 
 @dataclass(frozen=True)
@@ -71,12 +96,18 @@ class Ports:
     def metrics_port(self, index: int) -> int:
         return self.metrics + index if self.metrics else 0
 
-    def listeners(self) -> list[tuple[int, str]]:
-        named = [(self.nats, "NATS"), (self.redis, "Redis"), (self.postgres, "PostgreSQL"),
-                 (self.c2s, "c2s"),
-                 (self.s2s, "s2s"), (self.admin, "the admin API")]
+    def c2s_of(self, index: int) -> int:
+        """The c2s port of the ``index``-th connection manager (from 0)."""
+        return self.c2s + CM_PORT_STEP * index
+
+    def listeners(self, scale: Scale = Scale()) -> list[tuple[int, str]]:
+        named = [(self.nats, "NATS"), (self.redis, "Redis"), (self.postgres, "PostgreSQL")]
+        named += [(self.c2s_of(i), f"c2s of connection manager {i}")
+                  for i in range(scale.connection_managers)]
+        named += [(self.s2s, "s2s"), (self.admin, "the admin API")]
         if self.metrics:
-            named += [(self.metrics_port(i), "a metrics side port") for i in range(6)]
+            named += [(self.metrics_port(i), "a metrics side port")
+                      for i in range(scale.services())]
         return named
 
 
@@ -90,6 +121,7 @@ class Child:
     death_signal: signal.Signals = signal.SIGKILL
     run_as: dict[str, int] = field(default_factory=dict)  # user/group (PostgreSQL as root)
     proc: asyncio.subprocess.Process | None = None
+    port: int | None = None  # the listener that shows it is up
 
     @property
     def running(self) -> bool:
@@ -136,10 +168,11 @@ async def _start(child: Child) -> asyncio.Task[None]:
     return asyncio.create_task(_pipe(child))
 
 
-async def _wait_port(port: int, child: Child, timeout_s: float = 20) -> None:
+async def _wait_port(port: int, child: Child, timeout_s: float = 20,
+                     stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
+    while loop.time() < deadline and not (stop is not None and stop.is_set()):
         if localservers.port_open("127.0.0.1", port):
             return
         if child.proc is not None and child.proc.returncode is not None:
@@ -172,9 +205,9 @@ async def stop_children(children: list[Child], grace_s: float, hurry: asyncio.Ev
         await asyncio.wait_for(asyncio.shield(exited), KILLED_WAIT_S)
 
 
-def _ports_in_use(ports: Ports) -> str | None:
+def _ports_in_use(ports: Ports, scale: Scale = Scale()) -> str | None:
     """The error for the first listener port already held, naming its holder."""
-    for port, what in ports.listeners():
+    for port, what in ports.listeners(scale):
         if localservers.port_open("127.0.0.1", port):
             return (f"port {port} for {what} is already in use by "
                     f"{localservers.describe_holders(port)}: a `stanzad run` left over, or "
@@ -222,11 +255,12 @@ def local_redis_url(var: Path, url: str) -> str:
 
 def _children(
     var: Path, ports: Ports, admin_token: str, postgres: localservers.LocalPostgres,
-    auth: localservers.NatsAuth, redis_acl: localservers.RedisAuth,
-) -> list[tuple[Child, int | None]]:
-    """The processes of the cluster in start order, each with the port that shows it is up;
-    each service runs as its own NATS identity (shared/bus/permissions.py) and logs in to
-    Redis as `stanzad`."""
+    auth: localservers.NatsAuth, redis_acl: localservers.RedisAuth, scale: Scale = Scale(),
+) -> list[Child]:
+    """The processes of the cluster in start order, each with the port that shows it is up
+    (``Child.port``); each service runs as its own NATS identity (shared/bus/permissions.py)
+    and logs in to Redis as `stanzad`.  The first of each role keeps the plain name
+    (``cm``, ``cm-local``); the i-th after it gets ``-i`` (``cm-1``, ``cm-local-1``)."""
     common = {
         "STANZAD_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
         "STANZAD_REDIS_URL": redis_acl.url(ports.redis),
@@ -236,47 +270,104 @@ def _children(
     tls = {"STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
            "STANZAD_TLS_KEY": str(var / "tls" / "key.pem")}
     python = sys.executable
+    metrics_index = 0
 
-    def service(name: str, module: str, index: int, role: str, env: dict[str, str]) -> Child:
-        return Child(name, [python, "-m", module],
-                     {**common, "STANZAD_HTTP_PORT": str(ports.metrics_port(index)),
-                      **auth.env(role), **env})
+    def service(name: str, module: str, role: str, env: dict[str, str],
+                port: int | None = None) -> Child:
+        nonlocal metrics_index
+        child = Child(name, [python, "-m", module],
+                      {**common, "STANZAD_HTTP_PORT": str(ports.metrics_port(metrics_index)),
+                       **auth.env(role), **env}, port=port)
+        metrics_index += 1
+        return child
+
+    def suffix(i: int) -> str:
+        return f"-{i}" if i else ""
 
     nats = Child("nats", localservers.nats_command(ports.nats, var / "nats", auth.config),
-                 death_signal=signal.SIGTERM)
+                 death_signal=signal.SIGTERM, port=ports.nats)
     redis = Child("redis", localservers.redis_command(ports.redis, var / "redis", aof=True,
                                                       config=redis_acl.config),
-                  death_signal=signal.SIGTERM)
+                  death_signal=signal.SIGTERM, port=ports.redis)
     # SIGINT is PostgreSQL's fast shutdown (its clients are gone by then, or dead with us)
     pg = Child("postgres", postgres.command(), death_signal=signal.SIGINT,
-               run_as=postgres.run_as())
-    cm = service("cm", "services.connection_manager", 0, "connection_manager", {
-        "STANZAD_C2S_PORT": str(ports.c2s), "STANZAD_CM_ID": "cm-local",
+               run_as=postgres.run_as(), port=ports.postgres)
+    cms = [service(f"cm{suffix(i)}", "services.connection_manager", "connection_manager", {
+        "STANZAD_C2S_PORT": str(ports.c2s_of(i)), "STANZAD_CM_ID": f"cm-local{suffix(i)}",
         "STANZAD_ALLOW_REGISTRATION": os.environ.get("STANZAD_ALLOW_REGISTRATION", "true"),
         "STANZAD_DRAIN_TIMEOUT_S": os.environ.get("STANZAD_DRAIN_TIMEOUT_S", CM_DRAIN_S),
         **tls,
-    })
-    router = service("router", "services.router", 1, "router",
-                     {"STANZAD_ROUTER_ID": "router-local"})
-    presence = service("presence", "services.presence", 2, "presence",
-                       {"STANZAD_PRESENCE_ID": "presence-local"})
-    roster = service("roster", "services.roster", 3, "roster",
-                     {"STANZAD_ROSTER_ID": "roster-local"})
-    s2s = service("s2s", "services.s2s_gateway", 4, "s2s_gateway", {
+    }, ports.c2s_of(i)) for i in range(scale.connection_managers)]
+    routers = [service(f"router{suffix(i)}", "services.router", "router",
+                       {"STANZAD_ROUTER_ID": f"router-local{suffix(i)}"})
+               for i in range(scale.routers)]
+    presence = [service(f"presence{suffix(i)}", "services.presence", "presence",
+                        {"STANZAD_PRESENCE_ID": f"presence-local{suffix(i)}"})
+                for i in range(scale.presence)]
+    roster = [service(f"roster{suffix(i)}", "services.roster", "roster",
+                      {"STANZAD_ROSTER_ID": f"roster-local{suffix(i)}"})
+              for i in range(scale.roster)]
+    s2s = service("s2s", "services.s2s_gateway", "s2s_gateway", {
         "STANZAD_S2S_ID": "s2s-local", "STANZAD_S2S_PORT": str(ports.s2s), **tls,
-    })
-    admin = service("admin", "services.admin", 5, "admin", {
+    }, ports.s2s)
+    admin = service("admin", "services.admin", "admin", {
         "STANZAD_ADMIN_HOST": "127.0.0.1", "STANZAD_ADMIN_PORT": str(ports.admin),
         "STANZAD_ADMIN_TOKEN": admin_token,
-    })
-    return [(nats, ports.nats), (redis, ports.redis), (pg, ports.postgres), (router, None),
-            (presence, None), (roster, None), (cm, ports.c2s), (s2s, ports.s2s),
-            (admin, ports.admin)]
+    }, ports.admin)
+    return [nats, redis, pg, *routers, *presence, *roster, *cms, s2s, admin]
 
 
-async def run_cluster(var: Path, ports: Ports | None = None) -> int:
+async def _supervise(child: Child, stop: asyncio.Event, pipes: list[asyncio.Task[None]],
+                     gave_up: asyncio.Event) -> None:
+    """Start ``child`` again whenever it exits until ``stop`` is set; the backoff doubles
+    while it dies soon after each start, and ``gave_up`` is set after MAX_QUICK_RESTARTS
+    such deaths in a row."""
+    loop = asyncio.get_running_loop()
+    backoff = RESTART_BACKOFF_S
+    quick = 0
+    started_at = loop.time()
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            assert child.proc is not None
+            exited = asyncio.ensure_future(child.proc.wait())
+            await asyncio.wait([exited, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                exited.cancel()
+                return
+            if loop.time() - started_at >= STABLE_AFTER_S:
+                backoff, quick = RESTART_BACKOFF_S, 0
+            quick += 1
+            if quick > MAX_QUICK_RESTARTS:
+                print(f"{child.name} exited with {child.proc.returncode} {quick} times in a "
+                      "row soon after its start: giving up, stopping the cluster",
+                      file=sys.stderr, flush=True)
+                gave_up.set()
+                return
+            print(f"{child.name} exited with {child.proc.returncode}; the rest of the cluster "
+                  f"keeps running; restarting it in {backoff:g} s", file=sys.stderr, flush=True)
+            await asyncio.wait([stopped], timeout=backoff)
+            if stop.is_set():
+                return
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+            started_at = loop.time()
+            pipes.append(await _start(child))
+            try:
+                if child.port is not None:
+                    await _wait_port(child.port, child, stop=stop)
+            except (RuntimeError, TimeoutError) as exc:
+                print(f"{child.name} did not come back: {exc}", file=sys.stderr, flush=True)
+                continue  # its exit (or a kill below) is the next round
+            if not stop.is_set():
+                where = f", listening on {child.port}" if child.port is not None else ""
+                print(f"{child.name} restarted (pid {child.proc.pid}{where})", flush=True)
+    finally:
+        stopped.cancel()
+
+
+async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scale()) -> int:
     ports = ports or Ports(s2s=int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT)))
-    if (in_use := _ports_in_use(ports)) is not None:
+    if (in_use := _ports_in_use(ports, scale)) is not None:
         print(in_use, file=sys.stderr)
         return 1
     redis_acl = redis_auth(var)  # makes var/redis
@@ -288,7 +379,7 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
     except Exception as exc:
         print(f"PostgreSQL could not be set up in {var / 'postgres'}: {exc}", file=sys.stderr)
         return 1
-    children = _children(var, ports, admin_token, postgres, auth, redis_acl)
+    children = _children(var, ports, admin_token, postgres, auth, redis_acl, scale)
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
@@ -302,11 +393,11 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
         loop.add_signal_handler(sig, on_signal)
 
     async def start_all() -> None:
-        for child, port in children:
+        for child in children:
             pipes.append(await _start(child))
             started.append(child)
-            if port is not None:
-                await _wait_port(port, child)
+            if child.port is not None:
+                await _wait_port(child.port, child)
             if child.name == "postgres":  # accepting, then our database
                 await asyncio.to_thread(postgres.wait_ready)
                 await asyncio.to_thread(postgres.ensure_database, DATABASE)
@@ -322,19 +413,27 @@ async def run_cluster(var: Path, ports: Ports | None = None) -> int:
                 await starter
             return status
         starter.result()  # a start failure raises here
-        metrics = (f"metrics on :{ports.metrics}-{ports.metrics_port(5)}" if ports.metrics
+        last = ports.metrics_port(scale.services() - 1)
+        metrics = (f"metrics on :{ports.metrics}-{last}" if ports.metrics
                    else "metrics on ports of the services' choosing (see their logs)")
-        print(f"stanzad is up: c2s on 127.0.0.1:{ports.c2s} (STARTTLS), domain "
+        c2s = ", ".join(f"127.0.0.1:{c.port} ({c.env['STANZAD_CM_ID']})"
+                        for c in started if c.name.startswith("cm") and c.port is not None)
+        print(f"stanzad is up: c2s on {c2s} (STARTTLS), domain "
               f"{os.environ.get('STANZAD_DOMAIN', 'localhost')}; s2s on :{ports.s2s}; "
               f"{metrics}.\nadmin API: http://127.0.0.1:{ports.admin}/api/v1/ with "
               f"'Authorization: Bearer {admin_token}'. Ctrl-C stops it.", flush=True)
-        waiters = [asyncio.create_task(c.proc.wait()) for c in started if c.proc]
-        done, _ = await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
+        gave_up = asyncio.Event()
+        supervisors = [asyncio.create_task(_supervise(c, stop, pipes, gave_up))
+                       for c in started]
+        given_up = asyncio.create_task(gave_up.wait())
+        done, _ = await asyncio.wait([stopper, given_up], return_when=asyncio.FIRST_COMPLETED)
+        given_up.cancel()
         if stopper not in done:
-            print("a process exited; stopping the cluster", file=sys.stderr)
             status = 1
+        stop.set()  # the supervisors return; from here a signal means hurry
+        with contextlib.suppress(TimeoutError):  # bounded: a restart's port wait sees stop
+            await asyncio.wait_for(asyncio.gather(*supervisors, return_exceptions=True),
+                                   SERVICES_STOP_S)
     except (RuntimeError, TimeoutError, OSError, subprocess.CalledProcessError) as exc:
         print(f"start failed: {exc}", file=sys.stderr)
         status = 1

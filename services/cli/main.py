@@ -1,6 +1,6 @@
 """The `stanzad` command: run the local cluster and manage accounts and sessions.
 
-    stanzad run
+    stanzad run [--connection-managers N] [--routers M] [--presence N] [--roster N]
     stanzad user add alice@localhost [--password PW]     (prompts when --password is absent)
     stanzad user passwd alice@localhost [--password PW]
     stanzad user delete alice@localhost                  (also kicks its open sessions)
@@ -60,6 +60,7 @@ from .devcluster import (
     REDIS_PORT,
     S2S_PORT,
     Ports,
+    Scale,
     local_nats_credentials,
     local_redis_url,
     run_cluster,
@@ -310,6 +311,13 @@ _COMMANDS = {
 }
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stanzad", description="Manage a stanzad cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -323,7 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--postgres-port", type=int, default=PG_PORT)
     run.add_argument("--admin-port", type=int, default=ADMIN_PORT)
     run.add_argument("--metrics-port", type=int, default=METRICS_PORT,
-                     help="the first of six consecutive side ports; 0: each picks a free one")
+                     help="the first of consecutive side ports, one per service (six with "
+                          "one of each); 0: each picks a free one")
+    for flag, what in (("connection-managers", "connection managers; the i-th (from 0) "
+                        "listens on the c2s port + 10*i"), ("routers", "routers"),
+                       ("presence", "presence members"), ("roster", "roster members")):
+        run.add_argument(f"--{flag}", type=_positive, default=1, metavar="N",
+                         help=f"how many {what} (default: 1)")
     user = sub.add_parser("user", help="manage accounts")
     actions = user.add_subparsers(dest="action", required=True)
     for name, help_ in (("add", "create an account"), ("passwd", "change a password")):
@@ -376,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         ports = Ports(c2s=args.c2s_port, s2s=s2s, nats=args.nats_port, redis=args.redis_port,
                       postgres=args.postgres_port, admin=args.admin_port,
                       metrics=args.metrics_port)
-        return asyncio.run(run_cluster(Path(args.var), ports))
+        scale = Scale(connection_managers=args.connection_managers, routers=args.routers,
+                      presence=args.presence, roster=args.roster)
+        return asyncio.run(run_cluster(Path(args.var), ports, scale))
     if args.command == "sessions" and args.action is None:
         args.action = "list"  # plain `stanzad sessions`
     settings = load_or_exit(AdminSettings)

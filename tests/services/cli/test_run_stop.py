@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,10 +71,10 @@ def wait_gone(procs: list[Proc], guard_s: float = HANG_GUARD_S) -> list[Proc]:
 class Run:
     """One `stanzad run` subprocess, its output collected by a thread."""
 
-    def __init__(self, var: Path, ports: dict[str, int]) -> None:
+    def __init__(self, var: Path, ports: dict[str, int], extra: tuple[str, ...] = ()) -> None:
         self.ports = ports
         args = [sys.executable, "-m", "services.cli.main", "run", "--var", str(var),
-                "--metrics-port", "0"]
+                "--metrics-port", "0", *extra]
         for name, port in ports.items():
             args += [f"--{name}-port", str(port)]
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
@@ -97,10 +97,10 @@ class Run:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_up(self) -> list[Proc]:
+    def wait_up(self, expected: int = CHILDREN) -> list[Proc]:
         assert self._up.wait(START_GUARD_S), self.output
         self.children = children_of(self.proc.pid)
-        assert len(self.children) == CHILDREN, (self.children, self.output)
+        assert len(self.children) == expected, (self.children, self.output)
         return self.children
 
     def signal_and_wait(self, sig: signal.Signals) -> float:
@@ -119,13 +119,18 @@ class Run:
         self.proc.wait(HANG_GUARD_S)
 
 
-def _free_ports() -> dict[str, int]:
+def _free_ports(cms: int = 1) -> dict[str, int]:
+    """Distinct free ports; the c2s one such that the other connection managers' (c2s + 10·i)
+    are free too."""
     ports: dict[str, int] = {}
     names = ("c2s", "s2s", "nats", "redis", "postgres", "admin")
-    while len(ports) < len(names):  # distinct ones
+    taken: set[int] = set()
+    while len(ports) < len(names):
         port = free_port()
-        if port not in ports.values():
+        mine = [port + 10 * i for i in range(cms)] if not ports else [port]
+        if taken.isdisjoint(mine) and not any(port_open("127.0.0.1", p) for p in mine):
             ports[names[len(ports)]] = port
+            taken.update(mine)
     return ports
 
 
@@ -137,8 +142,9 @@ def runs(tmp_path: Path) -> Iterator[list[Run]]:
         run.cleanup()
 
 
-def _start(runs: list[Run], var: Path, ports: dict[str, int] | None = None) -> Run:
-    run = Run(var, ports or _free_ports())
+def _start(runs: list[Run], var: Path, ports: dict[str, int] | None = None,
+           extra: tuple[str, ...] = ()) -> Run:
+    run = Run(var, ports or _free_ports(), extra)
     runs.append(run)
     return run
 
@@ -208,3 +214,50 @@ def test_a_held_port_names_its_holder(runs: list[Run], tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait(HANG_GUARD_S)
+
+
+def _env_of(proc: Proc) -> dict[str, str]:
+    raw = Path(f"/proc/{proc[0]}/environ").read_bytes()
+    return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
+
+
+def _wait(check: Callable[[], bool], guard_s: float = START_GUARD_S) -> bool:
+    deadline = time.monotonic() + guard_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return check()
+
+
+def test_several_connection_managers_and_a_killed_one_is_restarted(
+    runs: list[Run], tmp_path: Path
+) -> None:
+    """`--connection-managers 2 --routers 2`: the second connection manager listens on the c2s
+    port + 10 (both printed at start); kill -9 of it leaves the rest running, is reported and
+    the process is started again, listening on the same port; SIGTERM still stops all."""
+    ports = _free_ports(cms=2)
+    run = _start(runs, tmp_path / "var", ports,
+                 ("--connection-managers", "2", "--routers", "2"))
+    children = run.wait_up(CHILDREN + 2)
+    second = ports["c2s"] + 10
+    up = next(line for line in run.lines if line.startswith("stanzad is up"))
+    assert f"127.0.0.1:{ports['c2s']} (cm-local)" in up, up
+    assert f"127.0.0.1:{second} (cm-local-1)" in up, up
+    assert port_open("127.0.0.1", second)
+    victim = next(c for c in children if _env_of(c).get("STANZAD_CM_ID") == "cm-local-1")
+    others = [c for c in children if c != victim]
+    os.kill(victim[0], signal.SIGKILL)
+    assert _wait(lambda: "cm-1 restarted" in run.output), run.output
+    assert "cm-1 exited with -9; the rest of the cluster keeps running" in run.output
+    assert run.proc.poll() is None, run.output
+    assert all(alive(c) for c in others), run.output  # nothing else was touched
+    now = children_of(run.proc.pid)
+    assert len(now) == CHILDREN + 2, (now, run.output)
+    reborn = [c for c in now if c not in children]
+    assert len(reborn) == 1 and _env_of(reborn[0])["STANZAD_CM_ID"] == "cm-local-1"
+    assert port_open("127.0.0.1", second) and port_open("127.0.0.1", ports["c2s"])
+    run.children = now
+    run.signal_and_wait(signal.SIGTERM)
+    assert run.proc.returncode == 0, run.output
+    assert wait_gone(now) == [], run.output
+    for port in (*run.ports.values(), second):
+        assert not port_open("127.0.0.1", port), port
