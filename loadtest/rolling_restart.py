@@ -67,9 +67,8 @@ def main() -> int:
     try:
         cluster.start_servers()
         cluster.start_core()
-        for name in cms:  # no per-session rate limit in the way of the load
-            cluster.start_cm(name, STANZAD_DRAIN_TIMEOUT_S="60",
-                             STANZAD_MAX_INBOUND_BYTES_PER_S="0", STANZAD_MAX_STANZAS_PER_S="0")
+        for name in cms:  # the per-session limits at their defaults
+            cluster.start_cm(name, STANZAD_DRAIN_TIMEOUT_S="60")
         counts = asyncio.run(run(cluster, cms, args.clients, args.messages, args.interval,
                                  args.seconds))
     finally:

@@ -115,11 +115,13 @@ class ConnectionManagerSettings(CommonSettings):
         4 * 1024 * KiB, ge=64 * KiB, description="Unsent bytes per connection before it is closed."
     )
     # ---- edge limits (issue 4); README "Security and limits" lists them all ----
+    # 64 KiB/s with a burst of one largest stanza (256 KiB): a client uploading an avatar or
+    # a busy bot is not slowed, a flood of one session is (with the stanza rate below).
     max_inbound_bytes_per_s: int = Field(
-        10 * KiB, ge=0, description="Bytes a connection may send per second; 0 = unlimited."
+        64 * KiB, ge=0, description="Bytes a connection may send per second; 0 = unlimited."
     )
     inbound_burst_bytes: int = Field(
-        32 * KiB, ge=1 * KiB, description="Bytes a connection may send at once above the rate."
+        256 * KiB, ge=1 * KiB, description="Bytes a connection may send at once above the rate."
     )
     max_stanzas_per_s: float = Field(
         100.0, ge=0, description="Stanzas a session may send per second; 0 = unlimited."
