@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
 
@@ -150,18 +150,24 @@ def _given_jid(entry: object) -> str:
     return jid if isinstance(jid, str) else ""
 
 
-def plan_entry(entry: object, domain: str, min_iterations: int = MIN_ITERATIONS
-               ) -> PlannedAccount:
-    """One import entry, checked: ``{"jid", "password"}`` or ``{"jid", "scram"}`` (the JSON
-    form of shared/xmpp/credentials.py); raises ValueError (AdminError among them) with a reason."""
+def _entry(entry: object, fields: Collection[str]) -> tuple[dict[str, Any], str]:
+    """An entry of an import file: a JSON object of known ``fields`` with a string 'jid'."""
     if not isinstance(entry, dict):
         raise AdminError("not a JSON object")
-    unknown = sorted(str(k) for k in entry if k not in IMPORT_FIELDS)
+    unknown = sorted(str(k) for k in entry if k not in fields)
     if unknown:
         raise AdminError(f"unknown field(s) {', '.join(unknown)}")
     jid = entry.get("jid")
     if not isinstance(jid, str):
         raise AdminError("'jid' is missing or not a string")
+    return entry, jid
+
+
+def plan_entry(entry: object, domain: str, min_iterations: int = MIN_ITERATIONS
+               ) -> PlannedAccount:
+    """One import entry, checked: ``{"jid", "password"}`` or ``{"jid", "scram"}`` (the JSON
+    form of shared/xmpp/credentials.py); raises ValueError (AdminError among them) with a reason."""
+    entry, jid = _entry(entry, IMPORT_FIELDS)
     bare = bare_jid(jid, domain)
     if ("password" in entry) == ("scram" in entry):
         raise AdminError("give either 'password' or 'scram'")
@@ -214,14 +220,7 @@ def _text(value: object, what: str) -> str:
 
 def plan_roster_item(entry: object, owner: str) -> RosterItem:
     """One item of an imported roster, checked (RFC 6121 §2.1.2, states of Appendix A)."""
-    if not isinstance(entry, dict):
-        raise AdminError("not a JSON object")
-    unknown = sorted(str(k) for k in entry if k not in ROSTER_ITEM_FIELDS)
-    if unknown:
-        raise AdminError(f"unknown field(s) {', '.join(unknown)}")
-    given = entry.get("jid")
-    if not isinstance(given, str):
-        raise AdminError("'jid' is missing or not a string")
+    entry, given = _entry(entry, ROSTER_ITEM_FIELDS)
     try:
         contact = JID.parse(given)
     except JIDError as exc:
@@ -262,14 +261,7 @@ def plan_roster_item(entry: object, owner: str) -> RosterItem:
 def plan_roster(entry: object, domain: str) -> tuple[str, list[RosterItem]]:
     """One account's roster, checked: ``{"jid", "items": [...]}``.  A bad item refuses the
     whole roster (the reason names it: index and JID), so no account gets half of one."""
-    if not isinstance(entry, dict):
-        raise AdminError("not a JSON object")
-    unknown = sorted(str(k) for k in entry if k not in ROSTER_FIELDS)
-    if unknown:
-        raise AdminError(f"unknown field(s) {', '.join(unknown)}")
-    jid = entry.get("jid")
-    if not isinstance(jid, str):
-        raise AdminError("'jid' is missing or not a string")
+    entry, jid = _entry(entry, ROSTER_FIELDS)
     owner = bare_jid(jid, domain)
     items = entry.get("items")
     if not isinstance(items, list):

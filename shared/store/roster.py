@@ -95,15 +95,18 @@ def _item(row: asyncpg.Record) -> RosterItem:
                       int(row["version"]))
 
 
-# One statement (atomic, one round trip): bump the roster version, store the item under it,
-# drop its tombstone.  $1 owner, $2 contact, $3 name, $4 groups, $5 subscription, $6 pending
-# out, $7 pending in, $8 approved, $9 hidden.
-_PUT: Final = """
-WITH v AS (
+# The start of every statement that changes a roster: its version, bumped (§2.6).
+_BUMP_VERSION: Final = """WITH v AS (
     INSERT INTO roster_versions (owner, version) VALUES ($1, 1)
     ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1
     RETURNING version
-), i AS (
+)"""
+
+# One statement (atomic, one round trip): bump the roster version, store the item under it,
+# drop its tombstone.  $1 owner, $2 contact, $3 name, $4 groups, $5 subscription, $6 pending
+# out, $7 pending in, $8 approved, $9 hidden.
+_PUT: Final = f"""
+{_BUMP_VERSION}, i AS (
     INSERT INTO roster_items (owner, contact, name, groups, subscription, pending_out,
                               pending_in, approved, hidden, version)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, v.version FROM v
@@ -119,12 +122,8 @@ SELECT version FROM i
 """
 
 # Bump the version, remove the item, leave a tombstone at that version (§2.6.3 diffs).
-_REMOVE: Final = """
-WITH v AS (
-    INSERT INTO roster_versions (owner, version) VALUES ($1, 1)
-    ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1
-    RETURNING version
-), d AS (
+_REMOVE: Final = f"""
+{_BUMP_VERSION}, d AS (
     DELETE FROM roster_items WHERE owner = $1 AND contact = $2
 ), t AS (
     INSERT INTO roster_tombstones (owner, contact, version) SELECT $1, $2, version FROM v

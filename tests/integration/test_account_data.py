@@ -5,16 +5,7 @@ from __future__ import annotations
 
 from tests.conftest import Users
 from tests.support.cluster import Cluster
-from tests.support.xmpp import RawClient, raw_login
-
-
-async def _ask(raw: RawClient, iq: bytes, stanza_id: bytes) -> bytes:
-    await raw.send(iq)
-    data = await raw.read_until(b'id="' + stanza_id + b'"')
-    # the rest of that stanza
-    if not data.rstrip().endswith((b"/>", b"</iq>")):
-        data += await raw.read_until(b"</iq>")
-    return data
+from tests.support.xmpp import RawClient, ask_iq, raw_login
 
 
 async def test_xep0054_vcard_set_get_and_read_by_another_user(
@@ -26,19 +17,19 @@ async def test_xep0054_vcard_set_get_and_read_by_another_user(
     try:
         await raw_login(a, alice, pw_a)
         await raw_login(b, bob, pw_b)
-        empty = await _ask(a, b"<iq type='get' id='v0'><vCard xmlns='vcard-temp'/></iq>", b"v0")
+        empty = await ask_iq(a, b"<iq type='get' id='v0'><vCard xmlns='vcard-temp'/></iq>", b"v0")
         assert b'<vCard xmlns="vcard-temp"/>' in empty
-        stored = await _ask(
+        stored = await ask_iq(
             a, b"<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Alice A.</FN></vCard></iq>",
             b"v1",
         )
         assert b'type="result"' in stored
-        theirs = await _ask(
+        theirs = await ask_iq(
             b, f"<iq type='get' id='v2' to='{alice}'><vCard xmlns='vcard-temp'/></iq>".encode(),
             b"v2",
         )
         assert b"<FN>Alice A.</FN>" in theirs and f'from="{alice}"'.encode() in theirs
-        forbidden = await _ask(
+        forbidden = await ask_iq(
             b, f"<iq type='set' id='v3' to='{alice}'><vCard xmlns='vcard-temp'/></iq>".encode(),
             b"v3",
         )
@@ -53,20 +44,20 @@ async def test_xep0049_private_storage_round_trip(cluster: Cluster, users: Users
     raw = RawClient("127.0.0.1", cluster.c2s_port)
     try:
         await raw_login(raw, alice, pw)
-        await _ask(
+        await ask_iq(
             raw,
             b"<iq type='set' id='p1'><query xmlns='jabber:iq:private'>"
             b"<prefs xmlns='urn:example:prefs'><theme>dark</theme></prefs></query></iq>",
             b"p1",
         )
-        got = await _ask(
+        got = await ask_iq(
             raw,
             b"<iq type='get' id='p2'><query xmlns='jabber:iq:private'>"
             b"<prefs xmlns='urn:example:prefs'/></query></iq>",
             b"p2",
         )
         assert b"<theme>dark</theme>" in got
-        refused = await _ask(
+        refused = await ask_iq(
             raw,
             b"<iq type='set' id='p3'><query xmlns='jabber:iq:private'>"
             b"<x xmlns='jabber:iq:roster'/></query></iq>",
@@ -82,14 +73,14 @@ async def test_xep0030_disco_on_bare_jid_and_server(cluster: Cluster, users: Use
     raw = RawClient("127.0.0.1", cluster.c2s_port)
     try:
         await raw_login(raw, alice, pw)
-        info = await _ask(
+        info = await ask_iq(
             raw,
             f"<iq type='get' id='d1' to='{alice}'>"
             "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>".encode(),
             b"d1",
         )
         assert b'category="account"' in info and b'var="vcard-temp"' in info
-        server = await _ask(
+        server = await ask_iq(
             raw,
             b"<iq type='get' id='d2' to='localhost'>"
             b"<query xmlns='http://jabber.org/protocol/disco#info'/></iq>",

@@ -12,7 +12,7 @@ import pytest
 from devtools.localservers import LocalPostgres
 from tests.conftest import Users
 from tests.support.cluster import Cluster, new_cluster
-from tests.support.xmpp import RawClient, eventually, raw_login
+from tests.support.xmpp import RawClient, ask_iq, eventually, raw_login
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +26,6 @@ def flushed(postgres: LocalPostgres) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-
-
-async def _ask(raw: RawClient, iq: str, stanza_id: str) -> bytes:
-    await raw.send(iq.encode())
-    data = await raw.read_until(f'id="{stanza_id}"'.encode())
-    if not data.rstrip().endswith((b"/>", b"</iq>")):
-        data += await raw.read_until(b"</iq>")
-    return data
 
 
 async def _login(cluster: Cluster, jid: str, pw: str, resource: str) -> RawClient:
@@ -72,7 +64,7 @@ async def test_flushall_loses_no_durable_data(flushed: Cluster) -> None:
                      "<group>Friends</group></item></query>",
             }
             for sid, child in sets.items():
-                reply = await _ask(a, f"<iq type='set' id='{sid}'>{child}</iq>", sid)
+                reply = await ask_iq(a, f"<iq type='set' id='{sid}'>{child}</iq>", sid)
                 assert b'type="result"' in reply, reply
             await a.send(f"<message to='{bob}' type='chat' id='m1'><body>kept for you</body>"
                          "</message>".encode())
@@ -86,16 +78,16 @@ async def test_flushall_loses_no_durable_data(flushed: Cluster) -> None:
         await eventually(lambda: _logs_in_again(flushed, alice, pw_a), 30, "logins again")
         a = await _login(flushed, alice, pw_a, "desk")
         try:
-            vcard = await _ask(a, "<iq type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>", "v2")
+            vcard = await ask_iq(a, "<iq type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>", "v2")
             assert b"<FN>Alice Durable</FN>" in vcard
-            private = await _ask(
+            private = await ask_iq(
                 a, "<iq type='get' id='p2'><query xmlns='jabber:iq:private'>"
                    "<prefs xmlns='urn:example:prefs'/></query></iq>", "p2")
             assert b"<theme>dark</theme>" in private
-            blocked = await _ask(
+            blocked = await ask_iq(
                 a, "<iq type='get' id='b2'><blocklist xmlns='urn:xmpp:blocking'/></iq>", "b2")
             assert f'jid="{carol}"'.encode() in blocked
-            roster = await _ask(
+            roster = await ask_iq(
                 a, "<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>", "r2")
             assert f'jid="{bob}"'.encode() in roster and b"<group>Friends</group>" in roster
         finally:

@@ -14,15 +14,7 @@ from devtools.localservers import LocalPostgres, postgres_bin_dir
 from tests.conftest import Users
 from tests.support import postgres as test_postgres
 from tests.support.cluster import Cluster, new_cluster
-from tests.support.xmpp import RawClient, eventually, raw_login
-
-
-async def _ask(raw: RawClient, iq: str, stanza_id: str) -> bytes:
-    await raw.send(iq.encode())
-    data = await raw.read_until(f'id="{stanza_id}"'.encode())
-    if not data.rstrip().endswith((b"/>", b"</iq>")):
-        data += await raw.read_until(b"</iq>")
-    return data
+from tests.support.xmpp import RawClient, ask_iq, eventually, raw_login
 
 
 async def _login(cluster: Cluster, jid: str, pw: str, resource: str) -> RawClient:
@@ -51,7 +43,7 @@ async def _fill(cluster: Cluster) -> tuple[str, str, str, str]:
                      "<group>Friends</group></item></query>",
             }
             for sid, child in sets.items():
-                reply = await _ask(a, f"<iq type='set' id='{sid}'>{child}</iq>", sid)
+                reply = await ask_iq(a, f"<iq type='set' id='{sid}'>{child}</iq>", sid)
                 assert b'type="result"' in reply, reply
             await a.send(f"<message to='{bob}' type='chat' id='m1'><body>from the backup</body>"
                          "</message>".encode())
@@ -97,10 +89,10 @@ async def test_a_cluster_on_a_restored_dump_serves_the_same_data(
         restored.start_cm()
         a = await _login(restored, alice, pw_a, "desk")
         try:
-            vcard = await _ask(a, "<iq type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>",
+            vcard = await ask_iq(a, "<iq type='get' id='v2'><vCard xmlns='vcard-temp'/></iq>",
                                "v2")
             assert b"<FN>Alice Restored</FN>" in vcard, vcard
-            roster = await _ask(
+            roster = await ask_iq(
                 a, "<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>", "r2")
             assert f'jid="{bob}"'.encode() in roster and b"<group>Friends</group>" in roster
         finally:

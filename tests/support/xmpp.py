@@ -263,6 +263,16 @@ async def raw_login(client: RawClient, jid: str, password: str, resource: str = 
     return await client.read_until(b"</iq>")
 
 
+async def ask_iq(client: RawClient, iq: bytes | str, stanza_id: bytes | str) -> bytes:
+    """Send an IQ and read up to the end of the stanza with its id (the answer)."""
+    sid = stanza_id.encode() if isinstance(stanza_id, str) else stanza_id
+    await client.send(iq.encode() if isinstance(iq, str) else iq)
+    data = await client.read_until(b'id="' + sid + b'"')
+    if not data.rstrip().endswith((b"/>", b"</iq>")):  # the rest of that stanza
+        data += await client.read_until(b"</iq>")
+    return data
+
+
 async def raw_auth(client: RawClient, jid: str, password: str) -> bytes:
     """STARTTLS, SASL PLAIN, restart; returns the features of the authenticated stream."""
     import base64
