@@ -78,6 +78,12 @@ def main() -> int:
     print("restarts (SIGTERM to exit): "
           + ", ".join(f"{name} {took:.2f} s" for name, took in counts.restarts))
     print(counts.line())
+    for line in counts.details():
+        print(line)
+    if counts.kept:
+        print(f"client side: {len(counts.kept)} messages whose turn to be written came after "
+              "their client's connection was lost, kept for re-sending after <resumed/>")
+    print(f"logs: {cluster.workdir}")
     bad = counts.lost or counts.duplicated or counts.out_of_order
     return 1 if bad or counts.received != counts.sent else 0
 

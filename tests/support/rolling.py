@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from slixmpp import Iq, Message, Presence
+
 from tests.support.cluster import Cluster
 from tests.support.xmpp import Client
+
+STALLED_S = 30.0  # the end waits this long for messages that stopped arriving
 
 
 class SMChatter(Client):
@@ -41,7 +45,26 @@ class SMChatter(Client):
         self.add_event_handler("sm_failed", lambda st: self.failed.append(str(st)))
         self.add_event_handler("disconnected", self._lost)
         self.add_event_handler("message", self._record)
+        # XEP-0198 §5 on the client's side: slixmpp 1.17 hands a stanza from its send queue
+        # to the wire in a later loop iteration than `send`; when the connection was lost in
+        # between, its SM plugin is off (the stanza is not kept for re-sending) and the write
+        # raises NotConnectedError: the message is gone.  This filter, after the plugin's,
+        # keeps such a stanza in the plugin's unacknowledged queue instead, as if written
+        # into the broken connection: <resumed h/> then re-sends it, in order.
+        self.kept: list[int] = []  # our numbered messages saved that way
+        self.add_filter("out_sync", self._keep_unsent)
         self.closing = False
+
+    def _keep_unsent(self, stanza: Any) -> Any:
+        plugin = self.plugin["xep_0198"]
+        if (self.transport is not None or plugin.enabled_out or not plugin.sm_id
+                or not isinstance(stanza, Message | Presence | Iq)):
+            return stanza
+        plugin.seq = (plugin.seq + 1) % 2**32
+        plugin.unacked_queue.append((plugin.seq, stanza))
+        if isinstance(stanza, Message) and str(stanza["body"]).isdigit():
+            self.kept.append(int(str(stanza["body"])))
+        return None  # not written now: after <resumed/>
 
     def _record(self, msg: Any) -> None:
         body = str(msg["body"])
@@ -83,11 +106,27 @@ class Counts:
     resumptions: int = 0
     sm_failed: int = 0
     restarts: list[tuple[str, float]] = field(default_factory=list)  # (cm, seconds to exit)
+    missing: list[tuple[str, int]] = field(default_factory=list)  # (sender, number)
+    doubled: list[tuple[str, int, int]] = field(default_factory=list)  # (sender, number, times)
+    # (sender, number) whose turn in the sender's send queue came after its connection was
+    # lost: kept for re-sending after <resumed/> (`SMChatter._keep_unsent`)
+    kept: list[tuple[str, int]] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"sent {self.sent}, received {self.received}, lost {self.lost}, "
                 f"duplicated {self.duplicated}, out of order {self.out_of_order}, "
                 f"resumptions {self.resumptions}, sm failed {self.sm_failed}")
+
+    def details(self) -> list[str]:
+        """One line per message lost or duplicated, naming it (sender, number)."""
+        kept = set(self.kept)
+        lines = [f"lost: {sender} #{n}"
+                 + (" (kept by its client after its connection was lost)"
+                    if (sender, n) in kept else "")
+                 for sender, n in self.missing]
+        lines += [f"duplicated: {sender} #{n} arrived {times} times"
+                  for sender, n, times in self.doubled]
+        return lines
 
 
 def count(sent: dict[str, int], clients: list[SMChatter], senders: dict[str, str]) -> Counts:
@@ -95,12 +134,18 @@ def count(sent: dict[str, int], clients: list[SMChatter], senders: dict[str, str
     bare JID → its sender's bare JID."""
     counts = Counts(sent=sum(sent.values()))
     for client in clients:
-        sender = senders[client.boundjid.bare]
+        me = client.boundjid.bare
+        counts.kept += [(me, n) for n in client.kept]
+        sender = senders[me]
         got = client.received.get(sender, [])
         counts.received += len(got)
         unique = set(got)
         counts.duplicated += len(got) - len(unique)
-        counts.lost += len(set(range(sent[sender])) - unique)
+        missing = sorted(set(range(sent[sender])) - unique)
+        counts.lost += len(missing)
+        counts.missing += [(sender, n) for n in missing]
+        counts.doubled += [(sender, n, times) for n, times in sorted(Counter(got).items())
+                           if times > 1]
         counts.out_of_order += got != sorted(got)
         counts.resumptions += client.resumptions
         counts.sm_failed += len(client.failed)
@@ -154,9 +199,15 @@ async def rolling_restart(cluster: Cluster, cms: list[str], accounts: list[tuple
             return all(len(set(c.received.get(senders[c.boundjid.bare], []))) >= sent[
                 senders[c.boundjid.bare]] for c in clients)
 
+        arrived, quiet = -1, 0.0
         for _ in range(max(0, int((give_up - time.monotonic()) / 0.1))):  # polls, bounded
             if done():
                 break
+            now = sum(len(got) for c in clients for got in c.received.values())
+            quiet = quiet + 0.1 if now == arrived else 0.0
+            if quiet > STALLED_S:  # what is missing by now will not come
+                break
+            arrived = now
             await asyncio.sleep(0.1)
         await asyncio.sleep(settle_s)  # anything arriving twice would come now
         for client in clients:  # acknowledge: nothing left to re-send at logout
