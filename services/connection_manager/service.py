@@ -81,6 +81,7 @@ class ConnectionManager:
             stream_management=settings.sm_enabled,
             sm_resume_s=settings.sm_resume_timeout_s,
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
+            sm_location=settings.sm_location,
         )
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection

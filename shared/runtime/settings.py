@@ -13,6 +13,8 @@ from typing import Final, TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.xmpp import sm
+
 ENV_PREFIX: Final = "STANZAD_"
 KiB: Final = 1024
 
@@ -225,12 +227,23 @@ class ConnectionManagerSettings(CommonSettings):
         description="How long a <resume/> for a session of another connection manager waits "
         "for that one to hand it over; then <failed><item-not-found/></failed>.",
     )
+    sm_location: str = Field(
+        "",
+        description="This pod's address for resumption, host:port ([IPv6]:port), sent as "
+        "<enabled location/> (XEP-0198 §5); empty: no attribute (a resume works on any "
+        "connection manager).",
+    )
 
     @field_validator("trusted_networks", "proxy_protocol_networks")
     @classmethod
     def _check_networks(cls, value: str) -> str:
         parse_networks(value)
         return value
+
+    @field_validator("sm_location")
+    @classmethod
+    def _check_sm_location(cls, value: str) -> str:
+        return sm.check_location(value.strip())
 
 
 class PartitionedSettings(CommonSettings):

@@ -83,6 +83,7 @@ class StreamConfig:
     stream_management: bool = True  # XEP-0198 offered
     sm_resume_s: int = 300  # resumption timeout (§5) when the client asks for none; 0: no
     sm_resume_max_s: int = 300  # the longest a client's <enable max/> is honoured
+    sm_location: str = ""  # <enabled location/> (§5): where this server prefers <resume/>
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -437,7 +438,9 @@ class C2SStream(ServingStream):
             max_s = max_s or config.sm_resume_s
         sm_id = secrets.token_urlsafe(_SM_ID_BYTES) if max_s else ""
         self.sm = sm.Queue(sm_id, max_s)
-        self._out.append(sm.enabled_resumable(sm_id, max_s) if sm_id else sm.enabled())
+        self._out.append(
+            sm.enabled_resumable(sm_id, max_s, config.sm_location) if sm_id else sm.enabled()
+        )
         return SMEnabled(sm_id, max_s)
 
     def _on_resume(self, element: etree._Element) -> Event | None:

@@ -15,6 +15,7 @@ written and not yet acknowledged, in order, so that they can be written again af
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from typing import Final
 from xml.sax.saxutils import quoteattr
@@ -44,9 +45,35 @@ def enabled() -> bytes:
     return f'<enabled xmlns="{ns.SM}"/>'.encode()  # no 'resume': none on s2s
 
 
-def enabled_resumable(sm_id: str, max_s: int) -> bytes:
-    """§3: <enabled/> of a resumable session, with its id and the timeout the server keeps."""
-    return f'<enabled xmlns="{ns.SM}" id={quoteattr(sm_id)} resume="true" max="{max_s}"/>'.encode()
+def enabled_resumable(sm_id: str, max_s: int, location: str = "") -> bytes:
+    """§3: <enabled/> of a resumable session, with its id and the timeout the server keeps;
+    `location` (§5: "domainpart:port" as in RFC 6120 §4.9.3.19) where it prefers the
+    <resume/>, when set."""
+    where = f" location={quoteattr(location)}" if location else ""
+    return (
+        f'<enabled xmlns="{ns.SM}" id={quoteattr(sm_id)} resume="true" max="{max_s}"{where}/>'
+    ).encode()
+
+
+def check_location(value: str) -> str:
+    """A <enabled location/> (§5): a host name or IP address, optionally ':port', an IPv6
+    address in brackets (RFC 6120 §4.9.3.19, RFC 5952); ValueError if it is not one."""
+    if not value:
+        return value
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        ipaddress.IPv6Address(host)  # ValueError when not one
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected [IPv6]:port, got {value!r}")
+        port = rest[1:] if rest else None
+    else:
+        host, colon, port_text = value.rpartition(":")
+        host, port = (host, port_text) if colon else (value, None)
+        if not host or not all(c.isalnum() or c in ".-_" for c in host):
+            raise ValueError(f"not a host name or IPv4 address: {host!r}")
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"not a port: {port!r}")
+    return value
 
 
 def failed(condition: str, h: int | None = None) -> bytes:

@@ -10,6 +10,7 @@ import signal
 import pytest
 from slixmpp.exceptions import IqError
 
+from devtools.localservers import free_port
 from shared.store import keys
 from tests.conftest import Users
 from tests.support.cluster import Cluster, metric_value
@@ -316,8 +317,36 @@ async def test_xep0198_unacked_queue_is_bounded_policy_violation_then_offline(
 
 @pytest.fixture(scope="module")
 def other_cm_port(cluster: Cluster) -> int:
-    """Another connection manager of the same cluster, for resumption across pods."""
-    return cluster.start_cm("cm-sm-other")
+    """Another connection manager of the same cluster, for resumption across pods; it names
+    its own address in <enabled location/> (STANZAD_SM_LOCATION)."""
+    port = free_port()
+    return cluster.start_cm("cm-sm-other", port, STANZAD_SM_LOCATION=f"127.0.0.1:{port}")
+
+
+async def enabled_element(raw: RawClient, jid: str, pw: str, resource: str) -> bytes:
+    assert b"<jid>" in await raw_login(raw, jid, pw, resource=resource)
+    await raw.send(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    data = await raw.read_until(b"<enabled")
+    data = data[data.index(b"<enabled"):]
+    return data if b"/>" in data else data + await raw.read_until(b"/>")
+
+
+async def test_xep0198_5_enabled_location_is_the_setting_and_absent_by_default(
+    cluster: Cluster, users: Users, other_cm_port: int
+) -> None:
+    """§5: a server MAY name where it prefers the <resume/> (<enabled location/>); the pod
+    with STANZAD_SM_LOCATION names it, the default pod sends no attribute."""
+    jid, pw = await users.create()
+    located = RawClient("127.0.0.1", other_cm_port)
+    plain = RawClient("127.0.0.1", cluster.c2s_port)
+    try:
+        assert f'location="127.0.0.1:{other_cm_port}"'.encode() in await enabled_element(
+            located, jid, pw, "located"
+        )
+        assert b"location" not in await enabled_element(plain, jid, pw, "anywhere")
+    finally:
+        await located.close()
+        await plain.close()
 
 
 async def test_xep0198_5_resume_on_the_other_connection_manager_exactly_once_in_order(

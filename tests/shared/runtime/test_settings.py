@@ -33,3 +33,14 @@ def test_scram_iterations_below_4096_refused(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("STANZAD_SCRAM_ITERATIONS", "100")
     with pytest.raises(ConfigError, match="STANZAD_SCRAM_ITERATIONS"):
         load(ConnectionManagerSettings)
+
+
+def test_sm_location_empty_by_default_checked_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """XEP-0198 §5 <enabled location/>: none by default; a malformed one names the variable."""
+    monkeypatch.delenv("STANZAD_SM_LOCATION", raising=False)
+    assert load(ConnectionManagerSettings).sm_location == ""
+    monkeypatch.setenv("STANZAD_SM_LOCATION", "[2001:db8::5]:5232")
+    assert load(ConnectionManagerSettings).sm_location == "[2001:db8::5]:5232"
+    monkeypatch.setenv("STANZAD_SM_LOCATION", "2001:db8::5:5232")  # IPv6 needs brackets
+    with pytest.raises(ConfigError, match="STANZAD_SM_LOCATION"):
+        load(ConnectionManagerSettings)

@@ -83,6 +83,35 @@ def test_xep0198_3_enable_with_resume_gives_id_and_default_max() -> None:
     assert f'id="{event.id}" resume="true" max="300"'.encode() in out
 
 
+def test_xep0198_5_enabled_names_the_location_only_when_set() -> None:
+    stream = bound()
+    enabled(stream)
+    assert b"location" not in stream.data_to_send()  # the default: no attribute
+    config = dataclasses.replace(CONFIG, sm_location="[2001:db8::1]:5222")
+    stream = bound(config=config)
+    enabled(stream)
+    assert stream.data_to_send().endswith(b' max="300" location="[2001:db8::1]:5222"/>')
+    stream = bound(config=config)
+    enabled(stream, ENABLE)  # no resumption: nowhere to resume (§5)
+    assert b"location" not in stream.data_to_send()
+
+
+@pytest.mark.parametrize(
+    "location", ["xmpp.example.com:5222", "192.0.2.7:5222", "[2001:db8::1]:5222", "host", ""]
+)
+def test_xep0198_5_location_accepted(location: str) -> None:
+    assert sm.check_location(location) == location
+
+
+@pytest.mark.parametrize(
+    "location", ["2001:db8::1:5222", "[2001:db8::1]5222", "[nope]:1", "host:0", "host:65536",
+                 ":5222", "a b:5222", 'x"y:1', "host:port"]
+)
+def test_xep0198_5_location_refused(location: str) -> None:
+    with pytest.raises(ValueError):
+        sm.check_location(location)
+
+
 @pytest.mark.parametrize(("asked", "granted"), [(60, 60), (10_000, 600), (0, 300)])
 def test_xep0198_5_client_max_honoured_up_to_the_setting(asked: int, granted: int) -> None:
     config = dataclasses.replace(CONFIG, sm_resume_s=300, sm_resume_max_s=600)
