@@ -411,6 +411,9 @@ class ConnectionManager:
                 self._spawn(self._forget_facts(full, queue.id))
             unacked = list(queue.queue)
             queue.queue.clear()
+        if self.sessions.get(full) is conn:
+            del self.sessions[full]
+            metrics.SESSIONS.set(len(self.sessions))
         if replaced:
             if unacked:
                 self._return_unacked(full, unacked)
@@ -421,9 +424,6 @@ class ConnectionManager:
                            origin=f"{self.cm_id}/{conn.session_id}", payload=gone.encode())
             p = subjects.partition(jid.bare_str, self.settings.partitions)
             self.bus.publish_soon(subjects.presence(p), env.encode())
-        if self.sessions.get(full) is conn:
-            del self.sessions[full]
-            metrics.SESSIONS.set(len(self.sessions))
         self._spawn(self._unbind(full, conn.record, unacked))
 
     async def _unbind(self, full: str, record: SessionRecord, unacked: list[bytes]) -> None:
@@ -565,7 +565,9 @@ class ConnectionManager:
             except Exception as exc:
                 log.warning("moving a resumed session failed: %s", exc)
                 moved = None
-            if moved is None or moved.replaced is None:  # a new bind of the full JID won
+            # a new bind of the full JID won: before the move, or after it on this pod (its
+            # bind replaced the record we had just moved; adopting now would hide it)
+            if moved is None or moved.replaced is None or full in self.sessions:
                 self._return_unacked(full, list(queue.queue))
                 return "lost_race"
             committed = True
@@ -596,7 +598,10 @@ class ConnectionManager:
                  "again", queue.unacked)
 
     def _deliver_held(self, conn: C2SConnection, env: Envelope) -> None:
-        if env.kind is Kind.BATCH:
+        if env.kind is Kind.KICK:  # the record we moved was replaced by a bind elsewhere
+            if env.id == conn.session_id:
+                self._kick(conn, env.payload)
+        elif env.kind is Kind.BATCH:
             for stanza in split_stanzas(env.payload):
                 conn.deliver(stanza)
         elif env.kind in STANZA_KINDS:
@@ -778,8 +783,10 @@ class ConnectionManager:
         for env in decoded(batch):
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
-                if conn is not None and conn.session_id == env.id:
-                    conn.close(*_kick_reason(env.payload))
+                if conn is None:
+                    self._not_here(env)  # a session arriving here (take-over) gets it after
+                elif conn.session_id == env.id:
+                    self._kick(conn, env.payload)
                 continue
             if env.kind is Kind.BATCH:
                 if conn is None:
@@ -820,6 +827,16 @@ class ConnectionManager:
         for conn in touched:
             conn.flush()
         _STANZAS_OUT.n += written
+
+    def _kick(self, conn: C2SConnection, payload: bytes) -> None:
+        """KICK: a newer bind of the full JID on another pod (RFC 6120 §7.7.2.2: the active
+        session gets <conflict/>), or the admin API.  A detached XEP-0198 session has no
+        stream to close: it ends here and now, so that no <resume/> brings it back beside
+        the session that replaced it (two writers for one full JID)."""
+        if conn.detached is None:
+            conn.close(*_kick_reason(payload))
+        else:
+            self.expire(conn, replaced=not payload)
 
     def _not_here(self, env: Envelope) -> bool:
         """A delivery for a full JID with no session here that is moving (XEP-0198 take-over):
