@@ -246,7 +246,8 @@ async def _status(admin: ClusterAdmin, _: argparse.Namespace) -> int:
         if members.get(""):
             print(f"  (unowned): {members['']} partition(s)")
     listed = ", ".join(
-        f"{c.id} ({'alive' if c.alive else 'DEAD'}, {c.sessions} session(s))"
+        f"{c.id} ({'alive' if c.alive else 'DEAD'}{f', c2s {c.c2s}' if c.c2s else ''}, "
+        f"{c.sessions} session(s))"
         for c in st.connection_managers
     )
     print(f"connection managers: {listed or 'none'}")

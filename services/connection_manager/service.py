@@ -103,6 +103,7 @@ class ConnectionManager:
             else None
         )
         self.port = 0
+        self.c2s_address = ""  # "host:port" once listening
         self._redis = redis_connect(settings.redis_url)
         self.store = SessionStore(self._redis, SERVICE)
         self.sm_facts = SmFactsStore(self._redis, SERVICE)
@@ -180,6 +181,11 @@ class ConnectionManager:
             lambda: C2SConnection(self), s.c2s_host, s.c2s_port, backlog=1024, reuse_address=True
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self.c2s_address = f"{s.c2s_host}:{self.port}"
+        try:  # `stanzad status` shows where it listens
+            await self.store.heartbeat(self.cm_id, s.session_ttl_s, self.c2s_address)
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
         log.info("%s listening for c2s on %s:%d (domain %s)", self.cm_id, s.c2s_host, self.port,
                  s.domain)
 
@@ -268,7 +274,8 @@ class ConnectionManager:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.store.heartbeat(self.cm_id, self.settings.session_ttl_s)
+                await self.store.heartbeat(self.cm_id, self.settings.session_ttl_s,
+                                           self.c2s_address)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 

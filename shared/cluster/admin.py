@@ -76,6 +76,7 @@ class ConnectionManagerInfo:
     alive: bool
     heartbeat_ttl_s: float  # left on the heartbeat key; 0 when expired
     sessions: int
+    c2s: str = ""  # "host:port" it listens on for clients; "" unknown (or not yet listening)
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,7 +551,9 @@ class ClusterAdmin:
         for cm_id, alive in (await self.sessions_store.connection_managers()).items():
             ttl_ms = await self._r.pttl(keys.cm_alive(cm_id))
             count = await self._r.scard(keys.cm_sessions(cm_id))
-            cms.append(ConnectionManagerInfo(cm_id, alive, max(0, ttl_ms) / 1000, int(count)))
+            c2s = (await self._r.get(keys.cm_alive(cm_id)) or b"").decode()
+            cms.append(ConnectionManagerInfo(cm_id, alive, max(0, ttl_ms) / 1000, int(count),
+                                             c2s if ":" in c2s else ""))
         return ClusterStatus(
             partitions=self.partitions,
             routers=route,

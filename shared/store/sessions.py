@@ -226,9 +226,12 @@ class SessionStore:
 
     # --- connection manager liveness -------------------------------------------------------
 
-    async def heartbeat(self, cm_id: str, ttl_s: int) -> None:
+    async def heartbeat(self, cm_id: str, ttl_s: int, c2s: str = "") -> None:
+        """`cm_id` is alive for `ttl_s` more seconds; its value is the c2s address the
+        connection manager listens on ("host:port", for `stanzad status`; "1" before it
+        listens)."""
         async with timed(self._service, "heartbeat"), self._r.pipeline(transaction=False) as p:
-            p.set(keys.cm_alive(cm_id), b"1", ex=ttl_s)
+            p.set(keys.cm_alive(cm_id), c2s or b"1", ex=ttl_s)
             p.sadd(keys.CMS, cm_id)
             await p.execute()
 

@@ -84,6 +84,7 @@ async def test_status_shows_routers_partitions_and_connection_managers(
     cms = {cm["id"]: cm for cm in body["connection_managers"]}
     assert cms["cm-1"]["alive"] is True
     assert 0 < cms["cm-1"]["heartbeat_ttl_s"] <= 6
+    assert cms["cm-1"]["c2s"] == f"127.0.0.1:{cluster.c2s_port}"  # where it listens
 
 
 async def test_create_login_list_kick_delete(
@@ -239,7 +240,8 @@ async def test_cli_status_sessions_and_users(
         assert f"  {jid}/tab  (priority 0, not available, from 127.0.0.1:{port})" in listed
         assert await asyncio.to_thread(main, ["status"]) == 0
         out = capsys.readouterr().out
-        assert "routers: router-1" in out and "cm-1 (alive," in out
+        assert "routers: router-1" in out
+        assert f"cm-1 (alive, c2s 127.0.0.1:{cluster.c2s_port}, " in out
         new = _new_jid(cluster)
         assert await asyncio.to_thread(
             main, ["user", "add", new, "--password", "p-w", "--iterations", "4096"]) == 0

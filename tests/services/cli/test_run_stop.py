@@ -244,6 +244,15 @@ def test_several_connection_managers_and_a_killed_one_is_restarted(
     assert f"127.0.0.1:{second} (cm-local-1)" in up, up
     assert port_open("127.0.0.1", second)
     victim = next(c for c in children if _env_of(c).get("STANZAD_CM_ID") == "cm-local-1")
+    # `stanzad status` (with the cluster's Redis and database, as a cm has them) names each
+    # connection manager's c2s address
+    status = subprocess.run([sys.executable, "-m", "services.cli.main", "status"], cwd=ROOT,
+                            env={**os.environ, **_env_of(victim)}, capture_output=True,
+                            timeout=HANG_GUARD_S, check=False)
+    shown = status.stdout.decode()
+    assert status.returncode == 0, (shown, status.stderr)
+    assert f"cm-local (alive, c2s 127.0.0.1:{ports['c2s']}, " in shown, shown
+    assert f"cm-local-1 (alive, c2s 127.0.0.1:{second}, " in shown, shown
     others = [c for c in children if c != victim]
     os.kill(victim[0], signal.SIGKILL)
     assert _wait(lambda: "cm-1 restarted" in run.output), run.output
