@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ramp-step-seconds", dest="ramp_step_s", type=float, default=5)
     p.add_argument("--p99-bound-ms", type=float, default=50)
     p.add_argument("--drain", dest="drain_s", type=float, default=5)
+    p.add_argument("--sm", action="store_true",
+                   help="every client enables XEP-0198 (resume) and answers the server's <r/>")
     p.add_argument("--host", default="127.0.0.1", help="connection managers' address")
     p.add_argument("--out", type=Path, default=None, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress line")

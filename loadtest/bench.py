@@ -6,6 +6,10 @@ Runs, each against a fresh stanzad cluster started on free loopback ports:
    connection-manager RSS per connection, the issue's memory target;
 2. login — 1,000 logins, 100 in flight: login rate, time to bound p50/p99;
 3. chat — 200 users at 1,000 and 2,000 msgs/s for 10 s: latency p50/p95/p99, CPU/message;
+   at 2,000 msgs/s once more with XEP-0198 stream management enabled on every client
+   (chat-2000-sm), and idle once more with it (idle-sm): deliveries per server CPU-second
+   with SM over without (issue 16: at least 0.9), RSS per idle connection with SM beside
+   the plain figure;
 4. ramp — 200 users from 1,000 msgs/s, times 1.5 per 5 s step until p99 > 50 ms: the peak;
    then the same with the router embedded in the connection manager (ramp-embedded);
 5. scale-out — chat at 4,000 msgs/s on 2 connection managers + 2 routers, against chat-2000
@@ -50,9 +54,15 @@ def plan(quick: bool) -> list[tuple[str, Options]]:
         # the issue's size for the memory target; held past STANZAD_HIBERNATE_AFTER_S (5 s)
         ("idle", Options("idle", connections=200 if quick else 10_000, hold_s=10 * s,
                          concurrency=100)),
+        # the same with XEP-0198 (resumption) enabled on every connection: its memory
+        ("idle-sm", Options("idle", connections=200 if quick else 10_000, hold_s=10 * s,
+                            concurrency=100, sm=True)),
         ("login", Options("login", connections=max(10, int(1000 * s)), concurrency=100)),
         ("chat-1000", replace(chat, rate=1000)),
         ("chat-2000", replace(chat, rate=2000)),
+        # every client with XEP-0198, answering the server's <r/> (one per 5 stanzas):
+        # deliveries per server CPU-second of this one over chat-2000 is SM's price
+        ("chat-2000-sm", replace(chat, rate=2000, sm=True)),
         ("ramp", ramp),
         ("ramp-embedded", replace(ramp, routers=0, ramp_steps=2 if quick else 8)),
         # twice the rate on twice the processes: each process carries what the 1 + 1 run of
@@ -98,6 +108,27 @@ SIDE_BY_SIDE = (
     ("chat latency p99 (ms)", "sbs-chat", ("chat", "latency_ms", "p99")),
     ("idle RSS per connection (KiB)", "sbs-idle", ("cm_rss_per_connection_bytes",)),
 )
+
+
+def sm_figures(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """XEP-0198 on every client vs on none, same run (issue 16): chat deliveries per server
+    CPU-second (chat-2000-sm over chat-2000, at least 0.9 wanted) and RSS per idle
+    connection (idle-sm beside idle)."""
+    rate = ("chat", "deliveries_per_server_cpu_s")
+    plain, with_sm = (_dig(docs.get(n, {"result": {}}), rate)
+                      for n in ("chat-2000", "chat-2000-sm"))
+    idle = ("cm_rss_per_connection_bytes",)
+    idle_plain, idle_sm = (_dig(docs.get(n, {"result": {}}), idle) for n in ("idle", "idle-sm"))
+    lines = []
+    if plain and with_sm:
+        lines.append(f"chat deliveries per server CPU-second: without SM {plain:,.0f}, with SM "
+                     f"{with_sm:,.0f}, ratio {with_sm / plain:.2f} (issue 16 wants >= 0.90)")
+    if idle_plain and idle_sm:
+        lines.append(f"connection-manager RSS per idle connection: without SM "
+                     f"{idle_plain / 1024:,.1f} KiB, with SM {idle_sm / 1024:,.1f} KiB")
+    if not lines:
+        return []
+    return ["## stream management (XEP-0198) on every client vs on none", "", *lines, ""]
 
 
 def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> float | None:
@@ -186,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write_all(doc, out / name)
         docs[name] = report.clean(doc)
         parts += [report.markdown(report.clean(doc)).replace("## ", f"## {name}: ", 1), ""]
+    parts += sm_figures(docs)
     parts += side_by_side(docs)
     (out / "BENCH.md").write_text("\n".join(parts))
     print("\n".join(parts))

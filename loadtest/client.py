@@ -7,6 +7,11 @@ docs/architecture.md, "Building-block costs") and with SCRAM by scramp's client 
 RFC 7677).  A stanza's time stamp is the monotonic clock in ns, in `<body>` (chat) or
 `<status>` (presence); CLOCK_MONOTONIC is one clock for every process of the machine, so
 sender and receiver may be different worker processes.
+
+With ``sm`` the client enables XEP-0198 with resumption after binding, as mobile clients do,
+counts the stanzas it receives (the start tags of top-level message, presence and iq) and
+answers every `<r/>` of the server with `<a h/>` (§4), so that the server's unacknowledged
+queues stay short.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ PING = re.compile(rb"<iq\b([^>]*)>\s*<ping xmlns=[\"']urn:xmpp:ping[\"']")
 ATTR_ID = re.compile(rb"\bid=[\"']([^\"']*)[\"']")
 PAYLOAD = re.compile(rb"<(challenge|success)[^>]*?(?:/>|>([^<]*)</(?:challenge|success)>)")
 TAIL: Final = 64  # longer than any stamp match, so one split across reads is still seen
+SM_NS: Final = "urn:xmpp:sm:3"
+# a stanza's start tag (bodies escape '<', and chat has no nested stanzas) or an ack request
+SM_COUNTED = re.compile(rb"<(?:message|presence|iq)[\s/>]|<r xmlns=[\"']urn:xmpp:sm:3[\"']\s*/>")
+SM_ENABLE: Final = f"<enable xmlns='{SM_NS}' resume='true'/>".encode()
 IP_BIND_ADDRESS_NO_PORT: Final = 24  # Linux: pick the port at connect(), per 4-tuple
 
 StampSink = Callable[[int, int], None]  # (stamp ns, arrival ns)
@@ -87,6 +96,7 @@ class XmppConnection(asyncio.Protocol):
         self.live = False
         self.closed = False
         self.own_stamps: set[bytes] = set()  # presence we sent comes back to ourselves
+        self.handled: int | None = None  # XEP-0198 enabled: stanzas received since
         self._buf = b""
         self._tail = b""
         self._waiter: asyncio.Future[None] | None = None
@@ -101,16 +111,36 @@ class XmppConnection(asyncio.Protocol):
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(None)
             return
+        if self.sink is None and self.handled is None:
+            if b"urn:xmpp:ping" in data:
+                self._answer_pings(data)
+            return
+        text = self._tail + data
+        skip = len(self._tail)
         if self.sink is not None:
             now = time.monotonic_ns()
-            text = self._tail + data
-            skip = len(self._tail)
             for m in STAMP.finditer(text):
                 if m.end() > skip and m.group(1) not in self.own_stamps:
                     self.sink(int(m.group(1)), now)
-            self._tail = text[-TAIL:]
+        self._tail = text[-TAIL:]
         if b"urn:xmpp:ping" in data:
             self._answer_pings(data)
+        if self.handled is not None:
+            self._stream_management(text, skip)
+
+    def _stream_management(self, text: bytes, skip: int) -> None:
+        """XEP-0198 §4: count what arrived and answer each <r/> with how many stanzas were
+        handled before it (matches in the tail were seen with the read before)."""
+        handled = self.handled
+        assert handled is not None
+        for m in SM_COUNTED.finditer(text):
+            if m.end() <= skip:
+                continue
+            if m.group().startswith(b"<r "):
+                self.write(f"<a xmlns='{SM_NS}' h='{handled % 2**32}'/>".encode())
+            else:
+                handled += 1
+        self.handled = handled
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -182,8 +212,9 @@ async def connect(host: str, port: int, source: str, conn: XmppConnection) -> No
 
 async def login(conn: XmppConnection, *, host: str, port: int, source: str, domain: str,
                 jid: str, password: str, resource: str, mechanism: str,
-                ctx: ssl.SSLContext, timeout: float = 30.0) -> None:
-    """Connect, STARTTLS, authenticate, bind; the connection is live afterwards."""
+                ctx: ssl.SSLContext, timeout: float = 30.0, sm: bool = False) -> None:
+    """Connect, STARTTLS, authenticate, bind (and with ``sm`` enable XEP-0198 with
+    resumption, §3); the connection is live afterwards."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
 
@@ -226,6 +257,13 @@ async def login(conn: XmppConnection, *, host: str, port: int, source: str, doma
     reply = await conn.until(b"</iq>", timeout=left())
     if b'type="result"' not in reply and b"type='result'" not in reply:
         raise LoginFailed(f"bind: {reply[-300:]!r}")
+    if sm:
+        conn.write(SM_ENABLE)
+        reply = await conn.until(b"<enabled", b"<failed", timeout=left())
+        if b"<enabled" not in reply:
+            raise LoginFailed(f"XEP-0198 enable: {reply[-300:]!r}")
+        await conn.until(b">", timeout=left())
+        conn.handled = 0
     conn.live = True
     conn._buf = b""
 

@@ -39,6 +39,7 @@ class Fleet:
     password: str
     mechanism: str
     quiet: bool = False
+    sm: bool = False  # XEP-0198 on every client
     procs: list[BaseProcess] = field(default_factory=list)
     pipes: list[Connection] = field(default_factory=list)
     counters: Any = None
@@ -49,7 +50,8 @@ class Fleet:
         for i in range(self.plan.workers):
             ours, theirs = ctx.Pipe()
             cfg = WorkerConfig(i, self.host, self.ports, self.sources, self.domain,
-                               self.password, self.mechanism, self.plan.per_worker_cap)
+                               self.password, self.mechanism, self.plan.per_worker_cap,
+                               self.sm)
             proc = ctx.Process(target=worker_main, args=(cfg, theirs, self.counters),
                                name=f"loadtest-worker-{i}", daemon=True)
             proc.start()

@@ -117,7 +117,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"{shape}; "
         f"{opts['connections']:,} connections from {topo['workers']} worker process(es) over "
-        f"{len(topo['sources'])} source addresses; {opts['mechanism']}; "
+        f"{len(topo['sources'])} source addresses; {opts['mechanism']}"
+        f"{'; XEP-0198 on every client' if opts.get('sm') else ''}; "
         f"machine: {doc['machine']['cpus']} CPUs (shared and noisy: figures are lower bounds).",
         "",
         "| figure | value |",

@@ -44,6 +44,8 @@ def validate(opt: Options) -> bounds.Plan:
             raise bounds.BoundsError("scenario: presence needs rosters written into stanzad")
         if (opt.cms, opt.routers) != (1, 1):
             raise bounds.BoundsError("--cms/--routers: Prosody is one process")
+    if opt.sm and opt.server != "stanzad":
+        raise bounds.BoundsError("--sm: the private Prosody and ejabberd run without XEP-0198")
     if opt.server == "ejabberd" and (opt.cms, opt.routers) != (1, 1):
         raise bounds.BoundsError("--cms/--routers: the private ejabberd is one node")
     if opt.mechanism not in MECHANISMS:
@@ -168,7 +170,7 @@ def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[
     sources = bounds.source_addresses(opt.sources)
     started = time.time()
     fleet = Fleet(plan, host, ports, tuple(sources), domain, PASSWORD, opt.mechanism,
-                  quiet=quiet)
+                  quiet=quiet, sm=opt.sm)
     sampler = ProcSampler(pids)
     try:
         fleet.start()

@@ -41,6 +41,7 @@ class WorkerConfig:
     password: str
     mechanism: str
     max_connections: int
+    sm: bool = False  # XEP-0198 enabled on every connection
 
 
 class Worker:
@@ -98,7 +99,7 @@ class Worker:
                         source=self.cfg.sources[n % len(self.cfg.sources)],
                         domain=self.cfg.domain, jid=jid, password=self.cfg.password,
                         resource=resource, mechanism=self.cfg.mechanism, ctx=self.ctx,
-                        timeout=timeout_s,
+                        timeout=timeout_s, sm=self.cfg.sm,
                     )
                 except (OSError, TimeoutError, client.LoginFailed, ScramException,
                         ValueError) as exc:

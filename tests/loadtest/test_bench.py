@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.bench import plan, side_by_side
+from loadtest.bench import plan, side_by_side, sm_figures
 
 
 def _doc(logins_per_cpu: float, p99: float) -> dict[str, Any]:
@@ -76,3 +76,28 @@ def test_the_table_takes_each_servers_median_of_the_login_rounds() -> None:
                          "sbs-login-rx-ejabberd": _doc(1.0, 1.0)})  # not a round: ignored
     assert "| logins per server CPU-second | 200.0 | n/a | 250.0 | 0.80 | n/a |" in rows
     assert "| login time to bound p99 (ms) | 20.0 | n/a | 20.0 | 1.00 | n/a |" in rows
+
+
+def test_the_plan_measures_sm_beside_the_same_runs_without() -> None:
+    """Issue 16: chat with XEP-0198 on every client vs without (same run, same load), and
+    idle memory per connection with it beside the plain figure."""
+    for quick in (True, False):
+        runs = dict(plan(quick))
+        for plain, with_sm in (("chat-2000", "chat-2000-sm"), ("idle", "idle-sm")):
+            assert runs[with_sm].sm and not runs[plain].sm
+            from dataclasses import replace
+
+            assert replace(runs[with_sm], sm=False) == runs[plain]
+
+
+def test_sm_figures_ratio_and_memory() -> None:
+    def doc(**result: Any) -> dict[str, Any]:
+        return {"result": result}
+
+    lines = sm_figures({"chat-2000": doc(chat={"deliveries_per_server_cpu_s": 1000.0}),
+                        "chat-2000-sm": doc(chat={"deliveries_per_server_cpu_s": 950.0}),
+                        "idle": doc(cm_rss_per_connection_bytes=10240.0),
+                        "idle-sm": doc(cm_rss_per_connection_bytes=11264.0)})
+    assert "without SM 1,000, with SM 950, ratio 0.95 (issue 16 wants >= 0.90)" in lines[2]
+    assert lines[3].endswith("without SM 10.0 KiB, with SM 11.0 KiB")
+    assert sm_figures({"chat-2000": doc(chat={"deliveries_per_server_cpu_s": 1.0})}) == []

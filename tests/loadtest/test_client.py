@@ -79,3 +79,39 @@ def test_login_bytes_are_buffered_until_asked_for() -> None:
     got: Any = asyncio.run(conn.until(b"</stream:features>", timeout=1))
     assert got == b"<stream:features><x/></stream:features>"
     assert conn._buf == b"<more/>"
+
+
+def sm_connection() -> tuple[XmppConnection, FakeTransport]:
+    conn, _, transport = live_connection()
+    conn.handled = 0  # XEP-0198 enabled at login (`client.login(sm=True)`)
+    return conn, transport
+
+
+def test_xep0198_4_r_is_answered_with_the_stanzas_handled() -> None:
+    conn, transport = sm_connection()
+    conn.data_received(b"<message type='chat'><body>1</body></message><presence/>"
+                       b"<iq type='get' id='p' from='localhost'><ping xmlns='urn:xmpp:ping'/>"
+                       b"</iq><r xmlns=\"urn:xmpp:sm:3\"/>")
+    assert transport.out == [b"<iq type='result' id='p'/>",
+                             b"<a xmlns='urn:xmpp:sm:3' h='3'/>"]
+    conn.data_received(b"<message><body>2</body></message>")
+    conn.data_received(b"<r xmlns='urn:xmpp:sm:3'/>")
+    assert transport.out[-1] == b"<a xmlns='urn:xmpp:sm:3' h='4'/>"
+
+
+def test_xep0198_4_counts_and_requests_split_across_reads_are_seen_once() -> None:
+    data = (b"<message type='chat'><body>1</body></message><r xmlns='urn:xmpp:sm:3'/>"
+            b"<presence from='a@localhost/r'/><r xmlns='urn:xmpp:sm:3'/>")
+    for cut in range(1, len(data)):
+        conn, transport = sm_connection()
+        conn.data_received(data[:cut])
+        conn.data_received(data[cut:])
+        assert conn.handled == 2, cut
+        assert transport.out == [b"<a xmlns='urn:xmpp:sm:3' h='1'/>",
+                                 b"<a xmlns='urn:xmpp:sm:3' h='2'/>"], cut
+
+
+def test_without_sm_nothing_is_counted_nor_acked() -> None:
+    conn, _, transport = live_connection()
+    conn.data_received(b"<message><body>1</body></message><r xmlns='urn:xmpp:sm:3'/>")
+    assert conn.handled is None and transport.out == []

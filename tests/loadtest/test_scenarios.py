@@ -60,6 +60,20 @@ def test_chat(cluster: Cluster) -> None:
     assert doc["topology"]["workers"] == 2
 
 
+def test_chat_and_idle_with_xep0198_on_every_client(cluster: Cluster) -> None:
+    """`make bench`'s chat-2000-sm and idle-sm at a tiny size (issue 16): every client
+    enables stream management with resumption at login and answers the server's <r/>
+    (one per 5 stanzas: 8 messages each here)."""
+    doc = run(tiny("chat", messages=40, rate=40.0, sm=True), quiet=True, cluster=cluster)
+    chat = doc["result"]["chat"]
+    check_login(doc["result"]["login"])
+    assert doc["options"]["sm"] is True
+    assert chat["sent"] == 40 and chat["delivered"] == 40 and chat["loss"] == 0
+    assert "XEP-0198 on every client" in report.markdown(report.clean(doc))
+    doc = run(tiny("idle", sm=True), quiet=True, cluster=cluster)
+    check_login(doc["result"]["login"], 4)
+
+
 def test_presence_fanout(cluster: Cluster) -> None:
     doc = run(tiny("presence", contacts=2, messages=10), quiet=True, cluster=cluster)
     pres = doc["result"]["presence"]
