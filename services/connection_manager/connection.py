@@ -754,10 +754,12 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
     async def _resume_elsewhere(self, event: ResumeRequested) -> None:
         """XEP-0198 §5 for a session of another connection manager: it hands the session
         over (`ConnectionManager.fetch_session`), or <failed><item-not-found/></failed>."""
+        from .service import NotResumed  # the service imports this module
+
         handed = await self.cm.fetch_session(self, event.previd)
-        if isinstance(handed, str):
-            metrics.SM_RESUMPTIONS.labels(handed).inc()
-            self._resume(self.stream.resume_failed)
+        if isinstance(handed, NotResumed):
+            metrics.SM_RESUMPTIONS.labels(handed.reason).inc()
+            self._resume(lambda: self.stream.resume_failed(h=handed.h))
             return
         if handed.queue.check(event.h) is not None:  # §4: the stream ends; so does the session
             metrics.SM_RESUMPTIONS.labels("bad_h").inc()

@@ -529,23 +529,26 @@ class ConnectionManager:
 
     # ---- XEP-0198 resumption on another connection manager ---------------------------------
 
-    async def fetch_session(self, conn: C2SConnection, previd: str) -> Handed | str:
+    async def fetch_session(self, conn: C2SConnection, previd: str) -> Handed | NotResumed:
         """`<resume previd/>` for a session this pod does not hold: ask its owner (named by
         the facts in Redis) to hand it over, then move its session-table record to this pod
-        (the commit point).  The session, or the reason it cannot be resumed (a
-        `SM_RESUMPTIONS` label).  Deliveries for its full JID that arrive meanwhile are held
-        and go out after the queue (`adopt`)."""
+        (the commit point).  The session, or why it cannot be resumed (a `SM_RESUMPTIONS`
+        label, and the 'h' of <failed/> when known).  Deliveries for its full JID that
+        arrive meanwhile are held and go out after the queue (`adopt`)."""
         bare = f"{conn.stream.username}@{self.domain}"
         try:
             facts = await self.sm_facts.get(bare, previd)
         except Exception as exc:
             log.warning("resumption facts lookup failed: %s", exc)
-            return "not_found"
-        if facts is None or facts.expired(time.time()) or facts.cm_id == self.cm_id:
-            return "not_found"
+            return NotResumed("not_found")
+        if facts is None:
+            return NotResumed("not_found")
+        failed = NotResumed("not_found", facts.handled)  # §5: with 'h' when it is known
+        if facts.expired(time.time()) or facts.cm_id == self.cm_id:
+            return failed
         full = facts.jid
         if full in self._arriving or full in self.sessions:  # another resume or bind here
-            return "not_found"
+            return failed
         token = secrets.token_hex(8)
         answer: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._takeovers[token] = answer
@@ -556,17 +559,17 @@ class ConnectionManager:
         try:
             try:
                 reply = await asyncio.wait_for(answer, self.settings.sm_takeover_timeout_s)
-            except TimeoutError:
-                return "owner_silent"  # dead or stuck; a late answer is returned (`_handed`)
+            except TimeoutError:  # dead or stuck; a late answer is returned (`_handed`)
+                return NotResumed("owner_silent", facts.handled)
             finally:
                 self._takeovers.pop(token, None)
             if reply.type != "ok":
-                return "not_found"
+                return failed
             try:
                 queue = sm.import_queue(previd, facts.max_s, reply.payload)
             except ValueError:
                 log.warning("a handed-over session did not decode")
-                return "not_found"
+                return failed
             try:
                 moved = await self.store.move(full, reply.origin, self.cm_id, conn.peer)
             except Exception as exc:
@@ -576,7 +579,7 @@ class ConnectionManager:
             # bind replaced the record we had just moved; adopting now would hide it)
             if moved is None or moved.replaced is None or full in self.sessions:
                 self._return_unacked(full, list(queue.queue))
-                return "lost_race"
+                return NotResumed("lost_race", queue.handled)
             committed = True
             return Handed(JID.parse(full), queue, moved.replaced, moved.version)
         finally:
@@ -887,6 +890,15 @@ SHUTDOWN_FORWARD_S: Final = 2.0
 FINAL_WRITES_S: Final = 5.0
 # a queue handed over travels in one NATS message (max_payload: 1 MiB by default)
 MAX_HANDOVER_BYTES: Final = 900 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class NotResumed:
+    """Why a <resume/> failed (a `SM_RESUMPTIONS` label), and how many of the client's
+    stanzas the session had handled when that is known (the 'h' of <failed/>, §5)."""
+
+    reason: str
+    h: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ class SmFacts:
     jid: str
     max_s: int
     deadline: float = 0.0  # 0: attached when the facts were written
+    handled: int | None = None  # the client's stanzas handled, written at detach
 
     def expired(self, now: float) -> bool:
         return bool(self.deadline) and now > self.deadline
@@ -74,8 +75,10 @@ class SmFactsStore:
             return None
         try:
             cm_id, session_id = raw[b"owner"].decode().split(" ")
+            handled = raw.get(b"handled")
             return SmFacts(cm_id, session_id, raw[b"jid"].decode(), int(raw[b"max"]),
-                           float(raw.get(b"deadline", b"0")))
+                           float(raw.get(b"deadline", b"0")),
+                           int(handled) if handled is not None else None)
         except (KeyError, ValueError):
             return None
 

@@ -296,12 +296,13 @@ class C2SStream(ServingStream):
         self._out.extend(queue.queue)
         return True
 
-    def resume_failed(self, condition: str = "item-not-found") -> None:
-        """XEP-0198 §5: no such session (unknown, expired, or another account's)."""
+    def resume_failed(self, condition: str = "item-not-found", h: int | None = None) -> None:
+        """XEP-0198 §5: no such session (unknown, expired, or another account's); `h`, when
+        the server still knows how many of the client's stanzas that session handled."""
         self._expect(ResumeRequested)
         self.state = State.OPEN
         self._resume = None
-        self._out.append(sm.failed(condition))
+        self._out.append(sm.failed(condition, h))
 
     def request_ack(self) -> None:
         """XEP-0198 §4: ask the client how many stanzas it handled."""

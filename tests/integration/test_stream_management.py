@@ -282,8 +282,31 @@ async def test_xep0198_5_slixmpp_resumes_and_gets_every_message_once_in_order(
 
 @pytest.fixture(scope="module")
 def small_queue_port(cluster: Cluster) -> int:
-    """A second connection manager whose sessions may hold 5 unacknowledged stanzas."""
-    return cluster.start_cm("cm-sm-small", STANZAD_SM_MAX_UNACKED="5")
+    """A second connection manager whose sessions may hold 5 unacknowledged stanzas, and
+    that asks for acks by time only (after 0.5 s; by count only after 50)."""
+    return cluster.start_cm("cm-sm-small", STANZAD_SM_MAX_UNACKED="5",
+                            STANZAD_SM_ACK_EVERY="50", STANZAD_SM_ACK_AFTER_S="0.5")
+
+
+async def test_xep0198_4_server_asks_for_acks_by_time(
+    cluster: Cluster, users: Users, small_queue_port: int
+) -> None:
+    """STANZAD_SM_ACK_AFTER_S: one stanza unacknowledged (far below STANZAD_SM_ACK_EVERY)
+    still gets an <r/> once it has waited that long."""
+    jid, pw = await users.create()
+    raw = RawClient("127.0.0.1", small_queue_port)
+    chatter = await sender(cluster, users)
+    try:
+        await raw_sm_login(raw, jid, pw, "patient")
+        send_numbered(chatter, f"{jid}/patient", range(1))
+        data = await raw.read_until(b'<r xmlns="urn:xmpp:sm:3"/>', timeout=15)
+        assert data.count(b"<message") == 1 and b"<body>0</body>" in data
+        await raw.send(b"<a xmlns='urn:xmpp:sm:3' h='1'/>")
+        await raw.send(b"<iq type='get' id='p3'><ping xmlns='urn:xmpp:ping'/></iq>")
+        assert b'type="result"' in await raw.read_until(b'id="p3"')
+    finally:
+        await chatter.logout()
+        await raw.close()
 
 
 async def test_xep0198_unacked_queue_is_bounded_policy_violation_then_offline(
@@ -488,16 +511,26 @@ async def test_xep0198_5_sigterm_detaches_and_the_client_resumes_on_the_other_cm
 async def test_xep0198_5_owner_killed_resume_elsewhere_is_item_not_found(
     cluster: Cluster, users: Users
 ) -> None:
-    """The owner of a session died without a word (SIGKILL): a <resume/> on another pod gets
-    <failed><item-not-found/></failed> once STANZAD_SM_TAKEOVER_TIMEOUT_S passed without an
-    answer (the `owner_silent` path; its queue was in the dead pod's memory: the
-    durable-delivery issue), and the client binds anew on the same stream (§5)."""
+    """The owner of a detached session died without a word (SIGKILL): a <resume/> on another
+    pod gets <failed h/><item-not-found/></failed> once STANZAD_SM_TAKEOVER_TIMEOUT_S passed
+    without an answer (the `owner_silent` path; its queue was in the dead pod's memory: the
+    durable-delivery issue), 'h' being what the facts kept at detach (§5: when known), and
+    the client binds anew on the same stream (§5)."""
     port = cluster.start_cm("cm-sm-killed")
     jid, pw = await users.create()
     raw = RawClient("127.0.0.1", port)
     second = RawClient("127.0.0.1", cluster.c2s_port)
     try:
         sm_id = await raw_sm_login(raw, jid, pw, "doomed")
+        await raw.send(b"<presence/><iq type='get' id='k1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        await raw.read_until(b'id="k1"')  # two stanzas handled
+        cut(raw)  # detached: the facts now hold the counters
+
+        async def detached() -> bool:
+            f = await users.redis.hgetall(keys.sm_facts(jid, sm_id))
+            return f.get(b"handled") == b"2"
+
+        await eventually(detached, timeout=15, what="the facts of the detached session")
         before = metric_value(await asyncio.to_thread(cluster.metrics, "cm-1"),
                               "stanzad_cm_sm_resumptions_total", result="owner_silent")
         cluster.kill("cm-sm-killed")
@@ -505,6 +538,7 @@ async def test_xep0198_5_owner_killed_resume_elsewhere_is_item_not_found(
         await second.send(f"<resume xmlns='{SM_NS}' previd='{sm_id}' h='0'/>".encode())
         reply = await second.read_until(b"</failed>", timeout=30)  # hang guard
         assert b"<item-not-found" in reply, reply
+        assert b'<failed xmlns="urn:xmpp:sm:3" h="2">' in reply  # §5: 'h' when known
         after = metric_value(await asyncio.to_thread(cluster.metrics, "cm-1"),
                              "stanzad_cm_sm_resumptions_total", result="owner_silent")
         assert after == before + 1

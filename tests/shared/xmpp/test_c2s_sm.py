@@ -271,6 +271,16 @@ def test_xep0198_5_resume_with_h_too_high_is_a_stream_error_and_leaves_the_queue
     assert list(queue.queue) == [b"<message/>"] and not new.bound
 
 
+def test_xep0198_5_failed_resume_carries_h_when_the_server_knows_it() -> None:
+    stream = fresh()
+    resume(stream, "gone-but-counted", 0)
+    stream.resume_failed(h=7)
+    assert stream.data_to_send() == (
+        b'<failed xmlns="urn:xmpp:sm:3" h="7"><item-not-found '
+        b'xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>'
+    )
+
+
 def test_xep0198_5_unknown_previd_is_item_not_found_and_bind_still_works() -> None:
     stream = fresh()
     resume(stream, "nope", 0)
