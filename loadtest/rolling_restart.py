@@ -71,6 +71,12 @@ def main() -> int:
             cluster.start_cm(name, STANZAD_DRAIN_TIMEOUT_S="60")
         counts = asyncio.run(run(cluster, cms, args.clients, args.messages, args.interval,
                                  args.seconds))
+        # what reached the restarted pods for sessions they no longer had (stale routes
+        # after the old process exited) and what went to offline storage unresumed
+        stale = {name: _total(cluster.metrics(name), "stanzad_cm_undeliverable_total")
+                 for name in cms}
+        returned = {name: _total(cluster.metrics(name), "stanzad_cm_sm_returned_stanzas_total")
+                    for name in cms}
     finally:
         cluster.stop()
     print(f"clients={args.clients} messages/client={args.messages} "
@@ -78,6 +84,10 @@ def main() -> int:
     print("restarts (SIGTERM to exit): "
           + ", ".join(f"{name} {took:.2f} s" for name, took in counts.restarts))
     print(counts.line())
+    print("on the restarted pods: deliveries for a session not there "
+          + ", ".join(f"{n} {v:.0f}" for n, v in stale.items())
+          + "; unacknowledged stanzas sent to offline storage "
+          + ", ".join(f"{n} {v:.0f}" for n, v in returned.items()))
     for line in counts.details():
         print(line)
     if counts.kept:
@@ -86,6 +96,12 @@ def main() -> int:
     print(f"logs: {cluster.workdir}")
     bad = counts.lost or counts.duplicated or counts.out_of_order
     return 1 if bad or counts.received != counts.sent else 0
+
+
+def _total(text: str, name: str) -> float:
+    """The sum of a counter's samples over all its labels in a Prometheus exposition."""
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith((name + "{", name + " ")))
 
 
 if __name__ == "__main__":
