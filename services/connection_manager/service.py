@@ -72,6 +72,7 @@ class ConnectionManager:
         self.settings = settings
         self.cm_id = settings.cm_id or f"cm-{secrets.token_hex(4)}"
         self.domain = settings.domain
+        self.service_domains = settings.service_domains  # rooms, nodes: their services
         self.stream_config = StreamConfig(
             domain=settings.domain,
             tls_available=True,
@@ -712,7 +713,8 @@ class ConnectionManager:
         jid = conn.stream.jid
         assert jid is not None
         child_ns = _child_ns(st) if st.kind == "iq" else ""
-        where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns)
+        where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns,
+                                    self.service_domains)
         if isinstance(where, ingress.Publish):
             if where.family is ingress.Family.PRESENCE and st.to is None:
                 conn.available = st.type == ""  # broadcast presence, RFC 6121 §4.2, §4.5

@@ -280,7 +280,7 @@ class S2SGateway(PartitionedService):
         to, from_ = st.to, st.from_
         env = Envelope(Kind(st.kind), to=str(to), from_=str(from_), type=st.type, id=st.id,
                        origin=ORIGIN, payload=st.payload, ts_us=time.time_ns() // 1000)
-        where = ingress.from_peer(st.kind, st.type, to)
+        where = ingress.from_peer(st.kind, st.type, to, self.settings.service_domains)
         if isinstance(where, ingress.ToServer):
             self._to_server(st)
         elif isinstance(where, ingress.Publish):

@@ -33,6 +33,9 @@ PRESENCE: Final = subjects.every(subjects.presence(0))
 ROSTER: Final = subjects.every(subjects.roster(0))
 S2S: Final = subjects.every(subjects.s2s(0))
 CM: Final = subjects.every(subjects.connection_manager("0"))
+MUC: Final = subjects.every(subjects.muc(0))
+PUBSUB: Final = subjects.every(subjects.pubsub(0))
+SERVICES: Final = (MUC, PUBSUB)  # local service domains (shared/bus/destinations.py)
 
 
 @dataclass(frozen=True)
@@ -53,25 +56,25 @@ class Permissions:
 CONNECTION_MANAGER: Final = Permissions(
     # client stanzas (shared/router/ingress.py), unavailable presence at unbind, session
     # events, kicks of replaced sessions
-    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM),
+    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES),
     subscribe=(CM,),
 )
 ROUTER: Final = Permissions(
     # deliveries, bounces to the sender's partition, federation, roster pushes, fences
-    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S),
+    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S, *SERVICES),
     subscribe=(ROUTE, SESSIONS),
 )
 PRESENCE_SERVICE: Final = Permissions(
-    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS),
+    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS, *SERVICES),
     subscribe=(PRESENCE,),
 )
 ROSTER_SERVICE: Final = Permissions(
-    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS),
+    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS, *SERVICES),
     subscribe=(ROSTER,),
 )
 S2S_GATEWAY: Final = Permissions(
     # stanzas from peers (ingress), bounces, fences
-    publish=(ROUTE, ROSTER, PRESENCE, S2S),
+    publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES),
     subscribe=(S2S,),
 )
 ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)

@@ -10,6 +10,7 @@ the stanza is for the server itself, or that it means nothing.  The callers do t
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,13 +31,18 @@ class Family(enum.Enum):
     ROUTE = "route"
     ROSTER = "roster"
     PRESENCE = "presence"
+    MUC = "muc"  # a local service domain's families: shared/bus/destinations.py
+    PUBSUB = "pubsub"
 
 
 _SUBJECTS: Final = {
     Family.ROUTE: subjects.route,
     Family.ROSTER: subjects.roster,
     Family.PRESENCE: subjects.presence,
+    Family.MUC: subjects.muc,
+    Family.PUBSUB: subjects.pubsub,
 }
+NO_SERVICES: Final[Mapping[str, str]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +72,16 @@ Ingress = Publish | ToServer | Drop
 
 
 def from_client(
-    kind: str, type_: str, to: JID | None, sender: JID, domain: str, child_ns: str = ""
+    kind: str, type_: str, to: JID | None, sender: JID, domain: str, child_ns: str = "",
+    services: Mapping[str, str] = NO_SERVICES,
 ) -> Ingress:
-    """A bound client's stanza (``child_ns``: the namespace of an IQ's payload)."""
+    """A bound client's stanza (``child_ns``: the namespace of an IQ's payload; ``services``:
+    the local service domains and their families, shared/bus/destinations.py)."""
     own_bare = sender.bare_str
     if kind == "presence":
         return _client_presence(type_, to, own_bare, domain)
+    if to is not None and to.domain in services:  # a room, a node: its service's partition
+        return Publish(Family(services[to.domain]), to.bare_str, str(to))
     own = to is None or (to.local == sender.local and to.domain == domain and to.resource is None)
     if own and (
         child_ns in ACCOUNT_NAMESPACES
@@ -102,9 +112,14 @@ def _client_presence(type_: str, to: JID | None, own_bare: str, domain: str) -> 
     return Drop("presence probe from a client")  # §4.3: only servers probe
 
 
-def from_peer(kind: str, type_: str, to: JID) -> Ingress:
-    """A stanza a remote server sent to one of our addresses (``to`` is in our domain)."""
+def from_peer(
+    kind: str, type_: str, to: JID, services: Mapping[str, str] = NO_SERVICES
+) -> Ingress:
+    """A stanza a remote server sent to one of our addresses (``to`` is in our domain or
+    one of its service domains)."""
     bare = to.bare_str
+    if to.domain in services:  # presence too: a service tracks its remote occupants itself
+        return Publish(Family(services[to.domain]), bare, str(to))
     if kind == "presence":
         if type_ in SUBSCRIPTION_TYPES:  # RFC 6121 §3: the local user's roster
             return Publish(Family.ROSTER, bare, bare)

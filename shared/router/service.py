@@ -117,7 +117,8 @@ class Router(PartitionedService):
         return bool(domain) and domain != self.settings.domain
 
     def _remote(self, env: Envelope, sender: Entry | None) -> None:
-        """A stanza for another domain: handed to the s2s gateway that owns the domain.
+        """A stanza for another domain: handed to the s2s gateway that owns the domain (or
+        to the local service of a service domain, shared/bus/destinations.py).
         What a local user's session sends comes here first (the connection manager routes
         it by the sender's partition, whose blocklist this router caches exactly) so that
         XEP-0191 §3.5 holds for remote contacts too; bounces to remote senders and the
@@ -132,8 +133,7 @@ class Router(PartitionedService):
                              extra=f'<blocked xmlns="{ns.BLOCKING_ERRORS}"/>')
                 return
         self._tally[(env.kind.value, "remote")] += 1
-        p = subjects.partition(env.to_domain, self.settings.partitions)
-        self.bus.publish_soon(subjects.s2s(p), env.encode())
+        self.bus.publish_soon(self.destinations.subject(env.to_bare), env.encode())
 
     async def _entries(self, bares: set[str]) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}
@@ -239,8 +239,7 @@ class Router(PartitionedService):
         if bounce is None:
             return
         metrics.STANZA_ERRORS.labels(condition.value).inc()
-        self.bus.publish_soon(subjects.route_for(env.from_bare, self.settings.partitions),
-                              bounce.encode())
+        self.bus.publish_soon(self.destinations.subject(bounce.to_bare), bounce.encode())
 
     # ---- sessions of dead connection managers ----------------------------------------------
 

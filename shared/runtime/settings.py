@@ -58,6 +58,16 @@ class CommonSettings(BaseSettings):
     session_ttl_s: int = Field(
         15, ge=2, description="A connection manager's heartbeat key lives this long."
     )
+    muc_domain: str = Field(
+        "",
+        description="Domain of the multi-user chat service (XEP-0045); empty: "
+        "conference.<domain>; 'off': none.",
+    )
+    pubsub_domain: str = Field(
+        "",
+        description="Domain of the publish-subscribe service (XEP-0060); empty: "
+        "pubsub.<domain>; 'off': none.",
+    )
     gc_thresholds: str = Field(
         "20000,20,100",
         description="CPython's garbage collector thresholds (gc.set_threshold), three "
@@ -73,6 +83,18 @@ class CommonSettings(BaseSettings):
     @property
     def gc_threshold_values(self) -> tuple[int, int, int]:
         return parse_gc_thresholds(self.gc_thresholds)
+
+    @property
+    def service_domains(self) -> dict[str, str]:
+        """The local service domains this cluster serves, each mapped to the name of the
+        service family that consumes its stanzas (shared/bus/destinations.py)."""
+        found = {}
+        for family, value, prefix in (("muc", self.muc_domain, "conference"),
+                                      ("pubsub", self.pubsub_domain, "pubsub")):
+            name = value.strip().lower() or f"{prefix}.{self.domain}"
+            if name != "off":
+                found[name] = family
+        return found
 
 
 class ConnectionManagerSettings(CommonSettings):

@@ -88,3 +88,39 @@ def test_from_peer(kind: str, type_: str, to: str, expected: object) -> None:
 def test_publish_subject_is_the_partition_of_its_key() -> None:
     where = Publish(Family.ROSTER, "juliet@example.com", "x")
     assert where.subject(64) == subjects.roster(subjects.partition("juliet@example.com", 64))
+
+
+SERVICES = {"conference.example.com": "muc", "pubsub.example.com": "pubsub"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_", "to", "expected"),
+    [
+        # a room's messages and IQs go to the muc service's partition of the room
+        ("message", "groupchat", "room@conference.example.com", Publish(
+            Family.MUC, "room@conference.example.com", "room@conference.example.com")),
+        ("iq", "get", "room@conference.example.com/nick", Publish(
+            Family.MUC, "room@conference.example.com", "room@conference.example.com/nick")),
+        ("iq", "set", "pubsub.example.com", Publish(
+            Family.PUBSUB, "pubsub.example.com", "pubsub.example.com")),
+        # directed presence (a join) passes the presence service first (RFC 6121 §4.6:
+        # it remembers whom to send unavailable to), which routes it on
+        ("presence", "", "room@conference.example.com/nick", Publish(
+            Family.PRESENCE, "juliet@example.com", "room@conference.example.com/nick")),
+        # a domain that only looks alike is remote
+        ("message", "chat", "room@conference.example.org", Publish(
+            Family.ROUTE, "juliet@example.com", "room@conference.example.org")),
+    ],
+)
+def test_client_stanzas_to_local_service_domains(kind, type_, to, expected) -> None:
+    got = from_client(kind, type_, JID.parse(to), JULIET, DOMAIN, "", SERVICES)
+    assert got == expected
+
+
+@pytest.mark.parametrize("kind", ["message", "presence", "iq"])
+def test_peer_stanzas_to_local_service_domains(kind) -> None:
+    # a remote occupant's presence too: the room tracks remote occupants itself
+    to = JID.parse("room@conference.example.com/nick")
+    got = from_peer(kind, "", to, SERVICES)
+    assert got == Publish(Family.MUC, "room@conference.example.com", str(to))
+    assert got.subject(8) == subjects.muc(subjects.partition("room@conference.example.com", 8))
