@@ -348,7 +348,7 @@ def parse_prefs(element: etree._Element) -> Prefs:
         out: list[str] = []
         for j in box.findall(f"{{{ns.MAM}}}jid") if box is not None else ():
             try:
-                out.append(str(JID.parse((j.text or "").strip()).bare()))
+                out.append(JID.parse((j.text or "").strip()).bare_str)
             except JIDError:
                 raise bad_request("not a JID") from None
         return tuple(dict.fromkeys(out))
