@@ -6,6 +6,9 @@ Runs, each against a fresh stanzad cluster started on free loopback ports:
    connection-manager RSS per connection, the issue's memory target;
 2. login — 1,000 logins, 100 in flight: login rate, time to bound p50/p99;
 3. chat — 200 users at 1,000 and 2,000 msgs/s for 10 s: latency p50/p95/p99, CPU/message;
+   at 2,000 msgs/s once more with XEP-0313 archiving off on every service (archiving is on
+   by default, so chat-2000 archives every message for both parties): the ratio of
+   deliveries per server CPU-second, PostgreSQL counted, is archiving's price;
 4. ramp — 200 users from 1,000 msgs/s, times 1.5 per 5 s step until p99 > 50 ms: the peak;
    then the same with the router embedded in the connection manager (ramp-embedded);
 5. scale-out — chat at 4,000 msgs/s on 2 connection managers + 2 routers, against chat-2000
@@ -53,6 +56,9 @@ def plan(quick: bool) -> list[tuple[str, Options]]:
         ("login", Options("login", connections=max(10, int(1000 * s)), concurrency=100)),
         ("chat-1000", replace(chat, rate=1000)),
         ("chat-2000", replace(chat, rate=2000)),
+        # the same load with archiving off on every service: deliveries per server
+        # CPU-second (PostgreSQL counted) of chat-2000 over this one is archiving's price
+        ("chat-2000-no-archive", replace(chat, rate=2000, archive=False)),
         ("ramp", ramp),
         ("ramp-embedded", replace(ramp, routers=0, ramp_steps=2 if quick else 8)),
         # twice the rate on twice the processes: each process carries what the 1 + 1 run of
@@ -98,6 +104,17 @@ SIDE_BY_SIDE = (
     ("chat latency p99 (ms)", "sbs-chat", ("chat", "latency_ms", "p99")),
     ("idle RSS per connection (KiB)", "sbs-idle", ("cm_rss_per_connection_bytes",)),
 )
+
+
+def archive_ratio(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """Deliveries per server CPU-second with archiving on (chat-2000) over off."""
+    path = ("chat", "deliveries_per_server_cpu_s")
+    on, off = (_dig(docs.get(n, {}), path) for n in ("chat-2000", "chat-2000-no-archive"))
+    if not on or not off:
+        return []
+    return ["## archiving (XEP-0313) on vs off", "",
+            f"chat deliveries per server CPU-second (PostgreSQL counted): on {on:,.0f}, "
+            f"off {off:,.0f}, ratio {on / off:.2f}", ""]
 
 
 def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> float | None:
@@ -187,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         docs[name] = report.clean(doc)
         parts += [report.markdown(report.clean(doc)).replace("## ", f"## {name}: ", 1), ""]
     parts += side_by_side(docs)
+    parts += archive_ratio(docs)
     (out / "BENCH.md").write_text("\n".join(parts))
     print("\n".join(parts))
     print(f"written under {out}")

@@ -128,3 +128,7 @@ SM_RETURNED = Counter(
     "Unacknowledged stanzas of ended sessions handed back to the router, by kind (messages "
     "go to offline storage, IQ requests are bounced).", ["kind"],
 )
+CARBONS = Counter(
+    "stanzad_cm_carbons_requests_total",
+    "XEP-0280 <enable/> and <disable/> requests answered.", ["outcome"],
+)

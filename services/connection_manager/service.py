@@ -48,12 +48,12 @@ from shared.store.sessions import SessionLimitReached, SessionRecord, SessionSto
 from shared.store.sm_facts import SmFactsStore
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
+from shared.xmpp import archive, ns, server_iq, sm
 from shared.xmpp import credentials as creds_mod
-from shared.xmpp import server_iq, sm
 from shared.xmpp.c2s import SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
-from shared.xmpp.jid import JID, JIDError, bare_of
-from shared.xmpp.parser import parse_fragment
+from shared.xmpp.jid import JID, JIDError, bare_of, domain_of
+from shared.xmpp.parser import parse_fragment, serialize
 from shared.xmpp.stanza import iq_result, local_name, must_not_bounce, split_stanzas, with_to
 
 from . import metrics
@@ -725,22 +725,52 @@ class ConnectionManager:
     def _publish_for(self, subject: str, conn: C2SConnection, st: StanzaIn, to: str) -> None:
         """Publish a client stanza on ``subject``, addressed to ``to``."""
         jid = conn.stream.jid
+        assert jid is not None
         env = Envelope(
             _KINDS[st.kind], to=to, from_=str(jid), type=st.type, id=st.id,
             origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
             ts_us=time.time_ns() // 1000,
         )
-        self.bus.publish_soon(
-            subject,
-            env.encode(),
-            lambda: self._bounce_to_client(conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT),
-        )
+        bounce = lambda: self._bounce_to_client(  # noqa: E731
+            conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT)
+        if env.kind is Kind.MESSAGE:
+            env = self._message_ingress(env, st, jid.bare_str)
+        self.bus.publish_soon(subject, env.encode(), bounce)
+
+    def _message_ingress(self, env: Envelope, st: StanzaIn, sender: str) -> Envelope:
+        """A message enters the cluster (docs/architecture.md "Carbons and the archive"):
+        stanza-ids a client forged in our name are removed (XEP-0359 §4); one to archive
+        gets its id here, once, appended for the recipient's archive (``by`` the recipient
+        when local; the sender, whose router strips it, when remote); and one to another
+        local account that the sender's other resources or archive want is announced to the
+        router of the sender's partition in a SENT envelope (sent carbons, the sender's row).
+        """
+        payload = serialize(st.element) if archive.strip_forged(st.element, self.domain) \
+            else env.payload
+        facts = archive.facts(st.element)
+        sid = archive.new_id(env.ts_us) if facts.archive and self.settings.mam_enabled else ""
+        recipient = bare_of(env.to)
+        if domain_of(env.to) != self.domain:
+            if sid:
+                payload = archive.with_stanza_id(payload, sender, sid)
+            return env._replace(payload=payload)
+        if recipient != sender and (sid or facts.carbons):
+            sent = env._replace(kind=Kind.SENT, payload=archive.with_stanza_id(
+                payload, sender, sid) if sid else payload)
+            self.bus.publish_soon(subjects.route_for(sender, self.settings.partitions),
+                                  sent.encode())
+        if sid:
+            payload = archive.with_stanza_id(payload, recipient, sid)
+        return env._replace(payload=payload)
 
     def _to_server(self, conn: C2SConnection, st: StanzaIn, *, addressed: bool) -> None:
         """Stanzas with no 'to' (RFC 6120 §10.3) or addressed to the domain itself."""
         jid = conn.stream.jid
         assert jid is not None
         if st.kind == "iq":
+            if st.type == "set" and len(st.element) and st.element[0].tag in _CARBONS_TAGS:
+                self._spawn(self._carbons(conn, st))
+                return
             reply = server_iq.answer(st.element, st.type)
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
@@ -752,6 +782,25 @@ class ConnectionManager:
             # RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
             route = subjects.route_for(jid.bare_str, self.settings.partitions)
             self._publish_for(route, conn, st, jid.bare_str)
+
+    async def _carbons(self, conn: C2SConnection, st: StanzaIn) -> None:
+        """XEP-0280 §4, §5: <enable/> or <disable/> for this resource.  The flag lives with
+        the session record; the routers learn it from the session event, which is queued
+        before the answer, so what the client sends after the answer finds it."""
+        jid = conn.stream.jid
+        assert jid is not None
+        enabled = st.element[0].tag == _CARBONS_ENABLE
+        try:
+            version = await self.store.set_carbons(
+                str(jid), f"{self.cm_id} {conn.session_id}", enabled)
+        except Exception as exc:
+            log.warning("carbons %s failed: %s", "enable" if enabled else "disable", exc)
+            self._bounce_to_client(conn, st, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
+            return
+        if version:
+            self._session_event(jid.bare_str, version)
+        metrics.CARBONS.labels("enable" if enabled else "disable").inc()
+        conn.write_stanza(iq_result(st.id, str(jid), None))
 
     def _bounce_to_client(
         self, conn: C2SConnection, st: StanzaIn, condition: StanzaErrorCondition
@@ -877,6 +926,8 @@ class Handed:
 
 
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}
+_CARBONS_ENABLE: Final = f"{{{ns.CARBONS}}}enable"
+_CARBONS_TAGS: Final = frozenset({_CARBONS_ENABLE, f"{{{ns.CARBONS}}}disable"})
 # counted in tallies (shared/runtime/metrics.py), added to the metrics when /metrics is scraped
 _DELIVERED: Final = {k: Tally(metrics.STANZAS_DELIVERED.labels(k.value)) for k in STANZA_KINDS}
 _STANZAS_OUT: Final = Tally(metrics.STANZAS_OUT)

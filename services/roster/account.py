@@ -20,11 +20,14 @@ MAX_VCARD_BYTES: Final = 64 * 1024
 MAX_PRIVATE_BYTES: Final = 64 * 1024
 MAX_PRIVATE_NAMESPACES: Final = 64
 ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING)
+# XEP-0313 §7 (on the bare JID), the #extended fields and flip-page, XEP-0359 §6
+ARCHIVE_FEATURES: Final = (ns.MAM, ns.MAM_EXTENDED, ns.SID)
 
 
 class AccountData:
-    def __init__(self, store: AccountDataStore) -> None:
+    def __init__(self, store: AccountDataStore, *, archive: bool = False) -> None:
         self._store = store
+        self._features = ACCOUNT_FEATURES + (ARCHIVE_FEATURES if archive else ())
 
     async def handle(self, iq: etree._Element, requester: str, account: str) -> str:
         child = iq[0]
@@ -47,7 +50,7 @@ class AccountData:
                 raise StanzaError(StanzaErrorCondition.FORBIDDEN)
             return await self._private(child, type_ == "set", account)
         if tag == f"{{{ns.DISCO_INFO}}}query" and type_ == "get" and not child.get("node"):
-            features = "".join(f'<feature var="{f}"/>' for f in ACCOUNT_FEATURES)
+            features = "".join(f'<feature var="{f}"/>' for f in self._features)
             return (
                 f'<query xmlns="{ns.DISCO_INFO}"><identity category="account" type="registered"/>'
                 f"{features}</query>"

@@ -44,6 +44,10 @@ class Kind(enum.StrEnum):
     # control, XEP-0198 resumption on another connection manager (docs/architecture.md):
     TAKEOVER = "takeover"  # hand me session ``id`` of ``to``; answer on ``from_``'s subject
     HANDOVER = "handover"  # the answer: its queue and counters (``type`` "ok") or "gone"
+    # a message a local user sent to another local account, for the router of the *sender's*
+    # partition: XEP-0280 sent carbons and the sender's XEP-0313 archive row
+    # (docs/architecture.md "Carbons and the archive"); same facts as the message
+    SENT = "sent"
 
 
 STANZA_KINDS: Final = frozenset({Kind.MESSAGE, Kind.PRESENCE, Kind.IQ})

@@ -29,3 +29,8 @@ OFFLINE_QUEUE = Histogram(
     "Length of an account's offline queue after a message was stored (XEP-0160).",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+CARBON_COPIES = Counter(
+    "stanzad_router_carbon_copies_total",
+    "XEP-0280 copies sent to users' other resources, by direction (sent, received).",
+    ["direction"],
+)

@@ -16,6 +16,7 @@ import time
 
 from shared.bus import subjects
 from shared.bus.envelope import (
+    FANOUT_SEPARATOR,
     SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
@@ -27,12 +28,13 @@ from shared.cluster.partitioned import PartitionedService
 from shared.runtime.metrics import HistogramTally, Tally
 from shared.runtime.settings import RouterSettings
 from shared.store.account_data import AccountDataStore
+from shared.store.archive import ArchiveWriter
 from shared.store.presence import OfflineStore
 from shared.store.sessions import SessionStore
-from shared.xmpp import ns
+from shared.xmpp import archive, ns
 from shared.xmpp.blocking import is_blocked
-from shared.xmpp.errors import StanzaErrorCondition
-from shared.xmpp.jid import domain_of
+from shared.xmpp.errors import StanzaErrorCondition, StreamError
+from shared.xmpp.jid import bare_of, domain_of
 from shared.xmpp.stanza import with_delay
 
 from . import metrics
@@ -69,6 +71,12 @@ class Router(PartitionedService):
         self._batch_duration = HistogramTally(metrics.BATCH_DURATION)
         self._cache_hits = Tally(metrics.CACHE_LOOKUPS.labels("hit"))
         self._cache_misses = Tally(metrics.CACHE_LOOKUPS.labels("miss"))
+        self._copies = {d: Tally(metrics.CARBON_COPIES.labels(d)) for d in ("sent", "received")}
+        # XEP-0313 rows, written in batches off the routing path (shared/store/archive.py)
+        self.archive: ArchiveWriter | None = (
+            ArchiveWriter(self.db, settings.mam_default, settings.mam_max_pending_rows)
+            if settings.mam_enabled else None
+        )
 
     @property
     def router_id(self) -> str:
@@ -83,16 +91,21 @@ class Router(PartitionedService):
             if env.kind is Kind.SESSION:  # one bare JID, or several from a bulk import
                 for bare in session_event_jids(env):
                     self.cache.invalidate(bare)
-            elif env.kind in STANZA_KINDS:
+            elif env.kind in STANZA_KINDS or env.kind is Kind.SENT:
                 envelopes.append(env)
         if not envelopes:
             return
         domain = self.settings.domain
-        wanted = {b for e in envelopes if not self._is_remote(b := e.to_bare)}
+        wanted = {b for e in envelopes
+                  if e.kind is not Kind.SENT and not self._is_remote(b := e.to_bare)}
         wanted |= {b for e in envelopes if (b := e.from_bare).endswith("@" + domain)}
         entries = await self._entries(wanted)
         for env in envelopes:
             sender = entries.get(env.from_bare)
+            if env.kind is Kind.SENT:
+                if sender is not None:
+                    self._sent(env, sender)
+                continue
             if self._is_remote(env.to_bare):
                 self._remote(env, sender)
                 continue
@@ -102,8 +115,8 @@ class Router(PartitionedService):
                 continue
             if self._blocked(env, entry, sender):
                 continue
-            if self._route(env, entry):
-                await self._store_offline(env)
+            if self._route(env, entry) and await self._store_offline(env):
+                self._archive_received(env)
         for labels, n in self._tally.items():
             tally = self._routed.get(labels)
             if tally is None:
@@ -132,6 +145,8 @@ class Router(PartitionedService):
                 self._bounce(env, StanzaErrorCondition.NOT_ACCEPTABLE,
                              extra=f'<blocked xmlns="{ns.BLOCKING_ERRORS}"/>')
                 return
+        if env.kind is Kind.MESSAGE and "/" in env.origin and sender is not None:
+            env = env._replace(payload=self._sent(env, sender))
         self._tally[(env.kind.value, "remote")] += 1
         self.bus.publish_soon(self.destinations.subject(env.to_bare), env.encode())
 
@@ -201,6 +216,10 @@ class Router(PartitionedService):
                 self.bus.publish_soon(
                     subjects.connection_manager(cm_id), env.forwarded(to=full).encode()
                 )
+            if env.kind is Kind.MESSAGE:
+                self._archive_received(env)
+                self._carbons("received", env.to_bare, entry, env.payload,
+                              {env.from_, *(full for full, _ in decision.targets)})
         elif isinstance(decision, Bounce):
             self._tally[(env.kind.value, "bounced")] += 1
             self._bounce(env, decision.condition)
@@ -208,7 +227,56 @@ class Router(PartitionedService):
             self._tally[(env.kind.value, "ignored")] += 1
         return False
 
-    async def _store_offline(self, env: Envelope) -> None:
+    # ---- XEP-0280 carbons and the XEP-0313 archive (docs/architecture.md) --------------------
+
+    def _archive_received(self, env: Envelope) -> None:
+        """The recipient's row of a message that carries the stanza-id given at ingress."""
+        if self.archive is None or env.origin == SM_UNACKED_ORIGIN:
+            return  # an unacknowledged message coming back was archived when it came in
+        to_bare = env.to_bare
+        payload, sid = archive.split_tail(env.payload, to_bare)
+        if sid:
+            self.archive.add(to_bare, sid, env.from_, env.from_bare, False, payload)
+
+    def _sent(self, env: Envelope, sender: Entry) -> bytes:
+        """What a local user sent (a SENT envelope, or a message to a remote JID on its way
+        out): the sender's row and XEP-0280 §5 sent carbons to the sender's other
+        carbons-enabled resources.  Returns the message without our stanza-id."""
+        owner = env.from_bare
+        payload, sid = archive.split_tail(env.payload, owner)
+        if sid and self.archive is not None:
+            self.archive.add(owner, sid, env.to, bare_of(env.to), True, payload)
+        self._carbons("sent", owner, sender, env.payload, {env.from_})
+        return payload
+
+    def _carbons(self, direction: str, owner: str, entry: Entry, message: bytes,
+                 skip: set[str]) -> None:
+        """XEP-0280 copies of ``message`` for ``owner``'s carbons-enabled resources not in
+        ``skip`` (those that have it already): one FANOUT envelope per connection manager."""
+        by_cm: dict[str, list[str]] = {}
+        for resource, record in entry.sessions.items():
+            if record.carbons and (full := f"{owner}/{resource}") not in skip:
+                by_cm.setdefault(record.cm_id, []).append(full)
+        if not by_cm:
+            return
+        try:  # parsed only when some resource wants a copy
+            if not archive.payload_facts(message).carbons:
+                return
+        except StreamError:
+            return
+        copy = archive.carbon(direction, owner, message)
+        for cm_id, fulls in by_cm.items():
+            self.bus.publish_soon(subjects.connection_manager(cm_id), Envelope(
+                Kind.FANOUT, to=FANOUT_SEPARATOR.join(fulls), from_=owner, type="chat",
+                origin=SERVICE, payload=copy).encode())
+            self._copies[direction].n += len(fulls)
+
+    async def stop(self) -> None:
+        if self.archive is not None:
+            await self.archive.close()
+        await super().stop()
+
+    async def _store_offline(self, env: Envelope) -> bool:
         """XEP-0160: keep the message, with its XEP-0203 delay stamp, for the next login."""
         bare = env.to_bare
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -220,13 +288,14 @@ class Router(PartitionedService):
         except Exception as exc:
             log.warning("offline store failed: %s", exc)
             self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
-            return
+            return False
         if stored:
             self._tally[(env.kind.value, "stored")] += 1
             metrics.OFFLINE_QUEUE.observe(stored)
-        else:
-            self._tally[(env.kind.value, "bounced")] += 1
-            self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
+            return True
+        self._tally[(env.kind.value, "bounced")] += 1
+        self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
+        return False
 
     def _bounce(
         self, env: Envelope, condition: StanzaErrorCondition, text: str | None = None,

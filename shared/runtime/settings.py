@@ -74,6 +74,29 @@ class CommonSettings(BaseSettings):
         "integers; see shared/runtime/gc_tuning.py.",
     )
 
+    # XEP-0313 message archive (docs/operations.md "Message archive"): read by the
+    # connection manager and the s2s gateway (stanza ids), routers (writes), roster (queries)
+    mam_enabled: bool = Field(
+        True, description="Archive messages (XEP-0313) and give them XEP-0359 stanza ids."
+    )
+    mam_default: str = Field(
+        "always", pattern="^(always|never|roster)$",
+        description="XEP-0441 default of accounts that set no preferences.",
+    )
+    mam_retention_days: int = Field(
+        365, ge=0, description="Archived messages older than this are dropped (0: never)."
+    )
+    mam_max_messages_per_user: int = Field(
+        100_000, ge=0, description="Newest messages kept per archive (0: no cap)."
+    )
+    mam_max_pending_rows: int = Field(
+        100_000, ge=1,
+        description="Archive rows a process queues while PostgreSQL fails; the oldest beyond.",
+    )
+    mam_maintenance_interval_s: float = Field(
+        3600.0, gt=0, description="How often retention and caps are applied (roster service)."
+    )
+
     @field_validator("gc_thresholds")
     @classmethod
     def _check_gc_thresholds(cls, value: str) -> str:

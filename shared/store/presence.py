@@ -23,7 +23,7 @@ _GO_AVAILABLE: Final = OWNED_LUA + """
 local version = 0
 if ARGV[2] ~= '' then
   if owned(redis.call('HGET', KEYS[1], ARGV[1]), ARGV[2]) then
-    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+    redis.call('HSET', KEYS[1], ARGV[1], merged(redis.call('HGET', KEYS[1], ARGV[1]), ARGV[3]))
     version = redis.call('INCR', KEYS[2])
   end
 end

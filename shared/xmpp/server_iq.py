@@ -18,7 +18,7 @@ SERVER_NAME: Final = "stanzad"
 SERVER_VERSION: Final = "0.1.0"
 FEATURES: Final = (
     ns.DISCO_INFO, ns.DISCO_ITEMS, ns.PING, ns.VERSION, ns.OFFLINE, ns.VCARD, ns.PRIVATE,
-    ns.BLOCKING,
+    ns.BLOCKING, ns.CARBONS,
 )
 
 

@@ -139,6 +139,36 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
         "DROP TABLE redis_imports;",
     ),
+    Migration(
+        5,
+        "message archive (XEP-0313) and its preferences (XEP-0441)",
+        # one row per archived message and owner (the sender's and the recipient's rows
+        # share the XEP-0359 id); partitioned by time (one partition a day, created ahead and
+        # dropped past the retention by shared/store/archive.py `maintain`), the default
+        # partition catching rows no daily partition covers yet; ids sort by time and
+        # compare bytewise (COLLATE "C"), pages go by (owner, ts, id)
+        """
+        CREATE TABLE mam_messages (
+            owner text NOT NULL,
+            ts timestamptz NOT NULL,
+            id text COLLATE "C" NOT NULL,
+            peer text NOT NULL,
+            peer_bare text NOT NULL,
+            outgoing boolean NOT NULL,
+            stanza bytea NOT NULL,
+            PRIMARY KEY (owner, ts, id)
+        ) PARTITION BY RANGE (ts);
+        CREATE INDEX mam_messages_by_peer ON mam_messages (owner, peer_bare, ts, id);
+        CREATE TABLE mam_messages_default PARTITION OF mam_messages DEFAULT;
+        CREATE TABLE mam_prefs (
+            owner text PRIMARY KEY,
+            default_mode text NOT NULL,
+            always text[] NOT NULL DEFAULT '{}',
+            never text[] NOT NULL DEFAULT '{}'
+        );
+        """,
+        "DROP TABLE mam_prefs; DROP TABLE mam_messages;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version
