@@ -741,7 +741,7 @@ class ConnectionManager:
         jid = conn.stream.jid
         assert jid is not None
         if st.kind == "iq":
-            reply = server_iq.answer(st.element, st.type)
+            reply = server_iq.answer(st.element, st.type, self.service_domains)
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
             elif reply is not None:
