@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
+from typing import Any
 
 import pytest
+from slixmpp import JID
 
 from tests.conftest import Users
 from tests.support.cluster import Cluster
 from tests.support.muc import Occupant
+from tests.support.xmpp import Client, eventually
 
 MUC_DOMAIN = "conference.localhost"
 
@@ -235,3 +239,62 @@ async def test_occupant_leaves_when_its_session_ends(muc: Cluster, users: Users)
         await a.expect(r"from=\"" + re.escape(room) + r"/bob\"[^>]*type=\"unavailable\"")
     finally:
         await a.close()
+
+
+class MucClient(Client):
+    def __init__(self, jid: str, password: str) -> None:
+        super().__init__(jid, password)
+        self.register_plugin("xep_0004")
+        self.register_plugin("xep_0045")
+        self.groupchat: asyncio.Queue[Any] = asyncio.Queue()
+        self.add_event_handler("groupchat_message", self.groupchat.put_nowait)
+        self.muc_presence: list[tuple[str, str, set[int]]] = []  # from, type, status codes
+        self.add_event_handler("groupchat_presence", lambda p: self.muc_presence.append(
+            (str(p["from"]), str(p["type"]), set(p["muc"]["status_codes"]))))
+
+
+async def _slix(cluster: Cluster, users: Users) -> MucClient:
+    jid, pw = await users.create("s")
+    client = MucClient(f"{jid}/slix", pw)
+    await client.login("127.0.0.1", cluster.c2s_port)
+    return client
+
+
+async def _body(queue: asyncio.Queue[Any], text: str, timeout: float = 10) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await queue.get()
+            if msg["body"] == text:
+                return msg
+
+
+async def test_xep0045_with_slixmpp_create_configure_join_history_kick(
+        muc: Cluster, users: Users) -> None:
+    owner, guest = await _slix(muc, users), await _slix(muc, users)
+    try:
+        plugin = owner.plugin["xep_0045"]
+        room = JID(_room())
+        self_presence, *_ = await plugin.join_muc_wait(room, "owner", maxstanzas=0, timeout=15)
+        assert 201 in self_presence["muc"]["status_codes"]
+        form = await plugin.get_room_config(room, timeout=10)  # §10.1.3 reserved room
+        assert "muc#roomconfig_roomname" in form.get_fields()
+        form.set_values({"muc#roomconfig_roomname": "Slix room",
+                         "muc#roomconfig_persistentroom": True})
+        await plugin.set_room_config(room, form, timeout=10)
+        owner.send_message(mto=room, mbody="history line", mtype="groupchat")
+        await _body(owner.groupchat, "history line")
+        _, _, occupants, history = await guest.plugin["xep_0045"].join_muc_wait(
+            room, "guest", maxstanzas=5, timeout=15)
+        assert [m["body"] for m in history] == ["history line"]
+        assert {o["from"].resource for o in occupants} == {"owner", "guest"}
+        guest.send_message(mto=room, mbody="hello from slixmpp", mtype="groupchat")
+        got = await _body(owner.groupchat, "hello from slixmpp")
+        assert got["from"] == JID(f"{room}/guest")
+        await plugin.set_role(room, "guest", "none", reason="test", timeout=10)  # §8.2
+        kick = (f"{room}/guest", "unavailable", {110, 307})
+        await eventually(lambda: kick in guest.muc_presence, 10, "the guest sees itself kicked")
+        members = await plugin.get_affiliation_list(room, "owner", timeout=10)
+        assert [JID(j).bare for j in members] == [JID(owner.boundjid.bare)]
+    finally:
+        await owner.logout()
+        await guest.logout()
