@@ -771,7 +771,7 @@ class ConnectionManager:
             if st.type == "set" and len(st.element) and st.element[0].tag in _CARBONS_TAGS:
                 self._spawn(self._carbons(conn, st))
                 return
-            reply = server_iq.answer(st.element, st.type)
+            reply = server_iq.answer(st.element, st.type, self.service_domains)
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
             elif reply is not None:

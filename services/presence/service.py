@@ -111,14 +111,21 @@ class PresenceService(PartitionedService):
         await self._update_session(full, origin, 0, False)
         was_available, directed = await self.presence.set_unavailable(full)
         if not was_available:
+            # directed presence sent without initial presence (a bot joining a room, XEP-0045
+            # §7.2) still ends with the session (§4.6.3); there was no broadcast to follow
+            await self._end_directed(full, payload, directed)
             return
         metrics.BROADCASTS.labels("unavailable").inc()
         _, items, _ = await self.rosters.load(bare)
         await self._broadcast(full, payload, items)
-        for target in directed:  # §4.6.3: those who got directed presence learn it ended
-            item = items.get(bare_of(target))
-            if item is not None and item.state.subscription in SUBSCRIBED_FROM:
-                continue  # already told by the broadcast
+        # §4.6.3: those who got directed presence learn it ended (the broadcast told those
+        # subscribed already)
+        await self._end_directed(full, payload, [
+            t for t in directed if (item := items.get(bare_of(t))) is None
+            or item.state.subscription not in SUBSCRIBED_FROM])
+
+    async def _end_directed(self, full: str, payload: bytes, targets: list[str]) -> None:
+        for target in targets:
             await self.route(Envelope(Kind.PRESENCE, to=target, from_=full, type="unavailable",
                                        origin=SERVICE, payload=with_to(payload, target)))
 

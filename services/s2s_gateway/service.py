@@ -312,7 +312,7 @@ class S2SGateway(PartitionedService):
             element = parse_fragment(st.payload, self.s2s_settings.s2s_max_stanza_bytes)
         except Exception:
             return
-        reply = server_iq.answer(element, st.type)
+        reply = server_iq.answer(element, st.type, self.settings.service_domains)
         if isinstance(reply, StanzaError):
             payload = error_reply(element, reply, to=str(st.from_), from_=str(st.to))
             type_ = "error"

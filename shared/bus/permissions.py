@@ -77,6 +77,12 @@ S2S_GATEWAY: Final = Permissions(
     publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES),
     subscribe=(S2S,),
 )
+MUC_SERVICE: Final = Permissions(
+    # fences on its own family, FANOUT deliveries to connection managers, answers and
+    # invitations through the routers, remote occupants through the s2s gateway
+    publish=(MUC, CM, ROUTE, S2S),
+    subscribe=(MUC,),
+)
 ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
 
 ROLES: Final[dict[str, Permissions]] = {
@@ -88,6 +94,7 @@ ROLES: Final[dict[str, Permissions]] = {
     "presence": PRESENCE_SERVICE,
     "roster": ROSTER_SERVICE,
     "s2s_gateway": S2S_GATEWAY,
+    "muc": MUC_SERVICE,
     "admin": ADMIN,
     "cli": ADMIN,  # `stanzad user delete`, `stanzad sessions kick`
 }

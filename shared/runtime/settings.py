@@ -309,6 +309,31 @@ class RosterSettings(PartitionedSettings):
     max_roster_name_bytes: int = Field(1023, ge=1, description="Item name and group length.")
 
 
+class MucSettings(PartitionedSettings):
+    """muc: multi-user chat rooms (XEP-0045) on the muc domain, by partition of the room."""
+
+    muc_id: str = Field("", description="Muc service id; generated when empty.")
+    muc_create_rooms: str = Field(
+        "local", pattern="^(local|anyone)$",
+        description="Who may create rooms: users of the main domain (local) or anyone.",
+    )
+    muc_max_rooms_per_user: int = Field(
+        100, ge=0, description="Rooms one user may own (create); 0: no limit."
+    )
+    muc_max_occupants: int = Field(
+        1000, ge=1, description="Occupants per room, whatever its configuration says."
+    )
+    muc_max_history: int = Field(
+        50, ge=0, description="Groupchat messages kept per room for history on join."
+    )
+    muc_message_rate: float = Field(
+        10.0, gt=0, description="Groupchat and private messages per second per occupant."
+    )
+    muc_message_burst: int = Field(
+        30, ge=1, description="Messages an occupant may send at once before the rate applies."
+    )
+
+
 class AdminSettings(CommonSettings):
     """The admin API (services/admin) and the stanzad command-line tool."""
 

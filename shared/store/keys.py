@@ -151,3 +151,15 @@ def dialback_secret() -> str:
     """The cluster's Server Dialback secret (XEP-0185), shared by every s2s gateway process
     so that any of them can answer a <db:verify/> for a key another one sent."""
     return "s2s:dialback-secret"
+
+
+def muc_occupants(room: str) -> str:
+    """Hash nick -> occupant (JSON: real JID, connection manager, role, presence) of a room of
+    the multi-user chat service (XEP-0045): soft state, rebuilt when occupants rejoin."""
+    return f"muc:{{{room}}}:occ"
+
+
+def muc_history(room: str) -> str:
+    """List of a room's last groupchat messages (JSON: time, stanza), for discussion history
+    on join (XEP-0045 §7.2.14); capped."""
+    return f"muc:{{{room}}}:hist"

@@ -6,8 +6,9 @@ server gets service-unavailable (RFC 6120 §8.4).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
@@ -22,8 +23,10 @@ FEATURES: Final = (
 )
 
 
-def answer(iq: etree._Element, type_: str) -> str | StanzaError | None:
-    """The child of the result (possibly empty), a StanzaError, or None (no reply at all)."""
+def answer(iq: etree._Element, type_: str, items: Iterable[str] = ()) -> str | StanzaError | None:
+    """The child of the result (possibly empty), a StanzaError, or None (no reply at all).
+    ``items``: the server's disco#items, its local service domains (XEP-0045 §6.1 finds the
+    multi-user chat service this way)."""
     if type_ in ("result", "error"):
         return None  # answers to our own pings and the like
     child = iq[0]
@@ -38,7 +41,8 @@ def answer(iq: etree._Element, type_: str) -> str | StanzaError | None:
                 f'<identity category="server" type="im" name="{SERVER_NAME}"/>{features}</query>'
             )
         if tag == f"{{{ns.DISCO_ITEMS}}}query" and not child.get("node"):
-            return f'<query xmlns="{ns.DISCO_ITEMS}"/>'
+            listed = "".join(f"<item jid={quoteattr(jid)}/>" for jid in sorted(items))
+            return f'<query xmlns="{ns.DISCO_ITEMS}">{listed}</query>'
         if tag == f"{{{ns.VERSION}}}query":
             return (
                 f'<query xmlns="{ns.VERSION}"><name>{escape(SERVER_NAME)}</name>'

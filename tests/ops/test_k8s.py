@@ -21,6 +21,7 @@ from shared.bus import permissions
 from shared.runtime.settings import (
     AdminSettings,
     ConnectionManagerSettings,
+    MucSettings,
     PresenceSettings,
     RosterSettings,
     RouterSettings,
@@ -38,22 +39,25 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "router": RouterSettings,
     "presence": PresenceSettings,
     "roster": RosterSettings,
+    "muc": MucSettings,
     "s2s-gateway": S2SSettings,
     "admin": AdminSettings,
 }
 # The partitioned services: a StatefulSet each, the pod name as the id setting.
 PARTITIONED: Final = {"router": "STANZAD_ROUTER_ID", "presence": "STANZAD_PRESENCE_ID",
-                      "roster": "STANZAD_ROSTER_ID", "s2s-gateway": "STANZAD_S2S_ID"}
+                      "roster": "STANZAD_ROSTER_ID", "muc": "STANZAD_MUC_ID",
+                      "s2s-gateway": "STANZAD_S2S_ID"}
 METRICS_SERVICES: Final = frozenset(
     {"stanzad-connection-manager", "stanzad-router", "stanzad-presence", "stanzad-roster",
-     "stanzad-s2s-gateway", "stanzad-admin"}
+     "stanzad-muc", "stanzad-s2s-gateway", "stanzad-admin"}
 )
 # made per cluster
 EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s",
                                      "stanzad-database", "stanzad-nats", "stanzad-redis"})
 # the NATS identity of each workload (shared/bus/permissions.py)
 NATS_ROLES: Final = {"connection-manager": "connection_manager", "router": "router",
-                     "presence": "presence", "roster": "roster", "s2s-gateway": "s2s_gateway",
+                     "presence": "presence", "roster": "roster", "muc": "muc",
+                     "s2s-gateway": "s2s_gateway",
                      "admin": "admin"}
 
 

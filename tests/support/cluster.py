@@ -29,6 +29,7 @@ ROLES = {
     "services.presence": "presence",
     "services.roster": "roster",
     "services.s2s_gateway": "s2s_gateway",
+    "services.muc": "muc",
     "services.admin": "admin",
 }
 
@@ -183,6 +184,13 @@ class Cluster:
         env = {"STANZAD_ROSTER_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
         self.start_service(name, "services.roster", **env)
         self.wait_ready(name)
+
+    def start_muc(self, name: str = "muc-1", wait: bool = True, **env: str) -> None:
+        """A multi-user chat service (XEP-0045) on conference.<domain>."""
+        env = {"STANZAD_MUC_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
+        self.start_service(name, "services.muc", **env)
+        if wait:
+            self.wait_ready(name)
 
     def spawn_core(self) -> None:
         """Router, presence and roster processes, without waiting for them: several

@@ -169,6 +169,36 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
         "DROP TABLE mam_prefs; DROP TABLE mam_messages;",
     ),
+    Migration(
+        6,
+        "multi-user chat rooms",
+        # XEP-0045: a room's configuration (muc#roomconfig fields as JSON), subject, the
+        # secret its occupant ids are derived from (XEP-0421) and whether it still awaits
+        # its owner's configuration (§10.1.1 locked); affiliations (§5.2) with a reserved
+        # nick and reason.  Temporary rooms are here too while they exist (so a room
+        # survives its pod); live occupants and history are soft state in Redis.
+        """
+        CREATE TABLE muc_rooms (
+            jid text PRIMARY KEY,
+            config jsonb NOT NULL,
+            subject text NOT NULL DEFAULT '',
+            subject_from text NOT NULL DEFAULT '',
+            secret bytea NOT NULL,
+            locked boolean NOT NULL DEFAULT false,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE muc_affiliations (
+            room text NOT NULL REFERENCES muc_rooms (jid) ON DELETE CASCADE,
+            jid text NOT NULL,
+            affiliation text NOT NULL,
+            nick text NOT NULL DEFAULT '',
+            reason text NOT NULL DEFAULT '',
+            PRIMARY KEY (room, jid)
+        );
+        CREATE INDEX muc_affiliations_by_jid ON muc_affiliations (jid, affiliation);
+        """,
+        "DROP TABLE muc_affiliations; DROP TABLE muc_rooms;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -27,7 +27,7 @@ from services.cli.devcluster import local_redis_url
 ROOT = Path(__file__).resolve().parents[3]
 START_GUARD_S = 120  # eight processes on a shared two-core machine
 HANG_GUARD_S = 30
-CHILDREN = 9  # nats, redis, postgres, router, presence, roster, cm, s2s, admin
+CHILDREN = 10  # nats, redis, postgres, router, presence, roster, muc, cm, s2s, admin
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PR_SET_PDEATHSIG and /proc are Linux's")

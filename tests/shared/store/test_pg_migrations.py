@@ -23,6 +23,7 @@ ADDS = {
     3: {"offline_messages", "vcards", "private_storage", "blocklist"},
     4: {"redis_imports"},
     5: {"mam_messages", "mam_messages_default", "mam_prefs"},
+    6: {"muc_rooms", "muc_affiliations"},
 }
 
 
