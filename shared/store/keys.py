@@ -151,3 +151,25 @@ def dialback_secret() -> str:
     """The cluster's Server Dialback secret (XEP-0185), shared by every s2s gateway process
     so that any of them can answer a <db:verify/> for a key another one sent."""
     return "s2s:dialback-secret"
+
+
+def caps_features(ver: str) -> str:
+    """The disco#info features of an XEP-0115 ``ver`` (one a line), verified and resolved
+    once for the whole cluster by the pubsub service (services/pubsub/caps.py)."""
+    return f"caps:{ver}"
+
+
+def caps_pending(ver: str) -> str:
+    """Set while one pubsub process asks a resource for the features of ``ver``."""
+    return f"caps:pending:{ver}"
+
+
+def caps_waiting(ver: str) -> str:
+    """Set of the full JIDs whose last published items wait for ``ver`` to be resolved."""
+    return f"caps:waiting:{ver}"
+
+
+def pep_resources(bare_jid: str) -> str:
+    """Hash resource -> XEP-0115 ver ("" without caps) of the account's available resources,
+    as the pubsub service last saw them (a changed ver sends the last published items)."""
+    return f"pepres:{{{bare_jid}}}"
