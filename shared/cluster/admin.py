@@ -119,7 +119,7 @@ class RosterImportResult:
     reason: str = ""
 
 
-ROLES = ("route", "presence", "roster")
+ROLES = ("route", "presence", "roster", "pubsub")
 
 
 def bare_jid(text: str, domain: str) -> str:

@@ -22,6 +22,7 @@ from shared.runtime.settings import (
     AdminSettings,
     ConnectionManagerSettings,
     PresenceSettings,
+    PubsubSettings,
     RosterSettings,
     RouterSettings,
     S2SSettings,
@@ -38,14 +39,17 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "router": RouterSettings,
     "presence": PresenceSettings,
     "roster": RosterSettings,
+    "pubsub": PubsubSettings,
     "s2s-gateway": S2SSettings,
     "admin": AdminSettings,
 }
 # The partitioned services: a StatefulSet each, the pod name as the id setting.
 PARTITIONED: Final = {"router": "STANZAD_ROUTER_ID", "presence": "STANZAD_PRESENCE_ID",
-                      "roster": "STANZAD_ROSTER_ID", "s2s-gateway": "STANZAD_S2S_ID"}
+                      "roster": "STANZAD_ROSTER_ID", "pubsub": "STANZAD_PUBSUB_ID",
+                      "s2s-gateway": "STANZAD_S2S_ID"}
 METRICS_SERVICES: Final = frozenset(
     {"stanzad-connection-manager", "stanzad-router", "stanzad-presence", "stanzad-roster",
+     "stanzad-pubsub",
      "stanzad-s2s-gateway", "stanzad-admin"}
 )
 # made per cluster
@@ -53,7 +57,8 @@ EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2
                                      "stanzad-database", "stanzad-nats", "stanzad-redis"})
 # the NATS identity of each workload (shared/bus/permissions.py)
 NATS_ROLES: Final = {"connection-manager": "connection_manager", "router": "router",
-                     "presence": "presence", "roster": "roster", "s2s-gateway": "s2s_gateway",
+                     "presence": "presence", "roster": "roster", "pubsub": "pubsub",
+                     "s2s-gateway": "s2s_gateway",
                      "admin": "admin"}
 
 
