@@ -51,7 +51,7 @@ S2S_PORT = 5269
 METRICS_PORT = 9101  # the first of Scale.services() consecutive ones (seven by default)
 CM_PORT_STEP: Final = 10  # the i-th connection manager listens on the c2s port + 10·i
 COLORS = {"nats": 36, "redis": 31, "postgres": 34, "cm": 32, "router": 35, "presence": 33,
-          "roster": 34, "muc": 36, "s2s": 37, "admin": 37}
+          "roster": 34, "muc": 36, "pubsub": 35, "s2s": 37, "admin": 37}
 # Stop bounds (seconds): the services get SERVICES_STOP_S to stop cleanly (they need NATS
 # and Redis for it, so those go after), the servers SERVERS_STOP_S; then SIGKILL, after
 # which KILLED_WAIT_S only guards against a process stuck in the kernel.
@@ -76,11 +76,12 @@ class Scale:
     presence: int = 1
     roster: int = 1
     muc: int = 1
+    pubsub: int = 1
 
     def services(self) -> int:
         """The processes with a metrics side port: these, one s2s gateway, the admin API."""
         return (self.connection_managers + self.routers + self.presence + self.roster
-                + self.muc + 2)
+                + self.muc + self.pubsub + 2)
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,9 @@ def _children(
     muc = [service(f"muc{suffix(i)}", "services.muc", "muc",
                    {"STANZAD_MUC_ID": f"muc-local{suffix(i)}"})
            for i in range(scale.muc)]
+    pubsub = [service(f"pubsub{suffix(i)}", "services.pubsub", "pubsub",
+                      {"STANZAD_PUBSUB_ID": f"pubsub-local{suffix(i)}"})
+              for i in range(scale.pubsub)]
     s2s = service("s2s", "services.s2s_gateway", "s2s_gateway", {
         "STANZAD_S2S_ID": "s2s-local", "STANZAD_S2S_PORT": str(ports.s2s), **tls,
     }, ports.s2s)
@@ -319,7 +323,7 @@ def _children(
         "STANZAD_ADMIN_HOST": "127.0.0.1", "STANZAD_ADMIN_PORT": str(ports.admin),
         "STANZAD_ADMIN_TOKEN": admin_token,
     }, ports.admin)
-    return [nats, redis, pg, *routers, *presence, *roster, *muc, *cms, s2s, admin]
+    return [nats, redis, pg, *routers, *presence, *roster, *muc, *pubsub, *cms, s2s, admin]
 
 
 async def _supervise(child: Child, stop: asyncio.Event, pipes: list[asyncio.Task[None]],

@@ -105,6 +105,7 @@ class PresenceService(PartitionedService):
         if initial:
             tables = await self._initial(full, items, priority)
         await self._broadcast(full, payload, items, tables)
+        await self._to_pep(full, origin, "", payload)
 
     async def _unavailable(self, full: str, origin: str, payload: bytes) -> None:
         bare = bare_of(full)
@@ -116,6 +117,7 @@ class PresenceService(PartitionedService):
             await self._end_directed(full, payload, directed)
             return
         metrics.BROADCASTS.labels("unavailable").inc()
+        await self._to_pep(full, origin, "unavailable", payload)
         _, items, _ = await self.rosters.load(bare)
         await self._broadcast(full, payload, items)
         # §4.6.3: those who got directed presence learn it ended (the broadcast told those
@@ -248,6 +250,15 @@ class PresenceService(PartitionedService):
                                payload=message)
                 await self.publish(subjects.connection_manager(record.cm_id), env)
         return known
+
+    async def _to_pep(self, full: str, origin: str, type_: str, payload: bytes) -> None:
+        """The user's personal eventing service learns of each broadcast presence
+        (XEP-0163 §6.2: a resource coming online, or with new XEP-0115 caps, gets the last
+        published items it wants): one envelope to the user's pubsub partition."""
+        bare = bare_of(full)
+        p = subjects.partition(bare, self.settings.partitions)
+        await self.publish(subjects.pubsub(p), Envelope(
+            Kind.PRESENCE, to=bare, from_=full, type=type_, origin=origin, payload=payload))
 
     # ---- directed presence (§4.6) and probes (§4.3) ---------------------------------------
 

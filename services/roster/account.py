@@ -1,5 +1,6 @@
 """IQs the server answers on behalf of an account (RFC 6121 §8.5.2.1.3): vCard-temp
-(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030).
+(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030),
+which names the account's personal eventing service (XEP-0163; served by services/pubsub).
 
 Each handler gets the IQ, the requesting full JID and the account addressed, and returns the
 child of the result or raises StanzaError.
@@ -15,11 +16,12 @@ from shared.store.account_data import AccountDataStore
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.jid import bare_of
+from shared.xmpp.pubsub import PEP_FEATURES
 
 MAX_VCARD_BYTES: Final = 64 * 1024
 MAX_PRIVATE_BYTES: Final = 64 * 1024
 MAX_PRIVATE_NAMESPACES: Final = 64
-ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING)
+ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING, ns.PUBSUB, *PEP_FEATURES)
 # XEP-0313 §7 (on the bare JID), the #extended fields and flip-page, XEP-0359 §6
 ARCHIVE_FEATURES: Final = (ns.MAM, ns.MAM_EXTENDED, ns.SID)
 
@@ -53,7 +55,7 @@ class AccountData:
             features = "".join(f'<feature var="{f}"/>' for f in self._features)
             return (
                 f'<query xmlns="{ns.DISCO_INFO}"><identity category="account" type="registered"/>'
-                f"{features}</query>"
+                f'<identity category="pubsub" type="pep"/>{features}</query>'  # XEP-0163 §1.3
             )
         if tag == f"{{{ns.DISCO_ITEMS}}}query" and type_ == "get":
             return f'<query xmlns="{ns.DISCO_ITEMS}"/>'

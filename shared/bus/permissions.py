@@ -6,7 +6,7 @@ docs/operations.md ("NATS authentication") says how production gets the same.
 
 What each role does on the bus:
 
-- every partitioned service (router, presence, roster, s2s gateway) publishes a hand-over
+- every partitioned service (router, presence, roster, s2s gateway, pubsub) publishes a hand-over
   FENCE on the subjects it subscribes to (shared/cluster/partitioned.py), so it may publish
   to its own input families;
 - the in-process hand-off markers (shared/bus/local.py) travel on the subject of the
@@ -80,8 +80,14 @@ S2S_GATEWAY: Final = Permissions(
 MUC_SERVICE: Final = Permissions(
     # fences on its own family, FANOUT deliveries to connection managers, answers and
     # invitations through the routers, remote occupants through the s2s gateway
-    publish=(MUC, CM, ROUTE, S2S),
+    publish=(MUC, CM, ROUTE, S2S, *SERVICES),
     subscribe=(MUC,),
+)
+PUBSUB_SERVICE: Final = Permissions(
+    # answers and notifications to sessions (FANOUT, BATCH), routed notifications and
+    # answers (local bare JIDs, remote JIDs, other service domains), fences
+    publish=(PUBSUB, CM, ROUTE, S2S, *SERVICES),
+    subscribe=(PUBSUB,),
 )
 ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
 
@@ -95,6 +101,7 @@ ROLES: Final[dict[str, Permissions]] = {
     "roster": ROSTER_SERVICE,
     "s2s_gateway": S2S_GATEWAY,
     "muc": MUC_SERVICE,
+    "pubsub": PUBSUB_SERVICE,
     "admin": ADMIN,
     "cli": ADMIN,  # `stanzad user delete`, `stanzad sessions kick`
 }

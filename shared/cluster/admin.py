@@ -119,7 +119,7 @@ class RosterImportResult:
     reason: str = ""
 
 
-ROLES = ("route", "presence", "roster", "muc")
+ROLES = ("route", "presence", "roster", "muc", "pubsub")
 
 
 def bare_jid(text: str, domain: str) -> str:

@@ -23,6 +23,10 @@ from shared.xmpp.subscription import SUBSCRIPTION_TYPES
 # answers them (RFC 6121 §2 roster, XEP-0054 vCard, XEP-0049 private storage, XEP-0191,
 # XEP-0313 archive queries and preferences).
 ACCOUNT_NAMESPACES: Final = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING, ns.MAM})
+# IQs to a user's bare JID (or with no 'to': the sender's own) in these namespaces are for
+# the user's personal eventing service (XEP-0163 §1.3: every account is a virtual pubsub
+# service): the pubsub family, keyed by the PEP owner's bare JID.
+PEP_NAMESPACES: Final = frozenset({ns.PUBSUB, ns.PUBSUB_OWNER})
 BROADCAST_TYPES: Final = frozenset({"", "unavailable"})  # RFC 6121 §4.2, §4.5, §4.6
 
 
@@ -83,6 +87,11 @@ def from_client(
         return _client_presence(type_, to, own_bare, domain)
     if to is not None and to.domain in services:  # a room, a node: its service's partition
         return Publish(Family(services[to.domain]), to.bare_str, str(to))
+    if (kind == "iq" and child_ns in PEP_NAMESPACES and type_ in ("get", "set")
+            and (to is None or (to.local is not None and to.domain == domain
+                                and to.resource is None))):
+        pep = own_bare if to is None else to.bare_str  # XEP-0163 §4.1 (own), §4.3 (a contact's)
+        return Publish(Family.PUBSUB, pep, pep)
     own = to is None or (to.local == sender.local and to.domain == domain and to.resource is None)
     if own and (
         child_ns in ACCOUNT_NAMESPACES
@@ -96,6 +105,14 @@ def from_client(
         # sender's blocklist (XEP-0191 §3.5) and hands the stanza to the s2s gateway
         return Publish(Family.ROUTE, own_bare, str(to))
     return Publish(Family.ROUTE, to.bare_str, str(to))
+
+
+def account_family(child_ns: str) -> Family:
+    """Who answers an IQ get/set that reached the router of a bare JID (RFC 6121 §8.5.2.1.3,
+    "the server on the account's behalf"; from a peer server, or a client IQ the router
+    handed on): the user's personal eventing service for the pubsub namespaces (XEP-0163),
+    otherwise the account's roster service (roster, vCard, private storage, disco)."""
+    return Family.PUBSUB if child_ns in PEP_NAMESPACES else Family.ROSTER
 
 
 def _client_presence(type_: str, to: JID | None, own_bare: str, domain: str) -> Ingress:

@@ -35,10 +35,12 @@ from shared.xmpp import archive, ns
 from shared.xmpp.blocking import is_blocked
 from shared.xmpp.errors import StanzaErrorCondition, StreamError
 from shared.xmpp.jid import bare_of, domain_of
-from shared.xmpp.stanza import with_delay
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.stanza import namespace, with_delay
 
 from . import metrics
 from .cache import Entry, SessionCache
+from .ingress import Publish, account_family
 from .routing import Account, Bounce, Deliver, Store, decide
 
 log = logging.getLogger(__name__)
@@ -207,8 +209,8 @@ class Router(PartitionedService):
             return True
         if isinstance(decision, Account):
             self._tally[(env.kind.value, "account")] += 1
-            p = subjects.partition(env.to_bare, self.settings.partitions)
-            self.bus.publish_soon(subjects.roster(p), env.encode())
+            where = Publish(account_family(_child_ns(env.payload)), env.to_bare, env.to)
+            self.bus.publish_soon(where.subject(self.settings.partitions), env.encode())
             return False
         if isinstance(decision, Deliver):
             self._tally[(env.kind.value, "delivered")] += 1
@@ -331,3 +333,13 @@ class Router(PartitionedService):
                 metrics.GHOST_SESSIONS.set(ghosts)
             except Exception as exc:
                 log.warning("ghost count failed: %s", exc)
+
+
+def _child_ns(payload: bytes) -> str:
+    """The namespace of an IQ's payload element ("" when it has none or does not parse).
+    Only IQs to a bare JID are parsed here (they are few: account data, PEP)."""
+    try:
+        iq = parse_fragment(payload, MAX_BOUNCE_BYTES)
+    except StreamError:
+        return ""
+    return namespace(iq[0].tag) if len(iq) and isinstance(iq[0].tag, str) else ""

@@ -334,6 +334,31 @@ class MucSettings(PartitionedSettings):
     )
 
 
+class PubsubSettings(PartitionedSettings):
+    """pubsub: XEP-0060 nodes on the pubsub domain and XEP-0163 PEP on every account."""
+
+    pubsub_id: str = Field("", description="Pubsub service id; generated when empty.")
+    pubsub_max_items: int = Field(
+        1000, ge=1, description="Items one node keeps at most (pubsub#max_items 'max')."
+    )
+    pubsub_max_payload_bytes: int = Field(
+        200_000, ge=1024, description="Largest item payload (XEP-0060 payload-too-big beyond)."
+    )
+    pubsub_max_nodes: int = Field(
+        1000, ge=1, description="Nodes per account: PEP nodes, and nodes it creates on the "
+        "pubsub domain."
+    )
+    pubsub_max_subscriptions: int = Field(
+        100_000, ge=1, description="Subscriptions one node accepts."
+    )
+    pubsub_publish_rate: float = Field(
+        20.0, gt=0, description="Publishes per second one account may make (burst: 5 s)."
+    )
+    pubsub_fanout_page: int = Field(
+        1000, ge=1, le=100_000, description="Subscribers read per page when notifying."
+    )
+
+
 class AdminSettings(CommonSettings):
     """The admin API (services/admin) and the stanzad command-line tool."""
 

@@ -163,3 +163,25 @@ def muc_history(room: str) -> str:
     """List of a room's last groupchat messages (JSON: time, stanza), for discussion history
     on join (XEP-0045 §7.2.14); capped."""
     return f"muc:{{{room}}}:hist"
+
+
+def caps_features(ver: str) -> str:
+    """The disco#info features of an XEP-0115 ``ver`` (one a line), verified and resolved
+    once for the whole cluster by the pubsub service (services/pubsub/caps.py)."""
+    return f"caps:{ver}"
+
+
+def caps_pending(ver: str) -> str:
+    """Set while one pubsub process asks a resource for the features of ``ver``."""
+    return f"caps:pending:{ver}"
+
+
+def caps_waiting(ver: str) -> str:
+    """Set of the full JIDs whose last published items wait for ``ver`` to be resolved."""
+    return f"caps:waiting:{ver}"
+
+
+def pep_resources(bare_jid: str) -> str:
+    """Hash resource -> XEP-0115 ver ("" without caps) of the account's available resources,
+    as the pubsub service last saw them (a changed ver sends the last published items)."""
+    return f"pepres:{{{bare_jid}}}"

@@ -23,6 +23,7 @@ from shared.runtime.settings import (
     ConnectionManagerSettings,
     MucSettings,
     PresenceSettings,
+    PubsubSettings,
     RosterSettings,
     RouterSettings,
     S2SSettings,
@@ -40,16 +41,17 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "presence": PresenceSettings,
     "roster": RosterSettings,
     "muc": MucSettings,
+    "pubsub": PubsubSettings,
     "s2s-gateway": S2SSettings,
     "admin": AdminSettings,
 }
 # The partitioned services: a StatefulSet each, the pod name as the id setting.
 PARTITIONED: Final = {"router": "STANZAD_ROUTER_ID", "presence": "STANZAD_PRESENCE_ID",
                       "roster": "STANZAD_ROSTER_ID", "muc": "STANZAD_MUC_ID",
-                      "s2s-gateway": "STANZAD_S2S_ID"}
+                      "pubsub": "STANZAD_PUBSUB_ID", "s2s-gateway": "STANZAD_S2S_ID"}
 METRICS_SERVICES: Final = frozenset(
     {"stanzad-connection-manager", "stanzad-router", "stanzad-presence", "stanzad-roster",
-     "stanzad-muc", "stanzad-s2s-gateway", "stanzad-admin"}
+     "stanzad-muc", "stanzad-pubsub", "stanzad-s2s-gateway", "stanzad-admin"}
 )
 # made per cluster
 EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s",
@@ -57,6 +59,7 @@ EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2
 # the NATS identity of each workload (shared/bus/permissions.py)
 NATS_ROLES: Final = {"connection-manager": "connection_manager", "router": "router",
                      "presence": "presence", "roster": "roster", "muc": "muc",
+                     "pubsub": "pubsub",
                      "s2s-gateway": "s2s_gateway",
                      "admin": "admin"}
 

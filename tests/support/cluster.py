@@ -30,6 +30,7 @@ ROLES = {
     "services.roster": "roster",
     "services.s2s_gateway": "s2s_gateway",
     "services.muc": "muc",
+    "services.pubsub": "pubsub",
     "services.admin": "admin",
 }
 
@@ -191,6 +192,11 @@ class Cluster:
         self.start_service(name, "services.muc", **env)
         if wait:
             self.wait_ready(name)
+
+    def start_pubsub(self, name: str = "pubsub-1", **env: str) -> None:
+        env = {"STANZAD_PUBSUB_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
+        self.start_service(name, "services.pubsub", **env)
+        self.wait_ready(name)
 
     def spawn_core(self) -> None:
         """Router, presence and roster processes, without waiting for them: several

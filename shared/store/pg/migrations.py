@@ -199,6 +199,59 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
         "DROP TABLE muc_affiliations; DROP TABLE muc_rooms;",
     ),
+    Migration(
+        7,
+        "publish-subscribe nodes, items, affiliations, subscriptions",
+        # XEP-0060 nodes of a pubsub service: ``service`` is the bare JID of a user's
+        # personal eventing service (XEP-0163) or the domain of a generic service; the node
+        # configuration (pubsub#node_config fields) as JSON; items ordered by ``seq`` (a
+        # republished id moves to the end, §7.1.2); affiliations (§4.1) and one subscription
+        # per node and JID (§4.2, no multiple subscriptions), with their options (§6.3).
+        """
+        CREATE TABLE pubsub_nodes (
+            service text NOT NULL,
+            node text NOT NULL,
+            creator text NOT NULL,
+            config jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (service, node)
+        );
+        CREATE SEQUENCE pubsub_item_seq;
+        CREATE TABLE pubsub_items (
+            service text NOT NULL,
+            node text NOT NULL,
+            item_id text NOT NULL,
+            seq bigint NOT NULL DEFAULT nextval('pubsub_item_seq'),
+            publisher text NOT NULL,
+            payload bytea NOT NULL,
+            published_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (service, node, item_id),
+            FOREIGN KEY (service, node) REFERENCES pubsub_nodes ON DELETE CASCADE
+        );
+        CREATE INDEX pubsub_items_by_seq ON pubsub_items (service, node, seq);
+        CREATE TABLE pubsub_affiliations (
+            service text NOT NULL,
+            node text NOT NULL,
+            jid text NOT NULL,
+            affiliation text NOT NULL,
+            PRIMARY KEY (service, node, jid),
+            FOREIGN KEY (service, node) REFERENCES pubsub_nodes ON DELETE CASCADE
+        );
+        CREATE TABLE pubsub_subscriptions (
+            service text NOT NULL,
+            node text NOT NULL,
+            jid text NOT NULL,
+            subid text NOT NULL,
+            state text NOT NULL,
+            options jsonb NOT NULL DEFAULT '{}',
+            PRIMARY KEY (service, node, jid),
+            FOREIGN KEY (service, node) REFERENCES pubsub_nodes ON DELETE CASCADE
+        );
+        CREATE INDEX pubsub_subscriptions_by_jid ON pubsub_subscriptions (jid);
+        """,
+        "DROP TABLE pubsub_subscriptions; DROP TABLE pubsub_affiliations; "
+        "DROP TABLE pubsub_items; DROP SEQUENCE pubsub_item_seq; DROP TABLE pubsub_nodes;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version
