@@ -82,6 +82,8 @@ class ConnectionManager:
             sm_resume_s=settings.sm_resume_timeout_s,
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
         )
+        # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
+        self.server_info = server_iq.ServerInfo(time.time(), settings.contacts, in_band=True)
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
         self.resumable: dict[str, C2SConnection] = {}  # XEP-0198 id -> connection (or detached)
@@ -739,7 +741,7 @@ class ConnectionManager:
         jid = conn.stream.jid
         assert jid is not None
         if st.kind == "iq":
-            reply = server_iq.answer(st.element, st.type)
+            reply = server_iq.answer(st.element, st.type, self.server_info, time.time())
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
             elif reply is not None:

@@ -13,6 +13,8 @@ from typing import Final, TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.xmpp.server_iq import Contacts, parse_contact_addresses
+
 ENV_PREFIX: Final = "STANZAD_"
 KiB: Final = 1024
 
@@ -58,17 +60,33 @@ class CommonSettings(BaseSettings):
     session_ttl_s: int = Field(
         15, ge=2, description="A connection manager's heartbeat key lives this long."
     )
+    contact_addresses: str = Field(
+        "",
+        description="XEP-0157 contact addresses in the server's disco#info: "
+        "'field=uri,uri;field=uri', e.g. 'abuse-addresses=mailto:abuse@example.com'.",
+    )
     gc_thresholds: str = Field(
         "20000,20,100",
         description="CPython's garbage collector thresholds (gc.set_threshold), three "
         "integers; see shared/runtime/gc_tuning.py.",
     )
 
+    @field_validator("contact_addresses")
+    @classmethod
+    def _check_contact_addresses(cls, value: str) -> str:
+        parse_contact_addresses(value)
+        return value
+
     @field_validator("gc_thresholds")
     @classmethod
     def _check_gc_thresholds(cls, value: str) -> str:
         parse_gc_thresholds(value)
         return value
+
+    @property
+    def contacts(self) -> Contacts:
+        """`contact_addresses` parsed (XEP-0157)."""
+        return parse_contact_addresses(self.contact_addresses)
 
     @property
     def gc_threshold_values(self) -> tuple[int, int, int]:
