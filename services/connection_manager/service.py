@@ -79,6 +79,7 @@ class ConnectionManager:
             allow_registration=settings.allow_registration,
             max_stanza_bytes=settings.max_stanza_bytes,
             stream_management=settings.sm_enabled,
+            client_state=settings.csi_enabled,
             sm_resume_s=settings.sm_resume_timeout_s,
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
         )
@@ -626,6 +627,8 @@ class ConnectionManager:
         reply_to = subjects.connection_manager(env.from_)
         full = env.to
         old = self.resumable.get(env.id)
+        if old is not None:
+            old.release_held()  # XEP-0352 state is not handed over: what it held goes along
         queue = old.stream.sm if old is not None else None
         payload = sm.export_queue(queue) if queue is not None else b""
         if (old is None or queue is None or old.record is None or old.replaced
@@ -786,10 +789,10 @@ class ConnectionManager:
                 if conn is None:
                     self._not_here(env)
                 else:
-                    if conn.stream.sm is None:
+                    if conn.stream.sm is None and not conn.inactive:
                         if conn.deliver(env.payload):
                             touched.append(conn)
-                    else:  # XEP-0198 counts stanzas: one at a time
+                    else:  # XEP-0198 counts stanzas, XEP-0352 holds some: one at a time
                         for stanza in split_stanzas(env.payload):
                             if conn.deliver(stanza):
                                 touched.append(conn)

@@ -238,6 +238,12 @@ class ConnectionManagerSettings(CommonSettings):
     sm_ack_after_s: float = Field(
         10.0, gt=0, description="... and when unacknowledged stanzas have waited this long."
     )
+    csi_enabled: bool = Field(True, description="Offer XEP-0352 client state indication.")
+    csi_max_held: int = Field(
+        256, ge=1,
+        description="Stanzas held for an inactive client (XEP-0352); when one more would "
+        "not fit, everything held is written.",
+    )
     sm_takeover_timeout_s: float = Field(
         2.0, gt=0,
         description="How long a <resume/> for a session of another connection manager waits "
