@@ -103,6 +103,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "cm",
         "detached",
         "peer",
+        "pushes",
         "record",
         "replaced",
         "session_id",
@@ -144,6 +145,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._ack_timer: asyncio.TimerHandle | None = None
         self.detached: asyncio.TimerHandle | None = None  # resumption deadline, when detached
         self.replaced = False  # its session was resumed on another connection
+        self.pushes = 0  # XEP-0357: messages notified while detached
         # XEP-0352: while the client is inactive, what may wait (shared/xmpp/csi.py), in
         # order, by key (a newer presence of a sender replaces the older); None: active
         self._held: dict[object, bytes] | None = None

@@ -28,6 +28,7 @@ from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
+    PUSH_ORIGIN,
     SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
@@ -49,7 +50,7 @@ from shared.store.sm_facts import SmFactsStore
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
 from shared.xmpp import credentials as creds_mod
-from shared.xmpp import server_iq, sm
+from shared.xmpp import ns, server_iq, sm
 from shared.xmpp.c2s import SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.jid import JID, JIDError, bare_of
@@ -817,6 +818,8 @@ class ConnectionManager:
                 written += 1
                 if conn.deliver(env.payload):
                     touched.append(conn)
+                if conn.detached is not None and env.kind is Kind.MESSAGE:
+                    self._push_detached(conn, env)
                 if env.ts_us:
                     observe(max(0, now_us - env.ts_us) / 1e6)
             elif not self._not_here(env):
@@ -824,6 +827,23 @@ class ConnectionManager:
         for conn in touched:
             conn.flush()
         _STANZAS_OUT.n += written
+
+    def _push_detached(self, conn: C2SConnection, env: Envelope) -> None:
+        """XEP-0357: a message with a body held for a detached session; the router of the
+        user's partition notifies the app servers that session's resource enabled."""
+        if env.type == "error" or b"<body" not in env.payload:
+            return
+        try:
+            if parse_fragment(env.payload, self.settings.max_stanza_bytes).find(
+                    f"{{{ns.CLIENT}}}body") is None:
+                return
+        except Exception:
+            return
+        conn.pushes += 1
+        notify = Envelope(Kind.MESSAGE, to=env.to, from_=env.from_, type=env.type,
+                          id=str(conn.pushes), origin=PUSH_ORIGIN, payload=env.payload)
+        self.bus.publish_soon(subjects.route_for(env.to_bare, self.settings.partitions),
+                              notify.encode())
 
     def _not_here(self, env: Envelope) -> bool:
         """A delivery for a full JID with no session here that is moving (XEP-0198 take-over):

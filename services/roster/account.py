@@ -1,5 +1,7 @@
 """IQs the server answers on behalf of an account (RFC 6121 §8.5.2.1.3): vCard-temp
-(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030).
+(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030;
+it lists what the roster service answers for the account: XEP-0191, XEP-0012 last activity
+and XEP-0357 push, service.py).
 
 Each handler gets the IQ, the requesting full JID and the account addressed, and returns the
 child of the result or raises StanzaError.
@@ -19,7 +21,7 @@ from shared.xmpp.jid import bare_of
 MAX_VCARD_BYTES: Final = 64 * 1024
 MAX_PRIVATE_BYTES: Final = 64 * 1024
 MAX_PRIVATE_NAMESPACES: Final = 64
-ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING)
+ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING, ns.LAST, ns.PUSH)
 
 
 class AccountData:

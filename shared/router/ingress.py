@@ -19,8 +19,9 @@ from shared.xmpp.jid import JID
 from shared.xmpp.subscription import SUBSCRIPTION_TYPES
 
 # IQs a user sends to their own account (no 'to', or their bare JID): the roster service
-# answers them (RFC 6121 §2 roster, XEP-0054 vCard, XEP-0049 private storage, XEP-0191).
-ACCOUNT_NAMESPACES: Final = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING})
+# answers them (RFC 6121 §2 roster, XEP-0054 vCard, XEP-0049 private storage, XEP-0191,
+# XEP-0357 push registrations).
+ACCOUNT_NAMESPACES: Final = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING, ns.PUSH})
 BROADCAST_TYPES: Final = frozenset({"", "unavailable"})  # RFC 6121 §4.2, §4.5, §4.6
 
 

@@ -16,6 +16,7 @@ import time
 
 from shared.bus import subjects
 from shared.bus.envelope import (
+    PUSH_ORIGIN,
     SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
@@ -28,15 +29,19 @@ from shared.runtime.metrics import HistogramTally, Tally
 from shared.runtime.settings import RouterSettings
 from shared.store.account_data import AccountDataStore
 from shared.store.presence import OfflineStore
+from shared.store.push import PushStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns
 from shared.xmpp.blocking import is_blocked
 from shared.xmpp.errors import StanzaErrorCondition
 from shared.xmpp.jid import domain_of
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.push import body_of
 from shared.xmpp.stanza import with_delay
 
 from . import metrics
 from .cache import Entry, SessionCache
+from .push import PushNotifier
 from .routing import Account, Bounce, Deliver, Store, decide
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,8 @@ class Router(PartitionedService):
         self.offline = OfflineStore(self.db, SERVICE)
         self.account_data = AccountDataStore(self.db, SERVICE)
         self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
+        self.push = PushNotifier(PushStore(self.db, SERVICE), self.bus, settings.partitions,
+                                 SERVICE, settings.push_timeout_s, settings.push_max_attempts)
         # outcomes counted per batch, then added to the Prometheus counter once per label set
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
         # ... and the metrics themselves counted in tallies, added when /metrics is scraped
@@ -92,6 +99,14 @@ class Router(PartitionedService):
         wanted |= {b for e in envelopes if (b := e.from_bare).endswith("@" + domain)}
         entries = await self._entries(wanted)
         for env in envelopes:
+            if env.origin == PUSH_ORIGIN:  # XEP-0357: a message for a detached session
+                await self.push.message(env.to_bare, env.from_, env.payload,
+                                        int(env.id) if env.id.isdigit() else 1,
+                                        resource=env.to.partition("/")[2])
+                continue
+            if self.push.is_answer(env):  # an app server answering a notification of ours
+                await self.push.answered(env)
+                continue
             sender = entries.get(env.from_bare)
             if self._is_remote(env.to_bare):
                 self._remote(env, sender)
@@ -224,6 +239,10 @@ class Router(PartitionedService):
         if stored:
             self._tally[(env.kind.value, "stored")] += 1
             metrics.OFFLINE_QUEUE.observe(stored)
+            # XEP-0357 §7: no session will see it; one that ended with it unacknowledged
+            # was notified while it was detached
+            if env.origin != SM_UNACKED_ORIGIN and _has_body(env.payload):
+                await self.push.message(bare, env.from_, env.payload, stored)
         else:
             self._tally[(env.kind.value, "bounced")] += 1
             self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
@@ -248,6 +267,10 @@ class Router(PartitionedService):
         await super().start()
         self.tasks.append(asyncio.create_task(self._ghosts()))
 
+    async def stop(self) -> None:
+        await super().stop()
+        self.push.close()
+
     async def _ghosts(self) -> None:
         """Every router reports the sessions of dead connection managers it can see: a count
         that stays above zero means nobody reaps them (alert StanzadGhostSessions).  The
@@ -263,3 +286,13 @@ class Router(PartitionedService):
                 metrics.GHOST_SESSIONS.set(ghosts)
             except Exception as exc:
                 log.warning("ghost count failed: %s", exc)
+
+
+def _has_body(payload: bytes) -> bool:
+    """A message with a <body/> (XEP-0357 notifies those only)."""
+    if b"<body" not in payload:
+        return False
+    try:
+        return body_of(parse_fragment(payload, MAX_BOUNCE_BYTES)) is not None
+    except Exception:
+        return False

@@ -272,6 +272,13 @@ class RouterSettings(PartitionedSettings):
     )
     cache_size: int = Field(100_000, ge=0, description="Bare JIDs kept in the session cache.")
     cache_ttl_s: float = Field(30.0, ge=0, description="Session cache entry lifetime.")
+    push_timeout_s: float = Field(
+        10.0, gt=0, description="How long an XEP-0357 notification waits for the app server's "
+        "answer before it is sent again.",
+    )
+    push_max_attempts: int = Field(
+        3, ge=1, description="Attempts per XEP-0357 notification (the first included).",
+    )
 
 
 class PresenceSettings(PartitionedSettings):

@@ -22,6 +22,7 @@ ADDS = {
     2: {"roster_versions", "roster_items", "roster_tombstones"},
     3: {"offline_messages", "vcards", "private_storage", "blocklist"},
     4: {"redis_imports"},
+    8: {"push_registrations", "last_activity"},
 }
 
 
