@@ -753,6 +753,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                         "(last from %s)", self.source, self.cm.settings.auth_block_s,
                         self.cm.block_rate(self.source), self.peer)
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` for this connection (its failure closes the stream)."""
+        self._spawn(coro)
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         if self._tasks is None:
@@ -867,7 +871,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._pump()
 
     async def _register(self, username: str, password: str) -> None:
-        error = await self.cm.register(username, password)
+        error = await self.cm.register(username, password, self.source)
         self._resume(lambda: self.stream.register_done(error))
 
     def _auth_timeout(self) -> None:

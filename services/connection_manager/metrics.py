@@ -148,3 +148,9 @@ CSI_REPLACED = Counter(
     "stanzad_cm_csi_replaced_total",
     "Held presence dropped for a newer one of the same sender (never written: XEP-0352).",
 )
+IN_BAND = Counter(
+    "stanzad_cm_in_band_total",
+    "XEP-0077 requests: register (new accounts; result limited when over the per-address "
+    "rate), password, remove, form; by result.",
+    ["action", "result"],
+)

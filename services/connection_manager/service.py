@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+import redis.asyncio as aioredis
+
 from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
@@ -58,6 +60,7 @@ from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import iq_result, local_name, must_not_bounce, split_stanzas, with_to
 
 from . import metrics
+from .account import InBand, is_register_query
 from .connection import C2SConnection
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,7 @@ class ConnectionManager:
         self.port = 0
         self._redis = redis_connect(settings.redis_url)
         self.store = SessionStore(self._redis, SERVICE)
+        self.in_band = InBand(self)  # XEP-0077 on authenticated streams, registration limits
         self.sm_facts = SmFactsStore(self._redis, SERVICE)
         # XEP-0198 take-overs (docs/architecture.md "Stream management"): answers awaited
         # by token; deliveries held for a full JID whose take-over is being committed; full
@@ -301,12 +305,33 @@ class ConnectionManager:
             return s.trusted_auth_block_failures_per_min
         return s.auth_block_failures_per_min
 
-    async def register(self, username: str, password: str) -> StanzaError | None:
-        """XEP-0077 §3.1 registration of a new account."""
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    def account_changed(self, bare: str) -> None:
+        """Routers cache whether an account exists: tell them (created, removed)."""
+        self._session_event(bare, 0)
+
+    async def register(self, username: str, password: str, source: str = ""
+                       ) -> StanzaError | None:
+        """XEP-0077 §3.1 registration of a new account, at most
+        ``registrations_per_ip_per_hour`` from one address."""
         try:
             jid = JID.parse(f"{username}@{self.domain}")
         except JIDError:
             return StanzaError(StanzaErrorCondition.JID_MALFORMED)
+        try:
+            allowed = await self.in_band.may_register(source)
+        except Exception as exc:
+            log.warning("registration rate lookup failed: %s", exc)
+            return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
+        if not allowed:
+            metrics.IN_BAND.labels("register", "limited").inc()
+            log.info("refused an in-band registration from %s: over %d an hour", source,
+                     self.settings.registrations_per_ip_per_hour)
+            return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT,
+                               "too many registrations from your address; try again later")
         try:
             creds = await asyncio.to_thread(
                 creds_mod.derive_credentials, password, self.settings.scram_iterations
@@ -320,7 +345,8 @@ class ConnectionManager:
         except DatabaseUnavailable as exc:  # never a hang: RFC 6120 §8.3.3.8
             log.warning("registration failed: %s", exc)
             return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
-        self._session_event(jid.bare_str, 0)  # a router may have cached "no account"
+        self.account_changed(jid.bare_str)  # a router may have cached "no account"
+        metrics.IN_BAND.labels("register", "ok").inc()
         log.info("registered a new account in band")
         return None
 
@@ -744,7 +770,9 @@ class ConnectionManager:
         """Stanzas with no 'to' (RFC 6120 §10.3) or addressed to the domain itself."""
         jid = conn.stream.jid
         assert jid is not None
-        if st.kind == "iq":
+        if st.kind == "iq" and is_register_query(st.element) and st.type in ("get", "set"):
+            self.in_band.handle(conn, st)  # XEP-0077 §3.2, §3.3 on one's own account
+        elif st.kind == "iq":
             reply = server_iq.answer(st.element, st.type, self.server_info, time.time())
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
@@ -784,7 +812,10 @@ class ConnectionManager:
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
                 if conn is not None and conn.session_id == env.id:
-                    conn.close(*_kick_reason(env.payload))
+                    if conn.detached is not None:  # no <resume/> for it any more
+                        self.expire(conn)
+                    else:
+                        conn.close(*_kick_reason(env.payload))
                 continue
             if env.kind is Kind.BATCH:
                 if conn is None:
@@ -925,5 +956,10 @@ def _kick_reason(payload: bytes) -> tuple[StreamErrorCondition, str]:
         condition = StreamErrorCondition(payload.decode())
     except (ValueError, UnicodeDecodeError):
         condition = StreamErrorCondition.POLICY_VIOLATION
-    return condition, "closed by the server administrator"
+    return condition, _KICK_TEXT.get(condition, "closed by the server administrator")
+
+
+# what the account's other sessions are told after an in-band change (XEP-0077, account.py)
+_KICK_TEXT: Final = {StreamErrorCondition.RESET: "password changed",
+                     StreamErrorCondition.NOT_AUTHORIZED: "account removed"}
 

@@ -111,6 +111,11 @@ class ConnectionManagerSettings(CommonSettings):
         "session tickets).",
     )
     allow_registration: bool = Field(False, description="XEP-0077 in-band registration.")
+    registrations_per_ip_per_hour: int = Field(
+        5, ge=0,
+        description="In-band registrations from one address (IPv6: /64) per hour, across the "
+        "cluster; trusted networks are not counted; 0 = no limit.",
+    )
     cm_id: str = Field("", description="Connection manager id; generated when empty.")
     embedded_router: bool = Field(
         False,

@@ -151,3 +151,8 @@ def dialback_secret() -> str:
     """The cluster's Server Dialback secret (XEP-0185), shared by every s2s gateway process
     so that any of them can answer a <db:verify/> for a key another one sent."""
     return "s2s:dialback-secret"
+
+
+def registrations_source(source: str) -> str:
+    """In-band registrations (XEP-0077) from one source address in the current hour."""
+    return f"reg:{{src:{source}}}"
