@@ -141,7 +141,8 @@ CSI_FLUSHES = Counter(
     ["reason"],
 )
 CSI_FLUSH_SIZE = Histogram(
-    "stanzad_cm_csi_flush_size", "Stanzas held per flush (XEP-0352 queue size when written).",
+    "stanzad_cm_csi_flushed_messages",
+    "Stanzas (of any kind) written per flush of an XEP-0352 queue: its size then.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 CSI_REPLACED = Counter(
@@ -152,5 +153,5 @@ IN_BAND = Counter(
     "stanzad_cm_in_band_total",
     "XEP-0077 requests: register (new accounts; result limited when over the per-address "
     "rate), password, remove, form; by result.",
-    ["action", "result"],
+    ["operation", "result"],
 )

@@ -16,5 +16,5 @@ SUBSCRIPTIONS = Counter(
 PUSHES = Counter("stanzad_roster_pushes_total", "Roster changes pushed to a user's resources.")
 PUSH_REGISTRATIONS = Counter(
     "stanzad_roster_push_registrations_total",
-    "XEP-0357 push registrations enabled and disabled by clients.", ["action"],
+    "XEP-0357 push registrations enabled and disabled by clients.", ["operation"],
 )
