@@ -24,10 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+import redis.asyncio as aioredis
+
 from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
+    PUSH_ORIGIN,
     SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
@@ -57,6 +60,7 @@ from shared.xmpp.parser import parse_fragment, serialize
 from shared.xmpp.stanza import iq_result, local_name, must_not_bounce, split_stanzas, with_to
 
 from . import metrics
+from .account import InBand, is_register_query
 from .connection import C2SConnection
 
 log = logging.getLogger(__name__)
@@ -80,9 +84,12 @@ class ConnectionManager:
             allow_registration=settings.allow_registration,
             max_stanza_bytes=settings.max_stanza_bytes,
             stream_management=settings.sm_enabled,
+            client_state=settings.csi_enabled,
             sm_resume_s=settings.sm_resume_timeout_s,
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
         )
+        # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
+        self.server_info = server_iq.ServerInfo(time.time(), settings.contacts, in_band=True)
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
         self.resumable: dict[str, C2SConnection] = {}  # XEP-0198 id -> connection (or detached)
@@ -105,6 +112,7 @@ class ConnectionManager:
         self.port = 0
         self._redis = redis_connect(settings.redis_url)
         self.store = SessionStore(self._redis, SERVICE)
+        self.in_band = InBand(self)  # XEP-0077 on authenticated streams, registration limits
         self.sm_facts = SmFactsStore(self._redis, SERVICE)
         # XEP-0198 take-overs (docs/architecture.md "Stream management"): answers awaited
         # by token; deliveries held for a full JID whose take-over is being committed; full
@@ -298,12 +306,33 @@ class ConnectionManager:
             return s.trusted_auth_block_failures_per_min
         return s.auth_block_failures_per_min
 
-    async def register(self, username: str, password: str) -> StanzaError | None:
-        """XEP-0077 §3.1 registration of a new account."""
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    def account_changed(self, bare: str) -> None:
+        """Routers cache whether an account exists: tell them (created, removed)."""
+        self._session_event(bare, 0)
+
+    async def register(self, username: str, password: str, source: str = ""
+                       ) -> StanzaError | None:
+        """XEP-0077 §3.1 registration of a new account, at most
+        ``registrations_per_ip_per_hour`` from one address."""
         try:
             jid = JID.parse(f"{username}@{self.domain}")
         except JIDError:
             return StanzaError(StanzaErrorCondition.JID_MALFORMED)
+        try:
+            allowed = await self.in_band.may_register(source)
+        except Exception as exc:
+            log.warning("registration rate lookup failed: %s", exc)
+            return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
+        if not allowed:
+            metrics.IN_BAND.labels("register", "limited").inc()
+            log.info("refused an in-band registration from %s: over %d an hour", source,
+                     self.settings.registrations_per_ip_per_hour)
+            return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT,
+                               "too many registrations from your address; try again later")
         try:
             creds = await asyncio.to_thread(
                 creds_mod.derive_credentials, password, self.settings.scram_iterations
@@ -317,7 +346,8 @@ class ConnectionManager:
         except DatabaseUnavailable as exc:  # never a hang: RFC 6120 §8.3.3.8
             log.warning("registration failed: %s", exc)
             return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
-        self._session_event(jid.bare_str, 0)  # a router may have cached "no account"
+        self.account_changed(jid.bare_str)  # a router may have cached "no account"
+        metrics.IN_BAND.labels("register", "ok").inc()
         log.info("registered a new account in band")
         return None
 
@@ -625,6 +655,8 @@ class ConnectionManager:
         reply_to = subjects.connection_manager(env.from_)
         full = env.to
         old = self.resumable.get(env.id)
+        if old is not None:
+            old.release_held()  # XEP-0352 state is not handed over: what it held goes along
         queue = old.stream.sm if old is not None else None
         payload = sm.export_queue(queue) if queue is not None else b""
         if (old is None or queue is None or old.record is None or old.replaced
@@ -767,11 +799,14 @@ class ConnectionManager:
         """Stanzas with no 'to' (RFC 6120 §10.3) or addressed to the domain itself."""
         jid = conn.stream.jid
         assert jid is not None
-        if st.kind == "iq":
+        if st.kind == "iq" and is_register_query(st.element) and st.type in ("get", "set"):
+            self.in_band.handle(conn, st)  # XEP-0077 §3.2, §3.3 on one's own account
+        elif st.kind == "iq":
             if st.type == "set" and len(st.element) and st.element[0].tag in _CARBONS_TAGS:
                 self._spawn(self._carbons(conn, st))
                 return
-            reply = server_iq.answer(st.element, st.type, self.service_domains)
+            reply = server_iq.answer(st.element, st.type, self.server_info, time.time(),
+                                     self.service_domains)
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
             elif reply is not None:
@@ -829,16 +864,19 @@ class ConnectionManager:
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
                 if conn is not None and conn.session_id == env.id:
-                    conn.close(*_kick_reason(env.payload))
+                    if conn.detached is not None:  # no <resume/> for it any more
+                        self.expire(conn)
+                    else:
+                        conn.close(*_kick_reason(env.payload))
                 continue
             if env.kind is Kind.BATCH:
                 if conn is None:
                     self._not_here(env)
                 else:
-                    if conn.stream.sm is None:
+                    if conn.stream.sm is None and not conn.inactive:
                         if conn.deliver(env.payload):
                             touched.append(conn)
-                    else:  # XEP-0198 counts stanzas: one at a time
+                    else:  # XEP-0198 counts stanzas, XEP-0352 holds some: one at a time
                         for stanza in split_stanzas(env.payload):
                             if conn.deliver(stanza):
                                 touched.append(conn)
@@ -863,6 +901,8 @@ class ConnectionManager:
                 written += 1
                 if conn.deliver(env.payload):
                     touched.append(conn)
+                if conn.detached is not None and env.kind is Kind.MESSAGE:
+                    self._push_detached(conn, env)
                 if env.ts_us:
                     observe(max(0, now_us - env.ts_us) / 1e6)
             elif not self._not_here(env):
@@ -870,6 +910,23 @@ class ConnectionManager:
         for conn in touched:
             conn.flush()
         _STANZAS_OUT.n += written
+
+    def _push_detached(self, conn: C2SConnection, env: Envelope) -> None:
+        """XEP-0357: a message with a body held for a detached session; the router of the
+        user's partition notifies the app servers that session's resource enabled."""
+        if env.type == "error" or b"<body" not in env.payload:
+            return
+        try:
+            if parse_fragment(env.payload, self.settings.max_stanza_bytes).find(
+                    f"{{{ns.CLIENT}}}body") is None:
+                return
+        except Exception:
+            return
+        conn.pushes += 1
+        notify = Envelope(Kind.MESSAGE, to=env.to, from_=env.from_, type=env.type,
+                          id=str(conn.pushes), origin=PUSH_ORIGIN, payload=env.payload)
+        self.bus.publish_soon(subjects.route_for(env.to_bare, self.settings.partitions),
+                              notify.encode())
 
     def _not_here(self, env: Envelope) -> bool:
         """A delivery for a full JID with no session here that is moving (XEP-0198 take-over):
@@ -953,5 +1010,10 @@ def _kick_reason(payload: bytes) -> tuple[StreamErrorCondition, str]:
         condition = StreamErrorCondition(payload.decode())
     except (ValueError, UnicodeDecodeError):
         condition = StreamErrorCondition.POLICY_VIOLATION
-    return condition, "closed by the server administrator"
+    return condition, _KICK_TEXT.get(condition, "closed by the server administrator")
+
+
+# what the account's other sessions are told after an in-band change (XEP-0077, account.py)
+_KICK_TEXT: Final = {StreamErrorCondition.RESET: "password changed",
+                     StreamErrorCondition.NOT_AUTHORIZED: "account removed"}
 

@@ -24,7 +24,7 @@ from shared.cluster.partitioned import PartitionedService
 from shared.runtime.settings import PresenceSettings
 from shared.store import keys
 from shared.store.account_data import AccountDataStore
-from shared.store.presence import OfflineStore, PresenceStore
+from shared.store.presence import LastActivityStore, OfflineStore, PresenceStore
 from shared.store.roster import RosterStore
 from shared.store.sessions import SessionRecord, SessionStore
 from shared.xmpp import ns
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "presence"
 MAX_PRESENCE_BYTES = 64 * 1024
+MAX_STATUS_CHARS = 1024
 SUBSCRIBED_TO = (Subscription.TO, Subscription.BOTH)  # the user receives the contact's presence
 SUBSCRIBED_FROM = (Subscription.FROM, Subscription.BOTH)  # the contact receives the user's
 # bare JID -> (its session table, its blocklist), as `_session_tables` reads them
@@ -63,6 +64,7 @@ class PresenceService(PartitionedService):
         self.offline = OfflineStore(self.db, SERVICE)
         self.account_data = AccountDataStore(self.db, SERVICE)
         self.presence = PresenceStore(self.redis, self.rosters, SERVICE)
+        self.last_activity = LastActivityStore(self.db, SERVICE)
 
     async def start(self) -> None:
         await super().start()
@@ -118,6 +120,12 @@ class PresenceService(PartitionedService):
             return
         metrics.BROADCASTS.labels("unavailable").inc()
         await self._to_pep(full, origin, "unavailable", payload)
+        [left] = await self.presence.available([bare])
+        if not left:  # XEP-0012 §4: the account's last activity, for its contacts to ask
+            try:
+                await self.last_activity.went_away(bare, _status(payload))
+            except Exception as exc:  # the broadcast matters more than this record
+                log.warning("could not record the last activity: %s", exc)
         _, items, _ = await self.rosters.load(bare)
         await self._broadcast(full, payload, items)
         # §4.6.3: those who got directed presence learn it ended (the broadcast told those
@@ -315,6 +323,17 @@ class PresenceService(PartitionedService):
                 env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
                                origin=SERVICE, payload=gone.encode())
                 await self.publish(subjects.presence(p), env)
+
+
+def _status(payload: bytes) -> str:
+    """The <status/> of an unavailable presence (RFC 6121 §4.7.2.2), at most 1 KiB."""
+    if b"<status" not in payload:
+        return ""
+    try:
+        text = parse_fragment(payload, MAX_PRESENCE_BYTES).findtext(f"{{{ns.CLIENT}}}status")
+    except Exception:
+        return ""
+    return (text or "")[:MAX_STATUS_CHARS]
 
 
 def _priority(payload: bytes) -> int:

@@ -1,6 +1,8 @@
 """IQs the server answers on behalf of an account (RFC 6121 §8.5.2.1.3): vCard-temp
-(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030),
-which names the account's personal eventing service (XEP-0163; served by services/pubsub).
+(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030;
+it names the account's personal eventing service, XEP-0163, served by services/pubsub, and
+lists what the roster service answers for the account: XEP-0191, XEP-0012 last activity and
+XEP-0357 push, service.py).
 
 Each handler gets the IQ, the requesting full JID and the account addressed, and returns the
 child of the result or raises StanzaError.
@@ -21,7 +23,8 @@ from shared.xmpp.pubsub import PEP_FEATURES
 MAX_VCARD_BYTES: Final = 64 * 1024
 MAX_PRIVATE_BYTES: Final = 64 * 1024
 MAX_PRIVATE_NAMESPACES: Final = 64
-ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING, ns.PUBSUB, *PEP_FEATURES)
+ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING, ns.LAST, ns.PUSH, ns.PUBSUB,
+                           *PEP_FEATURES)
 # XEP-0313 §7 (on the bare JID), the #extended fields and flip-page, XEP-0359 §6
 ARCHIVE_FEATURES: Final = (ns.MAM, ns.MAM_EXTENDED, ns.SID)
 

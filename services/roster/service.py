@@ -18,7 +18,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import replace
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
@@ -31,14 +31,22 @@ from shared.store.account_data import AccountDataStore
 from shared.store.accounts import AccountStore
 from shared.store.archive import ArchiveStore, UnknownId
 from shared.store.pg.database import DatabaseUnavailable
+from shared.store.presence import LastActivityStore, PresenceStore
+from shared.store.push import PushRegistration, PushStore
 from shared.store.roster import ROSTER_NS, RosterItem, RosterStore, push_iq
 from shared.store.sessions import SessionStore
-from shared.xmpp import archive, ns
+from shared.xmpp import archive, ns, push
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.jid import JID, JIDError, domain_of
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import error_reply, iq_result
-from shared.xmpp.subscription import SUBSCRIPTION_TYPES, Direction, apply, on_roster_remove
+from shared.xmpp.subscription import (
+    SUBSCRIPTION_TYPES,
+    Direction,
+    Subscription,
+    apply,
+    on_roster_remove,
+)
 
 from . import blocking, metrics
 from .account import AccountData
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "roster"
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_PUSH_REGISTRATIONS = 32  # XEP-0357 app server nodes per account
 
 
 class RosterService(PartitionedService):
@@ -68,6 +77,10 @@ class RosterService(PartitionedService):
         self.account_data = AccountDataStore(self.db, SERVICE)
         self.account = AccountData(self.account_data, archive=settings.mam_enabled)
         self.archive = ArchiveStore(self.db, SERVICE)
+        self.last_activity = LastActivityStore(self.db, SERVICE)
+        self.push = PushStore(self.db, SERVICE)
+        self.presence = PresenceStore(self.redis, self.rosters, SERVICE)
+
 
     async def start(self) -> None:
         await super().start()
@@ -146,7 +159,12 @@ class RosterService(PartitionedService):
             await self._archive_iq(env, iq, account)
             return
         try:
-            child = await self.account.handle(iq, env.from_, account)
+            if tag == f"{{{ns.LAST}}}query" and env.type == "get":
+                child = await self._last_activity(env.from_bare, account)
+            elif tag.startswith(f"{{{ns.PUSH}}}") and env.type == "set":
+                child = await self._push_registration(env, iq[0], account)
+            else:
+                child = await self.account.handle(iq, env.from_, account)
         except StanzaError as err:
             payload = error_reply(iq, err, to=env.from_, from_=env.to or None)
         else:
@@ -222,6 +240,48 @@ class RosterService(PartitionedService):
             chunk.append(stanza)
             size += len(stanza)
         await self._to_session(env.from_, _cm(env), Kind.BATCH, b"".join(chunk))
+
+    async def _last_activity(self, requester: str, account: str) -> str:
+        """XEP-0012 §4: answered for the account, to itself or to a contact subscribed to
+        its presence (forbidden to anyone else): 0 seconds while a resource is available
+        (as ejabberd answers), else the time since the last one went unavailable and the
+        status it left with."""
+        if requester != account:
+            item = await self.rosters.item(account, requester)
+            if item is None or item.state.subscription not in (Subscription.FROM,
+                                                               Subscription.BOTH):
+                raise StanzaError(StanzaErrorCondition.FORBIDDEN)
+        [online] = await self.presence.available([account])
+        if online:
+            return f'<query xmlns="{ns.LAST}" seconds="0"/>'
+        last = await self.last_activity.seconds_since(account)
+        if last is None:
+            raise StanzaError(StanzaErrorCondition.ITEM_NOT_FOUND)
+        seconds, status = last
+        return f'<query xmlns="{ns.LAST}" seconds="{seconds}">{escape(status)}</query>'
+
+    async def _push_registration(self, env: Envelope, element: etree._Element,
+                                 account: str) -> str:
+        """XEP-0357 §5, §6: enable or disable notifications to an app server, for the account
+        itself only; kept in PostgreSQL (the resource that enabled it is remembered: its
+        detached session is the one whose messages are notified)."""
+        if account != env.from_bare:
+            raise StanzaError(StanzaErrorCondition.FORBIDDEN)
+        request = push.parse(element)
+        if isinstance(request, push.Disable):
+            await self.push.disable(account, request.service, request.node)
+            metrics.PUSH_REGISTRATIONS.labels("disable").inc()
+            return ""
+        known = await self.push.registrations(account)
+        if len(known) >= MAX_PUSH_REGISTRATIONS and not any(
+            r.service == request.service and r.node == request.node for r in known
+        ):
+            raise StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT, "too many")
+        resource = env.from_.partition("/")[2]
+        await self.push.enable(account, PushRegistration(
+            request.service, request.node, resource, request.options, request.include_body))
+        metrics.PUSH_REGISTRATIONS.labels("enable").inc()
+        return ""
 
     async def _get(self, env: Envelope, query: etree._Element) -> None:
         """§2.2 roster get, with §2.6 versioning: unchanged → empty result; a known older

@@ -92,6 +92,7 @@ class S2SGateway(PartitionedService):
             metrics.PARTITIONS.set,
         )
         self.s2s_settings = settings
+        self.server_info = server_iq.ServerInfo(time.time(), settings.contacts)
         self.domain = settings.domain
         self.resolver = Resolver(settings.override_map(), settings.s2s_connect_timeout_s,
                                  settings.dns_servers())
@@ -312,7 +313,8 @@ class S2SGateway(PartitionedService):
             element = parse_fragment(st.payload, self.s2s_settings.s2s_max_stanza_bytes)
         except Exception:
             return
-        reply = server_iq.answer(element, st.type, self.settings.service_domains)
+        reply = server_iq.answer(element, st.type, self.server_info, time.time(),
+                                 self.settings.service_domains)
         if isinstance(reply, StanzaError):
             payload = error_reply(element, reply, to=str(st.from_), from_=str(st.to))
             type_ = "error"

@@ -21,8 +21,10 @@ from shared.xmpp.subscription import SUBSCRIPTION_TYPES
 
 # IQs a user sends to their own account (no 'to', or their bare JID): the roster service
 # answers them (RFC 6121 §2 roster, XEP-0054 vCard, XEP-0049 private storage, XEP-0191,
-# XEP-0313 archive queries and preferences).
-ACCOUNT_NAMESPACES: Final = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING, ns.MAM})
+# XEP-0313 archive queries and preferences, XEP-0357 push registrations).
+ACCOUNT_NAMESPACES: Final = frozenset(
+    {ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING, ns.MAM, ns.PUSH}
+)
 # IQs to a user's bare JID (or with no 'to': the sender's own) in these namespaces are for
 # the user's personal eventing service (XEP-0163 §1.3: every account is a virtual pubsub
 # service): the pubsub family, keyed by the PEP owner's bare JID.

@@ -17,6 +17,7 @@ import time
 from shared.bus import subjects
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
+    PUSH_ORIGIN,
     SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
@@ -30,17 +31,20 @@ from shared.runtime.settings import RouterSettings
 from shared.store.account_data import AccountDataStore
 from shared.store.archive import ArchiveWriter
 from shared.store.presence import OfflineStore
+from shared.store.push import PushStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import archive, ns
 from shared.xmpp.blocking import is_blocked
 from shared.xmpp.errors import StanzaErrorCondition, StreamError
 from shared.xmpp.jid import bare_of, domain_of
 from shared.xmpp.parser import parse_fragment
+from shared.xmpp.push import body_of
 from shared.xmpp.stanza import namespace, with_delay
 
 from . import metrics
 from .cache import Entry, SessionCache
 from .ingress import Publish, account_family
+from .push import PushNotifier
 from .routing import Account, Bounce, Deliver, Store, decide
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,8 @@ class Router(PartitionedService):
         self.offline = OfflineStore(self.db, SERVICE)
         self.account_data = AccountDataStore(self.db, SERVICE)
         self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
+        self.push = PushNotifier(PushStore(self.db, SERVICE), self.bus, settings.partitions,
+                                 SERVICE, settings.push_timeout_s, settings.push_max_attempts)
         # outcomes counted per batch, then added to the Prometheus counter once per label set
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
         # ... and the metrics themselves counted in tallies, added when /metrics is scraped
@@ -103,6 +109,14 @@ class Router(PartitionedService):
         wanted |= {b for e in envelopes if (b := e.from_bare).endswith("@" + domain)}
         entries = await self._entries(wanted)
         for env in envelopes:
+            if env.origin == PUSH_ORIGIN:  # XEP-0357: a message for a detached session
+                await self.push.message(env.to_bare, env.from_, env.payload,
+                                        int(env.id) if env.id.isdigit() else 1,
+                                        resource=env.to.partition("/")[2])
+                continue
+            if self.push.is_answer(env):  # an app server answering a notification of ours
+                await self.push.answered(env)
+                continue
             sender = entries.get(env.from_bare)
             if env.kind is Kind.SENT:
                 if sender is not None:
@@ -277,6 +291,7 @@ class Router(PartitionedService):
         if self.archive is not None:
             await self.archive.close()
         await super().stop()
+        self.push.close()
 
     async def _store_offline(self, env: Envelope) -> bool:
         """XEP-0160: keep the message, with its XEP-0203 delay stamp, for the next login."""
@@ -294,11 +309,14 @@ class Router(PartitionedService):
         if stored:
             self._tally[(env.kind.value, "stored")] += 1
             metrics.OFFLINE_QUEUE.observe(stored)
+            # XEP-0357 §7: no session will see it; one that ended with it unacknowledged
+            # was notified while it was detached
+            if env.origin != SM_UNACKED_ORIGIN and _has_body(env.payload):
+                await self.push.message(bare, env.from_, env.payload, stored)
             return True
         self._tally[(env.kind.value, "bounced")] += 1
         self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
         return False
-
     def _bounce(
         self, env: Envelope, condition: StanzaErrorCondition, text: str | None = None,
         extra: str = "",
@@ -317,6 +335,7 @@ class Router(PartitionedService):
     async def start(self) -> None:
         await super().start()
         self.tasks.append(asyncio.create_task(self._ghosts()))
+
 
     async def _ghosts(self) -> None:
         """Every router reports the sessions of dead connection managers it can see: a count
@@ -343,3 +362,13 @@ def _child_ns(payload: bytes) -> str:
     except StreamError:
         return ""
     return namespace(iq[0].tag) if len(iq) and isinstance(iq[0].tag, str) else ""
+
+
+def _has_body(payload: bytes) -> bool:
+    """A message with a <body/> (XEP-0357 notifies those only)."""
+    if b"<body" not in payload:
+        return False
+    try:
+        return body_of(parse_fragment(payload, MAX_BOUNCE_BYTES)) is not None
+    except Exception:
+        return False

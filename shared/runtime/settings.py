@@ -13,6 +13,8 @@ from typing import Final, TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.xmpp.server_iq import Contacts, parse_contact_addresses
+
 ENV_PREFIX: Final = "STANZAD_"
 KiB: Final = 1024
 
@@ -67,6 +69,11 @@ class CommonSettings(BaseSettings):
         "",
         description="Domain of the publish-subscribe service (XEP-0060); empty: "
         "pubsub.<domain>; 'off': none.",
+)
+    contact_addresses: str = Field(
+        "",
+        description="XEP-0157 contact addresses in the server's disco#info: "
+        "'field=uri,uri;field=uri', e.g. 'abuse-addresses=mailto:abuse@example.com'.",
     )
     gc_thresholds: str = Field(
         "20000,20,100",
@@ -97,11 +104,22 @@ class CommonSettings(BaseSettings):
         3600.0, gt=0, description="How often retention and caps are applied (roster service)."
     )
 
+    @field_validator("contact_addresses")
+    @classmethod
+    def _check_contact_addresses(cls, value: str) -> str:
+        parse_contact_addresses(value)
+        return value
+
     @field_validator("gc_thresholds")
     @classmethod
     def _check_gc_thresholds(cls, value: str) -> str:
         parse_gc_thresholds(value)
         return value
+
+    @property
+    def contacts(self) -> Contacts:
+        """`contact_addresses` parsed (XEP-0157)."""
+        return parse_contact_addresses(self.contact_addresses)
 
     @property
     def gc_threshold_values(self) -> tuple[int, int, int]:
@@ -138,6 +156,11 @@ class ConnectionManagerSettings(CommonSettings):
         "session tickets).",
     )
     allow_registration: bool = Field(False, description="XEP-0077 in-band registration.")
+    registrations_per_ip_per_hour: int = Field(
+        5, ge=0,
+        description="In-band registrations from one address (IPv6: /64) per hour, across the "
+        "cluster; trusted networks are not counted; 0 = no limit.",
+    )
     cm_id: str = Field("", description="Connection manager id; generated when empty.")
     embedded_router: bool = Field(
         False,
@@ -265,6 +288,12 @@ class ConnectionManagerSettings(CommonSettings):
     sm_ack_after_s: float = Field(
         10.0, gt=0, description="... and when unacknowledged stanzas have waited this long."
     )
+    csi_enabled: bool = Field(True, description="Offer XEP-0352 client state indication.")
+    csi_max_held: int = Field(
+        256, ge=1,
+        description="Stanzas held for an inactive client (XEP-0352); when one more would "
+        "not fit, everything held is written.",
+    )
     sm_takeover_timeout_s: float = Field(
         2.0, gt=0,
         description="How long a <resume/> for a session of another connection manager waits "
@@ -293,6 +322,13 @@ class RouterSettings(PartitionedSettings):
     )
     cache_size: int = Field(100_000, ge=0, description="Bare JIDs kept in the session cache.")
     cache_ttl_s: float = Field(30.0, ge=0, description="Session cache entry lifetime.")
+    push_timeout_s: float = Field(
+        10.0, gt=0, description="How long an XEP-0357 notification waits for the app server's "
+        "answer before it is sent again.",
+    )
+    push_max_attempts: int = Field(
+        3, ge=1, description="Attempts per XEP-0357 notification (the first included).",
+    )
 
 
 class PresenceSettings(PartitionedSettings):

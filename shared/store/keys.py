@@ -185,3 +185,8 @@ def pep_resources(bare_jid: str) -> str:
     """Hash resource -> XEP-0115 ver ("" without caps) of the account's available resources,
     as the pubsub service last saw them (a changed ver sends the last published items)."""
     return f"pepres:{{{bare_jid}}}"
+
+
+def registrations_source(source: str) -> str:
+    """In-band registrations (XEP-0077) from one source address in the current hour."""
+    return f"reg:{{src:{source}}}"

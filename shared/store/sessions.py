@@ -18,6 +18,7 @@ heartbeat: when the heartbeat expires, the presence service's reaper reaps the i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -145,6 +146,9 @@ def split_full(full_jid: str) -> tuple[str, str]:
     return bare, resource
 
 
+_GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")  # escaped in a SCAN MATCH pattern
+
+
 class SessionStore:
     """Session table access; one instance per service process."""
 
@@ -253,6 +257,23 @@ class SessionStore:
         async with timed(self._service, "session_get"):
             raw = await self._r.hgetall(keys.sessions(bare_jid))
         return {k.decode(): SessionRecord.decode(v) for k, v in raw.items()}
+
+    async def forget_account(self, bare_jid: str) -> None:
+        """A removed account's soft state (XEP-0077 §3.2): its presence, directed presence,
+        XEP-0198 resumption facts, login throttling, and the keys of the Redis-only layout
+        `stanzad db import-redis` reads.  Its session table empties as its sessions end."""
+        doomed = [keys.presence(bare_jid), keys.account(bare_jid), keys.roster(bare_jid),
+                  keys.roster_version(bare_jid), keys.roster_tombstones(bare_jid),
+                  keys.offline(bare_jid), keys.vcard(bare_jid), keys.private_storage(bare_jid),
+                  keys.blocklist(bare_jid), keys.auth_failures_account(bare_jid),
+                  keys.auth_lock_account(bare_jid)]
+        for resource in await self._r.hkeys(keys.sessions(bare_jid)):
+            doomed.append(keys.directed_presence(f"{bare_jid}/{resource.decode()}"))
+        async with timed(self._service, "account_forget"):
+            pattern = keys.sm_facts(_GLOB_SPECIAL.sub(r"\\\1", bare_jid), "*")
+            async for key in self._r.scan_iter(match=pattern, count=100):
+                doomed.append(key.decode() if isinstance(key, bytes) else key)
+            await self._r.delete(*doomed)
 
     async def get_many(self, bare_jids: list[str]) -> list[dict[str, SessionRecord]]:
         """The sessions of each bare JID, in one round trip."""

@@ -252,6 +252,33 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "DROP TABLE pubsub_subscriptions; DROP TABLE pubsub_affiliations; "
         "DROP TABLE pubsub_items; DROP SEQUENCE pubsub_item_seq; DROP TABLE pubsub_nodes;",
     ),
+    Migration(
+        8,
+        "push registrations, last activity",
+        # XEP-0357 §5: one row per (app server JID, node) an account enabled, with the
+        # resource that enabled it (notifications for its detached session), the
+        # publish-options form to send along (serialised, our include-body field taken out)
+        # and whether the user allowed the message body in notifications.  XEP-0012 §4: when
+        # the account's last available resource went unavailable, and its status then.
+        """
+        CREATE TABLE push_registrations (
+            owner text NOT NULL,
+            service text NOT NULL,
+            node text NOT NULL,
+            resource text NOT NULL DEFAULT '',
+            options bytea,
+            include_body boolean NOT NULL DEFAULT false,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (owner, service, node)
+        );
+        CREATE TABLE last_activity (
+            owner text PRIMARY KEY,
+            seen_at timestamptz NOT NULL,
+            status text NOT NULL DEFAULT ''
+        );
+        """,
+        "DROP TABLE last_activity; DROP TABLE push_registrations;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

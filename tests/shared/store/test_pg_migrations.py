@@ -25,6 +25,7 @@ ADDS = {
     5: {"mam_messages", "mam_messages_default", "mam_prefs"},
     6: {"muc_rooms", "muc_affiliations"},
     7: {"pubsub_nodes", "pubsub_items", "pubsub_affiliations", "pubsub_subscriptions"},
+    8: {"push_registrations", "last_activity"},
 }
 VERSIONS = [m.version for m in migrations.MIGRATIONS]
 
