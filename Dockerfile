@@ -1,5 +1,5 @@
 # One image for every stanzad service; the command picks the service:
-#   docker run IMAGE connection-manager | router | presence | roster | admin | stanzad user add ...
+#   docker run IMAGE connection-manager | router | presence | roster | muc | admin | stanzad user add ...
 # Build: docker build -t stanzad:dev .
 FROM python:3.11-slim AS build
 WORKDIR /src

@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cms", type=int, default=1, help="connection managers")
     p.add_argument("--routers", type=int, default=1,
                    help="router processes; 0: each connection manager embeds a router")
+    p.add_argument("--no-archive", dest="archive", action="store_false",
+                   help="stanzad with XEP-0313 archiving off on every service")
     p.add_argument("--ramp-start", type=float, default=500)
     p.add_argument("--ramp-factor", type=float, default=1.5)
     p.add_argument("--ramp-steps", type=int, default=8)

@@ -6,7 +6,10 @@ Runs, each against a fresh stanzad cluster started on free loopback ports:
    connection-manager RSS per connection, the issue's memory target;
 2. login — 1,000 logins, 100 in flight: login rate, time to bound p50/p99;
 3. chat — 200 users at 1,000 and 2,000 msgs/s for 10 s: latency p50/p95/p99, CPU/message;
-   at 2,000 msgs/s once more with XEP-0198 stream management enabled on every client
+   at 2,000 msgs/s once more with XEP-0313 archiving off on every service (archiving is on
+   by default, so chat-2000 archives every message for both parties): the ratio of
+   deliveries per server CPU-second, PostgreSQL counted, is archiving's price;
+   at 2,000 msgs/s also with XEP-0198 stream management enabled on every client
    (chat-2000-sm), and idle once more with it (idle-sm): deliveries per server CPU-second
    with SM over without (issue 16: at least 0.9), RSS per idle connection with SM beside
    the plain figure;
@@ -63,6 +66,9 @@ def plan(quick: bool) -> list[tuple[str, Options]]:
         # every client with XEP-0198, answering the server's <r/> (one per 5 stanzas):
         # deliveries per server CPU-second of this one over chat-2000 is SM's price
         ("chat-2000-sm", replace(chat, rate=2000, sm=True)),
+        # the same load with archiving off on every service: deliveries per server
+        # CPU-second (PostgreSQL counted) of chat-2000 over this one is archiving's price
+        ("chat-2000-no-archive", replace(chat, rate=2000, archive=False)),
         ("ramp", ramp),
         ("ramp-embedded", replace(ramp, routers=0, ramp_steps=2 if quick else 8)),
         # twice the rate on twice the processes: each process carries what the 1 + 1 run of
@@ -129,6 +135,17 @@ def sm_figures(docs: dict[str, dict[str, Any]]) -> list[str]:
     if not lines:
         return []
     return ["## stream management (XEP-0198) on every client vs on none", "", *lines, ""]
+
+
+def archive_ratio(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """Deliveries per server CPU-second with archiving on (chat-2000) over off."""
+    path = ("chat", "deliveries_per_server_cpu_s")
+    on, off = (_dig(docs.get(n, {}), path) for n in ("chat-2000", "chat-2000-no-archive"))
+    if not on or not off:
+        return []
+    return ["## archiving (XEP-0313) on vs off", "",
+            f"chat deliveries per server CPU-second (PostgreSQL counted): on {on:,.0f}, "
+            f"off {off:,.0f}, ratio {on / off:.2f}", ""]
 
 
 def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> float | None:
@@ -219,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         parts += [report.markdown(report.clean(doc)).replace("## ", f"## {name}: ", 1), ""]
     parts += sm_figures(docs)
     parts += side_by_side(docs)
+    parts += archive_ratio(docs)
     (out / "BENCH.md").write_text("\n".join(parts))
     print("\n".join(parts))
     print(f"written under {out}")

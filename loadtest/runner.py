@@ -105,7 +105,7 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
         return _run_prosody(opt, plan, host, quiet)
     if opt.server == "ejabberd":
         return _run_ejabberd(opt, plan, host, quiet)
-    topology = target.Topology(opt.cms, opt.routers)
+    topology = target.Topology(opt.cms, opt.routers, archive=opt.archive)
     own = cluster is None
     if cluster is None:
         cluster = target.start(topology)

@@ -43,6 +43,7 @@ class Options:
     p99_bound_ms: float = 50.0
     drain_s: float = 5.0
     presence: bool = True
+    archive: bool = True  # stanzad only: every user's messages archived (XEP-0313) or none
     sm: bool = False  # every client enables XEP-0198 with resumption and answers <r/>
 
 

@@ -28,6 +28,7 @@ class Topology:
     cms: int = 1
     routers: int = 1
     partitions: int = 64
+    archive: bool = True  # XEP-0313 archiving (STANZAD_MAM_ENABLED) on every service
 
     def __post_init__(self) -> None:
         check_range("--cms", self.cms, 1, 4)
@@ -38,16 +39,17 @@ def start(topology: Topology) -> Cluster:
     """nats, redis, routers, presence, roster, the connection managers, the admin API."""
     cluster = new_cluster()
     cluster.partitions = topology.partitions
+    env = {**QUIET, "STANZAD_MAM_ENABLED": "true" if topology.archive else "false"}
     try:
         cluster.start_servers()
         for i in range(topology.routers):
-            cluster.start_router(f"router-{i + 1}", **QUIET)
-        cluster.start_presence(**QUIET)
-        cluster.start_roster(**QUIET)
+            cluster.start_router(f"router-{i + 1}", **env)
+        cluster.start_presence(**env)
+        cluster.start_roster(**env)
         embedded = {"STANZAD_EMBEDDED_ROUTER": "true", "STANZAD_LEASE_TTL_S": "3"}
         for i in range(topology.cms):
             # every defence at the default users get: a benchmark measures what is deployed
-            cluster.start_cm(f"cm-{i + 1}", **QUIET,
+            cluster.start_cm(f"cm-{i + 1}", **env,
                              **(embedded if topology.routers == 0 else {}))
         cluster.start_admin(**QUIET)
         if topology.routers > 1 or (topology.routers == 0 and topology.cms > 1):

@@ -52,6 +52,15 @@ def cluster(postgres: LocalPostgres) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
+def pubsub_cluster(cluster: Cluster) -> Cluster:
+    """The session's cluster with a pubsub service (XEP-0060, XEP-0163), started on first
+    use."""
+    if "pubsub-1" not in cluster.procs:
+        cluster.start_pubsub()
+    return cluster
+
+
+@pytest.fixture(scope="session")
 def admin_url(cluster: Cluster) -> str:
     """The admin API of the session's cluster, started on first use (or by the load tool)."""
     url, token = cluster.admin()

@@ -1,6 +1,6 @@
 #!/bin/sh
 # stanzad container entry point: the first argument picks the service.
-#   connection-manager | router | presence | roster | s2s-gateway | admin
+#   connection-manager | router | presence | roster | muc | pubsub | s2s-gateway | admin
 #                                        run that service (exec: it is PID 1 and gets SIGTERM)
 #   healthcheck                          GET /healthz on the side port (Docker HEALTHCHECK)
 #   stanzad ARGS...                      the admin CLI; anything else is executed as given
@@ -16,6 +16,8 @@ case "${1:-}" in
   router) shift; exec python -m services.router "$@" ;;
   presence) shift; exec python -m services.presence "$@" ;;
   roster) shift; exec python -m services.roster "$@" ;;
+  muc) shift; exec python -m services.muc "$@" ;;
+  pubsub) shift; exec python -m services.pubsub "$@" ;;
   s2s-gateway) shift; exec python -m services.s2s_gateway "$@" ;;
   admin) shift; exec python -m services.admin "$@" ;;
   healthcheck)
@@ -25,6 +27,6 @@ try:
     urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
 except Exception as exc:
     sys.exit(f"unhealthy: {exc}")' ;;
-  "") echo "usage: connection-manager | router | presence | roster | s2s-gateway | admin | healthcheck | stanzad ARGS" >&2; exit 64 ;;
+  "") echo "usage: connection-manager | router | presence | roster | muc | pubsub | s2s-gateway | admin | healthcheck | stanzad ARGS" >&2; exit 64 ;;
   *) exec "$@" ;;
 esac

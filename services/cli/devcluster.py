@@ -1,7 +1,7 @@
 """`stanzad run`: the whole cluster on one machine, in the foreground, Ctrl-C to stop.
 
 Starts nats-server, redis-server (AOF on) and PostgreSQL (database `stanzad`), data under
-var/, then the routers, presence and roster members, connection managers (one of each by
+var/, then the routers, presence, roster and muc members, connection managers (one of each by
 default; ``Scale``), an s2s gateway and the admin API, each as its own process with prefixed
 log lines.  The i-th connection manager (from 0) listens on the c2s port + 10·i.
 
@@ -48,10 +48,10 @@ REDIS_PORT = 16379
 PG_PORT = 15432
 ADMIN_PORT = 9190
 S2S_PORT = 5269
-METRICS_PORT = 9101  # the first of Scale.services() consecutive ones (six by default)
+METRICS_PORT = 9101  # the first of Scale.services() consecutive ones (seven by default)
 CM_PORT_STEP: Final = 10  # the i-th connection manager listens on the c2s port + 10·i
 COLORS = {"nats": 36, "redis": 31, "postgres": 34, "cm": 32, "router": 35, "presence": 33,
-          "roster": 34, "s2s": 37, "admin": 37}
+          "roster": 34, "muc": 36, "pubsub": 35, "s2s": 37, "admin": 37}
 # Stop bounds (seconds): the services get SERVICES_STOP_S to stop cleanly (they need NATS
 # and Redis for it, so those go after), the servers SERVERS_STOP_S; then SIGKILL, after
 # which KILLED_WAIT_S only guards against a process stuck in the kernel.
@@ -75,10 +75,13 @@ class Scale:
     routers: int = 1
     presence: int = 1
     roster: int = 1
+    muc: int = 1
+    pubsub: int = 1
 
     def services(self) -> int:
         """The processes with a metrics side port: these, one s2s gateway, the admin API."""
-        return self.connection_managers + self.routers + self.presence + self.roster + 2
+        return (self.connection_managers + self.routers + self.presence + self.roster
+                + self.muc + self.pubsub + 2)
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,12 @@ def _children(
     roster = [service(f"roster{suffix(i)}", "services.roster", "roster",
                       {"STANZAD_ROSTER_ID": f"roster-local{suffix(i)}"})
               for i in range(scale.roster)]
+    muc = [service(f"muc{suffix(i)}", "services.muc", "muc",
+                   {"STANZAD_MUC_ID": f"muc-local{suffix(i)}"})
+           for i in range(scale.muc)]
+    pubsub = [service(f"pubsub{suffix(i)}", "services.pubsub", "pubsub",
+                      {"STANZAD_PUBSUB_ID": f"pubsub-local{suffix(i)}"})
+              for i in range(scale.pubsub)]
     s2s = service("s2s", "services.s2s_gateway", "s2s_gateway", {
         "STANZAD_S2S_ID": "s2s-local", "STANZAD_S2S_PORT": str(ports.s2s), **tls,
     }, ports.s2s)
@@ -314,7 +323,7 @@ def _children(
         "STANZAD_ADMIN_HOST": "127.0.0.1", "STANZAD_ADMIN_PORT": str(ports.admin),
         "STANZAD_ADMIN_TOKEN": admin_token,
     }, ports.admin)
-    return [nats, redis, pg, *routers, *presence, *roster, *cms, s2s, admin]
+    return [nats, redis, pg, *routers, *presence, *roster, *muc, *pubsub, *cms, s2s, admin]
 
 
 async def _supervise(child: Child, stop: asyncio.Event, pipes: list[asyncio.Task[None]],

@@ -1,6 +1,7 @@
 """The `stanzad` command: run the local cluster and manage accounts and sessions.
 
-    stanzad run [--connection-managers N] [--routers M] [--presence N] [--roster N]
+    stanzad run [--connection-managers N] [--routers M] [--presence N] [--roster N] [--muc N]
+                [--pubsub N]
     stanzad user add alice@localhost [--password PW]     (prompts when --password is absent)
     stanzad user passwd alice@localhost [--password PW]
     stanzad user delete alice@localhost                  (also kicks its open sessions)
@@ -237,7 +238,8 @@ async def _sessions_kick(admin: ClusterAdmin, args: argparse.Namespace) -> int:
 
 async def _status(admin: ClusterAdmin, _: argparse.Namespace) -> int:
     st = await admin.status()
-    names = {"route": "routers", "presence": "presence", "roster": "roster"}
+    names = {"route": "routers", "presence": "presence", "roster": "roster", "muc": "muc",
+             "pubsub": "pubsub"}
     for role, members in st.roles.items():
         live = [m for m in members if m]
         print(f"{names.get(role, role)}: {', '.join(live) or 'none'}")
@@ -332,11 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--postgres-port", type=int, default=PG_PORT)
     run.add_argument("--admin-port", type=int, default=ADMIN_PORT)
     run.add_argument("--metrics-port", type=int, default=METRICS_PORT,
-                     help="the first of consecutive side ports, one per service (six with "
+                     help="the first of consecutive side ports, one per service (seven with "
                           "one of each); 0: each picks a free one")
     for flag, what in (("connection-managers", "connection managers; the i-th (from 0) "
                         "listens on the c2s port + 10*i"), ("routers", "routers"),
-                       ("presence", "presence members"), ("roster", "roster members")):
+                       ("presence", "presence members"), ("roster", "roster members"),
+                       ("muc", "multi-user chat members"), ("pubsub", "pubsub members")):
         run.add_argument(f"--{flag}", type=_positive, default=1, metavar="N",
                          help=f"how many {what} (default: 1)")
     user = sub.add_parser("user", help="manage accounts")
@@ -392,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                       postgres=args.postgres_port, admin=args.admin_port,
                       metrics=args.metrics_port)
         scale = Scale(connection_managers=args.connection_managers, routers=args.routers,
-                      presence=args.presence, roster=args.roster)
+                      presence=args.presence, roster=args.roster, muc=args.muc,
+                      pubsub=args.pubsub)
         return asyncio.run(run_cluster(Path(args.var), ports, scale))
     if args.command == "sessions" and args.action is None:
         args.action = "list"  # plain `stanzad sessions`

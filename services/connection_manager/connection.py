@@ -37,13 +37,14 @@ from shared.runtime import logs
 from shared.runtime.metrics import Tally
 from shared.runtime.writes import BatchedWrites
 from shared.tls.session import TLSClosed, TLSSession
-from shared.xmpp import ns
+from shared.xmpp import csi, ns
 from shared.xmpp.c2s import (
     Acked,
     AuthFailed,
     AuthSucceeded,
     BindRequested,
     C2SStream,
+    ClientState,
     CredentialsNeeded,
     Event,
     RegisterRequested,
@@ -83,6 +84,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "_bytes",
         "_closing",
         "_flush_scheduled",
+        "_held",
         "_hibernating",
         "_keepalive",
         "_last_rx",
@@ -101,6 +103,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "cm",
         "detached",
         "peer",
+        "pushes",
         "record",
         "replaced",
         "session_id",
@@ -142,6 +145,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._ack_timer: asyncio.TimerHandle | None = None
         self.detached: asyncio.TimerHandle | None = None  # resumption deadline, when detached
         self.replaced = False  # its session was resumed on another connection
+        self.pushes = 0  # XEP-0357: messages notified while detached
+        # XEP-0352: while the client is inactive, what may wait (shared/xmpp/csi.py), in
+        # order, by key (a newer presence of a sender replaces the older); None: active
+        self._held: dict[object, bytes] | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -293,6 +300,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 timer.cancel()
         self._counted_out()
         self._release_sasl_slot()
+        self.release_held()
         self.cm.connections.discard(self)
         self.cm.connection_closed(self)
         self.stream.release()  # libxml2's parser now, not at the next garbage collection
@@ -328,6 +336,18 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         session is detached (it is written on <resume/>)."""
         if not payload:
             return False
+        held = self._held
+        if held is not None and not self._closing:
+            key = csi.hold_key(payload)
+            if key is not None:
+                return self._hold(held, key, payload)
+            first = not self._wbuf
+            if held:
+                self._write_held("urgent")  # nothing overtakes what was held (in order)
+            return self._queue(payload) or first
+        return self._queue(payload)
+
+    def _queue(self, payload: bytes) -> bool:
         queue = self.stream.sm
         if queue is not None and queue.push(payload) > self.cm.settings.sm_max_unacked:
             self._sm_overflow()
@@ -336,6 +356,72 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         first = not self._wbuf
         self._wbuf.append(payload)
         return first
+
+    # ---- XEP-0352 client state indication -----------------------------------------------
+
+    @property
+    def inactive(self) -> bool:
+        """The client said it is inactive (XEP-0352): stanzas that may wait are held."""
+        return self._held is not None
+
+    def client_state(self, active: bool) -> None:
+        """<active/>: write what was held, in order; <inactive/>: hold from now on."""
+        if active:
+            if self._held is not None:
+                self._write_held("active")
+                self._held = None
+                metrics.CSI_INACTIVE.dec()
+                if self._wbuf:
+                    self.schedule_flush()
+        elif self._held is None:
+            self._held = {}
+            metrics.CSI_INACTIVE.inc()
+
+    def _hold(self, held: dict[object, bytes], key: object, payload: bytes) -> bool:
+        """Keep a stanza that may wait; a full queue is written first (never dropped)."""
+        if key in held:
+            del held[key]  # the newer presence of that sender goes to the end, in its place
+            metrics.CSI_REPLACED.inc()
+            metrics.CSI_HELD.dec()
+        elif len(held) >= self.cm.settings.csi_max_held:
+            first = not self._wbuf
+            self._write_held("full")
+            held[key] = payload
+            metrics.CSI_HELD.inc()
+            return first
+        held[key] = payload
+        metrics.CSI_HELD.inc()
+        return False
+
+    def _write_held(self, reason: str) -> None:
+        """Everything held goes to the write buffer (and, with XEP-0198, is counted now)."""
+        held = self._held
+        if not held:
+            return
+        stanzas = list(held.values())
+        held.clear()
+        metrics.CSI_HELD.dec(len(stanzas))
+        metrics.CSI_FLUSHES.labels(reason).inc()
+        metrics.CSI_FLUSH_SIZE.observe(len(stanzas))
+        for payload in stanzas:
+            self._queue(payload)
+
+    def release_held(self) -> None:
+        """The connection is gone (or its session is being resumed elsewhere): with XEP-0198
+        what was held joins the unacknowledged queue (written on <resume/>, or handed back
+        to the router when the session ends); without it, it is dropped like anything else
+        not yet written.  The session is active again for whoever takes it over."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        metrics.CSI_INACTIVE.dec()
+        if held:
+            metrics.CSI_HELD.dec(len(held))
+            metrics.CSI_FLUSHES.labels("closed").inc()
+            if self.stream.sm is not None:
+                for payload in held.values():
+                    self._queue(payload)  # closing: counted and queued, not written
 
     def write_stanza(self, stanza: bytes) -> None:
         """Write a stanza of the server's own (a result, a ping), counted for XEP-0198."""
@@ -586,6 +672,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._acked()
         elif isinstance(event, SMEnabled):
             self.cm.sm_enabled(self, event)
+        elif isinstance(event, ClientState):
+            self.client_state(event.active)
         elif isinstance(event, ResumeRequested):
             self._resume_session(event)
         elif isinstance(event, RegisterRequested):
@@ -665,6 +753,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                         "(last from %s)", self.source, self.cm.settings.auth_block_s,
                         self.cm.block_rate(self.source), self.peer)
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` for this connection (its failure closes the stream)."""
+        self._spawn(coro)
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         if self._tasks is None:
@@ -741,6 +833,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if old is None or old.stream.jid is None or old.stream.sm is None:
             self._spawn(self._resume_elsewhere(event))
             return
+        old.release_held()  # XEP-0352 state is not resumed: what it held is written now
         if not self.stream.resume_succeeded(old.stream.jid, old.stream.sm):
             metrics.SM_RESUMPTIONS.labels("bad_h").inc()  # the stream ends; the session waits
             return
@@ -780,7 +873,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._pump()
 
     async def _register(self, username: str, password: str) -> None:
-        error = await self.cm.register(username, password)
+        error = await self.cm.register(username, password, self.source)
         self._resume(lambda: self.stream.register_done(error))
 
     def _auth_timeout(self) -> None:

@@ -128,3 +128,34 @@ SM_RETURNED = Counter(
     "Unacknowledged stanzas of ended sessions handed back to the router, by kind (messages "
     "go to offline storage, IQ requests are bounced).", ["kind"],
 )
+CARBONS = Counter(
+    "stanzad_cm_carbons_requests_total",
+    "XEP-0280 <enable/> and <disable/> requests answered.", ["outcome"],
+)
+CSI_INACTIVE = Gauge(
+    "stanzad_cm_csi_inactive_sessions", "Sessions whose client said it is inactive (XEP-0352)."
+)
+CSI_HELD = Gauge(
+    "stanzad_cm_csi_held_stanzas", "Stanzas held for inactive clients (XEP-0352), all sessions."
+)
+CSI_FLUSHES = Counter(
+    "stanzad_cm_csi_flushes_total",
+    "Held stanzas written to a client (XEP-0352), by why: active (the client said so), "
+    "urgent (an urgent stanza came), full (the queue was full), closed (the session ended).",
+    ["reason"],
+)
+CSI_FLUSH_SIZE = Histogram(
+    "stanzad_cm_csi_flushed_messages",
+    "Stanzas (of any kind) written per flush of an XEP-0352 queue: its size then.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+CSI_REPLACED = Counter(
+    "stanzad_cm_csi_replaced_total",
+    "Held presence dropped for a newer one of the same sender (never written: XEP-0352).",
+)
+IN_BAND = Counter(
+    "stanzad_cm_in_band_total",
+    "XEP-0077 requests: register (new accounts; result limited when over the per-address "
+    "rate), password, remove, form; by result.",
+    ["operation", "result"],
+)

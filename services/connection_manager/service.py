@@ -24,10 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+import redis.asyncio as aioredis
+
 from shared.bus import subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
+    PUSH_ORIGIN,
     SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
@@ -48,15 +51,16 @@ from shared.store.sessions import SessionLimitReached, SessionRecord, SessionSto
 from shared.store.sm_facts import SmFactsStore
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
+from shared.xmpp import archive, ns, server_iq, sm
 from shared.xmpp import credentials as creds_mod
-from shared.xmpp import server_iq, sm
 from shared.xmpp.c2s import SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
-from shared.xmpp.jid import JID, JIDError, bare_of
-from shared.xmpp.parser import parse_fragment
+from shared.xmpp.jid import JID, JIDError, bare_of, domain_of
+from shared.xmpp.parser import parse_fragment, serialize
 from shared.xmpp.stanza import iq_result, local_name, must_not_bounce, split_stanzas, with_to
 
 from . import metrics
+from .account import InBand, is_register_query
 from .connection import C2SConnection
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class ConnectionManager:
         self.settings = settings
         self.cm_id = settings.cm_id or f"cm-{secrets.token_hex(4)}"
         self.domain = settings.domain
+        self.service_domains = settings.service_domains  # rooms, nodes: their services
         self.stream_config = StreamConfig(
             domain=settings.domain,
             tls_available=True,
@@ -79,10 +84,13 @@ class ConnectionManager:
             allow_registration=settings.allow_registration,
             max_stanza_bytes=settings.max_stanza_bytes,
             stream_management=settings.sm_enabled,
+            client_state=settings.csi_enabled,
             sm_resume_s=settings.sm_resume_timeout_s,
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
             sm_location=settings.sm_location,
         )
+        # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
+        self.server_info = server_iq.ServerInfo(time.time(), settings.contacts, in_band=True)
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
         self.resumable: dict[str, C2SConnection] = {}  # XEP-0198 id -> connection (or detached)
@@ -106,6 +114,7 @@ class ConnectionManager:
         self.c2s_address = ""  # "host:port" once listening
         self._redis = redis_connect(settings.redis_url)
         self.store = SessionStore(self._redis, SERVICE)
+        self.in_band = InBand(self)  # XEP-0077 on authenticated streams, registration limits
         self.sm_facts = SmFactsStore(self._redis, SERVICE)
         # XEP-0198 take-overs (docs/architecture.md "Stream management"): answers awaited
         # by token; deliveries held for a full JID whose take-over is being committed; full
@@ -305,12 +314,33 @@ class ConnectionManager:
             return s.trusted_auth_block_failures_per_min
         return s.auth_block_failures_per_min
 
-    async def register(self, username: str, password: str) -> StanzaError | None:
-        """XEP-0077 §3.1 registration of a new account."""
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    def account_changed(self, bare: str) -> None:
+        """Routers cache whether an account exists: tell them (created, removed)."""
+        self._session_event(bare, 0)
+
+    async def register(self, username: str, password: str, source: str = ""
+                       ) -> StanzaError | None:
+        """XEP-0077 §3.1 registration of a new account, at most
+        ``registrations_per_ip_per_hour`` from one address."""
         try:
             jid = JID.parse(f"{username}@{self.domain}")
         except JIDError:
             return StanzaError(StanzaErrorCondition.JID_MALFORMED)
+        try:
+            allowed = await self.in_band.may_register(source)
+        except Exception as exc:
+            log.warning("registration rate lookup failed: %s", exc)
+            return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
+        if not allowed:
+            metrics.IN_BAND.labels("register", "limited").inc()
+            log.info("refused an in-band registration from %s: over %d an hour", source,
+                     self.settings.registrations_per_ip_per_hour)
+            return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT,
+                               "too many registrations from your address; try again later")
         try:
             creds = await asyncio.to_thread(
                 creds_mod.derive_credentials, password, self.settings.scram_iterations
@@ -324,7 +354,8 @@ class ConnectionManager:
         except DatabaseUnavailable as exc:  # never a hang: RFC 6120 §8.3.3.8
             log.warning("registration failed: %s", exc)
             return StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT)
-        self._session_event(jid.bare_str, 0)  # a router may have cached "no account"
+        self.account_changed(jid.bare_str)  # a router may have cached "no account"
+        metrics.IN_BAND.labels("register", "ok").inc()
         log.info("registered a new account in band")
         return None
 
@@ -640,6 +671,8 @@ class ConnectionManager:
         reply_to = subjects.connection_manager(env.from_)
         full = env.to
         old = self.resumable.get(env.id)
+        if old is not None:
+            old.release_held()  # XEP-0352 state is not handed over: what it held goes along
         queue = old.stream.sm if old is not None else None
         payload = sm.export_queue(queue) if queue is not None else b""
         if (old is None or queue is None or old.record is None or old.replaced
@@ -728,7 +761,8 @@ class ConnectionManager:
         jid = conn.stream.jid
         assert jid is not None
         child_ns = _child_ns(st) if st.kind == "iq" else ""
-        where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns)
+        where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns,
+                                    self.service_domains)
         if isinstance(where, ingress.Publish):
             if where.family is ingress.Family.PRESENCE and st.to is None:
                 conn.available = st.type == ""  # broadcast presence, RFC 6121 §4.2, §4.5
@@ -739,23 +773,56 @@ class ConnectionManager:
     def _publish_for(self, subject: str, conn: C2SConnection, st: StanzaIn, to: str) -> None:
         """Publish a client stanza on ``subject``, addressed to ``to``."""
         jid = conn.stream.jid
+        assert jid is not None
         env = Envelope(
             _KINDS[st.kind], to=to, from_=str(jid), type=st.type, id=st.id,
             origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
             ts_us=time.time_ns() // 1000,
         )
-        self.bus.publish_soon(
-            subject,
-            env.encode(),
-            lambda: self._bounce_to_client(conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT),
-        )
+        bounce = lambda: self._bounce_to_client(  # noqa: E731
+            conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT)
+        if env.kind is Kind.MESSAGE:
+            env = self._message_ingress(env, st, jid.bare_str)
+        self.bus.publish_soon(subject, env.encode(), bounce)
+
+    def _message_ingress(self, env: Envelope, st: StanzaIn, sender: str) -> Envelope:
+        """A message enters the cluster (docs/architecture.md "Carbons and the archive"):
+        stanza-ids a client forged in our name are removed (XEP-0359 §4); one to archive
+        gets its id here, once, appended for the recipient's archive (``by`` the recipient
+        when local; the sender, whose router strips it, when remote); and one to another
+        local account that the sender's other resources or archive want is announced to the
+        router of the sender's partition in a SENT envelope (sent carbons, the sender's row).
+        """
+        payload = serialize(st.element) if archive.strip_forged(st.element, self.domain) \
+            else env.payload
+        facts = archive.facts(st.element)
+        sid = archive.new_id(env.ts_us) if facts.archive and self.settings.mam_enabled else ""
+        recipient = bare_of(env.to)
+        if domain_of(env.to) != self.domain:
+            if sid:
+                payload = archive.with_stanza_id(payload, sender, sid)
+            return env._replace(payload=payload)
+        if recipient != sender and (sid or facts.carbons):
+            sent = env._replace(kind=Kind.SENT, payload=archive.with_stanza_id(
+                payload, sender, sid) if sid else payload)
+            self.bus.publish_soon(subjects.route_for(sender, self.settings.partitions),
+                                  sent.encode())
+        if sid:
+            payload = archive.with_stanza_id(payload, recipient, sid)
+        return env._replace(payload=payload)
 
     def _to_server(self, conn: C2SConnection, st: StanzaIn, *, addressed: bool) -> None:
         """Stanzas with no 'to' (RFC 6120 §10.3) or addressed to the domain itself."""
         jid = conn.stream.jid
         assert jid is not None
-        if st.kind == "iq":
-            reply = server_iq.answer(st.element, st.type)
+        if st.kind == "iq" and is_register_query(st.element) and st.type in ("get", "set"):
+            self.in_band.handle(conn, st)  # XEP-0077 §3.2, §3.3 on one's own account
+        elif st.kind == "iq":
+            if st.type == "set" and len(st.element) and st.element[0].tag in _CARBONS_TAGS:
+                self._spawn(self._carbons(conn, st))
+                return
+            reply = server_iq.answer(st.element, st.type, self.server_info, time.time(),
+                                     self.service_domains)
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
             elif reply is not None:
@@ -766,6 +833,25 @@ class ConnectionManager:
             # RFC 6120 §10.3.1: no 'to' means the sender's own bare JID.
             route = subjects.route_for(jid.bare_str, self.settings.partitions)
             self._publish_for(route, conn, st, jid.bare_str)
+
+    async def _carbons(self, conn: C2SConnection, st: StanzaIn) -> None:
+        """XEP-0280 §4, §5: <enable/> or <disable/> for this resource.  The flag lives with
+        the session record; the routers learn it from the session event, which is queued
+        before the answer, so what the client sends after the answer finds it."""
+        jid = conn.stream.jid
+        assert jid is not None
+        enabled = st.element[0].tag == _CARBONS_ENABLE
+        try:
+            version = await self.store.set_carbons(
+                str(jid), f"{self.cm_id} {conn.session_id}", enabled)
+        except Exception as exc:
+            log.warning("carbons %s failed: %s", "enable" if enabled else "disable", exc)
+            self._bounce_to_client(conn, st, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
+            return
+        if version:
+            self._session_event(jid.bare_str, version)
+        metrics.CARBONS.labels("enable" if enabled else "disable").inc()
+        conn.write_stanza(iq_result(st.id, str(jid), None))
 
     def _bounce_to_client(
         self, conn: C2SConnection, st: StanzaIn, condition: StanzaErrorCondition
@@ -802,10 +888,10 @@ class ConnectionManager:
                 if conn is None:
                     self._not_here(env)
                 else:
-                    if conn.stream.sm is None:
+                    if conn.stream.sm is None and not conn.inactive:
                         if conn.deliver(env.payload):
                             touched.append(conn)
-                    else:  # XEP-0198 counts stanzas: one at a time
+                    else:  # XEP-0198 counts stanzas, XEP-0352 holds some: one at a time
                         for stanza in split_stanzas(env.payload):
                             if conn.deliver(stanza):
                                 touched.append(conn)
@@ -830,6 +916,8 @@ class ConnectionManager:
                 written += 1
                 if conn.deliver(env.payload):
                     touched.append(conn)
+                if conn.detached is not None and env.kind is Kind.MESSAGE:
+                    self._push_detached(conn, env)
                 if env.ts_us:
                     observe(max(0, now_us - env.ts_us) / 1e6)
             elif not self._not_here(env):
@@ -847,6 +935,23 @@ class ConnectionManager:
             conn.close(*_kick_reason(payload))
         else:
             self.expire(conn, replaced=not payload)
+
+    def _push_detached(self, conn: C2SConnection, env: Envelope) -> None:
+        """XEP-0357: a message with a body held for a detached session; the router of the
+        user's partition notifies the app servers that session's resource enabled."""
+        if env.type == "error" or b"<body" not in env.payload:
+            return
+        try:
+            if parse_fragment(env.payload, self.settings.max_stanza_bytes).find(
+                    f"{{{ns.CLIENT}}}body") is None:
+                return
+        except Exception:
+            return
+        conn.pushes += 1
+        notify = Envelope(Kind.MESSAGE, to=env.to, from_=env.from_, type=env.type,
+                          id=str(conn.pushes), origin=PUSH_ORIGIN, payload=env.payload)
+        self.bus.publish_soon(subjects.route_for(env.to_bare, self.settings.partitions),
+                              notify.encode())
 
     def _not_here(self, env: Envelope) -> bool:
         """A delivery for a full JID with no session here that is moving (XEP-0198 take-over):
@@ -912,6 +1017,8 @@ class Handed:
 
 
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}
+_CARBONS_ENABLE: Final = f"{{{ns.CARBONS}}}enable"
+_CARBONS_TAGS: Final = frozenset({_CARBONS_ENABLE, f"{{{ns.CARBONS}}}disable"})
 # counted in tallies (shared/runtime/metrics.py), added to the metrics when /metrics is scraped
 _DELIVERED: Final = {k: Tally(metrics.STANZAS_DELIVERED.labels(k.value)) for k in STANZA_KINDS}
 _STANZAS_OUT: Final = Tally(metrics.STANZAS_OUT)
@@ -937,5 +1044,10 @@ def _kick_reason(payload: bytes) -> tuple[StreamErrorCondition, str]:
         condition = StreamErrorCondition(payload.decode())
     except (ValueError, UnicodeDecodeError):
         condition = StreamErrorCondition.POLICY_VIOLATION
-    return condition, "closed by the server administrator"
+    return condition, _KICK_TEXT.get(condition, "closed by the server administrator")
+
+
+# what the account's other sessions are told after an in-band change (XEP-0077, account.py)
+_KICK_TEXT: Final = {StreamErrorCondition.RESET: "password changed",
+                     StreamErrorCondition.NOT_AUTHORIZED: "account removed"}
 

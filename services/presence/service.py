@@ -24,7 +24,7 @@ from shared.cluster.partitioned import PartitionedService
 from shared.runtime.settings import PresenceSettings
 from shared.store import keys
 from shared.store.account_data import AccountDataStore
-from shared.store.presence import OfflineStore, PresenceStore
+from shared.store.presence import LastActivityStore, OfflineStore, PresenceStore
 from shared.store.roster import RosterStore
 from shared.store.sessions import SessionRecord, SessionStore
 from shared.xmpp import ns
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "presence"
 MAX_PRESENCE_BYTES = 64 * 1024
+MAX_STATUS_CHARS = 1024
 SUBSCRIBED_TO = (Subscription.TO, Subscription.BOTH)  # the user receives the contact's presence
 SUBSCRIBED_FROM = (Subscription.FROM, Subscription.BOTH)  # the contact receives the user's
 # bare JID -> (its session table, its blocklist), as `_session_tables` reads them
@@ -63,6 +64,7 @@ class PresenceService(PartitionedService):
         self.offline = OfflineStore(self.db, SERVICE)
         self.account_data = AccountDataStore(self.db, SERVICE)
         self.presence = PresenceStore(self.redis, self.rosters, SERVICE)
+        self.last_activity = LastActivityStore(self.db, SERVICE)
 
     async def start(self) -> None:
         await super().start()
@@ -105,20 +107,35 @@ class PresenceService(PartitionedService):
         if initial:
             tables = await self._initial(full, items, priority)
         await self._broadcast(full, payload, items, tables)
+        await self._to_pep(full, origin, "", payload)
 
     async def _unavailable(self, full: str, origin: str, payload: bytes) -> None:
         bare = bare_of(full)
         await self._update_session(full, origin, 0, False)
         was_available, directed = await self.presence.set_unavailable(full)
         if not was_available:
+            # directed presence sent without initial presence (a bot joining a room, XEP-0045
+            # §7.2) still ends with the session (§4.6.3); there was no broadcast to follow
+            await self._end_directed(full, payload, directed)
             return
         metrics.BROADCASTS.labels("unavailable").inc()
+        await self._to_pep(full, origin, "unavailable", payload)
+        [left] = await self.presence.available([bare])
+        if not left:  # XEP-0012 §4: the account's last activity, for its contacts to ask
+            try:
+                await self.last_activity.went_away(bare, _status(payload))
+            except Exception as exc:  # the broadcast matters more than this record
+                log.warning("could not record the last activity: %s", exc)
         _, items, _ = await self.rosters.load(bare)
         await self._broadcast(full, payload, items)
-        for target in directed:  # §4.6.3: those who got directed presence learn it ended
-            item = items.get(bare_of(target))
-            if item is not None and item.state.subscription in SUBSCRIBED_FROM:
-                continue  # already told by the broadcast
+        # §4.6.3: those who got directed presence learn it ended (the broadcast told those
+        # subscribed already)
+        await self._end_directed(full, payload, [
+            t for t in directed if (item := items.get(bare_of(t))) is None
+            or item.state.subscription not in SUBSCRIBED_FROM])
+
+    async def _end_directed(self, full: str, payload: bytes, targets: list[str]) -> None:
+        for target in targets:
             await self.route(Envelope(Kind.PRESENCE, to=target, from_=full, type="unavailable",
                                        origin=SERVICE, payload=with_to(payload, target)))
 
@@ -242,6 +259,15 @@ class PresenceService(PartitionedService):
                 await self.publish(subjects.connection_manager(record.cm_id), env)
         return known
 
+    async def _to_pep(self, full: str, origin: str, type_: str, payload: bytes) -> None:
+        """The user's personal eventing service learns of each broadcast presence
+        (XEP-0163 §6.2: a resource coming online, or with new XEP-0115 caps, gets the last
+        published items it wants): one envelope to the user's pubsub partition."""
+        bare = bare_of(full)
+        p = subjects.partition(bare, self.settings.partitions)
+        await self.publish(subjects.pubsub(p), Envelope(
+            Kind.PRESENCE, to=bare, from_=full, type=type_, origin=origin, payload=payload))
+
     # ---- directed presence (§4.6) and probes (§4.3) ---------------------------------------
 
     async def _directed(self, env: Envelope) -> None:
@@ -297,6 +323,17 @@ class PresenceService(PartitionedService):
                 env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
                                origin=SERVICE, payload=gone.encode())
                 await self.publish(subjects.presence(p), env)
+
+
+def _status(payload: bytes) -> str:
+    """The <status/> of an unavailable presence (RFC 6121 §4.7.2.2), at most 1 KiB."""
+    if b"<status" not in payload:
+        return ""
+    try:
+        text = parse_fragment(payload, MAX_PRESENCE_BYTES).findtext(f"{{{ns.CLIENT}}}status")
+    except Exception:
+        return ""
+    return (text or "")[:MAX_STATUS_CHARS]
 
 
 def _priority(payload: bytes) -> int:

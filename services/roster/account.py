@@ -1,5 +1,8 @@
 """IQs the server answers on behalf of an account (RFC 6121 §8.5.2.1.3): vCard-temp
-(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030).
+(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030;
+it names the account's personal eventing service, XEP-0163, served by services/pubsub, and
+lists what the roster service answers for the account: XEP-0191, XEP-0012 last activity and
+XEP-0357 push, service.py).
 
 Each handler gets the IQ, the requesting full JID and the account addressed, and returns the
 child of the result or raises StanzaError.
@@ -15,16 +18,21 @@ from shared.store.account_data import AccountDataStore
 from shared.xmpp import ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.jid import bare_of
+from shared.xmpp.pubsub import PEP_FEATURES
 
 MAX_VCARD_BYTES: Final = 64 * 1024
 MAX_PRIVATE_BYTES: Final = 64 * 1024
 MAX_PRIVATE_NAMESPACES: Final = 64
-ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING)
+ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING, ns.LAST, ns.PUSH, ns.PUBSUB,
+                           *PEP_FEATURES)
+# XEP-0313 §7 (on the bare JID), the #extended fields and flip-page, XEP-0359 §6
+ARCHIVE_FEATURES: Final = (ns.MAM, ns.MAM_EXTENDED, ns.SID)
 
 
 class AccountData:
-    def __init__(self, store: AccountDataStore) -> None:
+    def __init__(self, store: AccountDataStore, *, archive: bool = False) -> None:
         self._store = store
+        self._features = ACCOUNT_FEATURES + (ARCHIVE_FEATURES if archive else ())
 
     async def handle(self, iq: etree._Element, requester: str, account: str) -> str:
         child = iq[0]
@@ -47,10 +55,10 @@ class AccountData:
                 raise StanzaError(StanzaErrorCondition.FORBIDDEN)
             return await self._private(child, type_ == "set", account)
         if tag == f"{{{ns.DISCO_INFO}}}query" and type_ == "get" and not child.get("node"):
-            features = "".join(f'<feature var="{f}"/>' for f in ACCOUNT_FEATURES)
+            features = "".join(f'<feature var="{f}"/>' for f in self._features)
             return (
                 f'<query xmlns="{ns.DISCO_INFO}"><identity category="account" type="registered"/>'
-                f"{features}</query>"
+                f'<identity category="pubsub" type="pep"/>{features}</query>'  # XEP-0163 §1.3
             )
         if tag == f"{{{ns.DISCO_ITEMS}}}query" and type_ == "get":
             return f'<query xmlns="{ns.DISCO_ITEMS}"/>'

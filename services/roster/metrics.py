@@ -14,3 +14,7 @@ SUBSCRIPTIONS = Counter(
     ["direction", "type"],
 )
 PUSHES = Counter("stanzad_roster_pushes_total", "Roster changes pushed to a user's resources.")
+PUSH_REGISTRATIONS = Counter(
+    "stanzad_roster_push_registrations_total",
+    "XEP-0357 push registrations enabled and disabled by clients.", ["operation"],
+)

@@ -14,10 +14,11 @@ change is pushed to each bound resource of the user (a simplification of §2.1.6
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import replace
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
@@ -28,15 +29,24 @@ from shared.runtime.settings import RosterSettings
 from shared.store import keys
 from shared.store.account_data import AccountDataStore
 from shared.store.accounts import AccountStore
+from shared.store.archive import ArchiveStore, UnknownId
 from shared.store.pg.database import DatabaseUnavailable
+from shared.store.presence import LastActivityStore, PresenceStore
+from shared.store.push import PushRegistration, PushStore
 from shared.store.roster import ROSTER_NS, RosterItem, RosterStore, push_iq
 from shared.store.sessions import SessionStore
-from shared.xmpp import ns
+from shared.xmpp import archive, ns, push
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.jid import JID, JIDError, domain_of
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import error_reply, iq_result
-from shared.xmpp.subscription import SUBSCRIPTION_TYPES, Direction, apply, on_roster_remove
+from shared.xmpp.subscription import (
+    SUBSCRIPTION_TYPES,
+    Direction,
+    Subscription,
+    apply,
+    on_roster_remove,
+)
 
 from . import blocking, metrics
 from .account import AccountData
@@ -45,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "roster"
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_PUSH_REGISTRATIONS = 32  # XEP-0357 app server nodes per account
 
 
 class RosterService(PartitionedService):
@@ -64,7 +75,31 @@ class RosterService(PartitionedService):
         self.sessions = SessionStore(self.redis, SERVICE)
         self.accounts = AccountStore(self.db, SERVICE)
         self.account_data = AccountDataStore(self.db, SERVICE)
-        self.account = AccountData(self.account_data)
+        self.account = AccountData(self.account_data, archive=settings.mam_enabled)
+        self.archive = ArchiveStore(self.db, SERVICE)
+        self.last_activity = LastActivityStore(self.db, SERVICE)
+        self.push = PushStore(self.db, SERVICE)
+        self.presence = PresenceStore(self.redis, self.rosters, SERVICE)
+
+
+    async def start(self) -> None:
+        await super().start()
+        if self.settings.mam_enabled:
+            self.tasks.append(asyncio.create_task(self._archive_upkeep()))
+
+    async def _archive_upkeep(self) -> None:
+        """Daily archive partitions ahead, retention and per-user caps (docs/operations.md
+        "Message archive"); one roster process at a time does it (an advisory lock)."""
+        s = self.settings
+        while True:
+            try:
+                done = await self.archive.maintain(s.mam_retention_days,
+                                                   s.mam_max_messages_per_user)
+                if any(done.values()):
+                    log.info("archive upkeep: %s", done)
+            except Exception as exc:
+                log.warning("archive upkeep failed: %s", exc)
+            await asyncio.sleep(s.mam_maintenance_interval_s)
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
         for env in decoded(batch):
@@ -119,8 +154,17 @@ class RosterService(PartitionedService):
         if tag.startswith(f"{{{ns.BLOCKING}}}") and account == env.from_bare:
             await self._blocking(env, iq, account)
             return
+        if (tag.startswith(f"{{{ns.MAM}}}") and account == env.from_bare
+                and self.settings.mam_enabled):
+            await self._archive_iq(env, iq, account)
+            return
         try:
-            child = await self.account.handle(iq, env.from_, account)
+            if tag == f"{{{ns.LAST}}}query" and env.type == "get":
+                child = await self._last_activity(env.from_bare, account)
+            elif tag.startswith(f"{{{ns.PUSH}}}") and env.type == "set":
+                child = await self._push_registration(env, iq[0], account)
+            else:
+                child = await self.account.handle(iq, env.from_, account)
         except StanzaError as err:
             payload = error_reply(iq, err, to=env.from_, from_=env.to or None)
         else:
@@ -154,6 +198,90 @@ class RosterService(PartitionedService):
             await self._to_session(full, record.cm_id, Kind.IQ, push)
         for jid in outcome.blocked:
             await self._send_unavailable(account, jid)
+
+    async def _archive_iq(self, env: Envelope, iq: etree._Element, account: str) -> None:
+        """XEP-0313 §4 queries (the results streamed to the querying resource, then the IQ
+        result with the XEP-0059 page) and XEP-0441 preferences of the user's own archive."""
+        child = iq[0]
+        out: list[bytes] = []
+        try:
+            if child.tag == _MAM_QUERY and env.type == "get":
+                out.append(iq_result(env.id, env.from_, None, archive.query_form()))
+            elif child.tag == _MAM_QUERY:
+                query = archive.parse_query(child)
+                try:
+                    page = await self.archive.query(account, query)
+                except UnknownId:
+                    raise StanzaError(StanzaErrorCondition.ITEM_NOT_FOUND) from None
+                rows = list(reversed(page.rows)) if query.flip else page.rows
+                out.extend(archive.result_message(env.from_, account, query.query_id, row)
+                           for row in rows)
+                fin = archive.fin(page.rows, complete=page.complete, count=page.count)
+                out.append(iq_result(env.id, env.from_, None, fin))
+                metrics.REQUESTS.labels("archive_query").inc()
+            elif child.tag == _MAM_PREFS and env.type == "get":
+                prefs = await self.archive.prefs(account, self.settings.mam_default)
+                out.append(iq_result(env.id, env.from_, None, prefs.xml()))
+            elif child.tag == _MAM_PREFS:
+                prefs = archive.parse_prefs(child)
+                await self.archive.set_prefs(account, prefs)
+                out.append(iq_result(env.id, env.from_, None, prefs.xml()))
+            else:
+                raise StanzaError(StanzaErrorCondition.FEATURE_NOT_IMPLEMENTED)
+        except StanzaError as err:
+            out = [error_reply(iq, err, to=env.from_, from_=None)]
+        # one BATCH envelope per ~256 KiB: written in order, after the results the IQ result
+        chunk: list[bytes] = []
+        size = 0
+        for stanza in out:
+            if chunk and size + len(stanza) > _BATCH_BYTES:
+                await self._to_session(env.from_, _cm(env), Kind.BATCH, b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(stanza)
+            size += len(stanza)
+        await self._to_session(env.from_, _cm(env), Kind.BATCH, b"".join(chunk))
+
+    async def _last_activity(self, requester: str, account: str) -> str:
+        """XEP-0012 §4: answered for the account, to itself or to a contact subscribed to
+        its presence (forbidden to anyone else): 0 seconds while a resource is available
+        (as ejabberd answers), else the time since the last one went unavailable and the
+        status it left with."""
+        if requester != account:
+            item = await self.rosters.item(account, requester)
+            if item is None or item.state.subscription not in (Subscription.FROM,
+                                                               Subscription.BOTH):
+                raise StanzaError(StanzaErrorCondition.FORBIDDEN)
+        [online] = await self.presence.available([account])
+        if online:
+            return f'<query xmlns="{ns.LAST}" seconds="0"/>'
+        last = await self.last_activity.seconds_since(account)
+        if last is None:
+            raise StanzaError(StanzaErrorCondition.ITEM_NOT_FOUND)
+        seconds, status = last
+        return f'<query xmlns="{ns.LAST}" seconds="{seconds}">{escape(status)}</query>'
+
+    async def _push_registration(self, env: Envelope, element: etree._Element,
+                                 account: str) -> str:
+        """XEP-0357 §5, §6: enable or disable notifications to an app server, for the account
+        itself only; kept in PostgreSQL (the resource that enabled it is remembered: its
+        detached session is the one whose messages are notified)."""
+        if account != env.from_bare:
+            raise StanzaError(StanzaErrorCondition.FORBIDDEN)
+        request = push.parse(element)
+        if isinstance(request, push.Disable):
+            await self.push.disable(account, request.service, request.node)
+            metrics.PUSH_REGISTRATIONS.labels("disable").inc()
+            return ""
+        known = await self.push.registrations(account)
+        if len(known) >= MAX_PUSH_REGISTRATIONS and not any(
+            r.service == request.service and r.node == request.node for r in known
+        ):
+            raise StanzaError(StanzaErrorCondition.RESOURCE_CONSTRAINT, "too many")
+        resource = env.from_.partition("/")[2]
+        await self.push.enable(account, PushRegistration(
+            request.service, request.node, resource, request.options, request.include_body))
+        metrics.PUSH_REGISTRATIONS.labels("enable").inc()
+        return ""
 
     async def _get(self, env: Envelope, query: etree._Element) -> None:
         """§2.2 roster get, with §2.6 versioning: unchanged → empty result; a known older
@@ -342,6 +470,11 @@ class RosterService(PartitionedService):
             return
         await self.publish(subjects.connection_manager(cm_id), env)
 
+
+
+_MAM_QUERY = f"{{{ns.MAM}}}query"
+_MAM_PREFS = f"{{{ns.MAM}}}prefs"
+_BATCH_BYTES = 256 * 1024
 
 
 def _cm(env: Envelope) -> str:

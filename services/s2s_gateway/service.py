@@ -35,9 +35,9 @@ from shared.store import keys
 from shared.tls import memory as tls_memory
 from shared.tls.context import certificate_expiry, ensure_self_signed
 from shared.tls.peer_cert import CertificateTrust
-from shared.xmpp import server_iq
+from shared.xmpp import archive, server_iq
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
-from shared.xmpp.parser import parse_fragment
+from shared.xmpp.parser import parse_fragment, serialize
 from shared.xmpp.s2s import DialbackRequested, S2SConfig, StanzaIn
 from shared.xmpp.s2s_out import VerifyRequest
 from shared.xmpp.stanza import error_reply, iq_result
@@ -92,6 +92,7 @@ class S2SGateway(PartitionedService):
             metrics.PARTITIONS.set,
         )
         self.s2s_settings = settings
+        self.server_info = server_iq.ServerInfo(time.time(), settings.contacts)
         self.domain = settings.domain
         self.resolver = Resolver(settings.override_map(), settings.s2s_connect_timeout_s,
                                  settings.dns_servers())
@@ -280,12 +281,28 @@ class S2SGateway(PartitionedService):
         to, from_ = st.to, st.from_
         env = Envelope(Kind(st.kind), to=str(to), from_=str(from_), type=st.type, id=st.id,
                        origin=ORIGIN, payload=st.payload, ts_us=time.time_ns() // 1000)
-        where = ingress.from_peer(st.kind, st.type, to)
+        where = ingress.from_peer(st.kind, st.type, to, self.settings.service_domains)
         if isinstance(where, ingress.ToServer):
             self._to_server(st)
         elif isinstance(where, ingress.Publish):
+            if st.kind == "message" and where.family is ingress.Family.ROUTE:
+                env = env._replace(payload=self._message_ingress(st, env.ts_us))
             self.bus.publish_soon(where.subject(self.settings.partitions),
                                   env._replace(to=where.to).encode())
+
+    def _message_ingress(self, st: StanzaIn, ts_us: int) -> bytes:
+        """A remote sender's message enters the cluster here, as a client's does at its
+        connection manager: stanza-ids in our name removed (XEP-0359 §4), and one to archive
+        gets its id, for the local recipient's archive."""
+        try:
+            element = parse_fragment(st.payload, self.s2s_settings.s2s_max_stanza_bytes)
+        except Exception:
+            return st.payload
+        domain = self.settings.domain
+        payload = serialize(element) if archive.strip_forged(element, domain) else st.payload
+        if self.settings.mam_enabled and archive.facts(element).archive:
+            payload = archive.with_stanza_id(payload, st.to.bare_str, archive.new_id(ts_us))
+        return payload
 
     def _to_server(self, st: StanzaIn) -> None:
         """RFC 6120 §10.3: stanzas to our domain itself; IQs answered (disco, ping, version),
@@ -296,7 +313,8 @@ class S2SGateway(PartitionedService):
             element = parse_fragment(st.payload, self.s2s_settings.s2s_max_stanza_bytes)
         except Exception:
             return
-        reply = server_iq.answer(element, st.type)
+        reply = server_iq.answer(element, st.type, self.server_info, time.time(),
+                                 self.settings.service_domains)
         if isinstance(reply, StanzaError):
             payload = error_reply(element, reply, to=str(st.from_), from_=str(st.to))
             type_ = "error"

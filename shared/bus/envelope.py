@@ -44,6 +44,10 @@ class Kind(enum.StrEnum):
     # control, XEP-0198 resumption on another connection manager (docs/architecture.md):
     TAKEOVER = "takeover"  # hand me session ``id`` of ``to``; answer on ``from_``'s subject
     HANDOVER = "handover"  # the answer: its queue and counters (``type`` "ok") or "gone"
+    # a message a local user sent to another local account, for the router of the *sender's*
+    # partition: XEP-0280 sent carbons and the sender's XEP-0313 archive row
+    # (docs/architecture.md "Carbons and the archive"); same facts as the message
+    SENT = "sent"
 
 
 STANZA_KINDS: Final = frozenset({Kind.MESSAGE, Kind.PRESENCE, Kind.IQ})
@@ -51,6 +55,10 @@ FENCE_PREFIX: Final = b"1\x00fence\x00"  # recognised without decoding
 # origin of the stanzas a connection manager hands back when an XEP-0198 session ends with
 # them unacknowledged: messages are stored offline, not delivered to the other resources
 SM_UNACKED_ORIGIN: Final = "sm-unacked"
+# origin of a message a connection manager delivered to a detached XEP-0198 session, sent on
+# to the router of the user's partition for XEP-0357 notifications (`to`: the session's full
+# JID; `id`: how many such messages the session got since it was detached)
+PUSH_ORIGIN: Final = "push"
 FANOUT_SEPARATOR: Final = "\n"  # cannot occur in a prepared JID (PRECIS forbids controls)
 
 

@@ -6,7 +6,7 @@ docs/operations.md ("NATS authentication") says how production gets the same.
 
 What each role does on the bus:
 
-- every partitioned service (router, presence, roster, s2s gateway) publishes a hand-over
+- every partitioned service (router, presence, roster, s2s gateway, pubsub) publishes a hand-over
   FENCE on the subjects it subscribes to (shared/cluster/partitioned.py), so it may publish
   to its own input families;
 - the in-process hand-off markers (shared/bus/local.py) travel on the subject of the
@@ -33,6 +33,9 @@ PRESENCE: Final = subjects.every(subjects.presence(0))
 ROSTER: Final = subjects.every(subjects.roster(0))
 S2S: Final = subjects.every(subjects.s2s(0))
 CM: Final = subjects.every(subjects.connection_manager("0"))
+MUC: Final = subjects.every(subjects.muc(0))
+PUBSUB: Final = subjects.every(subjects.pubsub(0))
+SERVICES: Final = (MUC, PUBSUB)  # local service domains (shared/bus/destinations.py)
 
 
 @dataclass(frozen=True)
@@ -53,26 +56,38 @@ class Permissions:
 CONNECTION_MANAGER: Final = Permissions(
     # client stanzas (shared/router/ingress.py), unavailable presence at unbind, session
     # events, kicks of replaced sessions
-    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM),
+    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES),
     subscribe=(CM,),
 )
 ROUTER: Final = Permissions(
     # deliveries, bounces to the sender's partition, federation, roster pushes, fences
-    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S),
+    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S, *SERVICES),
     subscribe=(ROUTE, SESSIONS),
 )
 PRESENCE_SERVICE: Final = Permissions(
-    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS),
+    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS, *SERVICES),
     subscribe=(PRESENCE,),
 )
 ROSTER_SERVICE: Final = Permissions(
-    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS),
+    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS, *SERVICES),
     subscribe=(ROSTER,),
 )
 S2S_GATEWAY: Final = Permissions(
     # stanzas from peers (ingress), bounces, fences
-    publish=(ROUTE, ROSTER, PRESENCE, S2S),
+    publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES),
     subscribe=(S2S,),
+)
+MUC_SERVICE: Final = Permissions(
+    # fences on its own family, FANOUT deliveries to connection managers, answers and
+    # invitations through the routers, remote occupants through the s2s gateway
+    publish=(MUC, CM, ROUTE, S2S, *SERVICES),
+    subscribe=(MUC,),
+)
+PUBSUB_SERVICE: Final = Permissions(
+    # answers and notifications to sessions (FANOUT, BATCH), routed notifications and
+    # answers (local bare JIDs, remote JIDs, other service domains), fences
+    publish=(PUBSUB, CM, ROUTE, S2S, *SERVICES),
+    subscribe=(PUBSUB,),
 )
 ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
 
@@ -85,6 +100,8 @@ ROLES: Final[dict[str, Permissions]] = {
     "presence": PRESENCE_SERVICE,
     "roster": ROSTER_SERVICE,
     "s2s_gateway": S2S_GATEWAY,
+    "muc": MUC_SERVICE,
+    "pubsub": PUBSUB_SERVICE,
     "admin": ADMIN,
     "cli": ADMIN,  # `stanzad user delete`, `stanzad sessions kick`
 }

@@ -57,6 +57,18 @@ def s2s(p: int) -> str:
     return f"{PREFIX}.s2s.{p}"
 
 
+def muc(p: int) -> str:
+    """Stanzas for the rooms of partition ``p`` of the multi-user chat service (XEP-0045),
+    ``p = partition(room bare JID)``: one owner per room orders its traffic."""
+    return f"{PREFIX}.muc.{p}"
+
+
+def pubsub(p: int) -> str:
+    """Stanzas for the publish-subscribe service (XEP-0060) and the personal eventing
+    service of user accounts (XEP-0163), ``p = partition(bare JID of the service)``."""
+    return f"{PREFIX}.pubsub.{p}"
+
+
 def every(subject: str) -> str:
     """The wildcard matching every subject of the family of ``subject`` (its last token, the
     partition or id, as ``*``): ``every(route(0)) == "stanzad.route.*"``."""

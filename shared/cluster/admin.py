@@ -120,7 +120,7 @@ class RosterImportResult:
     reason: str = ""
 
 
-ROLES = ("route", "presence", "roster")
+ROLES = ("route", "presence", "roster", "muc", "pubsub")
 
 
 def bare_jid(text: str, domain: str) -> str:
@@ -359,6 +359,7 @@ class ClusterAdmin:
         bare = bare_jid(jid, self.domain)
         deleted = await self.accounts.delete(bare)
         if deleted:
+            await self.sessions_store.forget_account(bare)  # its soft state in Redis
             await self._account_changed(bare)
         kicked: list[str] = []
         if self._bus is not None:

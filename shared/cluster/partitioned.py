@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from nats.aio.subscription import Subscription
 
-from shared.bus import subjects
+from shared.bus import destinations, subjects
 from shared.bus.client import BatchHandler, Bus, BusUnavailable
 from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind, session_event
 from shared.cluster.partitions import PartitionManager
@@ -45,6 +45,7 @@ class PartitionedService:
     ) -> None:
         self.settings = settings
         self.member_id = member_id
+        self.destinations = destinations.of(settings)
         self.redis = redis_connect(settings.redis_url)
         self.db = Database(settings.database_url, self.name, size=settings.db_pool_size,
                            timeout_s=settings.db_timeout_s)
@@ -109,15 +110,10 @@ class PartitionedService:
             log.warning("publish to %s failed: %s", subject, exc)
 
     async def route(self, env: Envelope) -> None:
-        """Hand a stanza to the router partition of its recipient, or to the s2s gateway
-        that owns the recipient's domain when it is remote (federation)."""
-        bare = env.to_bare
-        domain = env.to_domain
-        if domain != self.settings.domain:
-            await self.publish(subjects.s2s(subjects.partition(domain, self.settings.partitions)),
-                               env)
-            return
-        await self.publish(subjects.route(subjects.partition(bare, self.settings.partitions)), env)
+        """Hand a stanza to the router partition of its recipient, to the local service
+        that owns it (a room, a pubsub node), or to the s2s gateway that owns the
+        recipient's domain when it is remote (federation): shared/bus/destinations.py."""
+        await self.publish(self.destinations.subject(env.to_bare), env)
 
     async def session_event(self, bare: str, version: int) -> None:
         """Tell the routers' caches that the bare JID's session table changed."""

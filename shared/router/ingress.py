@@ -10,6 +10,7 @@ the stanza is for the server itself, or that it means nothing.  The callers do t
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,8 +20,15 @@ from shared.xmpp.jid import JID
 from shared.xmpp.subscription import SUBSCRIPTION_TYPES
 
 # IQs a user sends to their own account (no 'to', or their bare JID): the roster service
-# answers them (RFC 6121 §2 roster, XEP-0054 vCard, XEP-0049 private storage, XEP-0191).
-ACCOUNT_NAMESPACES: Final = frozenset({ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING})
+# answers them (RFC 6121 §2 roster, XEP-0054 vCard, XEP-0049 private storage, XEP-0191,
+# XEP-0313 archive queries and preferences, XEP-0357 push registrations).
+ACCOUNT_NAMESPACES: Final = frozenset(
+    {ns.ROSTER, ns.VCARD, ns.PRIVATE, ns.BLOCKING, ns.MAM, ns.PUSH}
+)
+# IQs to a user's bare JID (or with no 'to': the sender's own) in these namespaces are for
+# the user's personal eventing service (XEP-0163 §1.3: every account is a virtual pubsub
+# service): the pubsub family, keyed by the PEP owner's bare JID.
+PEP_NAMESPACES: Final = frozenset({ns.PUBSUB, ns.PUBSUB_OWNER})
 BROADCAST_TYPES: Final = frozenset({"", "unavailable"})  # RFC 6121 §4.2, §4.5, §4.6
 
 
@@ -30,13 +38,18 @@ class Family(enum.Enum):
     ROUTE = "route"
     ROSTER = "roster"
     PRESENCE = "presence"
+    MUC = "muc"  # a local service domain's families: shared/bus/destinations.py
+    PUBSUB = "pubsub"
 
 
 _SUBJECTS: Final = {
     Family.ROUTE: subjects.route,
     Family.ROSTER: subjects.roster,
     Family.PRESENCE: subjects.presence,
+    Family.MUC: subjects.muc,
+    Family.PUBSUB: subjects.pubsub,
 }
+NO_SERVICES: Final[Mapping[str, str]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +79,21 @@ Ingress = Publish | ToServer | Drop
 
 
 def from_client(
-    kind: str, type_: str, to: JID | None, sender: JID, domain: str, child_ns: str = ""
+    kind: str, type_: str, to: JID | None, sender: JID, domain: str, child_ns: str = "",
+    services: Mapping[str, str] = NO_SERVICES,
 ) -> Ingress:
-    """A bound client's stanza (``child_ns``: the namespace of an IQ's payload)."""
+    """A bound client's stanza (``child_ns``: the namespace of an IQ's payload; ``services``:
+    the local service domains and their families, shared/bus/destinations.py)."""
     own_bare = sender.bare_str
     if kind == "presence":
         return _client_presence(type_, to, own_bare, domain)
+    if to is not None and to.domain in services:  # a room, a node: its service's partition
+        return Publish(Family(services[to.domain]), to.bare_str, str(to))
+    if (kind == "iq" and child_ns in PEP_NAMESPACES and type_ in ("get", "set")
+            and (to is None or (to.local is not None and to.domain == domain
+                                and to.resource is None))):
+        pep = own_bare if to is None else to.bare_str  # XEP-0163 §4.1 (own), §4.3 (a contact's)
+        return Publish(Family.PUBSUB, pep, pep)
     own = to is None or (to.local == sender.local and to.domain == domain and to.resource is None)
     if own and (
         child_ns in ACCOUNT_NAMESPACES
@@ -85,6 +107,14 @@ def from_client(
         # sender's blocklist (XEP-0191 §3.5) and hands the stanza to the s2s gateway
         return Publish(Family.ROUTE, own_bare, str(to))
     return Publish(Family.ROUTE, to.bare_str, str(to))
+
+
+def account_family(child_ns: str) -> Family:
+    """Who answers an IQ get/set that reached the router of a bare JID (RFC 6121 §8.5.2.1.3,
+    "the server on the account's behalf"; from a peer server, or a client IQ the router
+    handed on): the user's personal eventing service for the pubsub namespaces (XEP-0163),
+    otherwise the account's roster service (roster, vCard, private storage, disco)."""
+    return Family.PUBSUB if child_ns in PEP_NAMESPACES else Family.ROSTER
 
 
 def _client_presence(type_: str, to: JID | None, own_bare: str, domain: str) -> Ingress:
@@ -102,9 +132,14 @@ def _client_presence(type_: str, to: JID | None, own_bare: str, domain: str) -> 
     return Drop("presence probe from a client")  # §4.3: only servers probe
 
 
-def from_peer(kind: str, type_: str, to: JID) -> Ingress:
-    """A stanza a remote server sent to one of our addresses (``to`` is in our domain)."""
+def from_peer(
+    kind: str, type_: str, to: JID, services: Mapping[str, str] = NO_SERVICES
+) -> Ingress:
+    """A stanza a remote server sent to one of our addresses (``to`` is in our domain or
+    one of its service domains)."""
     bare = to.bare_str
+    if to.domain in services:  # presence too: a service tracks its remote occupants itself
+        return Publish(Family(services[to.domain]), bare, str(to))
     if kind == "presence":
         if type_ in SUBSCRIPTION_TYPES:  # RFC 6121 §3: the local user's roster
             return Publish(Family.ROSTER, bare, bare)

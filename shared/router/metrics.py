@@ -29,3 +29,19 @@ OFFLINE_QUEUE = Histogram(
     "Length of an account's offline queue after a message was stored (XEP-0160).",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+CARBON_COPIES = Counter(
+    "stanzad_router_carbon_copies_total",
+    "XEP-0280 copies sent to users' other resources, by direction (sent, received).",
+    ["direction"],
+)
+PUSH_NOTIFICATIONS = Counter(
+    "stanzad_router_push_notifications_total",
+    "XEP-0357 notifications to app servers, by result: sent (each attempt), ok (the app "
+    "server answered with a result), error (it answered with an error: the registration is "
+    "disabled), retried (no answer in time, or a 'wait' error: sent again), timeout (no "
+    "answer after every attempt), dropped (too many in flight).",
+    ["result"],
+)
+PUSH_PENDING = Gauge(
+    "stanzad_router_push_pending", "XEP-0357 notifications sent and not yet answered."
+)

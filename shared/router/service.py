@@ -16,6 +16,8 @@ import time
 
 from shared.bus import subjects
 from shared.bus.envelope import (
+    FANOUT_SEPARATOR,
+    PUSH_ORIGIN,
     SM_UNACKED_ORIGIN,
     STANZA_KINDS,
     Envelope,
@@ -27,16 +29,22 @@ from shared.cluster.partitioned import PartitionedService
 from shared.runtime.metrics import HistogramTally, Tally
 from shared.runtime.settings import RouterSettings
 from shared.store.account_data import AccountDataStore
+from shared.store.archive import ArchiveWriter
 from shared.store.presence import OfflineStore
+from shared.store.push import PushStore
 from shared.store.sessions import SessionStore
-from shared.xmpp import ns
+from shared.xmpp import archive, ns
 from shared.xmpp.blocking import is_blocked
-from shared.xmpp.errors import StanzaErrorCondition
-from shared.xmpp.jid import domain_of
-from shared.xmpp.stanza import with_delay
+from shared.xmpp.errors import StanzaErrorCondition, StreamError
+from shared.xmpp.jid import bare_of, domain_of
+from shared.xmpp.parser import parse_fragment
+from shared.xmpp.push import body_of
+from shared.xmpp.stanza import namespace, with_delay
 
 from . import metrics
 from .cache import Entry, SessionCache
+from .ingress import Publish, account_family
+from .push import PushNotifier
 from .routing import Account, Bounce, Deliver, Store, decide
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,8 @@ class Router(PartitionedService):
         self.offline = OfflineStore(self.db, SERVICE)
         self.account_data = AccountDataStore(self.db, SERVICE)
         self.cache = SessionCache(settings.cache_size, settings.cache_ttl_s)
+        self.push = PushNotifier(PushStore(self.db, SERVICE), self.bus, settings.partitions,
+                                 SERVICE, settings.push_timeout_s, settings.push_max_attempts)
         # outcomes counted per batch, then added to the Prometheus counter once per label set
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
         # ... and the metrics themselves counted in tallies, added when /metrics is scraped
@@ -69,6 +79,12 @@ class Router(PartitionedService):
         self._batch_duration = HistogramTally(metrics.BATCH_DURATION)
         self._cache_hits = Tally(metrics.CACHE_LOOKUPS.labels("hit"))
         self._cache_misses = Tally(metrics.CACHE_LOOKUPS.labels("miss"))
+        self._copies = {d: Tally(metrics.CARBON_COPIES.labels(d)) for d in ("sent", "received")}
+        # XEP-0313 rows, written in batches off the routing path (shared/store/archive.py)
+        self.archive: ArchiveWriter | None = (
+            ArchiveWriter(self.db, settings.mam_default, settings.mam_max_pending_rows)
+            if settings.mam_enabled else None
+        )
 
     @property
     def router_id(self) -> str:
@@ -83,16 +99,29 @@ class Router(PartitionedService):
             if env.kind is Kind.SESSION:  # one bare JID, or several from a bulk import
                 for bare in session_event_jids(env):
                     self.cache.invalidate(bare)
-            elif env.kind in STANZA_KINDS:
+            elif env.kind in STANZA_KINDS or env.kind is Kind.SENT:
                 envelopes.append(env)
         if not envelopes:
             return
         domain = self.settings.domain
-        wanted = {b for e in envelopes if not self._is_remote(b := e.to_bare)}
+        wanted = {b for e in envelopes
+                  if e.kind is not Kind.SENT and not self._is_remote(b := e.to_bare)}
         wanted |= {b for e in envelopes if (b := e.from_bare).endswith("@" + domain)}
         entries = await self._entries(wanted)
         for env in envelopes:
+            if env.origin == PUSH_ORIGIN:  # XEP-0357: a message for a detached session
+                await self.push.message(env.to_bare, env.from_, env.payload,
+                                        int(env.id) if env.id.isdigit() else 1,
+                                        resource=env.to.partition("/")[2])
+                continue
+            if self.push.is_answer(env):  # an app server answering a notification of ours
+                await self.push.answered(env)
+                continue
             sender = entries.get(env.from_bare)
+            if env.kind is Kind.SENT:
+                if sender is not None:
+                    self._sent(env, sender)
+                continue
             if self._is_remote(env.to_bare):
                 self._remote(env, sender)
                 continue
@@ -102,8 +131,8 @@ class Router(PartitionedService):
                 continue
             if self._blocked(env, entry, sender):
                 continue
-            if self._route(env, entry):
-                await self._store_offline(env)
+            if self._route(env, entry) and await self._store_offline(env):
+                self._archive_received(env)
         for labels, n in self._tally.items():
             tally = self._routed.get(labels)
             if tally is None:
@@ -117,7 +146,8 @@ class Router(PartitionedService):
         return bool(domain) and domain != self.settings.domain
 
     def _remote(self, env: Envelope, sender: Entry | None) -> None:
-        """A stanza for another domain: handed to the s2s gateway that owns the domain.
+        """A stanza for another domain: handed to the s2s gateway that owns the domain (or
+        to the local service of a service domain, shared/bus/destinations.py).
         What a local user's session sends comes here first (the connection manager routes
         it by the sender's partition, whose blocklist this router caches exactly) so that
         XEP-0191 §3.5 holds for remote contacts too; bounces to remote senders and the
@@ -131,9 +161,10 @@ class Router(PartitionedService):
                 self._bounce(env, StanzaErrorCondition.NOT_ACCEPTABLE,
                              extra=f'<blocked xmlns="{ns.BLOCKING_ERRORS}"/>')
                 return
+        if env.kind is Kind.MESSAGE and "/" in env.origin and sender is not None:
+            env = env._replace(payload=self._sent(env, sender))
         self._tally[(env.kind.value, "remote")] += 1
-        p = subjects.partition(env.to_domain, self.settings.partitions)
-        self.bus.publish_soon(subjects.s2s(p), env.encode())
+        self.bus.publish_soon(self.destinations.subject(env.to_bare), env.encode())
 
     async def _entries(self, bares: set[str]) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}
@@ -192,8 +223,8 @@ class Router(PartitionedService):
             return True
         if isinstance(decision, Account):
             self._tally[(env.kind.value, "account")] += 1
-            p = subjects.partition(env.to_bare, self.settings.partitions)
-            self.bus.publish_soon(subjects.roster(p), env.encode())
+            where = Publish(account_family(_child_ns(env.payload)), env.to_bare, env.to)
+            self.bus.publish_soon(where.subject(self.settings.partitions), env.encode())
             return False
         if isinstance(decision, Deliver):
             self._tally[(env.kind.value, "delivered")] += 1
@@ -201,6 +232,10 @@ class Router(PartitionedService):
                 self.bus.publish_soon(
                     subjects.connection_manager(cm_id), env.forwarded(to=full).encode()
                 )
+            if env.kind is Kind.MESSAGE:
+                self._archive_received(env)
+                self._carbons("received", env.to_bare, entry, env.payload,
+                              {env.from_, *(full for full, _ in decision.targets)})
         elif isinstance(decision, Bounce):
             self._tally[(env.kind.value, "bounced")] += 1
             self._bounce(env, decision.condition)
@@ -208,7 +243,57 @@ class Router(PartitionedService):
             self._tally[(env.kind.value, "ignored")] += 1
         return False
 
-    async def _store_offline(self, env: Envelope) -> None:
+    # ---- XEP-0280 carbons and the XEP-0313 archive (docs/architecture.md) --------------------
+
+    def _archive_received(self, env: Envelope) -> None:
+        """The recipient's row of a message that carries the stanza-id given at ingress."""
+        if self.archive is None or env.origin == SM_UNACKED_ORIGIN:
+            return  # an unacknowledged message coming back was archived when it came in
+        to_bare = env.to_bare
+        payload, sid = archive.split_tail(env.payload, to_bare)
+        if sid:
+            self.archive.add(to_bare, sid, env.from_, env.from_bare, False, payload)
+
+    def _sent(self, env: Envelope, sender: Entry) -> bytes:
+        """What a local user sent (a SENT envelope, or a message to a remote JID on its way
+        out): the sender's row and XEP-0280 §5 sent carbons to the sender's other
+        carbons-enabled resources.  Returns the message without our stanza-id."""
+        owner = env.from_bare
+        payload, sid = archive.split_tail(env.payload, owner)
+        if sid and self.archive is not None:
+            self.archive.add(owner, sid, env.to, bare_of(env.to), True, payload)
+        self._carbons("sent", owner, sender, env.payload, {env.from_})
+        return payload
+
+    def _carbons(self, direction: str, owner: str, entry: Entry, message: bytes,
+                 skip: set[str]) -> None:
+        """XEP-0280 copies of ``message`` for ``owner``'s carbons-enabled resources not in
+        ``skip`` (those that have it already): one FANOUT envelope per connection manager."""
+        by_cm: dict[str, list[str]] = {}
+        for resource, record in entry.sessions.items():
+            if record.carbons and (full := f"{owner}/{resource}") not in skip:
+                by_cm.setdefault(record.cm_id, []).append(full)
+        if not by_cm:
+            return
+        try:  # parsed only when some resource wants a copy
+            if not archive.payload_facts(message).carbons:
+                return
+        except StreamError:
+            return
+        copy = archive.carbon(direction, owner, message)
+        for cm_id, fulls in by_cm.items():
+            self.bus.publish_soon(subjects.connection_manager(cm_id), Envelope(
+                Kind.FANOUT, to=FANOUT_SEPARATOR.join(fulls), from_=owner, type="chat",
+                origin=SERVICE, payload=copy).encode())
+            self._copies[direction].n += len(fulls)
+
+    async def stop(self) -> None:
+        if self.archive is not None:
+            await self.archive.close()
+        await super().stop()
+        self.push.close()
+
+    async def _store_offline(self, env: Envelope) -> bool:
         """XEP-0160: keep the message, with its XEP-0203 delay stamp, for the next login."""
         bare = env.to_bare
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -220,14 +305,18 @@ class Router(PartitionedService):
         except Exception as exc:
             log.warning("offline store failed: %s", exc)
             self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
-            return
+            return False
         if stored:
             self._tally[(env.kind.value, "stored")] += 1
             metrics.OFFLINE_QUEUE.observe(stored)
-        else:
-            self._tally[(env.kind.value, "bounced")] += 1
-            self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
-
+            # XEP-0357 §7: no session will see it; one that ended with it unacknowledged
+            # was notified while it was detached
+            if env.origin != SM_UNACKED_ORIGIN and _has_body(env.payload):
+                await self.push.message(bare, env.from_, env.payload, stored)
+            return True
+        self._tally[(env.kind.value, "bounced")] += 1
+        self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
+        return False
     def _bounce(
         self, env: Envelope, condition: StanzaErrorCondition, text: str | None = None,
         extra: str = "",
@@ -239,14 +328,14 @@ class Router(PartitionedService):
         if bounce is None:
             return
         metrics.STANZA_ERRORS.labels(condition.value).inc()
-        self.bus.publish_soon(subjects.route_for(env.from_bare, self.settings.partitions),
-                              bounce.encode())
+        self.bus.publish_soon(self.destinations.subject(bounce.to_bare), bounce.encode())
 
     # ---- sessions of dead connection managers ----------------------------------------------
 
     async def start(self) -> None:
         await super().start()
         self.tasks.append(asyncio.create_task(self._ghosts()))
+
 
     async def _ghosts(self) -> None:
         """Every router reports the sessions of dead connection managers it can see: a count
@@ -263,3 +352,23 @@ class Router(PartitionedService):
                 metrics.GHOST_SESSIONS.set(ghosts)
             except Exception as exc:
                 log.warning("ghost count failed: %s", exc)
+
+
+def _child_ns(payload: bytes) -> str:
+    """The namespace of an IQ's payload element ("" when it has none or does not parse).
+    Only IQs to a bare JID are parsed here (they are few: account data, PEP)."""
+    try:
+        iq = parse_fragment(payload, MAX_BOUNCE_BYTES)
+    except StreamError:
+        return ""
+    return namespace(iq[0].tag) if len(iq) and isinstance(iq[0].tag, str) else ""
+
+
+def _has_body(payload: bytes) -> bool:
+    """A message with a <body/> (XEP-0357 notifies those only)."""
+    if b"<body" not in payload:
+        return False
+    try:
+        return body_of(parse_fragment(payload, MAX_BOUNCE_BYTES)) is not None
+    except Exception:
+        return False

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.xmpp import sm
+from shared.xmpp.server_iq import Contacts, parse_contact_addresses
 
 ENV_PREFIX: Final = "STANZAD_"
 KiB: Final = 1024
@@ -60,11 +61,55 @@ class CommonSettings(BaseSettings):
     session_ttl_s: int = Field(
         15, ge=2, description="A connection manager's heartbeat key lives this long."
     )
+    muc_domain: str = Field(
+        "",
+        description="Domain of the multi-user chat service (XEP-0045); empty: "
+        "conference.<domain>; 'off': none.",
+    )
+    pubsub_domain: str = Field(
+        "",
+        description="Domain of the publish-subscribe service (XEP-0060); empty: "
+        "pubsub.<domain>; 'off': none.",
+)
+    contact_addresses: str = Field(
+        "",
+        description="XEP-0157 contact addresses in the server's disco#info: "
+        "'field=uri,uri;field=uri', e.g. 'abuse-addresses=mailto:abuse@example.com'.",
+    )
     gc_thresholds: str = Field(
         "20000,20,100",
         description="CPython's garbage collector thresholds (gc.set_threshold), three "
         "integers; see shared/runtime/gc_tuning.py.",
     )
+
+    # XEP-0313 message archive (docs/operations.md "Message archive"): read by the
+    # connection manager and the s2s gateway (stanza ids), routers (writes), roster (queries)
+    mam_enabled: bool = Field(
+        True, description="Archive messages (XEP-0313) and give them XEP-0359 stanza ids."
+    )
+    mam_default: str = Field(
+        "always", pattern="^(always|never|roster)$",
+        description="XEP-0441 default of accounts that set no preferences.",
+    )
+    mam_retention_days: int = Field(
+        365, ge=0, description="Archived messages older than this are dropped (0: never)."
+    )
+    mam_max_messages_per_user: int = Field(
+        100_000, ge=0, description="Newest messages kept per archive (0: no cap)."
+    )
+    mam_max_pending_rows: int = Field(
+        100_000, ge=1,
+        description="Archive rows a process queues while PostgreSQL fails; the oldest beyond.",
+    )
+    mam_maintenance_interval_s: float = Field(
+        3600.0, gt=0, description="How often retention and caps are applied (roster service)."
+    )
+
+    @field_validator("contact_addresses")
+    @classmethod
+    def _check_contact_addresses(cls, value: str) -> str:
+        parse_contact_addresses(value)
+        return value
 
     @field_validator("gc_thresholds")
     @classmethod
@@ -73,8 +118,25 @@ class CommonSettings(BaseSettings):
         return value
 
     @property
+    def contacts(self) -> Contacts:
+        """`contact_addresses` parsed (XEP-0157)."""
+        return parse_contact_addresses(self.contact_addresses)
+
+    @property
     def gc_threshold_values(self) -> tuple[int, int, int]:
         return parse_gc_thresholds(self.gc_thresholds)
+
+    @property
+    def service_domains(self) -> dict[str, str]:
+        """The local service domains this cluster serves, each mapped to the name of the
+        service family that consumes its stanzas (shared/bus/destinations.py)."""
+        found = {}
+        for family, value, prefix in (("muc", self.muc_domain, "conference"),
+                                      ("pubsub", self.pubsub_domain, "pubsub")):
+            name = value.strip().lower() or f"{prefix}.{self.domain}"
+            if name != "off":
+                found[name] = family
+        return found
 
 
 class ConnectionManagerSettings(CommonSettings):
@@ -95,6 +157,11 @@ class ConnectionManagerSettings(CommonSettings):
         "session tickets).",
     )
     allow_registration: bool = Field(False, description="XEP-0077 in-band registration.")
+    registrations_per_ip_per_hour: int = Field(
+        5, ge=0,
+        description="In-band registrations from one address (IPv6: /64) per hour, across the "
+        "cluster; trusted networks are not counted; 0 = no limit.",
+    )
     cm_id: str = Field("", description="Connection manager id; generated when empty.")
     embedded_router: bool = Field(
         False,
@@ -222,6 +289,12 @@ class ConnectionManagerSettings(CommonSettings):
     sm_ack_after_s: float = Field(
         10.0, gt=0, description="... and when unacknowledged stanzas have waited this long."
     )
+    csi_enabled: bool = Field(True, description="Offer XEP-0352 client state indication.")
+    csi_max_held: int = Field(
+        256, ge=1,
+        description="Stanzas held for an inactive client (XEP-0352); when one more would "
+        "not fit, everything held is written.",
+    )
     sm_takeover_timeout_s: float = Field(
         2.0, gt=0,
         description="How long a <resume/> for a session of another connection manager waits "
@@ -261,6 +334,13 @@ class RouterSettings(PartitionedSettings):
     )
     cache_size: int = Field(100_000, ge=0, description="Bare JIDs kept in the session cache.")
     cache_ttl_s: float = Field(30.0, ge=0, description="Session cache entry lifetime.")
+    push_timeout_s: float = Field(
+        10.0, gt=0, description="How long an XEP-0357 notification waits for the app server's "
+        "answer before it is sent again.",
+    )
+    push_max_attempts: int = Field(
+        3, ge=1, description="Attempts per XEP-0357 notification (the first included).",
+    )
 
 
 class PresenceSettings(PartitionedSettings):
@@ -275,6 +355,56 @@ class RosterSettings(PartitionedSettings):
     roster_id: str = Field("", description="Roster service id; generated when empty.")
     max_roster_items: int = Field(5000, ge=1, description="Roster items per account.")
     max_roster_name_bytes: int = Field(1023, ge=1, description="Item name and group length.")
+
+
+class MucSettings(PartitionedSettings):
+    """muc: multi-user chat rooms (XEP-0045) on the muc domain, by partition of the room."""
+
+    muc_id: str = Field("", description="Muc service id; generated when empty.")
+    muc_create_rooms: str = Field(
+        "local", pattern="^(local|anyone)$",
+        description="Who may create rooms: users of the main domain (local) or anyone.",
+    )
+    muc_max_rooms_per_user: int = Field(
+        100, ge=0, description="Rooms one user may own (create); 0: no limit."
+    )
+    muc_max_occupants: int = Field(
+        1000, ge=1, description="Occupants per room, whatever its configuration says."
+    )
+    muc_max_history: int = Field(
+        50, ge=0, description="Groupchat messages kept per room for history on join."
+    )
+    muc_message_rate: float = Field(
+        10.0, gt=0, description="Groupchat and private messages per second per occupant."
+    )
+    muc_message_burst: int = Field(
+        30, ge=1, description="Messages an occupant may send at once before the rate applies."
+    )
+
+
+class PubsubSettings(PartitionedSettings):
+    """pubsub: XEP-0060 nodes on the pubsub domain and XEP-0163 PEP on every account."""
+
+    pubsub_id: str = Field("", description="Pubsub service id; generated when empty.")
+    pubsub_max_items: int = Field(
+        1000, ge=1, description="Items one node keeps at most (pubsub#max_items 'max')."
+    )
+    pubsub_max_payload_bytes: int = Field(
+        200_000, ge=1024, description="Largest item payload (XEP-0060 payload-too-big beyond)."
+    )
+    pubsub_max_nodes: int = Field(
+        1000, ge=1, description="Nodes per account: PEP nodes, and nodes it creates on the "
+        "pubsub domain."
+    )
+    pubsub_max_subscriptions: int = Field(
+        100_000, ge=1, description="Subscriptions one node accepts."
+    )
+    pubsub_publish_rate: float = Field(
+        20.0, gt=0, description="Publishes per second one account may make (burst: 5 s)."
+    )
+    pubsub_fanout_page: int = Field(
+        1000, ge=1, le=100_000, description="Subscribers read per page when notifying."
+    )
 
 
 class AdminSettings(CommonSettings):

@@ -25,7 +25,8 @@ _COLUMNS: Final = (
 )
 # the tables of an account's own data, deleted with it (owner = the account's bare JID)
 OWNED_TABLES: Final = ("roster_items", "roster_tombstones", "roster_versions",
-                       "offline_messages", "vcards", "private_storage", "blocklist")
+                       "offline_messages", "vcards", "private_storage", "blocklist",
+                       "push_registrations", "last_activity")
 
 
 class AccountExists(Exception):

@@ -151,3 +151,42 @@ def dialback_secret() -> str:
     """The cluster's Server Dialback secret (XEP-0185), shared by every s2s gateway process
     so that any of them can answer a <db:verify/> for a key another one sent."""
     return "s2s:dialback-secret"
+
+
+def muc_occupants(room: str) -> str:
+    """Hash nick -> occupant (JSON: real JID, connection manager, role, presence) of a room of
+    the multi-user chat service (XEP-0045): soft state, rebuilt when occupants rejoin."""
+    return f"muc:{{{room}}}:occ"
+
+
+def muc_history(room: str) -> str:
+    """List of a room's last groupchat messages (JSON: time, stanza), for discussion history
+    on join (XEP-0045 §7.2.14); capped."""
+    return f"muc:{{{room}}}:hist"
+
+
+def caps_features(ver: str) -> str:
+    """The disco#info features of an XEP-0115 ``ver`` (one a line), verified and resolved
+    once for the whole cluster by the pubsub service (services/pubsub/caps.py)."""
+    return f"caps:{ver}"
+
+
+def caps_pending(ver: str) -> str:
+    """Set while one pubsub process asks a resource for the features of ``ver``."""
+    return f"caps:pending:{ver}"
+
+
+def caps_waiting(ver: str) -> str:
+    """Set of the full JIDs whose last published items wait for ``ver`` to be resolved."""
+    return f"caps:waiting:{ver}"
+
+
+def pep_resources(bare_jid: str) -> str:
+    """Hash resource -> XEP-0115 ver ("" without caps) of the account's available resources,
+    as the pubsub service last saw them (a changed ver sends the last published items)."""
+    return f"pepres:{{{bare_jid}}}"
+
+
+def registrations_source(source: str) -> str:
+    """In-band registrations (XEP-0077) from one source address in the current hour."""
+    return f"reg:{{src:{source}}}"

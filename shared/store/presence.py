@@ -23,7 +23,7 @@ _GO_AVAILABLE: Final = OWNED_LUA + """
 local version = 0
 if ARGV[2] ~= '' then
   if owned(redis.call('HGET', KEYS[1], ARGV[1]), ARGV[2]) then
-    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+    redis.call('HSET', KEYS[1], ARGV[1], merged(redis.call('HGET', KEYS[1], ARGV[1]), ARGV[3]))
     version = redis.call('INCR', KEYS[2])
   end
 end
@@ -129,3 +129,29 @@ class PresenceStore:
             await self._r.sadd(key, target)
         else:
             await self._r.srem(key, target)
+
+
+class LastActivityStore:
+    """XEP-0012 §4: when an account's last available resource went unavailable, and the
+    status it left with; written by the presence service, read for contacts who ask."""
+
+    def __init__(self, db: Database, service: str) -> None:
+        self._db = db
+        self._service = service
+
+    async def went_away(self, bare: str, status: str) -> None:
+        await self._db.execute(
+            "last_set",
+            "INSERT INTO last_activity (owner, seen_at, status) VALUES ($1, now(), $2) "
+            "ON CONFLICT (owner) DO UPDATE SET seen_at = now(), status = excluded.status",
+            bare, status)
+
+    async def seconds_since(self, bare: str) -> tuple[int, str] | None:
+        """(whole seconds since, status), or None when never recorded."""
+        row = await self._db.fetchrow(
+            "last_get",
+            "SELECT extract(epoch FROM now() - seen_at)::bigint AS seconds, status "
+            "FROM last_activity WHERE owner = $1", bare)
+        if row is None:
+            return None
+        return max(0, int(row["seconds"])), str(row["status"])

@@ -1,6 +1,9 @@
 """The session table: where every bound resource lives (RFC 6120 §7).
 
-``sess:{bare}`` maps resource -> record ``"<cm_id> <session_id> <priority> <available>"``;
+``sess:{bare}`` maps resource -> record ``"<cm_id> <session_id> <priority> <available>"``,
+followed by ``" <carbons>"`` once the resource enabled XEP-0280 carbons (`set_carbons`: the
+flag lives with the record, so routers see it through their session cache; a record written
+without it, by the presence service, keeps the flag the stored one has: `merged` below);
 ``sessver:{bare}`` is bumped by every change so that caches can tell old from new.  Binding is
 one atomic script that also enforces the per-account session limit and returns the record it
 replaced (RFC 6120 §7.7.2.2: the old session of the same full JID is terminated with
@@ -15,6 +18,7 @@ heartbeat: when the heartbeat expires, the presence service's reaper reaps the i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,6 +44,15 @@ OWNED_LUA: Final = """
 local function owned(cur, owner)
   return cur and string.sub(cur, 1, string.len(owner) + 1) == owner .. ' '
 end
+local function merged(cur, new)
+  if cur and not string.match(new, '^%S+ %S+ %S+ %S+ ') then
+    local flags = string.match(cur, '^%S+ %S+ %S+ %S+ (.+)$')
+    if flags then
+      return new .. ' ' .. flags
+    end
+  end
+  return new
+end
 """
 
 # ARGV: resource, expected "<cm_id> <sid>" prefix, new record ("" deletes)
@@ -51,8 +64,20 @@ end
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('HSET', KEYS[1], ARGV[1], merged(cur, ARGV[3]))
 end
+return redis.call('INCR', KEYS[2])
+"""
+
+# ARGV: resource, expected "<cm_id> <sid>", the carbons flag ("0" or "1"): the record with
+# that flag, the rest as it is; the new version, or 0 when the session no longer owns it
+_SET_CARBONS: Final = OWNED_LUA + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not owned(cur, ARGV[2]) then
+  return 0
+end
+local base = string.match(cur, '^(%S+ %S+ %S+ %S+)')
+redis.call('HSET', KEYS[1], ARGV[1], base .. ' ' .. ARGV[3])
 return redis.call('INCR', KEYS[2])
 """
 
@@ -92,15 +117,18 @@ class SessionRecord:
     session_id: str
     priority: int = 0
     available: bool = False
+    carbons: bool = False  # XEP-0280 enabled; written only by `SessionStore.set_carbons`
 
     def encode(self) -> str:
+        """Without the carbons flag: a record written from this keeps the stored flag."""
         return f"{self.cm_id} {self.session_id} {self.priority} {int(self.available)}"
 
     @classmethod
     def decode(cls, raw: bytes | str) -> SessionRecord:
         text = raw.decode() if isinstance(raw, bytes) else raw
-        cm_id, session_id, priority, available = text.split(" ")
-        return cls(cm_id, session_id, int(priority), available == "1")
+        cm_id, session_id, priority, available, *flags = text.split(" ")
+        return cls(cm_id, session_id, int(priority), available == "1",
+                   bool(flags) and flags[0] == "1")
 
     @property
     def owner(self) -> str:
@@ -118,6 +146,9 @@ def split_full(full_jid: str) -> tuple[str, str]:
     return bare, resource
 
 
+_GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")  # escaped in a SCAN MATCH pattern
+
+
 class SessionStore:
     """Session table access; one instance per service process."""
 
@@ -129,6 +160,7 @@ class SessionStore:
         self._replace = redis.register_script(_REPLACE_IF_OWNED)
         self._reap_one = redis.register_script(_REAP_ONE)
         self._move = redis.register_script(_MOVE)
+        self._set_carbons = redis.register_script(_SET_CARBONS)
         self._indexes: dict[str, CmIndex] = {}  # cm_id -> the index this process writes
 
     def _index(self, cm_id: str) -> CmIndex:
@@ -167,6 +199,18 @@ class SessionStore:
                     args=[resource, record.owner, record.encode()],
                 )
             )
+
+    async def set_carbons(self, full_jid: str, owner: str, enabled: bool) -> int:
+        """XEP-0280 §4, §5: the session `owner` ("<cm_id> <session_id>") turned carbons on or
+        off; the new version (publish a session event with it), 0 when it no longer owns the
+        resource."""
+        bare, resource = split_full(full_jid)
+        async with timed(self._service, "session_carbons"):
+            return int(await self._tick.script(
+                self._set_carbons,
+                [keys.sessions(bare), keys.sessions_version(bare)],
+                [resource, owner, "1" if enabled else "0"],
+            ))
 
     async def unbind(self, full_jid: str, record: SessionRecord) -> int:
         """Remove the resource if this session still owns it; 0 when it does not.  Its
@@ -213,6 +257,23 @@ class SessionStore:
         async with timed(self._service, "session_get"):
             raw = await self._r.hgetall(keys.sessions(bare_jid))
         return {k.decode(): SessionRecord.decode(v) for k, v in raw.items()}
+
+    async def forget_account(self, bare_jid: str) -> None:
+        """A removed account's soft state (XEP-0077 §3.2): its presence, directed presence,
+        XEP-0198 resumption facts, login throttling, and the keys of the Redis-only layout
+        `stanzad db import-redis` reads.  Its session table empties as its sessions end."""
+        doomed = [keys.presence(bare_jid), keys.account(bare_jid), keys.roster(bare_jid),
+                  keys.roster_version(bare_jid), keys.roster_tombstones(bare_jid),
+                  keys.offline(bare_jid), keys.vcard(bare_jid), keys.private_storage(bare_jid),
+                  keys.blocklist(bare_jid), keys.auth_failures_account(bare_jid),
+                  keys.auth_lock_account(bare_jid)]
+        for resource in await self._r.hkeys(keys.sessions(bare_jid)):
+            doomed.append(keys.directed_presence(f"{bare_jid}/{resource.decode()}"))
+        async with timed(self._service, "account_forget"):
+            pattern = keys.sm_facts(_GLOB_SPECIAL.sub(r"\\\1", bare_jid), "*")
+            async for key in self._r.scan_iter(match=pattern, count=100):
+                doomed.append(key.decode() if isinstance(key, bytes) else key)
+            await self._r.delete(*doomed)
 
     async def get_many(self, bare_jids: list[str]) -> list[dict[str, SessionRecord]]:
         """The sessions of each bare JID, in one round trip."""

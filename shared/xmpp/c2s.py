@@ -12,6 +12,10 @@ machine waits (`next_event` returns None) until the caller reports the outcome:
     RegisterRequested   -> `register_done(StanzaError or None)`
     ResumeRequested     -> `resume_succeeded(jid, queue)` or `resume_failed()` (XEP-0198 §5)
 
+XEP-0352 Client State Indication: <csi/> is offered after authentication; <active/> and
+<inactive/> of a bound session come out as `ClientState` (they are not stanzas: not counted
+for XEP-0198); what to hold is the caller's (`shared.xmpp.csi`).
+
 XEP-0198 Stream Management: offered after authentication (<sm/> beside <bind/>), enabled
 after binding.  The machine counts what it receives (`sm.handled`) and answers <r/>; every
 stanza written to the client, the server's own included, must be counted and queued with
@@ -36,7 +40,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from shared.xmpp import ns, sm
+from shared.xmpp import csi, ns, sm
 from shared.xmpp.credentials import StoredCredentials
 from shared.xmpp.errors import (
     StanzaError,
@@ -83,6 +87,7 @@ class StreamConfig:
     stream_management: bool = True  # XEP-0198 offered
     sm_resume_s: int = 300  # resumption timeout (§5) when the client asks for none; 0: no
     sm_resume_max_s: int = 300  # the longest a client's <enable max/> is honoured
+    client_state: bool = True  # XEP-0352 offered
     sm_location: str = ""  # <enabled location/> (§5): where this server prefers <resume/>
 
 
@@ -147,6 +152,13 @@ class ResumeRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientState:
+    """XEP-0352 §4: the client became active (True) or inactive (False)."""
+
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StanzaIn:
     """A stanza of a bound session, 'from' stamped, in canonical bytes."""
 
@@ -169,6 +181,7 @@ Event = (
     | SMEnabled
     | Acked
     | ResumeRequested
+    | ClientState
     | StreamEnded
 )
 
@@ -367,6 +380,10 @@ class C2SStream(ServingStream):
             return self._on_stanza(element, tag[len(ns.CLIENT) + 2 :])
         if tag.startswith(sm.PREFIX) and self.config.stream_management:
             return self._on_sm(element, tag)
+        if (tag == csi.ACTIVE or tag == csi.INACTIVE) and self.config.client_state:
+            if self.jid is None:  # XEP-0352 §4: a state of a bound session
+                raise StreamError(StreamErrorCondition.NOT_AUTHORIZED, "bind a resource first")
+            return ClientState(tag == csi.ACTIVE)
         if self.username is None and tag.startswith("{" + ns.SASL + "}"):
             return self._on_sasl(element, tag[len(ns.SASL) + 2 :])
         if tag == f"{{{ns.TLS}}}starttls":
@@ -683,6 +700,8 @@ def _features(config: StreamConfig, tls: bool, authenticated: bool) -> bytes:
         parts.append(f'<sub xmlns="{ns.PRE_APPROVAL}"/>')  # RFC 6121 §3.4.1
         if config.stream_management:
             parts.append(sm.FEATURE.decode())  # XEP-0198 §2
+        if config.client_state:
+            parts.append(csi.FEATURE)  # XEP-0352 §3
     else:
         if config.tls_available and not tls:
             required = "<required/>" if config.tls_required else ""

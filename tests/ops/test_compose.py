@@ -19,7 +19,9 @@ from shared.bus import permissions
 from shared.runtime.settings import (
     AdminSettings,
     ConnectionManagerSettings,
+    MucSettings,
     PresenceSettings,
+    PubsubSettings,
     RosterSettings,
     RouterSettings,
     S2SSettings,
@@ -27,13 +29,15 @@ from shared.runtime.settings import (
 
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 # Every stanzad service in the compose file, and its image command.
-STANZAD = {"router": ["router"], "presence": ["presence"], "roster": ["roster"],
+STANZAD = {"router": ["router"], "presence": ["presence"], "roster": ["roster"], "muc": ["muc"],
+           "pubsub": ["pubsub"],
            "connection_manager": ["connection-manager"], "s2s_gateway": ["s2s-gateway"],
            "admin": ["admin"]}
 # What is published beyond the host's loopback: XMPP for clients and for other servers.
 PUBLIC = {"connection_manager": ["5222:5222"], "s2s_gateway": ["5269:5269"]}
 SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "router": RouterSettings, "presence": PresenceSettings, "roster": RosterSettings,
+    "muc": MucSettings, "pubsub": PubsubSettings,
     "connection_manager": ConnectionManagerSettings, "s2s_gateway": S2SSettings,
     "admin": AdminSettings,
 }

@@ -21,7 +21,9 @@ from shared.bus import permissions
 from shared.runtime.settings import (
     AdminSettings,
     ConnectionManagerSettings,
+    MucSettings,
     PresenceSettings,
+    PubsubSettings,
     RosterSettings,
     RouterSettings,
     S2SSettings,
@@ -38,22 +40,27 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "router": RouterSettings,
     "presence": PresenceSettings,
     "roster": RosterSettings,
+    "muc": MucSettings,
+    "pubsub": PubsubSettings,
     "s2s-gateway": S2SSettings,
     "admin": AdminSettings,
 }
 # The partitioned services: a StatefulSet each, the pod name as the id setting.
 PARTITIONED: Final = {"router": "STANZAD_ROUTER_ID", "presence": "STANZAD_PRESENCE_ID",
-                      "roster": "STANZAD_ROSTER_ID", "s2s-gateway": "STANZAD_S2S_ID"}
+                      "roster": "STANZAD_ROSTER_ID", "muc": "STANZAD_MUC_ID",
+                      "pubsub": "STANZAD_PUBSUB_ID", "s2s-gateway": "STANZAD_S2S_ID"}
 METRICS_SERVICES: Final = frozenset(
     {"stanzad-connection-manager", "stanzad-router", "stanzad-presence", "stanzad-roster",
-     "stanzad-s2s-gateway", "stanzad-admin"}
+     "stanzad-muc", "stanzad-pubsub", "stanzad-s2s-gateway", "stanzad-admin"}
 )
 # made per cluster
 EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s",
                                      "stanzad-database", "stanzad-nats", "stanzad-redis"})
 # the NATS identity of each workload (shared/bus/permissions.py)
 NATS_ROLES: Final = {"connection-manager": "connection_manager", "router": "router",
-                     "presence": "presence", "roster": "roster", "s2s-gateway": "s2s_gateway",
+                     "presence": "presence", "roster": "roster", "muc": "muc",
+                     "pubsub": "pubsub",
+                     "s2s-gateway": "s2s_gateway",
                      "admin": "admin"}
 
 

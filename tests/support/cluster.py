@@ -29,6 +29,8 @@ ROLES = {
     "services.presence": "presence",
     "services.roster": "roster",
     "services.s2s_gateway": "s2s_gateway",
+    "services.muc": "muc",
+    "services.pubsub": "pubsub",
     "services.admin": "admin",
 }
 
@@ -182,6 +184,18 @@ class Cluster:
     def start_roster(self, name: str = "roster-1", **env: str) -> None:
         env = {"STANZAD_ROSTER_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
         self.start_service(name, "services.roster", **env)
+        self.wait_ready(name)
+
+    def start_muc(self, name: str = "muc-1", wait: bool = True, **env: str) -> None:
+        """A multi-user chat service (XEP-0045) on conference.<domain>."""
+        env = {"STANZAD_MUC_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
+        self.start_service(name, "services.muc", **env)
+        if wait:
+            self.wait_ready(name)
+
+    def start_pubsub(self, name: str = "pubsub-1", **env: str) -> None:
+        env = {"STANZAD_PUBSUB_ID": name, "STANZAD_LEASE_TTL_S": "3", **env}
+        self.start_service(name, "services.pubsub", **env)
         self.wait_ready(name)
 
     def spawn_core(self) -> None:

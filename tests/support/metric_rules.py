@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 # cluster, tls: what shared/cluster and shared/tls report for any service (issue 25's alerts).
 COMPONENTS: Final = frozenset(
     {"cm", "router", "admin", "bus", "store", "presence", "roster", "s2s", "offline", "process",
-     "cluster", "tls"}
+     "cluster", "tls", "archive"}
 )
 LABELS: Final = frozenset(
     {"service", "operation", "kind", "outcome", "result", "mechanism", "condition", "code",

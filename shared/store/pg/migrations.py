@@ -139,6 +139,146 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
         "DROP TABLE redis_imports;",
     ),
+    Migration(
+        5,
+        "message archive (XEP-0313) and its preferences (XEP-0441)",
+        # one row per archived message and owner (the sender's and the recipient's rows
+        # share the XEP-0359 id); partitioned by time (one partition a day, created ahead and
+        # dropped past the retention by shared/store/archive.py `maintain`), the default
+        # partition catching rows no daily partition covers yet; ids sort by time and
+        # compare bytewise (COLLATE "C"), pages go by (owner, ts, id)
+        """
+        CREATE TABLE mam_messages (
+            owner text NOT NULL,
+            ts timestamptz NOT NULL,
+            id text COLLATE "C" NOT NULL,
+            peer text NOT NULL,
+            peer_bare text NOT NULL,
+            outgoing boolean NOT NULL,
+            stanza bytea NOT NULL,
+            PRIMARY KEY (owner, ts, id)
+        ) PARTITION BY RANGE (ts);
+        CREATE INDEX mam_messages_by_peer ON mam_messages (owner, peer_bare, ts, id);
+        CREATE TABLE mam_messages_default PARTITION OF mam_messages DEFAULT;
+        CREATE TABLE mam_prefs (
+            owner text PRIMARY KEY,
+            default_mode text NOT NULL,
+            always text[] NOT NULL DEFAULT '{}',
+            never text[] NOT NULL DEFAULT '{}'
+        );
+        """,
+        "DROP TABLE mam_prefs; DROP TABLE mam_messages;",
+    ),
+    Migration(
+        6,
+        "multi-user chat rooms",
+        # XEP-0045: a room's configuration (muc#roomconfig fields as JSON), subject, the
+        # secret its occupant ids are derived from (XEP-0421) and whether it still awaits
+        # its owner's configuration (§10.1.1 locked); affiliations (§5.2) with a reserved
+        # nick and reason.  Temporary rooms are here too while they exist (so a room
+        # survives its pod); live occupants and history are soft state in Redis.
+        """
+        CREATE TABLE muc_rooms (
+            jid text PRIMARY KEY,
+            config jsonb NOT NULL,
+            subject text NOT NULL DEFAULT '',
+            subject_from text NOT NULL DEFAULT '',
+            secret bytea NOT NULL,
+            locked boolean NOT NULL DEFAULT false,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE muc_affiliations (
+            room text NOT NULL REFERENCES muc_rooms (jid) ON DELETE CASCADE,
+            jid text NOT NULL,
+            affiliation text NOT NULL,
+            nick text NOT NULL DEFAULT '',
+            reason text NOT NULL DEFAULT '',
+            PRIMARY KEY (room, jid)
+        );
+        CREATE INDEX muc_affiliations_by_jid ON muc_affiliations (jid, affiliation);
+        """,
+        "DROP TABLE muc_affiliations; DROP TABLE muc_rooms;",
+    ),
+    Migration(
+        7,
+        "publish-subscribe nodes, items, affiliations, subscriptions",
+        # XEP-0060 nodes of a pubsub service: ``service`` is the bare JID of a user's
+        # personal eventing service (XEP-0163) or the domain of a generic service; the node
+        # configuration (pubsub#node_config fields) as JSON; items ordered by ``seq`` (a
+        # republished id moves to the end, §7.1.2); affiliations (§4.1) and one subscription
+        # per node and JID (§4.2, no multiple subscriptions), with their options (§6.3).
+        """
+        CREATE TABLE pubsub_nodes (
+            service text NOT NULL,
+            node text NOT NULL,
+            creator text NOT NULL,
+            config jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (service, node)
+        );
+        CREATE SEQUENCE pubsub_item_seq;
+        CREATE TABLE pubsub_items (
+            service text NOT NULL,
+            node text NOT NULL,
+            item_id text NOT NULL,
+            seq bigint NOT NULL DEFAULT nextval('pubsub_item_seq'),
+            publisher text NOT NULL,
+            payload bytea NOT NULL,
+            published_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (service, node, item_id),
+            FOREIGN KEY (service, node) REFERENCES pubsub_nodes ON DELETE CASCADE
+        );
+        CREATE INDEX pubsub_items_by_seq ON pubsub_items (service, node, seq);
+        CREATE TABLE pubsub_affiliations (
+            service text NOT NULL,
+            node text NOT NULL,
+            jid text NOT NULL,
+            affiliation text NOT NULL,
+            PRIMARY KEY (service, node, jid),
+            FOREIGN KEY (service, node) REFERENCES pubsub_nodes ON DELETE CASCADE
+        );
+        CREATE TABLE pubsub_subscriptions (
+            service text NOT NULL,
+            node text NOT NULL,
+            jid text NOT NULL,
+            subid text NOT NULL,
+            state text NOT NULL,
+            options jsonb NOT NULL DEFAULT '{}',
+            PRIMARY KEY (service, node, jid),
+            FOREIGN KEY (service, node) REFERENCES pubsub_nodes ON DELETE CASCADE
+        );
+        CREATE INDEX pubsub_subscriptions_by_jid ON pubsub_subscriptions (jid);
+        """,
+        "DROP TABLE pubsub_subscriptions; DROP TABLE pubsub_affiliations; "
+        "DROP TABLE pubsub_items; DROP SEQUENCE pubsub_item_seq; DROP TABLE pubsub_nodes;",
+    ),
+    Migration(
+        8,
+        "push registrations, last activity",
+        # XEP-0357 §5: one row per (app server JID, node) an account enabled, with the
+        # resource that enabled it (notifications for its detached session), the
+        # publish-options form to send along (serialised, our include-body field taken out)
+        # and whether the user allowed the message body in notifications.  XEP-0012 §4: when
+        # the account's last available resource went unavailable, and its status then.
+        """
+        CREATE TABLE push_registrations (
+            owner text NOT NULL,
+            service text NOT NULL,
+            node text NOT NULL,
+            resource text NOT NULL DEFAULT '',
+            options bytea,
+            include_body boolean NOT NULL DEFAULT false,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (owner, service, node)
+        );
+        CREATE TABLE last_activity (
+            owner text PRIMARY KEY,
+            seen_at timestamptz NOT NULL,
+            status text NOT NULL DEFAULT ''
+        );
+        """,
+        "DROP TABLE last_activity; DROP TABLE push_registrations;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

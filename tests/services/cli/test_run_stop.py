@@ -27,7 +27,7 @@ from services.cli.devcluster import local_redis_url
 ROOT = Path(__file__).resolve().parents[3]
 START_GUARD_S = 120  # eight processes on a shared two-core machine
 HANG_GUARD_S = 30
-CHILDREN = 9  # nats, redis, postgres, router, presence, roster, cm, s2s, admin
+CHILDREN = 11  # nats, redis, postgres, router, presence, roster, muc, pubsub, cm, s2s, admin
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PR_SET_PDEATHSIG and /proc are Linux's")
@@ -161,7 +161,7 @@ def test_a_signal_stops_every_child_cleanly(
     assert wait_gone(children) == [], run.output
     assert "stanzad stopped" in run.output
     # the one member of each partitioned role waited for no hand-over that cannot come
-    for role in ("route", "presence", "roster", "s2s"):
+    for role in ("route", "presence", "roster", "pubsub", "s2s"):
         assert f"is the last {role} member" in run.output, run.output
     assert "no new owner came" not in run.output, run.output
     killed = [line for line in run.lines if "did not stop in time" in line]

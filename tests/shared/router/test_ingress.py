@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from shared.bus import subjects
-from shared.router.ingress import Drop, Family, Publish, ToServer, from_client, from_peer
+from shared.router.ingress import (
+    Drop,
+    Family,
+    Publish,
+    ToServer,
+    account_family,
+    from_client,
+    from_peer,
+)
 from shared.xmpp import ns
 from shared.xmpp.jid import JID
 
@@ -88,3 +96,75 @@ def test_from_peer(kind: str, type_: str, to: str, expected: object) -> None:
 def test_publish_subject_is_the_partition_of_its_key() -> None:
     where = Publish(Family.ROSTER, "juliet@example.com", "x")
     assert where.subject(64) == subjects.roster(subjects.partition("juliet@example.com", 64))
+
+
+SERVICES = {"conference.example.com": "muc", "pubsub.example.com": "pubsub"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_", "to", "expected"),
+    [
+        # a room's messages and IQs go to the muc service's partition of the room
+        ("message", "groupchat", "room@conference.example.com", Publish(
+            Family.MUC, "room@conference.example.com", "room@conference.example.com")),
+        ("iq", "get", "room@conference.example.com/nick", Publish(
+            Family.MUC, "room@conference.example.com", "room@conference.example.com/nick")),
+        ("iq", "set", "pubsub.example.com", Publish(
+            Family.PUBSUB, "pubsub.example.com", "pubsub.example.com")),
+        # directed presence (a join) passes the presence service first (RFC 6121 §4.6:
+        # it remembers whom to send unavailable to), which routes it on
+        ("presence", "", "room@conference.example.com/nick", Publish(
+            Family.PRESENCE, "juliet@example.com", "room@conference.example.com/nick")),
+        # a domain that only looks alike is remote
+        ("message", "chat", "room@conference.example.org", Publish(
+            Family.ROUTE, "juliet@example.com", "room@conference.example.org")),
+    ],
+)
+def test_client_stanzas_to_local_service_domains(kind, type_, to, expected) -> None:
+    got = from_client(kind, type_, JID.parse(to), JULIET, DOMAIN, "", SERVICES)
+    assert got == expected
+
+
+@pytest.mark.parametrize("kind", ["message", "presence", "iq"])
+def test_peer_stanzas_to_local_service_domains(kind) -> None:
+    # a remote occupant's presence too: the room tracks remote occupants itself
+    to = JID.parse("room@conference.example.com/nick")
+    got = from_peer(kind, "", to, SERVICES)
+    assert got == Publish(Family.MUC, "room@conference.example.com", str(to))
+    assert got.subject(8) == subjects.muc(subjects.partition("room@conference.example.com", 8))
+
+
+@pytest.mark.parametrize(
+    ("type_", "to", "child_ns", "expected"),
+    [
+        # XEP-0163 §4.1: a publish with no 'to' is for the user's own PEP service
+        ("set", None, ns.PUBSUB, Publish(Family.PUBSUB, "juliet@example.com",
+                                         "juliet@example.com")),
+        ("set", "juliet@example.com", ns.PUBSUB_OWNER,
+         Publish(Family.PUBSUB, "juliet@example.com", "juliet@example.com")),
+        # XEP-0163 §4.3: a contact's items, from the contact's PEP service (its partition)
+        ("get", "romeo@example.com", ns.PUBSUB,
+         Publish(Family.PUBSUB, "romeo@example.com", "romeo@example.com")),
+        # a full JID, the domain, another domain, a result: not PEP
+        ("get", "romeo@example.com/orchard", ns.PUBSUB,
+         Publish(Family.ROUTE, "romeo@example.com", "romeo@example.com/orchard")),
+        ("get", "example.com", ns.PUBSUB, ToServer(addressed=True)),
+        ("get", "romeo@remote.example", ns.PUBSUB,
+         Publish(Family.ROUTE, "juliet@example.com", "romeo@remote.example")),
+        ("result", "romeo@example.com", ns.PUBSUB,
+         Publish(Family.ROUTE, "romeo@example.com", "romeo@example.com")),
+    ],
+)
+def test_pep_requests_go_to_the_owners_pubsub_partition(type_, to, child_ns, expected) -> None:
+    assert from_client("iq", type_, _jid(to), JULIET, DOMAIN, child_ns, SERVICES) == expected
+
+
+@pytest.mark.parametrize(
+    ("child_ns", "family"),
+    [(ns.PUBSUB, Family.PUBSUB), (ns.PUBSUB_OWNER, Family.PUBSUB), (ns.VCARD, Family.ROSTER),
+     (ns.DISCO_INFO, Family.ROSTER), ("", Family.ROSTER)],
+)
+def test_account_family_of_an_iq_at_the_router(child_ns: str, family: Family) -> None:
+    # RFC 6121 §8.5.2.1.3 on the account's behalf: a peer's PEP request reaches the router
+    # of the bare JID like any IQ, which hands it to the PEP owner's pubsub partition
+    assert account_family(child_ns) is family

@@ -66,3 +66,14 @@ def test_rfc6121_8_5_3_2_iq_and_presence_to_missing_resource() -> None:
 def test_rfc6121_8_5_2_1_3_iq_to_bare_jid_is_answered_for_the_account() -> None:
     assert decide(Kind.IQ, "get", "u@d", True, {"a": rec("cm1")}) == Account()
     assert decide(Kind.IQ, "set", "u@d", True, {}) == Account()
+
+
+def test_the_router_reads_the_namespace_of_an_account_iq() -> None:
+    # what picks the roster or the pubsub partition for an Account decision
+    from shared.router.service import _child_ns
+
+    pubsub = (b'<iq xmlns="jabber:client" type="get" id="1">'
+              b'<pubsub xmlns="http://jabber.org/protocol/pubsub"><items node="n"/></pubsub></iq>')
+    assert _child_ns(pubsub) == "http://jabber.org/protocol/pubsub"
+    assert _child_ns(b'<iq xmlns="jabber:client" type="get" id="1"/>') == ""
+    assert _child_ns(b"<iq") == ""

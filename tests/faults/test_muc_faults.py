@@ -1,0 +1,140 @@
+"""Rooms that survive their pod (issue 18): a muc process SIGKILLed mid-conversation, a
+connection manager SIGKILLed under its occupants, and fan-out over two connection managers.
+
+One cluster for the module: two muc processes and two connection managers, with short lease
+and session lifetimes so that recovery happens in seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import signal
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from shared.bus import subjects
+from shared.store import keys
+from tests.conftest import Users
+from tests.support.cluster import Cluster, metric_value, new_cluster
+from tests.support.muc import Occupant
+from tests.support.xmpp import eventually
+
+SHORT = {"STANZAD_SESSION_TTL_S": "2", "STANZAD_LEASE_TTL_S": "2"}
+MUC = "conference.localhost"
+
+
+@pytest.fixture(scope="module")
+def rooms(postgres: object) -> Iterator[Cluster]:
+    c = new_cluster()
+    c.partitions = 8
+    try:
+        c.start_servers()
+        c.start_router("router-1", **SHORT)
+        c.start_presence(**SHORT)
+        c.start_roster(**SHORT)
+        c.start_muc("muc-a", **SHORT)
+        c.start_muc("muc-b", **SHORT)
+        c.start_cm("cm-a", STANZAD_SESSION_TTL_S="2")
+        c.start_cm("cm-b", STANZAD_SESSION_TTL_S="2")
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def accounts(rooms: Cluster) -> AsyncIterator[Users]:
+    u = Users(rooms)
+    yield u
+    await u.close()
+
+
+async def _occupants(c: Cluster, users: Users, ports: list[int]) -> list[Occupant]:
+    out = []
+    for port in ports:
+        jid, pw = await users.create("f")
+        out.append(await Occupant(port, jid, pw).login())
+    return out
+
+
+def _fanouts(c: Cluster) -> float:
+    return sum(metric_value(c.metrics(m), "stanzad_muc_envelopes_total", kind="fanout")
+               for m in ("muc-a", "muc-b") if c.procs[m].poll() is None)
+
+
+async def test_groupchat_is_one_fanout_envelope_per_connection_manager(
+        rooms: Cluster, accounts: Users) -> None:
+    a, b, c, d = await _occupants(rooms, accounts, [rooms.c2s_ports[i % 2] for i in range(4)])
+    try:
+        room = f"fan-{secrets.token_hex(4)}@{MUC}"
+        await a.create(room, "a")
+        for occ, nick in ((b, "b"), (c, "c"), (d, "d")):
+            await occ.join(room, nick)
+        before = _fanouts(rooms)
+        await a.send(f"<message to='{room}' type='groupchat'><body>to all four</body></message>")
+        for occ in (a, b, c, d):
+            await occ.expect("to all four")
+        # four occupants on two connection managers: two envelopes, not four
+        await eventually(lambda: _fanouts(rooms) - before >= 2, 5, "fanouts counted")
+        assert _fanouts(rooms) - before == 2
+    finally:
+        for o in (a, b, c, d):
+            await o.close()
+
+
+async def test_room_survives_sigkill_of_its_muc_process(rooms: Cluster, accounts: Users) -> None:
+    a, b = await _occupants(rooms, accounts, rooms.c2s_ports[:2])
+    try:
+        room = f"survive-{secrets.token_hex(4)}@{MUC}"
+        await a.create(room, "a")
+        await b.join(room, "b")
+        await a.send(f"<message to='{room}' type='groupchat'><body>before</body></message>")
+        await b.expect("before")
+        p = subjects.partition(room, rooms.partitions)
+        holder = (await accounts.redis.get(keys.partition_lease("muc", p))).decode()
+        other = "muc-b" if holder == "muc-a" else "muc-a"
+        rooms.kill(holder, signal.SIGKILL)
+        try:
+            # messages sent before the other process holds the partition are lost (core NATS
+            # keeps none, docs/architecture.md); the room itself goes on with its occupants
+            async def delivered() -> bool:
+                tag = secrets.token_hex(3)
+                await a.send(f"<message to='{room}' type='groupchat'><body>after-{tag}"
+                             "</body></message>")
+                await b.settle(0.5)
+                return b.seen(f"after-{tag}")
+
+            await eventually(delivered, 30, "the room delivers again")
+            lease = await accounts.redis.get(keys.partition_lease("muc", p))
+            assert lease is not None and lease.decode() == other
+            assert metric_value(rooms.metrics(other), "stanzad_muc_room_moves_total") >= 1
+            # both are still occupants: the roster of the room is as it was
+            await b.send(f"<iq type='get' to='{room}' id='who'>"
+                         "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+            info = await b.expect(r"id=\"who\".*?</iq>")
+            assert re.search(rb"muc#roominfo_occupants.*?<value>2</value>", info.group(0))
+        finally:
+            rooms.start_muc(holder, **SHORT)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_occupants_of_a_dead_connection_manager_leave(rooms: Cluster,
+                                                            accounts: Users) -> None:
+    a, b = await _occupants(rooms, accounts, rooms.c2s_ports[:2])
+    try:
+        room = f"cmdies-{secrets.token_hex(4)}@{MUC}"
+        await a.create(room, "a")
+        await b.join(room, "b")
+        rooms.kill("cm-b", signal.SIGKILL)
+        try:
+            # the presence reaper ends b's session and its directed presence (within the
+            # ghost-session bound: TTL + TTL/3 here, a few seconds)
+            await a.expect(r"from=\"" + re.escape(room) + r"/b\"[^>]*type=\"unavailable\"", 30)
+        finally:
+            rooms.start_cm("cm-b", rooms.c2s_ports[1], STANZAD_SESSION_TTL_S="2")
+    finally:
+        await a.close()
+        await b.close()

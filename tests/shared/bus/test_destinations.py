@@ -1,0 +1,45 @@
+"""The one map of the cluster's domains (shared/bus/destinations.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.bus import destinations, subjects
+from shared.bus.destinations import Destinations
+from shared.runtime.settings import CommonSettings
+
+MAP = Destinations("example.com", 16, {"conference.example.com": "muc",
+                                       "pubsub.example.com": "pubsub"})
+
+
+def test_local_account_goes_to_its_router_partition() -> None:
+    assert MAP.subject("juliet@example.com") == subjects.route_for("juliet@example.com", 16)
+
+
+def test_service_domain_goes_to_its_service_partition() -> None:
+    room = "room@conference.example.com"
+    assert MAP.subject(room) == subjects.muc(subjects.partition(room, 16))
+    assert MAP.subject("pubsub.example.com") == subjects.pubsub(
+        subjects.partition("pubsub.example.com", 16))
+    assert MAP.service("conference.example.com") == "muc"
+    assert MAP.is_local("pubsub.example.com") and not MAP.is_local("example.org")
+
+
+def test_remote_domain_goes_to_the_s2s_partition_of_the_domain() -> None:
+    assert MAP.subject("romeo@example.org") == subjects.s2s(subjects.partition("example.org", 16))
+    # the partition of the domain, not of the bare JID: one gateway holds the stream
+    assert MAP.subject("nurse@example.org") == MAP.subject("romeo@example.org")
+
+
+def test_unknown_family_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown service"):
+        Destinations("example.com", 4, {"chat.example.com": "irc"})
+
+
+def test_settings_derive_service_domains_from_the_domain() -> None:
+    settings = CommonSettings(domain="example.com")
+    assert destinations.of(settings).services == {"conference.example.com": "muc",
+                                                  "pubsub.example.com": "pubsub"}
+    custom = CommonSettings(domain="example.com", muc_domain="Rooms.Example.com",
+                            pubsub_domain="off")
+    assert custom.service_domains == {"rooms.example.com": "muc"}
