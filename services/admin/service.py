@@ -49,9 +49,8 @@ class AdminService:
     def __init__(self, settings: AdminSettings) -> None:
         check_settings(settings)
         self.settings = settings
-        self._redis = redis_connect(settings.redis_url)
-        self.bus = Bus(settings.nats_url, SERVICE, user=settings.nats_user,
-                       password=settings.nats_password.get_secret_value())
+        self._redis = redis_connect(settings.redis_url, settings.redis_tls_ca)
+        self.bus = Bus(settings.nats_url, SERVICE, **settings.nats_options())
         self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
                            timeout_s=settings.db_timeout_s)  # opened by start()
         self.admin = ClusterAdmin(

@@ -6,8 +6,10 @@ default; ``Scale``), an s2s gateway and the admin API, each as its own process w
 log lines.  The i-th connection manager (from 0) listens on the c2s port + 10·i.
 
 NATS accepts only the identity of each role, with that role's permissions
-(shared/bus/permissions.py); the passwords are generated on the first run into var/nats/ and
-the services get theirs in STANZAD_NATS_USER and STANZAD_NATS_PASSWORD.  Redis runs with its
+(shared/bus/permissions.py), and only over TLS; the passwords are generated on the first run
+into var/nats/ and the services get theirs in STANZAD_NATS_USER and STANZAD_NATS_PASSWORD;
+its certificate is signed by a development CA made on the first run in var/ca/, which the
+services trust (STANZAD_NATS_TLS_CA).  Redis runs with its
 `default` user off: the services log in as `stanzad` with a password generated on the first
 run into var/redis/ (STANZAD_REDIS_URL carries it).  In-band registration is on in this
 local profile.  The admin API listens on 127.0.0.1:9190 with the token of
@@ -216,8 +218,16 @@ def _ports_in_use(ports: Ports, scale: Scale = Scale()) -> str | None:
 
 
 def nats_auth(var: Path) -> localservers.NatsAuth:
-    """The NATS identities of the local cluster under ``var``/nats (generated once)."""
-    return localservers.nats_auth(var / "nats")
+    """The NATS identities of the local cluster under ``var``/nats (generated once), with
+    TLS by the development CA under ``var``/ca."""
+    return localservers.nats_auth(var / "nats", localservers.service_tls(var / "ca"))
+
+
+def local_ca(var: Path) -> Path | None:
+    """The development CA of the local cluster under ``var``, when that cluster has run
+    here (the CLI trusts it for NATS when STANZAD_NATS_TLS_CA is not set)."""
+    path = var / "ca" / localservers.CA_CERT
+    return path if path.exists() else None
 
 
 def local_nats_credentials(var: Path) -> tuple[str, str] | None:
@@ -371,7 +381,7 @@ async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scal
         print(in_use, file=sys.stderr)
         return 1
     redis_acl = redis_auth(var)  # makes var/redis
-    auth = nats_auth(var)  # makes var/nats
+    auth = nats_auth(var)  # makes var/nats and var/ca
     admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     postgres = localservers.LocalPostgres(var / "postgres", ports.postgres)
     try:

@@ -51,6 +51,7 @@ from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
 from shared.store.redis import redacted
+from shared.tls.context import client_context
 
 from .devcluster import (
     ADMIN_PORT,
@@ -61,6 +62,7 @@ from .devcluster import (
     S2S_PORT,
     Ports,
     Scale,
+    local_ca,
     local_nats_credentials,
     local_redis_url,
     run_cluster,
@@ -97,7 +99,11 @@ def _redis_url(settings: AdminSettings) -> str:
 async def _connect_bus(settings: AdminSettings) -> Bus | None:
     url = settings.nats_url
     user, password = _nats_identity(settings)
-    bus = Bus(url, SERVICE, user=user, password=password)
+    options = settings.nats_options()
+    if options["tls"] is None and (ca := local_ca(Path(LOCAL_VAR))) is not None:
+        options["tls"] = client_context(str(ca))  # the local cluster's NATS requires TLS
+    options.update(user=user, password=password)
+    bus = Bus(url, SERVICE, **options)
     try:
         await asyncio.wait_for(bus.connect(), NATS_CONNECT_TIMEOUT_S)
     except TimeoutError:

@@ -102,7 +102,7 @@ class ConnectionManager:
             else None
         )
         self.port = 0
-        self._redis = redis_connect(settings.redis_url)
+        self._redis = redis_connect(settings.redis_url, settings.redis_tls_ca)
         self.store = SessionStore(self._redis, SERVICE)
         self.sm_facts = SmFactsStore(self._redis, SERVICE)
         # XEP-0198 take-overs (docs/architecture.md "Stream management"): answers awaited
@@ -137,8 +137,7 @@ class ConnectionManager:
             block_s=settings.auth_block_s,
         )
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
-                       fail_while_disconnected=True, user=settings.nats_user,
-                       password=settings.nats_password.get_secret_value())
+                       fail_while_disconnected=True, **settings.nats_options())
         self._server: asyncio.Server | None = None
         # STANZAD_EMBEDDED_ROUTER: a router in this process; what its partitions and our
         # subject carry between the two skips NATS (shared/bus/local.py)

@@ -2,8 +2,10 @@
 the test process's PostgreSQL (tests/support/postgres.py) and the services as subprocesses,
 all on free loopback ports, torn down at the end.
 
-NATS runs with authentication as deployed: each service connects as the identity of its role
-(shared/bus/permissions.py), with passwords generated into the cluster's workdir.  Redis too:
+NATS runs with authentication and TLS as deployed: each service connects as the identity of
+its role (shared/bus/permissions.py), with passwords generated into the cluster's workdir,
+over TLS verifying the certificate of a development CA made there too
+(`localservers.service_tls`).  Redis too:
 its `default` user is off and every client logs in as `stanzad` with the password generated
 there (``redis_url`` carries it)."""
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -76,6 +79,18 @@ class Cluster:
     def c2s_port(self) -> int:
         return self.c2s_ports[0]
 
+    @property
+    def service_tls(self) -> localservers.ServiceTLS:
+        """The development CA of the cluster and the server certificate it signed (made
+        in the workdir on first use)."""
+        return localservers.service_tls(self.workdir / "ca")
+
+    def nats_tls(self) -> ssl.SSLContext:
+        """A client TLS context that trusts the cluster's CA (for a test's own client)."""
+        from shared.tls.context import client_context
+
+        return client_context(str(self.service_tls.ca))
+
     def nats_url_of(self, role: str) -> str:
         """The NATS URL with the credentials of ``role`` (for a test's own client)."""
         assert self.nats_auth is not None, "NATS not started"
@@ -111,7 +126,7 @@ class Cluster:
 
     def start_nats(self) -> None:
         """(Re)start nats-server on this cluster's port, with the cluster's identities."""
-        self.nats_auth = localservers.nats_auth(self.workdir)
+        self.nats_auth = localservers.nats_auth(self.workdir, self.service_tls)
         nats = localservers.start(
             localservers.nats_command(self.nats_port, self.workdir, self.nats_auth.config),
             self.workdir / "nats.log",
