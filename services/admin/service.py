@@ -52,7 +52,8 @@ class AdminService:
         self._redis = redis_connect(settings.redis_url, settings.redis_tls_ca)
         self.bus = Bus(settings.nats_url, SERVICE, **settings.nats_options())
         self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
-                           timeout_s=settings.db_timeout_s)  # opened by start()
+                           timeout_s=settings.db_timeout_s,
+                           owner_url=settings.database_owner_url)  # opened by start()
         self.admin = ClusterAdmin(
             self._redis, self.db, settings.domain, settings.partitions, SERVICE, self.bus,
             settings.scram_iterations, settings.scram_min_iterations,

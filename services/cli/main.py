@@ -261,8 +261,9 @@ async def _status(admin: ClusterAdmin, _: argparse.Namespace) -> int:
 
 
 async def _db(args: argparse.Namespace, settings: AdminSettings) -> int:
-    """`stanzad db ...`: the schema migrations (shared/store/pg/migrations.py)."""
-    db = await db_connect(settings.database_url, SERVICE, size=1,
+    """`stanzad db ...`: the schema migrations (shared/store/pg/migrations.py), as the role
+    that owns the tables when STANZAD_DATABASE_OWNER_URL is set (shared/store/pg/roles.py)."""
+    db = await db_connect(settings.database_owner_url or settings.database_url, SERVICE, size=1,
                           timeout_s=settings.db_timeout_s, migrate=False)
     try:
         if args.action == "migrate":

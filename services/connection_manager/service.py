@@ -124,7 +124,7 @@ class ConnectionManager:
         )
         # the store of record; opened (and migrated) by start()
         self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
-                           timeout_s=settings.db_timeout_s)
+                           timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
         self.accounts = AccountStore(self.db, SERVICE)
         self.auth_throttle = AuthThrottleStore(
             self._redis, self.accounts, SERVICE,

@@ -47,7 +47,7 @@ class PartitionedService:
         self.member_id = member_id
         self.redis = redis_connect(settings.redis_url, settings.redis_tls_ca)
         self.db = Database(settings.database_url, self.name, size=settings.db_pool_size,
-                           timeout_s=settings.db_timeout_s)
+                           timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
         self.bus = Bus(settings.nats_url, self.name, self._on_batch, **settings.nats_options())
         self._subjects_for = subjects_for
         self._on_partitions = on_partitions

@@ -60,6 +60,12 @@ class CommonSettings(BaseSettings):
         "postgresql://postgres@127.0.0.1:15432/stanzad",
         description="PostgreSQL URL of the store of record (accounts, rosters, stored data).",
     )
+    database_owner_url: str = Field(
+        "",
+        description="PostgreSQL URL of the role that owns the tables: when set, the service "
+        "migrates at start as that role and runs as the role of STANZAD_DATABASE_URL; empty: "
+        "migrates as the latter (shared/store/pg/roles.py).",
+    )
     db_pool_size: int = Field(
         10, ge=1, le=1000, description="Most PostgreSQL connections one process opens."
     )
