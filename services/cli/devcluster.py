@@ -6,10 +6,16 @@ default; ``Scale``), an s2s gateway and the admin API, each as its own process w
 log lines.  The i-th connection manager (from 0) listens on the c2s port + 10·i.
 
 NATS accepts only the identity of each role, with that role's permissions
-(shared/bus/permissions.py); the passwords are generated on the first run into var/nats/ and
-the services get theirs in STANZAD_NATS_USER and STANZAD_NATS_PASSWORD.  Redis runs with its
-`default` user off: the services log in as `stanzad` with a password generated on the first
-run into var/redis/ (STANZAD_REDIS_URL carries it).  In-band registration is on in this
+(shared/bus/permissions.py), and only over TLS; the passwords are generated on the first run
+into var/nats/ and the services get theirs in STANZAD_NATS_USER and STANZAD_NATS_PASSWORD;
+its certificate is signed by a development CA made on the first run in var/ca/, which the
+services trust (STANZAD_NATS_TLS_CA).  Redis runs with its
+`default` user off: each service logs in as its role's ACL user (shared/store/acl.py: its
+keys and commands only) with a password generated on the first run into var/redis/
+(STANZAD_REDIS_URL carries it); the user `stanzad` there may do anything, for a person at
+redis-cli.  PostgreSQL has an owner role (the services migrate at start as it) and an
+application role (what they run as: rows only, no DDL; shared/store/pg/roles.py).
+In-band registration is on in this
 local profile.  The admin API listens on 127.0.0.1:9190 with the token of
 STANZAD_ADMIN_TOKEN, or a fresh one printed at start.
 
@@ -42,6 +48,7 @@ from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 from devtools import localservers
+from shared.store.pg import roles
 
 NATS_PORT = 14222
 REDIS_PORT = 16379
@@ -219,8 +226,16 @@ def _ports_in_use(ports: Ports, scale: Scale = Scale()) -> str | None:
 
 
 def nats_auth(var: Path) -> localservers.NatsAuth:
-    """The NATS identities of the local cluster under ``var``/nats (generated once)."""
-    return localservers.nats_auth(var / "nats")
+    """The NATS identities of the local cluster under ``var``/nats (generated once), with
+    TLS by the development CA under ``var``/ca."""
+    return localservers.nats_auth(var / "nats", localservers.service_tls(var / "ca"))
+
+
+def local_ca(var: Path) -> Path | None:
+    """The development CA of the local cluster under ``var``, when that cluster has run
+    here (the CLI trusts it for NATS when STANZAD_NATS_TLS_CA is not set)."""
+    path = var / "ca" / localservers.CA_CERT
+    return path if path.exists() else None
 
 
 def local_nats_credentials(var: Path) -> tuple[str, str] | None:
@@ -235,24 +250,25 @@ def local_nats_credentials(var: Path) -> tuple[str, str] | None:
 
 
 def redis_auth(var: Path) -> localservers.RedisAuth:
-    """The Redis ACL of the local cluster under ``var``/redis (its password generated once)."""
+    """The Redis ACL of the local cluster under ``var``/redis (its passwords generated
+    once)."""
     return localservers.redis_auth(var / "redis")
 
 
 def local_redis_url(var: Path, url: str) -> str:
     """``url`` with the credentials of the local cluster under ``var`` when it carries none,
     points at this machine and that cluster has run here; else ``url`` unchanged.  The CLI
-    falls back to them, as it does for NATS."""
+    falls back to them (its own ACL user, `cli`), as it does for NATS."""
     parts = urlsplit(url)
     if parts.username or parts.password or parts.hostname not in ("127.0.0.1", "localhost"):
         return url
     try:
-        password = (var / "redis" / localservers.REDIS_PASSWORD).read_text().strip()
-    except OSError:
+        password = json.loads((var / "redis" / localservers.REDIS_PASSWORDS).read_text())["cli"]
+    except (OSError, ValueError, KeyError, TypeError):
         return url
     if not password:
         return url
-    netloc = f"{localservers.REDIS_USER}:{password}@{parts.netloc}"
+    netloc = f"cli:{password}@{parts.netloc}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -262,12 +278,14 @@ def _children(
 ) -> list[Child]:
     """The processes of the cluster in start order, each with the port that shows it is up
     (``Child.port``); each service runs as its own NATS identity (shared/bus/permissions.py)
-    and logs in to Redis as `stanzad`.  The first of each role keeps the plain name
-    (``cm``, ``cm-local``); the i-th after it gets ``-i`` (``cm-1``, ``cm-local-1``)."""
+    and logs in to Redis as its role's ACL user (shared/store/acl.py).  The first of each
+    role keeps the plain name (``cm``, ``cm-local``); the i-th after it gets ``-i`` (``cm-1``,
+    ``cm-local-1``)."""
     common = {
         "STANZAD_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
-        "STANZAD_REDIS_URL": redis_acl.url(ports.redis),
-        "STANZAD_DATABASE_URL": postgres.url_of(DATABASE),
+        # run time as the application role, migrations at start as the owner role
+        "STANZAD_DATABASE_URL": postgres.role_url(roles.APP_ROLE, DATABASE),
+        "STANZAD_DATABASE_OWNER_URL": postgres.role_url(roles.OWNER_ROLE, DATABASE),
         "STANZAD_DOMAIN": os.environ.get("STANZAD_DOMAIN", "localhost"),
     }
     tls = {"STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
@@ -280,6 +298,7 @@ def _children(
         nonlocal metrics_index
         child = Child(name, [python, "-m", module],
                       {**common, "STANZAD_HTTP_PORT": str(ports.metrics_port(metrics_index)),
+                       "STANZAD_REDIS_URL": redis_acl.url_of(role, ports.redis),
                        **auth.env(role), **env}, port=port)
         metrics_index += 1
         return child
@@ -380,7 +399,7 @@ async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scal
         print(in_use, file=sys.stderr)
         return 1
     redis_acl = redis_auth(var)  # makes var/redis
-    auth = nats_auth(var)  # makes var/nats
+    auth = nats_auth(var)  # makes var/nats and var/ca
     admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     postgres = localservers.LocalPostgres(var / "postgres", ports.postgres)
     try:
@@ -410,6 +429,7 @@ async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scal
             if child.name == "postgres":  # accepting, then our database
                 await asyncio.to_thread(postgres.wait_ready)
                 await asyncio.to_thread(postgres.ensure_database, DATABASE)
+                await asyncio.to_thread(postgres.setup_roles, DATABASE)
 
     status = 0
     stopper = asyncio.create_task(stop.wait())

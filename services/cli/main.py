@@ -52,6 +52,7 @@ from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
 from shared.store.redis import redacted
+from shared.tls.context import client_context
 
 from .devcluster import (
     ADMIN_PORT,
@@ -62,6 +63,7 @@ from .devcluster import (
     S2S_PORT,
     Ports,
     Scale,
+    local_ca,
     local_nats_credentials,
     local_redis_url,
     run_cluster,
@@ -98,7 +100,11 @@ def _redis_url(settings: AdminSettings) -> str:
 async def _connect_bus(settings: AdminSettings) -> Bus | None:
     url = settings.nats_url
     user, password = _nats_identity(settings)
-    bus = Bus(url, SERVICE, user=user, password=password)
+    options = settings.nats_options()
+    if options["tls"] is None and (ca := local_ca(Path(LOCAL_VAR))) is not None:
+        options["tls"] = client_context(str(ca))  # the local cluster's NATS requires TLS
+    options.update(user=user, password=password)
+    bus = Bus(url, SERVICE, **options)
     try:
         await asyncio.wait_for(bus.connect(), NATS_CONNECT_TIMEOUT_S)
     except TimeoutError:
@@ -258,8 +264,9 @@ async def _status(admin: ClusterAdmin, _: argparse.Namespace) -> int:
 
 
 async def _db(args: argparse.Namespace, settings: AdminSettings) -> int:
-    """`stanzad db ...`: the schema migrations (shared/store/pg/migrations.py)."""
-    db = await db_connect(settings.database_url, SERVICE, size=1,
+    """`stanzad db ...`: the schema migrations (shared/store/pg/migrations.py), as the role
+    that owns the tables when STANZAD_DATABASE_OWNER_URL is set (shared/store/pg/roles.py)."""
+    db = await db_connect(settings.database_owner_url or settings.database_url, SERVICE, size=1,
                           timeout_s=settings.db_timeout_s, migrate=False)
     try:
         if args.action == "migrate":

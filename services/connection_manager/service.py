@@ -112,7 +112,7 @@ class ConnectionManager:
         )
         self.port = 0
         self.c2s_address = ""  # "host:port" once listening
-        self._redis = redis_connect(settings.redis_url)
+        self._redis = redis_connect(settings.redis_url, settings.redis_tls_ca)
         self.store = SessionStore(self._redis, SERVICE)
         self.in_band = InBand(self)  # XEP-0077 on authenticated streams, registration limits
         self.sm_facts = SmFactsStore(self._redis, SERVICE)
@@ -135,7 +135,7 @@ class ConnectionManager:
         )
         # the store of record; opened (and migrated) by start()
         self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
-                           timeout_s=settings.db_timeout_s)
+                           timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
         self.accounts = AccountStore(self.db, SERVICE)
         self.auth_throttle = AuthThrottleStore(
             self._redis, self.accounts, SERVICE,
@@ -148,8 +148,7 @@ class ConnectionManager:
             block_s=settings.auth_block_s,
         )
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
-                       fail_while_disconnected=True, user=settings.nats_user,
-                       password=settings.nats_password.get_secret_value())
+                       fail_while_disconnected=True, **settings.nats_options())
         self._server: asyncio.Server | None = None
         # STANZAD_EMBEDDED_ROUTER: a router in this process; what its partitions and our
         # subject carry between the two skips NATS (shared/bus/local.py)

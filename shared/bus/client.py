@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -120,6 +121,7 @@ class Bus:
         exchange: Exchange = EXCHANGE,
         user: str = "",
         password: str = "",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """`fail_while_disconnected`: raise BusUnavailable instead of letting nats-py buffer
         publishes while it reconnects.  nats-py would send them once reconnected, possibly
@@ -128,7 +130,10 @@ class Bus:
         better bounce the stanza at once.
 
         `user`/`password`: the NATS identity of the service's role (shared/bus/permissions.py);
-        credentials in the URL (nats://user:password@host) take precedence in nats-py."""
+        credentials in the URL (nats://user:password@host) take precedence in nats-py.
+        `tls`: TLS to NATS, verifying its certificate with this context (CommonSettings
+        ``nats_options``)."""
+        self._tls = tls
         self._user = user
         self._password = password
         self._fail_while_disconnected = fail_while_disconnected
@@ -201,8 +206,12 @@ class Bus:
         if self._handler is not None:
             self._worker = asyncio.create_task(self._work(), name=f"{self._service}-inbox")
 
-    def _credentials(self) -> dict[str, str]:
-        return {"user": self._user, "password": self._password} if self._user else {}
+    def _credentials(self) -> dict[str, Any]:
+        options: dict[str, Any] = (
+            {"user": self._user, "password": self._password} if self._user else {})
+        if self._tls is not None:
+            options["tls"] = self._tls
+        return options
 
     # ---- publishing ------------------------------------------------------------------------
 

@@ -46,11 +46,10 @@ class PartitionedService:
         self.settings = settings
         self.member_id = member_id
         self.destinations = destinations.of(settings)
-        self.redis = redis_connect(settings.redis_url)
+        self.redis = redis_connect(settings.redis_url, settings.redis_tls_ca)
         self.db = Database(settings.database_url, self.name, size=settings.db_pool_size,
-                           timeout_s=settings.db_timeout_s)
-        self.bus = Bus(settings.nats_url, self.name, self._on_batch, user=settings.nats_user,
-                       password=settings.nats_password.get_secret_value())
+                           timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
+        self.bus = Bus(settings.nats_url, self.name, self._on_batch, **settings.nats_options())
         self._subjects_for = subjects_for
         self._on_partitions = on_partitions
         self.partitions = PartitionManager(

@@ -70,7 +70,8 @@ async def serve(service: Service, settings: CommonSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     side = await _side_app(service, settings.http_host, settings.http_port)
-    redis_watch = asyncio.create_task(watch_redis(settings.redis_url, service.name))
+    redis_watch = asyncio.create_task(
+        watch_redis(settings.redis_url, service.name, ca=settings.redis_tls_ca))
     try:
         await service.start()
         gc_tuning.freeze_startup()  # what start() built lives as long as the process

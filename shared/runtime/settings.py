@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.xmpp import sm
@@ -40,10 +40,34 @@ class CommonSettings(BaseSettings):
         "", description="NATS user of this service's role (shared/bus/permissions.py)."
     )
     nats_password: SecretStr = Field(SecretStr(""), description="That NATS user's password.")
-    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL.")
+    nats_tls_ca: str = Field(
+        "",
+        description="PEM file of the CA that signed NATS's certificate: connect with TLS and "
+        "verify it (empty: TLS only for a tls:// URL or a server that requires it, verified "
+        "against the system's trust store).",
+    )
+    nats_tls_cert: str = Field(
+        "", description="PEM client certificate for NATS (when it asks for one: mutual TLS)."
+    )
+    nats_tls_key: str = Field("", description="That client certificate's private key.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:16379/0",
+        description="Redis URL, with this role's ACL user and password; rediss:// for TLS.",
+    )
+    redis_tls_ca: str = Field(
+        "",
+        description="PEM file of the CA that signed Redis's certificate (a rediss:// URL; "
+        "empty: the system's trust store).",
+    )
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:15432/stanzad",
         description="PostgreSQL URL of the store of record (accounts, rosters, stored data).",
+    )
+    database_owner_url: str = Field(
+        "",
+        description="PostgreSQL URL of the role that owns the tables: when set, the service "
+        "migrates at start as that role and runs as the role of STANZAD_DATABASE_URL; empty: "
+        "migrates as the latter (shared/store/pg/roles.py).",
     )
     db_pool_size: int = Field(
         10, ge=1, le=1000, description="Most PostgreSQL connections one process opens."
@@ -116,6 +140,24 @@ class CommonSettings(BaseSettings):
     def _check_gc_thresholds(cls, value: str) -> str:
         parse_gc_thresholds(value)
         return value
+
+    @field_validator("redis_tls_ca")
+    @classmethod
+    def _check_redis_tls(cls, value: str, info: ValidationInfo) -> str:
+        if value and not str(info.data.get("redis_url", "")).startswith("rediss://"):
+            raise ValueError("a Redis CA needs a rediss:// STANZAD_REDIS_URL")
+        return value
+
+    def nats_options(self) -> dict[str, Any]:
+        """The keyword arguments of `shared.bus.client.Bus` for this service's identity:
+        ``user``, ``password`` and ``tls`` (an SSL context when a CA or client certificate
+        is set)."""
+        from shared.tls.context import client_context
+
+        tls = (client_context(self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key)
+               if self.nats_tls_ca or self.nats_tls_cert else None)
+        return {"user": self.nats_user, "password": self.nats_password.get_secret_value(),
+                "tls": tls}
 
     @property
     def contacts(self) -> Contacts:

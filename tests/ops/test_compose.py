@@ -26,6 +26,7 @@ from shared.runtime.settings import (
     RouterSettings,
     S2SSettings,
 )
+from shared.store import acl
 
 CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 # Every stanzad service in the compose file, and its image command.
@@ -119,7 +120,7 @@ def test_stanzad_services_share_one_image_and_pick_their_command(
     for name in commands:
         env = services[name]["environment"]
         assert env["STANZAD_NATS_URL"] == "nats://nats:4222"
-        assert env["STANZAD_REDIS_URL"].startswith("redis://stanzad:")
+        assert env["STANZAD_REDIS_URL"].startswith(f"redis://{name}:")  # its ACL user
         assert env["STANZAD_REDIS_URL"].endswith("@redis:6379/0")
 
 
@@ -213,23 +214,29 @@ def test_nats_server_accepts_the_config_with_the_compose_environment(
     assert "NATS_PASSWORD_" in missing.stdout + missing.stderr
 
 
-def test_redis_has_its_default_user_off_and_one_stanzad_user(compose: dict[str, Any]) -> None:
-    """docs/operations.md "Redis authentication", as in k8s/deps/redis.yaml."""
-    for env in (REQUIRED, REQUIRED | {"STANZAD_REDIS_PASSWORD": "r" * 24}):
+def test_redis_has_its_default_user_off_and_one_user_per_role(compose: dict[str, Any]) -> None:
+    """docs/operations.md "Redis ACL users", as in k8s/deps/redis.yaml: the users of
+    shared/store/acl.py, each service logging in as its own with the password the Redis
+    container gives it."""
+    for env in (REQUIRED, REQUIRED | {"STANZAD_REDIS_PASSWORD_ROUTER": "r" * 24}):
         redis = compose["services"]["redis"]
         command = [interpolate(a, env) for a in redis["command"]]
-        i = command.index("default")
-        assert command[i - 1: i + 2] == ["--user", "default", "off"]
-        j = command.index("stanzad")
-        assert command[j - 1] == "--user" and command[j + 1] == "on"
-        password = command[j + 2].removeprefix(">")
-        assert command[j + 2] == ">" + password and password
-        assert environment(redis, env)["REDISCLI_AUTH"] == password
-        assert "redis-cli --user stanzad ping | grep -qx PONG" in redis["healthcheck"]["test"][1]
+        assert command[:7] == ["redis-server", "--appendonly", "yes", "--appendfsync",
+                               "everysec", "--save", ""]
+        passwords = {}
+        for role in acl.ROLES:
+            i = command.index(role)
+            assert command[i - 1] == "--user" and command[i + 1: i + 3] == ["reset", "on"]
+            passwords[role] = command[i + 3].removeprefix(">")
+        assert command[7:] == acl.arguments(passwords)
+        assert len(set(passwords.values())) == len(passwords), "two roles share a password"
+        assert environment(redis, env)["REDISCLI_AUTH"] == passwords["admin"]
+        assert "redis-cli --user admin ping | grep -qx PONG" in redis["healthcheck"]["test"][1]
         for name in STANZAD:
             url = environment(compose["services"][name], env)["STANZAD_REDIS_URL"]
-            assert url == f"redis://stanzad:{password}@redis:6379/0", name
-        assert password == env.get("STANZAD_REDIS_PASSWORD", "dev-redis-password")
+            assert url == f"redis://{name}:{passwords[name]}@redis:6379/0", name
+        assert passwords["router"] == env.get("STANZAD_REDIS_PASSWORD_ROUTER",
+                                              "dev-redis-router")
 
 
 def test_each_service_gets_valid_settings(compose: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ from shared.runtime.settings import (
     RouterSettings,
     S2SSettings,
 )
+from shared.store import acl
+from shared.store.pg import roles
 
 Doc = dict[str, Any]
 OVERLAYS: Final = ("dev", "prod", "proxy-protocol")
@@ -335,31 +337,62 @@ def test_the_database_url_comes_from_a_secret(overlays: dict[str, list[Doc]], ov
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_redis_url_comes_from_a_secret(overlays: dict[str, list[Doc]], overlay: str) -> None:
-    """docs/operations.md "Redis authentication": the Redis URL carries the `stanzad` user's
-    password, so every workload reads it from the stanzad-redis Secret and no ConfigMap holds
-    one; the dev Redis turns its `default` user off and takes the same Secret's password."""
+    """docs/operations.md "Redis ACL users": each workload's Redis URL carries its role's
+    ACL user and password (shared/store/acl.py), so it reads the `url-ROLE` key of the
+    stanzad-redis Secret and no ConfigMap holds one; the dev Redis turns its `default` user
+    off and defines every role's user with `acl.arguments`, passwords from the Secret."""
     docs = overlays[overlay]
     for d in docs:
         if d["kind"] == "ConfigMap":
             assert "STANZAD_REDIS_URL" not in d.get("data", {})
     for w in _workloads(docs):
+        role = NATS_ROLES[w["metadata"]["name"].removeprefix("stanzad-")]
         env = {v["name"]: v for v in _container(w).get("env", [])}
         ref = env["STANZAD_REDIS_URL"]["valueFrom"]["secretKeyRef"]
-        assert (ref["name"], ref["key"]) == ("stanzad-redis", "url"), w["metadata"]["name"]
+        assert (ref["name"], ref["key"]) == ("stanzad-redis", f"url-{role}"), role
     stores = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "redis"]
     for redis in stores:  # the dev overlay's
         c = _container(redis)
-        args = " ".join(c["args"])
-        assert "--user default off" in args
-        assert "--user stanzad on >$(REDIS_PASSWORD)" in args
-        env = {v["name"]: v for v in c["env"]}
-        ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-        assert (ref["name"], ref["key"]) == ("stanzad-redis", "password")
+        roles = list(acl.ROLES)
+        assert c["args"][9:] == acl.arguments(
+            {r: f"$(REDIS_PASSWORD_{r.upper()})" for r in roles})
+        env = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in c["env"]}
+        assert env == {f"REDIS_PASSWORD_{r.upper()}": {"name": "stanzad-redis",
+                                                        "key": f"password-{r}"} for r in roles}
         secret = _one(docs, "Secret", "stanzad-redis")["stringData"]
-        assert secret["url"].startswith(f"redis://stanzad:{secret['password']}@redis:")
+        for r in roles:
+            assert secret[f"url-{r}"].startswith(f"redis://{r}:{secret[f'password-{r}']}@redis:")
         for probe in ("readinessProbe", "livenessProbe"):  # PONG, not a NOAUTH error
-            assert "--user stanzad" in " ".join(c[probe]["exec"]["command"])
+            assert "--user admin" in " ".join(c[probe]["exec"]["command"])
     assert (overlay == "dev") == bool(stores)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_admin_pod_holds_the_database_owner(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    """docs/operations.md "PostgreSQL: the store of record": the admin pod migrates as the
+    owner role; the others run as the application role only. The dev PostgreSQL makes the
+    application role with the grants of shared/store/pg/roles.py."""
+    docs = overlays[overlay]
+    for w in _workloads(docs):
+        env = {v["name"]: v for v in _container(w).get("env", [])}
+        owner = env.get("STANZAD_DATABASE_OWNER_URL")
+        if w["metadata"]["name"] == "stanzad-admin":
+            assert owner is not None
+            ref = owner["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == ("stanzad-database", "owner-url")
+        else:
+            assert owner is None, w["metadata"]["name"]
+    if overlay == "dev":
+        secret = _one(docs, "Secret", "stanzad-database")["stringData"]
+        assert secret["url"].startswith(f"postgresql://{roles.APP_ROLE}:{secret['app-password']}@")
+        assert secret["owner-url"].startswith(f"postgresql://stanzad:{secret['password']}@")
+        init = [d for d in docs if d["kind"] == "ConfigMap"
+                and d["metadata"]["name"].startswith("postgres-init")]
+        script = init[0]["data"]["postgres-roles.sh"]
+        assert f"CREATE ROLE {roles.APP_ROLE} LOGIN PASSWORD '$APP_PASSWORD';" in script
+        assert "".join(f"{st};\n" for st in roles.grants("stanzad")) in script
 
 
 def _selected(policy: Doc, pod_labels: dict[str, str]) -> bool:

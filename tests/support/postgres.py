@@ -57,6 +57,15 @@ def new_database() -> str:
     return server().create_database(f"stanzad_{os.getpid()}_{next(_names)}")
 
 
+def new_database_with_roles() -> tuple[str, str]:
+    """A fresh database owned by the owner role, with the application role's grants
+    (shared/store/pg/roles.py): (owner URL, application URL)."""
+    pg = server()
+    name = f"stanzad_{os.getpid()}_{next(_names)}"
+    pg.create_database(name)
+    return pg.setup_roles(name)
+
+
 def stop() -> None:
     global _server
     with _lock:

@@ -82,8 +82,11 @@ class Database:
     constructor and connects in ``start``); ``service`` labels the metrics."""
 
     def __init__(self, url: str, service: str, *, size: int = DEFAULT_POOL_SIZE,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, owner_url: str = "") -> None:
+        """``owner_url``: the URL of the role that owns the tables (shared/store/pg/roles.py),
+        used only to migrate at `open`; empty: migrate with ``url`` (one role for both)."""
         self.url = url
+        self.owner_url = owner_url
         self.service = service
         self.size = size
         self.timeout_s = timeout_s
@@ -130,15 +133,28 @@ class Database:
             ) from None
         self._mark(True)
         if migrate:
-            from shared.store.pg.migrations import migrate as apply
-
             try:
-                applied = await apply(self)
+                applied = await self._migrate()
             except BaseException:
                 await self.close()
                 raise
             if applied:
                 log.info("database migrated to version %d", applied[-1])
+
+    async def _migrate(self) -> list[int]:
+        """`migrations.migrate` as the owner role when ``owner_url`` is set (one connection
+        of its own, closed after), else on this pool."""
+        from shared.store.pg.migrations import migrate as apply
+
+        if not self.owner_url:
+            return await apply(self)
+        owner = Database(self.owner_url, f"{self.service}-migrate", size=1,
+                         timeout_s=self.timeout_s)
+        await owner.open(migrate=False)
+        try:
+            return await apply(owner)
+        finally:
+            await owner.close()
 
     def start(self, *, migrate: bool = True, check_s: float = CHECK_S) -> None:
         """What a service calls at start instead of `open`: opens (and migrates) in the
@@ -288,9 +304,10 @@ async def connect(
     size: int = DEFAULT_POOL_SIZE,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     migrate: bool = True,
+    owner_url: str = "",
 ) -> Database:
     """A `Database`, opened (see `Database.open`)."""
-    db = Database(url, service, size=size, timeout_s=timeout_s)
+    db = Database(url, service, size=size, timeout_s=timeout_s, owner_url=owner_url)
     await db.open(migrate=migrate)
     return db
 

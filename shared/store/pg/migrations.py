@@ -1,5 +1,11 @@
 """Versioned schema migrations, applied at start and by `stanzad db migrate`.
 
+They run as the role that owns the tables (shared/store/pg/roles.py): a service migrates at
+start with STANZAD_DATABASE_OWNER_URL when it is set (on a connection of its own, closed
+after), else with STANZAD_DATABASE_URL (one role for everything).  A service whose run-time
+role may not change the schema starts on an up-to-date database without trying (`migrate`
+looks at the version first) and otherwise stays not ready, saying to migrate as the owner.
+
 Each migration has an ``up`` and a ``down`` script; `migrate` applies the missing ones in
 order, each in its own transaction, and records it in ``schema_migrations``.  Many processes
 starting at once take the same session advisory lock first (`LOCK_KEY`), so exactly one
@@ -17,7 +23,9 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-from shared.store.pg.database import Database
+import asyncpg
+
+from shared.store.pg.database import Database, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +328,25 @@ async def downgrade(db: Database, target: int) -> list[int]:
 async def _move(db: Database, target: int, *, up: bool) -> list[int]:
     if not 0 <= target <= LATEST:
         raise MigrationError(f"no migration {target} (this code knows 0..{LATEST})")
+    if up and (have := await current(db)) >= target:
+        # nothing to do, and nothing tried that needs the owner's rights: a service running
+        # as the application role (shared/store/pg/roles.py) starts on a migrated database
+        if have > LATEST:
+            log.warning("database schema %d is newer than this code's %d: left alone",
+                        have, LATEST)
+        return []
+    try:
+        return await _apply(db, target, up=up)
+    except DatabaseUnavailable as exc:  # what Database makes of a refused statement
+        if not isinstance(exc.__cause__, asyncpg.InsufficientPrivilegeError):
+            raise
+        raise MigrationError(
+            f"this role may not change the schema ({exc}): the database is at version "
+            f"{await current(db)}, this code needs {target}; migrate as the owner role "
+            "(STANZAD_DATABASE_OWNER_URL, or `stanzad db migrate` with it)") from None
+
+
+async def _apply(db: Database, target: int, *, up: bool) -> list[int]:
     done: list[int] = []
     async with db.connection("migrate") as conn:
         # the lock is the session's and waits without a statement timeout: another pod may

@@ -43,6 +43,7 @@ def test_the_cli_falls_back_to_the_local_clusters_redis_password(tmp_path: Path)
     plain = "redis://127.0.0.1:16379/0"
     assert local_redis_url(tmp_path, plain) == plain  # no local cluster has run here
     auth = localservers.redis_auth(tmp_path / "redis")
-    assert local_redis_url(tmp_path, plain) == f"redis://stanzad:{auth.password}@127.0.0.1:16379/0"
+    cli = auth.passwords["cli"]  # the CLI's own ACL user (shared/store/acl.py)
+    assert local_redis_url(tmp_path, plain) == f"redis://cli:{cli}@127.0.0.1:16379/0"
     for url in ("redis://other:pw@127.0.0.1:16379/0", "redis://redis.example.net:6379/0"):
         assert local_redis_url(tmp_path, url) == url

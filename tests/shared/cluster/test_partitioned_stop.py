@@ -43,6 +43,7 @@ def _probes(servers: Cluster, lease_ttl_s: float, *members: str) -> list[Probe]:
     cls = type("RoleProbe", (Probe,), {"role": role})
     # as the router's NATS identity, on subjects of the router's family of their own
     settings = PartitionedSettings(nats_url=servers.nats_url_of("router"),
+                                   nats_tls_ca=str(servers.service_tls.ca),
                                    redis_url=servers.redis_url, partitions=PARTITIONS,
                                    lease_ttl_s=lease_ttl_s)
     return [cls(settings, m, lambda p: [_subject(role, p)]) for m in members]

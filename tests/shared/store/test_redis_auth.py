@@ -1,6 +1,8 @@
 """Redis with an ACL, as the local and test clusters run it (devtools/localservers.py
 ``redis_auth``): the `default` user is off, so a client without credentials or with a wrong
-password is refused; the `stanzad` user with the generated password gets in."""
+password is refused; the `stanzad` user with the generated password gets in; each service
+role's user (shared/store/acl.py) reaches its own keys only, and no role a dangerous
+command."""
 
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from devtools import localservers
+from shared.bus import permissions
+from shared.store import acl, keys
 from shared.store.redis import connect, redacted
 
 
@@ -115,3 +119,112 @@ def test_messages_show_the_url_without_its_password() -> None:
     assert redacted(url) == "redis://stanzad:***@redis:6379/0"
     assert "s3cret" not in redacted(url)
     assert redacted("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+# ---- one ACL user per role (shared/store/acl.py) ----
+
+def _role_client(acl_redis: tuple[int, localservers.RedisAuth], role: str) -> aioredis.Redis:
+    port, auth = acl_redis
+    return connect(auth.url_of(role, port))
+
+
+# a key of each family and the roles that use it (shared/store/acl.py says why)
+FAMILIES = {
+    keys.sessions("a@example.org"): {"connection_manager", "router", "presence", "roster",
+                                     "pubsub"},
+    keys.cm_alive("cm-1"): {"connection_manager", "router", "presence", "roster", "pubsub"},
+    keys.CMS: {"connection_manager", "router", "presence", "roster", "pubsub"},
+    keys.sm_facts("a@example.org", "sm1"): {"connection_manager"},
+    keys.auth_failures_pair("a@example.org", "192.0.2.1"): {"connection_manager"},
+    keys.auth_block_source("192.0.2.1"): {"connection_manager"},
+    keys.partition_lease("route", 3): {"router"},
+    keys.members("route"): {"router"},
+    keys.handover("presence", 3): {"presence"},
+    keys.presence("a@example.org"): {"presence", "pubsub", "connection_manager"},
+    keys.directed_presence("a@example.org/phone"): {"presence", "connection_manager"},
+    keys.reaper_lock(): {"presence"},
+    keys.partition_lease("roster", 3): {"roster"},
+    keys.dialback_secret(): {"s2s_gateway"},
+    keys.partition_lease("s2s", 3): {"s2s_gateway"},
+    keys.account("a@example.org"): {"connection_manager"},  # an older release's key: only
+    # the operator, and the connection manager removing an account in band (XEP-0077 §3.2)
+    keys.registrations_source("192.0.2.1"): {"connection_manager"},
+    keys.muc_occupants("room@conference.example.org"): {"muc"},
+    keys.partition_lease("muc", 3): {"muc"},
+    keys.caps_features("QgayPKawpkPSDYmwT/WM94uAlu0="): {"pubsub"},
+    keys.pep_resources("a@example.org"): {"pubsub"},
+}
+SERVICE_ROLES = ("connection_manager", "router", "presence", "roster", "s2s_gateway", "muc",
+                 "pubsub")
+
+
+@pytest.mark.parametrize("role", SERVICE_ROLES)
+async def test_each_role_reaches_its_own_keys_and_is_refused_outside_them(
+    acl_redis: tuple[int, localservers.RedisAuth], role: str
+) -> None:
+    r = _role_client(acl_redis, role)
+    try:
+        for key, users in FAMILIES.items():
+            if role in users:
+                assert await r.exists(key) in (0, 1)
+                await r.pexpire(key, 60_000)
+            else:
+                with pytest.raises(NoPermissionError, match=r"(?i)no permissions"):
+                    await r.exists(key)
+                with pytest.raises(NoPermissionError):
+                    await r.set(key, b"forged")
+    finally:
+        await r.aclose()
+
+
+@pytest.mark.parametrize("role", [*SERVICE_ROLES, "admin", "cli"])
+async def test_no_role_may_run_a_dangerous_command_or_use_pub_sub(
+    acl_redis: tuple[int, localservers.RedisAuth], role: str
+) -> None:
+    r = _role_client(acl_redis, role)
+    try:
+        assert await r.ping() is True
+        for command in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "dir"),
+                        ("ACL", "WHOAMI"), ("DEBUG", "SLEEP", "0"), ("SHUTDOWN", "NOSAVE"),
+                        ("PUBLISH", "stanzad", "x")):
+            with pytest.raises(NoPermissionError):
+                await r.execute_command(*command)
+    finally:
+        await r.aclose()
+
+
+async def test_a_script_cannot_reach_keys_outside_the_role(
+    acl_redis: tuple[int, localservers.RedisAuth],
+) -> None:
+    """Lua runs with the caller's ACL: a key passed in (or built inside) is checked."""
+    r = _role_client(acl_redis, "s2s_gateway")
+    try:
+        lease = keys.partition_lease("s2s", 1)
+        assert await r.eval("return redis.call('SET', KEYS[1], ARGV[1])", 1, lease, "g") == b"OK"
+        with pytest.raises(NoPermissionError):
+            await r.eval("return redis.call('GET', KEYS[1])", 1, keys.sessions("a@b"))
+        with pytest.raises(ResponseError, match=r"can't access at least one of the keys"):
+            await r.eval(f"return redis.call('GET', '{keys.sessions('a@b')}')", 1, lease)
+    finally:
+        await r.aclose()
+
+
+async def test_the_admin_role_reaches_every_key(
+    acl_redis: tuple[int, localservers.RedisAuth],
+) -> None:
+    r = _role_client(acl_redis, "admin")
+    try:
+        for key in FAMILIES:
+            assert await r.exists(key) in (0, 1)
+    finally:
+        await r.aclose()
+
+
+def test_every_role_has_rules_and_every_live_key_family_a_user() -> None:
+    assert set(acl.ROLES) == set(permissions.ROLES)  # the same roles as on NATS
+    for role in acl.ROLES:
+        line = acl.user_line(role, "pw")
+        assert "-@dangerous" in line and "resetchannels" in line and "&" not in line, role
+    args = acl.arguments({"router": "$(REDIS_PASSWORD_ROUTER)"})
+    assert args[:3] == ["--user", "default", "off"]
+    assert args[3:8] == ["--user", "router", "reset", "on", ">$(REDIS_PASSWORD_ROUTER)"]
