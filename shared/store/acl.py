@@ -75,7 +75,8 @@ ROLES: Final[dict[str, tuple[str, ...]]] = {
     "connection_manager_router": tuple(dict.fromkeys(CONNECTION_MANAGER + ROUTER)),
     "router": ROUTER,
     "presence": SESSIONS + PRESENCE + _partitioned("presence"),
-    "roster": SESSIONS + _partitioned("roster"),
+    # XEP-0012: whether the account is online (its presence), read
+    "roster": (*SESSIONS, keys.presence(ANY), *_partitioned("roster")),
     "s2s_gateway": (keys.dialback_secret(), *_partitioned("s2s")),
     # rooms' live occupants and history (their configuration is in PostgreSQL)
     "muc": (keys.muc_occupants(ANY), keys.muc_history(ANY), *_partitioned("muc")),

@@ -140,7 +140,7 @@ FAMILIES = {
     keys.partition_lease("route", 3): {"router"},
     keys.members("route"): {"router"},
     keys.handover("presence", 3): {"presence"},
-    keys.presence("a@example.org"): {"presence", "pubsub", "connection_manager"},
+    keys.presence("a@example.org"): {"presence", "pubsub", "roster", "connection_manager"},
     keys.directed_presence("a@example.org/phone"): {"presence", "connection_manager"},
     keys.reaper_lock(): {"presence"},
     keys.partition_lease("roster", 3): {"roster"},
