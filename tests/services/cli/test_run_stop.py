@@ -10,6 +10,7 @@ on the ports of a developer's `make run`.  Times are printed, not asserted (hang
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -244,11 +245,14 @@ def test_several_connection_managers_and_a_killed_one_is_restarted(
     assert f"127.0.0.1:{second} (cm-local-1)" in up, up
     assert port_open("127.0.0.1", second)
     victim = next(c for c in children if _env_of(c).get("STANZAD_CM_ID") == "cm-local-1")
-    # `stanzad status` (with the cluster's Redis and database, as a cm has them) names each
-    # connection manager's c2s address
+    # `stanzad status` (with the cluster's Redis and database as a cm has them, logged in to
+    # Redis as the operator's ACL user `cli`: a cm's user may not read every key) names
+    # each connection manager's c2s address
+    env = {**os.environ, **_env_of(victim)}
+    env["STANZAD_REDIS_URL"] = local_redis_url(
+        tmp_path / "var", re.sub(r"//[^@/]*@", "//", env["STANZAD_REDIS_URL"]))
     status = subprocess.run([sys.executable, "-m", "services.cli.main", "status"], cwd=ROOT,
-                            env={**os.environ, **_env_of(victim)}, capture_output=True,
-                            timeout=HANG_GUARD_S, check=False)
+                            env=env, capture_output=True, timeout=HANG_GUARD_S, check=False)
     shown = status.stdout.decode()
     assert status.returncode == 0, (shown, status.stderr)
     assert f"cm-local (alive, c2s 127.0.0.1:{ports['c2s']}, " in shown, shown
