@@ -13,6 +13,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -22,8 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def ensure_self_signed(cert_path: str, key_path: str, domain: str) -> bool:
-    """Write a self-signed certificate for ``domain`` unless both files exist; True if written."""
+def ensure_self_signed(cert_path: str, key_path: str, domain: str,
+                       also: Iterable[str] = ()) -> bool:
+    """Write a self-signed certificate for ``domain`` (and its subdomains, and the domains
+    ``also`` names: a cluster's service domains, RFC 6125 §6.4 reference identifiers of
+    each) unless both files exist; True if written."""
     cert, key = Path(cert_path), Path(key_path)
     if cert.exists() and key.exists():
         return False
@@ -33,6 +37,7 @@ def ensure_self_signed(cert_path: str, key_path: str, domain: str) -> bool:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
     now = datetime.datetime.now(datetime.UTC)
     alt: list[x509.GeneralName] = [x509.DNSName(domain), x509.DNSName(f"*.{domain}")]
+    alt.extend(x509.DNSName(name) for name in also if name != domain)
     alt.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     certificate = (
         x509.CertificateBuilder()
