@@ -92,7 +92,7 @@ def test_the_alerts_issue_25_asks_for_exist(root: Path) -> None:
     assert 'job="stanzad-connection-manager"' in rules["StanzadNoConnectionManager"]["expr"]
     assert 'job="stanzad-s2s-gateway"' in rules["StanzadNoS2SGateway"]["expr"]
     unowned = rules["StanzadPartitionsUnowned"]["expr"]
-    for role in ("router", "presence", "roster", "s2s"):
+    for role in ("router", "presence", "roster", "s2s", "muc"):
         assert f"stanzad_{role}_partitions" in unowned, role
     assert "14 * 86400" in rules["StanzadCertificateExpiresSoon"]["expr"]
 
@@ -160,7 +160,7 @@ def test_prometheus_scrapes_every_stanzad_service(root: Path) -> None:
     scraped = {name for job in config["scrape_configs"]
                for sd in job.get("dns_sd_configs", []) for name in sd["names"]}
     assert stanzad == scraped == {"connection_manager", "router", "presence", "roster",
-                                  "s2s_gateway", "admin"}
+                                  "s2s_gateway", "admin", "muc"}
     jobs = {job["job_name"]: sd["names"] for job in config["scrape_configs"]
             for sd in job.get("dns_sd_configs", [])}
     # the job names of the Kubernetes ServiceMonitor (the Service names), which alerts use
