@@ -75,6 +75,21 @@ modules:
   mod_roster: {{versioning: false}}
   mod_disco: {{}}
   mod_ping: {{}}
+{modules}"""
+
+# multi-user chat for loadtest/muc_bench.py: rooms as large as the benchmark's (the default
+# max_users is 200; presence is broadcast up to max_users_presence), no history, no pacing
+MUC_MODULE = """\
+  mod_muc:
+    host: "conference.@HOST@"
+    max_users: 5000
+    max_users_presence: 5000
+    history_size: 0
+    min_message_interval: 0
+    min_presence_interval: 0
+    max_user_conferences: 10
+    default_room_options:
+      max_users: 5000
 """
 
 # Run by the hidden control node: `erl … -eval CTL_CODE -extra NODE TERMS_FILE`.  The terms
@@ -114,6 +129,7 @@ class Settings:
     node: str  # short name, "ejlt…@localhost"
     domain: str = "localhost"
     scram_hash: str = "sha256"
+    muc: bool = False  # mod_muc on conference.<domain>
 
     @property
     def cert(self) -> Path:
@@ -126,7 +142,8 @@ class Settings:
 
 def config(s: Settings) -> str:
     return CONFIG.format(domain=s.domain, cert=s.cert, key=s.key, port=s.port,
-                         max_stanza=MAX_STANZA_BYTES, backlog=BACKLOG, hash=s.scram_hash)
+                         max_stanza=MAX_STANZA_BYTES, backlog=BACKLOG, hash=s.scram_hash,
+                         modules=MUC_MODULE if s.muc else "")
 
 
 def environment(s: Settings) -> dict[str, str]:
@@ -332,19 +349,19 @@ def _children(pid: int) -> list[int]:
 
 
 def settings(mechanism: str = "SCRAM-SHA-256", domain: str = "localhost",
-             work: Path | None = None) -> Settings:
+             work: Path | None = None, muc: bool = False) -> Settings:
     work = work or Path(tempfile.mkdtemp(prefix="loadtest-ejabberd-"))
     return Settings(work=work, port=localservers.free_port(),
                     dist_port=localservers.free_port(),
                     node=f"ejlt{secrets.token_hex(4)}@localhost", domain=domain,
-                    scram_hash=HASHES[mechanism])
+                    scram_hash=HASHES[mechanism], muc=muc)
 
 
 def start(mechanism: str = "SCRAM-SHA-256", domain: str = "localhost",
-          timeout_s: float = 60.0) -> Ejabberd:
+          timeout_s: float = 60.0, muc: bool = False) -> Ejabberd:
     if not available():
         raise RuntimeError("ejabberd is not installed (Debian package 'ejabberd')")
-    s = settings(mechanism, domain)
+    s = settings(mechanism, domain, muc=muc)
     for sub in ("spool", "logs", "home"):
         (s.work / sub).mkdir()
     write_certificate(s.cert, s.key, domain)

@@ -45,6 +45,14 @@ admin_socket = "{work}/prosody.sock"
 certificates = "{work}/certs"
 ssl = {{ certificate = "{work}/certs/localhost.crt"; key = "{work}/certs/localhost.key" }}
 VirtualHost "{domain}"
+{components}"""
+
+# multi-user chat for loadtest/muc_bench.py: no history on join, no limits of its own
+MUC_COMPONENT = """\
+Component "conference.{domain}" "muc"
+  max_history_messages = 0
+  muc_room_default_history_length = 0
+  muc_room_locking = false
 """
 
 
@@ -73,7 +81,8 @@ class Prosody:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
-def start(domain: str = "localhost", iterations: int = 10_000) -> Prosody:
+def start(domain: str = "localhost", iterations: int = 10_000, muc: bool = False) -> Prosody:
+    """``muc``: with a MUC component on conference.<domain>."""
     binary = shutil.which("prosody")
     if binary is None:
         raise RuntimeError("prosody is not installed (Debian package 'prosody')")
@@ -82,7 +91,8 @@ def start(domain: str = "localhost", iterations: int = 10_000) -> Prosody:
     write_certificate(work / "certs" / "localhost.crt", work / "certs" / "localhost.key", domain)
     port = localservers.free_port()
     cfg = work / "prosody.cfg.lua"
-    cfg.write_text(CONFIG.format(work=work, port=port, domain=domain, iterations=iterations))
+    cfg.write_text(CONFIG.format(work=work, port=port, domain=domain, iterations=iterations,
+                                 components=MUC_COMPONENT.format(domain=domain) if muc else ""))
     out = open(work / "stdout.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([binary, "--config", str(cfg), "-F"], stdout=out,
                             stderr=subprocess.STDOUT, cwd=work)

@@ -102,6 +102,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "available",
         "cm",
         "detached",
+        "directed",
         "peer",
         "pushes",
         "record",
@@ -140,6 +141,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._auth_timer: asyncio.TimerHandle | None = None
         self.record: Any = None  # SessionRecord once bound (set by the service)
         self.available = False  # sent available broadcast presence (RFC 6121 §4.2)
+        # sent directed presence (a room joined, §4.6): its end is told even if never available
+        self.directed = False
         # XEP-0198: an <r/> unanswered; the timer of the next one asked by time
         self._ack_asked = False
         self._ack_timer: asyncio.TimerHandle | None = None

@@ -41,6 +41,7 @@ SLOW_CONSUMERS = Counter(
 UNDELIVERABLE = Counter(
     "stanzad_cm_undeliverable_total", "Bus deliveries for a session no longer here.", ["kind"]
 )
+UNDELIVERABLE.labels("fanout")  # a room's broadcast to a gone occupant: an alert reads it
 BIND_LATENCY = Histogram(
     "stanzad_cm_bind_duration_seconds", "Resource binding, Redis included.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),

@@ -23,6 +23,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Final
+from xml.sax.saxutils import quoteattr
 
 import redis.asyncio as aioredis
 
@@ -455,7 +456,10 @@ class ConnectionManager:
             if unacked:
                 self._return_unacked(full, unacked)
             return
-        if conn.available:  # RFC 6121 §4.5.2: the contacts learn the session ended
+        # RFC 6121 §4.5.2: the contacts learn the session ended; §4.6.3: and those it sent
+        # directed presence to (rooms joined without initial presence: the presence service
+        # remembers them and tells them, with nothing to broadcast)
+        if conn.available or conn.directed:
             gone = f'<presence xmlns="jabber:client" from="{full}" type="unavailable"/>'
             env = Envelope(Kind.PRESENCE, to="", from_=full, type="unavailable",
                            origin=f"{self.cm_id}/{conn.session_id}", payload=gone.encode())
@@ -551,7 +555,7 @@ class ConnectionManager:
             old.abandon()
         conn.session_id = old.session_id  # the session table's record names it
         conn.record = old.record
-        conn.available = old.available
+        conn.available, conn.directed = old.available, old.directed
         self.sessions[str(jid)] = conn
         self.resumable[queue.id] = conn
         self._spawn(self._write_facts(conn))  # attached again
@@ -644,6 +648,8 @@ class ConnectionManager:
         elif env.kind is Kind.BATCH:
             for stanza in split_stanzas(env.payload):
                 conn.deliver(stanza)
+        elif env.kind is Kind.FANOUT:  # one recipient: this session (see _on_bus_batch)
+            conn.deliver(with_to(env.payload, env.to))
         elif env.kind in STANZA_KINDS:
             conn.deliver(env.payload)
 
@@ -763,8 +769,11 @@ class ConnectionManager:
         where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns,
                                     self.service_domains)
         if isinstance(where, ingress.Publish):
-            if where.family is ingress.Family.PRESENCE and st.to is None:
-                conn.available = st.type == ""  # broadcast presence, RFC 6121 §4.2, §4.5
+            if where.family is ingress.Family.PRESENCE:
+                if st.to is None:
+                    conn.available = st.type == ""  # broadcast presence, RFC 6121 §4.2, §4.5
+                elif st.type == "":
+                    conn.directed = True  # directed presence, §4.6 (a room joined)
             self._publish_for(where.subject(self.settings.partitions), conn, st, where.to)
         elif isinstance(where, ingress.ToServer):
             self._to_server(conn, st, addressed=where.addressed)
@@ -903,6 +912,8 @@ class ConnectionManager:
                         if target.deliver(with_to(env.payload, full)):
                             touched.append(target)
                         written += 1
+                    elif not self._not_here(env._replace(to=full)):
+                        self._gone_from_service(env, full)
                 continue
             if env.kind not in STANZA_KINDS:
                 if env.kind is Kind.TAKEOVER:
@@ -967,6 +978,25 @@ class ConnectionManager:
                                       env.forwarded().encode())
                 return True
         return False
+
+    def _gone_from_service(self, env: Envelope, full: str) -> None:
+        """A local service's FANOUT (a room's broadcast) named a session that is not here
+        any more: the service learns it from an error as the session's server would bounce it
+        (RFC 6121 §8.5.3.2.3 drops presence silently; a room needs to know), so the room
+        removes the occupant and tells the others (XEP-0045 status 333).  Presence services'
+        broadcasts to contacts need no such report: the session table is theirs."""
+        family = self.service_domains.get(env.from_domain)
+        if family is None or not env.from_:
+            return
+        metrics.UNDELIVERABLE.labels("fanout").inc()
+        sender = env.from_
+        payload = (f'<presence xmlns="jabber:client" from={quoteattr(full)} '
+                   f'to={quoteattr(sender)} type="error"><error type="wait">'  # RFC 6120 §8.3.3.13
+                   f'<recipient-unavailable xmlns="{ns.STANZAS_ERRORS}"/></error></presence>')
+        report = Envelope(Kind.PRESENCE, to=sender, from_=full, type="error",
+                          origin=self.cm_id, payload=payload.encode())
+        where = ingress.Publish(ingress.Family(family), env.from_bare, sender)
+        self.bus.publish_soon(where.subject(self.settings.partitions), report.encode())
 
     async def _undeliverable(self, env: Envelope) -> None:
         """The session left between routing and delivery (RFC 6121 §8.5.3.2)."""

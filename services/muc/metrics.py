@@ -29,3 +29,11 @@ ROOM_MOVES = Counter(
 ERRORS = Counter(
     "stanzad_muc_errors_total", "Stanzas the rooms refused, by condition.", ["condition"]
 )
+
+# every series the dashboard and the alerts read exists from the start, at 0
+for _kind in ("message", "presence", "iq"):
+    FANNED_OUT.labels(_kind)
+for _kind in ("fanout", "batch", "message", "presence", "iq"):
+    ENVELOPES.labels(_kind)
+for _condition in ("resource-constraint", "internal-server-error"):  # the stores fail
+    ERRORS.labels(_condition)

@@ -146,6 +146,24 @@ def _stamp(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# errors bounced from an occupant that say it cannot be reached (RFC 6120 §8.3.3), rather
+# than that its client refused one stanza: the occupant is removed (a connection manager
+# reports a session gone with recipient-unavailable, an s2s gateway a remote server it cannot
+# reach with remote-server-*)
+UNREACHABLE: Final = frozenset({
+    "gone", "item-not-found", "recipient-unavailable", "redirect", "remote-server-not-found",
+    "remote-server-timeout", "service-unavailable",
+})
+
+
+def _unreachable(el: etree._Element) -> bool:
+    error = el.find(f"{{{C}}}error")
+    if error is None:
+        return False
+    return any(isinstance(c.tag, str) and c.tag == f"{{{ns.STANZAS_ERRORS}}}{name}"
+               for c in error for name in UNREACHABLE)
+
+
 def _children(el: etree._Element, skip: tuple[str, ...]) -> str:
     return "".join(
         etree.tostring(c, with_tail=False).decode()
@@ -219,6 +237,8 @@ class Room:
         if occ is not None and cm and occ.cm != cm:  # the session moved (XEP-0198 resumption)
             occ.cm = cm
             self.dirty.occupants.add(occ.nick)
+        if type_ == "error" and kind != "iq" and occ is not None and _unreachable(el):
+            return self._drop_unreachable(occ)
         try:
             if kind == "presence":
                 return self._presence(type_, real, nick, el, cm, created, now)
@@ -359,6 +379,15 @@ class Room:
         self.dirty.occupants.add(occ.nick)
         if not self.occupants and not self.config.persistent:
             self.dirty.destroyed = True  # §10.1.? a temporary room ends with its last occupant
+
+    def _drop_unreachable(self, occ: Occupant) -> list[Out]:
+        """An error bounced from the occupant's own address says it cannot be reached (its
+        session is gone, its server too): it leaves, and the others are told it was removed
+        for a technical reason (status 307 with 333, XEP-0045 §7.2.? / status code registry)."""
+        out = [o for o in self._presence_out(occ, "unavailable", ["307", "333"], role="none")
+               if not (isinstance(o, Send) and o.to == occ.jid)]  # not to where it bounced
+        self._remove(occ)
+        return out
 
     def _leave(self, occ: Occupant, el: etree._Element) -> list[Out]:
         occ.presence = _children(el, (MUC, MUC_USER, OCCUPANT_ID))

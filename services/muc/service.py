@@ -225,6 +225,7 @@ class MucService(PartitionedService):
                                   payload=payload))
 
     async def _bounce(self, env: Envelope, condition: StanzaErrorCondition) -> None:
+        metrics.ERRORS.labels(condition.value).inc()
         bounce = env.bounce(condition, origin=SERVICE, max_bytes=MAX_PAYLOAD_BYTES)
         if bounce is not None:
             await self.route(bounce)

@@ -393,7 +393,8 @@ class InboundConnection(_Shell):
         elif isinstance(event, s2s.PeerAuthenticated):
             metrics.AUTHENTICATED.labels("in", event.mechanism).inc()
             self.authenticated()
-            log.info("inbound stream authenticated %s (%s)", event.domain, event.mechanism)
+            log.info("inbound stream authenticated %s to %s (%s)", event.domain,
+                     self.stream.local, event.mechanism)
         elif isinstance(event, s2s.AuthFailed):
             metrics.AUTH_FAILURES.labels(event.mechanism).inc()
             log.info("inbound %s authentication failed: %s", event.mechanism, event.condition)
@@ -448,14 +449,14 @@ class OutboundConnection(_Shell):
 
     def __init__(
         self, gw: S2SGateway, domain: str, verify: s2s_out.VerifyRequest | None = None,
-        direct_tls: bool = False, verify_cert: bool = False,
+        direct_tls: bool = False, verify_cert: bool = False, local: str = "",
     ) -> None:
         super().__init__(gw)
         self.domain = domain
         self.direct_tls = direct_tls
         self.verify_cert = verify_cert  # TLS with a verifying context (SASL EXTERNAL)
         self.stream = s2s_out.InitiatingStream(
-            gw.stream_config, domain, direct_tls=direct_tls, verify=verify
+            gw.stream_config, domain, direct_tls=direct_tls, verify=verify, local=local
         )
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[str] = loop.create_future()  # the mechanism

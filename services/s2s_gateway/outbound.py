@@ -1,11 +1,13 @@
-"""Outbound federation: one link per remote domain, and dialback verification connections.
+"""Outbound federation: one link per (local domain, remote domain), and dialback
+verification connections.
 
 A `Link` resolves the domain, connects, negotiates TLS and authenticates, all within
 ``STANZAD_S2S_CONNECT_TIMEOUT_S``; stanzas that arrive meanwhile wait in a bounded queue and
 are written in order once the stream is ready.  When setting up fails, every queued stanza is
 bounced to its sender: ``remote-server-timeout`` when time ran out, ``remote-server-not-found``
-otherwise (RFC 6120 §8.3.3.16, §8.3.3.17).  One link is reused for all traffic to its domain;
-a new one is made on the next stanza after it closed.
+otherwise (RFC 6120 §8.3.3.16, §8.3.3.17).  One link is reused for all traffic from its local
+domain to its remote domain (a stream authenticates one pair, RFC 6120 §13.7); a new one is
+made on the next stanza after it closed.
 
 Nothing is lost silently when a stream breaks, as far as the peer lets us know
 (XEP-0198, when it offers it): every stanza written is kept until the peer acks it, at most
@@ -46,9 +48,11 @@ class SetupFailed(ConnectionError):
 
 
 async def connect(
-    gw: S2SGateway, domain: str, verify: VerifyRequest | None = None, verify_cert: bool = False
+    gw: S2SGateway, domain: str, verify: VerifyRequest | None = None, verify_cert: bool = False,
+    local: str = "",
 ) -> OutboundConnection:
-    """Resolve and connect to the first target that answers; the stream is initiated."""
+    """Resolve and connect to the first target that answers; the stream is initiated, from
+    ``local`` (our main domain by default; a verification's: the domain the key was for)."""
     try:
         targets = await gw.resolver.resolve(domain)
     except ServiceUnavailable:
@@ -56,7 +60,7 @@ async def connect(
     errors = []
     for target in targets:
         try:
-            return await _open(gw, domain, target, verify, verify_cert)
+            return await _open(gw, domain, target, verify, verify_cert, local)
         except ssl.SSLCertVerificationError as exc:
             # XEP-0368 direct TLS with a certificate that is not valid for the domain: the
             # same target again without verification, and dialback
@@ -65,7 +69,7 @@ async def connect(
             gw.unverifiable(domain)
             verify_cert = False
             try:
-                return await _open(gw, domain, target, verify, False)
+                return await _open(gw, domain, target, verify, False, local)
             except OSError as again:
                 errors.append(f"{target.host}:{target.port}: {again}")
         except OSError as exc:
@@ -74,11 +78,11 @@ async def connect(
 
 
 async def _open(gw: S2SGateway, domain: str, target: Target, verify: VerifyRequest | None,
-                verify_cert: bool) -> OutboundConnection:
+                verify_cert: bool, local: str) -> OutboundConnection:
     """One connection; direct TLS targets are wrapped at once (verifying when asked)."""
     loop = asyncio.get_running_loop()
     _, conn = await loop.create_connection(
-        lambda: OutboundConnection(gw, domain, verify, target.direct_tls, verify_cert),
+        lambda: OutboundConnection(gw, domain, verify, target.direct_tls, verify_cert, local),
         target.host, target.port,
         ssl=gw.tls_context_for(domain, verify_cert) if target.direct_tls else None,
         server_hostname=domain if target.direct_tls else None,
@@ -101,18 +105,20 @@ class Pending:
 
 
 class Link:
-    """Our stream to one remote domain, and the stanzas waiting for it."""
+    """Our stream from one local domain to one remote domain, and the stanzas waiting for
+    it."""
 
-    def __init__(self, gw: S2SGateway, domain: str, carried: list[Pending] | None = None
-                 ) -> None:
+    def __init__(self, gw: S2SGateway, domain: str, carried: list[Pending] | None = None,
+                 local: str = "") -> None:
         self.gw = gw
         self.domain = domain
+        self.local = local or gw.domain
         self.queue: deque[Pending] = deque(carried or ())  # first: a broken stream's unacked
         metrics.QUEUED.inc(len(self.queue))
         self.unacked: deque[Pending] = deque()  # written with XEP-0198 on, not yet acked
         self.conn: OutboundConnection | None = None
         self.done = False  # closed or failed: the gateway makes a new link
-        self.task = asyncio.create_task(self._run(), name=f"s2s-link-{domain}")
+        self.task = asyncio.create_task(self._run(), name=f"s2s-link-{self.local}-{domain}")
 
     def send(self, env: Envelope) -> None:
         conn = self.conn
@@ -187,9 +193,9 @@ class Link:
         except (SetupFailed, OSError) as exc:
             self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
             return
-        log.info("s2s stream to %s ready (%s over %s%s)", self.domain, conn.stream.mechanism,
-                 "direct TLS" if conn.direct_tls else "STARTTLS",
-                 ", XEP-0198 acks" if conn.sm else "")
+        log.info("s2s stream to %s ready (%s over %s%s) from %s", self.domain,
+                 conn.stream.mechanism, "direct TLS" if conn.direct_tls else "STARTTLS",
+                 ", XEP-0198 acks" if conn.sm else "", self.local)
         self._drain()
         await conn.closed
         self.done = True
@@ -215,8 +221,9 @@ class Link:
         self.queue.clear()
         if not carried:
             return
-        if self.gw.links.get(self.domain) is self:
-            self.gw.links[self.domain] = Link(self.gw, self.domain, carried)
+        pair = (self.local, self.domain)
+        if self.gw.links.get(pair) is self:
+            self.gw.links[pair] = Link(self.gw, self.domain, carried, self.local)
             return
         for item in carried:  # the partition went elsewhere meanwhile  # pragma: no cover
             self.gw.bounce(item.env, StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
@@ -224,7 +231,7 @@ class Link:
     async def _connect(self, verify_cert: bool) -> OutboundConnection:
         """An authenticated stream.  A peer certificate that fails verification is not fatal:
         the domain is remembered and the link reconnects without verification (dialback)."""
-        conn = await connect(self.gw, self.domain, verify_cert=verify_cert)
+        conn = await connect(self.gw, self.domain, verify_cert=verify_cert, local=self.local)
         conn.on_acked, conn.on_sm_failed = self._acked, self._sm_failed
         self.conn = conn
         try:

@@ -2,11 +2,15 @@
 
 Outbound: stanzas for a remote domain arrive on ``stanzad.s2s.<p>`` (p = partition of the
 remote domain).  The gateway is a partitioned service of role "s2s": one process at a time
-owns a partition, hence a remote domain's connection, and the order per sender → recipient
-is kept.  Each domain has one `Link` (outbound.py).
+owns a partition, hence a remote domain's connections, and the order per sender → recipient
+is kept.  Each pair (local domain, remote domain) has one `Link` (outbound.py): the cluster
+serves several domains (the main one and its service domains, shared/bus/destinations.py),
+and a stream is authenticated for one pair (RFC 6120 §13.7), so a room's stanzas to a remote
+domain go on a stream from ``conference.<domain>``, its users' on one from ``<domain>``.
 
 Inbound: peers connect to our port (5269, STARTTLS) or to the optional direct TLS port
-(XEP-0368, usually 5270), and authenticate with SASL EXTERNAL when their certificate is valid
+(XEP-0368, usually 5270), addressed to any domain we serve, and authenticate with SASL
+EXTERNAL when their certificate is valid
 for their domain (XEP-0178: the system trust store, or STANZAD_S2S_TRUSTED_CERTS), else with
 dialback; accepted stanzas go onto the bus exactly as a connection manager publishes a
 client's, with origin "s2s" (no '/': the roster service treats such subscription presence
@@ -24,7 +28,7 @@ import signal
 import ssl
 import time
 
-from shared.bus import subjects
+from shared.bus import destinations, subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource, Networks
@@ -94,11 +98,15 @@ class S2SGateway(PartitionedService):
         self.s2s_settings = settings
         self.server_info = server_iq.ServerInfo(time.time(), settings.contacts)
         self.domain = settings.domain
+        self.destinations = destinations.of(settings)
+        # every domain this gateway speaks for: the main one and the service domains
+        self.local_domains = frozenset({settings.domain, *settings.service_domains})
         self.resolver = Resolver(settings.override_map(), settings.s2s_connect_timeout_s,
                                  settings.dns_servers())
-        self.links: dict[str, Link] = {}
+        self.links: dict[tuple[str, str], Link] = {}  # (local, remote) -> its stream
         self.inbound: set[InboundConnection] = set()
-        self.stream_config = S2SConfig(domain=settings.domain, secret=b"")
+        self.stream_config = S2SConfig(domain=settings.domain, secret=b"",
+                                       other_domains=self.local_domains - {settings.domain})
         self.port = 0
         self.direct_tls_port = 0
         self._server: asyncio.Server | None = None
@@ -114,8 +122,10 @@ class S2SGateway(PartitionedService):
 
     async def start(self) -> None:
         s = self.s2s_settings
-        if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
-            log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
+        others = sorted(self.local_domains - {s.domain})
+        if ensure_self_signed(s.tls_cert, s.tls_key, s.domain, others):
+            log.info("wrote a self-signed certificate for %s (and %s) to %s", s.domain,
+                     ", ".join(others) or "no other domain", s.tls_cert)
         try:
             self.trust = CertificateTrust.load(s.trusted_certs())
         except ValueError as exc:
@@ -125,6 +135,7 @@ class S2SGateway(PartitionedService):
         self.stream_config = S2SConfig(
             domain=s.domain,
             secret=await self._secret(),
+            other_domains=self.local_domains - {s.domain},
             tls_available=True,
             tls_required=s.s2s_tls_required,
             max_stanza_bytes=s.s2s_max_stanza_bytes,
@@ -136,8 +147,8 @@ class S2SGateway(PartitionedService):
             reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("%s listening for s2s on %s:%d (domain %s)", self.member_id, s.s2s_host,
-                 self.port, s.domain)
+        log.info("%s listening for s2s on %s:%d (domains %s)", self.member_id, s.s2s_host,
+                 self.port, ", ".join(sorted(self.local_domains)))
         if s.s2s_direct_tls_port:
             self._direct_server = await loop.create_server(
                 lambda: InboundConnection(self, direct_tls=True), s.s2s_host,
@@ -230,10 +241,10 @@ class S2SGateway(PartitionedService):
     async def _release(self, p: int) -> None:
         """A partition moved to another gateway: so do its domains' connections."""
         await super()._release(p)
-        for domain, link in list(self.links.items()):
-            if subjects.partition(domain, self.settings.partitions) == p:
+        for pair, link in list(self.links.items()):
+            if subjects.partition(pair[1], self.settings.partitions) == p:
                 link.close()
-                del self.links[domain]
+                del self.links[pair]
 
     # ---- outbound --------------------------------------------------------------------------
 
@@ -244,18 +255,25 @@ class S2SGateway(PartitionedService):
 
     def send_remote(self, env: Envelope) -> None:
         domain = env.to_domain
-        if domain == self.domain or not domain:  # not for us: let the router have it
-            self.bus.publish_soon(subjects.route_for(env.to_bare, self.settings.partitions),
+        if not domain or self.destinations.is_local(domain):  # not for us: to its service
+            self.bus.publish_soon(self.destinations.subject(env.to_bare),
                                   env.forwarded().encode())
             return
-        link = self.links.get(domain)
+        local = env.from_domain
+        if local not in self.local_domains:  # RFC 6120 §8.1.2.1: the peer would refuse it
+            log.warning("dropped a stanza for %s from a domain we do not serve: %s", domain,
+                        local)
+            metrics.BOUNCES.labels("invalid-from").inc()
+            return
+        pair = (local, domain)
+        link = self.links.get(pair)
         if link is None or link.done:
-            link = self.links[domain] = Link(self, domain)
+            link = self.links[pair] = Link(self, domain, local=local)
         link.send(env)
 
     def bounce(self, env: Envelope, condition: StanzaErrorCondition) -> None:
         """Tell a local sender its stanza could not go out (RFC 6120 §8.3)."""
-        if env.from_domain != self.domain:
+        if env.from_domain not in self.local_domains:
             return
         bounce = env.bounce(
             condition, origin=SERVICE, max_bytes=self.s2s_settings.s2s_max_stanza_bytes
@@ -263,8 +281,8 @@ class S2SGateway(PartitionedService):
         if bounce is None:
             return
         metrics.BOUNCES.labels(condition.value).inc()
-        self.bus.publish_soon(subjects.route_for(env.from_bare, self.settings.partitions),
-                              bounce.encode())
+        # to the sender's service: a local user's router, or the room that sent it
+        self.bus.publish_soon(self.destinations.subject(env.from_bare), bounce.encode())
 
     # ---- inbound ---------------------------------------------------------------------------
 

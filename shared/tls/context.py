@@ -15,6 +15,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -25,15 +26,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def ensure_self_signed(cert_path: str, key_path: str, domain: str) -> bool:
-    """Write a self-signed certificate for ``domain`` unless both files exist; True if written."""
+def ensure_self_signed(cert_path: str, key_path: str, domain: str,
+                       also: Iterable[str] = ()) -> bool:
+    """Write a self-signed certificate for ``domain`` (and its subdomains, and the domains
+    ``also`` names: a cluster's service domains, RFC 6125 §6.4 reference identifiers of
+    each) unless both files exist; True if written."""
     cert, key = Path(cert_path), Path(key_path)
     if cert.exists() and key.exists():
         return False
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
     builder = _builder(name, name, private.public_key(), days=365).add_extension(
-        x509.SubjectAlternativeName(_alt_names([domain, f"*.{domain}", "127.0.0.1"])),
+        x509.SubjectAlternativeName(_alt_names(
+            [domain, f"*.{domain}", *(n for n in also if n != domain), "127.0.0.1"])),
         critical=False,
     )
     _write_pair(cert, key, builder.sign(private, hashes.SHA256()), private)

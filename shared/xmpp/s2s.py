@@ -11,17 +11,23 @@ machine waits until the caller answers:
 
 What the machine enforces:
 
-* the header is a ``jabber:server`` stream (RFC 6120 §4.8.3) whose 'to' is our domain
-  (`host-unknown`), and it declares the dialback namespace in ours (XEP-0220 §2.1);
+* the header is a ``jabber:server`` stream (RFC 6120 §4.8.3) whose 'to' is one of the
+  domains we serve (`host-unknown`), and it declares the dialback namespace in ours
+  (XEP-0220 §2.1); our header answers from the domain the peer addressed;
 * features: STARTTLS until TLS is on, SASL EXTERNAL only when the peer's certificate (a
   `PeerCertificate` from the caller) is valid for the domain in the header's 'from'
   (RFC 6120 §6, XEP-0178 §3), dialback always (the fallback of peers refused EXTERNAL);
   a refused <auth mechanism='EXTERNAL'/> is answered <not-authorized/> (XEP-0178 §3.3);
-* <db:result/> (XEP-0220 §2.1.2) produces `DialbackRequested`; <db:verify/> (§2.3.2, we are
-  the Authoritative Server) is answered at once from the keyed HMAC of XEP-0185;
-* stanzas are accepted only once a domain is authenticated on this stream, and only with a
-  'from' of an authenticated domain (`invalid-from`, never trust a peer's claim) and a 'to'
-  in our domain (`host-unknown`); both are required (`improper-addressing`, RFC 6120 §8.1.1);
+* authentication is of a pair of domains (RFC 6120 §13.7, XEP-0220 §2.4): SASL EXTERNAL
+  proves (the header's 'from', the header's 'to'); each <db:result/> (XEP-0220 §2.1.2) one
+  more pair, to any domain we serve (multiplexing), and produces `DialbackRequested` unless
+  the peer's certificate is already valid for the originating domain, which is then
+  accepted at once ("dialback without dialback", XEP-0344 §2.4); <db:verify/> (§2.3.2, we
+  are the Authoritative Server) is answered at once from the keyed HMAC of XEP-0185;
+* stanzas are accepted only with a 'from' and a 'to' whose domains are an authenticated
+  pair (`invalid-from` for a 'from' never authenticated, never trust a peer's claim;
+  `host-unknown` for a 'to' we do not serve or that pair was not authenticated for); both
+  are required (`improper-addressing`, RFC 6120 §8.1.1);
 * stanzas are rewritten from ``jabber:server`` to ``jabber:client`` (`content_ns`);
 * XEP-0198 acks: <sm/> is offered with the authentication features, an authenticated peer
   may <enable/> it (no resumption), and each <r/> is answered with the number of stanzas
@@ -76,12 +82,17 @@ class PeerCertificate(Protocol):
 class S2SConfig:
     """What a server-to-server stream needs to know about its server."""
 
-    domain: str
+    domain: str  # the main domain: ours when a peer's header names none
     secret: bytes  # the dialback secret of the cluster (XEP-0185)
+    other_domains: frozenset[str] = frozenset()  # more domains we serve (services, hosts)
     tls_available: bool = True
     tls_required: bool = True
     max_stanza_bytes: int = S2S_MAX_STANZA_BYTES
     stream_management: bool = True  # XEP-0198 acks (no resumption) both ways
+
+    def serves(self, domain: str | None) -> bool:
+        """``domain`` is one of ours (the main one or another)."""
+        return domain == self.domain or domain in self.other_domains
 
 
 # ---- events -----------------------------------------------------------------------------------
@@ -195,7 +206,9 @@ class ReceivingStream(ServingStream):
         self.tls = direct_tls  # XEP-0368: TLS from the first byte
         self.stream_id = ""
         self.peer_from: str | None = None  # the 'from' of the peer's header, if any
-        self.authenticated: set[str] = set()  # remote domains proven on this stream
+        self.local = config.domain  # the domain of ours the peer's header addressed
+        # (our domain, remote domain) pairs proven on this stream (RFC 6120 §13.7)
+        self.authenticated: set[tuple[str, str]] = set()
         self._peer_cert: PeerCertificate | None = None
         self._sasl_done = False
         self.sm_handled: int | None = None  # XEP-0198 enabled by the peer: stanzas handled
@@ -235,7 +248,7 @@ class ReceivingStream(ServingStream):
         attrs = f"from={quoteattr(request.receiving)} to={quoteattr(request.originating)}"
         if valid:
             self._out.append(f"<db:result {attrs} type='valid'/>".encode())
-            self.authenticated.add(request.originating)
+            self.authenticated.add((request.receiving, request.originating))
             self._parser.limits = self._stanza_limits()
             self._ready.append(PeerAuthenticated(request.originating, "dialback"))
             return
@@ -266,7 +279,7 @@ class ReceivingStream(ServingStream):
         )
 
     def _header(self, peer: str | None) -> bytes:
-        return stream_header(self.config.domain, peer, self.stream_id)
+        return stream_header(self.local, peer, self.stream_id)
 
     def _handle(self, item: object) -> Event | None:
         if isinstance(item, StreamError):
@@ -296,12 +309,15 @@ class ReceivingStream(ServingStream):
 
     def _on_header(self, header: StreamOpened) -> Event | None:
         peer = parse_domain(header.attrs.get("from"))
+        to = header.attrs.get("to")
+        addressed = parse_domain(to) if to is not None else None
+        if addressed is not None and self.config.serves(addressed):
+            self.local = addressed  # our header answers from the domain addressed
         self._ensure_header(peer)
         check_header(header)
-        to = header.attrs.get("to")
         # RFC 6120 §4.7.2: a 'to' naming a domain we do not serve is host-unknown.  Some
         # dialback-only peers leave it out; <db:result/> then names the domain.
-        if to is not None and parse_domain(to) != self.config.domain:
+        if to is not None and addressed != self.local:
             raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
         self.peer_from = peer
         self.state = State.OPEN
@@ -368,7 +384,7 @@ class ReceivingStream(ServingStream):
         self._out.append(f'<success xmlns="{ns.SASL}"/>'.encode())
         self._sasl_done = True
         domain = self.peer_from
-        self.authenticated.add(domain)
+        self.authenticated.add((self.local, domain))
         self._restart()
         self._parser.limits = self._stanza_limits()
         return PeerAuthenticated(domain, "EXTERNAL")
@@ -388,14 +404,19 @@ class ReceivingStream(ServingStream):
         receiving = parse_domain(element.get("to"))
         if originating is None:
             raise StreamError(StreamErrorCondition.INVALID_FROM)
-        if receiving != self.config.domain:
+        if not self.config.serves(receiving):  # XEP-0220 §2.4: any domain of ours
             raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
+        assert receiving is not None
         key = (element.text or "").strip()
         if not key:
             raise StreamError(StreamErrorCondition.BAD_FORMAT, "no dialback key")
         request = DialbackRequested(originating, receiving, self.stream_id, key)
         self.state = State.WAITING
         self._waiting = request
+        if self.tls and self._peer_cert is not None and self._peer_cert.valid_for(originating):
+            # XEP-0344 §2.4: the certificate on this stream already proves the domain
+            self.dialback_result(True)
+            return self._ready.pop(0)
         return request
 
     def _on_db_verify(self, element: etree._Element) -> Event:
@@ -404,7 +425,7 @@ class ReceivingStream(ServingStream):
         stream_id = element.get("id") or ""
         key = element.text or ""
         valid = (
-            parse_domain(originating) == self.config.domain
+            self.config.serves(parse_domain(originating))
             and bool(stream_id)
             and check_key(self.config.secret, receiving, originating, stream_id, key)
         )
@@ -457,13 +478,13 @@ class ReceivingStream(ServingStream):
             from_ = parse_jid(from_attr)
         except JIDError:
             raise StreamError(StreamErrorCondition.INVALID_FROM) from None
-        if from_.domain not in self.authenticated:
+        if all(remote != from_.domain for _, remote in self.authenticated):
             raise StreamError(StreamErrorCondition.INVALID_FROM, escape(from_.domain))
         try:
             to = parse_jid(to_attr)
         except JIDError:
             raise StreamError(StreamErrorCondition.IMPROPER_ADDRESSING) from None
-        if to.domain != self.config.domain:
+        if (to.domain, from_.domain) not in self.authenticated:  # RFC 6120 §13.7.1.4
             raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
         type_ = element.get("type") or ""
         stanza_id = element.get("id") or ""

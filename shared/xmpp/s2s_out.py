@@ -15,6 +15,10 @@ receiving side: `initiate`, `receive_data`, `next_event`, `data_to_send`.
 Authentication (XEP-0178, XEP-0220): SASL EXTERNAL when the peer offers it and the caller
 found the peer's certificate valid for the peer's domain (then ours is presumably checked
 by the peer too); otherwise, or if EXTERNAL fails, Server Dialback with the XEP-0185 key.
+
+A stream speaks for one of our domains (``local``, the main one by default) to one remote
+domain: authentication is of that pair (RFC 6120 §13.7), so a cluster that serves several
+domains (its services' too) opens one stream per pair, as Prosody and ejabberd do.
 """
 
 from __future__ import annotations
@@ -112,9 +116,12 @@ class InitiatingStream(StreamIO):
         *,
         direct_tls: bool = False,
         verify: VerifyRequest | None = None,
+        local: str = "",
     ) -> None:
         self.config = config
         self.remote = remote
+        # the domain of ours this stream speaks for; a verification, the one the key was for
+        self.local = local or (verify.receiving if verify is not None else config.domain)
         self.verify = verify
         self.tls = direct_tls  # XEP-0368: TLS from the first byte
         self.phase = Phase.HEADER
@@ -135,7 +142,7 @@ class InitiatingStream(StreamIO):
     def initiate(self, cert_valid: bool = False) -> None:
         """Queue our stream header; ``cert_valid`` when direct TLS already checked the peer."""
         self._cert_valid = cert_valid
-        self._out.append(stream_header(self.config.domain, self.remote, None))
+        self._out.append(stream_header(self.local, self.remote, None))
 
     def _input_closed(self) -> bool:
         return self.phase is Phase.CLOSED
@@ -159,7 +166,7 @@ class InitiatingStream(StreamIO):
         element = parse_fragment(payload, self.config.max_stanza_bytes)
         # RFC 6120 §8.1.1.1, §8.1.2.1: on s2s both addresses are required, 'from' in our
         # domain and 'to' in the peer's, or the peer closes the whole stream.
-        if domain_of(element.get("from")) != self.config.domain:
+        if domain_of(element.get("from")) != self.local:
             raise StreamError(StreamErrorCondition.INVALID_FROM, "not from our domain")
         if domain_of(element.get("to")) != self.remote:
             raise StreamError(StreamErrorCondition.IMPROPER_ADDRESSING, "not to the peer")
@@ -193,7 +200,7 @@ class InitiatingStream(StreamIO):
         self._new_parser(PRE_AUTH_LIMITS)
         self._pending.clear()
         self.phase = Phase.HEADER
-        self._out.append(stream_header(self.config.domain, self.remote, None))
+        self._out.append(stream_header(self.local, self.remote, None))
 
     def _fail(self, exc: StreamError) -> StreamEnded:
         self._out.append(exc.to_xml())
@@ -281,7 +288,7 @@ class InitiatingStream(StreamIO):
         if self._external_done:  # the stream after SASL success
             return self._ready_now("EXTERNAL")
         if "EXTERNAL" in mechanisms and self._cert_valid:
-            authzid = base64.b64encode(self.config.domain.encode()).decode()
+            authzid = base64.b64encode(self.local.encode()).decode()
             self._out.append(
                 f'<auth xmlns="{ns.SASL}" mechanism="EXTERNAL">{authzid}</auth>'.encode()
             )
@@ -293,16 +300,16 @@ class InitiatingStream(StreamIO):
         return None
 
     def _send_db_result(self) -> None:
-        key = dialback_key(self.config.secret, self.remote, self.config.domain, self.stream_id)
+        key = dialback_key(self.config.secret, self.remote, self.local, self.stream_id)
         self._out.append(
-            f"<db:result from={quoteattr(self.config.domain)} to={quoteattr(self.remote)}>"
+            f"<db:result from={quoteattr(self.local)} to={quoteattr(self.remote)}>"
             f"{key}</db:result>".encode()
         )
         self.phase = Phase.DIALBACK
 
     def _on_db_result(self, element: etree._Element) -> Event | None:
         type_ = element.get("type")
-        if element.get("from") != self.remote or element.get("to") != self.config.domain:
+        if element.get("from") != self.remote or element.get("to") != self.local:
             return None  # a result for another domain pair: not ours
         if type_ == "valid":
             self.mechanism = "dialback"

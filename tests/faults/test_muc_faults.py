@@ -1,5 +1,7 @@
 """Rooms that survive their pod (issue 18): a muc process SIGKILLed mid-conversation, a
-connection manager SIGKILLed under its occupants, and fan-out over two connection managers.
+connection manager SIGKILLed under its occupants, fan-out over two connection managers, an
+occupant whose session vanished without the room hearing it, and a client that never sent
+initial presence logging off.
 
 One cluster for the module: two muc processes and two connection managers, with short lease
 and session lifetimes so that recovery happens in seconds.
@@ -12,9 +14,11 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
 
+import nats
 import pytest
 
 from shared.bus import subjects
+from shared.bus.envelope import Envelope, Kind
 from shared.store import keys
 from tests.conftest import Users
 from tests.support.cluster import Cluster, metric_value, new_cluster
@@ -138,3 +142,57 @@ async def test_occupants_of_a_dead_connection_manager_leave(rooms: Cluster,
     finally:
         await a.close()
         await b.close()
+
+
+async def test_occupant_whose_session_is_gone_is_dropped_when_a_fanout_misses_it(
+        rooms: Cluster, accounts: Users) -> None:
+    """A connection manager that cannot deliver a room's FANOUT to a session that is not
+    there any more reports it to the room (an error from that address), and the room removes
+    the occupant with status 333.  The ghost is a join published as cm-a would publish it,
+    for a session cm-a never had (as if its end never reached the room)."""
+    [a] = await _occupants(rooms, accounts, rooms.c2s_ports[:1])  # on cm-a
+    try:
+        room = f"ghost-{secrets.token_hex(4)}@{MUC}"
+        await a.create(room, "a")
+        ghost = f"ghost-{secrets.token_hex(3)}@localhost/r"
+        join = (f'<presence xmlns="jabber:client" from="{ghost}" to="{room}/ghost">'
+                '<x xmlns="http://jabber.org/protocol/muc"/></presence>')
+        nc = await nats.connect(rooms.nats_url_of("connection_manager"))
+        try:
+            await nc.publish(subjects.muc(subjects.partition(room, rooms.partitions)),
+                             Envelope(Kind.PRESENCE, to=f"{room}/ghost", from_=ghost,
+                                      origin="cm-a/s-ghost", payload=join.encode()).encode())
+            await nc.flush()
+        finally:
+            await nc.close()
+        await a.expect(r"<presence[^>]*from=\"" + re.escape(room) + r"/ghost\"")
+        await a.send(f"<message to='{room}' type='groupchat'><body>anyone?</body></message>")
+        await a.expect("anyone[?]")
+        left = await a.expect(r"<presence[^>]*from=\"" + re.escape(room)
+                              + r"/ghost\"[^>]*type=\"unavailable\".*?</presence>", 15)
+        assert b'<status code="333"/>' in left.group(0)
+        assert metric_value(rooms.metrics("cm-a"), "stanzad_cm_undeliverable_total",
+                            kind="fanout") >= 1
+    finally:
+        await a.close()
+
+
+async def test_client_without_initial_presence_leaves_its_rooms_at_logoff(
+        rooms: Cluster, accounts: Users) -> None:
+    """RFC 6121 §4.6.3: a session that sent directed presence (joined a room, XEP-0045
+    §7.2) but never initial presence still ends it when it logs off cleanly; before, only
+    the reaper of a dead connection manager's sessions did."""
+    [a] = await _occupants(rooms, accounts, rooms.c2s_ports[:1])
+    jid, pw = await accounts.create("bot")
+    bot = await Occupant(rooms.c2s_ports[1], jid, pw).login(presence=False)
+    try:
+        room = f"bot-{secrets.token_hex(4)}@{MUC}"
+        await a.create(room, "a")
+        await bot.join(room, "bot")
+        await a.expect(r"<presence[^>]*from=\"" + re.escape(room) + r"/bot\"")
+        await bot.send("</stream:stream>")
+        await a.expect(r"<presence[^>]*from=\"" + re.escape(room)
+                       + r"/bot\"[^>]*type=\"unavailable\"", 15)
+    finally:
+        await a.close()
+        await bot.close()

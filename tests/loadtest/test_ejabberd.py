@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,10 @@ def test_runs_against_ejabberd_take_every_mechanism_and_presence_but_one_node() 
     validate(Options("presence", server="ejabberd", connections=4, contacts=2))
     with pytest.raises(BoundsError, match="one node"):
         validate(Options("chat", server="ejabberd", connections=4, cms=2))
+
+
+def test_muc_module_only_when_asked() -> None:
+    """loadtest/muc_bench.py: mod_muc with rooms as large as the benchmark's."""
+    assert "mod_muc" not in ejabberd.config(S)
+    text = ejabberd.config(replace(S, muc=True))
+    assert "mod_muc:" in text and "max_users: 5000" in text

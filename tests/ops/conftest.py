@@ -19,6 +19,7 @@ NOT_YET_EMITTED: Final[frozenset[str]] = frozenset()
 # Series Prometheus makes itself for every target.
 PROMETHEUS_SERIES: Final = frozenset({"up"})
 S2S: Final = "s2s-ops"  # not "s2s-1": federation tests start their own
+MUC: Final = "muc-ops"  # not "muc-1": the muc tests start their own
 GRAFANA_VARIABLES: Final = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 
 _SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
@@ -39,13 +40,15 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def exposed(cluster: Cluster, admin_url: str) -> set[str]:
     """Every series name the running services expose, plus Prometheus's own.  The session
-    cluster has no s2s gateway: one joins it just long enough to be scraped."""
+    cluster has no s2s gateway and no muc process: one of each joins it just long enough to
+    be scraped."""
     names: set[str] = set(PROMETHEUS_SERIES)
     for service in ("cm-1", "router-1", "presence-1", "roster-1", "admin-1"):
         names |= metric_rules.exposed_names(metric_rules.families(cluster.metrics(service)))
-    cluster.start_s2s(S2S)
-    try:
-        names |= metric_rules.exposed_names(metric_rules.families(cluster.metrics(S2S)))
-    finally:
-        cluster.kill(S2S, signal.SIGTERM)  # gives its partitions back at once
+    for name, start in ((S2S, cluster.start_s2s), (MUC, cluster.start_muc)):
+        start(name)
+        try:
+            names |= metric_rules.exposed_names(metric_rules.families(cluster.metrics(name)))
+        finally:
+            cluster.kill(name, signal.SIGTERM)  # gives its partitions back at once
     return names

@@ -92,7 +92,7 @@ def test_the_alerts_issue_25_asks_for_exist(root: Path) -> None:
     assert 'job="stanzad-connection-manager"' in rules["StanzadNoConnectionManager"]["expr"]
     assert 'job="stanzad-s2s-gateway"' in rules["StanzadNoS2SGateway"]["expr"]
     unowned = rules["StanzadPartitionsUnowned"]["expr"]
-    for role in ("router", "presence", "roster", "s2s"):
+    for role in ("router", "presence", "roster", "s2s", "muc"):
         assert f"stanzad_{role}_partitions" in unowned, role
     assert "14 * 86400" in rules["StanzadCertificateExpiresSoon"]["expr"]
 

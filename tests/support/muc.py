@@ -11,7 +11,7 @@ from tests.support.xmpp import RawClient, raw_login
 
 class Occupant:
     def __init__(self, port: int, jid: str, password: str, resource: str = "r") -> None:
-        self.client = RawClient("127.0.0.1", port)
+        self.client = RawClient("127.0.0.1", port, jid.partition("@")[2])
         self.jid, self.password, self.resource = jid, password, resource
         self.full = f"{jid}/{resource}"
         self.buf = b""

@@ -3,9 +3,11 @@
 Its own config, data directory, log and ports; started with `prosody --config FILE`, stopped
 by PID. It resolves other domains through `unbound = { forward = { "127.0.0.1@PORT" } }`
 pointed at tests/support/dns.py (docs/interop.md), and accepts dialback without
-certificate checks for the stanzad test domain (`s2s_insecure_domains`).  It listens for
+certificate checks for the stanzad test domains (`s2s_insecure_domains`).  It listens for
 s2s with STARTTLS and with direct TLS (XEP-0368, `s2s_direct_tls_ports`), and loads
-mod_smacks (XEP-0198, which Prosody 0.12 also does on s2s: `smacks_enabled_s2s`).
+mod_smacks (XEP-0198, which Prosody 0.12 also does on s2s: `smacks_enabled_s2s`).  With
+``muc`` it also serves multi-user chat (XEP-0045) on ``conference.<domain>`` (its certificate
+covers it: ``*.<domain>``).
 """
 
 from __future__ import annotations
@@ -44,13 +46,19 @@ storage = "internal"
 c2s_require_encryption = true
 s2s_require_encryption = true
 s2s_secure_auth = false
-s2s_insecure_domains = {{ "{peer}" }}
+s2s_insecure_domains = {{ {peers} }}
 unbound = {{ resolvconf = false; hoststxt = false; forward = {{ "127.0.0.1@{dns_port}" }} }}
 certificates = "{work}/certs"
 {global_ssl}
 
 VirtualHost "{domain}"
   ssl = {{ certificate = "{work}/certs/{domain}.crt"; key = "{work}/certs/{domain}.key";{cafile} }}
+{components}"""
+
+MUC_COMPONENT = """
+Component "conference.{domain}" "muc"
+  ssl = {{ certificate = "{work}/certs/{domain}.crt"; key = "{work}/certs/{domain}.key";{cafile} }}
+  restrict_room_creation = false
 """
 
 
@@ -68,6 +76,8 @@ class Prosody:
     s2s_port: int = 0
     s2s_tls_port: int = 0  # direct TLS (XEP-0368)
     trust: str = ""  # a PEM file Prosody trusts (our self-signed certificate: SASL EXTERNAL)
+    peer_services: tuple[str, ...] = ()  # the stanzad service domains (conference.<peer>)
+    muc: bool = False  # a MUC component on conference.<domain>
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
 
@@ -88,11 +98,14 @@ class Prosody:
         certs.mkdir(exist_ok=True)
         ensure_self_signed(str(certs / f"{self.domain}.crt"), str(certs / f"{self.domain}.key"),
                            self.domain)
+        cafile = f' cafile = "{self.trust}";' if self.trust else ""
+        components = MUC_COMPONENT.format(domain=self.domain, work=self.work, cafile=cafile)
         self.config.write_text(CONFIG.format(
             work=self.work, c2s_port=self.c2s_port, s2s_port=self.s2s_port,
-            s2s_tls_port=self.s2s_tls_port, peer=self.peer,
-            dns_port=self.dns_port, domain=self.domain,
-            cafile=f' cafile = "{self.trust}";' if self.trust else "",
+            s2s_tls_port=self.s2s_tls_port,
+            peers="; ".join(f'"{d}"' for d in (self.peer, *self.peer_services)),
+            dns_port=self.dns_port, domain=self.domain, cafile=cafile,
+            components=components if self.muc else "",
             # the direct TLS port's context is the service's, not the host's: it needs the
             # trusted certificate globally to validate ours there (SASL EXTERNAL)
             global_ssl=f'ssl = {{ cafile = "{self.trust}" }}' if self.trust else "",

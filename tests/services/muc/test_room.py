@@ -84,3 +84,34 @@ def test_rate_limit_per_occupant() -> None:
             for _ in range(3)]
     assert isinstance(outs[0][0], Broadcast) and isinstance(outs[1][0], Broadcast)
     assert b"<resource-constraint " in outs[2][0].payload
+
+
+def test_error_bounced_from_an_unreachable_occupant_removes_it_with_307_and_333() -> None:
+    """A connection manager reports a session gone (recipient-unavailable), an s2s gateway a
+    remote server it cannot reach: the occupant leaves, the others see status 333 (XEP-0045
+    status codes registry: removed because of a technical problem)."""
+    room = _room()
+    _join(room, "owner@example.com/a", "owner")
+    _join(room, "bob@example.com/r", "bob", cm="cm-2")
+    error = ("<presence type='error'><error type='wait'><recipient-unavailable "
+             "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>")
+    out = room.handle("presence", "error", "bob@example.com/r", "owner", _el(error))
+    assert "bob" not in room.occupants
+    [told] = [o for o in out if isinstance(o, Broadcast)]
+    assert [o.nick for o in told.recipients] == ["owner"]
+    assert b'type="unavailable"' in told.payload and b'role="none"' in told.payload
+    assert b'<status code="307"/><status code="333"/>' in told.payload
+    assert not [o for o in out if isinstance(o, Send)]  # nothing to where it bounced
+
+
+def test_an_error_that_is_only_a_refusal_keeps_the_occupant() -> None:
+    room = _room()
+    _join(room, "owner@example.com/a", "owner")
+    _join(room, "bob@example.com/r", "bob")
+    refusal = ("<message type='error'><error type='cancel'><feature-not-implemented "
+               "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    assert room.handle("message", "error", "bob@example.com/r", None, _el(refusal)) == []
+    assert "bob" in room.occupants
+    # and an error from someone who is not an occupant changes nothing
+    gone = refusal.replace("feature-not-implemented", "recipient-unavailable")
+    assert room.handle("message", "error", "eve@example.com/r", None, _el(gone)) == []

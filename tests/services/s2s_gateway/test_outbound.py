@@ -32,7 +32,8 @@ class _Settings:
 class _Gateway:
     s2s_settings: _Settings = field(default_factory=_Settings)
     resolver: _Hanging = field(default_factory=_Hanging)
-    links: dict[str, Link] = field(default_factory=dict)
+    domain: str = "a.example"
+    links: dict[tuple[str, str], Link] = field(default_factory=dict)
     bounced: list[tuple[str, StanzaErrorCondition]] = field(default_factory=list)
 
     def bounce(self, env: Envelope, condition: StanzaErrorCondition) -> None:
@@ -62,7 +63,7 @@ async def test_xep0198_broken_stream_unacked_go_first_on_a_new_link_once() -> No
     """Unacked stanzas of a broken stream are carried to a new link before what was queued;
     an IQ set is bounced instead, and so is a stanza that was already resent once."""
     gw = _Gateway(_Settings(s2s_connect_timeout_s=30))
-    link = gw.links["b.example"] = Link(gw, "b.example")  # type: ignore[arg-type]
+    link = gw.links[("a.example", "b.example")] = Link(gw, "b.example")  # type: ignore[arg-type]
     link.unacked.extend([
         Pending(_env("m1")),
         Pending(_env("q1", Kind.IQ, "set")),
@@ -75,7 +76,7 @@ async def test_xep0198_broken_stream_unacked_go_first_on_a_new_link_once() -> No
     link._broken()
     assert gw.bounced == [("q1", StanzaErrorCondition.REMOTE_SERVER_TIMEOUT),
                           ("m0", StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)]
-    new = gw.links["b.example"]
+    new = gw.links[("a.example", "b.example")]
     assert new is not link
     assert [(p.env.id, p.resent) for p in new.queue] == [
         ("m1", True), ("g1", True), ("m2", False)

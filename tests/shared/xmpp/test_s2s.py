@@ -349,7 +349,8 @@ def authoritative_answer(request: DialbackRequested) -> bool | None:
                              request.key),
     )
     authoritative = ReceivingStream(
-        S2SConfig("a.example", SECRET_A, tls_available=False, tls_required=False))
+        S2SConfig("a.example", SECRET_A, tls_available=False, tls_required=False,
+                  other_domains=frozenset({"conference.a.example"})))
     asking.config = S2SConfig("b.example", SECRET_B, tls_available=False, tls_required=False)
     asking.initiate()
     result: list[object] = []
@@ -445,6 +446,103 @@ def test_rfc6120_8_1_2_1_we_never_send_a_stanza_not_from_our_domain() -> None:
     with pytest.raises(StreamError):
         out.send(b'<iq xmlns="jabber:client" type="result" id="1" to="r@b.example"/>')
     assert out.data_to_send() == b""
+
+
+# ---- several domains of ours (RFC 6120 §13.7, XEP-0220 §2.4, XEP-0344 §2.4) ------------------
+
+A_MANY = S2SConfig("a.example", SECRET_A, other_domains=frozenset({"conference.a.example"}))
+B_MANY = S2SConfig("b.example", SECRET_B, other_domains=frozenset({"conference.b.example"}))
+
+
+def test_rfc6120_4_7_2_header_to_any_domain_we_serve_is_answered_from_that_domain() -> None:
+    stream = ReceivingStream(B_MANY)
+    assert drain(stream, header(to="conference.b.example")) == []
+    assert b'from="conference.b.example" to="a.example"' in stream.data_to_send()
+    assert stream.local == "conference.b.example"
+    stream = ReceivingStream(B_MANY)
+    [ended] = drain(stream, header(to="chat.b.example"))
+    assert ended == StreamEnded(StreamErrorCondition.HOST_UNKNOWN)
+
+
+def test_xep0220_2_4_dialback_authenticates_one_pair_and_stanzas_need_their_pair() -> None:
+    stream = after_tls(B_MANY)  # the header named b.example
+    stream.data_to_send()
+    key = dialback_key(SECRET_A, "conference.b.example", "a.example", stream.stream_id)
+    [request] = drain(stream, f"<db:result from='a.example' to='conference.b.example'>"
+                              f"{key}</db:result>".encode())
+    assert request == DialbackRequested("a.example", "conference.b.example", stream.stream_id,
+                                        key)
+    stream.dialback_result(True)
+    assert drain(stream) == [PeerAuthenticated("a.example", "dialback")]
+    assert b'from="conference.b.example" to="a.example" type=\'valid\'' in (
+        stream.data_to_send())
+    [st] = drain(stream, b"<message from='j@a.example/r' to='room@conference.b.example/n'/>")
+    assert isinstance(st, StanzaIn) and str(st.to) == "room@conference.b.example/n"
+    # (b.example, a.example) was never authenticated on this stream
+    [ended] = drain(stream, b"<message from='j@a.example/r' to='romeo@b.example'/>")
+    assert ended == StreamEnded(StreamErrorCondition.HOST_UNKNOWN)
+
+
+def test_xep0344_2_4_certificate_valid_for_the_originating_domain_needs_no_verification(
+) -> None:
+    stream = after_tls(B_MANY, CertFor("a.example"))
+    stream.data_to_send()
+    events = drain(stream, b"<db:result from='a.example' to='conference.b.example'>"
+                           b"any</db:result>")
+    assert events == [PeerAuthenticated("a.example", "dialback")]
+    assert b"type='valid'" in stream.data_to_send()
+    # a domain the certificate does not cover still goes to its authoritative server
+    [request] = drain(stream, b"<db:result from='c.example' to='b.example'>k</db:result>")
+    assert isinstance(request, DialbackRequested) and request.originating == "c.example"
+
+
+def test_xep0220_2_3_2_we_answer_verify_for_each_of_our_domains() -> None:
+    stream = after_tls(A_MANY)
+    stream.data_to_send()
+    key = dialback_key(SECRET_A, "b.example", "conference.a.example", "S1")
+    [answer] = drain(stream, f"<db:verify from='b.example' to='conference.a.example' id='S1'>"
+                             f"{key}</db:verify>".encode())
+    assert answer == VerifyAnswered(True)
+    # the same key is not valid for the main domain: keys are per pair (XEP-0185 §3)
+    [answer] = drain(stream, f"<db:verify from='b.example' to='a.example' id='S1'>"
+                             f"{key}</db:verify>".encode())
+    assert answer == VerifyAnswered(False)
+
+
+def test_rfc6120_13_7_stream_of_a_service_domain_by_dialback_carries_only_its_stanzas() -> None:
+    first = InitiatingStream(A_MANY, "b.example", local="conference.a.example")
+    first.initiate()
+    assert b'from="conference.a.example" to="b.example"' in first.data_to_send()
+    out = InitiatingStream(A_MANY, "b.example", local="conference.a.example")
+    inn = ReceivingStream(B_MANY)
+    out.initiate()
+    out_events, in_events = pump(out, inn)
+    assert Ready("dialback", sm=True) in out_events
+    assert PeerAuthenticated("conference.a.example", "dialback") in in_events
+    out.send(b'<message xmlns="jabber:client" from="room@conference.a.example/n" '
+             b'to="r@b.example" type="groupchat"/>')
+    inn.receive_data(out.data_to_send())
+    [st] = drain(inn)
+    assert isinstance(st, StanzaIn) and st.from_.domain == "conference.a.example"
+    with pytest.raises(StreamError):  # the main domain has a stream of its own
+        out.send(b'<message xmlns="jabber:client" from="j@a.example" to="r@b.example"/>')
+
+
+def test_xep0178_external_as_a_service_domain() -> None:
+    out = InitiatingStream(A_MANY, "b.example", local="conference.a.example",
+                           direct_tls=True)
+    inn = ReceivingStream(B_MANY, direct_tls=True)
+    inn.direct_tls_established(CertFor("conference.a.example"))
+    out.initiate(cert_valid=True)
+    events_in: list[object] = []
+    events_out: list[object] = []
+    for _ in range(6):
+        inn.receive_data(out.data_to_send())
+        events_in += drain(inn)
+        out.receive_data(inn.data_to_send())
+        events_out += drain(out)
+    assert events_out == [Ready("EXTERNAL", sm=True)]
+    assert PeerAuthenticated("conference.a.example", "EXTERNAL") in events_in
 
 
 # ---- XEP-0198 acks on s2s -------------------------------------------------------------------
