@@ -157,7 +157,7 @@ async def test_occupant_whose_session_is_gone_is_dropped_when_a_fanout_misses_it
         ghost = f"ghost-{secrets.token_hex(3)}@localhost/r"
         join = (f'<presence xmlns="jabber:client" from="{ghost}" to="{room}/ghost">'
                 '<x xmlns="http://jabber.org/protocol/muc"/></presence>')
-        nc = await nats.connect(rooms.nats_url_of("connection_manager"))
+        nc = await nats.connect(rooms.nats_url_of("connection_manager"), tls=rooms.nats_tls())
         try:
             await nc.publish(subjects.muc(subjects.partition(room, rooms.partitions)),
                              Envelope(Kind.PRESENCE, to=f"{room}/ghost", from_=ghost,
