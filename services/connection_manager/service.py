@@ -297,7 +297,8 @@ class ConnectionManager:
         for conn in list(self.connections):
             if self._resumable_session(conn):
                 conn.hang_up()  # detached by connection_closed: another pod may take it
-            elif redirect:  # RFC 6120 §4.9.3.19: reconnect there
+            elif redirect or (conn.kind == "websocket" and self.settings.websocket_redirect_uri):
+                # RFC 6120 §4.9.3.19: reconnect there (WebSocket: RFC 7395 §3.6.1's URI)
                 conn.close(StreamErrorCondition.SEE_OTHER_HOST, content=redirect)
             else:
                 conn.close(StreamErrorCondition.SYSTEM_SHUTDOWN)
