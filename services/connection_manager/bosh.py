@@ -85,7 +85,7 @@ class _Requests(asyncio.Transport):
 class BoshSession(C2SConnection):
     """The I/O shell of one BOSH session."""
 
-    __slots__ = ("_answered", "_framing", "_held", "_idle", "_last_answer", "_out", "_rid",
+    __slots__ = ("_answered", "_framing", "_idle", "_last_answer", "_out", "_rid", "_waiting",
                  "pending_bytes", "sid", "wait_s")
     PROXY_HEADER: ClassVar[bool] = False
 
@@ -98,7 +98,7 @@ class BoshSession(C2SConnection):
         self.sid = secrets.token_urlsafe(18)
         self.wait_s = wait_s
         self._rid = rid  # the highest rid taken
-        self._held: deque[tuple[HttpEdge, asyncio.TimerHandle]] = deque()
+        self._waiting: deque[tuple[HttpEdge, asyncio.TimerHandle]] = deque()
         self._out: list[bytes] = []  # elements to answer with
         self.pending_bytes = 0
         self._framing = Framing()
@@ -124,8 +124,8 @@ class BoshSession(C2SConnection):
             self._idle = None
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self.wait_s, self._waited, edge)
-        self._held.append((edge, timer))
-        while len(self._held) > HOLD:  # §11: the oldest goes back, so that one is held
+        self._waiting.append((edge, timer))
+        while len(self._waiting) > HOLD:  # §11: the oldest goes back, so that one is held
             self._answer_oldest()
         data = body.payload
         if body.get("xmpp:restart") == "true":  # XEP-0206 §5: after SASL success
@@ -150,7 +150,7 @@ class BoshSession(C2SConnection):
         """XEP-0206 §3: the session creation request opens the stream."""
         self.connection_made(_Requests(self))
         loop = asyncio.get_running_loop()
-        self._held.append((edge, loop.call_later(self.wait_s, self._waited, edge)))
+        self._waiting.append((edge, loop.call_later(self.wait_s, self._waited, edge)))
         self.stream.receive_data(self.cm.bosh.header(body.get("to", "")))
         self._pump()
 
@@ -167,22 +167,22 @@ class BoshSession(C2SConnection):
         self.schedule_answer()
 
     def schedule_answer(self) -> None:
-        if self._out and self._held:
+        if self._out and self._waiting:
             asyncio.get_running_loop().call_soon(self._answer_oldest_if_out)
 
     def _answer_oldest_if_out(self) -> None:
-        if self._out and self._held:
+        if self._out and self._waiting:
             self._answer_oldest()
 
     def _answer_oldest(self, body: bytes | None = None) -> None:
-        edge, timer = self._held.popleft()
+        edge, timer = self._waiting.popleft()
         timer.cancel()
         if body is None:
             out, self._out, self.pending_bytes = self._out, [], 0
             body = bosh.response(out, self._session_attrs())
             self._last_answer = body
         edge.answer(200, body, extra=self.cm.bosh.cors_for(edge))
-        if not self._held and not self._closing:
+        if not self._waiting and not self._closing:
             self._idle = asyncio.get_running_loop().call_later(
                 self.cm.settings.bosh_inactivity_s, self._inactive)
 
@@ -200,13 +200,13 @@ class BoshSession(C2SConnection):
                 "xmpp:restartlogic": "true", "maxpause": "0"}
 
     def _waited(self, edge: HttpEdge) -> None:
-        for i, (held, _timer) in enumerate(self._held):
+        for i, (held, _timer) in enumerate(self._waiting):
             if held is edge:
-                del self._held[i]
+                del self._waiting[i]
                 edge.answer(200, bosh.response([], self._session_attrs()),
                             extra=self.cm.bosh.cors_for(edge))
                 break
-        if not self._held and not self._closing and self._idle is None:
+        if not self._waiting and not self._closing and self._idle is None:
             self._idle = asyncio.get_running_loop().call_later(
                 self.cm.settings.bosh_inactivity_s, self._inactive)
 
@@ -214,7 +214,7 @@ class BoshSession(C2SConnection):
         """XEP-0124 §7.1 'inactivity': no request for that long: the connection is lost
         (a resumable XEP-0198 session is detached, as for a broken TCP connection)."""
         self._idle = None
-        if not self._held and not self._closing:
+        if not self._waiting and not self._closing:
             log.info("BOSH session %s inactive", self.sid)
             self.hang_up()
 
@@ -227,8 +227,8 @@ class BoshSession(C2SConnection):
         condition = "remote-stream-error" if any(
             m.startswith(b"<stream:error") for m in out) else ""
         body = bosh.terminate(condition, out)
-        while self._held:
-            edge, timer = self._held.popleft()
+        while self._waiting:
+            edge, timer = self._waiting.popleft()
             timer.cancel()
             edge.answer(200, body, extra=self.cm.bosh.cors_for(edge))
             body = bosh.terminate()
