@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import base64
 import os
-import subprocess
 import sys
 import time
 
@@ -141,11 +140,12 @@ async def measure(variant: str, n: int) -> float:
     from devtools.localservers import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "loadtest.ws_memory", "--serve", variant,
-                             "--port", str(port)], stdout=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.ws_memory", "--serve", variant, "--port", str(port),
+        stdout=asyncio.subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == b"ready"
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"ready"
         ws = variant != "tcp"
         warm = [await _client(port, ws) for _ in range(50)]
         await asyncio.sleep(1)
@@ -160,7 +160,7 @@ async def measure(variant: str, n: int) -> float:
         return (after - before) / n
     finally:
         proc.kill()
-        proc.wait()
+        await proc.wait()
 
 
 def main() -> None:
