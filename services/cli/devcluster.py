@@ -3,7 +3,9 @@
 Starts nats-server, redis-server (AOF on) and PostgreSQL (database `stanzad`), data under
 var/, then the routers, presence, roster and muc members, connection managers (one of each by
 default; ``Scale``), an s2s gateway and the admin API, each as its own process with prefixed
-log lines.  The i-th connection manager (from 0) listens on the c2s port + 10·i.
+log lines.  The i-th connection manager (from 0) listens on the c2s port + 10·i, its
+direct TLS port (XEP-0368) and its HTTP port (WebSocket, BOSH, host-meta) + 10·i likewise
+(5223 and 5280 for the first).
 
 NATS accepts only the identity of each role, with that role's permissions
 (shared/bus/permissions.py), and only over TLS; the passwords are generated on the first run
@@ -96,6 +98,8 @@ class Ports:
     """The listeners of the local cluster; ``metrics`` 0 lets each service pick its own."""
 
     c2s: int = 5222
+    c2s_tls: int = 0  # direct TLS (XEP-0368); 0: the c2s port + 1 (5223)
+    http: int = 0  # WebSocket, BOSH, host-meta; 0: the c2s port + 58 (5280)
     s2s: int = S2S_PORT
     nats: int = NATS_PORT
     redis: int = REDIS_PORT
@@ -110,10 +114,20 @@ class Ports:
         """The c2s port of the ``index``-th connection manager (from 0)."""
         return self.c2s + CM_PORT_STEP * index
 
+    def tls_of(self, index: int) -> int:
+        """The direct TLS port of the ``index``-th connection manager."""
+        return (self.c2s_tls or self.c2s + 1) + CM_PORT_STEP * index
+
+    def http_of(self, index: int) -> int:
+        """The HTTP port (WebSocket, BOSH, host-meta) of the ``index``-th connection manager."""
+        return (self.http or self.c2s + 58) + CM_PORT_STEP * index
+
     def listeners(self, scale: Scale = Scale()) -> list[tuple[int, str]]:
         named = [(self.nats, "NATS"), (self.redis, "Redis"), (self.postgres, "PostgreSQL")]
-        named += [(self.c2s_of(i), f"c2s of connection manager {i}")
-                  for i in range(scale.connection_managers)]
+        for i in range(scale.connection_managers):
+            named += [(self.c2s_of(i), f"c2s of connection manager {i}"),
+                      (self.tls_of(i), f"direct TLS c2s of connection manager {i}"),
+                      (self.http_of(i), f"WebSocket/BOSH of connection manager {i}")]
         named += [(self.s2s, "s2s"), (self.admin, "the admin API")]
         if self.metrics:
             named += [(self.metrics_port(i), "a metrics side port")
@@ -316,6 +330,8 @@ def _children(
                run_as=postgres.run_as(), port=ports.postgres)
     cms = [service(f"cm{suffix(i)}", "services.connection_manager", "connection_manager", {
         "STANZAD_C2S_PORT": str(ports.c2s_of(i)), "STANZAD_CM_ID": f"cm-local{suffix(i)}",
+        "STANZAD_C2S_TLS_PORT": str(ports.tls_of(i)),
+        "STANZAD_C2S_HTTP_PORT": str(ports.http_of(i)),
         "STANZAD_ALLOW_REGISTRATION": os.environ.get("STANZAD_ALLOW_REGISTRATION", "true"),
         "STANZAD_DRAIN_TIMEOUT_S": os.environ.get("STANZAD_DRAIN_TIMEOUT_S", CM_DRAIN_S),
         **tls,
@@ -447,7 +463,11 @@ async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scal
                    else "metrics on ports of the services' choosing (see their logs)")
         c2s = ", ".join(f"127.0.0.1:{c.port} ({c.env['STANZAD_CM_ID']})"
                         for c in started if c.name.startswith("cm") and c.port is not None)
-        print(f"stanzad is up: c2s on {c2s} (STARTTLS), domain "
+        ways = "; ".join(
+            f"direct TLS on 127.0.0.1:{ports.tls_of(i)}, WebSocket on "
+            f"ws://127.0.0.1:{ports.http_of(i)}/xmpp-websocket (BOSH /http-bind, host-meta "
+            "/.well-known/host-meta)" for i in range(scale.connection_managers))
+        print(f"stanzad is up: c2s on {c2s} (STARTTLS); {ways}; domain "
               f"{os.environ.get('STANZAD_DOMAIN', 'localhost')}; s2s on :{ports.s2s}; "
               f"{metrics}.\nadmin API: http://127.0.0.1:{ports.admin}/api/v1/ with "
               f"'Authorization: Bearer {admin_token}'. Ctrl-C stops it.", flush=True)

@@ -334,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole cluster locally in the foreground")
     run.add_argument("--var", default=LOCAL_VAR, help=f"data folder (default: {LOCAL_VAR})")
     run.add_argument("--c2s-port", type=int, default=5222)
+    run.add_argument("--c2s-tls-port", type=int, default=0,
+                     help="direct TLS (XEP-0368); default: the c2s port + 1 (5223)")
+    run.add_argument("--http-port", type=int, default=0,
+                     help="WebSocket, BOSH and host-meta; default: the c2s port + 58 (5280)")
     run.add_argument("--s2s-port", type=int, default=None,
                      help="default: STANZAD_S2S_PORT, else 5269")
     run.add_argument("--nats-port", type=int, default=NATS_PORT)
@@ -398,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         s2s = args.s2s_port or int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT))
-        ports = Ports(c2s=args.c2s_port, s2s=s2s, nats=args.nats_port, redis=args.redis_port,
+        ports = Ports(c2s=args.c2s_port, c2s_tls=args.c2s_tls_port, http=args.http_port,
+                      s2s=s2s, nats=args.nats_port, redis=args.redis_port,
                       postgres=args.postgres_port, admin=args.admin_port,
                       metrics=args.metrics_port)
         scale = Scale(connection_managers=args.connection_managers, routers=args.routers,

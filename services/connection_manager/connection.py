@@ -28,7 +28,7 @@ import math
 import secrets
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 from xml.sax.saxutils import quoteattr
 
 from shared.cluster import proxy_protocol
@@ -103,6 +103,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "cm",
         "detached",
         "directed",
+        "kind",
         "peer",
         "pushes",
         "record",
@@ -113,8 +114,11 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, cm: ConnectionManager) -> None:
+    PROXY_HEADER: ClassVar[bool] = True  # a trusted load balancer may start with a PROXY header
+
+    def __init__(self, cm: ConnectionManager, kind: str = "tcp") -> None:
         self.cm = cm
+        self.kind = kind  # the way in: tcp (STARTTLS), tls (XEP-0368), websocket, bosh
         self.session_id = secrets.token_hex(6)
         self.stream = C2SStream(cm.stream_config)
         self.transport: asyncio.Transport | None = None  # TCP; TLS is `_tls`, over it
@@ -158,10 +162,16 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = self.transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if not self.peer:  # a WebSocket stream knows it from the HTTP request already
+            self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         metrics.CONNECTIONS.inc()
         metrics.CONNECTIONS_OPENED.inc()
+        metrics.TRANSPORT_CONNECTIONS.labels(self.kind).inc()
+        metrics.TRANSPORT_OPENED.labels(self.kind).inc()
         self.cm.connections.add(self)
+        if self.kind == "tls":  # XEP-0368: TLS from the first byte, no <starttls/> offered
+            self._tls = TLSSession(self.cm.tls_context, keylog=self.cm.tls_keylog)
+            self.stream.tls = True
         s = self.cm.settings
         loop = asyncio.get_running_loop()
         now = self._last_rx = loop.time()
@@ -175,6 +185,9 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             metrics.CONNECTIONS_REFUSED.labels("total").inc()
             log.warning("refused a connection from %s: %d open", self.peer, s.max_connections)
             self.close(StreamErrorCondition.RESOURCE_CONSTRAINT, "server full")
+            return
+        if not self.PROXY_HEADER:  # the HTTP port: X-Forwarded-For named the client
+            self._admit()
             return
         self._preamble = b""  # a PROXY header or not: `_preface` looks at the first bytes
         if not peer or str(peer[0]) not in self.cm.proxies:
@@ -288,7 +301,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self.transport.write(out)
         if handshaking and tls.established:
             metrics.TLS_HANDSHAKES.labels("lean" if tls.lean_ready else "openssl").inc()
-            self.stream.tls_established()  # a new stream; what came with the Finished follows
+            if self.kind != "tls":  # direct TLS: the stream starts now, nothing to restart
+                self.stream.tls_established()  # a new stream; what came with the Finished
         return plain
 
     def eof_received(self) -> bool:
@@ -296,6 +310,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         metrics.CONNECTIONS.dec()
+        metrics.TRANSPORT_CONNECTIONS.labels(self.kind).dec()
         self._closing = True
         for timer in (self._auth_timer, self._throttle, self._keepalive, self._abort_timer,
                       self._ack_timer):

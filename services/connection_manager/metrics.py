@@ -6,6 +6,19 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CONNECTIONS = Gauge("stanzad_cm_connections", "Open client connections.")
 CONNECTIONS_OPENED = Counter("stanzad_cm_connections_opened_total", "Client connections accepted.")
+# issue 22: the same by way in (tcp: 5222 STARTTLS, tls: direct TLS XEP-0368, websocket:
+# RFC 7395, bosh: XEP-0206 sessions)
+TRANSPORT_CONNECTIONS = Gauge(
+    "stanzad_cm_transport_connections", "Open client streams by transport.", ["transport"]
+)
+TRANSPORT_OPENED = Counter(
+    "stanzad_cm_transport_opened_total", "Client streams opened by transport.", ["transport"]
+)
+HTTP_REQUESTS = Counter(
+    "stanzad_cm_http_requests_total",
+    "Requests on the HTTP port by endpoint (websocket, bosh, host-meta, other) and status.",
+    ["endpoint", "status"],
+)
 SESSIONS = Gauge("stanzad_cm_sessions", "Bound client sessions.")
 LOGINS = Counter(
     "stanzad_cm_logins_total", "SASL authentications by mechanism and result.",

@@ -16,6 +16,7 @@ detached this way and handed over to the pod its client resumes on (`stop`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import signal
@@ -62,12 +63,15 @@ from shared.xmpp.stanza import iq_result, local_name, must_not_bounce, split_sta
 
 from . import metrics
 from .account import InBand, is_register_query
+from .bosh import BoshSessions
 from .connection import C2SConnection
+from .http import HttpEdge
 
 log = logging.getLogger(__name__)
 
 MAX_HOPS = 2
 SERVICE = "connection_manager"
+ALPN_CLIENT: Final = "xmpp-client"  # XEP-0368 §3
 
 
 class ConnectionManager:
@@ -105,6 +109,15 @@ class ConnectionManager:
         metrics.SM_ACKS_OUTSTANDING.set_function(
             lambda: sum(1 for c in self.sessions.values() if c._ack_asked)
         )
+        # WebSocket and BOSH streams: no STARTTLS inside them (RFC 7395 §3.7, XEP-0206)
+        self.ws_stream_config = dataclasses.replace(self.stream_config, tls_available=False)
+        self.http_edges: set[HttpEdge] = set()  # HTTP connections not (yet) streams
+        self.http_proxies = Networks(settings.http_trusted_proxies)
+        self._origins = frozenset(
+            o.strip().rstrip("/").lower() for o in settings.websocket_origins.split(",")
+            if o.strip()
+        )
+        self.bosh = BoshSessions(self)
         self.tls_context: ssl.SSLContext | None = None
         # lean TLS sessions need the secrets, which come only with no tickets after them
         self.tls_keylog: KeyLog | None = (
@@ -151,6 +164,9 @@ class ConnectionManager:
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
                        fail_while_disconnected=True, **settings.nats_options())
         self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []  # direct TLS, HTTP
+        self.tls_port = 0
+        self.http_port = 0
         # STANZAD_EMBEDDED_ROUTER: a router in this process; what its partitions and our
         # subject carry between the two skips NATS (shared/bus/local.py)
         self.router: Router | None = None
@@ -197,6 +213,27 @@ class ConnectionManager:
             log.warning("heartbeat failed: %s", exc)
         log.info("%s listening for c2s on %s:%d (domain %s)", self.cm_id, s.c2s_host, self.port,
                  s.domain)
+        if s.c2s_tls_port >= 0:  # XEP-0368 direct TLS
+            server = await loop.create_server(
+                lambda: C2SConnection(self, "tls"), s.c2s_host, s.c2s_tls_port, backlog=1024,
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            self.tls_port = server.sockets[0].getsockname()[1]
+            log.info("%s listening for direct TLS c2s on %s:%d (ALPN %s)", self.cm_id,
+                     s.c2s_host, self.tls_port, ALPN_CLIENT)
+        if s.c2s_http_port >= 0:  # RFC 7395 WebSocket, XEP-0206 BOSH, XEP-0156 host-meta
+            server = await loop.create_server(
+                lambda: HttpEdge(self), s.c2s_host, s.c2s_http_port, backlog=1024,
+                reuse_address=True,
+                ssl=server_context(s.tls_cert, s.tls_key) if s.c2s_http_tls else None,
+            )
+            self._servers.append(server)
+            self.http_port = server.sockets[0].getsockname()[1]
+            scheme = "wss" if s.c2s_http_tls else "ws"
+            log.info("%s listening for WebSocket on %s://%s:%d%s, BOSH on %s, host-meta on "
+                     "/.well-known/host-meta", self.cm_id, scheme, s.c2s_host, self.http_port,
+                     s.websocket_path, s.bosh_path)
 
     def reload_tls(self) -> None:
         """SIGHUP: load the certificate and key again; new STARTTLS handshakes use them."""
@@ -213,11 +250,33 @@ class ConnectionManager:
         (STANZAD_TLS_LEAN_SESSIONS, shared/tls/session.py)."""
         s = self.settings
         ctx = server_context(s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets)
+        # XEP-0368 §3: direct TLS clients may ask for ALPN "xmpp-client" (so that 443 can be
+        # shared behind an SNI/ALPN router); one without ALPN, or STARTTLS, is served alike
+        ctx.set_alpn_protocols([ALPN_CLIENT])
         TLS_CERT_EXPIRY.labels(SERVICE).set(certificate_expiry(s.tls_cert))
         if self.tls_keylog is not None and not self.tls_keylog.attach(ctx):
             self.tls_keylog.close()
             self.tls_keylog = None
         return ctx
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def origin_allowed(self, origin: str) -> bool:
+        """A browser's Origin may open WebSocket and BOSH sessions (STANZAD_WEBSOCKET_ORIGINS;
+        RFC 6455 §10.2: the server decides)."""
+        return "*" in self._origins or origin.strip().rstrip("/").lower() in self._origins
+
+    def public_urls(self) -> tuple[str, str]:
+        """(WebSocket URL, BOSH URL) as clients reach them, for host-meta (XEP-0156)."""
+        s = self.settings
+        base = s.public_http_url.rstrip("/")
+        if not base:
+            scheme = "https" if s.c2s_http_tls else "http"
+            base = f"{scheme}://{self.domain}:{self.http_port}"
+        ws = ("wss" if base.startswith("https") else "ws") + base[base.index(":"):]
+        return ws + s.websocket_path, base + s.bosh_path
 
     def healthy(self) -> bool:
         return not self._stopping or bool(self.connections or self.detached)
@@ -236,11 +295,17 @@ class ConnectionManager:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        for server in self._servers:
+            server.close()
+        for edge in list(self.http_edges):  # requests not yet streams: nothing to keep
+            if not edge._busy:
+                edge.close()
         redirect = self.settings.shutdown_redirect
         for conn in list(self.connections):
             if self._resumable_session(conn):
                 conn.hang_up()  # detached by connection_closed: another pod may take it
-            elif redirect:  # RFC 6120 §4.9.3.19: reconnect there
+            elif redirect or (conn.kind == "websocket" and self.settings.websocket_redirect_uri):
+                # RFC 6120 §4.9.3.19: reconnect there (WebSocket: RFC 7395 §3.6.1's URI)
                 conn.close(StreamErrorCondition.SEE_OTHER_HOST, content=redirect)
             else:
                 conn.close(StreamErrorCondition.SYSTEM_SHUTDOWN)

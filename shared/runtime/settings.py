@@ -189,6 +189,55 @@ class ConnectionManagerSettings(CommonSettings):
     tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain.")
     tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
     tls_required: bool = Field(True, description="Refuse SASL before STARTTLS.")
+    # ---- other ways in (issue 22): direct TLS, WebSocket, BOSH; README "Ports" ----
+    c2s_tls_port: int = Field(
+        5223, ge=-1, le=65535,
+        description="Direct TLS c2s port (XEP-0368, ALPN xmpp-client); 0: a free port, "
+        "-1: off.",
+    )
+    c2s_http_port: int = Field(
+        5280, ge=-1, le=65535,
+        description="HTTP port of WebSocket (RFC 7395), BOSH (XEP-0206) and host-meta "
+        "(XEP-0156); 0: a free port, -1: off.",
+    )
+    c2s_http_tls: bool = Field(
+        False, description="Serve the HTTP port over TLS (wss://, https://) with the c2s "
+        "certificate; off when an ingress terminates TLS.",
+    )
+    websocket_path: str = Field("/xmpp-websocket", description="WebSocket endpoint path.")
+    bosh_path: str = Field("/http-bind", description="BOSH endpoint path.")
+    public_http_url: str = Field(
+        "",
+        description="The HTTP port's URL as clients reach it (https://chat.example.org), for "
+        "host-meta; empty: http(s)://<domain>:<port>.",
+    )
+    websocket_origins: str = Field(
+        "",
+        description="Origins (scheme://host[:port], comma-separated) whose browsers may open "
+        "WebSocket and BOSH sessions; '*': any; empty: requests without an Origin only.",
+    )
+    http_trusted_proxies: str = Field(
+        "",
+        description="CIDR list of reverse proxies (ingress) whose X-Forwarded-For names the "
+        "client and whose X-Forwarded-Proto: https counts as TLS; empty: none.",
+    )
+    websocket_redirect_uri: str = Field(
+        "",
+        description="ws(s):// URI sent as <close see-other-uri/> (RFC 7395 §3.6.1) to "
+        "WebSocket clients on SIGTERM; empty: system-shutdown.",
+    )
+    http_max_request_bytes: int = Field(
+        64 * KiB, ge=1 * KiB,
+        description="Largest HTTP request head plus body (a BOSH body) accepted.",
+    )
+    bosh_wait_s: int = Field(
+        60, ge=1, le=300, description="Longest a BOSH request is held (XEP-0124 'wait')."
+    )
+    bosh_inactivity_s: int = Field(
+        60, ge=5,
+        description="A BOSH session with no request for this long ends (XEP-0124 "
+        "'inactivity').",
+    )
     tls_session_tickets: int = Field(
         0, ge=0, le=8, description="TLS 1.3 session tickets sent after each full handshake."
     )
@@ -349,7 +398,7 @@ class ConnectionManagerSettings(CommonSettings):
         "connection manager).",
     )
 
-    @field_validator("trusted_networks", "proxy_protocol_networks")
+    @field_validator("trusted_networks", "proxy_protocol_networks", "http_trusted_proxies")
     @classmethod
     def _check_networks(cls, value: str) -> str:
         parse_networks(value)

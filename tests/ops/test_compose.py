@@ -35,7 +35,9 @@ STANZAD = {"router": ["router"], "presence": ["presence"], "roster": ["roster"],
            "connection_manager": ["connection-manager"], "s2s_gateway": ["s2s-gateway"],
            "admin": ["admin"]}
 # What is published beyond the host's loopback: XMPP for clients and for other servers.
-PUBLIC = {"connection_manager": ["5222:5222"], "s2s_gateway": ["5269:5269"]}
+# c2s: STARTTLS, direct TLS (XEP-0368), WebSocket/BOSH/host-meta; s2s
+PUBLIC = {"connection_manager": ["5222:5222", "5223:5223", "5280:5280"],
+          "s2s_gateway": ["5269:5269"]}
 SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "router": RouterSettings, "presence": PresenceSettings, "roster": RosterSettings,
     "muc": MucSettings, "pubsub": PubsubSettings,
@@ -132,7 +134,7 @@ def test_redis_keeps_its_data(compose: dict[str, Any]) -> None:
                for v in redis["volumes"])
 
 
-def test_only_c2s_and_s2s_are_published_beyond_loopback(compose: dict[str, Any]) -> None:
+def test_only_client_and_s2s_ports_are_published_beyond_loopback(compose: dict[str, Any]) -> None:
     published = {name: svc.get("ports", []) for name, svc in compose["services"].items()}
     for name, ports in published.items():
         if name in PUBLIC:

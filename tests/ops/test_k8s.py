@@ -173,9 +173,33 @@ def test_c2s_load_balancer_keeps_traffic_local(
     svc = _one(overlays[overlay], "Service", "stanzad-c2s")
     assert svc["spec"]["type"] == "LoadBalancer"
     assert svc["spec"]["externalTrafficPolicy"] == "Local"
-    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(5222, "c2s")]
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+        (5222, "c2s"), (5223, "c2s-tls")]  # STARTTLS and direct TLS (XEP-0368)
     cm = _one(overlays[overlay], "Deployment", "stanzad-connection-manager")
     assert {"name": "c2s", "containerPort": 5222} in _container(cm)["ports"]
+    assert {"name": "c2s-tls", "containerPort": 5223} in _container(cm)["ports"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_websocket_ingress_reaches_the_http_port_with_upgrades_and_affinity(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    """RFC 7395 and XEP-0206 through an ingress: the Service exposes the HTTP port, the
+    Ingress routes the WebSocket, BOSH and host-meta paths to it with long timeouts (idle
+    WebSocket streams) and cookie affinity (a BOSH session lives on one pod)."""
+    docs = overlays[overlay]
+    svc = _one(docs, "Service", "stanzad-http")
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(5280, "http")]
+    cm = _one(docs, "Deployment", "stanzad-connection-manager")
+    assert {"name": "http", "containerPort": 5280} in _container(cm)["ports"]
+    ingress = _one(docs, "Ingress", "stanzad-http")
+    notes = ingress["metadata"]["annotations"]
+    assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 120
+    assert notes["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+    paths = {p["path"]: p["backend"]["service"]
+             for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert set(paths) == {"/xmpp-websocket", "/http-bind", "/.well-known/host-meta"}
+    assert all(b == {"name": "stanzad-http", "port": {"name": "http"}} for b in paths.values())
 
 
 @pytest.mark.parametrize("overlay", LOCAL_TRAFFIC)
@@ -412,7 +436,8 @@ def test_network_policies_open_only_the_public_ports(
 ) -> None:
     """Every stanzad pod is under a default-deny ingress policy; only the connection
     managers' c2s port and the s2s gateways' port are open to anyone, and the open ports
-    exist on the pods they select; the dev data stores accept stanzad's pods only."""
+    exist on the pods they select (the HTTP port only from the ingress controller); the dev
+    data stores accept stanzad's pods only."""
     docs = overlays[overlay]
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     open_to_all: set[tuple[str, str]] = set()
@@ -427,7 +452,8 @@ def test_network_policies_open_only_the_public_ports(
                 assert named <= ports, (policy["metadata"]["name"], w["metadata"]["name"])
                 if "from" not in rule:
                     open_to_all |= {(labels["app.kubernetes.io/component"], p) for p in named}
-    assert open_to_all == {("connection-manager", "c2s"), ("s2s-gateway", "s2s")}
+    assert open_to_all == {("connection-manager", "c2s"), ("connection-manager", "c2s-tls"),
+                           ("s2s-gateway", "s2s")}
     stores = [d for d in docs if d["kind"] == "StatefulSet"
               and d["metadata"]["name"] in ("nats", "redis", "postgres")]
     for store in stores:  # the dev overlay's

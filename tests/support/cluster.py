@@ -56,6 +56,8 @@ class Cluster:
     admin_tokens: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     cm_env: dict[str, dict[str, str]] = field(default_factory=dict)  # for restart_cm
+    tls_ports: dict[str, int] = field(default_factory=dict)  # direct TLS (XEP-0368) per CM
+    http_ports: dict[str, int] = field(default_factory=dict)  # WebSocket, BOSH, host-meta
     aof: bool = False  # Redis append-only file (for restart tests)
     database_url: str = ""  # a fresh database on the shared test PostgreSQL by default
     # ... where the services run as the application role and migrate as the owner role
@@ -116,6 +118,10 @@ class Cluster:
             "STANZAD_DOMAIN": self.domain,
             "STANZAD_PARTITIONS": str(self.partitions),
             "STANZAD_LOG_LEVEL": "INFO",
+            # the direct TLS and HTTP ports are off unless a test asks (start_cm gives them
+            # free ports): their defaults (5223, 5280) would collide between processes
+            "STANZAD_C2S_TLS_PORT": "-1",
+            "STANZAD_C2S_HTTP_PORT": "-1",
         }
         if role:
             assert self.nats_auth is not None, "NATS not started"
@@ -267,9 +273,13 @@ class Cluster:
             "STANZAD_TLS_CERT": str(self.workdir / "tls" / "cert.pem"),
             "STANZAD_TLS_KEY": str(self.workdir / "tls" / "key.pem"),
             "STANZAD_SESSION_TTL_S": "6",
+            "STANZAD_C2S_TLS_PORT": str(localservers.free_port()),
+            "STANZAD_C2S_HTTP_PORT": str(localservers.free_port()),
             **env,
         }
         self.cm_env[name] = env
+        self.tls_ports[name] = int(env["STANZAD_C2S_TLS_PORT"])
+        self.http_ports[name] = int(env["STANZAD_C2S_HTTP_PORT"])
         self.start_service(name, "services.connection_manager", **env)
         self.wait_ready(name)
         if port not in self.c2s_ports:
