@@ -139,20 +139,21 @@ class ComponentStream(ServingStream):
             raise StreamError(StreamErrorCondition.INVALID_NAMESPACE,
                               "jabber:component:accept expected")
         if not domain or not self.config.secrets.get(domain):
-            self._ready.append(AuthFailed(domain, "unknown-domain"))
-            raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
+            self._ready.append(self._fail(StreamError(StreamErrorCondition.HOST_UNKNOWN)))
+            return AuthFailed(domain, "unknown-domain")
         self.domain = domain
         self.state = State.OPEN
         return None
 
     def _on_handshake(self, element: etree._Element) -> Event:
+        """XEP-0114 §3: right, <handshake/>; wrong, AuthFailed then not-authorized (§3.1)."""
         if self.authenticated:
             raise StreamError(StreamErrorCondition.NOT_AUTHORIZED, "handshake done already")
         expected = handshake_digest(self.stream_id, self.config.secrets[self.domain])
         given = (element.text or "").strip().lower()
         if not hmac.compare_digest(expected.encode(), given.encode()):
-            self._ready.append(AuthFailed(self.domain, "bad-handshake"))
-            raise StreamError(StreamErrorCondition.NOT_AUTHORIZED)
+            self._ready.append(self._fail(StreamError(StreamErrorCondition.NOT_AUTHORIZED)))
+            return AuthFailed(self.domain, "bad-handshake")
         self.authenticated = True
         self._parser.limits = ParserLimits(max_stanza_bytes=self.config.max_stanza_bytes)
         self._out.append(f'<handshake xmlns="{ns.COMPONENT_ACCEPT}"/>'.encode())

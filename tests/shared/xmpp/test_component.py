@@ -55,9 +55,9 @@ def test_xep0114_3_1_wrong_secret_is_not_authorized() -> None:
     stream, _ = _open()
     stream.receive_data(b"<handshake>" + handshake_digest("x", "wrong").encode() + b"</handshake>")
     events = _events(stream)
-    assert isinstance(events[0], StreamEnded) and events[0].error is not None
-    assert events[0].error.value == "not-authorized"
-    assert AuthFailed("bot.example.com", "bad-handshake") in events
+    assert events[0] == AuthFailed("bot.example.com", "bad-handshake")
+    assert isinstance(events[1], StreamEnded) and events[1].error is not None
+    assert events[1].error.value == "not-authorized"
     assert b"<not-authorized" in stream.data_to_send()
 
 
@@ -65,8 +65,9 @@ def test_unknown_domain_is_host_unknown() -> None:
     stream = ComponentStream(CONFIG)
     stream.receive_data(HEADER.format("nobody.example.com").encode())
     events = _events(stream)
-    assert isinstance(events[0], StreamEnded) and events[0].error is not None
-    assert events[0].error.value == "host-unknown"
+    assert events[0] == AuthFailed("nobody.example.com", "unknown-domain")
+    assert isinstance(events[1], StreamEnded) and events[1].error is not None
+    assert events[1].error.value == "host-unknown"
     assert b"<host-unknown" in stream.data_to_send()
 
 
