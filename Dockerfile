@@ -6,7 +6,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# the s3 extra: boto3 for the upload service's S3-compatible storage
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[s3]"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -27,8 +28,9 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY --chmod=0755 ops/docker/entrypoint.sh /usr/local/bin/stanzad-entrypoint
 USER 10001:10001
 WORKDIR /var/lib/stanzad
-# 5222 c2s (STARTTLS), 9100 side port (/metrics /healthz /readyz), 9190 admin API
-EXPOSE 5222 5269 9100 9190
+# 5222 c2s (STARTTLS), 5269 s2s, 5347 components, 5281 HTTP upload, 9100 side port
+# (/metrics /healthz /readyz), 9190 admin API
+EXPOSE 5222 5269 5281 5347 9100 9190
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["stanzad-entrypoint", "healthcheck"]
 ENTRYPOINT ["stanzad-entrypoint"]

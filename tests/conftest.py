@@ -108,3 +108,36 @@ async def users(cluster: Cluster) -> AsyncIterator[Users]:
     u = await Users(cluster).open()
     yield u
     await u.close()
+
+
+COMPONENT_SECRET = "bot-secret"
+TURN_SECRET = "turn-static-auth-secret"
+
+
+@pytest.fixture(scope="session")
+def ways_cluster(postgres: LocalPostgres) -> Iterator[Cluster]:
+    """A cluster of its own with an external component domain (bot.localhost, XEP-0114), the
+    upload service (XEP-0363) and STUN/TURN services (XEP-0215): every service must know the
+    component domain, so the session's cluster cannot host it."""
+    from devtools import localservers
+
+    c = new_cluster()
+    c.common_env = {"STANZAD_COMPONENTS": f"bot.localhost={COMPONENT_SECRET}"}
+    try:
+        c.start_servers()
+        c.start_core()
+        c.start_cm(STANZAD_EXTERNAL_SERVICES="stun:turn.localhost:3478/udp,"
+                   "turn:turn.localhost:3478/udp,turns:turn.localhost:5349/tcp",
+                   STANZAD_TURN_SECRET=TURN_SECRET)
+        c.component_port = localservers.free_port()
+        c.start_s2s(STANZAD_COMPONENT_PORT=str(c.component_port))
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def ways_users(ways_cluster: Cluster) -> AsyncIterator[Users]:
+    u = await Users(ways_cluster).open()
+    yield u
+    await u.close()

@@ -1,6 +1,6 @@
 #!/bin/sh
 # stanzad container entry point: the first argument picks the service.
-#   connection-manager | router | presence | roster | muc | pubsub | s2s-gateway | admin
+#   connection-manager | router | presence | roster | muc | pubsub | s2s-gateway | upload | admin
 #                                        run that service (exec: it is PID 1 and gets SIGTERM)
 #   healthcheck                          GET /healthz on the side port (Docker HEALTHCHECK)
 #   stanzad ARGS...                      the admin CLI; anything else is executed as given
@@ -19,6 +19,7 @@ case "${1:-}" in
   muc) shift; exec python -m services.muc "$@" ;;
   pubsub) shift; exec python -m services.pubsub "$@" ;;
   s2s-gateway) shift; exec python -m services.s2s_gateway "$@" ;;
+  upload) shift; exec python -m services.upload "$@" ;;
   admin) shift; exec python -m services.admin "$@" ;;
   healthcheck)
     exec python -c 'import os, sys, urllib.request
@@ -27,6 +28,6 @@ try:
     urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
 except Exception as exc:
     sys.exit(f"unhealthy: {exc}")' ;;
-  "") echo "usage: connection-manager | router | presence | roster | muc | pubsub | s2s-gateway | admin | healthcheck | stanzad ARGS" >&2; exit 64 ;;
+  "") echo "usage: connection-manager | router | presence | roster | muc | pubsub | s2s-gateway | upload | admin | healthcheck | stanzad ARGS" >&2; exit 64 ;;
   *) exec "$@" ;;
 esac

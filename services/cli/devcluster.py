@@ -57,10 +57,12 @@ REDIS_PORT = 16379
 PG_PORT = 15432
 ADMIN_PORT = 9190
 S2S_PORT = 5269
+COMPONENT_PORT = 5347  # XEP-0114, on the s2s gateway
+UPLOAD_PORT = 5281  # XEP-0363 PUT and GET
 METRICS_PORT = 9101  # the first of Scale.services() consecutive ones (seven by default)
 CM_PORT_STEP: Final = 10  # the i-th connection manager listens on the c2s port + 10·i
 COLORS = {"nats": 36, "redis": 31, "postgres": 34, "cm": 32, "router": 35, "presence": 33,
-          "roster": 34, "muc": 36, "pubsub": 35, "s2s": 37, "admin": 37}
+          "roster": 34, "muc": 36, "pubsub": 35, "s2s": 37, "admin": 37, "upload": 33}
 # Stop bounds (seconds): the services get SERVICES_STOP_S to stop cleanly (they need NATS
 # and Redis for it, so those go after), the servers SERVERS_STOP_S; then SIGKILL, after
 # which KILLED_WAIT_S only guards against a process stuck in the kernel.
@@ -73,6 +75,7 @@ RESTART_BACKOFF_MAX_S: Final = 8.0
 STABLE_AFTER_S: Final = 30.0  # a child that ran this long is healthy: its backoff resets
 MAX_QUICK_RESTARTS: Final = 5
 DATABASE: Final = "stanzad"
+LOCAL_COMPONENTS: Final = "bot.localhost=secret"  # the local profile's example component
 PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
 
 
@@ -88,9 +91,10 @@ class Scale:
     pubsub: int = 1
 
     def services(self) -> int:
-        """The processes with a metrics side port: these, one s2s gateway, the admin API."""
+        """The processes with a metrics side port: these, one s2s gateway, one upload
+        service, the admin API."""
         return (self.connection_managers + self.routers + self.presence + self.roster
-                + self.muc + self.pubsub + 2)
+                + self.muc + self.pubsub + 3)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ class Ports:
     postgres: int = PG_PORT
     admin: int = ADMIN_PORT
     metrics: int = METRICS_PORT
+    component: int = COMPONENT_PORT
+    upload: int = UPLOAD_PORT
 
     def metrics_port(self, index: int) -> int:
         return self.metrics + index if self.metrics else 0
@@ -128,7 +134,8 @@ class Ports:
             named += [(self.c2s_of(i), f"c2s of connection manager {i}"),
                       (self.tls_of(i), f"direct TLS c2s of connection manager {i}"),
                       (self.http_of(i), f"WebSocket/BOSH of connection manager {i}")]
-        named += [(self.s2s, "s2s"), (self.admin, "the admin API")]
+        named += [(self.s2s, "s2s"), (self.component, "components (XEP-0114)"),
+                  (self.upload, "HTTP upload (XEP-0363)"), (self.admin, "the admin API")]
         if self.metrics:
             named += [(self.metrics_port(i), "a metrics side port")
                       for i in range(scale.services())]
@@ -296,6 +303,8 @@ def _children(
     role keeps the plain name (``cm``, ``cm-local``); the i-th after it gets ``-i`` (``cm-1``,
     ``cm-local-1``)."""
     common = {
+        # XEP-0114: every service routes the components' domains; the gateway checks secrets
+        "STANZAD_COMPONENTS": os.environ.get("STANZAD_COMPONENTS", LOCAL_COMPONENTS),
         "STANZAD_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
         # run time as the application role, migrations at start as the owner role
         "STANZAD_DATABASE_URL": postgres.role_url(roles.APP_ROLE, DATABASE),
@@ -353,12 +362,18 @@ def _children(
               for i in range(scale.pubsub)]
     s2s = service("s2s", "services.s2s_gateway", "s2s_gateway", {
         "STANZAD_S2S_ID": "s2s-local", "STANZAD_S2S_PORT": str(ports.s2s), **tls,
+        "STANZAD_COMPONENT_PORT": str(ports.component),
     }, ports.s2s)
+    upload = service("upload", "services.upload", "upload", {
+        "STANZAD_UPLOAD_ID": "upload-local", "STANZAD_UPLOAD_HTTP_PORT": str(ports.upload),
+        "STANZAD_UPLOAD_DIR": os.environ.get("STANZAD_UPLOAD_DIR", str(var / "upload")),
+    }, ports.upload)
     admin = service("admin", "services.admin", "admin", {
         "STANZAD_ADMIN_HOST": "127.0.0.1", "STANZAD_ADMIN_PORT": str(ports.admin),
         "STANZAD_ADMIN_TOKEN": admin_token,
     }, ports.admin)
-    return [nats, redis, pg, *routers, *presence, *roster, *muc, *pubsub, *cms, s2s, admin]
+    return [nats, redis, pg, *routers, *presence, *roster, *muc, *pubsub, *cms, s2s, upload,
+            admin]
 
 
 async def _supervise(child: Child, stop: asyncio.Event, pipes: list[asyncio.Task[None]],
@@ -469,6 +484,9 @@ async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scal
             "/.well-known/host-meta)" for i in range(scale.connection_managers))
         print(f"stanzad is up: c2s on {c2s} (STARTTLS); {ways}; domain "
               f"{os.environ.get('STANZAD_DOMAIN', 'localhost')}; s2s on :{ports.s2s}; "
+              f"components (XEP-0114) on 127.0.0.1:{ports.component} "
+              f"({os.environ.get('STANZAD_COMPONENTS', LOCAL_COMPONENTS).split('=')[0]}...); "
+              f"HTTP upload (XEP-0363) on http://127.0.0.1:{ports.upload}; "
               f"{metrics}.\nadmin API: http://127.0.0.1:{ports.admin}/api/v1/ with "
               f"'Authorization: Bearer {admin_token}'. Ctrl-C stops it.", flush=True)
         gave_up = asyncio.Event()

@@ -56,11 +56,13 @@ from shared.tls.context import client_context
 
 from .devcluster import (
     ADMIN_PORT,
+    COMPONENT_PORT,
     METRICS_PORT,
     NATS_PORT,
     PG_PORT,
     REDIS_PORT,
     S2S_PORT,
+    UPLOAD_PORT,
     Ports,
     Scale,
     local_ca,
@@ -344,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--redis-port", type=int, default=REDIS_PORT)
     run.add_argument("--postgres-port", type=int, default=PG_PORT)
     run.add_argument("--admin-port", type=int, default=ADMIN_PORT)
+    run.add_argument("--component-port", type=int, default=COMPONENT_PORT,
+                     help="external components (XEP-0114), on the s2s gateway")
+    run.add_argument("--upload-port", type=int, default=UPLOAD_PORT,
+                     help="HTTP file upload (XEP-0363) PUT and GET")
     run.add_argument("--metrics-port", type=int, default=METRICS_PORT,
                      help="the first of consecutive side ports, one per service (seven with "
                           "one of each); 0: each picks a free one")
@@ -405,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         ports = Ports(c2s=args.c2s_port, c2s_tls=args.c2s_tls_port, http=args.http_port,
                       s2s=s2s, nats=args.nats_port, redis=args.redis_port,
                       postgres=args.postgres_port, admin=args.admin_port,
-                      metrics=args.metrics_port)
+                      metrics=args.metrics_port, component=args.component_port,
+                      upload=args.upload_port)
         scale = Scale(connection_managers=args.connection_managers, routers=args.routers,
                       presence=args.presence, roster=args.roster, muc=args.muc,
                       pubsub=args.pubsub)

@@ -53,7 +53,7 @@ from shared.store.sessions import SessionLimitReached, SessionRecord, SessionSto
 from shared.store.sm_facts import SmFactsStore
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
-from shared.xmpp import archive, ns, server_iq, sm
+from shared.xmpp import archive, extdisco, ns, server_iq, sm
 from shared.xmpp import credentials as creds_mod
 from shared.xmpp.c2s import SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
@@ -95,7 +95,12 @@ class ConnectionManager:
             sm_location=settings.sm_location,
         )
         # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
-        self.server_info = server_iq.ServerInfo(time.time(), settings.contacts, in_band=True)
+        self.server_info = server_iq.ServerInfo(
+            time.time(), settings.contacts, in_band=True,
+            external=extdisco.Config(extdisco.parse_services(settings.external_services),
+                                     settings.turn_secret.get_secret_value().encode(),
+                                     settings.turn_credential_ttl_s),
+        )
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
         self.resumable: dict[str, C2SConnection] = {}  # XEP-0198 id -> connection (or detached)
@@ -895,7 +900,7 @@ class ConnectionManager:
                 self._spawn(self._carbons(conn, st))
                 return
             reply = server_iq.answer(st.element, st.type, self.server_info, time.time(),
-                                     self.service_domains)
+                                     self.service_domains, jid.bare_str)
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)
             elif reply is not None:

@@ -68,3 +68,34 @@ ACK_TIMEOUTS = Counter(
     "stanzad_s2s_ack_timeouts_total",
     "Outbound s2s streams closed because an XEP-0198 <r/> went unanswered.",
 )
+
+# ---- external components (XEP-0114), services/s2s_gateway/component.py ----
+COMPONENT_CONNECTED = Gauge(
+    "stanzad_component_connected", "Component streams this process holds, by domain.",
+    ["domain"],
+)
+COMPONENT_STANZAS = Counter(
+    "stanzad_component_stanzas_total", "Stanzas from (in) and to (out) components, by domain.",
+    ["domain", "direction"],
+)
+COMPONENT_AUTH_FAILURES = Counter(
+    "stanzad_component_auth_failures_total",
+    "Component streams refused at their header (unknown-domain: host-unknown) or handshake "
+    "(bad-handshake: not-authorized).", ["reason"],
+)
+COMPONENT_REPLACED = Counter(
+    "stanzad_component_replaced_total", "Component streams closed because a new stream took "
+    "their domain (<conflict/>).", ["domain"],
+)
+COMPONENT_DROPPED = Counter(
+    "stanzad_component_dropped_total", "Stanzas for a component domain this process no "
+    "longer holds (it moved or disconnected).", ["domain"],
+)
+COMPONENT_REFUSED = Counter(
+    "stanzad_component_connections_refused_total",
+    "Component connections refused at once, by reason (per_ip, rate).", ["reason"],
+)
+COMPONENT_BOUNCES = Counter(
+    "stanzad_component_bounces_total", "Component stanzas refused, by condition.",
+    ["condition"],
+)

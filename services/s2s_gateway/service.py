@@ -27,6 +27,8 @@ import secrets
 import signal
 import ssl
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from shared.bus import destinations, subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
@@ -47,6 +49,8 @@ from shared.xmpp.s2s_out import VerifyRequest
 from shared.xmpp.stanza import error_reply, iq_result
 
 from . import metrics
+from .component import ORIGIN as COMPONENT_ORIGIN
+from .component import ComponentConnection, ComponentHub
 from .connection import InboundConnection
 from .outbound import Link, verify_key
 from .resolver import Resolver
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 SERVICE = "s2s_gateway"
 ORIGIN = "s2s"  # envelope origin of stanzas from remote servers (no '/': not a local session)
 UNVERIFIABLE_TTL_S = 3600.0
+COMPONENT_SUBJECTS = subjects.component("x").rpartition(".")[0] + "."
 
 
 def client_context(cert: str, key: str) -> ssl.SSLContext:
@@ -117,6 +122,12 @@ class S2SGateway(PartitionedService):
         self.connection_rate = ConnectionRate(settings.s2s_connections_per_ip_per_min)
         # load balancers whose connections start with a PROXY protocol header
         self.proxies = Networks(settings.s2s_proxy_protocol_networks)
+        # external components (XEP-0114): the domains with a secret, and those held here
+        self.component_secrets = {d: s for d, s in settings.component_secrets.items() if s}
+        self.components = ComponentHub(self)
+        self.component_port = 0
+        self._component_server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -157,6 +168,19 @@ class S2SGateway(PartitionedService):
             self.direct_tls_port = self._direct_server.sockets[0].getsockname()[1]
             log.info("%s listening for direct TLS s2s (XEP-0368) on %s:%d", self.member_id,
                      s.s2s_host, self.direct_tls_port)
+        unsecret = set(s.component_secrets) - set(self.component_secrets)
+        if unsecret:
+            log.warning("components without a secret are refused: %s", sorted(unsecret))
+        if self.component_secrets:
+            self._component_server = await loop.create_server(
+                lambda: ComponentConnection(self), s.component_host, s.component_port,
+                backlog=256, reuse_address=True,
+            )
+            self.component_port = self._component_server.sockets[0].getsockname()[1]
+            self.components.start()
+            log.info("%s listening for components (XEP-0114) on %s:%d: %s", self.member_id,
+                     s.component_host, self.component_port,
+                     ", ".join(sorted(self.component_secrets)))
         await super().start()
 
     def _load_tls(self) -> None:
@@ -227,10 +251,16 @@ class S2SGateway(PartitionedService):
     def ready(self) -> bool:
         return self._server is not None and super().ready()
 
+    def spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
-        for server in (self._server, self._direct_server):
+        for server in (self._server, self._direct_server, self._component_server):
             if server is not None:
                 server.close()
+        await self.components.stop()
         for link in list(self.links.values()):
             link.close()
         for conn in list(self.inbound):
@@ -249,7 +279,15 @@ class S2SGateway(PartitionedService):
     # ---- outbound --------------------------------------------------------------------------
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        for env in decoded(batch):
+        for subject, data in batch:
+            if not subject.startswith(COMPONENT_SUBJECTS):
+                continue
+            try:
+                env = Envelope.decode(data)
+            except ValueError:
+                continue
+            self.components.deliver(env)
+        for env in decoded([(s, d) for s, d in batch if not s.startswith(COMPONENT_SUBJECTS)]):
             if env.kind in STANZA_KINDS:
                 self.send_remote(env)
 
@@ -293,12 +331,28 @@ class S2SGateway(PartitionedService):
                           request.key),
         )
 
-    def stanza_from_peer(self, st: StanzaIn) -> None:
+    def stanza_from_component(self, conn: ComponentConnection, st: StanzaIn) -> None:
+        """A component's stanza enters the cluster as a peer server's does; one for a remote
+        domain is refused, since our s2s streams speak for our own domain only."""
+        if not self.destinations.is_local(st.to.domain):
+            env = Envelope(Kind(st.kind), to=str(st.to), from_=str(st.from_), type=st.type,
+                           id=st.id, origin=COMPONENT_ORIGIN, payload=st.payload)
+            condition = StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND
+            bounce = env.bounce(condition, origin=SERVICE,
+                                max_bytes=self.s2s_settings.component_max_stanza_bytes,
+                                text="components reach local addresses only")
+            if bounce is not None:
+                metrics.COMPONENT_BOUNCES.labels(condition.value).inc()
+                conn.send(bounce)
+            return
+        self.stanza_from_peer(st, COMPONENT_ORIGIN)
+
+    def stanza_from_peer(self, st: StanzaIn, origin: str = ORIGIN) -> None:
         """Publish an accepted stanza as a connection manager would publish a client's
         (services/connection_manager/service.py `stanza_from_client`)."""
         to, from_ = st.to, st.from_
         env = Envelope(Kind(st.kind), to=str(to), from_=str(from_), type=st.type, id=st.id,
-                       origin=ORIGIN, payload=st.payload, ts_us=time.time_ns() // 1000)
+                       origin=origin, payload=st.payload, ts_us=time.time_ns() // 1000)
         where = ingress.from_peer(st.kind, st.type, to, self.settings.service_domains)
         if isinstance(where, ingress.ToServer):
             self._to_server(st)
@@ -341,6 +395,6 @@ class S2SGateway(PartitionedService):
             type_ = "result"
         env = Envelope(Kind.IQ, to=str(st.from_), from_=str(st.to), type=type_, id=st.id,
                        origin=SERVICE, payload=payload)
-        p = subjects.partition(st.from_.domain, self.settings.partitions)
-        self.bus.publish_soon(subjects.s2s(p), env.encode())
+        # back over our own s2s stream to a peer, or to the component that asked
+        self.bus.publish_soon(self.destinations.subject(st.from_.bare_str), env.encode())
 

@@ -35,7 +35,10 @@ S2S: Final = subjects.every(subjects.s2s(0))
 CM: Final = subjects.every(subjects.connection_manager("0"))
 MUC: Final = subjects.every(subjects.muc(0))
 PUBSUB: Final = subjects.every(subjects.pubsub(0))
-SERVICES: Final = (MUC, PUBSUB)  # local service domains (shared/bus/destinations.py)
+UPLOAD: Final = subjects.every(subjects.upload(0))
+COMPONENT: Final = subjects.every(subjects.component("x"))
+# local service domains and external components (shared/bus/destinations.py)
+SERVICES: Final = (MUC, PUBSUB, UPLOAD, COMPONENT)
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,9 @@ ROSTER_SERVICE: Final = Permissions(
     subscribe=(ROSTER,),
 )
 S2S_GATEWAY: Final = Permissions(
-    # stanzas from peers (ingress), bounces, fences
+    # stanzas from peers and components (ingress), bounces, fences, component claims
     publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES),
-    subscribe=(S2S,),
+    subscribe=(S2S, COMPONENT),
 )
 MUC_SERVICE: Final = Permissions(
     # fences on its own family, FANOUT deliveries to connection managers, answers and
@@ -88,6 +91,11 @@ PUBSUB_SERVICE: Final = Permissions(
     # answers (local bare JIDs, remote JIDs, other service domains), fences
     publish=(PUBSUB, CM, ROUTE, S2S, *SERVICES),
     subscribe=(PUBSUB,),
+)
+UPLOAD_SERVICE: Final = Permissions(
+    # answers to slot requests through the routers (or the s2s gateway), fences
+    publish=(UPLOAD, ROUTE, S2S, *SERVICES),
+    subscribe=(UPLOAD,),
 )
 ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
 
@@ -102,6 +110,7 @@ ROLES: Final[dict[str, Permissions]] = {
     "s2s_gateway": S2S_GATEWAY,
     "muc": MUC_SERVICE,
     "pubsub": PUBSUB_SERVICE,
+    "upload": UPLOAD_SERVICE,
     "admin": ADMIN,
     "cli": ADMIN,  # `stanzad user delete`, `stanzad sessions kick`
 }

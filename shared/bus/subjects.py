@@ -11,6 +11,8 @@ from __future__ import annotations
 import zlib
 from typing import Final
 
+from shared.xmpp.jid import jid_to_token
+
 PREFIX: Final = "stanzad"
 
 
@@ -67,6 +69,19 @@ def pubsub(p: int) -> str:
     """Stanzas for the publish-subscribe service (XEP-0060) and the personal eventing
     service of user accounts (XEP-0163), ``p = partition(bare JID of the service)``."""
     return f"{PREFIX}.pubsub.{p}"
+
+
+def upload(p: int) -> str:
+    """Slot requests to the HTTP upload service (XEP-0363), ``p = partition(bare JID of the
+    service)``: the upload domain's one partition."""
+    return f"{PREFIX}.upload.{p}"
+
+
+def component(domain: str) -> str:
+    """Stanzas for an external component (XEP-0114), keyed by its domain, not partitioned:
+    the one gateway process holding the component's stream subscribes to it, so one consumer
+    orders everything sent to the component (RFC 6120 §10.1)."""
+    return f"{PREFIX}.component.{jid_to_token(domain)}"
 
 
 def every(subject: str) -> str:

@@ -40,6 +40,8 @@ class Family(enum.Enum):
     PRESENCE = "presence"
     MUC = "muc"  # a local service domain's families: shared/bus/destinations.py
     PUBSUB = "pubsub"
+    UPLOAD = "upload"
+    COMPONENT = "component"  # an external component (XEP-0114), keyed by its domain
 
 
 _SUBJECTS: Final = {
@@ -48,6 +50,7 @@ _SUBJECTS: Final = {
     Family.PRESENCE: subjects.presence,
     Family.MUC: subjects.muc,
     Family.PUBSUB: subjects.pubsub,
+    Family.UPLOAD: subjects.upload,
 }
 NO_SERVICES: Final[Mapping[str, str]] = {}
 
@@ -59,7 +62,10 @@ class Publish:
     to: str  # the envelope's 'to'
 
     def subject(self, partitions: int) -> str:
-        """The NATS subject of `family` for the partition of `key`."""
+        """The NATS subject of `family` for the partition of `key` (a component's: of the
+        domain of `key`)."""
+        if self.family is Family.COMPONENT:
+            return subjects.component(self.key.rpartition("@")[2])
         return _SUBJECTS[self.family](subjects.partition(self.key, partitions))
 
 

@@ -13,7 +13,7 @@ from typing import Any, Final, TypeVar
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.xmpp import sm
+from shared.xmpp import extdisco, sm
 from shared.xmpp.server_iq import Contacts, parse_contact_addresses
 
 ENV_PREFIX: Final = "STANZAD_"
@@ -95,6 +95,17 @@ class CommonSettings(BaseSettings):
         description="Domain of the publish-subscribe service (XEP-0060); empty: "
         "pubsub.<domain>; 'off': none.",
 )
+    upload_domain: str = Field(
+        "",
+        description="Domain of the HTTP upload service (XEP-0363); empty: upload.<domain>; "
+        "'off': none.",
+    )
+    components: SecretStr = Field(
+        SecretStr(""),
+        description="External components (XEP-0114) 'domain=secret,...': every service "
+        "routes their domains to the gateway holding them; only the s2s gateway needs the "
+        "secrets (elsewhere 'domain,...' is enough).",
+    )
     contact_addresses: str = Field(
         "",
         description="XEP-0157 contact addresses in the server's disco#info: "
@@ -159,6 +170,17 @@ class CommonSettings(BaseSettings):
         return {"user": self.nats_user, "password": self.nats_password.get_secret_value(),
                 "tls": tls}
 
+    @field_validator("components")
+    @classmethod
+    def _check_components(cls, value: SecretStr) -> SecretStr:
+        parse_components(value.get_secret_value())
+        return value
+
+    @property
+    def component_secrets(self) -> dict[str, str]:
+        """The external components' domains and secrets ('' when not given here)."""
+        return parse_components(self.components.get_secret_value())
+
     @property
     def contacts(self) -> Contacts:
         """`contact_addresses` parsed (XEP-0157)."""
@@ -172,9 +194,10 @@ class CommonSettings(BaseSettings):
     def service_domains(self) -> dict[str, str]:
         """The local service domains this cluster serves, each mapped to the name of the
         service family that consumes its stanzas (shared/bus/destinations.py)."""
-        found = {}
+        found = dict.fromkeys(self.component_secrets, "component")
         for family, value, prefix in (("muc", self.muc_domain, "conference"),
-                                      ("pubsub", self.pubsub_domain, "pubsub")):
+                                      ("pubsub", self.pubsub_domain, "pubsub"),
+                                      ("upload", self.upload_domain, "upload")):
             name = value.strip().lower() or f"{prefix}.{self.domain}"
             if name != "off":
                 found[name] = family
@@ -391,6 +414,21 @@ class ConnectionManagerSettings(CommonSettings):
         description="How long a <resume/> for a session of another connection manager waits "
         "for that one to hand it over; then <failed><item-not-found/></failed>.",
     )
+    # ---- XEP-0215 external services (STUN/TURN for calls) ----
+    external_services: str = Field(
+        "",
+        description="STUN/TURN services handed to clients (XEP-0215): 'type:host:port/transport"
+        ",...' with type stun, turn, stuns or turns, e.g. 'stun:turn.example.com:3478/udp,"
+        "turn:turn.example.com:3478/udp,turns:turn.example.com:5349/tcp'; empty: none.",
+    )
+    turn_secret: SecretStr = Field(
+        SecretStr(""),
+        description="The TURN REST API shared secret (coturn's static-auth-secret): TURN "
+        "entries get time-limited credentials; empty: none offered.",
+    )
+    turn_credential_ttl_s: int = Field(
+        86400, ge=60, description="How long TURN credentials handed out stay valid."
+    )
     sm_location: str = Field(
         "",
         description="This pod's address for resumption, host:port ([IPv6]:port), sent as "
@@ -408,6 +446,12 @@ class ConnectionManagerSettings(CommonSettings):
     @classmethod
     def _check_sm_location(cls, value: str) -> str:
         return sm.check_location(value.strip())
+
+    @field_validator("external_services")
+    @classmethod
+    def _check_external_services(cls, value: str) -> str:
+        extdisco.parse_services(value)
+        return value
 
 
 class PartitionedSettings(CommonSettings):
@@ -514,6 +558,55 @@ class AdminSettings(CommonSettings):
     )
 
 
+class UploadSettings(PartitionedSettings):
+    """upload: HTTP file upload (XEP-0363) on the upload domain, slots over XMPP, files over
+    HTTP (docs/operations.md "HTTP upload")."""
+
+    upload_id: str = Field("", description="Upload service id; generated when empty.")
+    upload_http_host: str = Field("127.0.0.1", description="HTTP listen address (PUT, GET).")
+    upload_http_port: int = Field(5281, ge=0, le=65535, description="HTTP listen port.")
+    upload_public_url: str = Field(
+        "",
+        description="Base URL clients reach the HTTP listener at (https://upload.example.com, "
+        "TLS by the ingress); empty: http://<upload_http_host>:<port>.",
+    )
+    upload_secret: SecretStr = Field(
+        SecretStr(""),
+        description="HMAC key of the signed URLs, the same on every upload pod; empty: one "
+        "random key kept in Redis for the cluster.",
+    )
+    upload_max_file_bytes: int = Field(
+        100 * 1024 * KiB, ge=1, description="Largest file (XEP-0363 max-file-size)."
+    )
+    upload_quota_bytes: int = Field(
+        1024 * 1024 * KiB, ge=0, description="Bytes one account may keep stored; 0: no quota."
+    )
+    upload_put_ttl_s: int = Field(
+        300, ge=10, description="How long a slot's PUT URL stays valid."
+    )
+    upload_retention_s: int = Field(
+        30 * 86400, ge=60,
+        description="How long an uploaded file (and its GET URL) lives; then it is deleted.",
+    )
+    upload_cleanup_interval_s: float = Field(
+        600.0, gt=0, description="How often expired files and unused slots are removed."
+    )
+    upload_cors_origins: str = Field(
+        "*", description="Origins browsers may PUT and GET from ('*', or a comma list)."
+    )
+    upload_storage: str = Field(
+        "fs", pattern="^(fs|s3)$", description="fs (a directory) or s3 (S3-compatible store)."
+    )
+    upload_dir: str = Field("var/upload", description="Directory of the fs storage.")
+    upload_s3_bucket: str = Field("", description="S3 bucket of the s3 storage.")
+    upload_s3_endpoint: str = Field(
+        "", description="S3 endpoint URL (MinIO, Ceph, moto...); empty: AWS's."
+    )
+    upload_s3_region: str = Field("us-east-1", description="S3 region.")
+    upload_s3_access_key: SecretStr = Field(SecretStr(""), description="S3 access key id.")
+    upload_s3_secret_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 
@@ -601,6 +694,17 @@ class S2SSettings(PartitionedSettings):
     )
     s2s_dns_servers: str = Field(
         "", description="DNS servers for peer lookups 'host:port,...'; empty: the system's."
+    )
+    # ---- external components (XEP-0114): the listener runs when STANZAD_COMPONENTS names any
+    component_host: str = Field("127.0.0.1", description="Component listen address.")
+    component_port: int = Field(
+        5347, ge=0, le=65535, description="Component listen port (XEP-0114, plain TCP)."
+    )
+    component_max_stanza_bytes: int = Field(
+        256 * KiB, ge=1 * KiB, description="Stanza size limit on component streams."
+    )
+    component_max_stanzas_per_s: float = Field(
+        500.0, gt=0, description="Stanzas per second per component stream (reading pauses)."
     )
 
     @field_validator("s2s_proxy_protocol_networks")
@@ -708,3 +812,18 @@ def parse_trusted_certs(value: str) -> dict[str, str]:
             raise ValueError(f"expected domain=file.pem, got {item!r}")
         certs[domain.strip().lower()] = path.strip()
     return certs
+
+
+def parse_components(value: str) -> dict[str, str]:
+    """'bot.example.com=secret,bridge.example.com=other' -> {domain: secret}; an entry
+    without '=' names the domain only (a service that routes to it needs no secret)."""
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        domain, _, secret = item.partition("=")
+        domain = domain.strip().lower().rstrip(".")
+        if not domain or "@" in domain or "/" in domain or " " in domain:
+            raise ValueError(f"expected domain=secret, got a bad domain in {item.split('=')[0]!r}")
+        if domain in found:
+            raise ValueError(f"component {domain} given twice")
+        found[domain] = secret.strip()
+    return found

@@ -77,11 +77,14 @@ ROLES: Final[dict[str, tuple[str, ...]]] = {
     "presence": SESSIONS + PRESENCE + _partitioned("presence"),
     # XEP-0012: whether the account is online (its presence), read
     "roster": (*SESSIONS, keys.presence(ANY), *_partitioned("roster")),
-    "s2s_gateway": (keys.dialback_secret(), *_partitioned("s2s")),
+    # the dialback secret; the claims of the external components' streams (XEP-0114)
+    "s2s_gateway": (keys.dialback_secret(), keys.component_holder(ANY), *_partitioned("s2s")),
     # rooms' live occupants and history (their configuration is in PostgreSQL)
     "muc": (keys.muc_occupants(ANY), keys.muc_history(ANY), *_partitioned("muc")),
     # PEP recipients: sessions and presence (read), XEP-0115 caps resolved for the cluster
     "pubsub": (*SESSIONS, keys.presence(ANY), *CAPS, *_partitioned("pubsub")),
+    # the HMAC key of its signed URLs when none is configured (XEP-0363)
+    "upload": (keys.upload_secret(), *_partitioned("upload")),
     "admin": (ANY,),
     "cli": (ANY,),
 }

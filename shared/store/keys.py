@@ -190,3 +190,15 @@ def pep_resources(bare_jid: str) -> str:
 def registrations_source(source: str) -> str:
     """In-band registrations (XEP-0077) from one source address in the current hour."""
     return f"reg:{{src:{source}}}"
+
+
+def component_holder(domain: str) -> str:
+    """The claim (gateway member id and connection id) of the stream that serves an external
+    component's domain (XEP-0114), with a TTL refreshed while it lasts; a new stream for the
+    domain reads the previous claim as it writes its own."""
+    return f"component:{{{domain}}}"
+
+
+def upload_secret() -> str:
+    """The HMAC key of the HTTP upload service's signed URLs when none is configured."""
+    return "upload:secret"

@@ -54,3 +54,6 @@ PUSH_SUMMARY: Final = "urn:xmpp:push:summary"
 PUBSUB_PUBLISH_OPTIONS: Final = "http://jabber.org/protocol/pubsub#publish-options"
 SERVER_INFO: Final = "http://jabber.org/network/serverinfo"  # XEP-0157 form type
 CHAT_STATES: Final = "http://jabber.org/protocol/chatstates"
+COMPONENT_ACCEPT: Final = "jabber:component:accept"  # XEP-0114 Jabber Component Protocol
+EXTDISCO: Final = "urn:xmpp:extdisco:2"  # XEP-0215 External Service Discovery
+HTTP_UPLOAD: Final = "urn:xmpp:http:upload:0"  # XEP-0363 HTTP File Upload

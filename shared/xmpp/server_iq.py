@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from shared.xmpp import ns
+from shared.xmpp import extdisco, ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 
 SERVER_NAME: Final = "stanzad"
@@ -41,6 +41,7 @@ class ServerInfo:
     started: float = 0.0  # Unix time the answering process started (XEP-0012 uptime)
     contacts: Contacts = ()  # XEP-0157 (field, addresses), from `parse_contact_addresses`
     in_band: bool = False  # XEP-0077 on an authenticated stream (password change, removal)
+    external: extdisco.Config = extdisco.NONE  # XEP-0215 STUN/TURN for local users
 
 
 DEFAULT_INFO: Final = ServerInfo()
@@ -99,11 +100,12 @@ def entity_time(now: float) -> str:
 
 def answer(
     iq: etree._Element, type_: str, info: ServerInfo = DEFAULT_INFO, now: float = 0.0,
-    items: Iterable[str] = (),
+    items: Iterable[str] = (), requester: str = "",
 ) -> str | StanzaError | None:
     """The child of the result (possibly empty), a StanzaError, or None (no reply at all).
     ``items``: the server's disco#items, its local service domains (XEP-0045 §6.1 finds the
-    multi-user chat service this way)."""
+    multi-user chat service this way, XEP-0363 §2 the upload service); ``requester``: the
+    bare JID of a local user asking (XEP-0215 credentials are for local users only)."""
     if type_ in ("result", "error"):
         return None  # answers to our own pings and the like
     child = iq[0]
@@ -113,6 +115,8 @@ def answer(
             return ""
         if tag == f"{{{ns.DISCO_INFO}}}query" and not child.get("node"):
             features = FEATURES + ((ns.REGISTER,) if info.in_band else ())
+            if info.external.offered:
+                features += (ns.EXTDISCO,)
             listed = "".join(f'<feature var="{f}"/>' for f in features)
             return (
                 f'<query xmlns="{ns.DISCO_INFO}">'
@@ -133,4 +137,8 @@ def answer(
             return f'<query xmlns="{ns.LAST}" seconds="{seconds}"/>'
         if tag == f"{{{ns.TIME}}}time":
             return entity_time(now)
+        if tag.startswith(f"{{{ns.EXTDISCO}}}") and info.external.offered and requester:
+            found = extdisco.answer(child, info.external, requester, now)
+            if found is not None:
+                return found
     return StanzaError(StanzaErrorCondition.SERVICE_UNAVAILABLE)

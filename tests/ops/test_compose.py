@@ -25,6 +25,7 @@ from shared.runtime.settings import (
     RosterSettings,
     RouterSettings,
     S2SSettings,
+    UploadSettings,
 )
 from shared.store import acl
 
@@ -33,16 +34,17 @@ CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 STANZAD = {"router": ["router"], "presence": ["presence"], "roster": ["roster"], "muc": ["muc"],
            "pubsub": ["pubsub"],
            "connection_manager": ["connection-manager"], "s2s_gateway": ["s2s-gateway"],
-           "admin": ["admin"]}
-# What is published beyond the host's loopback: XMPP for clients and for other servers.
+           "upload": ["upload"], "admin": ["admin"]}
+# What is published beyond the host's loopback: XMPP for clients and for other servers, HTTP
+# upload for clients (components: loopback only, XEP-0114 is plain TCP).
 # c2s: STARTTLS, direct TLS (XEP-0368), WebSocket/BOSH/host-meta; s2s
 PUBLIC = {"connection_manager": ["5222:5222", "5223:5223", "5280:5280"],
-          "s2s_gateway": ["5269:5269"]}
+          "s2s_gateway": ["5269:5269", "127.0.0.1:5347:5347"], "upload": ["5281:5281"]}
 SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "router": RouterSettings, "presence": PresenceSettings, "roster": RosterSettings,
     "muc": MucSettings, "pubsub": PubsubSettings,
     "connection_manager": ConnectionManagerSettings, "s2s_gateway": S2SSettings,
-    "admin": AdminSettings,
+    "upload": UploadSettings, "admin": AdminSettings,
 }
 # The NATS identity of each service (shared/bus/permissions.py); the CLI run in the admin
 # container (`docker compose exec admin stanzad ...`) uses the admin's, which has the same

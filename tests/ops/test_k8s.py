@@ -27,6 +27,7 @@ from shared.runtime.settings import (
     RosterSettings,
     RouterSettings,
     S2SSettings,
+    UploadSettings,
 )
 from shared.store import acl
 from shared.store.pg import roles
@@ -45,24 +46,28 @@ SETTINGS: Final[dict[str, type[BaseSettings]]] = {
     "muc": MucSettings,
     "pubsub": PubsubSettings,
     "s2s-gateway": S2SSettings,
+    "upload": UploadSettings,
     "admin": AdminSettings,
 }
 # The partitioned services: a StatefulSet each, the pod name as the id setting.
 PARTITIONED: Final = {"router": "STANZAD_ROUTER_ID", "presence": "STANZAD_PRESENCE_ID",
                       "roster": "STANZAD_ROSTER_ID", "muc": "STANZAD_MUC_ID",
-                      "pubsub": "STANZAD_PUBSUB_ID", "s2s-gateway": "STANZAD_S2S_ID"}
+                      "pubsub": "STANZAD_PUBSUB_ID", "s2s-gateway": "STANZAD_S2S_ID",
+                      "upload": "STANZAD_UPLOAD_ID"}
 METRICS_SERVICES: Final = frozenset(
     {"stanzad-connection-manager", "stanzad-router", "stanzad-presence", "stanzad-roster",
-     "stanzad-muc", "stanzad-pubsub", "stanzad-s2s-gateway", "stanzad-admin"}
+     "stanzad-muc", "stanzad-pubsub", "stanzad-s2s-gateway", "stanzad-upload",
+     "stanzad-admin"}
 )
 # made per cluster
 EXTERNAL_SECRETS: Final = frozenset({"stanzad-tls", "stanzad-admin", "stanzad-s2s",
-                                     "stanzad-database", "stanzad-nats", "stanzad-redis"})
+                                     "stanzad-database", "stanzad-nats", "stanzad-redis",
+                                     "stanzad-components", "stanzad-turn", "stanzad-upload"})
 # the NATS identity of each workload (shared/bus/permissions.py)
 NATS_ROLES: Final = {"connection-manager": "connection_manager", "router": "router",
                      "presence": "presence", "roster": "roster", "muc": "muc",
                      "pubsub": "pubsub",
-                     "s2s-gateway": "s2s_gateway",
+                     "s2s-gateway": "s2s_gateway", "upload": "upload",
                      "admin": "admin"}
 
 
@@ -222,6 +227,38 @@ def test_s2s_load_balancer_keeps_traffic_local_and_secret_comes_from_a_secret(
         assert ref["key"] in shipped[0]["stringData"]
     else:
         assert shipped == []  # production makes its own
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_components_turn_and_upload_secrets_come_from_secrets(
+    overlays: dict[str, list[Doc]], overlay: str
+) -> None:
+    """XEP-0114 secrets reach the s2s gateways only (the others route the domains from the
+    ConfigMap), on the component port of those pods; TURN's secret reaches the connection
+    managers; the upload URLs' key and S3 keys the upload pods (issue 22)."""
+    docs = overlays[overlay]
+    config = _one(docs, "ConfigMap", "stanzad-config")["data"]
+    assert "=" not in config["STANZAD_COMPONENTS"]  # domains, no secret
+    gw = _container(_one(docs, "StatefulSet", "stanzad-s2s-gateway"))
+    assert {"name": "component", "containerPort": 5347} in gw["ports"]
+    env = {e["name"]: e for e in gw["env"]}
+    assert env["STANZAD_COMPONENTS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "stanzad-components", "key": "components"}
+    svc = _one(docs, "Service", "stanzad-components")
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(5347, "component")]
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"  # not on the internet
+    cm = {e["name"]: e for e in _container(_one(docs, "Deployment",
+                                                "stanzad-connection-manager"))["env"]}
+    assert cm["STANZAD_TURN_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "stanzad-turn"
+    up = {e["name"]: e for e in _container(_one(docs, "StatefulSet", "stanzad-upload"))["env"]}
+    for var in ("STANZAD_UPLOAD_SECRET", "STANZAD_UPLOAD_S3_ACCESS_KEY",
+                "STANZAD_UPLOAD_S3_SECRET_KEY"):
+        assert up[var]["valueFrom"]["secretKeyRef"]["name"] == "stanzad-upload"
+    assert up["STANZAD_UPLOAD_STORAGE"]["value"] == ("fs" if overlay == "dev" else "s3")
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    [rule] = policies["stanzad-components-from-labelled-pods"]["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {
+        "stanzad.im/xmpp-component": "true"}}}]
 
 
 def test_proxy_protocol_overlay_trusts_only_its_load_balancers(
@@ -435,8 +472,9 @@ def test_network_policies_open_only_the_public_ports(
     overlays: dict[str, list[Doc]], overlay: str
 ) -> None:
     """Every stanzad pod is under a default-deny ingress policy; only the connection
-    managers' c2s port and the s2s gateways' port are open to anyone, and the open ports
-    exist on the pods they select (the HTTP port only from the ingress controller); the dev
+    managers' c2s port, the s2s gateways' port and the upload service's HTTP port (PUT and
+    GET from clients, XEP-0363) are open to anyone, and the open ports exist on the pods they
+    select (the connection managers' HTTP port only from the ingress controller); the dev
     data stores accept stanzad's pods only."""
     docs = overlays[overlay]
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
@@ -453,7 +491,7 @@ def test_network_policies_open_only_the_public_ports(
                 if "from" not in rule:
                     open_to_all |= {(labels["app.kubernetes.io/component"], p) for p in named}
     assert open_to_all == {("connection-manager", "c2s"), ("connection-manager", "c2s-tls"),
-                           ("s2s-gateway", "s2s")}
+                           ("s2s-gateway", "s2s"), ("upload", "http")}
     stores = [d for d in docs if d["kind"] == "StatefulSet"
               and d["metadata"]["name"] in ("nats", "redis", "postgres")]
     for store in stores:  # the dev overlay's

@@ -160,7 +160,7 @@ def test_prometheus_scrapes_every_stanzad_service(root: Path) -> None:
     scraped = {name for job in config["scrape_configs"]
                for sd in job.get("dns_sd_configs", []) for name in sd["names"]}
     assert stanzad == scraped == {"connection_manager", "router", "presence", "roster",
-                                  "s2s_gateway", "muc", "pubsub", "admin"}
+                                  "s2s_gateway", "muc", "pubsub", "upload", "admin"}
     jobs = {job["job_name"]: sd["names"] for job in config["scrape_configs"]
             for sd in job.get("dns_sd_configs", [])}
     # the job names of the Kubernetes ServiceMonitor (the Service names), which alerts use

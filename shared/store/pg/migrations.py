@@ -287,6 +287,29 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
         "DROP TABLE last_activity; DROP TABLE push_registrations;",
     ),
+    Migration(
+        9,
+        "upload files",
+        # XEP-0363: one row per slot handed out (services/upload): its owner (quota per
+        # account), the file's name, declared size and type, until when its PUT URL is valid,
+        # when the file expires (then it is deleted), and whether the bytes arrived.
+        """
+        CREATE TABLE upload_files (
+            id text PRIMARY KEY,
+            owner text NOT NULL,
+            filename text NOT NULL,
+            size bigint NOT NULL,
+            content_type text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            put_expires_at timestamptz NOT NULL,
+            expires_at timestamptz NOT NULL,
+            uploaded boolean NOT NULL DEFAULT false
+        );
+        CREATE INDEX upload_files_by_owner ON upload_files (owner);
+        CREATE INDEX upload_files_by_expiry ON upload_files (expires_at);
+        """,
+        "DROP TABLE upload_files;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -28,7 +28,8 @@ from services.cli.devcluster import local_redis_url
 ROOT = Path(__file__).resolve().parents[3]
 START_GUARD_S = 120  # eight processes on a shared two-core machine
 HANG_GUARD_S = 30
-CHILDREN = 11  # nats, redis, postgres, router, presence, roster, muc, pubsub, cm, s2s, admin
+CHILDREN = 12  # nats, redis, postgres, router, presence, roster, muc, pubsub, cm, s2s,
+# upload, admin
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PR_SET_PDEATHSIG and /proc are Linux's")
@@ -124,7 +125,7 @@ def _free_ports(cms: int = 1) -> dict[str, int]:
     """Distinct free ports; the c2s one such that the other connection managers' (c2s + 10·i)
     are free too."""
     ports: dict[str, int] = {}
-    names = ("c2s", "s2s", "nats", "redis", "postgres", "admin")
+    names = ("c2s", "s2s", "nats", "redis", "postgres", "admin", "component", "upload")
     taken: set[int] = set()
     while len(ports) < len(names):
         port = free_port()

@@ -39,7 +39,25 @@ def test_unknown_family_is_refused() -> None:
 def test_settings_derive_service_domains_from_the_domain() -> None:
     settings = CommonSettings(domain="example.com")
     assert destinations.of(settings).services == {"conference.example.com": "muc",
-                                                  "pubsub.example.com": "pubsub"}
+                                                  "pubsub.example.com": "pubsub",
+                                                  "upload.example.com": "upload"}
     custom = CommonSettings(domain="example.com", muc_domain="Rooms.Example.com",
-                            pubsub_domain="off")
+                            pubsub_domain="off", upload_domain="off")
     assert custom.service_domains == {"rooms.example.com": "muc"}
+
+
+def test_component_domains_go_to_the_subject_of_the_domain() -> None:
+    """XEP-0114: a component's domain is held by one gateway process, which subscribes to
+    the subject of the domain; every JID of the domain goes there, in order."""
+    settings = CommonSettings(domain="example.com", upload_domain="off",
+                              components="Bot.Example.com=s3cret,bridge.example.com")
+    assert settings.component_secrets == {"bot.example.com": "s3cret", "bridge.example.com": ""}
+    map_ = destinations.of(settings)
+    assert map_.service("bot.example.com") == "component"
+    assert map_.subject("anyone@bot.example.com") == subjects.component("bot.example.com")
+    assert map_.subject("bot.example.com") == subjects.component("bot.example.com")
+    assert map_.subject("x@bridge.example.com") != map_.subject("x@bot.example.com")
+    assert "s3cret" not in repr(settings)
+    for bad in ("a@b=x", "=x", "bot.example.com=a,bot.example.com=b"):
+        with pytest.raises(ValueError):
+            CommonSettings(components=bad)

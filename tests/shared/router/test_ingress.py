@@ -98,7 +98,8 @@ def test_publish_subject_is_the_partition_of_its_key() -> None:
     assert where.subject(64) == subjects.roster(subjects.partition("juliet@example.com", 64))
 
 
-SERVICES = {"conference.example.com": "muc", "pubsub.example.com": "pubsub"}
+SERVICES = {"conference.example.com": "muc", "pubsub.example.com": "pubsub",
+            "upload.example.com": "upload", "bot.example.com": "component"}
 
 
 @pytest.mark.parametrize(
@@ -115,6 +116,14 @@ SERVICES = {"conference.example.com": "muc", "pubsub.example.com": "pubsub"}
         # it remembers whom to send unavailable to), which routes it on
         ("presence", "", "room@conference.example.com/nick", Publish(
             Family.PRESENCE, "juliet@example.com", "room@conference.example.com/nick")),
+        # XEP-0363 slot requests go to the upload service
+        ("iq", "get", "upload.example.com", Publish(
+            Family.UPLOAD, "upload.example.com", "upload.example.com")),
+        # XEP-0114: anything for a component's domain goes to the component
+        ("message", "chat", "weather@bot.example.com", Publish(
+            Family.COMPONENT, "weather@bot.example.com", "weather@bot.example.com")),
+        ("iq", "get", "bot.example.com", Publish(
+            Family.COMPONENT, "bot.example.com", "bot.example.com")),
         # a domain that only looks alike is remote
         ("message", "chat", "room@conference.example.org", Publish(
             Family.ROUTE, "juliet@example.com", "room@conference.example.org")),
@@ -168,3 +177,9 @@ def test_account_family_of_an_iq_at_the_router(child_ns: str, family: Family) ->
     # RFC 6121 §8.5.2.1.3 on the account's behalf: a peer's PEP request reaches the router
     # of the bare JID like any IQ, which hands it to the PEP owner's pubsub partition
     assert account_family(child_ns) is family
+
+
+def test_component_publishes_on_the_subject_of_its_domain() -> None:
+    where = Publish(Family.COMPONENT, "weather@bot.example.com", "weather@bot.example.com/x")
+    assert where.subject(64) == subjects.component("bot.example.com")
+    assert where.subject(64) == Publish(Family.COMPONENT, "bot.example.com", "").subject(8)

@@ -153,9 +153,11 @@ FAMILIES = {
     keys.partition_lease("muc", 3): {"muc"},
     keys.caps_features("QgayPKawpkPSDYmwT/WM94uAlu0="): {"pubsub"},
     keys.pep_resources("a@example.org"): {"pubsub"},
+    keys.component_holder("bot.example.org"): {"s2s_gateway"},
+    keys.upload_secret(): {"upload"},
 }
 SERVICE_ROLES = ("connection_manager", "router", "presence", "roster", "s2s_gateway", "muc",
-                 "pubsub")
+                 "pubsub", "upload")
 
 
 @pytest.mark.parametrize("role", SERVICE_ROLES)
