@@ -82,7 +82,8 @@ class Router(PartitionedService):
         self._copies = {d: Tally(metrics.CARBON_COPIES.labels(d)) for d in ("sent", "received")}
         # XEP-0313 rows, written in batches off the routing path (shared/store/archive.py)
         self.archive: ArchiveWriter | None = (
-            ArchiveWriter(self.db, settings.mam_default, settings.mam_max_pending_rows)
+            ArchiveWriter(self.db, settings.mam_default, settings.mam_max_pending_rows,
+                          settings.mam_write_linger_ms / 1000)
             if settings.mam_enabled else None
         )
 

@@ -2,9 +2,12 @@
 (XEP-0441) and the upkeep of its time partitions (retention and per-user caps).
 
 Writes never sit on a delivery's path: a router hands each row to `ArchiveWriter.add`, which
-only appends it to a bounded queue; the rows queued in one event-loop tick go out as one
-multi-row INSERT (unnest of arrays, one prepared statement), one statement in flight at a
-time, and what is queued meanwhile goes in the next.  The owner's preferences are applied by
+only appends it to a bounded queue; the rows queued within ``linger_s`` of the first (one
+event-loop tick with no linger) go out as one multi-row INSERT (unnest of arrays, one
+prepared statement), one statement in flight at a time, and what is queued meanwhile goes in
+the next.  The linger is what makes the archive cheap: a statement and its commit (a WAL
+flush) cost PostgreSQL and the router far more than a row, and at chat rates a tick holds a
+row or two (loadtest/RESULTS.md, "Archiving's price").  The owner's preferences are applied by
 that statement itself (a join on ``mam_prefs`` and, for "roster", on ``roster_items``), so a
 router needs no lookup per message.  While PostgreSQL fails the rows stay queued and the
 statement is retried (1 s, doubling to 30 s); beyond ``max_pending`` rows the oldest are
@@ -84,8 +87,10 @@ class Pending:
 class ArchiveWriter:
     """Rows to archive, written in batches off the caller's path (module docstring)."""
 
-    def __init__(self, db: Database, default_mode: str, max_pending: int) -> None:
+    def __init__(self, db: Database, default_mode: str, max_pending: int,
+                 linger_s: float = 0.0) -> None:
         self._db = db
+        self._linger = linger_s
         self._default = default_mode
         self._max = max_pending
         self._queue: collections.deque[Pending] = collections.deque()
@@ -119,6 +124,8 @@ class ArchiveWriter:
         delay = RETRY_FIRST_S
         try:
             while self._queue:
+                if self._linger > 0 and len(self._queue) < MAX_BATCH:
+                    await asyncio.sleep(self._linger)  # the rows of the next moments join
                 batch = [self._queue.popleft()
                          for _ in range(min(MAX_BATCH, len(self._queue)))]
                 try:
