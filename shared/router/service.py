@@ -13,6 +13,7 @@ import datetime
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 from shared.bus import subjects
 from shared.bus.envelope import (
@@ -126,6 +127,8 @@ class Router(PartitionedService):
             if self._is_remote(env.to_bare):
                 self._remote(env, sender)
                 continue
+            if env.kind is Kind.MESSAGE and "/" in env.origin:
+                env = self._sender_side(env, sender)
             entry = entries.get(env.to_bare)
             if entry is None:  # Redis unreachable: tell the sender rather than lose it
                 self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
@@ -266,16 +269,42 @@ class Router(PartitionedService):
         self._carbons("sent", owner, sender, env.payload, {env.from_})
         return payload
 
-    def _carbons(self, direction: str, owner: str, entry: Entry, message: bytes,
-                 skip: set[str]) -> None:
-        """XEP-0280 copies of ``message`` for ``owner``'s carbons-enabled resources not in
-        ``skip`` (those that have it already): one FANOUT envelope per connection manager."""
+    def _sender_side(self, env: Envelope, sender: Entry | None) -> Envelope:
+        """The sender's half of a message between two local accounts to which ingress
+        appended both parties' stanza-ids (`archive.split_pair`): the sender's row and
+        XEP-0280 §5 sent carbons, done here when this router holds the sender's partition
+        too (its session cache then holds the sender's sessions exactly: one envelope and
+        one INSERT for both rows), else handed to the router that does in a SENT envelope.
+        Returns the message as the recipient gets it (its own stanza-id only)."""
+        owner = env.from_bare
+        delivered, stored, sid = archive.split_pair(env.payload, env.to_bare, owner)
+        if not sid:
+            return env
+        subject = subjects.route_for(owner, self.settings.partitions)
+        if not self.holds(subject):
+            self.bus.publish_soon(subject, env._replace(
+                kind=Kind.SENT, payload=archive.with_stanza_id(stored, owner, sid)).encode())
+        else:
+            if self.archive is not None:
+                self.archive.add(owner, sid, env.to, env.to_bare, True, stored)
+            if sender is not None:
+                self._carbons("sent", owner, sender,
+                              lambda: archive.with_stanza_id(stored, owner, sid), {env.from_})
+        return env._replace(payload=delivered)
+
+    def _carbons(self, direction: str, owner: str, entry: Entry,
+                 message: bytes | Callable[[], bytes], skip: set[str]) -> None:
+        """XEP-0280 copies of ``message`` (or of what it makes: built only when some
+        resource wants a copy) for ``owner``'s carbons-enabled resources not in ``skip``
+        (those that have it already): one FANOUT envelope per connection manager."""
         by_cm: dict[str, list[str]] = {}
         for resource, record in entry.sessions.items():
             if record.carbons and (full := f"{owner}/{resource}") not in skip:
                 by_cm.setdefault(record.cm_id, []).append(full)
         if not by_cm:
             return
+        if callable(message):
+            message = message()
         try:  # parsed only when some resource wants a copy
             if not archive.payload_facts(message).carbons:
                 return

@@ -84,6 +84,20 @@ def split_tail(payload: bytes, by: str) -> tuple[bytes, str]:
     return payload[:start] + payload[close:], archive_id
 
 
+def split_pair(payload: bytes, recipient: str, sender: str) -> tuple[bytes, bytes, str]:
+    """A message between two local accounts whose ingress appended both parties' tails
+    (the sender's, then the recipient's: `with_stanza_id` twice): (the message as the
+    recipient gets it, with its own stanza-id only; the message without either, as both
+    archives store it; the id).  ``(payload, b"", "")`` when it does not carry the pair."""
+    rest, archive_id = split_tail(payload, recipient)
+    if not archive_id or recipient == sender:
+        return payload, b"", ""
+    stored, sender_id = split_tail(rest, sender)
+    if sender_id != archive_id:
+        return payload, b"", ""
+    return with_stanza_id(stored, recipient, archive_id), stored, archive_id
+
+
 def strip_forged(element: etree._Element, domain: str) -> bool:
     """XEP-0359 §4: remove every <stanza-id/> a sender put in whose 'by' is one of ours (the
     domain or an account of it: only this server assigns those).  True when one was removed

@@ -72,6 +72,7 @@ async def test_a_message_from_the_phone_is_a_sent_carbon_on_the_laptop_and_in_bo
         found = re.search(rb'<stanza-id xmlns="urn:xmpp:sid:0" by="([^"]+)" id="([0-9a-f]+)"/>',
                           got)
         assert found is not None and found.group(1).decode() == bob, got
+        assert f'by="{alice}"'.encode() not in got, got  # alice's own id stays hers
         sid = found.group(2)
         carbon = await laptop.read_until(b"</sent>")
         assert b'<sent xmlns="urn:xmpp:carbons:2">' in carbon, carbon
