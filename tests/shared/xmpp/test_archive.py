@@ -34,18 +34,19 @@ def test_the_tail_is_found_only_for_its_owner_and_removed() -> None:
     assert archive.split_tail(archive.with_stanza_id(empty, BOB, sid), BOB)[1] == sid
 
 
-def test_both_parties_tails_split_into_the_recipients_copy_and_the_stored_message() -> None:
+def test_both_parties_tails_split_into_the_stored_message_and_one_id() -> None:
     sid, alice = archive.new_id(1), "alice@localhost"
     msg = b'<message xmlns="jabber:client" type="chat"><body>x</body></message>'
     both = archive.with_stanza_id(archive.with_stanza_id(msg, alice, sid), BOB, sid)
-    assert archive.split_pair(both, BOB, alice) == (
-        archive.with_stanza_id(msg, BOB, sid), msg, sid)
+    assert archive.split_pair(both, BOB, alice) == (msg, sid, True)
     only_bob = archive.with_stanza_id(msg, BOB, sid)  # from a remote sender, or to oneself
-    assert archive.split_pair(only_bob, BOB, alice) == (only_bob, b"", "")
-    assert archive.split_pair(only_bob, BOB, BOB) == (only_bob, b"", "")
+    assert archive.split_pair(only_bob, BOB, alice) == (msg, sid, False)
+    assert archive.split_pair(only_bob, BOB, BOB) == (msg, sid, False)
+    assert archive.split_pair(msg, BOB, alice) == (msg, "", False)
     other = archive.with_stanza_id(archive.with_stanza_id(msg, alice, archive.new_id(2)),
                                    BOB, sid)  # two different ids are not a pair
-    assert archive.split_pair(other, BOB, alice) == (other, b"", "")
+    assert archive.split_pair(other, BOB, alice) == (archive.split_tail(other, BOB)[0], sid,
+                                                     False)
 
 
 def test_stanza_ids_in_our_name_are_stripped_others_kept() -> None:
