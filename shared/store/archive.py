@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 MAX_BATCH: Final = 1000  # rows per INSERT; more queued go in the next
 RETRY_FIRST_S: Final = 1.0
 RETRY_MAX_S: Final = 30.0
+COUNT_SETTLED_S: Final = 10.0  # rows older than this are in (writers linger 0.1 s)
+COUNT_TTL_S: Final = 300.0  # a settled count is reused this long
+COUNT_CACHE_SIZE: Final = 10_000  # result sets whose count is kept
 MAINTENANCE_LOCK: Final = 0x6D61_6D5F_6B65  # "mam_ke": one process maintains at a time
 DAYS_AHEAD: Final = 2  # daily partitions created this many days ahead
 
@@ -182,6 +185,10 @@ class ArchiveStore:
     def __init__(self, db: Database, service: str) -> None:
         self._db = db
         self._service = service
+        # result-set counts: (filters, args) -> (expires, rows up to this time, their count)
+        self._counts: collections.OrderedDict[
+            tuple[object, ...], tuple[float, datetime.datetime, int]] = \
+            collections.OrderedDict()
 
     async def query(self, owner: str, q: Query) -> Page:
         started = time.perf_counter()
@@ -242,9 +249,36 @@ class ArchiveStore:
         rows = rows[:q.max]
         if q.backwards:
             rows.reverse()
-        count = int(await self._db.fetchval(
-            "archive_count", f"SELECT count(*) FROM mam_messages WHERE {filters}", *count_args))
-        return Page(rows, complete, count)
+        return Page(rows, complete, await self._count(filters, count_args))
+
+    async def _count(self, filters: str, args: list[object]) -> int:
+        """The result set's size (XEP-0059 §2.7, which lets it be approximate when an exact
+        one is costly): what is older than `COUNT_SETTLED_S` is counted once and kept for
+        `COUNT_TTL_S` (a client paging through a large archive asks the same count again
+        and again: the first answer costs a scan of its archive's index, later ones only
+        the newest rows); rows deleted meanwhile (retention, caps) are still counted then."""
+        key = (filters, *(tuple(a) if isinstance(a, list) else a for a in args))
+        now = time.monotonic()
+        cached = self._counts.get(key)
+        if cached is not None and cached[0] > now:
+            self._counts.move_to_end(key)
+            _, cut, settled = cached
+            fresh = await self._db.fetchval(
+                "archive_count_fresh",
+                f"SELECT count(*) FROM mam_messages WHERE {filters} AND ts > ${len(args) + 1}",
+                *args, cut)
+            return settled + int(fresh)
+        cut = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=COUNT_SETTLED_S)
+        record = await self._db.fetchrow(
+            "archive_count",
+            f"SELECT count(*) FILTER (WHERE ts <= ${len(args) + 1}) AS settled, "
+            f"count(*) FILTER (WHERE ts > ${len(args) + 1}) AS fresh "
+            f"FROM mam_messages WHERE {filters}", *args, cut)
+        assert record is not None
+        self._counts[key] = (now + COUNT_TTL_S, cut, int(record["settled"]))
+        if len(self._counts) > COUNT_CACHE_SIZE:
+            self._counts.popitem(last=False)
+        return int(record["settled"]) + int(record["fresh"])
 
     # ---- preferences (XEP-0441) ----
 
