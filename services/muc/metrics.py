@@ -29,3 +29,6 @@ ROOM_MOVES = Counter(
 ERRORS = Counter(
     "stanzad_muc_errors_total", "Stanzas the rooms refused, by condition.", ["condition"]
 )
+ARCHIVE_QUERIES = Counter(
+    "stanzad_muc_archive_queries_total", "XEP-0313 queries of room archives answered."
+)

@@ -372,6 +372,10 @@ class MucSettings(PartitionedSettings):
     muc_message_burst: int = Field(
         30, ge=1, description="Messages an occupant may send at once before the rate applies."
     )
+    muc_archive_default: bool = Field(
+        True, description="New rooms keep a XEP-0313 archive (muc#roomconfig_enablearchiving"
+        " changes it per room; nothing is archived when STANZAD_MAM_ENABLED is off).",
+    )
 
 
 class PubsubSettings(PartitionedSettings):
