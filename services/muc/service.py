@@ -308,7 +308,8 @@ class MucService(PartitionedService):
                 rows = list(reversed(page.rows)) if query.flip else page.rows
                 outs += [Send("message", env.from_, archive.result_message(
                     env.from_, room.jid, query.query_id, row), "", cm) for row in rows]
-                result = archive.fin(page.rows, complete=page.complete, count=page.count)
+                result = archive.fin(page.rows, complete=page.complete, count=page.count,
+                                     index=query.index)
                 metrics.ARCHIVE_QUERIES.inc()
         except StanzaError as err:
             await self._error(env, el, err)

@@ -243,7 +243,8 @@ class ArchiveStore:
             records = await self._db.fetch(
                 "archive_page",
                 f"SELECT id, ts, stanza FROM mam_messages WHERE {' AND '.join(page_where)} "
-                f"ORDER BY ts {order}, id {order} LIMIT {arg(q.max + 1)}", *args)
+                f"ORDER BY ts {order}, id {order} LIMIT {arg(q.max + 1)}"
+                + (f" OFFSET {arg(q.index)}" if q.index is not None else ""), *args)
             rows = [Row(r["id"], r["ts"], bytes(r["stanza"])) for r in records]
         complete = len(rows) <= q.max
         rows = rows[:q.max]

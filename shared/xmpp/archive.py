@@ -219,7 +219,8 @@ class Query:
     after: str = ""  # RSM
     before: str | None = None  # RSM; "" asks for the last page
     flip: bool = False  # §4.1.2 flip-page
-    count_only: bool = False  # RSM <max>0</max>: the count alone (XEP-0059 §2.6)
+    count_only: bool = False  # RSM <max>0</max>: the count alone (XEP-0059 §2.7)
+    index: int | None = None  # RSM <index/>: the page from this item on (XEP-0059 §2.6)
 
     @property
     def cursor_ids(self) -> tuple[str, ...]:
@@ -296,8 +297,16 @@ def parse_query(query: etree._Element) -> Query:
             args["after"] = (after.text or "").strip()
         if before is not None:
             args["before"] = (before.text or "").strip()
-        if rsm.find(f"{{{ns.RSM}}}index") is not None:
-            raise StanzaError(StanzaErrorCondition.FEATURE_NOT_IMPLEMENTED, "RSM index")
+        index = rsm.find(f"{{{ns.RSM}}}index")
+        if index is not None:  # XEP-0059 §2.6: a page out of order, by its first item
+            if after is not None or before is not None:
+                raise bad_request("RSM index with after or before")
+            try:
+                args["index"] = int((index.text or "").strip())
+            except ValueError:
+                raise bad_request("RSM index is not a number") from None
+            if args["index"] < 0:  # type: ignore[operator]
+                raise bad_request("RSM index is negative")
     args["flip"] = query.find(f"{{{ns.MAM}}}flip-page") is not None
     return Query(**args)  # type: ignore[arg-type]
 
@@ -339,11 +348,14 @@ def result_message(to: str, owner: str, query_id: str, row: Row) -> bytes:
     ).encode() + row.stanza + b"</forwarded></result></message>"
 
 
-def fin(rows: Sequence[Row], *, complete: bool, count: int | None) -> str:
-    """§4.3: the IQ result's <fin/> with the XEP-0059 §2.5 <set/> of the page."""
+def fin(rows: Sequence[Row], *, complete: bool, count: int | None,
+        index: int | None = None) -> str:
+    """§4.3: the IQ result's <fin/> with the XEP-0059 §2.5 <set/> of the page (the first
+    item's position in the result set when it is known, §2.6)."""
     parts = []
     if rows:
-        parts.append(f"<first>{rows[0].id}</first><last>{rows[-1].id}</last>")
+        at = f' index="{index}"' if index is not None else ""
+        parts.append(f"<first{at}>{rows[0].id}</first><last>{rows[-1].id}</last>")
     if count is not None:
         parts.append(f"<count>{count}</count>")
     done = ' complete="true"' if complete else ""
