@@ -152,3 +152,24 @@ async def test_a_large_result_sets_count_is_scanned_once_then_only_its_newest_ro
         assert (await store.query(owner, Query(with_jid="q@x.org"))).count == 0
     finally:
         await db.close()
+
+
+async def test_a_batch_that_meets_rows_already_written_keeps_them_once(
+    database_url: str,
+) -> None:
+    """A retry after a commit that in fact went through: the rows are there already."""
+    db = await connect(database_url, "tests")
+    try:
+        writer = ArchiveWriter(db, "always", 100)
+        now = _us(datetime.datetime.now(datetime.UTC))
+        ids = [archive.new_id(now + i) for i in range(3)]
+        writer.add("again@localhost", ids[0], "p@x.org", "p@x.org", False, MSG)
+        await writer.flush()
+        for sid in ids:
+            writer.add("again@localhost", sid, "p@x.org", "p@x.org", False, MSG)
+        await writer.flush()
+        rows = await db.fetch("t", "SELECT id FROM mam_messages WHERE owner = $1 "
+                                   "ORDER BY ts, id", "again@localhost")
+        assert [r["id"] for r in rows] == ids
+    finally:
+        await db.close()
