@@ -867,9 +867,12 @@ class ConnectionManager:
         """A message enters the cluster (docs/architecture.md "Carbons and the archive"):
         stanza-ids a client forged in our name are removed (XEP-0359 §4); one to archive
         gets its id here, once, appended for the recipient's archive (``by`` the recipient
-        when local; the sender, whose router strips it, when remote); and one to another
-        local account that the sender's other resources or archive want is announced to the
-        router of the sender's partition in a SENT envelope (sent carbons, the sender's row).
+        when local; the sender, whose router strips it, when remote).  One to another local
+        account carries the sender's tail too, before the recipient's: the recipient's router
+        writes both rows and sends the sent carbons (or hands them to the router of the
+        sender's partition, `Router._sender_side`).  One that is not archived but that the
+        sender's other resources want is announced to the router of the sender's partition
+        in a SENT envelope (sent carbons).
         """
         payload = serialize(st.element) if archive.strip_forged(st.element, self.domain) \
             else env.payload
@@ -880,13 +883,13 @@ class ConnectionManager:
             if sid:
                 payload = archive.with_stanza_id(payload, sender, sid)
             return env._replace(payload=payload)
-        if recipient != sender and (sid or facts.carbons):
-            sent = env._replace(kind=Kind.SENT, payload=archive.with_stanza_id(
-                payload, sender, sid) if sid else payload)
-            self.bus.publish_soon(subjects.route_for(sender, self.settings.partitions),
-                                  sent.encode())
         if sid:
+            if recipient != sender:
+                payload = archive.with_stanza_id(payload, sender, sid)
             payload = archive.with_stanza_id(payload, recipient, sid)
+        elif recipient != sender and facts.carbons:
+            self.bus.publish_soon(subjects.route_for(sender, self.settings.partitions),
+                                  env._replace(kind=Kind.SENT, payload=payload).encode())
         return env._replace(payload=payload)
 
     def _to_server(self, conn: C2SConnection, st: StanzaIn, *, addressed: bool) -> None:

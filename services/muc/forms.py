@@ -35,6 +35,7 @@ class Config:
     allow_pm: str = "anyone"
     max_users: int = 0  # 0: the service's limit
     history: int = 20  # muc#maxhistoryfetch
+    archive: bool = True  # muc#roomconfig_enablearchiving (XEP-0313 §5)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +95,8 @@ def config_form(config: Config, owners: list[str], admins: list[str]) -> str:
                [str(config.max_users)]),
         _field("muc#maxhistoryfetch", "text-single", "Messages of history on join",
                [str(config.history)]),
+        _field("muc#roomconfig_enablearchiving", "boolean", "Archive messages (XEP-0313)",
+               _bool(config.archive)),
         _field("muc#roomconfig_roomowners", "jid-multi", "Owners", owners),
         _field("muc#roomconfig_roomadmins", "jid-multi", "Admins", admins),
     ]
@@ -137,7 +140,8 @@ def apply_form(config: Config, fields: dict[str, list[str]], max_history: int) -
              "muc#roomconfig_membersonly": "members_only",
              "muc#roomconfig_moderatedroom": "moderated",
              "muc#roomconfig_changesubject": "change_subject",
-             "muc#roomconfig_allowinvites": "allow_invites"}
+             "muc#roomconfig_allowinvites": "allow_invites",
+             "muc#roomconfig_enablearchiving": "archive"}
     for var, attr in text.items():
         if var in fields:
             setattr(new, attr, (fields[var] or [""])[0][:1024])

@@ -29,6 +29,9 @@ ROOM_MOVES = Counter(
 ERRORS = Counter(
     "stanzad_muc_errors_total", "Stanzas the rooms refused, by condition.", ["condition"]
 )
+ARCHIVE_QUERIES = Counter(
+    "stanzad_muc_archive_queries_total", "XEP-0313 queries of room archives answered."
+)
 
 # every series the dashboard and the alerts read exists from the start, at 0
 for _kind in ("message", "presence", "iq"):

@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape, quoteattr
 import precis_i18n
 from lxml import etree
 
-from shared.xmpp import ns
+from shared.xmpp import archive, ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StanzaErrorType
 from shared.xmpp.jid import JIDError, bare_of, parse_jid
 from shared.xmpp.stanza import error_reply, iq_result, with_delay, with_to
@@ -43,6 +43,7 @@ ROLE_RANK: Final = {"none": 0, "visitor": 1, "participant": 2, "moderator": 3}
 # RFC 8266: the nickname profile; enforcement keeps case, comparison maps it
 _NICK: Final = precis_i18n.get_profile("NicknameCasePreserved")
 _NICK_FOLD: Final = precis_i18n.get_profile("NicknameCaseMapped")
+_STANZA_ID: Final = f"{{{ns.SID}}}stanza-id"
 MAX_NICK_BYTES: Final = 1023  # a resourcepart's limit (RFC 7622 §3.4)
 
 E = StanzaErrorCondition
@@ -118,6 +119,7 @@ class Limits:
     max_history: int = 50
     message_rate: float = 10.0
     message_burst: int = 30
+    archive: bool = False  # the service keeps XEP-0313 archives (rooms that enable them)
 
 
 @dataclass(slots=True)
@@ -128,6 +130,8 @@ class Dirty:
     affiliations: set[str] = field(default_factory=set)  # bare JIDs
     occupants: set[str] = field(default_factory=set)  # nicks (absent now: removed)
     history: list[tuple[float, bytes]] = field(default_factory=list)
+    # XEP-0313 rows: (archive id, the sender's room JID, the message as archived)
+    archive: list[tuple[str, str, bytes]] = field(default_factory=list)
     destroyed: bool = False
 
     def clear(self) -> None:
@@ -135,6 +139,7 @@ class Dirty:
         self.affiliations.clear()
         self.occupants.clear()
         self.history.clear()
+        self.archive.clear()
         self.destroyed = False
 
 
@@ -225,6 +230,20 @@ class Room:
 
     def room_jid(self, nick: str) -> str:
         return f"{self.jid}/{nick}"
+
+    @property
+    def archiving(self) -> bool:
+        """XEP-0313 §5: the room keeps an archive (the service's and the room's setting)."""
+        return self.limits.archive and self.config.archive
+
+    def may_read_archive(self, real: str) -> bool:
+        """Who may query the room's archive: its members (and admins, owners), and in a room
+        that is not members-only its occupants too; never an outcast."""
+        rank = AFFILIATION_RANK[self.affiliation(real)]
+        if rank < 0:
+            return False
+        return rank >= 1 or (not self.config.members_only
+                             and self.occupant_of(real) is not None)
 
     # ---- entry -----------------------------------------------------------------------------
 
@@ -475,15 +494,19 @@ class Room:
 
     def _rewritten(self, occ: Occupant, el: etree._Element, *, mark: bool = False) -> bytes:
         """The sender's message as the room sends it: from its room JID, no 'to', its
-        occupant id (XEP-0421 §4: any the sender put in is removed)."""
+        occupant id (XEP-0421 §4: any the sender put in is removed) and no stanza-id in the
+        room's name."""
         msg = etree.Element(f"{{{C}}}message", nsmap={None: C})
         for k, v in el.attrib.items():
             if k not in ("to", "from"):
                 msg.set(k, v)
         msg.set("from", self.room_jid(occ.nick))
         for child in el:
-            if isinstance(child.tag, str) and etree.QName(child).namespace != OCCUPANT_ID:
-                msg.append(etree.fromstring(etree.tostring(child, with_tail=False)))
+            if not isinstance(child.tag, str) or etree.QName(child).namespace == OCCUPANT_ID:
+                continue
+            if child.tag == _STANZA_ID and child.get("by") == self.jid:
+                continue  # XEP-0359 §4: only the room gives ids in its own name
+            msg.append(etree.fromstring(etree.tostring(child, with_tail=False)))
         if mark:
             etree.SubElement(msg, f"{{{MUC_USER}}}x", nsmap={None: MUC_USER})
         oid = etree.SubElement(msg, f"{{{OCCUPANT_ID}}}occupant-id", nsmap={None: OCCUPANT_ID})
@@ -505,6 +528,10 @@ class Room:
             self.subject_from = self.room_jid(occ.nick)
             self.dirty.room = True
         payload = self._rewritten(occ, el)
+        if has_body and self.archiving:  # XEP-0313 §5, XEP-0359: archived, with its id
+            sid = archive.new_id(int(now * 1_000_000))
+            self.dirty.archive.append((sid, self.room_jid(occ.nick), payload))
+            payload = archive.with_stanza_id(payload, self.jid, sid)
         if has_body and self.limits.max_history:
             self.history.append((now, payload))
             del self.history[:-self.limits.max_history]
@@ -602,6 +629,8 @@ class Room:
     def disco_info(self) -> str:
         feats = [*forms.features(self.config), OCCUPANT_ID, PING, ns.DISCO_INFO,
                  "http://jabber.org/protocol/muc#stable_id"]
+        if self.archiving:  # XEP-0313 §5, §6.1 (and its ids, XEP-0359 §6)
+            feats += [ns.MAM, ns.SID]
         name = f" name={_q(self.config.name)}" if self.config.name else ""
         return (f'<query xmlns="{ns.DISCO_INFO}"><identity category="conference" type="text"'
                 f'{name}/>{"".join(f"<feature var={_q(f)}/>" for f in feats)}'

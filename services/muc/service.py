@@ -34,9 +34,10 @@ from shared.bus import subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.runtime.settings import MucSettings
+from shared.store.archive import ArchiveStore, ArchiveWriter, UnknownId
 from shared.store.muc import MucStore
 from shared.store.pg.database import DatabaseUnavailable
-from shared.xmpp import ns
+from shared.xmpp import archive, ns
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StanzaErrorType, StreamError
 from shared.xmpp.parser import parse_fragment
 from shared.xmpp.stanza import error_reply, iq_result, with_to
@@ -51,6 +52,8 @@ MAX_PAYLOAD_BYTES: Final = 256 * 1024
 MAX_BATCH_BYTES: Final = 512 * 1024  # a BATCH envelope stays well under NATS's 1 MiB
 MAX_LISTED_ROOMS: Final = 500  # disco#items of the service
 _FROM: Final = re.compile(rb""" from=(["'])(.*?)\1""")
+_MAM_PREFIX: Final = f"{{{ns.MAM}}}"
+_MAM_QUERY: Final = f"{{{ns.MAM}}}query"
 _KINDS: Final = {"message": Kind.MESSAGE, "presence": Kind.PRESENCE, "iq": Kind.IQ}
 
 
@@ -70,11 +73,24 @@ class MucService(PartitionedService):
         self.domains = {d for d, family in settings.service_domains.items() if family == "muc"}
         self.store = MucStore(self.db, self.redis)
         self.limits = Limits(settings.muc_max_occupants, settings.muc_max_history,
-                             settings.muc_message_rate, settings.muc_message_burst)
+                             settings.muc_message_rate, settings.muc_message_burst,
+                             archive=settings.mam_enabled)
+        # XEP-0313 §5 room archives: rows written like the routers' (the room decides what
+        # is archived, so no account preferences apply: the default is "always")
+        self.archive_store = ArchiveStore(self.db, SERVICE)
+        self.archive_writer: ArchiveWriter | None = (
+            ArchiveWriter(self.db, "always", settings.mam_max_pending_rows,
+                          settings.mam_write_linger_ms / 1000)
+            if settings.mam_enabled else None)
         self.rooms: dict[str, Room] = {}
         # soft state to write at the end of the batch: room -> nick -> occupant or None
         self._occupants: dict[str, dict[str, dict[str, str] | None]] = {}
         self._history: dict[str, list[tuple[float, bytes]]] = defaultdict(list)
+
+    async def stop(self) -> None:
+        if self.archive_writer is not None:
+            await self.archive_writer.close()  # the rows of the last moments
+        await super().stop()
 
     # ---- partitions: a room is reloaded by whoever owns its partition --------------------
 
@@ -156,6 +172,10 @@ class MucService(PartitionedService):
                 return
             created = True
         cm = env.origin.partition("/")[0] if "/" in env.origin else ""
+        if env.kind is Kind.IQ and not nick and len(el) and isinstance(el[0].tag, str) \
+                and el[0].tag.startswith(_MAM_PREFIX):
+            await self._archive_iq(room, env, el)
+            return
         outs = room.handle(env.kind.value, env.type, env.from_, nick or None, el, cm=cm,
                            created=created)
         await self._persist(room)
@@ -171,7 +191,7 @@ class MucService(PartitionedService):
             raise StanzaError(StanzaErrorCondition.NOT_ALLOWED, "only local users create rooms")
         enforce_nick(env.to.partition("/")[2])  # jid-malformed before anything is stored
         locked = el.find(f"{{{MUC}}}x") is not None
-        config = forms.Config()
+        config = forms.Config(archive=self.muc_settings.muc_archive_default)
         secret = secrets.token_bytes(32)
         owner = env.from_bare
         if not await self.store.create(jid, config.to_json(), secret, locked, owner,
@@ -255,7 +275,49 @@ class MucService(PartitionedService):
                 pending[nick] = occ.to_json() if occ is not None else None
         if d.history:
             self._history[room.jid].extend(d.history)
+        if d.archive and self.archive_writer is not None:
+            for sid, sender, stored in d.archive:
+                self.archive_writer.add(room.jid, sid, sender, room.jid, False, stored)
         d.clear()
+
+    # ---- XEP-0313 §5: the room's archive -----------------------------------------------------
+
+    async def _archive_iq(self, room: Room, env: Envelope, el: etree._Element) -> None:
+        """A query of the room's archive (or its form), by whom `Room.may_read_archive`
+        lets: the results from the room's bare JID, then the IQ result with <fin/>, in one
+        BATCH to an occupant's connection manager (through the router otherwise)."""
+        child = el[0]
+        occ = room.occupant_of(env.from_)
+        cm = occ.cm if occ is not None else ""
+        outs: list[Out] = []
+        try:
+            if not room.archiving:
+                raise StanzaError(StanzaErrorCondition.SERVICE_UNAVAILABLE)
+            if not room.may_read_archive(env.from_):
+                raise StanzaError(StanzaErrorCondition.FORBIDDEN,
+                                  "only members and occupants may read this archive")
+            if child.tag != _MAM_QUERY or env.type not in ("get", "set"):
+                raise StanzaError(StanzaErrorCondition.FEATURE_NOT_IMPLEMENTED)
+            if env.type == "get":  # §4.1.1 the form
+                result = archive.query_form()
+            else:
+                query = archive.parse_query(child)
+                try:
+                    page = await self.archive_store.query(room.jid, query)
+                except UnknownId:
+                    raise StanzaError(StanzaErrorCondition.ITEM_NOT_FOUND) from None
+                rows = list(reversed(page.rows)) if query.flip else page.rows
+                outs += [Send("message", env.from_, archive.result_message(
+                    env.from_, room.jid, query.query_id, row), "", cm) for row in rows]
+                result = archive.fin(page.rows, complete=page.complete, count=page.count,
+                                     index=query.index)
+                metrics.ARCHIVE_QUERIES.inc()
+        except StanzaError as err:
+            await self._error(env, el, err)
+            return
+        outs.append(Send("iq", env.from_, iq_result(env.id, env.from_, room.jid, result),
+                         "result", cm))
+        await self._emit(outs)
 
     async def _flush_soft_state(self) -> None:
         if not (self._occupants or self._history):

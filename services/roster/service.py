@@ -216,7 +216,8 @@ class RosterService(PartitionedService):
                 rows = list(reversed(page.rows)) if query.flip else page.rows
                 out.extend(archive.result_message(env.from_, account, query.query_id, row)
                            for row in rows)
-                fin = archive.fin(page.rows, complete=page.complete, count=page.count)
+                fin = archive.fin(page.rows, complete=page.complete, count=page.count,
+                                  index=query.index)
                 out.append(iq_result(env.id, env.from_, None, fin))
                 metrics.REQUESTS.labels("archive_query").inc()
             elif child.tag == _MAM_PREFS and env.type == "get":

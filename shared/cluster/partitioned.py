@@ -119,6 +119,10 @@ class PartitionedService:
         p = subjects.partition(bare, self.settings.partitions)
         await self.publish(subjects.session_events(p), session_event(bare, version))
 
+    def holds(self, subject: str) -> bool:
+        """This process consumes ``subject`` now (a subject of a partition it holds)."""
+        return subject in self._subscribed
+
     # ---- partitions and their hand-over ------------------------------------------------------
 
     async def _on_batch(self, batch: list[tuple[str, bytes]]) -> None:

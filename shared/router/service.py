@@ -13,6 +13,7 @@ import datetime
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 from shared.bus import subjects
 from shared.bus.envelope import (
@@ -50,6 +51,7 @@ from .routing import Account, Bounce, Deliver, Store, decide
 log = logging.getLogger(__name__)
 
 SERVICE = "router"
+Kept = tuple[bytes, str]  # a message as archives store it (no stanza-id of ours), its id
 MAX_BOUNCE_BYTES = 512 * 1024
 
 
@@ -82,7 +84,8 @@ class Router(PartitionedService):
         self._copies = {d: Tally(metrics.CARBON_COPIES.labels(d)) for d in ("sent", "received")}
         # XEP-0313 rows, written in batches off the routing path (shared/store/archive.py)
         self.archive: ArchiveWriter | None = (
-            ArchiveWriter(self.db, settings.mam_default, settings.mam_max_pending_rows)
+            ArchiveWriter(self.db, settings.mam_default, settings.mam_max_pending_rows,
+                          settings.mam_write_linger_ms / 1000)
             if settings.mam_enabled else None
         )
 
@@ -125,14 +128,17 @@ class Router(PartitionedService):
             if self._is_remote(env.to_bare):
                 self._remote(env, sender)
                 continue
+            kept: Kept | None = None
+            if env.kind is Kind.MESSAGE:
+                env, kept = self._tails(env, sender)
             entry = entries.get(env.to_bare)
             if entry is None:  # Redis unreachable: tell the sender rather than lose it
                 self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
                 continue
             if self._blocked(env, entry, sender):
                 continue
-            if self._route(env, entry) and await self._store_offline(env):
-                self._archive_received(env)
+            if self._route(env, entry, kept) and await self._store_offline(env):
+                self._archive_received(env, kept)
         for labels, n in self._tally.items():
             tally = self._routed.get(labels)
             if tally is None:
@@ -213,7 +219,7 @@ class Router(PartitionedService):
             return True
         return False
 
-    def _route(self, env: Envelope, entry: Entry) -> bool:
+    def _route(self, env: Envelope, entry: Entry, kept: Kept | None = None) -> bool:
         """Deliver, bounce or ignore; True when the stanza must be stored offline."""
         if (env.origin == SM_UNACKED_ORIGIN and env.kind is Kind.MESSAGE and entry.exists
                 and env.type in ("", "normal", "chat")):
@@ -233,7 +239,7 @@ class Router(PartitionedService):
                     subjects.connection_manager(cm_id), env.forwarded(to=full).encode()
                 )
             if env.kind is Kind.MESSAGE:
-                self._archive_received(env)
+                self._archive_received(env, kept)
                 self._carbons("received", env.to_bare, entry, env.payload,
                               {env.from_, *(full for full, _ in decision.targets)})
         elif isinstance(decision, Bounce):
@@ -245,14 +251,12 @@ class Router(PartitionedService):
 
     # ---- XEP-0280 carbons and the XEP-0313 archive (docs/architecture.md) --------------------
 
-    def _archive_received(self, env: Envelope) -> None:
+    def _archive_received(self, env: Envelope, kept: Kept | None) -> None:
         """The recipient's row of a message that carries the stanza-id given at ingress."""
-        if self.archive is None or env.origin == SM_UNACKED_ORIGIN:
+        if self.archive is None or env.origin == SM_UNACKED_ORIGIN or kept is None:
             return  # an unacknowledged message coming back was archived when it came in
-        to_bare = env.to_bare
-        payload, sid = archive.split_tail(env.payload, to_bare)
-        if sid:
-            self.archive.add(to_bare, sid, env.from_, env.from_bare, False, payload)
+        stored, sid = kept
+        self.archive.add(env.to_bare, sid, env.from_, env.from_bare, False, stored)
 
     def _sent(self, env: Envelope, sender: Entry) -> bytes:
         """What a local user sent (a SENT envelope, or a message to a remote JID on its way
@@ -265,16 +269,46 @@ class Router(PartitionedService):
         self._carbons("sent", owner, sender, env.payload, {env.from_})
         return payload
 
-    def _carbons(self, direction: str, owner: str, entry: Entry, message: bytes,
-                 skip: set[str]) -> None:
-        """XEP-0280 copies of ``message`` for ``owner``'s carbons-enabled resources not in
-        ``skip`` (those that have it already): one FANOUT envelope per connection manager."""
+    def _tails(self, env: Envelope, sender: Entry | None) -> tuple[Envelope, Kept | None]:
+        """The stanza-ids ingress appended to a message for a local account: (the message as
+        its recipient gets it, (the message as archives store it, its id) or None).  When
+        the sender is a local account too, ingress appended the sender's id as well
+        (`archive.split_pair`): the sender's row and XEP-0280 §5 sent carbons are done here
+        when this router holds the sender's partition too (its session cache then holds the
+        sender's sessions exactly: one envelope and one INSERT for both rows), else handed
+        to the router that does in a SENT envelope."""
+        owner = env.from_bare
+        stored, sid, paired = archive.split_pair(env.payload, env.to_bare, owner)
+        if not sid:
+            return env, None
+        if paired:
+            subject = subjects.route_for(owner, self.settings.partitions)
+            if not self.holds(subject):
+                self.bus.publish_soon(subject, env._replace(
+                    kind=Kind.SENT, payload=archive.with_stanza_id(stored, owner, sid)).encode())
+            else:
+                if self.archive is not None:
+                    self.archive.add(owner, sid, env.to, env.to_bare, True, stored)
+                if sender is not None:
+                    self._carbons("sent", owner, sender,
+                                  lambda: archive.with_stanza_id(stored, owner, sid),
+                                  {env.from_})
+            env = env._replace(payload=archive.with_stanza_id(stored, env.to_bare, sid))
+        return env, (stored, sid)
+
+    def _carbons(self, direction: str, owner: str, entry: Entry,
+                 message: bytes | Callable[[], bytes], skip: set[str]) -> None:
+        """XEP-0280 copies of ``message`` (or of what it makes: built only when some
+        resource wants a copy) for ``owner``'s carbons-enabled resources not in ``skip``
+        (those that have it already): one FANOUT envelope per connection manager."""
         by_cm: dict[str, list[str]] = {}
         for resource, record in entry.sessions.items():
             if record.carbons and (full := f"{owner}/{resource}") not in skip:
                 by_cm.setdefault(record.cm_id, []).append(full)
         if not by_cm:
             return
+        if callable(message):
+            message = message()
         try:  # parsed only when some resource wants a copy
             if not archive.payload_facts(message).carbons:
                 return

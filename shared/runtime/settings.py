@@ -136,6 +136,10 @@ class CommonSettings(BaseSettings):
         100_000, ge=1,
         description="Archive rows a process queues while PostgreSQL fails; the oldest beyond.",
     )
+    mam_write_linger_ms: float = Field(
+        100.0, ge=0, le=5000,
+        description="Archive rows wait this long to share one INSERT (and one commit).",
+    )
     mam_maintenance_interval_s: float = Field(
         3600.0, gt=0, description="How often retention and caps are applied (roster service)."
     )
@@ -514,6 +518,10 @@ class MucSettings(PartitionedSettings):
     )
     muc_message_burst: int = Field(
         30, ge=1, description="Messages an occupant may send at once before the rate applies."
+    )
+    muc_archive_default: bool = Field(
+        True, description="New rooms keep a XEP-0313 archive (muc#roomconfig_enablearchiving"
+        " changes it per room; nothing is archived when STANZAD_MAM_ENABLED is off).",
     )
 
 

@@ -2,9 +2,12 @@
 (XEP-0441) and the upkeep of its time partitions (retention and per-user caps).
 
 Writes never sit on a delivery's path: a router hands each row to `ArchiveWriter.add`, which
-only appends it to a bounded queue; the rows queued in one event-loop tick go out as one
-multi-row INSERT (unnest of arrays, one prepared statement), one statement in flight at a
-time, and what is queued meanwhile goes in the next.  The owner's preferences are applied by
+only appends it to a bounded queue; the rows queued within ``linger_s`` of the first (one
+event-loop tick with no linger) go out as one multi-row INSERT (unnest of arrays, one
+prepared statement), one statement in flight at a time, and what is queued meanwhile goes in
+the next.  The linger is what makes the archive cheap: a statement and its commit (a WAL
+flush) cost PostgreSQL and the router far more than a row, and at chat rates a tick holds a
+row or two (loadtest/RESULTS.md, "Archiving's price").  The owner's preferences are applied by
 that statement itself (a join on ``mam_prefs`` and, for "roster", on ``roster_items``), so a
 router needs no lookup per message.  While PostgreSQL fails the rows stay queued and the
 statement is retried (1 s, doubling to 30 s); beyond ``max_pending`` rows the oldest are
@@ -23,17 +26,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import asyncpg
 from prometheus_client import Counter, Histogram
 
 from shared.runtime.metrics import Tally
 from shared.store.pg.database import Database
-from shared.xmpp.archive import Prefs, Query, Row, time_of
+from shared.xmpp.archive import Prefs, Query, Row, is_id, time_of
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH: Final = 1000  # rows per INSERT; more queued go in the next
 RETRY_FIRST_S: Final = 1.0
 RETRY_MAX_S: Final = 30.0
+COUNT_SETTLED_S: Final = 10.0  # rows older than this are in (writers linger 0.1 s)
+COUNT_TTL_S: Final = 300.0  # a settled count is reused this long
+COUNT_CACHE_SIZE: Final = 10_000  # result sets whose count is kept
 MAINTENANCE_LOCK: Final = 0x6D61_6D5F_6B65  # "mam_ke": one process maintains at a time
 DAYS_AHEAD: Final = 2  # daily partitions created this many days ahead
 
@@ -51,41 +58,44 @@ QUERY_LATENCY: Final = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
+# The time of a row is read from its id (14 hex digits of µs since the epoch,
+# `shared.xmpp.archive.new_id`), exactly as `time_of` reads it: no datetime per row in Python.
 _INSERT: Final = """
 INSERT INTO mam_messages (owner, ts, id, peer, peer_bare, outgoing, stanza)
-SELECT r.owner, r.ts, r.id, r.peer, r.peer_bare, r.outgoing, r.stanza
-FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-            $6::boolean[], $7::bytea[]) AS r(owner, ts, id, peer, peer_bare, outgoing, stanza)
+SELECT r.owner,
+       'epoch'::timestamptz
+           + ('x' || substr(r.id, 1, 14))::bit(56)::bigint * interval '1 microsecond',
+       r.id, r.peer, r.peer_bare, r.outgoing, r.stanza
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bytea[])
+     AS r(owner, id, peer, peer_bare, outgoing, stanza)
 LEFT JOIN mam_prefs p ON p.owner = r.owner
 WHERE CASE
     WHEN r.peer_bare = ANY(coalesce(p.never, '{}')) THEN false
     WHEN r.peer_bare = ANY(coalesce(p.always, '{}')) THEN true
-    WHEN coalesce(p.default_mode, $8) = 'always' THEN true
-    WHEN coalesce(p.default_mode, $8) = 'roster' THEN EXISTS (
+    WHEN coalesce(p.default_mode, $7) = 'always' THEN true
+    WHEN coalesce(p.default_mode, $7) = 'roster' THEN EXISTS (
         SELECT 1 FROM roster_items i
         WHERE i.owner = r.owner AND i.contact = r.peer_bare AND NOT i.hidden)
     ELSE false
 END
-ON CONFLICT DO NOTHING
 """
+# A batch retried after a failure whose commit in fact went through (a timeout, a connection
+# lost after COMMIT) meets its own rows: that retry skips them.  Not the statement of every
+# batch: the speculative insertion costs PostgreSQL about a fifth more CPU per row.
+_INSERT_AGAIN: Final = _INSERT + "ON CONFLICT DO NOTHING\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    owner: str
-    ts: datetime.datetime
-    id: str
-    peer: str
-    peer_bare: str
-    outgoing: bool
-    stanza: bytes
+# a row waiting: (owner, id, peer, peer_bare, outgoing, stanza), the statement's columns
+Pending = tuple[str, str, str, str, bool, bytes]
 
 
 class ArchiveWriter:
     """Rows to archive, written in batches off the caller's path (module docstring)."""
 
-    def __init__(self, db: Database, default_mode: str, max_pending: int) -> None:
+    def __init__(self, db: Database, default_mode: str, max_pending: int,
+                 linger_s: float = 0.0) -> None:
         self._db = db
+        self._linger = linger_s
         self._default = default_mode
         self._max = max_pending
         self._queue: collections.deque[Pending] = collections.deque()
@@ -100,10 +110,9 @@ class ArchiveWriter:
 
     def add(self, owner: str, archive_id: str, peer: str, peer_bare: str, outgoing: bool,
             stanza: bytes) -> None:
-        ts = time_of(archive_id)
-        if ts is None:
+        if not is_id(archive_id):
             return
-        self._queue.append(Pending(owner, ts, archive_id, peer, peer_bare, outgoing, stanza))
+        self._queue.append((owner, archive_id, peer, peer_bare, outgoing, stanza))
         if len(self._queue) > self._max:
             self._queue.popleft()
             self._dropped.n += 1
@@ -119,6 +128,8 @@ class ArchiveWriter:
         delay = RETRY_FIRST_S
         try:
             while self._queue:
+                if self._linger > 0 and len(self._queue) < MAX_BATCH:
+                    await asyncio.sleep(self._linger)  # the rows of the next moments join
                 batch = [self._queue.popleft()
                          for _ in range(min(MAX_BATCH, len(self._queue)))]
                 try:
@@ -143,12 +154,12 @@ class ArchiveWriter:
             self._idle.set()
 
     async def _insert(self, batch: Sequence[Pending]) -> None:
-        await self._db.execute(
-            "archive_insert", _INSERT,
-            [r.owner for r in batch], [r.ts for r in batch], [r.id for r in batch],
-            [r.peer for r in batch], [r.peer_bare for r in batch],
-            [r.outgoing for r in batch], [r.stanza for r in batch], self._default,
-        )
+        columns = [list(c) for c in zip(*batch, strict=True)]
+        try:
+            await self._db.execute("archive_insert", _INSERT, *columns, self._default)
+        except asyncpg.UniqueViolationError:
+            await self._db.execute("archive_insert_again", _INSERT_AGAIN, *columns,
+                                   self._default)
 
     async def close(self) -> None:
         if self._sender is not None:
@@ -182,6 +193,10 @@ class ArchiveStore:
     def __init__(self, db: Database, service: str) -> None:
         self._db = db
         self._service = service
+        # result-set counts: (filters, args) -> (expires, rows up to this time, their count)
+        self._counts: collections.OrderedDict[
+            tuple[object, ...], tuple[float, datetime.datetime, int]] = \
+            collections.OrderedDict()
 
     async def query(self, owner: str, q: Query) -> Page:
         started = time.perf_counter()
@@ -236,15 +251,43 @@ class ArchiveStore:
             records = await self._db.fetch(
                 "archive_page",
                 f"SELECT id, ts, stanza FROM mam_messages WHERE {' AND '.join(page_where)} "
-                f"ORDER BY ts {order}, id {order} LIMIT {arg(q.max + 1)}", *args)
+                f"ORDER BY ts {order}, id {order} LIMIT {arg(q.max + 1)}"
+                + (f" OFFSET {arg(q.index)}" if q.index is not None else ""), *args)
             rows = [Row(r["id"], r["ts"], bytes(r["stanza"])) for r in records]
         complete = len(rows) <= q.max
         rows = rows[:q.max]
         if q.backwards:
             rows.reverse()
-        count = int(await self._db.fetchval(
-            "archive_count", f"SELECT count(*) FROM mam_messages WHERE {filters}", *count_args))
-        return Page(rows, complete, count)
+        return Page(rows, complete, await self._count(filters, count_args))
+
+    async def _count(self, filters: str, args: list[object]) -> int:
+        """The result set's size (XEP-0059 §2.7, which lets it be approximate when an exact
+        one is costly): what is older than `COUNT_SETTLED_S` is counted once and kept for
+        `COUNT_TTL_S` (a client paging through a large archive asks the same count again
+        and again: the first answer costs a scan of its archive's index, later ones only
+        the newest rows); rows deleted meanwhile (retention, caps) are still counted then."""
+        key = (filters, *(tuple(a) if isinstance(a, list) else a for a in args))
+        now = time.monotonic()
+        cached = self._counts.get(key)
+        if cached is not None and cached[0] > now:
+            self._counts.move_to_end(key)
+            _, cut, settled = cached
+            fresh = await self._db.fetchval(
+                "archive_count_fresh",
+                f"SELECT count(*) FROM mam_messages WHERE {filters} AND ts > ${len(args) + 1}",
+                *args, cut)
+            return settled + int(fresh)
+        cut = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=COUNT_SETTLED_S)
+        record = await self._db.fetchrow(
+            "archive_count",
+            f"SELECT count(*) FILTER (WHERE ts <= ${len(args) + 1}) AS settled, "
+            f"count(*) FILTER (WHERE ts > ${len(args) + 1}) AS fresh "
+            f"FROM mam_messages WHERE {filters}", *args, cut)
+        assert record is not None
+        self._counts[key] = (now + COUNT_TTL_S, cut, int(record["settled"]))
+        if len(self._counts) > COUNT_CACHE_SIZE:
+            self._counts.popitem(last=False)
+        return int(record["settled"]) + int(record["fresh"])
 
     # ---- preferences (XEP-0441) ----
 

@@ -13,6 +13,7 @@ from its id (`time_of`), so a lookup by id is a lookup by (time, id).
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import re
 import secrets
@@ -32,7 +33,9 @@ from shared.xmpp.jid import JID, JIDError, domain_of
 _TAG: Final = secrets.token_hex(2)  # this process's, so that two processes never collide
 _COUNTER = itertools.count()
 _ID_RE: Final = re.compile(r"[0-9a-f]{24}")
+_ID_BYTES_RE: Final = re.compile(rb"[0-9a-f]{24}")
 ID_LEN: Final = 24
+_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 def new_id(ts_us: int) -> str:
@@ -40,21 +43,35 @@ def new_id(ts_us: int) -> str:
     return f"{ts_us:014x}{_TAG}{next(_COUNTER) & 0xFFFFFF:06x}"
 
 
+def is_id(value: str) -> bool:
+    """``value`` has the form of one of our ids (`new_id`)."""
+    return len(value) == ID_LEN and _ID_RE.fullmatch(value) is not None
+
+
 def time_of(archive_id: str) -> datetime.datetime | None:
-    """The time an id was assigned; None for a string that is not one of our ids."""
-    if len(archive_id) != ID_LEN or not _ID_RE.fullmatch(archive_id):
+    """The time an id was assigned (exact to the µs, as PostgreSQL computes it from the id
+    in `shared.store.archive`); None for a string that is not one of our ids."""
+    if not is_id(archive_id):
         return None
     try:
-        return datetime.datetime.fromtimestamp(int(archive_id[:14], 16) / 1e6, datetime.UTC)
-    except (OverflowError, ValueError, OSError):
+        return _EPOCH + datetime.timedelta(microseconds=int(archive_id[:14], 16))
+    except OverflowError:
         return None
 
 
 _TAIL_START: Final = f'<stanza-id xmlns="{ns.SID}" by='.encode()
+_ID_ATTR: Final = b' id="'
+_TAIL_END: Final = b'"/>'
+
+
+@functools.lru_cache(maxsize=8192)
+def _head(by: str) -> bytes:
+    """The tail up to its id for ``by``: `split_tail` compares it, not searches for it."""
+    return _TAIL_START + quoteattr(by).encode() + _ID_ATTR
 
 
 def stanza_id_xml(by: str, archive_id: str) -> bytes:
-    return _TAIL_START + quoteattr(by).encode() + f' id="{archive_id}"/>'.encode()
+    return _head(by) + archive_id.encode() + _TAIL_END
 
 
 def with_stanza_id(payload: bytes, by: str, archive_id: str) -> bytes:
@@ -72,16 +89,33 @@ def split_tail(payload: bytes, by: str) -> tuple[bytes, str]:
     """(the message without the stanza-id `with_stanza_id` appended for ``by``, that id);
     the payload and "" when it carries none.  Only ingress appends one with a 'by' of ours
     (it removes those a sender put in, `strip_forged`), so one found here is genuine.  The
-    message keeps an element form (``<message ...></message>`` even with no other child)."""
+    message keeps an element form (``<message ...></message>`` even with no other child).
+    The tail has a fixed form, so it is compared in place rather than searched for."""
     close = payload.rfind(b"</")
-    head = _TAIL_START + quoteattr(by).encode() + b' id="'
-    start = payload.rfind(head, 0, close if close >= 0 else len(payload))
-    if start < 0 or close < 0 or not payload[start:close].endswith(b'"/>'):
+    id_end = close - len(_TAIL_END)
+    id_start = id_end - ID_LEN
+    head = _head(by)
+    start = id_start - len(head)
+    if (start < 0 or payload[id_end:close] != _TAIL_END
+            or payload[start:id_start] != head
+            or _ID_BYTES_RE.fullmatch(payload, id_start, id_end) is None):
         return payload, ""
-    archive_id = payload[start + len(head):close - 3].decode(errors="replace")
-    if time_of(archive_id) is None:
-        return payload, ""
-    return payload[:start] + payload[close:], archive_id
+    return payload[:start] + payload[close:], payload[id_start:id_end].decode()
+
+
+def split_pair(payload: bytes, recipient: str, sender: str) -> tuple[bytes, str, bool]:
+    """(the message without our stanza-ids, as archives store it; the id for
+    ``recipient``, "" when it carries none; whether the sender's tail was there too).
+    Ingress appends both parties' tails to a message between two local accounts, the
+    sender's first (`with_stanza_id` twice), so that the recipient's router can write both
+    rows; the recipient gets ``with_stanza_id(stored, recipient, id)``, its own id only."""
+    rest, archive_id = split_tail(payload, recipient)
+    if not archive_id or recipient == sender:
+        return rest, archive_id, False
+    stored, sender_id = split_tail(rest, sender)
+    if sender_id != archive_id:
+        return rest, archive_id, False
+    return stored, archive_id, True
 
 
 def strip_forged(element: etree._Element, domain: str) -> bool:
@@ -185,7 +219,8 @@ class Query:
     after: str = ""  # RSM
     before: str | None = None  # RSM; "" asks for the last page
     flip: bool = False  # §4.1.2 flip-page
-    count_only: bool = False  # RSM <max>0</max>: the count alone (XEP-0059 §2.6)
+    count_only: bool = False  # RSM <max>0</max>: the count alone (XEP-0059 §2.7)
+    index: int | None = None  # RSM <index/>: the page from this item on (XEP-0059 §2.6)
 
     @property
     def cursor_ids(self) -> tuple[str, ...]:
@@ -262,8 +297,16 @@ def parse_query(query: etree._Element) -> Query:
             args["after"] = (after.text or "").strip()
         if before is not None:
             args["before"] = (before.text or "").strip()
-        if rsm.find(f"{{{ns.RSM}}}index") is not None:
-            raise StanzaError(StanzaErrorCondition.FEATURE_NOT_IMPLEMENTED, "RSM index")
+        index = rsm.find(f"{{{ns.RSM}}}index")
+        if index is not None:  # XEP-0059 §2.6: a page out of order, by its first item
+            if after is not None or before is not None:
+                raise bad_request("RSM index with after or before")
+            try:
+                args["index"] = int((index.text or "").strip())
+            except ValueError:
+                raise bad_request("RSM index is not a number") from None
+            if args["index"] < 0:  # type: ignore[operator]
+                raise bad_request("RSM index is negative")
     args["flip"] = query.find(f"{{{ns.MAM}}}flip-page") is not None
     return Query(**args)  # type: ignore[arg-type]
 
@@ -305,11 +348,14 @@ def result_message(to: str, owner: str, query_id: str, row: Row) -> bytes:
     ).encode() + row.stanza + b"</forwarded></result></message>"
 
 
-def fin(rows: Sequence[Row], *, complete: bool, count: int | None) -> str:
-    """§4.3: the IQ result's <fin/> with the XEP-0059 §2.5 <set/> of the page."""
+def fin(rows: Sequence[Row], *, complete: bool, count: int | None,
+        index: int | None = None) -> str:
+    """§4.3: the IQ result's <fin/> with the XEP-0059 §2.5 <set/> of the page (the first
+    item's position in the result set when it is known, §2.6)."""
     parts = []
     if rows:
-        parts.append(f"<first>{rows[0].id}</first><last>{rows[-1].id}</last>")
+        at = f' index="{index}"' if index is not None else ""
+        parts.append(f"<first{at}>{rows[0].id}</first><last>{rows[-1].id}</last>")
     if count is not None:
         parts.append(f"<count>{count}</count>")
     done = ' complete="true"' if complete else ""

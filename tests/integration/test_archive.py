@@ -72,6 +72,7 @@ async def test_a_message_from_the_phone_is_a_sent_carbon_on_the_laptop_and_in_bo
         found = re.search(rb'<stanza-id xmlns="urn:xmpp:sid:0" by="([^"]+)" id="([0-9a-f]+)"/>',
                           got)
         assert found is not None and found.group(1).decode() == bob, got
+        assert f'by="{alice}"'.encode() not in got, got  # alice's own id stays hers
         sid = found.group(2)
         carbon = await laptop.read_until(b"</sent>")
         assert b'<sent xmlns="urn:xmpp:carbons:2">' in carbon, carbon
@@ -209,6 +210,10 @@ async def test_paging_through_10000_archived_messages_with_rsm_gets_each_exactly
         assert b"<item-not-found" in await _query(c, rsm=f"<after>{unknown}</after>")
         assert b"<bad-request" in await _query(
             c, form="<field var='unknown'><value>x</value></field>")
+        # XEP-0059 §2.6: a page out of order, by the index of its first item
+        jumped = await _query(c, rsm="<max>4</max><index>7370</index>")
+        assert [s.decode() for s in RESULT.findall(jumped)] == ids[7370:7374]
+        assert f'<first index="7370">{ids[7370]}</first>'.encode() in jumped
         count = await _query(c, rsm="<max>0</max>")
         assert COUNT.search(count).group(1) == b"10000" and not RESULT.findall(count)  # type: ignore[union-attr]
     finally:

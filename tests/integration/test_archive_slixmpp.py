@@ -35,6 +35,9 @@ async def test_slixmpp_sent_carbon_and_both_archives_share_the_stanza_id(
         for c in (phone, laptop, b):
             await c.login("127.0.0.1", cluster.c2s_port)
         await laptop.plugin["xep_0280"].enable(timeout=10)
+        # RFC 6121 §8.5.2.2.1: before bob's initial presence is in, a message to him waits
+        # offline for his next login; his presence coming back to him says it is in
+        await eventually(lambda: b.saw_presence(f"{bob}/desk"), 15, "bob available")
         phone.send_message(mto=bob, mbody="hi from the phone", mtype="chat")
         carbon = await asyncio.wait_for(sent.get(), 15)
         assert carbon["carbon_sent"]["body"] == "hi from the phone"

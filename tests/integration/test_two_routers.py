@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +15,7 @@ from shared.store.pg.database import connect as db_connect
 from shared.store.redis import connect as redis_connect
 from shared.xmpp.credentials import derive_credentials
 from tests.support.cluster import Cluster, new_cluster
-from tests.support.xmpp import Client
+from tests.support.xmpp import Client, RawClient
 
 N_MESSAGES = 300
 N_PAIRS = 4
@@ -111,4 +112,54 @@ async def test_rfc6120_10_1_order_kept_with_two_routers_and_two_cms(two_routers:
     finally:
         for client, _ in senders + receivers:
             await client.logout()
+        await db.close()
+
+
+async def test_the_senders_half_of_a_message_reaches_the_router_of_the_senders_partition(
+    two_routers: Cluster,
+) -> None:
+    """XEP-0280 §5 and XEP-0313: alice's partition is router-a's, bob's router-b's, so the
+    router that delivers to bob hands alice's row and sent carbons to router-a in a SENT
+    envelope; bob's copy carries his stanza-id only, alice's carbon hers, the same id."""
+    from tests.integration.test_archive import _archived_ids, _online, _read_message
+    from tests.support.xmpp import eventually
+
+    owners = await _wait_split(two_routers)
+    pick: dict[str, str] = {}
+    for i in range(1000):
+        for owner, prefix in (("router-a", "carla"), ("router-b", "dave")):
+            jid = f"{prefix}{i}@localhost"
+            if prefix not in pick and owners[subjects.partition(jid, two_routers.partitions)] \
+                    == owner:
+                pick[prefix] = jid
+    alice, bob = pick["carla"], pick["dave"]
+    db = await db_connect(two_routers.database_url, "tests", size=1)
+    clients = []
+    try:
+        for jid in (alice, bob):
+            await AccountStore(db, "tests").create(jid, derive_credentials("pw", 4096))
+        phone = await _online(two_routers, alice, "pw", "phone")
+        laptop = await _online(two_routers, alice, "pw", "laptop", carbons=True)
+        b = await _online(two_routers, bob, "pw", "desk")
+        clients = [phone, laptop, b]
+        await phone.send(f"<message to='{bob}' type='chat'><body>across routers</body>"
+                         "</message>".encode())
+        got = await _read_message(b, b"across routers")
+        found = re.search(rb'<stanza-id xmlns="urn:xmpp:sid:0" by="([^"]+)" id="([0-9a-f]+)"/>',
+                          got)
+        assert found is not None and found.group(1) == bob.encode(), got
+        assert f'by="{alice}"'.encode() not in got, got
+        sid = found.group(2)
+        carbon = await laptop.read_until(b"</sent>")
+        assert b"across routers" in carbon
+        assert b'by="' + alice.encode() + b'" id="' + sid + b'"' in carbon, carbon
+
+        async def archived(c: RawClient) -> bool:
+            return sid in await _archived_ids(c)
+
+        await eventually(lambda: archived(phone), 15, "alice's row")
+        await eventually(lambda: archived(b), 15, "bob's row")
+    finally:
+        for c in clients:
+            await c.close()
         await db.close()

@@ -122,3 +122,54 @@ async def test_maintain_cuts_an_archive_to_its_newest_rows(database_url: str) ->
         assert (await store.query("bob@localhost", Query())).count == 1
     finally:
         await db.close()
+
+
+async def test_a_large_result_sets_count_is_scanned_once_then_only_its_newest_rows(
+    database_url: str,
+) -> None:
+    """XEP-0059 §2.7: the count may be approximate when an exact one is costly.  Rows older
+    than COUNT_SETTLED_S are counted once per COUNT_TTL_S; newer ones at every query."""
+    db = await connect(database_url, "tests")
+    try:
+        store, writer = ArchiveStore(db, "tests"), ArchiveWriter(db, "always", 1000)
+        owner = "counted@localhost"
+        hour_ago = _us(datetime.datetime.now(datetime.UTC)) - 3600 * 10**6
+        for i in range(30):
+            writer.add(owner, archive.new_id(hour_ago + i), "p@x.org", "p@x.org", False, MSG)
+        await writer.flush()
+        assert (await store.query(owner, Query(max=10))).count == 30
+        now = _us(datetime.datetime.now(datetime.UTC))
+        for i in range(5):  # new messages: counted at once
+            writer.add(owner, archive.new_id(now + i), "p@x.org", "p@x.org", False, MSG)
+        await writer.flush()
+        assert (await store.query(owner, Query(max=10))).count == 35
+        # a settled row deleted meanwhile is still counted until the count is renewed
+        await db.execute("t", "DELETE FROM mam_messages WHERE owner = $1 AND ts < $2", owner,
+                         archive.time_of(archive.new_id(hour_ago + 1)))
+        assert (await store.query(owner, Query(max=10))).count == 35
+        assert (await ArchiveStore(db, "tests").query(owner, Query(max=10))).count == 34
+        # another filter is another result set
+        assert (await store.query(owner, Query(with_jid="q@x.org"))).count == 0
+    finally:
+        await db.close()
+
+
+async def test_a_batch_that_meets_rows_already_written_keeps_them_once(
+    database_url: str,
+) -> None:
+    """A retry after a commit that in fact went through: the rows are there already."""
+    db = await connect(database_url, "tests")
+    try:
+        writer = ArchiveWriter(db, "always", 100)
+        now = _us(datetime.datetime.now(datetime.UTC))
+        ids = [archive.new_id(now + i) for i in range(3)]
+        writer.add("again@localhost", ids[0], "p@x.org", "p@x.org", False, MSG)
+        await writer.flush()
+        for sid in ids:
+            writer.add("again@localhost", sid, "p@x.org", "p@x.org", False, MSG)
+        await writer.flush()
+        rows = await db.fetch("t", "SELECT id FROM mam_messages WHERE owner = $1 "
+                                   "ORDER BY ts, id", "again@localhost")
+        assert [r["id"] for r in rows] == ids
+    finally:
+        await db.close()

@@ -34,6 +34,21 @@ def test_the_tail_is_found_only_for_its_owner_and_removed() -> None:
     assert archive.split_tail(archive.with_stanza_id(empty, BOB, sid), BOB)[1] == sid
 
 
+def test_both_parties_tails_split_into_the_stored_message_and_one_id() -> None:
+    sid, alice = archive.new_id(1), "alice@localhost"
+    msg = b'<message xmlns="jabber:client" type="chat"><body>x</body></message>'
+    both = archive.with_stanza_id(archive.with_stanza_id(msg, alice, sid), BOB, sid)
+    assert archive.split_pair(both, BOB, alice) == (msg, sid, True)
+    only_bob = archive.with_stanza_id(msg, BOB, sid)  # from a remote sender, or to oneself
+    assert archive.split_pair(only_bob, BOB, alice) == (msg, sid, False)
+    assert archive.split_pair(only_bob, BOB, BOB) == (msg, sid, False)
+    assert archive.split_pair(msg, BOB, alice) == (msg, "", False)
+    other = archive.with_stanza_id(archive.with_stanza_id(msg, alice, archive.new_id(2)),
+                                   BOB, sid)  # two different ids are not a pair
+    assert archive.split_pair(other, BOB, alice) == (archive.split_tail(other, BOB)[0], sid,
+                                                     False)
+
+
 def test_stanza_ids_in_our_name_are_stripped_others_kept() -> None:
     """XEP-0359 §4."""
     el = parse_fragment(
@@ -96,11 +111,23 @@ def test_the_form_and_the_rsm_set_are_read() -> None:
     '<x xmlns="jabber:x:data"><field var="start"><value>2024-01-01T00:00:00</value></field></x>',
     '<set xmlns="http://jabber.org/protocol/rsm"><max>-1</max></set>',
     '<set xmlns="http://jabber.org/protocol/rsm"><after>a</after><before>b</before></set>',
+    '<set xmlns="http://jabber.org/protocol/rsm"><index>-2</index></set>',
+    '<set xmlns="http://jabber.org/protocol/rsm"><index>two</index></set>',
+    '<set xmlns="http://jabber.org/protocol/rsm"><after>a</after><index>2</index></set>',
 ])
 def test_malformed_queries_are_bad_requests(inner: str) -> None:
     with pytest.raises(StanzaError) as err:
         _query(inner)
     assert err.value.condition.value == "bad-request"
+
+
+def test_xep0059_2_6_a_page_out_of_order_by_index() -> None:
+    q = _query('<set xmlns="http://jabber.org/protocol/rsm"><max>10</max><index>370</index>'
+               "</set>")
+    assert q.index == 370 and q.max == 10 and not q.backwards
+    row = archive.Row(archive.new_id(1), archive.time_of(archive.new_id(1)), b"")  # type: ignore[arg-type]
+    assert '<first index="370">' in archive.fin([row], complete=False, count=999, index=370)
+    assert "<first>" in archive.fin([row], complete=False, count=999)
 
 
 def test_prefs_round_trip_and_refuse_a_jid_in_both_lists() -> None:
