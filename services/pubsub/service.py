@@ -1,15 +1,18 @@
 """The pubsub service: XEP-0060 on the pubsub domain and XEP-0163 PEP on every account.
 
-Input (``stanzad.pubsub.<p>``, p = partition of the *service* JID: an account's bare JID
-for its PEP service, the pubsub domain for the generic one):
+Input (``stanzad.pubsub.<p>``, p = partition of an account's bare JID for its PEP service;
+on the pubsub domain, of the node a request names, ``<domain>/<node>``, and of the domain
+itself for node-less requests: disco of the service, ``<default/>``, subscriptions and
+affiliations across nodes, instant nodes; shared/router/ingress.py `node_key`):
 - IQs in the pubsub namespaces (and disco for the pubsub domain) from connection managers,
   the router (IQs to a bare JID from other servers) or the s2s gateway;
 - the answers to the XEP-0115 disco#info queries this service sends (to the pubsub domain);
 - every broadcast presence of the partition's users, forwarded by the presence service, so
   that their resources get the last published items of the nodes they want (+notify).
 
-The owner of a partition is the only writer of its services' nodes, so the items of a node
-keep the order of their publishes.  A publish is answered only once its item is stored:
+The owner of a partition is the only writer of its nodes, so the items of a node keep the
+order of their publishes (node-less requests only read, or create a node under a fresh
+name).  A publish is answered only once its item is stored:
 the publishes of one bus batch are written in one transaction before any answer
 (`_flush`), and a request of another kind in the same batch first waits for them.
 """
