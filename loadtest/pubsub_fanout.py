@@ -185,8 +185,8 @@ def start_ejabberd(users: list[User], contacts: list[list[int]]) -> Server:
                   lambda: ejabberd.remove(server))
 
 
-async def connect(server: Server, users: list[User], caps: tuple[str, str] | None
-                  ) -> list[Subscriber]:
+async def connect(server: Server, users: list[User], caps: tuple[str, str] | None,
+                  password: str = PASSWORD) -> list[Subscriber]:
     """Every user logged in (spread over the ports and source addresses) with presence."""
     sources = source_addresses(SOURCES)
     gate = asyncio.Semaphore(LOGINS_IN_FLIGHT)
@@ -196,7 +196,7 @@ async def connect(server: Server, users: list[User], caps: tuple[str, str] | Non
         client = RawClient("127.0.0.1", server.ports[i % len(server.ports)],
                            source=sources[i % len(sources)])
         async with gate:
-            await raw_login(client, user.jid, PASSWORD, user.resource)
+            await raw_login(client, user.jid, password, user.resource)
         sub = Subscriber(client, user.full, caps)
         presence = (f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
                     f"node='{CAPS_NODE}' ver='{ver}'/></presence>" if caps else "<presence/>")
@@ -239,13 +239,16 @@ async def publish_rounds(owner: RawClient, to: str, node: str, payload: str,
 
 
 async def run(server: Server, scenario: str, users: list[User], publishes: int,
-              seconds: float) -> dict[str, Any]:
+              seconds: float, password: str = PASSWORD, settle_s: float | None = None
+              ) -> dict[str, Any]:
+    """``users[0]`` publishes, the others receive; ``settle_s``: the wait for subscriptions
+    to be stored or caps resolved (by default from the number of subscribers)."""
     caps = disco_answer() if scenario == "pep" else None
     owner = RawClient("127.0.0.1", server.ports[0])
-    await raw_login(owner, users[0].jid, PASSWORD, users[0].resource)
+    await raw_login(owner, users[0].jid, password, users[0].resource)
     await owner.send(b"<presence/>")
     t0 = time.perf_counter()
-    subs = await connect(server, users[1:], caps)
+    subs = await connect(server, users[1:], caps, password)
     readers = [asyncio.create_task(s.read()) for s in subs]
     login_s = time.perf_counter() - t0
     try:
@@ -264,11 +267,13 @@ async def run(server: Server, scenario: str, users: list[User], publishes: int,
                         f"xmlns='{PUBSUB}'><subscribe node='{NODE}' jid='{sub.jid}'/>"
                         "</pubsub></iq>".encode())
             await asyncio.gather(*(subscribe(s) for s in subs))
-            await asyncio.sleep(2 + len(subs) / 2000)  # the subscriptions are stored
+            # the subscriptions are stored
+            await asyncio.sleep(2 + len(subs) / 2000 if settle_s is None else settle_s)
             to, node = server.service, NODE
             payload = "<reading xmlns='urn:example:iot'>21.5</reading>"
         else:
-            await asyncio.sleep(3 + len(subs) / 1000)  # caps resolved, presence settled
+            # caps resolved, presence settled
+            await asyncio.sleep(3 + len(subs) / 1000 if settle_s is None else settle_s)
             to, node = "", AVATAR_META
             payload = (f"<metadata xmlns='{AVATAR_META}'><info bytes='12345' id='it' "
                        "height='64' width='64' type='image/png'/></metadata>")
