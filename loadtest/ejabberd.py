@@ -10,7 +10,8 @@ Settings equivalent to the stanzad benchmark cluster: STARTTLS required with the
 self-signed certificate, SCRAM stored (`auth_password_format: scram`) with the hash of the
 run's mechanism (`auth_scram_hash`), no shaper, 256 KiB stanzas, listen backlog 1,024, only
 mod_roster, mod_disco and mod_ping (no offline storage, MAM, carbons, stream management,
-caps: Prosody runs without them too).
+caps: Prosody runs without them too); mod_pubsub and mod_caps only for the pubsub
+benchmark (`start(pubsub=True)`).
 
 Accounts (and, for the presence scenario, rosters) are created in bulk by one hidden Erlang
 node that connects to the server over the distribution and calls
@@ -92,6 +93,15 @@ MUC_MODULE = """\
       max_users: 5000
 """
 
+# `start(pubsub=True)`: XEP-0060 on pubsub.<domain> and PEP (XEP-0163), with XEP-0115 caps
+# for PEP's +notify filtering (loadtest/pubsub_fanout.py); items in Mnesia, as the rest.
+PUBSUB_MODULES = """\
+  mod_caps: {}
+  mod_pubsub:
+    access_createnode: all
+    plugins: ["flat", "pep"]
+"""
+
 # Run by the hidden control node: `erl … -eval CTL_CODE -extra NODE TERMS_FILE`.  The terms
 # file holds {domain, D}, {scram, #scram{}}, {users, [[U]]} and {rosters, [[#roster{}]]},
 # both already cut into batches; the registration fun runs on the server (erl_eval closure).
@@ -140,10 +150,11 @@ class Settings:
         return self.work / "certs" / f"{self.domain}.key"
 
 
-def config(s: Settings) -> str:
+def config(s: Settings, extra: str = "") -> str:
+    """The YAML of the instance; ``extra``: more module lines (PUBSUB_MODULES)."""
     return CONFIG.format(domain=s.domain, cert=s.cert, key=s.key, port=s.port,
                          max_stanza=MAX_STANZA_BYTES, backlog=BACKLOG, hash=s.scram_hash,
-                         modules=MUC_MODULE if s.muc else "")
+                         modules=(MUC_MODULE if s.muc else "") + extra)
 
 
 def environment(s: Settings) -> dict[str, str]:
@@ -358,7 +369,7 @@ def settings(mechanism: str = "SCRAM-SHA-256", domain: str = "localhost",
 
 
 def start(mechanism: str = "SCRAM-SHA-256", domain: str = "localhost",
-          timeout_s: float = 60.0, muc: bool = False) -> Ejabberd:
+          timeout_s: float = 60.0, muc: bool = False, pubsub: bool = False) -> Ejabberd:
     if not available():
         raise RuntimeError("ejabberd is not installed (Debian package 'ejabberd')")
     s = settings(mechanism, domain, muc=muc)
@@ -368,7 +379,7 @@ def start(mechanism: str = "SCRAM-SHA-256", domain: str = "localhost",
     cookie = s.work / "home" / ".erlang.cookie"
     cookie.write_text(secrets.token_hex(16))
     cookie.chmod(0o400)
-    (s.work / "ejabberd.yml").write_text(config(s))
+    (s.work / "ejabberd.yml").write_text(config(s, PUBSUB_MODULES if pubsub else ""))
     out = open(s.work / "stdout.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(server_command(s), stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=environment(s), cwd=s.work,

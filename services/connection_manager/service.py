@@ -53,7 +53,7 @@ from shared.store.sessions import SessionLimitReached, SessionRecord, SessionSto
 from shared.store.sm_facts import SmFactsStore
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
-from shared.xmpp import archive, extdisco, ns, server_iq, sm
+from shared.xmpp import archive, extdisco, ns, pubsub, server_iq, sm
 from shared.xmpp import credentials as creds_mod
 from shared.xmpp.c2s import SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
@@ -836,8 +836,12 @@ class ConnectionManager:
         jid = conn.stream.jid
         assert jid is not None
         child_ns = _child_ns(st) if st.kind == "iq" else ""
+        node = ""
+        if (child_ns and st.to is not None
+                and self.service_domains.get(st.to.domain) == ingress.Family.PUBSUB.value):
+            node = pubsub.request_node(st.element)  # the node's partition (XEP-0060)
         where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns,
-                                    self.service_domains)
+                                    self.service_domains, node)
         if isinstance(where, ingress.Publish):
             if where.family is ingress.Family.PRESENCE:
                 if st.to is None:

@@ -1,15 +1,18 @@
 """The pubsub service: XEP-0060 on the pubsub domain and XEP-0163 PEP on every account.
 
-Input (``stanzad.pubsub.<p>``, p = partition of the *service* JID: an account's bare JID
-for its PEP service, the pubsub domain for the generic one):
+Input (``stanzad.pubsub.<p>``, p = partition of an account's bare JID for its PEP service;
+on the pubsub domain, of the node a request names, ``<domain>/<node>``, and of the domain
+itself for node-less requests: disco of the service, ``<default/>``, subscriptions and
+affiliations across nodes, instant nodes; shared/router/ingress.py `node_key`):
 - IQs in the pubsub namespaces (and disco for the pubsub domain) from connection managers,
   the router (IQs to a bare JID from other servers) or the s2s gateway;
 - the answers to the XEP-0115 disco#info queries this service sends (to the pubsub domain);
 - every broadcast presence of the partition's users, forwarded by the presence service, so
   that their resources get the last published items of the nodes they want (+notify).
 
-The owner of a partition is the only writer of its services' nodes, so the items of a node
-keep the order of their publishes.  A publish is answered only once its item is stored:
+The owner of a partition is the only writer of its nodes, so the items of a node keep the
+order of their publishes (node-less requests only read, or create a node under a fresh
+name).  A publish is answered only once its item is stored:
 the publishes of one bus batch are written in one transaction before any answer
 (`_flush`), and a request of another kind in the same batch first waits for them.
 """
@@ -33,6 +36,7 @@ from shared.bus.envelope import FANOUT_SEPARATOR, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.runtime.settings import PubsubSettings
 from shared.store import keys
+from shared.store.account_data import AccountDataStore
 from shared.store.accounts import AccountStore
 from shared.store.pg.database import DatabaseUnavailable
 from shared.store.presence import PresenceStore
@@ -40,6 +44,7 @@ from shared.store.pubsub import Item, Node, Publish, PubsubStore, Subscription
 from shared.store.roster import RosterItem, RosterStore
 from shared.store.sessions import SessionStore
 from shared.xmpp import ns
+from shared.xmpp.blocking import is_blocked
 from shared.xmpp.caps import Caps, caps_of, features, ver_of
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StanzaErrorType, StreamError
 from shared.xmpp.jid import JID, JIDError, bare_of, domain_of
@@ -93,19 +98,31 @@ class PendingPublish:
 @dataclass(slots=True)
 class Recipients:
     """Where a notification goes: local sessions grouped by connection manager, bare JIDs to
-    route (normal messages to offline accounts are stored), remote JIDs."""
+    route (normal messages to offline accounts are stored), remote JIDs.
 
+    XEP-0191 §3.5 applies to notifications as to any stanza from ``sender`` (the PEP account
+    or the pubsub domain): nobody gets one whose blocklist (``theirs``, local recipients)
+    matches the sender, nor anyone the PEP account blocked (``mine``)."""
+
+    sender: str = ""
+    mine: frozenset[str] = frozenset()
+    theirs: dict[str, frozenset[str]] = field(default_factory=dict)
     by_cm: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     route: list[str] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
 
+    def allowed(self, jid: str) -> bool:
+        theirs = self.theirs.get(bare_of(jid))
+        return not ((self.mine and is_blocked(self.mine, jid))
+                    or (theirs and is_blocked(theirs, self.sender)))
+
     def add_session(self, full: str, cm_id: str) -> None:
-        if full not in self.seen:
+        if full not in self.seen and self.allowed(full):
             self.seen.add(full)
             self.by_cm[cm_id].append(full)
 
     def add_route(self, jid: str) -> None:
-        if jid not in self.seen:
+        if jid not in self.seen and self.allowed(jid):
             self.seen.add(jid)
             self.route.append(jid)
 
@@ -126,6 +143,7 @@ class PubsubService(PartitionedService):
         self.store = PubsubStore(self.db, SERVICE)
         self.rosters = RosterStore(self.db, SERVICE)
         self.accounts = AccountStore(self.db, SERVICE)
+        self.account_data = AccountDataStore(self.db, SERVICE)  # blocklists (XEP-0191)
         self.sessions = SessionStore(self.redis, SERVICE)
         self.presence = PresenceStore(self.redis, self.rosters, SERVICE)
         domains = [d for d, family in settings.service_domains.items() if family == "pubsub"]
@@ -785,9 +803,10 @@ class PubsubService(PartitionedService):
         """Every recipient of the node's notifications: for PEP, the account's own
         resources and its contacts' that asked for ``node+notify`` (XEP-0163 §4.3, filtered
         by the access model); then the explicit subscribers, read in pages."""
-        rec = Recipients()
+        rec = Recipients(node.service)
         headline = node.config.get("pubsub#notification_type", "headline") == "headline"
         if "@" in node.service:
+            [(_, rec.mine)] = await self.account_data.routing([node.service])
             await self._pep_recipients(node, rec)
         after = ""
         page_size = self.ps.pubsub_fanout_page
@@ -805,6 +824,8 @@ class PubsubService(PartitionedService):
         """Local JIDs to their sessions (a full JID: that session; a bare JID: every available
         resource for headlines, RFC 6121 §8.5.2.1.1; normal messages to a bare JID are routed
         so that an offline account stores them), remote JIDs to the s2s gateway."""
+        local = [bare_of(j) for j in jids if domain_of(j) == self.settings.domain]
+        await self._blocklists(rec, local)
         local_bares = []
         for jid in jids:
             domain = domain_of(jid)
@@ -846,9 +867,19 @@ class PubsubService(PartitionedService):
         local = [owner, *(c for c in contacts
                           if domain_of(c) == self.settings.domain and c != owner)]
         want = f"{node.name}+notify"
+        await self._blocklists(rec, local)
         for full, cm_id, feats in await self._interested(local):
             if want in feats:
                 rec.add_session(full, cm_id)
+
+    async def _blocklists(self, rec: Recipients, bares: list[str]) -> None:
+        """The blocklists of local recipients (one PostgreSQL query), when the sender is
+        known (XEP-0191 §3.5)."""
+        unique = [b for b in dict.fromkeys(bares) if b not in rec.theirs]
+        if rec.sender and unique:
+            for bare, (_, blocked) in zip(unique, await self.account_data.routing(unique),
+                                          strict=True):
+                rec.theirs[bare] = blocked
 
     async def _interested(self, bares: list[str]) -> list[tuple[str, str, frozenset[str]]]:
         """(full JID, connection manager, caps features) of every available resource of
@@ -1008,11 +1039,17 @@ class PubsubService(PartitionedService):
         if not last:
             return
         theirs = await self.rosters.items_of([(x.node.service, bare) for x in last])
+        services = list(dict.fromkeys([bare, *(x.node.service for x in last)]))
+        blocklists = dict(zip(services, (b for _, b in await self.account_data.routing(
+            services)), strict=True))
         out = []
         for entry, their_item in zip(last, theirs, strict=True):
             node = entry.node
             if node.config.get("pubsub#send_last_published_item") != "on_sub_and_presence":
                 continue
+            if node.service != bare and (is_blocked(blocklists[bare], node.service)
+                                         or is_blocked(blocklists[node.service], full)):
+                continue  # XEP-0191 §3.5, either way
             if node.service != bare:
                 model = node.config.get("pubsub#access_model", "presence")
                 if model in ("whitelist", "authorize"):

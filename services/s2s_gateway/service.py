@@ -41,7 +41,7 @@ from shared.store import keys
 from shared.tls import memory as tls_memory
 from shared.tls.context import certificate_expiry, ensure_self_signed
 from shared.tls.peer_cert import CertificateTrust
-from shared.xmpp import archive, server_iq
+from shared.xmpp import archive, pubsub, server_iq
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.parser import parse_fragment, serialize
 from shared.xmpp.s2s import DialbackRequested, S2SConfig, StanzaIn
@@ -353,7 +353,11 @@ class S2SGateway(PartitionedService):
         to, from_ = st.to, st.from_
         env = Envelope(Kind(st.kind), to=str(to), from_=str(from_), type=st.type, id=st.id,
                        origin=origin, payload=st.payload, ts_us=time.time_ns() // 1000)
-        where = ingress.from_peer(st.kind, st.type, to, self.settings.service_domains)
+        services = self.settings.service_domains
+        node = ""
+        if st.kind == "iq" and services.get(to.domain) == ingress.Family.PUBSUB.value:
+            node = self._request_node(st)
+        where = ingress.from_peer(st.kind, st.type, to, services, node)
         if isinstance(where, ingress.ToServer):
             self._to_server(st)
         elif isinstance(where, ingress.Publish):
@@ -361,6 +365,15 @@ class S2SGateway(PartitionedService):
                 env = env._replace(payload=self._message_ingress(st, env.ts_us))
             self.bus.publish_soon(where.subject(self.settings.partitions),
                                   env._replace(to=where.to).encode())
+
+    def _request_node(self, st: StanzaIn) -> str:
+        """The node a remote entity's IQ to the pubsub domain names (its partition); the
+        stanza is parsed again here, federation traffic being small next to c2s."""
+        try:
+            element = parse_fragment(st.payload, self.s2s_settings.s2s_max_stanza_bytes)
+        except Exception:
+            return ""
+        return pubsub.request_node(element)
 
     def _message_ingress(self, st: StanzaIn, ts_us: int) -> bytes:
         """A remote sender's message enters the cluster here, as a client's does at its

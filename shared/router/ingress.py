@@ -58,7 +58,7 @@ NO_SERVICES: Final[Mapping[str, str]] = {}
 @dataclass(frozen=True, slots=True)
 class Publish:
     family: Family
-    key: str  # the bare JID whose partition the stanza is published to
+    key: str  # the bare JID (or `node_key`) whose partition the stanza is published to
     to: str  # the envelope's 'to'
 
     def subject(self, partitions: int) -> str:
@@ -84,17 +84,37 @@ class Drop:
 Ingress = Publish | ToServer | Drop
 
 
+def node_key(service: str, node: str) -> str:
+    """The partition key of a request about ``node`` of a generic pubsub service: every
+    request naming one node goes to one partition, in order (XEP-0060 has no order across
+    nodes), and the nodes of a busy domain spread over the partitions.  A request naming no
+    node is keyed by the service JID itself ('/' cannot occur in a domain, so the keys of
+    a service's nodes never equal it)."""
+    return f"{service}/{node}" if node else service
+
+
+def _service(kind: str, type_: str, to: JID, family: str, node: str) -> Publish:
+    """A stanza to a local service domain: the muc service's partition of the room; the
+    pubsub service's partition of the node an IQ request names (`node_key`), or of the
+    domain for anything else (node-less requests, answers to its caps queries)."""
+    key = to.bare_str
+    if family == Family.PUBSUB.value and kind == "iq" and type_ in ("get", "set"):
+        key = node_key(key, node)
+    return Publish(Family(family), key, str(to))
+
+
 def from_client(
     kind: str, type_: str, to: JID | None, sender: JID, domain: str, child_ns: str = "",
-    services: Mapping[str, str] = NO_SERVICES,
+    services: Mapping[str, str] = NO_SERVICES, node: str = "",
 ) -> Ingress:
     """A bound client's stanza (``child_ns``: the namespace of an IQ's payload; ``services``:
-    the local service domains and their families, shared/bus/destinations.py)."""
+    the local service domains and their families, shared/bus/destinations.py; ``node``: the
+    node an IQ to a pubsub domain names, shared/xmpp/pubsub.py `request_node`)."""
     own_bare = sender.bare_str
     if kind == "presence":
         return _client_presence(type_, to, own_bare, domain)
     if to is not None and to.domain in services:  # a room, a node: its service's partition
-        return Publish(Family(services[to.domain]), to.bare_str, str(to))
+        return _service(kind, type_, to, services[to.domain], node)
     if (kind == "iq" and child_ns in PEP_NAMESPACES and type_ in ("get", "set")
             and (to is None or (to.local is not None and to.domain == domain
                                 and to.resource is None))):
@@ -139,13 +159,13 @@ def _client_presence(type_: str, to: JID | None, own_bare: str, domain: str) -> 
 
 
 def from_peer(
-    kind: str, type_: str, to: JID, services: Mapping[str, str] = NO_SERVICES
+    kind: str, type_: str, to: JID, services: Mapping[str, str] = NO_SERVICES, node: str = ""
 ) -> Ingress:
     """A stanza a remote server sent to one of our addresses (``to`` is in our domain or
-    one of its service domains)."""
+    one of its service domains; ``node`` as for `from_client`)."""
     bare = to.bare_str
     if to.domain in services:  # presence too: a service tracks its remote occupants itself
-        return Publish(Family(services[to.domain]), bare, str(to))
+        return _service(kind, type_, to, services[to.domain], node)
     if kind == "presence":
         if type_ in SUBSCRIPTION_TYPES:  # RFC 6121 §3: the local user's roster
             return Publish(Family.ROSTER, bare, bare)

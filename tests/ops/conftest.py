@@ -41,9 +41,11 @@ def root() -> Path:
 def exposed(cluster: Cluster, admin_url: str) -> set[str]:
     """Every series name the running services expose, plus Prometheus's own.  The session
     cluster has no s2s gateway and no muc process: one of each joins it just long enough to
-    be scraped."""
+    be scraped; the pubsub service is started as the pubsub tests start it (and stays)."""
     names: set[str] = set(PROMETHEUS_SERIES)
-    for service in ("cm-1", "router-1", "presence-1", "roster-1", "admin-1"):
+    if "pubsub-1" not in cluster.procs:
+        cluster.start_pubsub()
+    for service in ("cm-1", "router-1", "presence-1", "roster-1", "admin-1", "pubsub-1"):
         names |= metric_rules.exposed_names(metric_rules.families(cluster.metrics(service)))
     for name, start in ((S2S, cluster.start_s2s), (MUC, cluster.start_muc)):
         start(name)

@@ -16,7 +16,7 @@ from shared.store.roster import RosterItem
 from shared.xmpp.subscription import State, Subscription
 from tests.conftest import Users
 from tests.support.cluster import Cluster
-from tests.support.xmpp import Client
+from tests.support.xmpp import Client, eventually
 
 AVATAR_META = "urn:xmpp:avatar:metadata"
 AVATAR_DATA = "urn:xmpp:avatar:data"
@@ -249,3 +249,42 @@ async def test_bookmarks_round_trip_across_two_devices(
             assert room in str(got) and "other@conference.localhost" in str(got)
         finally:
             await phone2.logout()
+
+
+async def test_blocking_applies_to_notifications_both_ways(
+    pubsub_cluster: Cluster, users: Users
+) -> None:
+    """XEP-0191 §3.5: a contact who blocked the publisher gets none of its notifications,
+    nor does one the publisher blocked (live and on login); the others do."""
+    alice, pw_a = await users.create("alice")
+    bob, pw_b = await users.create("bob")
+    carol, pw_c = await users.create("carol")
+    dave, pw_d = await users.create("dave")
+    for contact in (bob, carol, dave):
+        await befriend(users, alice, contact)
+    await users.account_data.block(carol, [alice], 100)  # carol blocked alice
+    await users.account_data.block(alice, [f"{dave}/home"], 100)  # alice blocked one resource
+    async with online(pubsub_cluster, alice, pw_a) as a, \
+            online(pubsub_cluster, bob, pw_b) as b, \
+            online(pubsub_cluster, carol, pw_c) as c:
+        d = PepClient(dave, pw_d)
+        d.boundjid.resource = "home"
+        d.requested_jid.resource = "home"
+        await d.login("127.0.0.1", pubsub_cluster.c2s_port)
+        try:
+            for jid in (alice, bob, carol, dave):
+                await caps_known(users, jid)
+            await a.publish(AVATAR_META, metadata("blocked1"), "blocked1")
+            assert "blocked1" in await b.wait_event(alice, AVATAR_META)
+            # bob's event came from the same fan-out; a second, later publish to make
+            # sure nothing for carol or dave was merely slower
+            await a.publish(AVATAR_META, metadata("blocked2"), "blocked2")
+            await eventually(lambda: any(e[2] == "blocked2" for e in b.events), 20,
+                             "bob's second event")
+            assert not c.saw(alice, AVATAR_META) and not d.saw(alice, AVATAR_META)
+        finally:
+            await d.logout()
+    async with online(pubsub_cluster, carol, pw_c) as c2, online(pubsub_cluster, bob, pw_b) as b2:
+        assert "blocked2" in await b2.wait_event(alice, AVATAR_META)  # last item on login
+        await asyncio.sleep(1)
+        assert not c2.saw(alice, AVATAR_META)

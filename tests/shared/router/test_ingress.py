@@ -14,6 +14,7 @@ from shared.router.ingress import (
     account_family,
     from_client,
     from_peer,
+    node_key,
 )
 from shared.xmpp import ns
 from shared.xmpp.jid import JID
@@ -132,6 +133,29 @@ SERVICES = {"conference.example.com": "muc", "pubsub.example.com": "pubsub",
 def test_client_stanzas_to_local_service_domains(kind, type_, to, expected) -> None:
     got = from_client(kind, type_, JID.parse(to), JULIET, DOMAIN, "", SERVICES)
     assert got == expected
+
+
+def test_requests_about_a_node_of_the_pubsub_domain_go_to_the_nodes_partition() -> None:
+    service = JID.parse("pubsub.example.com")
+    keyed = [from_client("iq", type_, service, JULIET, DOMAIN, ns.PUBSUB, SERVICES, node)
+             for type_, node in (("set", "n1"), ("get", "n1"), ("set", "n2"))]
+    assert keyed[0] == keyed[1] == Publish(Family.PUBSUB, node_key("pubsub.example.com", "n1"),
+                                           "pubsub.example.com")
+    assert keyed[2].key == "pubsub.example.com/n2"
+    # a remote entity's request names the same partition as a local one (per-node order)
+    assert from_peer("iq", "set", service, SERVICES, "n1") == keyed[0]
+    # many nodes spread over the partitions instead of one
+    parts = {Publish(Family.PUBSUB, node_key("pubsub.example.com", f"sensor-{i}"), "")
+             .subject(64) for i in range(200)}
+    assert len(parts) > 32
+    # node-less requests and answers (to its caps queries) stay on the domain's partition
+    for type_, node in (("get", ""), ("result", "n1"), ("error", "n1")):
+        got = from_client("iq", type_, service, JULIET, DOMAIN, ns.PUBSUB, SERVICES, node)
+        assert got == Publish(Family.PUBSUB, "pubsub.example.com", "pubsub.example.com")
+    # rooms are not nodes: the muc service keeps the room's partition
+    room = JID.parse("room@conference.example.com")
+    assert from_client("iq", "get", room, JULIET, DOMAIN, ns.DISCO_INFO, SERVICES, "x").key \
+        == "room@conference.example.com"
 
 
 @pytest.mark.parametrize("kind", ["message", "presence", "iq"])

@@ -1,0 +1,348 @@
+"""Publish-subscribe fan-out (XEP-0060, XEP-0163): what one publish costs its subscribers.
+
+Two scenarios, each against stanzad or, with ``--against ejabberd``, a private ejabberd
+with mod_pubsub (and mod_caps for PEP) on the same loopback:
+
+- ``node``: one node on ``pubsub.<domain>`` with N subscribers online (their full JIDs
+  subscribed, XEP-0060 §6.1), spread over ``--cms`` connection managers; its owner publishes
+  ``--publishes`` items one after the other (each once the previous one reached everyone);
+- ``pep``: a user with N contacts (mutual subscriptions) whose clients announce
+  ``urn:xmpp:avatar:metadata+notify`` in their XEP-0115 caps (and answer the server's
+  disco#info for that ``ver``) publishes avatar metadata (XEP-0084 §4.2) the same way.
+
+Measured per publish: the time from sending the publish until the first, the median and the
+last subscriber has the notification; and for the whole run the server CPU (every server
+process, PostgreSQL included, as loadtest/target.py counts it; ejabberd's beam) per delivered
+notification.  Every subscriber is a real TLS client (STARTTLS, SASL PLAIN, bind) of this
+one process, so at large N the client's own reading is part of the "last" figure.
+
+    .venv/bin/python -m loadtest.pubsub_fanout --subscribers 1000 --cms 2
+    .venv/bin/python -m loadtest.pubsub_fanout --scenario pep --subscribers 1000
+    .venv/bin/python -m loadtest.pubsub_fanout --subscribers 1000 --against ejabberd
+
+Bounded: at most 100,000 subscribers (RLIMIT_NOFILE permitting), 20 publishes, --seconds
+per publish; loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lxml import etree  # noqa: E402
+
+from loadtest import ejabberd, target  # noqa: E402
+from loadtest.bounds import check_range, raise_nofile, source_addresses  # noqa: E402
+from loadtest.procstat import TREES, cpu_seconds, tree_cpu_seconds  # noqa: E402
+from loadtest.users import PASSWORD, User, create_accounts, create_rosters  # noqa: E402
+from shared.store.pg.database import connect as db_connect  # noqa: E402
+from shared.xmpp.caps import ver_of  # noqa: E402
+from tests.support.xmpp import RawClient, raw_login  # noqa: E402
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+AVATAR_META = "urn:xmpp:avatar:metadata"
+CAPS_NODE = "https://stanzad.invalid/loadtest"
+NODE = "bench"
+MAX_SUBSCRIBERS = 100_000
+MAX_PUBLISHES = 20
+LOGINS_IN_FLIGHT = 100
+SOURCES = 50  # loopback source addresses the subscribers connect from
+ITERATIONS = 4096
+ITEM = re.compile(rb"<item id=[\"'](it\d+)[\"']")
+IQ_GET = re.compile(rb"<iq\b[^>]*>")
+ATTR = re.compile(rb"\b(type|id|from)=[\"']([^\"']*)[\"']")
+
+
+def disco_answer() -> tuple[str, str]:
+    """(ver, the <query/> body) of the subscribers' caps: a client that wants avatar
+    metadata notifications (XEP-0115 §5.1 over this very answer)."""
+    body = ('<identity category="client" type="bot" name="loadtest"/>'
+            '<feature var="http://jabber.org/protocol/caps"/>'
+            '<feature var="http://jabber.org/protocol/disco#info"/>'
+            f'<feature var="{AVATAR_META}+notify"/>')
+    query = etree.fromstring(f'<query xmlns="http://jabber.org/protocol/disco#info">{body}'
+                             "</query>")
+    ver = ver_of(query, "sha-1")
+    assert ver is not None
+    return ver, body
+
+
+@dataclass
+class Subscriber:
+    """One client's stream, read by one task: notification arrival times by item id; caps
+    queries answered (XEP-0115 §6.3)."""
+
+    client: RawClient
+    jid: str
+    caps: tuple[str, str] | None = None
+    arrived: dict[bytes, float] = field(default_factory=dict)
+    caps_answered: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def read(self) -> None:
+        assert self.client.reader is not None
+        tail = b""
+        while chunk := await self.client.reader.read(262144):
+            now = time.perf_counter()
+            data = tail + chunk
+            for item in ITEM.findall(data):
+                self.arrived.setdefault(item, now)
+            if self.caps is not None and b"disco#info" in data:
+                await self._answer_caps(data)
+            tail = data[-200:]
+            self.changed.set()
+
+    async def _answer_caps(self, data: bytes) -> None:
+        for tag in IQ_GET.findall(data):
+            attrs = dict(ATTR.findall(tag))
+            if attrs.get(b"type") != b"get" or b"id" not in attrs:
+                continue
+            assert self.caps is not None
+            ver, body = self.caps
+            to = attrs.get(b"from", b"").decode()
+            await self.client.send(
+                f"<iq type='result' id='{attrs[b'id'].decode()}' to='{to}'>"
+                "<query xmlns='http://jabber.org/protocol/disco#info' "
+                f"node='{CAPS_NODE}#{ver}'>{body}</query></iq>".encode())
+            self.caps_answered += 1
+
+
+async def ask(client: RawClient, iq: str, stanza_id: str, timeout: float = 60) -> bytes:
+    """Send an IQ, read up to the end of its answer (ejabberd quotes attributes with ')."""
+    await client.send(iq.encode())
+    sid = stanza_id.encode()
+    data = await client.read_until_any((b'id="' + sid + b'"', b"id='" + sid + b"'"), timeout)
+    if not data.rstrip().endswith((b"/>", b"</iq>")):
+        data += await client.read_until(b"</iq>", timeout)
+    return data
+
+
+@dataclass
+class Server:
+    """Where the run goes: its c2s ports, the pubsub service JID, its server processes."""
+
+    name: str
+    ports: tuple[int, ...]
+    service: str
+    pids: Callable[[], dict[str, int]]
+    close: Callable[[], None]
+
+
+def server_cpu(pids: dict[str, int]) -> float:
+    return sum(tree_cpu_seconds(pid) if name in TREES else cpu_seconds(pid)
+               for name, pid in pids.items())
+
+
+def start_stanzad(users: list[User], contacts: list[list[int]], cms: int) -> Server:
+    cluster = target.start(target.Topology(cms=cms, routers=1, archive=False))
+    try:
+        cluster.start_pubsub(**target.QUIET, STANZAD_PUBSUB_MAX_SUBSCRIPTIONS=str(
+            MAX_SUBSCRIBERS), STANZAD_PUBSUB_PUBLISH_RATE="1000")
+        url, token = target.admin(cluster)
+
+        async def provision() -> None:
+            await create_accounts(url, token, users, ITERATIONS)
+            if contacts:
+                db = await db_connect(cluster.database_url, "loadtest", size=1)
+                try:
+                    await create_rosters(db, users, contacts)
+                finally:
+                    await db.close()
+
+        asyncio.run(provision())
+    except BaseException:
+        cluster.stop()
+        raise
+    return Server("stanzad", target.c2s_ports(cluster), f"pubsub.{cluster.domain}",
+                  lambda: target.server_pids(cluster), cluster.stop)
+
+
+def start_ejabberd(users: list[User], contacts: list[list[int]]) -> Server:
+    server = ejabberd.start(pubsub=True)
+    try:
+        made = server.create([u.jid.partition("@")[0] for u in users], PASSWORD, ITERATIONS,
+                             contacts)
+        if made.registered < len(users):
+            raise RuntimeError(f"ejabberd registered {made.registered}/{len(users)}: "
+                               f"{made.errors}")
+    except BaseException:
+        ejabberd.remove(server)
+        raise
+    return Server("ejabberd", (server.port,), f"pubsub.{server.domain}", server.pids,
+                  lambda: ejabberd.remove(server))
+
+
+async def connect(server: Server, users: list[User], caps: tuple[str, str] | None,
+                  password: str = PASSWORD) -> list[Subscriber]:
+    """Every user logged in (spread over the ports and source addresses) with presence."""
+    sources = source_addresses(SOURCES)
+    gate = asyncio.Semaphore(LOGINS_IN_FLIGHT)
+    ver = caps[0] if caps else ""
+
+    async def one(i: int, user: User) -> Subscriber:
+        client = RawClient("127.0.0.1", server.ports[i % len(server.ports)],
+                           source=sources[i % len(sources)])
+        async with gate:
+            await raw_login(client, user.jid, password, user.resource)
+        sub = Subscriber(client, user.full, caps)
+        presence = (f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
+                    f"node='{CAPS_NODE}' ver='{ver}'/></presence>" if caps else "<presence/>")
+        await client.send(presence.encode())
+        return sub
+
+    return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(users))))
+
+
+async def publish_rounds(owner: RawClient, to: str, node: str, payload: str,
+                         subs: list[Subscriber], publishes: int, seconds: float
+                         ) -> list[dict[str, float]]:
+    rounds = []
+    loop = asyncio.get_running_loop()
+    for k in range(publishes):
+        item = f"it{k}".encode()
+        attr = f" to='{to}'" if to else ""
+        start = time.perf_counter()
+        answer = await ask(owner, (
+            f"<iq type='set' id='pub{k}'{attr}><pubsub xmlns='{PUBSUB}'>"
+            f"<publish node='{node}'><item id='it{k}'>{payload}</item></publish></pubsub></iq>"),
+            f"pub{k}")
+        if b"type='result'" not in answer and b'type="result"' not in answer:
+            raise RuntimeError(f"publish refused: {answer[-400:]!r}")
+        acked = time.perf_counter()
+        deadline = loop.time() + seconds
+        for sub in subs:
+            while item not in sub.arrived and loop.time() < deadline:
+                sub.changed.clear()
+                try:
+                    await asyncio.wait_for(sub.changed.wait(), deadline - loop.time())
+                except TimeoutError:
+                    break
+        times = sorted(s.arrived[item] - start for s in subs if item in s.arrived)
+        rounds.append({"delivered": len(times), "ack_s": acked - start,
+                       "first_s": times[0] if times else float("nan"),
+                       "median_s": statistics.median(times) if times else float("nan"),
+                       "last_s": times[-1] if len(times) == len(subs) else float("nan")})
+    return rounds
+
+
+async def run(server: Server, scenario: str, users: list[User], publishes: int,
+              seconds: float, password: str = PASSWORD, settle_s: float | None = None
+              ) -> dict[str, Any]:
+    """``users[0]`` publishes, the others receive; ``settle_s``: the wait for subscriptions
+    to be stored or caps resolved (by default from the number of subscribers)."""
+    caps = disco_answer() if scenario == "pep" else None
+    owner = RawClient("127.0.0.1", server.ports[0])
+    await raw_login(owner, users[0].jid, password, users[0].resource)
+    await owner.send(b"<presence/>")
+    t0 = time.perf_counter()
+    subs = await connect(server, users[1:], caps, password)
+    readers = [asyncio.create_task(s.read()) for s in subs]
+    login_s = time.perf_counter() - t0
+    try:
+        if scenario == "node":
+            created = await ask(owner, (
+                f"<iq type='set' id='create' to='{server.service}'><pubsub xmlns='{PUBSUB}'>"
+                f"<create node='{NODE}'/></pubsub></iq>"), "create")
+            if b"error" in created:
+                raise RuntimeError(f"create refused: {created[-400:]!r}")
+            gate = asyncio.Semaphore(LOGINS_IN_FLIGHT)
+
+            async def subscribe(sub: Subscriber) -> None:
+                async with gate:
+                    await sub.client.send(
+                        f"<iq type='set' id='sub' to='{server.service}'><pubsub "
+                        f"xmlns='{PUBSUB}'><subscribe node='{NODE}' jid='{sub.jid}'/>"
+                        "</pubsub></iq>".encode())
+            await asyncio.gather(*(subscribe(s) for s in subs))
+            # the subscriptions are stored
+            await asyncio.sleep(2 + len(subs) / 2000 if settle_s is None else settle_s)
+            to, node = server.service, NODE
+            payload = "<reading xmlns='urn:example:iot'>21.5</reading>"
+        else:
+            # caps resolved, presence settled
+            await asyncio.sleep(3 + len(subs) / 1000 if settle_s is None else settle_s)
+            to, node = "", AVATAR_META
+            payload = (f"<metadata xmlns='{AVATAR_META}'><info bytes='12345' id='it' "
+                       "height='64' width='64' type='image/png'/></metadata>")
+        cpu0 = server_cpu(server.pids())
+        rounds = await publish_rounds(owner, to, node, payload, subs, publishes, seconds)
+        cpu = server_cpu(server.pids()) - cpu0
+    finally:
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        # at once: a server that does not answer the TLS close costs each client 2 s
+        await asyncio.gather(*(c.close() for c in [owner, *(s.client for s in subs)]))
+    delivered = sum(r["delivered"] for r in rounds)
+    lasts = [r["last_s"] for r in rounds]
+    return {
+        "server": server.name, "scenario": scenario, "subscribers": len(subs),
+        "cms": len(server.ports), "publishes": publishes, "login_s": login_s,
+        "caps_answered": sum(s.caps_answered for s in subs),
+        "delivered": delivered, "expected": publishes * len(subs),
+        "ack_ms_median": statistics.median(r["ack_s"] for r in rounds) * 1000,
+        "first_ms_median": statistics.median(r["first_s"] for r in rounds) * 1000,
+        "median_ms_median": statistics.median(r["median_s"] for r in rounds) * 1000,
+        "last_ms_median": statistics.median(lasts) * 1000,
+        "last_ms_max": max(lasts) * 1000,
+        "server_cpu_s": cpu,
+        "cpu_us_per_notification": cpu / delivered * 1e6 if delivered else float("nan"),
+        "rounds": rounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=("node", "pep"), default="node")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--cms", type=int, default=2, help="connection managers (stanzad)")
+    parser.add_argument("--publishes", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=60, help="bound per publish")
+    parser.add_argument("--against", choices=("stanzad", "ejabberd"), default="stanzad")
+    parser.add_argument("--json", type=Path, help="write the result here too")
+    args = parser.parse_args(argv)
+    check_range("--subscribers", args.subscribers, 1, MAX_SUBSCRIBERS)
+    check_range("--publishes", args.publishes, 1, MAX_PUBLISHES)
+    check_range("--seconds", args.seconds, 1, 600)
+    if raise_nofile() < args.subscribers + 1000:
+        raise SystemExit("RLIMIT_NOFILE is too low for that many subscribers")
+    users = [User(f"ps{i}@localhost", f"r{i}") for i in range(args.subscribers + 1)]
+    # pep: user 0 has every other user as a contact, and each of them has user 0
+    contacts = ([list(range(1, len(users))), *([0] for _ in users[1:])]
+                if args.scenario == "pep" else [])
+    if args.against == "ejabberd":
+        server = start_ejabberd(users, contacts)
+    else:
+        server = start_stanzad(users, contacts, args.cms)
+    try:
+        result = asyncio.run(run(server, args.scenario, users, args.publishes, args.seconds))
+    finally:
+        server.close()
+    print(f"{result['server']} {result['scenario']}: {result['subscribers']} subscribers on "
+          f"{result['cms']} port(s), logged in in {result['login_s']:.1f} s; "
+          f"caps queries answered: {result['caps_answered']}")
+    print(f"notifications {result['delivered']}/{result['expected']}; per publish (median of "
+          f"{result['publishes']}): ack {result['ack_ms_median']:.0f} ms, first "
+          f"{result['first_ms_median']:.0f} ms, median {result['median_ms_median']:.0f} ms, "
+          f"last {result['last_ms_median']:.0f} ms (worst {result['last_ms_max']:.0f} ms)")
+    print(f"server CPU {result['server_cpu_s']:.2f} s: "
+          f"{result['cpu_us_per_notification']:.1f} µs per delivered notification")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
