@@ -40,6 +40,7 @@ from shared.tls.session import TLSClosed, TLSSession
 from shared.xmpp import ns
 from shared.xmpp.c2s import (
     Acked,
+    AckRequested,
     AuthFailed,
     AuthSucceeded,
     BindRequested,
@@ -103,6 +104,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "peer",
         "record",
         "replaced",
+        "seen",
         "session_id",
         "source",
         "stream",
@@ -142,6 +144,9 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._ack_timer: asyncio.TimerHandle | None = None
         self.detached: asyncio.TimerHandle | None = None  # resumption deadline, when detached
         self.replaced = False  # its session was resumed on another connection
+        # durable delivery: the last ts_us delivered per sending session (a replay's copies
+        # are not newer), ConnectionManager.deliveries
+        self.seen: dict[str, int] | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -584,6 +589,9 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._auth_failed(event)
         elif isinstance(event, Acked):
             self._acked()
+        elif isinstance(event, AckRequested):  # answered once what it counts is stored
+            h = event.h
+            self.cm.when_stored(lambda: self._answer_ack(h))
         elif isinstance(event, SMEnabled):
             self.cm.sm_enabled(self, event)
         elif isinstance(event, ResumeRequested):
@@ -595,6 +603,12 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 metrics.STREAM_ERRORS.labels(event.error.value).inc()
             self.write(self.stream.data_to_send())
             self._finish()
+
+    def _answer_ack(self, h: int) -> None:
+        if self.transport is None or self._closing:
+            return
+        self.stream.answer_ack(h)
+        self.write(self.stream.data_to_send())
 
     # ---- login throttling (XEP-0205; shared/store/auth_throttle.py) ---------------------------
 

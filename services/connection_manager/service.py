@@ -21,10 +21,11 @@ import secrets
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from shared.bus import subjects
+from shared.bus import streams, subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
@@ -82,6 +83,7 @@ class ConnectionManager:
             stream_management=settings.sm_enabled,
             sm_resume_s=settings.sm_resume_timeout_s,
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
+            sm_deferred_acks=settings.durable,  # 'h' counts stored stanzas only
         )
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
@@ -139,7 +141,9 @@ class ConnectionManager:
         )
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
                        fail_while_disconnected=True, user=settings.nats_user,
-                       password=settings.nats_password.get_secret_value())
+                       password=settings.nats_password.get_secret_value(),
+                       durable=settings.durable, limits=streams.limits_of(settings))
+        self._last_ts_us = 0  # strictly increasing: (origin, ts_us) names a client stanza
         self._server: asyncio.Server | None = None
         # STANZAD_EMBEDDED_ROUTER: a router in this process; what its partitions and our
         # subject carry between the two skips NATS (shared/bus/local.py)
@@ -722,13 +726,21 @@ class ConnectionManager:
         elif isinstance(where, ingress.ToServer):
             self._to_server(conn, st, addressed=where.addressed)
 
+    def when_stored(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every stanza published so far is stored by JetStream (or
+        bounced): XEP-0198 'h' counts a stanza only then (docs/architecture.md, "Durable
+        delivery")."""
+        self.bus.when_stored(self.bus.stored_mark(), callback)
+
     def _publish_for(self, subject: str, conn: C2SConnection, st: StanzaIn, to: str) -> None:
-        """Publish a client stanza on ``subject``, addressed to ``to``."""
+        """Publish a client stanza on ``subject``, addressed to ``to``.  Its ``ts_us`` is
+        strictly increasing in this process, so (origin, ts_us) names it: a receiving
+        connection manager drops a replayed copy by it."""
         jid = conn.stream.jid
+        ts_us = self._last_ts_us = max(time.time_ns() // 1000, self._last_ts_us + 1)
         env = Envelope(
             _KINDS[st.kind], to=to, from_=str(jid), type=st.type, id=st.id,
-            origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
-            ts_us=time.time_ns() // 1000,
+            origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload, ts_us=ts_us,
         )
         self.bus.publish_soon(
             subject,
@@ -776,6 +788,7 @@ class ConnectionManager:
         delivered = _DELIVERED
         written = 0  # stanzas handed to sockets, counted once per batch
         touched: list[C2SConnection] = []  # one write each at the end of the batch
+        dedup = self.bus.durable
         for env in decoded(batch):
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
@@ -810,6 +823,9 @@ class ConnectionManager:
                     self._handed(env)
                 continue
             if conn is not None:
+                if dedup and env.kind is Kind.MESSAGE and env.ts_us and _replayed(conn, env):
+                    _DUPLICATES.n += 1
+                    continue
                 delivered[env.kind].n += 1
                 written += 1
                 if conn.deliver(env.payload):
@@ -877,9 +893,31 @@ class Handed:
 
 
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}
+MAX_SEEN: Final = 256  # sending sessions remembered per session for the replay check
+
+
+def _replayed(conn: C2SConnection, env: Envelope) -> bool:
+    """Whether ``env`` is a copy of a message already delivered to ``conn``: a take-over
+    replays what the dead partition owner had not acked, in the order of each sender, so a
+    copy is exactly a message from the same session (``origin``) that is not newer
+    (``ts_us`` strictly increases per connection manager)."""
+    if "/" not in env.origin:
+        return False
+    seen = conn.seen
+    if seen is None:
+        seen = conn.seen = {}
+    last = seen.pop(env.origin, 0)
+    if env.ts_us <= last:
+        seen[env.origin] = last
+        return True
+    seen[env.origin] = env.ts_us
+    if len(seen) > MAX_SEEN:
+        del seen[next(iter(seen))]
+    return False
 # counted in tallies (shared/runtime/metrics.py), added to the metrics when /metrics is scraped
 _DELIVERED: Final = {k: Tally(metrics.STANZAS_DELIVERED.labels(k.value)) for k in STANZA_KINDS}
 _STANZAS_OUT: Final = Tally(metrics.STANZAS_OUT)
+_DUPLICATES: Final = Tally(metrics.DUPLICATES_DROPPED)
 _BIND_LATENCY: Final = HistogramTally(metrics.BIND_LATENCY)
 _ROUTING_LATENCY: Final = HistogramTally(metrics.ROUTING_LATENCY)
 

@@ -12,7 +12,11 @@ What each role does on the bus:
 - the in-process hand-off markers (shared/bus/local.py) travel on the subject of the
   messages they precede (``route.*`` from a connection manager, ``cm.*`` from an embedded
   router): they need no permission of their own;
-- nothing uses NATS request/reply, so no role may subscribe to ``_INBOX.>``;
+- durable delivery (shared/bus/streams.py): a role that publishes to a partitioned family
+  creates the streams (``JS_STREAMS``) and gets its PubAcks on an inbox (``_INBOX.>``); a
+  partitioned service also recreates, pulls and acks its partitions' consumers
+  (``JS_CONSUMERS``).  Only the STANZAD_* streams are named; no role may delete a stream;
+- the admin API and the CLI use no request/reply and may not subscribe to ``_INBOX.>``;
 - a connection manager publishes to ``cm.*`` (the kick of a session it replaces on another
   connection manager, RFC 6120 §7.7.2.2 conflict) and subscribes to ``cm.*``: NATS
   user/password permissions cannot name the subscriber's own id, so one connection manager
@@ -36,6 +40,14 @@ CM: Final = subjects.every(subjects.connection_manager("0"))
 MUC: Final = subjects.every(subjects.muc(0))
 PUBSUB: Final = subjects.every(subjects.pubsub(0))
 SERVICES: Final = (MUC, PUBSUB)  # local service domains (shared/bus/destinations.py)
+INBOX: Final = "_INBOX.>"  # PubAcks, JetStream API answers, pulled messages
+JS_STREAMS: Final = ("$JS.API.STREAM.CREATE.STANZAD_*", "$JS.API.STREAM.UPDATE.STANZAD_*")
+JS_CONSUMERS: Final = (
+    "$JS.API.CONSUMER.CREATE.STANZAD_*.*",
+    "$JS.API.CONSUMER.DELETE.STANZAD_*.*",
+    "$JS.API.CONSUMER.MSG.NEXT.STANZAD_*.*",
+    "$JS.ACK.STANZAD_*.>",
+)
 
 
 @dataclass(frozen=True)
@@ -56,26 +68,27 @@ class Permissions:
 CONNECTION_MANAGER: Final = Permissions(
     # client stanzas (shared/router/ingress.py), unavailable presence at unbind, session
     # events, kicks of replaced sessions
-    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES),
-    subscribe=(CM,),
+    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES, *JS_STREAMS),
+    subscribe=(CM, INBOX),
 )
 ROUTER: Final = Permissions(
     # deliveries, bounces to the sender's partition, federation, roster pushes, fences
-    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S, *SERVICES),
-    subscribe=(ROUTE, SESSIONS),
+    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(ROUTE, SESSIONS, INBOX),
 )
 PRESENCE_SERVICE: Final = Permissions(
-    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS, *SERVICES),
-    subscribe=(PRESENCE,),
+    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(PRESENCE, INBOX),
 )
 ROSTER_SERVICE: Final = Permissions(
-    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS, *SERVICES),
-    subscribe=(ROSTER,),
+    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS, *SERVICES, *JS_STREAMS,
+             *JS_CONSUMERS),
+    subscribe=(ROSTER, INBOX),
 )
 S2S_GATEWAY: Final = Permissions(
     # stanzas from peers (ingress), bounces, fences
-    publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES),
-    subscribe=(S2S,),
+    publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(S2S, INBOX),
 )
 ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
 

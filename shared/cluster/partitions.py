@@ -65,7 +65,14 @@ class PartitionManager:
         lease_ttl_s: float,
         on_acquire: Callable[[int, str | None], Awaitable[None]],
         on_release: Callable[[int], Awaitable[None]],
+        *,
+        drain_first: bool = False,
     ) -> None:
+        """``drain_first``: a partition given up is released by the service (``on_release``:
+        it stops consuming and acks what it handled) before its lease is freed, and no
+        hand-over mark is left (durable delivery needs no FENCE: the next owner starts at the
+        oldest unacked message)."""
+        self._drain_first = drain_first
         self._r = redis
         self.role = role
         self.member_id = member_id
@@ -130,7 +137,12 @@ class PartitionManager:
                     pipe.get(handover)
                     pipe.delete(handover)
                     previous, _ = await pipe.execute()
-                await self._on_acquire(p, previous.decode() if previous else None)
+                try:
+                    await self._on_acquire(p, previous.decode() if previous else None)
+                except Exception:  # not consuming it: free it, the next round tries again
+                    self.held.discard(p)
+                    await self._release(keys=[keys.partition_lease(self.role, p)], args=[me])
+                    raise
         self.synced = True
 
     async def _give_up(self, p: int, handover: bool = True) -> None:
@@ -139,6 +151,16 @@ class PartitionManager:
         must not wait for a FENCE of ours that will never come."""
         self.held.discard(p)
         self.handing_over.add(p)
+        if self._drain_first:
+            try:
+                await self._on_release(p)
+            finally:
+                try:
+                    await self._release(keys=[keys.partition_lease(self.role, p)],
+                                        args=[self.member_id])
+                finally:
+                    self.handing_over.discard(p)
+            return
         if handover:
             await self._r.set(keys.handover(self.role, p), self.member_id, px=self._ttl_ms * 2)
         await self._release(keys=[keys.partition_lease(self.role, p)], args=[self.member_id])

@@ -33,6 +33,17 @@ BUS_PUBLISH_FAILURES = Counter(
 )
 BUS_RECONNECTS = Counter(f"{PREFIX}_bus_reconnects_total", "NATS reconnections.", ["service"])
 BUS_CONNECTED = Gauge(f"{PREFIX}_bus_connected", "1 while connected to NATS.", ["service"])
+BUS_ACK_LATENCY = Histogram(
+    f"{PREFIX}_bus_publish_ack_seconds",
+    "Time from a durable publish to its JetStream PubAck.",
+    ["service"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+BUS_REDELIVERED = Counter(
+    f"{PREFIX}_bus_redelivered_total",
+    "Messages a partition consumer delivered again (a take-over's replay).",
+    ["service"],
+)
 BUS_BATCH_SIZE = Histogram(
     f"{PREFIX}_bus_batch_messages",
     "Messages handled per consumer batch.",

@@ -83,6 +83,9 @@ class StreamConfig:
     stream_management: bool = True  # XEP-0198 offered
     sm_resume_s: int = 300  # resumption timeout (§5) when the client asks for none; 0: no
     sm_resume_max_s: int = 300  # the longest a client's <enable max/> is honoured
+    # <r/> comes out as AckRequested and the caller answers it (`answer_ack`) once the
+    # stanzas it counts are stored (durable delivery: an 'h' counts only stored stanzas)
+    sm_deferred_acks: bool = False
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -138,6 +141,14 @@ class Acked:
 
 
 @dataclass(frozen=True, slots=True)
+class AckRequested:
+    """<r/> with `StreamConfig.sm_deferred_acks`: answer <a h/> with `answer_ack(h)` once the
+    `h` stanzas received so far are stored (XEP-0198 §4 lets the answer wait)."""
+
+    h: int
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeRequested:
     """XEP-0198 §5: <resume previd h/> instead of a bind."""
 
@@ -167,6 +178,7 @@ Event = (
     | StanzaIn
     | SMEnabled
     | Acked
+    | AckRequested
     | ResumeRequested
     | StreamEnded
 )
@@ -302,6 +314,11 @@ class C2SStream(ServingStream):
         self._resume = None
         self._out.append(sm.failed(condition))
 
+    def answer_ack(self, h: int) -> None:
+        """The deferred answer to an <r/> (`AckRequested`)."""
+        if self.sm is not None and self.state is not State.CLOSED:
+            self._out.append(sm.answer(h))
+
     def request_ack(self) -> None:
         """XEP-0198 §4: ask the client how many stanzas it handled."""
         if self.sm is not None and self.state is not State.CLOSED:
@@ -412,6 +429,8 @@ class C2SStream(ServingStream):
             return Acked(queue.ack(sm.parse_h(element)))  # too high: a stream error (§4)
         if tag == sm.REQUEST:
             if queue is not None:
+                if self.config.sm_deferred_acks:
+                    return AckRequested(queue.handled)
                 self._out.append(sm.answer(queue.handled))
             return None
         if tag == sm.ENABLE:
