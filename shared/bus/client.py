@@ -50,12 +50,13 @@ from shared.runtime.metrics import (
     BUS_ACK_LATENCY,
     BUS_BATCH_SIZE,
     BUS_CONNECTED,
+    BUS_CONSUMER_LAG,
     BUS_LOCAL,
     BUS_PUBLISH_FAILURES,
     BUS_PUBLISHED,
     BUS_RECEIVED,
     BUS_RECONNECTS,
-    BUS_REDELIVERED,
+    BUS_TAKEN_OVER,
     HistogramTally,
     Tally,
 )
@@ -180,7 +181,9 @@ class Bus:
         self._acks: deque[str] = deque()  # beside the inbox: each message's ack subject or ""
         self._js_timer: asyncio.Task[None] | None = None
         self._ack_latency = HistogramTally(BUS_ACK_LATENCY.labels(service))
-        self._redelivered = Tally(BUS_REDELIVERED.labels(service))
+        self._taken_over = BUS_TAKEN_OVER.labels(service)
+        BUS_CONSUMER_LAG.labels(service).set_function(
+            lambda: sum(c.unacked for c in self._consumers.values()))
         self._user = user
         self._password = password
         self._fail_while_disconnected = fail_while_disconnected
@@ -587,6 +590,10 @@ class Bus:
                                  {"stream_name": stream, "config": config})
         if answer.get("error"):
             raise BusError(f"consumer {name}: {answer['error'].get('description')}")
+        backlog = int(answer.get("num_pending") or 0)
+        if backlog:
+            self._taken_over.inc(backlog)
+            log.info("%s: %d messages waiting at take-over", name, backlog)
         c = self._consumers[name] = _Consumer(subject, stream, name, f"{self._js_inbox}.p.{name}")
         self._pull(c)
 
@@ -637,8 +644,6 @@ class Bus:
             c.credit -= 1
             c.unacked += 1
             c.last_seen = time.monotonic()
-            if tokens[base + 2] != b"1":
-                self._redelivered.n += 1
             if c.credit <= streams.PULL_BATCH // 2:
                 self._pull(c)
             self._inbox.append((subject.decode(), data))

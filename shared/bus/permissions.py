@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from shared.bus import subjects
+from shared.bus import streams, subjects
 
 ROUTE: Final = subjects.every(subjects.route(0))
 SESSIONS: Final = subjects.every(subjects.session_events(0))
@@ -41,12 +41,18 @@ MUC: Final = subjects.every(subjects.muc(0))
 PUBSUB: Final = subjects.every(subjects.pubsub(0))
 SERVICES: Final = (MUC, PUBSUB)  # local service domains (shared/bus/destinations.py)
 INBOX: Final = "_INBOX.>"  # PubAcks, JetStream API answers, pulled messages
-JS_STREAMS: Final = ("$JS.API.STREAM.CREATE.STANZAD_*", "$JS.API.STREAM.UPDATE.STANZAD_*")
-JS_CONSUMERS: Final = (
-    "$JS.API.CONSUMER.CREATE.STANZAD_*.*",
-    "$JS.API.CONSUMER.DELETE.STANZAD_*.*",
-    "$JS.API.CONSUMER.MSG.NEXT.STANZAD_*.*",
-    "$JS.ACK.STANZAD_*.>",
+# NATS wildcards are whole tokens: each stream is named (shared/bus/streams.py)
+_STREAMS: Final = tuple(streams.stream_name(f.split(".")[1]) for f in streams.FAMILIES)
+JS_STREAMS: Final = tuple(
+    f"$JS.API.STREAM.{op}.{name}" for name in _STREAMS for op in ("CREATE", "UPDATE")
+)
+JS_CONSUMERS: Final = tuple(
+    subject for name in _STREAMS for subject in (
+        f"$JS.API.CONSUMER.CREATE.{name}.*",
+        f"$JS.API.CONSUMER.DELETE.{name}.*",
+        f"$JS.API.CONSUMER.MSG.NEXT.{name}.*",
+        f"$JS.ACK.{name}.>",
+    )
 )
 
 

@@ -39,9 +39,15 @@ BUS_ACK_LATENCY = Histogram(
     ["service"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
-BUS_REDELIVERED = Counter(
-    f"{PREFIX}_bus_redelivered_total",
-    "Messages a partition consumer delivered again (a take-over's replay).",
+BUS_TAKEN_OVER = Counter(
+    f"{PREFIX}_bus_takeover_backlog_total",
+    "Messages waiting in a partition's stream when this member (re)created its consumer: "
+    "what a previous owner left unacked, or what came while nobody held the partition.",
+    ["service"],
+)
+BUS_CONSUMER_LAG = Gauge(
+    f"{PREFIX}_bus_consumer_unacked",
+    "Messages this member pulled from its partitions' streams and has not acked yet.",
     ["service"],
 )
 BUS_BATCH_SIZE = Histogram(
