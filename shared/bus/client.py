@@ -129,8 +129,8 @@ class _LocalRoute:
 class _Consumer:
     """A partition's durable pull consumer, as this bus pulls it."""
 
-    __slots__ = ("active", "credit", "last_ack", "last_seen", "name", "reply", "stream",
-                 "subject", "unacked")
+    __slots__ = ("active", "broken", "credit", "last_ack", "last_seen", "name", "reply",
+                 "stream", "subject", "unacked")
 
     def __init__(self, subject: str, stream: str, name: str, reply: str) -> None:
         self.subject = subject
@@ -138,6 +138,7 @@ class _Consumer:
         self.name = name
         self.reply = reply  # where the pulled messages and the statuses come
         self.active = True
+        self.broken = False  # an output of its messages was not stored: replay, ack no more
         self.credit = 0  # messages asked for and not yet received
         self.unacked = 0  # in the inbox or being handled, not yet acked
         self.last_ack = ""
@@ -178,6 +179,8 @@ class Bus:
         self._pending: dict[int, tuple[OnFail, float]] = {}  # seq -> (on_fail, sent at)
         self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
         self._consumers: dict[str, _Consumer] = {}  # by consumer name
+        self._durable_failures = 0  # publishes refused, or without a good PubAck
+        self._replays: set[asyncio.Task[None]] = set()
         self._acks: deque[str] = deque()  # beside the inbox: each message's ack subject or ""
         self._js_timer: asyncio.Task[None] | None = None
         self._ack_latency = HistogramTally(BUS_ACK_LATENCY.labels(service))
@@ -320,6 +323,7 @@ class Bus:
         refusal = self._refusal(nc)
         if refusal is not None or nc is None:
             self._failures.inc(len(batch))
+            self._durable_failures += 1
             log.debug("publish of %d messages refused: %s", len(batch), refusal)
             for _subject, _data, on_fail, _reply in batch:
                 if on_fail is not None:
@@ -335,6 +339,7 @@ class Bus:
             n = len(data)
             if n > max_payload:
                 self._failures.inc()
+                self._durable_failures += 1
                 if on_fail is not None:
                     on_fail()
                 continue
@@ -512,6 +517,7 @@ class Bus:
                 n = min(len(inbox), MAX_BATCH)
                 batch = [inbox.popleft() for _ in range(n)]
                 done = [a for a in (acks.popleft() for _ in range(n)) if a]
+                failures = self._durable_failures
                 self._received.n += n
                 self._batch_size.observe(n)
                 try:
@@ -519,9 +525,8 @@ class Bus:
                 except Exception:
                     log.exception("batch handler failed on %d messages", n)
                 if done:  # acked once what the handler published is stored
-                    if self._outbox:
-                        self._write_outbox()  # numbers its durable publishes
-                    self.when_stored(self._seq, lambda done=done: self._ack(done))
+                    self.when_stored(self.stored_mark(),
+                                     lambda done=done, f=failures: self._ack(done, f))
 
     # ---- durable delivery (JetStream) ---------------------------------------------------------
 
@@ -639,7 +644,7 @@ class Bus:
             tokens = reply.split(b".")
             base = 2 if len(tokens) == 9 else 4  # v1, or v2 with domain and account hash
             c = self._consumers.get(tokens[base + 1].decode())
-            if c is None or not c.active:
+            if c is None or not c.active or c.broken:
                 return  # given up: not acked, so the next owner gets it
             c.credit -= 1
             c.unacked += 1
@@ -681,6 +686,7 @@ class Bus:
         self._ack_latency.observe(time.monotonic() - sent)
         if b'"error"' in data:
             self._failures.inc()
+            self._durable_failures += 1
             log.warning("durable publish refused: %s", data[:200].decode(errors="replace"))
             if on_fail is not None:
                 on_fail()
@@ -712,18 +718,43 @@ class Bus:
         while waiters and waiters[0][0] <= floor:
             waiters.popleft()[1]()
 
-    def _ack(self, replies: list[str]) -> None:
-        """Ack handled messages: one small publish each, written with the tick's others."""
-        for reply in replies:
-            self._outbox.append((reply, b"+ACK", None, ""))
-        if self._flush_handle is None and self._outbox:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
+    def _ack(self, replies: list[str], failures: int) -> None:
+        """Ack handled messages: one small publish each, written with the tick's others.
+        When a durable publish failed meanwhile (``failures`` is the count before the
+        handler ran), an output of this batch may be missing: nothing of its consumers is
+        acked any more and they are recreated, so the batch replays (in order, first)."""
+        failed = self._durable_failures != failures
         for reply in replies:
             tokens = reply.split(".")
             c = self._consumers.get(tokens[3] if len(tokens) == 9 else tokens[5])
-            if c is not None and c.unacked > 0:
+            if c is None or c.broken:
+                continue
+            if failed:
+                self._break(c)
+                continue
+            self._outbox.append((reply, b"+ACK", None, ""))
+            if c.unacked > 0:
                 c.unacked -= 1
-                c.last_ack = reply
+            c.last_ack = reply
+        if self._flush_handle is None and self._outbox:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
+
+    def _break(self, c: _Consumer) -> None:
+        log.warning("%s: an output was not stored; replaying from the oldest unacked", c.name)
+        c.broken = True
+        c.unacked = 0  # nothing more of it will be acked: a hand-over need not wait
+
+        async def replay() -> None:
+            await asyncio.sleep(1.0)
+            if self._consumers.get(c.name) is c and c.active:
+                try:
+                    await self.consume(c.subject)
+                except Exception as exc:  # tried again at the next failure or take-over
+                    log.warning("%s: could not recreate the consumer: %s", c.name, exc)
+
+        task = asyncio.get_running_loop().create_task(replay())
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
 
     async def _js_tick(self) -> None:
         """Once a second: fail durable publishes whose PubAck is overdue; renew pulls that
@@ -740,6 +771,7 @@ class Bus:
             for seq in expired:
                 on_fail, _ = pending.pop(seq)
                 self._failures.inc()
+                self._durable_failures += 1
                 if on_fail is not None:
                     on_fail()
             if expired:

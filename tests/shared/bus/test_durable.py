@@ -116,3 +116,37 @@ async def test_takeover_replays_the_unacked_first_and_in_order(nats_url: str) ->
     assert replayed == list(range(start, n)), replayed
     for bus in (tx, second.bus):
         await bus.close()
+
+
+async def test_an_output_not_stored_replays_the_batch_instead_of_acking_it(
+    nats_url: str,
+) -> None:
+    """A handler's durable publish that fails (refused, error or missing PubAck) must not let
+    its input be acked: the consumer is recreated and the batch comes again, first."""
+    subject = subjects.roster(6)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    rx = Consumer(nats_url, "rx")
+    calls = 0
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            rx.bus._durable_failures += 1  # as a refused or failed PubAck counts it
+        rx.got.extend(data for _subject, data in batch)
+
+    rx.bus._handler = handle
+    await rx.bus.connect()
+    for i in range(20):
+        tx.publish_soon(subject, b"%d" % i)
+    await tx.flush()
+    await rx.bus.consume(subject)
+    await _until(lambda: rx.got.count(b"19") >= 1 and rx.got.count(b"0") == 2
+                 and rx.got[-1] == b"19", "a replay")
+    got = [int(x) for x in rx.got]
+    before = got[: len(got) - 20]  # what came before the consumer was recreated
+    assert before == list(range(len(before))) and before  # the failed batch (and any after)
+    assert got[len(before):] == list(range(20))  # all again, in order: none of it was acked
+    for bus in (tx, rx.bus):
+        await bus.close()
