@@ -179,9 +179,20 @@ class PartitionedService:
                 self._waiting[s] = (previous, wait_until)
         self._subs[p] = [await self.bus.subscribe(s) for s in names if not self._is_durable(s)]
         await self.bus.flush()  # subscribed at the server before anything else happens
+        try:
+            for s in names:
+                if self._is_durable(s):  # its consumer, from the oldest unacked message
+                    await self.bus.consume(s)
+        except Exception:  # the partition is freed and tried again: nothing of it stays
+            for s in names:
+                if self._is_durable(s):
+                    await self.bus.stop_consuming(s, timeout_s=0)
+            for sub in self._subs.pop(p, []):
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            raise
         for s in names:
-            if self._is_durable(s):  # its consumer, from the oldest unacked message
-                await self.bus.consume(s)
+            if self._is_durable(s):
                 continue
             self._subscribed.add(s)
             if s not in self._waiting:
