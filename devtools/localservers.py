@@ -167,11 +167,16 @@ def wait_port(host: str, port: int, timeout_s: float = 15.0, proc: subprocess.Po
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
 
 
-def nats_command(port: int, workdir: Path, config: Path | None = None) -> list[str]:
+def nats_command(port: int, workdir: Path, config: Path | None = None,
+                 jetstream: bool = True) -> list[str]:
     """nats-server on 127.0.0.1:``port``; ``config``: a configuration file (the
-    authorization block of ``nats_auth``), whose settings the flags here override."""
+    authorization block of ``nats_auth``), whose settings the flags here override;
+    ``jetstream``: with JetStream, its storage under ``workdir``/jetstream (durable delivery,
+    docs/architecture.md)."""
     cmd = [nats_server_path(), "-a", "127.0.0.1", "-p", str(port), "--pid",
            str(workdir / "nats.pid")]
+    if jetstream:
+        cmd += ["-js", "-sd", str(workdir / "jetstream")]
     return [*cmd, "-c", str(config)] if config is not None else cmd
 
 

@@ -212,6 +212,38 @@ async def _wait_port(port: int, child: Child, timeout_s: float = 20,
     raise TimeoutError(f"{child.name} is not listening on {port}")
 
 
+# the partitioned roles `stanzad run` starts (shared/cluster/partitions.py): "up" waits
+# until each holds every partition, so a first stanza never waits for a lease
+PARTITIONED_ROLES: Final = ("route", "presence", "roster", "s2s", "muc", "pubsub", "upload")
+
+
+async def _wait_partitions(redis_url: str, timeout_s: float = 60,
+                           stop: asyncio.Event | None = None) -> None:
+    """Until every partition of every partitioned role has a lease holder."""
+    from shared.cluster.partitions import PartitionManager
+    from shared.store.redis import connect as redis_connect
+
+    partitions = int(os.environ.get("STANZAD_PARTITIONS", "64"))
+    redis = redis_connect(redis_url)
+
+    async def noop(*_: object) -> None:
+        return None
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        for role in PARTITIONED_ROLES:
+            probe = PartitionManager(redis, role, "probe", partitions, 1.0, noop, noop)
+            while None in (await probe.owners()).values():
+                if loop.time() > deadline:
+                    raise TimeoutError(f"the {role} partitions are not all held")
+                if stop is not None and stop.is_set():
+                    return
+                await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+
+
 async def stop_children(children: list[Child], grace_s: float, hurry: asyncio.Event) -> None:
     """SIGTERM to every running child at once; SIGKILL to those still running after
     ``grace_s`` or as soon as ``hurry`` is set."""
@@ -461,6 +493,7 @@ async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scal
                 await asyncio.to_thread(postgres.wait_ready)
                 await asyncio.to_thread(postgres.ensure_database, DATABASE)
                 await asyncio.to_thread(postgres.setup_roles, DATABASE)
+        await _wait_partitions(redis_acl.url(ports.redis), stop=stop)
 
     status = 0
     stopper = asyncio.create_task(stop.wait())

@@ -40,6 +40,7 @@ from shared.tls.session import TLSClosed, TLSSession
 from shared.xmpp import csi, ns
 from shared.xmpp.c2s import (
     Acked,
+    AckRequested,
     AuthFailed,
     AuthSucceeded,
     BindRequested,
@@ -108,6 +109,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "pushes",
         "record",
         "replaced",
+        "seen",
         "session_id",
         "source",
         "stream",
@@ -156,6 +158,9 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         # XEP-0352: while the client is inactive, what may wait (shared/xmpp/csi.py), in
         # order, by key (a newer presence of a sender replaces the older); None: active
         self._held: dict[object, bytes] | None = None
+        # durable delivery: the last ts_us delivered per sending session (a replay's copies
+        # are not newer), ConnectionManager.deliveries
+        self.seen: dict[str, int] | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -688,6 +693,9 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._auth_failed(event)
         elif isinstance(event, Acked):
             self._acked()
+        elif isinstance(event, AckRequested):  # answered once what it counts is stored
+            h = event.h
+            self.cm.when_stored(lambda: self._answer_ack(h))
         elif isinstance(event, SMEnabled):
             self.cm.sm_enabled(self, event)
         elif isinstance(event, ClientState):
@@ -701,6 +709,12 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 metrics.STREAM_ERRORS.labels(event.error.value).inc()
             self.write(self.stream.data_to_send())
             self._finish()
+
+    def _answer_ack(self, h: int) -> None:
+        if self.transport is None or self._closing:
+            return
+        self.stream.answer_ack(h)
+        self.write(self.stream.data_to_send())
 
     # ---- login throttling (XEP-0205; shared/store/auth_throttle.py) ---------------------------
 

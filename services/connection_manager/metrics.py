@@ -26,6 +26,10 @@ LOGINS = Counter(
 )
 STANZAS_IN = Counter("stanzad_cm_stanzas_in_total", "Stanzas received from clients.", ["kind"])
 STANZAS_OUT = Counter("stanzad_cm_stanzas_out_total", "Stanzas written to clients.")
+DUPLICATES_DROPPED = Counter(
+    "stanzad_cm_duplicates_dropped_total",
+    "Messages not delivered again after a partition take-over replayed them (durable delivery).",
+)
 STANZA_ERRORS = Counter(
     "stanzad_cm_stanza_errors_total", "Stanza errors sent to clients by condition.", ["condition"]
 )

@@ -22,13 +22,14 @@ import secrets
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import quoteattr
 
 import redis.asyncio as aioredis
 
-from shared.bus import subjects
+from shared.bus import streams, subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
@@ -93,6 +94,7 @@ class ConnectionManager:
             sm_resume_s=settings.sm_resume_timeout_s,
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
             sm_location=settings.sm_location,
+            sm_deferred_acks=settings.durable,  # 'h' counts stored stanzas only
         )
         # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
         self.server_info = server_iq.ServerInfo(
@@ -167,7 +169,9 @@ class ConnectionManager:
             block_s=settings.auth_block_s,
         )
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
-                       fail_while_disconnected=True, **settings.nats_options())
+                       fail_while_disconnected=True, durable=settings.durable,
+                       limits=streams.limits_of(settings), **settings.nats_options())
+        self._last_ts_us = 0  # strictly increasing: (origin, ts_us) names a client stanza
         self._server: asyncio.Server | None = None
         self._servers: list[asyncio.Server] = []  # direct TLS, HTTP
         self.tls_port = 0
@@ -852,14 +856,22 @@ class ConnectionManager:
         elif isinstance(where, ingress.ToServer):
             self._to_server(conn, st, addressed=where.addressed)
 
+    def when_stored(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every stanza published so far is stored by JetStream (or
+        bounced): XEP-0198 'h' counts a stanza only then (docs/architecture.md, "Durable
+        delivery")."""
+        self.bus.when_stored(self.bus.stored_mark(), callback)
+
     def _publish_for(self, subject: str, conn: C2SConnection, st: StanzaIn, to: str) -> None:
-        """Publish a client stanza on ``subject``, addressed to ``to``."""
+        """Publish a client stanza on ``subject``, addressed to ``to``.  Its ``ts_us`` is
+        strictly increasing in this process, so (origin, ts_us) names it: a receiving
+        connection manager drops a replayed copy by it."""
         jid = conn.stream.jid
         assert jid is not None
+        ts_us = self._last_ts_us = max(time.time_ns() // 1000, self._last_ts_us + 1)
         env = Envelope(
             _KINDS[st.kind], to=to, from_=str(jid), type=st.type, id=st.id,
-            origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload,
-            ts_us=time.time_ns() // 1000,
+            origin=f"{self.cm_id}/{conn.session_id}", payload=st.payload, ts_us=ts_us,
         )
         bounce = lambda: self._bounce_to_client(  # noqa: E731
             conn, st, StanzaErrorCondition.RESOURCE_CONSTRAINT)
@@ -961,6 +973,7 @@ class ConnectionManager:
         delivered = _DELIVERED
         written = 0  # stanzas handed to sockets, counted once per batch
         touched: list[C2SConnection] = []  # one write each at the end of the batch
+        dedup = self.bus.durable
         for env in decoded(batch):
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
@@ -999,6 +1012,9 @@ class ConnectionManager:
                     self._handed(env)
                 continue
             if conn is not None:
+                if dedup and env.kind is Kind.MESSAGE and env.ts_us and _replayed(conn, env):
+                    _DUPLICATES.n += 1
+                    continue
                 delivered[env.kind].n += 1
                 written += 1
                 if conn.deliver(env.payload):
@@ -1125,9 +1141,32 @@ class Handed:
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}
 _CARBONS_ENABLE: Final = f"{{{ns.CARBONS}}}enable"
 _CARBONS_TAGS: Final = frozenset({_CARBONS_ENABLE, f"{{{ns.CARBONS}}}disable"})
+
+MAX_SEEN: Final = 256  # sending sessions remembered per session for the replay check
+
+
+def _replayed(conn: C2SConnection, env: Envelope) -> bool:
+    """Whether ``env`` is a copy of a message already delivered to ``conn``: a take-over
+    replays what the dead partition owner had not acked, in the order of each sender, so a
+    copy is exactly a message from the same session (``origin``) that is not newer
+    (``ts_us`` strictly increases per connection manager)."""
+    if "/" not in env.origin:
+        return False
+    seen = conn.seen
+    if seen is None:
+        seen = conn.seen = {}
+    last = seen.pop(env.origin, 0)
+    if env.ts_us <= last:
+        seen[env.origin] = last
+        return True
+    seen[env.origin] = env.ts_us
+    if len(seen) > MAX_SEEN:
+        del seen[next(iter(seen))]
+    return False
 # counted in tallies (shared/runtime/metrics.py), added to the metrics when /metrics is scraped
 _DELIVERED: Final = {k: Tally(metrics.STANZAS_DELIVERED.labels(k.value)) for k in STANZA_KINDS}
 _STANZAS_OUT: Final = Tally(metrics.STANZAS_OUT)
+_DUPLICATES: Final = Tally(metrics.DUPLICATES_DROPPED)
 _BIND_LATENCY: Final = HistogramTally(metrics.BIND_LATENCY)
 _ROUTING_LATENCY: Final = HistogramTally(metrics.ROUTING_LATENCY)
 

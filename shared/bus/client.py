@@ -17,6 +17,12 @@ loadtest/RESULTS.md, "CPU per message, session 2"):
 - Within one process (a connection manager with an embedded router), a subject whose only
   consumer is a bus of the same process skips NATS altogether: ``shared/bus/local.py``.
 
+- Durable delivery (``durable=True``, docs/architecture.md "Durable delivery on NATS
+  JetStream"): a publish to a partitioned family (shared/bus/streams.py) carries a reply
+  subject and its PubAck comes back asynchronously, matched by sequence (``on_fail`` when
+  refused or missing); ``consume`` pulls a partition's durable consumer into the same ordered
+  inbox, and each batch is acked once the handler returned and what it published is stored.
+
 A time-based linger (write at most every 0.5-1 ms, so that paced messages share writes) was
 measured and dropped: the timer wake-ups cost what the saved writes did, and it added latency.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import ssl
@@ -37,16 +44,20 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared.bus import streams
 from shared.bus.local import EXCHANGE, HOLD_TIMEOUT_S, MARKER_PREFIX, RETRY_AFTER_S, Exchange
 from shared.bus.local import marker as local_marker
 from shared.runtime.metrics import (
+    BUS_ACK_LATENCY,
     BUS_BATCH_SIZE,
     BUS_CONNECTED,
+    BUS_CONSUMER_LAG,
     BUS_LOCAL,
     BUS_PUBLISH_FAILURES,
     BUS_PUBLISHED,
     BUS_RECEIVED,
     BUS_RECONNECTS,
+    BUS_TAKEN_OVER,
     HistogramTally,
     Tally,
 )
@@ -55,9 +66,11 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH: Final = 512
 MAX_DIRECT_BUFFER_BYTES: Final = 1024 * 1024  # beyond this, nats-py's flusher drains first
+PUBACK_TIMEOUT_S: Final = 5.0  # a durable publish not acknowledged by then failed
 BatchHandler = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
 OnFail = Callable[[], None] | None
 Sink = Callable[[str, bytes], None]
+JsSink = Callable[[bytes, bytes, bytes, bytes | None], None]
 
 
 class BusError(Exception):
@@ -77,10 +90,16 @@ class _BusClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self.sinks: dict[int, Sink] = {}
+        self.js_sid = -1  # the bus's JetStream inbox: PubAcks, pulled messages, statuses
+        self.js_sink: JsSink | None = None
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
+        if sid == self.js_sid and self.js_sink is not None:
+            self.stats["in_msgs"] += 1
+            self.js_sink(subject, reply, data, headers)
+            return
         sink = self.sinks.get(sid)
         if sink is None or headers or reply:
             await super()._process_msg(sid, subject, reply, data, headers)
@@ -108,6 +127,25 @@ class _LocalRoute:
         self.retry_at = 0.0
 
 
+class _Consumer:
+    """A partition's durable pull consumer, as this bus pulls it."""
+
+    __slots__ = ("active", "broken", "credit", "last_ack", "last_seen", "name", "reply",
+                 "stream", "subject", "unacked")
+
+    def __init__(self, subject: str, stream: str, name: str, reply: str) -> None:
+        self.subject = subject
+        self.stream = stream
+        self.name = name
+        self.reply = reply  # where the pulled messages and the statuses come
+        self.active = True
+        self.broken = False  # an output of its messages was not stored: replay, ack no more
+        self.credit = 0  # messages asked for and not yet received
+        self.unacked = 0  # in the inbox or being handled, not yet acked
+        self.last_ack = ""
+        self.last_seen = 0.0
+
+
 class Bus:
     """One NATS connection of a service, with an ordered batching inbox."""
 
@@ -122,6 +160,8 @@ class Bus:
         user: str = "",
         password: str = "",
         tls: ssl.SSLContext | None = None,
+        durable: bool = False,
+        limits: streams.StreamLimits | None = None,
     ) -> None:
         """`fail_while_disconnected`: raise BusUnavailable instead of letting nats-py buffer
         publishes while it reconnects.  nats-py would send them once reconnected, possibly
@@ -132,8 +172,26 @@ class Bus:
         `user`/`password`: the NATS identity of the service's role (shared/bus/permissions.py);
         credentials in the URL (nats://user:password@host) take precedence in nats-py.
         `tls`: TLS to NATS, verifying its certificate with this context (CommonSettings
-        ``nats_options``)."""
+        ``nats_options``).
+
+        `durable`: publishes to the partitioned families go to their JetStream streams
+        (created at connect, `limits`) and are PubAck'd; `consume` is available."""
         self._tls = tls
+        self._durable = durable
+        self._limits = limits or streams.StreamLimits()
+        self._js_inbox = f"_INBOX.{secrets.token_hex(8)}"
+        self._seq = 0  # durable publishes so far
+        self._pending: dict[int, tuple[OnFail, float]] = {}  # seq -> (on_fail, sent at)
+        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
+        self._consumers: dict[str, _Consumer] = {}  # by consumer name
+        self._durable_failures = 0  # publishes refused, or without a good PubAck
+        self._replays: set[asyncio.Task[None]] = set()
+        self._acks: deque[str] = deque()  # beside the inbox: each message's ack subject or ""
+        self._js_timer: asyncio.Task[None] | None = None
+        self._ack_latency = HistogramTally(BUS_ACK_LATENCY.labels(service))
+        self._taken_over = BUS_TAKEN_OVER.labels(service)
+        BUS_CONSUMER_LAG.labels(service).set_function(
+            lambda: sum(c.unacked for c in self._consumers.values()))
         self._user = user
         self._password = password
         self._fail_while_disconnected = fail_while_disconnected
@@ -144,7 +202,7 @@ class Bus:
         self._inbox: deque[tuple[str, bytes]] = deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._outbox: list[tuple[str, bytes, OnFail]] = []
+        self._outbox: list[tuple[str, bytes, OnFail, str | None]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._published = Tally(BUS_PUBLISHED.labels(service))
         self._received = Tally(BUS_RECEIVED.labels(service))
@@ -174,6 +232,9 @@ class Bus:
             BUS_CONNECTED.labels(self._service).set(1)
             BUS_RECONNECTS.labels(self._service).inc()
             log.info("NATS reconnected")
+            for c in self._consumers.values():  # the pull requests died with the connection
+                c.credit = 0
+                self._pull(c)
 
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %s", exc)
@@ -203,6 +264,8 @@ class Bus:
                 log.warning("NATS not reachable (attempt %d): %s", attempt, exc)
                 await asyncio.sleep(min(0.5 * attempt, 5.0))
         BUS_CONNECTED.labels(self._service).set(1)
+        if self._durable:
+            await self._start_jetstream()
         if self._handler is not None:
             self._worker = asyncio.create_task(self._work(), name=f"{self._service}-inbox")
 
@@ -215,9 +278,19 @@ class Bus:
 
     # ---- publishing ------------------------------------------------------------------------
 
-    async def publish(self, subject: str, data: bytes) -> None:
+    async def publish(self, subject: str, data: bytes, on_fail: OnFail = None) -> None:
         """Queue one message; raise BusUnavailable when NATS cannot take it.  Whatever
-        ``publish_soon`` queued before goes first."""
+        ``publish_soon`` queued before goes first.  A durable publish is written at once
+        and its PubAck comes later (``on_fail`` if it does not)."""
+        if self._durable and streams.family(subject) is not None:
+            refused: list[bool] = []
+            self._outbox.append((subject, data, lambda: refused.append(True), None))
+            self._write_outbox()
+            if refused:
+                raise BusUnavailable(f"publish to {subject} refused")
+            if on_fail is not None:  # the PubAck's failure, later
+                self._pending[self._seq] = (on_fail, self._pending[self._seq][1])
+            return
         if self._outbox:
             self._write_outbox()
         await self._publish(subject, data)
@@ -242,7 +315,7 @@ class Bus:
         stanza instead of a silent loss."""
         if (self._routes or self._exchange.offers) and self._local(subject, data, on_fail):
             return
-        self._outbox.append((subject, data, on_fail))
+        self._outbox.append((subject, data, on_fail, None))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
 
@@ -259,22 +332,34 @@ class Bus:
         refusal = self._refusal(nc)
         if refusal is not None or nc is None:
             self._failures.inc(len(batch))
+            self._durable_failures += 1
             log.debug("publish of %d messages refused: %s", len(batch), refusal)
-            for _subject, _data, on_fail in batch:
+            for _subject, _data, on_fail, _reply in batch:
                 if on_fail is not None:
                     on_fail()
             return
         max_payload = nc._max_payload
         parts: list[bytes] = []
         size = 0
-        for subject, data, on_fail in batch:
+        durable = self._durable
+        pending = self._pending
+        now = time.monotonic()
+        for subject, data, on_fail, reply in batch:
             n = len(data)
             if n > max_payload:
                 self._failures.inc()
+                self._durable_failures += 1
                 if on_fail is not None:
                     on_fail()
                 continue
-            part = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), n, data)
+            if reply is None and durable and streams.family(subject) is not None:
+                self._seq += 1
+                pending[self._seq] = (on_fail, now)
+                reply = f"{self._js_inbox}.a.{self._seq}"
+            if reply:
+                part = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), n, data)
+            else:
+                part = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), n, data)
             parts.append(part)
             size += len(part)
         if not parts:
@@ -323,8 +408,9 @@ class Bus:
         )
         return True
 
-    def _queue(self, subject: str, data: bytes, on_fail: OnFail) -> None:
-        self._outbox.append((subject, data, on_fail))
+    def _queue(self, subject: str, data: bytes, on_fail: OnFail, reply: str | None = None
+               ) -> None:
+        self._outbox.append((subject, data, on_fail, reply))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
 
@@ -422,6 +508,7 @@ class Bus:
             self._exchange.marker_seen(subject, data, self._sink)
             return
         self._inbox.append((subject, data))
+        self._acks.append("")
         self._wakeup.set()
 
     async def _enqueue(self, msg: Msg) -> None:
@@ -434,15 +521,276 @@ class Bus:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            acks = self._acks
             while inbox:
                 n = min(len(inbox), MAX_BATCH)
                 batch = [inbox.popleft() for _ in range(n)]
+                done = [a for a in (acks.popleft() for _ in range(n)) if a]
+                failures = self._durable_failures
                 self._received.n += n
                 self._batch_size.observe(n)
                 try:
                     await self._handler(batch)
                 except Exception:
                     log.exception("batch handler failed on %d messages", n)
+                if done:  # acked once what the handler published is stored
+                    self.when_stored(self.stored_mark(),
+                                     lambda done=done, f=failures: self._ack(done, f))
+
+    # ---- durable delivery (JetStream) ---------------------------------------------------------
+
+    @property
+    def durable(self) -> bool:
+        return self._durable
+
+    async def _start_jetstream(self) -> None:
+        """The inbox of PubAcks and pulls, and every durable family's stream, idempotently
+        (the same configuration again is a no-op; another one is updated to ours)."""
+        nc = self._nc
+        assert nc is not None
+        sub = await nc.subscribe(self._js_inbox + ".>", pending_msgs_limit=1_000_000)
+        nc.js_sid = sub._id
+        nc.js_sink = self._js_msg
+        attempt = 0
+        while True:
+            try:
+                for fam in (streams.family(f) for f in streams.FAMILIES):
+                    assert fam is not None
+                    await self._ensure_stream(fam)
+                break
+            except Exception as exc:  # JetStream not up yet (a cluster electing): retry
+                attempt += 1
+                log.warning("JetStream streams not ready (attempt %d): %s", attempt, exc)
+                await asyncio.sleep(min(0.5 * attempt, 5.0))
+        self._js_timer = asyncio.create_task(self._js_tick(), name=f"{self._service}-js")
+
+    async def _api(self, subject: str, body: dict[str, object] | None = None) -> dict[str, Any]:
+        """One JetStream API request; its JSON answer."""
+        assert self._nc is not None
+        payload = json.dumps(body).encode() if body is not None else b""
+        msg = await self._nc.request(subject, payload, timeout=5)
+        answer: dict[str, Any] = json.loads(msg.data or b"{}")
+        return answer
+
+    async def _ensure_stream(self, fam: str) -> None:
+        config = streams.stream_config(fam, self._limits)
+        name = streams.stream_name(fam)
+        answer = await self._api(f"$JS.API.STREAM.CREATE.{name}", config)
+        error = answer.get("error")
+        if error and error.get("err_code") == 10058:  # exists with another configuration
+            answer = await self._api(f"$JS.API.STREAM.UPDATE.{name}", config)
+            error = answer.get("error")
+        if error:
+            raise BusError(f"stream {name}: {error.get('description')}")
+
+    async def consume(self, subject: str) -> None:
+        """Own ``subject``'s partition consumer: recreate it (so it starts at the oldest
+        message not yet acked: what a previous owner left replays first, in order) and pull
+        it into the inbox.  RFC 6120 §10.1 across a take-over."""
+        if self._nc is None or self._handler is None or not self._durable:
+            raise BusError("consume needs a connected durable bus with a handler")
+        fam = streams.family(subject)
+        assert fam is not None, subject
+        stream, name = streams.stream_name(fam), streams.consumer_name(subject)
+        old = self._consumers.pop(name, None)
+        if old is not None:
+            old.active = False
+        answer = await self._api(f"$JS.API.CONSUMER.DELETE.{stream}.{name}")
+        error = answer.get("error")
+        if error and error.get("err_code") != 10014:  # 10014: there was none
+            raise BusError(f"consumer {name}: {error.get('description')}")
+        config = streams.consumer_config(subject)
+        answer = await self._api(f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+                                 {"stream_name": stream, "config": config})
+        if answer.get("error"):
+            raise BusError(f"consumer {name}: {answer['error'].get('description')}")
+        backlog = int(answer.get("num_pending") or 0)
+        if backlog:
+            self._taken_over.inc(backlog)
+            log.info("%s: %d messages waiting at take-over", name, backlog)
+        c = self._consumers[name] = _Consumer(subject, stream, name, f"{self._js_inbox}.p.{name}")
+        self._pull(c)
+
+    async def stop_consuming(self, subject: str, timeout_s: float = 10.0) -> None:
+        """Give ``subject`` up: stop pulling, let the inbox handle and ack what it took, and
+        wait until the server confirmed the acks: then the next owner may recreate the
+        consumer without replaying what was handled here."""
+        name = streams.consumer_name(subject)
+        c = self._consumers.get(name)
+        if c is None:
+            return
+        c.active = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while c.unacked > 0 and loop.time() < deadline:  # noqa: ASYNC110 (a count, polled)
+            await asyncio.sleep(0.02)
+        if self._consumers.get(name) is c:
+            del self._consumers[name]
+        if c.unacked:
+            log.warning("%s: %d messages not acked at hand-over", name, c.unacked)
+        if c.last_ack and self._nc is not None and self._nc.is_connected:
+            if self._outbox:
+                self._write_outbox()
+            with contextlib.suppress(Exception):  # a double ack: answered once processed
+                await self._nc.request(c.last_ack, b"+ACK", timeout=2)
+
+    def _pull(self, c: _Consumer) -> None:
+        """Ask for up to PULL_BATCH more messages (a long poll of PULL_EXPIRES_S)."""
+        if not c.active:
+            return
+        want = streams.PULL_BATCH - c.credit
+        if want <= 0:
+            return
+        c.credit += want
+        c.last_seen = time.monotonic()
+        body = b'{"batch":%d,"expires":%d}' % (want, int(streams.PULL_EXPIRES_S * 1e9))
+        self._queue(f"$JS.API.CONSUMER.MSG.NEXT.{c.stream}.{c.name}", body, None, c.reply)
+
+    def _js_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """Everything on the JetStream inbox: a pulled message (its reply is its ack
+        subject), a status of a pull request, or a PubAck."""
+        if reply.startswith(b"$JS.ACK."):
+            tokens = reply.split(b".")
+            base = 2 if len(tokens) == 9 else 4  # v1, or v2 with domain and account hash
+            c = self._consumers.get(tokens[base + 1].decode())
+            if c is None or not c.active or c.broken:
+                return  # given up: not acked, so the next owner gets it
+            c.credit -= 1
+            c.unacked += 1
+            c.last_seen = time.monotonic()
+            if c.credit <= streams.PULL_BATCH // 2:
+                self._pull(c)
+            self._inbox.append((subject.decode(), data))
+            self._acks.append(reply.decode())
+            self._wakeup.set()
+            return
+        kind, _, rest = subject.decode()[len(self._js_inbox) + 1:].partition(".")
+        if kind == "a":
+            self._puback(int(rest), data)
+        elif kind == "p":
+            self._pull_status(rest, headers or b"")
+
+    def _pull_status(self, name: str, headers: bytes) -> None:
+        """408: a pull request expired (its unused credit is in Nats-Pending-Messages);
+        anything else (409 consumer deleted, leadership change, ...): ask again later."""
+        c = self._consumers.get(name)
+        if c is None:
+            return
+        c.last_seen = time.monotonic()
+        code = headers[9:12]
+        if code == b"408":
+            for line in headers.split(b"\r\n"):
+                if line.lower().startswith(b"nats-pending-messages:"):
+                    c.credit = max(0, c.credit - int(line.split(b":")[1]))
+            self._pull(c)
+        elif code != b"100":
+            log.info("pull of %s: %s", name, headers.split(b"\r\n")[0].decode(errors="replace"))
+            c.credit = 0  # asked again by the timer
+
+    def _puback(self, seq: int, data: bytes) -> None:
+        entry = self._pending.pop(seq, None)
+        if entry is None:
+            return
+        on_fail, sent = entry
+        self._ack_latency.observe(time.monotonic() - sent)
+        if b'"error"' in data:
+            self._failures.inc()
+            self._durable_failures += 1
+            log.warning("durable publish refused: %s", data[:200].decode(errors="replace"))
+            if on_fail is not None:
+                on_fail()
+        self._advance()
+
+    def stored_mark(self) -> int:
+        """Write the outbox now and return the sequence of the last durable publish: what
+        ``when_stored`` takes to wait for everything published so far."""
+        if self._outbox:
+            self._write_outbox()
+        return self._seq
+
+    def stored_through(self) -> int:
+        """Every durable publish up to this sequence is stored (or failed: its on_fail ran)."""
+        return next(iter(self._pending)) - 1 if self._pending else self._seq
+
+    def when_stored(self, mark: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every durable publish up to ``mark`` is stored or failed."""
+        if self.stored_through() >= mark:
+            callback()
+        else:
+            self._waiters.append((mark, callback))
+
+    def _advance(self) -> None:
+        waiters = self._waiters
+        if not waiters:
+            return
+        floor = self.stored_through()
+        while waiters and waiters[0][0] <= floor:
+            waiters.popleft()[1]()
+
+    def _ack(self, replies: list[str], failures: int) -> None:
+        """Ack handled messages: one small publish each, written with the tick's others.
+        When a durable publish failed meanwhile (``failures`` is the count before the
+        handler ran), an output of this batch may be missing: nothing of its consumers is
+        acked any more and they are recreated, so the batch replays (in order, first)."""
+        failed = self._durable_failures != failures
+        for reply in replies:
+            tokens = reply.split(".")
+            c = self._consumers.get(tokens[3] if len(tokens) == 9 else tokens[5])
+            if c is None or c.broken:
+                continue
+            if failed:
+                self._break(c)
+                continue
+            self._outbox.append((reply, b"+ACK", None, ""))
+            if c.unacked > 0:
+                c.unacked -= 1
+            c.last_ack = reply
+        if self._flush_handle is None and self._outbox:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
+
+    def _break(self, c: _Consumer) -> None:
+        log.warning("%s: an output was not stored; replaying from the oldest unacked", c.name)
+        c.broken = True
+        c.unacked = 0  # nothing more of it will be acked: a hand-over need not wait
+
+        async def replay() -> None:
+            await asyncio.sleep(1.0)
+            if self._consumers.get(c.name) is c and c.active:
+                try:
+                    await self.consume(c.subject)
+                except Exception as exc:  # tried again at the next failure or take-over
+                    log.warning("%s: could not recreate the consumer: %s", c.name, exc)
+
+        task = asyncio.get_running_loop().create_task(replay())
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
+
+    async def _js_tick(self) -> None:
+        """Once a second: fail durable publishes whose PubAck is overdue; renew pulls that
+        got no answer (a request lost in a reconnect)."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            pending = self._pending
+            expired = []
+            for seq, (_on_fail, sent) in pending.items():
+                if now - sent < PUBACK_TIMEOUT_S:
+                    break
+                expired.append(seq)
+            for seq in expired:
+                on_fail, _ = pending.pop(seq)
+                self._failures.inc()
+                self._durable_failures += 1
+                if on_fail is not None:
+                    on_fail()
+            if expired:
+                log.warning("%d durable publishes got no PubAck in %.0f s", len(expired),
+                            PUBACK_TIMEOUT_S)
+                self._advance()
+            for c in self._consumers.values():
+                if c.active and now - c.last_seen > streams.PULL_EXPIRES_S + 5:
+                    c.credit = 0
+                    self._pull(c)
 
     async def close(self) -> None:
         """Hand every queued publish to NATS, drain subscriptions, finish the inbox, close the
@@ -466,6 +814,8 @@ class Bus:
                     break
                 await asyncio.sleep(0.01)
             self._worker.cancel()
+        if self._js_timer is not None:
+            self._js_timer.cancel()
         BUS_CONNECTED.labels(self._service).set(0)
 
 

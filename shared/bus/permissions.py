@@ -12,7 +12,11 @@ What each role does on the bus:
 - the in-process hand-off markers (shared/bus/local.py) travel on the subject of the
   messages they precede (``route.*`` from a connection manager, ``cm.*`` from an embedded
   router): they need no permission of their own;
-- nothing uses NATS request/reply, so no role may subscribe to ``_INBOX.>``;
+- durable delivery (shared/bus/streams.py): a role that publishes to a partitioned family
+  creates the streams (``JS_STREAMS``) and gets its PubAcks on an inbox (``_INBOX.>``); a
+  partitioned service also recreates, pulls and acks its partitions' consumers
+  (``JS_CONSUMERS``).  Only the STANZAD_* streams are named; no role may delete a stream;
+- the admin API and the CLI use no request/reply and may not subscribe to ``_INBOX.>``;
 - a connection manager publishes to ``cm.*`` (the kick of a session it replaces on another
   connection manager, RFC 6120 §7.7.2.2 conflict) and subscribes to ``cm.*``: NATS
   user/password permissions cannot name the subscriber's own id, so one connection manager
@@ -25,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from shared.bus import subjects
+from shared.bus import streams, subjects
 
 ROUTE: Final = subjects.every(subjects.route(0))
 SESSIONS: Final = subjects.every(subjects.session_events(0))
@@ -39,6 +43,20 @@ UPLOAD: Final = subjects.every(subjects.upload(0))
 COMPONENT: Final = subjects.every(subjects.component("x"))
 # local service domains and external components (shared/bus/destinations.py)
 SERVICES: Final = (MUC, PUBSUB, UPLOAD, COMPONENT)
+INBOX: Final = "_INBOX.>"  # PubAcks, JetStream API answers, pulled messages
+# NATS wildcards are whole tokens: each stream is named (shared/bus/streams.py)
+_STREAMS: Final = tuple(streams.stream_name(f.split(".")[1]) for f in streams.FAMILIES)
+JS_STREAMS: Final = tuple(
+    f"$JS.API.STREAM.{op}.{name}" for name in _STREAMS for op in ("CREATE", "UPDATE")
+)
+JS_CONSUMERS: Final = tuple(
+    subject for name in _STREAMS for subject in (
+        f"$JS.API.CONSUMER.CREATE.{name}.*",
+        f"$JS.API.CONSUMER.DELETE.{name}.*",
+        f"$JS.API.CONSUMER.MSG.NEXT.{name}.*",
+        f"$JS.ACK.{name}.>",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -59,43 +77,44 @@ class Permissions:
 CONNECTION_MANAGER: Final = Permissions(
     # client stanzas (shared/router/ingress.py), unavailable presence at unbind, session
     # events, kicks of replaced sessions
-    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES),
-    subscribe=(CM,),
+    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES, *JS_STREAMS),
+    subscribe=(CM, INBOX),
 )
 ROUTER: Final = Permissions(
     # deliveries, bounces to the sender's partition, federation, roster pushes, fences
-    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S, *SERVICES),
-    subscribe=(ROUTE, SESSIONS),
+    publish=(CM, ROUTE, SESSIONS, ROSTER, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(ROUTE, SESSIONS, INBOX),
 )
 PRESENCE_SERVICE: Final = Permissions(
-    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS, *SERVICES),
-    subscribe=(PRESENCE,),
+    publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(PRESENCE, INBOX),
 )
 ROSTER_SERVICE: Final = Permissions(
-    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS, *SERVICES),
-    subscribe=(ROSTER,),
+    publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS, *SERVICES, *JS_STREAMS,
+             *JS_CONSUMERS),
+    subscribe=(ROSTER, INBOX),
 )
 S2S_GATEWAY: Final = Permissions(
     # stanzas from peers and components (ingress), bounces, fences, component claims
-    publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES),
-    subscribe=(S2S, COMPONENT),
+    publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(S2S, COMPONENT, INBOX),
 )
 MUC_SERVICE: Final = Permissions(
     # fences on its own family, FANOUT deliveries to connection managers, answers and
     # invitations through the routers, remote occupants through the s2s gateway
-    publish=(MUC, CM, ROUTE, S2S, *SERVICES),
-    subscribe=(MUC,),
+    publish=(MUC, CM, ROUTE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(MUC, INBOX),
 )
 PUBSUB_SERVICE: Final = Permissions(
     # answers and notifications to sessions (FANOUT, BATCH), routed notifications and
     # answers (local bare JIDs, remote JIDs, other service domains), fences
-    publish=(PUBSUB, CM, ROUTE, S2S, *SERVICES),
-    subscribe=(PUBSUB,),
+    publish=(PUBSUB, CM, ROUTE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(PUBSUB, INBOX),
 )
 UPLOAD_SERVICE: Final = Permissions(
     # answers to slot requests through the routers (or the s2s gateway), fences
-    publish=(UPLOAD, ROUTE, S2S, *SERVICES),
-    subscribe=(UPLOAD,),
+    publish=(UPLOAD, ROUTE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
+    subscribe=(UPLOAD, INBOX),
 )
 ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
 

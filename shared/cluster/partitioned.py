@@ -10,6 +10,7 @@ order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 from nats.aio.subscription import Subscription
 
-from shared.bus import destinations, subjects
+from shared.bus import destinations, streams, subjects
 from shared.bus.client import BatchHandler, Bus, BusUnavailable
 from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind, session_event
 from shared.cluster.partitions import PartitionManager
@@ -49,7 +50,9 @@ class PartitionedService:
         self.redis = redis_connect(settings.redis_url, settings.redis_tls_ca)
         self.db = Database(settings.database_url, self.name, size=settings.db_pool_size,
                            timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
-        self.bus = Bus(settings.nats_url, self.name, self._on_batch, **settings.nats_options())
+        self.durable = settings.durable
+        self.bus = Bus(settings.nats_url, self.name, self._on_batch, durable=settings.durable,
+                       limits=streams.limits_of(settings), **settings.nats_options())
         self._subjects_for = subjects_for
         self._on_partitions = on_partitions
         self.partitions = PartitionManager(
@@ -60,6 +63,7 @@ class PartitionedService:
             settings.lease_ttl_s,
             self._acquire,
             self._release,
+            drain_first=settings.durable,
         )
         self._subs: dict[int, list[Subscription]] = {}
         self.tasks: list[asyncio.Task[None]] = []
@@ -166,15 +170,33 @@ class PartitionedService:
         if subject in self._subscribed:
             self.bus.offer_local(subject)
 
+    def _is_durable(self, subject: str) -> bool:
+        return self.durable and streams.family(subject) is not None
+
     async def _acquire(self, p: int, previous: str | None) -> None:
         wait_until = time.monotonic() + self.settings.lease_ttl_s
-        for s in self._subjects_for(p):
+        names = self._subjects_for(p)
+        for s in names:
             self._handed.discard(s)
-            if previous and previous != self.member_id:
+            if previous and previous != self.member_id and not self._is_durable(s):
                 self._waiting[s] = (previous, wait_until)
-        self._subs[p] = [await self.bus.subscribe(s) for s in self._subjects_for(p)]
+        self._subs[p] = [await self.bus.subscribe(s) for s in names if not self._is_durable(s)]
         await self.bus.flush()  # subscribed at the server before anything else happens
-        for s in self._subjects_for(p):
+        try:
+            for s in names:
+                if self._is_durable(s):  # its consumer, from the oldest unacked message
+                    await self.bus.consume(s)
+        except Exception:  # the partition is freed and tried again: nothing of it stays
+            for s in names:
+                if self._is_durable(s):
+                    await self.bus.stop_consuming(s, timeout_s=0)
+            for sub in self._subs.pop(p, []):
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            raise
+        for s in names:
+            if self._is_durable(s):
+                continue
             self._subscribed.add(s)
             if s not in self._waiting:
                 self._live(s)
@@ -193,6 +215,14 @@ class PartitionedService:
         subs = self._subs.pop(p, [])
         if self._on_partitions:
             self._on_partitions(len(self._subs))
+        if self.durable:  # no fence: what we took is acked before the lease is freed
+            for s in names:
+                if self._is_durable(s):
+                    await self.bus.stop_consuming(s)
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.partitions.interval_s + 2.0
         owner = None

@@ -8,17 +8,22 @@ ones assigned to it (lease first, then subscribe).  A lease is a Redis key with 
 by its holder, so a member that dies loses its partitions within ``lease_ttl_s`` and the
 others pick them up.
 
-Hand-over without loss or duplicates: a member giving a partition up (rebalancing, SIGTERM)
-first records ``handover:<role>:<p>``, frees the lease and keeps consuming; the new owner
-subscribes and drops what it receives until the previous owner's FENCE arrives on each subject
-(the previous owner handled all of that), and the previous owner unsubscribes once it has seen
-its own FENCE (everything after it belongs to the new owner).  See shared/cluster/partitioned.py.
+Hand-over without loss or duplicates, durable delivery (``drain_first``, the default): the
+member giving a partition up stops consuming and acks what it took, then frees the lease; the
+next owner recreates the partition's JetStream consumer, which starts at the oldest unacked
+message, so neither a FENCE nor a mark is needed (shared/bus/client.py ``consume``).
+
+Core NATS (``STANZAD_DURABLE=false``): a member giving a partition up first records
+``handover:<role>:<p>``, frees the lease and keeps consuming; the new owner subscribes and
+drops what it receives until the previous owner's FENCE arrives on each subject (the previous
+owner handled all of that), and the previous owner unsubscribes once it has seen its own FENCE
+(everything after it belongs to the new owner).  See shared/cluster/partitioned.py.
 The last live member of a role has no one to hand over to: on stop it frees its leases without
 a hand-over mark and unsubscribes at once.
 
-Known gap (core NATS keeps no messages): when a member dies, stanzas published to its
-partitions until the lease expires and another member subscribes are lost; see
-docs/architecture.md.
+When a member dies, its partitions are taken within ``lease_ttl_s``: with durable delivery
+what was published to them meanwhile (and what it had not acked) waits in their streams;
+with core NATS it is lost (docs/architecture.md, "Durable delivery on NATS JetStream").
 """
 
 from __future__ import annotations
@@ -65,7 +70,14 @@ class PartitionManager:
         lease_ttl_s: float,
         on_acquire: Callable[[int, str | None], Awaitable[None]],
         on_release: Callable[[int], Awaitable[None]],
+        *,
+        drain_first: bool = False,
     ) -> None:
+        """``drain_first``: a partition given up is released by the service (``on_release``:
+        it stops consuming and acks what it handled) before its lease is freed, and no
+        hand-over mark is left (durable delivery needs no FENCE: the next owner starts at the
+        oldest unacked message)."""
+        self._drain_first = drain_first
         self._r = redis
         self.role = role
         self.member_id = member_id
@@ -130,7 +142,12 @@ class PartitionManager:
                     pipe.get(handover)
                     pipe.delete(handover)
                     previous, _ = await pipe.execute()
-                await self._on_acquire(p, previous.decode() if previous else None)
+                try:
+                    await self._on_acquire(p, previous.decode() if previous else None)
+                except Exception:  # not consuming it: free it, the next round tries again
+                    self.held.discard(p)
+                    await self._release(keys=[keys.partition_lease(self.role, p)], args=[me])
+                    raise
         self.synced = True
 
     async def _give_up(self, p: int, handover: bool = True) -> None:
@@ -139,6 +156,16 @@ class PartitionManager:
         must not wait for a FENCE of ours that will never come."""
         self.held.discard(p)
         self.handing_over.add(p)
+        if self._drain_first:
+            try:
+                await self._on_release(p)
+            finally:
+                try:
+                    await self._release(keys=[keys.partition_lease(self.role, p)],
+                                        args=[self.member_id])
+                finally:
+                    self.handing_over.discard(p)
+            return
         if handover:
             await self._r.set(keys.handover(self.role, p), self.member_id, px=self._ttl_ms * 2)
         await self._release(keys=[keys.partition_lease(self.role, p)], args=[self.member_id])

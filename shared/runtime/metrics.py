@@ -33,6 +33,23 @@ BUS_PUBLISH_FAILURES = Counter(
 )
 BUS_RECONNECTS = Counter(f"{PREFIX}_bus_reconnects_total", "NATS reconnections.", ["service"])
 BUS_CONNECTED = Gauge(f"{PREFIX}_bus_connected", "1 while connected to NATS.", ["service"])
+BUS_ACK_LATENCY = Histogram(
+    f"{PREFIX}_bus_publish_ack_seconds",
+    "Time from a durable publish to its JetStream PubAck.",
+    ["service"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+BUS_TAKEN_OVER = Counter(
+    f"{PREFIX}_bus_takeover_backlog_total",
+    "Messages waiting in a partition's stream when this member (re)created its consumer: "
+    "what a previous owner left unacked, or what came while nobody held the partition.",
+    ["service"],
+)
+BUS_CONSUMER_LAG = Gauge(
+    f"{PREFIX}_bus_consumer_unacked",
+    "Messages this member pulled from its partitions' streams and has not acked yet.",
+    ["service"],
+)
 BUS_BATCH_SIZE = Histogram(
     f"{PREFIX}_bus_batch_messages",
     "Messages handled per consumer batch.",

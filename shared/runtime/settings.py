@@ -59,6 +59,21 @@ class CommonSettings(BaseSettings):
         description="PEM file of the CA that signed Redis's certificate (a rediss:// URL; "
         "empty: the system's trust store).",
     )
+    durable: bool = Field(
+        True,
+        description="Durable delivery: the partitioned subjects on NATS JetStream streams "
+        "(docs/architecture.md); false: core NATS, faster, a crash loses what is in flight.",
+    )
+    stream_replicas: int = Field(
+        1, ge=1, le=5, description="Replicas of each JetStream stream (3 on a NATS cluster)."
+    )
+    stream_max_bytes: int = Field(
+        1024**3, ge=1024 * 1024,
+        description="Bytes each JetStream stream may hold; beyond, publishes are refused.",
+    )
+    stream_memory: bool = Field(
+        False, description="JetStream streams in memory rather than files (tests)."
+    )
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:15432/stanzad",
         description="PostgreSQL URL of the store of record (accounts, rosters, stored data).",

@@ -89,6 +89,9 @@ class StreamConfig:
     sm_resume_max_s: int = 300  # the longest a client's <enable max/> is honoured
     client_state: bool = True  # XEP-0352 offered
     sm_location: str = ""  # <enabled location/> (§5): where this server prefers <resume/>
+    # <r/> comes out as AckRequested and the caller answers it (`answer_ack`) once the
+    # stanzas it counts are stored (durable delivery: an 'h' counts only stored stanzas)
+    sm_deferred_acks: bool = False
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -144,6 +147,14 @@ class Acked:
 
 
 @dataclass(frozen=True, slots=True)
+class AckRequested:
+    """<r/> with `StreamConfig.sm_deferred_acks`: answer <a h/> with `answer_ack(h)` once the
+    `h` stanzas received so far are stored (XEP-0198 §4 lets the answer wait)."""
+
+    h: int
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeRequested:
     """XEP-0198 §5: <resume previd h/> instead of a bind."""
 
@@ -180,6 +191,7 @@ Event = (
     | StanzaIn
     | SMEnabled
     | Acked
+    | AckRequested
     | ResumeRequested
     | ClientState
     | StreamEnded
@@ -317,6 +329,11 @@ class C2SStream(ServingStream):
         self._resume = None
         self._out.append(sm.failed(condition, h))
 
+    def answer_ack(self, h: int) -> None:
+        """The deferred answer to an <r/> (`AckRequested`)."""
+        if self.sm is not None and self.state is not State.CLOSED:
+            self._out.append(sm.answer(h))
+
     def request_ack(self) -> None:
         """XEP-0198 §4: ask the client how many stanzas it handled."""
         if self.sm is not None and self.state is not State.CLOSED:
@@ -431,6 +448,8 @@ class C2SStream(ServingStream):
             return Acked(queue.ack(sm.parse_h(element)))  # too high: a stream error (§4)
         if tag == sm.REQUEST:
             if queue is not None:
+                if self.config.sm_deferred_acks:
+                    return AckRequested(queue.handled)
                 self._out.append(sm.answer(queue.handled))
             return None
         if tag == sm.ENABLE:

@@ -237,7 +237,10 @@ async def test_killed_router_partitions_are_taken_over_in_seconds_and_order_is_k
         assert got[-1] == n - 1  # everything after the takeover arrives
         lost = n - len(got)
         print(f"router takeover {takeover:.1f}s after SIGKILL (t={killed_at:.0f}); "
-              f"{lost} of {n} stanzas lost in the hand-over (known gap)")
+              f"{lost} of {n} stanzas lost in the hand-over")
+        # durable delivery (the default): the dead router's partitions are replayed from
+        # their streams by the new owner (core NATS lost 105 of 326 here)
+        assert got == list(range(n))
     finally:
         await sender.logout()
         await bob.logout()

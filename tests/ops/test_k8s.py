@@ -498,7 +498,12 @@ def test_network_policies_open_only_the_public_ports(
         labels = store["spec"]["template"]["metadata"]["labels"]
         rules = [r for p in policies if _selected(p, labels) for r in p["spec"]["ingress"]]
         stanzad_pods = [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "stanzad"}}}]
-        assert rules and all(r["from"] == stanzad_pods for r in rules), store["metadata"]["name"]
+        # the NATS nodes also route to each other, on the cluster port only
+        nats_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}
+        nats_routes = {"from": [nats_pods], "ports": [{"port": 6222}]}
+        assert rules and all(r["from"] == stanzad_pods or r == nats_routes for r in rules), \
+            store["metadata"]["name"]
+        assert (nats_routes in rules) == (store["metadata"]["name"] == "nats")
     assert (overlay == "dev") == bool(stores)
 
 
@@ -529,9 +534,14 @@ def test_the_dev_nats_checks_every_role_with_the_generated_config(
     nats = _one(dev, "StatefulSet", "nats")
     container = nats["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["--config", "/etc/nats/nats.conf"]
-    env = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"]}
+    env = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"]
+           if "secretKeyRef" in v["valueFrom"]}
     assert env == {f"NATS_PASSWORD_{r.upper()}": {"name": "stanzad-nats", "key": r}
                    for r in permissions.ROLES}
+    # three JetStream nodes, each named after its pod, routing to the others
+    assert nats["spec"]["replicas"] == 3
+    args = container["args"]
+    assert "--jetstream" in args and args[args.index("--server_name") + 1] == "$(POD_NAME)"
     secret = _one(dev, "Secret", "stanzad-nats")
     assert set(secret["stringData"]) == set(permissions.ROLES)
     config = [d for d in dev if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(

@@ -37,15 +37,17 @@ def servers() -> Iterator[Cluster]:
         c.stop()
 
 
-def _probes(servers: Cluster, lease_ttl_s: float, *members: str) -> list[Probe]:
-    """Members of a role of their own (no member of another test counts)."""
+def _probes(servers: Cluster, lease_ttl_s: float, *members: str, durable: bool = False
+            ) -> list[Probe]:
+    """Members of a role of their own (no member of another test counts); the FENCE
+    hand-over is that of core NATS (``durable`` false)."""
     role = f"probe-{secrets.token_hex(3)}"
     cls = type("RoleProbe", (Probe,), {"role": role})
     # as the router's NATS identity, on subjects of the router's family of their own
     settings = PartitionedSettings(nats_url=servers.nats_url_of("router"),
                                    nats_tls_ca=str(servers.service_tls.ca),
                                    redis_url=servers.redis_url, partitions=PARTITIONS,
-                                   lease_ttl_s=lease_ttl_s)
+                                   lease_ttl_s=lease_ttl_s, durable=durable)
     return [cls(settings, m, lambda p: [_subject(role, p)]) for m in members]
 
 
@@ -94,5 +96,30 @@ async def test_with_another_member_the_partitions_are_handed_over(servers: Clust
         while (await _leases(servers, a.role))[0] != ["b"] * PARTITIONS:
             assert loop.time() < deadline, await _leases(servers, a.role)
             await asyncio.sleep(0.05)
+    finally:
+        await b.stop()
+
+
+async def test_durable_members_hand_over_without_fence_and_leave_no_mark(
+    servers: Cluster,
+) -> None:
+    """With durable delivery the leaving member acks what it took, then frees each lease;
+    the other takes every partition (recreating its consumer), and no FENCE is published."""
+    a, b = _probes(servers, 3, "a", "b", durable=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_GUARD_S
+    try:
+        await a.start()
+        await b.start()
+        while not (a.partitions.held and b.partitions.held and not a.partitions.handing_over):
+            assert loop.time() < deadline, (a.partitions.held, b.partitions.held)
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(a.stop(), HANG_GUARD_S)
+        assert not a._handed and not a._fence_seen  # no FENCE
+        while (leases := await _leases(servers, a.role))[0] != ["b"] * PARTITIONS:
+            assert loop.time() < deadline, leases
+            await asyncio.sleep(0.05)
+        assert leases[1] == []  # no hand-over mark either
+        assert len(b.bus._consumers) == PARTITIONS
     finally:
         await b.stop()

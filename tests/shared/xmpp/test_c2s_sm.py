@@ -9,6 +9,7 @@ import pytest
 from shared.xmpp import sm
 from shared.xmpp.c2s import (
     Acked,
+    AckRequested,
     C2SStream,
     ResumeRequested,
     SMEnabled,
@@ -346,3 +347,17 @@ def test_xep0198_queue_handed_between_pods_keeps_counters_and_order() -> None:
     assert copy.ack(5) == 3 and not copy.queue
     with pytest.raises(ValueError):
         sm.import_queue("id1", 60, b"7 5 2\x00<message/>")  # three announced, one there
+
+
+def test_xep0198_4_deferred_ack_answers_with_the_h_of_the_request_when_asked_to() -> None:
+    """Durable delivery: an <r/> comes out as AckRequested with the count at its arrival;
+    the caller answers once those stanzas are stored, even if more arrived meanwhile."""
+    stream = bound(config=dataclasses.replace(CONFIG, sm_deferred_acks=True))
+    enabled(stream)
+    stream.data_to_send()
+    got = events(stream, message(1) + message(2) + R + message(3))
+    assert [type(e) for e in got] == [StanzaIn, StanzaIn, AckRequested, StanzaIn]
+    assert got[2] == AckRequested(2)
+    assert b"<a " not in stream.data_to_send()  # not before the caller says so
+    stream.answer_ack(2)
+    assert stream.data_to_send() == b'<a xmlns="urn:xmpp:sm:3" h="2"/>'

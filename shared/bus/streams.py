@@ -1,0 +1,95 @@
+"""The JetStream streams and consumers of durable delivery (docs/architecture.md, "Durable
+delivery on NATS JetStream").
+
+One stream per partitioned subject family (``stanzad.route.*``, ``stanzad.presence.*``, ...),
+work-queue retention, so a message leaves the stream once the owner of its partition acks it;
+one durable pull consumer per partition, named ``<family>-<p>``.  A family added to
+subjects.py and listed in ``FAMILIES`` becomes durable for every publisher and every
+partitioned service without their changing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from shared.bus import subjects
+from shared.runtime.settings import CommonSettings
+
+# the partitioned families whose stanzas are kept until their owner handled them
+FAMILIES: Final = tuple(
+    subjects.every(make(0)) for make in (
+        subjects.route, subjects.presence, subjects.roster, subjects.s2s, subjects.muc,
+        subjects.pubsub, subjects.upload,
+    )
+)
+_PREFIXES: Final = {f[:-1]: f.split(".")[1] for f in FAMILIES}  # "stanzad.route." -> "route"
+PULL_BATCH: Final = 256  # messages asked for at once per partition; topped up at half
+MAX_ACK_PENDING: Final = 4096  # per partition: delivered and not yet acked
+ACK_WAIT_S: Final = 300.0  # take-overs recreate the consumer; this is only a last resort
+PULL_EXPIRES_S: Final = 10.0  # a pull request waits this long for messages, then renewed
+
+
+def family(subject: str) -> str | None:
+    """``route`` for ``stanzad.route.7``; None when the subject is not durable."""
+    head, _, _ = subject.rpartition(".")
+    return _PREFIXES.get(head + ".")
+
+
+def stream_name(fam: str) -> str:
+    """``STANZAD_ROUTE`` for the family ``route``."""
+    return f"{subjects.PREFIX.upper()}_{fam.upper()}"
+
+
+def consumer_name(subject: str) -> str:
+    """``route-7`` for ``stanzad.route.7``: the durable consumer of one partition."""
+    fam = family(subject)
+    assert fam is not None, subject
+    return f"{fam}-{subject.rpartition('.')[2]}"
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How the streams are stored (settings STANZAD_STREAM_*)."""
+
+    replicas: int = 1
+    max_bytes: int = 1024**3
+    memory: bool = False  # memory storage (tests, or who prefers speed to restarts)
+
+
+def limits_of(settings: CommonSettings) -> StreamLimits:
+    return StreamLimits(settings.stream_replicas, settings.stream_max_bytes,
+                        settings.stream_memory)
+
+
+def stream_config(fam: str, limits: StreamLimits) -> dict[str, object]:
+    """The JetStream stream configuration of one family (the JSON of STREAM.CREATE)."""
+    return {
+        "name": stream_name(fam),
+        "subjects": [f"{subjects.PREFIX}.{fam}.*"],
+        "retention": "workqueue",
+        "storage": "memory" if limits.memory else "file",
+        "num_replicas": limits.replicas,
+        "max_bytes": limits.max_bytes,
+        "discard": "new",
+        "max_msgs": -1,
+        "max_age": 0,
+        "max_msg_size": -1,
+    }
+
+
+def consumer_config(subject: str) -> dict[str, object]:
+    """The durable pull consumer of one partition: every message still in the stream (the
+    oldest unacknowledged first), explicit acks."""
+    name = consumer_name(subject)
+    return {
+        "durable_name": name,
+        "name": name,
+        "filter_subject": subject,
+        "deliver_policy": "all",
+        "ack_policy": "explicit",
+        "ack_wait": int(ACK_WAIT_S * 1e9),
+        "max_ack_pending": MAX_ACK_PENDING,
+        "max_deliver": -1,
+        "replay_policy": "instant",
+    }

@@ -1,0 +1,152 @@
+"""Durable delivery on a real nats-server with JetStream (shared/bus/client.py, streams.py):
+stored before any consumer exists, PubAcks batched, and a take-over replays what the dead
+consumer had not acked, first and in order (RFC 6120 §10.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools import localservers
+from shared.bus import subjects
+from shared.bus.client import Bus
+from shared.bus.streams import StreamLimits
+
+TIMEOUT_S = 20.0  # hang guard only
+LIMITS = StreamLimits(memory=True)
+
+
+@pytest.fixture(scope="module")
+def nats_url() -> Iterator[str]:
+    port = localservers.free_port()
+    with tempfile.TemporaryDirectory(prefix="stanzad-js-") as workdir:
+        proc = localservers.start(localservers.nats_command(port, Path(workdir)))
+        try:
+            localservers.wait_port("127.0.0.1", port, proc=proc)
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            localservers.stop(proc)
+
+
+async def _until(predicate: object, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT_S
+    while not predicate():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.02)
+
+
+class Consumer:
+    def __init__(self, nats_url: str, name: str, stall_after: int | None = None) -> None:
+        self.got: list[bytes] = []
+        self.stall_after = stall_after
+        self.bus = Bus(nats_url, name, self.handle, durable=True, limits=LIMITS)
+
+    async def handle(self, batch: list[tuple[str, bytes]]) -> None:
+        for _subject, data in batch:
+            if self.stall_after is not None and len(self.got) >= self.stall_after:
+                await asyncio.Event().wait()  # a consumer that hangs, then is killed
+            self.got.append(data)
+
+
+async def test_published_before_any_consumer_is_delivered_once_one_consumes(
+    nats_url: str,
+) -> None:
+    subject = subjects.route(3)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    failed: list[int] = []
+    n = 300
+    for i in range(n):
+        tx.publish_soon(subject, b"m%d" % i, lambda i=i: failed.append(i))
+    stored = asyncio.Event()
+    tx.when_stored(tx.stored_mark(), stored.set)
+    await asyncio.wait_for(stored.wait(), TIMEOUT_S)  # every PubAck, none awaited alone
+    assert not failed
+    rx = Consumer(nats_url, "rx")
+    await rx.bus.connect()
+    await rx.bus.consume(subject)
+    await _until(lambda: len(rx.got) >= n, "every stored message delivered")
+    assert rx.got == [b"m%d" % i for i in range(n)]
+    await rx.bus.stop_consuming(subject)  # acked and confirmed: nothing left to replay
+    again = Consumer(nats_url, "again")
+    await again.bus.connect()
+    await again.bus.consume(subject)
+    tx.publish_soon(subject, b"after")
+    await _until(lambda: again.got, "the next message")
+    assert again.got == [b"after"]
+    for bus in (tx, rx.bus, again.bus):
+        await bus.close()
+
+
+async def test_takeover_replays_the_unacked_first_and_in_order(nats_url: str) -> None:
+    subject = subjects.presence(5)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    first = Consumer(nats_url, "first", stall_after=40)
+    await first.bus.connect()
+    await first.bus.consume(subject)
+    n = 0
+    for _ in range(100):
+        tx.publish_soon(subject, b"%d" % n)
+        n += 1
+    await _until(lambda: len(first.got) >= 40, "the first consumer stalling")
+    await asyncio.sleep(0.3)  # acks of what it handled have left
+    assert first.bus._nc is not None
+    await first.bus._nc.close()  # killed: what it took and did not ack stays in the stream
+    second = Consumer(nats_url, "second")
+    await second.bus.connect()
+    await second.bus.consume(subject)
+    for _ in range(50):
+        tx.publish_soon(subject, b"%d" % n)
+        n += 1
+    await _until(lambda: second.got and second.got[-1] == b"%d" % (n - 1), "the last one")
+    handled = [int(x) for x in first.got]
+    replayed = [int(x) for x in second.got]
+    assert handled == list(range(40))
+    # the second starts at the first one's ack boundary (what it handled in a batch it never
+    # finished is not acked: at-least-once), then everything, once, in order
+    start = replayed[0]
+    assert start <= 40
+    assert replayed == list(range(start, n)), replayed
+    for bus in (tx, second.bus):
+        await bus.close()
+
+
+async def test_an_output_not_stored_replays_the_batch_instead_of_acking_it(
+    nats_url: str,
+) -> None:
+    """A handler's durable publish that fails (refused, error or missing PubAck) must not let
+    its input be acked: the consumer is recreated and the batch comes again, first."""
+    subject = subjects.roster(6)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    rx = Consumer(nats_url, "rx")
+    calls = 0
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            rx.bus._durable_failures += 1  # as a refused or failed PubAck counts it
+        rx.got.extend(data for _subject, data in batch)
+
+    rx.bus._handler = handle
+    await rx.bus.connect()
+    for i in range(20):
+        tx.publish_soon(subject, b"%d" % i)
+    await tx.flush()
+    await rx.bus.consume(subject)
+    await _until(lambda: rx.got.count(b"19") >= 1 and rx.got.count(b"0") == 2
+                 and rx.got[-1] == b"19", "a replay")
+    got = [int(x) for x in rx.got]
+    before = got[: len(got) - 20]  # what came before the consumer was recreated
+    assert before == list(range(len(before))) and before  # the failed batch (and any after)
+    assert got[len(before):] == list(range(20))  # all again, in order: none of it was acked
+    for bus in (tx, rx.bus):
+        await bus.close()
