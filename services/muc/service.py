@@ -21,9 +21,11 @@ room does not know the connection manager of get their stanzas through the route
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
+import time
 from collections import defaultdict
 from typing import Final
 from xml.sax.saxutils import quoteattr, unescape
@@ -76,6 +78,31 @@ class MucService(PartitionedService):
         self._occupants: dict[str, dict[str, dict[str, str] | None]] = {}
         self._history: dict[str, list[tuple[float, bytes]]] = defaultdict(list)
 
+    async def start(self) -> None:
+        await super().start()
+        if self.muc_settings.muc_remote_idle_s:
+            self.tasks.append(asyncio.create_task(self._sweep_loop()))
+
+    async def _sweep_loop(self) -> None:
+        """Remote occupants that went away without a word leave their rooms (Room.sweep)."""
+        idle = self.muc_settings.muc_remote_idle_s
+        timeout = self.muc_settings.muc_remote_timeout_s
+        while True:
+            await asyncio.sleep(max(0.5, min(idle, timeout) / 2))
+            try:
+                await self.sweep(time.time(), idle, timeout)
+            except Exception:
+                log.exception("checking remote occupants failed")
+
+    async def sweep(self, now: float, idle: float, answer_within: float) -> None:
+        for room in list(self.rooms.values()):
+            outs = room.sweep(now, idle, answer_within)
+            if outs:
+                await self._persist(room)
+                await self._emit(outs)
+        await self._flush_soft_state()
+        self._gauges()
+
     # ---- partitions: a room is reloaded by whoever owns its partition --------------------
 
     def _forget(self, p: int) -> None:
@@ -106,7 +133,7 @@ class MucService(PartitionedService):
         room = Room(
             jid, forms.Config.from_json(stored.config), stored.secret,
             subject=stored.subject, subject_from=stored.subject_from, locked=stored.locked,
-            affiliations=stored.affiliations,
+            affiliations=stored.affiliations, nicks=stored.nicks,
             occupants={n: Occupant.from_json(n, o) for n, o in stored.occupants.items()},
             history=stored.history[-self.limits.max_history:] if self.limits.max_history
             else [], limits=self.limits)
@@ -246,8 +273,9 @@ class MucService(PartitionedService):
             await self.store.save_room(room.jid, room.config.to_json(), room.subject,
                                        room.subject_from, room.locked)
         if d.affiliations:
-            await self.store.save_affiliations(
-                room.jid, {j: room.affiliations.get(j) for j in d.affiliations})
+            await self.store.save_affiliations(room.jid, {
+                j: (room.affiliations[j], room.nicks.get(j, "")) if j in room.affiliations
+                else None for j in d.affiliations})
         if d.occupants:
             pending = self._occupants.setdefault(room.jid, {})
             for nick in d.occupants:

@@ -471,6 +471,14 @@ class MucSettings(PartitionedSettings):
     muc_message_burst: int = Field(
         30, ge=1, description="Messages an occupant may send at once before the rate applies."
     )
+    muc_remote_idle_s: float = Field(
+        300.0, ge=0, description="A remote occupant silent this long is asked whether it is "
+        "still there (disco#info); 0: never.",
+    )
+    muc_remote_timeout_s: float = Field(
+        60.0, gt=0, description="A remote occupant that does not answer within this leaves "
+        "its room (status 333).",
+    )
 
 
 class PubsubSettings(PartitionedSettings):
