@@ -53,6 +53,7 @@ MAX_PAYLOAD_BYTES: Final = 256 * 1024
 MAX_BATCH_BYTES: Final = 512 * 1024  # a BATCH envelope stays well under NATS's 1 MiB
 MAX_LISTED_ROOMS: Final = 500  # disco#items of the service
 _FROM: Final = re.compile(rb""" from=(["'])(.*?)\1""")
+_ID: Final = re.compile(rb"""^<[^>]* id=(["'])(.*?)\1""")
 _KINDS: Final = {"message": Kind.MESSAGE, "presence": Kind.PRESENCE, "iq": Kind.IQ}
 
 
@@ -325,8 +326,10 @@ class MucService(PartitionedService):
     async def _send_one(self, out: Send) -> None:
         metrics.FANNED_OUT.labels(out.kind).inc()
         metrics.ENVELOPES.labels(out.kind).inc()
+        found = _ID.search(out.payload) if out.kind == "iq" else None
         env = Envelope(_KINDS[out.kind], to=out.to, from_=self._from(out.payload),
-                       type=out.type, origin=SERVICE, payload=out.payload)
+                       type=out.type, id=found.group(2).decode() if found else "",
+                       origin=SERVICE, payload=out.payload)
         if out.cm:
             await self.publish(subjects.connection_manager(out.cm), env)
         else:
