@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from slixmpp import JID
+from slixmpp.exceptions import PresenceError
 
 from tests.conftest import Users
 from tests.support.cluster import Cluster
@@ -401,6 +402,72 @@ async def test_xep0045_with_slixmpp_create_configure_join_history_kick(
         await eventually(lambda: kick in guest.muc_presence, 10, "the guest sees itself kicked")
         members = await plugin.get_affiliation_list(room, "owner", timeout=10)
         assert [JID(j).bare for j in members] == [JID(owner.boundjid.bare)]
+    finally:
+        await owner.logout()
+        await guest.logout()
+
+
+async def _message(queue: asyncio.Queue[Any], match: Any, timeout: float = 10) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await queue.get()
+            if match(msg):
+                return msg
+
+
+async def test_xep0045_with_slixmpp_password_subject_voice_request_private_ban_destroy(
+        muc: Cluster, users: Users) -> None:
+    """The rest of the room's life through slixmpp's plugin: a password-protected moderated
+    room refuses a wrong password (not-authorized, §7.2.5), the subject on join (§7.2.15),
+    a visitor's voice request approved by the moderator (§7.13, §8.6), a private message
+    (§7.5), a ban (301, §9.1) and forbidden on rejoin (§7.2.7), destruction (§10.9)."""
+    owner, guest = await _slix(muc, users), await _slix(muc, users)
+    try:
+        plugin, gplugin = owner.plugin["xep_0045"], guest.plugin["xep_0045"]
+        room = JID(_room())
+        await plugin.join_muc_wait(room, "owner", maxstanzas=0, timeout=15)
+        form = await plugin.get_room_config(room, timeout=10)
+        form.set_values({"muc#roomconfig_moderatedroom": True,
+                         "muc#roomconfig_passwordprotectedroom": True,
+                         "muc#roomconfig_roomsecret": "pw"})
+        await plugin.set_room_config(room, form, timeout=10)
+        plugin.set_subject(room, "Today's topic")
+        await eventually(lambda: plugin.get_jid_property(room, "owner", "role") == "moderator",
+                         10, "the owner is a moderator")
+        with pytest.raises(PresenceError) as refused:
+            await gplugin.join_muc_wait(room, "guest", password="wrong", timeout=15)
+        assert refused.value.condition == "not-authorized"
+        self_presence, subject, _, _ = await gplugin.join_muc_wait(
+            room, "guest", password="pw", maxstanzas=0, timeout=15)
+        assert self_presence["muc"]["role"] == "visitor" and subject["subject"] == "Today's topic"
+        forms: asyncio.Queue[Any] = asyncio.Queue()  # slixmpp's "message" needs a body
+        owner.add_event_handler("message_xform", forms.put_nowait)
+        gplugin.request_voice(room, "participant")
+        request = await _message(forms, lambda m: m["form"]["type"] == "form")
+        answer = owner.make_message(room)
+        answer["form"]["type"] = "submit"
+        for var, value in (("FORM_TYPE", "http://jabber.org/protocol/muc#request"),
+                           ("muc#role", "participant"), ("muc#request_allow", "1"),
+                           ("muc#roomnick", request["form"].get_values()["muc#roomnick"]),
+                           ("muc#jid", str(request["form"].get_values()["muc#jid"]))):
+            answer["form"].add_field(var=var, value=value)
+        answer.send()
+        await eventually(lambda: gplugin.get_jid_property(room, "guest", "role") == "participant",
+                         10, "the guest got voice")
+        guest.send_message(mto=room, mbody="I may speak", mtype="groupchat")
+        await _body(owner.groupchat, "I may speak")
+        guest.send_message(mto=JID(f"{room}/owner"), mbody="just for you", mtype="chat")
+        pm = await _message(owner.messages, lambda m: m["body"] == "just for you")
+        assert pm["from"] == JID(f"{room}/guest") and pm["type"] == "chat"
+        await plugin.set_affiliation(room, "outcast", jid=guest.boundjid.bare, timeout=10)
+        await eventually(lambda: (f"{room}/guest", "unavailable", {110, 301})
+                         in guest.muc_presence, 10, "the guest sees itself banned")
+        with pytest.raises(PresenceError) as banned:
+            await gplugin.join_muc_wait(room, "guest", password="pw", timeout=15)
+        assert banned.value.condition == "forbidden"
+        await plugin.destroy(room, reason="done", timeout=10)
+        await eventually(lambda: any(f == f"{room}/owner" and t == "unavailable"
+                                     for f, t, _ in owner.muc_presence), 10, "destroyed")
     finally:
         await owner.logout()
         await guest.logout()
