@@ -1,6 +1,7 @@
-"""Room configuration (XEP-0045 §10.2 muc#roomconfig) and room information (§15.5.4
-muc#roominfo, carried in disco#info as XEP-0128 extended information): XEP-0004 data forms
-read and written."""
+"""Room configuration (XEP-0045 §10.2 muc#roomconfig), room information (§15.5.4
+muc#roominfo, carried in disco#info as XEP-0128 extended information), voice requests (§7.13,
+§8.6 muc#request) and registration with a room (§7.10 muc#register): XEP-0004 data forms read
+and written."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from lxml import etree
 DATA: Final = "jabber:x:data"
 ROOMCONFIG: Final = "http://jabber.org/protocol/muc#roomconfig"
 ROOMINFO: Final = "http://jabber.org/protocol/muc#roominfo"
+REQUEST: Final = "http://jabber.org/protocol/muc#request"
+REGISTER: Final = "http://jabber.org/protocol/muc#register"
 WHOIS: Final = ("moderators", "anyone")
 ALLOW_PM: Final = ("anyone", "participants", "moderators", "none")
 
@@ -63,6 +66,10 @@ def _field(var: str, type_: str, label: str, values: list[str],
             f"{vals}{opts}</field>")
 
 
+def _hidden(form_type: str) -> str:
+    return f'<field var="FORM_TYPE" type="hidden"><value>{form_type}</value></field>'
+
+
 def _bool(value: bool) -> list[str]:
     return ["1" if value else "0"]
 
@@ -102,6 +109,14 @@ def config_form(config: Config, owners: list[str], admins: list[str]) -> str:
     ]
     return (f'<x xmlns="{DATA}" type="form"><title>Room configuration</title>'
             f'{"".join(fields)}</x>')
+
+
+def form_type(x: etree._Element) -> str:
+    """The FORM_TYPE of a form ("" without one)."""
+    for f in x.iterfind(f"{{{DATA}}}field"):
+        if f.get("var") == "FORM_TYPE":
+            return (f.findtext(f"{{{DATA}}}value") or "").strip()
+    return ""
 
 
 def submitted(x: etree._Element) -> dict[str, list[str]]:
@@ -205,3 +220,31 @@ def features(config: Config) -> list[str]:
         "muc_nonanonymous" if config.non_anonymous else "muc_semianonymous",
         "muc_passwordprotected" if config.password else "muc_unsecured",
     ]
+
+
+def voice_request_form(jid: str, nick: str) -> str:
+    """What the moderators get when a visitor asks for voice (§8.6): submitted back with
+    muc#request_allow true, it grants the occupant voice."""
+    return (f'<x xmlns="{DATA}" type="form"><title>Voice request</title>'
+            "<instructions>To grant voice to this person, set muc#request_allow and submit the "
+            "form; to skip the request, cancel it.</instructions>"
+            f"{_hidden(REQUEST)}"
+            f'{_field("muc#role", "list-single", "Requested role", ["participant"])}'
+            f'{_field("muc#jid", "jid-single", "User ID", [jid])}'
+            f'{_field("muc#roomnick", "text-single", "Room Nickname", [nick])}'
+            f'{_field("muc#request_allow", "boolean", "Grant voice to this person?", ["0"])}'
+            "</x>")
+
+
+def register_form(nick: str) -> str:
+    """The registration form of a room (§7.10): the nickname to reserve is all it asks."""
+    return (f'<x xmlns="{DATA}" type="form"><title>Room registration</title>'
+            "<instructions>Choose the nickname to reserve in this room.</instructions>"
+            f"{_hidden(REGISTER)}"
+            f'<field var="muc#register_roomnick" type="text-single" label="Desired Nickname">'
+            f"{f'<value>{escape(nick)}</value>' if nick else ''}<required/></field></x>")
+
+
+def as_bool(values: list[str]) -> bool:
+    """A submitted boolean field (XEP-0004 §3.3: 0, 1, false, true)."""
+    return _as_bool(values)

@@ -7,6 +7,12 @@ into one FANOUT envelope per connection manager).  Occupant presence differs per
 (status 110 for the occupant itself, real JIDs for moderators of a semi-anonymous room), so a
 presence change is at most three broadcasts whatever the room's size (`_presence_out`).
 What changed is recorded in `dirty` for the service to persist.
+
+Besides the room's own traffic it forwards IQs between occupants (XEP-0045 §16.3: the real
+JIDs stay hidden; the id it writes carries, encrypted, who asked and whom), relays voice
+requests to the moderators (§7.13, §8.6), registers nicknames (§7.10, §7.12), and checks that
+remote occupants are still there (`sweep`): a remote server whose stream died without
+bouncing anything never tells the room that its users are gone.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +28,8 @@ from typing import Final
 from xml.sax.saxutils import escape, quoteattr
 
 import precis_i18n
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree
 
 from shared.xmpp import archive, ns
@@ -35,6 +44,10 @@ MUC_USER: Final = "http://jabber.org/protocol/muc#user"
 MUC_ADMIN: Final = "http://jabber.org/protocol/muc#admin"
 MUC_OWNER: Final = "http://jabber.org/protocol/muc#owner"
 OCCUPANT_ID: Final = "urn:xmpp:occupant-id:0"  # XEP-0421
+REGISTER: Final = "jabber:iq:register"  # XEP-0077, as XEP-0045 §7.10 uses it
+ROOMUSER_NODE: Final = "x-roomuser-item"  # §7.12
+IQ_ID_PREFIX: Final = "muc1-"  # an IQ the room forwarded between occupants (§16.3)
+PROBE_PREFIX: Final = "muc-probe-"  # the room asking a remote occupant whether it is there
 PING: Final = ns.PING
 C: Final = ns.CLIENT
 
@@ -78,6 +91,8 @@ class Occupant:
     presence: str = ""  # children of its last presence (show, status, ...), serialised
     tokens: float = -1.0  # message rate bucket (memory only; full after a move)
     last: float = 0.0
+    seen: float = 0.0  # last stanza from it (memory only; 0: not since the room was loaded)
+    probed: float = 0.0  # when the room asked it whether it is there, unanswered so far
 
     def to_json(self) -> dict[str, str]:
         return {"jid": self.jid, "role": self.role, "cm": self.cm, "presence": self.presence}
@@ -182,6 +197,7 @@ class Room:
                  affiliations: dict[str, str] | None = None,
                  occupants: dict[str, Occupant] | None = None,
                  history: list[tuple[float, bytes]] | None = None,
+                 nicks: dict[str, str] | None = None,
                  limits: Limits = Limits()) -> None:
         self.jid = jid
         self.config = config
@@ -195,6 +211,11 @@ class Room:
         self.limits = limits
         self.dirty = Dirty()
         self._by_jid = {o.jid: o for o in self.occupants.values()}
+        self.nicks: dict[str, str] = {}  # bare JID -> its registered nickname (§7.10)
+        self._reserved: dict[str, str] = {}  # the same, folded nickname -> bare JID
+        for bare, reserved in (nicks or {}).items():
+            self.reserve(bare, reserved)
+        self._aead: AESGCM | None = None
 
     # ---- facts -----------------------------------------------------------------------------
 
@@ -210,10 +231,23 @@ class Room:
         return base64.urlsafe_b64encode(mac[:18]).decode()
 
     def nick_taken(self, nick: str, by: str) -> bool:
-        """Another real bare JID uses or has reserved the nickname (compared per RFC 8266)."""
+        """Another real bare JID uses or has reserved the nickname (compared per RFC 8266;
+        §7.12: a nickname registered by someone else is a conflict)."""
         folded = fold_nick(nick)
+        owner = self._reserved.get(folded)
+        if owner is not None and owner != bare_of(by):
+            return True
         return any(fold_nick(o.nick) == folded and bare_of(o.jid) != bare_of(by)
                    for o in self.occupants.values())
+
+    def reserve(self, bare: str, nick: str | None) -> None:
+        """Register (or with None forget) the nickname of a bare JID (§7.10)."""
+        old = self.nicks.pop(bare, None)
+        if old is not None:
+            self._reserved.pop(fold_nick(old), None)
+        if nick:
+            self.nicks[bare] = nick
+            self._reserved[fold_nick(nick)] = bare
 
     def moderators(self) -> list[Occupant]:
         return [o for o in self.occupants.values() if o.role == "moderator"]
@@ -258,6 +292,8 @@ class Room:
             self.dirty.occupants.add(occ.nick)
         if type_ == "error" and kind != "iq" and occ is not None and _unreachable(el):
             return self._drop_unreachable(occ)
+        if occ is not None:  # it is there: whatever the room asked it is answered
+            occ.seen, occ.probed = now, 0.0
         try:
             if kind == "presence":
                 return self._presence(type_, real, nick, el, cm, created, now)
@@ -291,7 +327,30 @@ class Room:
             return self._change_nick(occ, wanted, el)
         occ.presence = _children(el, (MUC, MUC_USER, OCCUPANT_ID))
         self.dirty.occupants.add(occ.nick)
+        if el.find(f"{{{MUC}}}x") is not None:
+            return self._rejoin(occ, el, now)
         return self._presence_out(occ, "", [])
+
+    def _rejoin(self, occ: Occupant, el: etree._Element, now: float) -> list[Out]:
+        """A join from a session the room counts in already (§7.2 with the MUC <x/>): its
+        client lost the room's state (its server restarted, its stream was resumed without
+        the room's stanzas, ...), so it gets the join's answer again: the others' presence,
+        its own with 110, history and subject.  The others see a presence update."""
+        jid = self._sees_jids(occ)
+        out: list[Out] = [self._presence_to(o, occ, "", [], jid=jid)
+                          for o in self.occupants.values() if o is not occ]
+        out.extend(self._presence_out(occ, "", []))
+        out.extend(self._history(occ, el.find(f"{{{MUC}}}x"), now))
+        out.append(self._subject_to(occ))
+        return out
+
+    def _subject_to(self, occ: Occupant) -> Send:
+        subject = (f"<subject>{escape(self.subject)}</subject>" if self.subject
+                   else "<subject/>")  # §7.2.15: always, empty when there is none
+        frm = self.subject_from or self.jid
+        return Send("message", occ.jid, (f'<message xmlns="{C}" type="groupchat" from={_q(frm)} '
+                                         f"to={_q(occ.jid)}>{subject}</message>").encode(),
+                    "groupchat", occ.cm)
 
     def _join(self, real: str, asked: str, nick: str, el: etree._Element, cm: str,
               created: bool, now: float) -> list[Out]:
@@ -315,7 +374,7 @@ class Room:
         if len(self.occupants) >= cap and AFFILIATION_RANK[aff] < 2:  # §7.2.9
             raise StanzaError(E.SERVICE_UNAVAILABLE, "the room is full", StanzaErrorType.WAIT)
         occ = Occupant(nick, real, self.default_role(aff), cm,
-                       _children(el, (MUC, MUC_USER, OCCUPANT_ID)))
+                       _children(el, (MUC, MUC_USER, OCCUPANT_ID)), seen=now)
         out: list[Out] = []
         sees_jids = self._sees_jids(occ)
         for other in self.occupants.values():  # §7.2.3: everyone already there, first
@@ -334,12 +393,7 @@ class Room:
         if self.locked and created:
             pass  # the owner configures the room next (§10.1.2, §10.1.3)
         out.extend(self._history(occ, x, now))
-        subject = (f"<subject>{escape(self.subject)}</subject>" if self.subject
-                   else "<subject/>")  # §7.2.15: always, empty when there is none
-        frm = self.subject_from or self.jid
-        out.append(Send("message", real, (f'<message xmlns="{C}" type="groupchat" from={_q(frm)} '
-                                          f"to={_q(real)}>{subject}</message>").encode(),
-                        "groupchat", occ.cm))
+        out.append(self._subject_to(occ))
         return out
 
     def _sees_jids(self, viewer: Occupant) -> bool:
@@ -478,6 +532,9 @@ class Room:
         if x is not None and (x.find(f"{{{MUC_USER}}}invite") is not None
                               or x.find(f"{{{MUC_USER}}}decline") is not None):
             return self._invite(real, occ, x)
+        form = el.find(f"{{{forms.DATA}}}x")
+        if form is not None and forms.form_type(form) == forms.REQUEST:
+            return self._voice(real, occ, form, now)
         raise StanzaError(E.BAD_REQUEST, "a room takes groupchat messages",
                           StanzaErrorType.MODIFY)
 
@@ -545,13 +602,54 @@ class Room:
         target = self.occupants.get(nick)
         if target is None:  # §7.5
             raise StanzaError(E.ITEM_NOT_FOUND, "no occupant with that nickname")
+        self._may_private(occ)
+        self._rate(occ, now)
+        payload = with_to(self._rewritten(occ, el, mark=True), target.jid)
+        return [Send("message", target.jid, payload, el.get("type", ""), target.cm)]
+
+    def _voice(self, real: str, occ: Occupant | None, form: etree._Element,
+               now: float) -> list[Out]:
+        """§7.13: a visitor asks for voice, and the moderators get the request as a form
+        (§8.6); a moderator's form submitted back with muc#request_allow grants it (§8.3)."""
+        if occ is None:
+            raise StanzaError(E.NOT_ACCEPTABLE, "only occupants may ask for voice")
+        fields = forms.submitted(form)
+        if "muc#request_allow" in fields:  # §8.6: a moderator's decision
+            if form.get("type") != "submit":
+                return []  # cancelled: the request is skipped
+            if occ.role != "moderator":
+                raise StanzaError(E.FORBIDDEN, "moderators only")
+            try:
+                allow = forms.as_bool(fields["muc#request_allow"])
+            except forms.FormError:
+                raise StanzaError(E.BAD_REQUEST, "muc#request_allow: true or false",
+                                  StanzaErrorType.MODIFY) from None
+            target = self.occupants.get((fields.get("muc#roomnick") or [""])[0])
+            asked_by = (fields.get("muc#jid") or [""])[0]
+            if (not allow or target is None or target.role != "visitor"
+                    or (asked_by and asked_by != target.jid)):
+                return []  # denied, or about someone who left or has voice already
+            return self._set_role(target.nick, "participant", self.affiliation(real),
+                                  occ.role, occ.nick, "")
+        if (fields.get("muc#role") or ["participant"])[0] != "participant":
+            raise StanzaError(E.BAD_REQUEST, "a visitor may ask for the participant role",
+                              StanzaErrorType.MODIFY)
+        if occ.role != "visitor":
+            return []  # it has voice already
+        self._rate(occ, now)  # the moderators are not flooded with requests
+        moderators = self.moderators()
+        if not moderators:
+            return []
+        payload = (f'<message xmlns="{C}" from={_q(self.jid)}>'
+                   f"{forms.voice_request_form(occ.jid, occ.nick)}</message>").encode()
+        return [Broadcast("message", payload, tuple(moderators))]
+
+    def _may_private(self, occ: Occupant) -> None:
+        """muc#roomconfig_allowpm: who may send private messages (and IQs) to occupants."""
         allow = self.config.allow_pm
         if (allow == "none" or (allow == "moderators" and occ.role != "moderator")
                 or (allow == "participants" and occ.role == "visitor")):
             raise StanzaError(E.FORBIDDEN, "private messages are not allowed here")
-        self._rate(occ, now)
-        payload = with_to(self._rewritten(occ, el, mark=True), target.jid)
-        return [Send("message", target.jid, payload, el.get("type", ""), target.cm)]
 
     def _invite(self, real: str, occ: Occupant | None, x: etree._Element) -> list[Out]:
         """§7.8.2 mediated invitations and §7.8.? declines."""
@@ -595,24 +693,37 @@ class Room:
     # ---- IQs (§6.4 disco, §8 moderator, §9 admin, §10 owner; XEP-0410 self-ping) -------
 
     def _iq(self, type_: str, real: str, nick: str | None, el: etree._Element) -> list[Out]:
+        occ = self.occupant_of(real)
+        if type_ in ("result", "error"):
+            if nick is not None:
+                return self._iq_answer(real, nick, el)
+            if (type_ == "error" and occ is not None and not occ.cm
+                    and el.get("id", "").startswith(PROBE_PREFIX)):
+                return self._drop_unreachable(occ)  # `sweep`: its client is not there
+            return []
         if type_ not in ("get", "set") or len(el) != 1:
             return []
         child = el[0]
         tag = child.tag if isinstance(child.tag, str) else ""
         frm = self.room_jid(nick) if nick else self.jid
-        occ = self.occupant_of(real)
         if nick is not None:
-            if tag == f"{{{PING}}}ping" and type_ == "get":  # XEP-0410 §3
-                if occ is None:
-                    raise StanzaError(E.NOT_ACCEPTABLE, "not joined")
-                if nick not in self.occupants:
-                    raise StanzaError(E.ITEM_NOT_FOUND, "no such occupant")
+            if occ is None:  # §7.5 as for private messages; XEP-0410 §3: "not joined"
+                raise StanzaError(E.NOT_ACCEPTABLE, "only occupants may send to occupants")
+            if tag == f"{{{PING}}}ping" and type_ == "get" and nick == occ.nick:
                 return [Send("iq", real, iq_result(el.get("id", ""), real, frm), "result",
-                             occ.cm)]
-            raise StanzaError(E.SERVICE_UNAVAILABLE)
+                             occ.cm)]  # XEP-0410 §3: the room answers a self-ping
+            return self._iq_forward(occ, nick, el, tag)
         result: str | None = None
         if tag == f"{{{ns.DISCO_INFO}}}query" and type_ == "get" and not child.get("node"):
             result = self.disco_info()
+        elif (tag == f"{{{ns.DISCO_INFO}}}query" and type_ == "get"
+              and child.get("node") == ROOMUSER_NODE):  # §7.12: the reserved nickname
+            mine = self.nicks.get(bare_of(real))
+            identity = (f'<identity category="conference" type="text" name={_q(mine)}/>'
+                        if mine else "")
+            result = f'<query xmlns="{ns.DISCO_INFO}" node="{ROOMUSER_NODE}">{identity}</query>'
+        elif tag == f"{{{REGISTER}}}query":
+            return self._register(type_, real, child, el)
         elif tag == f"{{{ns.DISCO_ITEMS}}}query" and type_ == "get":
             result = f'<query xmlns="{ns.DISCO_ITEMS}"/>'
         elif tag == f"{{{PING}}}ping" and type_ == "get":
@@ -626,8 +737,71 @@ class Room:
         return [Send("iq", real, iq_result(el.get("id", ""), real, frm, result), "result",
                      occ.cm if occ else "")]
 
+    # ---- IQs between occupants (§16.3) ----------------------------------------------------
+
+    def _key(self) -> AESGCM:
+        if self._aead is None:
+            key = hmac.new(self.secret, b"stanzad muc iq ids", hashlib.sha256).digest()
+            self._aead = AESGCM(key)
+        return self._aead
+
+    def _seal(self, *parts: str) -> str:
+        """An IQ id that names the asker, the asked and the asker's own id without showing
+        them (§16.3: neither learns the other's real JID), readable only by this room (the
+        key comes from its secret, so also by the next process that loads the room)."""
+        nonce = os.urandom(12)
+        box = self._key().encrypt(nonce, "\0".join(parts).encode(), self.jid.encode())
+        return IQ_ID_PREFIX + base64.urlsafe_b64encode(nonce + box).decode().rstrip("=")
+
+    def _open(self, sealed: str) -> list[str] | None:
+        if not sealed.startswith(IQ_ID_PREFIX):
+            return None
+        raw = sealed[len(IQ_ID_PREFIX):]
+        try:
+            data = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+            plain = self._key().decrypt(data[:12], data[12:], self.jid.encode())
+        except (ValueError, InvalidTag):
+            return None
+        return plain.decode().split("\0")
+
+    def _iq_forward(self, occ: Occupant, nick: str, el: etree._Element, tag: str) -> list[Out]:
+        """An IQ to room/nick goes to that occupant's real JID from the asker's room JID
+        (§16.3, item 2), a vCard request to its bare JID (its server answers for the
+        account, XEP-0054 §3.2); the room's private-message rule (muc#roomconfig_allowpm)
+        applies to IQs as to messages."""
+        target = self.occupants.get(nick)
+        if target is None:  # §7.5: no such occupant
+            raise StanzaError(E.ITEM_NOT_FOUND, "no occupant with that nickname")
+        self._may_private(occ)
+        to, cm = target.jid, target.cm
+        if tag == f"{{{ns.VCARD}}}vCard" and el.get("type") == "get":
+            to, cm = bare_of(target.jid), ""
+        iq = etree.fromstring(etree.tostring(el, with_tail=False))
+        iq.set("from", self.room_jid(occ.nick))
+        iq.set("to", to)
+        iq.set("id", self._seal(occ.jid, target.jid, el.get("id", "")))
+        return [Send("iq", to, etree.tostring(iq), el.get("type", ""), cm)]
+
+    def _iq_answer(self, real: str, nick: str, el: etree._Element) -> list[Out]:
+        """The answer to a forwarded IQ, from the occupant asked to the asker's room JID:
+        back to the asker with its own id, from the answerer's room JID.  Anything else
+        (a forged or stale id, an answer from someone else, an asker gone) is dropped."""
+        opened = self._open(el.get("id", ""))
+        if opened is None or len(opened) != 3:
+            return []
+        asker_jid, asked_jid, orig_id = opened
+        asker, asked = self.occupant_of(asker_jid), self.occupant_of(asked_jid)
+        if asker is None or asked is None or real not in (asked_jid, bare_of(asked_jid)):
+            return []
+        iq = etree.fromstring(etree.tostring(el, with_tail=False))
+        iq.set("from", self.room_jid(asked.nick))
+        iq.set("to", asker.jid)
+        iq.set("id", orig_id)
+        return [Send("iq", asker.jid, etree.tostring(iq), el.get("type", ""), asker.cm)]
+
     def disco_info(self) -> str:
-        feats = [*forms.features(self.config), OCCUPANT_ID, PING, ns.DISCO_INFO,
+        feats = [*forms.features(self.config), OCCUPANT_ID, PING, ns.DISCO_INFO, REGISTER,
+                 "http://jabber.org/protocol/muc#request",
                  "http://jabber.org/protocol/muc#stable_id"]
         if self.archiving:  # XEP-0313 §5, §6.1 (and its ids, XEP-0359 §6)
             feats += [ns.MAM, ns.SID]
@@ -640,6 +814,48 @@ class Room:
         occ = self.occupant_of(real)
         return Send("iq", real, iq_result(el.get("id", ""), real, self.jid, payload), "result",
                     occ.cm if occ else "")
+
+    def _register(self, type_: str, real: str, q: etree._Element,
+                  el: etree._Element) -> list[Out]:
+        """§7.10: registering with the room reserves a nickname (§7.12) and makes an
+        unaffiliated user a member.  In a members-only room only its members may register
+        (membership is what the room is closed by: admins grant it, §9.3); outcasts never.
+        XEP-0077 §3.2 <remove/> cancels the registration (and the membership it gave)."""
+        bare = bare_of(real)
+        aff = self.affiliation(real)
+        if aff == "outcast":
+            raise StanzaError(E.FORBIDDEN, "you are banned from this room")
+        if self.config.members_only and AFFILIATION_RANK[aff] < 1:
+            raise StanzaError(E.NOT_ALLOWED, "members only: ask an admin for membership")
+        mine = self.nicks.get(bare, "")
+        if type_ == "get":
+            registered = (f"<registered/><username>{escape(mine)}</username>" if mine else "")
+            return [self._result(real, el, f'<query xmlns="{REGISTER}">{registered}'
+                                           f"{forms.register_form(mine)}</query>")]
+        if q.find(f"{{{REGISTER}}}remove") is not None:
+            self.reserve(bare, None)
+            self.dirty.affiliations.add(bare)
+            out: list[Out] = [self._result(real, el)]
+            if aff == "member":
+                out[:0] = self._affiliation_changed(bare, "none", aff, "", "")
+            return out
+        x = q.find(f"{{{forms.DATA}}}x")
+        if x is None or x.get("type") != "submit" or forms.form_type(x) != forms.REGISTER:
+            raise StanzaError(E.BAD_REQUEST, "a submitted muc#register form",
+                              StanzaErrorType.MODIFY)
+        try:
+            nick = enforce_nick((forms.submitted(x).get("muc#register_roomnick") or [""])[0])
+        except StanzaError:
+            raise StanzaError(E.BAD_REQUEST, "muc#register_roomnick: a nickname (RFC 8266)",
+                              StanzaErrorType.MODIFY) from None
+        if self.nick_taken(nick, real):
+            raise StanzaError(E.CONFLICT, "that nickname is reserved or in use")
+        self.reserve(bare, nick)
+        self.dirty.affiliations.add(bare)
+        out = [self._result(real, el)]
+        if AFFILIATION_RANK[aff] < 1:
+            out[:0] = self._affiliation_changed(bare, "member", aff, "", "")
+        return out
 
     def _owner(self, type_: str, real: str, q: etree._Element, el: etree._Element) -> list[Out]:
         if self.affiliation(real) != "owner":  # §10.1.2, §10.2
@@ -742,7 +958,8 @@ class Room:
             if AFFILIATION_RANK[actor_aff] < 2 and not (
                     aff == "member" and self.config.members_only and actor_aff == "member"):
                 raise StanzaError(E.FORBIDDEN, "admins and owners only")
-            rows = [f'<item affiliation="{a}" jid={_q(j)}/>'
+            rows = [f'<item affiliation="{a}" jid={_q(j)}'
+                    + (f" nick={_q(self.nicks[j])}/>" if j in self.nicks else "/>")
                     for j, a in sorted(self.affiliations.items()) if a == aff]
         elif role is not None:
             if role not in ROLE_RANK or role == "none":
@@ -816,10 +1033,18 @@ class Room:
             raise StanzaError(E.NOT_ALLOWED, "only owners change admins and owners")
         if current == "owner" and aff != "owner" and self.owners() == [bare]:
             raise StanzaError(E.CONFLICT, "the last owner stays")  # §10.6
+        return self._affiliation_changed(bare, aff, current, actor_nick, reason)
+
+    def _affiliation_changed(self, bare: str, aff: str, current: str, actor_nick: str,
+                             reason: str) -> list[Out]:
+        """The affiliation of ``bare`` becomes ``aff``, and its occupants are told (or
+        removed: 301 banned, 321 no longer a member of a members-only room)."""
         if aff == "none":
             self.affiliations.pop(bare, None)
         else:
             self.affiliations[bare] = aff
+        if aff in ("none", "outcast"):
+            self.reserve(bare, None)  # §9.1: an outcast's nickname is no longer reserved
         self.dirty.affiliations.add(bare)
         out: list[Out] = []
         for occ in [o for o in self.occupants.values() if bare_of(o.jid) == bare]:
@@ -837,4 +1062,28 @@ class Room:
                     or current in ("owner", "admin")) else occ.role
                 self.dirty.occupants.add(occ.nick)
                 out.extend(self._presence_out(occ, "", [], actor=actor_nick, reason=reason))
+        return out
+
+    # ---- remote occupants that went away silently ----------------------------------------
+
+    def sweep(self, now: float, idle: float, timeout: float) -> list[Out]:
+        """Ask each remote occupant silent for ``idle`` seconds whether it is still there
+        (a disco#info get from the room: every client answers one, XEP-0030), and remove
+        those that have not answered for ``timeout`` seconds, as those whose address bounced
+        an error (307 and 333, as `_drop_unreachable`).  Local occupants need none of this:
+        the presence service and the connection managers tell the room when their sessions
+        end.  A remote server that restarts or whose stream dies tells nobody, and an idle
+        room sends nothing that could bounce; an answer, or any stanza, keeps the occupant."""
+        out: list[Out] = []
+        for occ in [o for o in self.occupants.values() if not o.cm]:
+            if not occ.seen:  # loaded since (a room move): count from now
+                occ.seen = now
+            elif occ.probed and now - occ.probed >= timeout:
+                out.extend(self._drop_unreachable(occ))
+            elif not occ.probed and now - occ.seen >= idle:
+                occ.probed = now
+                probe = (f'<iq xmlns="{C}" type="get" id="{PROBE_PREFIX}{os.urandom(6).hex()}" '
+                         f"from={_q(self.jid)} to={_q(occ.jid)}>"
+                         f'<query xmlns="{ns.DISCO_INFO}"/></iq>').encode()
+                out.append(Send("iq", occ.jid, probe, "get"))
         return out

@@ -21,9 +21,11 @@ room does not know the connection manager of get their stanzas through the route
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
+import time
 from collections import defaultdict
 from typing import Final
 from xml.sax.saxutils import quoteattr, unescape
@@ -54,6 +56,7 @@ MAX_LISTED_ROOMS: Final = 500  # disco#items of the service
 _FROM: Final = re.compile(rb""" from=(["'])(.*?)\1""")
 _MAM_PREFIX: Final = f"{{{ns.MAM}}}"
 _MAM_QUERY: Final = f"{{{ns.MAM}}}query"
+_ID: Final = re.compile(rb"""^<[^>]* id=(["'])(.*?)\1""")
 _KINDS: Final = {"message": Kind.MESSAGE, "presence": Kind.PRESENCE, "iq": Kind.IQ}
 
 
@@ -92,6 +95,31 @@ class MucService(PartitionedService):
             await self.archive_writer.close()  # the rows of the last moments
         await super().stop()
 
+    async def start(self) -> None:
+        await super().start()
+        if self.muc_settings.muc_remote_idle_s:
+            self.tasks.append(asyncio.create_task(self._sweep_loop()))
+
+    async def _sweep_loop(self) -> None:
+        """Remote occupants that went away without a word leave their rooms (Room.sweep)."""
+        idle = self.muc_settings.muc_remote_idle_s
+        timeout = self.muc_settings.muc_remote_timeout_s
+        while True:
+            await asyncio.sleep(max(0.5, min(idle, timeout) / 2))
+            try:
+                await self.sweep(time.time(), idle, timeout)
+            except Exception:
+                log.exception("checking remote occupants failed")
+
+    async def sweep(self, now: float, idle: float, answer_within: float) -> None:
+        for room in list(self.rooms.values()):
+            outs = room.sweep(now, idle, answer_within)
+            if outs:
+                await self._persist(room)
+                await self._emit(outs)
+        await self._flush_soft_state()
+        self._gauges()
+
     # ---- partitions: a room is reloaded by whoever owns its partition --------------------
 
     def _forget(self, p: int) -> None:
@@ -122,7 +150,7 @@ class MucService(PartitionedService):
         room = Room(
             jid, forms.Config.from_json(stored.config), stored.secret,
             subject=stored.subject, subject_from=stored.subject_from, locked=stored.locked,
-            affiliations=stored.affiliations,
+            affiliations=stored.affiliations, nicks=stored.nicks,
             occupants={n: Occupant.from_json(n, o) for n, o in stored.occupants.items()},
             history=stored.history[-self.limits.max_history:] if self.limits.max_history
             else [], limits=self.limits)
@@ -266,8 +294,9 @@ class MucService(PartitionedService):
             await self.store.save_room(room.jid, room.config.to_json(), room.subject,
                                        room.subject_from, room.locked)
         if d.affiliations:
-            await self.store.save_affiliations(
-                room.jid, {j: room.affiliations.get(j) for j in d.affiliations})
+            await self.store.save_affiliations(room.jid, {
+                j: (room.affiliations[j], room.nicks.get(j, "")) if j in room.affiliations
+                else None for j in d.affiliations})
         if d.occupants:
             pending = self._occupants.setdefault(room.jid, {})
             for nick in d.occupants:
@@ -359,8 +388,10 @@ class MucService(PartitionedService):
     async def _send_one(self, out: Send) -> None:
         metrics.FANNED_OUT.labels(out.kind).inc()
         metrics.ENVELOPES.labels(out.kind).inc()
+        found = _ID.search(out.payload) if out.kind == "iq" else None
         env = Envelope(_KINDS[out.kind], to=out.to, from_=self._from(out.payload),
-                       type=out.type, origin=SERVICE, payload=out.payload)
+                       type=out.type, id=found.group(2).decode() if found else "",
+                       origin=SERVICE, payload=out.payload)
         if out.cm:
             await self.publish(subjects.connection_manager(out.cm), env)
         else:

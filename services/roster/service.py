@@ -464,10 +464,14 @@ class RosterService(PartitionedService):
 
     async def _to_session(self, full: str, cm_id: str, kind: Kind, payload: bytes) -> None:
         env = Envelope(kind, to=full, from_="", type="result", origin=SERVICE, payload=payload)
-        remote = domain_of(full)
-        if remote != self.settings.domain:  # a remote requester (vCard, disco): via s2s
-            await self.publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
-                                env)
+        if domain_of(full) != self.settings.domain:
+            # a remote requester (vCard, disco) through s2s, or a local service's (a room
+            # asking for an occupant's vCard, XEP-0045 §16.3): where its domain is served,
+            # with the answer's own 'from' and type (the s2s gateway sends nothing from no
+            # domain of ours; a room matches the answer to its question by them)
+            root = parse_fragment(payload, MAX_PAYLOAD_BYTES)
+            await self.route(env._replace(from_=root.get("from", ""),
+                                          type=root.get("type", "result")))
             return
         await self.publish(subjects.connection_manager(cm_id), env)
 

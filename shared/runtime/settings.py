@@ -538,6 +538,14 @@ class MucSettings(PartitionedSettings):
         True, description="New rooms keep a XEP-0313 archive (muc#roomconfig_enablearchiving"
         " changes it per room; nothing is archived when STANZAD_MAM_ENABLED is off).",
     )
+    muc_remote_idle_s: float = Field(
+        300.0, ge=0, description="A remote occupant silent this long is asked whether it is "
+        "still there (disco#info); 0: never.",
+    )
+    muc_remote_timeout_s: float = Field(
+        60.0, gt=0, description="A remote occupant that does not answer within this leaves "
+        "its room (status 333).",
+    )
 
 
 class PubsubSettings(PartitionedSettings):

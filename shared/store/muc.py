@@ -28,6 +28,7 @@ class StoredRoom:
     secret: bytes
     locked: bool
     affiliations: dict[str, str]
+    nicks: dict[str, str]  # bare JID -> its registered nickname (XEP-0045 §7.10)
     occupants: dict[str, dict[str, str]]  # nick -> occupant fields
     history: list[tuple[float, bytes]]
 
@@ -42,8 +43,9 @@ class MucStore:
         row = await self._db.fetchrow(
             "muc_room_get",
             "SELECT config, subject, subject_from, secret, locked, "
-            "coalesce((SELECT array_agg(ARRAY[a.jid, a.affiliation]) FROM muc_affiliations a "
-            "WHERE a.room = r.jid), '{}') AS affiliations FROM muc_rooms r WHERE jid = $1",
+            "coalesce((SELECT array_agg(ARRAY[a.jid, a.affiliation, a.nick]) "
+            "FROM muc_affiliations a WHERE a.room = r.jid), '{}') AS affiliations "
+            "FROM muc_rooms r WHERE jid = $1",
             room)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.muc_occupants(room))
@@ -61,7 +63,8 @@ class MucStore:
         return StoredRoom(
             room, json.loads(row["config"]), row["subject"], row["subject_from"],
             bytes(row["secret"]), row["locked"],
-            {j: a for j, a in row["affiliations"]}, occupants, history)
+            {j: a for j, a, _ in row["affiliations"]},
+            {j: n for j, _, n in row["affiliations"] if n}, occupants, history)
 
     async def create(self, room: str, config: dict[str, Any], secret: bytes, locked: bool,
                      owner: str, max_rooms: int) -> bool:
@@ -91,8 +94,9 @@ class MucStore:
             "UPDATE muc_rooms SET config = $2, subject = $3, subject_from = $4, locked = $5 "
             "WHERE jid = $1", room, json.dumps(config), subject, subject_from, locked)
 
-    async def save_affiliations(self, room: str, changed: dict[str, str | None]) -> None:
-        """bare JID -> affiliation, or None to remove it."""
+    async def save_affiliations(self, room: str,
+                                changed: dict[str, tuple[str, str] | None]) -> None:
+        """bare JID -> (affiliation, registered nickname or ""), or None to remove it."""
         async with self._db.transaction("muc_affiliations_save") as conn:
             for jid, aff in changed.items():
                 if aff is None:
@@ -100,9 +104,10 @@ class MucStore:
                         "DELETE FROM muc_affiliations WHERE room = $1 AND jid = $2", room, jid)
                 else:
                     await conn.execute(
-                        "INSERT INTO muc_affiliations (room, jid, affiliation) "
-                        "VALUES ($1, $2, $3) ON CONFLICT (room, jid) "
-                        "DO UPDATE SET affiliation = excluded.affiliation", room, jid, aff)
+                        "INSERT INTO muc_affiliations (room, jid, affiliation, nick) "
+                        "VALUES ($1, $2, $3, $4) ON CONFLICT (room, jid) DO UPDATE SET "
+                        "affiliation = excluded.affiliation, nick = excluded.nick",
+                        room, jid, aff[0], aff[1])
 
     async def delete(self, room: str) -> None:
         await self._db.execute("muc_room_delete", "DELETE FROM muc_rooms WHERE jid = $1", room)

@@ -26,6 +26,9 @@ from tests.support.muc import Occupant
 from tests.support.xmpp import eventually
 
 SHORT = {"STANZAD_SESSION_TTL_S": "2", "STANZAD_LEASE_TTL_S": "2"}
+# remote occupants silent for 2 s are asked whether they are there, and leave without an
+# answer within 2 s (no s2s gateway runs here: nothing ever answers or bounces)
+ROOMS = {**SHORT, "STANZAD_MUC_REMOTE_IDLE_S": "2", "STANZAD_MUC_REMOTE_TIMEOUT_S": "2"}
 MUC = "conference.localhost"
 
 
@@ -38,8 +41,8 @@ def rooms(postgres: object) -> Iterator[Cluster]:
         c.start_router("router-1", **SHORT)
         c.start_presence(**SHORT)
         c.start_roster(**SHORT)
-        c.start_muc("muc-a", **SHORT)
-        c.start_muc("muc-b", **SHORT)
+        c.start_muc("muc-a", **ROOMS)
+        c.start_muc("muc-b", **ROOMS)
         c.start_cm("cm-a", STANZAD_SESSION_TTL_S="2")
         c.start_cm("cm-b", STANZAD_SESSION_TTL_S="2")
         yield c
@@ -92,6 +95,12 @@ async def test_room_survives_sigkill_of_its_muc_process(rooms: Cluster, accounts
     try:
         room = f"survive-{secrets.token_hex(4)}@{MUC}"
         await a.create(room, "a")
+        await b.send(f"<iq type='set' to='{room}' id='reg'><query xmlns='jabber:iq:register'>"
+                     "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>"
+                     "http://jabber.org/protocol/muc#register</value></field>"
+                     "<field var='muc#register_roomnick'><value>b</value></field></x>"
+                     "</query></iq>")
+        await b.expect(r"id=\"reg\"[^>]*type=\"result\"|type=\"result\"[^>]*id=\"reg\"")
         await b.join(room, "b")
         await a.send(f"<message to='{room}' type='groupchat'><body>before</body></message>")
         await b.expect("before")
@@ -118,8 +127,12 @@ async def test_room_survives_sigkill_of_its_muc_process(rooms: Cluster, accounts
                          "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
             info = await b.expect(r"id=\"who\".*?</iq>")
             assert re.search(rb"muc#roominfo_occupants.*?<value>2</value>", info.group(0))
+            # the registered nickname came along from PostgreSQL (XEP-0045 §7.12)
+            await b.send(f"<iq type='get' to='{room}' id='nick'><query xmlns='http://jabber."
+                         "org/protocol/disco#info' node='x-roomuser-item'/></iq>")
+            await b.expect(r"id=\"nick\".*?<identity [^>]*name=\"b\"")
         finally:
-            rooms.start_muc(holder, **SHORT)
+            rooms.start_muc(holder, **ROOMS)
     finally:
         await a.close()
         await b.close()
@@ -196,3 +209,37 @@ async def test_client_without_initial_presence_leaves_its_rooms_at_logoff(
     finally:
         await a.close()
         await bot.close()
+
+
+async def test_remote_occupant_that_went_away_without_a_bounce_leaves(
+        rooms: Cluster, accounts: Users) -> None:
+    """A remote occupant whose server's stream died without bouncing anything: the room
+    asks it (disco#info, through the s2s gateway) once it has been silent for
+    STANZAD_MUC_REMOTE_IDLE_S, and without an answer within STANZAD_MUC_REMOTE_TIMEOUT_S it
+    leaves with status 333.  The remote join is published as an s2s gateway would."""
+    [a] = await _occupants(rooms, accounts, rooms.c2s_ports[:1])
+    try:
+        room = f"remote-{secrets.token_hex(4)}@{MUC}"
+        await a.create(room, "a")
+        far = f"far-{secrets.token_hex(3)}@remote.invalid/r"
+        join = (f'<presence xmlns="jabber:client" from="{far}" to="{room}/far">'
+                '<x xmlns="http://jabber.org/protocol/muc"/></presence>')
+        nc = await nats.connect(rooms.nats_url_of("s2s_gateway"), tls=rooms.nats_tls())
+        try:
+            await nc.publish(subjects.muc(subjects.partition(room, rooms.partitions)),
+                             Envelope(Kind.PRESENCE, to=f"{room}/far", from_=far,
+                                      origin="s2s", payload=join.encode()).encode())
+            await nc.flush()
+        finally:
+            await nc.close()
+        await a.expect(r"<presence[^>]*from=\"" + re.escape(room) + r"/far\"")
+        left = await a.expect(r"<presence[^>]*from=\"" + re.escape(room)
+                              + r"/far\"[^>]*type=\"unavailable\".*?</presence>", 30)
+        assert b'<status code="307"/><status code="333"/>' in left.group(0)
+        # a local occupant, as silent, stays: its session's end would have told the room
+        await a.send(f"<iq type='get' to='{room}' id='who'>"
+                     "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        info = await a.expect(r"id=\"who\".*?</iq>")
+        assert re.search(rb"muc#roominfo_occupants.*?<value>1</value>", info.group(0))
+    finally:
+        await a.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from slixmpp import JID
+from slixmpp.exceptions import PresenceError
 
 from tests.conftest import Users
 from tests.support.cluster import Cluster
@@ -241,6 +242,112 @@ async def test_occupant_leaves_when_its_session_ends(muc: Cluster, users: Users)
         await a.close()
 
 
+async def test_xep0045_16_3_iqs_between_occupants_and_vcards(muc: Cluster,
+                                                           users: Users) -> None:
+    """An IQ to room/nick reaches that occupant from the asker's room JID and its answer
+    comes back from the answerer's room JID with the asker's id; neither sees the other's
+    real JID (semi-anonymous room).  A vCard request is answered by the occupant's server
+    (XEP-0054).  A room whose allowpm says no refuses both with forbidden."""
+    a, b = await _people(muc, users, 2)
+    try:
+        await a.send("<iq type='set' id='vc0'><vCard xmlns='vcard-temp'><FN>Alice A</FN>"
+                     "</vCard></iq>")
+        await a.expect(r"id=\"vc0\"")
+        room = _room()
+        await a.create(room, "alice")
+        await b.join(room, "bob")
+        await b.send(f"<iq type='get' to='{room}/alice' id='ver1'>"
+                     "<query xmlns='jabber:iq:version'/></iq>")
+        asked = await a.expect(r"<iq[^>]*from=\"" + re.escape(room) + r"/bob\"[^>]*>.*?</iq>")
+        assert b.jid.encode() not in asked.group(0)
+        asked_id = re.search(rb'id="([^"]+)"', asked.group(0))
+        assert asked_id is not None and asked_id.group(1) != b"ver1"
+        await a.send(f"<iq type='result' to='{room}/bob' id='{asked_id.group(1).decode()}'>"
+                     "<query xmlns='jabber:iq:version'><name>raw</name><version>1</version>"
+                     "</query></iq>")
+        answer = await b.expect(r"<iq[^>]*id=\"ver1\"[^>]*>.*?</iq>")
+        assert f'from="{room}/alice"'.encode() in answer.group(0)
+        assert b"<name>raw</name>" in answer.group(0) and a.jid.encode() not in answer.group(0)
+        await b.send(f"<iq type='get' to='{room}/alice' id='vc1'>"
+                     "<vCard xmlns='vcard-temp'/></iq>")
+        card = await b.expect(r"<iq[^>]*id=\"vc1\"[^>]*>.*?</iq>")
+        assert b"<FN>Alice A</FN>" in card.group(0) and b'type="result"' in card.group(0)
+        assert f'from="{room}/alice"'.encode() in card.group(0)
+        await b.send(f"<iq type='get' to='{room}/nobody' id='ver2'>"
+                     "<query xmlns='jabber:iq:version'/></iq>")
+        await b.expect(r"id=\"ver2\".*?<item-not-found ")
+        await _configure(a, room, {"muc#roomconfig_allowpm": "none"}, "c1")
+        await b.send(f"<iq type='get' to='{room}/alice' id='ver3'>"
+                     "<query xmlns='jabber:iq:version'/></iq>")
+        await b.expect(r"id=\"ver3\".*?<forbidden ")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_xep0045_7_13_voice_request_approved_by_a_moderator(muc: Cluster,
+                                                                  users: Users) -> None:
+    a, b = await _people(muc, users, 2)
+    try:
+        room = _room()
+        await a.create(room, "alice")
+        await _configure(a, room, {"muc#roomconfig_moderatedroom": "1"}, "c1")
+        await b.join(room, "bob")
+        await b.send(f"<message to='{room}'><x xmlns='jabber:x:data' type='submit'>"
+                     "<field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request"
+                     "</value></field><field var='muc#role'><value>participant</value></field>"
+                     "</x></message>")
+        form = await a.expect(r"<message[^>]*from=\"" + re.escape(room)
+                              + r"\"[^>]*>(?:(?!</message>).)*muc#request.*?</message>")
+        assert b.full.encode() in form.group(0) and b'type="form"' in form.group(0)
+        # §8.6: the moderator submits the form back with muc#request_allow
+        x = re.search(rb'<x xmlns="jabber:x:data".*?</x>', form.group(0))
+        assert x is not None
+        submitted = (x.group(0).decode().replace('type="form"', 'type="submit"')
+                     .replace("<value>0</value></field></x>", "<value>1</value></field></x>"))
+        await a.send(f"<message to='{room}'>{submitted}</message>")
+        await b.expect(r"/bob\".*?role=\"participant\".*?<status code=\"110\"/>")
+        await b.send(f"<message to='{room}' type='groupchat'><body>thanks</body></message>")
+        await a.expect("thanks")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_xep0045_7_10_nickname_registration(muc: Cluster, users: Users) -> None:
+    a, b, c = await _people(muc, users, 3)
+    try:
+        room = _room()
+        await a.create(room, "alice")
+        await b.send(f"<iq type='get' to='{room}' id='r1'>"
+                     "<query xmlns='jabber:iq:register'/></iq>")
+        await b.expect(r"id=\"r1\".*?muc#register_roomnick.*?</iq>")
+        await b.send(f"<iq type='set' to='{room}' id='r2'><query xmlns='jabber:iq:register'>"
+                     "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>"
+                     "http://jabber.org/protocol/muc#register</value></field>"
+                     "<field var='muc#register_roomnick'><value>Bobby</value></field></x>"
+                     "</query></iq>")
+        await b.expect(r"id=\"r2\"[^>]*type=\"result\"|type=\"result\"[^>]*id=\"r2\"")
+        # §7.12: the reserved nick, discovered before joining
+        await b.send(f"<iq type='get' to='{room}' id='r3'><query "
+                     "xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'/></iq>")
+        await b.expect(r"id=\"r3\".*?<identity category=\"conference\" type=\"text\" "
+                       r"name=\"Bobby\"/>")
+        # another user may not take it; its owner joins with it as a member
+        await c.join(room, "bobby", expect=False)
+        await c.expect(r"type=\"error\".*?<conflict ")
+        await b.join(room, "Bobby")
+        await a.expect(r"/Bobby\".*?affiliation=\"member\"")
+        # members-only: only members may register
+        await _configure(a, room, {"muc#roomconfig_membersonly": "1"}, "c1")
+        await c.send(f"<iq type='get' to='{room}' id='r4'>"
+                     "<query xmlns='jabber:iq:register'/></iq>")
+        await c.expect(r"id=\"r4\".*?<not-allowed ")
+    finally:
+        for o in (a, b, c):
+            await o.close()
+
+
 class MucClient(Client):
     def __init__(self, jid: str, password: str) -> None:
         super().__init__(jid, password)
@@ -295,6 +402,72 @@ async def test_xep0045_with_slixmpp_create_configure_join_history_kick(
         await eventually(lambda: kick in guest.muc_presence, 10, "the guest sees itself kicked")
         members = await plugin.get_affiliation_list(room, "owner", timeout=10)
         assert [JID(j).bare for j in members] == [JID(owner.boundjid.bare)]
+    finally:
+        await owner.logout()
+        await guest.logout()
+
+
+async def _message(queue: asyncio.Queue[Any], match: Any, timeout: float = 10) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await queue.get()
+            if match(msg):
+                return msg
+
+
+async def test_xep0045_with_slixmpp_password_subject_voice_request_private_ban_destroy(
+        muc: Cluster, users: Users) -> None:
+    """The rest of the room's life through slixmpp's plugin: a password-protected moderated
+    room refuses a wrong password (not-authorized, §7.2.5), the subject on join (§7.2.15),
+    a visitor's voice request approved by the moderator (§7.13, §8.6), a private message
+    (§7.5), a ban (301, §9.1) and forbidden on rejoin (§7.2.7), destruction (§10.9)."""
+    owner, guest = await _slix(muc, users), await _slix(muc, users)
+    try:
+        plugin, gplugin = owner.plugin["xep_0045"], guest.plugin["xep_0045"]
+        room = JID(_room())
+        await plugin.join_muc_wait(room, "owner", maxstanzas=0, timeout=15)
+        form = await plugin.get_room_config(room, timeout=10)
+        form.set_values({"muc#roomconfig_moderatedroom": True,
+                         "muc#roomconfig_passwordprotectedroom": True,
+                         "muc#roomconfig_roomsecret": "pw"})
+        await plugin.set_room_config(room, form, timeout=10)
+        plugin.set_subject(room, "Today's topic")
+        await eventually(lambda: plugin.get_jid_property(room, "owner", "role") == "moderator",
+                         10, "the owner is a moderator")
+        with pytest.raises(PresenceError) as refused:
+            await gplugin.join_muc_wait(room, "guest", password="wrong", timeout=15)
+        assert refused.value.condition == "not-authorized"
+        self_presence, subject, _, _ = await gplugin.join_muc_wait(
+            room, "guest", password="pw", maxstanzas=0, timeout=15)
+        assert self_presence["muc"]["role"] == "visitor" and subject["subject"] == "Today's topic"
+        forms: asyncio.Queue[Any] = asyncio.Queue()  # slixmpp's "message" needs a body
+        owner.add_event_handler("message_xform", forms.put_nowait)
+        gplugin.request_voice(room, "participant")
+        request = await _message(forms, lambda m: m["form"]["type"] == "form")
+        answer = owner.make_message(room)
+        answer["form"]["type"] = "submit"
+        for var, value in (("FORM_TYPE", "http://jabber.org/protocol/muc#request"),
+                           ("muc#role", "participant"), ("muc#request_allow", "1"),
+                           ("muc#roomnick", request["form"].get_values()["muc#roomnick"]),
+                           ("muc#jid", str(request["form"].get_values()["muc#jid"]))):
+            answer["form"].add_field(var=var, value=value)
+        answer.send()
+        await eventually(lambda: gplugin.get_jid_property(room, "guest", "role") == "participant",
+                         10, "the guest got voice")
+        guest.send_message(mto=room, mbody="I may speak", mtype="groupchat")
+        await _body(owner.groupchat, "I may speak")
+        guest.send_message(mto=JID(f"{room}/owner"), mbody="just for you", mtype="chat")
+        pm = await _message(owner.messages, lambda m: m["body"] == "just for you")
+        assert pm["from"] == JID(f"{room}/guest") and pm["type"] == "chat"
+        await plugin.set_affiliation(room, "outcast", jid=guest.boundjid.bare, timeout=10)
+        await eventually(lambda: (f"{room}/guest", "unavailable", {110, 301})
+                         in guest.muc_presence, 10, "the guest sees itself banned")
+        with pytest.raises(PresenceError) as banned:
+            await gplugin.join_muc_wait(room, "guest", password="pw", timeout=15)
+        assert banned.value.condition == "forbidden"
+        await plugin.destroy(room, reason="done", timeout=10)
+        await eventually(lambda: any(f == f"{room}/owner" and t == "unavailable"
+                                     for f, t, _ in owner.muc_presence), 10, "destroyed")
     finally:
         await owner.logout()
         await guest.logout()

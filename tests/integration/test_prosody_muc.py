@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,18 @@ async def test_xep0045_7_2_prosody_user_joins_a_stanzad_room_and_chats(
                          "<body>hello from stanzad</body></message>")
             msg = await _body(c, "hello from stanzad")
             assert str(msg["from"]) == f"{room}/alice" and msg["type"] == "groupchat"
+            # XEP-0045 §16.3: the remote occupant asks for alice's vCard through the room
+            # (her server answers for her account, to the asker's room JID, and the room
+            # passes it on); and of her account directly over s2s (XEP-0054)
+            await a.send("<iq type='set' id='vc0'><vCard xmlns='vcard-temp'><FN>Alice Fed</FN>"
+                         "</vCard></iq>")
+            await a.expect(r"id=\"vc0\"")
+            for to in (f"{room}/alice", a.jid):
+                iq = c.make_iq_get(ito=to)
+                iq.append(ET.fromstring("<vCard xmlns='vcard-temp'/>"))
+                card = await iq.send(timeout=30)
+                assert "Alice Fed" in str(card), card
+                assert str(card["from"]) == to
             # §7.14: the remote occupant leaves, the others are told
             c.send_presence(pto=f"{room}/carol", ptype="unavailable")
             await a.expect(r"<presence[^>]*from=\"" + re.escape(f"{room}/carol")
