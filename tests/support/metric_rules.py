@@ -23,7 +23,8 @@ COMPONENTS: Final = frozenset(
 )
 LABELS: Final = frozenset(
     {"service", "operation", "kind", "outcome", "result", "mechanism", "condition", "code",
-     "type", "direction", "limit", "reason", "scope", "generation"}  # each a small fixed set
+     "type", "direction", "limit", "reason", "scope", "generation",
+     "transport", "endpoint", "status"}  # each a small fixed set (status: HTTP codes we send)
 )
 BUILTIN_LABELS: Final = frozenset({"le", "quantile"})
 HISTOGRAM_UNITS: Final = ("_seconds", "_bytes", "_messages", "_sessions")
