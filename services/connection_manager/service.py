@@ -28,7 +28,7 @@ from xml.sax.saxutils import quoteattr
 
 import redis.asyncio as aioredis
 
-from shared.bus import subjects
+from shared.bus import destinations, subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
@@ -41,12 +41,14 @@ from shared.bus.envelope import (
     session_event,
 )
 from shared.cluster.source_limits import Networks, SlotsPerSource, UnauthenticatedPerSource
+from shared.cluster.vhosts import VirtualHosts
 from shared.router import ingress
 from shared.router.service import Router
 from shared.runtime.metrics import TLS_CERT_EXPIRY, HistogramTally, Tally
 from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore, LoginCheck, Progressive
+from shared.store.domains import VirtualHost
 from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
@@ -80,8 +82,9 @@ class ConnectionManager:
     def __init__(self, settings: ConnectionManagerSettings) -> None:
         self.settings = settings
         self.cm_id = settings.cm_id or f"cm-{secrets.token_hex(4)}"
-        self.domain = settings.domain
+        self.domain = settings.domain  # the main domain; streams serve every virtual host
         self.service_domains = settings.service_domains  # rooms, nodes: their services
+        self.destinations = destinations.of(settings)
         self.stream_config = StreamConfig(
             domain=settings.domain,
             tls_available=True,
@@ -93,7 +96,9 @@ class ConnectionManager:
             sm_resume_s=settings.sm_resume_timeout_s,
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
             sm_location=settings.sm_location,
+            hosts=self._host_config,
         )
+        self._host_configs: dict[tuple[str, bool], tuple[VirtualHost, StreamConfig]] = {}
         # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
         self.server_info = server_iq.ServerInfo(time.time(), settings.contacts, in_band=True)
         self.connections: set[C2SConnection] = set()
@@ -151,6 +156,8 @@ class ConnectionManager:
         self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
                            timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
         self.accounts = AccountStore(self.db, SERVICE)
+        # the account domains served (shared/cluster/vhosts.py), kept current in destinations
+        self.vhosts = VirtualHosts(settings, self.db, self.destinations)
         self.auth_throttle = AuthThrottleStore(
             self._redis, self.accounts, SERVICE,
             pair=Progressive(settings.auth_pair_free_failures, settings.auth_delay_base_s,
@@ -192,6 +199,7 @@ class ConnectionManager:
         if self.router is not None:
             await self.router.start()
         await self.bus.connect()
+        self._spawn(self.vhosts.run(self.bus))
         own = subjects.connection_manager(self.cm_id)
         await self.bus.subscribe(own)
         await self.bus.flush()
@@ -360,10 +368,29 @@ class ConnectionManager:
 
     # ---- authentication and binding --------------------------------------------------------
 
-    async def lookup_login(self, source: str, username: str) -> LoginCheck:
+    def _host_config(self, domain: str, base: StreamConfig) -> StreamConfig | None:
+        """The stream configuration of a virtual host (None: not served here): ``base``
+        (the transport's) with the host's domain, registration and SASL mechanisms."""
+        host = self.vhosts.get(domain)
+        if host is None:
+            return None
+        key = (domain, base.tls_available)
+        known = self._host_configs.get(key)
+        if known is not None and known[0] is host:
+            return known[1]
+        config = dataclasses.replace(
+            base, domain=domain,
+            allow_registration=host.registration(self.settings.allow_registration),
+        )
+        if len(self._host_configs) > 4 * len(self.vhosts.hosts) + 16:  # removed hosts
+            self._host_configs.clear()
+        self._host_configs[key] = (host, config)
+        return config
+
+    async def lookup_login(self, source: str, username: str, domain: str = "") -> LoginCheck:
         """What a SASL attempt needs, in one round trip: the throttling lock it waits for,
         if any (XEP-0205 §3), and the account's keys (None: no such account)."""
-        return await self.auth_throttle.lookup(source, f"{username}@{self.domain}")
+        return await self.auth_throttle.lookup(source, f"{username}@{domain or self.domain}")
 
     def failure_answer_delay(self, source_failures: int) -> float:
         """How long a failed login's answer waits: longer the more the address failed in
@@ -387,12 +414,12 @@ class ConnectionManager:
         """Routers cache whether an account exists: tell them (created, removed)."""
         self._session_event(bare, 0)
 
-    async def register(self, username: str, password: str, source: str = ""
-                       ) -> StanzaError | None:
+    async def register(self, username: str, password: str, source: str = "",
+                       domain: str = "") -> StanzaError | None:
         """XEP-0077 §3.1 registration of a new account, at most
         ``registrations_per_ip_per_hour`` from one address."""
         try:
-            jid = JID.parse(f"{username}@{self.domain}")
+            jid = JID.parse(f"{username}@{domain or self.domain}")
         except JIDError:
             return StanzaError(StanzaErrorCondition.JID_MALFORMED)
         try:
@@ -427,7 +454,7 @@ class ConnectionManager:
     async def bind(self, conn: C2SConnection, resource: str | None) -> JID | StanzaError:
         """RFC 6120 §7: bind in Redis (atomically), replacing an older session of the JID."""
         assert conn.stream.username is not None
-        bare = JID(conn.stream.username, self.domain, None)
+        bare = JID(conn.stream.username, conn.stream.config.domain, None)
         full = bare.with_resource(resource or secrets.token_hex(8))
         record = SessionRecord(self.cm_id, conn.session_id, 0, False)
         loop = asyncio.get_running_loop()
@@ -557,7 +584,7 @@ class ConnectionManager:
                 continue
             kind = _KINDS.get(local_name(element.tag))
             from_ = element.get("from") or ""
-            if kind is None or from_ == self.domain:  # our own pings: nobody to tell
+            if kind is None or from_ == domain_of(full):  # our own pings: nobody to tell
                 continue
             metrics.SM_RETURNED.labels(kind.value).inc()
             env = Envelope(kind, to=full, from_=from_, type=element.get("type") or "",
@@ -634,7 +661,7 @@ class ConnectionManager:
         (the commit point).  The session, or why it cannot be resumed (a `SM_RESUMPTIONS`
         label, and the 'h' of <failed/> when known).  Deliveries for its full JID that
         arrive meanwhile are held and go out after the queue (`adopt`)."""
-        bare = f"{conn.stream.username}@{self.domain}"
+        bare = f"{conn.stream.username}@{conn.stream.config.domain}"
         try:
             facts = await self.sm_facts.get(bare, previd)
         except Exception as exc:
@@ -831,8 +858,8 @@ class ConnectionManager:
         jid = conn.stream.jid
         assert jid is not None
         child_ns = _child_ns(st) if st.kind == "iq" else ""
-        where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns,
-                                    self.service_domains)
+        where = ingress.from_client(st.kind, st.type, st.to, jid, self.destinations.accounts,
+                                    child_ns, self.service_domains)
         if isinstance(where, ingress.Publish):
             if where.family is ingress.Family.PRESENCE:
                 if st.to is None:
@@ -866,12 +893,12 @@ class ConnectionManager:
         local account that the sender's other resources or archive want is announced to the
         router of the sender's partition in a SENT envelope (sent carbons, the sender's row).
         """
-        payload = serialize(st.element) if archive.strip_forged(st.element, self.domain) \
+        payload = serialize(st.element) if archive.strip_forged(st.element, domain_of(sender)) \
             else env.payload
         facts = archive.facts(st.element)
         sid = archive.new_id(env.ts_us) if facts.archive and self.settings.mam_enabled else ""
         recipient = bare_of(env.to)
-        if domain_of(env.to) != self.domain:
+        if domain_of(env.to) not in self.destinations.accounts:
             if sid:
                 payload = archive.with_stanza_id(payload, sender, sid)
             return env._replace(payload=payload)

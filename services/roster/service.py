@@ -423,7 +423,7 @@ class RosterService(PartitionedService):
         env = Envelope(Kind.PRESENCE, to=contact, from_=user, type=type_, origin=SERVICE,
                        payload=stanza)
         remote = contact.partition("@")[2]
-        if remote != self.settings.domain:  # federation: the contact's server applies its side
+        if not self.destinations.is_account(remote):  # federation: the contact's server's side
             await self.publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
                                 env)
             return
@@ -464,7 +464,7 @@ class RosterService(PartitionedService):
     async def _to_session(self, full: str, cm_id: str, kind: Kind, payload: bytes) -> None:
         env = Envelope(kind, to=full, from_="", type="result", origin=SERVICE, payload=payload)
         remote = domain_of(full)
-        if remote != self.settings.domain:  # a remote requester (vCard, disco): via s2s
+        if not self.destinations.is_account(remote):  # a remote requester (vCard, disco): s2s
             await self.publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
                                 env)
             return

@@ -36,6 +36,7 @@ CM: Final = subjects.every(subjects.connection_manager("0"))
 MUC: Final = subjects.every(subjects.muc(0))
 PUBSUB: Final = subjects.every(subjects.pubsub(0))
 SERVICES: Final = (MUC, PUBSUB)  # local service domains (shared/bus/destinations.py)
+DOMAINS: Final = subjects.domains()  # virtual hosts changed: every service reloads them
 
 
 @dataclass(frozen=True)
@@ -57,39 +58,40 @@ CONNECTION_MANAGER: Final = Permissions(
     # client stanzas (shared/router/ingress.py), unavailable presence at unbind, session
     # events, kicks of replaced sessions
     publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES),
-    subscribe=(CM,),
+    subscribe=(CM, DOMAINS),
 )
 ROUTER: Final = Permissions(
     # deliveries, bounces to the sender's partition, federation, roster pushes, fences
     publish=(CM, ROUTE, SESSIONS, ROSTER, S2S, *SERVICES),
-    subscribe=(ROUTE, SESSIONS),
+    subscribe=(ROUTE, SESSIONS, DOMAINS),
 )
 PRESENCE_SERVICE: Final = Permissions(
     publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS, *SERVICES),
-    subscribe=(PRESENCE,),
+    subscribe=(PRESENCE, DOMAINS),
 )
 ROSTER_SERVICE: Final = Permissions(
     publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS, *SERVICES),
-    subscribe=(ROSTER,),
+    subscribe=(ROSTER, DOMAINS),
 )
 S2S_GATEWAY: Final = Permissions(
     # stanzas from peers (ingress), bounces, fences
     publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES),
-    subscribe=(S2S,),
+    subscribe=(S2S, DOMAINS),
 )
 MUC_SERVICE: Final = Permissions(
     # fences on its own family, FANOUT deliveries to connection managers, answers and
     # invitations through the routers, remote occupants through the s2s gateway
     publish=(MUC, CM, ROUTE, S2S, *SERVICES),
-    subscribe=(MUC,),
+    subscribe=(MUC, DOMAINS),
 )
 PUBSUB_SERVICE: Final = Permissions(
     # answers and notifications to sessions (FANOUT, BATCH), routed notifications and
     # answers (local bare JIDs, remote JIDs, other service domains), fences
     publish=(PUBSUB, CM, ROUTE, S2S, *SERVICES),
-    subscribe=(PUBSUB,),
+    subscribe=(PUBSUB, DOMAINS),
 )
-ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
+# session events, kicks, domain notices (cluster/admin.py)
+ADMIN: Final = Permissions(publish=(SESSIONS, CM, DOMAINS))
 
 ROLES: Final[dict[str, Permissions]] = {
     "connection_manager": CONNECTION_MANAGER,

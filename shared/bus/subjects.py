@@ -69,6 +69,12 @@ def pubsub(p: int) -> str:
     return f"{PREFIX}.pubsub.{p}"
 
 
+def domains() -> str:
+    """Notices that the cluster's virtual hosts changed (shared/cluster/vhosts.py): every
+    service reloads them; the payload is empty (the database says what changed)."""
+    return f"{PREFIX}.domains"
+
+
 def every(subject: str) -> str:
     """The wildcard matching every subject of the family of ``subject`` (its last token, the
     partition or id, as ``*``): ``every(route(0)) == "stanzad.route.*"``."""

@@ -2,9 +2,9 @@
 
 It holds the Redis client, the PostgreSQL pool (opened and migrated in the background from
 start when the service sets ``uses_database``; not ready while PostgreSQL is away), the bus,
-and the partition leases of its role; for every partition it owns it subscribes to the
-subjects ``subjects_for(p)`` gives, so messages for one user are handled by one process, in
-order.
+the virtual hosts (reloaded while it runs), and the partition leases of its role; for every
+partition it owns it subscribes to the subjects ``subjects_for(p)`` gives, so messages for
+one user are handled by one process, in order.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from shared.bus import destinations, subjects
 from shared.bus.client import BatchHandler, Bus, BusUnavailable
 from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind, session_event
 from shared.cluster.partitions import PartitionManager
+from shared.cluster.vhosts import VirtualHosts
 from shared.runtime.metrics import PARTITIONS_CONFIGURED
 from shared.runtime.settings import PartitionedSettings
 from shared.store.pg.database import Database
@@ -50,6 +51,9 @@ class PartitionedService:
         self.db = Database(settings.database_url, self.name, size=settings.db_pool_size,
                            timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
         self.bus = Bus(settings.nats_url, self.name, self._on_batch, **settings.nats_options())
+        # the account domains served, kept current in `destinations` (shared/cluster/vhosts.py)
+        self.vhosts = VirtualHosts(settings, self.db if self.uses_database else None,
+                                   self.destinations)
         self._subjects_for = subjects_for
         self._on_partitions = on_partitions
         self.partitions = PartitionManager(
@@ -76,6 +80,7 @@ class PartitionedService:
         if self.uses_database:  # not ready until it is open; no exit while it is away
             self.db.start()
         await self.bus.connect()
+        self.tasks.append(asyncio.create_task(self.vhosts.run(self.bus)))
         try:
             await self.partitions.tick()
         except Exception as exc:  # Redis not there yet: the loop below keeps trying
