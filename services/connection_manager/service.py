@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import signal
 import ssl
@@ -44,7 +45,12 @@ from shared.cluster.source_limits import Networks, SlotsPerSource, Unauthenticat
 from shared.cluster.vhosts import VirtualHosts
 from shared.router import ingress
 from shared.router.service import Router
-from shared.runtime.metrics import TLS_CERT_EXPIRY, HistogramTally, Tally
+from shared.runtime.metrics import (
+    TLS_CERT_EXPIRY,
+    TLS_DOMAIN_CERT_EXPIRY,
+    HistogramTally,
+    Tally,
+)
 from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore, LoginCheck, Progressive
@@ -53,6 +59,7 @@ from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.store.sm_facts import SmFactsStore
+from shared.tls.certs import DomainCertificates
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
 from shared.xmpp import archive, ns, server_iq, sm
@@ -124,6 +131,11 @@ class ConnectionManager:
         )
         self.bosh = BoshSessions(self)
         self.tls_context: ssl.SSLContext | None = None
+        # certificates per domain, chosen by SNI (shared/tls/certs.py)
+        self.domain_certs = DomainCertificates(
+            settings.tls_certs_dir, self._configured_context,
+            lambda domain, expiry: TLS_DOMAIN_CERT_EXPIRY.labels(SERVICE, domain).set(expiry))
+        self._cert_stamp: tuple[float, float] | None = None
         # lean TLS sessions need the secrets, which come only with no tickets after them
         self.tls_keylog: KeyLog | None = (
             KeyLog() if settings.tls_lean_sessions and not settings.tls_session_tickets
@@ -183,6 +195,7 @@ class ConnectionManager:
                 update={"router_id": router_settings.router_id or f"{self.cm_id}-router"}
             ))
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []  # virtual hosts, certificate files
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._forwarding_until = 0.0  # stopping: stale routes to forward until then
@@ -194,12 +207,14 @@ class ConnectionManager:
         self.db.start()  # not ready until it is open; logins fail meanwhile
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
+        self.domain_certs.load()  # a missing or expired one stops the start, named
         self.tls_context = self._tls_context()
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
+        self._watchers.append(asyncio.create_task(self._watch_certificates()))
         if self.router is not None:
             await self.router.start()
         await self.bus.connect()
-        self._spawn(self.vhosts.run(self.bus))
+        self._watchers.append(asyncio.create_task(self.vhosts.run(self.bus)))
         own = subjects.connection_manager(self.cm_id)
         await self.bus.subscribe(own)
         await self.bus.flush()
@@ -243,10 +258,27 @@ class ConnectionManager:
                      "/.well-known/host-meta", self.cm_id, scheme, s.c2s_host, self.http_port,
                      s.websocket_path, s.bosh_path)
 
+    async def _watch_certificates(self) -> None:
+        """Certificates replaced on disk (cert-manager renewing a Secret, a deploy) are
+        loaded for new connections without a restart or a SIGHUP."""
+        while True:
+            await asyncio.sleep(self.settings.tls_reload_s)
+            changed = bool(self.domain_certs.refresh())
+            if changed or self._stamp() != self._cert_stamp:
+                self.reload_tls()
+
+    def _stamp(self) -> tuple[float, float] | None:
+        s = self.settings
+        try:
+            return (os.stat(s.tls_cert).st_mtime, os.stat(s.tls_key).st_mtime)
+        except OSError:
+            return None
+
     def reload_tls(self) -> None:
         """SIGHUP: load the certificate and key again; new STARTTLS handshakes use them."""
         s = self.settings
         try:
+            self.domain_certs.refresh()
             self.tls_context = self._tls_context()
         except Exception as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
@@ -255,16 +287,25 @@ class ConnectionManager:
 
     def _tls_context(self) -> ssl.SSLContext:
         """The c2s server context; its TLS 1.3 secrets go to `tls_keylog` for lean sessions
-        (STANZAD_TLS_LEAN_SESSIONS, shared/tls/session.py)."""
+        (STANZAD_TLS_LEAN_SESSIONS, shared/tls/session.py).  A handshake whose SNI names a
+        domain of STANZAD_TLS_CERTS_DIR switches to that domain's context."""
         s = self.settings
-        ctx = server_context(s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets)
-        # XEP-0368 §3: direct TLS clients may ask for ALPN "xmpp-client" (so that 443 can be
-        # shared behind an SNI/ALPN router); one without ALPN, or STARTTLS, is served alike
-        ctx.set_alpn_protocols([ALPN_CLIENT])
+        self._cert_stamp = self._stamp()
+        ctx = self._configured_context(s.tls_cert, s.tls_key, keylog=False)
         TLS_CERT_EXPIRY.labels(SERVICE).set(certificate_expiry(s.tls_cert))
         if self.tls_keylog is not None and not self.tls_keylog.attach(ctx):
             self.tls_keylog.close()
             self.tls_keylog = None
+        self.domain_certs.install(ctx)
+        return ctx
+
+    def _configured_context(self, cert: str, key: str, keylog: bool = True) -> ssl.SSLContext:
+        ctx = server_context(cert, key, session_tickets=self.settings.tls_session_tickets)
+        # XEP-0368 §3: direct TLS clients may ask for ALPN "xmpp-client" (so that 443 can be
+        # shared behind an SNI/ALPN router); one without ALPN, or STARTTLS, is served alike
+        ctx.set_alpn_protocols([ALPN_CLIENT])
+        if keylog and self.tls_keylog is not None:
+            self.tls_keylog.attach(ctx)
         return ctx
 
     @property
@@ -332,6 +373,8 @@ class ConnectionManager:
             await asyncio.wait(set(self._background), timeout=FINAL_WRITES_S)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        for task in self._watchers:
+            task.cancel()
         try:
             await self.store.retire(self.cm_id)
         except Exception as exc:

@@ -199,6 +199,14 @@ class ConnectionManagerSettings(CommonSettings):
     tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain.")
     tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
     tls_required: bool = Field(True, description="Refuse SASL before STARTTLS.")
+    tls_certs_dir: str = Field(
+        "", description="Directory of per-domain certificates chosen by SNI: <domain>/tls.crt "
+        "and <domain>/tls.key (cert-manager Secrets mounted as volumes); empty: none.",
+    )
+    tls_reload_s: float = Field(
+        10.0, gt=0, description="How often the certificate files are checked for changes "
+        "(a changed one is loaded for new connections).",
+    )
     # ---- other ways in (issue 22): direct TLS, WebSocket, BOSH; README "Ports" ----
     c2s_tls_port: int = Field(
         5223, ge=-1, le=65535,
