@@ -26,6 +26,7 @@ ADDS = {
     6: {"muc_rooms", "muc_affiliations"},
     7: {"pubsub_nodes", "pubsub_items", "pubsub_affiliations", "pubsub_subscriptions"},
     8: {"push_registrations", "last_activity"},
+    13: {"domains"},  # 9-12: the migrations of other branches, merged before this one
 }
 VERSIONS = [m.version for m in migrations.MIGRATIONS]
 
