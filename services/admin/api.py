@@ -13,6 +13,10 @@
     GET    /api/v1/sessions[?limit=N]        bound resources (default limit 1000)
     GET    /api/v1/sessions/{full jid}       one session, 404
     DELETE /api/v1/sessions/{full jid}       kick: 202, 404 (percent-encode the '/')
+    GET    /api/v1/domains                   every domain served: settings, source, users
+    POST   /api/v1/domains                   {"name", "settings"?} -> 201, 409 when served
+    PUT    /api/v1/domains/{name}            {"settings"} -> 200, 404 (run-time domains)
+    DELETE /api/v1/domains/{name}            -> 200, 404; new streams get host-unknown
 
 Errors are ``{"error": "..."}`` with 400, 401, 404, 409, 413 or 503.
 """
@@ -39,6 +43,7 @@ from shared.cluster.admin import (
     roster_entries,
 )
 from shared.store.accounts import AccountExists
+from shared.store.domains import DomainError, DomainExists
 
 from . import metrics
 
@@ -95,7 +100,9 @@ def _auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[w
             )
         try:
             response = await handler(request)
-        except AdminError as exc:
+        except DomainExists as exc:
+            response = _error(409, str(exc))
+        except (AdminError, DomainError) as exc:
             response = _error(400, str(exc))
         except BusUnavailable as exc:
             response = _error(503, f"NATS unavailable: {exc}")
@@ -214,6 +221,48 @@ async def kick_session(request: web.Request) -> web.Response:
     return _json({"kicked": dataclasses.asdict(info)}, 202)
 
 
+async def _domain_body(request: web.Request) -> dict[str, Any]:
+    try:
+        doc = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AdminError("the body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise AdminError("the body is not a JSON object")
+    return doc
+
+
+async def list_domains(request: web.Request) -> web.Response:
+    return _json({"domains": await request.app[ADMIN].list_domains()})
+
+
+async def add_domain(request: web.Request) -> web.Response:
+    doc = await _domain_body(request)
+    name = doc.get("name")
+    if not isinstance(name, str):
+        raise AdminError("'name' is missing or not a string")
+    host = await request.app[ADMIN].add_domain(name, doc.get("settings"))
+    log.info("admin API added the domain %s", host.name)
+    return _json({"name": host.name, "settings": host.settings_json()}, 201)
+
+
+async def update_domain(request: web.Request) -> web.Response:
+    doc = await _domain_body(request)
+    host = await request.app[ADMIN].update_domain(request.match_info["name"],
+                                                  doc.get("settings"))
+    if host is None:
+        return _error(404, "no such domain (added at run time)")
+    log.info("admin API changed the settings of %s", host.name)
+    return _json({"name": host.name, "settings": host.settings_json()})
+
+
+async def remove_domain(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not await request.app[ADMIN].remove_domain(name):
+        return _error(404, "no such domain (added at run time)")
+    log.info("admin API removed the domain %s", name)
+    return _json({"removed": name})
+
+
 def build_app(admin: ClusterAdmin, token: str) -> web.Application:
     """The admin application; an empty token switches authentication off (loopback only,
     see service.check_settings)."""
@@ -230,5 +279,9 @@ def build_app(admin: ClusterAdmin, token: str) -> web.Application:
         web.get("/api/v1/sessions", list_sessions, name="list_sessions"),
         web.get("/api/v1/sessions/{jid:.+}", get_session, name="get_session"),
         web.delete("/api/v1/sessions/{jid:.+}", kick_session, name="kick_session"),
+        web.get("/api/v1/domains", list_domains, name="list_domains"),
+        web.post("/api/v1/domains", add_domain, name="add_domain"),
+        web.put("/api/v1/domains/{name}", update_domain, name="update_domain"),
+        web.delete("/api/v1/domains/{name}", remove_domain, name="remove_domain"),
     ])
     return app

@@ -56,7 +56,7 @@ class AdminService:
                            owner_url=settings.database_owner_url)  # opened by start()
         self.admin = ClusterAdmin(
             self._redis, self.db, settings.domain, settings.partitions, SERVICE, self.bus,
-            settings.scram_iterations, settings.scram_min_iterations,
+            settings.scram_iterations, settings.scram_min_iterations, settings.domains_file,
         )
         self._runner: web.AppRunner | None = None
         self.port = 0

@@ -47,6 +47,7 @@ from shared.cluster.admin import (
 )
 from shared.runtime.settings import AdminSettings, load_or_exit
 from shared.store.accounts import AccountExists
+from shared.store.domains import DomainError
 from shared.store.pg import import_redis, migrations
 from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.pg.database import connect as db_connect
@@ -127,10 +128,10 @@ async def _with_admin(args: argparse.Namespace, settings: AdminSettings, need_bu
     bus = await _connect_bus(settings) if need_bus else None
     iterations = getattr(args, "iterations", None) or settings.scram_iterations
     admin = ClusterAdmin(redis, db, settings.domain, settings.partitions, SERVICE, bus,
-                         iterations, settings.scram_min_iterations)
+                         iterations, settings.scram_min_iterations, settings.domains_file)
     try:
         return await _COMMANDS[(args.command, args.action)](admin, args)
-    except AdminError as exc:
+    except (AdminError, DomainError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
     except BusUnavailable as exc:
@@ -310,7 +311,49 @@ async def _import_redis(db: Database, redis_url: str) -> int:
     return 0
 
 
+async def _domain_list(admin: ClusterAdmin, _: argparse.Namespace) -> int:
+    for d in await admin.list_domains():
+        print(f"{d['name']}\t{d['source']}\t{d['backend']}\t{d['users']} users\t"
+              f"{json.dumps(d['settings'])}")
+    return 0
+
+
+def _settings_arg(text: str | None) -> object:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise AdminError(f"--settings is not JSON: {exc}") from None
+
+
+async def _domain_add(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    host = await admin.add_domain(args.name, _settings_arg(args.settings))
+    print(f"serving {host.name} (every service within STANZAD_DOMAINS_RELOAD_S, at once "
+          "when NATS is reachable)")
+    return 0
+
+
+async def _domain_set(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    if await admin.update_domain(args.name, _settings_arg(args.settings)) is None:
+        print(f"no such domain added at run time: {args.name}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _domain_remove(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    if not await admin.remove_domain(args.name):
+        print(f"no such domain added at run time: {args.name}", file=sys.stderr)
+        return 1
+    print(f"no longer serving {args.name} (its accounts are kept)")
+    return 0
+
+
 _COMMANDS = {
+    ("domain", "list"): _domain_list,
+    ("domain", "add"): _domain_add,
+    ("domain", "set"): _domain_set,
+    ("domain", "remove"): _domain_remove,
     ("user", "add"): _user_add,
     ("user", "passwd"): _user_passwd,
     ("user", "delete"): _user_delete,
@@ -388,6 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jid", help="full JID, e.g. alice@localhost/phone")
     status = sub.add_parser("status", help="routers, partitions and connection managers")
     status.set_defaults(action=None)
+    domain = sub.add_parser("domain", help="virtual hosts: the account domains served")
+    domain_actions = domain.add_subparsers(dest="action", required=True)
+    domain_actions.add_parser("list", help="every domain, its settings and its user count")
+    for name, help_ in (("add", "serve one more domain"),
+                        ("set", "replace the settings of a domain added at run time")):
+        p = domain_actions.add_parser(name, help=help_)
+        p.add_argument("name", help="the domain, e.g. chat.example.org")
+        p.add_argument("--settings", required=name == "set",
+                       help='JSON, e.g. \'{"allow_registration": true, "auth": {"backend": '
+                            '"http", "url": "https://id.example/xmpp-auth"}}\'')
+    p = domain_actions.add_parser("remove", help="stop serving a domain (accounts are kept)")
+    p.add_argument("name")
     db = sub.add_parser("db", help="the PostgreSQL schema (STANZAD_DATABASE_URL)")
     db_actions = db.add_subparsers(dest="action", required=True)
     p = db_actions.add_parser("migrate", help="apply the missing migrations (idempotent)")
@@ -428,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     # kicking; telling the routers at once about deleted or imported accounts; roster pushes
     need_bus = (args.command, args.action) in (
-        ("sessions", "kick"), ("user", "delete"), ("user", "import"), ("roster", "import"))
+        ("sessions", "kick"), ("user", "delete"), ("user", "import"), ("roster", "import"),
+        ("domain", "add"), ("domain", "set"), ("domain", "remove"))
     try:
         return asyncio.run(_with_admin(args, settings, need_bus))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:

@@ -195,7 +195,7 @@ class BoshSession(C2SConnection):
         s = self.cm.settings
         return {"sid": self.sid, "wait": str(self.wait_s), "inactivity":
                 str(s.bosh_inactivity_s), "polling": "2", "requests": str(REQUESTS),
-                "hold": str(HOLD), "ver": bosh.VERSION, "from": self.cm.domain,
+                "hold": str(HOLD), "ver": bosh.VERSION, "from": self.stream.config.domain,
                 "authid": self.stream.stream_id, "xmpp:version": "1.0",
                 "xmpp:restartlogic": "true", "maxpause": "0"}
 
@@ -290,7 +290,7 @@ class BoshSessions:
     def _create(self, request: Request, edge: HttpEdge, body: bosh.Body, rid: int) -> None:
         """XEP-0124 §7.1, XEP-0206 §3: a new session (the stream header is implied)."""
         to = body.get("to")
-        if to != self.cm.domain:
+        if to not in self.cm.vhosts:  # virtual hosts (shared/cluster/vhosts.py)
             edge.answer(200, bosh.terminate("host-unknown"), extra=edge.cors)
             return
         if self.cm.stopping:

@@ -659,7 +659,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._ping_sent = now
             self.write_stanza(
                 (
-                    f'<iq type="get" id="ka-{secrets.token_hex(4)}" from="{self.cm.domain}" '
+                    f'<iq type="get" id="ka-{secrets.token_hex(4)}" '
+                    f'from="{self.stream.config.domain}" '
                     f"to={quoteattr(str(self.stream.jid))}><ping xmlns=\"{ns.PING}\"/></iq>"
                 ).encode()
             )
@@ -687,7 +688,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._release_sasl_slot()
             check, self._login = self._login, None
             if check is not None and check.pair_failures:
-                account = f"{event.username}@{self.cm.domain}"
+                account = f"{event.username}@{self.stream.config.domain}"
                 self._spawn(self.cm.auth_throttle.succeeded(self.source, account))
         elif isinstance(event, AuthFailed):
             self._auth_failed(event)
@@ -754,7 +755,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if event.condition in _NOT_COUNTED:
             self._release_sasl_slot()
             return
-        account = f"{event.username}@{self.cm.domain}" if event.username else None
+        account = f"{event.username}@{self.stream.config.domain}" if event.username else None
         self._spawn(self._count_failure(account))
         delay = self.cm.failure_answer_delay((check.source_failures if check else 0) + 1)
         if delay <= 0 or self._closing:
@@ -825,7 +826,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         """The locks, the address's failures and the account's keys, in one round trip
         (XEP-0205 §3: an attempt under a lock is refused before any password is checked)."""
         try:
-            check = await self.cm.lookup_login(self.source, username)
+            check = await self.cm.lookup_login(self.source, username, self.stream.config.domain)
         except Exception as exc:
             log.warning("credentials lookup failed: %s", exc)
             self._release_sasl_slot()
@@ -905,7 +906,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         self._pump()
 
     async def _register(self, username: str, password: str) -> None:
-        error = await self.cm.register(username, password, self.source)
+        error = await self.cm.register(username, password, self.source,
+                                       self.stream.config.domain)
         self._resume(lambda: self.stream.register_done(error))
 
     def _auth_timeout(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import signal
 import ssl
@@ -29,7 +30,7 @@ from xml.sax.saxutils import quoteattr
 
 import redis.asyncio as aioredis
 
-from shared.bus import streams, subjects
+from shared.bus import destinations, streams, subjects
 from shared.bus.client import Bus, BusUnavailable
 from shared.bus.envelope import (
     FANOUT_SEPARATOR,
@@ -42,16 +43,24 @@ from shared.bus.envelope import (
     session_event,
 )
 from shared.cluster.source_limits import Networks, SlotsPerSource, UnauthenticatedPerSource
+from shared.cluster.vhosts import VirtualHosts
 from shared.router import ingress
 from shared.router.service import Router
-from shared.runtime.metrics import TLS_CERT_EXPIRY, HistogramTally, Tally
+from shared.runtime.metrics import (
+    TLS_CERT_EXPIRY,
+    TLS_DOMAIN_CERT_EXPIRY,
+    HistogramTally,
+    Tally,
+)
 from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore, LoginCheck, Progressive
+from shared.store.domains import VirtualHost
 from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.store.sm_facts import SmFactsStore
+from shared.tls.certs import DomainCertificates
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
 from shared.xmpp import archive, extdisco, ns, pubsub, server_iq, sm
@@ -81,8 +90,9 @@ class ConnectionManager:
     def __init__(self, settings: ConnectionManagerSettings) -> None:
         self.settings = settings
         self.cm_id = settings.cm_id or f"cm-{secrets.token_hex(4)}"
-        self.domain = settings.domain
+        self.domain = settings.domain  # the main domain; streams serve every virtual host
         self.service_domains = settings.service_domains  # rooms, nodes: their services
+        self.destinations = destinations.of(settings)
         self.stream_config = StreamConfig(
             domain=settings.domain,
             tls_available=True,
@@ -95,7 +105,9 @@ class ConnectionManager:
             sm_resume_max_s=max(settings.sm_max_resume_timeout_s, settings.sm_resume_timeout_s),
             sm_location=settings.sm_location,
             sm_deferred_acks=settings.durable,  # 'h' counts stored stanzas only
+            hosts=self._host_config,
         )
+        self._host_configs: dict[tuple[str, bool], tuple[VirtualHost, StreamConfig]] = {}
         # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
         self.server_info = server_iq.ServerInfo(
             time.time(), settings.contacts, in_band=True,
@@ -126,6 +138,11 @@ class ConnectionManager:
         )
         self.bosh = BoshSessions(self)
         self.tls_context: ssl.SSLContext | None = None
+        # certificates per domain, chosen by SNI (shared/tls/certs.py)
+        self.domain_certs = DomainCertificates(
+            settings.tls_certs_dir, self._configured_context,
+            lambda domain, expiry: TLS_DOMAIN_CERT_EXPIRY.labels(SERVICE, domain).set(expiry))
+        self._cert_stamp: tuple[float, float] | None = None
         # lean TLS sessions need the secrets, which come only with no tickets after them
         self.tls_keylog: KeyLog | None = (
             KeyLog() if settings.tls_lean_sessions and not settings.tls_session_tickets
@@ -158,6 +175,8 @@ class ConnectionManager:
         self.db = Database(settings.database_url, SERVICE, size=settings.db_pool_size,
                            timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
         self.accounts = AccountStore(self.db, SERVICE)
+        # the account domains served (shared/cluster/vhosts.py), kept current in destinations
+        self.vhosts = VirtualHosts(settings, self.db, self.destinations)
         self.auth_throttle = AuthThrottleStore(
             self._redis, self.accounts, SERVICE,
             pair=Progressive(settings.auth_pair_free_failures, settings.auth_delay_base_s,
@@ -185,6 +204,7 @@ class ConnectionManager:
                 update={"router_id": router_settings.router_id or f"{self.cm_id}-router"}
             ))
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []  # virtual hosts, certificate files
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._forwarding_until = 0.0  # stopping: stale routes to forward until then
@@ -196,11 +216,14 @@ class ConnectionManager:
         self.db.start()  # not ready until it is open; logins fail meanwhile
         if ensure_self_signed(s.tls_cert, s.tls_key, s.domain):
             log.info("wrote a self-signed certificate for %s to %s", s.domain, s.tls_cert)
+        self.domain_certs.load()  # a missing or expired one stops the start, named
         self.tls_context = self._tls_context()
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
+        self._watchers.append(asyncio.create_task(self._watch_certificates()))
         if self.router is not None:
             await self.router.start()
         await self.bus.connect()
+        self._watchers.append(asyncio.create_task(self.vhosts.run(self.bus)))
         own = subjects.connection_manager(self.cm_id)
         await self.bus.subscribe(own)
         await self.bus.flush()
@@ -244,10 +267,27 @@ class ConnectionManager:
                      "/.well-known/host-meta", self.cm_id, scheme, s.c2s_host, self.http_port,
                      s.websocket_path, s.bosh_path)
 
+    async def _watch_certificates(self) -> None:
+        """Certificates replaced on disk (cert-manager renewing a Secret, a deploy) are
+        loaded for new connections without a restart or a SIGHUP."""
+        while True:
+            await asyncio.sleep(self.settings.tls_reload_s)
+            changed = bool(self.domain_certs.refresh())
+            if changed or self._stamp() != self._cert_stamp:
+                self.reload_tls()
+
+    def _stamp(self) -> tuple[float, float] | None:
+        s = self.settings
+        try:
+            return (os.stat(s.tls_cert).st_mtime, os.stat(s.tls_key).st_mtime)
+        except OSError:
+            return None
+
     def reload_tls(self) -> None:
         """SIGHUP: load the certificate and key again; new STARTTLS handshakes use them."""
         s = self.settings
         try:
+            self.domain_certs.refresh()
             self.tls_context = self._tls_context()
         except Exception as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
@@ -256,16 +296,25 @@ class ConnectionManager:
 
     def _tls_context(self) -> ssl.SSLContext:
         """The c2s server context; its TLS 1.3 secrets go to `tls_keylog` for lean sessions
-        (STANZAD_TLS_LEAN_SESSIONS, shared/tls/session.py)."""
+        (STANZAD_TLS_LEAN_SESSIONS, shared/tls/session.py).  A handshake whose SNI names a
+        domain of STANZAD_TLS_CERTS_DIR switches to that domain's context."""
         s = self.settings
-        ctx = server_context(s.tls_cert, s.tls_key, session_tickets=s.tls_session_tickets)
-        # XEP-0368 §3: direct TLS clients may ask for ALPN "xmpp-client" (so that 443 can be
-        # shared behind an SNI/ALPN router); one without ALPN, or STARTTLS, is served alike
-        ctx.set_alpn_protocols([ALPN_CLIENT])
+        self._cert_stamp = self._stamp()
+        ctx = self._configured_context(s.tls_cert, s.tls_key, keylog=False)
         TLS_CERT_EXPIRY.labels(SERVICE).set(certificate_expiry(s.tls_cert))
         if self.tls_keylog is not None and not self.tls_keylog.attach(ctx):
             self.tls_keylog.close()
             self.tls_keylog = None
+        self.domain_certs.install(ctx)
+        return ctx
+
+    def _configured_context(self, cert: str, key: str, keylog: bool = True) -> ssl.SSLContext:
+        ctx = server_context(cert, key, session_tickets=self.settings.tls_session_tickets)
+        # XEP-0368 §3: direct TLS clients may ask for ALPN "xmpp-client" (so that 443 can be
+        # shared behind an SNI/ALPN router); one without ALPN, or STARTTLS, is served alike
+        ctx.set_alpn_protocols([ALPN_CLIENT])
+        if keylog and self.tls_keylog is not None:
+            self.tls_keylog.attach(ctx)
         return ctx
 
     @property
@@ -333,6 +382,8 @@ class ConnectionManager:
             await asyncio.wait(set(self._background), timeout=FINAL_WRITES_S)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        for task in self._watchers:
+            task.cancel()
         try:
             await self.store.retire(self.cm_id)
         except Exception as exc:
@@ -369,10 +420,29 @@ class ConnectionManager:
 
     # ---- authentication and binding --------------------------------------------------------
 
-    async def lookup_login(self, source: str, username: str) -> LoginCheck:
+    def _host_config(self, domain: str, base: StreamConfig) -> StreamConfig | None:
+        """The stream configuration of a virtual host (None: not served here): ``base``
+        (the transport's) with the host's domain, registration and SASL mechanisms."""
+        host = self.vhosts.get(domain)
+        if host is None:
+            return None
+        key = (domain, base.tls_available)
+        known = self._host_configs.get(key)
+        if known is not None and known[0] is host:
+            return known[1]
+        config = dataclasses.replace(
+            base, domain=domain,
+            allow_registration=host.registration(self.settings.allow_registration),
+        )
+        if len(self._host_configs) > 4 * len(self.vhosts.hosts) + 16:  # removed hosts
+            self._host_configs.clear()
+        self._host_configs[key] = (host, config)
+        return config
+
+    async def lookup_login(self, source: str, username: str, domain: str = "") -> LoginCheck:
         """What a SASL attempt needs, in one round trip: the throttling lock it waits for,
         if any (XEP-0205 §3), and the account's keys (None: no such account)."""
-        return await self.auth_throttle.lookup(source, f"{username}@{self.domain}")
+        return await self.auth_throttle.lookup(source, f"{username}@{domain or self.domain}")
 
     def failure_answer_delay(self, source_failures: int) -> float:
         """How long a failed login's answer waits: longer the more the address failed in
@@ -396,12 +466,12 @@ class ConnectionManager:
         """Routers cache whether an account exists: tell them (created, removed)."""
         self._session_event(bare, 0)
 
-    async def register(self, username: str, password: str, source: str = ""
-                       ) -> StanzaError | None:
+    async def register(self, username: str, password: str, source: str = "",
+                       domain: str = "") -> StanzaError | None:
         """XEP-0077 §3.1 registration of a new account, at most
         ``registrations_per_ip_per_hour`` from one address."""
         try:
-            jid = JID.parse(f"{username}@{self.domain}")
+            jid = JID.parse(f"{username}@{domain or self.domain}")
         except JIDError:
             return StanzaError(StanzaErrorCondition.JID_MALFORMED)
         try:
@@ -436,7 +506,7 @@ class ConnectionManager:
     async def bind(self, conn: C2SConnection, resource: str | None) -> JID | StanzaError:
         """RFC 6120 §7: bind in Redis (atomically), replacing an older session of the JID."""
         assert conn.stream.username is not None
-        bare = JID(conn.stream.username, self.domain, None)
+        bare = JID(conn.stream.username, conn.stream.config.domain, None)
         full = bare.with_resource(resource or secrets.token_hex(8))
         record = SessionRecord(self.cm_id, conn.session_id, 0, False)
         loop = asyncio.get_running_loop()
@@ -566,7 +636,7 @@ class ConnectionManager:
                 continue
             kind = _KINDS.get(local_name(element.tag))
             from_ = element.get("from") or ""
-            if kind is None or from_ == self.domain:  # our own pings: nobody to tell
+            if kind is None or from_ == domain_of(full):  # our own pings: nobody to tell
                 continue
             metrics.SM_RETURNED.labels(kind.value).inc()
             env = Envelope(kind, to=full, from_=from_, type=element.get("type") or "",
@@ -643,7 +713,7 @@ class ConnectionManager:
         (the commit point).  The session, or why it cannot be resumed (a `SM_RESUMPTIONS`
         label, and the 'h' of <failed/> when known).  Deliveries for its full JID that
         arrive meanwhile are held and go out after the queue (`adopt`)."""
-        bare = f"{conn.stream.username}@{self.domain}"
+        bare = f"{conn.stream.username}@{conn.stream.config.domain}"
         try:
             facts = await self.sm_facts.get(bare, previd)
         except Exception as exc:
@@ -844,8 +914,8 @@ class ConnectionManager:
         if (child_ns and st.to is not None
                 and self.service_domains.get(st.to.domain) == ingress.Family.PUBSUB.value):
             node = pubsub.request_node(st.element)  # the node's partition (XEP-0060)
-        where = ingress.from_client(st.kind, st.type, st.to, jid, self.domain, child_ns,
-                                    self.service_domains, node)
+        where = ingress.from_client(st.kind, st.type, st.to, jid, self.destinations.accounts,
+                                    child_ns, self.service_domains, node)
         if isinstance(where, ingress.Publish):
             if where.family is ingress.Family.PRESENCE:
                 if st.to is None:
@@ -890,12 +960,12 @@ class ConnectionManager:
         sender's other resources want is announced to the router of the sender's partition
         in a SENT envelope (sent carbons).
         """
-        payload = serialize(st.element) if archive.strip_forged(st.element, self.domain) \
+        payload = serialize(st.element) if archive.strip_forged(st.element, domain_of(sender)) \
             else env.payload
         facts = archive.facts(st.element)
         sid = archive.new_id(env.ts_us) if facts.archive and self.settings.mam_enabled else ""
         recipient = bare_of(env.to)
-        if domain_of(env.to) != self.domain:
+        if domain_of(env.to) not in self.destinations.accounts:
             if sid:
                 payload = archive.with_stanza_id(payload, sender, sid)
             return env._replace(payload=payload)

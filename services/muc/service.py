@@ -215,7 +215,7 @@ class MucService(PartitionedService):
         defaults (§10.1.2 instant, §10.1.3 reserved); without it (groupchat 1.0) it is an
         instant room at once."""
         local_only = self.muc_settings.muc_create_rooms == "local"
-        if local_only and env.from_domain != self.settings.domain:
+        if local_only and not self.destinations.is_account(env.from_domain):
             raise StanzaError(StanzaErrorCondition.NOT_ALLOWED, "only local users create rooms")
         enforce_nick(env.to.partition("/")[2])  # jid-malformed before anything is stored
         locked = el.find(f"{{{MUC}}}x") is not None

@@ -160,7 +160,8 @@ class PresenceService(PartitionedService):
         presence reads the user's and its local contacts' once, for both directions)."""
         bare = bare_of(full)
         contacts = [c for c, item in items.items() if item.state.subscription in SUBSCRIBED_FROM]
-        local = [c for c in contacts if c.partition("@")[2] == self.settings.domain]
+        accounts = self.destinations.accounts
+        local = [c for c in contacts if c.partition("@")[2] in accounts]
         targets = [bare, *local]
         by_cm: dict[str, list[str]] = defaultdict(list)
         if known is not None and all(t in known for t in targets):
@@ -187,7 +188,8 @@ class PresenceService(PartitionedService):
         """Contacts on other servers get the presence addressed to their bare JID, through
         the s2s gateway; their server delivers it to their resources (RFC 6121 §4.2.2)."""
         for contact in contacts:
-            if contact.partition("@")[2] == self.settings.domain or is_blocked(blocked, contact):
+            if (contact.partition("@")[2] in self.destinations.accounts
+                    or is_blocked(blocked, contact)):
                 continue
             await self.route(Envelope(Kind.PRESENCE, to=contact, from_=full,
                                        origin=SERVICE, payload=with_to(payload, contact)))
@@ -217,11 +219,11 @@ class PresenceService(PartitionedService):
         Returns the session tables it read: the user's and those of every local contact
         in either direction, so that the broadcast that follows need not read them again."""
         bare, _, resource = full.partition("/")
-        domain = self.settings.domain
+        accounts = self.destinations.accounts
         out: list[bytes] = []
         wanted = [c for c, item in items.items() if item.state.subscription in SUBSCRIBED_TO]
-        local = [c for c in wanted if c.partition("@")[2] == domain]
-        either = [c for c, item in items.items() if c.partition("@")[2] == domain and (
+        local = [c for c in wanted if c.partition("@")[2] in accounts]
+        either = [c for c, item in items.items() if c.partition("@")[2] in accounts and (
             item.state.subscription in SUBSCRIBED_TO or item.state.subscription in SUBSCRIBED_FROM
         )]
         targets = [bare, *either]
@@ -234,7 +236,7 @@ class PresenceService(PartitionedService):
                 continue
             out.extend(with_to(stanza, full) for stanza in presences.values())
         for contact in wanted:  # §4.3.1: remote contacts are probed through their server
-            if contact.partition("@")[2] != self.settings.domain and not is_blocked(mine, contact):
+            if contact.partition("@")[2] not in accounts and not is_blocked(mine, contact):
                 probe = (f'<presence xmlns="{ns.CLIENT}" type="probe" from={quoteattr(bare)} '
                          f"to={quoteattr(contact)}/>").encode()
                 await self.route(Envelope(Kind.PRESENCE, to=contact, from_=bare, type="probe",

@@ -299,7 +299,7 @@ class PubsubService(PartitionedService):
         pubsub domain (§8.1.2); on PEP only the account creates."""
         if r.pep and not r.owner:
             raise cfg.forbidden()
-        if not r.pep and domain_of(r.bare) != self.settings.domain:
+        if not r.pep and not self.destinations.is_account(domain_of(r.bare)):
             raise cfg.forbidden()  # §8.1.3.1: only local accounts create nodes here
         name = element.get("node")
         if not name and r.pep:
@@ -829,7 +829,7 @@ class PubsubService(PartitionedService):
         local_bares = []
         for jid in jids:
             domain = domain_of(jid)
-            if domain != self.settings.domain or ("/" not in jid and not headline):
+            if domain not in self.destinations.accounts or ("/" not in jid and not headline):
                 rec.add_route(jid)
             else:
                 local_bares.append(bare_of(jid))
@@ -838,7 +838,7 @@ class PubsubService(PartitionedService):
         unique = list(dict.fromkeys(local_bares))
         tables = dict(zip(unique, await self.sessions.get_many(unique), strict=True))
         for jid in jids:
-            if domain_of(jid) != self.settings.domain:
+            if domain_of(jid) not in self.destinations.accounts:
                 continue
             bare, slash, resource = jid.partition("/")
             table = tables.get(bare)
@@ -865,7 +865,7 @@ class PubsubService(PartitionedService):
             affiliated = await self.store.affiliations(node.service, node.name)
             contacts = [j for j, a in affiliated.items() if a in MEMBERS]
         local = [owner, *(c for c in contacts
-                          if domain_of(c) == self.settings.domain and c != owner)]
+                          if domain_of(c) in self.destinations.accounts and c != owner)]
         want = f"{node.name}+notify"
         await self._blocklists(rec, local)
         for full, cm_id, feats in await self._interested(local):
@@ -1034,7 +1034,7 @@ class PubsubService(PartitionedService):
         items = await self.rosters.items(bare)
         owners = [bare, *(c for c, item in items.items()
                           if item.state.subscription in SUBSCRIBED_TO
-                          and domain_of(c) == self.settings.domain)]
+                          and domain_of(c) in self.destinations.accounts)]
         last = await self.store.last_items(owners, wanted)
         if not last:
             return
@@ -1085,7 +1085,7 @@ class PubsubService(PartitionedService):
         reply = Envelope(Kind.IQ, to=env.from_, from_=env.to, type="result", id=env.id,
                          origin=SERVICE, payload=payload)
         cm_id, slash, _ = env.origin.partition("/")
-        if slash and domain_of(env.from_) == self.settings.domain:
+        if slash and domain_of(env.from_) in self.destinations.accounts:
             await self.publish(subjects.connection_manager(cm_id), reply)
         else:
             await self.route(reply)

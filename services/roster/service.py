@@ -424,7 +424,7 @@ class RosterService(PartitionedService):
         env = Envelope(Kind.PRESENCE, to=contact, from_=user, type=type_, origin=SERVICE,
                        payload=stanza)
         remote = contact.partition("@")[2]
-        if remote != self.settings.domain:  # federation: the contact's server applies its side
+        if not self.destinations.is_account(remote):  # federation: the contact's server's side
             await self.publish(subjects.s2s(subjects.partition(remote, self.settings.partitions)),
                                 env)
             return

@@ -22,6 +22,7 @@ dialback secret is the cluster's, not the process's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import signal
@@ -30,7 +31,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from shared.bus import destinations, subjects
+from shared.bus import subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource, Networks
@@ -92,6 +93,7 @@ def verifying_context(cert: str, key: str, cafile: str | None) -> ssl.SSLContext
 class S2SGateway(PartitionedService):
     name = SERVICE
     role = "s2s"
+    uses_database = True  # the virtual hosts (shared/cluster/vhosts.py)
 
     def __init__(self, settings: S2SSettings) -> None:
         super().__init__(
@@ -103,9 +105,11 @@ class S2SGateway(PartitionedService):
         self.s2s_settings = settings
         self.server_info = server_iq.ServerInfo(time.time(), settings.contacts)
         self.domain = settings.domain
-        self.destinations = destinations.of(settings)
-        # every domain this gateway speaks for: the main one and the service domains
-        self.local_domains = frozenset({settings.domain, *settings.service_domains})
+        # every domain this gateway speaks for: the account domains (the main one and the
+        # virtual hosts, kept current by `vhosts`) and the service domains
+        self.local_domains = frozenset({*self.destinations.accounts,
+                                        *settings.service_domains})
+        self.vhosts.listeners.append(self._hosts_changed)
         self.resolver = Resolver(settings.override_map(), settings.s2s_connect_timeout_s,
                                  settings.dns_servers())
         self.links: dict[tuple[str, str], Link] = {}  # (local, remote) -> its stream
@@ -128,6 +132,13 @@ class S2SGateway(PartitionedService):
         self.component_port = 0
         self._component_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _hosts_changed(self, hosts: object) -> None:
+        """The account domains changed: new streams serve the new set."""
+        self.local_domains = frozenset({*self.destinations.accounts,
+                                        *self.settings.service_domains})
+        self.stream_config = dataclasses.replace(
+            self.stream_config, other_domains=self.local_domains - {self.domain})
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -383,7 +394,7 @@ class S2SGateway(PartitionedService):
             element = parse_fragment(st.payload, self.s2s_settings.s2s_max_stanza_bytes)
         except Exception:
             return st.payload
-        domain = self.settings.domain
+        domain = st.to.domain  # the recipient's: ids in its name are forged (XEP-0359 §4)
         payload = serialize(element) if archive.strip_forged(element, domain) else st.payload
         if self.settings.mam_enabled and archive.facts(element).archive:
             payload = archive.with_stanza_id(payload, st.to.bare_str, archive.new_id(ts_us))

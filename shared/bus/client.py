@@ -503,6 +503,16 @@ class Bus:
         self._nc.sinks[sub._id] = self._sink
         return sub
 
+    async def listen(self, subject: str, callback: Callable[[bytes], None]) -> Subscription:
+        """A control subject outside the ordered inbox: ``callback`` gets each payload."""
+        if self._nc is None:
+            raise BusError("listen needs a connected bus")
+
+        async def received(msg: Msg) -> None:
+            callback(msg.data)
+
+        return await self._nc.subscribe(subject, cb=received)
+
     def _sink(self, subject: str, data: bytes) -> None:
         if data[:1] == b"\x00" and data.startswith(MARKER_PREFIX):  # never for a handler
             self._exchange.marker_seen(subject, data, self._sink)

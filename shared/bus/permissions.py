@@ -57,6 +57,7 @@ JS_CONSUMERS: Final = tuple(
         f"$JS.ACK.{name}.>",
     )
 )
+DOMAINS: Final = subjects.domains()  # virtual hosts changed: every service reloads them
 
 
 @dataclass(frozen=True)
@@ -78,45 +79,46 @@ CONNECTION_MANAGER: Final = Permissions(
     # client stanzas (shared/router/ingress.py), unavailable presence at unbind, session
     # events, kicks of replaced sessions
     publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES, *JS_STREAMS),
-    subscribe=(CM, INBOX),
+    subscribe=(CM, INBOX, DOMAINS),
 )
 ROUTER: Final = Permissions(
     # deliveries, bounces to the sender's partition, federation, roster pushes, fences
     publish=(CM, ROUTE, SESSIONS, ROSTER, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
-    subscribe=(ROUTE, SESSIONS, INBOX),
+    subscribe=(ROUTE, SESSIONS, INBOX, DOMAINS),
 )
 PRESENCE_SERVICE: Final = Permissions(
     publish=(PRESENCE, CM, ROUTE, S2S, SESSIONS, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
-    subscribe=(PRESENCE, INBOX),
+    subscribe=(PRESENCE, INBOX, DOMAINS),
 )
 ROSTER_SERVICE: Final = Permissions(
     publish=(ROSTER, CM, ROUTE, S2S, PRESENCE, SESSIONS, *SERVICES, *JS_STREAMS,
              *JS_CONSUMERS),
-    subscribe=(ROSTER, INBOX),
+    subscribe=(ROSTER, INBOX, DOMAINS),
 )
 S2S_GATEWAY: Final = Permissions(
     # stanzas from peers and components (ingress), bounces, fences, component claims
     publish=(ROUTE, ROSTER, PRESENCE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
-    subscribe=(S2S, COMPONENT, INBOX),
+    subscribe=(S2S, COMPONENT, INBOX, DOMAINS),
 )
 MUC_SERVICE: Final = Permissions(
     # fences on its own family, FANOUT deliveries to connection managers, answers and
     # invitations through the routers, remote occupants through the s2s gateway
     publish=(MUC, CM, ROUTE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
-    subscribe=(MUC, INBOX),
+    subscribe=(MUC, INBOX, DOMAINS),
 )
 PUBSUB_SERVICE: Final = Permissions(
     # answers and notifications to sessions (FANOUT, BATCH), routed notifications and
     # answers (local bare JIDs, remote JIDs, other service domains), fences
     publish=(PUBSUB, CM, ROUTE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
-    subscribe=(PUBSUB, INBOX),
+    subscribe=(PUBSUB, INBOX, DOMAINS),
 )
 UPLOAD_SERVICE: Final = Permissions(
     # answers to slot requests through the routers (or the s2s gateway), fences
     publish=(UPLOAD, ROUTE, S2S, *SERVICES, *JS_STREAMS, *JS_CONSUMERS),
-    subscribe=(UPLOAD, INBOX),
+    subscribe=(UPLOAD, INBOX, DOMAINS),
 )
-ADMIN: Final = Permissions(publish=(SESSIONS, CM))  # session events, kicks (cluster/admin.py)
+# session events, kicks, domain notices (cluster/admin.py)
+ADMIN: Final = Permissions(publish=(SESSIONS, CM, DOMAINS))
 
 ROLES: Final[dict[str, Permissions]] = {
     "connection_manager": CONNECTION_MANAGER,

@@ -84,6 +84,12 @@ def component(domain: str) -> str:
     return f"{PREFIX}.component.{jid_to_token(domain)}"
 
 
+def domains() -> str:
+    """Notices that the cluster's virtual hosts changed (shared/cluster/vhosts.py): every
+    service reloads them; the payload is empty (the database says what changed)."""
+    return f"{PREFIX}.domains"
+
+
 def every(subject: str) -> str:
     """The wildcard matching every subject of the family of ``subject`` (its last token, the
     partition or id, as ``*``): ``every(route(0)) == "stanzad.route.*"``."""

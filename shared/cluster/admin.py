@@ -23,8 +23,17 @@ import redis.asyncio as aioredis
 from shared.bus import subjects
 from shared.bus.client import Bus
 from shared.bus.envelope import Envelope, Kind, accounts_event, session_event
+from shared.cluster.vhosts import announce
 from shared.store import keys
 from shared.store.accounts import AccountStore
+from shared.store.domains import (
+    DomainError,
+    DomainExists,
+    DomainStore,
+    VirtualHost,
+    load_file,
+    prepare_domain,
+)
 from shared.store.pg.database import Database
 from shared.store.roster import RosterItem, RosterStore, push_iq
 from shared.store.sessions import SessionRecord, SessionStore, split_full
@@ -123,16 +132,17 @@ class RosterImportResult:
 ROLES = ("route", "presence", "roster", "muc", "pubsub")
 
 
-def bare_jid(text: str, domain: str) -> str:
-    """A bare account JID of the served domain, prepared (RFC 7622)."""
+def bare_jid(text: str, domain: str | Collection[str]) -> str:
+    """A bare account JID of a served domain (one, or the set of them), prepared (RFC 7622)."""
+    domains = (domain,) if isinstance(domain, str) else sorted(domain)
     try:
         jid = JID.parse(text)
     except JIDError as exc:
         raise AdminError(f"not a JID: {exc}") from None
     if jid.local is None or jid.resource is not None:
-        raise AdminError(f"{text}: give a bare JID like alice@{domain}")
-    if jid.domain != domain:
-        raise AdminError(f"{text}: this cluster serves {domain}")
+        raise AdminError(f"{text}: give a bare JID like alice@{domains[0]}")
+    if jid.domain not in domains:
+        raise AdminError(f"{text}: this cluster serves {', '.join(domains)}")
     return jid.bare_str
 
 
@@ -164,7 +174,7 @@ def _entry(entry: object, fields: Collection[str]) -> tuple[dict[str, Any], str]
     return entry, jid
 
 
-def plan_entry(entry: object, domain: str, min_iterations: int = MIN_ITERATIONS
+def plan_entry(entry: object, domain: str | Collection[str], min_iterations: int = MIN_ITERATIONS
                ) -> PlannedAccount:
     """One import entry, checked: ``{"jid", "password"}`` or ``{"jid", "scram"}`` (the JSON
     form of shared/xmpp/credentials.py); raises ValueError (AdminError among them) with a reason."""
@@ -181,8 +191,8 @@ def plan_entry(entry: object, domain: str, min_iterations: int = MIN_ITERATIONS
     return PlannedAccount(bare, password=password)
 
 
-def plan_import(entries: Sequence[object], domain: str, min_iterations: int = MIN_ITERATIONS
-                ) -> list[PlannedAccount | ImportResult]:
+def plan_import(entries: Sequence[object], domain: str | Collection[str],
+                min_iterations: int = MIN_ITERATIONS) -> list[PlannedAccount | ImportResult]:
     """Check every entry (none stops the others): a PlannedAccount for each valid one, an
     "invalid" ImportResult with the reason for the others; a JID listed twice (after
     preparation, RFC 7622 §3) is invalid the second time."""
@@ -259,7 +269,7 @@ def plan_roster_item(entry: object, owner: str) -> RosterItem:
     return RosterItem(jid, name, tuple(groups), state)
 
 
-def plan_roster(entry: object, domain: str) -> tuple[str, list[RosterItem]]:
+def plan_roster(entry: object, domain: str | Collection[str]) -> tuple[str, list[RosterItem]]:
     """One account's roster, checked: ``{"jid", "items": [...]}``.  A bad item refuses the
     whole roster (the reason names it: index and JID), so no account gets half of one."""
     entry, jid = _entry(entry, ROSTER_FIELDS)
@@ -328,9 +338,16 @@ class ClusterAdmin:
         bus: Bus | None = None,
         scram_iterations: int = 10_000,
         scram_min_iterations: int = MIN_ITERATIONS,
+        domains_file: str = "",
     ) -> None:
         self._r = redis
-        self.domain = domain
+        self.domain = domain  # the main domain; `served` says which others are
+        self.domains = DomainStore(db)
+        main = VirtualHost(domain)
+        self.static = {main.name: main}  # configuration: not added or removed here
+        if domains_file:
+            for name, host in load_file(domains_file).items():
+                self.static.setdefault(name, host)
         self.partitions = partitions
         self.accounts = AccountStore(db, service)
         self.rosters = RosterStore(db, service)
@@ -340,23 +357,85 @@ class ClusterAdmin:
         self._iterations = scram_iterations
         self._min_iterations = scram_min_iterations  # for imported keys
 
+    # ---- virtual hosts (shared/store/domains.py) ---------------------------------------------
+
+    async def hosts(self) -> dict[str, VirtualHost]:
+        """Every domain served: the configured ones and the database's."""
+        hosts = await self.domains.all()
+        hosts.update(self.static)
+        return hosts
+
+    async def served(self) -> frozenset[str]:
+        return frozenset(await self.hosts())
+
+    async def list_domains(self) -> list[dict[str, Any]]:
+        """Each domain with its settings, where it comes from and its number of accounts."""
+        hosts = await self.hosts()
+        users = await self.domains.user_counts()
+        return [{"name": name, "source": h.source, "settings": h.settings_json(),
+                 "backend": h.backend, "users": users.get(name, 0)}
+                for name, h in sorted(hosts.items())]
+
+    async def add_domain(self, name: str, settings: object = None) -> VirtualHost:
+        """Serve one more domain (DomainExists, or DomainError for a bad name/settings)."""
+        host = VirtualHost.from_json(name, settings, "database")
+        if host.name in self.static:
+            raise DomainExists(f"{host.name} is already served (configuration)")
+        await self.domains.add(host)
+        await self._domains_changed()
+        return host
+
+    async def update_domain(self, name: str, settings: object) -> VirtualHost | None:
+        """New settings for a domain added at run time (None: no such domain)."""
+        host = VirtualHost.from_json(name, settings, "database")
+        if host.name in self.static:
+            raise DomainError(f"{host.name} is configured by the environment or the "
+                              "domains file: change it there")
+        if not await self.domains.update(host):
+            return None
+        await self._domains_changed()
+        return host
+
+    async def remove_domain(self, name: str) -> bool:
+        """Stop serving a domain added at run time: new streams to it get host-unknown (its
+        accounts stay, and come back with it)."""
+        name = prepare_domain(name)
+        if name in self.static:
+            raise DomainError(f"{name} is configured by the environment or the domains "
+                              "file: remove it there")
+        if not await self.domains.remove(name):
+            return False
+        await self._domains_changed()
+        return True
+
+    async def _domains_changed(self) -> None:
+        """Tell every service at once (best effort: they also reload periodically)."""
+        if self._bus is None:
+            return
+        try:
+            await announce(self._bus)
+            await self._bus.flush()
+        except Exception as exc:
+            log.warning("could not announce the domain change (services see it at their "
+                        "next reload): %s", exc)
+
     # ---- accounts --------------------------------------------------------------------------
 
     async def create_user(self, jid: str, password: str) -> str:
         """Raise AccountExists, or AdminError for a bad JID or password."""
-        bare = bare_jid(jid, self.domain)
+        bare = bare_jid(jid, await self.served())
         creds = await self._derive(password)
         await self.accounts.create(bare, creds)
         await self._account_changed(bare)
         return bare
 
     async def set_password(self, jid: str, password: str) -> bool:
-        bare = bare_jid(jid, self.domain)
+        bare = bare_jid(jid, await self.served())
         return await self.accounts.set_credentials(bare, await self._derive(password))
 
     async def delete_user(self, jid: str) -> tuple[bool, list[str]]:
         """Delete the account, then kick its open sessions; (deleted, full JIDs kicked)."""
-        bare = bare_jid(jid, self.domain)
+        bare = bare_jid(jid, await self.served())
         deleted = await self.accounts.delete(bare)
         if deleted:
             await self.sessions_store.forget_account(bare)  # its soft state in Redis
@@ -387,7 +466,7 @@ class ClusterAdmin:
         PostgreSQL sees one INSERT per 500 accounts (AccountStore.create_many); the routers
         one session event per partition touched (per 500 JIDs) rather than one per account,
         so none keeps a cached "no such account" for an imported one."""
-        plan = plan_import(entries, self.domain, self._min_iterations)
+        plan = plan_import(entries, await self.served(), self._min_iterations)
         todo = [p for p in plan if isinstance(p, PlannedAccount)]
         if any(p.password is not None for p in todo):
             creds = await asyncio.to_thread(_credentials, todo, self._iterations)
@@ -437,9 +516,10 @@ class ClusterAdmin:
         twice) changes nothing.  Versions: see RosterStore.import_items."""
         out: list[RosterImportResult] = []
         seen: dict[str, int] = {}
+        served = await self.served()
         for i, entry in enumerate(entries):
             try:
-                owner, items = plan_roster(entry, self.domain)
+                owner, items = plan_roster(entry, served)
                 if seen.setdefault(owner, i) != i:
                     raise AdminError(f"listed twice (first as entry {seen[owner]})")
                 if not await self.accounts.exists(owner):

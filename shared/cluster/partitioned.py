@@ -2,9 +2,9 @@
 
 It holds the Redis client, the PostgreSQL pool (opened and migrated in the background from
 start when the service sets ``uses_database``; not ready while PostgreSQL is away), the bus,
-and the partition leases of its role; for every partition it owns it subscribes to the
-subjects ``subjects_for(p)`` gives, so messages for one user are handled by one process, in
-order.
+the virtual hosts (reloaded while it runs), and the partition leases of its role; for every
+partition it owns it subscribes to the subjects ``subjects_for(p)`` gives, so messages for
+one user are handled by one process, in order.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from shared.bus import destinations, streams, subjects
 from shared.bus.client import BatchHandler, Bus, BusUnavailable
 from shared.bus.envelope import FENCE_PREFIX, Envelope, Kind, session_event
 from shared.cluster.partitions import PartitionManager
+from shared.cluster.vhosts import VirtualHosts
 from shared.runtime.metrics import PARTITIONS_CONFIGURED
 from shared.runtime.settings import PartitionedSettings
 from shared.store.pg.database import Database
@@ -53,6 +54,9 @@ class PartitionedService:
         self.durable = settings.durable
         self.bus = Bus(settings.nats_url, self.name, self._on_batch, durable=settings.durable,
                        limits=streams.limits_of(settings), **settings.nats_options())
+        # the account domains served, kept current in `destinations` (shared/cluster/vhosts.py)
+        self.vhosts = VirtualHosts(settings, self.db if self.uses_database else None,
+                                   self.destinations)
         self._subjects_for = subjects_for
         self._on_partitions = on_partitions
         self.partitions = PartitionManager(
@@ -80,6 +84,7 @@ class PartitionedService:
         if self.uses_database:  # not ready until it is open; no exit while it is away
             self.db.start()
         await self.bus.connect()
+        self.tasks.append(asyncio.create_task(self.vhosts.run(self.bus)))
         try:
             await self.partitions.tick()
         except Exception as exc:  # Redis not there yet: the loop below keeps trying

@@ -10,7 +10,7 @@ the stanza is for the server itself, or that it means nothing.  The callers do t
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -104,31 +104,35 @@ def _service(kind: str, type_: str, to: JID, family: str, node: str) -> Publish:
 
 
 def from_client(
-    kind: str, type_: str, to: JID | None, sender: JID, domain: str, child_ns: str = "",
-    services: Mapping[str, str] = NO_SERVICES, node: str = "",
+    kind: str, type_: str, to: JID | None, sender: JID, domains: str | Collection[str],
+    child_ns: str = "", services: Mapping[str, str] = NO_SERVICES, node: str = "",
 ) -> Ingress:
-    """A bound client's stanza (``child_ns``: the namespace of an IQ's payload; ``services``:
-    the local service domains and their families, shared/bus/destinations.py; ``node``: the
-    node an IQ to a pubsub domain names, shared/xmpp/pubsub.py `request_node`)."""
+    """A bound client's stanza (``domains``: the account domains served here, the main one
+    and the virtual hosts, or just one; ``child_ns``: the namespace of an IQ's payload;
+    ``services``: the local service domains and their families,
+    shared/bus/destinations.py; ``node``: the node an IQ to a pubsub domain names,
+    shared/xmpp/pubsub.py `request_node`)."""
+    local = (domains,) if isinstance(domains, str) else domains
     own_bare = sender.bare_str
     if kind == "presence":
-        return _client_presence(type_, to, own_bare, domain)
+        return _client_presence(type_, to, own_bare, local)
     if to is not None and to.domain in services:  # a room, a node: its service's partition
         return _service(kind, type_, to, services[to.domain], node)
     if (kind == "iq" and child_ns in PEP_NAMESPACES and type_ in ("get", "set")
-            and (to is None or (to.local is not None and to.domain == domain
+            and (to is None or (to.local is not None and to.domain in local
                                 and to.resource is None))):
         pep = own_bare if to is None else to.bare_str  # XEP-0163 §4.1 (own), §4.3 (a contact's)
         return Publish(Family.PUBSUB, pep, pep)
-    own = to is None or (to.local == sender.local and to.domain == domain and to.resource is None)
+    own = to is None or (to.local == sender.local and to.domain == sender.domain
+                         and to.resource is None)
     if own and (
         child_ns in ACCOUNT_NAMESPACES
         or (to is not None and child_ns in (ns.DISCO_INFO, ns.DISCO_ITEMS))
     ):
         return Publish(Family.ROSTER, own_bare, own_bare)
-    if to is None or (to.local is None and to.resource is None and to.domain == domain):
+    if to is None or (to.local is None and to.resource is None and to.domain in local):
         return ToServer(addressed=to is not None)
-    if to.domain != domain:
+    if to.domain not in local:
         # federation: through the router of the sender's partition, which enforces the
         # sender's blocklist (XEP-0191 §3.5) and hands the stanza to the s2s gateway
         return Publish(Family.ROUTE, own_bare, str(to))
@@ -143,7 +147,9 @@ def account_family(child_ns: str) -> Family:
     return Family.PUBSUB if child_ns in PEP_NAMESPACES else Family.ROSTER
 
 
-def _client_presence(type_: str, to: JID | None, own_bare: str, domain: str) -> Ingress:
+def _client_presence(
+    type_: str, to: JID | None, own_bare: str, local: Collection[str]
+) -> Ingress:
     if to is None:
         if type_ in BROADCAST_TYPES:  # broadcast presence, RFC 6121 §4.2, §4.5
             return Publish(Family.PRESENCE, own_bare, "")
@@ -153,7 +159,7 @@ def _client_presence(type_: str, to: JID | None, own_bare: str, domain: str) -> 
     if type_ in BROADCAST_TYPES:  # directed presence, §4.6
         return Publish(Family.PRESENCE, own_bare, str(to))
     if type_ == "error":
-        key = own_bare if to.domain != domain else to.bare_str  # federation, as above
+        key = own_bare if to.domain not in local else to.bare_str  # federation, as above
         return Publish(Family.ROUTE, key, str(to))
     return Drop("presence probe from a client")  # §4.3: only servers probe
 

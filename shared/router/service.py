@@ -106,10 +106,10 @@ class Router(PartitionedService):
                 envelopes.append(env)
         if not envelopes:
             return
-        domain = self.settings.domain
+        accounts = self.destinations.accounts
         wanted = {b for e in envelopes
                   if e.kind is not Kind.SENT and not self._is_remote(b := e.to_bare)}
-        wanted |= {b for e in envelopes if (b := e.from_bare).endswith("@" + domain)}
+        wanted |= {b for e in envelopes if domain_of(b := e.from_bare) in accounts and "@" in b}
         entries = await self._entries(wanted)
         for env in envelopes:
             if env.origin == PUSH_ORIGIN:  # XEP-0357: a message for a detached session
@@ -149,7 +149,7 @@ class Router(PartitionedService):
 
     def _is_remote(self, bare: str) -> bool:
         domain = domain_of(bare)
-        return bool(domain) and domain != self.settings.domain
+        return bool(domain) and domain not in self.destinations.accounts
 
     def _remote(self, env: Envelope, sender: Entry | None) -> None:
         """A stanza for another domain: handed to the s2s gateway that owns the domain (or
@@ -331,7 +331,7 @@ class Router(PartitionedService):
         """XEP-0160: keep the message, with its XEP-0203 delay stamp, for the next login."""
         bare = env.to_bare
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        payload = with_delay(env.payload, stamp, self.settings.domain)
+        payload = with_delay(env.payload, stamp, domain_of(bare))
         try:
             stored = await self.offline.store(
                 bare, payload, self.router_settings.max_offline_messages

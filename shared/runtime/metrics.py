@@ -75,6 +75,12 @@ PARTITIONS_CONFIGURED = Gauge(
     "STANZAD_PARTITIONS of a partitioned service: what its role's members hold between them.",
     ["service"],
 )
+TLS_DOMAIN_CERT_EXPIRY = Gauge(
+    f"{PREFIX}_tls_domain_certificate_expiry_timestamp_seconds",
+    "notAfter of each domain's certificate of the certificates directory (SNI; Unix time), "
+    "set at load and on every reload.",
+    ["service", "domain"],
+)
 TLS_CERT_EXPIRY = Gauge(
     f"{PREFIX}_tls_certificate_expiry_timestamp_seconds",
     "notAfter of the certificate this process serves (Unix time), set at start and on every "

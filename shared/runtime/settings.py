@@ -30,6 +30,16 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     domain: str = Field("localhost", description="The XMPP domain this cluster serves.")
+    # virtual hosts (shared/store/domains.py): more account domains, from a file and from
+    # the database (admin API), reloaded without a restart
+    domains_file: str = Field(
+        "", description="JSON file of more account domains and their settings "
+        "({\"domains\": [{\"name\": ..., \"allow_registration\": ..., \"auth\": {...}}]})."
+    )
+    domains_reload_s: float = Field(
+        30.0, gt=0, description="How often every service reloads the domains (a change made "
+        "through the admin API or CLI is also announced on the bus at once)."
+    )
     # The defaults are the ports of the local cluster (`make run`), chosen off the standard
     # 4222/6379 so that a system NATS or Redis never gets our data by accident.
     nats_url: str = Field(
@@ -231,6 +241,14 @@ class ConnectionManagerSettings(CommonSettings):
     tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain.")
     tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
     tls_required: bool = Field(True, description="Refuse SASL before STARTTLS.")
+    tls_certs_dir: str = Field(
+        "", description="Directory of per-domain certificates chosen by SNI: <domain>/tls.crt "
+        "and <domain>/tls.key (cert-manager Secrets mounted as volumes); empty: none.",
+    )
+    tls_reload_s: float = Field(
+        10.0, gt=0, description="How often the certificate files are checked for changes "
+        "(a changed one is loaded for new connections).",
+    )
     # ---- other ways in (issue 22): direct TLS, WebSocket, BOSH; README "Ports" ----
     c2s_tls_port: int = Field(
         5223, ge=-1, le=65535,

@@ -34,6 +34,7 @@ import base64
 import binascii
 import functools
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
@@ -92,6 +93,10 @@ class StreamConfig:
     # <r/> comes out as AckRequested and the caller answers it (`answer_ack`) once the
     # stanzas it counts are stored (durable delivery: an 'h' counts only stored stanzas)
     sm_deferred_acks: bool = False
+    # virtual hosts: the configuration of the domain a header's 'to' names (this one as the
+    # base), or None when it is not served (RFC 6120 §4.9.3.6 host-unknown); None: only
+    # ``domain`` is served
+    hosts: Callable[[str, StreamConfig], StreamConfig | None] | None = None
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -413,6 +418,9 @@ class C2SStream(ServingStream):
             peer = parse_jid(peer_from) if peer_from else None
         except JIDError:
             peer = None
+        host = self._host(header.attrs.get("to"))
+        if host is not None and not self._header_sent:
+            self.config = host  # our header names the domain the client asked for
         self._ensure_header(str(peer) if peer else None)
         if header.stream_ns != ns.STREAM or header.local_name != "stream":
             raise StreamError(StreamErrorCondition.INVALID_NAMESPACE)
@@ -425,15 +433,26 @@ class C2SStream(ServingStream):
         to = header.attrs.get("to")
         if to is None:
             raise StreamError(StreamErrorCondition.HOST_UNKNOWN, "the header has no 'to'")
-        try:
-            domain = parse_jid(to)
-        except JIDError:
-            raise StreamError(StreamErrorCondition.HOST_UNKNOWN) from None
-        if str(domain) != self.config.domain:
+        if host is None:  # not a domain, or not one served here (RFC 6120 §4.9.3.6)
             raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
+        self.config = host
         self.state = State.OPEN
         self._out.append(self._features())
         return None
+
+    def _host(self, to: str | None) -> StreamConfig | None:
+        """The configuration of the domain ``to`` names, or None: not served (or, once
+        authenticated, not the domain the stream authenticated in, RFC 6120 §4.3.3)."""
+        if to is None:
+            return None
+        try:
+            domain = str(parse_jid(to))
+        except JIDError:
+            return None
+        config = self.config
+        if config.hosts is None or (self.username is not None and domain != config.domain):
+            return config if domain == config.domain else None
+        return config.hosts(domain, config)
 
     def _features(self) -> bytes:
         return _features(self.config, self.tls, self.username is not None)

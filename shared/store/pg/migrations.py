@@ -310,6 +310,21 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
         "DROP TABLE upload_files;",
     ),
+    Migration(
+        10,
+        "virtual hosts",
+        # the account domains added at run time (admin API, CLI), each with its settings
+        # (shared/store/domains.py); the main domain and a domains file are configuration
+        """
+        CREATE TABLE domains (
+            name text PRIMARY KEY,
+            settings jsonb NOT NULL DEFAULT '{}',
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+        "DROP TABLE domains;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -27,6 +27,7 @@ ADDS = {
     7: {"pubsub_nodes", "pubsub_items", "pubsub_affiliations", "pubsub_subscriptions"},
     8: {"push_registrations", "last_activity"},
     9: {"upload_files"},
+    10: {"domains"},
 }
 VERSIONS = [m.version for m in migrations.MIGRATIONS]
 
