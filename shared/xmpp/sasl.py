@@ -63,7 +63,6 @@ MECHANISMS: Final = ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", 
                      "PLAIN")
 # channel binding types in our order of preference (RFC 9266 §3: tls-exporter first)
 BINDING_TYPES: Final = ("tls-exporter", "tls-unique", "tls-server-end-point")
-SASL_CB_NS: Final = "urn:xmpp:sasl-cb:0"  # XEP-0440
 
 MAX_MESSAGE_BYTES: Final = 4096  # one client message, after base64 decoding
 MAX_LOCALPART_BYTES: Final = 1023  # RFC 7622 §3.3.1
@@ -110,7 +109,7 @@ def binding_feature(types: tuple[str, ...]) -> str:
     if not types:
         return ""
     inner = "".join(f"<channel-binding type={quoteattr(t)}/>" for t in types)
-    return f'<sasl-channel-binding xmlns="{SASL_CB_NS}">{inner}</sasl-channel-binding>'
+    return f'<sasl-channel-binding xmlns="{ns.SASL_CB}">{inner}</sasl-channel-binding>'
 
 
 def ssdp_hash(mechanisms: tuple[str, ...], binding_types: tuple[str, ...] | None,

@@ -27,6 +27,7 @@ ADDS = {
     7: {"pubsub_nodes", "pubsub_items", "pubsub_affiliations", "pubsub_subscriptions"},
     8: {"push_registrations", "last_activity"},
     9: {"upload_files"},
+    14: {"fast_tokens"},  # 10-13 are other branches' (merged in order)
 }
 VERSIONS = [m.version for m in migrations.MIGRATIONS]
 
