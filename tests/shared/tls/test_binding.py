@@ -38,10 +38,8 @@ def _handshake(cert: tuple[str, str], version: int) -> tuple[TLSSession, SSL.Con
     for _ in range(10):
         with contextlib.suppress(SSL.WantReadError):
             client.do_handshake()
-        try:
+        with contextlib.suppress(SSL.WantReadError):  # nothing to send
             server.receive(client.bio_read(65536))
-        except SSL.WantReadError:  # nothing to send
-            pass
         out = server.data_to_send()
         if out:
             client.bio_write(out)
