@@ -38,7 +38,7 @@ from shared.runtime import logs
 from shared.runtime.metrics import Tally
 from shared.runtime.writes import BatchedWrites
 from shared.tls.session import TLSClosed, TLSSession
-from shared.xmpp import csi, ns
+from shared.xmpp import csi, fast, ns, sasl
 from shared.xmpp.c2s import (
     Acked,
     AuthFailed,
@@ -950,8 +950,11 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self.close(StreamErrorCondition.CONNECTION_TIMEOUT, "authenticate and bind sooner")
 
 
+_MECH_LABELS: Final = frozenset((*sasl.MECHANISMS, *fast.MECHANISMS))  # a bounded label set
+
+
 def _mech_label(mechanism: str) -> str:
-    return mechanism if mechanism in ("PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256") else "other"
+    return mechanism if mechanism in _MECH_LABELS else "other"
 
 
 # counted in tallies (shared/runtime/metrics.py), added to the counters when /metrics is scraped
