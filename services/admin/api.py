@@ -263,6 +263,19 @@ async def remove_domain(request: web.Request) -> web.Response:
     return _json({"removed": name})
 
 
+async def list_tokens(request: web.Request) -> web.Response:
+    tokens = await request.app[ADMIN].tokens(request.match_info["jid"])
+    return _json({"tokens": [dataclasses.asdict(t) for t in tokens]})
+
+
+async def revoke_tokens(request: web.Request) -> web.Response:
+    """All the account's FAST tokens, or one client's (``?client=ID``)."""
+    client = request.query.get("client") or None
+    revoked = await request.app[ADMIN].revoke_tokens(request.match_info["jid"], client)
+    log.info("admin API revoked %d FAST token(s) of %s", revoked, request.match_info["jid"])
+    return _json({"revoked": revoked})
+
+
 def build_app(admin: ClusterAdmin, token: str) -> web.Application:
     """The admin application; an empty token switches authentication off (loopback only,
     see service.check_settings)."""
@@ -276,6 +289,8 @@ def build_app(admin: ClusterAdmin, token: str) -> web.Application:
         web.post("/api/v1/rosters/import", import_rosters, name="import_rosters"),
         web.put("/api/v1/users/{jid}/password", set_password, name="set_password"),
         web.delete("/api/v1/users/{jid}", delete_user, name="delete_user"),
+        web.get("/api/v1/users/{jid}/tokens", list_tokens, name="list_tokens"),
+        web.delete("/api/v1/users/{jid}/tokens", revoke_tokens, name="revoke_tokens"),
         web.get("/api/v1/sessions", list_sessions, name="list_sessions"),
         web.get("/api/v1/sessions/{jid:.+}", get_session, name="get_session"),
         web.delete("/api/v1/sessions/{jid:.+}", kick_session, name="kick_session"),

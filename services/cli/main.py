@@ -173,6 +173,21 @@ async def _user_delete(admin: ClusterAdmin, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _tokens_list(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    tokens = await admin.tokens(args.jid)
+    for t in tokens:
+        print(f"{t.client_id}\t{t.slot}\t{t.mechanism}\texpires {t.expires_at}\t{t.user_agent}")
+    if not tokens:
+        print(f"{args.jid} has no FAST tokens")
+    return 0
+
+
+async def _tokens_revoke(admin: ClusterAdmin, args: argparse.Namespace) -> int:
+    revoked = await admin.revoke_tokens(args.jid, args.client)
+    print(f"revoked {revoked} FAST token(s) of {args.jid}")
+    return 0
+
+
 async def _user_list(admin: ClusterAdmin, args: argparse.Namespace) -> int:
     for jid in await admin.list_users(args.domain):
         print(jid)
@@ -358,6 +373,8 @@ _COMMANDS = {
     ("user", "passwd"): _user_passwd,
     ("user", "delete"): _user_delete,
     ("user", "list"): _user_list,
+    ("tokens", "list"): _tokens_list,
+    ("tokens", "revoke"): _tokens_revoke,
     ("user", "import"): _user_import,
     ("roster", "import"): _roster_import,
     ("sessions", "list"): _sessions_list,
@@ -418,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None,
                    help="SCRAM iterations for entries given a password "
                         "(default: STANZAD_SCRAM_ITERATIONS)")
+    tokens = sub.add_parser("tokens", help="FAST login tokens (XEP-0484)")
+    token_actions = tokens.add_subparsers(dest="action", required=True)
+    p = token_actions.add_parser("list", help="an account's tokens: client, slot, expiry")
+    p.add_argument("jid")
+    p = token_actions.add_parser("revoke", help="revoke an account's tokens (its clients then "
+                                 "log in with the password)")
+    p.add_argument("jid")
+    p.add_argument("--client", default=None, help="only this client's (its user-agent id)")
     roster = sub.add_parser("roster", help="rosters")
     roster_actions = roster.add_subparsers(dest="action", required=True)
     p = roster_actions.add_parser(

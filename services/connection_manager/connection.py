@@ -27,6 +27,7 @@ import logging
 import math
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 from xml.sax.saxutils import quoteattr
@@ -37,7 +38,7 @@ from shared.runtime import logs
 from shared.runtime.metrics import Tally
 from shared.runtime.writes import BatchedWrites
 from shared.tls.session import TLSClosed, TLSSession
-from shared.xmpp import csi, ns
+from shared.xmpp import csi, fast, ns, sasl
 from shared.xmpp.c2s import (
     Acked,
     AckRequested,
@@ -55,8 +56,10 @@ from shared.xmpp.c2s import (
     StartTLS,
     State,
     StreamEnded,
+    TokensNeeded,
 )
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
+from shared.xmpp.jid import JID
 
 from . import metrics
 
@@ -306,8 +309,12 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self.transport.write(out)
         if handshaking and tls.established:
             metrics.TLS_HANDSHAKES.labels("lean" if tls.lean_ready else "openssl").inc()
+            # SCRAM-*-PLUS and FAST's channel bindings (RFC 5929, RFC 9266)
+            binding = tls.channel_binding(self.cm.tls_end_point)
             if self.kind != "tls":  # direct TLS: the stream starts now, nothing to restart
-                self.stream.tls_established()  # a new stream; what came with the Finished
+                self.stream.tls_established(binding)  # a new stream; what came with Finished
+            else:
+                self.stream.set_channel_binding(binding)
         return plain
 
     def eof_received(self) -> bool:
@@ -678,6 +685,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                     self._throttle_for(wait, "stanzas")
         elif isinstance(event, CredentialsNeeded):
             self._begin_exchange(event.username)
+        elif isinstance(event, TokensNeeded):
+            self._begin_exchange(event.username, event)
         elif isinstance(event, BindRequested):
             self._spawn(self._bind(event.resource))
         elif isinstance(event, StartTLS):
@@ -690,6 +699,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             if check is not None and check.pair_failures:
                 account = f"{event.username}@{self.stream.config.domain}"
                 self._spawn(self.cm.auth_throttle.succeeded(self.source, account))
+            if event.sasl2 is not None:  # XEP-0388: bind, carbons, token, then <success/>
+                self._spawn(self._sasl2_complete(event))
         elif isinstance(event, AuthFailed):
             self._auth_failed(event)
         elif isinstance(event, Acked):
@@ -719,9 +730,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
 
     # ---- login throttling (XEP-0205; shared/store/auth_throttle.py) ---------------------------
 
-    def _begin_exchange(self, username: str) -> None:
-        """A SASL exchange needs the account's keys: first a slot of the address (at most
-        ``auth_max_concurrent_per_ip`` at a time; the others wait in line)."""
+    def _begin_exchange(self, username: str, tokens: TokensNeeded | None = None) -> None:
+        """A SASL exchange needs the account's keys (or, for FAST, its client's tokens):
+        first a slot of the address (at most ``auth_max_concurrent_per_ip`` at a time; the
+        others wait in line)."""
 
         def start() -> None:
             if self._closing:
@@ -730,7 +742,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 return
             loop = asyncio.get_running_loop()
             self._sasl_slot = loop.call_later(SASL_SLOT_MAX_S, self._release_sasl_slot)
-            self._spawn(self._load_credentials(username))
+            self._spawn(self._load_credentials(username, tokens))
 
         if self.cm.sasl_slots.acquire(self.source, self, start):
             start()
@@ -822,15 +834,20 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             return
         self._tls = TLSSession(self.cm.tls_context, keylog=self.cm.tls_keylog)
 
-    async def _load_credentials(self, username: str) -> None:
+    async def _load_credentials(self, username: str, tokens: TokensNeeded | None = None
+                                ) -> None:
         """The locks, the address's failures and the account's keys, in one round trip
-        (XEP-0205 §3: an attempt under a lock is refused before any password is checked)."""
+        (XEP-0205 §3: an attempt under a lock is refused before any password is checked);
+        for a FAST login (`tokens`) then the client's tokens (XEP-0484)."""
         try:
             check = await self.cm.lookup_login(self.source, username, self.stream.config.domain)
+            found = (await self.cm.fast_tokens_for(username, tokens.client_id)
+                     if tokens is not None and check.refused is None else [])
         except Exception as exc:
             log.warning("credentials lookup failed: %s", exc)
             self._release_sasl_slot()
-            self._resume(self.stream.credentials_unavailable)
+            self._resume(self.stream.credentials_unavailable if tokens is None
+                         else self.stream.tokens_unavailable)
             return
         if check.refused is not None:
             self._release_sasl_slot()
@@ -839,9 +856,14 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             log.info("refused a login from %s: %s locked for %d s more", self.peer,
                      "address" if check.refused == "ip" else check.refused, wait)
             text = f"too many failed attempts; try again in {wait} s"
-            self._resume(lambda: self.stream.credentials_refused(text))
+            self._resume(lambda: self.stream.credentials_refused(text) if tokens is None
+                         else self.stream.tokens_refused(text))
             return
         self._login = check
+        if tokens is not None:
+            now = time.time()
+            self._resume(lambda: self.stream.tokens_loaded(found, now))
+            return
         self._resume(lambda: self.stream.credentials_loaded(check.credentials))
 
     async def _bind(self, resource: str | None) -> None:
@@ -859,6 +881,34 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 self._auth_timer.cancel()
                 self._auth_timer = None
             self._start_keepalive()
+
+    async def _sasl2_complete(self, event: AuthSucceeded) -> None:
+        """XEP-0388 §2.6.1 with XEP-0386 §3.2 and XEP-0484: bind the resource (carbons on
+        with it), rotate or issue the FAST token, then the one <success/>."""
+        request = event.sasl2
+        assert request is not None
+        # the token first: nothing may wait between the bind and the <success/> (deliveries
+        # to the new session must come after it, counted by XEP-0198 when enabled inline)
+        issued = await self.cm.fast_after_login(event)
+        jid: JID | None = None
+        if request.bind is not None and not self._closing:
+            outcome = await self.cm.bind(self, event.resource, request.bind.carbons)
+            if isinstance(outcome, JID):
+                jid = outcome
+                if request.bind.carbons:
+                    metrics.CARBONS.labels("enable").inc()
+            else:
+                if outcome.condition is StanzaErrorCondition.RESOURCE_CONSTRAINT:
+                    metrics.SESSION_LIMIT_HITS.inc()
+                log.info("Bind2 failed: %s", outcome.condition.value)
+        if jid is not None:
+            self._resume(lambda: self.stream.sasl2_done(jid, issued))
+            if self._auth_timer is not None:
+                self._auth_timer.cancel()
+                self._auth_timer = None
+            self._start_keepalive()
+        else:
+            self._resume(lambda: self.stream.sasl2_done(None, issued))
 
     def _resume_session(self, event: ResumeRequested) -> None:
         """XEP-0198 §5: take over a session of this pod, detached or not yet noticed broken."""
@@ -916,8 +966,11 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self.close(StreamErrorCondition.CONNECTION_TIMEOUT, "authenticate and bind sooner")
 
 
+_MECH_LABELS: Final = frozenset((*sasl.MECHANISMS, *fast.MECHANISMS))  # a bounded label set
+
+
 def _mech_label(mechanism: str) -> str:
-    return mechanism if mechanism in ("PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256") else "other"
+    return mechanism if mechanism in _MECH_LABELS else "other"
 
 
 # counted in tallies (shared/runtime/metrics.py), added to the counters when /metrics is scraped

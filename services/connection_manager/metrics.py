@@ -150,6 +150,11 @@ CARBONS = Counter(
     "stanzad_cm_carbons_requests_total",
     "XEP-0280 <enable/> and <disable/> requests answered.", ["outcome"],
 )
+FAST_TOKENS = Counter(
+    "stanzad_cm_fast_tokens_total",
+    "XEP-0484 FAST tokens issued, rotated (issued because the used one was half way to its "
+    "expiry) and invalidated by their client.", ["outcome"],
+)
 CSI_INACTIVE = Gauge(
     "stanzad_cm_csi_inactive_sessions", "Sessions whose client said it is inactive (XEP-0352)."
 )

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import hmac
 import logging
 import os
 import secrets
@@ -53,19 +55,22 @@ from shared.runtime.metrics import (
     Tally,
 )
 from shared.runtime.settings import ConnectionManagerSettings, RouterSettings, load_or_exit
+from shared.store import keys
 from shared.store.accounts import AccountExists, AccountStore
 from shared.store.auth_throttle import AuthThrottleStore, LoginCheck, Progressive
 from shared.store.domains import VirtualHost
+from shared.store.fast_tokens import FastTokenStore
 from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
 from shared.store.sm_facts import SmFactsStore
+from shared.tls.binding import server_end_point_of_file
 from shared.tls.certs import DomainCertificates
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
 from shared.tls.keylog import KeyLog
-from shared.xmpp import archive, extdisco, ns, pubsub, server_iq, sm
+from shared.xmpp import archive, extdisco, fast, ns, pubsub, server_iq, sm
 from shared.xmpp import credentials as creds_mod
-from shared.xmpp.c2s import SMEnabled, StanzaIn, StreamConfig
+from shared.xmpp.c2s import AuthSucceeded, SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.jid import JID, JIDError, bare_of, domain_of
 from shared.xmpp.parser import parse_fragment, serialize
@@ -106,6 +111,8 @@ class ConnectionManager:
             sm_location=settings.sm_location,
             sm_deferred_acks=settings.durable,  # 'h' counts stored stanzas only
             hosts=self._host_config,
+            sasl2=settings.sasl2_enabled,
+            fast=settings.sasl2_enabled and settings.fast_enabled,
         )
         self._host_configs: dict[tuple[str, bool], tuple[VirtualHost, StreamConfig]] = {}
         # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
@@ -177,6 +184,9 @@ class ConnectionManager:
         self.accounts = AccountStore(self.db, SERVICE)
         # the account domains served (shared/cluster/vhosts.py), kept current in destinations
         self.vhosts = VirtualHosts(settings, self.db, self.destinations)
+        self.fast_tokens = FastTokenStore(self.db)  # XEP-0484
+        self._fast_secret: bytes = settings.fast_token_secret.get_secret_value().encode()
+        self.tls_end_point: bytes | None = None  # RFC 5929 tls-server-end-point of our cert
         self.auth_throttle = AuthThrottleStore(
             self._redis, self.accounts, SERVICE,
             pair=Progressive(settings.auth_pair_free_failures, settings.auth_delay_base_s,
@@ -302,6 +312,7 @@ class ConnectionManager:
         self._cert_stamp = self._stamp()
         ctx = self._configured_context(s.tls_cert, s.tls_key, keylog=False)
         TLS_CERT_EXPIRY.labels(SERVICE).set(certificate_expiry(s.tls_cert))
+        self.tls_end_point = server_end_point_of_file(s.tls_cert)  # RFC 5929 §4
         if self.tls_keylog is not None and not self.tls_keylog.attach(ctx):
             self.tls_keylog.close()
             self.tls_keylog = None
@@ -444,6 +455,69 @@ class ConnectionManager:
         if any (XEP-0205 §3), and the account's keys (None: no such account)."""
         return await self.auth_throttle.lookup(source, f"{username}@{domain or self.domain}")
 
+    async def _fast_key(self) -> bytes:
+        """The key FAST tokens are derived under: configured, or the cluster's random one
+        (created once, in Redis)."""
+        if not self._fast_secret:
+            await self._redis.set(keys.fast_token_secret(), secrets.token_hex(32), nx=True)
+            stored = await self._redis.get(keys.fast_token_secret())
+            if stored is None:
+                raise RuntimeError("the FAST key vanished from Redis")
+            self._fast_secret = bytes(stored)
+        return self._fast_secret
+
+    async def fast_tokens_for(self, username: str, client_id: str) -> list[fast.StoredToken]:
+        """XEP-0484: the tokens of a client of the account, derived again from their ids; a
+        row whose hash does not match (another key) is skipped."""
+        rows = await self.fast_tokens.load(f"{username}@{self.domain}", client_id)
+        if not rows:
+            return []
+        key = await self._fast_key()
+        found = []
+        for row in rows:
+            token = fast.derive_token(key, row.token_id)
+            if hmac.compare_digest(fast.token_hash(token), row.token_hash):
+                found.append(fast.StoredToken(row.slot, row.mechanism, token,
+                                              row.expires_at.timestamp()))
+        return found
+
+    async def fast_after_login(self, event: AuthSucceeded) -> tuple[str, str] | None:
+        """XEP-0484 §4.3-§4.6 after a SASL2 login: the used token's rotation (a "new" one
+        becomes "current"; one past half its life is replaced), invalidation, and a token
+        asked for; the token to put in <success/> (token, XEP-0082 expiry) or None.  A store
+        failure costs the token, never the login."""
+        request = event.sasl2
+        if request is None or not self.stream_config.fast or not request.user_agent_id:
+            return None
+        owner = f"{event.username}@{self.domain}"
+        client = request.user_agent_id
+        used = event.token
+        mechanism = request.request_token
+        try:
+            if used is not None:
+                if request.fast_invalidate:
+                    await self.fast_tokens.revoke(owner, client)
+                    metrics.FAST_TOKENS.labels("invalidated").inc()
+                elif used.slot == fast.NEW:
+                    await self.fast_tokens.promote(owner, client)
+                elif (mechanism is None and used.expires_at - time.time()
+                      < self.settings.fast_token_ttl_s / 2):
+                    mechanism = used.mechanism  # §4.5: due for rotation
+                    metrics.FAST_TOKENS.labels("rotated").inc()
+            if mechanism is None:
+                return None
+            token_id = secrets.token_bytes(16)
+            token = fast.derive_token(await self._fast_key(), token_id)
+            expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+                seconds=self.settings.fast_token_ttl_s)
+            await self.fast_tokens.put(owner, client, mechanism, token_id,
+                                       fast.token_hash(token), expires, request.user_agent)
+        except Exception as exc:
+            log.warning("FAST token store failed: %s", exc)
+            return None
+        metrics.FAST_TOKENS.labels("issued").inc()
+        return token, expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+
     def failure_answer_delay(self, source_failures: int) -> float:
         """How long a failed login's answer waits: longer the more the address failed in
         the last minute (``source_failures``, this one included)."""
@@ -503,12 +577,17 @@ class ConnectionManager:
         log.info("registered a new account in band")
         return None
 
-    async def bind(self, conn: C2SConnection, resource: str | None) -> JID | StanzaError:
-        """RFC 6120 §7: bind in Redis (atomically), replacing an older session of the JID."""
+    async def bind(self, conn: C2SConnection, resource: str | None, carbons: bool = False
+                   ) -> JID | StanzaError:
+        """RFC 6120 §7: bind in Redis (atomically), replacing an older session of the JID;
+        `carbons`: with XEP-0280 on from the start (XEP-0386 §3.2)."""
         assert conn.stream.username is not None
         bare = JID(conn.stream.username, conn.stream.config.domain, None)
-        full = bare.with_resource(resource or secrets.token_hex(8))
-        record = SessionRecord(self.cm_id, conn.session_id, 0, False)
+        try:
+            full = bare.with_resource(resource or secrets.token_hex(8))
+        except JIDError:  # a Bind2 tag and suffix too long together
+            full = bare.with_resource(secrets.token_hex(8))
+        record = SessionRecord(self.cm_id, conn.session_id, 0, False, carbons)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:

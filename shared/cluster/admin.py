@@ -34,6 +34,7 @@ from shared.store.domains import (
     load_file,
     prepare_domain,
 )
+from shared.store.fast_tokens import FastTokenStore
 from shared.store.pg.database import Database
 from shared.store.roster import RosterItem, RosterStore, push_iq
 from shared.store.sessions import SessionRecord, SessionStore, split_full
@@ -98,6 +99,18 @@ class ClusterStatus:
     roles: dict[str, dict[str, int]]
     connection_managers: list[ConnectionManagerInfo]
     sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A FAST token (XEP-0484) as the operator sees it: whose client, which slot, until when."""
+
+    client_id: str
+    slot: str
+    mechanism: str
+    user_agent: str
+    created_at: str
+    expires_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +364,7 @@ class ClusterAdmin:
         self.partitions = partitions
         self.accounts = AccountStore(db, service)
         self.rosters = RosterStore(db, service)
+        self.fast_tokens = FastTokenStore(db)
         self._service = service
         self.sessions_store = SessionStore(redis, service)
         self._bus = bus
@@ -552,6 +566,18 @@ class ClusterAdmin:
         except Exception as exc:
             log.warning("could not push the imported roster of %s: %s", owner, exc)
         return pushed
+
+    async def tokens(self, jid: str) -> list[TokenInfo]:
+        """The account's FAST tokens (XEP-0484): one per client and slot, never the token."""
+        bare = bare_jid(jid, self.domain)
+        return [TokenInfo(r.client_id, r.slot, r.mechanism, r.user_agent,
+                          r.created_at.isoformat(), r.expires_at.isoformat())
+                for r in await self.fast_tokens.list(bare)]
+
+    async def revoke_tokens(self, jid: str, client_id: str | None = None) -> int:
+        """Revoke the account's FAST tokens (of one client); how many.  The client's next
+        login with one fails and it falls back to its password (XEP-0484 §6.1)."""
+        return await self.fast_tokens.revoke(bare_jid(jid, self.domain), client_id)
 
     async def list_users(self, domain: str | None = None) -> list[str]:
         return await self.accounts.list(domain or self.domain)

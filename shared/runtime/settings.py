@@ -441,6 +441,23 @@ class ConnectionManagerSettings(CommonSettings):
         10.0, gt=0, description="... and when unacknowledged stanzas have waited this long."
     )
     csi_enabled: bool = Field(True, description="Offer XEP-0352 client state indication.")
+    # ---- SASL2, Bind2, FAST (README "Logging in") ----
+    sasl2_enabled: bool = Field(
+        True, description="Offer XEP-0388 SASL2 with XEP-0386 Bind2 (one round trip from the "
+        "stream features to a bound session)."
+    )
+    fast_enabled: bool = Field(True, description="Offer XEP-0484 FAST tokens with SASL2.")
+    fast_token_ttl_s: int = Field(
+        14 * 86400, ge=60,
+        description="How long a FAST token is valid; a login with one that has less than "
+        "half of this left gets a new one.",
+    )
+    fast_token_secret: SecretStr = Field(
+        SecretStr(""),
+        description="The key FAST tokens are derived under (the database keeps only ids and "
+        "hashes); empty: one random key kept in Redis, so losing Redis ends every token "
+        "(clients fall back to their password).",
+    )
     csi_max_held: int = Field(
         256, ge=1,
         description="Stanzas held for an inactive client (XEP-0352); when one more would "

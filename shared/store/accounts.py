@@ -26,7 +26,7 @@ _COLUMNS: Final = (
 # the tables of an account's own data, deleted with it (owner = the account's bare JID)
 OWNED_TABLES: Final = ("roster_items", "roster_tombstones", "roster_versions",
                        "offline_messages", "vcards", "private_storage", "blocklist",
-                       "push_registrations", "last_activity")
+                       "push_registrations", "last_activity", "fast_tokens")
 
 
 class AccountExists(Exception):

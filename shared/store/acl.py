@@ -66,7 +66,7 @@ CAPS: Final = (keys.caps_features(ANY), keys.caps_pending(ANY), keys.caps_waitin
                keys.pep_resources(ANY))
 
 CONNECTION_MANAGER: Final = (SESSIONS + RESUMPTION + LOGIN_THROTTLE + REGISTRATIONS
-                             + REMOVED_ACCOUNT)
+                             + REMOVED_ACCOUNT + (keys.fast_token_secret(),))
 ROUTER: Final = SESSIONS + _partitioned("route")
 
 ROLES: Final[dict[str, tuple[str, ...]]] = {

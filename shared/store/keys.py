@@ -147,6 +147,12 @@ def auth_lock_pair(bare_jid: str, source: str) -> str:
     return f"authlock:pair:{{{bare_jid}}}:{source}"
 
 
+def fast_token_secret() -> str:
+    """The key the cluster derives FAST tokens under (XEP-0484, shared/xmpp/fast.py) when
+    none is configured; losing it ends every token (clients log in with their password)."""
+    return "c2s:fast-secret"
+
+
 def dialback_secret() -> str:
     """The cluster's Server Dialback secret (XEP-0185), shared by every s2s gateway process
     so that any of them can answer a <db:verify/> for a key another one sent."""

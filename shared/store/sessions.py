@@ -174,13 +174,15 @@ class SessionStore:
         """Bind (one script); the connection manager's index learns it, with the client's
         ``address``, in the next round trip (`CmIndex`: another hash slot, never inside the
         script), and the bind returns only once it has: a connection manager killed right
-        after a client's bind result leaves no session the reaper cannot find."""
+        after a client's bind result leaves no session the reaper cannot find.  A record
+        with `carbons` set binds with XEP-0280 on (XEP-0386 §3.2, inline)."""
         bare, resource = split_full(full_jid)
+        value = record.encode() + (" 1" if record.carbons else "")
         async with timed(self._service, "session_bind"):
             version, old = await self._tick.script(
                 self._bind,
                 [keys.sessions(bare), keys.sessions_version(bare)],
-                [resource, record.encode(), max_sessions],
+                [resource, value, max_sessions],
             )
         if version == -1:
             raise SessionLimitReached(bare)

@@ -19,6 +19,7 @@ import contextlib
 import ssl
 from typing import Final
 
+from shared.tls.binding import TLSChannelBinding
 from shared.tls.keylog import CLIENT_TRAFFIC, SERVER_TRAFFIC, KeyLog
 from shared.tls.records import SUITES, RecordError, Records13, TLSClosed, wipe
 
@@ -78,6 +79,14 @@ class TLSSession:
     def lean_ready(self) -> bool:
         """True when `hibernate` can hand the record layer over (or already has)."""
         return self._records is not None or self._lean_keys is not None
+
+    def channel_binding(self, end_point: bytes | None) -> TLSChannelBinding | None:
+        """The channel bindings of this established session (`shared.tls.binding`), given
+        the server certificate's ``tls-server-end-point`` hash; None before the handshake
+        ends or once the session is lean (OpenSSL's session is gone: logins come first)."""
+        if not self.established or self._tls is None:
+            return None
+        return TLSChannelBinding(self._tls, end_point)
 
     def start(self) -> None:
         """Begin the handshake (a client's ClientHello lands in `data_to_send`)."""

@@ -12,6 +12,16 @@ machine waits (`next_event` returns None) until the caller reports the outcome:
     RegisterRequested   -> `register_done(StanzaError or None)`
     ResumeRequested     -> `resume_succeeded(jid, queue)` or `resume_failed()` (XEP-0198 §5)
 
+SASL2 (XEP-0388) with Bind2 (XEP-0386) and FAST (XEP-0484): an <authenticate/> is a SASL
+exchange like <auth/> that may carry a bind request and ask for a token; its success is one
+`AuthSucceeded` carrying the request (`Sasl2Request`), which the caller answers, after binding
+(and enabling carbons) and issuing the token, with `sasl2_done(full_jid or None, token)`: one
+<success/> with the bound JID, the inline XEP-0198 <enabled/> and the token, then the
+features of the authenticated stream, with no stream restart.  A FAST login asks for the
+client's tokens (`TokensNeeded` -> `tokens_loaded`).  SCRAM-*-PLUS and the HT mechanisms
+need the connection's channel binding: `tls_established(binding)` (or `set_channel_binding`
+for direct TLS) hands it over; XEP-0440 advertises its types.
+
 XEP-0352 Client State Indication: <csi/> is offered after authentication; <active/> and
 <inactive/> of a bound session come out as `ClientState` (they are not stanzas: not counted
 for XEP-0198); what to hold is the caller's (`shared.xmpp.csi`).
@@ -33,6 +43,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +52,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from shared.xmpp import csi, ns, sm
+from shared.xmpp import csi, fast, ns, sm
 from shared.xmpp.credentials import StoredCredentials
 from shared.xmpp.errors import (
     StanzaError,
@@ -63,9 +74,12 @@ from shared.xmpp.sasl import (
     MECHANISMS,
     Authenticator,
     Challenge,
+    ChannelBinding,
     NeedCredentials,
     SASLFailure,
     Success,
+    binding_feature,
+    offered_mechanisms,
 )
 from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS, error_reply, iq_result, must_not_bounce
 from shared.xmpp.stream_io import ServingStream, State, StreamEnded
@@ -97,6 +111,9 @@ class StreamConfig:
     # base), or None when it is not served (RFC 6120 §4.9.3.6 host-unknown); None: only
     # ``domain`` is served
     hosts: Callable[[str, StreamConfig], StreamConfig | None] | None = None
+    sasl2: bool = True  # XEP-0388 offered, with XEP-0386 Bind2
+    carbons: bool = True  # XEP-0280 <enable/> inline in a Bind2 request
+    fast: bool = False  # XEP-0484 tokens offered (the caller has a store for them)
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -113,9 +130,45 @@ class CredentialsNeeded:
 
 
 @dataclass(frozen=True, slots=True)
+class Bind2Request:
+    """XEP-0386 §3.2: a <bind/> inside a SASL2 <authenticate/>."""
+
+    tag: str  # the client's <tag/>, prepared as a resourcepart ("" without one)
+    carbons: bool  # XEP-0280 <enable/>
+    active: bool | None  # XEP-0352 <active/> (True), <inactive/> (False), neither (None)
+    sm_enable: tuple[bool, str] | None  # XEP-0198 <enable/>: (resume, max) if asked
+
+
+@dataclass(frozen=True, slots=True)
+class Sasl2Request:
+    """What a SASL2 <authenticate/> asked for beside the authentication (XEP-0388 §2.3)."""
+
+    user_agent_id: str  # <user-agent id/>: the client (FAST tokens, stable resources)
+    user_agent: str  # its <software/> and <device/>, for the operator's token list
+    bind: Bind2Request | None
+    request_token: str | None  # XEP-0484 <request-token mechanism/>
+    fast_invalidate: bool  # XEP-0484 <fast invalidate='true'/>
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSucceeded:
+    """SASL success.  For SASL2 (`sasl2` set) the machine waits for `sasl2_done`; `resource`
+    is the Bind2 resource to bind, `token` the FAST token that authenticated."""
+
     username: str
     mechanism: str
+    sasl2: Sasl2Request | None = None
+    resource: str | None = None
+    token: fast.StoredToken | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokensNeeded:
+    """XEP-0484: a FAST login; load the client's tokens and call `tokens_loaded`."""
+
+    username: str
+    mechanism: str
+    client_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +242,7 @@ class StanzaIn:
 Event = (
     StartTLS
     | CredentialsNeeded
+    | TokensNeeded
     | AuthSucceeded
     | AuthFailed
     | BindRequested
@@ -211,6 +265,7 @@ class C2SStream(ServingStream):
         "_auth_attempts",
         "_auth_user",
         "_bind_iq",
+        "_binding",
         "_header_sent",
         "_mechanism",
         "_out",
@@ -219,6 +274,7 @@ class C2SStream(ServingStream):
         "_ready",
         "_register_iq",
         "_resume",
+        "_sasl2",
         "_waiting_for",
         "config",
         "jid",
@@ -250,6 +306,8 @@ class C2SStream(ServingStream):
         self._register_iq: str = ""
         self.sm: sm.Queue | None = None  # XEP-0198 enabled (or resumed) on this stream
         self._resume: ResumeRequested | None = None
+        self._binding: ChannelBinding | None = None  # the TLS channel bindings, until auth
+        self._sasl2: _Sasl2 | None = None  # a SASL2 exchange under way
 
     _STREAM_ID_BYTES = 12
 
@@ -259,10 +317,71 @@ class C2SStream(ServingStream):
 
     # ---- answers from the caller -------------------------------------------------------
 
-    def tls_established(self) -> None:
+    def tls_established(self, binding: ChannelBinding | None = None) -> None:
         self._expect(StartTLS)
         self.tls = True
+        self._binding = binding
         self._restart()
+
+    def set_channel_binding(self, binding: ChannelBinding | None) -> None:
+        """The TLS channel bindings of a stream that began in TLS (XEP-0368)."""
+        self._binding = binding
+
+    def tokens_loaded(self, tokens: list[fast.StoredToken], now: float) -> None:
+        """The client's FAST tokens, derived (`TokensNeeded`)."""
+        self._expect(TokensNeeded)
+        self.state = State.OPEN
+        auth = self._auth
+        assert isinstance(auth, fast.TokenAuthenticator)
+        event = self._sasl_step(lambda _: auth.provide_tokens(tokens, now))
+        if event is not None:
+            self._ready.insert(0, event)
+
+    def tokens_unavailable(self) -> None:
+        """The token store could not answer: temporary-auth-failure (RFC 6120 §6.5.12)."""
+        self._expect(TokensNeeded)
+        self.state = State.OPEN
+        self._ready.insert(0, self._sasl_failure("temporary-auth-failure", self._mechanism))
+
+    def tokens_refused(self, text: str) -> None:
+        """As `credentials_refused`, for a FAST login (XEP-0205 §3)."""
+        self._expect(TokensNeeded)
+        self.state = State.OPEN
+        self._ready.insert(0, self._sasl_failure("temporary-auth-failure", self._mechanism, text))
+
+    def sasl2_done(self, jid: JID | None, token: tuple[str, str] | None = None) -> None:
+        """XEP-0388 §2.6.1: the <success/> of a SASL2 login, once the caller bound `jid`
+        (None: no bind asked, or it failed: the client may bind the RFC 6120 way) and issued
+        `token` (XEP-0484 §4.3: the token and its expiry in XEP-0082 form), then the
+        features of the authenticated stream (no restart)."""
+        self._expect(AuthSucceeded)
+        self.state = State.OPEN
+        pending, self._sasl2 = self._sasl2, None
+        assert pending is not None and self.username is not None
+        request = pending.request
+        parts = [f'<success xmlns="{ns.SASL2}">']
+        if pending.data:
+            parts.append(f"<additional-data>{base64.b64encode(pending.data).decode()}"
+                         "</additional-data>")
+        identity = str(jid) if jid is not None else f"{self.username}@{self.config.domain}"
+        parts.append(f"<authorization-identifier>{escape(identity)}</authorization-identifier>")
+        bind = request.bind
+        if jid is not None and bind is not None:
+            self.jid = jid
+            bound = ""
+            if bind.sm_enable is not None and self.config.stream_management:
+                xml, enabled = self._enable_sm(*bind.sm_enable)  # XEP-0386 §3.2
+                bound = xml.decode()
+                self._ready.append(enabled)
+            if bind.active is not None and self.config.client_state:
+                self._ready.append(ClientState(bind.active))  # XEP-0386 §3.2, XEP-0352
+            parts.append(f'<bound xmlns="{ns.BIND2}">{bound}</bound>')
+        if token is not None:
+            parts.append(f'<token xmlns="{ns.FAST}" token={quoteattr(token[0])} '
+                         f"expiry={quoteattr(token[1])}/>")
+        parts.append("</success>")
+        self._out.append("".join(parts).encode())
+        self._out.append(_features(self.config, self.tls, 2 if self.jid else 1, ()))
 
     def credentials_loaded(self, creds: StoredCredentials | None) -> None:
         self._expect(CredentialsNeeded)
@@ -407,7 +526,11 @@ class C2SStream(ServingStream):
                 raise StreamError(StreamErrorCondition.NOT_AUTHORIZED, "bind a resource first")
             return ClientState(tag == csi.ACTIVE)
         if self.username is None and tag.startswith("{" + ns.SASL + "}"):
+            if self._sasl2 is not None:  # XEP-0388 §2.5: only SASL2 elements meanwhile
+                raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "SASL2 under way")
             return self._on_sasl(element, tag[len(ns.SASL) + 2 :])
+        if self.username is None and self.config.sasl2 and tag.startswith("{" + ns.SASL2 + "}"):
+            return self._on_sasl2(element, tag[len(ns.SASL2) + 2 :])
         if tag == f"{{{ns.TLS}}}starttls":
             return self._on_starttls()
         raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
@@ -455,7 +578,12 @@ class C2SStream(ServingStream):
         return config.hosts(domain, config)
 
     def _features(self) -> bytes:
-        return _features(self.config, self.tls, self.username is not None)
+        types = self._binding.types if self._binding is not None else ()
+        return _features(self.config, self.tls, 1 if self.username is not None else 0, types)
+
+    def _offered(self) -> tuple[str, ...]:
+        """The SASL mechanisms offered on this connection (-PLUS ones with a binding)."""
+        return offered_mechanisms(self.config.mechanisms, self._binding)
 
     # ---- stream management (XEP-0198) ------------------------------------------------------
 
@@ -485,19 +613,23 @@ class C2SStream(ServingStream):
         if self.jid is None:  # §3: before resource binding
             self._out.append(sm.failed("unexpected-request"))
             return None
+        xml, event = self._enable_sm(element.get("resume") in ("true", "1"),
+                                     element.get("max", ""))
+        self._out.append(xml)
+        return event
+
+    def _enable_sm(self, resume: bool, asked: str) -> tuple[bytes, SMEnabled]:
+        """§3: SM on for this bound stream; its <enabled/> and the event."""
         config = self.config
         max_s = 0
-        if element.get("resume") in ("true", "1") and config.sm_resume_s > 0:
-            asked = element.get("max", "")
+        if resume and config.sm_resume_s > 0:
             # §5: 'max' is the client's preferred maximum; the server's may be lower
             max_s = min(int(asked), config.sm_resume_max_s) if asked.isdigit() else 0
             max_s = max_s or config.sm_resume_s
         sm_id = secrets.token_urlsafe(_SM_ID_BYTES) if max_s else ""
         self.sm = sm.Queue(sm_id, max_s)
-        self._out.append(
-            sm.enabled_resumable(sm_id, max_s, config.sm_location) if sm_id else sm.enabled()
-        )
-        return SMEnabled(sm_id, max_s)
+        xml = sm.enabled_resumable(sm_id, max_s, config.sm_location) if sm_id else sm.enabled()
+        return xml, SMEnabled(sm_id, max_s)
 
     def _on_resume(self, element: etree._Element) -> Event | None:
         """§5: after authentication, instead of binding."""
@@ -535,14 +667,16 @@ class C2SStream(ServingStream):
             mechanism = element.get("mechanism", "")
             self._mechanism = mechanism
             self._auth_user = None
-            if mechanism not in self.config.mechanisms:
+            offered = self._offered()
+            if mechanism not in offered:
                 return self._sasl_failure("invalid-mechanism", mechanism)
             try:
                 initial = _b64(element.text)
             except ValueError:
                 return self._sasl_failure("incorrect-encoding", mechanism)
             try:
-                self._auth = Authenticator(mechanism, domain=self.config.domain)
+                self._auth = Authenticator(mechanism, domain=self.config.domain,
+                                           channel_binding=self._binding, offered=offered)
             except SASLFailure as exc:
                 return self._sasl_failure(exc.condition.value, mechanism)
             return self._sasl_step(lambda auth: auth.start(initial))
@@ -567,24 +701,103 @@ class C2SStream(ServingStream):
         if isinstance(result, NeedCredentials):
             self._auth_user = result.username
             return self._wait(CredentialsNeeded(result.username))
+        if isinstance(result, fast.NeedTokens):
+            self._auth_user = result.username
+            assert self._sasl2 is not None
+            return self._wait(TokensNeeded(result.username, self._mechanism,
+                                           self._sasl2.request.user_agent_id))
+        sasl_ns = ns.SASL2 if self._sasl2 is not None else ns.SASL
         if isinstance(result, Challenge):
             data = base64.b64encode(result.data).decode()
-            self._out.append(f'<challenge xmlns="{ns.SASL}">{data}</challenge>'.encode())
+            self._out.append(f'<challenge xmlns="{sasl_ns}">{data}</challenge>'.encode())
             return None
         assert isinstance(result, Success)
-        data = base64.b64encode(result.data).decode() if result.data else ""
-        self._out.append(f'<success xmlns="{ns.SASL}">{data}</success>'.encode())
         self.username = result.username
         self._auth = None
+        self._binding = None  # needed no more: logins are over on this stream
+        pending = self._sasl2
+        if pending is not None:  # XEP-0388 §2.6.1: no restart; the answer waits for the bind
+            pending.data = result.data
+            self._parser.limits = _post_auth_limits(self.config.max_stanza_bytes)
+            request = pending.request
+            resource = None
+            if request.bind is not None:
+                resource = _bind2_resource(result.username, request.bind.tag,
+                                           request.user_agent_id)
+            token = result.detail if isinstance(result.detail, fast.StoredToken) else None
+            return self._wait(AuthSucceeded(result.username, self._mechanism, request,
+                                            resource, token))
+        data = base64.b64encode(result.data).decode() if result.data else ""
+        self._out.append(f'<success xmlns="{ns.SASL}">{data}</success>'.encode())
         self._restart()
         return AuthSucceeded(result.username, self._mechanism)
 
+    def _on_sasl2(self, element: etree._Element, name: str) -> Event | None:
+        """XEP-0388 §2.3-2.6: <authenticate/>, <response/>, <abort/>."""
+        if name == "authenticate":
+            if self._sasl2 is not None or self._auth is not None:
+                raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "SASL2 under way")
+            mechanism = element.get("mechanism", "")
+            self._mechanism = mechanism
+            self._auth_user = None
+            try:
+                request = _sasl2_request(element, self.config)
+            except ValueError as exc:
+                self._sasl2 = _Sasl2(_NO_REQUEST)
+                return self._sasl_failure("malformed-request", mechanism, str(exc))
+            self._sasl2 = _Sasl2(request)
+            if not self._sasl_allowed():
+                return self._sasl_failure("encryption-required", mechanism)
+            fast_offered = fast.offered(self._binding) if self.config.fast else ()
+            try:
+                initial = _b64(element.findtext(f"{{{ns.SASL2}}}initial-response"), sasl2=True)
+            except ValueError:
+                return self._sasl_failure("incorrect-encoding", mechanism)
+            try:
+                if mechanism in fast_offered:
+                    if not request.user_agent_id:  # XEP-0484 §6.1
+                        return self._sasl_failure("malformed-request", mechanism,
+                                                  "a FAST login needs <user-agent id/>")
+                    self._auth = fast.TokenAuthenticator(  # type: ignore[assignment]
+                        mechanism, domain=self.config.domain, channel_binding=self._binding)
+                elif mechanism in self._offered():
+                    self._auth = Authenticator(mechanism, domain=self.config.domain,
+                                               channel_binding=self._binding,
+                                               offered=self._offered())
+                else:
+                    return self._sasl_failure("invalid-mechanism", mechanism)
+            except SASLFailure as exc:
+                return self._sasl_failure(exc.condition.value, mechanism)
+            return self._sasl_step(lambda auth: auth.start(initial))
+        if self._auth is None or self._sasl2 is None:
+            raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "no SASL2 exchange")
+        if name == "abort":
+            return self._sasl_failure("aborted", self._mechanism)
+        if name == "response":
+            try:
+                data = _b64(element.text) or b""
+            except ValueError:
+                return self._sasl_failure("incorrect-encoding", self._mechanism)
+            return self._sasl_step(lambda auth: auth.respond(data))
+        raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+
     def _sasl_failure(self, condition: str, mechanism: str, text: str | None = None) -> Event:
         self._auth = None
+        if self._sasl2 is not None:
+            # XEP-0388 §2.6.2: the RFC 6120 condition inside a SASL2 <failure/>
+            self._sasl2 = None
+            body = f'<{condition} xmlns="{ns.SASL}"/>'
+            if text:
+                body += f"<text>{escape(text)}</text>"
+            self._out.append(f'<failure xmlns="{ns.SASL2}">{body}</failure>'.encode())
+            return self._count_failure(mechanism, condition)
         body = f"<{condition}/>"
         if text:
             body += f'<text xml:lang="en">{escape(text)}</text>'
         self._out.append(f'<failure xmlns="{ns.SASL}">{body}</failure>'.encode())
+        return self._count_failure(mechanism, condition)
+
+    def _count_failure(self, mechanism: str, condition: str) -> Event:
         self._auth_attempts += 1
         if self._auth_attempts >= MAX_AUTH_ATTEMPTS:
             self._ready.append(
@@ -714,8 +927,11 @@ def _iq_error(stanza_id: str, error: StanzaError) -> bytes:
     return f'<iq type="error" id={quoteattr(stanza_id)}>{error.to_xml()}</iq>'.encode()
 
 
-def _b64(text: str | None) -> bytes | None:
-    """RFC 6120 §6.4.2: no text means no initial response; '=' means an empty one."""
+def _b64(text: str | None, *, sasl2: bool = False) -> bytes | None:
+    """RFC 6120 §6.4.2: no text means no initial response; '=' means an empty one.  SASL2
+    (XEP-0388 §2.2): no element (None) means none, an empty one empty data."""
+    if sasl2 and text is not None and not text.strip():
+        return b""
     if text is None or text == "":
         return None
     text = text.strip()
@@ -727,13 +943,87 @@ def _b64(text: str | None) -> bytes | None:
         raise ValueError("invalid base64") from None
 
 
-@functools.lru_cache(maxsize=16)
-def _features(config: StreamConfig, tls: bool, authenticated: bool) -> bytes:
-    """<stream:features/> (RFC 6120 §4.3.2): a handful of variants per server, built once."""
+class _Sasl2:
+    """A SASL2 exchange under way: its request, and the success data until `sasl2_done`."""
+
+    __slots__ = ("data", "request")
+
+    def __init__(self, request: Sasl2Request) -> None:
+        self.request = request
+        self.data: bytes | None = None
+
+
+_NO_REQUEST: Final = Sasl2Request("", "", None, None, False)
+_MAX_USER_AGENT_ID: Final = 256
+_MAX_TAG: Final = 64
+
+
+def _sasl2_request(element: etree._Element, config: StreamConfig) -> Sasl2Request:
+    """The extensions of an <authenticate/> (XEP-0388 §2.3, XEP-0386 §3.2, XEP-0484 §4.2,
+    §4.4); ValueError for malformed ones."""
+    agent = element.find(f"{{{ns.SASL2}}}user-agent")
+    agent_id, user_agent = "", ""
+    if agent is not None:
+        agent_id = (agent.get("id") or "").strip()
+        if len(agent_id) > _MAX_USER_AGENT_ID:
+            raise ValueError("user-agent id too long")
+        user_agent = " / ".join(
+            t.strip() for t in (agent.findtext(f"{{{ns.SASL2}}}software"),
+                                agent.findtext(f"{{{ns.SASL2}}}device")) if t and t.strip())
+    bind: Bind2Request | None = None
+    bind_el = element.find(f"{{{ns.BIND2}}}bind")
+    if bind_el is not None:
+        tag = (bind_el.findtext(f"{{{ns.BIND2}}}tag") or "").strip()[:_MAX_TAG]
+        if tag:
+            try:
+                tag = JID(None, config.domain, None).with_resource(tag).resource or ""
+            except JIDError:
+                raise ValueError("bad bind tag") from None
+        enable = bind_el.find(f"{{{ns.SM}}}enable")
+        active = None
+        if bind_el.find(csi.ACTIVE) is not None:
+            active = True
+        elif bind_el.find(csi.INACTIVE) is not None:
+            active = False
+        bind = Bind2Request(
+            tag=tag,
+            carbons=config.carbons and bind_el.find(f"{{{ns.CARBONS}}}enable") is not None,
+            active=active,
+            sm_enable=(enable.get("resume") in ("true", "1"), enable.get("max", ""))
+            if enable is not None else None,
+        )
+    request_token = None
+    asked = element.find(f"{{{ns.FAST}}}request-token")
+    if asked is not None and config.fast:
+        request_token = asked.get("mechanism") or ""
+        if request_token not in fast.MECHANISMS:
+            raise ValueError("unknown FAST mechanism")
+    used = element.find(f"{{{ns.FAST}}}fast")
+    invalidate = used is not None and used.get("invalidate") in ("true", "1")
+    return Sasl2Request(agent_id, user_agent, bind, request_token, invalidate)
+
+
+def _bind2_resource(username: str, tag: str, user_agent_id: str) -> str:
+    """XEP-0386 §3.3: "tag/id"; the id is stable for the same account, client and tag (a
+    hash, never the user-agent id itself), random without a user-agent id."""
+    if user_agent_id:
+        digest = hashlib.sha256(f"bind2\0{username}\0{user_agent_id}\0{tag}".encode()).digest()
+        suffix = base64.b32encode(digest[:10]).decode().lower()
+    else:
+        suffix = secrets.token_hex(8)
+    return f"{tag}/{suffix}" if tag else suffix
+
+
+@functools.lru_cache(maxsize=64)
+def _features(config: StreamConfig, tls: bool, stage: int, binding_types: tuple[str, ...]
+              ) -> bytes:
+    """<stream:features/> (RFC 6120 §4.3.2): a handful of variants per server, built once.
+    `stage`: 0 before authentication, 1 authenticated, 2 bound (SASL2 with Bind2)."""
     parts = ["<stream:features>"]
-    if authenticated:
-        parts.append(f'<bind xmlns="{ns.BIND}"/>')
-        parts.append(f'<session xmlns="{ns.SESSION}"><optional/></session>')
+    if stage:
+        if stage == 1:
+            parts.append(f'<bind xmlns="{ns.BIND}"/>')
+            parts.append(f'<session xmlns="{ns.SESSION}"><optional/></session>')
         parts.append(f'<ver xmlns="{ns.ROSTER_VERSIONING}"/>')  # RFC 6121 §2.6.1
         parts.append(f'<sub xmlns="{ns.PRE_APPROVAL}"/>')  # RFC 6121 §3.4.1
         if config.stream_management:
@@ -745,12 +1035,38 @@ def _features(config: StreamConfig, tls: bool, authenticated: bool) -> bytes:
             required = "<required/>" if config.tls_required else ""
             parts.append(f'<starttls xmlns="{ns.TLS}">{required}</starttls>')
         if _sasl_allowed(config, tls):
-            mechs = "".join(f"<mechanism>{m}</mechanism>" for m in config.mechanisms)
+            offered = config.mechanisms if binding_types else tuple(
+                m for m in config.mechanisms if not m.endswith("-PLUS"))
+            mechs = "".join(f"<mechanism>{m}</mechanism>" for m in offered)
             parts.append(f'<mechanisms xmlns="{ns.SASL}">{mechs}</mechanisms>')
+            parts.append(binding_feature(binding_types))  # XEP-0440
+            if config.sasl2:
+                parts.append(_sasl2_feature(config, offered, binding_types))
             if config.allow_registration:
                 parts.append(f'<register xmlns="{ns.REGISTER_FEATURE}"/>')
     parts.append("</stream:features>")
     return "".join(parts).encode()
+
+
+def _sasl2_feature(config: StreamConfig, offered: tuple[str, ...],
+                   binding_types: tuple[str, ...]) -> str:
+    """XEP-0388 §2.1 <authentication/>, with Bind2 (XEP-0386 §3.1: what it enables inline)
+    and FAST (XEP-0484 §4.1: its mechanisms) inline."""
+    mechs = "".join(f"<mechanism>{m}</mechanism>" for m in offered)
+    inline = [ns.CARBONS] if config.carbons else []
+    if config.client_state:
+        inline.append(ns.CSI)
+    if config.stream_management:
+        inline.append(ns.SM)
+    features = "".join(f"<feature var={quoteattr(v)}/>" for v in inline)
+    parts = [f'<inline><bind xmlns="{ns.BIND2}"><inline>{features}</inline></bind>']
+    if config.fast:
+        ht = tuple(m for m, kind in fast.MECHANISMS.items()
+                   if kind is None or kind in binding_types)
+        parts.append(f'<fast xmlns="{ns.FAST}">'
+                     + "".join(f"<mechanism>{m}</mechanism>" for m in ht) + "</fast>")
+    parts.append("</inline>")
+    return f'<authentication xmlns="{ns.SASL2}">{mechs}{"".join(parts)}</authentication>'
 
 
 def _sasl_allowed(config: StreamConfig, tls: bool) -> bool:

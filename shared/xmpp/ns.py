@@ -57,3 +57,7 @@ CHAT_STATES: Final = "http://jabber.org/protocol/chatstates"
 COMPONENT_ACCEPT: Final = "jabber:component:accept"  # XEP-0114 Jabber Component Protocol
 EXTDISCO: Final = "urn:xmpp:extdisco:2"  # XEP-0215 External Service Discovery
 HTTP_UPLOAD: Final = "urn:xmpp:http:upload:0"  # XEP-0363 HTTP File Upload
+SASL2: Final = "urn:xmpp:sasl:2"  # XEP-0388 Extensible SASL Profile
+BIND2: Final = "urn:xmpp:bind:0"  # XEP-0386 Bind 2
+FAST: Final = "urn:xmpp:fast:0"  # XEP-0484 Fast Authentication Streamlining Tokens
+SASL_CB: Final = "urn:xmpp:sasl-cb:0"  # XEP-0440 SASL Channel-Binding Type Capability

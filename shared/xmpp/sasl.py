@@ -18,18 +18,30 @@ itself (RFC 5802 §7), returns `NeedCredentials`, and only feeds scramp once the
 there.  Unknown users get a challenge with a deterministic fake salt and fail with
 not-authorized at the end, like a wrong password (RFC 5802 §5.1 allows this to avoid
 revealing which accounts exist).
+
+Channel binding (RFC 5802 §6, §7; RFC 5929, RFC 9266): SCRAM-SHA-1-PLUS and
+SCRAM-SHA-256-PLUS are offered on a connection whose TLS gives at least one binding type (a
+`ChannelBinding`, from ``shared.tls.binding``); the types are advertised with XEP-0440
+(`binding_feature`).  scramp knows no ``tls-exporter``, so the gs2-header and the binding data
+are checked the way an authzid already is: scramp compares the client's ``c=`` against the
+header the client sent plus our binding data (`_VerbatimGs2Header`).  A ``p=`` type this
+connection lacks, a PLUS mechanism without ``p=``, and ``y`` while PLUS was offered (a
+downgrade, RFC 5802 §6) fail with not-authorized.  XEP-0474 (SSDP): the server-first-message
+carries ``h=``, the hash of the offered mechanisms and binding types (`ssdp_hash`), covered by
+the client's proof.
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
-from xml.sax.saxutils import escape
+from typing import Final, Protocol, TypeVar
+from xml.sax.saxutils import escape, quoteattr
 
 from precis_i18n import get_profile
 from scramp import ScramException, ScramMechanism
@@ -46,12 +58,17 @@ from shared.xmpp.credentials import (
 )
 from shared.xmpp.errors import XMPPError
 
-MECHANISMS: Final = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")  # offered in this order
+# offered in this order; the -PLUS ones only where the connection has a channel binding
+MECHANISMS: Final = ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1",
+                     "PLAIN")
+# channel binding types in our order of preference (RFC 9266 §3: tls-exporter first)
+BINDING_TYPES: Final = ("tls-exporter", "tls-unique", "tls-server-end-point")
 
 MAX_MESSAGE_BYTES: Final = 4096  # one client message, after base64 decoding
 MAX_LOCALPART_BYTES: Final = 1023  # RFC 7622 §3.3.1
 
 _SCRAM_DIGEST_SIZE: Final = {"SCRAM-SHA-1": 20, "SCRAM-SHA-256": 32}
+_SCRAM_HASH: Final = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
 
 # RFC 7622 §3.3.1: characters a localpart may not contain even when PRECIS allows them.
 _LOCALPART_FORBIDDEN: Final = frozenset("\"&'/:<>@")
@@ -62,6 +79,48 @@ _USERNAME = get_profile("UsernameCaseMapped")
 _PROCESS_FAKE_SALT_KEY: Final = secrets.token_bytes(32)
 
 _T = TypeVar("_T")
+
+
+class ChannelBinding(Protocol):
+    """What a connection's TLS layer offers for channel binding (``shared.tls.binding``)."""
+
+    types: tuple[str, ...]  # the binding types of this connection, in `BINDING_TYPES` order
+
+    def data(self, kind: str) -> bytes | None:
+        """The binding data of type ``kind`` (RFC 5929, RFC 9266), None if there is none."""
+        ...
+
+
+def is_plus(mechanism: str) -> bool:
+    """A mechanism that needs channel binding (RFC 5802 §4: the -PLUS suffix)."""
+    return mechanism.endswith("-PLUS")
+
+
+def offered_mechanisms(configured: tuple[str, ...], binding: ChannelBinding | None
+                       ) -> tuple[str, ...]:
+    """The mechanisms to offer on a connection: the -PLUS ones only with a binding type."""
+    if binding is not None and binding.types:
+        return configured
+    return tuple(m for m in configured if not is_plus(m))
+
+
+def binding_feature(types: tuple[str, ...]) -> str:
+    """XEP-0440 §2: the <sasl-channel-binding/> stream feature ("" without types)."""
+    if not types:
+        return ""
+    inner = "".join(f"<channel-binding type={quoteattr(t)}/>" for t in types)
+    return f'<sasl-channel-binding xmlns="{ns.SASL_CB}">{inner}</sasl-channel-binding>'
+
+
+def ssdp_hash(mechanisms: tuple[str, ...], binding_types: tuple[str, ...] | None,
+              hash_name: str) -> str:
+    """XEP-0474 §5.1: base64 of the hash, with the SCRAM mechanism's function, of the
+    offered mechanisms (sorted by octets, joined by 0x1E), then, when XEP-0440 advertised
+    binding types (`binding_types` not None), 0x1F and those types sorted and joined alike."""
+    text = "\x1e".join(sorted(mechanisms, key=str.encode))
+    if binding_types is not None:
+        text += "\x1f" + "\x1e".join(sorted(binding_types, key=str.encode))
+    return base64.b64encode(hashlib.new(hash_name, text.encode()).digest()).decode()
 
 
 class SASLCondition(enum.Enum):
@@ -117,6 +176,7 @@ class Success:
 
     username: str
     data: bytes | None
+    detail: object = None  # what the mechanism wants its caller to know (FAST: the token)
 
 
 Step = NeedCredentials | Challenge | Success
@@ -158,20 +218,21 @@ def _scram_unescape(saslname: str) -> str:
 
 
 class _VerbatimGs2Header:
-    """Stands in for scramp's parsed gs2-header when the client sent an authzid.
+    """Stands in for scramp's parsed gs2-header: the header the client sent, and our
+    channel binding data when it asked for binding.
 
     scramp refuses a non-empty authzid ("a=") in the gs2-header, but RFC 5802 §7 allows one,
-    and the client's c= attribute (covered by its proof) is base64 of the header *with* it.
-    We check the authzid ourselves, give scramp the header without it, then swap this in so
-    scramp compares c= against the header the client really sent (RFC 5802 §5.1, "c").
+    and the client's c= attribute (covered by its proof) is base64 of the header *with* it;
+    scramp knows no tls-exporter either.  We check the header ourselves, give scramp "n,,"
+    and the bare message, then swap this in so that scramp compares c= against the header
+    the client really sent followed, for "p=", by the binding data (RFC 5802 §7 cbind-input).
     """
 
-    def __init__(self, header: str) -> None:
-        self._header = header.encode()
+    def __init__(self, header: str, binding_data: bytes = b"") -> None:
+        self._input = header.encode() + binding_data
 
     def make_cbind_input(self, channel_binding: object) -> bytes:
-        # Only "n" and "y" headers get here: no channel binding data is appended.
-        return self._header
+        return self._input
 
 
 _SCRAM_ERRORS: Final = {
@@ -204,20 +265,35 @@ class Authenticator:
         mechanism: str,
         *,
         domain: str,
-        channel_binding: None = None,
+        channel_binding: ChannelBinding | None = None,
+        offered: tuple[str, ...] | None = None,
         fake_salt_key: bytes | None = None,
     ) -> None:
         """`domain` is the server's domain (an authzid may be ``user@domain``).
 
+        `channel_binding`: the connection's bindings (SCRAM-*-PLUS, RFC 5802 §6).
+        `offered`: the mechanisms advertised on this connection; given, SCRAM's
+        server-first-message carries the XEP-0474 hash of them and of the binding types.
         `fake_salt_key` keys the fake salts shown for unknown users; give every node of a
         cluster the same secret so they all show the same salt for the same name.
-        Raises SASLFailure(invalid-mechanism) for a mechanism not in `MECHANISMS`.
+        Raises SASLFailure(invalid-mechanism) for a mechanism not in `MECHANISMS`, or a -PLUS
+        one without a channel binding.
         """
         if mechanism not in MECHANISMS:
             raise SASLFailure(SASLCondition.INVALID_MECHANISM, "unsupported mechanism")
-        if channel_binding is not None:
-            raise ValueError("channel binding (SCRAM-*-PLUS) is not supported yet")
+        types = channel_binding.types if channel_binding is not None else ()
+        if is_plus(mechanism) and not types:
+            raise SASLFailure(SASLCondition.INVALID_MECHANISM, "no channel binding here")
         self.mechanism = mechanism
+        self._base = mechanism.removesuffix("-PLUS")
+        self._binding = channel_binding if types else None
+        # RFC 5802 §6: a "y" flag is a downgrade when PLUS was offered
+        self._plus_offered = bool(types) and any(
+            is_plus(m) for m in (offered if offered is not None else MECHANISMS))
+        self._ssdp = (
+            ssdp_hash(offered, types or None, _SCRAM_HASH[self._base])
+            if offered is not None and self._base in _SCRAM_HASH else ""
+        )
         self._domain = domain.rstrip(".").lower()
         self._fake_salt_key = fake_salt_key or _PROCESS_FAKE_SALT_KEY
         self._state = _State.START
@@ -226,6 +302,7 @@ class Authenticator:
         self._password: str | None = None
         # SCRAM
         self._gs2_header = ""  # as the client sent it, authzid included
+        self._binding_input = b""  # the channel binding data for a "p=" header
         self._authzid = ""
         self._scramp_first = ""  # client-first-message without the authzid, for scramp
         self._nonce = ""  # client nonce + server nonce (RFC 5802 §5.1 "r")
@@ -356,10 +433,16 @@ class Authenticator:
             flag, authz, bare = text.split(",", 2)
         except ValueError:
             raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "no gs2-header") from None
+        binding_data = b""
         if flag.startswith("p="):
-            raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "channel binding is not offered")
-        if flag not in ("n", "y"):
+            binding_data = self._binding_data(flag[2:])
+        elif flag not in ("n", "y"):
             raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "bad gs2-cbind-flag")
+        elif is_plus(self.mechanism):  # RFC 5802 §6: -PLUS means binding
+            raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "channel binding required")
+        elif flag == "y" and self._plus_offered:
+            # RFC 5802 §6: the client thinks we lack channel binding, but we offered it
+            raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "server does support channel binding")
         if authz and not authz.startswith("a="):
             raise SASLFailure(SASLCondition.MALFORMED_REQUEST, "bad authzid")
         authzid = _scram_unescape(authz[2:]) if authz else ""
@@ -376,30 +459,47 @@ class Authenticator:
         self._username = self._prepare_username(_scram_unescape(attrs[0][2:]))
         self._check_authzid(authzid, self._username)
         self._gs2_header = f"{flag},{authz},"
+        self._binding_input = binding_data
         self._authzid = authzid
-        self._scramp_first = f"{flag},,{bare}"
+        self._scramp_first = f"n,,{bare}"
         self._nonce = client_nonce
         self._state = _State.NEED_CREDENTIALS
         return NeedCredentials(self._username)
+
+    def _binding_data(self, kind: str) -> bytes:
+        """RFC 5802 §6: the data of the binding type a "p=" flag names, if we have it."""
+        if not is_plus(self.mechanism):
+            raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "p= needs a -PLUS mechanism")
+        binding = self._binding
+        data = binding.data(kind) if binding is not None and kind in binding.types else None
+        if not data:
+            raise SASLFailure(SASLCondition.NOT_AUTHORIZED, "unsupported channel binding type")
+        return data
 
     def _scram_server_first(self, creds: StoredCredentials | None) -> Step:
         """RFC 5802 §5.1: server-first-message = r=nonce,s=salt,i=iteration-count."""
         if creds is None:
             self._unknown_user = True
-            keys = self._fake_keys(self.mechanism)
+            keys = self._fake_keys(self._base)
         else:
-            keys = creds.sha256 if self.mechanism == "SCRAM-SHA-256" else creds.sha1
+            keys = creds.sha256 if self._base == "SCRAM-SHA-256" else creds.sha1
         record = (keys.salt, keys.stored_key, keys.server_key, keys.iterations)
         server_nonce = _new_server_nonce()
-        server = ScramMechanism(self.mechanism).make_server(
+        server = ScramMechanism(self._base).make_server(
             lambda _username: record, s_nonce=server_nonce
         )
         server.set_client_first(self._scramp_first)
-        if self._authzid:
+        if self._gs2_header != "n,,":
             if not hasattr(server, "gs2_header"):  # a scramp that changed under us
-                raise SASLFailure(SASLCondition.TEMPORARY_AUTH_FAILURE, "authzid unsupported")
-            server.gs2_header = _VerbatimGs2Header(self._gs2_header)
+                raise SASLFailure(SASLCondition.TEMPORARY_AUTH_FAILURE, "gs2-header unsupported")
+            server.gs2_header = _VerbatimGs2Header(self._gs2_header, self._binding_input)
         server_first: str = server.get_server_first()
+        if self._ssdp:
+            # XEP-0474 §5.1: an extension attribute (RFC 5802 §7) in the AuthMessage too
+            server_first += f",h={self._ssdp}"
+            if getattr(server, "server_first", None) is None:  # a scramp that changed
+                raise SASLFailure(SASLCondition.TEMPORARY_AUTH_FAILURE, "SSDP unsupported")
+            server.server_first = server_first
         self._nonce += server_nonce
         self._server = server
         self._state = _State.EXPECT_FINAL

@@ -236,13 +236,13 @@ class RawClient:
             buf += chunk
         return buf
 
-    async def starttls(self) -> None:
+    async def starttls(self, context: ssl.SSLContext | None = None) -> None:
         await self.send(self.header())
         await self.read_until(b"</stream:features>")
         await self.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         await self.read_until(b"<proceed")
         assert self.writer is not None
-        await self.writer.start_tls(insecure_context(), server_hostname=None)
+        await self.writer.start_tls(context or insecure_context(), server_hostname=None)
 
     async def close(self) -> None:
         if self.writer is not None:

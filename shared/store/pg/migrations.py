@@ -325,6 +325,29 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         """,
         "DROP TABLE domains;",
     ),
+    Migration(
+        11,
+        "fast tokens",
+        # XEP-0484 FAST: per (account, client: the SASL2 user-agent id) two slots, "current"
+        # and "new" (§8.1); a token's random id and its SHA-256, never the token itself
+        # (shared/xmpp/fast.py derives it from the id under the cluster's secret)
+        """
+        CREATE TABLE fast_tokens (
+            owner text NOT NULL,
+            client_id text NOT NULL,
+            slot text NOT NULL CHECK (slot IN ('current', 'new')),
+            mechanism text NOT NULL,
+            token_id bytea NOT NULL,
+            token_hash bytea NOT NULL,
+            user_agent text NOT NULL DEFAULT '',
+            created_at timestamptz NOT NULL DEFAULT now(),
+            expires_at timestamptz NOT NULL,
+            PRIMARY KEY (owner, client_id, slot)
+        );
+        CREATE INDEX fast_tokens_by_expiry ON fast_tokens (expires_at);
+        """,
+        "DROP TABLE fast_tokens;",
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -28,6 +28,7 @@ ADDS = {
     8: {"push_registrations", "last_activity"},
     9: {"upload_files"},
     10: {"domains"},
+    11: {"fast_tokens"},
 }
 VERSIONS = [m.version for m in migrations.MIGRATIONS]
 

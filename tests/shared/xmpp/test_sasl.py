@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 
 import pytest
 from scramp import ScramClient, ScramMechanism
@@ -20,11 +19,14 @@ from shared.xmpp.sasl import (
     SASLCondition,
     SASLFailure,
     Success,
+    binding_feature,
+    offered_mechanisms,
+    ssdp_hash,
 )
+from tests.support.scram import HASHES, ManualClient
 
 DOMAIN = "example.com"
 SCRAM = ["SCRAM-SHA-1", "SCRAM-SHA-256"]
-HASHES = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
 
 
 @pytest.fixture(scope="module")
@@ -34,45 +36,6 @@ def creds() -> StoredCredentials:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-class ManualClient:
-    """An RFC 5802 §3 client on hashlib alone, for gs2-headers ScramClient does not send."""
-
-    def __init__(
-        self,
-        mechanism: str,
-        username: str = "user",
-        password: str = "pencil",
-        gs2_header: str = "n,,",
-        nonce: str = "fyko+d2lbbFgONRv9qkxdawL",
-    ) -> None:
-        self.hash = HASHES[mechanism]
-        self.password = password
-        self.gs2_header = gs2_header
-        self.bare = f"n={username},r={nonce}"
-        self.server_signature = b""
-
-    def first(self) -> bytes:
-        return (self.gs2_header + self.bare).encode()
-
-    def final(self, server_first: bytes, nonce: str | None = None) -> bytes:
-        attrs = dict(item.split("=", 1) for item in server_first.decode().split(","))
-        salted = hashlib.pbkdf2_hmac(
-            self.hash, self.password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"])
-        )
-        client_key = hmac.digest(salted, b"Client Key", self.hash)
-        stored_key = hashlib.new(self.hash, client_key).digest()
-        without_proof = f"c={_b64(self.gs2_header.encode())},r={nonce or attrs['r']}"
-        auth_message = f"{self.bare},{server_first.decode()},{without_proof}".encode()
-        signature = hmac.digest(stored_key, auth_message, self.hash)
-        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-        server_key = hmac.digest(salted, b"Server Key", self.hash)
-        self.server_signature = hmac.digest(server_key, auth_message, self.hash)
-        return f"{without_proof},p={_b64(proof)}".encode()
-
-    def check_final(self, server_final: bytes | None) -> None:
-        assert server_final == f"v={_b64(self.server_signature)}".encode()
 
 
 def _failure(condition: SASLCondition) -> pytest.RaisesExc[SASLFailure]:
@@ -93,7 +56,13 @@ def _scram_to_challenge(
 
 
 def test_mechanisms_offered_strongest_first() -> None:
-    assert MECHANISMS == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+    assert MECHANISMS == ("SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256",
+                          "SCRAM-SHA-1", "PLAIN")
+    # RFC 5802 §6: -PLUS only where the connection has a channel binding
+    assert offered_mechanisms(MECHANISMS, None) == ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+    assert offered_mechanisms(MECHANISMS, _Binding(())) == ("SCRAM-SHA-256", "SCRAM-SHA-1",
+                                                            "PLAIN")
+    assert offered_mechanisms(MECHANISMS, _Binding(("tls-exporter",))) == MECHANISMS
 
 
 @pytest.mark.parametrize("mechanism", ["DIGEST-MD5", "SCRAM-SHA-1-PLUS", "", "plain", "X-OAUTH2"])
@@ -111,7 +80,7 @@ def test_failure_to_xml() -> None:
     assert SASLFailure(SASLCondition.ABORTED).to_xml().endswith(b"<aborted/></failure>")
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("mechanism", [*SCRAM, "PLAIN"])  # -PLUS: below
 def test_base64_is_the_callers_business(mechanism: str) -> None:
     # The caller decodes base64; encoded text handed in is just a malformed message.
     encoded = base64.b64encode(b"\0user\0pencil")
@@ -121,7 +90,7 @@ def test_base64_is_the_callers_business(mechanism: str) -> None:
         Authenticator(mechanism, domain=DOMAIN).start("\0user\0pencil")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("mechanism", [*SCRAM, "PLAIN"])  # -PLUS: below
 def test_oversized_messages_are_refused(mechanism: str) -> None:
     big = b"\0user\0" + b"p" * MAX_MESSAGE_BYTES
     if mechanism != "PLAIN":
@@ -130,7 +99,7 @@ def test_oversized_messages_are_refused(mechanism: str) -> None:
         Authenticator(mechanism, domain=DOMAIN).start(big)
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("mechanism", [*SCRAM, "PLAIN"])  # -PLUS: below
 def test_empty_initial_response_is_malformed(mechanism: str) -> None:
     # RFC 6120 §6.4.2: "=" is an empty initial response, which neither mechanism allows.
     with _failure(SASLCondition.MALFORMED_REQUEST):
@@ -474,7 +443,7 @@ def test_scram_failure_spends_the_authenticator(creds: StoredCredentials, mechan
         auth.respond(final)  # the right answer, too late
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("mechanism", [*SCRAM, "PLAIN"])  # -PLUS: below
 def test_response_after_success_is_refused(creds: StoredCredentials, mechanism: str) -> None:
     auth = Authenticator(mechanism, domain=DOMAIN)
     if mechanism == "PLAIN":
@@ -517,3 +486,144 @@ def test_rfc8265_printable_ascii_usernames_are_precis_enforced_and_localpart_che
     for raw in ("", " a", "a b", "a\tb"):  # not printable ASCII: still refused by PRECIS
         with pytest.raises(ValueError):
             prepare_username(raw)
+
+
+# ---- channel binding: SCRAM-*-PLUS (RFC 5802 §6), XEP-0440, XEP-0474 --------------------------
+
+PLUS = ["SCRAM-SHA-1-PLUS", "SCRAM-SHA-256-PLUS"]
+BINDING_DATA = {"tls-exporter": bytes(range(32)), "tls-unique": b"\x07" * 12,
+                "tls-server-end-point": hashlib.sha256(b"certificate").digest()}
+
+
+class _Binding:
+    """A connection's channel bindings, as shared.tls.binding gives them."""
+
+    def __init__(self, types: tuple[str, ...]) -> None:
+        self.types = types
+
+    def data(self, kind: str) -> bytes | None:
+        return BINDING_DATA[kind] if kind in self.types else None
+
+
+ALL_TYPES = _Binding(("tls-exporter", "tls-unique", "tls-server-end-point"))
+
+
+def _plus_exchange(mechanism: str, client: ManualClient, creds: StoredCredentials,
+                   binding: _Binding = ALL_TYPES, offered: tuple[str, ...] | None = MECHANISMS
+                   ) -> tuple[Authenticator, bytes]:
+    auth = Authenticator(mechanism, domain=DOMAIN, channel_binding=binding, offered=offered)
+    assert auth.start(client.first()) == NeedCredentials("user")
+    step = auth.provide_credentials(creds)
+    assert isinstance(step, Challenge)
+    return auth, step.data
+
+
+@pytest.mark.parametrize("mechanism", PLUS)
+@pytest.mark.parametrize("kind", ["tls-exporter", "tls-unique", "tls-server-end-point"])
+def test_scram_plus_each_binding_type(creds: StoredCredentials, mechanism: str,
+                                      kind: str) -> None:
+    client = ManualClient(mechanism, gs2_header=f"p={kind},,", binding_data=BINDING_DATA[kind])
+    auth, server_first = _plus_exchange(mechanism, client, creds)
+    step = auth.respond(client.final(server_first))
+    assert isinstance(step, Success) and step.username == "user"
+    client.check_final(step.data)
+
+
+@pytest.mark.parametrize("mechanism", PLUS)
+def test_scram_plus_with_an_authzid(creds: StoredCredentials, mechanism: str) -> None:
+    client = ManualClient(mechanism, gs2_header=f"p=tls-exporter,a=user@{DOMAIN},",
+                          binding_data=BINDING_DATA["tls-exporter"])
+    auth, server_first = _plus_exchange(mechanism, client, creds)
+    assert isinstance(auth.respond(client.final(server_first)), Success)
+
+
+@pytest.mark.parametrize("mechanism", PLUS)
+@pytest.mark.parametrize("kind", ["tls-exporter", "tls-server-end-point"])
+def test_scram_plus_mismatched_binding_is_refused(creds: StoredCredentials, mechanism: str,
+                                                  kind: str) -> None:
+    # RFC 5802 §6: the client's TLS channel is not ours (a man in the middle): other data
+    client = ManualClient(mechanism, gs2_header=f"p={kind},,", binding_data=b"\x00" * 32)
+    auth, server_first = _plus_exchange(mechanism, client, creds)
+    with _failure(SASLCondition.NOT_AUTHORIZED):
+        auth.respond(client.final(server_first))
+
+
+@pytest.mark.parametrize("mechanism", PLUS)
+def test_scram_plus_binding_type_not_offered_is_refused(mechanism: str) -> None:
+    binding = _Binding(("tls-server-end-point",))
+    first = ManualClient(mechanism, gs2_header="p=tls-exporter,,").first()
+    with _failure(SASLCondition.NOT_AUTHORIZED):
+        Authenticator(mechanism, domain=DOMAIN, channel_binding=binding).start(first)
+
+
+@pytest.mark.parametrize("mechanism", PLUS)
+@pytest.mark.parametrize("header", ["n,,", "y,,"])
+def test_scram_plus_without_binding_is_refused(mechanism: str, header: str) -> None:
+    first = ManualClient(mechanism, gs2_header=header).first()
+    with _failure(SASLCondition.NOT_AUTHORIZED):
+        Authenticator(mechanism, domain=DOMAIN, channel_binding=ALL_TYPES).start(first)
+
+
+@pytest.mark.parametrize("mechanism", SCRAM)
+def test_scram_y_flag_while_plus_offered_is_a_downgrade(mechanism: str) -> None:
+    # RFC 5802 §6: "y" says the client thinks we cannot bind, but we offered -PLUS
+    first = ManualClient(mechanism, gs2_header="y,,").first()
+    auth = Authenticator(mechanism, domain=DOMAIN, channel_binding=ALL_TYPES, offered=MECHANISMS)
+    with _failure(SASLCondition.NOT_AUTHORIZED):
+        auth.start(first)
+
+
+@pytest.mark.parametrize("mechanism", SCRAM)
+def test_scram_p_flag_with_a_mechanism_without_plus_is_refused(mechanism: str) -> None:
+    first = ManualClient(mechanism, gs2_header="p=tls-exporter,,").first()
+    with _failure(SASLCondition.NOT_AUTHORIZED):
+        Authenticator(mechanism, domain=DOMAIN, channel_binding=ALL_TYPES).start(first)
+
+
+def test_plus_mechanism_without_channel_binding_is_invalid() -> None:
+    for binding in (None, _Binding(())):
+        with _failure(SASLCondition.INVALID_MECHANISM):
+            Authenticator("SCRAM-SHA-256-PLUS", domain=DOMAIN, channel_binding=binding)
+
+
+def test_binding_feature_xep_0440() -> None:
+    assert binding_feature(()) == ""
+    assert binding_feature(("tls-exporter", "tls-server-end-point")) == (
+        '<sasl-channel-binding xmlns="urn:xmpp:sasl-cb:0"><channel-binding type="tls-exporter"/>'
+        '<channel-binding type="tls-server-end-point"/></sasl-channel-binding>')
+
+
+def test_ssdp_hash_xep_0474_5_1() -> None:
+    # sorted by octets, 0x1E between items, 0x1F before the binding types
+    text = ("PLAIN\x1eSCRAM-SHA-1\x1eSCRAM-SHA-1-PLUS\x1eSCRAM-SHA-256\x1eSCRAM-SHA-256-PLUS"
+            "\x1ftls-exporter\x1etls-server-end-point")
+    want = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+    assert ssdp_hash(MECHANISMS, ("tls-server-end-point", "tls-exporter"), "sha256") == want
+    # without XEP-0440 advertising there is no 0x1F part at all
+    plain = base64.b64encode(hashlib.sha1(b"PLAIN\x1eSCRAM-SHA-1").digest()).decode()
+    assert ssdp_hash(("SCRAM-SHA-1", "PLAIN"), None, "sha1") == plain
+
+
+@pytest.mark.parametrize("mechanism", PLUS + SCRAM)
+def test_ssdp_attribute_in_server_first_is_signed(creds: StoredCredentials,
+                                                  mechanism: str) -> None:
+    # XEP-0474 §5.1: "h" in the server-first-message, which the AuthMessage (and so the
+    # client's proof and the server signature) covers
+    binding = ALL_TYPES if mechanism.endswith("-PLUS") else None
+    header = "p=tls-exporter,," if binding else "n,,"
+    client = ManualClient(mechanism, gs2_header=header, binding_data=BINDING_DATA["tls-exporter"])
+    offered = offered_mechanisms(MECHANISMS, binding)
+    auth, server_first = _plus_exchange(mechanism, client, creds,
+                                        binding or _Binding(()), offered)
+    step = auth.respond(client.final(server_first))
+    assert isinstance(step, Success)
+    client.check_final(step.data)
+    types = binding.types if binding else None
+    hash_name = HASHES[mechanism.removesuffix("-PLUS")]
+    assert client.server_first["h"] == ssdp_hash(offered, types, hash_name)
+
+
+@pytest.mark.parametrize("mechanism", SCRAM)
+def test_no_ssdp_attribute_unless_asked(creds: StoredCredentials, mechanism: str) -> None:
+    _, server_first = _scram_to_challenge(mechanism, ManualClient(mechanism).first(), creds)
+    assert b",h=" not in server_first
