@@ -178,7 +178,14 @@ def _static_keys(key: object) -> KeySet:
         key = json.loads(key)
     if isinstance(key, dict) and "keys" in key:
         return KeySet.import_key_set(key)  # type: ignore[arg-type]
-    return KeySet([import_key(key)])  # type: ignore[arg-type]
+    if isinstance(key, dict):
+        return KeySet([import_key(key, key.get("kty"))])  # type: ignore[arg-type]
+    for kty in ("EC", "RSA", "OKP"):  # a PEM public key: its type, said explicitly
+        try:
+            return KeySet([import_key(str(key), kty)])  # type: ignore[arg-type]
+        except (JoseError, ValueError, TypeError):
+            continue
+    raise ValueError("the static key is not a JWK, a JWK Set or a PEM public key")
 
 
 class HttpBackend(Backend):
@@ -268,8 +275,12 @@ class Backends:
         if known is not None and known[0] is host:
             return known[1]
         kind = auth.get("backend")
-        backend: Backend = (TokenBackend(auth, self.http) if kind == "token"
-                            else HttpBackend(auth, self.http))
+        try:
+            backend: Backend = (TokenBackend(auth, self.http) if kind == "token"
+                                else HttpBackend(auth, self.http))
+        except (JoseError, ValueError, TypeError, KeyError) as exc:  # e.g. an unusable key
+            log.error("the %s backend of %s cannot be used: %s", kind, name, exc)
+            raise BackendUnavailable("misconfigured") from None
         self._made[name] = (host, backend)
         return backend
 

@@ -859,13 +859,13 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         locked attempt never reaches the backend; a token names its user only once checked.
         A user without an account here gets one when the domain allows it."""
         domain = self.stream.config.domain
-        backend = self.cm.backend_of(domain)
         check = None
         if event.username is not None:
             check = await self._check_login(event.username)
             if check is None:
                 return
         try:
+            backend = self.cm.backend_of(domain)
             if backend is None:  # the domain changed its backend meanwhile
                 raise BackendUnavailable("no backend")
             username = await backend.verify(event.username, event.secret, domain)
