@@ -57,11 +57,13 @@ from shared.xmpp.c2s import (
     State,
     StreamEnded,
     TokensNeeded,
+    VerificationNeeded,
 )
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.jid import JID
 
 from . import metrics
+from .auth_backends import BackendUnavailable
 
 if TYPE_CHECKING:
     from shared.store.auth_throttle import LoginCheck
@@ -685,7 +687,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                     self._throttle_for(wait, "stanzas")
         elif isinstance(event, CredentialsNeeded):
             self._begin_exchange(event.username)
-        elif isinstance(event, TokensNeeded):
+        elif isinstance(event, TokensNeeded | VerificationNeeded):
             self._begin_exchange(event.username, event)
         elif isinstance(event, BindRequested):
             self._spawn(self._bind(event.resource))
@@ -730,8 +732,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
 
     # ---- login throttling (XEP-0205; shared/store/auth_throttle.py) ---------------------------
 
-    def _begin_exchange(self, username: str, tokens: TokensNeeded | None = None) -> None:
-        """A SASL exchange needs the account's keys (or, for FAST, its client's tokens):
+    def _begin_exchange(self, username: str | None,
+                        event: TokensNeeded | VerificationNeeded | None = None) -> None:
+        """A SASL exchange needs the account's keys (or, for FAST, its client's tokens; or,
+        for a domain with a backend, the backend's answer, `VerificationNeeded`):
         first a slot of the address (at most ``auth_max_concurrent_per_ip`` at a time; the
         others wait in line)."""
 
@@ -742,7 +746,11 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
                 return
             loop = asyncio.get_running_loop()
             self._sasl_slot = loop.call_later(SASL_SLOT_MAX_S, self._release_sasl_slot)
-            self._spawn(self._load_credentials(username, tokens))
+            if isinstance(event, VerificationNeeded):
+                self._spawn(self._verify(event))
+            else:
+                assert username is not None
+                self._spawn(self._load_credentials(username, event))
 
         if self.cm.sasl_slots.acquire(self.source, self, start):
             start()
@@ -834,6 +842,71 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             return
         self._tls = TLSSession(self.cm.tls_context, keylog=self.cm.tls_keylog)
 
+    async def _check_login(self, username: str) -> LoginCheck | None:
+        """The throttling locks of an attempt and the account (XEP-0205 §3); None when the
+        attempt was answered already (store down, or refused)."""
+        try:
+            check = await self.cm.lookup_login(self.source, username, self.stream.config.domain)
+        except Exception as exc:
+            log.warning("credentials lookup failed: %s", exc)
+            self._release_sasl_slot()
+            self._resume(self.stream.credentials_unavailable)
+            return None
+        if check.refused is not None:
+            self._release_sasl_slot()
+            metrics.AUTH_THROTTLED.labels(check.refused).inc()
+            wait = math.ceil(check.retry_after_s)
+            log.info("refused a login from %s: %s locked for %d s more", self.peer,
+                     "address" if check.refused == "ip" else check.refused, wait)
+            text = f"too many failed attempts; try again in {wait} s"
+            self._resume(lambda: self.stream.credentials_refused(text))
+            return None
+        return check
+
+    async def _verify(self, event: VerificationNeeded) -> None:
+        """The domain's backend checks the secret (services/connection_manager/
+        auth_backends.py).  With a name given (PLAIN) the locks are looked at first, so a
+        locked attempt never reaches the backend; a token names its user only once checked.
+        A user without an account here gets one when the domain allows it."""
+        domain = self.stream.config.domain
+        check = None
+        if event.username is not None:
+            check = await self._check_login(event.username)
+            if check is None:
+                return
+        try:
+            backend = self.cm.backend_of(domain)
+            if backend is None:  # the domain changed its backend meanwhile
+                raise BackendUnavailable("no backend")
+            username = await backend.verify(event.username, event.secret, domain)
+        except BackendUnavailable as exc:
+            log.warning("authentication backend of %s unavailable: %s", domain, exc)
+            self._release_sasl_slot()
+            self._resume(self.stream.credentials_unavailable)
+            return
+        if username is None:
+            self._login = check
+            self._resume(self.stream.verification_rejected)
+            return
+        if check is None:
+            check = await self._check_login(username)
+            if check is None:
+                return
+        self._login = check
+        if check.credentials is None:  # no account here yet
+            if not self.cm.creates_accounts(domain):
+                log.info("a user the backend of %s authenticated has no account here", domain)
+                self._resume(self.stream.verification_rejected)
+                return
+            try:
+                await self.cm.create_external_account(username, domain)
+            except Exception as exc:
+                log.warning("account creation failed: %s", exc)
+                self._release_sasl_slot()
+                self._resume(self.stream.credentials_unavailable)
+                return
+        self._resume(lambda: self.stream.verified(username))
+
     async def _load_credentials(self, username: str, tokens: TokensNeeded | None = None
                                 ) -> None:
         """The locks, the address's failures and the account's keys, in one round trip
@@ -859,6 +932,14 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._resume(lambda: self.stream.credentials_refused(text) if tokens is None
                          else self.stream.tokens_refused(text))
             return
+        if username is None:
+            self._login = check
+            self._resume(self.stream.verification_rejected)
+            return
+        if check is None:
+            check = await self._check_login(username)
+            if check is None:
+                return
         self._login = check
         if tokens is not None:
             now = time.time()
@@ -966,7 +1047,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self.close(StreamErrorCondition.CONNECTION_TIMEOUT, "authenticate and bind sooner")
 
 
-_MECH_LABELS: Final = frozenset((*sasl.MECHANISMS, *fast.MECHANISMS))  # a bounded label set
+_MECH_LABELS: Final = frozenset((*sasl.MECHANISMS, *fast.MECHANISMS, "OAUTHBEARER"))  # bounded
 
 
 def _mech_label(mechanism: str) -> str:

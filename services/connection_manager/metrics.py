@@ -182,3 +182,15 @@ IN_BAND = Counter(
     "rate), password, remove, form; by result.",
     ["operation", "result"],
 )
+# issue 23: the authentication backends of domains (kind: token, http)
+AUTH_BACKEND_SECONDS = Histogram(
+    "stanzad_cm_auth_backend_seconds",
+    "Time a domain's authentication backend took to answer, by kind (token, http).",
+    ["kind"], buckets=(0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+AUTH_BACKEND_RESULTS = Counter(
+    "stanzad_cm_auth_backend_results_total",
+    "Answers of the authentication backends by kind (token, http) and result (ok, rejected, "
+    "unavailable).",
+    ["kind", "result"],
+)

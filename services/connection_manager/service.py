@@ -74,10 +74,12 @@ from shared.xmpp.c2s import AuthSucceeded, SMEnabled, StanzaIn, StreamConfig
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.jid import JID, JIDError, bare_of, domain_of
 from shared.xmpp.parser import parse_fragment, serialize
+from shared.xmpp.sasl_delegated import PASSWORD_MECHANISMS, TOKEN_MECHANISMS
 from shared.xmpp.stanza import iq_result, local_name, must_not_bounce, split_stanzas, with_to
 
 from . import metrics
 from .account import InBand, is_register_query
+from .auth_backends import Backend, Backends
 from .bosh import BoshSessions
 from .connection import C2SConnection
 from .http import HttpEdge
@@ -187,6 +189,9 @@ class ConnectionManager:
         self.fast_tokens = FastTokenStore(self.db)  # XEP-0484
         self._fast_secret: bytes = settings.fast_token_secret.get_secret_value().encode()
         self.tls_end_point: bytes | None = None  # RFC 5929 tls-server-end-point of our cert
+        self.vhosts.listeners.append(self._hosts_changed)
+        # the token and HTTP backends of the domains that use one (auth_backends.py)
+        self.auth_backends = Backends()
         self.auth_throttle = AuthThrottleStore(
             self._redis, self.accounts, SERVICE,
             pair=Progressive(settings.auth_pair_free_failures, settings.auth_delay_base_s,
@@ -395,6 +400,7 @@ class ConnectionManager:
             self._heartbeat.cancel()
         for task in self._watchers:
             task.cancel()
+        await self.auth_backends.close()
         try:
             await self.store.retire(self.cm_id)
         except Exception as exc:
@@ -441,14 +447,56 @@ class ConnectionManager:
         known = self._host_configs.get(key)
         if known is not None and known[0] is host:
             return known[1]
+        backend = host.backend
         config = dataclasses.replace(
             base, domain=domain,
             allow_registration=host.registration(self.settings.allow_registration),
+            auth_backend=backend,
+            # SCRAM only where the keys are stored; elsewhere the secret goes to the backend
+            mechanisms=(base.mechanisms if backend == "internal"
+                        else TOKEN_MECHANISMS if backend == "token" else PASSWORD_MECHANISMS),
+            # SASL2 and FAST only where the keys are stored: a FAST token must not outlive
+            # the platform's say on the account (its backend is asked at every login)
+            sasl2=base.sasl2 and backend == "internal",
+            fast=base.fast and backend == "internal",
         )
         if len(self._host_configs) > 4 * len(self.vhosts.hosts) + 16:  # removed hosts
             self._host_configs.clear()
         self._host_configs[key] = (host, config)
         return config
+
+    def backend_of(self, domain: str) -> Backend | None:
+        """The backend that checks the secrets of ``domain`` (None: its stored keys)."""
+        host = self.vhosts.get(domain)
+        if host is None or host.backend == "internal":
+            return None
+        return self.auth_backends.for_host(domain, host, host.auth)
+
+    def creates_accounts(self, domain: str) -> bool:
+        """Whether a user the backend of ``domain`` authenticates gets an account here on
+        the first login (the domain's ``create_accounts``)."""
+        host = self.vhosts.get(domain)
+        return host is not None and bool(host.auth.get("create_accounts", False))
+
+    async def create_external_account(self, username: str, domain: str) -> None:
+        """The account of a user of the platform's identity system, on the first login:
+        random SCRAM keys (no password works here; the backend stays the judge)."""
+        bare = f"{username}@{domain}"
+        try:
+            await self.accounts.create(bare, creds_mod.unusable_credentials())
+        except AccountExists:
+            return  # a concurrent first login made it
+        self.account_changed(bare)
+        log.info("created the account of a user of %s on the first login", domain)
+
+    def _hosts_changed(self, hosts: dict[str, VirtualHost]) -> None:
+        """Domains removed: their streams end (RFC 6120 §4.9.3.5 host-gone), their
+        backends go."""
+        self.auth_backends.forget(set(hosts))
+        for conn in list(self.connections):
+            domain = conn.stream.config.domain
+            if domain not in hosts:
+                conn.close(StreamErrorCondition.HOST_GONE, "this domain is no longer served")
 
     async def lookup_login(self, source: str, username: str, domain: str = "") -> LoginCheck:
         """What a SASL attempt needs, in one round trip: the throttling lock it waits for,

@@ -43,7 +43,7 @@ from shared.tls import memory as tls_memory
 from shared.tls.context import certificate_expiry, ensure_self_signed
 from shared.tls.peer_cert import CertificateTrust
 from shared.xmpp import archive, pubsub, server_iq
-from shared.xmpp.errors import StanzaError, StanzaErrorCondition
+from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.parser import parse_fragment, serialize
 from shared.xmpp.s2s import DialbackRequested, S2SConfig, StanzaIn
 from shared.xmpp.s2s_out import VerifyRequest
@@ -134,11 +134,21 @@ class S2SGateway(PartitionedService):
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _hosts_changed(self, hosts: object) -> None:
-        """The account domains changed: new streams serve the new set."""
+        """The account domains changed: new streams serve the new set, and the open streams
+        of a domain removed end (inbound: RFC 6120 §4.9.3.5 host-gone; outbound: closed,
+        what waited bounced)."""
         self.local_domains = frozenset({*self.destinations.accounts,
                                         *self.settings.service_domains})
         self.stream_config = dataclasses.replace(
             self.stream_config, other_domains=self.local_domains - {self.domain})
+        for conn in list(self.inbound):
+            local = conn.stream.local
+            if local and local not in self.local_domains:
+                conn.close(StreamErrorCondition.HOST_GONE, "this domain is no longer served")
+        for pair, link in list(self.links.items()):
+            if pair[0] not in self.local_domains:
+                link.close()
+                del self.links[pair]
 
     # ---- lifecycle -------------------------------------------------------------------------
 

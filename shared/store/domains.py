@@ -29,6 +29,7 @@ _TOKEN_KEYS: Final = frozenset({
 })
 _HTTP_KEYS: Final = frozenset({
     "backend", "url", "timeout_s", "max_concurrent", "cache_s", "create_accounts",
+    "basic_auth",
 })
 
 

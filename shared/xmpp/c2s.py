@@ -8,6 +8,9 @@ machine waits (`next_event` returns None) until the caller reports the outcome:
     StartTLS            -> caller wraps the socket, then `tls_established()`
     CredentialsNeeded   -> `credentials_loaded(creds or None)`, `credentials_unavailable()`
                            (store outage) or `credentials_refused(text)` (XEP-0205 throttling)
+    VerificationNeeded  -> (a domain whose backend checks the secret, ``auth_backend``)
+                           `verified(localpart)`, `verification_rejected()`, or as above
+                           `credentials_unavailable()` / `credentials_refused(text)`
     BindRequested       -> `bind_succeeded(full_jid)` or `bind_failed(StanzaError)`
     RegisterRequested   -> `register_done(StanzaError or None)`
     ResumeRequested     -> `resume_succeeded(jid, queue)` or `resume_failed()` (XEP-0198 §5)
@@ -46,7 +49,7 @@ import functools
 import hashlib
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
 
@@ -81,6 +84,7 @@ from shared.xmpp.sasl import (
     binding_feature,
     offered_mechanisms,
 )
+from shared.xmpp.sasl_delegated import DelegatedAuthenticator, NeedVerification
 from shared.xmpp.stanza import IQ_TYPES, STANZA_KINDS, error_reply, iq_result, must_not_bounce
 from shared.xmpp.stream_io import ServingStream, State, StreamEnded
 
@@ -114,6 +118,9 @@ class StreamConfig:
     sasl2: bool = True  # XEP-0388 offered, with XEP-0386 Bind2
     carbons: bool = True  # XEP-0280 <enable/> inline in a Bind2 request
     fast: bool = False  # XEP-0484 tokens offered (the caller has a store for them)
+    # who checks the secret: "internal" (the stored SCRAM keys, `shared.xmpp.sasl`) or a
+    # backend the caller asks (`VerificationNeeded`, `shared.xmpp.sasl_delegated`)
+    auth_backend: str = "internal"
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -148,6 +155,16 @@ class Sasl2Request:
     bind: Bind2Request | None
     request_token: str | None  # XEP-0484 <request-token mechanism/>
     fast_invalidate: bool  # XEP-0484 <fast invalidate='true'/>
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationNeeded:
+    """Ask the domain's backend about ``secret`` (a password or a bearer token);
+    ``username`` is the localpart the client named, None when only the token names it."""
+
+    mechanism: str
+    username: str | None
+    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +260,7 @@ Event = (
     StartTLS
     | CredentialsNeeded
     | TokensNeeded
+    | VerificationNeeded
     | AuthSucceeded
     | AuthFailed
     | BindRequested
@@ -297,7 +315,7 @@ class C2SStream(ServingStream):
         self._ready: list[Event] = []  # events produced by the caller's answers
         self._out: list[bytes] = []
         self._header_sent = False
-        self._auth: Authenticator | None = None
+        self._auth: Authenticator | DelegatedAuthenticator | None = None
         self._auth_attempts = 0
         self._mechanism = ""
         self._auth_user: str | None = None
@@ -391,9 +409,26 @@ class C2SStream(ServingStream):
         if event is not None:
             self._ready.insert(0, event)  # before a StreamEnded the failure may have queued
 
+    def verified(self, username: str) -> None:
+        """The backend accepted the secret of `VerificationNeeded` for ``username``."""
+        self._expect(VerificationNeeded)
+        self.state = State.OPEN
+        event = self._sasl_step(lambda auth: auth.verified(username))
+        if event is not None:
+            self._ready.insert(0, event)
+
+    def verification_rejected(self) -> None:
+        """The backend refused the secret of `VerificationNeeded`."""
+        self._expect(VerificationNeeded)
+        self.state = State.OPEN
+        event = self._sasl_step(lambda auth: auth.rejected())
+        if event is not None:
+            self._ready.insert(0, event)
+
     def credentials_unavailable(self) -> None:
-        """The account store could not answer: RFC 6120 §6.5.12 temporary-auth-failure."""
-        self._expect(CredentialsNeeded)
+        """The account store (or the domain's backend) could not answer: RFC 6120 §6.5.12
+        temporary-auth-failure."""
+        self._expect_login()
         self.state = State.OPEN
         self._ready.insert(0, self._sasl_failure("temporary-auth-failure", self._mechanism))
 
@@ -401,7 +436,7 @@ class C2SStream(ServingStream):
         """Refuse the attempt without checking it: too many failures (XEP-0205 §3).
 
         RFC 6120 §6.5.12 <temporary-auth-failure/>: the client may retry later."""
-        self._expect(CredentialsNeeded)
+        self._expect_login()
         self.state = State.OPEN
         self._ready.insert(0, self._sasl_failure("temporary-auth-failure", self._mechanism, text))
 
@@ -481,6 +516,10 @@ class C2SStream(ServingStream):
         if self.state is not State.WAITING or self._waiting_for is not what:
             raise RuntimeError(f"not waiting for {what.__name__}")
         self._waiting_for = None
+
+    def _expect_login(self) -> None:
+        what = self._waiting_for
+        self._expect(VerificationNeeded if what is VerificationNeeded else CredentialsNeeded)
 
     def _wait(self, event: Event) -> Event:
         self.state = State.WAITING
@@ -675,8 +714,11 @@ class C2SStream(ServingStream):
             except ValueError:
                 return self._sasl_failure("incorrect-encoding", mechanism)
             try:
-                self._auth = Authenticator(mechanism, domain=self.config.domain,
-                                           channel_binding=self._binding, offered=offered)
+                if self.config.auth_backend != "internal":
+                    self._auth = DelegatedAuthenticator(mechanism, domain=self.config.domain)
+                else:
+                    self._auth = Authenticator(mechanism, domain=self.config.domain,
+                                               channel_binding=self._binding, offered=offered)
             except SASLFailure as exc:
                 return self._sasl_failure(exc.condition.value, mechanism)
             return self._sasl_step(lambda auth: auth.start(initial))
@@ -706,6 +748,9 @@ class C2SStream(ServingStream):
             assert self._sasl2 is not None
             return self._wait(TokensNeeded(result.username, self._mechanism,
                                            self._sasl2.request.user_agent_id))
+        if isinstance(result, NeedVerification):
+            self._auth_user = result.username
+            return self._wait(VerificationNeeded(self._mechanism, result.username, result.secret))
         sasl_ns = ns.SASL2 if self._sasl2 is not None else ns.SASL
         if isinstance(result, Challenge):
             data = base64.b64encode(result.data).decode()

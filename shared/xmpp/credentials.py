@@ -105,6 +105,17 @@ def derive_credentials(password: str, iterations: int = DEFAULT_ITERATIONS) -> S
     return StoredCredentials(sha1=sha1, sha256=sha256)
 
 
+def unusable_credentials() -> StoredCredentials:
+    """Keys no password matches (random, derived from none): the account of a user whom
+    another system authenticates (a token or HTTP backend) exists here without a password."""
+    sha1, sha256 = (
+        ScramKeys(secrets.token_bytes(SALT_BYTES), DEFAULT_ITERATIONS,
+                  secrets.token_bytes(size), secrets.token_bytes(size))
+        for _, _, size in _MECHANISMS
+    )
+    return StoredCredentials(sha1=sha1, sha256=sha256)
+
+
 def check_password(creds: StoredCredentials, password: str) -> bool:
     """Whether a plaintext password (SASL PLAIN, RFC 4616 §2) matches the stored keys.
 
