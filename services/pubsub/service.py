@@ -8,7 +8,10 @@ affiliations across nodes, instant nodes; shared/router/ingress.py `node_key`):
   the router (IQs to a bare JID from other servers) or the s2s gateway;
 - the answers to the XEP-0115 disco#info queries this service sends (to the pubsub domain);
 - every broadcast presence of the partition's users, forwarded by the presence service, so
-  that their resources get the last published items of the nodes they want (+notify).
+  that their resources get the last published items of the nodes they want (+notify);
+- the available and unavailable presence remote contacts send the partition's users,
+  copied by the s2s gateway: their caps, so that their resources get notifications and
+  last published items through the s2s gateway.
 
 The owner of a partition is the only writer of its nodes, so the items of a node keep the
 order of their publishes (node-less requests only read, or create a node under a fresh
@@ -65,6 +68,11 @@ SUBSCRIBED_TO: Final = (RosterSubscription.TO, RosterSubscription.BOTH)
 CAPS_QUERY_PREFIX: Final = "caps-"
 CAPS_TTL_S: Final = 7 * 24 * 3600
 CAPS_PENDING_S: Final = 30
+# remote contacts' resources with caps kept per account (soft state, XEP-0163 §4.3): at most
+# this many, for at most this long after their last presence (a peer that vanished without
+# unavailable presence is forgotten)
+MAX_REMOTE_RESOURCES: Final = 1000
+REMOTE_TTL_S: Final = 24 * 3600
 MAX_DISCO_NODES: Final = 1000
 # affiliations that may retrieve items and subscribe whatever the access model (§4.1)
 MEMBERS: Final = frozenset({"owner", "publisher", "member"})
@@ -166,6 +174,10 @@ class PubsubService(PartitionedService):
                       and env.to_bare == env.from_bare):
                     await self._flush()
                     await self._contact_presence(env)
+                elif (env.kind is Kind.PRESENCE and "@" in env.to
+                      and not self.destinations.is_local(env.from_domain)):
+                    await self._flush()
+                    await self._remote_presence(env)
             except Exception:
                 log.exception("pubsub handling failed")
         try:
@@ -871,6 +883,21 @@ class PubsubService(PartitionedService):
         for full, cm_id, feats in await self._interested(local):
             if want in feats:
                 rec.add_session(full, cm_id)
+        remote = {c for c in contacts if not self.destinations.is_local(domain_of(c))}
+        if remote:  # through the s2s gateway, to each resource that wants it
+            for full, feats in await self._remote_interested(owner, remote):
+                if want in feats:
+                    rec.add_route(full)
+
+    async def _remote_interested(self, owner: str, contacts: set[str]
+                                 ) -> list[tuple[str, frozenset[str]]]:
+        """(full JID, caps features) of the available resources of ``owner``'s remote
+        ``contacts`` whose caps are known (`_remote_presence` keeps them)."""
+        found = [(full.decode(), ver.decode()) for full, ver in
+                 (await self.redis.hgetall(keys.pep_remote(owner))).items()]
+        found = [(full, ver) for full, ver in found if bare_of(full) in contacts]
+        known = await self._known_features({ver for _, ver in found})
+        return [(full, known[ver]) for full, ver in found if ver in known]
 
     async def _blocklists(self, rec: Recipients, bares: list[str]) -> None:
         """The blocklists of local recipients (one PostgreSQL query), when the sender is
@@ -963,32 +990,73 @@ class PubsubService(PartitionedService):
             return
         await self._resolve_caps(env.from_, caps)
 
-    async def _resolve_caps(self, full: str, caps: Caps) -> None:
+    async def _remote_presence(self, env: Envelope) -> None:
+        """A remote contact's presence to a local account (copied by the s2s gateway): the
+        caps of its available resources are kept (`keys.pep_remote`, bounded soft state)
+        for the account's notifications (XEP-0163 §4.3), and a resource that comes online
+        or changes its caps gets the last item of each of the account's nodes it wants
+        (§6.2), through the s2s gateway."""
+        owner, full = env.to_bare, env.from_
+        key = keys.pep_remote(owner)
+        caps = _caps(env.payload) if env.type != "unavailable" else None
+        ver = caps.ver if caps is not None and caps.hash else ""
+        if caps is None or not ver or "/" not in full:
+            await self.redis.hdel(key, full)
+            return
+        if await self.rosters.item(owner, bare_of(full)) is None:
+            return  # a contact only (not a room occupant or a stranger's directed presence)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(key, full)
+            pipe.hlen(key)
+            old, size = await pipe.execute()
+        if old is None and size >= MAX_REMOTE_RESOURCES:
+            metrics.CAPS.labels("remote-full").inc()
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, full, ver)
+            pipe.expire(key, REMOTE_TTL_S)
+            await pipe.execute()
+        if old is not None and old.decode() == ver:
+            return
+        known = await self._known_features({ver})
+        if ver in known:
+            metrics.CAPS.labels("cached").inc()
+            await self._send_remote_last_items(owner, full, known[ver])
+            return
+        await self._resolve_caps(full, caps, owner)
+
+    async def _resolve_caps(self, full: str, caps: Caps, owner: str = "") -> None:
         """Ask one resource for the features of an unknown ver, once for the whole
-        cluster; the others with the same ver wait for the answer (`_caps_answer`)."""
+        cluster; the others with the same ver wait for the answer (`_caps_answer`).
+        ``owner``: the local account a remote ``full`` sent its presence to (the query and
+        its answer go through the s2s gateway)."""
         if not self.pubsub_domain:
             return
         waiting = keys.caps_waiting(caps.ver)
+        waiter = f"{owner} {full}" if owner else full  # a bare JID has no space
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(waiting, full)
+            pipe.sadd(waiting, waiter)
             pipe.expire(waiting, CAPS_PENDING_S * 2)
             pipe.set(keys.caps_pending(caps.ver), full, nx=True, ex=CAPS_PENDING_S)
             _, _, first = await pipe.execute()
         if not first:
             return
         metrics.CAPS.labels("asked").inc()
-        [table] = await self.sessions.get_many([bare_of(full)])
-        record = table.get(full.partition("/")[2])
-        if record is None:
-            return
         query_id = f"{CAPS_QUERY_PREFIX}{caps.hash}-{secrets.token_hex(4)}"
         payload = (f'<iq xmlns="{ns.CLIENT}" type="get" id="{query_id}" '
                    f"from={quoteattr(self.pubsub_domain)} to={quoteattr(full)}>"
                    f'<query xmlns="{ns.DISCO_INFO}" node={quoteattr(caps.node + "#" + caps.ver)}'
                    "/></iq>").encode()
-        await self.publish(subjects.connection_manager(record.cm_id), Envelope(
-            Kind.IQ, to=full, from_=self.pubsub_domain, type="get", id=query_id,
-            origin=SERVICE, payload=payload))
+        query = Envelope(Kind.IQ, to=full, from_=self.pubsub_domain, type="get", id=query_id,
+                         origin=SERVICE, payload=payload)
+        if owner:
+            await self.route(query)
+            return
+        [table] = await self.sessions.get_many([bare_of(full)])
+        record = table.get(full.partition("/")[2])
+        if record is None:
+            return
+        await self.publish(subjects.connection_manager(record.cm_id), query)
 
     async def _caps_answer(self, env: Envelope) -> None:
         """The answer to `_resolve_caps`: verified (XEP-0115 §5.4), cached, and the last
@@ -1016,7 +1084,10 @@ class PubsubService(PartitionedService):
             _, waiting, _ = await pipe.execute()
         known = frozenset(feats)
         self._features[ver] = known
-        fulls = sorted(w.decode() for w in waiting)
+        waiters = sorted(w.decode() for w in waiting)
+        for owner, _, full in (w.partition(" ") for w in waiters if " " in w):
+            await self._send_remote_last_items(owner, full, known)
+        fulls = [w for w in waiters if " " not in w]
         tables = await self.sessions.get_many([bare_of(f) for f in fulls])
         for full, table in zip(fulls, tables, strict=True):
             record = table.get(full.partition("/")[2])
@@ -1050,22 +1121,56 @@ class PubsubService(PartitionedService):
             if node.service != bare and (is_blocked(blocklists[bare], node.service)
                                          or is_blocked(blocklists[node.service], full)):
                 continue  # XEP-0191 §3.5, either way
-            if node.service != bare:
-                model = node.config.get("pubsub#access_model", "presence")
-                if model in ("whitelist", "authorize"):
-                    affiliation = await self.store.affiliation(node.service, node.name, bare)
-                    if affiliation not in MEMBERS:
-                        continue
-                elif _roster_access(model, node, their_item) is not None:
-                    continue
-            body = self._items_body(node, [entry.item])
-            out.append(f'<message xmlns="{ns.CLIENT}" from={quoteattr(node.service)} '
-                       f"to={quoteattr(full)} type=\"headline\" id=\"{secrets.token_hex(8)}\">"
-                       f'<event xmlns="{ns.PUBSUB_EVENT}">{body}</event></message>')
+            if node.service != bare and not await self._may_get_last(node, bare, their_item):
+                continue
+            out.append(self._last_item_message(node, entry.item, full))
         if out:
             metrics.NOTIFICATIONS.labels("last-item").inc(len(out))
             await self.publish(subjects.connection_manager(cm_id), Envelope(
                 Kind.BATCH, to=full, from_="", origin=SERVICE, payload="".join(out).encode()))
+
+    async def _send_remote_last_items(self, owner: str, full: str, feats: frozenset[str]
+                                      ) -> None:
+        """XEP-0163 §6.2 for a remote contact's resource: the newest item of each of
+        ``owner``'s nodes it asked for (+notify), as their access models allow, one
+        message each through the s2s gateway (its server applies its own blocklists)."""
+        wanted = [f[:-len("+notify")] for f in feats if f.endswith("+notify")]
+        if not wanted:
+            return
+        last = await self.store.last_items([owner], wanted)
+        if not last:
+            return
+        [(_, mine)] = await self.account_data.routing([owner])
+        if is_blocked(mine, full):  # XEP-0191 §3.5
+            return
+        bare = bare_of(full)
+        item = await self.rosters.item(owner, bare)
+        sent = 0
+        for entry in last:
+            node = entry.node
+            if (node.config.get("pubsub#send_last_published_item") != "on_sub_and_presence"
+                    or not await self._may_get_last(node, bare, item)):
+                continue
+            message = self._last_item_message(node, entry.item, full)
+            await self.route(Envelope(Kind.MESSAGE, to=full, from_=owner, type="headline",
+                                      origin=SERVICE, payload=message.encode()))
+            sent += 1
+        metrics.NOTIFICATIONS.labels("last-item").inc(sent)
+
+    async def _may_get_last(self, node: Node, bare: str, their_item: RosterItem | None
+                            ) -> bool:
+        """Whether a contact ``bare`` (``their_item``: the owner's roster item for it) may
+        get the last item of a PEP node, as its access model allows (XEP-0060 §4.5)."""
+        model = node.config.get("pubsub#access_model", "presence")
+        if model in ("whitelist", "authorize"):
+            return await self.store.affiliation(node.service, node.name, bare) in MEMBERS
+        return _roster_access(model, node, their_item) is None
+
+    def _last_item_message(self, node: Node, item: Item, full: str) -> str:
+        body = self._items_body(node, [item])
+        return (f'<message xmlns="{ns.CLIENT}" from={quoteattr(node.service)} '
+                f"to={quoteattr(full)} type=\"headline\" id=\"{secrets.token_hex(8)}\">"
+                f'<event xmlns="{ns.PUBSUB_EVENT}">{body}</event></message>')
 
     # ---- output ------------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from shared.store import keys
 from shared.tls import memory as tls_memory
 from shared.tls.context import certificate_expiry, ensure_self_signed
 from shared.tls.peer_cert import CertificateTrust
-from shared.xmpp import archive, pubsub, server_iq
+from shared.xmpp import archive, ns, pubsub, server_iq
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StreamErrorCondition
 from shared.xmpp.parser import parse_fragment, serialize
 from shared.xmpp.s2s import DialbackRequested, S2SConfig, StanzaIn
@@ -386,6 +386,10 @@ class S2SGateway(PartitionedService):
                 env = env._replace(payload=self._message_ingress(st, env.ts_us))
             self.bus.publish_soon(where.subject(self.settings.partitions),
                                   env._replace(to=where.to).encode())
+        pep = ingress.peer_presence_to_pep(st.kind, st.type, to, services)
+        if pep is not None and ns.MUC_USER.encode() not in st.payload:  # not a room's
+            self.bus.publish_soon(pep.subject(self.settings.partitions),
+                                  env._replace(to=pep.to).encode())
 
     def _request_node(self, st: StanzaIn) -> str:
         """The node a remote entity's IQ to the pubsub domain names (its partition); the

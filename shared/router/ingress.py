@@ -181,3 +181,18 @@ def from_peer(
     if to.local is None and to.resource is None:
         return ToServer(addressed=True)
     return Publish(Family.ROUTE, bare, str(to))
+
+
+def peer_presence_to_pep(
+    kind: str, type_: str, to: JID, services: Mapping[str, str] = NO_SERVICES
+) -> Publish | None:
+    """Where a copy of a remote contact's presence to a local account goes, besides the
+    account's router: the account's personal eventing service, which keeps the XEP-0115
+    caps of remote contacts' available resources (XEP-0163 §4.3: notifications to those
+    with ``<node>+notify``; §6.2: the last published item when they come online).  Only
+    available and unavailable presence to an account (not to a service domain)."""
+    if (kind != "presence" or type_ not in BROADCAST_TYPES or to.local is None
+            or to.domain in services):
+        return None
+    bare = to.bare_str
+    return Publish(Family.PUBSUB, bare, bare)

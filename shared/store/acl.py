@@ -63,7 +63,7 @@ REMOVED_ACCOUNT: Final = (keys.presence(ANY), keys.directed_presence(f"{ANY}/{AN
                           keys.private_storage(ANY), keys.blocklist(ANY))
 REGISTRATIONS: Final = (keys.registrations_source(ANY),)  # XEP-0077 per-address rate
 CAPS: Final = (keys.caps_features(ANY), keys.caps_pending(ANY), keys.caps_waiting(ANY),
-               keys.pep_resources(ANY))
+               keys.pep_resources(ANY), keys.pep_remote(ANY))
 
 CONNECTION_MANAGER: Final = (SESSIONS + RESUMPTION + LOGIN_THROTTLE + REGISTRATIONS
                              + REMOVED_ACCOUNT + (keys.fast_token_secret(),))

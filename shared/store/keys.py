@@ -193,6 +193,13 @@ def pep_resources(bare_jid: str) -> str:
     return f"pepres:{{{bare_jid}}}"
 
 
+def pep_remote(bare_jid: str) -> str:
+    """Hash remote full JID -> XEP-0115 ver of the available resources of the account's
+    remote contacts, from the presence they send it (bounded, with a time to live): whom
+    its personal eventing service notifies on other servers (XEP-0163 §4.3)."""
+    return f"pepremote:{{{bare_jid}}}"
+
+
 def registrations_source(source: str) -> str:
     """In-band registrations (XEP-0077) from one source address in the current hour."""
     return f"reg:{{src:{source}}}"

@@ -30,8 +30,8 @@ class PepClient(Client):
     """A client that wants notifications of ``interests`` (XEP-0163 §4: +notify)."""
 
     def __init__(self, jid: str, password: str, interests: tuple[str, ...] = (
-            AVATAR_META, AXOLOTL, OMEMO2, BOOKMARKS)) -> None:
-        super().__init__(jid, password)
+            AVATAR_META, AXOLOTL, OMEMO2, BOOKMARKS), mech: str = "SCRAM-SHA-256") -> None:
+        super().__init__(jid, password, mech=mech)
         for plugin in ("xep_0004", "xep_0030", "xep_0115", "xep_0060", "xep_0163",
                        "xep_0084"):
             self.register_plugin(plugin)

@@ -15,6 +15,7 @@ from shared.router.ingress import (
     from_client,
     from_peer,
     node_key,
+    peer_presence_to_pep,
 )
 from shared.xmpp import ns
 from shared.xmpp.jid import JID
@@ -165,6 +166,28 @@ def test_peer_stanzas_to_local_service_domains(kind) -> None:
     got = from_peer(kind, "", to, SERVICES)
     assert got == Publish(Family.MUC, "room@conference.example.com", str(to))
     assert got.subject(8) == subjects.muc(subjects.partition("room@conference.example.com", 8))
+
+
+@pytest.mark.parametrize(
+    ("kind", "type_", "to", "expected"),
+    [
+        # XEP-0163 §4.3, §6.2: a remote contact's available and unavailable presence to an
+        # account reaches the account's PEP service too (its caps)
+        ("presence", "", "juliet@example.com", Publish(
+            Family.PUBSUB, "juliet@example.com", "juliet@example.com")),
+        ("presence", "unavailable", "juliet@example.com/balcony", Publish(
+            Family.PUBSUB, "juliet@example.com", "juliet@example.com")),
+        # not subscriptions, probes, errors, other stanzas, rooms or the server
+        ("presence", "subscribe", "juliet@example.com", None),
+        ("presence", "probe", "juliet@example.com", None),
+        ("presence", "error", "juliet@example.com", None),
+        ("message", "", "juliet@example.com", None),
+        ("presence", "", "room@conference.example.com/nick", None),
+        ("presence", "", "example.com", None),
+    ],
+)
+def test_peer_presence_copied_to_pep(kind, type_, to, expected) -> None:
+    assert peer_presence_to_pep(kind, type_, JID.parse(to), SERVICES) == expected
 
 
 @pytest.mark.parametrize(

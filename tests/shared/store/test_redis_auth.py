@@ -153,6 +153,7 @@ FAMILIES = {
     keys.partition_lease("muc", 3): {"muc"},
     keys.caps_features("QgayPKawpkPSDYmwT/WM94uAlu0="): {"pubsub"},
     keys.pep_resources("a@example.org"): {"pubsub"},
+    keys.pep_remote("a@example.org"): {"pubsub"},
     keys.component_holder("bot.example.org"): {"s2s_gateway"},
     keys.upload_secret(): {"upload"},
 }
