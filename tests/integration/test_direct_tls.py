@@ -1,12 +1,15 @@
 """Direct TLS c2s (XEP-0368): TLS from the first byte on its own port, ALPN xmpp-client.
 
-Real software here: slixmpp's direct TLS.  go-sendxmpp and profanity are not installed on
-this machine (`apt list --installed`), so they are not run."""
+Real software here: slixmpp's direct TLS, and go-sendxmpp (Debian package; `.ci/run` installs
+it, elsewhere its test skips with the reason) sending a message over direct TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import ssl
+
+import pytest
 
 from tests.conftest import Users
 from tests.integration.test_chat import _wait_available
@@ -82,3 +85,28 @@ async def test_plaintext_on_the_direct_tls_port_gets_no_stream(cluster: Cluster)
         assert b"<stream:" not in data  # a TLS alert at most, then the connection closes
     finally:
         writer.close()
+
+
+@pytest.mark.skipif(shutil.which("go-sendxmpp") is None,
+                    reason="go-sendxmpp (Debian package) is not installed")
+async def test_go_sendxmpp_sends_over_direct_tls(cluster: Cluster, users: Users) -> None:
+    """XEP-0368 held against another client: go-sendxmpp logs in with direct TLS (`-t`) and
+    its message reaches a slixmpp client."""
+    sender_jid, sender_pw = await users.create("gosend")
+    bob_jid, bob_pw = await users.create("gorecv")
+    bob = Client(bob_jid + "/tcp", bob_pw)
+    await bob.login("127.0.0.1", cluster.c2s_port)
+    try:
+        await _wait_available(users, [bob_jid])
+        proc = await asyncio.create_subprocess_exec(
+            "go-sendxmpp", "-t", "-n", "-j", f"127.0.0.1:{cluster.tls_ports['cm-1']}",
+            "-u", sender_jid, "-p", sender_pw, "--timeout", "20", bob_jid,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(b"hello from go-sendxmpp\n"), 60)
+        assert proc.returncode == 0, out
+        msg = await asyncio.wait_for(bob.messages.get(), 20)
+        assert msg["body"].strip() == "hello from go-sendxmpp"
+        assert msg["from"].bare == sender_jid
+    finally:
+        await bob.logout()
