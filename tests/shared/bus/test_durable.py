@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from devtools import localservers
-from shared.bus import subjects
+from shared.bus import streams, subjects
 from shared.bus.client import Bus
 from shared.bus.streams import StreamLimits
 
@@ -150,3 +150,47 @@ async def test_an_output_not_stored_replays_the_batch_instead_of_acking_it(
     assert got[len(before):] == list(range(20))  # all again, in order: none of it was acked
     for bus in (tx, rx.bus):
         await bus.close()
+
+
+async def test_one_ticks_publishes_to_a_partition_are_stored_packed_and_delivered_in_order(
+    nats_url: str,
+) -> None:
+    """Publishes to one partition in one tick become one stream message per MULTI_MAX_COUNT
+    (one store, PubAck, delivery and ack for all); the consumer gets every stanza, in each
+    subject's order (RFC 6120 §10.1), and the pack is acked only once all were handled."""
+    a, b = subjects.route(9), subjects.route(10)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    stream = "$JS.API.STREAM.INFO." + streams.stream_name("route")
+    before = (await tx._api(stream))["state"]["messages"]
+    failed: list[int] = []
+    n = 150  # per subject: a pack of MULTI_MAX_COUNT and one of the rest
+    for i in range(n):
+        tx.publish_soon(a, b"a%d" % i, lambda i=i: failed.append(i))
+        tx.publish_soon(b, b"b%d" % i, lambda i=i: failed.append(i))
+    stored = asyncio.Event()
+    tx.when_stored(tx.stored_mark(), stored.set)
+    await asyncio.wait_for(stored.wait(), TIMEOUT_S)
+    assert not failed
+    assert (await tx._api(stream))["state"]["messages"] - before == 4
+    rx = Consumer(nats_url, "rx")
+    await rx.bus.connect()
+    await rx.bus.consume(a)
+    await rx.bus.consume(b)
+    await _until(lambda: len(rx.got) >= 2 * n, "every stanza")
+    assert [x for x in rx.got if x[:1] == b"a"] == [b"a%d" % i for i in range(n)]
+    assert [x for x in rx.got if x[:1] == b"b"] == [b"b%d" % i for i in range(n)]
+    await rx.bus.stop_consuming(a)
+    await rx.bus.stop_consuming(b)
+    await _until(lambda: not rx.bus._consumers, "given up")
+    after = (await tx._api(stream))["state"]["messages"]
+    assert after == before  # every pack acked, so the work queue dropped it
+    for bus in (tx, rx.bus):
+        await bus.close()
+
+
+def test_pack_and_unpack_keep_every_part_in_order() -> None:
+    parts = [b"", b"1\x00message\x00x", b"\n\n", b"y" * 70_000]
+    assert streams.unpack(streams.pack(parts)) == parts
+    with pytest.raises(ValueError):
+        streams.unpack(streams.pack(parts)[:-1])
