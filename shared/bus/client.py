@@ -235,6 +235,10 @@ class Bus:
             for c in self._consumers.values():  # the pull requests died with the connection
                 c.credit = 0
                 self._pull(c)
+            if self._consumers:
+                task = asyncio.get_running_loop().create_task(self._recreate_lost())
+                self._replays.add(task)
+                task.add_done_callback(self._replays.discard)
 
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %s", exc)
@@ -658,6 +662,23 @@ class Bus:
             with contextlib.suppress(Exception):  # a double ack: answered once processed
                 await self._nc.request(c.last_ack, b"+ACK", timeout=2)
 
+    async def _recreate_lost(self) -> None:
+        """After a reconnect: a consumer the server no longer has (its state is in memory,
+        streams.consumer_config: a restarted nats-server forgot it) is recreated, as at a
+        take-over, so its unacked messages replay first.  One that exists is left alone:
+        it may be a new owner's."""
+        for c in list(self._consumers.values()):
+            if not c.active or c.broken:
+                continue
+            try:
+                answer = await self._api(f"$JS.API.CONSUMER.INFO.{c.stream}.{c.name}")
+            except Exception as exc:  # not answering yet: the pull timer keeps asking
+                log.warning("%s: consumer info failed after reconnect: %s", c.name, exc)
+                continue
+            error = answer.get("error")
+            if error and error.get("err_code") == 10014 and self._consumers.get(c.name) is c:
+                self._break(c, "the consumer is gone after a reconnect")
+
     def _pull(self, c: _Consumer) -> None:
         """Ask for up to PULL_BATCH more messages (a long poll of PULL_EXPIRES_S)."""
         if not c.active:
@@ -692,8 +713,8 @@ class Bus:
             self._wakeup.set()
             return
         kind, _, rest = subject.decode()[len(self._js_inbox) + 1:].partition(".")
-        if kind == "a":
-            self._puback(int(rest), data)
+        if kind == "a":  # a status instead (503: no stream took it) is a failure too
+            self._puback(int(rest), b'"error"' if headers else data)
         elif kind == "p":
             self._pull_status(rest, headers or b"")
 
@@ -794,8 +815,8 @@ class Bus:
         if self._flush_handle is None and self._outbox:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
 
-    def _break(self, c: _Consumer) -> None:
-        log.warning("%s: an output was not stored; replaying from the oldest unacked", c.name)
+    def _break(self, c: _Consumer, why: str = "an output was not stored") -> None:
+        log.warning("%s: %s; replaying from the oldest unacked", c.name, why)
         c.broken = True
         c.unacked = 0  # nothing more of it will be acked: a hand-over need not wait
 

@@ -123,4 +123,10 @@ def consumer_config(subject: str) -> dict[str, object]:
         "max_ack_pending": MAX_ACK_PENDING,
         "max_deliver": -1,
         "replay_policy": "instant",
+        # The consumer's state (delivered, ack floor) is kept in memory, not written to a
+        # file after every ack (a tenth of nats-server's CPU with file state, loadtest/
+        # RESULTS.md): the stream itself holds every unacked message (work queue), and
+        # whoever owns the partition recreates its consumer from them, at a take-over as
+        # after a nats-server restart (Bus._recreate_lost); replicated like file state.
+        "mem_storage": True,
     }
