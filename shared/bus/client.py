@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH: Final = 512
 MAX_DIRECT_BUFFER_BYTES: Final = 1024 * 1024  # beyond this, nats-py's flusher drains first
 PUBACK_TIMEOUT_S: Final = 5.0  # a durable publish not acknowledged by then failed
+RECREATE_WITHIN_S: Final = 60.0  # after a reconnect, JetStream asked this long for consumers
 BatchHandler = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
 OnFail = Callable[[], None] | None
 Sink = Callable[[str, bytes], None]
@@ -664,20 +665,39 @@ class Bus:
 
     async def _recreate_lost(self) -> None:
         """After a reconnect: a consumer the server no longer has (its state is in memory,
-        streams.consumer_config: a restarted nats-server forgot it) is recreated, as at a
-        take-over, so its unacked messages replay first.  One that exists is left alone:
-        it may be a new owner's."""
+        streams.consumer_config: a restarted nats-server forgot it) is created again with
+        the same configuration, which does nothing to one that exists (it may be a new
+        owner's: nothing is deleted here).  A fresh one starts at the oldest message in the
+        stream, so what this bus had taken and not acked replays first, as at a take-over
+        (its acks would be for the old consumer: they are dropped)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECREATE_WITHIN_S
         for c in list(self._consumers.values()):
-            if not c.active or c.broken:
-                continue
-            try:
-                answer = await self._api(f"$JS.API.CONSUMER.INFO.{c.stream}.{c.name}")
-            except Exception as exc:  # not answering yet: the pull timer keeps asking
-                log.warning("%s: consumer info failed after reconnect: %s", c.name, exc)
-                continue
-            error = answer.get("error")
-            if error and error.get("err_code") == 10014 and self._consumers.get(c.name) is c:
-                self._break(c, "the consumer is gone after a reconnect")
+            while c.active and not c.broken and self._consumers.get(c.name) is c:
+                config = streams.consumer_config(c.subject)
+                try:
+                    answer = await self._api(f"$JS.API.CONSUMER.CREATE.{c.stream}.{c.name}",
+                                             {"stream_name": c.stream, "config": config})
+                    error = answer.get("error")
+                except Exception as exc:  # JetStream not answering yet (recovering streams)
+                    answer, error = {}, {"description": str(exc)}
+                if not error:
+                    if (answer.get("delivered") or {}).get("consumer_seq", 0) == 0 \
+                            and self._consumers.get(c.name) is c and c.active:
+                        log.warning("%s: consumer gone after a reconnect, created again; "
+                                    "replaying from the oldest unacked", c.name)
+                        c.active = False
+                        c.broken = True
+                        c.unacked = 0
+                        fresh = _Consumer(c.subject, c.stream, c.name, c.reply)
+                        self._consumers[c.name] = fresh
+                        self._pull(fresh)
+                    break
+                if loop.time() > deadline:
+                    log.warning("%s: consumer not checked after reconnect: %s", c.name,
+                                error.get("description"))
+                    break
+                await asyncio.sleep(0.5)  # stream not recovered yet, or no answer
 
     def _pull(self, c: _Consumer) -> None:
         """Ask for up to PULL_BATCH more messages (a long poll of PULL_EXPIRES_S)."""
@@ -815,8 +835,8 @@ class Bus:
         if self._flush_handle is None and self._outbox:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
 
-    def _break(self, c: _Consumer, why: str = "an output was not stored") -> None:
-        log.warning("%s: %s; replaying from the oldest unacked", c.name, why)
+    def _break(self, c: _Consumer) -> None:
+        log.warning("%s: an output was not stored; replaying from the oldest unacked", c.name)
         c.broken = True
         c.unacked = 0  # nothing more of it will be acked: a hand-over need not wait
 
