@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH: Final = 512
 MAX_DIRECT_BUFFER_BYTES: Final = 1024 * 1024  # beyond this, nats-py's flusher drains first
 PUBACK_TIMEOUT_S: Final = 5.0  # a durable publish not acknowledged by then failed
+RECREATE_WITHIN_S: Final = 60.0  # after a reconnect, JetStream asked this long for consumers
 BatchHandler = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
 OnFail = Callable[[], None] | None
 Sink = Callable[[str, bytes], None]
@@ -235,6 +236,10 @@ class Bus:
             for c in self._consumers.values():  # the pull requests died with the connection
                 c.credit = 0
                 self._pull(c)
+            if self._consumers:
+                task = asyncio.get_running_loop().create_task(self._recreate_lost())
+                self._replays.add(task)
+                task.add_done_callback(self._replays.discard)
 
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %s", exc)
@@ -284,12 +289,19 @@ class Bus:
         and its PubAck comes later (``on_fail`` if it does not)."""
         if self._durable and streams.family(subject) is not None:
             refused: list[bool] = []
-            self._outbox.append((subject, data, lambda: refused.append(True), None))
+            writing = True
+
+            def failed() -> None:  # refused while written now: raise; the PubAck's: on_fail
+                if writing:
+                    refused.append(True)
+                elif on_fail is not None:
+                    on_fail()
+
+            self._outbox.append((subject, data, failed, None))
             self._write_outbox()
+            writing = False
             if refused:
                 raise BusUnavailable(f"publish to {subject} refused")
-            if on_fail is not None:  # the PubAck's failure, later
-                self._pending[self._seq] = (on_fail, self._pending[self._seq][1])
             return
         if self._outbox:
             self._write_outbox()
@@ -338,10 +350,12 @@ class Bus:
                 if on_fail is not None:
                     on_fail()
             return
+        durable = self._durable
+        if durable and len(batch) > 1:
+            batch = _pack_durable(batch)
         max_payload = nc._max_payload
         parts: list[bytes] = []
         size = 0
-        durable = self._durable
         pending = self._pending
         now = time.monotonic()
         for subject, data, on_fail, reply in batch:
@@ -514,9 +528,14 @@ class Bus:
         return await self._nc.subscribe(subject, cb=received)
 
     def _sink(self, subject: str, data: bytes) -> None:
-        if data[:1] == b"\x00" and data.startswith(MARKER_PREFIX):  # never for a handler
-            self._exchange.marker_seen(subject, data, self._sink)
-            return
+        if data[:1] == b"\x00":
+            if data.startswith(MARKER_PREFIX):  # never for a handler
+                self._exchange.marker_seen(subject, data, self._sink)
+                return
+            if data.startswith(streams.MULTI_PREFIX):  # a durable publisher's pack
+                self._unpack(subject, data, "")
+                self._wakeup.set()
+                return
         self._inbox.append((subject, data))
         self._acks.append("")
         self._wakeup.set()
@@ -644,6 +663,42 @@ class Bus:
             with contextlib.suppress(Exception):  # a double ack: answered once processed
                 await self._nc.request(c.last_ack, b"+ACK", timeout=2)
 
+    async def _recreate_lost(self) -> None:
+        """After a reconnect: a consumer the server no longer has (its state is in memory,
+        streams.consumer_config: a restarted nats-server forgot it) is created again with
+        the same configuration, which does nothing to one that exists (it may be a new
+        owner's: nothing is deleted here).  A fresh one starts at the oldest message in the
+        stream, so what this bus had taken and not acked replays first, as at a take-over
+        (its acks would be for the old consumer: they are dropped)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECREATE_WITHIN_S
+        for c in list(self._consumers.values()):
+            while c.active and not c.broken and self._consumers.get(c.name) is c:
+                config = streams.consumer_config(c.subject)
+                try:
+                    answer = await self._api(f"$JS.API.CONSUMER.CREATE.{c.stream}.{c.name}",
+                                             {"stream_name": c.stream, "config": config})
+                    error = answer.get("error")
+                except Exception as exc:  # JetStream not answering yet (recovering streams)
+                    answer, error = {}, {"description": str(exc)}
+                if not error:
+                    if (answer.get("delivered") or {}).get("consumer_seq", 0) == 0 \
+                            and self._consumers.get(c.name) is c and c.active:
+                        log.warning("%s: consumer gone after a reconnect, created again; "
+                                    "replaying from the oldest unacked", c.name)
+                        c.active = False
+                        c.broken = True
+                        c.unacked = 0
+                        fresh = _Consumer(c.subject, c.stream, c.name, c.reply)
+                        self._consumers[c.name] = fresh
+                        self._pull(fresh)
+                    break
+                if loop.time() > deadline:
+                    log.warning("%s: consumer not checked after reconnect: %s", c.name,
+                                error.get("description"))
+                    break
+                await asyncio.sleep(0.5)  # stream not recovered yet, or no answer
+
     def _pull(self, c: _Consumer) -> None:
         """Ask for up to PULL_BATCH more messages (a long poll of PULL_EXPIRES_S)."""
         if not c.active:
@@ -670,15 +725,37 @@ class Bus:
             c.last_seen = time.monotonic()
             if c.credit <= streams.PULL_BATCH // 2:
                 self._pull(c)
-            self._inbox.append((subject.decode(), data))
-            self._acks.append(reply.decode())
+            if data[:1] == b"\x00" and data.startswith(streams.MULTI_PREFIX):
+                self._unpack(subject.decode(), data, reply.decode())
+            else:
+                self._inbox.append((subject.decode(), data))
+                self._acks.append(reply.decode())
             self._wakeup.set()
             return
         kind, _, rest = subject.decode()[len(self._js_inbox) + 1:].partition(".")
-        if kind == "a":
-            self._puback(int(rest), data)
+        if kind == "a":  # a status instead (503: no stream took it) is a failure too
+            self._puback(int(rest), b'"error"' if headers else data)
         elif kind == "p":
             self._pull_status(rest, headers or b"")
+
+    def _unpack(self, subject: str, data: bytes, ack: str) -> None:
+        """The stanzas of a packed stream message into the inbox; the message's ack goes with
+        the last, so it is acked once all of them were handled."""
+        try:
+            parts = streams.unpack(data)
+        except ValueError:
+            parts = []
+        if not parts:  # never written by a bus: dropped, and acked so it does not come back
+            log.warning("a malformed packed message on %s dropped", subject)
+            if ack:
+                self._ack([ack], self._durable_failures)
+            return
+        inbox, acks = self._inbox, self._acks
+        for part in parts[:-1]:
+            inbox.append((subject, part))
+            acks.append("")
+        inbox.append((subject, parts[-1]))
+        acks.append(ack)
 
     def _pull_status(self, name: str, headers: bytes) -> None:
         """408: a pull request expired (its unused credit is in Nats-Pending-Messages);
@@ -827,6 +904,48 @@ class Bus:
         if self._js_timer is not None:
             self._js_timer.cancel()
         BUS_CONNECTED.labels(self._service).set(0)
+
+
+def _pack_durable(batch: list[tuple[str, bytes, OnFail, str | None]]
+                  ) -> list[tuple[str, bytes, OnFail, str | None]]:
+    """One stream message for the durable publishes of one subject in ``batch``
+    (``streams.pack``, at the place of the first; up to MULTI_MAX_BYTES/COUNT each), with one
+    ``on_fail`` calling theirs.  The order per subject is kept (RFC 6120 §10.1); NATS keeps
+    no order across subjects, so none is lost by moving a later one up."""
+    groups: dict[str, list[int]] = {}
+    for i, (subject, _data, _on_fail, reply) in enumerate(batch):
+        if reply is None and streams.family(subject) is not None:
+            groups.setdefault(subject, []).append(i)
+    if len(groups) == sum(map(len, groups.values())):
+        return batch  # one message per subject: nothing to pack
+    out: list[tuple[str, bytes, OnFail, str | None] | None] = list(batch)
+    for subject, members in groups.items():
+        if len(members) == 1:
+            continue
+        chunk: list[int] = []
+        size = 0
+        for i in [*members, -1]:
+            n = len(batch[i][1]) if i >= 0 else 0
+            if chunk and (i < 0 or size + n > streams.MULTI_MAX_BYTES
+                          or len(chunk) >= streams.MULTI_MAX_COUNT):
+                if len(chunk) > 1:
+                    fails = [batch[j][2] for j in chunk if batch[j][2] is not None]
+                    out[chunk[0]] = (subject, streams.pack([batch[j][1] for j in chunk]),
+                                     _all(fails) if fails else None, None)
+                    for j in chunk[1:]:
+                        out[j] = None
+                chunk, size = [], 0
+            if i >= 0:
+                chunk.append(i)
+                size += n
+    return [entry for entry in out if entry is not None]
+
+
+def _all(fails: list[Callable[[], None]]) -> Callable[[], None]:
+    def call() -> None:
+        for fail in fails:
+            fail()
+    return call
 
 
 def _direct_writer(nc: Client) -> Any:

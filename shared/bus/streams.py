@@ -28,12 +28,43 @@ PULL_BATCH: Final = 256  # messages asked for at once per partition; topped up a
 MAX_ACK_PENDING: Final = 4096  # per partition: delivered and not yet acked
 ACK_WAIT_S: Final = 300.0  # take-overs recreate the consumer; this is only a last resort
 PULL_EXPIRES_S: Final = 10.0  # a pull request waits this long for messages, then renewed
+# Several stanzas for one partition published in one event-loop tick travel as one stream
+# message (``pack``): one store, one PubAck, one pulled delivery and one ack for all of
+# them, which is where JetStream's cost per message goes (loadtest/RESULTS.md).
+MULTI_PREFIX: Final = b"\x00multi\x00"  # NUL first: never an envelope or a local marker
+MULTI_MAX_BYTES: Final = 64 * 1024  # a pack is closed at this size (NATS max_payload: 1 MiB)
+MULTI_MAX_COUNT: Final = 128
 
 
 def family(subject: str) -> str | None:
     """``route`` for ``stanzad.route.7``; None when the subject is not durable."""
     head, _, _ = subject.rpartition(".")
     return _PREFIXES.get(head + ".")
+
+
+def pack(parts: list[bytes]) -> bytes:
+    """Several messages of one subject, in order, as one payload: ``MULTI_PREFIX`` then each
+    part as its length in decimal, a newline, and its bytes."""
+    out = [MULTI_PREFIX]
+    for part in parts:
+        out.append(b"%d\n" % len(part))
+        out.append(part)
+    return b"".join(out)
+
+
+def unpack(data: bytes) -> list[bytes]:
+    """The parts of a ``pack``, in order; ValueError when it is cut short."""
+    parts = []
+    pos = len(MULTI_PREFIX)
+    end = len(data)
+    while pos < end:
+        nl = data.index(b"\n", pos)
+        stop = nl + 1 + int(data[pos:nl])
+        if stop > end:
+            raise ValueError("a packed message cut short")
+        parts.append(data[nl + 1:stop])
+        pos = stop
+    return parts
 
 
 def stream_name(fam: str) -> str:
@@ -92,4 +123,10 @@ def consumer_config(subject: str) -> dict[str, object]:
         "max_ack_pending": MAX_ACK_PENDING,
         "max_deliver": -1,
         "replay_policy": "instant",
+        # The consumer's state (delivered, ack floor) is kept in memory, not written to a
+        # file after every ack (a tenth of nats-server's CPU with file state, loadtest/
+        # RESULTS.md): the stream itself holds every unacked message (work queue), and
+        # whoever owns the partition recreates its consumer from them, at a take-over as
+        # after a nats-server restart (Bus._recreate_lost); replicated like file state.
+        "mem_storage": True,
     }
