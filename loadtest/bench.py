@@ -149,7 +149,7 @@ def archive_ratio(docs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> float | None:
-    value: Any = doc["result"]
+    value: Any = doc.get("result")  # a scenario left out (--only) has no result
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
