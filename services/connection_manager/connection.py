@@ -842,15 +842,20 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             return
         self._tls = TLSSession(self.cm.tls_context, keylog=self.cm.tls_keylog)
 
-    async def _check_login(self, username: str) -> LoginCheck | None:
-        """The throttling locks of an attempt and the account (XEP-0205 §3); None when the
-        attempt was answered already (store down, or refused)."""
+    async def _check_login(self, username: str, tokens: TokensNeeded | None = None
+                           ) -> tuple[LoginCheck, list[Any]] | None:
+        """The throttling locks of an attempt and the account (XEP-0205 §3), and for a FAST
+        login (`tokens`) the client's tokens (XEP-0484); None when the attempt was answered
+        already (store down, or refused)."""
         try:
             check = await self.cm.lookup_login(self.source, username, self.stream.config.domain)
+            found = (await self.cm.fast_tokens_for(username, tokens.client_id)
+                     if tokens is not None and check.refused is None else [])
         except Exception as exc:
             log.warning("credentials lookup failed: %s", exc)
             self._release_sasl_slot()
-            self._resume(self.stream.credentials_unavailable)
+            self._resume(self.stream.credentials_unavailable if tokens is None
+                         else self.stream.tokens_unavailable)
             return None
         if check.refused is not None:
             self._release_sasl_slot()
@@ -859,9 +864,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             log.info("refused a login from %s: %s locked for %d s more", self.peer,
                      "address" if check.refused == "ip" else check.refused, wait)
             text = f"too many failed attempts; try again in {wait} s"
-            self._resume(lambda: self.stream.credentials_refused(text))
+            self._resume(lambda: self.stream.credentials_refused(text) if tokens is None
+                         else self.stream.tokens_refused(text))
             return None
-        return check
+        return check, found
 
     async def _verify(self, event: VerificationNeeded) -> None:
         """The domain's backend checks the secret (services/connection_manager/
@@ -871,9 +877,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         domain = self.stream.config.domain
         check = None
         if event.username is not None:
-            check = await self._check_login(event.username)
-            if check is None:
+            checked = await self._check_login(event.username)
+            if checked is None:
                 return
+            check = checked[0]
         try:
             backend = self.cm.backend_of(domain)
             if backend is None:  # the domain changed its backend meanwhile
@@ -889,9 +896,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
             self._resume(self.stream.verification_rejected)
             return
         if check is None:
-            check = await self._check_login(username)
-            if check is None:
+            checked = await self._check_login(username)
+            if checked is None:
                 return
+            check = checked[0]
         self._login = check
         if check.credentials is None:  # no account here yet
             if not self.cm.creates_accounts(domain):
@@ -912,34 +920,10 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         """The locks, the address's failures and the account's keys, in one round trip
         (XEP-0205 §3: an attempt under a lock is refused before any password is checked);
         for a FAST login (`tokens`) then the client's tokens (XEP-0484)."""
-        try:
-            check = await self.cm.lookup_login(self.source, username, self.stream.config.domain)
-            found = (await self.cm.fast_tokens_for(username, tokens.client_id)
-                     if tokens is not None and check.refused is None else [])
-        except Exception as exc:
-            log.warning("credentials lookup failed: %s", exc)
-            self._release_sasl_slot()
-            self._resume(self.stream.credentials_unavailable if tokens is None
-                         else self.stream.tokens_unavailable)
+        checked = await self._check_login(username, tokens)
+        if checked is None:
             return
-        if check.refused is not None:
-            self._release_sasl_slot()
-            metrics.AUTH_THROTTLED.labels(check.refused).inc()
-            wait = math.ceil(check.retry_after_s)
-            log.info("refused a login from %s: %s locked for %d s more", self.peer,
-                     "address" if check.refused == "ip" else check.refused, wait)
-            text = f"too many failed attempts; try again in {wait} s"
-            self._resume(lambda: self.stream.credentials_refused(text) if tokens is None
-                         else self.stream.tokens_refused(text))
-            return
-        if username is None:
-            self._login = check
-            self._resume(self.stream.verification_rejected)
-            return
-        if check is None:
-            check = await self._check_login(username)
-            if check is None:
-                return
+        check, found = checked
         self._login = check
         if tokens is not None:
             now = time.time()
