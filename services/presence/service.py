@@ -27,7 +27,7 @@ from shared.store.account_data import AccountDataStore
 from shared.store.presence import LastActivityStore, OfflineStore, PresenceStore
 from shared.store.roster import RosterStore
 from shared.store.sessions import SessionRecord, SessionStore
-from shared.xmpp import ns
+from shared.xmpp import avatar, ns
 from shared.xmpp.blocking import is_blocked
 from shared.xmpp.jid import bare_of
 from shared.xmpp.parser import parse_fragment
@@ -99,6 +99,9 @@ class PresenceService(PartitionedService):
         priority = _priority(payload)
         cm_id, _, session_id = origin.partition("/")
         record = SessionRecord(cm_id, session_id, priority, True) if session_id else None
+        photo_hash = await self.redis.get(keys.avatar_hash(bare))
+        if photo_hash is not None:  # XEP-0398 §4: the server puts the current hash in
+            payload = avatar.with_update(payload, photo_hash.decode())
         version, initial, items = await self.presence.go_available(full, record, payload)
         if version:  # the router reads availability and priority from the table (§8.5.2)
             await self.session_event(bare, version)
