@@ -27,7 +27,7 @@ from shared.store.account_data import AccountDataStore
 from shared.store.presence import LastActivityStore, OfflineStore, PresenceStore
 from shared.store.roster import RosterStore
 from shared.store.sessions import SessionRecord, SessionStore
-from shared.xmpp import ns
+from shared.xmpp import avatar, ns
 from shared.xmpp.blocking import is_blocked
 from shared.xmpp.jid import bare_of
 from shared.xmpp.parser import parse_fragment
@@ -99,6 +99,7 @@ class PresenceService(PartitionedService):
         priority = _priority(payload)
         cm_id, _, session_id = origin.partition("/")
         record = SessionRecord(cm_id, session_id, priority, True) if session_id else None
+        payload = await self._with_avatar(bare, payload)
         version, initial, items = await self.presence.go_available(full, record, payload)
         if version:  # the router reads availability and priority from the table (§8.5.2)
             await self.session_event(bare, version)
@@ -108,6 +109,16 @@ class PresenceService(PartitionedService):
             tables = await self._initial(full, items, priority)
         await self._broadcast(full, payload, items, tables)
         await self._to_pep(full, origin, "", payload)
+
+    async def _with_avatar(self, bare: str, payload: bytes) -> bytes:
+        """XEP-0398 §4: the account's current avatar hash in its presence, once the pubsub
+        or roster service converted an avatar (no key: the presence as the client sent it)."""
+        try:
+            photo_hash = await self.redis.get(keys.avatar_hash(bare))
+        except Exception as exc:  # the broadcast matters more than the hash
+            log.warning("could not read the avatar hash: %s", exc)
+            return payload
+        return payload if photo_hash is None else avatar.with_update(payload, photo_hash.decode())
 
     async def _unavailable(self, full: str, origin: str, payload: bytes) -> None:
         bare = bare_of(full)

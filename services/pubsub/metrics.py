@@ -27,3 +27,7 @@ CAPS = Counter(
     "stanzad_pubsub_caps_total", "XEP-0115 ver lookups, by outcome (cached, asked, "
     "verified, mismatch, failed).", ["outcome"],
 )
+AVATAR_TO_VCARD = Counter(
+    "stanzad_pubsub_avatar_to_vcard_total",
+    "XEP-0398: avatar metadata publishes copied into the account's vCard.",
+)

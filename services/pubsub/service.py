@@ -46,7 +46,7 @@ from shared.store.presence import PresenceStore
 from shared.store.pubsub import Item, Node, Publish, PubsubStore, Subscription
 from shared.store.roster import RosterItem, RosterStore
 from shared.store.sessions import SessionStore
-from shared.xmpp import ns
+from shared.xmpp import avatar, ns
 from shared.xmpp.blocking import is_blocked
 from shared.xmpp.caps import Caps, caps_of, features, ver_of
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition, StanzaErrorType, StreamError
@@ -500,6 +500,37 @@ class PubsubService(PartitionedService):
             await self._deliver_answer(p.request, p.answer)
         for p in pending:
             await self._notify_item(p.node, p.publish.item)
+        for p in pending:
+            if (p.node.name == ns.AVATAR_METADATA and p.request.owner
+                    and p.request.env.origin != avatar.CONVERSION_ORIGIN):
+                try:
+                    await self._avatar_to_vcard(p.request.bare, p.publish.item, pending)
+                except Exception as exc:  # the publish stands; the vCard stays as it was
+                    log.warning("avatar to vCard conversion failed: %s", exc)
+
+    async def _avatar_to_vcard(self, bare: str, metadata: Item,
+                               batch: list[PendingPublish]) -> None:
+        """XEP-0398 §3.1: the account's new avatar metadata puts the image of its data
+        node into the vCard's PHOTO (an empty metadata, §4.5 of XEP-0084, removes it), and
+        its hash becomes the one the presence service adds to the account's presence."""
+        info = avatar.metadata_info(metadata.payload)
+        photo = None
+        if info is not None:
+            item_id, type_ = info
+            stored = next((p.publish.item for p in reversed(batch)
+                           if p.publish.service == bare and p.publish.node == ns.AVATAR_DATA
+                           and p.publish.item.id == item_id), None)
+            if stored is None:
+                found = await self.store.items(bare, ns.AVATAR_DATA, ids=[item_id])
+                stored = found[0] if found else None
+            data = avatar.data_bytes(stored.payload) if stored is not None else None
+            if not data:
+                return  # the data is not (yet) there: nothing to convert
+            photo = avatar.Photo(type_, data)
+        vcard = await self.account_data.vcard(bare)
+        await self.account_data.set_vcard(bare, avatar.with_photo(vcard, photo))
+        await self.redis.set(keys.avatar_hash(bare), photo.hash if photo else "")
+        metrics.AVATAR_TO_VCARD.inc()
 
     async def _retract(self, r: Request, element: etree._Element, _: etree._Element) -> str:
         node = await self._node(r, element)
@@ -1189,6 +1220,8 @@ class PubsubService(PartitionedService):
         """To the requesting session's connection manager, or routed (remote requesters)."""
         reply = Envelope(Kind.IQ, to=env.from_, from_=env.to, type="result", id=env.id,
                          origin=SERVICE, payload=payload)
+        if env.origin == avatar.CONVERSION_ORIGIN:
+            return  # the roster service's publish from a vCard (XEP-0398 §3.2) wants none
         cm_id, slash, _ = env.origin.partition("/")
         if slash and domain_of(env.from_) in self.destinations.accounts:
             await self.publish(subjects.connection_manager(cm_id), reply)

@@ -1,5 +1,6 @@
 """IQs the server answers on behalf of an account (RFC 6121 §8.5.2.1.3): vCard-temp
-(XEP-0054), private XML storage (XEP-0049) and service discovery on the bare JID (XEP-0030;
+(XEP-0054; a PHOTO is also published as the PEP avatar, XEP-0398), private XML storage
+(XEP-0049) and service discovery on the bare JID (XEP-0030;
 it names the account's personal eventing service, XEP-0163, served by services/pubsub, and
 lists what the roster service answers for the account: XEP-0191, XEP-0012 last activity and
 XEP-0357 push, service.py).
@@ -10,6 +11,7 @@ child of the result or raises StanzaError.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from lxml import etree
@@ -24,14 +26,17 @@ MAX_VCARD_BYTES: Final = 64 * 1024
 MAX_PRIVATE_BYTES: Final = 64 * 1024
 MAX_PRIVATE_NAMESPACES: Final = 64
 ACCOUNT_FEATURES: Final = (ns.DISCO_INFO, ns.VCARD, ns.BLOCKING, ns.LAST, ns.PUSH, ns.PUBSUB,
-                           *PEP_FEATURES)
+                           *PEP_FEATURES, ns.PEP_VCARD_CONVERSION)  # XEP-0398 §2
 # XEP-0313 §7 (on the bare JID), the #extended fields and flip-page, XEP-0359 §6
 ARCHIVE_FEATURES: Final = (ns.MAM, ns.MAM_EXTENDED, ns.SID)
 
 
 class AccountData:
-    def __init__(self, store: AccountDataStore, *, archive: bool = False) -> None:
+    def __init__(self, store: AccountDataStore, *, archive: bool = False,
+                 on_vcard: Callable[[str, etree._Element], Awaitable[None]] | None = None
+                 ) -> None:
         self._store = store
+        self._on_vcard = on_vcard  # after a vCard is stored (XEP-0398 §3.2)
         self._features = ACCOUNT_FEATURES + (ARCHIVE_FEATURES if archive else ())
 
     async def handle(self, iq: etree._Element, requester: str, account: str) -> str:
@@ -49,6 +54,8 @@ class AccountData:
             if len(data) > MAX_VCARD_BYTES:
                 raise StanzaError(StanzaErrorCondition.NOT_ACCEPTABLE, "vCard too large")
             await self._store.set_vcard(account, data)
+            if self._on_vcard is not None:
+                await self._on_vcard(account, child)
             return ""
         if tag == f"{{{ns.PRIVATE}}}query":
             if not own:

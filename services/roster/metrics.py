@@ -18,3 +18,7 @@ PUSH_REGISTRATIONS = Counter(
     "stanzad_roster_push_registrations_total",
     "XEP-0357 push registrations enabled and disabled by clients.", ["operation"],
 )
+VCARD_TO_AVATAR = Counter(
+    "stanzad_roster_vcard_to_avatar_total",
+    "XEP-0398: vCard PHOTOs published as the account's PEP avatar.",
+)

@@ -35,7 +35,7 @@ from shared.store.presence import LastActivityStore, PresenceStore
 from shared.store.push import PushRegistration, PushStore
 from shared.store.roster import ROSTER_NS, RosterItem, RosterStore, push_iq
 from shared.store.sessions import SessionStore
-from shared.xmpp import archive, ns, push
+from shared.xmpp import archive, avatar, ns, push
 from shared.xmpp.errors import StanzaError, StanzaErrorCondition
 from shared.xmpp.jid import JID, JIDError, domain_of
 from shared.xmpp.parser import parse_fragment
@@ -75,7 +75,8 @@ class RosterService(PartitionedService):
         self.sessions = SessionStore(self.redis, SERVICE)
         self.accounts = AccountStore(self.db, SERVICE)
         self.account_data = AccountDataStore(self.db, SERVICE)
-        self.account = AccountData(self.account_data, archive=settings.mam_enabled)
+        self.account = AccountData(self.account_data, archive=settings.mam_enabled,
+                                   on_vcard=self._vcard_to_pep)
         self.archive = ArchiveStore(self.db, SERVICE)
         self.last_activity = LastActivityStore(self.db, SERVICE)
         self.push = PushStore(self.db, SERVICE)
@@ -170,6 +171,28 @@ class RosterService(PartitionedService):
         else:
             payload = iq_result(env.id, env.from_, env.to or None, child)
         await self._to_session(env.from_, _cm(env), Kind.IQ, payload)
+
+    async def _vcard_to_pep(self, account: str, vcard: etree._Element) -> None:
+        """XEP-0398 §3.2: a vCard with a PHOTO is published to the account's avatar data
+        and metadata nodes (XEP-0084 §4), as publishes of the account itself to its pubsub
+        partition that want no answer; its hash becomes the one the presence service puts
+        in the account's presence (§4; a vCard without PHOTO: `<photo/>`, XEP-0153)."""
+        photo = avatar.vcard_photo(vcard)
+        await self.redis.set(keys.avatar_hash(account), photo.hash if photo else "")
+        if photo is None:
+            return
+        p = subjects.partition(account, self.settings.partitions)
+        for node, payload in zip((ns.AVATAR_DATA, ns.AVATAR_METADATA),
+                                 avatar.pep_payloads(photo), strict=True):
+            iq_id = f"{avatar.CONVERSION_ORIGIN}-{secrets.token_hex(6)}"
+            iq = (f'<iq xmlns="{ns.CLIENT}" type="set" id="{iq_id}" from={quoteattr(account)} '
+                  f'to={quoteattr(account)}><pubsub xmlns="{ns.PUBSUB}"><publish '
+                  f'node="{node}"><item id="{photo.hash}">{payload}</item></publish>'
+                  f"</pubsub></iq>")
+            await self.publish(subjects.pubsub(p), Envelope(
+                Kind.IQ, to=account, from_=account, type="set", id=iq_id,
+                origin=avatar.CONVERSION_ORIGIN, payload=iq.encode()))
+        metrics.VCARD_TO_AVATAR.inc()
 
     async def _blocking(self, env: Envelope, iq: etree._Element, account: str) -> None:
         """XEP-0191: answer, push the change to every resource, tell the router (its cache

@@ -20,7 +20,8 @@ What each role touches:
   removed in band; the presence service alone the last presence of each resource, directed
   presence and the reaper's lock; the s2s gateway alone the dialback secret; the muc service
   its rooms' occupants and history; the pubsub service the XEP-0115 caps it resolves, and
-  it reads sessions and presence;
+  it reads sessions and presence; the pubsub and roster services the account's avatar
+  hash (XEP-0398), which the presence service reads;
 - the admin API and the CLI (``admin``, ``cli``) act as the operator: every key (`stanzad
   status` reads them all, `stanzad db import-redis` reads the keys of older releases).
 
@@ -60,7 +61,7 @@ PRESENCE: Final = (keys.presence(ANY), keys.directed_presence(f"{ANY}/{ANY}"),
 REMOVED_ACCOUNT: Final = (keys.presence(ANY), keys.directed_presence(f"{ANY}/{ANY}"),
                           keys.account(ANY), keys.roster(ANY), keys.roster_version(ANY),
                           keys.roster_tombstones(ANY), keys.offline(ANY), keys.vcard(ANY),
-                          keys.private_storage(ANY), keys.blocklist(ANY))
+                          keys.private_storage(ANY), keys.blocklist(ANY), keys.avatar_hash(ANY))
 REGISTRATIONS: Final = (keys.registrations_source(ANY),)  # XEP-0077 per-address rate
 CAPS: Final = (keys.caps_features(ANY), keys.caps_pending(ANY), keys.caps_waiting(ANY),
                keys.pep_resources(ANY), keys.pep_remote(ANY))
@@ -74,15 +75,19 @@ ROLES: Final[dict[str, tuple[str, ...]]] = {
     # a connection manager with STANZAD_EMBEDDED_ROUTER: one Redis client for both
     "connection_manager_router": tuple(dict.fromkeys(CONNECTION_MANAGER + ROUTER)),
     "router": ROUTER,
-    "presence": SESSIONS + PRESENCE + _partitioned("presence"),
-    # XEP-0012: whether the account is online (its presence), read
-    "roster": (*SESSIONS, keys.presence(ANY), *_partitioned("roster")),
+    # the avatar hash its presence carries (XEP-0398 §4), read
+    "presence": SESSIONS + PRESENCE + (keys.avatar_hash(ANY),) + _partitioned("presence"),
+    # XEP-0012: whether the account is online (its presence), read; the avatar hash of a
+    # vCard (XEP-0398)
+    "roster": (*SESSIONS, keys.presence(ANY), keys.avatar_hash(ANY), *_partitioned("roster")),
     # the dialback secret; the claims of the external components' streams (XEP-0114)
     "s2s_gateway": (keys.dialback_secret(), keys.component_holder(ANY), *_partitioned("s2s")),
     # rooms' live occupants and history (their configuration is in PostgreSQL)
     "muc": (keys.muc_occupants(ANY), keys.muc_history(ANY), *_partitioned("muc")),
-    # PEP recipients: sessions and presence (read), XEP-0115 caps resolved for the cluster
-    "pubsub": (*SESSIONS, keys.presence(ANY), *CAPS, *_partitioned("pubsub")),
+    # PEP recipients: sessions and presence (read), XEP-0115 caps resolved for the cluster,
+    # the avatar hash of a PEP avatar (XEP-0398)
+    "pubsub": (*SESSIONS, keys.presence(ANY), *CAPS, keys.avatar_hash(ANY),
+               *_partitioned("pubsub")),
     # the HMAC key of its signed URLs when none is configured (XEP-0363)
     "upload": (keys.upload_secret(), *_partitioned("upload")),
     "admin": (ANY,),

@@ -215,3 +215,9 @@ def component_holder(domain: str) -> str:
 def upload_secret() -> str:
     """The HMAC key of the HTTP upload service's signed URLs when none is configured."""
     return "upload:secret"
+
+
+def avatar_hash(bare_jid: str) -> str:
+    """The account's avatar hash for the presence it sends (XEP-0398 §4; "" no avatar),
+    written by the pubsub and roster services on each conversion."""
+    return f"avatar:{{{bare_jid}}}"

@@ -262,13 +262,14 @@ class SessionStore:
 
     async def forget_account(self, bare_jid: str) -> None:
         """A removed account's soft state (XEP-0077 §3.2): its presence, directed presence,
-        XEP-0198 resumption facts, login throttling, and the keys of the Redis-only layout
-        `stanzad db import-redis` reads.  Its session table empties as its sessions end."""
+        XEP-0198 resumption facts, login throttling, its avatar hash (XEP-0398), and the keys
+        of the Redis-only layout `stanzad db import-redis` reads.  Its session table empties as its
+        sessions end."""
         doomed = [keys.presence(bare_jid), keys.account(bare_jid), keys.roster(bare_jid),
                   keys.roster_version(bare_jid), keys.roster_tombstones(bare_jid),
                   keys.offline(bare_jid), keys.vcard(bare_jid), keys.private_storage(bare_jid),
                   keys.blocklist(bare_jid), keys.auth_failures_account(bare_jid),
-                  keys.auth_lock_account(bare_jid)]
+                  keys.auth_lock_account(bare_jid), keys.avatar_hash(bare_jid)]
         for resource in await self._r.hkeys(keys.sessions(bare_jid)):
             doomed.append(keys.directed_presence(f"{bare_jid}/{resource.decode()}"))
         async with timed(self._service, "account_forget"):

@@ -61,3 +61,7 @@ SASL2: Final = "urn:xmpp:sasl:2"  # XEP-0388 Extensible SASL Profile
 BIND2: Final = "urn:xmpp:bind:0"  # XEP-0386 Bind 2
 FAST: Final = "urn:xmpp:fast:0"  # XEP-0484 Fast Authentication Streamlining Tokens
 SASL_CB: Final = "urn:xmpp:sasl-cb:0"  # XEP-0440 SASL Channel-Binding Type Capability
+AVATAR_DATA: Final = "urn:xmpp:avatar:data"  # XEP-0084 User Avatar
+AVATAR_METADATA: Final = "urn:xmpp:avatar:metadata"
+VCARD_UPDATE: Final = "vcard-temp:x:update"  # XEP-0153 vCard-Based Avatars
+PEP_VCARD_CONVERSION: Final = "urn:xmpp:pep-vcard-conversion:0"  # XEP-0398
