@@ -102,8 +102,18 @@ class Subscriber:
                 self.arrived.setdefault(item, now)
             if self.caps is not None and b"disco#info" in data:
                 await self._answer_caps(data)
+            elif b"urn:xmpp:ping" in data:  # XEP-0199 keepalive of an idle session
+                await self._answer_pings(data)
             tail = data[-200:]
             self.changed.set()
+
+    async def _answer_pings(self, data: bytes) -> None:
+        for tag in IQ_GET.findall(data):
+            attrs = dict(ATTR.findall(tag))
+            if attrs.get(b"type") == b"get" and b"id" in attrs:
+                to = attrs.get(b"from", b"").decode()
+                await self.client.send(
+                    f"<iq type='result' id='{attrs[b'id'].decode()}' to='{to}'/>".encode())
 
     async def _answer_caps(self, data: bytes) -> None:
         for tag in IQ_GET.findall(data):
@@ -186,8 +196,11 @@ def start_ejabberd(users: list[User], contacts: list[list[int]]) -> Server:
 
 
 async def connect(server: Server, users: list[User], caps: tuple[str, str] | None,
-                  password: str = PASSWORD) -> list[Subscriber]:
-    """Every user logged in (spread over the ports and source addresses) with presence."""
+                  password: str = PASSWORD
+                  ) -> tuple[list[Subscriber], list[asyncio.Task[None]]]:
+    """Every user logged in (spread over the ports and source addresses) with presence, each
+    read from its login on (a long login phase must not leave the first ones unanswered to
+    the server's keepalive pings); the subscribers and their reading tasks."""
     sources = source_addresses(SOURCES)
     gate = asyncio.Semaphore(LOGINS_IN_FLIGHT)
     ver = caps[0] if caps else ""
@@ -201,9 +214,12 @@ async def connect(server: Server, users: list[User], caps: tuple[str, str] | Non
         presence = (f"<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' "
                     f"node='{CAPS_NODE}' ver='{ver}'/></presence>" if caps else "<presence/>")
         await client.send(presence.encode())
+        readers.append(asyncio.create_task(sub.read()))
         return sub
 
-    return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(users))))
+    readers: list[asyncio.Task[None]] = []
+    subs = list(await asyncio.gather(*(one(i, u) for i, u in enumerate(users))))
+    return subs, readers
 
 
 async def publish_rounds(owner: RawClient, to: str, node: str, payload: str,
@@ -244,13 +260,13 @@ async def run(server: Server, scenario: str, users: list[User], publishes: int,
     """``users[0]`` publishes, the others receive; ``settle_s``: the wait for subscriptions
     to be stored or caps resolved (by default from the number of subscribers)."""
     caps = disco_answer() if scenario == "pep" else None
+    t0 = time.perf_counter()
+    subs, readers = await connect(server, users[1:], caps, password)
+    login_s = time.perf_counter() - t0
+    # the publisher last: it reads only its answers, so it must not idle through the logins
     owner = RawClient("127.0.0.1", server.ports[0])
     await raw_login(owner, users[0].jid, password, users[0].resource)
     await owner.send(b"<presence/>")
-    t0 = time.perf_counter()
-    subs = await connect(server, users[1:], caps, password)
-    readers = [asyncio.create_task(s.read()) for s in subs]
-    login_s = time.perf_counter() - t0
     try:
         if scenario == "node":
             created = await ask(owner, (
