@@ -1,8 +1,8 @@
 """The stanzad cluster under test, started by the tool on free loopback ports.
 
-Built on tests/support/cluster.py.  The connection managers run with the per-session limits
-lifted (a benchmark sender exceeds 100 stanzas/s and all clients come from a few source
-addresses) and logs at WARNING so that logging is not what is measured.
+Built on tests/support/cluster.py.  Every service runs with the settings users get, every
+defence at its default; only the log level is WARNING, so that logging is not what is
+measured.
 """
 
 from __future__ import annotations
