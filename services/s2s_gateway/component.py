@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 
 from shared.bus import subjects
 from shared.bus.envelope import Envelope, Kind
-from shared.cluster.source_limits import TokenBucket, source_key
+from shared.cluster.source_limits import source_key
 from shared.runtime import logs
 from shared.store import keys
 from shared.xmpp import component
@@ -65,9 +65,7 @@ class ComponentConnection(_Shell):
         s = gw.s2s_settings
         self.stream = component.ComponentStream(component.ComponentConfig(
             gw.component_secrets, s.component_max_stanza_bytes))
-        rate = s.component_max_stanzas_per_s
-        self._stanzas = TokenBucket(rate, rate, asyncio.get_running_loop().time())
-        self._throttled = False
+        self._limit_rate(s.component_max_stanzas_per_s)
         self.source = ""
         self.domain = ""  # once authenticated
         self.claim = ""
@@ -160,24 +158,6 @@ class ComponentConnection(_Shell):
                 metrics.STREAM_ERRORS.labels(event.error.value).inc()
             self.write(self.stream.data_to_send())
             self.finish()
-
-    def _throttle(self) -> None:
-        """Past the stanza rate, stop reading until the bucket refills (nothing dropped)."""
-        loop = asyncio.get_running_loop()
-        wait = self._stanzas.take(1, loop.time())
-        if not wait or self._throttled or self.transport is None:
-            return
-        self._throttled = True
-        metrics.THROTTLED.inc()
-        self.transport.pause_reading()
-        loop.call_later(wait, self._unthrottle)
-
-    def _unthrottle(self) -> None:
-        self._throttled = False
-        if self.transport is None or self._closing:
-            return
-        self.transport.resume_reading()
-        self._pump()
 
     def replaced(self) -> None:
         """Another stream took the domain (XEP-0114 says nothing; RFC 6120 §4.9.3.3)."""

@@ -102,6 +102,40 @@ class _Shell(BatchedWrites, asyncio.Protocol):
     def lost(self) -> None:
         """Subclasses: the connection is gone."""
 
+    # ---- inbound stanza rate (streams we serve: peers, components) --------------------------
+
+    def _limit_rate(self, rate: float) -> None:
+        """At most ``rate`` stanzas a second, a bucket of one second's worth."""
+        self._stanzas = TokenBucket(rate, rate, asyncio.get_running_loop().time())
+        self._throttled = False
+
+    def _throttle(self) -> None:
+        """Past the bucket, stop reading until it refills (the sender's TCP window closes;
+        nothing is dropped)."""
+        loop = asyncio.get_running_loop()
+        wait = self._stanzas.take(1, loop.time())
+        if not wait or self._throttled or self.transport is None:
+            return
+        self._throttled = True
+        metrics.THROTTLED.inc()
+        self.transport.pause_reading()
+        loop.call_later(wait, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttled = False
+        if self.transport is None or self._closing:
+            return
+        if self._may_read():
+            self.transport.resume_reading()
+        self._pump()  # the stanzas already parsed first
+
+    def _may_read(self) -> bool:
+        """Subclasses: whether reading may resume after a throttle."""
+        return True
+
+    def _pump(self) -> None:
+        """Subclasses: handle what the stream has parsed."""
+
     def authenticated(self) -> None:
         if self.state is StreamState.NEGOTIATING:
             metrics.STREAMS.labels(self.direction, self.state.value).dec()
@@ -194,9 +228,7 @@ class InboundConnection(_Shell):
         self.direct_tls = direct_tls
         self.stream = s2s.ReceivingStream(gw.stream_config, direct_tls=direct_tls)
         self.tls: ServerTLS | None = None
-        rate = gw.s2s_settings.s2s_max_stanzas_per_s  # a bucket of one second's worth
-        self._stanzas = TokenBucket(rate, rate, asyncio.get_running_loop().time())
-        self._throttled = False
+        self._limit_rate(gw.s2s_settings.s2s_max_stanzas_per_s)
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.source = ""  # source_key of the peer's address, once admitted
         self.peer = "?"  # "ip:port" of the peer (behind a trusted proxy: from its header)
@@ -409,25 +441,8 @@ class InboundConnection(_Shell):
             self.write(self.stream.data_to_send())
             self.finish()
 
-    def _throttle(self) -> None:
-        """Inbound rate limit: past the bucket, stop reading until it refills (the peer's
-        TCP window closes; nothing is dropped)."""
-        loop = asyncio.get_running_loop()
-        wait = self._stanzas.take(1, loop.time())
-        if not wait or self._throttled or self.transport is None:
-            return
-        self._throttled = True
-        metrics.THROTTLED.inc()
-        self.transport.pause_reading()
-        loop.call_later(wait, self._unthrottle)
-
-    def _unthrottle(self) -> None:
-        self._throttled = False
-        if self.transport is None or self._closing:
-            return
-        if self.stream.state is not s2s.State.WAITING:
-            self.transport.resume_reading()
-        self._pump()  # the stanzas already parsed first
+    def _may_read(self) -> bool:
+        return self.stream.state is not s2s.State.WAITING  # a dialback answer pending
 
     def _resume(self, answer: Callable[[], None]) -> None:
         if self._closing:
