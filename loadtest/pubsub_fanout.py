@@ -58,11 +58,14 @@ CAPS_NODE = "https://stanzad.invalid/loadtest"
 NODE = "bench"
 MAX_SUBSCRIBERS = 100_000
 MAX_PUBLISHES = 20
+IDLE_S = 5.0
 LOGINS_IN_FLIGHT = 100
 SOURCES = 50  # loopback source addresses the subscribers connect from
 ITERATIONS = 4096
 ITEM = re.compile(rb"<item id=[\"'](it\d+)[\"']")
 IQ_GET = re.compile(rb"<iq\b[^>]*>")
+SUBSCRIBED = re.compile(rb"<iq\b(?=[^>]*\bid=[\"']sub[\"'])[^>]*\btype=[\"']result[\"']|"
+                        rb"<iq\b(?=[^>]*\btype=[\"']result[\"'])[^>]*\bid=[\"']sub[\"']")
 ATTR = re.compile(rb"\b(type|id|from)=[\"']([^\"']*)[\"']")
 
 
@@ -90,6 +93,7 @@ class Subscriber:
     caps: tuple[str, str] | None = None
     arrived: dict[bytes, float] = field(default_factory=dict)
     caps_answered: int = 0
+    subscribed: bool = False  # the answer to its subscribe request was a result
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def read(self) -> None:
@@ -100,6 +104,8 @@ class Subscriber:
             data = tail + chunk
             for item in ITEM.findall(data):
                 self.arrived.setdefault(item, now)
+            if not self.subscribed and SUBSCRIBED.search(data):
+                self.subscribed = True
             if self.caps is not None and b"disco#info" in data:
                 await self._answer_caps(data)
             elif b"urn:xmpp:ping" in data:  # XEP-0199 keepalive of an idle session
@@ -151,9 +157,15 @@ class Server:
     close: Callable[[], None]
 
 
-def server_cpu(pids: dict[str, int]) -> float:
-    return sum(tree_cpu_seconds(pid) if name in TREES else cpu_seconds(pid)
-               for name, pid in pids.items())
+def per_process_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each server process (PostgreSQL's and beam's with children)."""
+    return {name: tree_cpu_seconds(pid) if name in TREES else cpu_seconds(pid)
+            for name, pid in pids.items()}
+
+
+def cpu_since(before: dict[str, float], pids: dict[str, int]) -> dict[str, float]:
+    now = per_process_cpu(pids)
+    return {name: now[name] - before.get(name, 0.0) for name in now}
 
 
 def start_stanzad(users: list[User], contacts: list[list[int]], cms: int) -> Server:
@@ -255,6 +267,19 @@ async def publish_rounds(owner: RawClient, to: str, node: str, payload: str,
     return rounds
 
 
+async def wait_subscribed(subs: list[Subscriber], seconds: float) -> None:
+    """Until every subscriber has its subscribe answered, or ``seconds`` passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    for sub in subs:
+        while not sub.subscribed and loop.time() < deadline:
+            sub.changed.clear()
+            try:
+                await asyncio.wait_for(sub.changed.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+
+
 async def run(server: Server, scenario: str, users: list[User], publishes: int,
               seconds: float, password: str = PASSWORD, settle_s: float | None = None
               ) -> dict[str, Any]:
@@ -283,20 +308,36 @@ async def run(server: Server, scenario: str, users: list[User], publishes: int,
                         f"<iq type='set' id='sub' to='{server.service}'><pubsub "
                         f"xmlns='{PUBSUB}'><subscribe node='{NODE}' jid='{sub.jid}'/>"
                         "</pubsub></iq>".encode())
+            t_sub = time.perf_counter()
             await asyncio.gather(*(subscribe(s) for s in subs))
-            # the subscriptions are stored
-            await asyncio.sleep(2 + len(subs) / 2000 if settle_s is None else settle_s)
+            # every subscription answered (stored, XEP-0060 §6.1.2), so that none of their
+            # work falls into the measured publishes; bounded
+            await wait_subscribed(subs, 60 + len(subs) / 100)
+            subscribe_s = time.perf_counter() - t_sub
+            await asyncio.sleep(1 if settle_s is None else settle_s)
             to, node = server.service, NODE
             payload = "<reading xmlns='urn:example:iot'>21.5</reading>"
         else:
+            subscribe_s = 0.0
             # caps resolved, presence settled
             await asyncio.sleep(3 + len(subs) / 1000 if settle_s is None else settle_s)
             to, node = "", AVATAR_META
             payload = (f"<metadata xmlns='{AVATAR_META}'><info bytes='12345' id='it' "
                        "height='64' width='64' type='image/png'/></metadata>")
-        cpu0 = server_cpu(server.pids())
+        # the same servers idle for IDLE_S first: what the connections cost by themselves
+        # (keepalives, session refreshes), so the notifications' own cost can be told apart
+        idle0 = per_process_cpu(server.pids())
+        t_idle = time.perf_counter()
+        await asyncio.sleep(IDLE_S)
+        idle = cpu_since(idle0, server.pids())
+        idle_s = time.perf_counter() - t_idle
+        cpu0 = per_process_cpu(server.pids())
+        t_pub = time.perf_counter()
         rounds = await publish_rounds(owner, to, node, payload, subs, publishes, seconds)
-        cpu = server_cpu(server.pids()) - cpu0
+        publish_s = time.perf_counter() - t_pub
+        by_process = cpu_since(cpu0, server.pids())
+        cpu = sum(by_process.values())
+        idle_rate = sum(idle.values()) / idle_s
     finally:
         for task in readers:
             task.cancel()
@@ -317,6 +358,14 @@ async def run(server: Server, scenario: str, users: list[User], publishes: int,
         "last_ms_max": max(lasts) * 1000,
         "server_cpu_s": cpu,
         "cpu_us_per_notification": cpu / delivered * 1e6 if delivered else float("nan"),
+        "publish_s": publish_s,
+        "subscribed": sum(s.subscribed for s in subs) if scenario == "node" else None,
+        "subscribe_s": subscribe_s,
+        "idle_cpu_per_s": idle_rate,
+        "cpu_us_per_notification_net": ((cpu - idle_rate * publish_s) / delivered * 1e6
+                                        if delivered else float("nan")),
+        "cpu_by_process_s": {k: round(v, 3) for k, v in sorted(by_process.items())},
+        "idle_cpu_by_process_s": {k: round(v, 3) for k, v in sorted(idle.items())},
         "rounds": rounds,
     }
 
@@ -350,13 +399,22 @@ def main(argv: list[str] | None = None) -> None:
         server.close()
     print(f"{result['server']} {result['scenario']}: {result['subscribers']} subscribers on "
           f"{result['cms']} port(s), logged in in {result['login_s']:.1f} s; "
+          + (f"{result['subscribed']} subscribed in {result['subscribe_s']:.1f} s; "
+             if result["subscribed"] is not None else "") +
           f"caps queries answered: {result['caps_answered']}")
     print(f"notifications {result['delivered']}/{result['expected']}; per publish (median of "
           f"{result['publishes']}): ack {result['ack_ms_median']:.0f} ms, first "
           f"{result['first_ms_median']:.0f} ms, median {result['median_ms_median']:.0f} ms, "
           f"last {result['last_ms_median']:.0f} ms (worst {result['last_ms_max']:.0f} ms)")
     print(f"server CPU {result['server_cpu_s']:.2f} s: "
-          f"{result['cpu_us_per_notification']:.1f} µs per delivered notification")
+          f"{result['cpu_us_per_notification']:.1f} µs per delivered notification "
+          f"({result['publish_s']:.1f} s of publishing; idle servers burn "
+          f"{result['idle_cpu_per_s']:.2f} CPU-s/s, net "
+          f"{result['cpu_us_per_notification_net']:.1f} µs)")
+    print("  by process (publishing / idle "
+          f"{IDLE_S:.0f} s): " + ", ".join(
+              f"{k} {v:.2f}/{result['idle_cpu_by_process_s'].get(k, 0.0):.2f}"
+              for k, v in result["cpu_by_process_s"].items()))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 
