@@ -99,6 +99,20 @@ async def spread(r: aioredis.Redis, n: int = 12) -> list[str]:
     return jids
 
 
+async def test_more_commands_at_once_than_connections_wait_for_one(
+    client: aioredis.Redis,
+) -> None:
+    """redis-py's cluster nodes raise MaxConnectionsError past their pool; the factory's
+    client makes the surplus wait, as the blocking pool of a single Redis does."""
+    from shared.store.redis import MAX_CONNECTIONS
+
+    key = f"burst:{{{secrets.token_hex(3)}}}"  # one slot: every command on one node
+    await client.initialize()  # type: ignore[attr-defined]  # else the first ones queue on it
+    n = MAX_CONNECTIONS * 16  # bounded; redis-py's own client fails at this (measured)
+    replies = await asyncio.gather(*(client.incr(key) for _ in range(n)))
+    assert sorted(replies) == list(range(1, n + 1))
+
+
 async def test_every_role_logs_in_on_every_node_and_keeps_to_its_keys(
     redis_cluster: RedisClusterServers,
 ) -> None:
