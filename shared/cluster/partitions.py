@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from shared.store import keys
 
@@ -116,11 +117,11 @@ class PartitionManager:
             members.append(me)
         held = sorted(self.held)
         if held:  # renew every lease in one round trip
-            async with self._r.pipeline(transaction=False) as pipe:
-                for p in held:
-                    lease = keys.partition_lease(self.role, p)
-                    await self._renew(keys=[lease], args=[me, self._ttl_ms], client=pipe)
-                renewed = await pipe.execute()
+            try:
+                renewed = await self._renew_all(held)
+            except NoScriptError:  # a Redis Cluster pipeline does not load scripts itself
+                await self._r.script_load(_RENEW)
+                renewed = await self._renew_all(held)
             for p, ok in zip(held, renewed, strict=True):
                 if not ok:
                     log.warning("lost the lease of %s partition %d", self.role, p)
@@ -149,6 +150,14 @@ class PartitionManager:
                     await self._release(keys=[keys.partition_lease(self.role, p)], args=[me])
                     raise
         self.synced = True
+
+    async def _renew_all(self, held: list[int]) -> list[int]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for p in held:
+                lease = keys.partition_lease(self.role, p)
+                await self._renew(keys=[lease], args=[self.member_id, self._ttl_ms],
+                                  client=pipe)
+            return list(await pipe.execute())
 
     async def _give_up(self, p: int, handover: bool = True) -> None:
         """Free the lease but keep consuming: the service hands over, then unsubscribes.

@@ -26,7 +26,9 @@ What each role touches:
   status` reads them all, `stanzad db import-redis` reads the keys of older releases).
 
 Commands: reading and writing data, Lua scripts, MULTI/EXEC, the connection's own commands,
-and never a ``@dangerous`` one (FLUSHALL, KEYS, CONFIG, DEBUG, CLIENT, ACL, ...).  No role
+and never a ``@dangerous`` one (FLUSHALL, KEYS, CONFIG, DEBUG, CLIENT, ACL, ...) but
+``CLUSTER SLOTS``: a Redis Cluster client learns from it which node serves which hash slot
+(it comes after ``-@dangerous``, which would take it away again).  No role
 uses Redis pub/sub: no channel is allowed.
 """
 
@@ -39,7 +41,7 @@ from shared.store import keys
 ANY: Final = "*"
 
 COMMANDS: Final = ("-@all", "+@read", "+@write", "+@scripting", "+@transaction",
-                   "+@connection", "+select", "-@dangerous")
+                   "+@connection", "+select", "-@dangerous", "+cluster|slots")
 
 
 def _partitioned(role: str) -> tuple[str, ...]:

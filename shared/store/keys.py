@@ -2,7 +2,10 @@
 
 Keys of one bare JID share the hash tag ``{bare}`` so that a Lua script may touch all of them
 under Redis Cluster.  Cross-tag keys (the per-connection-manager index) are only ever updated
-by separate commands, never inside one script.
+by separate commands, never inside one script.  Every Lua script and ``MULTI`` transaction
+names keys of one hash tag (tests/shared/store/test_redis_cluster.py runs them on a Redis
+Cluster); a key without a tag (a partition's lease, the set of connection managers) is only
+ever used alone.
 """
 
 from __future__ import annotations
@@ -173,18 +176,20 @@ def muc_history(room: str) -> str:
 
 def caps_features(ver: str) -> str:
     """The disco#info features of an XEP-0115 ``ver`` (one a line), verified and resolved
-    once for the whole cluster by the pubsub service (services/pubsub/caps.py)."""
-    return f"caps:{ver}"
+    once for the whole cluster by the pubsub service (services/pubsub/caps.py).  The three
+    caps keys of one ``ver`` share its hash tag: the pubsub service changes them together in
+    one transaction."""
+    return f"caps:{{{ver}}}"
 
 
 def caps_pending(ver: str) -> str:
     """Set while one pubsub process asks a resource for the features of ``ver``."""
-    return f"caps:pending:{ver}"
+    return f"caps:pending:{{{ver}}}"
 
 
 def caps_waiting(ver: str) -> str:
     """Set of the full JIDs whose last published items wait for ``ver`` to be resolved."""
-    return f"caps:waiting:{ver}"
+    return f"caps:waiting:{{{ver}}}"
 
 
 def pep_resources(bare_jid: str) -> str:

@@ -547,3 +547,32 @@ def test_the_dev_nats_checks_every_role_with_the_generated_config(
     config = [d for d in dev if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(
         "nats-config")]
     assert len(config) == 1 and "nats.conf" in config[0]["data"]
+
+
+def test_the_redis_cluster_of_deps_has_every_role_on_every_node() -> None:
+    """k8s/deps/redis-cluster (cluster mode, docs/operations.md "Redis Cluster and
+    Sentinel"): valid; each node starts with the roles' ACL users of `acl.arguments` (ACLs
+    are not shared between nodes) and an `operator` for replication, cluster-enabled, and
+    the passwords come from the stanzad-redis Secret."""
+    path = Path(__file__).resolve().parents[2] / "k8s" / "deps" / "redis-cluster"
+    docs = list(yaml.safe_load_all((path / "redis-cluster.yaml").read_text()))
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    sts = _one(docs, "StatefulSet", "redis-cluster")
+    assert sts["spec"]["replicas"] == 6  # three primaries, a replica each
+    c = _container(sts)
+    args = c["args"]
+    assert args[args.index("--cluster-enabled") + 1] == "yes"
+    assert args[args.index("--masteruser") + 1] == "operator"
+    roles = list(acl.ROLES)
+    rules = acl.arguments({r: f"$(REDIS_PASSWORD_{r.upper()})" for r in roles})
+    start = args.index("--user")
+    assert args[start:start + len(rules)] == rules
+    env = {v["name"]: v["valueFrom"] for v in c["env"]}
+    for r in [*roles, "operator"]:
+        assert env[f"REDIS_PASSWORD_{r.upper()}"]["secretKeyRef"] == {
+            "name": "stanzad-redis", "key": f"password-{r}"}
+    dev_secret = yaml.safe_load((path.parents[1] / "overlays" / "dev" / "redis-secret.yaml")
+                                .read_text())
+    assert "password-operator" in dev_secret["stringData"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from slixmpp.exceptions import IqError
 
+from shared.store import keys
 from shared.store.roster import RosterItem
 from shared.xmpp.subscription import State, Subscription
 from tests.conftest import Users
@@ -115,9 +116,9 @@ async def caps_known(users: Users, bare: str, timeout: float = 20) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        vers = await users.redis.hvals(f"pepres:{{{bare}}}")
+        vers = await users.redis.hvals(keys.pep_resources(bare))
         if vers and all(vers) and await users.redis.exists(
-                *(f"caps:{v.decode()}" for v in vers)) == len(vers):
+                *(keys.caps_features(v.decode()) for v in vers)) == len(vers):
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"caps of {bare} not resolved")
