@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from loadtest import bounds, report
-from loadtest.runner import MECHANISMS, SERVERS, run
+from loadtest.runner import AUTHS, DEFAULT_MECHANISM, MECHANISMS, SERVERS, run
 from loadtest.scenarios import SCENARIOS, Options
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -30,7 +30,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", type=int, default=100_000, help="stanza count bound")
     p.add_argument("--contacts", type=int, default=10, help="roster size (presence)")
     p.add_argument("--hold", dest="hold_s", type=float, default=5, help="idle: seconds held")
-    p.add_argument("--mechanism", choices=MECHANISMS, default="SCRAM-SHA-256")
+    p.add_argument("--mechanism", choices=MECHANISMS, default=None,
+                   help="SASL mechanism; default: SCRAM-SHA-256, with --auth token "
+                   "OAUTHBEARER, with --auth http PLAIN")
+    p.add_argument("--auth", choices=AUTHS, default="internal",
+                   help="stanzad: the users' domain checks secrets with its stored keys "
+                   "(internal), a JWT (token) or an HTTP endpoint (http); loadtest/identity.py")
     p.add_argument("--iterations", type=int, default=10_000, help="SCRAM iterations")
     p.add_argument("--cms", type=int, default=1, help="connection managers")
     p.add_argument("--routers", type=int, default=1,
@@ -53,7 +58,10 @@ def parser() -> argparse.ArgumentParser:
 
 def options(ns: argparse.Namespace) -> Options:
     fields = Options.__dataclass_fields__
-    return Options(**{k: v for k, v in vars(ns).items() if k in fields})
+    given = {k: v for k, v in vars(ns).items() if k in fields}
+    if given.get("mechanism") is None:
+        given["mechanism"] = DEFAULT_MECHANISM[given.get("auth", "internal")]
+    return Options(**given)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,11 @@ Runs, each against a fresh stanzad cluster started on free loopback ports:
 
 1. idle — 10,000 connections (STARTTLS + SCRAM-SHA-256 + bind + presence), held 10 s:
    connection-manager RSS per connection, the issue's memory target;
-2. login — 1,000 logins, 100 in flight: login rate, time to bound p50/p99;
+2. login — 1,000 logins, 100 in flight: login rate, time to bound p50/p99; the same on a
+   domain whose users the platform's identity system authenticates (loadtest/identity.py):
+   login-token (SASL OAUTHBEARER with an RS256 JWT, checked against a static key) and
+   login-http (PLAIN, the password asked of an HTTP check_password endpoint): logins per
+   server CPU-second of each beside the internal SCRAM store's;
 3. chat — 200 users at 1,000 and 2,000 msgs/s for 10 s: latency p50/p95/p99, CPU/message;
    at 2,000 msgs/s once more with XEP-0313 archiving off on every service (archiving is on
    by default, so chat-2000 archives every message for both parties): the ratio of
@@ -61,6 +65,11 @@ def plan(quick: bool) -> list[tuple[str, Options]]:
         ("idle-sm", Options("idle", connections=200 if quick else 10_000, hold_s=10 * s,
                             concurrency=100, sm=True)),
         ("login", Options("login", connections=max(10, int(1000 * s)), concurrency=100)),
+        # the platform's identity instead of the stored keys (issue 23), same size
+        ("login-token", Options("login", connections=max(10, int(1000 * s)), concurrency=100,
+                                auth="token", mechanism="OAUTHBEARER")),
+        ("login-http", Options("login", connections=max(10, int(1000 * s)), concurrency=100,
+                               auth="http", mechanism="PLAIN")),
         ("chat-1000", replace(chat, rate=1000)),
         ("chat-2000", replace(chat, rate=2000)),
         # every client with XEP-0198, answering the server's <r/> (one per 5 stanzas):
@@ -135,6 +144,28 @@ def sm_figures(docs: dict[str, dict[str, Any]]) -> list[str]:
     if not lines:
         return []
     return ["## stream management (XEP-0198) on every client vs on none", "", *lines, ""]
+
+
+def auth_figures(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """Logins per server CPU-second with the internal SCRAM store and with each delegated
+    backend (issue 23), same run."""
+    rate, p99 = ("login", "logins_per_server_cpu_s"), ("login", "time_to_bound_ms", "p99")
+    rows = []
+    base = _dig(docs.get("login", {}), rate)
+    for name, label in (("login", "internal (SCRAM-SHA-256, stored keys)"),
+                        ("login-token", "token (OAUTHBEARER, RS256 JWT, static key)"),
+                        ("login-http", "http (PLAIN, check_password endpoint)")):
+        value = _dig(docs.get(name, {}), rate)
+        if value is None:
+            continue
+        ratio = f"{value / base:.2f}" if base else "n/a"
+        rows.append(f"| {label} | {value:,.1f} | {ratio} | "
+                    f"{_num(_dig(docs.get(name, {}), p99))} |")
+    if len(rows) < 2:
+        return []
+    return ["## logins per server CPU-second by authentication backend", "",
+            "| backend | logins per server CPU-second | / internal | time to bound p99 (ms) |",
+            "|---|---|---|---|", *rows, ""]
 
 
 def archive_ratio(docs: dict[str, dict[str, Any]]) -> list[str]:
@@ -235,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         docs[name] = report.clean(doc)
         parts += [report.markdown(report.clean(doc)).replace("## ", f"## {name}: ", 1), ""]
     parts += sm_figures(docs)
+    parts += auth_figures(docs)
     parts += side_by_side(docs)
     parts += archive_ratio(docs)
     (out / "BENCH.md").write_text("\n".join(parts))

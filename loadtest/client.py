@@ -240,9 +240,12 @@ async def login(conn: XmppConnection, *, host: str, port: int, source: str, doma
     conn.write(hdr)
     await conn.until(b"</stream:features>", timeout=left())
     local = jid.partition("@")[0]
-    if mechanism == "PLAIN":
-        token = base64.b64encode(f"\0{local}\0{password}".encode()).decode()
-        conn.write(f"<auth xmlns='{SASL_NS}' mechanism='PLAIN'>{token}</auth>".encode())
+    if mechanism in ("PLAIN", "OAUTHBEARER"):
+        # OAUTHBEARER (RFC 7628 §3.1): ``password`` is the bearer token
+        message = (f"\0{local}\0{password}" if mechanism == "PLAIN"
+                   else f"n,,\x01auth=Bearer {password}\x01\x01")
+        token = base64.b64encode(message.encode()).decode()
+        conn.write(f"<auth xmlns='{SASL_NS}' mechanism='{mechanism}'>{token}</auth>".encode())
         reply = await conn.until(b"</success>", b"<success/>", b"</failure>", timeout=left())
         if b"<success" not in reply:
             raise LoginFailed(reply.decode(errors="replace"))

@@ -40,6 +40,7 @@ class Fleet:
     mechanism: str
     quiet: bool = False
     sm: bool = False  # XEP-0198 on every client
+    token_key: str = ""  # OAUTHBEARER: the private JWK the workers sign tokens with
     procs: list[BaseProcess] = field(default_factory=list)
     pipes: list[Connection] = field(default_factory=list)
     counters: Any = None
@@ -51,7 +52,7 @@ class Fleet:
             ours, theirs = ctx.Pipe()
             cfg = WorkerConfig(i, self.host, self.ports, self.sources, self.domain,
                                self.password, self.mechanism, self.plan.per_worker_cap,
-                               self.sm)
+                               self.sm, self.token_key)
             proc = ctx.Process(target=worker_main, args=(cfg, theirs, self.counters),
                                name=f"loadtest-worker-{i}", daemon=True)
             proc.start()

@@ -4,13 +4,14 @@ run the scenario, sample the servers, tear everything down."""
 from __future__ import annotations
 
 import asyncio
+import json
 import platform
 import secrets
 import sys
 import time
 from typing import Any
 
-from loadtest import bounds, ejabberd, prosody, target
+from loadtest import bounds, ejabberd, identity, prosody, target
 from loadtest.fleet import Fleet
 from loadtest.phases import Run
 from loadtest.procstat import ProcSampler
@@ -27,8 +28,10 @@ from shared.store.pg.database import connect as db_connect
 from shared.xmpp.credentials import MAX_ITERATIONS, MIN_ITERATIONS
 from tests.support.cluster import Cluster
 
-MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
+MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "OAUTHBEARER")
 SERVERS = ("stanzad", "prosody", "ejabberd")
+AUTHS = ("internal", "token", "http")  # loadtest/identity.py
+DEFAULT_MECHANISM = {"internal": "SCRAM-SHA-256", "token": "OAUTHBEARER", "http": "PLAIN"}
 
 
 def validate(opt: Options) -> bounds.Plan:
@@ -50,6 +53,14 @@ def validate(opt: Options) -> bounds.Plan:
         raise bounds.BoundsError("--cms/--routers: the private ejabberd is one node")
     if opt.mechanism not in MECHANISMS:
         raise bounds.BoundsError(f"--mechanism must be one of {', '.join(MECHANISMS)}")
+    if opt.auth not in AUTHS:
+        raise bounds.BoundsError(f"--auth must be one of {', '.join(AUTHS)}")
+    if opt.auth != "internal" and opt.server != "stanzad":
+        raise bounds.BoundsError("--auth: token and http backends are stanzad's domains")
+    if (opt.mechanism == "OAUTHBEARER") != (opt.auth == "token"):
+        raise bounds.BoundsError("--mechanism OAUTHBEARER goes with --auth token, and only")
+    if opt.auth == "http" and opt.mechanism != "PLAIN":
+        raise bounds.BoundsError("--auth http: the password goes to the endpoint with PLAIN")
     bounds.check_range("--seconds", opt.seconds, 0.1, bounds.MAX_SECONDS)
     bounds.check_range("--hold", opt.hold_s, 0, bounds.MAX_SECONDS)
     bounds.check_range("--messages", opt.messages, 1, bounds.MAX_MESSAGES)
@@ -109,9 +120,23 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
     own = cluster is None
     if cluster is None:
         cluster = target.start(topology)
+    endpoint: identity.PasswordEndpoint | None = None
     try:
         prefix = f"lt{secrets.token_hex(3)}-"  # several runs may share one cluster
-        users = make_users(opt.connections, cluster.domain, prefix)
+        domain, token_key = cluster.domain, ""
+        if opt.auth != "internal":  # a domain of the platform's users, with its backend
+            domain = f"{opt.auth}-{secrets.token_hex(3)}.{cluster.domain}"
+            if opt.auth == "token":
+                key = identity.signing_key()
+                token_key, auth = json.dumps(key.as_dict(private=True)), identity.token_auth(key)
+            else:
+                endpoint = identity.PasswordEndpoint(PASSWORD)
+                endpoint.start()
+                auth = identity.http_auth(endpoint.url)
+            admin_url, token = target.admin(cluster)
+            asyncio.run(identity.add_domain(admin_url, token, domain, auth,
+                                            target.c2s_ports(cluster)[0]))
+        users = make_users(opt.connections, domain, prefix)
         setup = asyncio.run(_setup_users(cluster, users, opt))
         if not quiet:
             print(f"created {len(users):,} accounts through the admin API in "
@@ -120,11 +145,16 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
             "cms": len(target.cm_names(cluster)),
             "routers": sum(1 for n in target.server_pids(cluster) if n.startswith("router")),
         }
-        doc = _drive(opt, plan, host, quiet, users, target.c2s_ports(cluster), cluster.domain,
-                     target.server_pids(cluster), target.cm_names(cluster), seen, None)
+        doc = _drive(opt, plan, host, quiet, users, target.c2s_ports(cluster), domain,
+                     target.server_pids(cluster), target.cm_names(cluster), seen, None,
+                     token_key)
         doc["setup"] = {**setup, "accounts_via": "admin API"}
+        if endpoint is not None:
+            doc["setup"]["endpoint_questions"] = endpoint.asked
         return doc
     finally:
+        if endpoint is not None:
+            endpoint.stop()
         if own:
             cluster.stop()
 
@@ -165,12 +195,13 @@ def _run_ejabberd(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> di
 
 def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[User],
            ports: tuple[int, ...], domain: str, pids: dict[str, int], front: list[str],
-           topology: dict[str, int], register: str | None) -> dict[str, Any]:
+           topology: dict[str, int], register: str | None, token_key: str = ""
+           ) -> dict[str, Any]:
     """Start the workers and the sampler, create accounts in-band if asked, run."""
     sources = bounds.source_addresses(opt.sources)
     started = time.time()
     fleet = Fleet(plan, host, ports, tuple(sources), domain, PASSWORD, opt.mechanism,
-                  quiet=quiet, sm=opt.sm)
+                  quiet=quiet, sm=opt.sm, token_key=token_key)
     sampler = ProcSampler(pids)
     try:
         fleet.start()

@@ -45,6 +45,9 @@ class Options:
     presence: bool = True
     archive: bool = True  # stanzad only: every user's messages archived (XEP-0313) or none
     sm: bool = False  # every client enables XEP-0198 with resumption and answers <r/>
+    # stanzad only: who checks the users' secrets (loadtest/identity.py): "internal" (the
+    # stored SCRAM keys), "token" (OAUTHBEARER, a JWT), "http" (PLAIN, an HTTP endpoint)
+    auth: str = "internal"
 
 
 def idle(run: Run, users: list[User], opt: Options, front: list[str]) -> dict[str, Any]:

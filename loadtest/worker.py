@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from scramp import ScramException
 
-from loadtest import client
+from loadtest import client, identity
 from loadtest.bounds import raise_nofile
 
 # slots of one worker in the shared counter array
@@ -42,6 +42,7 @@ class WorkerConfig:
     mechanism: str
     max_connections: int
     sm: bool = False  # XEP-0198 enabled on every connection
+    token_key: str = ""  # OAUTHBEARER: the private JWK that signs each user's token
 
 
 class Worker:
@@ -86,18 +87,22 @@ class Worker:
         gate = asyncio.Semaphore(max(1, concurrency))
         durations: list[float] = []
         errors: list[str] = []
+        # the platform's token for each user, signed before the logins are timed
+        secrets = ([identity.mint(self.cfg.token_key, jid) for jid, _ in users]
+                   if self.cfg.mechanism == "OAUTHBEARER" else [self.cfg.password] * len(users))
         first = time.monotonic_ns()
 
         async def one(i: int, jid: str, resource: str) -> None:
             n = offset + i
             conn = client.XmppConnection(self.sink, self.lost)
+            secret = secrets[i]
             async with gate:
                 t0 = time.monotonic_ns()
                 try:
                     await client.login(
                         conn, host=self.cfg.host, port=self.cfg.ports[n % len(self.cfg.ports)],
                         source=self.cfg.sources[n % len(self.cfg.sources)],
-                        domain=self.cfg.domain, jid=jid, password=self.cfg.password,
+                        domain=self.cfg.domain, jid=jid, password=secret,
                         resource=resource, mechanism=self.cfg.mechanism, ctx=self.ctx,
                         timeout=timeout_s, sm=self.cfg.sm,
                     )

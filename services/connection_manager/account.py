@@ -2,6 +2,13 @@
 and the removal of the account; and the rate limit on registrations of new accounts (§3.1,
 before authentication; `STANZAD_REGISTRATIONS_PER_IP_PER_HOUR`).
 
+On a domain whose accounts are the platform's (a token or HTTP authentication backend,
+shared/store/domains.py) none of this is offered: the server's disco#info does not list
+jabber:iq:register to its users and every such request gets <not-allowed/> (XEP-0077 §3.3:
+"the server or service does not allow password changes"; §3.2 likewise for removal): the
+password is the identity provider's, and an account removed here would come back at the
+next login (or lock the user out).
+
 Sessions, as Prosody 0.12 does it (ejabberd leaves them open after a password change):
 after a password change every *other* session of the account is closed with `<reset/>`
 (RFC 6120 §4.9.3.16: its credentials were revoked), so a stolen session does not outlive
@@ -67,6 +74,10 @@ class InBand:
         jid = conn.stream.jid
         assert jid is not None
         query = st.element[0]
+        if self.cm.delegated(jid.domain):
+            self._error(conn, st, StanzaErrorCondition.NOT_ALLOWED,
+                        f"accounts of {jid.domain} are managed by its identity provider")
+            return
         if st.type == "get":
             form = (f'<query xmlns="{ns.REGISTER}"><registered/>'
                     f"<username>{escape(jid.local or '')}</username><password/></query>")

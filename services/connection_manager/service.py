@@ -124,6 +124,7 @@ class ConnectionManager:
                                      settings.turn_secret.get_secret_value().encode(),
                                      settings.turn_credential_ttl_s),
         )
+        self._delegated_info = dataclasses.replace(self.server_info, in_band=False)
         self.connections: set[C2SConnection] = set()
         self.sessions: dict[str, C2SConnection] = {}  # full JID -> connection
         self.resumable: dict[str, C2SConnection] = {}  # XEP-0198 id -> connection (or detached)
@@ -471,6 +472,12 @@ class ConnectionManager:
         if host is None or host.backend == "internal":
             return None
         return self.auth_backends.for_host(domain, host, host.auth)
+
+    def delegated(self, domain: str) -> bool:
+        """Whether the accounts of ``domain`` are the platform's (a token or HTTP backend):
+        no in-band registration, password change or removal there (account.py)."""
+        host = self.vhosts.get(domain)
+        return host is not None and host.backend != "internal"
 
     def creates_accounts(self, domain: str) -> bool:
         """Whether a user the backend of ``domain`` authenticates gets an account here on
@@ -1115,7 +1122,9 @@ class ConnectionManager:
             if st.type == "set" and len(st.element) and st.element[0].tag in _CARBONS_TAGS:
                 self._spawn(self._carbons(conn, st))
                 return
-            reply = server_iq.answer(st.element, st.type, self.server_info, time.time(),
+            # XEP-0077 in band is not offered to the accounts of a delegated domain
+            info = self._delegated_info if self.delegated(jid.domain) else self.server_info
+            reply = server_iq.answer(st.element, st.type, info, time.time(),
                                      self.service_domains, jid.bare_str)
             if isinstance(reply, StanzaError):
                 self._bounce_to_client(conn, st, reply.condition)

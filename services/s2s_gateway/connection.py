@@ -286,7 +286,7 @@ class InboundConnection(_Shell):
         self.source = source
         if self.direct_tls:
             metrics.DIRECT_TLS.inc()
-            self._begin_tls(self.gw.direct_tls_server)
+            self._begin_tls(self.gw.server_tls(direct=True))
 
     def lost(self) -> None:
         self.gw.inbound.discard(self)
@@ -311,8 +311,8 @@ class InboundConnection(_Shell):
 
     # ---- TLS over memory buffers -----------------------------------------------------------
 
-    def _begin_tls(self, ctx: SSL.Context) -> None:
-        self.tls = ServerTLS(ctx)
+    def _begin_tls(self, ctx: SSL.Context, name: str = "") -> None:
+        self.tls = ServerTLS(ctx, name)
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
 
@@ -419,7 +419,8 @@ class InboundConnection(_Shell):
             # <proceed/> goes out in the clear, then everything is TLS
             self.write(self.stream.data_to_send())
             self._flush()
-            self._begin_tls(self.gw.server_tls)
+            # no SNI: the certificate of the domain the header addressed (RFC 6120 §4.7.2)
+            self._begin_tls(self.gw.server_tls(direct=False), self.stream.local)
         elif isinstance(event, s2s.DialbackRequested):
             self.spawn(self._dialback(event))
         elif isinstance(event, s2s.PeerAuthenticated):
@@ -610,7 +611,7 @@ class OutboundConnection(_Shell):
         return isinstance(self.tls_error, ssl.SSLCertVerificationError)
 
     async def _start_tls(self) -> None:
-        ctx = self.gw.tls_context_for(self.domain, self.verify_cert)
+        ctx = self.gw.tls_context_for(self.domain, self.verify_cert, self.stream.local)
         ssl_object = await self.start_tls(ctx, False, self.domain)
         if ssl_object is None:
             self.failure = "TLS handshake failed"

@@ -84,7 +84,7 @@ async def _open(gw: S2SGateway, domain: str, target: Target, verify: VerifyReque
     _, conn = await loop.create_connection(
         lambda: OutboundConnection(gw, domain, verify, target.direct_tls, verify_cert, local),
         target.host, target.port,
-        ssl=gw.tls_context_for(domain, verify_cert) if target.direct_tls else None,
+        ssl=gw.tls_context_for(domain, verify_cert, local) if target.direct_tls else None,
         server_hostname=domain if target.direct_tls else None,
         ssl_handshake_timeout=15 if target.direct_tls else None,
     )

@@ -17,6 +17,13 @@ client's, with origin "s2s" (no '/': the roster service treats such subscription
 as inbound for the local user).
 Any gateway process may take any inbound connection and answer any <db:verify/>: the
 dialback secret is the cluster's, not the process's.
+
+Certificates per domain (STANZAD_TLS_CERTS_DIR, shared/tls/certs.py): inbound, the handshake
+presents the certificate of the local domain the peer names in SNI (RFC 6066 §3), or, on a
+STARTTLS stream without SNI, the one its header addressed; outbound, a stream presents the
+certificate of the local domain it speaks for, which the peer checks against that domain
+before it accepts SASL EXTERNAL (XEP-0178 §2).  A domain without its own certificate (and a
+service subdomain without one, which gets its parent's) uses STANZAD_TLS_CERT.
 """
 
 from __future__ import annotations
@@ -24,22 +31,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import signal
 import ssl
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any
+
+from OpenSSL import SSL
 
 from shared.bus import subjects
 from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
 from shared.cluster.partitioned import PartitionedService
 from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource, Networks
 from shared.router import ingress
-from shared.runtime.metrics import TLS_CERT_EXPIRY
+from shared.runtime.metrics import TLS_CERT_EXPIRY, TLS_DOMAIN_CERT_EXPIRY
 from shared.runtime.settings import ConfigError, S2SSettings
 from shared.store import keys
 from shared.tls import memory as tls_memory
+from shared.tls.certs import DomainCertificates
 from shared.tls.context import certificate_expiry, ensure_self_signed
 from shared.tls.peer_cert import CertificateTrust
 from shared.xmpp import archive, ns, pubsub, server_iq
@@ -90,6 +102,36 @@ def verifying_context(cert: str, key: str, cafile: str | None) -> ssl.SSLContext
     return ctx
 
 
+@dataclass(slots=True)
+class DomainTLS:
+    """The contexts of one certificate and key, both ways: inbound STARTTLS and direct TLS
+    (pyOpenSSL, shared/tls/memory.py), outbound without and with verification of the peer
+    (one per trust store: the system's, keyed '', or a file of STANZAD_S2S_TRUSTED_CERTS)."""
+
+    cert: str
+    key: str
+    server: SSL.Context
+    direct: SSL.Context
+    client: ssl.SSLContext
+    verifying: dict[str, ssl.SSLContext] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, cert: str, key: str) -> DomainTLS:
+        """Raises CertificateProblem (or OSError, ssl.SSLError) when the pair does not load."""
+        return cls(
+            cert, key,
+            server=tls_memory.server_context(cert, key),
+            direct=tls_memory.server_context(cert, key, alpn=[b"xmpp-server"]),  # XEP-0368 §3
+            client=client_context(cert, key),
+        )
+
+    def verifying_for(self, cafile: str | None) -> ssl.SSLContext:
+        ctx = self.verifying.get(cafile or "")
+        if ctx is None:
+            ctx = self.verifying[cafile or ""] = verifying_context(self.cert, self.key, cafile)
+        return ctx
+
+
 class S2SGateway(PartitionedService):
     name = SERVICE
     role = "s2s"
@@ -120,7 +162,13 @@ class S2SGateway(PartitionedService):
         self.direct_tls_port = 0
         self._server: asyncio.Server | None = None
         self._direct_server: asyncio.Server | None = None
-        self._verifying: dict[str, ssl.SSLContext] = {}
+        self.default_tls: DomainTLS | None = None  # STANZAD_TLS_CERT's, loaded by start()
+        # certificates per domain (shared/tls/certs.py): picked by SNI inbound, by the local
+        # domain a stream speaks for outbound
+        self.domain_certs = DomainCertificates(
+            settings.tls_certs_dir, DomainTLS.load,
+            lambda domain, expiry: TLS_DOMAIN_CERT_EXPIRY.labels(SERVICE, domain).set(expiry))
+        self._cert_stamp: tuple[float, float] | None = None
         self._unverifiable: dict[str, float] = {}  # domain -> until when not to try again
         self.per_source = ConnectionsPerSource(settings.s2s_max_connections_per_ip)
         self.connection_rate = ConnectionRate(settings.s2s_connections_per_ip_per_min)
@@ -162,8 +210,10 @@ class S2SGateway(PartitionedService):
             self.trust = CertificateTrust.load(s.trusted_certs())
         except ValueError as exc:
             raise ConfigError(f"STANZAD_S2S_TRUSTED_CERTS: {exc}") from None
+        self.domain_certs.load()  # a missing or expired one stops the start, named
         self._load_tls()
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
+        self.spawn_task(self._watch_certificates())
         self.stream_config = S2SConfig(
             domain=s.domain,
             secret=await self._secret(),
@@ -205,30 +255,66 @@ class S2SGateway(PartitionedService):
         await super().start()
 
     def _load_tls(self) -> None:
-        """Our certificate and key, for every context: inbound (STARTTLS, direct TLS) and
+        """The default certificate and key (STANZAD_TLS_CERT), for every context: inbound
+        (STARTTLS, direct TLS; their SNI callbacks switch to a domain's certificate) and
         outbound (plain and verifying).  Raises when the files do not load."""
         s = self.s2s_settings
-        server_tls = tls_memory.server_context(s.tls_cert, s.tls_key)
-        direct_tls_server = tls_memory.server_context(
-            s.tls_cert, s.tls_key, alpn=[b"xmpp-server"]  # XEP-0368 §3
-        )
-        client_tls = client_context(s.tls_cert, s.tls_key)
-        self.server_tls, self.direct_tls_server, self.client_tls = (
-            server_tls, direct_tls_server, client_tls
-        )
-        self._verifying.clear()
-        self.tls_context_for("", True)  # loads the system trust store now, not mid-stream
+        self._cert_stamp = self._stamp()
+        default = DomainTLS.load(s.tls_cert, s.tls_key)
+        tls_memory.choose_by_sni(default.server, lambda name: self._server_context(name, False))
+        tls_memory.choose_by_sni(default.direct, lambda name: self._server_context(name, True))
+        default.verifying_for(None)  # loads the system trust store now, not mid-stream
+        self.default_tls = default
         TLS_CERT_EXPIRY.labels(SERVICE).set(certificate_expiry(s.tls_cert))
 
+    def _server_context(self, name: str, direct: bool) -> SSL.Context | None:
+        """The SNI callback's choice: the context of a domain with its own certificate."""
+        tls = self.domain_certs.context_for(name)
+        if tls is None:
+            return None
+        return tls.direct if direct else tls.server
+
+    def _stamp(self) -> tuple[float, float] | None:
+        s = self.s2s_settings
+        try:
+            return (os.stat(s.tls_cert).st_mtime, os.stat(s.tls_key).st_mtime)
+        except OSError:
+            return None
+
+    async def _watch_certificates(self) -> None:
+        """Certificates replaced on disk (cert-manager renewing a Secret) serve new handshakes,
+        both ways, without a restart or a SIGHUP."""
+        while True:
+            await asyncio.sleep(self.s2s_settings.tls_reload_s)
+            self.domain_certs.refresh()
+            if self._stamp() != self._cert_stamp:
+                self.reload_tls()
+
     def reload_tls(self) -> None:
-        """SIGHUP: load the certificate and key again; new handshakes, both ways, use them
+        """SIGHUP: load the certificates and keys again; new handshakes, both ways, use them
         (streams already up keep theirs)."""
         try:
+            self.domain_certs.refresh()
             self._load_tls()
         except Exception as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
             return
         log.info("reloaded the TLS certificate from %s", self.s2s_settings.tls_cert)
+
+    def tls_of(self, local: str) -> DomainTLS:
+        """The contexts of the certificate a stream for our domain ``local`` presents."""
+        found = self.domain_certs.context_for(local)
+        if found is not None:
+            return found
+        assert self.default_tls is not None, "start() loads the certificate"
+        return self.default_tls
+
+    def server_tls(self, direct: bool) -> SSL.Context:
+        """The context an inbound handshake starts with: the default one, whose SNI callback
+        moves it to the certificate of the domain the peer names (or, with no SNI, the one
+        the connection names: `tls_memory.ServerTLS`)."""
+        assert self.default_tls is not None, "start() loads the certificate"
+        return self.default_tls.direct if direct else self.default_tls.server
 
     # ---- TLS for outbound streams ----------------------------------------------------------
 
@@ -241,15 +327,15 @@ class S2SGateway(PartitionedService):
     def unverifiable(self, domain: str) -> None:
         self._unverifiable[domain] = time.monotonic() + UNVERIFIABLE_TTL_S
 
-    def tls_context_for(self, domain: str, verify: bool) -> ssl.SSLContext:
+    def tls_context_for(self, domain: str, verify: bool, local: str = "") -> ssl.SSLContext:
+        """The client context of an outbound stream to ``domain`` from our domain ``local``
+        (the main one by default): it presents ``local``'s certificate (XEP-0178 §2: the
+        peer checks it against the stream's 'from'), and with ``verify`` checks the peer's
+        against the system's trust store or the file trusted for ``domain``."""
+        tls = self.tls_of(local or self.domain)
         if not verify:
-            return self.client_tls
-        trusted = self.s2s_settings.trusted_certs().get(domain)
-        key = trusted or ""
-        if key not in self._verifying:
-            s = self.s2s_settings
-            self._verifying[key] = verifying_context(s.tls_cert, s.tls_key, trusted)
-        return self._verifying[key]
+            return tls.client
+        return tls.verifying_for(self.s2s_settings.trusted_certs().get(domain))
 
     async def _secret(self) -> bytes:
         """The configured secret, or the cluster's random one (created once, in Redis)."""

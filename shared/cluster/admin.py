@@ -444,7 +444,16 @@ class ClusterAdmin:
         return bare
 
     async def set_password(self, jid: str, password: str) -> bool:
-        bare = bare_jid(jid, await self.served())
+        """False when there is no such account; AdminError on a domain whose passwords are
+        the platform's (a token or HTTP backend: a password set here would never be asked)."""
+        hosts = await self.hosts()
+        bare = bare_jid(jid, frozenset(hosts))
+        host = hosts[bare.rpartition("@")[2]]
+        if host.backend != "internal":
+            raise AdminError(
+                f"{bare}: {host.name} logs its users in through its {host.backend} "
+                "authentication backend (the platform's identity system); change the "
+                "password there")
         return await self.accounts.set_credentials(bare, await self._derive(password))
 
     async def delete_user(self, jid: str) -> tuple[bool, list[str]]:

@@ -709,6 +709,17 @@ class S2SSettings(PartitionedSettings):
     )
     tls_cert: str = Field("var/tls/cert.pem", description="PEM certificate chain of the domain.")
     tls_key: str = Field("var/tls/key.pem", description="PEM private key.")
+    # certificates per domain, as the connection manager's (shared/tls/certs.py): inbound
+    # by SNI, outbound the certificate of the local domain a stream speaks for (XEP-0178)
+    tls_certs_dir: str = Field(
+        "", description="Directory of per-domain certificates: <domain>/tls.crt and "
+        "<domain>/tls.key (cert-manager Secrets mounted as volumes), presented inbound by SNI "
+        "and outbound for that domain (SASL EXTERNAL); empty: none.",
+    )
+    tls_reload_s: float = Field(
+        10.0, gt=0, description="How often the certificate files are checked for changes "
+        "(a changed one is loaded for new handshakes).",
+    )
     s2s_tls_required: bool = Field(True, description="Require STARTTLS on s2s, both ways.")
     s2s_dialback_secret: SecretStr = Field(
         SecretStr(""), description="XEP-0185 secret; empty: one random secret kept in Redis."

@@ -3,10 +3,13 @@
 A directory (``STANZAD_TLS_CERTS_DIR``) holds one subdirectory per domain, named after it,
 with the files of a Kubernetes TLS Secret as cert-manager writes them: ``tls.crt`` (the
 chain) and ``tls.key``.  Mounted as Secret volumes, they are replaced in place when
-cert-manager renews them.  `DomainCertificates` builds one server context per domain (the
-same settings as the default one, shared/tls/context.py), installs an SNI callback on the
-default context that switches a handshake to the context of the name the client asked for
-(a subdomain of a domain, ``conference.example.org``, gets the domain's), and `refresh`
+cert-manager renews them.  `DomainCertificates` builds what a service makes of each
+domain's pair through its factory: the connection manager one server context (the same
+settings as the default one, shared/tls/context.py), the s2s gateway its contexts both ways
+(services/s2s_gateway/service.py).  `context_for` finds a name's (a subdomain of a domain,
+``conference.example.org``, gets the domain's); `install` puts an SNI callback on a default
+``ssl`` context that switches a handshake to the context of the name the client asked for
+(pyOpenSSL contexts: shared/tls/memory.py `choose_by_sni`), and `refresh`
 rebuilds the contexts whose files changed: new connections get the new certificate, open
 ones keep theirs.  A missing, unreadable or expired certificate is an error at start
 (CertificateProblem naming the file) and, later, a kept old certificate and a log line.
@@ -20,7 +23,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from shared.tls.context import CertificateProblem, certificate_expiry
 
@@ -29,12 +32,12 @@ log = logging.getLogger(__name__)
 CERT_FILE: Final = "tls.crt"  # cert-manager's Secret keys (kubernetes.io/tls)
 KEY_FILE: Final = "tls.key"
 
-ContextFactory = Callable[[str, str], ssl.SSLContext]
+T = TypeVar("T")  # what the factory makes of a (cert, key) pair: a context, or several
 
 
 @dataclass(slots=True)
-class _Loaded:
-    context: ssl.SSLContext
+class _Loaded(Generic[T]):
+    context: T
     stamp: tuple[float, float, int, int]  # mtimes and inodes of the two files
     expiry: float
 
@@ -44,15 +47,15 @@ def _stamp(cert: Path, key: Path) -> tuple[float, float, int, int]:
     return (a.st_mtime, b.st_mtime, a.st_ino, b.st_ino)
 
 
-class DomainCertificates:
+class DomainCertificates(Generic[T]):
     """The contexts of the domains of a certificates directory, picked by SNI."""
 
-    def __init__(self, directory: str, factory: ContextFactory,
+    def __init__(self, directory: str, factory: Callable[[str, str], T],
                  on_expiry: Callable[[str, float], None] | None = None) -> None:
         self.directory = Path(directory) if directory else None
-        self._factory = factory  # (cert path, key path) -> a configured server context
+        self._factory = factory  # (cert path, key path) -> the domain's configured context(s)
         self._on_expiry = on_expiry
-        self.loaded: dict[str, _Loaded] = {}
+        self.loaded: dict[str, _Loaded[T]] = {}
 
     def domains(self) -> list[str]:
         if self.directory is None:
@@ -74,7 +77,7 @@ class DomainCertificates:
         for domain in self.domains():
             self.loaded[domain] = self._load(domain)
 
-    def _load(self, domain: str) -> _Loaded:
+    def _load(self, domain: str) -> _Loaded[T]:
         assert self.directory is not None
         cert, key = self.directory / domain / CERT_FILE, self.directory / domain / KEY_FILE
         if not key.exists():
@@ -113,7 +116,7 @@ class DomainCertificates:
             changed.append(gone)
         return changed
 
-    def context_for(self, server_name: str | None) -> ssl.SSLContext | None:
+    def context_for(self, server_name: str | None) -> T | None:
         """The context for an SNI name: the domain's, or a parent domain's (a service
         subdomain), or None (the default context serves)."""
         if not server_name or not self.loaded:
@@ -126,7 +129,7 @@ class DomainCertificates:
             name = name.partition(".")[2]
         return None
 
-    def install(self, default: ssl.SSLContext) -> None:
+    def install(self: DomainCertificates[ssl.SSLContext], default: ssl.SSLContext) -> None:
         """Make ``default`` hand each handshake to the context its SNI names."""
 
         def pick(conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,

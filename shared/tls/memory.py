@@ -14,6 +14,11 @@ verify callback can accept every certificate; the chain and the name are then ch
 
 Same policy as `shared.tls.context.server_context` (RFC 7525): TLS 1.2 or newer, ECDHE with AEAD
 suites, no compression, no renegotiation.
+
+Certificates per domain: `choose_by_sni` makes a context hand each handshake to the context of
+the name the client sent in SNI (RFC 6066 §3), or, when it sent none, of the name the
+connection was given (``ServerTLS(ctx, name)``: an s2s stream header's 'to', known before
+STARTTLS).
 """
 
 from __future__ import annotations
@@ -73,11 +78,29 @@ def _alpn_selector(wanted: list[bytes]) -> Callable[[SSL.Connection, list[bytes]
     return select
 
 
-class ServerTLS:
-    """One server-side TLS connection over memory BIOs."""
+def choose_by_sni(ctx: SSL.Context, pick: Callable[[str], SSL.Context | None]) -> None:
+    """Handshakes on ``ctx`` go on with ``pick(name)`` when it is not None: ``name`` is the
+    SNI host name (RFC 6066 §3), else the connection's own (`ServerTLS`), else ''.  OpenSSL
+    asks on every ClientHello, with SNI or without; the certificate and key switch, the other
+    settings should match (the same `server_context` makes both)."""
 
-    def __init__(self, ctx: SSL.Context) -> None:
+    def on_client_hello(conn: SSL.Connection) -> None:
+        sent = conn.get_servername()
+        name = sent.decode("ascii", "replace") if sent else str(conn.get_app_data() or "")
+        chosen = pick(name) if name else None
+        if chosen is not None:
+            conn.set_context(chosen)
+
+    ctx.set_tlsext_servername_callback(on_client_hello)
+
+
+class ServerTLS:
+    """One server-side TLS connection over memory BIOs; ``name``: the domain whose
+    certificate to present when the client sends no SNI (`choose_by_sni`)."""
+
+    def __init__(self, ctx: SSL.Context, name: str = "") -> None:
         self._conn = SSL.Connection(ctx, None)
+        self._conn.set_app_data(name)
         self._conn.set_accept_state()
         self.handshake_done = False
         self.peer_closed = False  # close_notify received
@@ -146,6 +169,12 @@ class ServerTLS:
         # on the server side OpenSSL's peer chain does not hold the leaf
         chain = self._conn.get_peer_cert_chain(as_cryptography=True) or []
         return leaf, tuple(c for c in chain if c != leaf)
+
+    @property
+    def server_name(self) -> str:
+        """The SNI host name the client sent ('' if none)."""
+        sent = self._conn.get_servername()
+        return sent.decode("ascii", "replace") if sent else ""
 
     @property
     def version(self) -> str:

@@ -122,6 +122,12 @@ class StreamConfig:
     # backend the caller asks (`VerificationNeeded`, `shared.xmpp.sasl_delegated`)
     auth_backend: str = "internal"
 
+    @property
+    def registration(self) -> bool:
+        """XEP-0077 in-band registration offered: only where the keys are stored (a token or
+        HTTP domain's accounts are the platform's)."""
+        return self.allow_registration and self.auth_backend == "internal"
+
 
 # ---- events ---------------------------------------------------------------------------------
 
@@ -858,6 +864,13 @@ class C2SStream(ServingStream):
         if self.username is None:
             if kind == "iq" and self._registration_iq(element):
                 return self._on_register(element)
+            if kind == "iq" and self._delegated_registration_iq(element):
+                # XEP-0077 §3.1: a host without in-band registration answers
+                # <service-unavailable/>; the platform's identity system makes the accounts
+                self._out.append(_iq_error(element.get("id") or "", StanzaError(
+                    StanzaErrorCondition.SERVICE_UNAVAILABLE,
+                    f"accounts of {self.config.domain} are made by its identity provider")))
+                return None
             raise StreamError(StreamErrorCondition.NOT_AUTHORIZED)
         if self.jid is None:
             if kind == "iq" and element.find(f"{{{ns.BIND}}}bind") is not None:
@@ -935,8 +948,18 @@ class C2SStream(ServingStream):
 
     def _registration_iq(self, element: etree._Element) -> bool:
         return (
-            self.config.allow_registration
+            self.config.registration
             and self._sasl_allowed()
+            and element.find(f"{{{ns.REGISTER}}}query") is not None
+        )
+
+    def _delegated_registration_iq(self, element: etree._Element) -> bool:
+        """A registration request on a domain whose accounts are the platform's (a token or
+        HTTP backend): refused, without ending the stream (the client logs in next)."""
+        return (
+            self.config.auth_backend != "internal"
+            and self._sasl_allowed()
+            and element.get("type") in ("get", "set")
             and element.find(f"{{{ns.REGISTER}}}query") is not None
         )
 
@@ -1087,7 +1110,7 @@ def _features(config: StreamConfig, tls: bool, stage: int, binding_types: tuple[
             parts.append(binding_feature(binding_types))  # XEP-0440
             if config.sasl2:
                 parts.append(_sasl2_feature(config, offered, binding_types))
-            if config.allow_registration:
+            if config.registration:
                 parts.append(f'<register xmlns="{ns.REGISTER_FEATURE}"/>')
     parts.append("</stream:features>")
     return "".join(parts).encode()

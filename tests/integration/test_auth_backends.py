@@ -5,6 +5,7 @@ check_password endpoint (MongooseIM's contract), and SCRAM is offered on neither
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import secrets
@@ -86,10 +87,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def _add_domain(http: aiohttp.ClientSession, admin_url: str, cluster: Cluster,
-                      auth: dict[str, Any]) -> str:
+                      auth: dict[str, Any], **settings: Any) -> str:
     domain = f"idp{secrets.token_hex(3)}.example"
     async with http.post(f"{admin_url}/api/v1/domains", headers=AUTH,
-                         json={"name": domain, "settings": {"auth": auth}}) as resp:
+                         json={"name": domain, "settings": {"auth": auth, **settings}}) as resp:
         assert resp.status == 201, await resp.text()
 
     async def served() -> bool:
@@ -242,3 +243,79 @@ async def test_http_domain_logs_in_through_the_endpoint_and_is_temporary_auth_fa
     finally:
         if not removed:
             await _remove_domain(http, admin_url, domain)
+
+
+async def _iq(raw: RawClient, iq: str) -> bytes:
+    await raw.send(iq.encode())
+    return await raw.read_until(b"</iq>", timeout=15)
+
+
+async def test_xep0077_no_registration_password_change_or_removal_on_a_token_domain(
+    cluster: Cluster, admin_url: str, http: aiohttp.ClientSession, platform: Platform,
+    users: Users, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The accounts of a delegated domain are the platform's: registration is neither
+    offered nor accepted (XEP-0077 §3.1 service-unavailable, even with allow_registration),
+    a logged-in user's password change and removal are <not-allowed/> (§3.3, §3.2) and the
+    server's disco#info does not list jabber:iq:register to them; the admin API and the CLI
+    refuse to set a password there, saying why."""
+    from services.cli.main import main
+
+    domain = await _add_domain(http, admin_url, cluster, {
+        "backend": "token", "jwks_url": f"{platform.url}/jwks.json", "issuer": ISSUER,
+        "audience": AUDIENCE, "algorithms": ["ES256"], "create_accounts": True},
+        allow_registration=True)
+    try:
+        user = f"eve{secrets.token_hex(2)}"
+        raw = RawClient("127.0.0.1", cluster.c2s_port, domain)
+        try:
+            await raw.open()
+            await raw.starttls()
+            await raw.send(raw.header())
+            features = await raw.read_until(b"</stream:features>")
+            assert b"OAUTHBEARER" in features and b"iq-register" not in features, features
+            reply = await _iq(raw, "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>"
+                              f"<username>{user}</username><password>pw</password></query></iq>")
+            assert b"<service-unavailable" in reply and b'type="cancel"' in reply, reply
+        finally:
+            await raw.close()
+        assert not await users.accounts.exists(f"{user}@{domain}")
+
+        raw, _, outcome = await _sasl(cluster, domain, "OAUTHBEARER",
+                                      _bearer(platform.token(user)))
+        try:
+            assert b"<jid>" in outcome, outcome
+            info = await _iq(raw, f"<iq type='get' id='d1' to='{domain}'><query "
+                             "xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+            assert b"urn:xmpp:ping" in info and b"jabber:iq:register" not in info, info
+            for what, child in (
+                ("form", "<query xmlns='jabber:iq:register'/>"),
+                ("password", f"<query xmlns='jabber:iq:register'><username>{user}</username>"
+                             "<password>new-pw</password></query>"),
+                ("remove", "<query xmlns='jabber:iq:register'><remove/></query>"),
+            ):
+                type_ = "get" if what == "form" else "set"
+                reply = await _iq(raw, f"<iq type='{type_}' id='{what}'>{child}</iq>")
+                assert b"<not-allowed" in reply and b'type="cancel"' in reply, (what, reply)
+                assert b"identity provider" in reply, reply
+        finally:
+            await raw.close()
+        assert await users.accounts.exists(f"{user}@{domain}")  # not removed
+
+        url = f"{admin_url}/api/v1/users/{user}@{domain}/password"
+        async with http.put(url, headers=AUTH, json={"password": "admin-pw"}) as resp:
+            assert resp.status == 400
+            assert "token authentication backend" in (await resp.json())["error"]
+        for key, value in cluster.env("cli").items():
+            if key.startswith("STANZAD_"):
+                monkeypatch.setenv(key, value)
+        assert await asyncio.to_thread(
+            main, ["user", "passwd", f"{user}@{domain}", "--password", "cli-pw"]) == 1
+        err = capsys.readouterr().err
+        assert "token authentication backend" in err and "change the password there" in err
+        # the main domain keeps its stored keys: its passwords are set as before
+        jid, _ = await users.create("kept")
+        assert await asyncio.to_thread(
+            main, ["user", "passwd", jid, "--password", "cli-pw"]) == 0
+    finally:
+        await _remove_domain(http, admin_url, domain)

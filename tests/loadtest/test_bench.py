@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.bench import plan, side_by_side, sm_figures
+from loadtest.bench import auth_figures, plan, side_by_side, sm_figures
 
 
 def _doc(logins_per_cpu: float, p99: float) -> dict[str, Any]:
@@ -101,3 +101,21 @@ def test_sm_figures_ratio_and_memory() -> None:
     assert "without SM 1,000, with SM 950, ratio 0.95 (issue 16 wants >= 0.90)" in lines[2]
     assert lines[3].endswith("without SM 10.0 KiB, with SM 11.0 KiB")
     assert sm_figures({"chat-2000": doc(chat={"deliveries_per_server_cpu_s": 1.0})}) == []
+
+
+def test_auth_figures_put_each_backend_beside_the_internal_store() -> None:
+    """Issue 23: logins per server CPU-second of the token and HTTP backends beside the
+    SCRAM store's, from the same bench run."""
+    rows = auth_figures({"login": _doc(400.0, 50.0), "login-token": _doc(300.0, 60.0),
+                         "login-http": _doc(200.0, 70.0)})
+    assert "| internal (SCRAM-SHA-256, stored keys) | 400.0 | 1.00 | 50.0 |" in rows
+    assert "| token (OAUTHBEARER, RS256 JWT, static key) | 300.0 | 0.75 | 60.0 |" in rows
+    assert "| http (PLAIN, check_password endpoint) | 200.0 | 0.50 | 70.0 |" in rows
+    assert auth_figures({"login": _doc(400.0, 50.0)}) == []
+    runs = dict(plan(False))
+    for name, auth in (("login-token", "token"), ("login-http", "http")):
+        from dataclasses import replace
+
+        assert runs[name].auth == auth
+        assert replace(runs[name], auth="internal",
+                       mechanism="SCRAM-SHA-256") == runs["login"]

@@ -49,6 +49,31 @@ def test_login_with_scram_sha_1_and_plain(cluster: Cluster) -> None:
         check_login(doc["result"]["login"])
 
 
+def test_login_on_token_and_http_domains(cluster: Cluster) -> None:
+    """Issue 23: logins on a domain of the platform's identity (loadtest/identity.py), one
+    with a JWT over OAUTHBEARER, one with PLAIN asked of the tool's HTTP endpoint."""
+    doc = run(tiny("login", auth="token", mechanism="OAUTHBEARER"), quiet=True,
+              cluster=cluster)
+    check_login(doc["result"]["login"])
+    doc = run(tiny("login", auth="http", mechanism="PLAIN"), quiet=True, cluster=cluster)
+    check_login(doc["result"]["login"])
+    assert doc["setup"]["endpoint_questions"] == 5  # every login asked the platform
+
+
+def test_delegated_auth_runs_refuse_what_does_not_fit() -> None:
+    from loadtest.bounds import BoundsError
+    from loadtest.runner import validate
+
+    with pytest.raises(BoundsError, match="OAUTHBEARER"):
+        validate(tiny("login", auth="token"))  # SCRAM on a token domain
+    with pytest.raises(BoundsError, match="OAUTHBEARER"):
+        validate(tiny("login", mechanism="OAUTHBEARER"))  # on the stored keys
+    with pytest.raises(BoundsError, match="PLAIN"):
+        validate(tiny("login", auth="http", mechanism="SCRAM-SHA-1"))
+    with pytest.raises(BoundsError, match="stanzad"):
+        validate(tiny("login", server="prosody", auth="http", mechanism="PLAIN"))
+
+
 def test_chat(cluster: Cluster) -> None:
     doc = run(tiny("chat", workers=2), quiet=True, cluster=cluster)
     chat = doc["result"]["chat"]

@@ -343,6 +343,32 @@ def test_xep0077_registration_only_when_allowed() -> None:
     assert b'<iq type="result" id="r"/>' in stream.data_to_send()
 
 
+def test_xep0077_3_1_registration_on_a_delegated_domain_is_service_unavailable() -> None:
+    """The accounts of a token or HTTP domain are the platform's: no <register/> feature,
+    and a registration request is answered, not the stream ended (the client logs in)."""
+    config = StreamConfig(domain="example.com", auth_backend="token", allow_registration=True,
+                          mechanisms=("OAUTHBEARER", "PLAIN"))
+    stream = C2SStream(config)
+    events(stream, HEADER)
+    events(stream, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    stream.data_to_send()
+    stream.tls_established()
+    events(stream, HEADER)
+    features = stream.data_to_send()
+    assert b"<mechanism>OAUTHBEARER</mechanism>" in features
+    assert b"iq-register" not in features
+    for type_ in ("get", "set"):
+        assert events(stream, f"<iq type='{type_}' id='r-{type_}'><query "
+                      "xmlns='jabber:iq:register'><username>new</username><password>pw"
+                      "</password></query></iq>".encode()) == []
+        out = stream.data_to_send()
+        assert f'id="r-{type_}"'.encode() in out and b"<service-unavailable" in out, out
+        assert b'type="cancel"' in out and b"identity provider" in out
+    # anything else before authentication still ends the stream (RFC 6120 §6.4)
+    [ended] = events(stream, b"<message to='romeo@example.com'><body>hi</body></message>")
+    assert ended == StreamEnded(StreamErrorCondition.NOT_AUTHORIZED)
+
+
 def test_rfc6120_restart_after_sasl_uses_post_auth_limits() -> None:
     stream = bound()
     big = b"<message to='romeo@example.com'><body>" + b"x" * 20_000 + b"</body></message>"
