@@ -176,8 +176,8 @@ STREAM_CLOSE: Final = b"</stream:stream>"
 _OPEN_MAX: Final = 2048
 # A start, end or empty tag of the server's own output (attribute values are quoted; text
 # never holds a raw '<'), or the XML declaration.  Runs of plain attribute text are taken
-# whole and a '/' only where no '>' follows, so no lazy per-byte alternation: about 40 % less
-# time per outgoing stanza than that (loadtest/RESULTS.md, "WebSocket: CPU per message").
+# whole and a '/' only where no '>' follows, so no lazy per-byte alternation: about half the
+# time per outgoing stanza (loadtest/RESULTS.md, "WebSocket: CPU per message beside TCP").
 _MARKUP: Final = re.compile(rb"""<(/?)([^\s/>]+)(?:[^>"'/]+|"[^"]*"|'[^']*'|/(?!>))*(/?)>""")
 _ATTR: Final = re.compile(rb"""([\w:.-]+)\s*=\s*("[^"]*"|'[^']*')""")
 _HAS_DEFAULT_NS: Final = re.compile(rb"""\sxmlns\s*=""")
