@@ -298,6 +298,16 @@ class ConnectionManagerSettings(CommonSettings):
         description="A BOSH session with no request for this long ends (XEP-0124 "
         "'inactivity').",
     )
+    bosh_polling_s: int = Field(
+        2, ge=0, le=60,
+        description="Shortest interval between empty BOSH requests (XEP-0124 'polling', "
+        "§11, §12): a client polling faster gets policy-violation; 0: no limit.",
+    )
+    bosh_maxpause_s: int = Field(
+        120, ge=0, le=3600,
+        description="Longest BOSH session pause a client may ask for (XEP-0124 'maxpause', "
+        "§10); 0: no pauses.",
+    )
     tls_session_tickets: int = Field(
         0, ge=0, le=8, description="TLS 1.3 session tickets sent after each full handshake."
     )

@@ -92,6 +92,21 @@ def test_server_output_is_one_standalone_document_per_message() -> None:
         "see-other-uri") == "wss://b.example/ws"
 
 
+def test_framing_splits_tags_whose_attributes_hold_slashes_and_brackets() -> None:
+    """'/' and '>' inside quoted attribute values, a space before '/>', an element split
+    across writes: each message still one whole element (RFC 7395 §3.3.3)."""
+    framing = Framing()
+    out = framing.messages(
+        b"<message to='a@b/c/d' id='x/>y'><body>a/b</body><x xmlns=\"u:v\" href=\"http://h/p\""
+        b" /></message><iq id='1' type='result' /><presence from='a@b/r'><x/></pres")
+    out += framing.messages(b"ence>")
+    docs = [etree.fromstring(m) for m in out]
+    assert [d.tag for d in docs] == ["{jabber:client}message", "{jabber:client}iq",
+                                     "{jabber:client}presence"]
+    assert docs[0].get("id") == "x/>y" and docs[0].findtext("{jabber:client}body") == "a/b"
+    assert docs[0].find("{u:v}x").get("href") == "http://h/p"
+
+
 def test_bosh_body_attributes_and_payload() -> None:
     body = bosh.parse_request(
         b"<body rid='42' sid='s' xmpp:restart='true' xmlns='http://jabber.org/protocol/"
