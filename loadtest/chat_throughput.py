@@ -161,11 +161,15 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000, help="per sender")
     parser.add_argument("--rate", type=float, default=0, help="total msgs/s; 0 = flat out")
     parser.add_argument("--seconds", type=float, default=120, help="hard time limit")
+    parser.add_argument("--durable-deliveries", choices=("on", "off"), default="on",
+                        help="STANZAD_DURABLE_DELIVERIES: the connection managers' "
+                        "deliveries on JetStream too (docs/architecture.md)")
     args = parser.parse_args()
     if args.pairs * args.messages > 2_000_000:
         raise SystemExit("bounded runs only: at most 2,000,000 messages")
     cluster = new_cluster()
     cluster.partitions = 64
+    cluster.common_env["STANZAD_DURABLE_DELIVERIES"] = str(args.durable_deliveries == "on")
     try:
         cluster.start_servers()
         cluster.start_core()
@@ -174,7 +178,8 @@ def main() -> None:
         result = asyncio.run(run(cluster, args.pairs, args.messages, args.rate, args.seconds))
     finally:
         cluster.stop()
-    print(f"pairs={args.pairs} messages/sender={args.messages} rate={args.rate or 'flat out'}")
+    print(f"pairs={args.pairs} messages/sender={args.messages} rate={args.rate or 'flat out'} "
+          f"durable deliveries {args.durable_deliveries}")
     print(f"delivered {result['received']}/{result['sent']} in {result['elapsed_s']:.2f} s "
           f"= {result['msgs_per_s']:,.0f} msgs/s; loss {result['sent'] - result['received']}")
     print(f"latency ms: p50 {result['p50_ms']:.1f}  p95 {result['p95_ms']:.1f}  "
