@@ -261,6 +261,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120, help="hard time limit")
     parser.add_argument("--transports", default="tcp",
                         help="comma-separated phases, one after the other: tcp, wss, ws")
+    parser.add_argument("--durable-deliveries", choices=("on", "off"), default="on",
+                        help="STANZAD_DURABLE_DELIVERIES: the connection managers' "
+                        "deliveries on JetStream too (docs/architecture.md)")
     args = parser.parse_args()
     transports = [t for t in args.transports.split(",") if t]
     if not transports or set(transports) - {"tcp", "wss", "ws"}:
@@ -270,6 +273,7 @@ def main() -> None:
     cluster = new_cluster()
     cluster.partitions = 64
     results = []
+    cluster.common_env["STANZAD_DURABLE_DELIVERIES"] = str(args.durable_deliveries == "on")
     try:
         cluster.start_servers()
         cluster.start_core()
@@ -292,7 +296,8 @@ def main() -> None:
 
 def report(args: argparse.Namespace, result: dict) -> None:
     print(f"[{result['transport']}]")
-    print(f"pairs={args.pairs} messages/sender={args.messages} rate={args.rate or 'flat out'}")
+    print(f"pairs={args.pairs} messages/sender={args.messages} rate={args.rate or 'flat out'} "
+          f"durable deliveries {args.durable_deliveries}")
     print(f"delivered {result['received']}/{result['sent']} in {result['elapsed_s']:.2f} s "
           f"= {result['msgs_per_s']:,.0f} msgs/s; loss {result['sent'] - result['received']}")
     print(f"latency ms: p50 {result['p50_ms']:.1f}  p95 {result['p95_ms']:.1f}  "

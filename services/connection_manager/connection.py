@@ -28,6 +28,7 @@ import math
 import secrets
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 from xml.sax.saxutils import quoteattr
@@ -94,6 +95,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "_hibernating",
         "_keepalive",
         "_last_rx",
+        "_log_held",
         "_login",
         "_ping_sent",
         "_preamble",
@@ -110,6 +112,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "detached",
         "directed",
         "kind",
+        "logged",
         "peer",
         "pushes",
         "record",
@@ -117,6 +120,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "seen",
         "session_id",
         "source",
+        "stamps",
         "stream",
         "transport",
     )
@@ -166,6 +170,12 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         # durable delivery: the last ts_us delivered per sending session (a replay's copies
         # are not newer), ConnectionManager.deliveries
         self.seen: dict[str, int] | None = None
+        # durable delivery, resumable sessions: the count of the last stanza appended to the
+        # session's log (None: not logged); the (origin, ts_us) of queued messages by count;
+        # writes waiting for their log entries to be stored, in order ([data, ready])
+        self.logged: int | None = None
+        self.stamps: dict[int, tuple[str, int]] | None = None
+        self._log_held: deque[list[Any]] | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -384,6 +394,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if queue is not None and queue.push(payload) > self.cm.settings.sm_max_unacked:
             self._sm_overflow()
         if self._closing:
+            if self.logged is not None:  # detached: its log gets it all the same
+                self.cm.log_soon(self)
             return False
         first = not self._wbuf
         self._wbuf.append(payload)
@@ -517,6 +529,45 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if self._wbuf:
             self._flush()
 
+    def _flush(self) -> None:
+        """A logged session (durable delivery) writes nothing before the log entries of what
+        it queued are stored: the stanzas a client's 'h' counts are then always in the log
+        another connection manager resumes from.  Writes wait in order behind the log."""
+        if self.logged is None:
+            super()._flush()
+            return
+        self._flush_scheduled = False
+        self._before_flush()
+        appended = self.cm.log_queue(self)
+        held = self._log_held
+        if not appended and not held:
+            super()._flush()
+            return
+        if not self._wbuf:
+            return
+        data = b"".join(self._wbuf)
+        self._wbuf.clear()
+        if held is None:
+            held = self._log_held = deque()
+        segment = [data, not appended]
+        held.append(segment)
+        if appended:
+            def stored() -> None:
+                segment[1] = True
+                self._write_held_out()
+            self.cm.bus.after_stored(stored)
+
+    def _write_held_out(self, everything: bool = False) -> None:
+        held = self._log_held
+        transport = self.transport
+        out = []
+        while held and (everything or held[0][1]):
+            out.append(held.popleft()[0])
+        if not held:
+            self._log_held = None
+        if out and transport is not None and not transport.is_closing():
+            self._write_out(transport, b"".join(out))
+
     def close(
         self,
         condition: StreamErrorCondition | None = None,
@@ -535,6 +586,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         (XEP-0198 §5), which writes from now on."""
         self._closing = True
         self._wbuf.clear()
+        self._log_held = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -545,6 +597,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if self._closing:
             return
         self._flush()  # still kept in the queue until acknowledged: resent if lost here
+        self._write_held_out(everything=True)
         self._closing = True
         if self.transport is not None:
             self.transport.close()
@@ -556,6 +609,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         if self._closing:
             return
         self._flush()
+        self._write_held_out(everything=True)
         self._closing = True
         if self.transport is not None:
             tls = self._tls
@@ -997,7 +1051,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         over (`ConnectionManager.fetch_session`), or <failed><item-not-found/></failed>."""
         from .service import NotResumed  # the service imports this module
 
-        handed = await self.cm.fetch_session(self, event.previd)
+        handed = await self.cm.fetch_session(self, event.previd, event.h)
         if isinstance(handed, NotResumed):
             metrics.SM_RESUMPTIONS.labels(handed.reason).inc()
             self._resume(lambda: self.stream.resume_failed(h=handed.h))

@@ -134,6 +134,21 @@ SM_HANDED_OVER = Counter(
     "stanzad_cm_sm_handed_over_total",
     "XEP-0198 sessions of this pod handed over to a <resume/> on another connection manager.",
 )
+SM_FROM_LOG = Counter(
+    "stanzad_cm_sm_resumed_from_log_total",
+    "Sessions of a dead connection manager resumed here from their XEP-0198 log (durable "
+    "deliveries).",
+)
+DRAINS = Counter(
+    "stanzad_cm_drains_total",
+    "Dead connection managers whose deliveries this one started draining.",
+)
+DRAINED = Counter(
+    "stanzad_cm_drained_stanzas_total",
+    "Stanzas drained from dead connection managers' deliveries, by where they went (log: a "
+    "resumable session's log; undelivered: offline storage or bounced).",
+    ["to"],
+)
 SM_TIMEOUTS = Counter(
     "stanzad_cm_sm_timeouts_total", "Detached sessions that ended unresumed (timeout or limit)."
 )

@@ -16,6 +16,7 @@ detached this way and handed over to the pod its client resumes on (`stop`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import hmac
@@ -25,7 +26,7 @@ import secrets
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import quoteattr
@@ -63,7 +64,7 @@ from shared.store.fast_tokens import FastTokenStore
 from shared.store.pg.database import Database, DatabaseUnavailable
 from shared.store.redis import connect as redis_connect
 from shared.store.sessions import SessionLimitReached, SessionRecord, SessionStore
-from shared.store.sm_facts import SmFactsStore
+from shared.store.sm_facts import SmFacts, SmFactsStore
 from shared.tls.binding import server_end_point_of_file
 from shared.tls.certs import DomainCertificates
 from shared.tls.context import certificate_expiry, ensure_self_signed, server_context
@@ -203,9 +204,18 @@ class ConnectionManager:
             block_per_min=settings.auth_block_failures_per_min,
             block_s=settings.auth_block_s,
         )
+        log_age = max(settings.sm_resume_timeout_s, settings.sm_max_resume_timeout_s)
         self.bus = Bus(settings.nats_url, SERVICE, self._on_bus_batch,
                        fail_while_disconnected=True, durable=settings.durable,
-                       limits=streams.limits_of(settings), **settings.nats_options())
+                       limits=streams.limits_of(settings, log_age + LOG_SLACK_S),
+                       **settings.nats_options())
+        # durable deliveries (docs/architecture.md "Durable delivery"): our subject is a
+        # JetStream consumer, resumable sessions are logged, dead peers' subjects drained
+        self.own_subject = subjects.connection_manager(self.cm_id)
+        self.logging = self.bus.stored(self.own_subject)
+        self._draining: dict[str, str] = {}  # dead connection manager -> its subject
+        self._log_due: set[C2SConnection] = set()  # detached sessions with entries to log
+        self._has_log: dict[str, bool] = {}  # full JID -> its log holds something (drains)
         self._last_ts_us = 0  # strictly increasing: (origin, ts_us) names a client stanza
         self._server: asyncio.Server | None = None
         self._servers: list[asyncio.Server] = []  # direct TLS, HTTP
@@ -240,15 +250,20 @@ class ConnectionManager:
             await self.router.start()
         await self.bus.connect()
         self._watchers.append(asyncio.create_task(self.vhosts.run(self.bus)))
-        own = subjects.connection_manager(self.cm_id)
-        await self.bus.subscribe(own)
-        await self.bus.flush()
-        self.bus.offer_local(own)  # this pod alone consumes its subject
+        own = self.own_subject
+        if self.logging:  # from the oldest unacked: what a previous run left comes first
+            await self.bus.consume(own)
+        else:
+            await self.bus.subscribe(own)
+            await self.bus.flush()
+            self.bus.offer_local(own)  # this pod alone consumes its subject
         try:
             await self.store.heartbeat(self.cm_id, s.session_ttl_s)
         except Exception as exc:  # Redis not there yet: the heartbeat loop keeps trying
             log.warning("first heartbeat failed: %s", exc)
         self._heartbeat = asyncio.create_task(self._beat())
+        if self.logging:
+            self._watchers.append(asyncio.create_task(self._janitor()))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: C2SConnection(self), s.c2s_host, s.c2s_port, backlog=1024, reuse_address=True
@@ -402,6 +417,10 @@ class ConnectionManager:
         for task in self._watchers:
             task.cancel()
         await self.auth_backends.close()
+        if self.logging:
+            for cm_id in list(self._draining):
+                await self._stop_draining(cm_id)
+            await self.bus.stop_consuming(self.own_subject)
         try:
             await self.store.retire(self.cm_id)
         except Exception as exc:
@@ -724,7 +743,8 @@ class ConnectionManager:
             conn.stream.sm = None
             if self.resumable.get(queue.id) is conn:
                 del self.resumable[queue.id]
-                self._spawn(self._forget_facts(full, queue.id))
+                self._spawn(self._forget_facts(full, queue.id, conn.logged is not None))
+            conn.logged = None
             unacked = list(queue.queue)
             queue.queue.clear()
         if self.sessions.get(full) is conn:
@@ -785,6 +805,12 @@ class ConnectionManager:
         if event.id:
             self.resumable[event.id] = conn
             self._spawn(self._write_facts(conn))
+            queue, jid = conn.stream.sm, conn.stream.jid
+            if self.logging and queue is not None and jid is not None:
+                conn.logged, conn.stamps = queue.sent, {}
+                # a new base: what an earlier session of the full JID left is superseded
+                self.bus.publish_soon(subjects.sm_log(str(jid)),
+                                      sm.log_entry(0, queue.handled, "", 0, b"", base=True))
 
     async def _write_facts(self, conn: C2SConnection, *, detached: bool = False) -> None:
         """The resumption facts of `conn`'s session in Redis (`shared.store.sm_facts`):
@@ -799,11 +825,16 @@ class ConnectionManager:
         except Exception as exc:  # then only a resume on this pod finds it
             log.warning("could not store the resumption facts: %s", exc)
 
-    async def _forget_facts(self, full: str, sm_id: str) -> None:
+    async def _forget_facts(self, full: str, sm_id: str, logged: bool = False) -> None:
         try:
             await self.sm_facts.forget(full, sm_id)
         except Exception as exc:  # they expire with their TTL
             log.warning("could not delete the resumption facts: %s", exc)
+        if logged:  # after the tick's publishes (the queue returned to the router)
+            try:
+                await self.bus.purge(subjects.sm_log(full))
+            except Exception as exc:  # its entries expire with the stream's max_age
+                log.warning("could not purge a session's log: %s", exc)
 
     def resumable_for(self, conn: C2SConnection, previd: str) -> C2SConnection | None:
         """The session `previd` names, if it is here and of the account `conn` authenticated
@@ -834,6 +865,8 @@ class ConnectionManager:
         conn.session_id = old.session_id  # the session table's record names it
         conn.record = old.record
         conn.available, conn.directed = old.available, old.directed
+        conn.logged, conn.stamps = old.logged, old.stamps
+        old.logged = None
         self.sessions[str(jid)] = conn
         self.resumable[queue.id] = conn
         self._spawn(self._write_facts(conn))  # attached again
@@ -841,7 +874,8 @@ class ConnectionManager:
 
     # ---- XEP-0198 resumption on another connection manager ---------------------------------
 
-    async def fetch_session(self, conn: C2SConnection, previd: str) -> Handed | NotResumed:
+    async def fetch_session(self, conn: C2SConnection, previd: str, h: int = 0
+                            ) -> Handed | NotResumed:
         """`<resume previd/>` for a session this pod does not hold: ask its owner (named by
         the facts in Redis) to hand it over, then move its session-table record to this pod
         (the commit point).  The session, or why it cannot be resumed (a `SM_RESUMPTIONS`
@@ -870,11 +904,18 @@ class ConnectionManager:
         committed = False
         try:
             try:
-                reply = await asyncio.wait_for(answer, self.settings.sm_takeover_timeout_s)
+                reply: Envelope | None = await asyncio.wait_for(
+                    answer, self.settings.sm_takeover_timeout_s)
             except TimeoutError:  # dead or stuck; a late answer is returned (`_handed`)
-                return NotResumed("owner_silent", facts.handled)
+                reply = None
             finally:
                 self._takeovers.pop(token, None)
+            if reply is None:
+                if not self.logging or not await self._owner_dead(facts.cm_id):
+                    return NotResumed("owner_silent", facts.handled)
+                result = await self._resume_from_log(conn, facts, previd, h)
+                committed = isinstance(result, Handed)
+                return result
             if reply.type != "ok":
                 return failed
             try:
@@ -899,6 +940,237 @@ class ConnectionManager:
                 for env in self._arriving.pop(full, []):
                     await self._undeliverable(env)
 
+    async def _resume_from_log(self, conn: C2SConnection, facts: SmFacts, previd: str,
+                               h: int) -> Handed | NotResumed:
+        """The owner of the session died (its heartbeat expired): what its stream still
+        held is drained (into the session's log, `_drained`), the queue the client's 'h'
+        refers to is rebuilt from the log, and the record is moved here (or written again
+        when the reaper removed it).  What the drain appended in between is read again
+        after the move; copies are dropped by (origin, ts_us)."""
+        full = facts.jid
+        dead = subjects.connection_manager(facts.cm_id)
+        log_subject = subjects.sm_log(full)
+        try:
+            await self._drain(facts.cm_id)
+            await self._drained_out(dead, DRAIN_WAIT_S)
+            read = await self.bus.read_subject(log_subject)
+        except Exception as exc:
+            log.warning("reading the log of a session of dead %s failed: %s", facts.cm_id, exc)
+            return NotResumed("owner_silent", facts.handled)
+        if not read:  # logged nowhere (durable deliveries off there)
+            return NotResumed("owner_silent", facts.handled)
+        restore = SessionRecord(self.cm_id, facts.session_id, 0, False)
+        owner = f"{facts.cm_id} {facts.session_id}"
+        try:
+            moved = await self.store.move(full, owner, self.cm_id, conn.peer, restore)
+        except Exception as exc:
+            log.warning("moving a resumed session failed: %s", exc)
+            moved = None
+        entries = _log_entries(read)
+        if moved is None or moved.replaced is None or full in self.sessions:
+            queue = sm.queue_from_log(previd, facts.max_s, entries, h, facts.handled)
+            self._return_unacked(full, list(queue.queue))
+            return NotResumed("lost_race", queue.handled)
+        try:  # what a drain decided before the move and appended after our read
+            await self._drained_out(dead, DRAIN_WAIT_S)
+            entries += _log_entries(await self.bus.read_subject(log_subject, read[-1][0]))
+        except Exception as exc:
+            log.warning("reading the rest of a session's log failed: %s", exc)
+        queue = sm.queue_from_log(previd, facts.max_s, entries, h, facts.handled)
+        seen: dict[str, int] = {}
+        for entry in entries:
+            if entry.ts_us and "/" in entry.origin:
+                seen[entry.origin] = max(seen.get(entry.origin, 0), entry.ts_us)
+        metrics.SM_FROM_LOG.inc()
+        log.info("session of dead %s resumed from its log, %d stanzas to write again",
+                 facts.cm_id, len(queue.queue))
+        return Handed(JID.parse(full), queue, moved.replaced, moved.version, seen)
+
+    async def _owner_dead(self, cm_id: str) -> bool:
+        """Whether the connection manager that did not answer a TAKEOVER is dead: its
+        heartbeat expired, waited for up to its TTL."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.session_ttl_s + 1
+        while True:
+            try:
+                alive = await self._redis.exists(keys.cm_alive(cm_id))
+            except Exception as exc:
+                log.warning("heartbeat lookup failed: %s", exc)
+                return False
+            if not alive:
+                return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.5)
+
+    # ---- durable deliveries: the session logs and the drain of a dead peer -------------------
+
+    def log_queue(self, conn: C2SConnection) -> bool:
+        """Append what was queued for a logged session since its last entry to its log
+        (one stream message per session and tick: the bus packs them); True when some
+        was.  The connection writes it only once stored (`C2SConnection._flush`)."""
+        queue, jid = conn.stream.sm, conn.stream.jid
+        if queue is None or jid is None or conn.logged is None:
+            return False
+        new = min(queue.sent - conn.logged, len(queue.queue))
+        if new <= 0:
+            return False
+        subject = subjects.sm_log(str(jid))
+        items = queue.queue
+        n = len(items)
+        stamps = conn.stamps
+        publish = self.bus.publish_soon
+        count = queue.sent - new
+        for i in range(n - new, n):
+            count += 1
+            stamp = stamps.pop(count, None) if stamps else None
+            origin, ts_us = stamp if stamp is not None else ("", 0)
+            publish(subject, sm.log_entry(count, queue.handled, origin, ts_us, items[i]))
+        conn.logged = queue.sent
+        return True
+
+    def log_soon(self, conn: C2SConnection) -> None:
+        """A session that writes nothing now (detached, closing) got stanzas: logged at the
+        end of the tick."""
+        if not self._log_due:
+            asyncio.get_running_loop().call_soon(self._log_detached)
+        self._log_due.add(conn)
+
+    def _log_detached(self) -> None:
+        due, self._log_due = self._log_due, set()
+        for conn in due:
+            self.log_queue(conn)
+
+    def _base(self, conn: C2SConnection) -> None:
+        """A session taken over from another connection manager: its whole queue, as
+        counted here, starts a new base of its log."""
+        queue, jid = conn.stream.sm, conn.stream.jid
+        if not self.logging or queue is None or jid is None:
+            return
+        subject = subjects.sm_log(str(jid))
+        count = queue.sent - len(queue.queue)
+        self.bus.publish_soon(subject, sm.log_entry(0, queue.handled, "", 0, b"", base=True))
+        for stanza in queue.queue:
+            count += 1
+            self.bus.publish_soon(subject, sm.log_entry(count, queue.handled, "", 0, stanza))
+        conn.logged, conn.stamps = queue.sent, {}
+
+    async def _janitor(self) -> None:
+        """Every few seconds: the subjects of connection managers whose heartbeat expired
+        and that still hold deliveries are drained by one live connection manager (a lease
+        in Redis); a drain stops once the subject is empty or its owner is back."""
+        interval = max(1.0, self.settings.session_ttl_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                counts = await self.bus.subject_counts("cm")
+                for subject in counts:
+                    cm_id = subject.rpartition(".")[2]
+                    if subject == self.own_subject:
+                        continue
+                    alive = await self._redis.exists(keys.cm_alive(cm_id))
+                    if cm_id in self._draining:
+                        if alive:
+                            await self._stop_draining(cm_id)
+                        else:
+                            await self._redis.set(keys.cm_drain(cm_id), self.cm_id,
+                                                  ex=DRAIN_LEASE_S)
+                    elif not alive:
+                        await self._drain(cm_id)
+                for cm_id, subject in list(self._draining.items()):
+                    if subject not in counts:
+                        await self._stop_draining(cm_id)
+            except Exception as exc:
+                log.warning("drain round failed: %s", exc)
+
+    async def _drain(self, cm_id: str) -> None:
+        """Consume a dead connection manager's subject here, if no one else does."""
+        if cm_id in self._draining or cm_id == self.cm_id:
+            return
+        if not await self._redis.set(keys.cm_drain(cm_id), self.cm_id, nx=True,
+                                     ex=DRAIN_LEASE_S):
+            return
+        subject = subjects.connection_manager(cm_id)
+        self._draining[cm_id] = subject
+        try:
+            await self.bus.consume(subject)
+        except Exception:
+            del self._draining[cm_id]
+            await self._redis.delete(keys.cm_drain(cm_id))
+            raise
+        metrics.DRAINS.inc()
+        log.info("draining the deliveries of dead connection manager %s", cm_id)
+
+    async def _stop_draining(self, cm_id: str) -> None:
+        subject = self._draining.pop(cm_id, None)
+        if subject is None:
+            return
+        await self.bus.stop_consuming(subject)
+        with contextlib.suppress(Exception):
+            if await self._redis.get(keys.cm_drain(cm_id)) == self.cm_id.encode():
+                await self._redis.delete(keys.cm_drain(cm_id))
+        self._has_log.clear()
+        log.info("stopped draining %s", cm_id)
+
+    async def _drained_out(self, subject: str, timeout_s: float) -> None:
+        """Wait until ``subject`` holds nothing (everything handled and acked), at most
+        ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while subject in await self.bus.subject_counts("cm") and loop.time() < deadline:  # noqa: ASYNC110 (a count on the server, polled)
+            await asyncio.sleep(0.1)
+
+    async def _drained(self, batch: list[tuple[str, bytes]]) -> list[Envelope]:
+        """Deliveries taken from a dead connection manager's subject.  For a session here
+        (resumed, arriving) they take the usual path (returned); for one that moved to a
+        live connection manager they are forwarded there; for one with a log (a resumable
+        session of the dead one) they are appended to it, uncounted, for its resume;
+        everything else is undelivered: messages to offline storage as for a session's
+        unacknowledged stanzas (`SM_UNACKED_ORIGIN`), IQ requests bounced."""
+        local: list[Envelope] = []
+        units: list[Envelope] = []
+        for env in decoded(batch):
+            if env.kind is Kind.FANOUT:
+                units.extend(env._replace(to=full, payload=with_to(env.payload, full))
+                             for full in env.to.split(FANOUT_SEPARATOR))
+            elif env.kind in STANZA_KINDS or env.kind is Kind.BATCH:
+                units.append(env)
+        later: list[Envelope] = []
+        for env in units:
+            if (env.to in self.sessions or env.to in self._arriving
+                    or env.to in self.handed_over):
+                local.append(env)
+            else:
+                later.append(env)
+        if not later:
+            return local
+        bares = sorted({env.to_bare for env in later})
+        records = dict(zip(bares, await self.store.get_many(bares), strict=True))
+        for env in later:
+            resource = env.to.partition("/")[2]
+            record = records.get(env.to_bare, {}).get(resource)
+            if (record is not None and record.cm_id != self.cm_id
+                    and f"{subjects.PREFIX}.cm.{record.cm_id}" not in self._draining.values()):
+                self.bus.publish_soon(subjects.connection_manager(record.cm_id),
+                                      env.forwarded().encode())
+                continue
+            if env.to not in self._has_log:
+                self._has_log[env.to] = await self.bus.has_messages(subjects.sm_log(env.to))
+            stanzas = (split_stanzas(env.payload) if env.kind is Kind.BATCH
+                       else [env.payload])
+            if self._has_log[env.to]:
+                subject = subjects.sm_log(env.to)
+                for stanza in stanzas:
+                    self.bus.publish_soon(subject, sm.log_entry(0, 0, env.origin, env.ts_us,
+                                                                stanza))
+                metrics.DRAINED.labels("log").inc(len(stanzas))
+            elif env.kind is Kind.FANOUT and self.service_domains.get(env.from_domain):
+                self._gone_from_service(env, env.to)
+            else:
+                metrics.DRAINED.labels("undelivered").inc(len(stanzas))
+                self._return_unacked(env.to, stanzas)
+        return local
+
     def adopt(self, conn: C2SConnection, handed: Handed) -> None:
         """`conn` resumed (`stream.resume_succeeded` done) the session handed over from
         another pod: it is this pod's now; then what arrived for it meanwhile."""
@@ -913,7 +1185,14 @@ class ConnectionManager:
         metrics.SM_SESSIONS.inc()
         self._session_event(handed.jid.bare_str, handed.version)  # routers' caches follow
         self._spawn(self._write_facts(conn))
+        self._base(conn)
+        if handed.seen:
+            conn.seen = dict(handed.seen)
         for env in self._arriving.pop(full, []):
+            if (self.bus.durable and env.kind is Kind.MESSAGE and env.ts_us
+                    and _replayed(conn, env)):
+                _DUPLICATES.n += 1
+                continue
             self._deliver_held(conn, env)
         conn.flush()
         log.info("session resumed from another connection manager, %d stanzas written "
@@ -1180,7 +1459,13 @@ class ConnectionManager:
         written = 0  # stanzas handed to sockets, counted once per batch
         touched: list[C2SConnection] = []  # one write each at the end of the batch
         dedup = self.bus.durable
-        for env in decoded(batch):
+        envs: Iterable[Envelope]
+        if self._draining and any(subject != self.own_subject for subject, _ in batch):
+            envs = [*decoded([m for m in batch if m[0] == self.own_subject]),
+                    *await self._drained([m for m in batch if m[0] != self.own_subject])]
+        else:
+            envs = decoded(batch)
+        for env in envs:
             conn = self.sessions.get(env.to)
             if env.kind is Kind.KICK:
                 if conn is None:
@@ -1223,7 +1508,15 @@ class ConnectionManager:
                     continue
                 delivered[env.kind].n += 1
                 written += 1
-                if conn.deliver(env.payload):
+                stamps = conn.stamps
+                if stamps is not None and env.ts_us:  # logged: copies known by this stamp
+                    queue = conn.stream.sm
+                    before = queue.sent if queue is not None else -1
+                    if conn.deliver(env.payload):
+                        touched.append(conn)
+                    if queue is not None and queue.sent == before + 1:
+                        stamps[queue.sent] = (env.origin, env.ts_us)
+                elif conn.deliver(env.payload):
                     touched.append(conn)
                 if conn.detached is not None and env.kind is Kind.MESSAGE:
                     self._push_detached(conn, env)
@@ -1323,6 +1616,25 @@ SHUTDOWN_FORWARD_S: Final = 2.0
 FINAL_WRITES_S: Final = 5.0
 # a queue handed over travels in one NATS message (max_payload: 1 MiB by default)
 MAX_HANDOVER_BYTES: Final = 900 * 1024
+# durable deliveries: a session log keeps its entries this much longer than the longest
+# resumption timeout; a drain lease lives this long unless renewed; a resume from a log
+# waits at most this long for the dead connection manager's subject to be drained
+LOG_SLACK_S: Final = 600
+DRAIN_LEASE_S: Final = 30
+DRAIN_WAIT_S: Final = 10.0
+
+
+def _log_entries(read: list[tuple[int, bytes]]) -> list[sm.LogEntry]:
+    """The entries of a session log's stream messages (packed or single), in order."""
+    out = []
+    for _seq, data in read:
+        parts = streams.unpack(data) if data.startswith(streams.MULTI_PREFIX) else [data]
+        for part in parts:
+            try:
+                out.append(sm.LogEntry(part))
+            except ValueError:
+                log.warning("a malformed session log entry skipped")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -1342,6 +1654,7 @@ class Handed:
     queue: sm.Queue
     record: SessionRecord
     version: int
+    seen: dict[str, int] | None = None  # from a log: the last ts_us per sending session
 
 
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}

@@ -30,6 +30,7 @@ measured and dropped: the timer wake-ups cost what the saved writes did, and it 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -180,10 +181,12 @@ class Bus:
         self._tls = tls
         self._durable = durable
         self._limits = limits or streams.StreamLimits()
+        self._families = frozenset(streams.family_names(self._limits))
         self._js_inbox = f"_INBOX.{secrets.token_hex(8)}"
         self._seq = 0  # durable publishes so far
         self._pending: dict[int, tuple[OnFail, float]] = {}  # seq -> (on_fail, sent at)
         self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
+        self._after_write: list[Callable[[], None]] = []  # `after_stored`, outbox not written
         self._consumers: dict[str, _Consumer] = {}  # by consumer name
         self._durable_failures = 0  # publishes refused, or without a good PubAck
         self._replays: set[asyncio.Task[None]] = set()
@@ -287,7 +290,7 @@ class Bus:
         """Queue one message; raise BusUnavailable when NATS cannot take it.  Whatever
         ``publish_soon`` queued before goes first.  A durable publish is written at once
         and its PubAck comes later (``on_fail`` if it does not)."""
-        if self._durable and streams.family(subject) is not None:
+        if self.stored(subject):
             refused: list[bool] = []
             writing = True
 
@@ -340,6 +343,15 @@ class Bus:
         batch, self._outbox = self._outbox, []
         if not batch:
             return
+        try:
+            self._write_batch(batch)
+        finally:
+            if self._after_write:
+                callbacks, self._after_write = self._after_write, []
+                for callback in callbacks:
+                    self.when_stored(self._seq, callback)
+
+    def _write_batch(self, batch: list[tuple[str, bytes, OnFail, str | None]]) -> None:
         nc = self._nc
         refusal = self._refusal(nc)
         if refusal is not None or nc is None:
@@ -352,7 +364,7 @@ class Bus:
             return
         durable = self._durable
         if durable and len(batch) > 1:
-            batch = _pack_durable(batch)
+            batch = _pack_durable(batch, self._families)
         max_payload = nc._max_payload
         parts: list[bytes] = []
         size = 0
@@ -366,7 +378,7 @@ class Bus:
                 if on_fail is not None:
                     on_fail()
                 continue
-            if reply is None and durable and streams.family(subject) is not None:
+            if reply is None and durable and streams.family(subject) in self._families:
                 self._seq += 1
                 pending[self._seq] = (on_fail, now)
                 reply = f"{self._js_inbox}.a.{self._seq}"
@@ -572,6 +584,10 @@ class Bus:
     def durable(self) -> bool:
         return self._durable
 
+    def stored(self, subject: str) -> bool:
+        """Whether a publish to ``subject`` goes to a JetStream stream (and is PubAck'd)."""
+        return self._durable and streams.family(subject) in self._families
+
     async def _start_jetstream(self) -> None:
         """The inbox of PubAcks and pulls, and every durable family's stream, idempotently
         (the same configuration again is a no-op; another one is updated to ours)."""
@@ -583,9 +599,9 @@ class Bus:
         attempt = 0
         while True:
             try:
-                for fam in (streams.family(f) for f in streams.FAMILIES):
-                    assert fam is not None
-                    await self._ensure_stream(fam)
+                for fam in self._families:
+                    if fam != "smlog" or self._limits.log_max_age_s:
+                        await self._ensure_stream(fam)
                 break
             except Exception as exc:  # JetStream not up yet (a cluster electing): retry
                 attempt += 1
@@ -611,6 +627,56 @@ class Bus:
             error = answer.get("error")
         if error:
             raise BusError(f"stream {name}: {error.get('description')}")
+
+    async def subject_counts(self, fam: str) -> dict[str, int]:
+        """The subjects of a family's stream that hold messages, and how many each."""
+        name = streams.stream_name(fam)
+        answer = await self._api(f"$JS.API.STREAM.INFO.{name}",
+                                 {"subjects_filter": f"{streams.subjects.PREFIX}.{fam}.*"})
+        if answer.get("error"):
+            raise BusError(f"stream {name}: {answer['error'].get('description')}")
+        return {k: int(v) for k, v in
+                ((answer.get("state") or {}).get("subjects") or {}).items()}
+
+    async def read_subject(self, subject: str, after: int = 0) -> list[tuple[int, bytes]]:
+        """Every message of ``subject`` (a limits stream) after the stream sequence
+        ``after``, in order, as (sequence, payload): one request per message."""
+        fam = streams.family(subject)
+        assert fam is not None, subject
+        api = f"$JS.API.STREAM.MSG.GET.{streams.stream_name(fam)}"
+        out: list[tuple[int, bytes]] = []
+        seq = after + 1
+        while True:
+            answer = await self._api(api, {"seq": seq, "next_by_subj": subject})
+            error = answer.get("error")
+            if error:
+                if error.get("code") == 404:  # no message after seq
+                    return out
+                raise BusError(f"reading {subject}: {error.get('description')}")
+            msg = answer["message"]
+            seq = int(msg["seq"])
+            out.append((seq, base64.b64decode(msg.get("data") or "")))
+            seq += 1
+
+    async def has_messages(self, subject: str) -> bool:
+        """Whether ``subject``'s stream holds a message of it."""
+        fam = streams.family(subject)
+        assert fam is not None, subject
+        answer = await self._api(f"$JS.API.STREAM.MSG.GET.{streams.stream_name(fam)}",
+                                 {"last_by_subj": subject})
+        error = answer.get("error")
+        if error and error.get("code") != 404:
+            raise BusError(f"reading {subject}: {error.get('description')}")
+        return not error
+
+    async def purge(self, subject: str) -> None:
+        """Remove every message of ``subject`` from its stream."""
+        fam = streams.family(subject)
+        assert fam is not None, subject
+        name = streams.stream_name(fam)
+        answer = await self._api(f"$JS.API.STREAM.PURGE.{name}", {"filter": subject})
+        if answer.get("error"):
+            raise BusError(f"purging {subject}: {answer['error'].get('description')}")
 
     async def consume(self, subject: str) -> None:
         """Own ``subject``'s partition consumer: recreate it (so it starts at the oldest
@@ -795,6 +861,15 @@ class Bus:
             self._write_outbox()
         return self._seq
 
+    def after_stored(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every durable publish queued so far is stored or failed,
+        without writing the outbox before the end of the tick (``when_stored`` of the mark
+        the outbox gets when it is written)."""
+        if self._outbox:
+            self._after_write.append(callback)
+        else:
+            self.when_stored(self._seq, callback)
+
     def stored_through(self) -> int:
         """Every durable publish up to this sequence is stored (or failed: its on_fail ran)."""
         return next(iter(self._pending)) - 1 if self._pending else self._seq
@@ -906,7 +981,7 @@ class Bus:
         BUS_CONNECTED.labels(self._service).set(0)
 
 
-def _pack_durable(batch: list[tuple[str, bytes, OnFail, str | None]]
+def _pack_durable(batch: list[tuple[str, bytes, OnFail, str | None]], families: frozenset[str]
                   ) -> list[tuple[str, bytes, OnFail, str | None]]:
     """One stream message for the durable publishes of one subject in ``batch``
     (``streams.pack``, at the place of the first; up to MULTI_MAX_BYTES/COUNT each), with one
@@ -914,7 +989,7 @@ def _pack_durable(batch: list[tuple[str, bytes, OnFail, str | None]]
     no order across subjects, so none is lost by moving a later one up."""
     groups: dict[str, list[int]] = {}
     for i, (subject, _data, _on_fail, reply) in enumerate(batch):
-        if reply is None and streams.family(subject) is not None:
+        if reply is None and streams.family(subject) in families:
             groups.setdefault(subject, []).append(i)
     if len(groups) == sum(map(len, groups.values())):
         return batch  # one message per subject: nothing to pack

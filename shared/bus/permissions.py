@@ -16,6 +16,10 @@ What each role does on the bus:
   creates the streams (``JS_STREAMS``) and gets its PubAcks on an inbox (``_INBOX.>``); a
   partitioned service also recreates, pulls and acks its partitions' consumers
   (``JS_CONSUMERS``).  Only the STANZAD_* streams are named; no role may delete a stream;
+- durable deliveries (``STANZAD_DURABLE_DELIVERIES``): every durable bus creates the
+  ``STANZAD_CM`` stream too; a connection manager pulls and acks its consumer (and a dead
+  one's, to drain it), reads its stream's subject counts, and appends to, reads and purges
+  the XEP-0198 session logs (``smlog.*``, ``STANZAD_SMLOG``);
 - the admin API and the CLI use no request/reply and may not subscribe to ``_INBOX.>``;
 - a connection manager publishes to ``cm.*`` (the kick of a session it replaces on another
   connection manager, RFC 6120 §7.7.2.2 conflict) and subscribes to ``cm.*``: NATS
@@ -46,8 +50,26 @@ SERVICES: Final = (MUC, PUBSUB, UPLOAD, COMPONENT)
 INBOX: Final = "_INBOX.>"  # PubAcks, JetStream API answers, pulled messages
 # NATS wildcards are whole tokens: each stream is named (shared/bus/streams.py)
 _STREAMS: Final = tuple(streams.stream_name(f.split(".")[1]) for f in streams.FAMILIES)
+DELIVERIES_STREAM: Final = streams.stream_name("cm")
+LOG_STREAM: Final = streams.stream_name("smlog")
+# every durable bus creates the partitions' streams and the deliveries' (STANZAD_CM)
 JS_STREAMS: Final = tuple(
-    f"$JS.API.STREAM.{op}.{name}" for name in _STREAMS for op in ("CREATE", "UPDATE")
+    f"$JS.API.STREAM.{op}.{name}" for name in (*_STREAMS, DELIVERIES_STREAM)
+    for op in ("CREATE", "UPDATE")
+)
+SM_LOG: Final = streams.SM_LOG
+# a connection manager consumes its deliveries (and drains a dead one's), keeps the session
+# logs: creates, reads and purges them
+JS_DELIVERIES: Final = (
+    f"$JS.API.CONSUMER.CREATE.{DELIVERIES_STREAM}.*",
+    f"$JS.API.CONSUMER.DELETE.{DELIVERIES_STREAM}.*",
+    f"$JS.API.CONSUMER.MSG.NEXT.{DELIVERIES_STREAM}.*",
+    f"$JS.ACK.{DELIVERIES_STREAM}.>",
+    f"$JS.API.STREAM.INFO.{DELIVERIES_STREAM}",
+    f"$JS.API.STREAM.CREATE.{LOG_STREAM}",
+    f"$JS.API.STREAM.UPDATE.{LOG_STREAM}",
+    f"$JS.API.STREAM.MSG.GET.{LOG_STREAM}",
+    f"$JS.API.STREAM.PURGE.{LOG_STREAM}",
 )
 JS_CONSUMERS: Final = tuple(
     subject for name in _STREAMS for subject in (
@@ -78,7 +100,8 @@ class Permissions:
 CONNECTION_MANAGER: Final = Permissions(
     # client stanzas (shared/router/ingress.py), unavailable presence at unbind, session
     # events, kicks of replaced sessions
-    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, *SERVICES, *JS_STREAMS),
+    publish=(ROUTE, ROSTER, PRESENCE, SESSIONS, CM, SM_LOG, *SERVICES, *JS_STREAMS,
+             *JS_DELIVERIES),
     subscribe=(CM, INBOX, DOMAINS),
 )
 ROUTER: Final = Permissions(

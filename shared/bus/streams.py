@@ -6,6 +6,12 @@ work-queue retention, so a message leaves the stream once the owner of its parti
 one durable pull consumer per partition, named ``<family>-<p>``.  A family added to
 subjects.py and listed in ``FAMILIES`` becomes durable for every publisher and every
 partitioned service without their changing.
+
+With ``StreamLimits.deliveries`` (STANZAD_DURABLE_DELIVERIES) two more: ``STANZAD_CM`` on
+``stanzad.cm.*``, the connection managers' deliveries (work queue, one durable consumer per
+connection manager, drained by another one when it dies), and ``STANZAD_SMLOG`` on
+``stanzad.smlog.*``, the XEP-0198 log of each resumable session (limits retention: kept for
+``log_max_age_s``, read back when the session is resumed after its connection manager died).
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ FAMILIES: Final = tuple(
         subjects.pubsub, subjects.upload,
     )
 )
-_PREFIXES: Final = {f[:-1]: f.split(".")[1] for f in FAMILIES}  # "stanzad.route." -> "route"
+# connection-manager deliveries and the XEP-0198 session logs (StreamLimits.deliveries)
+DELIVERIES: Final = subjects.every(subjects.connection_manager("0"))
+SM_LOG: Final = subjects.every(subjects.sm_log("0"))
+_PREFIXES: Final = {f[:-1]: f.split(".")[1]  # "stanzad.route." -> "route"
+                    for f in (*FAMILIES, DELIVERIES, SM_LOG)}
 PULL_BATCH: Final = 256  # messages asked for at once per partition; topped up at half
 MAX_ACK_PENDING: Final = 4096  # per partition: delivered and not yet acked
 ACK_WAIT_S: Final = 300.0  # take-overs recreate the consumer; this is only a last resort
@@ -37,9 +47,16 @@ MULTI_MAX_COUNT: Final = 128
 
 
 def family(subject: str) -> str | None:
-    """``route`` for ``stanzad.route.7``; None when the subject is not durable."""
+    """``route`` for ``stanzad.route.7``; None when the subject is not of a stream (whether
+    ``cm`` and ``smlog`` are is the bus's to say: ``StreamLimits.deliveries``)."""
     head, _, _ = subject.rpartition(".")
     return _PREFIXES.get(head + ".")
+
+
+def family_names(limits: StreamLimits) -> tuple[str, ...]:
+    """The families whose publishes are stored (PubAck'd) by a bus with ``limits``."""
+    names = tuple(f.split(".")[1] for f in FAMILIES)
+    return (*names, "cm", "smlog") if limits.deliveries else names
 
 
 def pack(parts: list[bytes]) -> bytes:
@@ -86,25 +103,40 @@ class StreamLimits:
     replicas: int = 1
     max_bytes: int = 1024**3
     memory: bool = False  # memory storage (tests, or who prefers speed to restarts)
+    deliveries: bool = False  # STANZAD_CM and STANZAD_SMLOG too (STANZAD_DURABLE_DELIVERIES)
+    # how long an XEP-0198 log keeps an entry; the connection managers alone create that
+    # stream (0: this bus does not)
+    log_max_age_s: int = 0
 
 
-def limits_of(settings: CommonSettings) -> StreamLimits:
+def limits_of(settings: CommonSettings, log_max_age_s: int = 0) -> StreamLimits:
     return StreamLimits(settings.stream_replicas, settings.stream_max_bytes,
-                        settings.stream_memory)
+                        settings.stream_memory, settings.durable and settings.durable_deliveries,
+                        log_max_age_s)
+
+
+CM_MAX_AGE_S: Final = 86400  # what no connection manager drained (none left) goes after this
 
 
 def stream_config(fam: str, limits: StreamLimits) -> dict[str, object]:
-    """The JetStream stream configuration of one family (the JSON of STREAM.CREATE)."""
+    """The JetStream stream configuration of one family (the JSON of STREAM.CREATE).
+
+    ``smlog`` keeps what it is given for ``log_max_age_s`` (limits retention: an entry is
+    read again at a resume, never consumed), dropping the oldest when full: those are the
+    entries the clients acknowledged long ago.  ``cm`` is a work queue like the partitions,
+    with a day's ``max_age`` for a subject no live connection manager drains any more."""
+    log = fam == "smlog"
     return {
         "name": stream_name(fam),
         "subjects": [f"{subjects.PREFIX}.{fam}.*"],
-        "retention": "workqueue",
+        "retention": "limits" if log else "workqueue",
         "storage": "memory" if limits.memory else "file",
         "num_replicas": limits.replicas,
         "max_bytes": limits.max_bytes,
-        "discard": "new",
+        "discard": "old" if log else "new",
         "max_msgs": -1,
-        "max_age": 0,
+        "max_age": int((limits.log_max_age_s if log else CM_MAX_AGE_S if fam == "cm" else 0)
+                       * 1e9),
         "max_msg_size": -1,
     }
 

@@ -36,6 +36,13 @@ def connection_manager(cm_id: str) -> str:
     return f"{PREFIX}.cm.{cm_id}"
 
 
+def sm_log(full_jid: str) -> str:
+    """The XEP-0198 log of the resumable session of a full JID (durable delivery,
+    shared/bus/streams.py): what its connection managers queued for it, in order, with
+    each stanza's count; a new session of the full JID starts a new base in it."""
+    return f"{PREFIX}.smlog.{jid_to_token(full_jid)}"
+
+
 def session_events(p: int) -> str:
     """Session table changes (bind, unbind, presence) for bare JIDs of partition ``p``."""
     return f"{PREFIX}.sess.{p}"

@@ -74,6 +74,12 @@ class CommonSettings(BaseSettings):
         description="Durable delivery: the partitioned subjects on NATS JetStream streams "
         "(docs/architecture.md); false: core NATS, faster, a crash loses what is in flight.",
     )
+    durable_deliveries: bool = Field(
+        True,
+        description="With STANZAD_DURABLE: the connection managers' deliveries and XEP-0198 "
+        "queues on JetStream too, so a killed connection manager loses none "
+        "(docs/architecture.md); false: core NATS for those.",
+    )
     stream_replicas: int = Field(
         1, ge=1, le=5, description="Replicas of each JetStream stream (3 on a NATS cluster)."
     )

@@ -15,7 +15,8 @@ What each role touches:
   presence service's reaper after a dead connection manager;
 - a partitioned role (router, presence, roster, s2s gateway, muc, pubsub) keeps its own membership,
   leases and hand-over marks (shared/cluster/partitions.py), named after its partition role;
-- the connection manager alone keeps XEP-0198 resumption facts, the login throttle's and
+- the connection manager alone keeps XEP-0198 resumption facts and the drain leases of dead
+  connection managers' deliveries, the login throttle's and
   in-band registration's counters, and removes an account's soft state when the account is
   removed in band; the presence service alone the last presence of each resource, directed
   presence and the reaper's lock; the s2s gateway alone the dialback secret; the muc service
@@ -53,7 +54,8 @@ def _partitioned(role: str) -> tuple[str, ...]:
 SESSIONS: Final = (keys.sessions(ANY), keys.sessions_version(ANY), keys.cm_sessions(ANY),
                    keys.cm_addresses(ANY), keys.cm_alive(ANY), keys.CMS)
 LOGIN_THROTTLE: Final = ("authfail:*", "authlock:*")  # keys.auth_failures_*, auth_lock_*
-RESUMPTION: Final = (keys.sm_facts(ANY, ANY),)
+# XEP-0198 facts, and the lease on draining a dead connection manager's deliveries
+RESUMPTION: Final = (keys.sm_facts(ANY, ANY), keys.cm_drain(ANY))
 PRESENCE: Final = (keys.presence(ANY), keys.directed_presence(f"{ANY}/{ANY}"),
                    keys.reaper_lock())
 

@@ -56,6 +56,12 @@ def cm_alive(cm_id: str) -> str:
     return f"cm:{{{cm_id}}}:alive"
 
 
+def cm_drain(cm_id: str) -> str:
+    """Lease of the connection manager draining a dead one's deliveries (durable delivery):
+    the drainer's id, with a TTL it renews."""
+    return f"cm:{{{cm_id}}}:drain"
+
+
 def members(role: str) -> str:
     """Sorted set of the live processes of a partitioned role: id -> expiry (ms since epoch)."""
     return f"members:{role}"

@@ -85,6 +85,10 @@ return redis.call('INCR', KEYS[2])
 # manager, the rest (session id, priority, availability) as it is; {version, record} or {0}
 _MOVE: Final = OWNED_LUA + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur and ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+  return {redis.call('INCR', KEYS[2]), ARGV[4]}
+end
 if not owned(cur, ARGV[2]) then
   return {0}
 end
@@ -232,18 +236,20 @@ class SessionStore:
         return int(version)
 
     async def move(self, full_jid: str, owner: str, cm_id: str,
-                   address: str = "") -> BindResult | None:
+                   address: str = "", restore: SessionRecord | None = None
+                   ) -> BindResult | None:
         """XEP-0198 resumption on another connection manager: the record of the session
         `owner` ("<cm_id> <session_id>") names `cm_id` instead, in one compare-and-set that
         keeps its session id, priority and availability (no presence flap).  None when
         `owner` no longer owns the resource (a new bind won).  The commit point of a
-        take-over; ``replaced`` of the result is the record as it is now."""
+        take-over; ``replaced`` of the result is the record as it is now.  `restore`: the
+        record to write when the resource has none (the owner died and was reaped)."""
         bare, resource = split_full(full_jid)
         async with timed(self._service, "session_move"):
             reply = await self._tick.script(
                 self._move,
                 [keys.sessions(bare), keys.sessions_version(bare)],
-                [resource, owner, cm_id],
+                [resource, owner, cm_id, restore.encode() if restore is not None else ""],
             )
         if not reply[0]:
             return None

@@ -214,3 +214,68 @@ def import_queue(sm_id: str, max_s: int, data: bytes) -> Queue:
     queue.sent = acked + len(stanzas)  # the same modulo 2^32, without a wrap in between
     queue.queue.extend(stanzas)
     return queue
+
+
+# ---- a session's log (durable delivery: resumption after its connection manager died) -----
+#
+# What a connection manager puts in a resumable session's queue is appended to the session's
+# log before it is written to the socket, each stanza with its count (`Queue.sent` once it
+# is pushed), so that another connection manager can rebuild the queue the client's 'h'
+# refers to.  Deliveries drained from a dead connection manager's stream for the session
+# are appended "loose" (count 0): they come after every counted one.  A "base" entry starts
+# a complete copy of the queue (written by a connection manager that took the session
+# over): what came before it is superseded.  One entry: a header line
+# ``<count> <handled> <origin or -> <ts_us> <base: 0|1>`` then the stanza.
+
+
+def log_entry(count: int, handled: int, origin: str, ts_us: int, stanza: bytes,
+              base: bool = False) -> bytes:
+    head = b"%d %d %s %d %d\n" % (count, handled % MOD, (origin or "-").encode(), ts_us,
+                                  base)
+    return head + stanza
+
+
+class LogEntry:
+    __slots__ = ("base", "count", "handled", "origin", "stanza", "ts_us")
+
+    def __init__(self, data: bytes) -> None:
+        """ValueError when ``data`` is not a `log_entry`."""
+        head, _, self.stanza = data.partition(b"\n")
+        count, handled, origin, ts_us, base = head.decode().split(" ")
+        self.count, self.handled, self.ts_us = int(count), int(handled), int(ts_us)
+        self.origin = "" if origin == "-" else origin
+        self.base = base == "1"
+
+
+def queue_from_log(sm_id: str, max_s: int, entries: list[LogEntry], h: int,
+                   handled: int | None = None) -> Queue:
+    """The queue of a session rebuilt from its log for a client whose <resume/> says it
+    received ``h`` stanzas: the counted entries beyond ``h`` in order, then the loose ones
+    that are not copies of a counted entry (same origin and ts_us: the dead connection
+    manager had logged it but not acked its delivery).  ``handled``: the count of the
+    client's stanzas when better known than the log's."""
+    counted: dict[int, LogEntry] = {}
+    loose: list[LogEntry] = []
+    best = handled or 0
+    for entry in entries:
+        if entry.base:
+            counted.clear()
+            loose.clear()
+        if entry.count:
+            counted[entry.count] = entry
+        elif entry.stanza:
+            loose.append(entry)
+        if (entry.handled - best) % MOD < HALF:
+            best = entry.handled
+    stamps = {(e.origin, e.ts_us) for e in counted.values() if e.ts_us}
+    queue = Queue(sm_id, max_s)
+    queue.handled = best
+    queue.acked = queue.sent = h
+    for count in sorted(counted):
+        if 0 < (count - h) % MOD < HALF:
+            queue.push(counted[count].stanza)
+    for entry in loose:
+        if not entry.ts_us or (entry.origin, entry.ts_us) not in stamps:
+            stamps.add((entry.origin, entry.ts_us))
+            queue.push(entry.stanza)
+    return queue
