@@ -198,7 +198,7 @@ async def federated() -> AsyncIterator[Federated]:
         cluster.start_servers()
         _core(cluster)
         env = {"STANZAD_S2S_TRUSTED_CERTS": f"{THEIRS}={prosody.cert}",
-               "STANZAD_S2S_DNS_SERVERS": f"127.0.0.1:{dns.port}", **LEASE}
+               "STANZAD_S2S_DNS_SERVERS": f"127.0.0.1:{dns.port}"}
         cluster.start_s2s("s2s-1", port=gw_port, **env)
         yield Federated(cluster, prosody, {**env, "port": str(gw_port)})
     finally:

@@ -113,7 +113,7 @@ class Sender:
     _data: bytes = b""
 
     async def login(self) -> None:
-        self.client = RawClient("127.0.0.1", self.port)
+        self.client = RawClient("127.0.0.1", self.port, self.jid.partition("@")[2])
         await raw_sm_login(self.client, self.jid, PASSWORD, "s")
 
     def take(self, chunk: bytes) -> None:
