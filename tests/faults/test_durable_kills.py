@@ -10,6 +10,7 @@ test counts each class and asserts none lost and none duplicated (tests/support/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -172,10 +173,11 @@ class Federated:
     s2s_env: dict[str, str]
 
 
-@pytest.fixture
-async def federated() -> AsyncIterator[Federated]:
+@contextlib.asynccontextmanager
+async def federation(gateway: bool = True) -> AsyncIterator[Federated]:
     """Our cluster and a Prosody trusting each other's certificate (SASL EXTERNAL both
-    ways, so XEP-0198 acks on our stream to it, tests/integration/test_prosody.py)."""
+    ways, so XEP-0198 acks on our stream to it, tests/integration/test_prosody.py);
+    ``gateway``: our s2s gateway started too (else `start_s2s(**s2s_env)` starts it)."""
     if not prosody_mod.available():
         pytest.skip("prosody is not installed (Debian package `prosody`; .ci/run installs it)")
     cluster = new_cluster(OURS)
@@ -199,12 +201,19 @@ async def federated() -> AsyncIterator[Federated]:
         _core(cluster)
         env = {"STANZAD_S2S_TRUSTED_CERTS": f"{THEIRS}={prosody.cert}",
                "STANZAD_S2S_DNS_SERVERS": f"127.0.0.1:{dns.port}"}
-        cluster.start_s2s("s2s-1", port=gw_port, **env)
+        if gateway:
+            cluster.start_s2s("s2s-1", port=gw_port, **env)
         yield Federated(cluster, prosody, {**env, "port": str(gw_port)})
     finally:
         cluster.stop()
         prosody.stop()
         dns.stop()
+
+
+@pytest.fixture
+async def federated() -> AsyncIterator[Federated]:
+    async with federation() as f:
+        yield f
 
 
 async def test_sigkill_of_the_s2s_gateway_loses_and_duplicates_nothing_acknowledged(
