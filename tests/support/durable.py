@@ -26,6 +26,7 @@ BODY = re.compile(rb"<body[^>]*>s(\d+):(\d+)</body>")
 R = b'<r xmlns="urn:xmpp:sm:3"/>'
 ACKED = re.compile(rb'<a xmlns=["\']urn:xmpp:sm:3["\'] h=["\'](\d+)["\']')
 PASSWORD = "pw"
+CONDITION = re.compile(rb"<error[^>]*><([a-z-]+)")
 
 
 @dataclass
@@ -108,8 +109,7 @@ class Sender:
     port: int
     client: RawClient | None = None
     bounced: list[tuple[str, int]] = field(default_factory=list)  # (receiver bare, n)
-    errors: int = 0  # error stanzas of any kind read
-    sample: bytes = b""  # the first of them
+    conditions: Counter[str] = field(default_factory=Counter)  # of the bounces read
     _data: bytes = b""
 
     async def login(self) -> None:
@@ -124,10 +124,9 @@ class Sender:
             return
         done, self._data = self._data[: cut + 10], self._data[cut + 10:]
         for stanza in done.split(b"</message>"):
-            if b'type="error"' in stanza:
-                self.errors += 1
-                self.sample = self.sample or stanza[-600:]
             if b'type="error"' in stanza and (m := BODY.search(stanza)) is not None:
+                condition = CONDITION.search(stanza)
+                self.conditions[condition.group(1).decode() if condition else "?"] += 1
                 sender = re.search(rb'from="([^"/]+)', stanza)
                 who = sender.group(1).decode() if sender else ""
                 self.bounced.append((who, int(m.group(2))))
