@@ -168,15 +168,23 @@ def wait_port(host: str, port: int, timeout_s: float = 15.0, proc: subprocess.Po
 
 
 def nats_command(port: int, workdir: Path, config: Path | None = None,
-                 jetstream: bool = True) -> list[str]:
+                 jetstream: bool = True, *, name: str = "", cluster_port: int = 0,
+                 routes: tuple[int, ...] = ()) -> list[str]:
     """nats-server on 127.0.0.1:``port``; ``config``: a configuration file (the
     authorization block of ``nats_auth``), whose settings the flags here override;
     ``jetstream``: with JetStream, its storage under ``workdir``/jetstream (durable delivery,
-    docs/architecture.md)."""
+    docs/architecture.md).  ``name``, ``cluster_port`` and ``routes`` (the cluster ports of
+    every node): one node of a NATS cluster named ``stanzad`` with clustered JetStream, its
+    PID file and storage named after it, as docker-compose runs three."""
+    suffix = f"-{name}" if name else ""
     cmd = [nats_server_path(), "-a", "127.0.0.1", "-p", str(port), "--pid",
-           str(workdir / "nats.pid")]
+           str(workdir / f"nats{suffix}.pid")]
     if jetstream:
-        cmd += ["-js", "-sd", str(workdir / "jetstream")]
+        cmd += ["-js", "-sd", str(workdir / f"jetstream{suffix}")]
+    if cluster_port:
+        cmd += ["--server_name", name, "--cluster_name", "stanzad",
+                "--cluster", f"nats://127.0.0.1:{cluster_port}",
+                "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
     return [*cmd, "-c", str(config)] if config is not None else cmd
 
 

@@ -3,12 +3,15 @@
 Starts a local cluster (two routers, two presence and two roster services, one connection
 manager, short leases), logs in SENDERS and RECEIVERS raw TLS clients with XEP-0198, and has
 every sender send numbered chat messages to every receiver at RATE rounds a second for
-SECONDS; every KILL_EVERY seconds one partitioned pod picked at random is SIGKILLed and
-started again.  At the end each sender asks for its 'h' (the stanzas the server stored),
-and the table counts, per sender and receiver, what was acknowledged, delivered, lost,
-duplicated, out of order and bounced (docs/architecture.md, "Durable delivery").
+SECONDS; every KILL_EVERY seconds one pod picked at random is SIGKILLed and started again:
+a partitioned pod, Redis (restarted empty: sessions are soft state) or, with
+``--nats-nodes 3`` (NATS as a 3-node cluster, streams replicated 3 times), one NATS node.
+At the end each sender asks for its 'h' (the stanzas the server stored), and the table
+(tests/support/durable.py) puts every acknowledged (sender, receiver, n) in one class:
+delivered, stored offline (taken from the store at the end), bounced, lost, duplicated;
+and counts the out of order (docs/architecture.md, "Durable delivery").
 
-    .venv/bin/python -m loadtest.durable_faults --seconds 180 --kill-every 30
+    .venv/bin/python -m loadtest.durable_faults --seconds 180 --kill-every 30 --nats-nodes 3
 
 Bounded: at most SECONDS * RATE rounds of SENDERS * RECEIVERS messages; loopback only.
 """
@@ -17,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import random
-import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,94 +31,75 @@ sys.path.insert(0, str(ROOT))
 
 from shared.store.accounts import AccountStore  # noqa: E402
 from shared.store.pg.database import connect as db_connect  # noqa: E402
+from shared.store.presence import OfflineStore  # noqa: E402
 from shared.xmpp.credentials import derive_credentials  # noqa: E402
+from tests.support import durable  # noqa: E402
 from tests.support.cluster import Cluster, new_cluster  # noqa: E402
-from tests.support.xmpp import RawClient, raw_sm_login  # noqa: E402
 
 LEASE = {"STANZAD_LEASE_TTL_S": "2"}
-BODY = re.compile(rb"<body>s(\d+):(\d+)</body>")
-R = b'<r xmlns="urn:xmpp:sm:3"/>'
 PODS = {  # name -> how to start it again
     "router-a": "router", "router-b": "router", "presence-a": "presence",
     "presence-b": "presence", "roster-a": "roster", "roster-b": "roster",
 }
 
 
+def pods(cluster: Cluster) -> dict[str, str]:
+    """What a kill may pick: the partitioned pods, Redis, and the NATS nodes when NATS runs
+    as a cluster (losing the only nats-server is an outage, not a pod failure)."""
+    found = dict(PODS, redis="redis")
+    if cluster.nats_nodes > 1:
+        found.update({name: "nats" for name in cluster.nats_names()})
+    return found
+
+
 def start(cluster: Cluster, name: str) -> None:
-    kind = PODS[name]
+    kind = pods(cluster)[name]
     if kind == "router":
         cluster.start_router(name, **LEASE)
     elif kind == "presence":
         cluster.start_presence(name, **LEASE)
-    else:
+    elif kind == "roster":
         cluster.start_roster(name, **LEASE)
-
-
-async def collect(client: RawClient, stop: asyncio.Event) -> list[tuple[int, int]]:
-    """Numbered messages as they come; <r/> answered with what was read (XEP-0198 §4)."""
-    assert client.reader is not None
-    got: list[tuple[int, int]] = []
-    data = b""
-    while True:
-        try:
-            chunk = await asyncio.wait_for(client.reader.read(262144), 1.0)
-        except TimeoutError:
-            if stop.is_set():
-                return got
-            continue
-        if not chunk:
-            return got
-        data += chunk
-        cut = data.rfind(b"</message>")
-        if cut >= 0:
-            done, data = data[: cut + 10], data[cut + 10 :]
-            got.extend((int(m.group(1)), int(m.group(2))) for m in BODY.finditer(done))
-            if R in done:
-                await client.send(b"<a xmlns='urn:xmpp:sm:3' h='%d'/>" % len(got))
-        if R in data:
-            data = data.replace(R, b"")
-            await client.send(b"<a xmlns='urn:xmpp:sm:3' h='%d'/>" % len(got))
-
-
-async def acked(client: RawClient) -> tuple[int, int]:
-    """(the 'h' the server answers, the error bounces read meanwhile)."""
-    await client.send(R.replace(b'"', b"'"))
-    data = await client.read_until(b"<a xmlns=", timeout=30)
-    while not (found := re.findall(rb'<a xmlns="urn:xmpp:sm:3" h="(\d+)"', data)):
-        data += await client.read_until(b"/>", timeout=5)
-    return int(found[-1]), data.count(b'type="error"')
+    elif kind == "redis":
+        cluster.start_redis()
+    else:
+        cluster.start_nats_node(cluster.nats_names().index(name))
 
 
 async def run(cluster: Cluster, args: argparse.Namespace) -> None:
-    senders = [f"fs{k}@localhost" for k in range(args.senders)]
-    receivers = [f"fr{k}@localhost" for k in range(args.receivers)]
+    senders = [durable.Sender(f"fs{k}@localhost", cluster.c2s_port) for k in range(args.senders)]
+    receivers = [durable.Receiver(f"fr{k}@localhost", cluster.c2s_port)
+                 for k in range(args.receivers)]
     db = await db_connect(cluster.database_url, "loadtest", size=1)
     accounts = AccountStore(db, "loadtest")
-    creds = derive_credentials("pw", 4096)
-    for jid in senders + receivers:
+    creds = derive_credentials(durable.PASSWORD, 4096)
+    for jid in [s.jid for s in senders] + [r.jid for r in receivers]:
         await accounts.create(jid, creds)
-    await db.close()
-    rx = [RawClient("127.0.0.1", cluster.c2s_port) for _ in receivers]
-    tx = [RawClient("127.0.0.1", cluster.c2s_port) for _ in senders]
-    for jid, client in zip(receivers + senders, rx + tx, strict=True):
-        await raw_sm_login(client, jid, "pw", "r" if jid in receivers else "s")
+    for r in receivers:
+        await r.login()
+    for s in senders:
+        await s.login()
     stop = asyncio.Event()
-    collectors = [asyncio.create_task(collect(c, stop)) for c in rx]
+    reading = [asyncio.create_task(r.read(stop)) for r in receivers]
+    draining = [asyncio.create_task(s.drain(stop)) for s in senders]
     loop = asyncio.get_running_loop()
     rounds = 0
     kills: list[tuple[float, str]] = []
     started = loop.time()
     next_kill = started + args.kill_every
     rng = random.Random(args.seed)
+    victims = sorted(pods(cluster))
     restarting: asyncio.Task[None] | None = None
     while loop.time() - started < args.seconds:
-        for k, client in enumerate(tx):
-            await client.send(b"".join(
-                f"<message to='{jid}/r' type='chat'><body>s{k}:{rounds}</body></message>"
-                .encode() for jid in receivers))
+        for k, s in enumerate(senders):
+            assert s.client is not None
+            await s.client.send(b"".join(
+                f"<message to='{r.jid}/r' type='chat'><body>s{k}:{rounds}</body></message>"
+                .encode() for r in receivers))
         rounds += 1
         if loop.time() >= next_kill and (restarting is None or restarting.done()):
-            victim = rng.choice(sorted(PODS))
+            victim = (args.victims[len(kills) % len(args.victims)] if args.victims
+                      else rng.choice(victims))
             cluster.kill(victim)
             kills.append((loop.time() - started, victim))
             print(f"{loop.time() - started:6.1f}s SIGKILL {victim}", flush=True)
@@ -125,27 +108,26 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> None:
         await asyncio.sleep(1 / args.rate)
     if restarting is not None:
         await restarting
-    results = [await acked(c) for c in tx]
+    acked = [await s.acked(t) for s, t in zip(senders, draining, strict=True)]
     await asyncio.sleep(args.settle)
     stop.set()
-    got = await asyncio.gather(*collectors)
-    for client in rx + tx:
-        await client.close()
-    per_receiver = len(senders) * rounds
-    lost = duplicated = disordered = 0
-    for messages in got:
-        for k in range(len(senders)):
-            seq = [n for s, n in messages if s == k]
-            duplicated += len(seq) - len(set(seq))
-            lost += rounds - len(set(seq))
-            disordered += sum(1 for a, b in itertools.pairwise(seq) if b < a)
-    sent = per_receiver * len(receivers)
+    await asyncio.gather(*reading)
+    offline = OfflineStore(db, "loadtest")  # what went to storage while a receiver was
+    for r in receivers:  # online but not known to be (Redis restarted empty)
+        for payload in await offline.take_all(r.jid):
+            if (m := durable.BODY.search(payload)) is not None:
+                r.got.append((r.jid, int(m.group(1)), int(m.group(2)), True))
+    await db.close()
+    for client in [r.client for r in receivers] + [s.client for s in senders]:
+        if client is not None:
+            await client.close()
+    counts = durable.count(senders, receivers, rounds, acked)
     print(f"\n{args.seconds:.0f} s, {len(kills)} kills "
-          f"({', '.join(f'{v} at {t:.0f}s' for t, v in kills)})")
-    print("| sent | acknowledged ('h') | delivered | lost | duplicated | out of order | bounced |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {sent} | {sum(h for h, _ in results)} | {sum(len(m) for m in got)} | {lost} | "
-          f"{duplicated} | {disordered} | {sum(b for _, b in results)} |")
+          f"({', '.join(f'{v} at {t:.0f}s' for t, v in kills)}); NATS nodes "
+          f"{cluster.nats_nodes}")
+    print(durable.Counts.HEADER)
+    print(counts.row())
+    print(f"\n{counts}; bounces: {dict(sum((s.conditions for s in senders), Counter()))}")
 
 
 def main() -> None:
@@ -157,11 +139,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10, help="rounds a second")
     parser.add_argument("--settle", type=float, default=5, help="seconds to wait at the end")
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--victims", type=lambda v: v.split(","), default=[],
+                        help="kill these in turn (router-a,redis,nats-1,...) instead of at "
+                        "random")
+    parser.add_argument("--nats-nodes", type=int, default=1, choices=(1, 3),
+                        help="3: a NATS cluster, streams replicated 3 times, nodes killed too")
     args = parser.parse_args()
     if args.seconds * args.rate * args.senders * args.receivers > 2_000_000:
         raise SystemExit("bounded runs only: at most 2,000,000 messages")
     cluster = new_cluster()
     cluster.partitions = 16
+    cluster.nats_nodes = args.nats_nodes
+    if args.nats_nodes > 1:
+        cluster.common_env = {"STANZAD_STREAM_REPLICAS": str(args.nats_nodes)}
     try:
         cluster.start_servers()
         for name in PODS:

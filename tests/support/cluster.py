@@ -50,6 +50,11 @@ class Cluster:
     domain: str = "localhost"
     partitions: int = 16
     nats_port: int = 0
+    # a NATS cluster of this many nodes (JetStream replicated; `nats_ports`, processes
+    # `nats-1`...) instead of one nats-server (`nats`)
+    nats_nodes: int = 1
+    nats_ports: list[int] = field(default_factory=list)
+    nats_cluster_ports: list[int] = field(default_factory=list)
     redis_port: int = 0
     c2s_ports: list[int] = field(default_factory=list)
     s2s_port: int = 0
@@ -75,7 +80,9 @@ class Cluster:
 
     @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{self.nats_port}"
+        """Every node's URL, comma-separated (the services connect to any)."""
+        ports = self.nats_ports or [self.nats_port]
+        return ",".join(f"nats://127.0.0.1:{port}" for port in ports)
 
     @property
     def redis_auth(self) -> localservers.RedisAuth:
@@ -150,7 +157,16 @@ class Cluster:
 
     def start_servers(self) -> None:
         self.nats_port = localservers.free_port()
-        self.start_nats()
+        if self.nats_nodes > 1:
+            self.nats_ports = [self.nats_port] + [
+                localservers.free_port() for _ in range(self.nats_nodes - 1)]
+            self.nats_cluster_ports = [localservers.free_port() for _ in self.nats_ports]
+            for i in range(self.nats_nodes):
+                self.start_nats_node(i, wait=False)
+            for port, name in zip(self.nats_ports, self.nats_names(), strict=True):
+                localservers.wait_port("127.0.0.1", port, proc=self.procs[name])
+        else:
+            self.start_nats()
         if self.redis_cluster is None:
             self.redis_port = localservers.free_port()
             self.start_redis()
@@ -166,6 +182,25 @@ class Cluster:
         )
         self.procs["nats"] = nats
         localservers.wait_port("127.0.0.1", self.nats_port, proc=nats)
+
+    def nats_names(self) -> list[str]:
+        """The process names of the NATS nodes: `nats-1`... (`nats` alone)."""
+        if self.nats_nodes == 1:
+            return ["nats"]
+        return [f"nats-{i + 1}" for i in range(self.nats_nodes)]
+
+    def start_nats_node(self, i: int, wait: bool = True) -> None:
+        """(Re)start node ``i`` of the NATS cluster on its ports and storage (JetStream
+        catches it up from the others)."""
+        if self.nats_auth is None:
+            self.nats_auth = localservers.nats_auth(self.workdir, self.service_tls)
+        name = self.nats_names()[i]
+        cmd = localservers.nats_command(
+            self.nats_ports[i], self.workdir, self.nats_auth.config, name=name,
+            cluster_port=self.nats_cluster_ports[i], routes=tuple(self.nats_cluster_ports))
+        self.procs[name] = localservers.start(cmd, self.workdir / f"{name}.log")
+        if wait:
+            localservers.wait_port("127.0.0.1", self.nats_ports[i], proc=self.procs[name])
 
     def start_redis(self) -> None:
         """(Re)start redis-server on this cluster's port and data directory, with its
