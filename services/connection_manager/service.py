@@ -394,8 +394,8 @@ class ConnectionManager:
 
     def _placement(self) -> str:
         """`StreamConfig.placement` of the shared c2s port: where a new stream goes instead
-        (RFC 6120 §4.9.3.19), or "" to serve it here."""
-        if not self.full():
+        (RFC 6120 §4.9.3.19), or "" to serve it here: full without this one (counted)."""
+        if not self.fullness.update(len(self.connections) - 1):
             return ""
         if not self.settings.direct_addressing:
             metrics.FULL_ACCEPTED.labels("no_direct_addressing").inc()
