@@ -151,9 +151,10 @@ class ConnectionManager:
                                                         placement=self._placement)
         self.public_address = ""  # the direct port as clients reach it, once listening
         self.direct_port = 0
-        self.peers: list[placement.Seen] = []  # the load records the last heartbeat read
-        self._peers_read = 0.0  # when (monotonic)
         self._beat_s = max(1.0, settings.session_ttl_s / 3)
+        # where new streams may go, from the load records the last heartbeat read
+        self.targets = placement.Targets((), self.cm_id, placement.stale_after(self._beat_s),
+                                         0.0)
         self._cpu_mark = (time.monotonic(), time.process_time())
         metrics.CONNECTION_CAPACITY.set(settings.max_connections)
         metrics.FULL.set_function(lambda: float(self.full()))
@@ -400,9 +401,7 @@ class ConnectionManager:
         if not self.settings.direct_addressing:
             metrics.FULL_ACCEPTED.labels("no_direct_addressing").inc()
             return ""
-        waited = time.monotonic() - self._peers_read
-        target = placement.choose(placement.targets(
-            self.peers, self.cm_id, placement.stale_after(self._beat_s), waited))
+        target = self.targets.draw(time.monotonic())
         if target is None:
             metrics.FULL_ACCEPTED.labels("no_target").inc()
             return ""
@@ -508,10 +507,11 @@ class ConnectionManager:
             return
         if direct:
             peers = [p for p in (placement.seen(*f) for f in found) if p is not None]
-            self.peers, self._peers_read = peers, time.monotonic()
+            self.targets = placement.Targets(peers, self.cm_id,
+                                             placement.stale_after(self._beat_s),
+                                             time.monotonic())
             metrics.PLACEMENT_PEERS.set(len(peers))
-            metrics.PLACEMENT_TARGETS.set(len(placement.targets(
-                peers, self.cm_id, placement.stale_after(self._beat_s))))
+            metrics.PLACEMENT_TARGETS.set(len(self.targets))
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ client is redirected at most once per attempt, whatever the loads do meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -131,6 +132,35 @@ def targets(peers: Iterable[Seen], own_id: str, stale_s: float,
     return [p for p in peers
             if p.cm_id != own_id and p.load.address and not p.load.full
             and p.age_s + waited_s <= stale_s and p.load.headroom > 0]
+
+
+class Targets:
+    """The targets of one reading of the peers' records (`targets`), ready to draw from at
+    each new stream in O(log n): only the drawn one's age is checked again then, and only if
+    it went stale meanwhile are the others filtered again."""
+
+    __slots__ = ("_candidates", "_cumulative", "_read_at", "_stale_s")
+
+    def __init__(self, peers: Iterable[Seen], own_id: str, stale_s: float,
+                 read_at: float) -> None:
+        self._stale_s = stale_s
+        self._read_at = read_at
+        self._candidates = targets(peers, own_id, stale_s)
+        self._cumulative = list(itertools.accumulate(
+            min(c.load.headroom, 1 << 30) for c in self._candidates))
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def draw(self, now: float, rng: random.Random | None = None) -> Seen | None:
+        """A target for a new stream at ``now`` (the clock of ``read_at``), or None."""
+        if not self._candidates:
+            return None
+        waited = max(0.0, now - self._read_at)
+        pick = (rng or random).choices(self._candidates, cum_weights=self._cumulative)[0]
+        if pick.age_s + waited <= self._stale_s:
+            return pick
+        return choose(targets(self._candidates, "", self._stale_s, waited), rng)
 
 
 def choose(candidates: list[Seen], rng: random.Random | None = None) -> Seen | None:

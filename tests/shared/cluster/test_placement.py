@@ -72,3 +72,18 @@ def test_a_bare_public_host_gets_the_direct_port() -> None:
     assert placement.with_port("[2001:db8::1]", 5224) == "[2001:db8::1]:5224"
     assert placement.with_port("192.0.2.7:15224", 5224) == "192.0.2.7:15224"
     assert placement.with_port("", 5224) == ""
+
+
+def test_targets_drawn_at_a_new_stream_are_checked_for_staleness_then() -> None:
+    stale_s = placement.stale_after(1.0)  # 3 s
+    fresh = Seen("cm-2", _load(), 0.5)
+    older = Seen("cm-3", _load(), 2.5)
+    ready = placement.Targets([fresh, older, Seen("cm-1", _load(), 0.0)], "cm-1", stale_s,
+                              read_at=100.0)
+    assert len(ready) == 2
+    rng = random.Random(1)
+    assert {ready.draw(100.0, rng) for _ in range(50)} == {fresh, older}
+    # a second later cm-3's record is 3.5 s old: only cm-2 is drawn, whatever the dice say
+    assert {ready.draw(101.0, rng) for _ in range(50)} == {fresh}
+    assert ready.draw(103.0, rng) is None  # both stale: none
+    assert placement.Targets([], "cm-1", stale_s, 0.0).draw(0.0) is None
