@@ -56,6 +56,7 @@ from shared.xmpp.c2s import (
     StanzaIn,
     StartTLS,
     State,
+    StreamConfig,
     StreamEnded,
     TokensNeeded,
     VerificationNeeded,
@@ -127,11 +128,13 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
 
     PROXY_HEADER: ClassVar[bool] = True  # a trusted load balancer may start with a PROXY header
 
-    def __init__(self, cm: ConnectionManager, kind: str = "tcp") -> None:
+    def __init__(self, cm: ConnectionManager, kind: str = "tcp",
+                 config: StreamConfig | None = None) -> None:
         self.cm = cm
         self.kind = kind  # the way in: tcp (STARTTLS), tls (XEP-0368), websocket, bosh
         self.session_id = secrets.token_hex(6)
-        self.stream = C2SStream(cm.stream_config)
+        # the shared c2s port's streams may be placed elsewhere (cm.placed_stream_config)
+        self.stream = C2SStream(config or cm.stream_config)
         self.transport: asyncio.Transport | None = None  # TCP; TLS is `_tls`, over it
         self._tls: TLSSession | None = None
         self.peer = ""  # the client's "ip:port" (behind a trusted proxy: from its header)

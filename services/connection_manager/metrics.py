@@ -209,3 +209,41 @@ AUTH_BACKEND_RESULTS = Counter(
     "unavailable).",
     ["kind", "result"],
 )
+
+# ---- load-aware placement (issue 24; shared/cluster/placement.py) --------------------------
+CONNECTION_CAPACITY = Gauge(
+    "stanzad_cm_connection_capacity",
+    "Connections this process takes (STANZAD_MAX_CONNECTIONS; 0: unlimited); "
+    "stanzad_cm_connections over it is the pod's share in use.",
+)
+FULL = Gauge(
+    "stanzad_cm_full",
+    "1 while this connection manager is full (from the placement high-water mark until below "
+    "the low-water mark): /readyz fails, new streams are redirected when they can be.",
+)
+REDIRECTS = Counter(
+    "stanzad_cm_redirects_total",
+    "Streams sent elsewhere with see-other-host, by reason (load: this one is full, a new "
+    "stream went to a less loaded one; shutdown: SIGTERM with STANZAD_SHUTDOWN_REDIRECT).",
+    ["reason"],
+)
+FULL_ACCEPTED = Counter(
+    "stanzad_cm_full_accepted_total",
+    "New streams served although this connection manager was full, by reason "
+    "(no_direct_addressing: redirects are off; no_target: no fresh peer with room).",
+    ["reason"],
+)
+PLACEMENT_PEERS = Gauge(
+    "stanzad_cm_placement_peers",
+    "Load records of connection managers (this one included) the last heartbeat read "
+    "(direct addressing only).",
+)
+PLACEMENT_TARGETS = Gauge(
+    "stanzad_cm_placement_targets",
+    "Of those, the connection managers a new stream could be redirected to then: fresh, "
+    "another one, with a direct address and room.",
+)
+for _reason in ("load", "shutdown"):
+    REDIRECTS.labels(_reason)
+for _reason in ("no_direct_addressing", "no_target"):
+    FULL_ACCEPTED.labels(_reason)

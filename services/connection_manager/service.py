@@ -45,6 +45,7 @@ from shared.bus.envelope import (
     decoded,
     session_event,
 )
+from shared.cluster import placement
 from shared.cluster.source_limits import Networks, SlotsPerSource, UnauthenticatedPerSource
 from shared.cluster.vhosts import VirtualHosts
 from shared.router import ingress
@@ -117,7 +118,7 @@ class ConnectionManager:
             sasl2=settings.sasl2_enabled,
             fast=settings.sasl2_enabled and settings.fast_enabled,
         )
-        self._host_configs: dict[tuple[str, bool], tuple[VirtualHost, StreamConfig]] = {}
+        self._host_configs: dict[tuple[str, bool, bool], tuple[VirtualHost, StreamConfig]] = {}
         # what the server's own answers tell (XEP-0012 uptime, XEP-0157, XEP-0077 in band)
         self.server_info = server_iq.ServerInfo(
             time.time(), settings.contacts, in_band=True,
@@ -141,6 +142,23 @@ class ConnectionManager:
         )
         # WebSocket and BOSH streams: no STARTTLS inside them (RFC 7395 §3.7, XEP-0206)
         self.ws_stream_config = dataclasses.replace(self.stream_config, tls_available=False)
+        # load-aware placement (shared/cluster/placement.py): full from the high-water mark;
+        # then the new streams of the shared c2s port may be sent elsewhere (see-other-host),
+        # never those of the direct port, of direct TLS or of the HTTP port
+        self.fullness = placement.Fullness(settings.max_connections,
+                                           settings.placement_high_water,
+                                           settings.low_water)
+        self.placed_stream_config = dataclasses.replace(self.stream_config,
+                                                        placement=self._placement)
+        self.public_address = ""  # the direct port as clients reach it, once listening
+        self.direct_port = 0
+        self._beat_s = max(1.0, settings.session_ttl_s / 3)
+        # where new streams may go, from the load records the last heartbeat read
+        self.targets = placement.Targets((), self.cm_id, placement.stale_after(self._beat_s),
+                                         0.0)
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        metrics.CONNECTION_CAPACITY.set(settings.max_connections)
+        metrics.FULL.set_function(lambda: float(self.full()))
         self.http_edges: set[HttpEdge] = set()  # HTTP connections not (yet) streams
         self.http_proxies = Networks(settings.http_trusted_proxies)
         self._origins = frozenset(
@@ -266,16 +284,24 @@ class ConnectionManager:
             self._watchers.append(asyncio.create_task(self._janitor()))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: C2SConnection(self), s.c2s_host, s.c2s_port, backlog=1024, reuse_address=True
+            lambda: C2SConnection(self, config=self.placed_stream_config), s.c2s_host,
+            s.c2s_port, backlog=1024, reuse_address=True
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.c2s_address = f"{s.c2s_host}:{self.port}"
-        try:  # `stanzad status` shows where it listens
-            await self.store.heartbeat(self.cm_id, s.session_ttl_s, self.c2s_address)
-        except Exception as exc:
-            log.warning("heartbeat failed: %s", exc)
         log.info("%s listening for c2s on %s:%d (domain %s)", self.cm_id, s.c2s_host, self.port,
                  s.domain)
+        if s.c2s_direct_port >= 0:  # where other connection managers send clients
+            server = await loop.create_server(
+                lambda: C2SConnection(self), s.c2s_host, s.c2s_direct_port, backlog=1024,
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            self.direct_port = server.sockets[0].getsockname()[1]
+            self.public_address = placement.with_port(s.c2s_public_address, self.direct_port)
+            log.info("%s listening for redirected c2s on %s:%d (clients reach it as %s)",
+                     self.cm_id, s.c2s_host, self.direct_port, self.public_address or "-")
+        await self._heartbeat_now()  # `stanzad status` shows where it listens
         if s.c2s_tls_port >= 0:  # XEP-0368 direct TLS
             server = await loop.create_server(
                 lambda: C2SConnection(self, "tls"), s.c2s_host, s.c2s_tls_port, backlog=1024,
@@ -372,9 +398,30 @@ class ConnectionManager:
         return not self._stopping or bool(self.connections or self.detached)
 
     def ready(self) -> bool:
+        """Ready for new connections: not while full (placement), so that a Service sends
+        them to the other pods meanwhile; the connections it has stay."""
         router_ready = self.router is None or self.router.ready()
         return (self._server is not None and self.bus.connected and not self._stopping
-                and router_ready and self.db.up)
+                and router_ready and self.db.up and not self.full())
+
+    def full(self) -> bool:
+        """At or over the placement high-water mark (and not yet below the low-water one)."""
+        return self.fullness.update(len(self.connections))
+
+    def _placement(self) -> str:
+        """`StreamConfig.placement` of the shared c2s port: where a new stream goes instead
+        (RFC 6120 §4.9.3.19), or "" to serve it here: full without this one (counted)."""
+        if not self.fullness.update(len(self.connections) - 1):
+            return ""
+        if not self.settings.direct_addressing:
+            metrics.FULL_ACCEPTED.labels("no_direct_addressing").inc()
+            return ""
+        target = self.targets.draw(time.monotonic())
+        if target is None:
+            metrics.FULL_ACCEPTED.labels("no_target").inc()
+            return ""
+        metrics.REDIRECTS.labels("load").inc()
+        return target.load.address
 
     async def stop(self) -> None:
         """Drain (SIGTERM): stop accepting; resumable XEP-0198 sessions are detached (their
@@ -390,12 +437,18 @@ class ConnectionManager:
         for edge in list(self.http_edges):  # requests not yet streams: nothing to keep
             if not edge._busy:
                 edge.close()
+        # peers stop sending clients here at their next heartbeat (this record says full)
+        try:
+            await asyncio.wait_for(self._heartbeat_now(), STOPPING_LOAD_S)
+        except TimeoutError:
+            log.warning("could not publish the stopping load in time")
         redirect = self.settings.shutdown_redirect
         for conn in list(self.connections):
             if self._resumable_session(conn):
                 conn.hang_up()  # detached by connection_closed: another pod may take it
             elif redirect or (conn.kind == "websocket" and self.settings.websocket_redirect_uri):
                 # RFC 6120 §4.9.3.19: reconnect there (WebSocket: RFC 7395 §3.6.1's URI)
+                metrics.REDIRECTS.labels("shutdown").inc()
                 conn.close(StreamErrorCondition.SEE_OTHER_HOST, content=redirect)
             else:
                 conn.close(StreamErrorCondition.SYSTEM_SHUTDOWN)
@@ -441,14 +494,43 @@ class ConnectionManager:
                 and self.sessions.get(str(jid)) is conn)
 
     async def _beat(self) -> None:
-        interval = max(1.0, self.settings.session_ttl_s / 3)
         while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.store.heartbeat(self.cm_id, self.settings.session_ttl_s,
-                                           self.c2s_address)
-            except Exception as exc:
-                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self._beat_s)
+            await self._heartbeat_now()
+
+    def load(self) -> placement.Load:
+        """What this process publishes with its heartbeat; the CPU share is that of the time
+        since the previous call."""
+        s = self.settings
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._cpu_mark
+        self._cpu_mark = (now, cpu)
+        return placement.Load(
+            address=self.public_address if s.direct_addressing else "",
+            connections=len(self.connections), capacity=s.max_connections,
+            high_water=s.placement_high_water,
+            cpu=(cpu - cpu_then) / (now - then) if now > then else 0.0,
+            full=self._stopping or self.full(), ttl_s=s.session_ttl_s,
+        )
+
+    async def _heartbeat_now(self) -> None:
+        """The heartbeat with the load and, with direct addressing, the peers' loads read in
+        the same round trip and one more: no Redis command per connection."""
+        direct = self.settings.direct_addressing
+        try:
+            found = await self.store.heartbeat(
+                self.cm_id, self.settings.session_ttl_s, self.c2s_address,
+                self.load().encode(), peers=direct and not self._stopping)
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
+            return
+        if direct:
+            peers = [p for p in (placement.seen(*f) for f in found) if p is not None]
+            self.targets = placement.Targets(peers, self.cm_id,
+                                             placement.stale_after(self._beat_s),
+                                             time.monotonic())
+            metrics.PLACEMENT_PEERS.set(len(peers))
+            metrics.PLACEMENT_TARGETS.set(len(self.targets))
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -463,7 +545,7 @@ class ConnectionManager:
         host = self.vhosts.get(domain)
         if host is None:
             return None
-        key = (domain, base.tls_available)
+        key = (domain, base.tls_available, base.placement is not None)
         known = self._host_configs.get(key)
         if known is not None and known[0] is host:
             return known[1]
@@ -1614,6 +1696,7 @@ HANDED_OVER_S: Final = 30.0
 # have not yet seen the new owner send here; then what its unbinds still publish goes out.
 SHUTDOWN_FORWARD_S: Final = 2.0
 FINAL_WRITES_S: Final = 5.0
+STOPPING_LOAD_S: Final = 1.0  # the "full" record of a stopping pod: at most this long
 # a queue handed over travels in one NATS message (max_payload: 1 MiB by default)
 MAX_HANDOVER_BYTES: Final = 900 * 1024
 # durable deliveries: a session log keeps its entries this much longer than the longest

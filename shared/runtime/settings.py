@@ -369,7 +369,32 @@ class ConnectionManagerSettings(CommonSettings):
         "address's oldest unauthenticated connection is closed; 0 = unlimited.",
     )
     max_connections: int = Field(
-        200_000, ge=0, description="Open connections of this process; 0 = unlimited."
+        200_000, ge=0,
+        description="Open connections of this process (its capacity: more are refused with "
+        "resource-constraint); 0 = unlimited.",
+    )
+    # ---- load-aware placement (shared/cluster/placement.py; docs/operations.md) ----
+    placement_high_water: float = Field(
+        0.9, gt=0, le=1,
+        description="Fraction of max_connections from which this connection manager is full: "
+        "its /readyz fails and, with direct addressing, new streams are sent to a less loaded "
+        "one (see-other-host).",
+    )
+    placement_low_water: float = Field(
+        0.0, ge=0, le=1,
+        description="A full connection manager stays full until its connections are below "
+        "this fraction of max_connections; 0: 0.05 under placement_high_water.",
+    )
+    c2s_direct_port: int = Field(
+        -1, ge=-1, le=65535,
+        description="c2s port (STARTTLS) that clients redirected here connect to; streams on "
+        "it are never redirected; 0: a free port, -1: off (no direct addressing).",
+    )
+    c2s_public_address: str = Field(
+        "",
+        description="host[:port] at which clients reach this process's c2s_direct_port (a "
+        "bare host gets that port); with it, a full connection manager redirects new streams "
+        "to less loaded ones; empty: off.",
     )
     trusted_networks: str = Field(
         "", description="CIDR list of networks with their own per-address limits."
@@ -511,6 +536,31 @@ class ConnectionManagerSettings(CommonSettings):
     def _check_networks(cls, value: str) -> str:
         parse_networks(value)
         return value
+
+    @field_validator("placement_low_water")
+    @classmethod
+    def _check_low_water(cls, value: float, info: ValidationInfo) -> float:
+        if value > info.data.get("placement_high_water", 1.0):
+            raise ValueError("placement_low_water must not be above placement_high_water")
+        return value
+
+    @property
+    def low_water(self) -> float:
+        """placement_low_water, or its default: 0.05 under the high-water mark."""
+        return self.placement_low_water or max(0.0, self.placement_high_water - 0.05)
+
+    @field_validator("c2s_public_address")
+    @classmethod
+    def _check_public_address(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip() and info.data.get("c2s_direct_port", -1) < 0:
+            raise ValueError("c2s_public_address needs c2s_direct_port: a redirect names only "
+                             "a direct listener (no redirect loop)")
+        return value.strip()
+
+    @property
+    def direct_addressing(self) -> bool:
+        """Whether full connection managers redirect new streams (see-other-host)."""
+        return bool(self.c2s_public_address) and self.c2s_direct_port >= 0
 
     @field_validator("sm_location")
     @classmethod

@@ -10,7 +10,7 @@ as redis-server command-line arguments for docker-compose and Kubernetes
 What each role touches:
 
 - the session directory (``SESSIONS``: each bare JID's sessions and their version, each
-  connection manager's index and heartbeat, the set of connection managers) is written by
+  connection manager's index, heartbeat and load, the set of connection managers) is written by
   the connection managers, read by the router and the roster service, and cleaned up by the
   presence service's reaper after a dead connection manager;
 - a partitioned role (router, presence, roster, s2s gateway, muc, pubsub) keeps its own membership,
@@ -52,7 +52,7 @@ def _partitioned(role: str) -> tuple[str, ...]:
 
 
 SESSIONS: Final = (keys.sessions(ANY), keys.sessions_version(ANY), keys.cm_sessions(ANY),
-                   keys.cm_addresses(ANY), keys.cm_alive(ANY), keys.CMS)
+                   keys.cm_addresses(ANY), keys.cm_alive(ANY), keys.cm_load(ANY), keys.CMS)
 LOGIN_THROTTLE: Final = ("authfail:*", "authlock:*")  # keys.auth_failures_*, auth_lock_*
 # XEP-0198 facts, and the lease on draining a dead connection manager's deliveries
 RESUMPTION: Final = (keys.sm_facts(ANY, ANY), keys.cm_drain(ANY))

@@ -62,6 +62,12 @@ def cm_drain(cm_id: str) -> str:
     return f"cm:{{{cm_id}}}:drain"
 
 
+def cm_load(cm_id: str) -> str:
+    """The load a connection manager publishes with its heartbeat (shared/cluster/
+    placement.py); expires with it."""
+    return f"cm:{{{cm_id}}}:load"
+
+
 def members(role: str) -> str:
     """Sorted set of the live processes of a partitioned role: id -> expiry (ms since epoch)."""
     return f"members:{role}"

@@ -11,9 +11,9 @@ replaced (RFC 6120 §7.7.2.2: the old session of the same full JID is terminated
 removes the session that replaced it.
 
 ``cm:{id}:sessions`` indexes the full JIDs of one connection manager (written once per tick
-by `shared.store.cm_index.CmIndex`, not by each bind) and ``cm:{id}:alive`` is its
-heartbeat: when the heartbeat expires, the presence service's reaper reaps the index (see
-``reap``).
+by `shared.store.cm_index.CmIndex`, not by each bind), ``cm:{id}:alive`` is its
+heartbeat and ``cm:{id}:load`` the load it publishes with it: when the heartbeat expires,
+the presence service's reaper reaps the index (see ``reap``).
 """
 
 from __future__ import annotations
@@ -296,20 +296,43 @@ class SessionStore:
 
     # --- connection manager liveness -------------------------------------------------------
 
-    async def heartbeat(self, cm_id: str, ttl_s: int, c2s: str = "") -> None:
+    async def heartbeat(self, cm_id: str, ttl_s: int, c2s: str = "", load: bytes = b"",
+                        peers: bool = False) -> list[tuple[str, bytes | None, int]]:
         """`cm_id` is alive for `ttl_s` more seconds; its value is the c2s address the
         connection manager listens on ("host:port", for `stanzad status`; "1" before it
-        listens)."""
+        listens).  ``load`` (shared/cluster/placement.py) lives as long, beside it.  With
+        ``peers``, the same round trip reads the members of the set of connection managers,
+        and one more their loads (`loads`)."""
         async with timed(self._service, "heartbeat"), self._r.pipeline(transaction=False) as p:
             p.set(keys.cm_alive(cm_id), c2s or b"1", ex=ttl_s)
+            if load:
+                p.set(keys.cm_load(cm_id), load, ex=ttl_s)
             p.sadd(keys.CMS, cm_id)
-            await p.execute()
+            if peers:
+                p.smembers(keys.CMS)
+            replies = await p.execute()
+        if not peers:
+            return []
+        return await self.loads(sorted(m.decode() for m in replies[-1]))
+
+    async def loads(self, cm_ids: list[str]) -> list[tuple[str, bytes | None, int]]:
+        """(id, load record or None, its remaining time to live in ms) of each connection
+        manager, in one round trip."""
+        if not cm_ids:
+            return []
+        async with timed(self._service, "cm_loads"), self._r.pipeline(transaction=False) as p:
+            for cm_id in cm_ids:
+                p.get(keys.cm_load(cm_id))
+                p.pttl(keys.cm_load(cm_id))
+            replies = await p.execute()
+        return [(cm_id, replies[2 * i], int(replies[2 * i + 1]))
+                for i, cm_id in enumerate(cm_ids)]
 
     async def retire(self, cm_id: str) -> None:
         """A connection manager that stopped cleanly removes its heartbeat and index."""
         await self.flush_index(cm_id)
         await self._r.delete(keys.cm_alive(cm_id), keys.cm_sessions(cm_id),
-                             keys.cm_addresses(cm_id))
+                             keys.cm_addresses(cm_id), keys.cm_load(cm_id))
         await self._r.srem(keys.CMS, cm_id)
 
     async def connection_managers(self) -> dict[str, bool]:

@@ -121,6 +121,10 @@ class StreamConfig:
     # who checks the secret: "internal" (the stored SCRAM keys, `shared.xmpp.sasl`) or a
     # backend the caller asks (`VerificationNeeded`, `shared.xmpp.sasl_delegated`)
     auth_backend: str = "internal"
+    # load-aware placement: asked at the header of a new stream once TLS protects it
+    # (RFC 6120 §4.9.3.19 (a): not before), the "host:port" of another server of the service
+    # to send the client to with <see-other-host/>, or "" to serve it here; None: never
+    placement: Callable[[], str] | None = None
 
     @property
     def registration(self) -> bool:
@@ -604,6 +608,10 @@ class C2SStream(ServingStream):
         if host is None:  # not a domain, or not one served here (RFC 6120 §4.9.3.6)
             raise StreamError(StreamErrorCondition.HOST_UNKNOWN)
         self.config = host
+        if self.tls and self.username is None and host.placement is not None:
+            target = host.placement()
+            if target:  # RFC 6120 §4.9.3.19: the client reconnects there, same 'to'
+                raise StreamError(StreamErrorCondition.SEE_OTHER_HOST, content=target)
         self.state = State.OPEN
         self._out.append(self._features())
         return None

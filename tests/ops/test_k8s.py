@@ -328,6 +328,38 @@ def test_selectors_budgets_and_autoscaler_point_at_real_pods(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_connection_managers_scale_on_cpu_and_on_connections_per_pod_under_the_full_mark(
+    overlays: dict[str, list[Doc]], overlay: str, root: Path
+) -> None:
+    """docs/operations.md "Scaling out connection managers": CPU everywhere; with the
+    monitoring stack (prod), also connections per pod, served by the shipped Prometheus
+    Adapter rule from the connection managers' own gauge, at a target below the mark at
+    which a pod is full (and its /readyz fails)."""
+    from services.connection_manager import metrics as cm_metrics
+
+    docs = overlays[overlay]
+    hpa = _one(docs, "HorizontalPodAutoscaler", "stanzad-connection-manager")
+    by_type = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    assert by_type["Resource"]["resource"]["name"] == "cpu"
+    if overlay == "dev":  # no Prometheus, no adapter: CPU only
+        assert set(by_type) == {"Resource"}
+        return
+    pods = by_type["Pods"]["pods"]
+    name = pods["metric"]["name"]
+    assert name == cm_metrics.CONNECTIONS._name  # what each pod exports
+    values = yaml.safe_load((root / "k8s/monitoring/prometheus-adapter-values.yaml").read_text())
+    [rule] = [r for r in values["rules"]["custom"] if r["name"]["as"] == name]
+    assert rule["seriesQuery"].startswith(name + "{")
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+    env = {v["name"]: v.get("value") for v in _container(
+        _one(docs, "Deployment", "stanzad-connection-manager"))["env"]}
+    capacity = int(env["STANZAD_MAX_CONNECTIONS"])
+    full = float(env["STANZAD_PLACEMENT_HIGH_WATER"]) * capacity
+    assert pods["target"]["type"] == "AverageValue"
+    assert 0 < int(pods["target"]["averageValue"]) < full
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_service_gets_valid_settings(overlays: dict[str, list[Doc]], overlay: str) -> None:
     """Every STANZAD_* variable a pod gets is a setting of its service, with a valid value."""
     docs = overlays[overlay]

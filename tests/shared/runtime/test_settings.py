@@ -44,3 +44,26 @@ def test_sm_location_empty_by_default_checked_when_set(monkeypatch: pytest.Monke
     monkeypatch.setenv("STANZAD_SM_LOCATION", "2001:db8::5:5232")  # IPv6 needs brackets
     with pytest.raises(ConfigError, match="STANZAD_SM_LOCATION"):
         load(ConnectionManagerSettings)
+
+
+def test_placement_is_off_until_direct_addressing_and_its_marks_are_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/operations.md "Placement of new connections": full at 0.9 of the capacity until
+    0.05 under it; redirects need a direct port, never a public address alone (a redirect
+    naming the shared port could loop)."""
+    for var in ("STANZAD_PLACEMENT_HIGH_WATER", "STANZAD_PLACEMENT_LOW_WATER",
+                "STANZAD_C2S_DIRECT_PORT", "STANZAD_C2S_PUBLIC_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    s = load(ConnectionManagerSettings)
+    assert (s.placement_high_water, s.low_water) == (0.9, pytest.approx(0.85))
+    assert not s.direct_addressing
+    monkeypatch.setenv("STANZAD_C2S_PUBLIC_ADDRESS", "cm-1.example.org:5224")
+    with pytest.raises(ConfigError, match="STANZAD_C2S_PUBLIC_ADDRESS"):
+        load(ConnectionManagerSettings)
+    monkeypatch.setenv("STANZAD_C2S_DIRECT_PORT", "5224")
+    assert load(ConnectionManagerSettings).direct_addressing
+    monkeypatch.setenv("STANZAD_PLACEMENT_HIGH_WATER", "0.5")
+    monkeypatch.setenv("STANZAD_PLACEMENT_LOW_WATER", "0.6")
+    with pytest.raises(ConfigError, match="STANZAD_PLACEMENT_LOW_WATER"):
+        load(ConnectionManagerSettings)

@@ -133,6 +133,7 @@ FAMILIES = {
     keys.sessions("a@example.org"): {"connection_manager", "router", "presence", "roster",
                                      "pubsub"},
     keys.cm_alive("cm-1"): {"connection_manager", "router", "presence", "roster", "pubsub"},
+    keys.cm_load("cm-1"): {"connection_manager", "router", "presence", "roster", "pubsub"},
     keys.CMS: {"connection_manager", "router", "presence", "roster", "pubsub"},
     keys.sm_facts("a@example.org", "sm1"): {"connection_manager"},
     keys.auth_failures_pair("a@example.org", "192.0.2.1"): {"connection_manager"},

@@ -72,7 +72,7 @@ def test_the_keys_changed_together_share_one_hash_slot() -> None:
          keys.auth_failures_pair(bare, "1.2.3.4"), keys.auth_lock_pair(bare, "1.2.3.4"),
          keys.avatar_hash(bare), keys.pep_resources(bare), keys.pep_remote(bare)],
         [keys.auth_failures_source("1.2.3.4"), keys.auth_block_source("1.2.3.4")],
-        [keys.cm_sessions(cm), keys.cm_addresses(cm), keys.cm_alive(cm)],
+        [keys.cm_sessions(cm), keys.cm_addresses(cm), keys.cm_alive(cm), keys.cm_load(cm)],
         [keys.muc_occupants(room), keys.muc_history(room)],
         [keys.caps_features(ver), keys.caps_pending(ver), keys.caps_waiting(ver)],
     ]
@@ -167,6 +167,12 @@ async def test_session_table_scripts_on_the_cluster(client: aioredis.Redis) -> N
     assert set(await store.cm_sessions("cm-a")) >= {f"{j}/phone" for j in jids}
     await store.heartbeat("cm-a", 30, "127.0.0.1:5222")
     assert (await store.connection_managers())["cm-a"] is True
+    # the load with the heartbeat, the peers' loads read back (keys on several nodes)
+    await store.heartbeat("cm-b", 30, "127.0.0.1:5223", b"[1]")
+    read = await store.heartbeat("cm-a", 30, "127.0.0.1:5222", b"[0]", peers=True)
+    loads = {cm: raw for cm, raw, _ in read}
+    assert loads["cm-a"] == b"[0]" and loads["cm-b"] == b"[1]"
+    await store.retire("cm-b")
     removed = await store.reap("cm-a")  # the phones; the desks moved to cm-b
     assert {full for full, _ in removed} == {f"{j}/phone" for j in jids}
     for j in jids:

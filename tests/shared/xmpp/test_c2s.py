@@ -396,6 +396,39 @@ def test_rfc6120_4_9_3_19_see_other_host_carries_the_host() -> None:
     assert out.endswith(b"</stream:stream>")
 
 
+def test_rfc6120_4_9_3_19_placement_redirects_a_new_stream_only_once_tls_protects_it() -> None:
+    asked: list[int] = []
+
+    def elsewhere() -> str:
+        asked.append(1)
+        return "cm-2.example.com:5224"
+
+    config = StreamConfig(domain="example.com", placement=elsewhere)
+    stream = C2SStream(config)
+    assert events(stream, HEADER) == []  # (a): not before TLS
+    assert b"<starttls" in stream.data_to_send() and not asked
+    [tls] = events(stream, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert isinstance(tls, StartTLS)
+    stream.data_to_send()
+    stream.tls_established()
+    [ended] = events(stream, HEADER)
+    assert ended == StreamEnded(StreamErrorCondition.SEE_OTHER_HOST)
+    out = stream.data_to_send()
+    assert out.startswith(b"<?xml version='1.0'?><stream:stream ")  # §4.9.1.3: header first
+    assert (b'<see-other-host xmlns="urn:ietf:params:xml:ns:xmpp-streams">'
+            b"cm-2.example.com:5224</see-other-host>") in out
+    assert out.endswith(b"</stream:stream>") and b"<stream:features" not in out
+    assert stream.closed and asked == [1]
+
+
+def test_placement_serving_here_and_authenticated_streams_are_not_asked_again() -> None:
+    answers = [""]
+    config = StreamConfig(domain="example.com", placement=lambda: answers.pop(0))
+    stream = authenticated(config=config)  # asked once after TLS ("": served here); the
+    assert answers == []  # restart after SASL would pop an empty list: never asked again
+    assert not stream.closed
+
+
 def test_rfc6120_4_3_3_a_restart_releases_the_old_streams_parser() -> None:
     released: list[StreamParser] = []
     release = StreamParser.release
