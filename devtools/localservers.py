@@ -168,15 +168,18 @@ def wait_port(host: str, port: int, timeout_s: float = 15.0, proc: subprocess.Po
 
 
 def nats_command(port: int, workdir: Path, config: Path | None = None,
-                 jetstream: bool = True) -> list[str]:
+                 jetstream: bool = True, http_port: int = 0) -> list[str]:
     """nats-server on 127.0.0.1:``port``; ``config``: a configuration file (the
     authorization block of ``nats_auth``), whose settings the flags here override;
     ``jetstream``: with JetStream, its storage under ``workdir``/jetstream (durable delivery,
-    docs/architecture.md)."""
+    docs/architecture.md); ``http_port``: its monitoring endpoint (/varz) on
+    127.0.0.1:``http_port`` (the host of ``-a``), none when 0."""
     cmd = [nats_server_path(), "-a", "127.0.0.1", "-p", str(port), "--pid",
            str(workdir / "nats.pid")]
     if jetstream:
         cmd += ["-js", "-sd", str(workdir / "jetstream")]
+    if http_port:
+        cmd += ["-m", str(http_port)]
     return [*cmd, "-c", str(config)] if config is not None else cmd
 
 
