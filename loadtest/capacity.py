@@ -164,7 +164,7 @@ class Budget:
     connection: str = "tls"  # an idle connection's memory: CONNECTIONS
     redis_shard_cores: float = 1.0  # Redis executes commands on one thread
     redis_shard_memory_mib: float = 8192
-    redis_ops_per_shard: float = 0  # 0: one core at the Redis CPU per command measured
+    redis_ops_per_shard: float = 0.0  # 0: one core at the Redis CPU per command measured
     nats_node_cores: float = 2.0
     nats_nodes_min: int = 3  # JetStream replicas 3 (k8s/base)
     stream_replicas: int = 3  # each replica stores each message: NATS CPU x replicas
