@@ -168,14 +168,16 @@ def wait_port(host: str, port: int, timeout_s: float = 15.0, proc: subprocess.Po
 
 
 def nats_command(port: int, workdir: Path, config: Path | None = None,
-                 jetstream: bool = True, *, name: str = "", cluster_port: int = 0,
-                 routes: tuple[int, ...] = ()) -> list[str]:
+                 jetstream: bool = True, http_port: int = 0, *, name: str = "",
+                 cluster_port: int = 0, routes: tuple[int, ...] = ()) -> list[str]:
     """nats-server on 127.0.0.1:``port``; ``config``: a configuration file (the
     authorization block of ``nats_auth``), whose settings the flags here override;
     ``jetstream``: with JetStream, its storage under ``workdir``/jetstream (durable delivery,
-    docs/architecture.md).  ``name``, ``cluster_port`` and ``routes`` (the cluster ports of
-    every node): one node of a NATS cluster named ``stanzad`` with clustered JetStream, its
-    PID file and storage named after it, as docker-compose runs three."""
+    docs/architecture.md); ``http_port``: its monitoring endpoint (/varz) on
+    127.0.0.1:``http_port`` (the host of ``-a``), none when 0.  ``name``, ``cluster_port``
+    and ``routes`` (the cluster ports of every node): one node of a NATS cluster named
+    ``stanzad`` with clustered JetStream, its PID file and storage named after it, as
+    docker-compose runs three."""
     suffix = f"-{name}" if name else ""
     cmd = [nats_server_path(), "-a", "127.0.0.1", "-p", str(port), "--pid",
            str(workdir / f"nats{suffix}.pid")]
@@ -185,6 +187,8 @@ def nats_command(port: int, workdir: Path, config: Path | None = None,
         cmd += ["--server_name", name, "--cluster_name", "stanzad",
                 "--cluster", f"nats://127.0.0.1:{cluster_port}",
                 "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
+    if http_port:
+        cmd += ["-m", str(http_port)]
     return [*cmd, "-c", str(config)] if config is not None else cmd
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from array import array
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from loadtest import stats
 from loadtest.fleet import Fleet
+from loadtest.opcount import OpCounters, delta
 from loadtest.procstat import ProcSampler, cost
 from loadtest.users import User
 
@@ -19,6 +20,11 @@ class Run:
     fleet: Fleet
     sampler: ProcSampler
     login_timeout_s: float = 60.0
+    ops: OpCounters | None = None  # Redis/NATS operations per phase (stanzad only)
+
+
+def _ops(run: Run, start: bool = False) -> dict[str, float]:
+    return run.ops.read(start) if run.ops is not None else {}
 
 
 def split(items: list[Any], shares: list[int]) -> list[list[Any]]:
@@ -38,6 +44,7 @@ def login(run: Run, users: list[User], concurrency: int, presence: bool, label: 
     parts = split(users, shares)
     offsets = [sum(shares[:i]) for i in range(workers)]
     per_worker = max(1, concurrency // workers)
+    ops_before = _ops(run, start=True)
     before = run.sampler.sample()
     replies = run.fleet.call("login", [
         {"users": [(u.jid, u.resource) for u in part], "concurrency": per_worker,
@@ -45,6 +52,7 @@ def login(run: Run, users: list[User], concurrency: int, presence: bool, label: 
         for part, off in zip(parts, offsets, strict=True)
     ], label, timeout_s=run.login_timeout_s * (1 + len(users) / max(1, concurrency)) + 30)
     after = run.sampler.sample()
+    ops = delta(ops_before, _ops(run)) if ops_before else {}
     durations = [d for r in replies for d in r["durations_ms"]]
     bound = sum(r["bound"] for r in replies)
     span_s = (max(r["last_ns"] for r in replies) - min(r["first_ns"] for r in replies)) / 1e9
@@ -59,6 +67,7 @@ def login(run: Run, users: list[User], concurrency: int, presence: bool, label: 
         "time_to_bound_ms": stats.summarize(durations).as_dict(),
         "server": c.as_dict(),
         "logins_per_server_cpu_s": stats.per(bound, c.total_cpu_s),
+        "ops": ops,
     }
 
 
@@ -68,7 +77,8 @@ def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipient
     stanzas, wait for deliveries (`fanout` per stanza) or `drain_s`, and measure."""
     fleet = run.fleet
     workers = fleet.plan.workers
-    idle = _idle_cpu_per_s(run)
+    idle, idle_ops = _idle_cpu_per_s(run)
+    ops_before = _ops(run, start=True)
     start_ns = time.monotonic_ns() + 200_000_000
     before = run.sampler.sample()
     fleet.call("send", [
@@ -93,6 +103,7 @@ def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipient
     fleet.end_progress()
     replies = fleet.call("collect", {"wait_s": 5.0}, label, timeout_s=30)
     after = run.sampler.sample()
+    ops = delta(ops_before, _ops(run)) if ops_before else {}
     arrivals, latencies = array("q"), array("q")
     for r in replies:
         arrivals.frombytes(r["arrivals"])
@@ -121,18 +132,26 @@ def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipient
         "server_cpu_us_per_delivery": stats.per(c.total_cpu_s * 1e6, delivered),
         "deliveries_per_server_cpu_s": stats.per(delivered, c.total_cpu_s),
         "live_connections": sum(r["live"] for r in replies),
+        "ops": ops,
+        "idle_ops_per_s": idle_ops,
     }
     if kind == "presence":
         result["fanout"] = _fanout(arrivals, latencies, fanout)
     return result
 
 
-def _idle_cpu_per_s(run: Run, seconds: float = 1.0) -> float:
-    """Server CPU per second with no load (heartbeats, leases, metrics), to subtract."""
+def _idle_cpu_per_s(run: Run, seconds: float = 1.0) -> tuple[float, dict[str, float]]:
+    """Server CPU per second with no load (heartbeats, leases, metrics), to subtract; and the
+    Redis/NATS operations per second of the same window (PostgreSQL's lag a second)."""
+    quick = replace(run.ops, database_url="") if run.ops is not None else None
+    ops_before = quick.read() if quick is not None else {}
     before = run.sampler.sample()
     time.sleep(seconds)
     c = cost(before, run.sampler.sample())
-    return c.total_cpu_s / c.seconds if c.seconds > 0 else 0.0
+    if c.seconds <= 0:
+        return 0.0, {}
+    ops = delta(ops_before, quick.read()) if quick is not None else {}
+    return c.total_cpu_s / c.seconds, {k: v / c.seconds for k, v in ops.items()}
 
 
 def _bucket(b: stats.Bucket) -> dict[str, float]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from loadtest import bounds, ejabberd, identity, prosody, target
 from loadtest.fleet import Fleet
+from loadtest.opcount import OpCounters
 from loadtest.phases import Run
 from loadtest.procstat import ProcSampler
 from loadtest.scenarios import RUNNERS, SCENARIOS, Options
@@ -106,10 +107,11 @@ async def _setup_users(cluster: Cluster, users: list[User], opt: Options) -> dic
 
 
 def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
-        cluster: Cluster | None = None) -> dict[str, Any]:
+        cluster: Cluster | None = None, ops: OpCounters | None = None) -> dict[str, Any]:
     """One run against stanzad: `cluster` when given (left running), else a cluster of its
     own; with `opt.server` "prosody" or "ejabberd", against a private instance of that
-    server instead."""
+    server instead.  `ops`: where each phase reads the operations of the shared servers
+    (default: the cluster's Redis and NATS, `target.ops`)."""
     plan = validate(opt)
     host = bounds.require_loopback("--host", host)
     if opt.server == "prosody":
@@ -147,7 +149,7 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
         }
         doc = _drive(opt, plan, host, quiet, users, target.c2s_ports(cluster), domain,
                      target.server_pids(cluster), target.cm_names(cluster), seen, None,
-                     token_key)
+                     token_key, ops or target.ops(cluster))
         doc["setup"] = {**setup, "accounts_via": "admin API"}
         if endpoint is not None:
             doc["setup"]["endpoint_questions"] = endpoint.asked
@@ -195,8 +197,8 @@ def _run_ejabberd(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> di
 
 def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[User],
            ports: tuple[int, ...], domain: str, pids: dict[str, int], front: list[str],
-           topology: dict[str, int], register: str | None, token_key: str = ""
-           ) -> dict[str, Any]:
+           topology: dict[str, int], register: str | None, token_key: str = "",
+           ops: OpCounters | None = None) -> dict[str, Any]:
     """Start the workers and the sampler, create accounts in-band if asked, run."""
     sources = bounds.source_addresses(opt.sources)
     started = time.time()
@@ -216,7 +218,7 @@ def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[
                 errors = [e for r in replies for e in r["errors"]]
                 raise RuntimeError(f"registered {made}/{len(users)}: {errors[:3]}")
         sampler.start()
-        result = RUNNERS[opt.scenario](Run(fleet, sampler), users, opt, front)
+        result = RUNNERS[opt.scenario](Run(fleet, sampler, ops=ops), users, opt, front)
     finally:
         fleet.stop()
         sampler.stop()

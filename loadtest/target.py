@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from devtools import localservers
 from loadtest.bounds import check_range
+from loadtest.opcount import OpCounters
 from tests.support import postgres
 from tests.support.cluster import Cluster, new_cluster
 
@@ -39,6 +40,7 @@ def start(topology: Topology) -> Cluster:
     """nats, redis, routers, presence, roster, the connection managers, the admin API."""
     cluster = new_cluster()
     cluster.partitions = topology.partitions
+    cluster.nats_http_port = localservers.free_port()  # /varz: NATS messages per phase
     env = {**QUIET, "STANZAD_MAM_ENABLED": "true" if topology.archive else "false"}
     try:
         cluster.start_servers()
@@ -76,6 +78,15 @@ def server_pids(cluster: Cluster) -> dict[str, int]:
     if pg is not None:
         pids["postgres"] = pg
     return pids
+
+
+def ops(cluster: Cluster) -> OpCounters | None:
+    """Where to read the cluster's Redis and NATS operations (loadtest/opcount.py); None for
+    a Redis Cluster (INFO would have to be summed over its nodes).  PostgreSQL is left out:
+    its counters lag by seconds, so a phase's reading would miss its last writes."""
+    if cluster.redis_cluster is not None:
+        return None
+    return OpCounters(cluster.redis_url, cluster.nats_http_port)
 
 
 def cm_names(cluster: Cluster) -> list[str]:

@@ -34,6 +34,8 @@ def test_idle(cluster: Cluster, tmp_path: Path) -> None:
     assert r["connections"] == 5 and r["measured_connections"] == 4
     check_login(r["login"], 4)
     assert "cm-1" in r["rss_growth_bytes"]
+    # the logins' Redis commands (lookup, bind) were read from INFO commandstats
+    assert r["login"]["ops"]["redis.commands"] >= 4
     assert {"nats", "redis", "router-1", "cm-1"} <= set(doc["samples"][-1]["rss"])
     # the users were imported through the cluster's admin API, which is not sampled
     assert doc["setup"]["accounts_via"] == "admin API" and doc["setup"]["accounts_s"] > 0

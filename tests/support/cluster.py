@@ -55,6 +55,7 @@ class Cluster:
     nats_nodes: int = 1
     nats_ports: list[int] = field(default_factory=list)
     nats_cluster_ports: list[int] = field(default_factory=list)
+    nats_http_port: int = 0  # nats-server's monitoring endpoint (/varz), off when 0
     redis_port: int = 0
     c2s_ports: list[int] = field(default_factory=list)
     s2s_port: int = 0
@@ -177,7 +178,8 @@ class Cluster:
         """(Re)start nats-server on this cluster's port, with the cluster's identities."""
         self.nats_auth = localservers.nats_auth(self.workdir, self.service_tls)
         nats = localservers.start(
-            localservers.nats_command(self.nats_port, self.workdir, self.nats_auth.config),
+            localservers.nats_command(self.nats_port, self.workdir, self.nats_auth.config,
+                                      http_port=self.nats_http_port),
             self.workdir / "nats.log",
         )
         self.procs["nats"] = nats
