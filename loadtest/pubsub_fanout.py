@@ -155,6 +155,8 @@ class Server:
     service: str
     pids: Callable[[], dict[str, int]]
     close: Callable[[], None]
+    # what the connection managers counted (sessions, slow consumers...), when known
+    counters: Callable[[], dict[str, dict[str, float]]] = dict
 
 
 def per_process_cpu(pids: dict[str, int]) -> dict[str, float]:
@@ -190,7 +192,24 @@ def start_stanzad(users: list[User], contacts: list[list[int]], cms: int) -> Ser
         cluster.stop()
         raise
     return Server("stanzad", target.c2s_ports(cluster), f"pubsub.{cluster.domain}",
-                  lambda: target.server_pids(cluster), cluster.stop)
+                  lambda: target.server_pids(cluster), cluster.stop,
+                  lambda: cm_counters(cluster))
+
+
+CM_COUNTERS = ("sessions", "stanzas_delivered_total", "slow_consumers_total",
+               "dead_peers_total", "undeliverable_total", "stream_errors_total",
+               "keepalive_pings_total")
+
+
+def cm_counters(cluster: target.Cluster) -> dict[str, dict[str, float]]:
+    """Each connection manager's figures that tell where notifications went missing."""
+    out = {}
+    for name in target.cm_names(cluster):
+        text = cluster.metrics(name)
+        out[name] = {c: sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                            if line.startswith((f"stanzad_cm_{c}{{", f"stanzad_cm_{c} ")))
+                     for c in CM_COUNTERS}
+    return out
 
 
 def start_ejabberd(users: list[User], contacts: list[list[int]]) -> Server:
@@ -336,6 +355,7 @@ async def run(server: Server, scenario: str, users: list[User], publishes: int,
         rounds = await publish_rounds(owner, to, node, payload, subs, publishes, seconds)
         publish_s = time.perf_counter() - t_pub
         by_process = cpu_since(cpu0, server.pids())
+        counters = server.counters()
         cpu = sum(by_process.values())
         idle_rate = sum(idle.values()) / idle_s
     finally:
@@ -366,6 +386,7 @@ async def run(server: Server, scenario: str, users: list[User], publishes: int,
                                         if delivered else float("nan")),
         "cpu_by_process_s": {k: round(v, 3) for k, v in sorted(by_process.items())},
         "idle_cpu_by_process_s": {k: round(v, 3) for k, v in sorted(idle.items())},
+        "cm_counters": counters,
         "rounds": rounds,
     }
 
@@ -415,6 +436,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{IDLE_S:.0f} s): " + ", ".join(
               f"{k} {v:.2f}/{result['idle_cpu_by_process_s'].get(k, 0.0):.2f}"
               for k, v in result["cpu_by_process_s"].items()))
+    for name, figures in result["cm_counters"].items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in figures.items()))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 
