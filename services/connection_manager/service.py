@@ -494,9 +494,54 @@ class ConnectionManager:
                 and self.sessions.get(str(jid)) is conn)
 
     async def _beat(self) -> None:
+        """The heartbeat every ``_beat_s``; between two, every ALIVE_CHECK_S, whether Redis
+        still has it.  When it does not (Redis restarted empty, or the heartbeat expired
+        and the presence service's reaper may have removed our sessions), the heartbeat is
+        written again at once and so is every session bound here: without it the routers
+        find no session for clients that stay connected, store their messages offline and,
+        once the offline store is full, bounce them to senders they cannot find either."""
+        loop = asyncio.get_running_loop()
+        beat_at = loop.time() + self._beat_s
         while True:
-            await asyncio.sleep(self._beat_s)
-            await self._heartbeat_now()
+            await asyncio.sleep(min(ALIVE_CHECK_S, self._beat_s))
+            if loop.time() >= beat_at:
+                beat_at = loop.time() + self._beat_s
+                await self._heartbeat_now()
+                continue
+            try:
+                alive = await self.store.alive(self.cm_id)
+            except Exception:  # Redis away: the heartbeat's warning says so
+                continue
+            if not alive:
+                beat_at = loop.time() + self._beat_s
+                await self._heartbeat_now()
+                await self._register_again()
+
+    async def _register_again(self) -> None:
+        """Write every session bound here back into the session table where its resource
+        has no record (a newer bind elsewhere wins), tell the routers (session events: their
+        cached "no session" goes), and the XEP-0198 resumption facts.  Priority is written
+        as 0 until the client's next presence (the presence service parses it)."""
+        bound = [(full, conn) for full, conn in self.sessions.items()
+                 if conn.record is not None and not conn.replaced]
+        restored = 0
+        for i in range(0, len(bound), RESTORE_CHUNK):
+            chunk = bound[i:i + RESTORE_CHUNK]
+            results = await asyncio.gather(*(
+                self.store.restore(full, dataclasses.replace(
+                    conn.record, cm_id=self.cm_id, priority=0, available=conn.available),
+                    conn.peer)
+                for full, conn in chunk), return_exceptions=True)
+            for (full, conn), version in zip(chunk, results, strict=True):
+                if isinstance(version, BaseException):
+                    log.warning("could not write the session of %s again: %s", full, version)
+                    continue
+                if version:
+                    restored += 1
+                    self._session_event(bare_of(full), version)
+                    self._spawn(self._write_facts(conn, detached=conn.detached is not None))
+        log.warning("%s: Redis had lost this pod's heartbeat; %d of %d sessions written "
+                    "again", self.cm_id, restored, len(bound))
 
     def load(self) -> placement.Load:
         """What this process publishes with its heartbeat; the CPU share is that of the time
@@ -1514,6 +1559,8 @@ class ConnectionManager:
             return
         if version:
             self._session_event(jid.bare_str, version)
+            if conn.record is not None:  # as `_register_again` writes it after a Redis loss
+                conn.record = dataclasses.replace(conn.record, carbons=enabled)
         metrics.CARBONS.labels("enable" if enabled else "disable").inc()
         conn.write_stanza(iq_result(st.id, str(jid), None))
 
@@ -1692,6 +1739,8 @@ class ConnectionManager:
 # how long a pod forwards what still comes for a session it handed over (stale routes), and
 # then unbinds it if the other pod never committed the take-over
 HANDED_OVER_S: Final = 30.0
+ALIVE_CHECK_S: Final = 0.5  # how often Redis is asked whether it still has our heartbeat
+RESTORE_CHUNK: Final = 1000  # sessions written again per batch of round trips
 # A stopping pod stays up this long after its last hand-over, forwarding what routers that
 # have not yet seen the new owner send here; then what its unbinds still publish goes out.
 SHUTDOWN_FORWARD_S: Final = 2.0

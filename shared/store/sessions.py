@@ -98,6 +98,16 @@ redis.call('HSET', KEYS[1], ARGV[1], moved)
 return {redis.call('INCR', KEYS[2]), moved}
 """
 
+# ARGV: resource, record: written only when the resource has none (a session written again
+# after Redis lost it must not replace a newer bind); the new version, or 0
+_RESTORE: Final = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('INCR', KEYS[2])
+"""
+
 # ARGV: resource, cm_id: delete when the record belongs to that connection manager
 _REAP_ONE: Final = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -165,6 +175,7 @@ class SessionStore:
         self._reap_one = redis.register_script(_REAP_ONE)
         self._move = redis.register_script(_MOVE)
         self._set_carbons = redis.register_script(_SET_CARBONS)
+        self._restore = redis.register_script(_RESTORE)
         self._indexes: dict[str, CmIndex] = {}  # cm_id -> the index this process writes
 
     def _index(self, cm_id: str) -> CmIndex:
@@ -256,6 +267,22 @@ class SessionStore:
         self._index(cm_id).add(full_jid, address)
         return BindResult(int(reply[0]), SessionRecord.decode(reply[1]))
 
+    async def restore(self, full_jid: str, record: SessionRecord, address: str = "") -> int:
+        """Write the record of a session still bound on its connection manager when the
+        resource has none (Redis restarted empty, or the reaper removed it while the
+        connection manager's heartbeat was late), with its index entry; the new version,
+        or 0 when the resource has a record (a newer bind, which wins).  Goes with the
+        tick's round trip, so the sessions of a whole pod go in a few."""
+        bare, resource = split_full(full_jid)
+        value = record.encode() + (" 1" if record.carbons else "")
+        async with timed(self._service, "session_restore"):
+            version = await self._tick.script(
+                self._restore, [keys.sessions(bare), keys.sessions_version(bare)],
+                [resource, value])
+        if version:
+            self._index(record.cm_id).add(full_jid, address)
+        return int(version)
+
     def left(self, full_jid: str, cm_id: str) -> None:
         """`full_jid` is no longer a session of `cm_id` (it moved to another connection
         manager): its index entry goes within the tick."""
@@ -314,6 +341,11 @@ class SessionStore:
         if not peers:
             return []
         return await self.loads(sorted(m.decode() for m in replies[-1]))
+
+    async def alive(self, cm_id: str) -> bool:
+        """Whether Redis still has the heartbeat of ``cm_id`` (false after Redis restarted
+        empty, or after the heartbeat expired: its sessions may be gone from the table)."""
+        return bool(await self._r.exists(keys.cm_alive(cm_id)))
 
     async def loads(self, cm_ids: list[str]) -> list[tuple[str, bytes | None, int]]:
         """(id, load record or None, its remaining time to live in ms) of each connection

@@ -206,3 +206,23 @@ async def test_xep0198_5_move_is_a_compare_and_set_that_keeps_the_record(
     await store.bind(full, SessionRecord("cm-new", "s2", 0, False), 10)  # a new bind
     assert await store.move(full, "cm-new s1", "cm-other") is None
     assert (await store.get(jid))["moving"].session_id == "s2"
+
+
+async def test_restore_writes_a_lost_record_back_but_never_over_a_newer_bind(
+    users: Users,
+) -> None:
+    """After Redis lost the session table (restarted empty), a connection manager writes
+    the sessions still bound on it again: where the resource has no record (with the
+    carbons flag and its index entry), never over the record of a newer bind."""
+    from shared.store.sessions import SessionRecord, SessionStore
+
+    store = SessionStore(users.redis, "tests")
+    jid, _ = await users.create()
+    full = f"{jid}/kept"
+    mine = SessionRecord("cm-restore", "s1", 0, True, carbons=True)
+    assert await store.restore(full, mine) > 0  # no record: written
+    assert (await store.get(jid))["kept"] == mine
+    assert full in await store.cm_sessions("cm-restore")
+    await store.bind(full, SessionRecord("cm-other", "s2", 0, False), 10)  # a newer bind
+    assert await store.restore(full, mine) == 0
+    assert (await store.get(jid))["kept"].owner == "cm-other s2"
