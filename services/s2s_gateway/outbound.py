@@ -242,6 +242,10 @@ class Link:
         except (SetupFailed, OSError) as exc:
             self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
             return
+        except Exception as exc:  # a bug: what waits must not stay (held) forever
+            log.exception("s2s link to %s failed unexpectedly", self.domain)
+            self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
+            return
         log.info("s2s stream to %s ready (%s over %s%s) from %s", self.domain,
                  conn.stream.mechanism, "direct TLS" if conn.direct_tls else "STARTTLS",
                  ", XEP-0198 acks" if conn.sm else "", self.local)
