@@ -199,9 +199,11 @@ class Link:
 
     def close(self, bounce: bool = True) -> None:
         """Close the stream properly (hand-over of the partition, shutdown, a domain no longer
-        served).  What was written goes out before our </stream:stream> and counts as sent;
-        what still waited for the stream is bounced or, without ``bounce`` (durable delivery,
-        the partition given up), left unacked in its stream for the partition's next owner."""
+        served).  What was written goes out before our </stream:stream> and counts as sent
+        (settled; but once the release gave the partition's consumer up, no ack of it is sent
+        any more: the next owner sends it again); what still waited for the stream is bounced
+        or, without ``bounce`` (durable delivery, the partition given up), left unacked in
+        its stream for the partition's next owner."""
         self.done = True
         if self.conn is not None:
             self.conn.close()
