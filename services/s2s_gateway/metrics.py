@@ -24,6 +24,11 @@ DIALBACK_VERIFY = Counter(
     ["role", "result"],
 )
 QUEUED = Gauge("stanzad_s2s_queue_stanzas", "Stanzas waiting for a connection to be set up.")
+PAUSED = Gauge(
+    "stanzad_s2s_paused_partitions",
+    "s2s partitions not pulled because a link's queue is full (durable delivery: flow control "
+    "instead of resource-constraint bounces).",
+)
 STANZAS = Counter("stanzad_s2s_stanzas_total", "Stanzas sent and received.", ["direction"])
 BOUNCES = Counter(
     "stanzad_s2s_bounces_total", "Stanzas bounced to local senders, by condition.", ["condition"]

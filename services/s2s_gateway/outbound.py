@@ -18,6 +18,14 @@ is better than never; an IQ ``set`` is not repeated (it may not be idempotent) b
 ``remote-server-timeout`` (RFC 6120 §8.3.3.17), and so is a stanza whose second stream
 broke too.  Without XEP-0198 the peer's TCP acks are all we have: stanzas written just before
 a connection breaks may be lost, as with any XMPP server.
+
+With durable delivery each stanza carries the `Hold` of its stream message
+(shared/bus/client.py): the message is acked only once every stanza it carried is settled,
+i.e. acked by the peer (XEP-0198 ``h``), written when the peer has no XEP-0198, or bounced.
+A gateway killed while stanzas wait here (the link connecting, the XEP-0198 window full, the
+ack not yet come) leaves their messages unacked, and the partition's next owner sends them.
+A full queue then does not bounce: the link asks the gateway to stop pulling its domain's
+partition (`S2SGateway.queue_full`) until the queue is half empty again.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from shared.bus.client import NO_HOLD, Hold
 from shared.bus.envelope import Envelope, Kind
 from shared.xmpp.errors import StanzaErrorCondition, StreamError
 from shared.xmpp.s2s_out import VerifyRequest
@@ -93,10 +102,13 @@ async def _open(gw: S2SGateway, domain: str, target: Target, verify: VerifyReque
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A stanza for the link; ``resent``: it was unacked on a stream that broke."""
+    """A stanza for the link; ``resent``: it was unacked on a stream that broke; ``hold``:
+    its stream message's ack waits for it (settled once acked by the peer, written to a peer
+    without XEP-0198, or bounced)."""
 
     env: Envelope
     resent: bool = False
+    hold: Hold = NO_HOLD
 
     @property
     def repeatable(self) -> bool:
@@ -118,18 +130,38 @@ class Link:
         self.unacked: deque[Pending] = deque()  # written with XEP-0198 on, not yet acked
         self.conn: OutboundConnection | None = None
         self.done = False  # closed or failed: the gateway makes a new link
+        self.full = False  # durable: the queue is full, the partition is not pulled
+        self._check_full()
         self.task = asyncio.create_task(self._run(), name=f"s2s-link-{self.local}-{domain}")
 
-    def send(self, env: Envelope) -> None:
+    def send(self, env: Envelope, hold: Hold = NO_HOLD) -> None:
+        item = Pending(env, hold=hold)
         conn = self.conn
         if not self.queue and conn is not None and self._writable(conn):
-            self._write(conn, Pending(env))
+            self._write(conn, item)
             return
-        if len(self.queue) >= self.gw.s2s_settings.s2s_max_queue:
+        if not self.gw.durable and len(self.queue) >= self.gw.s2s_settings.s2s_max_queue:
             self.gw.bounce(env, StanzaErrorCondition.RESOURCE_CONSTRAINT)
+            hold.settle()
             return
-        self.queue.append(Pending(env))
+        self.queue.append(item)
         metrics.QUEUED.inc()
+        if not self.full:
+            self._check_full()
+
+    def _check_full(self) -> None:
+        """Durable delivery: a full queue stops the pulling of its partition rather than
+        bouncing; what the pulls already asked for still comes and waits here (so the queue
+        may exceed STANZAD_S2S_MAX_QUEUE by that much)."""
+        if (self.gw.durable and not self.full
+                and len(self.queue) >= self.gw.s2s_settings.s2s_max_queue):
+            self.full = True
+            self.gw.queue_full(self, True)
+
+    def _not_full(self) -> None:
+        if self.full:
+            self.full = False
+            self.gw.queue_full(self, False)
 
     def _writable(self, conn: OutboundConnection) -> bool:
         """Ready, and (with XEP-0198) room in the window of unacked stanzas."""
@@ -143,32 +175,48 @@ class Link:
         while self.queue and conn is not None and self._writable(conn):
             metrics.QUEUED.dec()
             self._write(conn, self.queue.popleft())
+        if self.full and len(self.queue) <= self.gw.s2s_settings.s2s_max_queue // 2:
+            self._not_full()
 
     def _acked(self, n: int) -> None:
         """XEP-0198: the peer handled the ``n`` oldest unacked stanzas."""
         n = min(n, len(self.unacked))
         for _ in range(n):
-            self.unacked.popleft()
+            self.unacked.popleft().hold.settle()
         metrics.UNACKED.dec(n)
         self._drain()
 
     def _sm_failed(self) -> None:
         """The peer refused XEP-0198: what was written counts as sent, as without it."""
-        metrics.UNACKED.dec(len(self.unacked))
-        self.unacked.clear()
+        self._written_settle()
         self._drain()
 
-    def close(self) -> None:
-        """Close the stream properly (hand-over of the partition, shutdown).  What was
-        written goes out before our </stream:stream>; what still waited for the stream is
-        bounced (the partition's new owner only gets what is published after the hand-over)."""
+    def _written_settle(self) -> None:
+        metrics.UNACKED.dec(len(self.unacked))
+        for item in self.unacked:
+            item.hold.settle()
+        self.unacked.clear()
+
+    def close(self, bounce: bool = True) -> None:
+        """Close the stream properly (hand-over of the partition, shutdown, a domain no longer
+        served).  What was written goes out before our </stream:stream> and counts as sent
+        (settled; but once the release gave the partition's consumer up, no ack of it is sent
+        any more: the next owner sends it again); what still waited for the stream is bounced
+        or, without ``bounce`` (durable delivery, the partition given up), left unacked in
+        its stream for the partition's next owner."""
         self.done = True
         if self.conn is not None:
             self.conn.close()
         self.task.cancel()
-        metrics.UNACKED.dec(len(self.unacked))
-        self.unacked.clear()
-        self._drain_queue(StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
+        self._written_settle()
+        if bounce:
+            self._drain_queue(StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
+        else:
+            metrics.QUEUED.dec(len(self.queue))
+            for item in self.queue:
+                item.hold.abandon()
+            self.queue.clear()
+        self._not_full()
 
     def _write(self, conn: OutboundConnection, item: Pending) -> None:
         try:
@@ -176,11 +224,14 @@ class Link:
         except StreamError as exc:  # not a stanza we can serialise: the sender learns it
             log.warning("unsendable stanza for %s: %s", self.domain, exc)
             self.gw.bounce(item.env, StanzaErrorCondition.BAD_REQUEST)
+            item.hold.settle()
             return
         metrics.STANZAS.labels("out").inc()
         if conn.sm:
             self.unacked.append(item)
             metrics.UNACKED.inc()
+        else:  # written: all a peer without XEP-0198 tells us
+            item.hold.settle()
 
     async def _run(self) -> None:
         timeout = self.gw.s2s_settings.s2s_connect_timeout_s
@@ -191,6 +242,10 @@ class Link:
             self._fail(StanzaErrorCondition.REMOTE_SERVER_TIMEOUT, "timed out")
             return
         except (SetupFailed, OSError) as exc:
+            self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
+            return
+        except Exception as exc:  # a bug: what waits must not stay (held) forever
+            log.exception("s2s link to %s failed unexpectedly", self.domain)
             self._fail(StanzaErrorCondition.REMOTE_SERVER_NOT_FOUND, str(exc))
             return
         log.info("s2s stream to %s ready (%s over %s%s) from %s", self.domain,
@@ -210,23 +265,26 @@ class Link:
                      len(self.unacked))
         for item in self.unacked:
             if item.repeatable:
-                carried.append(Pending(item.env, resent=True))
+                carried.append(Pending(item.env, resent=True, hold=item.hold))
                 metrics.RESENT.inc()
             else:
                 self.gw.bounce(item.env, StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
+                item.hold.settle()
         metrics.UNACKED.dec(len(self.unacked))
         self.unacked.clear()
         metrics.QUEUED.dec(len(self.queue))
         carried.extend(self.queue)
         self.queue.clear()
-        if not carried:
-            return
         pair = (self.local, self.domain)
-        if self.gw.links.get(pair) is self:
+        if carried and self.gw.links.get(pair) is self:
             self.gw.links[pair] = Link(self.gw, self.domain, carried, self.local)
-            return
-        for item in carried:  # the partition went elsewhere meanwhile  # pragma: no cover
-            self.gw.bounce(item.env, StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
+        elif carried:  # the partition went elsewhere meanwhile  # pragma: no cover
+            for item in carried:
+                if self.gw.durable:
+                    item.hold.abandon()
+                else:
+                    self.gw.bounce(item.env, StanzaErrorCondition.REMOTE_SERVER_TIMEOUT)
+        self._not_full()  # after the new link counted its own queue
 
     async def _connect(self, verify_cert: bool) -> OutboundConnection:
         """An authenticated stream.  A peer certificate that fails verification is not fatal:
@@ -250,11 +308,16 @@ class Link:
         if self.conn is not None:
             self.conn.close()
         self._drain_queue(condition)
+        self._not_full()
 
     def _drain_queue(self, condition: StanzaErrorCondition) -> None:
+        """Bounce what waits (the bounce is published before its hold is settled, so the
+        stream message is acked only once the bounce is stored)."""
         while self.queue:
             metrics.QUEUED.dec()
-            self.gw.bounce(self.queue.popleft().env, condition)
+            item = self.queue.popleft()
+            self.gw.bounce(item.env, condition)
+            item.hold.settle()
 
 
 async def verify_key(gw: S2SGateway, request: VerifyRequest) -> bool | None:

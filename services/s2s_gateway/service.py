@@ -3,7 +3,11 @@
 Outbound: stanzas for a remote domain arrive on ``stanzad.s2s.<p>`` (p = partition of the
 remote domain).  The gateway is a partitioned service of role "s2s": one process at a time
 owns a partition, hence a remote domain's connections, and the order per sender → recipient
-is kept.  Each pair (local domain, remote domain) has one `Link` (outbound.py): the cluster
+is kept.  With durable delivery a stream message is acked only once every stanza it carried
+is settled on its link (outbound.py, `Bus.hold`), and a link whose queue is full stops the
+pulling of its partition (`queue_full`) instead of bouncing.
+
+Each pair (local domain, remote domain) has one `Link` (outbound.py): the cluster
 serves several domains (the main one and its service domains, shared/bus/destinations.py),
 and a stream is authenticated for one pair (RFC 6120 §13.7), so a room's stanzas to a remote
 domain go on a stream from ``conference.<domain>``, its users' on one from ``<domain>``.
@@ -43,7 +47,8 @@ from typing import Any
 from OpenSSL import SSL
 
 from shared.bus import subjects
-from shared.bus.envelope import STANZA_KINDS, Envelope, Kind, decoded
+from shared.bus.client import NO_HOLD
+from shared.bus.envelope import STANZA_KINDS, Envelope, EnvelopeError, Kind
 from shared.cluster.partitioned import PartitionedService
 from shared.cluster.source_limits import ConnectionRate, ConnectionsPerSource, Networks
 from shared.router import ingress
@@ -180,6 +185,7 @@ class S2SGateway(PartitionedService):
         self.component_port = 0
         self._component_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._full: dict[int, set[Link]] = {}  # partition -> its links with a full queue
 
     def _hosts_changed(self, hosts: object) -> None:
         """The account domains changed: new streams serve the new set, and the open streams
@@ -368,37 +374,66 @@ class S2SGateway(PartitionedService):
             if server is not None:
                 server.close()
         await self.components.stop()
-        for link in list(self.links.values()):
-            link.close()
+        if not self.durable:  # durable: closed as their partitions are released (below), so
+            for link in list(self.links.values()):  # what they hold settles or is left
+                link.close()                        # unacked for the next owner
         for conn in list(self.inbound):
             conn.close()
         await asyncio.sleep(0.05)  # let the closing stream tags go out
         await super().stop()
+        for link in list(self.links.values()):  # any a failed release left
+            link.close(bounce=False)
 
     async def _release(self, p: int) -> None:
-        """A partition moved to another gateway: so do its domains' connections."""
+        """A partition moved to another gateway: so do its domains' connections.  Durable:
+        the release waited (`Bus.stop_consuming`) for what the links held to settle; what
+        still waits in a queue is left unacked, so the next owner sends it."""
         await super()._release(p)
         for pair, link in list(self.links.items()):
             if subjects.partition(pair[1], self.settings.partitions) == p:
-                link.close()
+                link.close(bounce=not self.durable)
                 del self.links[pair]
+
+    def queue_full(self, link: Link, full: bool) -> None:
+        """Flow control with durable delivery: while a link's queue is full, its domain's
+        partition is not pulled (`Bus.pause`); what was pulled waits on the link with its
+        stream message unacked, instead of being bounced.  Bounced is only what cannot go:
+        the link could not be set up in STANZAD_S2S_CONNECT_TIMEOUT_S."""
+        p = subjects.partition(link.domain, self.settings.partitions)
+        links = self._full.get(p)
+        if full:
+            if links is None:
+                links = self._full[p] = set()
+                self.bus.pause(subjects.s2s(p))
+                metrics.PAUSED.inc()
+                log.info("s2s partition %d paused: the queue for %s is full", p, link.domain)
+            links.add(link)
+        elif links is not None and link in links:
+            links.discard(link)
+            if not links:
+                del self._full[p]
+                self.bus.resume(subjects.s2s(p))
+                metrics.PAUSED.dec()
 
     # ---- outbound --------------------------------------------------------------------------
 
     async def handle_batch(self, batch: list[tuple[str, bytes]]) -> None:
-        for subject, data in batch:
-            if not subject.startswith(COMPONENT_SUBJECTS):
-                continue
+        for i, (subject, data) in enumerate(batch):
+            component = subject.startswith(COMPONENT_SUBJECTS)
             try:
                 env = Envelope.decode(data)
-            except ValueError:
+            except EnvelopeError as exc:
+                if not component:
+                    log.warning("dropped a bad envelope: %s", exc)
                 continue
-            self.components.deliver(env)
-        for env in decoded([(s, d) for s, d in batch if not s.startswith(COMPONENT_SUBJECTS)]):
-            if env.kind in STANZA_KINDS:
-                self.send_remote(env)
+            if component:
+                self.components.deliver(env)
+            elif env.kind in STANZA_KINDS:
+                self.send_remote(env, i)
 
-    def send_remote(self, env: Envelope) -> None:
+    def send_remote(self, env: Envelope, item: int = -1) -> None:
+        """``item``: its index in the batch being handled, whose stream message's ack then
+        waits until the link settled the stanza (`Bus.hold`)."""
         domain = env.to_domain
         if not domain or self.destinations.is_local(domain):  # not for us: to its service
             self.bus.publish_soon(self.destinations.subject(env.to_bare),
@@ -414,7 +449,7 @@ class S2SGateway(PartitionedService):
         link = self.links.get(pair)
         if link is None or link.done:
             link = self.links[pair] = Link(self, domain, local=local)
-        link.send(env)
+        link.send(env, self.bus.hold(item) if item >= 0 else NO_HOLD)
 
     def bounce(self, env: Envelope, condition: StanzaErrorCondition) -> None:
         """Tell a local sender its stanza could not go out (RFC 6120 §8.3)."""

@@ -22,6 +22,10 @@ loadtest/RESULTS.md, "CPU per message, session 2"):
   subject and its PubAck comes back asynchronously, matched by sequence (``on_fail`` when
   refused or missing); ``consume`` pulls a partition's durable consumer into the same ordered
   inbox, and each batch is acked once the handler returned and what it published is stored.
+  A handler whose work outlives its call (the s2s gateway: a stanza waits for its link, then
+  for the peer's XEP-0198 ack) takes a ``hold`` on an item: its stream message is acked only
+  once every hold on it is settled, the others of the batch as usual.  ``pause`` stops asking
+  a consumer for more (flow control instead of dropping what was pulled).
 
 A time-based linger (write at most every 0.5-1 ms, so that paced messages share writes) was
 measured and dropped: the timer wake-ups cost what the saved writes did, and it added latency.
@@ -69,6 +73,7 @@ MAX_BATCH: Final = 512
 MAX_DIRECT_BUFFER_BYTES: Final = 1024 * 1024  # beyond this, nats-py's flusher drains first
 PUBACK_TIMEOUT_S: Final = 5.0  # a durable publish not acknowledged by then failed
 RECREATE_WITHIN_S: Final = 60.0  # after a reconnect, JetStream asked this long for consumers
+_IN_PACK: Final = "+"  # an inbox item whose stream message's ack goes with a later item
 BatchHandler = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
 OnFail = Callable[[], None] | None
 Sink = Callable[[str, bytes], None]
@@ -148,6 +153,46 @@ class _Consumer:
         self.last_seen = 0.0
 
 
+class _Held:
+    """A stream message whose ack waits for its holds (``Bus.hold``)."""
+
+    __slots__ = ("abandoned", "consumer", "failures", "holds", "reply", "since", "stored")
+
+    def __init__(self, consumer: _Consumer, reply: str, failures: int, now: float) -> None:
+        self.consumer = consumer
+        self.reply = reply  # its ack subject
+        self.failures = failures  # durable failures before the handler ran (see Bus._ack)
+        self.holds = 0  # taken and not yet settled
+        self.stored = False  # handled, and what its batch published is stored
+        self.abandoned = False  # a hold given up: left unacked for the next owner
+        self.since = now  # delivered, or last told the server it is in progress (+WPI)
+
+
+class Hold:
+    """One item of a stream message that is not settled yet (``Bus.hold``).  ``settle``: done
+    with it (delivered, or bounced after its bounce was published); ``abandon``: left for the
+    partition's next owner, so the message is not acked.  Only the first call counts."""
+
+    __slots__ = ("_bus", "_held")
+
+    def __init__(self, bus: Bus | None, held: _Held | None) -> None:
+        self._bus = bus
+        self._held = held
+
+    def settle(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and self._bus is not None:
+            self._bus._release_hold(held, False)
+
+    def abandon(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and self._bus is not None:
+            self._bus._release_hold(held, True)
+
+
+NO_HOLD: Final = Hold(None, None)  # an item that is not a stream message's: nothing to wait for
+
+
 class Bus:
     """One NATS connection of a service, with an ordered batching inbox."""
 
@@ -191,6 +236,14 @@ class Bus:
         self._durable_failures = 0  # publishes refused, or without a good PubAck
         self._replays: set[asyncio.Task[None]] = set()
         self._acks: deque[str] = deque()  # beside the inbox: each message's ack subject or ""
+        # ``hold``: the ack marks of the batch being handled, the last pack found in it
+        # (first index, last index, ack subject), the messages held and those just released
+        self._handling: list[str] | None = None
+        self._handling_failures = 0
+        self._group: tuple[int, int, str] = (-1, -1, "")
+        self._held: dict[str, _Held] = {}
+        self._released: list[_Held] = []
+        self._paused: set[str] = set()  # subjects whose consumer is not asked for more
         self._js_timer: asyncio.Task[None] | None = None
         self._ack_latency = HistogramTally(BUS_ACK_LATENCY.labels(service))
         self._taken_over = BUS_TAKEN_OVER.labels(service)
@@ -566,15 +619,20 @@ class Bus:
             while inbox:
                 n = min(len(inbox), MAX_BATCH)
                 batch = [inbox.popleft() for _ in range(n)]
-                done = [a for a in (acks.popleft() for _ in range(n)) if a]
+                marks = [acks.popleft() for _ in range(n)]
                 failures = self._durable_failures
                 self._received.n += n
                 self._batch_size.observe(n)
+                self._handling, self._handling_failures = marks, failures
                 try:
                     await self._handler(batch)
                 except Exception:
                     log.exception("batch handler failed on %d messages", n)
-                if done:  # acked once what the handler published is stored
+                finally:
+                    self._handling = None
+                    self._group = (-1, -1, "")
+                done = [a for a in marks if a and a != _IN_PACK]
+                if done:  # acked once what the handler published is stored (and not held)
                     self.when_stored(self.stored_mark(),
                                      lambda done=done, f=failures: self._ack(done, f))
 
@@ -767,7 +825,7 @@ class Bus:
 
     def _pull(self, c: _Consumer) -> None:
         """Ask for up to PULL_BATCH more messages (a long poll of PULL_EXPIRES_S)."""
-        if not c.active:
+        if not c.active or c.subject in self._paused:
             return
         want = streams.PULL_BATCH - c.credit
         if want <= 0:
@@ -817,9 +875,10 @@ class Bus:
                 self._ack([ack], self._durable_failures)
             return
         inbox, acks = self._inbox, self._acks
+        mark = _IN_PACK if ack else ""
         for part in parts[:-1]:
             inbox.append((subject, part))
-            acks.append("")
+            acks.append(mark)
         inbox.append((subject, parts[-1]))
         acks.append(ack)
 
@@ -893,22 +952,130 @@ class Bus:
         """Ack handled messages: one small publish each, written with the tick's others.
         When a durable publish failed meanwhile (``failures`` is the count before the
         handler ran), an output of this batch may be missing: nothing of its consumers is
-        acked any more and they are recreated, so the batch replays (in order, first)."""
+        acked any more and they are recreated, so the batch replays (in order, first).
+        A held message (``hold``) waits for its holds instead."""
         failed = self._durable_failures != failures
+        held = self._held
         for reply in replies:
+            if held and (h := held.get(reply)) is not None:
+                h.stored = True
+                if h.holds:
+                    continue  # acked when the last of its holds is settled
+                del held[reply]
+                self._ack_held(h, failed)
+                continue
             tokens = reply.split(".")
-            c = self._consumers.get(tokens[3] if len(tokens) == 9 else tokens[5])
-            if c is None or c.broken:
-                continue
-            if failed:
-                self._break(c)
-                continue
-            self._outbox.append((reply, b"+ACK", None, ""))
-            if c.unacked > 0:
-                c.unacked -= 1
-            c.last_ack = reply
+            self._ack_one(reply, self._consumers.get(tokens[3] if len(tokens) == 9
+                                                     else tokens[5]), failed)
         if self._flush_handle is None and self._outbox:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
+
+    def _ack_one(self, reply: str, c: _Consumer | None, failed: bool) -> None:
+        if c is None or c.broken:
+            return
+        if failed:
+            self._break(c)
+            return
+        self._outbox.append((reply, b"+ACK", None, ""))
+        if c.unacked > 0:
+            c.unacked -= 1
+        c.last_ack = reply
+
+    def _ack_held(self, h: _Held, failed: bool) -> None:
+        """A held message with no hold left: acked, unless a hold was abandoned (then it is
+        only no longer counted: the partition's next owner gets it) or its consumer is not
+        the one it came from any more (given up or recreated: that one replays it)."""
+        c = h.consumer
+        if self._consumers.get(c.name) is not c:
+            return
+        if h.abandoned:
+            if c.unacked > 0:
+                c.unacked -= 1
+            return
+        self._ack_one(h.reply, c, failed)
+
+    # ---- holds: acks that wait for the handler's work to be settled ---------------------------
+
+    def hold(self, i: int) -> Hold:
+        """During the batch handler: item ``i`` of the batch is not settled when the handler
+        returns.  Its stream message is acked only once every hold taken on it is settled
+        (and what was published until then is stored); the other messages of the batch are
+        acked as usual.  A message's holds keep it unacked beyond ``ack_wait`` if need be:
+        the server is told it is in progress (``+WPI``, in ``_js_tick``).  ``NO_HOLD`` for an
+        item of no stream message (core NATS, a bus without durability)."""
+        marks = self._handling
+        if marks is None or not marks[i]:
+            return NO_HOLD
+        first, last, reply = self._group
+        if not first <= i <= last:  # the pack of item i: its ack is with its last part
+            last = i
+            while last < len(marks) and marks[last] == _IN_PACK:
+                last += 1
+            if last < len(marks):
+                reply = marks[last]
+            else:  # the pack's last parts are still in the inbox (the batch cut it)
+                reply = next((a for a in self._acks if a != _IN_PACK), "")
+            self._group = (i, last, reply)
+        h = self._held.get(reply)
+        if h is None:
+            tokens = reply.split(".")
+            if len(tokens) < 9:
+                return NO_HOLD
+            c = self._consumers.get(tokens[3] if len(tokens) == 9 else tokens[5])
+            if c is None or c.broken:
+                return NO_HOLD  # not acked anyway: it replays
+            h = self._held[reply] = _Held(c, reply, self._handling_failures, time.monotonic())
+        h.holds += 1
+        return Hold(self, h)
+
+    def _release_hold(self, h: _Held, abandon: bool) -> None:
+        h.holds -= 1
+        h.abandoned = h.abandoned or abandon
+        if h.holds or not h.stored:
+            return
+        if self._held.get(h.reply) is h:
+            del self._held[h.reply]
+        if not self._released:
+            asyncio.get_running_loop().call_soon(self._ack_released)
+        self._released.append(h)
+
+    def _ack_released(self) -> None:
+        """The messages whose last hold was settled in the previous tick: acked, in one write,
+        once what was published until now (a bounce that settled one) is stored."""
+        released, self._released = self._released, []
+
+        def ack() -> None:
+            for h in released:
+                self._ack_held(h, self._durable_failures != h.failures)
+            if self._flush_handle is None and self._outbox:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
+
+        self.after_stored(ack)
+
+    def narrow(self, keep: list[int]) -> None:
+        """The batch handler passes on only the items ``keep`` (indexes, in order) of its
+        batch: ``hold`` indexes those from now on."""
+        if self._handling is not None:
+            marks = self._handling
+            self._handling = [marks[i] for i in keep]
+            self._group = (-1, -1, "")
+
+    @property
+    def held(self) -> int:
+        """Stream messages waiting for their holds."""
+        return len(self._held)
+
+    def pause(self, subject: str) -> None:
+        """Ask ``subject``'s consumer for no more messages (flow control: what was asked for
+        before still comes) until ``resume``."""
+        self._paused.add(subject)
+
+    def resume(self, subject: str) -> None:
+        if subject in self._paused:
+            self._paused.discard(subject)
+            c = self._consumers.get(streams.consumer_name(subject))
+            if c is not None:
+                self._pull(c)
 
     def _break(self, c: _Consumer) -> None:
         log.warning("%s: an output was not stored; replaying from the oldest unacked", c.name)
@@ -953,6 +1120,25 @@ class Bus:
                 if c.active and now - c.last_seen > streams.PULL_EXPIRES_S + 5:
                     c.credit = 0
                     self._pull(c)
+            if self._held:
+                self._in_progress(now)
+
+    def _in_progress(self, now: float) -> None:
+        """Held messages delivered a third of ``ack_wait`` ago (or last told so): ``+WPI``, so
+        the server does not deliver them again while their stanzas wait (a link being set
+        up, a peer slow to ack); oldest first, the dict's order."""
+        held = self._held
+        due = []
+        for h in held.values():
+            if now - h.since < streams.ACK_WAIT_S / 3:
+                break
+            due.append(h)
+        for h in due:
+            del held[h.reply]
+            held[h.reply] = h  # to the end: the order stays by `since`
+            h.since = now
+            if self._consumers.get(h.consumer.name) is h.consumer:
+                self._queue(h.reply, b"+WPI", None, "")
 
     async def close(self) -> None:
         """Hand every queued publish to NATS, drain subscriptions, finish the inbox, close the

@@ -141,7 +141,8 @@ class PartitionedService:
             return
         now = time.monotonic()
         kept = []
-        for subject, data in batch:
+        keep = []  # their indexes, for Bus.hold
+        for i, (subject, data) in enumerate(batch):
             if data.startswith(FENCE_PREFIX):
                 self._fence(subject, data)
             elif subject in self._handed:
@@ -152,7 +153,9 @@ class PartitionedService:
                 if self._waiting.pop(subject, None) is not None:
                     self._live(subject)  # the previous owner's fence never came
                 kept.append((subject, data))
+                keep.append(i)
         if kept:
+            self.bus.narrow(keep)
             await self.handle_batch(kept)
 
     def _fence(self, subject: str, data: bytes) -> None:

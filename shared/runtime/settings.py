@@ -798,7 +798,8 @@ class S2SSettings(PartitionedSettings):
     )
     s2s_max_queue: int = Field(
         1000, ge=1,
-        description="Stanzas queued per remote domain while connecting (or acks are due).",
+        description="Stanzas queued per remote domain while connecting (or acks are due); "
+        "beyond, bounced, or with durable delivery its partition is not pulled meanwhile.",
     )
     s2s_idle_timeout_s: float = Field(
         300.0, gt=0, description="Close an s2s stream after this long without traffic."

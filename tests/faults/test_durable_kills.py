@@ -5,6 +5,8 @@ several receivers), SIGKILL of (a) the s2s gateway while the messages go to a re
 times, (c) Redis (restarted empty: sessions are soft state).  Every stanza acknowledged to
 its sender ('h', XEP-0198 §4) is delivered once in order, stored offline or bounced; the
 test counts each class and asserts none lost and none duplicated (tests/support/durable.py).
+And (a') the s2s gateway SIGKILLed while the stanzas wait on a link still being set up (the
+peer accepted TCP and stalls): a new gateway sends them once the peer answers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tests.support import durable
 from tests.support import prosody as prosody_mod
 from tests.support.cluster import Cluster, metric_value, new_cluster
 from tests.support.dns import DNSServer
+from tests.support.tcpproxy import TCPProxy
 
 LEASE = {"STANZAD_LEASE_TTL_S": "2"}
 UNLIMITED = {"STANZAD_MAX_STANZAS_PER_S": "0", "STANZAD_MAX_INBOUND_BYTES_PER_S": "0"}
@@ -219,13 +222,17 @@ class Federated:
     cluster: Cluster
     prosody: prosody_mod.Prosody
     s2s_env: dict[str, str]
+    proxy: TCPProxy | None = None
 
 
 @contextlib.asynccontextmanager
-async def federation(gateway: bool = True) -> AsyncIterator[Federated]:
+async def federation(gateway: bool = True, proxied: bool = False, **s2s: str
+                     ) -> AsyncIterator[Federated]:
     """Our cluster and a Prosody trusting each other's certificate (SASL EXTERNAL both
     ways, so XEP-0198 acks on our stream to it, tests/integration/test_prosody.py);
-    ``gateway``: our s2s gateway started too (else `start_s2s(**s2s_env)` starts it)."""
+    ``gateway``: our s2s gateway started too (else `start_s2s(**s2s_env)` starts it), with
+    the settings ``s2s``; ``proxied``: our streams to Prosody go through a TCP proxy of the
+    test (`Federated.proxy`, which can stall them)."""
     if not prosody_mod.available():
         pytest.skip("prosody is not installed (Debian package `prosody`; .ci/run installs it)")
     cluster = new_cluster(OURS)
@@ -233,11 +240,15 @@ async def federation(gateway: bool = True) -> AsyncIterator[Federated]:
     our_cert = cluster.workdir / "tls" / "s2s-cert.pem"
     ensure_self_signed(str(our_cert), str(cluster.workdir / "tls" / "s2s-key.pem"), OURS)
     gw_port, p_port = localservers.free_port(), localservers.free_port()
+    proxy = TCPProxy(p_port) if proxied else None
+    if proxy is not None:
+        await proxy.start()
     dns = DNSServer({
         (f"_xmpp-server._tcp.{OURS}", "SRV"): [f"0 5 {gw_port} gw.{OURS}."],
         (f"gw.{OURS}", "A"): ["127.0.0.1"],
         (OURS, "A"): ["127.0.0.1"],
-        (f"_xmpp-server._tcp.{THEIRS}", "SRV"): [f"0 5 {p_port} gw.{THEIRS}."],
+        (f"_xmpp-server._tcp.{THEIRS}", "SRV"): [
+            f"0 5 {proxy.port if proxy is not None else p_port} gw.{THEIRS}."],
         (f"gw.{THEIRS}", "A"): ["127.0.0.1"],
     })
     await dns.start()
@@ -248,11 +259,13 @@ async def federation(gateway: bool = True) -> AsyncIterator[Federated]:
         cluster.start_servers()
         _core(cluster)
         env = {"STANZAD_S2S_TRUSTED_CERTS": f"{THEIRS}={prosody.cert}",
-               "STANZAD_S2S_DNS_SERVERS": f"127.0.0.1:{dns.port}"}
+               "STANZAD_S2S_DNS_SERVERS": f"127.0.0.1:{dns.port}", **s2s}
         if gateway:
             cluster.start_s2s("s2s-1", port=gw_port, **env)
-        yield Federated(cluster, prosody, {**env, "port": str(gw_port)})
+        yield Federated(cluster, prosody, {**env, "port": str(gw_port)}, proxy)
     finally:
+        if proxy is not None:
+            proxy.stop()
         cluster.stop()
         prosody.stop()
         dns.stop()
@@ -291,3 +304,44 @@ async def test_sigkill_of_the_s2s_gateway_loses_and_duplicates_nothing_acknowled
     assert (counts.lost, counts.duplicated, counts.disordered) == (0, 0, 0), (
         counts, prosody.log()[-3000:])
     assert counts.delivered + counts.bounced == counts.acked
+
+
+async def test_sigkill_of_the_s2s_gateway_while_its_link_is_set_up_loses_nothing_queued() -> None:
+    """The stanzas wait on a link to a peer that accepted TCP and stalls (its stream header
+    never comes); the gateway is SIGKILLed then: they were not acked in STANZAD_S2S (their
+    stream messages wait for the link, `Bus.hold`), so the restarted gateway sends them, in
+    order, once the peer answers.  Acked as soon as queued, they were lost."""
+    n = 30
+    async with federation(proxied=True, STANZAD_S2S_CONNECT_TIMEOUT_S="90") as federated:
+        cluster, prosody, proxy = federated.cluster, federated.prosody, federated.proxy
+        assert proxy is not None
+        tag = secrets.token_hex(3)
+        sender = durable.Sender(f"qs-{tag}@{OURS}", cluster.c2s_port)
+        receiver = durable.Receiver(f"qr-{tag}@{THEIRS}", prosody.c2s_port, THEIRS, sm=False)
+        await _accounts(cluster, [sender.jid])
+        await asyncio.to_thread(prosody.register, receiver.jid.partition("@")[0],
+                                durable.PASSWORD)
+        env = dict(federated.s2s_env)
+        port = int(env.pop("port"))
+        proxy.stall()
+
+        def queued() -> float:
+            return metric_value(cluster.metrics("s2s-1"), "stanzad_s2s_queue_stanzas")
+
+        async def kill() -> None:  # once every stanza waits on the link being set up
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60  # hang guard
+            while await asyncio.to_thread(queued) < n:
+                assert loop.time() < deadline, cluster.log("s2s-1")
+                await asyncio.sleep(0.1)
+            assert proxy.accepted >= 1  # the link's TCP connection, hanging
+            await asyncio.to_thread(cluster.kill, "s2s-1")
+            await asyncio.to_thread(cluster.start_s2s, "s2s-1", port, **env)
+            proxy.resume()
+
+        counts = await durable.run([sender], [receiver], n, kill, n - 1)
+        print(f"s2s gateway SIGKILL with {n} stanzas on a link being set up: {counts}")
+        assert counts.acked == counts.sent == n, counts
+        assert (counts.lost, counts.duplicated, counts.disordered) == (0, 0, 0), (
+            counts, cluster.log("s2s-1"))
+        assert counts.delivered == n, counts  # none bounced: the peer answered in time

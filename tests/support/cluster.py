@@ -312,13 +312,13 @@ class Cluster:
         """An s2s gateway on ``port`` (a free one by default); ``overrides`` is
         STANZAD_S2S_OVERRIDES (domain=host:port,...), so no DNS is needed."""
         port = port or localservers.free_port()
+        env = {"STANZAD_S2S_CONNECT_TIMEOUT_S": "5", **env}
         self.start_service(
             name,
             "services.s2s_gateway",
             STANZAD_S2S_ID=name,
             STANZAD_S2S_PORT=str(port),
             STANZAD_S2S_OVERRIDES=overrides,
-            STANZAD_S2S_CONNECT_TIMEOUT_S="5",
             STANZAD_TLS_CERT=str(self.workdir / "tls" / "s2s-cert.pem"),
             STANZAD_TLS_KEY=str(self.workdir / "tls" / "s2s-key.pem"),
             STANZAD_LEASE_TTL_S="3",

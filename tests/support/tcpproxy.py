@@ -1,6 +1,8 @@
 """A TCP proxy on loopback that a test can break: connections through it can be made to
 swallow what they carry (a path that silently stopped delivering) or be cut (both sides
-reset), as networks do to long-lived s2s streams.  TLS passes through untouched."""
+reset), as networks do to long-lived s2s streams, and new ones can be left hanging after
+the TCP handshake (a peer that accepts and then says nothing).  TLS passes through
+untouched."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ class TCPProxy:
         self.pipes: list[_Pipe] = []
         self.accepted = 0
         self._server: asyncio.Server | None = None
+        self._open = asyncio.Event()  # cleared: new connections wait (`stall`)
+        self._open.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, 0)
@@ -36,6 +40,7 @@ class TCPProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                       ) -> None:
         self.accepted += 1
+        await self._open.wait()  # stalled: accepted, nothing forwarded either way yet
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.target_port)
         except OSError:
@@ -60,6 +65,14 @@ class TCPProxy:
             pass
         finally:
             self._cut(pipe)
+
+    def stall(self) -> None:
+        """Connections made from now on are accepted and then left hanging: nothing reaches
+        the target or comes back until `resume` (what was sent meanwhile is then passed)."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
 
     def swallow_open(self) -> None:
         """What the initiating side sends on the connections open now is never delivered

@@ -13,7 +13,7 @@ import pytest
 
 from devtools import localservers
 from shared.bus import streams, subjects
-from shared.bus.client import Bus
+from shared.bus.client import Bus, Hold
 from shared.bus.streams import StreamLimits
 
 TIMEOUT_S = 20.0  # hang guard only
@@ -238,3 +238,133 @@ async def test_a_restarted_nats_server_forgets_the_consumer_and_the_owner_recrea
                 await bus.close()
         finally:
             localservers.stop(proc)
+
+
+# ---- holds: an ack that waits for the handler's work (the s2s gateway's links) -------------
+
+
+class Holding(Consumer):
+    """Takes a hold (Bus.hold) on every item whose payload starts with ``b"h"``."""
+
+    def __init__(self, nats_url: str, name: str) -> None:
+        super().__init__(nats_url, name)
+        self.holds: dict[bytes, Hold] = {}
+
+    async def handle(self, batch: list[tuple[str, bytes]]) -> None:
+        for i, (_subject, data) in enumerate(batch):
+            self.got.append(data)
+            if data.startswith(b"h"):
+                self.holds[data] = self.bus.hold(i)
+
+
+async def _stored(bus: Bus, subject: str) -> int:
+    """Messages of ``subject`` still in its (work-queue) stream: not acked yet."""
+    fam = streams.family(subject)
+    assert fam is not None
+    return (await bus.subject_counts(fam)).get(subject, 0)
+
+
+async def _until_stored(bus: Bus, subject: str, n: int, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT_S
+    while await _stored(bus, subject) != n:
+        if loop.time() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.05)
+
+
+async def test_a_held_message_is_acked_once_its_holds_are_settled_the_others_at_once(
+    nats_url: str,
+) -> None:
+    subject = subjects.s2s(12)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    for data in (b"a0", b"h1", b"a2"):  # three stream messages
+        await tx.publish(subject, data)
+        await tx.flush()
+    for i in range(5):  # one tick: one pack of five, two parts held
+        tx.publish_soon(subject, b"h%d" % (10 + i) if i in (1, 3) else b"p%d" % i)
+    await tx.flush()
+    rx = Holding(nats_url, "rx")
+    await rx.bus.connect()
+    await rx.bus.consume(subject)
+    await _until(lambda: len(rx.got) >= 8, "every item")
+    await _until_stored(tx, subject, 2, "the unheld acked, the held kept")
+    rx.holds[b"h1"].settle()
+    await _until_stored(tx, subject, 1, "h1's message acked once settled")
+    rx.holds[b"h11"].settle()
+    await asyncio.sleep(0.3)  # the pack has one more hold: it must stay
+    assert await _stored(tx, subject) == 1
+    rx.holds[b"h13"].settle()
+    await _until_stored(tx, subject, 0, "the pack acked once both holds settled")
+    assert rx.bus.held == 0 and rx.got == [b"a0", b"h1", b"a2", b"p0", b"h11", b"p2",
+                                            b"h13", b"p4"]
+    for bus in (tx, rx.bus):
+        await bus.close()
+
+
+async def test_an_abandoned_hold_leaves_the_message_for_the_next_owner(nats_url: str) -> None:
+    subject = subjects.s2s(13)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    await tx.publish(subject, b"h0")
+    await tx.publish(subject, b"a1")
+    await tx.flush()
+    first = Holding(nats_url, "first")
+    await first.bus.connect()
+    await first.bus.consume(subject)
+    await _until(lambda: len(first.got) >= 2, "both")
+    first.holds[b"h0"].abandon()
+    await asyncio.wait_for(first.bus.stop_consuming(subject), TIMEOUT_S)
+    assert await _stored(tx, subject) == 1
+    second = Consumer(nats_url, "second")
+    await second.bus.connect()
+    await second.bus.consume(subject)
+    await _until(lambda: second.got, "the replay")
+    await _until_stored(tx, subject, 0, "acked by the next owner")
+    assert second.got == [b"h0"]
+    for bus in (tx, first.bus, second.bus):
+        await bus.close()
+
+
+async def test_a_hold_longer_than_ack_wait_is_kept_in_progress_not_redelivered(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A link set up for longer than the consumer's ack_wait: the bus tells the server the
+    message is in progress (+WPI), so it is not delivered a second time meanwhile."""
+    monkeypatch.setattr(streams, "ACK_WAIT_S", 3.0)
+    subject = subjects.s2s(14)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    await tx.publish(subject, b"h0")
+    await tx.flush()
+    rx = Holding(nats_url, "rx")
+    await rx.bus.connect()
+    await rx.bus.consume(subject)
+    await _until(lambda: rx.got, "the message")
+    await asyncio.sleep(3 * streams.ACK_WAIT_S)  # three times ack_wait, held all along
+    assert rx.got == [b"h0"], "delivered again while held"
+    rx.holds[b"h0"].settle()
+    await _until_stored(tx, subject, 0, "acked once settled")
+    for bus in (tx, rx.bus):
+        await bus.close()
+
+
+async def test_a_paused_consumer_is_not_pulled_until_resumed(nats_url: str) -> None:
+    subject = subjects.s2s(15)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    for i in range(20):
+        await tx.publish(subject, b"%d" % i)
+    await tx.flush()
+    rx = Consumer(nats_url, "rx")
+    await rx.bus.connect()
+    rx.bus.pause(subject)
+    await rx.bus.consume(subject)
+    await asyncio.sleep(0.5)  # a pull would bring them in milliseconds
+    assert rx.got == []
+    rx.bus.resume(subject)
+    await _until(lambda: len(rx.got) >= 20, "all once resumed")
+    assert rx.got == [b"%d" % i for i in range(20)]
+    for bus in (tx, rx.bus):
+        await bus.close()
