@@ -1,11 +1,16 @@
 """Loss counts of durable delivery over a long run with a pod SIGKILLed every so often.
 
-Starts a local cluster (two routers, two presence and two roster services, one connection
-manager, short leases), logs in SENDERS and RECEIVERS raw TLS clients with XEP-0198, and has
-every sender send numbered chat messages to every receiver at RATE rounds a second for
-SECONDS; every KILL_EVERY seconds one pod picked at random is SIGKILLed and started again:
-a partitioned pod, Redis (restarted empty: sessions are soft state) or, with
-``--nats-nodes 3`` (NATS as a 3-node cluster, streams replicated 3 times), one NATS node.
+Starts a local cluster (two routers, two presence and two roster services, three connection
+managers, short leases), logs in SENDERS raw TLS clients with XEP-0198 on the first
+connection manager and RECEIVERS on the other two, and has every sender send numbered chat
+messages to every receiver at RATE rounds a second for SECONDS; every KILL_EVERY seconds
+one pod picked at random is SIGKILLed and started again: a partitioned pod, a receivers'
+connection manager (its receivers log in again on another one; the unacknowledged messages
+of their old sessions go from the session logs to offline storage after the resumption
+timeout, STANZAD_SM_RESUME_TIMEOUT_S=10 here), Redis (restarted empty: sessions are soft
+state) or, with ``--nats-nodes 3`` (NATS as a 3-node cluster, streams replicated 3 times),
+one NATS node.  The senders' connection manager is not killed (the table needs each
+sender's one 'h'): tests/faults/test_durable_cm.py kills a sender's.
 At the end each sender asks for its 'h' (the stanzas the server stored), and the table
 (tests/support/durable.py) puts every acknowledged (sender, receiver, n) in one class:
 delivered, stored offline (taken from the store at the end), bounced, lost, duplicated;
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -34,13 +40,19 @@ from shared.store.pg.database import connect as db_connect  # noqa: E402
 from shared.store.presence import OfflineStore  # noqa: E402
 from shared.xmpp.credentials import derive_credentials  # noqa: E402
 from tests.support import durable  # noqa: E402
-from tests.support.cluster import Cluster, new_cluster  # noqa: E402
+from tests.support.cluster import Cluster, metric_value, new_cluster  # noqa: E402
 
 LEASE = {"STANZAD_LEASE_TTL_S": "2"}
 PODS = {  # name -> how to start it again
     "router-a": "router", "router-b": "router", "presence-a": "presence",
     "presence-b": "presence", "roster-a": "roster", "roster-b": "roster",
+    "cm-2": "cm", "cm-3": "cm",
 }
+SENDERS_CM = "cm-1"  # never killed
+# every limit at its default (3 receivers x 10 rounds/s is 30 stanzas/s per sender, under
+# the default 100/s) but a short XEP-0198 resumption timeout: what a killed connection
+# manager's sessions had not acknowledged is in offline storage before the end
+CM_ENV = {"STANZAD_SM_RESUME_TIMEOUT_S": "10"}
 
 
 def pods(cluster: Cluster) -> dict[str, str]:
@@ -60,6 +72,9 @@ def start(cluster: Cluster, name: str) -> None:
         cluster.start_presence(name, **LEASE)
     elif kind == "roster":
         cluster.start_roster(name, **LEASE)
+    elif kind == "cm":
+        port = int(cluster.cm_env[name]["STANZAD_C2S_PORT"]) if name in cluster.cm_env else 0
+        cluster.start_cm(name, port, **CM_ENV)
     elif kind == "redis":
         cluster.start_redis()
     else:
@@ -67,8 +82,12 @@ def start(cluster: Cluster, name: str) -> None:
 
 
 async def run(cluster: Cluster, args: argparse.Namespace) -> None:
-    senders = [durable.Sender(f"fs{k}@localhost", cluster.c2s_port) for k in range(args.senders)]
-    receivers = [durable.Receiver(f"fr{k}@localhost", cluster.c2s_port)
+    ports = {name: int(env["STANZAD_C2S_PORT"]) for name, env in cluster.cm_env.items()}
+    senders = [durable.Sender(f"fs{k}@localhost", ports[SENDERS_CM])
+               for k in range(args.senders)]
+    mine = ["cm-2", "cm-3"]
+    receivers = [durable.Receiver(f"fr{k}@localhost", ports[mine[k % 2]],
+                                  ports=[ports[mine[(k + 1) % 2]], ports[SENDERS_CM]])
                  for k in range(args.receivers)]
     db = await db_connect(cluster.database_url, "loadtest", size=1)
     accounts = AccountStore(db, "loadtest")
@@ -122,12 +141,23 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> None:
         if client is not None:
             await client.close()
     counts = durable.count(senders, receivers, rounds, acked)
+    dropped = {}  # copies the connection managers' replay check did not deliver (since start)
+    for name in cluster.cm_env:
+        with contextlib.suppress(Exception):
+            dropped[name] = int(metric_value(await asyncio.to_thread(cluster.metrics, name),
+                                             "stanzad_cm_duplicates_dropped_total"))
+        with contextlib.suppress(Exception):
+            swept = metric_value(await asyncio.to_thread(cluster.metrics, name),
+                                 "stanzad_cm_sm_swept_total")
+            dropped[f"{name} sessions swept"] = int(swept)
     print(f"\n{args.seconds:.0f} s, {len(kills)} kills "
           f"({', '.join(f'{v} at {t:.0f}s' for t, v in kills)}); NATS nodes "
           f"{cluster.nats_nodes}")
     print(durable.Counts.HEADER)
     print(counts.row())
     print(f"\n{counts}; bounces: {dict(sum((s.conditions for s in senders), Counter()))}")
+    print(f"replay check drops and sweeps per connection manager (since its last start): "
+          f"{dropped}")
 
 
 def main() -> None:
@@ -137,7 +167,9 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=3)
     parser.add_argument("--receivers", type=int, default=3)
     parser.add_argument("--rate", type=float, default=10, help="rounds a second")
-    parser.add_argument("--settle", type=float, default=5, help="seconds to wait at the end")
+    parser.add_argument("--settle", type=float, default=30,
+                        help="seconds to wait at the end (a killed connection manager's "
+                        "sessions reach offline storage within about 20 s)")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--victims", type=lambda v: v.split(","), default=[],
                         help="kill these in turn (router-a,redis,nats-1,...) instead of at "
@@ -154,10 +186,9 @@ def main() -> None:
         cluster.common_env = {"STANZAD_STREAM_REPLICAS": str(args.nats_nodes)}
     try:
         cluster.start_servers()
-        for name in PODS:
+        for name in PODS:  # cm-2 and cm-3 among them
             start(cluster, name)
-        cluster.start_cm("cm-1")  # every limit at its default: 3 receivers x 10 rounds/s is
-        # 30 stanzas/s per sender, under the default 100/s
+        cluster.start_cm(SENDERS_CM, **CM_ENV)
         asyncio.run(run(cluster, args))
     finally:
         cluster.stop()

@@ -520,6 +520,8 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
     def _acked(self) -> None:
         """An <a/> came: another <r/> may be asked for what is still unacknowledged."""
         self._ack_asked = False
+        if self.logged is not None:
+            self.cm.log_ack(self)
         queue = self.stream.sm
         if queue is not None and queue.unacked:
             self.schedule_flush()  # `_before_flush` decides

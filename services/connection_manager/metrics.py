@@ -139,6 +139,11 @@ SM_FROM_LOG = Counter(
     "Sessions of a dead connection manager resumed here from their XEP-0198 log (durable "
     "deliveries).",
 )
+SM_SWEPT = Counter(
+    "stanzad_cm_sm_swept_total",
+    "Sessions of a dead connection manager not resumed within their timeout whose "
+    "unacknowledged stanzas this one handed to the router from their XEP-0198 log.",
+)
 DRAINS = Counter(
     "stanzad_cm_drains_total",
     "Dead connection managers whose deliveries this one started draining.",

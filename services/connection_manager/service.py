@@ -231,9 +231,14 @@ class ConnectionManager:
         # JetStream consumer, resumable sessions are logged, dead peers' subjects drained
         self.own_subject = subjects.connection_manager(self.cm_id)
         self.logging = self.bus.stored(self.own_subject)
-        self._draining: dict[str, str] = {}  # dead connection manager -> its subject
+        # dead connection managers whose drain lease we hold -> when we took it; those whose
+        # deliveries we consume -> their subject; their session logs: full JID -> subject
+        self._dead: dict[str, float] = {}
+        self._draining: dict[str, str] = {}
+        self._logs_of: dict[str, dict[str, str]] = {}
         self._log_due: set[C2SConnection] = set()  # detached sessions with entries to log
-        self._has_log: dict[str, bool] = {}  # full JID -> its log holds something (drains)
+        # the logs a previous run with our id left (its sessions are gone): swept at once
+        self._previous_logs: set[str] = set()
         self._last_ts_us = 0  # strictly increasing: (origin, ts_us) names a client stanza
         self._server: asyncio.Server | None = None
         self._servers: list[asyncio.Server] = []  # direct TLS, HTTP
@@ -271,6 +276,13 @@ class ConnectionManager:
         own = self.own_subject
         if self.logging:  # from the oldest unacked: what a previous run left comes first
             await self.bus.consume(own)
+            # our logs are found by this mark if we die; a previous run's logs are swept
+            self.bus.publish_soon(subjects.sm_log_marker(self.cm_id), b"")
+            try:
+                self._previous_logs = set(await self.bus.subject_counts(
+                    "smlog", subjects.sm_logs_of(self.cm_id)))
+            except Exception as exc:  # found again at the next start
+                log.warning("could not list the session logs of a previous run: %s", exc)
         else:
             await self.bus.subscribe(own)
             await self.bus.flush()
@@ -471,7 +483,7 @@ class ConnectionManager:
             task.cancel()
         await self.auth_backends.close()
         if self.logging:
-            for cm_id in list(self._draining):
+            for cm_id in list(self._dead):
                 await self._stop_draining(cm_id)
             await self.bus.stop_consuming(self.own_subject)
         try:
@@ -864,13 +876,17 @@ class ConnectionManager:
         assert jid is not None and conn.record is not None
         full = str(jid)
         unacked: list[bytes] = []
+        ended_log = ""
         queue = conn.stream.sm
         if queue is not None:
             metrics.SM_SESSIONS.dec()
             conn.stream.sm = None
             if self.resumable.get(queue.id) is conn:
                 del self.resumable[queue.id]
-                self._spawn(self._forget_facts(full, queue.id, conn.logged is not None))
+                if conn.logged is None:
+                    self._spawn(self._forget_facts(full, queue.id))
+                else:  # once what it returns is stored: its log, then its facts
+                    ended_log = queue.id
             conn.logged = None
             unacked = list(queue.queue)
             queue.queue.clear()
@@ -880,6 +896,8 @@ class ConnectionManager:
         if replaced:
             if unacked:
                 self._return_unacked(full, unacked)
+            if ended_log:
+                self._end_log(full, ended_log)
             return
         # RFC 6121 §4.5.2: the contacts learn the session ended; §4.6.3: and those it sent
         # directed presence to (rooms joined without initial presence: the presence service
@@ -890,9 +908,10 @@ class ConnectionManager:
                            origin=f"{self.cm_id}/{conn.session_id}", payload=gone.encode())
             p = subjects.partition(jid.bare_str, self.settings.partitions)
             self.bus.publish_soon(subjects.presence(p), env.encode())
-        self._spawn(self._unbind(full, conn.record, unacked))
+        self._spawn(self._unbind(full, conn.record, unacked, ended_log))
 
-    async def _unbind(self, full: str, record: SessionRecord, unacked: list[bytes]) -> None:
+    async def _unbind(self, full: str, record: SessionRecord, unacked: list[bytes],
+                      ended_log: str = "") -> None:
         try:
             version = await self.store.unbind(full, record)
         except Exception as exc:
@@ -902,8 +921,18 @@ class ConnectionManager:
             self._session_event(bare_of(full), version)
         if unacked:
             self._return_unacked(full, unacked)
+        if ended_log:
+            self._end_log(full, ended_log)
 
-    def _return_unacked(self, full: str, unacked: list[bytes]) -> None:
+    def _end_log(self, full: str, sm_id: str) -> None:
+        """A logged session ended here: once what it returned to the router is stored, its
+        log is purged, then its facts deleted (in that order: a log left by a death in
+        between, whose facts are still there, is handed to offline storage by the sweep,
+        never one whose queue was already returned)."""
+        self.bus.after_stored(lambda: self._spawn(self._forget_facts(full, sm_id, True)))
+
+    def _return_unacked(self, full: str, unacked: list[bytes],
+                        on_fail: Callable[[], None] | None = None) -> None:
         """XEP-0198 §5 (the session will not be resumed): the stanzas it did not acknowledge
         go back to the router as undelivered, after the unbind: messages to offline storage
         (XEP-0160; not to the other resources, which had their own copies), IQ requests
@@ -923,7 +952,7 @@ class ConnectionManager:
             env = Envelope(kind, to=full, from_=from_, type=element.get("type") or "",
                            id=element.get("id") or "", origin=SM_UNACKED_ORIGIN,
                            payload=payload)
-            self.bus.publish_soon(route, env.encode())
+            self.bus.publish_soon(route, env.encode(), on_fail)
 
     # ---- XEP-0198 -------------------------------------------------------------------------
 
@@ -935,9 +964,9 @@ class ConnectionManager:
             queue, jid = conn.stream.sm, conn.stream.jid
             if self.logging and queue is not None and jid is not None:
                 conn.logged, conn.stamps = queue.sent, {}
-                # a new base: what an earlier session of the full JID left is superseded
-                self.bus.publish_soon(subjects.sm_log(str(jid)),
-                                      sm.log_entry(0, queue.handled, "", 0, b"", base=True))
+                self.bus.publish_soon(subjects.sm_log(self.cm_id, str(jid), queue.id),
+                                      sm.log_entry(0, queue.handled, "", 0, b"", base=True,
+                                                   acked=queue.acked))
 
     async def _write_facts(self, conn: C2SConnection, *, detached: bool = False) -> None:
         """The resumption facts of `conn`'s session in Redis (`shared.store.sm_facts`):
@@ -953,15 +982,18 @@ class ConnectionManager:
             log.warning("could not store the resumption facts: %s", exc)
 
     async def _forget_facts(self, full: str, sm_id: str, logged: bool = False) -> None:
+        if logged:  # before the facts: a log left behind is then known to be ended
+            await self._purge_log(subjects.sm_log(self.cm_id, full, sm_id))
         try:
             await self.sm_facts.forget(full, sm_id)
         except Exception as exc:  # they expire with their TTL
             log.warning("could not delete the resumption facts: %s", exc)
-        if logged:  # after the tick's publishes (the queue returned to the router)
-            try:
-                await self.bus.purge(subjects.sm_log(full))
-            except Exception as exc:  # its entries expire with the stream's max_age
-                log.warning("could not purge a session's log: %s", exc)
+
+    async def _purge_log(self, subject: str) -> None:
+        try:
+            await self.bus.purge(subject)
+        except Exception as exc:  # its entries expire with the stream's max_age
+            log.warning("could not purge a session's log: %s", exc)
 
     def resumable_for(self, conn: C2SConnection, previd: str) -> C2SConnection | None:
         """The session `previd` names, if it is here and of the account `conn` authenticated
@@ -1017,7 +1049,8 @@ class ConnectionManager:
         if facts is None:
             return NotResumed("not_found")
         failed = NotResumed("not_found", facts.handled)  # §5: with 'h' when it is known
-        if facts.expired(time.time()) or facts.cm_id == self.cm_id:
+        if (facts.expired(time.time()) or facts.cm_id == self.cm_id
+                or facts.session_id == SWEPT):
             return failed
         full = facts.jid
         if full in self._arriving or full in self.sessions:  # another resume or bind here
@@ -1070,13 +1103,15 @@ class ConnectionManager:
     async def _resume_from_log(self, conn: C2SConnection, facts: SmFacts, previd: str,
                                h: int) -> Handed | NotResumed:
         """The owner of the session died (its heartbeat expired): what its stream still
-        held is drained (into the session's log, `_drained`), the queue the client's 'h'
-        refers to is rebuilt from the log, and the record is moved here (or written again
-        when the reaper removed it).  What the drain appended in between is read again
-        after the move; copies are dropped by (origin, ts_us)."""
+        held is drained (into the session's log, `_drained`), the session is claimed from
+        the sweep that would hand its log to offline storage (`SmFactsStore.claim`: the
+        first to change the facts' owner decides), the queue the client's 'h' refers to is
+        rebuilt from the log, and the record is moved here (or written again when the
+        reaper removed it).  What the drain appended in between is read again after the
+        move; copies are dropped by (origin, ts_us)."""
         full = facts.jid
         dead = subjects.connection_manager(facts.cm_id)
-        log_subject = subjects.sm_log(full)
+        log_subject = subjects.sm_log(facts.cm_id, full, previd)
         try:
             await self._drain(facts.cm_id)
             await self._drained_out(dead, DRAIN_WAIT_S)
@@ -1086,8 +1121,16 @@ class ConnectionManager:
             return NotResumed("owner_silent", facts.handled)
         if not read:  # logged nowhere (durable deliveries off there)
             return NotResumed("owner_silent", facts.handled)
-        restore = SessionRecord(self.cm_id, facts.session_id, 0, False)
         owner = f"{facts.cm_id} {facts.session_id}"
+        try:
+            claimed = await self.sm_facts.claim(bare_of(full), previd, owner,
+                                                f"{self.cm_id} {facts.session_id}")
+        except Exception as exc:
+            log.warning("claiming a session of dead %s failed: %s", facts.cm_id, exc)
+            claimed = False
+        if not claimed:  # swept to offline storage (after its timeout), or resumed elsewhere
+            return NotResumed("not_found", facts.handled)
+        restore = SessionRecord(self.cm_id, facts.session_id, 0, False)
         try:
             moved = await self.store.move(full, owner, self.cm_id, conn.peer, restore)
         except Exception as exc:
@@ -1097,6 +1140,9 @@ class ConnectionManager:
         if moved is None or moved.replaced is None or full in self.sessions:
             queue = sm.queue_from_log(previd, facts.max_s, entries, h, facts.handled)
             self._return_unacked(full, list(queue.queue))
+            # ours to end: once that is stored, the dead one's log and the facts go
+            self.bus.after_stored(lambda: self._spawn(self._end_dead_log(log_subject, full,
+                                                                         previd)))
             return NotResumed("lost_race", queue.handled)
         try:  # what a drain decided before the move and appended after our read
             await self._drained_out(dead, DRAIN_WAIT_S)
@@ -1111,7 +1157,14 @@ class ConnectionManager:
         metrics.SM_FROM_LOG.inc()
         log.info("session of dead %s resumed from its log, %d stanzas to write again",
                  facts.cm_id, len(queue.queue))
-        return Handed(JID.parse(full), queue, moved.replaced, moved.version, seen)
+        return Handed(JID.parse(full), queue, moved.replaced, moved.version, seen, log_subject)
+
+    async def _end_dead_log(self, subject: str, full: str, sm_id: str) -> None:
+        await self._purge_log(subject)
+        try:
+            await self.sm_facts.forget(full, sm_id)
+        except Exception as exc:  # they expire with their TTL
+            log.warning("could not delete the resumption facts: %s", exc)
 
     async def _owner_dead(self, cm_id: str) -> bool:
         """Whether the connection manager that did not answer a TAKEOVER is dead: its
@@ -1142,19 +1195,31 @@ class ConnectionManager:
         new = min(queue.sent - conn.logged, len(queue.queue))
         if new <= 0:
             return False
-        subject = subjects.sm_log(str(jid))
+        subject = subjects.sm_log(self.cm_id, str(jid), queue.id)
         items = queue.queue
         n = len(items)
         stamps = conn.stamps
         publish = self.bus.publish_soon
         count = queue.sent - new
+        handled, acked = queue.handled, queue.acked
         for i in range(n - new, n):
             count += 1
             stamp = stamps.pop(count, None) if stamps else None
             origin, ts_us = stamp if stamp is not None else ("", 0)
-            publish(subject, sm.log_entry(count, queue.handled, origin, ts_us, items[i]))
+            publish(subject, sm.log_entry(count, handled, origin, ts_us, items[i],
+                                          acked=acked))
         conn.logged = queue.sent
         return True
+
+    def log_ack(self, conn: C2SConnection) -> None:
+        """The client of a logged session acknowledged stanzas (<a/>): its log learns it
+        (packed with the tick's other entries of the session), so that a session never
+        resumed after a death hands to offline storage only what was not acknowledged."""
+        queue, jid = conn.stream.sm, conn.stream.jid
+        if queue is None or jid is None or conn.logged is None:
+            return
+        self.bus.publish_soon(subjects.sm_log(self.cm_id, str(jid), queue.id),
+                              sm.ack_mark(queue.handled, queue.acked))
 
     def log_soon(self, conn: C2SConnection) -> None:
         """A session that writes nothing now (detached, closing) got stanzas: logged at the
@@ -1174,70 +1239,199 @@ class ConnectionManager:
         queue, jid = conn.stream.sm, conn.stream.jid
         if not self.logging or queue is None or jid is None:
             return
-        subject = subjects.sm_log(str(jid))
+        subject = subjects.sm_log(self.cm_id, str(jid), queue.id)
         count = queue.sent - len(queue.queue)
-        self.bus.publish_soon(subject, sm.log_entry(0, queue.handled, "", 0, b"", base=True))
+        self.bus.publish_soon(subject, sm.log_entry(0, queue.handled, "", 0, b"", base=True,
+                                                    acked=count))
         for stanza in queue.queue:
             count += 1
-            self.bus.publish_soon(subject, sm.log_entry(count, queue.handled, "", 0, stanza))
+            self.bus.publish_soon(subject, sm.log_entry(count, queue.handled, "", 0, stanza,
+                                                        acked=queue.acked))
         conn.logged, conn.stamps = queue.sent, {}
 
     async def _janitor(self) -> None:
-        """Every few seconds: the subjects of connection managers whose heartbeat expired
-        and that still hold deliveries are drained by one live connection manager (a lease
-        in Redis); a drain stops once the subject is empty or its owner is back."""
+        """Every few seconds: a dead connection manager (its heartbeat expired) that left
+        deliveries in its subject or session logs is taken care of by one live connection
+        manager (a lease in Redis): its deliveries are drained, then the logs of the
+        sessions whose client did not resume in time are handed to offline storage
+        (`_sweep`); the lease is given up once nothing is left or the owner is back."""
         interval = max(1.0, self.settings.session_ttl_s / 3)
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        log_age = max(s.sm_resume_timeout_s, s.sm_max_resume_timeout_s) + LOG_SLACK_S
+        mark_every = max(interval, min(LOG_SLACK_S / 2, log_age / 4))
+        marked = loop.time()  # at start
         while True:
             await asyncio.sleep(interval)
+            if loop.time() - marked >= mark_every:  # before the stream's max_age drops it
+                self.bus.publish_soon(subjects.sm_log_marker(self.cm_id), b"")
+                marked = loop.time()
             try:
-                counts = await self.bus.subject_counts("cm")
-                for subject in counts:
-                    cm_id = subject.rpartition(".")[2]
-                    if subject == self.own_subject:
-                        continue
-                    alive = await self._redis.exists(keys.cm_alive(cm_id))
-                    if cm_id in self._draining:
-                        if alive:
-                            await self._stop_draining(cm_id)
-                        else:
-                            await self._redis.set(keys.cm_drain(cm_id), self.cm_id,
-                                                  ex=DRAIN_LEASE_S)
-                    elif not alive:
-                        await self._drain(cm_id)
-                for cm_id, subject in list(self._draining.items()):
-                    if subject not in counts:
-                        await self._stop_draining(cm_id)
+                await self._janitor_round()
             except Exception as exc:
                 log.warning("drain round failed: %s", exc)
 
-    async def _drain(self, cm_id: str) -> None:
-        """Consume a dead connection manager's subject here, if no one else does."""
-        if cm_id in self._draining or cm_id == self.cm_id:
+    async def _janitor_round(self) -> None:
+        counts = await self.bus.subject_counts("cm")
+        marks = await self.bus.subject_counts("smlog", subjects.SM_LOG_MARKERS)
+        peers = {s.rpartition(".")[2] for s in counts} | {s.split(".")[2] for s in marks}
+        peers |= self._dead.keys()
+        peers.discard(self.cm_id)
+        if self._previous_logs and await self._sweep(self.cm_id, self._previous_logs):
+            self._previous_logs = set()
+        if not peers:
             return
+        order = sorted(peers)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for cm_id in order:
+                pipe.exists(keys.cm_alive(cm_id))
+            alive = await pipe.execute()
+        for cm_id, up in zip(order, alive, strict=True):
+            if up:
+                if cm_id in self._dead:
+                    await self._stop_draining(cm_id)
+                continue
+            if cm_id in self._dead:
+                await self._redis.set(keys.cm_drain(cm_id), self.cm_id, ex=DRAIN_LEASE_S)
+            elif not await self._lease(cm_id):
+                continue
+            subject = subjects.connection_manager(cm_id)
+            if subject in counts:  # its deliveries first: some go into the logs
+                if cm_id not in self._draining:
+                    await self._consume_dead(cm_id)
+                continue
+            if cm_id in self._draining:
+                del self._draining[cm_id]
+                await self.bus.stop_consuming(subject)
+            if await self._sweep(cm_id):
+                mark = subjects.sm_log_marker(cm_id)
+                if mark in marks:
+                    await self._purge_log(mark)
+                await self._stop_draining(cm_id)
+
+    async def _lease(self, cm_id: str) -> bool:
+        """Take the lease of dead ``cm_id`` if no one has it."""
+        if cm_id in self._dead:
+            return True
         if not await self._redis.set(keys.cm_drain(cm_id), self.cm_id, nx=True,
                                      ex=DRAIN_LEASE_S):
+            return False
+        self._dead[cm_id] = time.time()
+        return True
+
+    async def _drain(self, cm_id: str) -> None:
+        """Consume a dead connection manager's subject here, if no one else does."""
+        if cm_id in self._draining or cm_id == self.cm_id or not await self._lease(cm_id):
             return
+        await self._consume_dead(cm_id)
+
+    async def _consume_dead(self, cm_id: str) -> None:
         subject = subjects.connection_manager(cm_id)
         self._draining[cm_id] = subject
         try:
             await self.bus.consume(subject)
         except Exception:
             del self._draining[cm_id]
-            await self._redis.delete(keys.cm_drain(cm_id))
             raise
         metrics.DRAINS.inc()
         log.info("draining the deliveries of dead connection manager %s", cm_id)
 
     async def _stop_draining(self, cm_id: str) -> None:
+        """Give up what we did for ``cm_id``: its subject, its lease."""
         subject = self._draining.pop(cm_id, None)
-        if subject is None:
+        if subject is not None:
+            await self.bus.stop_consuming(subject)
+        self._logs_of.pop(cm_id, None)
+        if self._dead.pop(cm_id, None) is None:
             return
-        await self.bus.stop_consuming(subject)
         with contextlib.suppress(Exception):
             if await self._redis.get(keys.cm_drain(cm_id)) == self.cm_id.encode():
                 await self._redis.delete(keys.cm_drain(cm_id))
-        self._has_log.clear()
         log.info("stopped draining %s", cm_id)
+
+    async def _logs(self, cm_id: str) -> dict[str, str]:
+        """Full JID -> subject of the session logs dead ``cm_id`` left (read once)."""
+        logs = self._logs_of.get(cm_id)
+        if logs is None:
+            logs = {}
+            for subject in sorted(await self.bus.subject_counts("smlog",
+                                                                subjects.sm_logs_of(cm_id))):
+                parts = subjects.sm_log_parts(subject)
+                if parts is not None:
+                    logs[parts[1]] = subject
+            self._logs_of[cm_id] = logs
+        return logs
+
+    async def _returned(self, full: str, stanzas: list[bytes]) -> bool:
+        """`_return_unacked`, and whether every one of them was stored (PubAck'd)."""
+        failures: list[bool] = []
+        self._return_unacked(full, stanzas, lambda: failures.append(True))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def stored() -> None:
+            if not done.done():
+                done.set_result(None)
+        self.bus.after_stored(stored)
+        await done  # bounded: a PubAck not come in PUBACK_TIMEOUT_S counts as a failure
+        return not failures
+
+    async def _sweep(self, cm_id: str, only: set[str] | None = None) -> bool:
+        """XEP-0198 §5 for the sessions of dead ``cm_id`` whose client did not resume within
+        the resumption timeout (counted from when we found it dead, or the deadline of a
+        session it had detached): what the client had not acknowledged (the log's last
+        acknowledged count) goes to the router as undelivered (`SM_UNACKED_ORIGIN`:
+        messages to offline storage), then the log is purged and the facts deleted.  The
+        facts' owner is changed first (`SWEPT`): a resume that has not claimed the session
+        by then gets <item-not-found/>, and one that has is left alone.  At most
+        `SWEEP_BATCH` sessions a round; True when nothing is left to sweep.  ``only``: the
+        logs a previous run with our own id left, due at once."""
+        if only is not None:
+            listed = dict.fromkeys(only, 0)
+        else:
+            listed = await self.bus.subject_counts("smlog", subjects.sm_logs_of(cm_id))
+        now = time.time()
+        since = self._dead.get(cm_id, now) if only is None else 0.0
+        left = False
+        swept = 0
+        logs = self._logs_of.get(cm_id, {})
+        for subject in sorted(listed):
+            parts = subjects.sm_log_parts(subject)
+            if parts is None:
+                continue
+            if swept >= SWEEP_BATCH:
+                return False
+            _, full, sm_id = parts
+            bare = bare_of(full)
+            facts = await self.sm_facts.get(bare, sm_id)
+            if facts is not None and facts.cm_id != cm_id:
+                continue  # resumed elsewhere: that connection manager purges this log
+            if facts is None:  # expired (detached, its deadline passed) or Redis lost
+                due = since + self.settings.sm_resume_timeout_s
+            elif facts.deadline:
+                due = facts.deadline
+            else:
+                due = since + facts.max_s
+            if now < due:
+                left = True
+                continue
+            if facts is not None and facts.session_id != SWEPT and not await self.sm_facts.claim(
+                    bare, sm_id, f"{cm_id} {facts.session_id}", f"{cm_id} {SWEPT}"):
+                left = True  # claimed by a resume meanwhile: looked at again
+                continue
+            if logs.get(full) == subject:
+                del logs[full]  # what is drained for it from now on is undelivered
+            queue = sm.unacked_from_log(_log_entries(await self.bus.read_subject(subject)))
+            if not await self._returned(full, list(queue.queue)):
+                left = True  # the router's stream refused some: all of it again next round
+                continue
+            await self._purge_log(subject)
+            if facts is not None:
+                await self.sm_facts.forget(full, sm_id)
+            swept += 1
+            metrics.SM_SWEPT.inc()
+            log.info("session %s of dead %s not resumed: %d unacknowledged stanzas to the "
+                     "router", sm_id, cm_id, len(queue.queue))
+        return not left
 
     async def _drained_out(self, subject: str, timeout_s: float) -> None:
         """Wait until ``subject`` holds nothing (everything handled and acked), at most
@@ -1255,38 +1449,39 @@ class ConnectionManager:
         everything else is undelivered: messages to offline storage as for a session's
         unacknowledged stanzas (`SM_UNACKED_ORIGIN`), IQ requests bounced."""
         local: list[Envelope] = []
-        units: list[Envelope] = []
-        for env in decoded(batch):
-            if env.kind is Kind.FANOUT:
-                units.extend(env._replace(to=full, payload=with_to(env.payload, full))
-                             for full in env.to.split(FANOUT_SEPARATOR))
-            elif env.kind in STANZA_KINDS or env.kind is Kind.BATCH:
-                units.append(env)
-        later: list[Envelope] = []
-        for env in units:
+        units: list[tuple[str, Envelope]] = []  # (dead connection manager, delivery)
+        for subject, data in batch:
+            dead = subject.rpartition(".")[2]
+            for env in decoded([(subject, data)]):
+                if env.kind is Kind.FANOUT:
+                    units.extend((dead, env._replace(to=full, payload=with_to(env.payload,
+                                                                              full)))
+                                 for full in env.to.split(FANOUT_SEPARATOR))
+                elif env.kind in STANZA_KINDS or env.kind is Kind.BATCH:
+                    units.append((dead, env))
+        later: list[tuple[str, Envelope]] = []
+        for dead, env in units:
             if (env.to in self.sessions or env.to in self._arriving
                     or env.to in self.handed_over):
                 local.append(env)
             else:
-                later.append(env)
+                later.append((dead, env))
         if not later:
             return local
-        bares = sorted({env.to_bare for env in later})
+        bares = sorted({env.to_bare for _, env in later})
         records = dict(zip(bares, await self.store.get_many(bares), strict=True))
-        for env in later:
+        for (dead, env) in later:
             resource = env.to.partition("/")[2]
             record = records.get(env.to_bare, {}).get(resource)
             if (record is not None and record.cm_id != self.cm_id
-                    and f"{subjects.PREFIX}.cm.{record.cm_id}" not in self._draining.values()):
+                    and record.cm_id not in self._draining):
                 self.bus.publish_soon(subjects.connection_manager(record.cm_id),
                                       env.forwarded().encode())
                 continue
-            if env.to not in self._has_log:
-                self._has_log[env.to] = await self.bus.has_messages(subjects.sm_log(env.to))
             stanzas = (split_stanzas(env.payload) if env.kind is Kind.BATCH
                        else [env.payload])
-            if self._has_log[env.to]:
-                subject = subjects.sm_log(env.to)
+            subject = (await self._logs(dead)).get(env.to)
+            if subject is not None:
                 for stanza in stanzas:
                     self.bus.publish_soon(subject, sm.log_entry(0, 0, env.origin, env.ts_us,
                                                                 stanza))
@@ -1313,6 +1508,9 @@ class ConnectionManager:
         self._session_event(handed.jid.bare_str, handed.version)  # routers' caches follow
         self._spawn(self._write_facts(conn))
         self._base(conn)
+        if handed.old_log:  # once our base is stored, the dead one's copy goes
+            old_log = handed.old_log
+            self.bus.after_stored(lambda: self._spawn(self._purge_log(old_log)))
         if handed.seen:
             conn.seen = dict(handed.seen)
         for env in self._arriving.pop(full, []):
@@ -1386,7 +1584,8 @@ class ConnectionManager:
         if self._stopping:  # stay up a little for what routers still send here
             self._forwarding_until = asyncio.get_running_loop().time() + SHUTDOWN_FORWARD_S
         asyncio.get_running_loop().call_later(
-            HANDED_OVER_S, self._handed_over_done, full, env.from_, old.record, old.available
+            HANDED_OVER_S, self._handed_over_done, full, env.from_, old.record, old.available,
+            queue.id if old.logged is not None else "",
         )
         ok = Envelope(Kind.HANDOVER, to=full, from_=self.cm_id, id=env.type, type="ok",
                       origin=old.record.owner, payload=payload)
@@ -1409,10 +1608,12 @@ class ConnectionManager:
             self._return_unacked(env.to, list(queue.queue))
 
     def _handed_over_done(self, full: str, to_cm: str, record: SessionRecord,
-                          available: bool) -> None:
+                          available: bool, logged: str = "") -> None:
         if self.handed_over.get(full) == to_cm:
             del self.handed_over[full]
         self._spawn(self._unbind_stale(full, record, available))
+        if logged:  # the other pod logs it under its own id now
+            self._spawn(self._purge_log(subjects.sm_log(self.cm_id, full, logged)))
 
     async def _unbind_stale(self, full: str, record: SessionRecord, available: bool) -> None:
         """A session handed over whose record still names this pod: the other pod never
@@ -1754,6 +1955,8 @@ MAX_HANDOVER_BYTES: Final = 900 * 1024
 LOG_SLACK_S: Final = 600
 DRAIN_LEASE_S: Final = 30
 DRAIN_WAIT_S: Final = 10.0
+SWEEP_BATCH: Final = 200  # sessions of a dead connection manager swept per janitor round
+SWEPT: Final = "swept"  # the session id in the facts of a session being swept
 
 
 def _log_entries(read: list[tuple[int, bytes]]) -> list[sm.LogEntry]:
@@ -1787,6 +1990,7 @@ class Handed:
     record: SessionRecord
     version: int
     seen: dict[str, int] | None = None  # from a log: the last ts_us per sending session
+    old_log: str = ""  # from a log: its subject, purged once this pod's base is stored
 
 
 _KINDS: Final = {k.value: k for k in STANZA_KINDS}

@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH: Final = 512
 MAX_DIRECT_BUFFER_BYTES: Final = 1024 * 1024  # beyond this, nats-py's flusher drains first
 PUBACK_TIMEOUT_S: Final = 5.0  # a durable publish not acknowledged by then failed
+READ_BATCH: Final = 256  # messages of one subject per DIRECT.GET request (read_subject)
 RECREATE_WITHIN_S: Final = 60.0  # after a reconnect, JetStream asked this long for consumers
 _IN_PACK: Final = "+"  # an inbox item whose stream message's ack goes with a later item
 BatchHandler = Callable[[list[tuple[str, bytes]]], Awaitable[None]]
@@ -686,24 +687,76 @@ class Bus:
         if error:
             raise BusError(f"stream {name}: {error.get('description')}")
 
-    async def subject_counts(self, fam: str) -> dict[str, int]:
-        """The subjects of a family's stream that hold messages, and how many each."""
+    async def subject_counts(self, fam: str, subjects_filter: str = "") -> dict[str, int]:
+        """The subjects of a family's stream (those matching ``subjects_filter``, a NATS
+        wildcard; by default every one) that hold messages, and how many each."""
         name = streams.stream_name(fam)
-        answer = await self._api(f"$JS.API.STREAM.INFO.{name}",
-                                 {"subjects_filter": f"{streams.subjects.PREFIX}.{fam}.*"})
+        answer = await self._api(f"$JS.API.STREAM.INFO.{name}", {
+            "subjects_filter": subjects_filter or f"{streams.subjects.PREFIX}.{fam}.>"})
         if answer.get("error"):
             raise BusError(f"stream {name}: {answer['error'].get('description')}")
         return {k: int(v) for k, v in
                 ((answer.get("state") or {}).get("subjects") or {}).items()}
 
     async def read_subject(self, subject: str, after: int = 0) -> list[tuple[int, bytes]]:
-        """Every message of ``subject`` (a limits stream) after the stream sequence
-        ``after``, in order, as (sequence, payload): one request per message."""
+        """Every message of ``subject`` (a limits stream with ``allow_direct``) after the
+        stream sequence ``after``, in order, as (sequence, payload).  The subject's last
+        sequence is asked of the stream leader, then the messages are read in batches of
+        ``READ_BATCH`` (one DIRECT.GET request each, ADR-31) from any replica that has at
+        least that sequence (``min_last_seq``, read after write); a batch that stops short
+        of it (a replica behind) is read again one message at a time from the leader."""
         fam = streams.family(subject)
         assert fam is not None, subject
-        api = f"$JS.API.STREAM.MSG.GET.{streams.stream_name(fam)}"
+        nc = self._nc
+        if nc is None:
+            raise BusUnavailable("bus not connected")
+        stream = streams.stream_name(fam)
+        answer = await self._api(f"$JS.API.STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+        error = answer.get("error")
+        if error:
+            if error.get("code") == 404:  # nothing at all
+                return []
+            raise BusError(f"reading {subject}: {error.get('description')}")
+        last = int(answer["message"]["seq"])
         out: list[tuple[int, bytes]] = []
         seq = after + 1
+        if seq > last:
+            return out
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        try:
+            while seq <= last:
+                body = {"seq": seq, "next_by_subj": subject, "batch": READ_BATCH,
+                        "min_last_seq": last}
+                await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(),
+                                 reply=inbox)
+                got = 0
+                while True:
+                    msg = await sub.next_msg(timeout=5)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status is None:
+                        at = int(headers["Nats-Sequence"])
+                        out.append((at, msg.data))
+                        seq = at + 1
+                        got += 1
+                        continue
+                    break  # 204: the end of the batch; 404: nothing after seq; or refused
+                if status != "204" or got == 0:
+                    break
+        except Exception as exc:  # no direct get: the leader, one message at a time
+            log.warning("batched read of %s failed (%s); reading one by one", subject, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if seq <= last:  # a replica behind the leader, or no direct get
+            out += await self._read_one_by_one(stream, subject, seq)
+        return out
+
+    async def _read_one_by_one(self, stream: str, subject: str, seq: int
+                               ) -> list[tuple[int, bytes]]:
+        api = f"$JS.API.STREAM.MSG.GET.{stream}"
+        out: list[tuple[int, bytes]] = []
         while True:
             answer = await self._api(api, {"seq": seq, "next_by_subj": subject})
             error = answer.get("error")

@@ -18,8 +18,9 @@ What each role does on the bus:
   (``JS_CONSUMERS``).  Only the STANZAD_* streams are named; no role may delete a stream;
 - durable deliveries (``STANZAD_DURABLE_DELIVERIES``): every durable bus creates the
   ``STANZAD_CM`` stream too; a connection manager pulls and acks its consumer (and a dead
-  one's, to drain it), reads its stream's subject counts, and appends to, reads and purges
-  the XEP-0198 session logs (``smlog.*``, ``STANZAD_SMLOG``);
+  one's, to drain it), reads its stream's subject counts, and appends to, lists, reads
+  (in batches: direct get) and purges the XEP-0198 session logs (``smlog.>``,
+  ``STANZAD_SMLOG``);
 - the admin API and the CLI use no request/reply and may not subscribe to ``_INBOX.>``;
 - a connection manager publishes to ``cm.*`` (the kick of a session it replaces on another
   connection manager, RFC 6120 §7.7.2.2 conflict) and subscribes to ``cm.*``: NATS
@@ -69,7 +70,9 @@ JS_DELIVERIES: Final = (
     f"$JS.API.STREAM.CREATE.{LOG_STREAM}",
     f"$JS.API.STREAM.UPDATE.{LOG_STREAM}",
     f"$JS.API.STREAM.MSG.GET.{LOG_STREAM}",
+    f"$JS.API.DIRECT.GET.{LOG_STREAM}",
     f"$JS.API.STREAM.PURGE.{LOG_STREAM}",
+    f"$JS.API.STREAM.INFO.{LOG_STREAM}",
 )
 JS_CONSUMERS: Final = tuple(
     subject for name in _STREAMS for subject in (

@@ -10,8 +10,9 @@ partitioned service without their changing.
 With ``StreamLimits.deliveries`` (STANZAD_DURABLE_DELIVERIES) two more: ``STANZAD_CM`` on
 ``stanzad.cm.*``, the connection managers' deliveries (work queue, one durable consumer per
 connection manager, drained by another one when it dies), and ``STANZAD_SMLOG`` on
-``stanzad.smlog.*``, the XEP-0198 log of each resumable session (limits retention: kept for
-``log_max_age_s``, read back when the session is resumed after its connection manager died).
+``stanzad.smlog.>``, the XEP-0198 log of each resumable session (limits retention: kept for
+``log_max_age_s``, read back when the session is resumed after its connection manager died,
+or handed to offline storage when it is not: subjects.sm_log).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ FAMILIES: Final = tuple(
 )
 # connection-manager deliveries and the XEP-0198 session logs (StreamLimits.deliveries)
 DELIVERIES: Final = subjects.every(subjects.connection_manager("0"))
-SM_LOG: Final = subjects.every(subjects.sm_log("0"))
+SM_LOG: Final = f"{subjects.PREFIX}.smlog.>"  # stanzad.smlog.<cm>.<full JID>.<sm id>
 _PREFIXES: Final = {f[:-1]: f.split(".")[1]  # "stanzad.route." -> "route"
-                    for f in (*FAMILIES, DELIVERIES, SM_LOG)}
+                    for f in (*FAMILIES, DELIVERIES)}
+_LOG_PREFIX: Final = SM_LOG[:-1]
 PULL_BATCH: Final = 256  # messages asked for at once per partition; topped up at half
 MAX_ACK_PENDING: Final = 4096  # per partition: delivered and not yet acked
 ACK_WAIT_S: Final = 300.0  # take-overs recreate the consumer; this is only a last resort
@@ -50,7 +52,10 @@ def family(subject: str) -> str | None:
     """``route`` for ``stanzad.route.7``; None when the subject is not of a stream (whether
     ``cm`` and ``smlog`` are is the bus's to say: ``StreamLimits.deliveries``)."""
     head, _, _ = subject.rpartition(".")
-    return _PREFIXES.get(head + ".")
+    fam = _PREFIXES.get(head + ".")
+    if fam is None and subject.startswith(_LOG_PREFIX):
+        return "smlog"
+    return fam
 
 
 def family_names(limits: StreamLimits) -> tuple[str, ...]:
@@ -128,7 +133,7 @@ def stream_config(fam: str, limits: StreamLimits) -> dict[str, object]:
     log = fam == "smlog"
     return {
         "name": stream_name(fam),
-        "subjects": [f"{subjects.PREFIX}.{fam}.*"],
+        "subjects": [SM_LOG if log else f"{subjects.PREFIX}.{fam}.*"],
         "retention": "limits" if log else "workqueue",
         "storage": "memory" if limits.memory else "file",
         "num_replicas": limits.replicas,
@@ -138,6 +143,8 @@ def stream_config(fam: str, limits: StreamLimits) -> dict[str, object]:
         "max_age": int((limits.log_max_age_s if log else CM_MAX_AGE_S if fam == "cm" else 0)
                        * 1e9),
         "max_msg_size": -1,
+        # a session's log is read back in batches (DIRECT.GET, Bus.read_subject)
+        "allow_direct": log,
     }
 
 

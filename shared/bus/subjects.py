@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from typing import Final
 
-from shared.xmpp.jid import jid_to_token
+from shared.xmpp.jid import jid_to_token, token_to_jid
 
 PREFIX: Final = "stanzad"
 
@@ -36,11 +36,41 @@ def connection_manager(cm_id: str) -> str:
     return f"{PREFIX}.cm.{cm_id}"
 
 
-def sm_log(full_jid: str) -> str:
-    """The XEP-0198 log of the resumable session of a full JID (durable delivery,
-    shared/bus/streams.py): what its connection managers queued for it, in order, with
-    each stanza's count; a new session of the full JID starts a new base in it."""
-    return f"{PREFIX}.smlog.{jid_to_token(full_jid)}"
+def sm_log(cm_id: str, full_jid: str, sm_id: str) -> str:
+    """The XEP-0198 log kept by connection manager ``cm_id`` of the resumable session
+    ``sm_id`` of a full JID (durable delivery, shared/bus/streams.py): what it queued for
+    the session, in order, with each stanza's count.  The connection manager's id comes
+    first so that the logs a dead one left are found by one subject filter
+    (``sm_logs_of``), and the session's id last so that its resumption facts are found
+    from the subject alone (`sm_log_parts`)."""
+    return f"{PREFIX}.smlog.{cm_id}.{jid_to_token(full_jid)}.{sm_id}"
+
+
+def sm_logs_of(cm_id: str) -> str:
+    """The wildcard of every session log kept by ``cm_id``."""
+    return f"{PREFIX}.smlog.{cm_id}.*.*"
+
+
+def sm_log_marker(cm_id: str) -> str:
+    """The subject a connection manager that keeps session logs writes a mark to (again
+    before the log stream's ``max_age`` drops it): the connection managers that may have
+    left logs are the subjects of ``SM_LOG_MARKERS``, read in one request.  Its last token
+    never names a session (a full JID's token has a ``_``: its ``@`` and ``/`` escaped)."""
+    return f"{PREFIX}.smlog.{cm_id}.logs"
+
+
+SM_LOG_MARKERS: Final = f"{PREFIX}.smlog.*.logs"
+
+
+def sm_log_parts(subject: str) -> tuple[str, str, str] | None:
+    """(cm_id, full JID, sm_id) of a ``sm_log`` subject; None for any other subject."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != PREFIX or parts[1] != "smlog":
+        return None
+    try:
+        return parts[2], token_to_jid(parts[3]), parts[4]
+    except ValueError:
+        return None
 
 
 def session_events(p: int) -> str:

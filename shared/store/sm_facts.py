@@ -8,6 +8,10 @@ session is detached, ``handled``/``sent``/``acked`` and ``deadline`` (Unix time)
 by the connection manager that took the session over; deleted when the session ends.  Never
 written per stanza: the queue itself stays with its owner, which hands it over on request
 (docs/architecture.md, "Stream management").
+
+When the owner died, whoever changes ``owner`` first (`claim`, a compare-and-set) decides
+the session's fate: a connection manager resuming it from its log, or the one handing its
+log to offline storage after the resumption timeout (durable deliveries).
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ import redis.asyncio as aioredis
 
 from shared.store import keys, tick
 from shared.store.redis import timed
+
+# ARGV: the owner expected, the new one: 1 when the facts named the expected owner (now the
+# new one), else 0
+_CLAIM: Final = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+return 1
+"""
 
 # While a session is attached its owner knows it is alive; the facts outlive a pod that dies
 # without a word by this much at most.  A session attached longer than this can still be
@@ -49,6 +63,7 @@ class SmFactsStore:
         self._r = redis
         self._tick = tick.of(redis)  # written with the login's other commands
         self._service = service
+        self._claim = redis.register_script(_CLAIM)
 
     async def write(self, full_jid: str, sm_id: str, cm_id: str, session_id: str, max_s: int,
                     counters: tuple[int, int, int] | None = None) -> None:
@@ -81,6 +96,13 @@ class SmFactsStore:
                            int(handled) if handled is not None else None)
         except (KeyError, ValueError):
             return None
+
+    async def claim(self, bare_jid: str, sm_id: str, owner: str, new_owner: str) -> bool:
+        """The facts name ``new_owner`` ("<cm_id> <session_id>") if they named ``owner``
+        exactly (their time to live unchanged); whether they did."""
+        async with timed(self._service, "sm_facts_claim"):
+            return bool(await self._claim(keys=[keys.sm_facts(bare_jid, sm_id)],
+                                          args=[owner, new_owner]))
 
     async def forget(self, full_jid: str, sm_id: str) -> None:
         async with timed(self._service, "sm_facts_forget"):

@@ -224,25 +224,38 @@ def import_queue(sm_id: str, max_s: int, data: bytes) -> Queue:
 # refers to.  Deliveries drained from a dead connection manager's stream for the session
 # are appended "loose" (count 0): they come after every counted one.  A "base" entry starts
 # a complete copy of the queue (written by a connection manager that took the session
-# over): what came before it is superseded.  One entry: a header line
-# ``<count> <handled> <origin or -> <ts_us> <base: 0|1>`` then the stanza.
+# over): what came before it is superseded.  Every entry carries the client's acknowledged
+# count as the connection manager knew it (`Queue.acked`); an entry without a stanza and
+# count 0 only marks an <a/> (`ack_mark`), so that a session that is never resumed hands
+# to offline storage exactly what its client had not acknowledged (`unacked_from_log`).
+# One entry: a header line ``<count> <handled> <origin or -> <ts_us> <base: 0|1> <acked>``
+# then the stanza.
 
 
 def log_entry(count: int, handled: int, origin: str, ts_us: int, stanza: bytes,
-              base: bool = False) -> bytes:
-    head = b"%d %d %s %d %d\n" % (count, handled % MOD, (origin or "-").encode(), ts_us,
-                                  base)
+              base: bool = False, acked: int = 0) -> bytes:
+    head = b"%d %d %s %d %d %d\n" % (count, handled % MOD, (origin or "-").encode(), ts_us,
+                                     base, acked % MOD)
     return head + stanza
 
 
+def ack_mark(handled: int, acked: int) -> bytes:
+    """A log entry saying only that the client acknowledged ``acked`` stanzas."""
+    return log_entry(0, handled, "", 0, b"", acked=acked)
+
+
 class LogEntry:
-    __slots__ = ("base", "count", "handled", "origin", "stanza", "ts_us")
+    __slots__ = ("acked", "base", "count", "handled", "origin", "stanza", "ts_us")
 
     def __init__(self, data: bytes) -> None:
-        """ValueError when ``data`` is not a `log_entry`."""
+        """ValueError when ``data`` is not a `log_entry` (one without ``acked``, written
+        before it was logged, reads as 0)."""
         head, _, self.stanza = data.partition(b"\n")
-        count, handled, origin, ts_us, base = head.decode().split(" ")
+        count, handled, origin, ts_us, base, *acked = head.decode().split(" ")
+        if len(acked) > 1:
+            raise ValueError("not a log entry")
         self.count, self.handled, self.ts_us = int(count), int(handled), int(ts_us)
+        self.acked = int(acked[0]) if acked else 0
         self.origin = "" if origin == "-" else origin
         self.base = base == "1"
 
@@ -279,3 +292,14 @@ def queue_from_log(sm_id: str, max_s: int, entries: list[LogEntry], h: int,
             stamps.add((entry.origin, entry.ts_us))
             queue.push(entry.stanza)
     return queue
+
+
+def unacked_from_log(entries: list[LogEntry]) -> Queue:
+    """What a session that will not be resumed had not had acknowledged by its client, from
+    its log alone (its connection manager died and the client did not come back in time):
+    the queue for the last acknowledged count the log knows of (`queue_from_log`)."""
+    acked = 0
+    for entry in entries:
+        if entry.base or (entry.acked - acked) % MOD < HALF:
+            acked = entry.acked
+    return queue_from_log("", 0, entries, acked)

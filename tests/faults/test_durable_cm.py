@@ -211,3 +211,62 @@ async def test_sender_of_a_killed_cm_had_every_acknowledged_message_delivered(
     finally:
         for client in (rx, tx):
             await client.close()
+
+
+ACKED = 20  # acknowledged by the SM client before its connection manager died
+
+
+async def test_xep0198_5_sm_session_of_a_killed_cm_never_resumed_goes_to_offline_storage(
+    two_cms: tuple[Cluster, int, int],
+) -> None:
+    """A resumable session whose connection manager is SIGKILLed and whose client does not
+    come back within the resumption timeout: what the client had not acknowledged is taken
+    from the session's log to offline storage (XEP-0198 §5, as for a session that times out
+    on a live connection manager) and arrives at the next login exactly once, in order;
+    what it had acknowledged does not come again."""
+    cluster, port_a, port_b = two_cms
+    await _accounts(cluster, ["gone@localhost", "talk3@localhost"])
+    rx = RawClient("127.0.0.1", port_a)
+    tx = RawClient("127.0.0.1", port_b)
+    late = RawClient("127.0.0.1", port_b)
+    again = RawClient("127.0.0.1", port_b)
+    n = 60
+    try:
+        sm_id = await raw_sm_login(rx, "gone@localhost", "pw", "r",
+                                   enable=b"<enable xmlns='urn:xmpp:sm:3' resume='true' "
+                                   b"max='4'/>")
+        await raw_sm_login(tx, "talk3@localhost", "pw", "s")
+        got: list[int] = []
+        for k in range(n):
+            await tx.send(f"<message to='gone@localhost/r' type='chat'><body>{k}</body>"
+                          f"</message>".encode())
+        assert await _acked(tx) == n  # every one stored
+        await _read_messages(rx, got, n - 1)
+        assert got == list(range(n))
+        # XEP-0198 §4: the first ACKED acknowledged (only these messages were sent to it);
+        # the server's answer to <r/> comes once what it published before is stored
+        await rx.send(f"<a xmlns='{SM_NS}' h='{ACKED}'/><r xmlns='{SM_NS}'/>".encode())
+        await rx.read_until(b"<a ", timeout=15)
+        await asyncio.to_thread(cluster.kill, "cm-a")  # SIGKILL; the client never resumes
+        metric = "stanzad_cm_sm_swept_total"
+        await eventually(lambda: metric_value(cluster.metrics("cm-b"), metric) == 1,
+                         timeout=60, what="the session swept after its timeout")
+        # the session is over: a resume now finds nothing (XEP-0198 §5)
+        await raw_auth(late, "gone@localhost", "pw")
+        await late.send(f"<resume xmlns='{SM_NS}' previd='{sm_id}' h='{ACKED}'/>".encode())
+        reply = await late.read_until(b"<failed", timeout=45)  # hang guard
+        assert b"<resumed" not in reply, reply
+        # the next login: offline messages come with the initial presence (XEP-0160)
+        await raw_login(again, "gone@localhost", "pw", "r2")
+        await again.send(b"<presence/>")
+        offline: list[int] = []
+        await _read_messages(again, offline, n - 1, timeout=30)
+        rest = await _read_messages(again, offline, n, timeout=2)  # nothing more comes
+        lost = len(set(range(ACKED, n)) - set(offline))
+        duplicated = len(offline) - len(set(offline))
+        print(f"cm SIGKILL, SM client never resumed: {ACKED} acknowledged, "
+              f"{len(offline)} from offline storage; lost {lost}, duplicated {duplicated}")
+        assert offline == list(range(ACKED, n)), (offline, rest)
+    finally:
+        for client in (rx, tx, late, again):
+            await client.close()

@@ -39,6 +39,9 @@ class Receiver:
     domain: str = "localhost"
     sm: bool = True
     got: list[tuple[str, int, int, bool]] = field(default_factory=list)  # (jid, k, n, delay)
+    # other connection managers' ports, tried in turn when logging in again fails (its own
+    # connection manager was killed)
+    ports: list[int] = field(default_factory=list)
     logins: int = 0
     client: RawClient | None = None
 
@@ -72,12 +75,14 @@ class Receiver:
             if not chunk:
                 await self._again()
                 data = b""
+                seen = 0  # a new session: XEP-0198 counts from 0 again
                 continue
             data += chunk
             cut = data.rfind(b"</message>")
             if cut >= 0:
                 done, data = data[: cut + 10], data[cut + 10:]
                 for stanza in done.split(b"</message>"):
+                    seen += stanza.count(b"<presence")  # stanzas 'h' counts too (§4)
                     if (m := BODY.search(stanza)) is not None and b'type="error"' not in \
                             stanza and b"type='error'" not in stanza:
                         delayed = b"urn:xmpp:delay" in stanza
@@ -94,11 +99,13 @@ class Receiver:
         assert self.client is not None
         with contextlib.suppress(Exception):
             await self.client.close()
+        ports = [self.port, *self.ports]
         for attempt in range(60):  # the server may be recovering: up to about a minute
             try:
                 await self.login()
                 return
             except Exception:
+                self.port = ports[(ports.index(self.port) + 1) % len(ports)]
                 await asyncio.sleep(min(0.2 * (attempt + 1), 2.0))
         raise ConnectionError(f"{self.jid} could not log in again")
 

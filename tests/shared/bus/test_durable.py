@@ -368,3 +368,46 @@ async def test_a_paused_consumer_is_not_pulled_until_resumed(nats_url: str) -> N
     assert rx.got == [b"%d" % i for i in range(20)]
     for bus in (tx, rx.bus):
         await bus.close()
+
+
+def test_a_session_log_subject_names_its_connection_manager_jid_and_session() -> None:
+    subject = subjects.sm_log("cm-a", "juliet@example.com/balcony", "Ab_-9")
+    assert subject == "stanzad.smlog.cm-a.juliet_40example_2ecom_2fbalcony.Ab_-9"
+    assert streams.family(subject) == "smlog"
+    assert streams.family(subjects.sm_log_marker("cm-a")) == "smlog"
+    assert subjects.sm_log_parts(subject) == ("cm-a", "juliet@example.com/balcony", "Ab_-9")
+    assert subjects.sm_log_parts(subjects.sm_log_marker("cm-a")) is None
+    assert streams.family(subjects.route(3)) == "route"
+    assert streams.family("stanzad.sess.3") is None
+
+
+async def test_a_session_log_is_listed_per_connection_manager_and_read_in_batches(
+    nats_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The logs a dead connection manager left are one subject filter away; a log longer
+    than one DIRECT.GET batch is read whole, in order, and from a sequence on."""
+    limits = StreamLimits(memory=True, deliveries=True, log_max_age_s=60)
+    bus = Bus(nats_url, "cm", durable=True, limits=limits)
+    await bus.connect()
+    mine = subjects.sm_log("cm-x", "a@localhost/r", "s1")
+    other = subjects.sm_log("cm-y", "a@localhost/r", "s2")
+    bus.publish_soon(subjects.sm_log_marker("cm-x"), b"")
+    n = 600  # more than two batches (READ_BATCH)
+    for i in range(n):
+        bus.publish_soon(mine, b"e%d" % i)
+        await asyncio.sleep(0)  # one stream message each: not packed in one tick
+    bus.publish_soon(other, b"o")
+    stored = asyncio.Event()
+    bus.when_stored(bus.stored_mark(), stored.set)
+    await asyncio.wait_for(stored.wait(), TIMEOUT_S)
+    assert await bus.subject_counts("smlog", subjects.sm_logs_of("cm-x")) == {mine: n}
+    assert subjects.sm_log_marker("cm-x") in await bus.subject_counts(
+        "smlog", subjects.SM_LOG_MARKERS)
+    read = await bus.read_subject(mine)
+    assert [data for _, data in read] == [b"e%d" % i for i in range(n)]
+    rest = await bus.read_subject(mine, read[n - 11][0])
+    assert [data for _, data in rest] == [b"e%d" % i for i in range(n - 10, n)]
+    assert "one by one" not in caplog.text  # the batches, not the fallback
+    await bus.purge(mine)
+    assert await bus.read_subject(mine) == []
+    await bus.close()
