@@ -45,6 +45,8 @@ class Options:
     presence: bool = True
     archive: bool = True  # stanzad only: every user's messages archived (XEP-0313) or none
     sm: bool = False  # every client enables XEP-0198 with resumption and answers <r/>
+    durable: bool = True  # stanzad only: durable delivery on JetStream (the default) or off
+    pin: bool = True  # servers on one CPU, the load on the others (runner.Cores)
 
 
 def idle(run: Run, users: list[User], opt: Options, front: list[str]) -> dict[str, Any]:
