@@ -151,3 +151,9 @@ def test_sm_figures_ratio_and_memory() -> None:
     assert "without SM 1,000, with SM 950, ratio 0.95 (issue 16 wants >= 0.90)" in lines[2]
     assert lines[3].endswith("without SM 10.0 KiB, with SM 11.0 KiB")
     assert sm_figures({"chat-2000": doc(chat={"deliveries_per_server_cpu_s": 1.0})}) == []
+
+
+def test_the_half_peak_figure_shows_without_the_side_by_side_runs() -> None:
+    lines = headline({"chat-half-peak": {"result": {"chat": {
+        "target_rate": 500.0, "latency_ms": {"p50": 4.6, "p99": 40.5}}}}})
+    assert any("half the ramp's peak (500.0/s): p50 4.6 ms, p99 40.5 ms" in x for x in lines)
