@@ -259,8 +259,9 @@ def headline(docs: dict[str, dict[str, Any]]) -> list[str]:
         if nats is not None and delivered:
             line += f"; NATS {nats * 1e6 / delivered:,.0f} µs of CPU per delivery"
         lines.append(line)
-    sbs_rate = next((_dig(d, ("chat", "target_rate")) for n, d in docs.items()
-                     if n.startswith("sbs-chat-stanzad")), None)
+    first = next((d for n, d in docs.items() if n.startswith("sbs-chat-stanzad")), None)
+    sbs_rate = _dig(first, ("chat", "target_rate")) if first else None
+    users = (first or {}).get("options", {}).get("connections")
     one, two = (_dig(chat(server_key(t)) or {}, rate) for t in ("1+1", "2+2"))
     if one and two:
         lines.append(f"- 2 + 2 over 1 + 1, server CPU per delivery: {one / two:.2f} "
@@ -277,8 +278,8 @@ def headline(docs: dict[str, dict[str, Any]]) -> list[str]:
                      "(issue 21: p99 < 10 ms)")
     if not lines:
         return []
-    where = (f"Chat at {_num(sbs_rate)} messages/s (200 users), SCRAM-SHA-1" if sbs_rate
-             else "Chat (200 users)")
+    where = (f"Chat at {_num(sbs_rate)} messages/s ({users or 'n/a'} users), SCRAM-SHA-1"
+             if sbs_rate else "Chat")
     return ["## headline: the cluster, at the defaults users get (durable delivery on)", "",
             f"{where}; unless `--no-pin`, every server process pinned to one CPU and the load "
             "generator to the others (loadtest/cores.py).", "", *lines, ""]
