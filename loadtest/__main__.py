@@ -42,6 +42,11 @@ def parser() -> argparse.ArgumentParser:
                    help="router processes; 0: each connection manager embeds a router")
     p.add_argument("--no-archive", dest="archive", action="store_false",
                    help="stanzad with XEP-0313 archiving off on every service")
+    p.add_argument("--no-durable", dest="durable", action="store_false",
+                   help="stanzad with durable delivery off (core NATS; on is the default)")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="leave processes where the kernel puts them (default: every server "
+                   "process on one CPU, the load generator on the others)")
     p.add_argument("--ramp-start", type=float, default=500)
     p.add_argument("--ramp-factor", type=float, default=1.5)
     p.add_argument("--ramp-steps", type=int, default=8)

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from loadtest import bounds, ejabberd, identity, prosody, target
+from loadtest import bounds, cores, ejabberd, identity, prosody, target
 from loadtest.fleet import Fleet
 from loadtest.opcount import OpCounters
 from loadtest.phases import Run
@@ -114,14 +114,26 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
     (default: the cluster's Redis and NATS, `target.ops`)."""
     plan = validate(opt)
     host = bounds.require_loopback("--host", host)
-    if opt.server == "prosody":
-        return _run_prosody(opt, plan, host, quiet)
-    if opt.server == "ejabberd":
-        return _run_ejabberd(opt, plan, host, quiet)
-    topology = target.Topology(opt.cms, opt.routers, archive=opt.archive)
+    pins = cores.split() if opt.pin and cluster is None else None
+    try:
+        if opt.server == "prosody":
+            return _run_prosody(opt, plan, host, quiet, pins)
+        if opt.server == "ejabberd":
+            return _run_ejabberd(opt, plan, host, quiet, pins)
+        return _run_stanzad(opt, plan, host, quiet, cluster, pins, ops)
+    finally:
+        if pins is not None:
+            cores.unpinned()
+
+
+def _run_stanzad(opt: Options, plan: bounds.Plan, host: str, quiet: bool,
+                 cluster: Cluster | None, pins: cores.Cores | None,
+                 ops: OpCounters | None = None) -> dict[str, Any]:
+    topology = target.Topology(opt.cms, opt.routers, archive=opt.archive, durable=opt.durable)
     own = cluster is None
     if cluster is None:
-        cluster = target.start(topology)
+        with cores.starting_servers(pins):
+            cluster = target.start(topology)
     endpoint: identity.PasswordEndpoint | None = None
     try:
         prefix = f"lt{secrets.token_hex(3)}-"  # several runs may share one cluster
@@ -149,7 +161,7 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
         }
         doc = _drive(opt, plan, host, quiet, users, target.c2s_ports(cluster), domain,
                      target.server_pids(cluster), target.cm_names(cluster), seen, None,
-                     token_key, ops or target.ops(cluster))
+                     token_key, ops or target.ops(cluster), pins)
         doc["setup"] = {**setup, "accounts_via": "admin API"}
         if endpoint is not None:
             doc["setup"]["endpoint_questions"] = endpoint.asked
@@ -161,19 +173,23 @@ def run(opt: Options, host: str = "127.0.0.1", quiet: bool = False,
             cluster.stop()
 
 
-def _run_prosody(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> dict[str, Any]:
-    server = prosody.start(iterations=opt.iterations)
+def _run_prosody(opt: Options, plan: bounds.Plan, host: str, quiet: bool,
+                 pins: cores.Cores | None) -> dict[str, Any]:
+    with cores.starting_servers(pins):
+        server = prosody.start(iterations=opt.iterations)
     try:
         users = make_users(opt.connections, server.domain, f"lt{secrets.token_hex(3)}-")
         return _drive(opt, plan, host, quiet, users, (server.port,), server.domain,
                       {"prosody": server.proc.pid}, ["prosody"], {"processes": 1},
-                      "register")
+                      "register", pins=pins)
     finally:
         server.stop()
 
 
-def _run_ejabberd(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> dict[str, Any]:
-    server = ejabberd.start(opt.mechanism)
+def _run_ejabberd(opt: Options, plan: bounds.Plan, host: str, quiet: bool,
+                  pins: cores.Cores | None) -> dict[str, Any]:
+    with cores.starting_servers(pins):
+        server = ejabberd.start(opt.mechanism)
     try:
         users = make_users(opt.connections, server.domain, f"lt{secrets.token_hex(3)}-")
         contacts = (ring_contacts(len(users), opt.contacts) if opt.scenario == "presence"
@@ -184,7 +200,7 @@ def _run_ejabberd(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> di
             raise RuntimeError(f"ejabberd: registered {made.registered}/{len(users)}: "
                                f"{made.errors}")
         doc = _drive(opt, plan, host, quiet, users, (server.port,), server.domain,
-                     server.pids(), ["ejabberd"], {"processes": 1}, None)
+                     server.pids(), ["ejabberd"], {"processes": 1}, None, pins=pins)
         doc["setup"] = {"accounts_s": made.seconds, "roster_items": made.roster_items,
                         "scram_hash": server.settings.scram_hash}
     except BaseException:
@@ -198,7 +214,7 @@ def _run_ejabberd(opt: Options, plan: bounds.Plan, host: str, quiet: bool) -> di
 def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[User],
            ports: tuple[int, ...], domain: str, pids: dict[str, int], front: list[str],
            topology: dict[str, int], register: str | None, token_key: str = "",
-           ops: OpCounters | None = None) -> dict[str, Any]:
+           ops: OpCounters | None = None, pins: cores.Cores | None = None) -> dict[str, Any]:
     """Start the workers and the sampler, create accounts in-band if asked, run."""
     sources = bounds.source_addresses(opt.sources)
     started = time.time()
@@ -227,7 +243,8 @@ def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[
         "scenario": opt.scenario,
         "server": opt.server,
         "options": {k: getattr(opt, k) for k in opt.__dataclass_fields__},
-        "topology": {**topology, "workers": plan.workers, "sources": sources},
+        "topology": {**topology, "workers": plan.workers, "sources": sources,
+                     **(pins.as_dict() if pins is not None else {"pinned": False})},
         "machine": {"cpus": _cpus(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
@@ -237,6 +254,4 @@ def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[
 
 
 def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
+    return len(cores.ALL)  # the machine's share, not the load CPUs this process is pinned to

@@ -48,6 +48,8 @@ class Options:
     # stanzad only: who checks the users' secrets (loadtest/identity.py): "internal" (the
     # stored SCRAM keys), "token" (OAUTHBEARER, a JWT), "http" (PLAIN, an HTTP endpoint)
     auth: str = "internal"
+    durable: bool = True  # stanzad only: durable delivery on JetStream (the default) or off
+    pin: bool = True  # servers on one CPU, the load on the others (runner.Cores)
 
 
 def idle(run: Run, users: list[User], opt: Options, front: list[str]) -> dict[str, Any]:

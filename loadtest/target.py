@@ -30,6 +30,7 @@ class Topology:
     routers: int = 1
     partitions: int = 64
     archive: bool = True  # XEP-0313 archiving (STANZAD_MAM_ENABLED) on every service
+    durable: bool = True  # durable delivery on JetStream (STANZAD_DURABLE), the default
 
     def __post_init__(self) -> None:
         check_range("--cms", self.cms, 1, 4)
@@ -41,7 +42,8 @@ def start(topology: Topology) -> Cluster:
     cluster = new_cluster()
     cluster.partitions = topology.partitions
     cluster.nats_http_port = localservers.free_port()  # /varz: NATS messages per phase
-    env = {**QUIET, "STANZAD_MAM_ENABLED": "true" if topology.archive else "false"}
+    env = {**QUIET, "STANZAD_MAM_ENABLED": "true" if topology.archive else "false",
+           "STANZAD_DURABLE": "true" if topology.durable else "false"}
     try:
         cluster.start_servers()
         for i in range(topology.routers):

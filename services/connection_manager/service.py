@@ -1701,8 +1701,8 @@ class ConnectionManager:
         sender's other resources want is announced to the router of the sender's partition
         in a SENT envelope (sent carbons).
         """
-        payload = serialize(st.element) if archive.strip_forged(st.element, domain_of(sender)) \
-            else env.payload
+        payload = serialize(st.element) if archive.strip_forged(
+            st.element, domain_of(sender), st.payload) else env.payload
         facts = archive.facts(st.element)
         sid = archive.new_id(env.ts_us) if facts.archive and self.settings.mam_enabled else ""
         recipient = bare_of(env.to)

@@ -261,6 +261,7 @@ class Bus:
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._outbox: list[tuple[str, bytes, OnFail, str | None]] = []
+        self._outbox_durable = False  # the outbox holds a publish to a durable family
         self._flush_handle: asyncio.Handle | None = None
         self._published = Tally(BUS_PUBLISHED.labels(service))
         self._received = Tally(BUS_RECEIVED.labels(service))
@@ -385,6 +386,8 @@ class Bus:
         if (self._routes or self._exchange.offers) and self._local(subject, data, on_fail):
             return
         self._outbox.append((subject, data, on_fail, None))
+        if not self._outbox_durable and self.stored(subject):
+            self._outbox_durable = True
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
 
@@ -395,6 +398,7 @@ class Bus:
             self._flush_handle.cancel()
             self._flush_handle = None
         batch, self._outbox = self._outbox, []
+        self._outbox_durable = False
         if not batch:
             return
         try:
@@ -491,6 +495,8 @@ class Bus:
     def _queue(self, subject: str, data: bytes, on_fail: OnFail, reply: str | None = None
                ) -> None:
         self._outbox.append((subject, data, on_fail, reply))
+        if reply is None and self.stored(subject):
+            self._outbox_durable = True
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
 
@@ -967,9 +973,11 @@ class Bus:
         self._advance()
 
     def stored_mark(self) -> int:
-        """Write the outbox now and return the sequence of the last durable publish: what
-        ``when_stored`` takes to wait for everything published so far."""
-        if self._outbox:
+        """The sequence of the last durable publish: what ``when_stored`` takes to wait for
+        everything published so far.  The outbox is written now when it holds a durable
+        publish (which gets its sequence then); otherwise it waits for the tick's one write,
+        so that what follows (a batch's acks, ``Bus._work``) shares it."""
+        if self._outbox_durable:
             self._write_outbox()
         return self._seq
 

@@ -129,7 +129,8 @@ class PartitionedService:
         await self.publish(subjects.session_events(p), session_event(bare, version))
 
     def holds(self, subject: str) -> bool:
-        """This process consumes ``subject`` now (a subject of a partition it holds)."""
+        """This process consumes ``subject`` now (a subject of a partition it holds), from
+        its subscription or its durable consumer."""
         return subject in self._subscribed
 
     # ---- partitions and their hand-over ------------------------------------------------------
@@ -175,7 +176,7 @@ class PartitionedService:
     def _live(self, subject: str) -> None:
         """Past the hand-over: the subject is ours alone, so publishers of this process may
         hand us its messages in-process (shared/bus/local.py)."""
-        if subject in self._subscribed:
+        if subject in self._subscribed and not self._is_durable(subject):
             self.bus.offer_local(subject)
 
     def _is_durable(self, subject: str) -> bool:
@@ -203,11 +204,9 @@ class PartitionedService:
                     await sub.unsubscribe()
             raise
         for s in names:
-            if self._is_durable(s):
-                continue
-            self._subscribed.add(s)
-            if s not in self._waiting:
-                self._live(s)
+            self._subscribed.add(s)  # `holds`: consumed (durable) or subscribed
+            if not self._is_durable(s) and s not in self._waiting:
+                self._live(s)  # never a durable subject: it stays on JetStream
         if self._on_partitions:
             self._on_partitions(len(self._subs))
 

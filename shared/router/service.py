@@ -168,7 +168,7 @@ class Router(PartitionedService):
                              extra=f'<blocked xmlns="{ns.BLOCKING_ERRORS}"/>')
                 return
         if env.kind is Kind.MESSAGE and "/" in env.origin and sender is not None:
-            env = env._replace(payload=self._sent(env, sender))
+            env = env.with_payload(self._sent(env, sender))
         self._tally[(env.kind.value, "remote")] += 1
         self.bus.publish_soon(self.destinations.subject(env.to_bare), env.encode())
 
@@ -293,7 +293,7 @@ class Router(PartitionedService):
                     self._carbons("sent", owner, sender,
                                   lambda: archive.with_stanza_id(stored, owner, sid),
                                   {env.from_})
-            env = env._replace(payload=archive.with_stanza_id(stored, env.to_bare, sid))
+            env = env.with_payload(archive.with_stanza_id(stored, env.to_bare, sid))
         return env, (stored, sid)
 
     def _carbons(self, direction: str, owner: str, entry: Entry,

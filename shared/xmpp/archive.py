@@ -118,10 +118,17 @@ def split_pair(payload: bytes, recipient: str, sender: str) -> tuple[bytes, str,
     return stored, archive_id, True
 
 
-def strip_forged(element: etree._Element, domain: str) -> bool:
+_SID_BYTES: Final = ns.SID.encode()
+
+
+def strip_forged(element: etree._Element, domain: str, payload: bytes | None = None) -> bool:
     """XEP-0359 §4: remove every <stanza-id/> a sender put in whose 'by' is one of ours (the
     domain or an account of it: only this server assigns those).  True when one was removed
-    (the caller re-serialises the stanza)."""
+    (the caller re-serialises the stanza).  ``payload``: the element serialised; when it
+    does not name the namespace, it has no such child and the tree is not searched (most
+    messages: the search was 4 % of a connection manager's chat CPU)."""
+    if payload is not None and _SID_BYTES not in payload:
+        return False
     removed = False
     for child in element.findall(f"{{{ns.SID}}}stanza-id"):
         by = child.get("by") or ""

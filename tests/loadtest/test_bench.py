@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.bench import auth_figures, plan, side_by_side, sm_figures
+from loadtest.bench import auth_figures, headline, plan, side_by_side, sm_figures
 
 
 def _doc(logins_per_cpu: float, p99: float) -> dict[str, Any]:
@@ -47,12 +47,62 @@ def test_the_default_plan_is_bounded() -> None:
             assert opt.connections <= 10_000 and opt.seconds <= 10
 
 
-def test_stanzad_runs_side_by_side_as_one_node_with_an_embedded_router() -> None:
+def test_stanzad_runs_side_by_side_as_the_cluster_and_as_one_node() -> None:
+    """Issue 21: the cluster (1 cm + 1 router) is the headline, beside 2 + 2, one node and
+    the same 1 + 1 with durable delivery off (issue 20); at the defaults otherwise."""
+    from loadtest import ejabberd, prosody
+
+    if not (ejabberd.available() or prosody.available()):
+        pytest.skip("no other server installed: no side-by-side runs are planned")
     runs = dict(plan(True))
     assert runs["ramp-embedded"].routers == 0 and runs["ramp"].routers == 1
-    for name, opt in runs.items():
-        if name.startswith("sbs-"):
-            assert opt.routers == (0 if name.endswith("-stanzad") else 1), name
+    shapes = {name: (opt.cms, opt.routers, opt.durable) for name, opt in runs.items()
+              if name.startswith("sbs-chat-stanzad")}
+    assert shapes == {"sbs-chat-stanzad": (1, 1, True),
+                      "sbs-chat-stanzad@1+1-nondurable": (1, 1, False),
+                      "sbs-chat-stanzad@2+2": (2, 2, True),
+                      "sbs-chat-stanzad@node": (1, 0, True)}
+    assert runs["sbs-login-stanzad"].scenario == "login"  # not another run's options
+    assert (runs["sbs-login-stanzad"].cms, runs["sbs-login-stanzad"].routers) == (1, 1)
+    assert all(opt.pin for opt in runs.values())
+    assert not any(opt.pin for opt in dict(plan(True, pin=False)).values())
+    subset = [n for n in dict(plan(True, ("2+2",))) if n.startswith("sbs-")
+              and "stanzad" in n]
+    assert subset == ["sbs-login-stanzad@2+2", "sbs-chat-stanzad@2+2", "sbs-idle-stanzad@2+2"]
+
+
+def _chat(rate: float, p50: float = 1.0, p99: float = 5.0,
+          nats_s: float = 0.5) -> dict[str, Any]:
+    return {"result": {"chat": {"deliveries_per_server_cpu_s": rate, "target_rate": 2000.0,
+                                "delivered": 10_000,
+                                "latency_ms": {"p50": p50, "p99": p99},
+                                "server": {"cpu_s": {"nats": nats_s}}}}}
+
+
+def test_the_headline_is_the_cluster_against_ejabberd_with_durability_off_beside() -> None:
+    lines = headline({"sbs-chat-stanzad": _chat(3000.0, 4.0, 20.0),
+                      "sbs-chat-stanzad@1+1-nondurable": _chat(4000.0),
+                      "sbs-chat-stanzad@2+2": _chat(2800.0),
+                      "sbs-chat-ejabberd": _chat(6000.0),
+                      "chat-half-peak": {"result": {"chat": {
+                          "target_rate": 1500.0, "latency_ms": {"p50": 2.0, "p99": 9.0}}}}})
+    text = "\n".join(lines)
+    assert ("- **stanzad (1 cm + 1 router)**: 3,000.0 chat deliveries per server CPU-second "
+            "(**0.50x** ejabberd's 6,000), latency p50 4.0 ms, p99 20.0 ms; NATS 50 µs of CPU "
+            "per delivery") in text
+    assert "durable delivery off**: 4,000.0" in text and "(**0.67x**" in text
+    assert "2 + 2 over 1 + 1, server CPU per delivery: 1.07" in text
+    assert "durable delivery on over off (1 + 1): 0.75" in text
+    assert "half the ramp's peak (1,500.0/s): p50 2.0 ms, p99 9.0 ms" in text
+    assert headline({"sbs-chat-ejabberd": _chat(1.0)}) == []
+
+
+def test_the_table_has_a_column_per_topology() -> None:
+    rows = side_by_side({"sbs-chat-stanzad": _chat(3000.0),
+                         "sbs-chat-stanzad@node": _chat(4500.0),
+                         "sbs-chat-ejabberd": _chat(6000.0)})
+    assert ("| chat deliveries per server CPU-second | 3,000.0 | 4,500.0 | n/a | 6,000.0 "
+            "| 0.50 | 0.75 | n/a |") in rows
 
 
 def test_login_rounds_against_ejabberd_are_alternated() -> None:
@@ -119,3 +169,9 @@ def test_auth_figures_put_each_backend_beside_the_internal_store() -> None:
         assert runs[name].auth == auth
         assert replace(runs[name], auth="internal",
                        mechanism="SCRAM-SHA-256") == runs["login"]
+
+
+def test_the_half_peak_figure_shows_without_the_side_by_side_runs() -> None:
+    lines = headline({"chat-half-peak": {"result": {"chat": {
+        "target_rate": 500.0, "latency_ms": {"p50": 4.6, "p99": 40.5}}}}})
+    assert any("half the ramp's peak (500.0/s): p50 4.6 ms, p99 40.5 ms" in x for x in lines)

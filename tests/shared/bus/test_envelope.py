@@ -107,3 +107,14 @@ def test_bounce_goes_back_to_the_sender_as_an_error() -> None:
 def test_no_bounce(type_: str, from_: str, hops: int, payload: bytes) -> None:
     env = Envelope(Kind.MESSAGE, "romeo@example.net", from_, type_, "m1", "x", hops, payload)
     assert env.bounce(StanzaErrorCondition.SERVICE_UNAVAILABLE, origin="r", max_bytes=4096) is None
+
+
+def test_forwarded_and_with_payload_are_replace_built_faster() -> None:
+    env = Envelope(Kind.MESSAGE, to="a@x/r", from_="b@x/s", type="chat", id="1",
+                   origin="cm-1/s1", hops=2, payload=b"<message/>", ts_us=42)
+    assert env.forwarded() == env._replace(hops=3)
+    assert env.forwarded("c@x/t") == env._replace(to="c@x/t", hops=3)
+    assert env.with_payload(b"<m/>") == env._replace(payload=b"<m/>")
+    for made in (env.forwarded(), env.with_payload(b""), Envelope.decode(env.encode())):
+        assert type(made) is Envelope
+    assert Envelope.decode(env.encode()) == env

@@ -123,3 +123,22 @@ async def test_durable_members_hand_over_without_fence_and_leave_no_mark(
         assert len(b.bus._consumers) == PARTITIONS
     finally:
         await b.stop()
+
+
+async def test_a_durable_member_holds_what_it_consumes_and_offers_none_of_it_locally(
+    servers: Cluster,
+) -> None:
+    """`holds` is true for the subjects of the partitions consumed from JetStream (the
+    router then writes a sender's archive row itself instead of sending a SENT envelope
+    through the stream to itself), and none of them is handed over in-process
+    (shared/bus/local.py is for core NATS subjects: a durable one stays on its stream)."""
+    (lone,) = _probes(servers, 60, "durable-lone", durable=True)
+    subjects = [_subject(lone.role, p) for p in range(PARTITIONS)]
+    try:
+        await asyncio.wait_for(lone.start(), HANG_GUARD_S)
+        assert lone.partitions.held == set(range(PARTITIONS))
+        assert all(lone.holds(s) for s in subjects)
+        assert not lone.bus._offered & set(subjects)
+    finally:
+        await asyncio.wait_for(lone.stop(), HANG_GUARD_S)
+    assert not any(lone.holds(s) for s in subjects)

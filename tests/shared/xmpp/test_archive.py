@@ -7,7 +7,7 @@ import pytest
 
 from shared.xmpp import archive
 from shared.xmpp.errors import StanzaError
-from shared.xmpp.parser import parse_fragment
+from shared.xmpp.parser import parse_fragment, serialize
 
 BOB = "bob@localhost"
 
@@ -58,6 +58,20 @@ def test_stanza_ids_in_our_name_are_stripped_others_kept() -> None:
     assert archive.strip_forged(el, "localhost")
     assert [c.get("id") for c in el] == ["h"]
     assert not archive.strip_forged(el, "localhost")
+
+
+def test_the_serialised_stanza_tells_when_there_is_nothing_to_strip() -> None:
+    """The namespace is in the canonical bytes of any stanza with such a child, prefixed
+    or not; without it the tree is not searched."""
+    for xml in (b'<message xmlns="jabber:client"><stanza-id xmlns="urn:xmpp:sid:0" '
+                b'by="localhost" id="g"/></message>',
+                b'<message xmlns="jabber:client" xmlns:s="urn:xmpp:sid:0"><s:stanza-id '
+                b'by="localhost" id="g"/></message>'):
+        el = parse_fragment(xml)
+        assert archive.strip_forged(el, "localhost", serialize(el))
+        assert len(el) == 0
+    plain = parse_fragment(b'<message xmlns="jabber:client"><body>x</body></message>')
+    assert not archive.strip_forged(plain, "localhost", serialize(plain))
 
 
 @pytest.mark.parametrize(("xml", "archived", "copied"), [
