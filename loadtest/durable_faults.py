@@ -34,7 +34,7 @@ from shared.store.pg.database import connect as db_connect  # noqa: E402
 from shared.store.presence import OfflineStore  # noqa: E402
 from shared.xmpp.credentials import derive_credentials  # noqa: E402
 from tests.support import durable  # noqa: E402
-from tests.support.cluster import Cluster, new_cluster  # noqa: E402
+from tests.support.cluster import Cluster, metric_value, new_cluster  # noqa: E402
 
 LEASE = {"STANZAD_LEASE_TTL_S": "2"}
 PODS = {  # name -> how to start it again
@@ -128,6 +128,9 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> None:
     print(durable.Counts.HEADER)
     print(counts.row())
     print(f"\n{counts}; bounces: {dict(sum((s.conditions for s in senders), Counter()))}")
+    dropped = metric_value(cluster.metrics("cm-1"), "stanzad_cm_duplicates_dropped_total")
+    print(f"replayed copies dropped by the connection manager: {dropped:.0f}; logs in "
+          f"{cluster.workdir}")
 
 
 def main() -> None:
