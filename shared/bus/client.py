@@ -34,6 +34,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -164,6 +165,7 @@ class Bus:
         tls: ssl.SSLContext | None = None,
         durable: bool = False,
         limits: streams.StreamLimits | None = None,
+        ordered_outputs: bool = False,
     ) -> None:
         """`fail_while_disconnected`: raise BusUnavailable instead of letting nats-py buffer
         publishes while it reconnects.  nats-py would send them once reconnected, possibly
@@ -177,7 +179,12 @@ class Bus:
         ``nats_options``).
 
         `durable`: publishes to the partitioned families go to their JetStream streams
-        (created at connect, `limits`) and are PubAck'd; `consume` is available."""
+        (created at connect, `limits`) and are PubAck'd; `consume` is available.
+
+        `ordered_outputs` (with `durable`; a consumer whose failed outputs are replayed, not
+        bounced): at most one stream message per subject is in flight, the next waits for
+        its PubAck, and a failure stops everything after it (``_output_failed``), so no
+        later output is stored before the replay publishes the failed one again."""
         self._tls = tls
         self._durable = durable
         self._limits = limits or streams.StreamLimits()
@@ -190,7 +197,16 @@ class Bus:
         self._consumers: dict[str, _Consumer] = {}  # by consumer name
         self._durable_failures = 0  # publishes refused, or without a good PubAck
         self._replays: set[asyncio.Task[None]] = set()
-        self._acks: deque[str] = deque()  # beside the inbox: each message's ack subject or ""
+        # beside the inbox: each message's ack subject, "" for a pack's other parts, None
+        # for a core NATS message
+        self._acks: deque[str | None] = deque()
+        self._ordered = ordered_outputs and durable
+        self._held: dict[str, deque[tuple[int, bytes]]] = {}  # per subject, not yet written
+        self._inflight: dict[str, int] = {}  # subject -> its chunk in flight (last seq)
+        self._chunks: dict[int, tuple[str, list[int]]] = {}  # last seq -> subject, seqs
+        self._ready: set[str] = set()  # subjects whose next chunk may be written
+        self._batch_failures = -1  # _durable_failures when the running batch began
+        self._wanted: set[str] = set()  # subjects `consume`d and not given up
         self._js_timer: asyncio.Task[None] | None = None
         self._ack_latency = HistogramTally(BUS_ACK_LATENCY.labels(service))
         self._taken_over = BUS_TAKEN_OVER.labels(service)
@@ -290,6 +306,10 @@ class Bus:
         """Queue one message; raise BusUnavailable when NATS cannot take it.  Whatever
         ``publish_soon`` queued before goes first.  A durable publish is written at once
         and its PubAck comes later (``on_fail`` if it does not)."""
+        if self._ordered and self.stored(subject):
+            self._hold(subject, data, on_fail)
+            self._write_outbox()
+            return
         if self.stored(subject):
             refused: list[bool] = []
             writing = True
@@ -330,6 +350,9 @@ class Bus:
         stanza instead of a silent loss."""
         if (self._routes or self._exchange.offers) and self._local(subject, data, on_fail):
             return
+        if self._ordered and streams.family(subject) in self._families:
+            self._hold(subject, data, on_fail)
+            return
         self._outbox.append((subject, data, on_fail, None))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
@@ -340,6 +363,8 @@ class Bus:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._ready:
+            self._release_ready()
         batch, self._outbox = self._outbox, []
         if not batch:
             return
@@ -405,6 +430,130 @@ class Bus:
             if queue is not None and queue.empty():
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(asyncio.get_running_loop().create_future())
+
+    # ---- ordered outputs (``ordered_outputs``) ------------------------------------------------
+    #
+    # A partitioned service's output whose publish fails is not bounced: the input batch is
+    # replayed (``_ack``, ``_break``), and the receiving connection manager drops what is
+    # not newer, by (origin, ts_us), than what it delivered.  So no later output to the same
+    # subject may be stored before the replay publishes the failed one again, or the failed
+    # one, coming after it, is dropped as a copy: lost (RFC 6120 §10.1 order and zero loss).
+    # Hence one stream message per subject in flight (the rest of the subject's outputs wait,
+    # and are packed, behind its PubAck), and at a failure: what waits behind it fails too,
+    # every consumer with anything unacked is replayed, what of theirs waits in the inbox is
+    # dropped, and the rest of the running batch publishes nothing (all of it replays).
+
+    def _hold(self, subject: str, data: bytes, on_fail: OnFail) -> None:
+        """Queue a durable publish behind the subject's stream message in flight; it is
+        numbered now, so ``stored_mark`` and the acks of its batch wait for it."""
+        if self._batch_failures >= 0 and self._durable_failures != self._batch_failures:
+            # an output failed while this batch ran: its consumers replay it, from the
+            # start; stored now, this one could overtake the failed output
+            if on_fail is not None:
+                on_fail()
+            return
+        self._seq += 1
+        self._pending[self._seq] = (on_fail, math.inf)  # not sent: never overdue
+        held = self._held.get(subject)
+        if held is None:
+            held = self._held[subject] = deque()
+        held.append((self._seq, data))
+        if subject not in self._inflight:
+            self._ready.add(subject)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
+
+    def _release_ready(self) -> None:
+        """Into the outbox: the next chunk of every ready subject with none in flight, one
+        stream message (packed when several) with the PubAck reply of its last sequence."""
+        ready, self._ready = self._ready, set()
+        now = time.monotonic()
+        pending = self._pending
+        for subject in ready:
+            held = self._held.get(subject)
+            if subject in self._inflight or not held:
+                continue
+            members: list[int] = []
+            parts: list[bytes] = []
+            size = 0
+            while held and len(parts) < streams.MULTI_MAX_COUNT:
+                seq, data = held[0]
+                if parts and size + len(data) > streams.MULTI_MAX_BYTES:
+                    break
+                held.popleft()
+                members.append(seq)
+                parts.append(data)
+                size += len(data)
+            if not held:
+                del self._held[subject]
+            for seq in members:
+                entry = pending.get(seq)
+                if entry is not None:
+                    pending[seq] = (entry[0], now)
+            key = members[-1]
+            self._chunks[key] = (subject, members)
+            self._inflight[subject] = key
+            payload = parts[0] if len(parts) == 1 else streams.pack(parts)
+            self._outbox.append((subject, payload, lambda key=key: self._chunk_done(key, False),
+                                 f"{self._js_inbox}.a.{key}"))
+
+    def _chunk_done(self, key: int, ok: bool, why: bytes = b"") -> None:
+        """The PubAck (or its absence) of a chunk: the subject's next chunk may go, or,
+        when it failed, ``_output_failed``."""
+        chunk = self._chunks.pop(key, None)
+        if chunk is None:
+            return
+        subject, members = chunk
+        if self._inflight.get(subject) == key:
+            del self._inflight[subject]
+        pending = self._pending
+        fails: list[Callable[[], None]] = []
+        sent = math.inf
+        for seq in members:
+            entry = pending.pop(seq, None)
+            if entry is not None:
+                sent = entry[1]
+                if entry[0] is not None:
+                    fails.append(entry[0])
+        if sent != math.inf:
+            self._ack_latency.observe(time.monotonic() - sent)
+        if ok:
+            if subject in self._held:
+                self._ready.add(subject)
+                if self._flush_handle is None:
+                    self._flush_handle = asyncio.get_running_loop().call_soon(
+                        self._write_outbox)
+        else:
+            self._failures.inc(len(members))
+            log.warning("durable publish of %d to %s failed: %s", len(members), subject,
+                        why[:200].decode(errors="replace") or "no PubAck or refused")
+            for fail in fails:
+                fail()
+            self._output_failed(subject)
+        self._advance()
+
+    def _output_failed(self, subject: str) -> None:
+        """Nothing later to ``subject`` is stored before the replay: what waits behind the
+        failed chunk fails, every consumer with messages not acked is replayed (what it
+        published may be missing an output), and their messages still in the inbox are
+        dropped (they come again, after the replay)."""
+        self._durable_failures += 1
+        for seq, _data in self._held.pop(subject, None) or ():
+            entry = self._pending.pop(seq, None)
+            if entry is not None and entry[0] is not None:
+                entry[0]()
+        self._ready.discard(subject)
+        broken = [c for c in self._consumers.values()
+                  if c.active and not c.broken and c.unacked > 0]
+        for c in broken:
+            self._break(c)
+        if broken and self._inbox:  # every stream message in it is of a broken consumer
+            kept = [(m, a) for m, a in zip(self._inbox, self._acks, strict=True) if a is None]
+            self._inbox.clear()
+            self._acks.clear()
+            for m, a in kept:
+                self._inbox.append(m)
+                self._acks.append(a)
 
     # ---- in-process hand-off (shared/bus/local.py) ------------------------------------------
 
@@ -545,11 +694,11 @@ class Bus:
                 self._exchange.marker_seen(subject, data, self._sink)
                 return
             if data.startswith(streams.MULTI_PREFIX):  # a durable publisher's pack
-                self._unpack(subject, data, "")
+                self._unpack(subject, data, None)
                 self._wakeup.set()
                 return
         self._inbox.append((subject, data))
-        self._acks.append("")
+        self._acks.append(None)
         self._wakeup.set()
 
     async def _enqueue(self, msg: Msg) -> None:
@@ -567,13 +716,15 @@ class Bus:
                 n = min(len(inbox), MAX_BATCH)
                 batch = [inbox.popleft() for _ in range(n)]
                 done = [a for a in (acks.popleft() for _ in range(n)) if a]
-                failures = self._durable_failures
+                failures = self._batch_failures = self._durable_failures
                 self._received.n += n
                 self._batch_size.observe(n)
                 try:
                     await self._handler(batch)
                 except Exception:
                     log.exception("batch handler failed on %d messages", n)
+                finally:
+                    self._batch_failures = -1
                 if done:  # acked once what the handler published is stored
                     self.when_stored(self.stored_mark(),
                                      lambda done=done, f=failures: self._ack(done, f))
@@ -687,6 +838,7 @@ class Bus:
         fam = streams.family(subject)
         assert fam is not None, subject
         stream, name = streams.stream_name(fam), streams.consumer_name(subject)
+        self._wanted.add(subject)
         old = self._consumers.pop(name, None)
         if old is not None:
             old.active = False
@@ -711,6 +863,7 @@ class Bus:
         wait until the server confirmed the acks: then the next owner may recreate the
         consumer without replaying what was handled here."""
         name = streams.consumer_name(subject)
+        self._wanted.discard(subject)
         c = self._consumers.get(name)
         if c is None:
             return
@@ -804,9 +957,9 @@ class Bus:
         elif kind == "p":
             self._pull_status(rest, headers or b"")
 
-    def _unpack(self, subject: str, data: bytes, ack: str) -> None:
+    def _unpack(self, subject: str, data: bytes, ack: str | None) -> None:
         """The stanzas of a packed stream message into the inbox; the message's ack goes with
-        the last, so it is acked once all of them were handled."""
+        the last, so it is acked once all of them were handled (None: core NATS)."""
         try:
             parts = streams.unpack(data)
         except ValueError:
@@ -817,9 +970,10 @@ class Bus:
                 self._ack([ack], self._durable_failures)
             return
         inbox, acks = self._inbox, self._acks
+        other = None if ack is None else ""
         for part in parts[:-1]:
             inbox.append((subject, part))
-            acks.append("")
+            acks.append(other)
         inbox.append((subject, parts[-1]))
         acks.append(ack)
 
@@ -841,6 +995,9 @@ class Bus:
             c.credit = 0  # asked again by the timer
 
     def _puback(self, seq: int, data: bytes) -> None:
+        if seq in self._chunks:
+            self._chunk_done(seq, b'"error"' not in data, data)
+            return
         entry = self._pending.pop(seq, None)
         if entry is None:
             return
@@ -916,12 +1073,19 @@ class Bus:
         c.unacked = 0  # nothing more of it will be acked: a hand-over need not wait
 
         async def replay() -> None:
-            await asyncio.sleep(1.0)
-            if self._consumers.get(c.name) is c and c.active:
+            delay = 1.0
+            while True:
+                await asyncio.sleep(delay)
+                current = self._consumers.get(c.name)
+                if c.subject not in self._wanted or current not in (c, None) \
+                        or (current is c and not c.active):
+                    return  # given up, or recreated meanwhile
                 try:
                     await self.consume(c.subject)
-                except Exception as exc:  # tried again at the next failure or take-over
+                    return
+                except Exception as exc:  # JetStream electing a leader: again, until it works
                     log.warning("%s: could not recreate the consumer: %s", c.name, exc)
+                    delay = min(2 * delay, 5.0)
 
         task = asyncio.get_running_loop().create_task(replay())
         self._replays.add(task)
@@ -934,13 +1098,16 @@ class Bus:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             pending = self._pending
-            expired = []
-            for seq, (_on_fail, sent) in pending.items():
-                if now - sent < PUBACK_TIMEOUT_S:
-                    break
-                expired.append(seq)
+            expired = [seq for seq, (_on_fail, sent) in pending.items()
+                       if now - sent >= PUBACK_TIMEOUT_S]  # a held one (sent: inf) never
             for seq in expired:
-                on_fail, _ = pending.pop(seq)
+                if seq in self._chunks:  # with every publish it carried
+                    self._chunk_done(seq, False, b"no PubAck in time")
+            for seq in expired:
+                entry = pending.pop(seq, None)
+                if entry is None:
+                    continue
+                on_fail = entry[0]
                 self._failures.inc()
                 self._durable_failures += 1
                 if on_fail is not None:
