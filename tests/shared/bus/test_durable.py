@@ -305,3 +305,46 @@ async def test_without_ordered_outputs_the_replayed_output_is_dropped(nats_url: 
     check would lose it; what makes the test above able to fail."""
     delivered = await _replays_to_a_connection_manager(nats_url, ordered=False)
     assert 10 not in delivered and delivered == [i for i in range(30) if i != 10]
+
+
+async def test_a_replay_whose_consumer_cannot_be_recreated_yet_is_tried_again(
+    nats_url: str,
+) -> None:
+    """A replay that finds JetStream not answering (a stream electing a leader after a NATS
+    node died) tries again until the consumer is recreated: given up after one try, the
+    partition was consumed by no one until its next take-over (seen as every message from
+    a NATS kill on lost in `loadtest/durable_faults.py`)."""
+    subject = subjects.roster(8)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    rx = Consumer(nats_url, "rx")
+    calls = 0
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            rx.bus._durable_failures += 1  # an output not stored: the batch replays
+        rx.got.extend(data for _subject, data in batch)
+
+    rx.bus._handler = handle
+    await rx.bus.connect()
+    api = rx.bus._api
+    refused: list[str] = []
+
+    async def flaky(subject: str, body: dict[str, object] | None = None) -> dict[str, object]:
+        if calls >= 1 and "CONSUMER.DELETE" in subject and len(refused) < 2:
+            refused.append(subject)
+            raise TimeoutError("nats: timeout")  # as while the stream has no leader
+        return await api(subject, body)
+
+    rx.bus._api = flaky  # type: ignore[method-assign]
+    for i in range(20):
+        tx.publish_soon(subject, b"%d" % i)
+    await tx.flush()
+    await rx.bus.consume(subject)
+    await _until(lambda: rx.got.count(b"0") == 2 and rx.got[-1] == b"19", "the replay")
+    assert len(refused) == 2
+    assert [int(x) for x in rx.got[-20:]] == list(range(20))
+    for bus in (tx, rx.bus):
+        await bus.close()
