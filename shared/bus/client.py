@@ -133,8 +133,8 @@ class _LocalRoute:
 class _Consumer:
     """A partition's durable pull consumer, as this bus pulls it."""
 
-    __slots__ = ("active", "broken", "credit", "last_ack", "last_seen", "name", "reply",
-                 "stream", "subject", "unacked")
+    __slots__ = ("active", "broken", "credit", "dseq", "last_ack", "last_seen", "name",
+                 "reply", "stream", "subject", "unacked")
 
     def __init__(self, subject: str, stream: str, name: str, reply: str) -> None:
         self.subject = subject
@@ -147,6 +147,7 @@ class _Consumer:
         self.unacked = 0  # in the inbox or being handled, not yet acked
         self.last_ack = ""
         self.last_seen = 0.0
+        self.dseq = 0  # the consumer sequence of the last message received (gapless)
 
 
 class Bus:
@@ -939,6 +940,18 @@ class Bus:
             c = self._consumers.get(tokens[base + 1].decode())
             if c is None or not c.active or c.broken:
                 return  # given up: not acked, so the next owner gets it
+            dseq = int(tokens[base + 4])
+            if dseq != c.dseq + 1:
+                # A delivery never reached us (sent by a consumer leader that died, or
+                # dropped on the way): the consumer counts it delivered and would send it
+                # again only after ack_wait, behind later ones that the receivers' replay
+                # check would then let it not overtake: lost.  Replay from the oldest
+                # unacked now, before anything after the gap is handled.
+                log.warning("%s: delivery %d after %d: one missing; replaying", c.name, dseq,
+                            c.dseq)
+                self._break(c)
+                return
+            c.dseq = dseq
             c.credit -= 1
             c.unacked += 1
             c.last_seen = time.monotonic()

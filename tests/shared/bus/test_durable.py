@@ -348,3 +348,49 @@ async def test_a_replay_whose_consumer_cannot_be_recreated_yet_is_tried_again(
     assert [int(x) for x in rx.got[-20:]] == list(range(20))
     for bus in (tx, rx.bus):
         await bus.close()
+
+
+async def test_a_delivery_lost_on_the_way_is_replayed_before_anything_after_it(
+    nats_url: str,
+) -> None:
+    """A pulled message that never arrives (sent by a consumer leader that was killed): the
+    consumer counts it delivered and would send it again only after ack_wait (300 s),
+    behind later ones, where a receiver's replay check drops it (not newer).  The bus sees
+    the gap in the consumer sequence and replays from the oldest unacked at once: what a
+    receiver with that check keeps is every message, in order (RFC 6120 §10.1)."""
+    subject = subjects.connection_manager("gap")
+    limits = StreamLimits(memory=True, deliveries=True)
+    tx = Bus(nats_url, "tx", durable=True, limits=limits)
+    await tx.connect()
+    got: list[int] = []
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        got.extend(int(data) for _subject, data in batch)
+
+    rx = Bus(nats_url, "rx", handle, durable=True, limits=limits)
+    await rx.connect()
+    assert rx._nc is not None
+    sink = rx._nc.js_sink
+    assert sink is not None
+    lost: list[bytes] = []
+
+    def lossy(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if reply.startswith(b"$JS.ACK.") and data == b"5" and not lost:
+            lost.append(data)  # gone with the node that sent it
+            return
+        sink(subject, reply, data, headers)
+
+    rx._nc.js_sink = lossy
+    await rx.consume(subject)
+    for i in range(20):
+        tx.publish_soon(subject, b"%d" % i)
+        await tx.flush()  # one stream message each (no pack)
+    await _until(lambda: got and got[-1] == 19 and 5 in got, "every message")
+    assert lost == [b"5"]
+    delivered: list[int] = []
+    for i in got:  # the connection manager's check: not newer than the last is a copy
+        if not delivered or i > delivered[-1]:
+            delivered.append(i)
+    assert delivered == list(range(20)), got
+    for bus in (tx, rx):
+        await bus.close()
