@@ -533,17 +533,27 @@ class Bus:
             self._output_failed(subject)
         self._advance()
 
-    def _output_failed(self, subject: str) -> None:
+    def replay_batch(self) -> None:
+        """The batch being handled cannot be now (a store it needs is away): nothing of it
+        is acked and it replays, first, as after a failed output; its handler had better
+        return.  Without ordered outputs only the batch's own consumers replay it."""
+        if self._ordered:
+            self._output_failed(None)
+        else:
+            self._durable_failures += 1
+
+    def _output_failed(self, subject: str | None) -> None:
         """Nothing later to ``subject`` is stored before the replay: what waits behind the
         failed chunk fails, every consumer with messages not acked is replayed (what it
         published may be missing an output), and their messages still in the inbox are
         dropped (they come again, after the replay)."""
         self._durable_failures += 1
-        for seq, _data in self._held.pop(subject, None) or ():
-            entry = self._pending.pop(seq, None)
-            if entry is not None and entry[0] is not None:
-                entry[0]()
-        self._ready.discard(subject)
+        if subject is not None:
+            for seq, _data in self._held.pop(subject, None) or ():
+                entry = self._pending.pop(seq, None)
+                if entry is not None and entry[0] is not None:
+                    entry[0]()
+            self._ready.discard(subject)
         broken = [c for c in self._consumers.values()
                   if c.active and not c.broken and c.unacked > 0]
         for c in broken:

@@ -394,3 +394,42 @@ async def test_a_delivery_lost_on_the_way_is_replayed_before_anything_after_it(
     assert delivered == list(range(20)), got
     for bus in (tx, rx):
         await bus.close()
+
+
+async def test_a_batch_that_cannot_be_handled_now_replays_first_and_in_order(
+    nats_url: str,
+) -> None:
+    """``replay_batch`` (the router when Redis is away): nothing of the batch is acked, what
+    of its consumer waits in the inbox is dropped, and all of it comes again, in order,
+    before anything later (a bounce would need Redis to find the sender)."""
+    subject = subjects.route(13)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    got: list[int] = []
+    refused = 0
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        nonlocal refused
+        for _subject, data in batch:
+            if int(data) == 5 and refused < 2:  # the store away, twice
+                refused += 1
+                await asyncio.sleep(0.3)  # what comes meanwhile waits in the inbox
+                rx.replay_batch()
+                return
+            got.append(int(data))
+
+    rx = Bus(nats_url, "rx", handle, durable=True, limits=LIMITS, ordered_outputs=True)
+    await rx.connect()
+    await rx.consume(subject)
+    for i in range(20):
+        tx.publish_soon(subject, b"%d" % i)
+        await tx.flush()  # one stream message each
+    await _until(lambda: got and got[-1] == 19, "every message")
+    assert refused == 2
+    delivered: list[int] = []
+    for i in got:  # a receiver's replay check: not newer than the last is a copy
+        if not delivered or i > delivered[-1]:
+            delivered.append(i)
+    assert delivered == list(range(20)), got
+    for bus in (tx, rx):
+        await bus.close()
