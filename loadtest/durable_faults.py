@@ -119,6 +119,8 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> None:
         if loop.time() >= next_kill and (restarting is None or restarting.done()):
             victim = (args.victims[len(kills) % len(args.victims)] if args.victims
                       else rng.choice(victims))
+            if victim.startswith("leader:"):  # the NATS node leading that stream now
+                victim = await durable.stream_leader(cluster, victim.split(":", 1)[1])
             cluster.kill(victim)
             kills.append((loop.time() - started, victim))
             print(f"{loop.time() - started:6.1f}s SIGKILL {victim}", flush=True)
@@ -158,6 +160,7 @@ async def run(cluster: Cluster, args: argparse.Namespace) -> None:
     print(f"\n{counts}; bounces: {dict(sum((s.conditions for s in senders), Counter()))}")
     print(f"replay check drops and sweeps per connection manager (since its last start): "
           f"{dropped}")
+    print(f"logs in {cluster.workdir}")
 
 
 def main() -> None:
@@ -172,8 +175,8 @@ def main() -> None:
                         "sessions reach offline storage within about 20 s)")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--victims", type=lambda v: v.split(","), default=[],
-                        help="kill these in turn (router-a,redis,nats-1,...) instead of at "
-                        "random")
+                        help="kill these in turn (router-a,redis,nats-1,...; leader:cm is the "
+                        "NATS node leading STANZAD_CM then) instead of at random")
     parser.add_argument("--nats-nodes", type=int, default=1, choices=(1, 3),
                         help="3: a NATS cluster, streams replicated 3 times, nodes killed too")
     args = parser.parse_args()

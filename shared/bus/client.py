@@ -38,6 +38,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -138,8 +139,8 @@ class _LocalRoute:
 class _Consumer:
     """A partition's durable pull consumer, as this bus pulls it."""
 
-    __slots__ = ("active", "broken", "credit", "last_ack", "last_seen", "name", "reply",
-                 "stream", "subject", "unacked")
+    __slots__ = ("active", "broken", "credit", "dseq", "last_ack", "last_seen", "name",
+                 "reply", "stream", "subject", "unacked")
 
     def __init__(self, subject: str, stream: str, name: str, reply: str) -> None:
         self.subject = subject
@@ -152,6 +153,7 @@ class _Consumer:
         self.unacked = 0  # in the inbox or being handled, not yet acked
         self.last_ack = ""
         self.last_seen = 0.0
+        self.dseq = 0  # the consumer sequence of the last message received (gapless)
 
 
 class _Held:
@@ -210,6 +212,7 @@ class Bus:
         tls: ssl.SSLContext | None = None,
         durable: bool = False,
         limits: streams.StreamLimits | None = None,
+        ordered_outputs: bool = False,
     ) -> None:
         """`fail_while_disconnected`: raise BusUnavailable instead of letting nats-py buffer
         publishes while it reconnects.  nats-py would send them once reconnected, possibly
@@ -223,7 +226,12 @@ class Bus:
         ``nats_options``).
 
         `durable`: publishes to the partitioned families go to their JetStream streams
-        (created at connect, `limits`) and are PubAck'd; `consume` is available."""
+        (created at connect, `limits`) and are PubAck'd; `consume` is available.
+
+        `ordered_outputs` (with `durable`; a consumer whose failed outputs are replayed, not
+        bounced): at most one stream message per subject is in flight, the next waits for
+        its PubAck, and a failure stops everything after it (``_output_failed``), so no
+        later output is stored before the replay publishes the failed one again."""
         self._tls = tls
         self._durable = durable
         self._limits = limits or streams.StreamLimits()
@@ -245,6 +253,13 @@ class Bus:
         self._held: dict[str, _Held] = {}
         self._released: list[_Held] = []
         self._paused: set[str] = set()  # subjects whose consumer is not asked for more
+        self._ordered = ordered_outputs and durable
+        self._waiting: dict[str, deque[tuple[int, bytes]]] = {}  # ordered outputs not yet written
+        self._inflight: dict[str, int] = {}  # subject -> its chunk in flight (last seq)
+        self._chunks: dict[int, tuple[str, list[int]]] = {}  # last seq -> subject, seqs
+        self._ready: set[str] = set()  # subjects whose next chunk may be written
+        self._batch_failures = -1  # _durable_failures when the running batch began
+        self._wanted: set[str] = set()  # subjects `consume`d and not given up
         self._js_timer: asyncio.Task[None] | None = None
         self._ack_latency = HistogramTally(BUS_ACK_LATENCY.labels(service))
         self._taken_over = BUS_TAKEN_OVER.labels(service)
@@ -345,6 +360,10 @@ class Bus:
         """Queue one message; raise BusUnavailable when NATS cannot take it.  Whatever
         ``publish_soon`` queued before goes first.  A durable publish is written at once
         and its PubAck comes later (``on_fail`` if it does not)."""
+        if self._ordered and self.stored(subject):
+            self._hold(subject, data, on_fail)
+            self._write_outbox()
+            return
         if self.stored(subject):
             refused: list[bool] = []
             writing = True
@@ -385,6 +404,9 @@ class Bus:
         stanza instead of a silent loss."""
         if (self._routes or self._exchange.offers) and self._local(subject, data, on_fail):
             return
+        if self._ordered and streams.family(subject) in self._families:
+            self._hold(subject, data, on_fail)
+            return
         self._outbox.append((subject, data, on_fail, None))
         if not self._outbox_durable and self.stored(subject):
             self._outbox_durable = True
@@ -397,6 +419,8 @@ class Bus:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._ready:
+            self._release_ready()
         batch, self._outbox = self._outbox, []
         self._outbox_durable = False
         if not batch:
@@ -463,6 +487,140 @@ class Bus:
             if queue is not None and queue.empty():
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(asyncio.get_running_loop().create_future())
+
+    # ---- ordered outputs (``ordered_outputs``) ------------------------------------------------
+    #
+    # A partitioned service's output whose publish fails is not bounced: the input batch is
+    # replayed (``_ack``, ``_break``), and the receiving connection manager drops what is
+    # not newer, by (origin, ts_us), than what it delivered.  So no later output to the same
+    # subject may be stored before the replay publishes the failed one again, or the failed
+    # one, coming after it, is dropped as a copy: lost (RFC 6120 §10.1 order and zero loss).
+    # Hence one stream message per subject in flight (the rest of the subject's outputs wait,
+    # and are packed, behind its PubAck), and at a failure: what waits behind it fails too,
+    # every consumer with anything unacked is replayed, what of theirs waits in the inbox is
+    # dropped, and the rest of the running batch publishes nothing (all of it replays).
+
+    def _hold(self, subject: str, data: bytes, on_fail: OnFail) -> None:
+        """Queue a durable publish behind the subject's stream message in flight; it is
+        numbered now, so ``stored_mark`` and the acks of its batch wait for it."""
+        if self._batch_failures >= 0 and self._durable_failures != self._batch_failures:
+            # an output failed while this batch ran: its consumers replay it, from the
+            # start; stored now, this one could overtake the failed output
+            if on_fail is not None:
+                on_fail()
+            return
+        self._seq += 1
+        self._pending[self._seq] = (on_fail, math.inf)  # not sent: never overdue
+        held = self._waiting.get(subject)
+        if held is None:
+            held = self._waiting[subject] = deque()
+        held.append((self._seq, data))
+        if subject not in self._inflight:
+            self._ready.add(subject)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
+
+    def _release_ready(self) -> None:
+        """Into the outbox: the next chunk of every ready subject with none in flight, one
+        stream message (packed when several) with the PubAck reply of its last sequence."""
+        ready, self._ready = self._ready, set()
+        now = time.monotonic()
+        pending = self._pending
+        for subject in ready:
+            held = self._waiting.get(subject)
+            if subject in self._inflight or not held:
+                continue
+            members: list[int] = []
+            parts: list[bytes] = []
+            size = 0
+            while held and len(parts) < streams.MULTI_MAX_COUNT:
+                seq, data = held[0]
+                if parts and size + len(data) > streams.MULTI_MAX_BYTES:
+                    break
+                held.popleft()
+                members.append(seq)
+                parts.append(data)
+                size += len(data)
+            if not held:
+                del self._waiting[subject]
+            for seq in members:
+                entry = pending.get(seq)
+                if entry is not None:
+                    pending[seq] = (entry[0], now)
+            key = members[-1]
+            self._chunks[key] = (subject, members)
+            self._inflight[subject] = key
+            payload = parts[0] if len(parts) == 1 else streams.pack(parts)
+            self._outbox.append((subject, payload, lambda key=key: self._chunk_done(key, False),
+                                 f"{self._js_inbox}.a.{key}"))
+
+    def _chunk_done(self, key: int, ok: bool, why: bytes = b"") -> None:
+        """The PubAck (or its absence) of a chunk: the subject's next chunk may go, or,
+        when it failed, ``_output_failed``."""
+        chunk = self._chunks.pop(key, None)
+        if chunk is None:
+            return
+        subject, members = chunk
+        if self._inflight.get(subject) == key:
+            del self._inflight[subject]
+        pending = self._pending
+        fails: list[Callable[[], None]] = []
+        sent = math.inf
+        for seq in members:
+            entry = pending.pop(seq, None)
+            if entry is not None:
+                sent = entry[1]
+                if entry[0] is not None:
+                    fails.append(entry[0])
+        if sent != math.inf:
+            self._ack_latency.observe(time.monotonic() - sent)
+        if ok:
+            if subject in self._waiting:
+                self._ready.add(subject)
+                if self._flush_handle is None:
+                    self._flush_handle = asyncio.get_running_loop().call_soon(
+                        self._write_outbox)
+        else:
+            self._failures.inc(len(members))
+            log.warning("durable publish of %d to %s failed: %s", len(members), subject,
+                        why[:200].decode(errors="replace") or "no PubAck or refused")
+            for fail in fails:
+                fail()
+            self._output_failed(subject)
+        self._advance()
+
+    def replay_batch(self) -> None:
+        """The batch being handled cannot be now (a store it needs is away): nothing of it
+        is acked and it replays, first, as after a failed output; its handler had better
+        return.  Without ordered outputs only the batch's own consumers replay it."""
+        if self._ordered:
+            self._output_failed(None)
+        else:
+            self._durable_failures += 1
+
+    def _output_failed(self, subject: str | None) -> None:
+        """Nothing later to ``subject`` is stored before the replay: what waits behind the
+        failed chunk fails, every consumer with messages not acked is replayed (what it
+        published may be missing an output), and their messages still in the inbox are
+        dropped (they come again, after the replay)."""
+        self._durable_failures += 1
+        if subject is not None:
+            for seq, _data in self._waiting.pop(subject, None) or ():
+                entry = self._pending.pop(seq, None)
+                if entry is not None and entry[0] is not None:
+                    entry[0]()
+            self._ready.discard(subject)
+        broken = [c for c in self._consumers.values()
+                  if c.active and not c.broken and c.unacked > 0]
+        for c in broken:
+            self._break(c)
+        if broken and self._inbox:  # every stream message in it is of a broken consumer
+            kept = [(m, a) for m, a in zip(self._inbox, self._acks, strict=True) if a == ""]
+            self._inbox.clear()
+            self._acks.clear()
+            for m, a in kept:
+                self._inbox.append(m)
+                self._acks.append(a)
 
     # ---- in-process hand-off (shared/bus/local.py) ------------------------------------------
 
@@ -605,7 +763,7 @@ class Bus:
                 self._exchange.marker_seen(subject, data, self._sink)
                 return
             if data.startswith(streams.MULTI_PREFIX):  # a durable publisher's pack
-                self._unpack(subject, data, "")
+                self._unpack(subject, data, None)
                 self._wakeup.set()
                 return
         self._inbox.append((subject, data))
@@ -627,7 +785,7 @@ class Bus:
                 n = min(len(inbox), MAX_BATCH)
                 batch = [inbox.popleft() for _ in range(n)]
                 marks = [acks.popleft() for _ in range(n)]
-                failures = self._durable_failures
+                failures = self._batch_failures = self._durable_failures
                 self._received.n += n
                 self._batch_size.observe(n)
                 self._handling, self._handling_failures = marks, failures
@@ -638,6 +796,7 @@ class Bus:
                 finally:
                     self._handling = None
                     self._group = (-1, -1, "")
+                    self._batch_failures = -1
                 done = [a for a in marks if a and a != _IN_PACK]
                 if done:  # acked once what the handler published is stored (and not held)
                     self.when_stored(self.stored_mark(),
@@ -804,6 +963,7 @@ class Bus:
         fam = streams.family(subject)
         assert fam is not None, subject
         stream, name = streams.stream_name(fam), streams.consumer_name(subject)
+        self._wanted.add(subject)
         old = self._consumers.pop(name, None)
         if old is not None:
             old.active = False
@@ -828,6 +988,7 @@ class Bus:
         wait until the server confirmed the acks: then the next owner may recreate the
         consumer without replaying what was handled here."""
         name = streams.consumer_name(subject)
+        self._wanted.discard(subject)
         c = self._consumers.get(name)
         if c is None:
             return
@@ -903,6 +1064,18 @@ class Bus:
             c = self._consumers.get(tokens[base + 1].decode())
             if c is None or not c.active or c.broken:
                 return  # given up: not acked, so the next owner gets it
+            dseq = int(tokens[base + 4])
+            if dseq != c.dseq + 1:
+                # A delivery never reached us (sent by a consumer leader that died, or
+                # dropped on the way): the consumer counts it delivered and would send it
+                # again only after ack_wait, behind later ones that the receivers' replay
+                # check would then let it not overtake: lost.  Replay from the oldest
+                # unacked now, before anything after the gap is handled.
+                log.warning("%s: delivery %d after %d: one missing; replaying", c.name, dseq,
+                            c.dseq)
+                self._break(c)
+                return
+            c.dseq = dseq
             c.credit -= 1
             c.unacked += 1
             c.last_seen = time.monotonic()
@@ -921,9 +1094,10 @@ class Bus:
         elif kind == "p":
             self._pull_status(rest, headers or b"")
 
-    def _unpack(self, subject: str, data: bytes, ack: str) -> None:
+    def _unpack(self, subject: str, data: bytes, ack: str | None) -> None:
         """The stanzas of a packed stream message into the inbox; the message's ack goes with
-        the last, so it is acked once all of them were handled."""
+        the last, so it is acked once all of them were handled (None: core NATS, whose
+        items are marked "")."""
         try:
             parts = streams.unpack(data)
         except ValueError:
@@ -939,7 +1113,7 @@ class Bus:
             inbox.append((subject, part))
             acks.append(mark)
         inbox.append((subject, parts[-1]))
-        acks.append(ack)
+        acks.append(ack or "")
 
     def _pull_status(self, name: str, headers: bytes) -> None:
         """408: a pull request expired (its unused credit is in Nats-Pending-Messages);
@@ -959,6 +1133,9 @@ class Bus:
             c.credit = 0  # asked again by the timer
 
     def _puback(self, seq: int, data: bytes) -> None:
+        if seq in self._chunks:
+            self._chunk_done(seq, b'"error"' not in data, data)
+            return
         entry = self._pending.pop(seq, None)
         if entry is None:
             return
@@ -1144,12 +1321,19 @@ class Bus:
         c.unacked = 0  # nothing more of it will be acked: a hand-over need not wait
 
         async def replay() -> None:
-            await asyncio.sleep(1.0)
-            if self._consumers.get(c.name) is c and c.active:
+            delay = 1.0
+            while True:
+                await asyncio.sleep(delay)
+                current = self._consumers.get(c.name)
+                if c.subject not in self._wanted or current not in (c, None) \
+                        or (current is c and not c.active):
+                    return  # given up, or recreated meanwhile
                 try:
                     await self.consume(c.subject)
-                except Exception as exc:  # tried again at the next failure or take-over
+                    return
+                except Exception as exc:  # JetStream electing a leader: again, until it works
                     log.warning("%s: could not recreate the consumer: %s", c.name, exc)
+                    delay = min(2 * delay, 5.0)
 
         task = asyncio.get_running_loop().create_task(replay())
         self._replays.add(task)
@@ -1162,13 +1346,16 @@ class Bus:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             pending = self._pending
-            expired = []
-            for seq, (_on_fail, sent) in pending.items():
-                if now - sent < PUBACK_TIMEOUT_S:
-                    break
-                expired.append(seq)
+            expired = [seq for seq, (_on_fail, sent) in pending.items()
+                       if now - sent >= PUBACK_TIMEOUT_S]  # a held one (sent: inf) never
             for seq in expired:
-                on_fail, _ = pending.pop(seq)
+                if seq in self._chunks:  # with every publish it carried
+                    self._chunk_done(seq, False, b"no PubAck in time")
+            for seq in expired:
+                entry = pending.pop(seq, None)
+                if entry is None:
+                    continue
+                on_fail = entry[0]
                 self._failures.inc()
                 self._durable_failures += 1
                 if on_fail is not None:

@@ -52,8 +52,11 @@ class PartitionedService:
         self.db = Database(settings.database_url, self.name, size=settings.db_pool_size,
                            timeout_s=settings.db_timeout_s, owner_url=settings.database_owner_url)
         self.durable = settings.durable
+        # ordered outputs: a failed one replays the batch, and nothing later to its subject is
+        # stored before that (shared/bus/client.py, "ordered outputs")
         self.bus = Bus(settings.nats_url, self.name, self._on_batch, durable=settings.durable,
-                       limits=streams.limits_of(settings), **settings.nats_options())
+                       limits=streams.limits_of(settings), ordered_outputs=settings.durable,
+                       **settings.nats_options())
         # the account domains served, kept current in `destinations` (shared/cluster/vhosts.py)
         self.vhosts = VirtualHosts(settings, self.db if self.uses_database else None,
                                    self.destinations)

@@ -128,6 +128,12 @@ class Router(PartitionedService):
             if self._is_remote(env.to_bare):
                 self._remote(env, sender)
                 continue
+            if self.bus.durable and env.to_bare not in entries:
+                # Redis unreachable: with durable delivery the batch replays (from its
+                # stream, in order) instead; a bounce would need Redis to find the sender
+                log.warning("no session table for %s: replaying the batch", env.to_bare)
+                self.bus.replay_batch()
+                break
             kept: Kept | None = None
             if env.kind is Kind.MESSAGE:
                 env, kept = self._tails(env, sender)

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-import nats
 import pytest
 
 from devtools import localservers
-from shared.bus import streams
 from shared.store.accounts import AccountStore
 from shared.store.pg.database import connect as db_connect
 from shared.store.presence import OfflineStore
@@ -85,30 +82,13 @@ def nats_cluster() -> Iterator[Cluster]:
         c.stop()
 
 
-async def _stream_leader(cluster: Cluster, fam: str) -> str:
-    """The NATS node leading ``fam``'s stream (the same STREAM.CREATE the services send
-    answers with the stream's info, its cluster's leader included)."""
-    nc = await nats.connect(cluster.nats_url_of("router"), tls=cluster.nats_tls(),
-                            connect_timeout=5)
-    try:
-        name = streams.stream_name(fam)
-        config = streams.stream_config(fam, streams.StreamLimits(replicas=3))
-        msg = await nc.request(f"$JS.API.STREAM.CREATE.{name}", json.dumps(config).encode(),
-                               timeout=10)
-        info = json.loads(msg.data)
-        assert "error" not in info, info
-        return str(info["cluster"]["leader"])
-    finally:
-        await nc.close()
-
-
 async def test_sigkill_of_the_route_streams_nats_leader_loses_and_duplicates_nothing(
     nats_cluster: Cluster,
 ) -> None:
     cluster = nats_cluster
     senders, receivers = _local_load(cluster)
     await _accounts(cluster, [s.jid for s in senders] + [r.jid for r in receivers])
-    leader = await _stream_leader(cluster, "route")
+    leader = await durable.stream_leader(cluster, "route")
     i = cluster.nats_names().index(leader)
 
     async def kill() -> None:  # the leader of STANZAD_ROUTE, then back after a while

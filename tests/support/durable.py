@@ -15,17 +15,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import nats
+
+from shared.bus import streams
 from tests.support.xmpp import RawClient, raw_login, raw_sm_login
 
 BODY = re.compile(rb"<body[^>]*>s(\d+):(\d+)</body>")
 R = b'<r xmlns="urn:xmpp:sm:3"/>'
 ACKED = re.compile(rb'<a xmlns=["\']urn:xmpp:sm:3["\'] h=["\'](\d+)["\']')
 PASSWORD = "pw"
+
+if TYPE_CHECKING:
+    from tests.support.cluster import Cluster
 CONDITION = re.compile(rb"<error[^>]*><([a-z-]+)")
 
 
@@ -289,3 +297,20 @@ async def run(senders: list[Sender], receivers: list[Receiver], rounds: int,
         if client is not None:
             await client.close()
     return count(senders, receivers, rounds, acked)
+
+
+async def stream_leader(cluster: Cluster, fam: str) -> str:
+    """The NATS node leading ``fam``'s stream (the same STREAM.CREATE the services send
+    answers with the stream's info, its cluster's leader included)."""
+    nc = await nats.connect(cluster.nats_url_of("router"), tls=cluster.nats_tls(),
+                            connect_timeout=5)
+    try:
+        name = streams.stream_name(fam)
+        config = streams.stream_config(fam, streams.StreamLimits(replicas=3))
+        msg = await nc.request(f"$JS.API.STREAM.CREATE.{name}", json.dumps(config).encode(),
+                               timeout=10)
+        info = json.loads(msg.data)
+        assert "error" not in info, info
+        return str(info["cluster"]["leader"])
+    finally:
+        await nc.close()

@@ -366,6 +366,114 @@ async def test_a_paused_consumer_is_not_pulled_until_resumed(nats_url: str) -> N
     rx.bus.resume(subject)
     await _until(lambda: len(rx.got) >= 20, "all once resumed")
     assert rx.got == [b"%d" % i for i in range(20)]
+
+
+async def _replays_to_a_connection_manager(nats_url: str, ordered: bool) -> list[int]:
+    """A router-like consumer (route partition in, one output each to a connection
+    manager's deliveries subject) whose output number K is refused by the stream (bigger
+    than its max_msg_size: deterministic, like a stream without a leader) while the outputs
+    after it are pipelined behind; the limit is lifted once the failure is seen, so the
+    replay goes through.  Returns what a connection manager consuming the stream delivers
+    with its replay check: an output not newer than the last delivered is dropped as a copy
+    (services/connection_manager, (origin, ts_us))."""
+    k, n = 10, 30
+    limits = StreamLimits(memory=True, deliveries=True)
+    subject, out = subjects.route(12), subjects.connection_manager(f"replay{int(ordered)}")
+    tx = Bus(nats_url, "tx", durable=True, limits=limits)
+    await tx.connect()
+    for i in range(n):
+        tx.publish_soon(subject, b"%d" % i)
+    await tx.flush()
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        for _subject, data in batch:
+            i = int(data)
+            router.publish_soon(out, b"%d " % i + (b"x" * 2000 if i == k else b""))
+            await asyncio.sleep(0)  # written now: one stream message each, pipelined
+
+    router = Bus(nats_url, "router", handle, durable=True, limits=limits,
+                 ordered_outputs=ordered)
+    await router.connect()  # sets the stream's configuration to its own: limit it after
+    info = await tx._api("$JS.API.STREAM.INFO." + streams.stream_name("cm"))
+    config = dict(info["config"], max_msg_size=1000)
+    update = "$JS.API.STREAM.UPDATE." + streams.stream_name("cm")
+    assert not (await tx._api(update, config)).get("error")
+    await router.consume(subject)
+    await _until(lambda: router._durable_failures > 0, "output K refused")
+    assert not (await tx._api(update, dict(config, max_msg_size=-1))).get("error")
+    await _until(lambda: not router._replays and not router._pending
+                 and all(c.unacked == 0 and not c.broken
+                         for c in router._consumers.values()), "the replay done")
+    stored: list[int] = []
+    for _seq, payload in await tx.read_subject(out):
+        parts = streams.unpack(payload) if payload.startswith(streams.MULTI_PREFIX) \
+            else [payload]
+        stored.extend(int(p.split(b" ")[0]) for p in parts)
+    delivered: list[int] = []
+    for i in stored:  # the connection manager's check: not newer than the last is a copy
+        if not delivered or i > delivered[-1]:
+            delivered.append(i)
+    for bus in (tx, router):
+        await bus.close()
+    return delivered
+
+
+async def test_no_output_stored_after_a_refused_one_before_its_replay(nats_url: str) -> None:
+    """RFC 6120 §10.1 and zero loss across a refused output (a stream electing a leader
+    after a NATS node died): nothing later to that subject is stored before the replay
+    publishes the refused one again; the copies the replay makes of what was stored are
+    dropped by the receiver, and nothing is missing.  Without ordered outputs the later
+    outputs were stored first and the replayed one was dropped as not newer: lost."""
+    assert await _replays_to_a_connection_manager(nats_url, ordered=True) == list(range(30))
+
+
+async def test_without_ordered_outputs_the_replayed_output_is_dropped(nats_url: str) -> None:
+    """The same with the publisher of before (a bus whose outputs are bounced, not
+    replayed, like a connection manager's): the refused output is overtaken, so this
+    check would lose it; what makes the test above able to fail."""
+    delivered = await _replays_to_a_connection_manager(nats_url, ordered=False)
+    assert 10 not in delivered and delivered == [i for i in range(30) if i != 10]
+
+
+async def test_a_replay_whose_consumer_cannot_be_recreated_yet_is_tried_again(
+    nats_url: str,
+) -> None:
+    """A replay that finds JetStream not answering (a stream electing a leader after a NATS
+    node died) tries again until the consumer is recreated: given up after one try, the
+    partition was consumed by no one until its next take-over (seen as every message from
+    a NATS kill on lost in `loadtest/durable_faults.py`)."""
+    subject = subjects.roster(8)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    rx = Consumer(nats_url, "rx")
+    calls = 0
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            rx.bus._durable_failures += 1  # an output not stored: the batch replays
+        rx.got.extend(data for _subject, data in batch)
+
+    rx.bus._handler = handle
+    await rx.bus.connect()
+    api = rx.bus._api
+    refused: list[str] = []
+
+    async def flaky(subject: str, body: dict[str, object] | None = None) -> dict[str, object]:
+        if calls >= 1 and "CONSUMER.DELETE" in subject and len(refused) < 2:
+            refused.append(subject)
+            raise TimeoutError("nats: timeout")  # as while the stream has no leader
+        return await api(subject, body)
+
+    rx.bus._api = flaky  # type: ignore[method-assign]
+    for i in range(20):
+        tx.publish_soon(subject, b"%d" % i)
+    await tx.flush()
+    await rx.bus.consume(subject)
+    await _until(lambda: rx.got.count(b"0") == 2 and rx.got[-1] == b"19", "the replay")
+    assert len(refused) == 2
+    assert [int(x) for x in rx.got[-20:]] == list(range(20))
     for bus in (tx, rx.bus):
         await bus.close()
 
@@ -411,3 +519,88 @@ async def test_a_session_log_is_listed_per_connection_manager_and_read_in_batche
     await bus.purge(mine)
     assert await bus.read_subject(mine) == []
     await bus.close()
+
+
+async def test_a_delivery_lost_on_the_way_is_replayed_before_anything_after_it(
+    nats_url: str,
+) -> None:
+    """A pulled message that never arrives (sent by a consumer leader that was killed): the
+    consumer counts it delivered and would send it again only after ack_wait (300 s),
+    behind later ones, where a receiver's replay check drops it (not newer).  The bus sees
+    the gap in the consumer sequence and replays from the oldest unacked at once: what a
+    receiver with that check keeps is every message, in order (RFC 6120 §10.1)."""
+    subject = subjects.connection_manager("gap")
+    limits = StreamLimits(memory=True, deliveries=True)
+    tx = Bus(nats_url, "tx", durable=True, limits=limits)
+    await tx.connect()
+    got: list[int] = []
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        got.extend(int(data) for _subject, data in batch)
+
+    rx = Bus(nats_url, "rx", handle, durable=True, limits=limits)
+    await rx.connect()
+    assert rx._nc is not None
+    sink = rx._nc.js_sink
+    assert sink is not None
+    lost: list[bytes] = []
+
+    def lossy(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if reply.startswith(b"$JS.ACK.") and data == b"5" and not lost:
+            lost.append(data)  # gone with the node that sent it
+            return
+        sink(subject, reply, data, headers)
+
+    rx._nc.js_sink = lossy
+    await rx.consume(subject)
+    for i in range(20):
+        tx.publish_soon(subject, b"%d" % i)
+        await tx.flush()  # one stream message each (no pack)
+    await _until(lambda: got and got[-1] == 19 and 5 in got, "every message")
+    assert lost == [b"5"]
+    delivered: list[int] = []
+    for i in got:  # the connection manager's check: not newer than the last is a copy
+        if not delivered or i > delivered[-1]:
+            delivered.append(i)
+    assert delivered == list(range(20)), got
+    for bus in (tx, rx):
+        await bus.close()
+
+
+async def test_a_batch_that_cannot_be_handled_now_replays_first_and_in_order(
+    nats_url: str,
+) -> None:
+    """``replay_batch`` (the router when Redis is away): nothing of the batch is acked, what
+    of its consumer waits in the inbox is dropped, and all of it comes again, in order,
+    before anything later (a bounce would need Redis to find the sender)."""
+    subject = subjects.route(13)
+    tx = Bus(nats_url, "tx", durable=True, limits=LIMITS)
+    await tx.connect()
+    got: list[int] = []
+    refused = 0
+
+    async def handle(batch: list[tuple[str, bytes]]) -> None:
+        nonlocal refused
+        for _subject, data in batch:
+            if int(data) == 5 and refused < 2:  # the store away, twice
+                refused += 1
+                await asyncio.sleep(0.3)  # what comes meanwhile waits in the inbox
+                rx.replay_batch()
+                return
+            got.append(int(data))
+
+    rx = Bus(nats_url, "rx", handle, durable=True, limits=LIMITS, ordered_outputs=True)
+    await rx.connect()
+    await rx.consume(subject)
+    for i in range(20):
+        tx.publish_soon(subject, b"%d" % i)
+        await tx.flush()  # one stream message each
+    await _until(lambda: got and got[-1] == 19, "every message")
+    assert refused == 2
+    delivered: list[int] = []
+    for i in got:  # a receiver's replay check: not newer than the last is a copy
+        if not delivered or i > delivered[-1]:
+            delivered.append(i)
+    assert delivered == list(range(20)), got
+    for bus in (tx, rx):
+        await bus.close()
