@@ -44,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"
 
 
+STOP_TIMEOUT_S = 3.0  # Cluster.stop: how long a process may take to exit on SIGTERM
+
+
 @dataclass
 class Cluster:
     workdir: Path
@@ -406,8 +409,11 @@ class Cluster:
         return path.read_text(errors="replace")[-5000:] if path.exists() else ""
 
     def stop(self) -> None:
+        """The end of a test: SIGTERM, and SIGKILL after STOP_TIMEOUT_S (a connection
+        manager with detached XEP-0198 sessions would otherwise wait its whole drain
+        timeout for resumes that will not come)."""
         for name in reversed(list(self.procs)):
-            localservers.stop(self.procs[name])
+            localservers.stop(self.procs[name], STOP_TIMEOUT_S)
 
 
 def new_cluster(domain: str = "localhost") -> Cluster:
