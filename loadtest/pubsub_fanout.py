@@ -50,6 +50,7 @@ from loadtest.procstat import TREES, cpu_seconds, tree_cpu_seconds  # noqa: E402
 from loadtest.users import PASSWORD, User, create_accounts, create_rosters  # noqa: E402
 from shared.store.pg.database import connect as db_connect  # noqa: E402
 from shared.xmpp.caps import ver_of  # noqa: E402
+from tests.support.cluster import metric_total  # noqa: E402
 from tests.support.xmpp import RawClient, raw_login  # noqa: E402
 
 PUBSUB = "http://jabber.org/protocol/pubsub"
@@ -206,9 +207,7 @@ def cm_counters(cluster: target.Cluster) -> dict[str, dict[str, float]]:
     out = {}
     for name in target.cm_names(cluster):
         text = cluster.metrics(name)
-        out[name] = {c: sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-                            if line.startswith((f"stanzad_cm_{c}{{", f"stanzad_cm_{c} ")))
-                     for c in CM_COUNTERS}
+        out[name] = {c: metric_total(text, f"stanzad_cm_{c}") for c in CM_COUNTERS}
     return out
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from shared.store.accounts import AccountStore  # noqa: E402
 from shared.store.pg.database import connect as db_connect  # noqa: E402
 from shared.xmpp.credentials import derive_credentials  # noqa: E402
-from tests.support.cluster import Cluster, new_cluster  # noqa: E402
+from tests.support.cluster import Cluster, metric_total, new_cluster  # noqa: E402
 from tests.support.rolling import Counts, rolling_restart  # noqa: E402
 
 MAX_MESSAGES = 200_000
@@ -73,9 +73,10 @@ def main() -> int:
                                  args.seconds))
         # what reached the restarted pods for sessions they no longer had (stale routes
         # after the old process exited) and what went to offline storage unresumed
-        stale = {name: _total(cluster.metrics(name), "stanzad_cm_undeliverable_total")
+        stale = {name: metric_total(cluster.metrics(name), "stanzad_cm_undeliverable_total")
                  for name in cms}
-        returned = {name: _total(cluster.metrics(name), "stanzad_cm_sm_returned_stanzas_total")
+        returned = {name: metric_total(cluster.metrics(name),
+                                       "stanzad_cm_sm_returned_stanzas_total")
                     for name in cms}
     finally:
         cluster.stop()
@@ -96,12 +97,6 @@ def main() -> int:
     print(f"logs: {cluster.workdir}")
     bad = counts.lost or counts.duplicated or counts.out_of_order
     return 1 if bad or counts.received != counts.sent else 0
-
-
-def _total(text: str, name: str) -> float:
-    """The sum of a counter's samples over all its labels in a Prometheus exposition."""
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith((name + "{", name + " ")))
 
 
 if __name__ == "__main__":

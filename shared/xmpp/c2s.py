@@ -738,15 +738,7 @@ class C2SStream(ServingStream):
             return self._sasl_step(lambda auth: auth.start(initial))
         if self._auth is None:
             raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "no SASL exchange")
-        if name == "abort":
-            return self._sasl_failure("aborted", self._mechanism)
-        if name == "response":
-            try:
-                data = _b64(element.text) or b""
-            except ValueError:
-                return self._sasl_failure("incorrect-encoding", self._mechanism)
-            return self._sasl_step(lambda auth: auth.respond(data))
-        raise StreamError(StreamErrorCondition.UNSUPPORTED_STANZA_TYPE)
+        return self._sasl_continue(element, name)
 
     def _sasl_step(self, step: object) -> Event | None:
         assert self._auth is not None
@@ -830,6 +822,11 @@ class C2SStream(ServingStream):
             return self._sasl_step(lambda auth: auth.start(initial))
         if self._auth is None or self._sasl2 is None:
             raise StreamError(StreamErrorCondition.POLICY_VIOLATION, "no SASL2 exchange")
+        return self._sasl_continue(element, name)
+
+    def _sasl_continue(self, element: etree._Element, name: str) -> Event | None:
+        """<abort/> or <response/> of an exchange under way (RFC 6120 §6.4.5, §6.4.2;
+        XEP-0388 §2.6 uses the same two elements)."""
         if name == "abort":
             return self._sasl_failure("aborted", self._mechanism)
         if name == "response":

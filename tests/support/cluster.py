@@ -433,6 +433,12 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def metric_total(text: str, name: str) -> float:
+    """The sum of a metric's samples over all its labels (0 when absent)."""
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith((name + "{", name + " ")))
+
+
 def _same_labels(key: str, labels: dict[str, str]) -> bool:
     inner = key[key.index("{") + 1 : -1]
     found = dict(part.split("=", 1) for part in inner.split(",") if part)
