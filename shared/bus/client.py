@@ -360,11 +360,12 @@ class Bus:
         """Queue one message; raise BusUnavailable when NATS cannot take it.  Whatever
         ``publish_soon`` queued before goes first.  A durable publish is written at once
         and its PubAck comes later (``on_fail`` if it does not)."""
-        if self._ordered and self.stored(subject):
+        stored = self.stored(subject)
+        if stored and self._ordered:
             self._hold(subject, data, on_fail)
             self._write_outbox()
             return
-        if self.stored(subject):
+        if stored:
             refused: list[bool] = []
             writing = True
 
@@ -404,11 +405,12 @@ class Bus:
         stanza instead of a silent loss."""
         if (self._routes or self._exchange.offers) and self._local(subject, data, on_fail):
             return
-        if self._ordered and streams.family(subject) in self._families:
+        stored = self.stored(subject)  # once per stanza: both questions below are this one
+        if stored and self._ordered:
             self._hold(subject, data, on_fail)
             return
         self._outbox.append((subject, data, on_fail, None))
-        if not self._outbox_durable and self.stored(subject):
+        if stored:
             self._outbox_durable = True
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._write_outbox)
