@@ -353,10 +353,43 @@ class Router(PartitionedService):
             # was notified while it was detached
             if env.origin != SM_UNACKED_ORIGIN and _has_body(env.payload):
                 await self.push.message(bare, env.from_, env.payload, stored)
+            if env.origin != SM_UNACKED_ORIGIN:
+                await self._late_flush(bare)
             return True
         self._tally[(env.kind.value, "bounced")] += 1
         self._bounce(env, StanzaErrorCondition.SERVICE_UNAVAILABLE, "offline storage full")
         return False
+    async def _late_flush(self, bare: str) -> None:
+        """The fence between storing a message offline and a login's flush (XEP-0160).
+
+        The decision to store was taken on the session table as this router saw it (its
+        cache, or a read before the INSERT); meanwhile a resource may have become available
+        and the presence service, which marks it available in Redis before it takes the
+        offline queue from PostgreSQL, may have flushed the queue before this row was in
+        it. Read the table again after the INSERT: if a resource is available now, take the
+        queue and deliver it here (a row goes to whichever flush deletes it first); if none
+        is, the presence service's flush will come after this row and take it."""
+        try:
+            [sessions] = await self.store.get_many([bare])
+        except Exception as exc:  # the row is stored; the next login takes it
+            log.warning("session re-read after an offline store failed: %s", exc)
+            return
+        decision = decide(Kind.MESSAGE, "chat", bare, True, sessions)
+        if not isinstance(decision, Deliver):
+            return
+        self.cache.invalidate(bare)
+        try:
+            messages = await self.offline.take_all(bare)
+        except Exception as exc:
+            log.warning("offline flush after a late login failed: %s", exc)
+            return
+        for message in messages:
+            self._tally[(Kind.MESSAGE.value, "flushed")] += 1
+            for full, cm_id in decision.targets:
+                self.bus.publish_soon(subjects.connection_manager(cm_id), Envelope(
+                    Kind.MESSAGE, to=full, from_="", type="chat", origin=SERVICE,
+                    payload=message).encode())
+
     def _bounce(
         self, env: Envelope, condition: StanzaErrorCondition, text: str | None = None,
         extra: str = "",
