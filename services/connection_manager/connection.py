@@ -118,6 +118,7 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         "pushes",
         "record",
         "replaced",
+        "resumed_from",
         "seen",
         "session_id",
         "source",
@@ -173,6 +174,9 @@ class C2SConnection(BatchedWrites, asyncio.Protocol):
         # durable delivery: the last ts_us delivered per sending session (a replay's copies
         # are not newer), ConnectionManager.deliveries
         self.seen: dict[str, int] | None = None
+        # resumed here from the log of this dead connection manager: what is drained from
+        # its subject for this session takes the usual path (ConnectionManager._drained)
+        self.resumed_from = ""
         # durable delivery, resumable sessions: the count of the last stanza appended to the
         # session's log (None: not logged); the (origin, ts_us) of queued messages by count;
         # writes waiting for their log entries to be stored, in order ([data, ready])

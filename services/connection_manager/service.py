@@ -274,15 +274,20 @@ class ConnectionManager:
         await self.bus.connect()
         self._watchers.append(asyncio.create_task(self.vhosts.run(self.bus)))
         own = self.own_subject
-        if self.logging:  # from the oldest unacked: what a previous run left comes first
-            await self.bus.consume(own)
-            # our logs are found by this mark if we die; a previous run's logs are swept
-            self.bus.publish_soon(subjects.sm_log_marker(self.cm_id), b"")
+        if self.logging:
+            # a previous run's logs (swept at once) are known before its deliveries come:
+            # what it left in our subject for those sessions goes into them (`_left`)
             try:
                 self._previous_logs = set(await self.bus.subject_counts(
                     "smlog", subjects.sm_logs_of(self.cm_id)))
             except Exception as exc:  # found again at the next start
                 log.warning("could not list the session logs of a previous run: %s", exc)
+            if self._previous_logs:
+                self._logs_of[self.cm_id] = _logs_by_jid(self._previous_logs)
+            # from the oldest unacked: what a previous run left comes first
+            await self.bus.consume(own)
+            # our logs are found by this mark if we die
+            self.bus.publish_soon(subjects.sm_log_marker(self.cm_id), b"")
         else:
             await self.bus.subscribe(own)
             await self.bus.flush()
@@ -1279,6 +1284,7 @@ class ConnectionManager:
         peers.discard(self.cm_id)
         if self._previous_logs and await self._sweep(self.cm_id, self._previous_logs):
             self._previous_logs = set()
+            self._logs_of.pop(self.cm_id, None)
         if not peers:
             return
         order = sorted(peers)
@@ -1353,13 +1359,8 @@ class ConnectionManager:
         """Full JID -> subject of the session logs dead ``cm_id`` left (read once)."""
         logs = self._logs_of.get(cm_id)
         if logs is None:
-            logs = {}
-            for subject in sorted(await self.bus.subject_counts("smlog",
-                                                                subjects.sm_logs_of(cm_id))):
-                parts = subjects.sm_log_parts(subject)
-                if parts is not None:
-                    logs[parts[1]] = subject
-            self._logs_of[cm_id] = logs
+            logs = self._logs_of[cm_id] = _logs_by_jid(
+                await self.bus.subject_counts("smlog", subjects.sm_logs_of(cm_id)))
         return logs
 
     async def _returned(self, full: str, stanzas: list[bytes]) -> bool:
@@ -1442,12 +1443,16 @@ class ConnectionManager:
             await asyncio.sleep(0.1)
 
     async def _drained(self, batch: list[tuple[str, bytes]]) -> list[Envelope]:
-        """Deliveries taken from a dead connection manager's subject.  For a session here
-        (resumed, arriving) they take the usual path (returned); for one that moved to a
-        live connection manager they are forwarded there; for one with a log (a resumable
-        session of the dead one) they are appended to it, uncounted, for its resume;
-        everything else is undelivered: messages to offline storage as for a session's
-        unacknowledged stanzas (`SM_UNACKED_ORIGIN`), IQ requests bounced."""
+        """Deliveries taken from a dead connection manager's subject: they were routed to
+        a session of the dead one, and are older than anything routed to where its full JID
+        is bound now (one router per recipient partition, RFC 6120 §10.1), so they never
+        go to a newer session of that full JID, where the replay check would drop them as
+        not newer than what it already delivered.  For a session resumed here from the dead
+        one's log, or handed over from here, they take the usual path (returned); for a
+        full JID with a log of the dead one (its resume reads it after the drain, or the
+        sweep hands it to offline storage) they are appended to it, uncounted; everything
+        else is that session's unacknowledged stanzas (XEP-0198 §5): messages to offline
+        storage (`SM_UNACKED_ORIGIN`), IQ requests bounced."""
         local: list[Envelope] = []
         units: list[tuple[str, Envelope]] = []  # (dead connection manager, delivery)
         for subject, data in batch:
@@ -1459,39 +1464,67 @@ class ConnectionManager:
                                  for full in env.to.split(FANOUT_SEPARATOR))
                 elif env.kind in STANZA_KINDS or env.kind is Kind.BATCH:
                     units.append((dead, env))
-        later: list[tuple[str, Envelope]] = []
         for dead, env in units:
-            if (env.to in self.sessions or env.to in self._arriving
-                    or env.to in self.handed_over):
+            conn = self.sessions.get(env.to)
+            if ((conn is not None and conn.resumed_from == dead)
+                    or (conn is None and env.to in self.handed_over)):
                 local.append(env)
-            else:
-                later.append((dead, env))
-        if not later:
-            return local
-        bares = sorted({env.to_bare for _, env in later})
-        records = dict(zip(bares, await self.store.get_many(bares), strict=True))
-        for (dead, env) in later:
-            resource = env.to.partition("/")[2]
-            record = records.get(env.to_bare, {}).get(resource)
-            if (record is not None and record.cm_id != self.cm_id
-                    and record.cm_id not in self._draining):
-                self.bus.publish_soon(subjects.connection_manager(record.cm_id),
-                                      env.forwarded().encode())
-                continue
-            stanzas = (split_stanzas(env.payload) if env.kind is Kind.BATCH
-                       else [env.payload])
-            subject = (await self._logs(dead)).get(env.to)
-            if subject is not None:
-                for stanza in stanzas:
-                    self.bus.publish_soon(subject, sm.log_entry(0, 0, env.origin, env.ts_us,
-                                                                stanza))
-                metrics.DRAINED.labels("log").inc(len(stanzas))
-            elif env.kind is Kind.FANOUT and self.service_domains.get(env.from_domain):
-                self._gone_from_service(env, env.to)
-            else:
-                metrics.DRAINED.labels("undelivered").inc(len(stanzas))
-                self._return_unacked(env.to, stanzas)
+            elif not self._to_log(await self._logs(dead), env):
+                if env.kind is Kind.FANOUT and self.service_domains.get(env.from_domain):
+                    self._gone_from_service(env, env.to)
+                else:
+                    stanzas = (split_stanzas(env.payload) if env.kind is Kind.BATCH
+                               else [env.payload])
+                    metrics.DRAINED.labels("undelivered").inc(len(stanzas))
+                    self._return_unacked(env.to, stanzas)
         return local
+
+    def _to_log(self, logs: dict[str, str] | None, env: Envelope) -> bool:
+        """Append ``env`` (a delivery to a session of a dead connection manager), uncounted,
+        to its full JID's log in ``logs``, if there is one."""
+        subject = logs.get(env.to) if logs else None
+        if subject is None:
+            return False
+        stanzas = split_stanzas(env.payload) if env.kind is Kind.BATCH else [env.payload]
+        for stanza in stanzas:
+            self.bus.publish_soon(subject, sm.log_entry(0, 0, env.origin, env.ts_us, stanza))
+        metrics.DRAINED.labels("log").inc(len(stanzas))
+        return True
+
+    async def _left(self, gone: list[Envelope]) -> None:
+        """Deliveries on our own subject for a full JID with no session here (not moving
+        either).  Routed to a session a previous run of ours had, that has a log: appended
+        to it (`_to_log`: swept to offline storage with what the client had not
+        acknowledged, without a copy).  A message whose full JID is bound on another
+        connection manager now was routed here before that bind, so it is older than what
+        goes there directly: rerouted, it would come after those and the replay check would
+        drop it (RFC 6120 §10.1 order, no loss), so it is returned as the unacknowledged
+        stanza of the session that ended (XEP-0198 §5: offline storage).  The rest as
+        before (`_undeliverable`: the session left between routing and delivery)."""
+        logs = self._logs_of.get(self.cm_id)
+        messages: list[Envelope] = []
+        for env in gone:
+            if self._to_log(logs, env):
+                continue
+            if self.bus.durable and env.kind is Kind.MESSAGE and env.ts_us:
+                messages.append(env)
+            else:
+                await self._undeliverable(env)
+        if not messages:
+            return
+        bares = sorted({env.to_bare for env in messages})
+        try:  # one round trip for the batch: this path is the exception
+            records = dict(zip(bares, await self.store.get_many(bares), strict=True))
+        except Exception as exc:
+            log.warning("session lookup for undeliverable messages failed: %s", exc)
+            records = {}
+        for env in messages:
+            record = records.get(env.to_bare, {}).get(env.to.partition("/")[2])
+            if record is not None and record.cm_id != self.cm_id:
+                metrics.UNDELIVERABLE.labels(env.kind.value).inc()
+                self._return_unacked(env.to, [env.payload])
+            else:
+                await self._undeliverable(env)
 
     def adopt(self, conn: C2SConnection, handed: Handed) -> None:
         """`conn` resumed (`stream.resume_succeeded` done) the session handed over from
@@ -1513,6 +1546,9 @@ class ConnectionManager:
             self.bus.after_stored(lambda: self._spawn(self._purge_log(old_log)))
         if handed.seen:
             conn.seen = dict(handed.seen)
+        if handed.old_log:  # what is drained for it from now on takes the usual path
+            parts = subjects.sm_log_parts(handed.old_log)
+            conn.resumed_from = parts[0] if parts is not None else ""
         for env in self._arriving.pop(full, []):
             if (self.bus.durable and env.kind is Kind.MESSAGE and env.ts_us
                     and _replayed(conn, env)):
@@ -1788,6 +1824,7 @@ class ConnectionManager:
         delivered = _DELIVERED
         written = 0  # stanzas handed to sockets, counted once per batch
         touched: list[C2SConnection] = []  # one write each at the end of the batch
+        gone: list[Envelope] = []  # for a full JID with no session here (`_left`)
         dedup = self.bus.durable
         envs: Iterable[Envelope]
         if self._draining and any(subject != self.own_subject for subject, _ in batch):
@@ -1853,10 +1890,12 @@ class ConnectionManager:
                 if env.ts_us:
                     observe(max(0, now_us - env.ts_us) / 1e6)
             elif not self._not_here(env):
-                await self._undeliverable(env)
+                gone.append(env)
         for conn in touched:
             conn.flush()
         _STANZAS_OUT.n += written
+        if gone:
+            await self._left(gone)
 
     def _kick(self, conn: C2SConnection, payload: bytes) -> None:
         """KICK: a newer bind of the full JID on another pod (RFC 6120 §7.7.2.2: the active
@@ -1957,6 +1996,16 @@ DRAIN_LEASE_S: Final = 30
 DRAIN_WAIT_S: Final = 10.0
 SWEEP_BATCH: Final = 200  # sessions of a dead connection manager swept per janitor round
 SWEPT: Final = "swept"  # the session id in the facts of a session being swept
+
+
+def _logs_by_jid(found: Iterable[str]) -> dict[str, str]:
+    """Full JID -> subject of the session logs among ``found`` subjects."""
+    logs = {}
+    for subject in sorted(found):
+        parts = subjects.sm_log_parts(subject)
+        if parts is not None:
+            logs[parts[1]] = subject
+    return logs
 
 
 def _log_entries(read: list[tuple[int, bytes]]) -> list[sm.LogEntry]:

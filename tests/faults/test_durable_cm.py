@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -35,6 +36,23 @@ def two_cms() -> Iterator[tuple[Cluster, int, int]]:
         c.start_presence(STANZAD_SESSION_TTL_S="3")
         c.start_roster()
         a = c.start_cm("cm-a", **FAST)
+        b = c.start_cm("cm-b", **FAST)
+        yield c, a, b
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def slow_beat_cms() -> Iterator[tuple[Cluster, int, int]]:
+    """`two_cms`, cm-a's heartbeat lasting 30 s (a stopped cm-a is not drained)."""
+    c = new_cluster()
+    c.partitions = 4
+    try:
+        c.start_servers()
+        c.start_router("router-1", STANZAD_LEASE_TTL_S="2")
+        c.start_presence(STANZAD_SESSION_TTL_S="3")
+        c.start_roster()
+        a = c.start_cm("cm-a", **{**FAST, "STANZAD_SESSION_TTL_S": "30"})
         b = c.start_cm("cm-b", **FAST)
         yield c, a, b
     finally:
@@ -270,3 +288,81 @@ async def test_xep0198_5_sm_session_of_a_killed_cm_never_resumed_goes_to_offline
     finally:
         for client in (rx, tx, late, again):
             await client.close()
+
+
+async def test_backlog_of_a_restarted_cm_is_not_dropped_behind_a_newer_session(
+    slow_beat_cms: tuple[Cluster, int, int],
+) -> None:
+    """RFC 6120 §10.1 and XEP-0198 §5 across a connection manager killed and started again
+    with the same id while deliveries to its session waited in its subject, the client
+    having bound the same full JID on another one meanwhile (as the long run's receivers
+    do).  The waiting deliveries are older than the ones the new session got live; rerouted
+    to it, its replay check dropped them as not newer (issue 20's long-run losses).  They
+    are the old session's unacknowledged stanzas: each message arrives exactly once, live
+    or from offline storage, each in order."""
+    cluster, port_a, port_b = slow_beat_cms
+    await _accounts(cluster, ["back@localhost", "fro@localhost"])
+    rx = RawClient("127.0.0.1", port_a)
+    tx = RawClient("127.0.0.1", port_b)
+    rx2 = RawClient("127.0.0.1", port_b)
+    again = RawClient("127.0.0.1", port_b)
+    to = "back@localhost/r"
+
+    async def send(numbers: range) -> None:
+        await tx.send(b"".join(f"<message to='{to}' type='chat'><body>{k}</body></message>"
+                               .encode() for k in numbers))
+
+    try:
+        await raw_sm_login(rx, "back@localhost", "pw", "r")
+        await raw_sm_login(tx, "fro@localhost", "pw", "s")
+        live: list[int] = []
+        await send(range(10))
+        await _read_messages(rx, live, 9)
+        # XEP-0198 §4: all ten acknowledged, in the log once the answer to <r/> comes
+        await rx.send(f"<a xmlns='{SM_NS}' h='10'/><r xmlns='{SM_NS}'/>".encode())
+        await rx.read_until(b"<a ", timeout=15)
+        # cm-a stops taking its deliveries (its heartbeat outlives this: no drain by cm-b);
+        # 10-29 wait in its subject
+        cluster.procs["cm-a"].send_signal(signal.SIGSTOP)
+        await send(range(10, 30))
+        assert await _acked(tx) == 30
+        await eventually(lambda: _routed(cluster, "delivered") >= 30, timeout=30,
+                         what="10-29 routed to cm-a")
+        # the client binds the same full JID on cm-b and gets the newer ones there
+        await raw_sm_login(rx2, "back@localhost", "pw", "r")
+        await rx2.send(b"<presence/>")  # available: what goes to the bare JID comes here
+        later: list[int] = []
+        await send(range(30, 50))
+        await _read_messages(rx2, later, 49, timeout=30)
+        assert 49 in later, later
+        # cm-a SIGKILLed and started again with the same id: its previous run's backlog
+        await asyncio.to_thread(cluster.kill, "cm-a")
+        cluster.start_cm("cm-a", port_a, **{**cluster.cm_env["cm-a"], **FAST})
+        await eventually(lambda: metric_value(cluster.metrics("cm-a"),
+                                              "stanzad_cm_sm_swept_total") == 1,
+                         timeout=30, what="the old session swept")
+        await eventually(lambda: _routed(cluster, "stored") >= 20, timeout=20,
+                         what="10-29 stored offline")
+        late = await _read_messages(rx2, later, 50, timeout=1)  # nothing more comes live
+        await raw_login(again, "back@localhost", "pw", "r2")
+        await again.send(b"<presence/>")  # offline messages come (XEP-0160)
+        offline: list[int] = []
+        await _read_messages(again, offline, 29, timeout=15)  # hang guard
+        total = live + later + offline
+        lost = sorted(set(range(50)) - set(total))
+        print(f"cm restarted with a backlog: {len(live)} + {len(later)} live, "
+              f"{len(offline)} from offline storage; lost {lost}, duplicated "
+              f"{len(total) - len(set(total))}")
+        assert not lost
+        assert sorted(total) == list(range(50))  # exactly once
+        assert later == sorted(later) and offline == sorted(offline), (later, offline, late)
+    finally:
+        for client in (rx, tx, rx2, again):
+            await client.close()
+
+
+
+def _routed(cluster: Cluster, outcome: str) -> float:
+    """Messages the router handled with ``outcome`` (delivered, stored)."""
+    return metric_value(cluster.metrics("router-1"), "stanzad_router_stanzas_total",
+                        kind="message", outcome=outcome)
