@@ -19,7 +19,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # The default benchmark comparison (loadtest/RESULTS.md): a few minutes, loopback only.
 bench: $(STAMP)

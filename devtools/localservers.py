@@ -60,10 +60,22 @@ def redis_server_path() -> str:
 _PORTS: Final = range(20_000, 32_000)
 
 
+def _ports() -> range:
+    """`_PORTS`, or the part of it that STANZAD_DEV_PORTS ("first-last") names: processes
+    that start servers side by side (the test suite's parallel workers) take disjoint parts,
+    so that one cannot pick a port the other has picked and not bound yet."""
+    spec = os.environ.get("STANZAD_DEV_PORTS", "")
+    first, _, last = spec.partition("-")
+    if first.isdigit() and last.isdigit() and int(first) < int(last):
+        return range(int(first), int(last) + 1)
+    return _PORTS
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` that nothing holds now, outside the ephemeral range."""
+    ports = _ports()
     for _ in range(50):
-        port = random.choice(_PORTS)
+        port = random.choice(ports)
         with socket.socket() as s:
             try:
                 s.bind((host, port))

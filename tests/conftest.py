@@ -3,6 +3,7 @@ per test session, on free loopback ports."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -24,6 +25,23 @@ from tests.support.redis_cluster import (
 )
 
 TEST_ITERATIONS = 4096  # the SCRAM minimum: tests create many accounts
+
+
+def _worker_ports() -> None:
+    """Under pytest-xdist (`make test` runs two workers) each worker picks its servers' ports
+    from its own part of devtools.localservers' range (STANZAD_DEV_PORTS, inherited by every
+    process it starts)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or "STANZAD_DEV_PORTS" in os.environ:
+        return
+    first, last = 20_000, 31_999
+    span = (last - first + 1) // count
+    n = int(worker[2:])
+    os.environ["STANZAD_DEV_PORTS"] = f"{first + n * span}-{first + (n + 1) * span - 1}"
+
+
+_worker_ports()
 
 
 @pytest.fixture(scope="session")

@@ -152,7 +152,7 @@ DRAINED = Counter(
     "stanzad_cm_drained_stanzas_total",
     "Stanzas drained from dead connection managers' deliveries, by where they went (log: a "
     "resumable session's log; undelivered: offline storage or bounced).",
-    ["to"],
+    ["outcome"],
 )
 SM_TIMEOUTS = Counter(
     "stanzad_cm_sm_timeouts_total", "Detached sessions that ended unresumed (timeout or limit)."

@@ -70,6 +70,9 @@ async def test_xep0012_4_last_activity_of_a_contact_forbidden_to_others(
     c = await login(cluster, carol, pw_c, "desk")
     b = await login(cluster, bob, pw_b, "phone")
     try:
+        # bob's presence reaching alice says the presence service holds it: before that the
+        # account is neither online nor has a last activity (item-not-found, §4)
+        await eventually(lambda: a.saw_presence(f"{bob}/phone"), 15, "bob available")
         online = await a.plugin["xep_0012"].get_last_activity(bob, timeout=10)
         assert int(online["last_activity"]["seconds"]) == 0  # available now
         b.send_presence(ptype="unavailable", pstatus="gone fishing")
