@@ -53,7 +53,7 @@ def test_frames_split_anywhere_and_fragments_join() -> None:
     (masked(CLOSE, b"x", fin=False), PROTOCOL_ERROR),  # a fragmented control frame (§5.5)
     (masked(0, b"x"), PROTOCOL_ERROR),  # a continuation of nothing
     (masked(TEXT, b"x" * 300), TOO_BIG),
-])
+], ids=["unmasked", "rsv1", "fragmented-control", "orphan-continuation", "too-big"])
 def test_violations_name_their_close_code(frame: bytes, code: int) -> None:
     with pytest.raises(WebSocketError) as exc:
         FrameDecoder(200).feed(frame)
