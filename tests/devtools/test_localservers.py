@@ -44,7 +44,9 @@ def test_port_holders_names_the_listening_process() -> None:
         port = held.getsockname()[1]
         holders = localservers.port_holders(port)
         assert [h.pid for h in holders] == [os.getpid()]
-        assert "pytest" in holders[0].cmdline  # this process: python .../pytest or -m pytest
+        with open("/proc/self/cmdline", "rb") as f:  # this process (pytest, or an xdist worker)
+            mine = f.read().replace(b"\0", b" ").decode().strip()
+        assert holders[0].cmdline == mine
         assert f"pid {os.getpid()} (" in localservers.describe_holders(port)
 
 
