@@ -328,6 +328,11 @@ async def test_xep0198_unacked_queue_is_bounded_policy_violation_then_offline(
             return b"greedy" not in await users.redis.hgetall(keys.sessions(jid))
 
         await eventually(unbound, timeout=15, what="the session ended")
+
+        async def stored() -> bool:  # the next login's flush (XEP-0160) takes what is stored
+            return await users.offline.count(jid) == 8
+
+        await eventually(stored, timeout=15, what="the unacknowledged stored offline")
         await later.login("127.0.0.1", cluster.c2s_port)
         got = [int((await asyncio.wait_for(later.messages.get(), 10))["body"])
                for _ in range(8)]
