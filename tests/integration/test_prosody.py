@@ -194,8 +194,12 @@ async def test_rfc6121_3_subscription_and_presence_both_ways_with_prosody(
                              and c.saw_presence(f"{ours}/laptop"), 20, "presence both ways")
         except TimeoutError as exc:
             pytest.fail(f"{exc}\n{_logs(interop)}")
-        await c.get_roster()
-        assert c.client_roster[ours]["subscription"] == "both"
+
+        async def both_there() -> bool:  # Prosody's roster push may trail its presence
+            await c.get_roster()
+            return bool(c.client_roster[ours]["subscription"] == "both")
+
+        await eventually(both_there, 20, "subscription both on Prosody's side")
     finally:
         await a.logout()
         await c.logout()
