@@ -6,9 +6,10 @@ with where each figure comes from; tests/loadtest/test_capacity.py checks they a
         --presence-changes-per-user-hour 4 --contacts 50 --online-share 0.3 \\
         --logins-per-second-peak 2000
 
-`--predict-run result.json` instead predicts, for a finished `python -m loadtest` run, the
-CPU of each role in each phase and the connection managers' memory, beside what the run
-measured (`predict_run` is what a larger run's report calls).
+`--predict-run result.json` instead predicts, for a finished `python -m loadtest` run (the
+scale scenario's login, hold, chat and presence phases too), the CPU of each role in each
+phase and the connection managers' memory, beside what the run measured (`predict_run` is
+what a larger run's report calls).
 """
 
 from __future__ import annotations
@@ -342,12 +343,21 @@ def role_of(process: str) -> str:
     return process.rsplit("-", 1)[0] if process[-1:].isdigit() else process
 
 
-def phase_events(phase: str, part: dict[str, Any], opt: dict[str, Any]) -> dict[str, float]:
-    """The events of one phase of a run, from what the run counted."""
+def phase_events(phase: str, part: dict[str, Any], opt: dict[str, Any],
+                 result: dict[str, Any] | None = None) -> dict[str, float]:
+    """The events of one phase of a run, from what the run counted (`result`: the whole
+    run's, for the scale scenario's online contacts)."""
     if "bound" in part:  # a login phase
         n = float(part["bound"])
         if phase == "login" and opt.get("scenario") == "login":
             return {"login": n}
+        if opt.get("scenario") == "scale":
+            # only the online users send initial presence; each pair of online contacts
+            # exchanges two presences at login (the later one's broadcast, the answer to
+            # its probe): the online users x their online contacts in all
+            online = float(part.get("available", n))
+            near = float((result or {}).get("online_contacts_mean") or 0.0)
+            return {"login": n, "initial_presence": online, "login_delivery": online * near}
         contacts = float(opt.get("contacts", 0)) if opt.get("scenario") == "presence" else 0
         # the ring logs in together: on average half of a user's contacts are online when
         # it logs in (each gets its broadcast) and half come later (it gets theirs)
@@ -394,11 +404,11 @@ def predict_run(doc: dict[str, Any], background: bool = True) -> list[Row]:
     opt = doc.get("options", {})
     r = doc["result"]
     parts = [(name, part, part["server"]) for name, part in phases_of(r)]
-    if "hold" in r:
+    if "hold" in r and "server" not in r["hold"]:  # the idle scenario's hold: a cost
         parts.append(("hold", {}, r["hold"]))
     rows: list[Row] = []
     for name, part, server in parts:
-        events = phase_events(name, part, opt)
+        events = phase_events(name, part, opt, r)
         measured: dict[str, float] = {}
         count: dict[str, int] = {}
         for proc, cpu in server["cpu_s"].items():
@@ -421,6 +431,10 @@ def predict_run(doc: dict[str, Any], background: bool = True) -> list[Row]:
         grown = sum(v for k, v in r["rss_growth_bytes"].items() if role_of(k) == "cm")
         kib = u("cm.kib.connection_sm") if opt.get("sm") else u("cm.kib.connection")
         rows.append(Row("idle", "cm", n * kib / 1024, grown / 2**20, "MiB RSS growth"))
+        used = (r.get("login") or {}).get("ops", {}).get("redis.used_memory")
+        if used is not None and opt.get("scenario") == "scale":
+            rows.append(Row("idle", "redis", n * u("redis.bytes.connection") / 2**20,
+                            used / 2**20, "MiB used_memory growth"))
     return rows
 
 
