@@ -50,6 +50,7 @@ def login(run: Run, users: list[User], concurrency: int, presence: bool | Sequen
     flags = (split(list(presence), shares) if not isinstance(presence, bool)
              else [presence] * workers)
     per_worker = max(1, concurrency // workers)
+    pings = _pings(run, label)
     ops_before = _ops(run, start=True)
     before = run.sampler.sample()
     replies = run.fleet.call("login", [
@@ -76,6 +77,7 @@ def login(run: Run, users: list[User], concurrency: int, presence: bool | Sequen
         "server": c.as_dict(),
         "logins_per_server_cpu_s": stats.per(bound, c.total_cpu_s),
         "ops": ops,
+        "pings_answered": _pings(run, label) - pings,
     }
 
 
@@ -90,6 +92,7 @@ def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipient
     fleet = run.fleet
     workers = fleet.plan.workers
     idle, idle_ops = _idle_cpu_per_s(run)
+    pings = _pings(run, label)
     ops_before = _ops(run, start=True)
     start_ns = time.monotonic_ns() + 200_000_000
     before = run.sampler.sample()
@@ -152,6 +155,7 @@ def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipient
         "server_cpu_us_per_delivery": stats.per(c.total_cpu_s * 1e6, delivered),
         "deliveries_per_server_cpu_s": stats.per(delivered, c.total_cpu_s),
         "live_connections": sum(r["live"] for r in replies),
+        "pings_answered": sum(r["pings"] for r in replies) - pings,
         "senders": len(set(senders)) if reach is not None else None,
         "ops": ops,
         "idle_ops_per_s": idle_ops,
@@ -165,7 +169,7 @@ def hold(run: Run, seconds: float, label: str) -> dict[str, Any]:
     """Hold every connection idle for `seconds` (the server pings the idle ones, XEP-0199,
     and the clients answer); server cost, Redis/NATS operations and pings answered."""
     fleet = run.fleet
-    pings_before = sum(r["pings"] for r in fleet.call("status", {}, label, timeout_s=60))
+    pings_before = _pings(run, label)
     ops_before = _ops(run, start=True)
     before = run.sampler.sample()
     started = time.monotonic()
@@ -184,6 +188,11 @@ def hold(run: Run, seconds: float, label: str) -> dict[str, Any]:
         "server": cost(before, after).as_dict(),
         "ops": ops,
     }
+
+
+def _pings(run: Run, label: str) -> int:
+    """Keepalive pings the clients answered so far (XEP-0199)."""
+    return sum(r["pings"] for r in run.fleet.call("status", {}, label, timeout_s=60))
 
 
 def _idle_cpu_per_s(run: Run, seconds: float = 1.0) -> tuple[float, dict[str, float]]:
