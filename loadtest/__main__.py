@@ -4,6 +4,7 @@ the tool starts itself on free loopback ports.  See loadtest/RESULTS.md for the 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -74,8 +75,16 @@ def options(ns: argparse.Namespace) -> Options:
     return Options(**given)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    # SIGTERM, and SIGINT even when started in the background (where a shell ignores it),
+    # stop the run through its cleanup: workers, cluster and PostgreSQL are stopped
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         opt = options(ns)
         bounds.require_loopback("--host", ns.host)
