@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 from loadtest import stats
 from loadtest.fleet import Fleet
@@ -37,11 +37,13 @@ def split(items: list[Any], shares: list[int]) -> list[list[Any]]:
 
 
 def login(run: Run, users: list[User], concurrency: int, presence: bool | Sequence[bool],
-          label: str, first: int = 0) -> dict[str, Any]:
+          label: str, first: int = 0, settle: Collection[str] = ()) -> dict[str, Any]:
     """Log `users` in, spread over the workers; time to bound and rate, server cost.
     `presence`: initial presence from every user, or from each by position; `first`: the
     run's number of `users[0]` (a connection's number picks its port and source address,
-    and names the sender of a broadcast)."""
+    and names the sender of a broadcast); `settle`: processes whose work for the logins
+    (initial presence, probes, broadcasts) may go on after the last bind: the server cost
+    runs until they are quiet (`quiet`)."""
     workers = run.fleet.plan.workers
     base, extra = divmod(len(users), workers)
     shares = [base + (1 if i < extra else 0) for i in range(workers)]
@@ -58,6 +60,7 @@ def login(run: Run, users: list[User], concurrency: int, presence: bool | Sequen
          "presence": flag, "timeout_s": run.login_timeout_s, "offset": off}
         for part, off, flag in zip(parts, offsets, flags, strict=True)
     ], label, timeout_s=run.login_timeout_s * (1 + len(users) / max(1, concurrency)) + 30)
+    settled_s = quiet(run, settle, label) if settle else 0.0
     after = run.sampler.sample()
     ops = delta(ops_before, _ops(run)) if ops_before else {}
     durations = [d for r in replies for d in r["durations_ms"]]
@@ -78,7 +81,31 @@ def login(run: Run, users: list[User], concurrency: int, presence: bool | Sequen
         "logins_per_server_cpu_s": stats.per(bound, c.total_cpu_s),
         "ops": ops,
         "pings_answered": _pings(run, label) - pings,
+        "settled_s": settled_s,
     }
+
+
+QUIET_SHARE: Final = 0.05  # of one core: a process counts as quiet under it
+QUIET_WINDOW_S: Final = 2.0
+MAX_SETTLE_S: Final = 300.0
+
+
+def quiet(run: Run, names: Collection[str], label: str, max_s: float = MAX_SETTLE_S
+          ) -> float:
+    """Wait until each of `names` used under QUIET_SHARE of a core over QUIET_WINDOW_S (or
+    `max_s` went by); the seconds waited."""
+    started = time.monotonic()
+    last = run.sampler.sample()
+    while time.monotonic() - started < max_s:
+        time.sleep(QUIET_WINDOW_S)
+        now = run.sampler.sample()
+        c = cost(last, now)
+        run.fleet.progress(f"{label}: settling", started)
+        if all(c.cpu_s.get(n, 0.0) < QUIET_SHARE * c.seconds for n in names):
+            break
+        last = now
+    run.fleet.end_progress()
+    return time.monotonic() - started
 
 
 def send(run: Run, kind: str, rate: float, seconds: float, count: int, recipients: list[str],

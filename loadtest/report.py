@@ -179,7 +179,9 @@ def phase_tables(doc: dict[str, Any]) -> list[str]:
         server, ops = part["server"], part.get("ops") or {}
         secs = max(float(server["seconds"]), 1e-9)
         if name == "login":
-            what = f"{part['bound']:,} logins ({part['available']:,} with initial presence)"
+            what = (f"{part['bound']:,} logins ({part['available']:,} with initial "
+                    f"presence), the services quiet {part.get('settled_s', 0):.0f} s after "
+                    "the last")
             rate, lat = _fmt(part["logins_per_s"], "/s"), part["time_to_bound_ms"]
         elif name == "hold":
             what = (f"{part['live_connections']:,} held, {part['pings_answered']:,} "

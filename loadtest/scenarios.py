@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,8 @@ class Options:
 
 
 def warm_login(run: Run, users: list[User], opt: Options, presence: bool | list[bool],
-               label: str) -> tuple[int, dict[str, Any], Sample, Sample]:
+               label: str, settle: Collection[str] = ()
+               ) -> tuple[int, dict[str, Any], Sample, Sample]:
     """Log everyone in, a few connections first so that one-off allocations (TLS context,
     first parser, caches) are in the baseline, not in the per-connection figure: (how many
     warmed up, the main login, the samples before and 2 s after it)."""
@@ -67,7 +69,8 @@ def warm_login(run: Run, users: list[User], opt: Options, presence: bool | list[
     time.sleep(1.0)
     base = run.sampler.sample()
     rest = users[warm:]
-    main = login(run, rest, opt.concurrency, flags, label, first=warm) if rest else first
+    main = (login(run, rest, opt.concurrency, flags, label, first=warm, settle=settle)
+            if rest else first)
     time.sleep(2.0)
     return warm, main, base, run.sampler.sample()
 
@@ -176,7 +179,10 @@ def scale(run: Run, users: list[User], opt: Options, front: list[str]) -> dict[s
     sender's online contacts (RFC 6121 §4.4.2).  Per phase: server CPU and RSS, Redis and
     NATS operations; memory per idle connection at the end of the hold."""
     flags = online(len(users), opt.online_share)
-    warm, main, base, loaded = warm_login(run, users, opt, flags, "scale login")
+    # the login phase lasts until the services are done with the initial presences (the
+    # connection managers are busy with keepalives from a minute in, and never quiet)
+    behind = [n for n in run.sampler.pids if not n.startswith("cm-")]
+    warm, main, base, loaded = warm_login(run, users, opt, flags, "scale login", behind)
     n = len(users)
     held = hold(run, opt.hold_s, "scale idle hold")
     after_hold = held["server"]["rss_after"]
