@@ -4,6 +4,7 @@ the tool starts itself on free loopback ports.  See loadtest/RESULTS.md for the 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000, help="total stanzas/s (chat, presence)")
     p.add_argument("--seconds", type=float, default=10, help="send phase bound")
     p.add_argument("--messages", type=int, default=100_000, help="stanza count bound")
-    p.add_argument("--contacts", type=int, default=10, help="roster size (presence)")
-    p.add_argument("--hold", dest="hold_s", type=float, default=5, help="idle: seconds held")
+    p.add_argument("--contacts", type=int, default=10, help="roster size (presence, scale)")
+    p.add_argument("--online-share", type=float, default=1.0,
+                   help="scale: share of the users sending initial presence (online)")
+    p.add_argument("--presence-rate", type=float, default=100,
+                   help="scale: presence broadcasts/s of its presence phase")
+    p.add_argument("--hold", dest="hold_s", type=float, default=5,
+                   help="idle, scale: seconds held idle")
     p.add_argument("--mechanism", choices=MECHANISMS, default=None,
                    help="SASL mechanism; default: SCRAM-SHA-256, with --auth token "
                    "OAUTHBEARER, with --auth http PLAIN")
@@ -69,8 +75,16 @@ def options(ns: argparse.Namespace) -> Options:
     return Options(**given)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
+    # SIGTERM, and SIGINT even when started in the background (where a shell ignores it),
+    # stop the run through its cleanup: workers, cluster and PostgreSQL are stopped
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         opt = options(ns)
         bounds.require_loopback("--host", ns.host)

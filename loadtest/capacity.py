@@ -6,9 +6,10 @@ with where each figure comes from; tests/loadtest/test_capacity.py checks they a
         --presence-changes-per-user-hour 4 --contacts 50 --online-share 0.3 \\
         --logins-per-second-peak 2000
 
-`--predict-run result.json` instead predicts, for a finished `python -m loadtest` run, the
-CPU of each role in each phase and the connection managers' memory, beside what the run
-measured (`predict_run` is what a larger run's report calls).
+`--predict-run result.json` instead predicts, for a finished `python -m loadtest` run (the
+scale scenario's login, hold, chat and presence phases too), the CPU of each role in each
+phase and the connection managers' memory, beside what the run measured (`predict_run` is
+what a larger run's report calls).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 ROLES = ("cm", "router", "presence", "roster", "nats", "redis", "postgres")
 EVENTS = ("login", "initial_presence", "login_delivery", "message", "broadcast",
-          "presence_delivery")
+          "presence_delivery", "keepalive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,8 @@ class Unit:
 _M = ("RESULTS \"capacity unit costs\": `python -m loadtest.unit_costs` "
       "(results/2026-12-07/unit-costs.json)")
 _BENCH = "RESULTS \"`make bench` after the layout, the defences and PostgreSQL\", run 2"
+_SCALE = ("RESULTS \"100,000 connections\": the scale run at 10,000, its idle hold (the "
+          "connection managers' CPU net of their background over the pings answered)")
 
 # Every figure the model uses, "<role>.<what>.<event>".  cpu_us: µs of one core of the 2-core
 # development VM per event, net of the idle cluster; commands, msgs (NATS in + out), writes
@@ -44,7 +47,9 @@ _BENCH = "RESULTS \"`make bench` after the layout, the defences and PostgreSQL\"
 # stanza a login makes reach or come back (login_delivery: its broadcast to an online
 # contact, a contact's answer to its probe); a chat message delivered (archived, durable
 # delivery on); a presence broadcast (the sender's part) and each delivery of one to an
-# online contact.  A unit that is not here was measured as 0.
+# online contact; a keepalive: the server's XEP-0199 ping of an idle session and its answer
+# (the hibernated parser and TLS buffers woken and freed again).  A unit that is not here
+# was measured as 0.
 UNITS: dict[str, Unit] = {
     "cm.cpu_us.login": Unit(2015.59, "µs", _M),
     "cm.cpu_us.message": Unit(185.98, "µs", _M),
@@ -52,6 +57,7 @@ UNITS: dict[str, Unit] = {
     "cm.cpu_us.presence_delivery": Unit(29.34, "µs", _M),
     "cm.cpu_us.initial_presence": Unit(85.27, "µs", _M),
     "cm.cpu_us.login_delivery": Unit(9.2, "µs", _M),
+    "cm.cpu_us.keepalive": Unit(542.28, "µs", _SCALE),
     "nats.cpu_us.login": Unit(47.97, "µs", _M),
     "nats.cpu_us.message": Unit(164.82, "µs", _M),
     "nats.cpu_us.broadcast": Unit(961.08, "µs", _M),
@@ -137,6 +143,9 @@ class Load:
     contacts: int = 50
     online_share: float = 0.3  # share of a user's contacts online (one session each)
     logins_per_second_peak: float = 0.0
+    # the server pings a connection idle this long (STANZAD_KEEPALIVE_INTERVAL_S): at most
+    # one ping per connection and interval; 0: no keepalives
+    keepalive_interval_s: float = 60.0
 
     @property
     def messages_per_s(self) -> float:
@@ -183,6 +192,8 @@ def rates(load: Load) -> dict[str, float]:
         "message": load.messages_per_s,
         "broadcast": load.broadcasts_per_s,
         "presence_delivery": load.broadcasts_per_s * d,
+        "keepalive": (load.connections / load.keepalive_interval_s
+                      if load.keepalive_interval_s > 0 else 0.0),
     }
 
 
@@ -311,12 +322,14 @@ def render(p: Plan) -> str:
         f"PostgreSQL: {p.pg_writes_per_s:,.0f} row writes/s in {p.pg_commits_per_s:,.0f} "
         f"transactions/s, {p.cores['postgres']:.2f} cores of backends (one primary).",
         "",
-        "Assumptions: " + "; ".join(assumptions(b)) + ".",
+        "Assumptions: " + "; ".join(assumptions(b, load)) + ".",
     ]
     return "\n".join(out)
 
 
-def assumptions(b: Budget) -> list[str]:
+def assumptions(b: Budget, load: Load | None = None) -> list[str]:
+    interval = load.keepalive_interval_s if load is not None else Load(0).keepalive_interval_s
+    _interval = f"{interval:g} s" if interval > 0 else "none"
     return [
         f"headroom {b.headroom:.0%} of every pod's CPU and memory",
         f"{b.cores_per_pod:g} core per service pod (one event loop per process)",
@@ -325,6 +338,8 @@ def assumptions(b: Budget) -> list[str]:
         "the login peak comes on top of the steady load (a reconnect storm)",
         "one session per user; a message reaches one online recipient; archiving on",
         "each online contact gets each broadcast, and answers each login's probe",
+        "every connection is pinged once per keepalive interval "
+        f"({_interval}) (an upper bound: a busy one is not)",
         f"at least {b.min_pods} pods per role, {b.nats_nodes_min} NATS nodes",
         f"NATS CPU x {b.stream_replicas} for the stream replicas",
         "Redis commands/s per shard: one core at the Redis CPU per command of this load's "
@@ -342,12 +357,27 @@ def role_of(process: str) -> str:
     return process.rsplit("-", 1)[0] if process[-1:].isdigit() else process
 
 
-def phase_events(phase: str, part: dict[str, Any], opt: dict[str, Any]) -> dict[str, float]:
-    """The events of one phase of a run, from what the run counted."""
+def phase_events(phase: str, part: dict[str, Any], opt: dict[str, Any],
+                 result: dict[str, Any] | None = None) -> dict[str, float]:
+    """The events of one phase of a run, from what the run counted (`result`: the whole
+    run's, for the scale scenario's online contacts)."""
+    pings = {"keepalive": float(part["pings_answered"])} if part.get("pings_answered") else {}
+    return {**_phase_events(phase, part, opt, result), **pings}
+
+
+def _phase_events(phase: str, part: dict[str, Any], opt: dict[str, Any],
+                  result: dict[str, Any] | None) -> dict[str, float]:
     if "bound" in part:  # a login phase
         n = float(part["bound"])
         if phase == "login" and opt.get("scenario") == "login":
             return {"login": n}
+        if opt.get("scenario") == "scale":
+            # only the online users send initial presence; each pair of online contacts
+            # exchanges two presences at login (the later one's broadcast, the answer to
+            # its probe): the online users x their online contacts in all
+            online = float(part.get("available", n))
+            near = float((result or {}).get("online_contacts_mean") or 0.0)
+            return {"login": n, "initial_presence": online, "login_delivery": online * near}
         contacts = float(opt.get("contacts", 0)) if opt.get("scenario") == "presence" else 0
         # the ring logs in together: on average half of a user's contacts are online when
         # it logs in (each gets its broadcast) and half come later (it gets theirs)
@@ -394,11 +424,11 @@ def predict_run(doc: dict[str, Any], background: bool = True) -> list[Row]:
     opt = doc.get("options", {})
     r = doc["result"]
     parts = [(name, part, part["server"]) for name, part in phases_of(r)]
-    if "hold" in r:
+    if "hold" in r and "server" not in r["hold"]:  # the idle scenario's hold: a cost
         parts.append(("hold", {}, r["hold"]))
     rows: list[Row] = []
     for name, part, server in parts:
-        events = phase_events(name, part, opt)
+        events = phase_events(name, part, opt, r)
         measured: dict[str, float] = {}
         count: dict[str, int] = {}
         for proc, cpu in server["cpu_s"].items():
@@ -421,6 +451,10 @@ def predict_run(doc: dict[str, Any], background: bool = True) -> list[Row]:
         grown = sum(v for k, v in r["rss_growth_bytes"].items() if role_of(k) == "cm")
         kib = u("cm.kib.connection_sm") if opt.get("sm") else u("cm.kib.connection")
         rows.append(Row("idle", "cm", n * kib / 1024, grown / 2**20, "MiB RSS growth"))
+        used = (r.get("login") or {}).get("ops", {}).get("redis.used_memory")
+        if used is not None and opt.get("scenario") == "scale":
+            rows.append(Row("idle", "redis", n * u("redis.bytes.connection") / 2**20,
+                            used / 2**20, "MiB used_memory growth"))
     return rows
 
 
@@ -448,6 +482,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--online-share", type=float, default=0.3)
     p.add_argument("--logins-per-second-peak", type=float, default=None,
                    help="default: every connection logs in again within 10 minutes")
+    p.add_argument("--keepalive-interval-s", type=float, default=60,
+                   help="the server's XEP-0199 ping interval (STANZAD_KEEPALIVE_INTERVAL_S); "
+                   "0: none")
     p.add_argument("--units", action="store_true", help="print the unit table (markdown)")
     for f in fields(Budget):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),
@@ -480,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     if peak is None:
         peak = ns.connections / 600
     load = Load(ns.connections, ns.messages_per_user_hour, ns.presence_changes_per_user_hour,
-                ns.contacts, ns.online_share, peak)
+                ns.contacts, ns.online_share, peak, ns.keepalive_interval_s)
     budget = Budget(**{f.name: getattr(ns, f.name) for f in fields(Budget)})
     try:
         print(render(plan(load, budget)))

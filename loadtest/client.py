@@ -97,6 +97,9 @@ class XmppConnection(asyncio.Protocol):
         self.closed = False
         self.own_stamps: set[bytes] = set()  # presence we sent comes back to ourselves
         self.handled: int | None = None  # XEP-0198 enabled: stanzas received since
+        self.index = -1  # the user's number in the run (set by the worker)
+        self.available = False  # sent its initial presence (RFC 6121 §4.2)
+        self.pings = 0  # server pings answered (XEP-0199 keepalives)
         self._buf = b""
         self._tail = b""
         self._waiter: asyncio.Future[None] | None = None
@@ -156,6 +159,7 @@ class XmppConnection(asyncio.Protocol):
             if found is not None and (b'type="get"' in attrs or b"type='get'" in attrs):
                 ident = found.group(1).decode()
                 self.write(f"<iq type='result' id='{ident}'/>".encode())
+                self.pings += 1
 
     # sending
     def write(self, data: bytes) -> None:

@@ -89,6 +89,26 @@ def headline(doc: dict[str, Any]) -> list[tuple[str, str]]:
              f"{_fmt(f['time_to_all_contacts_ms']['p99'])} ms"),
         ]
         rows += _send_rows(r["presence"])
+    elif scenario == "scale":
+        rows += [
+            ("connections (measured after the warm-up) / online",
+             f"{r['connections']:,} ({r['measured_connections']:,}) / {r['online']:,}"),
+            ("contacts per roster / online contacts per online user (mean)",
+             f"{doc['options']['contacts']} / {_fmt(r['online_contacts_mean'])}"),
+            ("memory per idle connection, connection managers (after login)", _fmt(
+                _div(r["cm_rss_per_connection_bytes"], 1024), " KiB", 2) + " (" + _fmt(
+                _div(r["rss_after_login_per_connection_bytes"], 1024), " KiB", 2) + ")"),
+            ("memory per idle connection, all server processes", _fmt(
+                _div(r["all_rss_per_connection_bytes"], 1024), " KiB", 2)),
+            ("Redis used_memory per connection (login)", _fmt(_div(
+                r["login"]["ops"].get("redis.used_memory"), r["measured_connections"]),
+                " B", 0)),
+            ("keepalive pings answered in the hold", _fmt(r["hold"]["pings_answered"])),
+        ]
+        rows += _login_rows(r["login"])
+        f = r["presence"]["fanout"]
+        rows += [("presence broadcasts reaching every online contact", f"{f['complete']:,} / "
+                  f"{r['presence']['sent']:,}")]
     elif scenario == "ramp":
         rows.append(("peak delivered rate with p99 ≤ "
                      f"{r['p99_bound_ms']:g} ms", _fmt(r["peak_delivered_per_s"], "/s", 0)))
@@ -129,11 +149,68 @@ def markdown(doc: dict[str, Any]) -> str:
     if "accounts_s" in setup:
         via = f" through the {setup['accounts_via']}" if "accounts_via" in setup else ""
         lines += ["", f"Accounts created{via} in {setup['accounts_s']:.2f} s (before the run)."]
+    if doc["scenario"] == "scale":
+        from loadtest import capacity
+
+        lines += ["", *phase_tables(doc), "", "The capacity model's prediction "
+                  "(`python -m loadtest.capacity --predict-run`; CPU net of nothing, each "
+                  "process's idle CPU predicted too):", "",
+                  capacity.render_rows(capacity.predict_run(doc))]
     last = doc["samples"][-1] if doc["samples"] else None
     if last:
         rss = ", ".join(f"{k} {v / MiB:.0f}" for k, v in last["rss"].items())
         lines += ["", f"Server RSS at the end (MiB): {rss}."]
     return "\n".join(lines) + "\n"
+
+
+SCALE_PHASES = ("login", "hold", "chat", "presence")
+
+
+def phase_tables(doc: dict[str, Any]) -> list[str]:
+    """The scale scenario's phases side by side: what each did, its latency, Redis and NATS
+    operations; then each server process's CPU and RSS per phase."""
+    r = doc["result"]
+    n = max(1, r["connections"])
+    lines = ["| phase | seconds | what | rate | latency p50 / p95 / p99 (ms) | server CPU-s "
+             "| Redis commands/s (per 1,000 connections) | NATS messages/s in + out |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in SCALE_PHASES:
+        part = r[name]
+        server, ops = part["server"], part.get("ops") or {}
+        secs = max(float(server["seconds"]), 1e-9)
+        if name == "login":
+            what = (f"{part['bound']:,} logins ({part['available']:,} with initial "
+                    f"presence), the services quiet {part.get('settled_s', 0):.0f} s after "
+                    "the last")
+            rate, lat = _fmt(part["logins_per_s"], "/s"), part["time_to_bound_ms"]
+        elif name == "hold":
+            what = (f"{part['live_connections']:,} held, {part['pings_answered']:,} "
+                    "pings answered")
+            rate, lat = _fmt(part["pings_answered"] / secs, " pings/s"), None
+        else:
+            what = f"{part['sent']:,} sent, {part['delivered']:,} of {part['expected']:,} " \
+                   "delivered"
+            rate, lat = _fmt(part["delivered_per_s"], "/s", 0), part["latency_ms"]
+        latency = (f"{_fmt(lat['p50'])} / {_fmt(lat.get('p95'))} / {_fmt(lat['p99'])}"
+                   if lat else "—")
+        redis_s = ops.get("redis.commands", math.nan) / secs
+        nats_s = (ops.get("nats.in_msgs", math.nan) + ops.get("nats.out_msgs", math.nan)) / secs
+        lines.append(f"| {name} | {secs:,.1f} | {what} | {rate} | {latency} | "
+                     f"{_fmt(server['total_cpu_s'], '', 1)} | {_fmt(redis_s, '', 0)} "
+                     f"({_fmt(redis_s * 1000 / n, '', 1)}) | {_fmt(nats_s, '', 0)} |")
+    procs = list(r["login"]["server"]["cpu_s"])
+    lines += ["", "CPU-seconds (share of one core) and RSS at the end (MiB) of each phase:", "",
+              "| process | " + " | ".join(SCALE_PHASES) + " |",
+              "|---|" + "---|" * len(SCALE_PHASES)]
+    for proc in procs:
+        cells = []
+        for name in SCALE_PHASES:
+            server = r[name]["server"]
+            cpu = server["cpu_s"].get(proc, math.nan)
+            cells.append(f"{cpu:,.1f} ({cpu / max(server['seconds'], 1e-9):.0%}), "
+                         f"{server['rss_after'].get(proc, 0) / MiB:,.0f} MiB")
+        lines.append(f"| {proc} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plots(doc: dict[str, Any], out: Path) -> list[Path]:
@@ -177,23 +254,34 @@ def plots(doc: dict[str, Any], out: Path) -> list[Path]:
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
+    if len(doc["samples"]) > 1:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        pairs = list(zip(doc["samples"], doc["samples"][1:], strict=False))
+        t = [b["t"] for _, b in pairs]
+        for name in doc["samples"][0]["cpu_s"]:
+            ax.plot(t, [(b["cpu_s"].get(name, 0) - a["cpu_s"].get(name, 0))
+                        / max(b["t"] - a["t"], 1e-9) for a, b in pairs], label=name)
+        ax.set_ylabel("CPU (cores)")
+        ax.set_xlabel("seconds")
+        ax.legend(fontsize="small")
+        fig.suptitle(f"{doc['scenario']}: server CPU")
+        path = out / "cpu.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
     return written
 
 
 def _series(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The send phases' per-second buckets, one phase after the other."""
     r = doc["result"]
-    if "chat" in r:
-        return list(r["chat"]["series"])
-    if "presence" in r:
-        return list(r["presence"]["series"])
-    if "steps" in r:
-        out: list[dict[str, Any]] = []
-        offset = 0.0
-        for s in r["steps"]:
-            out += [{**b, "t_s": b["t_s"] + offset} for b in s["series"]]
-            offset = out[-1]["t_s"] if out else offset
-        return out
-    return []
+    steps = r.get("steps") or [r[k] for k in ("chat", "presence") if k in r]
+    out: list[dict[str, Any]] = []
+    offset = 0.0
+    for s in steps:
+        out += [{**b, "t_s": b["t_s"] + offset} for b in s["series"]]
+        offset = out[-1]["t_s"] if out else offset
+    return out
 
 
 def write_all(doc: dict[str, Any], out: Path) -> list[Path]:

@@ -76,7 +76,12 @@ def validate(opt: Options) -> bounds.Plan:
     if opt.scenario == "ramp" and opt.ramp_steps * (opt.ramp_step_s + opt.drain_s + 1) > \
             bounds.MAX_SECONDS:
         raise bounds.BoundsError("the ramp would last longer than the time bound")
-    if opt.scenario == "presence":
+    if opt.scenario == "scale":
+        if opt.server != "stanzad":
+            raise bounds.BoundsError("scenario: scale needs rosters written into stanzad")
+        bounds.check_range("--online-share", opt.online_share, 0.01, 1)
+        bounds.check_range("--presence-rate", opt.presence_rate, 0.1, bounds.MAX_RATE_PER_S)
+    if opt.scenario in ("presence", "scale"):
         bounds.check_range("--contacts", opt.contacts, 1, min(bounds.MAX_CONTACTS,
                                                               opt.connections - 1))
         if opt.contacts % 2 and opt.connections % 2:
@@ -95,7 +100,7 @@ async def _setup_users(cluster: Cluster, users: list[User], opt: Options) -> dic
     started = time.perf_counter()
     await create_accounts(admin_url, token, users, opt.iterations)
     out = {"accounts_s": round(time.perf_counter() - started, 3)}
-    if opt.scenario == "presence":
+    if opt.scenario in ("presence", "scale"):
         db = await db_connect(cluster.database_url, "loadtest", size=1)
         try:
             started = time.perf_counter()
@@ -248,6 +253,7 @@ def _drive(opt: Options, plan: bounds.Plan, host: str, quiet: bool, users: list[
         "machine": {"cpus": _cpus(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "wall_s": round(time.time() - started, 1),  # workers' start to the end
         "result": result,
         "samples": [{"t": s.t - t0, "cpu_s": s.cpu_s, "rss": s.rss} for s in sampler.samples],
     }

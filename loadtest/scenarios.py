@@ -1,4 +1,5 @@
-"""The scenarios of issue 7: idle, login, chat, presence and ramp.
+"""The scenarios of issue 7 (idle, login, chat, presence and ramp) and of issue 24 (scale:
+one set of connections through an idle hold, a chat phase and a presence phase).
 
 Each takes a running fleet and its users and returns a JSON-able dict; `headline` picks the
 figures that the markdown summary shows.
@@ -8,15 +9,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from loadtest import stats
-from loadtest.phases import Run, login, send
-from loadtest.procstat import cost
-from loadtest.users import User
+from loadtest.phases import Run, hold, login, send
+from loadtest.procstat import Sample
+from loadtest.users import User, ring_contacts
 
-SCENARIOS = ("idle", "login", "chat", "presence", "ramp")
+SCENARIOS = ("idle", "login", "chat", "presence", "ramp", "scale")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,41 +52,54 @@ class Options:
     auth: str = "internal"
     durable: bool = True  # stanzad only: durable delivery on JetStream (the default) or off
     pin: bool = True  # servers on one CPU, the load on the others (runner.Cores)
+    online_share: float = 1.0  # scale: share of the users that send initial presence
+    presence_rate: float = 100.0  # scale: presence broadcasts/s in its presence phase
 
 
-def idle(run: Run, users: list[User], opt: Options, front: list[str]) -> dict[str, Any]:
-    """Log everyone in and stay; RSS growth of the connection managers per connection.
-
-    A few connections log in first so that one-off allocations (TLS context, first parser,
-    caches) are in the baseline, not in the per-connection figure."""
+def warm_login(run: Run, users: list[User], opt: Options, presence: bool | list[bool],
+               label: str, settle: Collection[str] = ()
+               ) -> tuple[int, dict[str, Any], Sample, Sample]:
+    """Log everyone in, a few connections first so that one-off allocations (TLS context,
+    first parser, caches) are in the baseline, not in the per-connection figure: (how many
+    warmed up, the main login, the samples before and 2 s after it)."""
     warm = max(1, min(50, len(users) // 20))
-    first = login(run, users[:warm], opt.concurrency, opt.presence, "idle warm-up")
+    flags = presence if isinstance(presence, bool) else presence[warm:]
+    first = login(run, users[:warm], opt.concurrency,
+                  presence if isinstance(presence, bool) else presence[:warm], f"{label} warm-up")
     time.sleep(1.0)
     base = run.sampler.sample()
     rest = users[warm:]
-    main = login(run, rest, opt.concurrency, opt.presence, "idle login") if rest else first
+    main = (login(run, rest, opt.concurrency, flags, label, first=warm, settle=settle)
+            if rest else first)
     time.sleep(2.0)
-    loaded = run.sampler.sample()
-    end = time.monotonic() + opt.hold_s
-    while time.monotonic() < end:
-        time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-        run.fleet.progress("idle hold", end - opt.hold_s)
-    run.fleet.end_progress()
-    held = run.sampler.sample()
-    n = main["bound"] if rest else 0
-    grown = {k: loaded.rss[k] - base.rss[k] for k in loaded.rss}
-    cm_growth = sum(grown[k] for k in front)
-    hold = cost(loaded, held)
+    return warm, main, base, run.sampler.sample()
+
+
+def rss_growth(base: dict[str, int], now: dict[str, int], n: int, front: list[str]
+               ) -> dict[str, Any]:
+    """RSS growth of each process from `base`, and per connection of `n`."""
+    grown = {k: now[k] - base.get(k, 0) for k in now}
+    return {
+        "rss_growth_bytes": grown,
+        "cm_rss_per_connection_bytes": stats.per(sum(grown[k] for k in front), n),
+        "all_rss_per_connection_bytes": stats.per(sum(grown.values()), n),
+    }
+
+
+def idle(run: Run, users: list[User], opt: Options, front: list[str]) -> dict[str, Any]:
+    """Log everyone in and stay; RSS growth of the connection managers per connection."""
+    warm, main, base, loaded = warm_login(run, users, opt, opt.presence, "idle login")
+    held = hold(run, opt.hold_s, "idle hold")
+    n = main["bound"] if len(users) > warm else 0
+    seconds = max(held["seconds"], 1e-9)
     return {
         "connections": warm + n,
         "measured_connections": n,
         "login": main,
-        "rss_growth_bytes": grown,
-        "cm_rss_per_connection_bytes": stats.per(cm_growth, n),
-        "all_rss_per_connection_bytes": stats.per(sum(grown.values()), n),
-        "hold": hold.as_dict(),
-        "idle_cpu_s_per_connection_hour": stats.per(hold.total_cpu_s * 3600 / max(hold.seconds,
-                                                                                  1e-9), n),
+        **rss_growth(base.rss, loaded.rss, n, front),
+        "hold": held["server"],
+        "idle_cpu_s_per_connection_hour": stats.per(
+            held["server"]["total_cpu_s"] * 3600 / seconds, n),
     }
 
 
@@ -149,5 +164,55 @@ def presence(run: Run, users: list[User], opt: Options, cms: list[str]) -> dict[
     return {"login": logged, "presence": step}
 
 
+def online(count: int, share: float) -> list[bool]:
+    """Which of `count` users are online (send initial presence): `share` of them, spread
+    evenly over the ring of contacts."""
+    return [int((i + 1) * share) > int(i * share) for i in range(count)]
+
+
+def scale(run: Run, users: list[User], opt: Options, front: list[str]) -> dict[str, Any]:
+    """Issue 24: every user logs in (TLS, SCRAM) with a roster of `contacts` mutual contacts,
+    `online_share` of them with initial presence (RFC 6121 §4.2: probes to and broadcasts
+    from their online contacts); then on the same connections an idle hold (`hold_s`; the
+    server pings idle sessions, XEP-0199), chat between the online users (`rate`, `seconds`)
+    and presence changes of online users (`presence_rate`, `seconds`), each reaching the
+    sender's online contacts (RFC 6121 §4.4.2).  Per phase: server CPU and RSS, Redis and
+    NATS operations; memory per idle connection at the end of the hold."""
+    flags = online(len(users), opt.online_share)
+    # the login phase lasts until the services are done with the initial presences (the
+    # connection managers are busy with keepalives from a minute in, and never quiet)
+    behind = [n for n in run.sampler.pids if not n.startswith("cm-")]
+    warm, main, base, loaded = warm_login(run, users, opt, flags, "scale login", behind)
+    n = len(users)
+    held = hold(run, opt.hold_s, "scale idle hold")
+    after_hold = held["server"]["rss_after"]
+    time.sleep(1.0)
+    full = [u.full for u, on in zip(users, flags, strict=True) if on]
+    chat = send(run, "chat", opt.rate, opt.seconds, opt.messages, full, 1, opt.drain_s,
+                f"scale chat {opt.rate:g}/s", available_only=True)
+    time.sleep(1.0)
+    reach = [sum(flags[j] for j in near) for near in ring_contacts(n, opt.contacts)]
+    presence = send(run, "presence", opt.presence_rate, opt.seconds, opt.messages, [], 0,
+                    opt.drain_s, f"scale presence {opt.presence_rate:g}/s",
+                    available_only=True, reach=reach.__getitem__)
+    measured = main["bound"] if n > warm else 0
+    return {
+        "connections": warm + measured,
+        "measured_connections": measured,
+        "online": sum(flags),
+        "online_contacts_mean": stats.per(sum(r for r, on in zip(reach, flags, strict=True)
+                                              if on), sum(flags)),
+        "login": main,
+        "hold": held,
+        "chat": chat,
+        "presence": presence,
+        # the idle figure: growth from before the main login to the end of the hold (parsers
+        # of idle sessions freed, STANZAD_HIBERNATE_AFTER_S)
+        **rss_growth(base.rss, after_hold, measured, front),
+        "rss_after_login_per_connection_bytes": rss_growth(
+            base.rss, loaded.rss, measured, front)["cm_rss_per_connection_bytes"],
+    }
+
+
 RUNNERS = {"idle": idle, "login": login_rate, "chat": chat, "presence": presence,
-           "ramp": ramp}
+           "ramp": ramp, "scale": scale}

@@ -11,14 +11,23 @@ import time
 from dataclasses import dataclass
 
 from devtools import localservers
-from loadtest.bounds import check_range
+from loadtest.bounds import MAX_CMS, check_range
 from loadtest.opcount import OpCounters
+from shared.runtime.settings import CommonSettings, PartitionedSettings
 from tests.support import postgres
 from tests.support.cluster import Cluster, new_cluster
 
 postgres.durable()  # the load tools measure PostgreSQL as deployed: fsync on
 
 QUIET = {"STANZAD_LOG_LEVEL": "WARNING"}
+# the test cluster shortens the partition leases (3 s) and the connection managers'
+# heartbeat (6 s) so that its failover tests are quick; a load run keeps the defaults: on a
+# starved machine a 3 s lease lapsed hundreds of times (loadtest/RESULTS.md, "100,000
+# connections")
+DEFAULT_TTLS = {
+    "STANZAD_LEASE_TTL_S": f"{PartitionedSettings.model_fields['lease_ttl_s'].default:g}",
+    "STANZAD_SESSION_TTL_S": f"{CommonSettings.model_fields['session_ttl_s'].default:g}",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +42,7 @@ class Topology:
     durable: bool = True  # durable delivery on JetStream (STANZAD_DURABLE), the default
 
     def __post_init__(self) -> None:
-        check_range("--cms", self.cms, 1, 4)
+        check_range("--cms", self.cms, 1, MAX_CMS)
         check_range("--routers", self.routers, 0, 4)
 
 
@@ -42,7 +51,8 @@ def start(topology: Topology) -> Cluster:
     cluster = new_cluster()
     cluster.partitions = topology.partitions
     cluster.nats_http_port = localservers.free_port()  # /varz: NATS messages per phase
-    env = {**QUIET, "STANZAD_MAM_ENABLED": "true" if topology.archive else "false",
+    env = {**QUIET, **DEFAULT_TTLS,
+           "STANZAD_MAM_ENABLED": "true" if topology.archive else "false",
            "STANZAD_DURABLE": "true" if topology.durable else "false"}
     try:
         cluster.start_servers()
@@ -50,14 +60,15 @@ def start(topology: Topology) -> Cluster:
             cluster.start_router(f"router-{i + 1}", **env)
         cluster.start_presence(**env)
         cluster.start_roster(**env)
-        embedded = {"STANZAD_EMBEDDED_ROUTER": "true", "STANZAD_LEASE_TTL_S": "3"}
+        embedded = {"STANZAD_EMBEDDED_ROUTER": "true"}
         for i in range(topology.cms):
             # every defence at the default users get: a benchmark measures what is deployed
             cluster.start_cm(f"cm-{i + 1}", **env,
                              **(embedded if topology.routers == 0 else {}))
         cluster.start_admin(**QUIET)
         if topology.routers > 1 or (topology.routers == 0 and topology.cms > 1):
-            time.sleep(4)  # partition leases (TTL 3 s) settle between the routers
+            # partition leases settle between the routers (a lease's lifetime and a second)
+            time.sleep(float(DEFAULT_TTLS["STANZAD_LEASE_TTL_S"]) + 1)
     except BaseException:
         cluster.stop()
         raise

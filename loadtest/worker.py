@@ -3,7 +3,8 @@ when installed) and obeys commands from the coordinator over a pipe.
 
 Commands (each answered with one dict): `login` logs in a list of users, `send` starts a
 bounded, paced send task (chat messages or presence broadcasts), `collect` waits for that
-task and hands back the time stamps received since the last collect, `close` ends it all.
+task and hands back the time stamps received since the last collect, `status` counts the
+open connections and the keepalive pings they answered, `close` ends it all.
 Live counters go to a shared array that the coordinator reads for its progress line.
 """
 
@@ -31,6 +32,13 @@ MAX_BUFFERED: Final = 256 * 1024  # skip a sender whose socket is this far behin
 MAX_ERRORS: Final = 5
 
 
+def spread(n: int, k: int) -> int:
+    """Which of `k` connection managers connection number `n` goes to: Fibonacci hashing,
+    as even as round robin over consecutive numbers, and over every other one or every
+    tenth (the scale scenario's online users) too."""
+    return ((n * 2654435769) & 0xFFFFFFFF) * k >> 32
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     index: int
@@ -54,6 +62,10 @@ class Worker:
         self.conns: list[client.XmppConnection] = []
         self.arrivals: array[int] = array("q")
         self.latencies: array[int] = array("q")
+        # presence sent: each broadcast's stamp and its sender's number, to know whom it
+        # should reach
+        self.broadcasts: array[int] = array("q")
+        self.broadcasters: array[int] = array("q")
         self.sender: asyncio.Task[int] | None = None
         self.ctx = client.insecure_context()
 
@@ -80,8 +92,10 @@ class Worker:
             if command == "close":
                 return
 
-    async def do_login(self, users: list[tuple[str, str]], concurrency: int, presence: bool,
-                       timeout_s: float, offset: int) -> dict[str, Any]:
+    async def do_login(self, users: list[tuple[str, str]], concurrency: int,
+                       presence: bool | list[bool], timeout_s: float, offset: int
+                       ) -> dict[str, Any]:
+        """`presence`: whether every user (or each, by position) sends initial presence."""
         if len(self.conns) + len(users) > self.cfg.max_connections:
             raise ValueError("more connections than this worker may hold (RLIMIT_NOFILE)")
         gate = asyncio.Semaphore(max(1, concurrency))
@@ -90,6 +104,7 @@ class Worker:
         # the platform's token for each user, signed before the logins are timed
         secrets = ([identity.mint(self.cfg.token_key, jid) for jid, _ in users]
                    if self.cfg.mechanism == "OAUTHBEARER" else [self.cfg.password] * len(users))
+        available = presence if isinstance(presence, list) else [presence] * len(users)
         first = time.monotonic_ns()
 
         async def one(i: int, jid: str, resource: str) -> None:
@@ -100,7 +115,8 @@ class Worker:
                 t0 = time.monotonic_ns()
                 try:
                     await client.login(
-                        conn, host=self.cfg.host, port=self.cfg.ports[n % len(self.cfg.ports)],
+                        conn, host=self.cfg.host,
+                        port=self.cfg.ports[spread(n, len(self.cfg.ports))],
                         source=self.cfg.sources[n % len(self.cfg.sources)],
                         domain=self.cfg.domain, jid=jid, password=secret,
                         resource=resource, mechanism=self.cfg.mechanism, ctx=self.ctx,
@@ -114,7 +130,8 @@ class Worker:
                         errors.append(f"{jid}: {type(exc).__name__}: {exc}"[:300])
                     return
                 durations.append((time.monotonic_ns() - t0) / 1e6)
-                if presence:
+                conn.index, conn.available = n, available[i]
+                if conn.available:
                     conn.write(b"<presence/>")
                 self.conns.append(conn)
                 self.count(BOUND)
@@ -151,16 +168,18 @@ class Worker:
         return {"registered": sum(done), "errors": errors}
 
     async def do_send(self, kind: str, rate: float, count: int, seconds: float,
-                      recipients: list[str], start_ns: int) -> dict[str, Any]:
+                      recipients: list[str], start_ns: int, available_only: bool = False
+                      ) -> dict[str, Any]:
+        """`available_only`: only connections that sent initial presence send."""
         if self.sender is not None and not self.sender.done():
             raise RuntimeError("a send task is still running")
         self.sender = asyncio.create_task(self._send(kind, rate, count, seconds, recipients,
-                                                     start_ns))
+                                                     start_ns, available_only))
         return {"ok": True}
 
     async def _send(self, kind: str, rate: float, count: int, seconds: float,
-                    recipients: list[str], start_ns: int) -> int:
-        live = [c for c in self.conns if not c.closed]
+                    recipients: list[str], start_ns: int, available_only: bool) -> int:
+        live = [c for c in self.conns if not c.closed and (c.available or not available_only)]
         if not live or count <= 0 or rate <= 0:
             return 0
         self.count(SENDING)
@@ -194,6 +213,8 @@ class Worker:
                         if len(conn.own_stamps) > 10_000:
                             conn.own_stamps.clear()
                         conn.own_stamps.add(stamp)
+                        self.broadcasts.append(last)
+                        self.broadcasters.append(conn.index)
                         conn.write(b"<presence><status>" + stamp + b"</status></presence>")
                     sent += 1
                 self.count(SENT, sent - before)
@@ -212,8 +233,16 @@ class Worker:
             self.sender = None
         arrivals, latencies = self.arrivals, self.latencies
         self.arrivals, self.latencies = array("q"), array("q")
+        stamps, senders = self.broadcasts, self.broadcasters
+        self.broadcasts, self.broadcasters = array("q"), array("q")
         return {"sent": sent, "arrivals": arrivals.tobytes(), "latencies": latencies.tobytes(),
-                "live": sum(1 for c in self.conns if not c.closed)}
+                "broadcasts": stamps.tobytes(), "broadcasters": senders.tobytes(),
+                **await self.do_status()}
+
+    async def do_status(self) -> dict[str, Any]:
+        """Connections still open, and the server pings they answered so far."""
+        return {"live": sum(1 for c in self.conns if not c.closed),
+                "pings": sum(c.pings for c in self.conns)}
 
     async def do_close(self) -> dict[str, Any]:
         if self.sender is not None:

@@ -89,3 +89,13 @@ def test_the_descriptor_limit_is_raised_to_the_hard_limit() -> None:
     now, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert soft == now
     assert hard == resource.RLIM_INFINITY or now == hard
+
+
+def test_the_scale_run_fits_the_descriptor_limit() -> None:
+    """Issue 24: 100,000 connections at a hard RLIMIT_NOFILE of 20,000 per process take six
+    workers; one more connection is refused."""
+    p = bounds.plan(100_000, 2, nofile=20_000)
+    assert p.workers == 6 and sum(p.shares()) == 100_000
+    assert max(p.shares()) <= p.per_worker_cap
+    with pytest.raises(bounds.BoundsError, match="--connections"):
+        bounds.plan(100_001, 2, nofile=20_000)

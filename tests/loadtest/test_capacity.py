@@ -181,3 +181,26 @@ def test_op_deltas() -> None:
     assert d["redis.commands"] == 15 and d["nats.in_msgs"] == 7
     assert d["pg.xact_commit"] == 3  # the reading's own transaction is not counted
     assert pg_writes(d) == 5
+
+
+def test_keepalives_are_a_connection_managers_cost() -> None:
+    """Every connection is pinged once per interval (XEP-0199): 60,000 connections at 60 s
+    are 1,000 pings/s; a scale run's phases count the pings its clients answered."""
+    load = Load(60_000, 0, 0, 0, 0, 0)
+    assert rates(load)["keepalive"] == pytest.approx(1000)
+    assert capacity.cores(load, "cm", Budget()) == pytest.approx(
+        1000 * u("cm.cpu_us.keepalive") / 1e6 + 60_000 * u("cm.cpu_s.connection_hour") / 3600)
+    assert rates(replace(load, keepalive_interval_s=0))["keepalive"] == 0
+    doc = {"options": {"scenario": "scale", "contacts": 10}, "result": {
+        "connections": 100, "measured_connections": 100, "online_contacts_mean": 4.0,
+        "login": {"bound": 100, "available": 50, "pings_answered": 0,
+                  "server": {"seconds": 1.0, "cpu_s": {"cm-1": 1.0}}},
+        "hold": {"pings_answered": 1000, "live_connections": 100,
+                 "server": {"seconds": 60.0, "cpu_s": {"cm-1": 1.0, "presence-1": 0.1}}}}}
+    rows = {(r.phase, r.role): r for r in capacity.predict_run(doc, background=False)}
+    assert rows["hold", "cm"].predicted == pytest.approx(
+        1000 * u("cm.cpu_us.keepalive") / 1e6 + 100 * u("cm.cpu_s.connection_hour") / 60)
+    # 100 logins, 50 of them with initial presence reaching 4 online contacts each
+    assert rows["login", "cm"].predicted == pytest.approx(
+        (100 * u("cm.cpu_us.login") + 50 * u("cm.cpu_us.initial_presence")
+         + 200 * u("cm.cpu_us.login_delivery")) / 1e6)
