@@ -20,7 +20,7 @@ from shared.bus import permissions, subjects
 from shared.bus.client import Bus
 from tests.shared.bus.test_client import _until
 
-TIMEOUT_S = 10.0  # hang guard only
+TIMEOUT_S = 30.0  # hang guard only
 
 
 @pytest.fixture(scope="module")
