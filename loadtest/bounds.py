@@ -12,11 +12,12 @@ import resource
 from dataclasses import dataclass
 from typing import Final
 
-MAX_CONNECTIONS: Final = 50_000
+MAX_CONNECTIONS: Final = 100_000
 MAX_MESSAGES: Final = 2_000_000
 MAX_SECONDS: Final = 1_800.0
 MAX_RATE_PER_S: Final = 200_000.0
 MAX_WORKERS: Final = 16
+MAX_CMS: Final = 8  # connection managers: 100,000 at under 20,000 descriptors each
 MAX_SOURCES: Final = 64
 MAX_CONTACTS: Final = 5_000
 MAX_RAMP_STEPS: Final = 40

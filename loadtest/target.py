@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from devtools import localservers
-from loadtest.bounds import check_range
+from loadtest.bounds import MAX_CMS, check_range
 from loadtest.opcount import OpCounters
 from tests.support import postgres
 from tests.support.cluster import Cluster, new_cluster
@@ -33,7 +33,7 @@ class Topology:
     durable: bool = True  # durable delivery on JetStream (STANZAD_DURABLE), the default
 
     def __post_init__(self) -> None:
-        check_range("--cms", self.cms, 1, 4)
+        check_range("--cms", self.cms, 1, MAX_CMS)
         check_range("--routers", self.routers, 0, 4)
 
 
