@@ -56,7 +56,13 @@ from loadtest import bounds, ejabberd, phases, target  # noqa: E402
 from loadtest.bounds import check_range, raise_nofile, source_addresses  # noqa: E402
 from loadtest.fleet import Fleet  # noqa: E402
 from loadtest.phases import Run  # noqa: E402
-from loadtest.procstat import TREES, ProcSampler, cpu_seconds, tree_cpu_seconds  # noqa: E402
+from loadtest.procstat import (  # noqa: E402
+    TREES,
+    ProcSampler,
+    cpu_seconds,
+    rss_bytes,
+    tree_cpu_seconds,
+)
 from loadtest.pubsub_worker import PUBSUB, PubsubWorker  # noqa: E402
 from loadtest.users import PASSWORD, User, create_accounts, create_rosters  # noqa: E402
 from shared.store.pg.database import connect as db_connect  # noqa: E402
@@ -399,6 +405,9 @@ async def run_node(server: Server, users: list[User], publishes: int, seconds: f
         if login["bound"] < len(subscribers):
             raise RuntimeError(f"logged in {login['bound']}/{len(subscribers)}: "
                                f"{login['errors']}")
+        # memory once everyone is online: the servers' (by process) and the fleet's
+        rss = {"server": login["server"]["rss_after"],
+               "fleet": sum(rss_bytes(proc.pid) for proc in fleet.procs if proc.pid)}
         t_sub = time.perf_counter()
         # every subscription answered (stored, XEP-0060 §6.1.2), so that none of their work
         # falls into the measured publishes; bounded
@@ -451,7 +460,7 @@ async def run_node(server: Server, users: list[User], publishes: int, seconds: f
                    subscribe_s=subscribe_s,
                    duplicates=sum(r["duplicates"] for r in notes),
                    live=sum(r["live"] for r in notes),
-                   login_server_rss=login["server"].get("rss_after", {}))
+                   rss_after_login=rss)
 
 
 async def run_pep(server: Server, users: list[User], publishes: int, seconds: float,
@@ -542,6 +551,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{result['login_s']:.1f} s ({result['logins_per_s']:.0f}/s); "
               f"{result['subscribed']:,} subscribed in {result['subscribe_s']:.1f} s; "
               f"{result['live']:,} still connected, {result['duplicates']} duplicates")
+        rss = result["rss_after_login"]
+        print(f"  RSS online: servers {sum(rss['server'].values()) / 2**20:,.0f} MiB ("
+              + ", ".join(f"{k} {v / 2**20:,.0f}" for k, v in sorted(rss["server"].items()))
+              + f"), the fleet {rss['fleet'] / 2**20:,.0f} MiB")
     else:
         print(f"{result['server']} pep: {result['subscribers']} contacts on {result['cms']} "
               f"port(s), logged in in {result['login_s']:.1f} s; caps queries answered: "
