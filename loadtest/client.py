@@ -33,6 +33,7 @@ STAMP = re.compile(rb"<(?:body|status)>(\d{1,20})</")
 PING = re.compile(rb"<iq\b([^>]*)>\s*<ping xmlns=[\"']urn:xmpp:ping[\"']")
 ATTR_ID = re.compile(rb"\bid=[\"']([^\"']*)[\"']")
 PAYLOAD = re.compile(rb"<(challenge|success)[^>]*?(?:/>|>([^<]*)</(?:challenge|success)>)")
+BOUND_JID = re.compile(rb"<jid>([^<]+)</jid>")
 TAIL: Final = 64  # longer than any stamp match, so one split across reads is still seen
 SM_NS: Final = "urn:xmpp:sm:3"
 # a stanza's start tag (bodies escape '<', and chat has no nested stanzas) or an ack request
@@ -87,6 +88,8 @@ def header(domain: str) -> bytes:
 class XmppConnection(asyncio.Protocol):
     """One client stream.  While logging in, bytes are buffered for `until`; once live, each
     read is scanned for time stamps (handed to `sink`) and server pings (answered)."""
+
+    jid = ""  # the full JID the server bound (RFC 6120 §7.6.1), set by `login`
 
     def __init__(self, sink: StampSink | None = None,
                  on_lost: Callable[[XmppConnection], None] | None = None) -> None:
@@ -193,6 +196,25 @@ class XmppConnection(asyncio.Protocol):
             finally:
                 self._waiter = None
 
+    async def request(self, iq: bytes, ident: str, timeout: float) -> bytes:
+        """Send an IQ on a live stream and wait for the start tag of its answer (the stanza
+        with id ``ident``); the stream is read as during login meanwhile, and a server ping
+        that came in that window is answered afterwards."""
+        head = b""
+        self.live = False
+        self._buf = b""
+        try:
+            self.write(iq)
+            head = await self.until(f"id='{ident}'".encode(), f'id="{ident}"'.encode(),
+                                    timeout=timeout)
+            head += await self.until(b">", timeout=timeout)
+            return head[head.rfind(b"<"):]
+        finally:
+            skipped, self._buf = head + self._buf, b""
+            self.live = True
+            if b"urn:xmpp:ping" in skipped:
+                self._answer_pings(skipped)
+
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.abort()
@@ -264,6 +286,8 @@ async def login(conn: XmppConnection, *, host: str, port: int, source: str, doma
     reply = await conn.until(b"</iq>", timeout=left())
     if b'type="result"' not in reply and b"type='result'" not in reply:
         raise LoginFailed(f"bind: {reply[-300:]!r}")
+    bound = BOUND_JID.search(reply)
+    conn.jid = bound.group(1).decode() if bound else f"{jid}/{resource}"
     if sm:
         conn.write(SM_ENABLE)
         reply = await conn.until(b"<enabled", b"<failed", timeout=left())

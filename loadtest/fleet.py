@@ -20,6 +20,7 @@ from loadtest.worker import (
     NCOUNTERS,
     RECEIVED,
     SENT,
+    Worker,
     WorkerConfig,
     worker_main,
 )
@@ -41,6 +42,7 @@ class Fleet:
     quiet: bool = False
     sm: bool = False  # XEP-0198 on every client
     token_key: str = ""  # OAUTHBEARER: the private JWK the workers sign tokens with
+    worker: type[Worker] = Worker  # a subclass with more commands (loadtest/pubsub_worker.py)
     procs: list[BaseProcess] = field(default_factory=list)
     pipes: list[Connection] = field(default_factory=list)
     counters: Any = None
@@ -53,7 +55,7 @@ class Fleet:
             cfg = WorkerConfig(i, self.host, self.ports, self.sources, self.domain,
                                self.password, self.mechanism, self.plan.per_worker_cap,
                                self.sm, self.token_key)
-            proc = ctx.Process(target=worker_main, args=(cfg, theirs, self.counters),
+            proc = ctx.Process(target=worker_main, args=(cfg, theirs, self.counters, self.worker),
                                name=f"loadtest-worker-{i}", daemon=True)
             proc.start()
             self.procs.append(proc)

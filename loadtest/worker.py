@@ -257,11 +257,12 @@ class Worker:
         return {"closed": n}
 
 
-def worker_main(cfg: WorkerConfig, pipe: Connection, counters: Any) -> None:
-    """Process entry point."""
+def worker_main(cfg: WorkerConfig, pipe: Connection, counters: Any,
+                kind: type[Worker] = Worker) -> None:
+    """Process entry point; ``kind``: a Worker subclass with more commands."""
     raise_nofile()
     client.cache_salted_passwords()
-    worker = Worker(cfg, pipe, counters)
+    worker = kind(cfg, pipe, counters)
     try:
         import uvloop
     except ImportError:

@@ -38,18 +38,23 @@ def test_the_subscribers_caps_answer_hashes_to_their_ver() -> None:
 
 
 def test_bounds() -> None:
-    for bad in (["--subscribers", "0"], ["--subscribers", "100001"], ["--publishes", "21"]):
+    for bad in (["--subscribers", "0"], ["--subscribers", "100001"], ["--publishes", "21"],
+                ["--workers", "17"]):
         with pytest.raises(BoundsError):
             pubsub_fanout.main(bad)
 
 
 async def test_a_node_with_subscribers(pubsub_cluster: Cluster, users: Users) -> None:
-    accounts, password = await some_users(users, 4)
-    result = await pubsub_fanout.run(server_of(pubsub_cluster), "node", accounts, 2, 20,
-                                     password, settle_s=1)
-    assert result["subscribers"] == 3
-    assert (result["delivered"], result["expected"]) == (6, 6)
-    assert all(r["delivered"] == 3 for r in result["rounds"])
+    """The fleet's subscribers (two worker processes) each subscribe and get every publish
+    once (XEP-0060 §7.1.2: a notification to every subscriber)."""
+    accounts, password = await some_users(users, 7)
+    result = await pubsub_fanout.run(server_of(pubsub_cluster), "node", accounts, 3, 20,
+                                     password, settle_s=0.5, workers=2)
+    assert (result["workers"], result["subscribers"], result["subscribed"]) == (2, 6, 6)
+    assert (result["delivered"], result["expected"]) == (18, 18)
+    assert [r["delivered"] for r in result["rounds"]] == [6, 6, 6]
+    assert result["duplicates"] == 0 and result["live"] == 6
+    assert all(r["first_s"] <= r["median_s"] <= r["last_s"] for r in result["rounds"])
 
 
 async def test_a_pep_avatar_update_to_contacts(pubsub_cluster: Cluster, users: Users) -> None:
