@@ -55,6 +55,9 @@ Kept = tuple[bytes, str]  # a message as archives store it (no stanza-id of ours
 MAX_BOUNCE_BYTES = 512 * 1024
 
 
+MAX_STORED_REMEMBERED = 10_000  # offline stores remembered against a replay of their batch
+
+
 class Router(PartitionedService):
     name = SERVICE
     role = "route"
@@ -76,6 +79,11 @@ class Router(PartitionedService):
                                  SERVICE, settings.push_timeout_s, settings.push_max_attempts)
         # outcomes counted per batch, then added to the Prometheus counter once per label set
         self._tally: collections.Counter[tuple[str, str]] = collections.Counter()
+        # (origin, ts_us) of client messages this router stored offline lately: a batch
+        # replayed after a failed session lookup must not deliver live what its first pass
+        # already stored (the row would come a second time)
+        self._stored: collections.OrderedDict[tuple[str, int], None] = (
+            collections.OrderedDict())
         # ... and the metrics themselves counted in tallies, added when /metrics is scraped
         self._routed: dict[tuple[str, str], Tally] = {}
         self._batch_duration = HistogramTally(metrics.BATCH_DURATION)
@@ -134,6 +142,9 @@ class Router(PartitionedService):
                 log.warning("no session table for %s: replaying the batch", env.to_bare)
                 self.bus.replay_batch()
                 break
+            if env.kind is Kind.MESSAGE and (env.origin, env.ts_us) in self._stored:
+                await self._late_flush(env.to_bare)  # stored by an earlier pass: it is there
+                continue
             kept: Kept | None = None
             if env.kind is Kind.MESSAGE:
                 env, kept = self._tails(env, sender)
@@ -347,6 +358,10 @@ class Router(PartitionedService):
             self._bounce(env, StanzaErrorCondition.INTERNAL_SERVER_ERROR)
             return False
         if stored:
+            if env.ts_us and "/" in env.origin:
+                self._stored[(env.origin, env.ts_us)] = None
+                if len(self._stored) > MAX_STORED_REMEMBERED:
+                    self._stored.popitem(last=False)
             self._tally[(env.kind.value, "stored")] += 1
             metrics.OFFLINE_QUEUE.observe(stored)
             # XEP-0357 §7: no session will see it; one that ended with it unacknowledged
