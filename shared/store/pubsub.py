@@ -72,6 +72,7 @@ def _live(param: int) -> str:
 # subscribe skips the exact count (`PubsubStore.subscribe`).
 COUNT_TTL_S: Final = 30.0
 COUNT_HEADROOM: Final = 0.9
+COUNTS_KEPT: Final = 10_000  # nodes whose count is remembered (then all are forgotten)
 
 
 class PubsubStore:
@@ -297,7 +298,7 @@ class PubsubStore:
                 self._counts[key] = (known[0] + 1, known[1])
             return True
         stored = await self._counted_subscribe(service, name, sub, limit)
-        if len(self._counts) > 10_000:
+        if len(self._counts) > COUNTS_KEPT:
             self._counts.clear()
         self._counts[key] = (await self.count_subscriptions(service, name), now)
         return stored

@@ -26,8 +26,7 @@ BODY = re.compile(rb"<body>(\d+)</body>")
 SM_NS = "urn:xmpp:sm:3"
 
 
-@pytest.fixture
-def two_cms() -> Iterator[tuple[Cluster, int, int]]:
+def _two_cms(cm_a_env: dict[str, str]) -> Iterator[tuple[Cluster, int, int]]:
     c = new_cluster()
     c.partitions = 4
     try:
@@ -35,28 +34,22 @@ def two_cms() -> Iterator[tuple[Cluster, int, int]]:
         c.start_router("router-1", STANZAD_LEASE_TTL_S="2")
         c.start_presence(STANZAD_SESSION_TTL_S="3")
         c.start_roster()
-        a = c.start_cm("cm-a", **FAST)
+        a = c.start_cm("cm-a", **cm_a_env)
         b = c.start_cm("cm-b", **FAST)
         yield c, a, b
     finally:
         c.stop()
+
+
+@pytest.fixture
+def two_cms() -> Iterator[tuple[Cluster, int, int]]:
+    yield from _two_cms(FAST)
 
 
 @pytest.fixture
 def slow_beat_cms() -> Iterator[tuple[Cluster, int, int]]:
     """`two_cms`, cm-a's heartbeat lasting 30 s (a stopped cm-a is not drained)."""
-    c = new_cluster()
-    c.partitions = 4
-    try:
-        c.start_servers()
-        c.start_router("router-1", STANZAD_LEASE_TTL_S="2")
-        c.start_presence(STANZAD_SESSION_TTL_S="3")
-        c.start_roster()
-        a = c.start_cm("cm-a", **{**FAST, "STANZAD_SESSION_TTL_S": "30"})
-        b = c.start_cm("cm-b", **FAST)
-        yield c, a, b
-    finally:
-        c.stop()
+    yield from _two_cms({**FAST, "STANZAD_SESSION_TTL_S": "30"})
 
 
 async def _read_messages(client: RawClient, got: list[int], until: int,

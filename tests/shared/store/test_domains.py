@@ -4,7 +4,6 @@ domains file, and the ``domains`` table on a real PostgreSQL."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -78,14 +77,6 @@ def test_domains_file(tmp_path: Path) -> None:
         load_file(str(path))
     with pytest.raises(DomainError, match="domains file"):
         load_file(str(tmp_path / "missing.json"))
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url, "tests", size=2)
-    await database.open()
-    yield database
-    await database.close()
 
 
 async def test_domain_store_add_update_remove_and_user_counts(db: Database) -> None:

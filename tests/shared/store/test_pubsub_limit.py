@@ -4,20 +4,9 @@ taken once per COUNT_TTL_S instead of at every subscribe."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-
-import pytest
 
 from shared.store.pg.database import Database
 from shared.store.pubsub import COUNT_HEADROOM, PubsubStore, Subscription
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url, "tests", size=2)
-    await database.open()
-    yield database
-    await database.close()
 
 
 async def test_the_subscription_limit_holds_exactly_while_most_subscribes_skip_the_count(
