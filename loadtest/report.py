@@ -242,34 +242,36 @@ def plots(doc: dict[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     if doc["samples"]:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        t = [s["t"] for s in doc["samples"]]
-        for name in doc["samples"][0]["rss"]:
-            ax.plot(t, [s["rss"].get(name, 0) / MiB for s in doc["samples"]], label=name)
-        ax.set_ylabel("RSS (MiB)")
-        ax.set_xlabel("seconds")
-        ax.legend(fontsize="small")
-        fig.suptitle(f"{doc['scenario']}: server RSS")
-        path = out / "rss.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        samples = doc["samples"]
+        written.append(_lines(
+            plt, out / "rss.png", [s["t"] for s in samples],
+            {name: [s["rss"].get(name, 0) / MiB for s in samples]
+             for name in samples[0]["rss"]},
+            "RSS (MiB)", f"{doc['scenario']}: server RSS"))
     if len(doc["samples"]) > 1:
-        fig, ax = plt.subplots(figsize=(8, 4))
         pairs = list(zip(doc["samples"], doc["samples"][1:], strict=False))
-        t = [b["t"] for _, b in pairs]
-        for name in doc["samples"][0]["cpu_s"]:
-            ax.plot(t, [(b["cpu_s"].get(name, 0) - a["cpu_s"].get(name, 0))
-                        / max(b["t"] - a["t"], 1e-9) for a, b in pairs], label=name)
-        ax.set_ylabel("CPU (cores)")
-        ax.set_xlabel("seconds")
-        ax.legend(fontsize="small")
-        fig.suptitle(f"{doc['scenario']}: server CPU")
-        path = out / "cpu.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        written.append(_lines(
+            plt, out / "cpu.png", [b["t"] for _, b in pairs],
+            {name: [(b["cpu_s"].get(name, 0) - a["cpu_s"].get(name, 0))
+                    / max(b["t"] - a["t"], 1e-9) for a, b in pairs]
+             for name in doc["samples"][0]["cpu_s"]},
+            "CPU (cores)", f"{doc['scenario']}: server CPU"))
     return written
+
+
+def _lines(plt: Any, path: Path, t: list[float], series: dict[str, list[float]],
+           ylabel: str, title: str) -> Path:
+    """One line per process against time, written to ``path``."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, values in series.items():
+        ax.plot(t, values, label=name)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("seconds")
+    ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _series(doc: dict[str, Any]) -> list[dict[str, Any]]:
